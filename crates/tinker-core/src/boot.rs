@@ -1,0 +1,137 @@
+//! `BootResponder`: the policy that decides what a booting machine gets. The DHCP
+//! and HTTP servers own the protocols; they describe each request as a
+//! [`BootRequest`] and carry out the [`BootDecision`].
+
+use crate::error::Result;
+use crate::mac::MacAddr;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::net::Ipv4Addr;
+
+/// What kind of client is booting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientKind {
+    /// A firmware PXE ROM (vendor class `PXEClient`).
+    PxeRom,
+    /// iPXE already running (user class `iPXE` or `Tinkerbell`, or option 175).
+    Ipxe,
+    /// A UEFI HTTP-boot client (vendor class `HTTPClient`).
+    HttpBoot,
+    /// An ordinary DHCP client (an installed OS, a DHCP tool).
+    Plain,
+}
+
+/// What a boot request tells us.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootRequest {
+    /// The client's hardware address.
+    pub mac: MacAddr,
+    /// Client system architecture (DHCP option 93), if sent.
+    pub arch: Option<u16>,
+    /// The kind of client.
+    pub client: ClientKind,
+    /// The relay agent's address (`giaddr`), if relayed.
+    pub relay: Option<Ipv4Addr>,
+    /// Relay agent circuit id (option 82.1), if sent.
+    pub circuit_id: Option<Vec<u8>>,
+}
+
+/// Network settings for the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// NTP servers.
+    pub ntp: Vec<Ipv4Addr>,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Domain name.
+    pub domain: Option<String>,
+    /// Lease time in seconds.
+    pub lease_seconds: u32,
+}
+
+/// Where the client should boot from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootTarget {
+    /// A file over TFTP (an iPXE binary).
+    Tftp {
+        /// Server.
+        server: Ipv4Addr,
+        /// File name.
+        file: String,
+    },
+    /// An iPXE script over HTTP.
+    IpxeScript {
+        /// URL.
+        url: String,
+    },
+    /// A file over HTTP (UEFI HTTP boot).
+    Http {
+        /// URL.
+        url: String,
+    },
+}
+
+/// The answer for a boot request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootDecision {
+    /// Say nothing (unknown MAC, DHCP disabled for it).
+    Ignore {
+        /// Why, for the machine's event log and metrics.
+        reason: String,
+    },
+    /// Answer with network settings (reservation mode) and/or a boot target.
+    Answer {
+        /// Address and options; `None` in proxyDHCP mode.
+        network: Option<NetworkConfig>,
+        /// What to boot; `None` when netboot is not allowed.
+        boot: Option<BootTarget>,
+    },
+}
+
+/// Decides what a booting machine gets.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use std::sync::Arc;
+/// use tinker_core::boot::{BootDecision, BootRequest, BootResponder, BootTarget, ClientKind};
+///
+/// /// Chains every PXE ROM to iPXE and every iPXE to one script.
+/// #[derive(Debug)]
+/// struct Everyone;
+///
+/// #[async_trait]
+/// impl BootResponder for Everyone {
+///     async fn decide(&self, req: &BootRequest) -> tinker_core::Result<BootDecision> {
+///         let boot = match req.client {
+///             ClientKind::Ipxe => BootTarget::IpxeScript { url: format!("http://192.0.2.1/{}/auto.ipxe", req.mac) },
+///             _ => BootTarget::Tftp { server: "192.0.2.1".parse().unwrap(), file: "undionly.kpxe".into() },
+///         };
+///         Ok(BootDecision::Answer { network: None, boot: Some(boot) })
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let policy: Arc<dyn BootResponder> = Arc::new(Everyone);
+/// let req = BootRequest { mac: "52:54:00:00:00:01".parse().unwrap(), arch: Some(0),
+///     client: ClientKind::Ipxe, relay: None, circuit_id: None };
+/// assert!(matches!(policy.decide(&req).await.unwrap(),
+///     BootDecision::Answer { boot: Some(BootTarget::IpxeScript { .. }), .. }));
+/// # });
+/// ```
+#[async_trait]
+pub trait BootResponder: Send + Sync + Debug + 'static {
+    /// Decides the answer for one request.
+    async fn decide(&self, request: &BootRequest) -> Result<BootDecision>;
+}

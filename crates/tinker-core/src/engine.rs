@@ -1,0 +1,437 @@
+//! The engine drives each workflow's machine through its lifecycle, through the
+//! traits alone: render the template; allow netboot, ask the BMC for a one-time PXE
+//! boot and power-cycle; let workers run the actions; when the last one succeeds,
+//! turn netboot off, set the disk as boot device and reboot; on failure or timeout,
+//! leave the power as the template asks.
+//!
+//! The decision is pure ([`plan`]: a workflow and `now` in, the next [`Step`] out);
+//! [`Engine`] is the thin driver that carries steps out and records each one in the
+//! workflow's `status.machine` with an optimistic write, so a restarted engine
+//! never repeats a step that is done. A failed step is retried with exponential
+//! backoff; after [`EngineConfig::max_attempts`] a preparing workflow fails with
+//! the step's error, and a finishing one records that it gave up.
+
+use crate::error::{Error, Result};
+use crate::model::{FailurePower, Hardware, Kind, Object, ObjectKey, Workflow};
+use crate::power::{BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState};
+use crate::state::{WorkflowEvent, WorkflowState};
+use crate::store::{MachineEvent, Precondition, Versioned, WorkflowStore, WorkflowStoreExt};
+use jiff::{SignedDuration, Timestamp};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The time source (a trait, so tests and simulations can run a clock of their own).
+pub trait Clock: Send + Sync + Debug + 'static {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Attempts of a BMC step before giving up.
+    pub max_attempts: u32,
+    /// First retry delay; doubled per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Seconds without a worker heartbeat after which a running action times out.
+    pub heartbeat_grace_seconds: Option<i64>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_attempts: 6,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            heartbeat_grace_seconds: Some(120),
+        }
+    }
+}
+
+/// The next thing to do for a workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Render the template into the status.
+    Render,
+    /// A timeout is due: tick the state machine.
+    Expire,
+    /// Set `allowPXE` on the Hardware.
+    EnableNetboot,
+    /// Ask the BMC for a one-time PXE boot.
+    SetPxeBoot,
+    /// Power-cycle (or power on) into netboot.
+    PowerCycle,
+    /// Clear `allowPXE`.
+    DisableNetboot,
+    /// Make the disk the boot device.
+    SetDiskBoot,
+    /// Reboot into the installed OS.
+    Reboot,
+    /// Apply the failure power policy.
+    FailurePower(FailurePower),
+    /// Nothing until this time (a retry or a timeout); `None`: until something changes.
+    Wait(Option<Timestamp>),
+}
+
+/// Decides the next step for a workflow at `now`. Pure.
+pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
+    let Some(status) = &workflow.status else {
+        return if workflow.is_disabled() { Step::Wait(None) } else { Step::Render };
+    };
+    let m = &status.machine;
+    if let Some(at) = m.retry_at
+        && at > now
+    {
+        return Step::Wait(Some(at));
+    }
+    if let Some(due) = status.next_deadline()
+        && due <= now
+    {
+        return Step::Expire;
+    }
+    let next = match status.state {
+        WorkflowState::Pending | WorkflowState::Running if !workflow.is_disabled() => {
+            if !m.netboot_enabled {
+                Some(Step::EnableNetboot)
+            } else if !m.no_bmc && !m.pxe_boot_set {
+                Some(Step::SetPxeBoot)
+            } else if !m.no_bmc && !m.power_cycled {
+                Some(Step::PowerCycle)
+            } else {
+                None
+            }
+        }
+        WorkflowState::Success => {
+            if !m.netboot_disabled {
+                Some(Step::DisableNetboot)
+            } else if !m.no_bmc && !m.disk_boot_set {
+                Some(Step::SetDiskBoot)
+            } else if !m.no_bmc && !m.rebooted {
+                Some(Step::Reboot)
+            } else {
+                None
+            }
+        }
+        WorkflowState::Failed | WorkflowState::Timeout => {
+            (!m.no_bmc && !m.failure_power_applied && status.failure_power != FailurePower::Unchanged)
+                .then_some(Step::FailurePower(status.failure_power))
+        }
+        _ => None,
+    };
+    let gave_up = m.last_error.as_deref().is_some_and(|e| e.starts_with("gave up"));
+    match next {
+        Some(_) if gave_up => Step::Wait(None),
+        Some(step) => step,
+        None => Step::Wait(status.next_deadline()),
+    }
+}
+
+/// The driver.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<dyn WorkflowStore>,
+    power: Arc<dyn PowerConnector>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// An engine over a store and a BMC connector.
+    pub fn new(store: Arc<dyn WorkflowStore>, power: Arc<dyn PowerConnector>, config: EngineConfig) -> Self {
+        Engine {
+            store,
+            power,
+            clock: Arc::new(SystemClock),
+            config,
+        }
+    }
+
+    /// Uses another clock (tests, simulations).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Takes every step that is due for one workflow. Returns when it next needs
+    /// attention (`None`: only when something changes).
+    pub async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
+        // Bounded: each step records progress, so a loop means a bug, not work.
+        for _ in 0..32 {
+            let Some(Versioned { version, value: wf }) = self.store.workflow(&key.namespace, &key.name).await? else {
+                return Ok(None);
+            };
+            let now = self.clock.now();
+            let step = plan(&wf, now);
+            tracing::debug!(workflow = %key.qualified_name(), ?step, "engine step");
+            match step {
+                Step::Wait(until) => return Ok(until),
+                Step::Render => self.render(key, version, wf).await?,
+                Step::Expire => {
+                    self.store.apply_event(key, &WorkflowEvent::Tick, now).await?;
+                }
+                step => self.machine_step(key, version, wf, step).await?,
+            }
+        }
+        Err(Error::Remote {
+            target: format!("engine ({key})"),
+            reason: "too many steps in one reconcile; the workflow is not making progress".into(),
+        })
+    }
+
+    /// Reconciles every workflow; returns the earliest time one needs attention.
+    pub async fn reconcile_all(&self) -> Result<Option<Timestamp>> {
+        let mut next: Option<Timestamp> = None;
+        for wf in self.store.workflows().await? {
+            let key = ObjectKey::new(Kind::Workflow, wf.value.metadata.namespace(), wf.value.metadata.name.clone());
+            match self.reconcile(&key).await {
+                Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(workflow = %key.qualified_name(), error = %e, "reconcile failed"),
+            }
+        }
+        Ok(next)
+    }
+
+    /// Runs until `shutdown` resolves: reconciles everything once, then each
+    /// workflow whose object changes, and everything again when a deadline is due.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let mut changes = self.store.watch();
+        tokio::pin!(shutdown);
+        let mut next = self.reconcile_all().await?;
+        loop {
+            let wait = next
+                .map(|t| t.duration_since(self.clock.now()))
+                .map(|d| d.try_into().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                change = changes.recv() => match change {
+                    Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => {
+                        match self.reconcile(&c.key).await {
+                            Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(workflow = %c.key.qualified_name(), error = %e, "reconcile failed"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => next = self.reconcile_all().await?,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = tokio::time::sleep(wait) => next = self.reconcile_all().await?,
+            }
+        }
+    }
+
+    async fn render(&self, key: &ObjectKey, version: u64, mut wf: Workflow) -> Result<()> {
+        let ns = wf.metadata.namespace().to_string();
+        let template = self.store.template(&ns, &wf.spec.template_ref).await?;
+        let hardware = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
+        let result = match &template {
+            None => Err(format!("template {ns}/{} not found", wf.spec.template_ref)),
+            Some(t) => crate::render::instantiate(&wf, &t.value, hardware.as_ref().map(|h| &h.value)).map_err(|e| e.to_string()),
+        };
+        let status = match result {
+            Ok(mut status) => {
+                status.heartbeat_grace_seconds = self.config.heartbeat_grace_seconds;
+                status.machine.preparing = true;
+                if hardware.is_none() {
+                    // Nothing to switch netboot on for, and no BMC: the machine is
+                    // booted by someone else.
+                    status.machine.netboot_enabled = true;
+                    status.machine.no_bmc = true;
+                    status.machine.preparing = false;
+                }
+                status
+            }
+            Err(reason) => {
+                let mut s = crate::model::WorkflowStatus::pending(Vec::new(), None);
+                s.state = WorkflowState::Failed;
+                s.reason = Some(format!("template rendering failed: {reason}"));
+                s
+            }
+        };
+        let summary = match &status.reason {
+            Some(r) => r.clone(),
+            None => format!("template rendered: {} actions", status.action_count()),
+        };
+        wf.status = Some(status);
+        self.store.put(Object::Workflow(wf), Precondition::Version(version)).await?;
+        self.log(key, hardware.as_ref().map(|h| &h.value), "engine", summary).await;
+        Ok(())
+    }
+
+    async fn machine_step(&self, key: &ObjectKey, version: u64, wf: Workflow, step: Step) -> Result<()> {
+        let ns = wf.metadata.namespace().to_string();
+        let hw = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
+        let outcome = self.carry_out(&step, hw.as_ref().map(|h| &h.value)).await;
+        let now = self.clock.now();
+        let mut wf = wf;
+        let Some(status) = wf.status.as_mut() else { return Ok(()) };
+        let m = &mut status.machine;
+        let mut fail_workflow = None;
+        let message = match outcome {
+            Ok(StepDone::Done) | Ok(StepDone::NoBmc) => {
+                let no_bmc = matches!(outcome, Ok(StepDone::NoBmc));
+                match step {
+                    Step::EnableNetboot => m.netboot_enabled = true,
+                    Step::SetPxeBoot => m.pxe_boot_set = true,
+                    Step::PowerCycle => m.power_cycled = true,
+                    Step::DisableNetboot => m.netboot_disabled = true,
+                    Step::SetDiskBoot => m.disk_boot_set = true,
+                    Step::Reboot => m.rebooted = true,
+                    Step::FailurePower(_) => m.failure_power_applied = true,
+                    _ => {}
+                }
+                if no_bmc {
+                    m.no_bmc = true;
+                }
+                if m.netboot_enabled && (m.no_bmc || m.power_cycled) {
+                    m.preparing = false;
+                }
+                m.attempts = 0;
+                m.retry_at = None;
+                m.last_error = None;
+                if no_bmc {
+                    format!("{step:?}: the machine has no BMC; power it on by hand")
+                } else {
+                    format!("{step:?}: done")
+                }
+            }
+            Err(e) => {
+                m.attempts += 1;
+                let retryable = e.is_transient() || matches!(e, Error::Remote { .. } | Error::Conflict { .. });
+                if !retryable || m.attempts >= self.config.max_attempts {
+                    let why = format!("gave up on {step:?} after {} attempts: {e}", m.attempts);
+                    m.last_error = Some(why.clone());
+                    m.retry_at = None;
+                    if matches!(step, Step::EnableNetboot | Step::SetPxeBoot | Step::PowerCycle) {
+                        m.preparing = false;
+                        fail_workflow = Some(why.clone());
+                    }
+                    why
+                } else {
+                    let delay = backoff(self.config.retry_base, self.config.retry_max, m.attempts);
+                    m.retry_at = now.checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO)).ok();
+                    m.last_error = Some(e.to_string());
+                    format!("{step:?} failed (attempt {}), retrying in {:.1} s: {e}", m.attempts, delay.as_secs_f64())
+                }
+            }
+        };
+        match self.store.put(Object::Workflow(wf), Precondition::Version(version)).await {
+            Ok(_) => {}
+            // Someone else (a worker's report) wrote first; the next pass re-plans.
+            Err(Error::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.log(key, hw.as_ref().map(|h| &h.value), "engine", message).await;
+        if let Some(reason) = fail_workflow {
+            match self.store.apply_event(key, &WorkflowEvent::Fail { reason }, now).await {
+                Ok(_) | Err(Error::Transition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn carry_out(&self, step: &Step, hw: Option<&Hardware>) -> Result<StepDone> {
+        match step {
+            Step::EnableNetboot | Step::DisableNetboot => {
+                let Some(hw) = hw else { return Ok(StepDone::NoBmc) };
+                self.set_allow_pxe(hw, matches!(step, Step::EnableNetboot)).await?;
+                Ok(StepDone::Done)
+            }
+            _ => {
+                let Some(hw) = hw else { return Ok(StepDone::NoBmc) };
+                let Some(bmc) = self.power.connect(hw).await? else {
+                    return Ok(StepDone::NoBmc);
+                };
+                let efi = hw.uefi();
+                match step {
+                    Step::SetPxeBoot => bmc.set_boot_device(BootDevice::Pxe, BootOptions { persistent: false, efi }).await?,
+                    Step::SetDiskBoot => bmc.set_boot_device(BootDevice::Disk, BootOptions { persistent: true, efi }).await?,
+                    Step::PowerCycle | Step::Reboot => cycle_or_on(bmc.as_ref()).await?,
+                    Step::FailurePower(FailurePower::Off) => bmc.power(PowerAction::Off).await?,
+                    Step::FailurePower(FailurePower::On) => {
+                        if bmc.power_state().await? == PowerState::Off {
+                            bmc.power(PowerAction::On).await?
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(StepDone::Done)
+            }
+        }
+    }
+
+    async fn set_allow_pxe(&self, hw: &Hardware, allow: bool) -> Result<()> {
+        let ns = hw.metadata.namespace().to_string();
+        // Retry on conflict: the Hardware may be edited by an operator meanwhile.
+        for _ in 0..5 {
+            let Some(Versioned { version, mut value }) = self.store.hardware(&ns, &hw.metadata.name).await? else {
+                return Ok(());
+            };
+            if value.allows_pxe() == allow && value.spec.interfaces.iter().all(|i| i.netboot.as_ref().and_then(|n| n.allow_pxe) == Some(allow)) {
+                return Ok(());
+            }
+            value.set_allow_pxe(allow);
+            match self.store.put(Object::Hardware(value), Precondition::Version(version)).await {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict {
+            key: format!("Hardware {ns}/{}", hw.metadata.name),
+            expected: 0,
+            found: 0,
+        })
+    }
+
+    async fn log(&self, key: &ObjectKey, hw: Option<&Hardware>, source: &str, message: String) {
+        let machine = hw
+            .map(|h| format!("{}/{}", h.metadata.namespace(), h.metadata.name))
+            .unwrap_or_else(|| key.qualified_name());
+        tracing::info!(workflow = %key.qualified_name(), machine = %machine, "{message}");
+        let event = MachineEvent {
+            seq: 0,
+            at: self.clock.now(),
+            machine,
+            source: source.into(),
+            message: format!("workflow {}: {message}", key.qualified_name()),
+        };
+        if let Err(e) = self.store.append_event(event).await {
+            tracing::warn!(error = %e, "could not record a machine event");
+        }
+    }
+}
+
+enum StepDone {
+    Done,
+    NoBmc,
+}
+
+async fn cycle_or_on(bmc: &dyn PowerController) -> Result<()> {
+    match bmc.power_state().await? {
+        PowerState::Off => bmc.power(PowerAction::On).await,
+        PowerState::On => bmc.power(PowerAction::Cycle).await,
+    }
+}
+
+/// Exponential backoff: `base * 2^(attempt-1)`, at most `max`.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(max)
+}

@@ -1,0 +1,181 @@
+//! The one error type of `tinker-core`, shared by the five traits so that a caller
+//! holding `Arc<dyn Trait>` can match on what went wrong without knowing the backend.
+
+use std::fmt;
+
+/// A `Result` whose error defaults to [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Tinker's core and behind its traits.
+///
+/// Variants say what happened; backends keep their own detail in `source`.
+/// No variant ever carries a secret (BMC password, token): backends must not put
+/// one in `reason` or in a `source` error's message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A YAML document could not be read into a Tinkerbell object.
+    #[error("{file}: {path}: {reason}")]
+    Parse {
+        /// The file (or other source name) the document came from.
+        file: String,
+        /// The field path inside the document, such as `spec.interfaces[0].dhcp.mac`.
+        path: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// One or more objects are well-formed YAML but not valid.
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    /// A Go template could not be parsed or rendered.
+    #[error("{0}")]
+    Template(#[from] crate::gotmpl::TemplateError),
+    /// The object does not exist.
+    #[error("{key} not found")]
+    NotFound {
+        /// The missing object.
+        key: String,
+    },
+    /// The object exists although the caller asked to create it.
+    #[error("{key} already exists")]
+    AlreadyExists {
+        /// The object that is already there.
+        key: String,
+    },
+    /// Optimistic concurrency: the caller's version is stale.
+    #[error("{key} has version {found}, not {expected}: it was changed by someone else; read it again and retry")]
+    Conflict {
+        /// The object that changed.
+        key: String,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version in the store.
+        found: u64,
+    },
+    /// A workflow event that the state machine refuses (for example a report for an
+    /// action that is not running).
+    #[error("workflow {workflow}: {reason}")]
+    Transition {
+        /// The workflow, `namespace/name`.
+        workflow: String,
+        /// Why the event is refused.
+        reason: crate::state::Refusal,
+    },
+    /// A remote component (BMC, database, Docker engine) could not be reached.
+    #[error("{target} is unreachable: {reason}")]
+    Unreachable {
+        /// What we tried to reach, such as `ipmi://10.0.0.5:623` (never with credentials).
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The remote component refused our credentials. Retrying will not help.
+    #[error("{target}: authentication failed")]
+    AuthenticationFailed {
+        /// The component that refused us.
+        target: String,
+    },
+    /// The component does not support the operation.
+    #[error("{target} does not support {operation}")]
+    Unsupported {
+        /// The component.
+        target: String,
+        /// What we asked for.
+        operation: String,
+    },
+    /// The remote component answered with a failure.
+    #[error("{target} reported a failure: {reason}")]
+    Remote {
+        /// The component.
+        target: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The operation did not finish in time.
+    #[error("{target}: {operation} timed out after {seconds} s")]
+    Timeout {
+        /// The component.
+        target: String,
+        /// The operation.
+        operation: String,
+        /// The time limit that passed.
+        seconds: u64,
+    },
+    /// A storage or runtime backend failed in a way of its own.
+    #[error("{backend}: {source}")]
+    Backend {
+        /// The backend, such as `redb` or `postgres`.
+        backend: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// True for errors that a retry may cure (unreachable, timeout, conflict);
+    /// false for ones it will not (authentication, invalid input, unsupported).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Conflict { .. }
+        )
+    }
+
+    /// Wraps a backend's own error.
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
+/// One finding of validation: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// The file (or other source name) the object came from.
+    pub file: String,
+    /// Which object in the file, such as `Hardware default/sm01`.
+    pub object: String,
+    /// The field path, such as `spec.interfaces[0].dhcp.mac`.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}: {}", self.file, self.object, self.path, self.reason)
+    }
+}
+
+/// All findings for one or more objects; never empty when returned as an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl ValidationErrors {
+    /// Turns the findings into `Ok(())` when there are none.
+    pub fn into_result(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(self))
+        }
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! # tinker-core
+//!
+//! The ground of Tinker, a Rust SDK for provisioning bare-metal servers:
+//!
+//! - the domain model, read and written as Tinkerbell's `tinkerbell.org/v1alpha1`
+//!   Hardware, Template and Workflow YAML ([`model`], [`validate`]);
+//! - Go-template rendering of Tinkerbell templates ([`render`], [`gotmpl`]);
+//! - the workflow state machine, pure code ([`state`]);
+//! - the five traits every backend implements: [`BootResponder`],
+//!   [`PowerController`], [`WorkflowStore`], [`ActionRuntime`], [`MetadataSource`];
+//! - the worker API's messages ([`worker_api`]);
+//! - the [`engine`] that drives a machine's lifecycle through those traits alone.
+//!
+//! It does no I/O of its own: sockets, files and processes live behind the traits,
+//! in `tinker-store`, `tinker-boot`, `tinker-bmc` and `tinker-actions`.
+//!
+//! ```
+//! use tinker_core::model::{parse_documents, Document, Object};
+//!
+//! let yaml = r#"
+//! apiVersion: tinkerbell.org/v1alpha1
+//! kind: Hardware
+//! metadata: { name: sm01 }
+//! spec:
+//!   interfaces:
+//!     - dhcp: { mac: "3c:ec:ef:4c:4f:54", ip: { address: 172.16.10.100, netmask: 255.255.255.0 } }
+//! "#;
+//! let docs = parse_documents("sm01.yaml", yaml).unwrap();
+//! let Document::Object(Object::Hardware(hw)) = &docs[0] else { panic!() };
+//! assert_eq!(hw.macs()[0].to_string(), "3c:ec:ef:4c:4f:54");
+//! assert!(tinker_core::validate::documents("sm01.yaml", &docs).0.is_empty());
+//! ```
+
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod boot;
+pub mod engine;
+mod error;
+pub mod gotmpl;
+mod mac;
+pub mod metadata;
+pub mod model;
+pub mod power;
+pub mod render;
+pub mod runtime;
+pub mod state;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod validate;
+pub mod worker_api;
+
+pub use boot::BootResponder;
+pub use error::{Error, Result, ValidationError, ValidationErrors};
+pub use mac::{MacAddr, MacParseError};
+pub use metadata::{InstanceMetadata, MetadataSource};
+pub use power::{BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState};
+pub use runtime::ActionRuntime;
+pub use store::{Precondition, Versioned, WorkflowStore, WorkflowStoreExt};

@@ -1,0 +1,599 @@
+//! The workflow state machine, as pure code: the status and an event in, with the
+//! current time, the new status out. No I/O, no clock: stores apply it inside their
+//! own atomic update, the engine asks it for its next deadline, and property tests
+//! drive it with random event sequences.
+//!
+//! ```text
+//!  workflow: PENDING ──first claim──▶ RUNNING ──last action SUCCESS──▶ SUCCESS
+//!                 │                     ├──action FAILED / cancel─────▶ FAILED
+//!                 └─cancel──▶ FAILED    └──action or global timeout───▶ TIMEOUT
+//!  action:   PENDING ──claim──▶ RUNNING ──report──▶ SUCCESS | FAILED | TIMEOUT
+//! ```
+//!
+//! Rules: actions run in order, each at most once (a claim moves it to RUNNING and
+//! it never returns to PENDING); the first action that fails or times out ends the
+//! workflow, and the actions after it stay PENDING, never to run; a finished
+//! workflow never changes; every FAILED or TIMEOUT carries a reason.
+
+use crate::model::{ActionStatus, CurrentState, WorkflowStatus};
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A workflow's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WorkflowState {
+    /// Waiting for its first action to be claimed.
+    #[serde(rename = "PENDING", alias = "STATE_PENDING")]
+    Pending,
+    /// An action has been claimed.
+    #[serde(rename = "RUNNING", alias = "STATE_RUNNING")]
+    Running,
+    /// Every action succeeded.
+    #[serde(rename = "SUCCESS", alias = "STATE_SUCCESS")]
+    Success,
+    /// An action failed, or the workflow was cancelled.
+    #[serde(rename = "FAILED", alias = "STATE_FAILED")]
+    Failed,
+    /// An action or the whole workflow ran out of time.
+    #[serde(rename = "TIMEOUT", alias = "STATE_TIMEOUT")]
+    Timeout,
+}
+
+/// An action's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActionState {
+    /// Not started.
+    #[serde(rename = "PENDING", alias = "STATE_PENDING")]
+    Pending,
+    /// Claimed by a worker.
+    #[serde(rename = "RUNNING", alias = "STATE_RUNNING")]
+    Running,
+    /// Ended with exit code 0.
+    #[serde(rename = "SUCCESS", alias = "STATE_SUCCESS")]
+    Success,
+    /// Ended otherwise.
+    #[serde(rename = "FAILED", alias = "STATE_FAILED")]
+    Failed,
+    /// Ran out of time (its own, the workflow's, or its worker's heartbeat).
+    #[serde(rename = "TIMEOUT", alias = "STATE_TIMEOUT")]
+    Timeout,
+}
+
+impl WorkflowState {
+    /// True for SUCCESS, FAILED and TIMEOUT.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Success | Self::Failed | Self::Timeout)
+    }
+
+    /// Position in the forward order PENDING < RUNNING < terminal.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Running => 1,
+            _ => 2,
+        }
+    }
+
+    /// `PENDING`, `RUNNING`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Running => "RUNNING",
+            Self::Success => "SUCCESS",
+            Self::Failed => "FAILED",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+impl ActionState {
+    /// True for SUCCESS, FAILED and TIMEOUT.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Success | Self::Failed | Self::Timeout)
+    }
+
+    /// Position in the forward order PENDING < RUNNING < terminal.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Running => 1,
+            _ => 2,
+        }
+    }
+
+    /// `PENDING`, `RUNNING`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Running => "RUNNING",
+            Self::Success => "SUCCESS",
+            Self::Failed => "FAILED",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+impl fmt::Display for WorkflowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for ActionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an action ended, as its worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ActionOutcome {
+    /// Exit code 0.
+    Success,
+    /// It ended otherwise.
+    Failed {
+        /// The exit code, if it ran to an end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// Why (the runtime's error, or the last lines of output).
+        message: String,
+    },
+    /// The worker's runtime stopped it when its timeout passed.
+    Timeout {
+        /// What the worker saw.
+        message: String,
+    },
+}
+
+/// Something that happens to a workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkflowEvent {
+    /// A worker asks for its next action.
+    Claim {
+        /// The worker's id (usually its MAC).
+        worker: String,
+    },
+    /// A worker reports how an action ended.
+    Report {
+        /// The action's position among all actions of the workflow.
+        action: usize,
+        /// The claim number it was given.
+        attempt: u32,
+        /// How it ended.
+        outcome: ActionOutcome,
+    },
+    /// A worker says it is still running an action.
+    Heartbeat {
+        /// The action's position.
+        action: usize,
+        /// The claim number.
+        attempt: u32,
+    },
+    /// The workflow is stopped as FAILED: an operator cancels it, or the engine
+    /// gives up on a step (a BMC that stays unreachable).
+    Fail {
+        /// Why; an empty reason is replaced by a generic one, never left empty.
+        reason: String,
+    },
+    /// Only time passes: timeouts are checked.
+    Tick,
+}
+
+/// What an accepted event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// The action at this position was given to the worker, with this claim number.
+    Claimed {
+        /// Position among all actions.
+        action: usize,
+        /// Claim number to report with.
+        attempt: u32,
+    },
+    /// The report was recorded; the workflow is now in this state.
+    Recorded(WorkflowState),
+    /// The heartbeat was recorded.
+    HeartbeatRecorded,
+    /// The workflow was stopped as FAILED.
+    Failed,
+    /// Nothing to do (a tick with nothing due).
+    Nothing,
+}
+
+/// Why the state machine refuses an event. The status is left unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// The workflow has ended; nothing changes it any more.
+    #[error("the workflow has finished ({state}); nothing changes it any more")]
+    Finished {
+        /// Its final state.
+        state: WorkflowState,
+    },
+    /// No action is waiting for this worker.
+    #[error("no action is waiting for worker {worker}")]
+    NoActionForWorker {
+        /// The worker.
+        worker: String,
+    },
+    /// The current action is already running under an earlier claim.
+    #[error("action {action} is already running (claim {attempt}); it is never handed out twice")]
+    AlreadyRunning {
+        /// Position.
+        action: usize,
+        /// Its claim number.
+        attempt: u32,
+    },
+    /// The event names an action that is not the running one, or an old claim.
+    #[error("action {action} claim {attempt} is not running (it is {state}, claim {current_attempt})")]
+    NotRunning {
+        /// Position named by the event.
+        action: usize,
+        /// Claim number named by the event.
+        attempt: u32,
+        /// The action's state.
+        state: ActionState,
+        /// The action's current claim number.
+        current_attempt: u32,
+    },
+    /// The engine has not finished preparing the machine (netboot, power cycle);
+    /// a worker already running must not start an action the power cycle would kill.
+    #[error("the machine is being prepared (netboot and power cycle); ask again shortly")]
+    Preparing,
+    /// The workflow's template has not been rendered yet.
+    #[error("the workflow has not been rendered yet")]
+    NotRendered,
+    /// The workflow is disabled (`spec.disabled`).
+    #[error("the workflow is disabled")]
+    Disabled,
+    /// The event names an action that does not exist.
+    #[error("the workflow has no action {action}")]
+    UnknownAction {
+        /// Position named by the event.
+        action: usize,
+    },
+}
+
+impl WorkflowStatus {
+    /// A fresh status for rendered tasks: PENDING, nothing claimed.
+    pub fn pending(tasks: Vec<crate::model::TaskStatus>, global_timeout: Option<i64>) -> Self {
+        let mut s = WorkflowStatus {
+            state: WorkflowState::Pending,
+            reason: None,
+            agent_id: None,
+            global_timeout,
+            global_execution_stop: None,
+            heartbeat_grace_seconds: None,
+            failure_power: Default::default(),
+            current_state: None,
+            tasks,
+            machine: Default::default(),
+            extra: Default::default(),
+        };
+        s.refresh_current();
+        s
+    }
+
+    /// All actions in order, with their task's index.
+    pub fn actions(&self) -> impl Iterator<Item = (usize, &ActionStatus)> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .flat_map(|(t, task)| task.actions.iter().map(move |a| (t, a)))
+    }
+
+    /// Number of actions.
+    pub fn action_count(&self) -> usize {
+        self.tasks.iter().map(|t| t.actions.len()).sum()
+    }
+
+    /// The action at a position, with its task's index.
+    pub fn action(&self, index: usize) -> Option<(usize, &ActionStatus)> {
+        self.actions().nth(index)
+    }
+
+    fn action_mut(&mut self, index: usize) -> Option<&mut ActionStatus> {
+        self.tasks
+            .iter_mut()
+            .flat_map(|t| t.actions.iter_mut())
+            .nth(index)
+    }
+
+    /// The first action that has not succeeded: the running one, or the next to run.
+    pub fn current_action(&self) -> Option<usize> {
+        self.actions()
+            .position(|(_, a)| a.state != ActionState::Success)
+    }
+
+    /// The earliest time at which something is due (an action's or the workflow's
+    /// timeout, a missed heartbeat): the engine wakes then and sends [`WorkflowEvent::Tick`].
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        let mut due = self.global_execution_stop;
+        if let Some(i) = self.current_action() {
+            let (_, a) = self.action(i)?;
+            if a.state == ActionState::Running {
+                due = min_ts(due, self.action_deadline(a));
+                due = min_ts(due, self.heartbeat_deadline(a));
+            }
+        }
+        due
+    }
+
+    fn action_deadline(&self, a: &ActionStatus) -> Option<Timestamp> {
+        let start = a.execution_start?;
+        let secs = a.timeout.filter(|t| *t > 0)?;
+        start.checked_add(SignedDuration::from_secs(secs)).ok()
+    }
+
+    fn heartbeat_deadline(&self, a: &ActionStatus) -> Option<Timestamp> {
+        let last = a.last_heartbeat.or(a.execution_start)?;
+        let secs = self.heartbeat_grace_seconds.filter(|t| *t > 0)?;
+        last.checked_add(SignedDuration::from_secs(secs)).ok()
+    }
+
+    /// Applies the timeouts due at `now`. Returns true if the status changed.
+    pub fn expire(&mut self, now: Timestamp) -> bool {
+        if self.state != WorkflowState::Running {
+            return false;
+        }
+        let current = self.current_action();
+        let running = current.and_then(|i| {
+            let (_, a) = self.action(i)?;
+            (a.state == ActionState::Running).then_some((i, a.clone()))
+        });
+        let mut why = None;
+        if let Some(stop) = self.global_execution_stop
+            && stop <= now
+        {
+            why = Some(format!(
+                "the workflow exceeded its global timeout of {} s",
+                self.global_timeout.unwrap_or_default()
+            ));
+        }
+        if why.is_none()
+            && let Some((_, a)) = &running
+        {
+            if self.action_deadline(a).is_some_and(|d| d <= now) {
+                why = Some(format!(
+                    "action {:?} exceeded its timeout of {} s",
+                    a.name,
+                    a.timeout.unwrap_or_default()
+                ));
+            } else if self.heartbeat_deadline(a).is_some_and(|d| d <= now) {
+                why = Some(format!(
+                    "action {:?}: its worker sent no heartbeat for {} s",
+                    a.name,
+                    self.heartbeat_grace_seconds.unwrap_or_default()
+                ));
+            }
+        }
+        let Some(why) = why else { return false };
+        if let Some((i, _)) = running
+            && let Some(a) = self.action_mut(i)
+        {
+            finish_action(a, ActionState::Timeout, now, None, why.clone());
+        }
+        self.finish(WorkflowState::Timeout, Some(why));
+        true
+    }
+
+    /// Handles one event at `now`, after [`expire`](Self::expire). On refusal the
+    /// status is unchanged.
+    pub fn handle(&mut self, now: Timestamp, event: &WorkflowEvent) -> Result<Effect, Refusal> {
+        if self.state.is_terminal() {
+            if matches!(event, WorkflowEvent::Tick) {
+                return Ok(Effect::Nothing);
+            }
+            return Err(Refusal::Finished { state: self.state });
+        }
+        match event {
+            WorkflowEvent::Tick => Ok(Effect::Nothing),
+            WorkflowEvent::Claim { worker } => self.claim(now, worker),
+            WorkflowEvent::Report {
+                action,
+                attempt,
+                outcome,
+            } => self.report(now, *action, *attempt, outcome),
+            WorkflowEvent::Heartbeat { action, attempt } => {
+                let a = self.running_action_mut(*action, *attempt)?;
+                a.last_heartbeat = Some(now);
+                Ok(Effect::HeartbeatRecorded)
+            }
+            WorkflowEvent::Fail { reason } => {
+                let why = if reason.trim().is_empty() {
+                    "stopped without a reason given".to_string()
+                } else {
+                    reason.trim().to_string()
+                };
+                if let Some(i) = self.current_action()
+                    && let Some(a) = self.action_mut(i)
+                    && a.state == ActionState::Running
+                {
+                    finish_action(a, ActionState::Failed, now, None, why.clone());
+                }
+                self.finish(WorkflowState::Failed, Some(why));
+                Ok(Effect::Failed)
+            }
+        }
+    }
+
+    /// [`expire`](Self::expire), then [`handle`](Self::handle). Returns whether the
+    /// status changed and what the event did.
+    pub fn apply(&mut self, now: Timestamp, event: &WorkflowEvent) -> (bool, Result<Effect, Refusal>) {
+        let expired = self.expire(now);
+        let result = self.handle(now, event);
+        let changed = expired
+            || matches!(&result, Ok(e) if *e != Effect::Nothing);
+        (changed, result)
+    }
+
+    /// Whether `worker` has an action waiting (a cheap pre-check before a claim).
+    pub fn has_work_for(&self, worker: &str) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        let Some(i) = self.current_action() else {
+            return false;
+        };
+        let Some((t, a)) = self.action(i) else {
+            return false;
+        };
+        a.state == ActionState::Pending && self.tasks[t].agent_id == worker && !self.machine.preparing
+    }
+
+    fn claim(&mut self, now: Timestamp, worker: &str) -> Result<Effect, Refusal> {
+        let no_work = || Refusal::NoActionForWorker {
+            worker: worker.to_string(),
+        };
+        let index = self.current_action().ok_or_else(no_work)?;
+        let (task, action) = self.action(index).ok_or_else(no_work)?;
+        if self.tasks[task].agent_id != worker {
+            return Err(no_work());
+        }
+        if self.machine.preparing {
+            return Err(Refusal::Preparing);
+        }
+        if action.state == ActionState::Running {
+            return Err(Refusal::AlreadyRunning {
+                action: index,
+                attempt: action.attempt,
+            });
+        }
+        if self.state == WorkflowState::Pending {
+            self.state = WorkflowState::Running;
+            if let Some(secs) = self.global_timeout.filter(|t| *t > 0) {
+                self.global_execution_stop = now.checked_add(SignedDuration::from_secs(secs)).ok();
+            }
+        }
+        self.agent_id = Some(worker.to_string());
+        let a = self.action_mut(index).ok_or_else(no_work)?;
+        a.state = ActionState::Running;
+        a.attempt += 1;
+        a.execution_start = Some(now);
+        a.last_heartbeat = Some(now);
+        let attempt = a.attempt;
+        self.refresh_current();
+        Ok(Effect::Claimed {
+            action: index,
+            attempt,
+        })
+    }
+
+    fn running_action_mut(&mut self, index: usize, attempt: u32) -> Result<&mut ActionStatus, Refusal> {
+        let a = self
+            .action_mut(index)
+            .ok_or(Refusal::UnknownAction { action: index })?;
+        if a.state != ActionState::Running || a.attempt != attempt {
+            return Err(Refusal::NotRunning {
+                action: index,
+                attempt,
+                state: a.state,
+                current_attempt: a.attempt,
+            });
+        }
+        Ok(a)
+    }
+
+    fn report(
+        &mut self,
+        now: Timestamp,
+        index: usize,
+        attempt: u32,
+        outcome: &ActionOutcome,
+    ) -> Result<Effect, Refusal> {
+        let total = self.action_count();
+        let a = self.running_action_mut(index, attempt)?;
+        let name = a.name.clone();
+        let end = match outcome {
+            ActionOutcome::Success => {
+                finish_action(a, ActionState::Success, now, Some(0), String::new());
+                if index + 1 == total {
+                    Some((WorkflowState::Success, None))
+                } else {
+                    None
+                }
+            }
+            ActionOutcome::Failed { exit_code, message } => {
+                let mut why = format!("action {name:?} failed");
+                if let Some(code) = exit_code {
+                    why.push_str(&format!(" with exit code {code}"));
+                }
+                if !message.trim().is_empty() {
+                    why.push_str(": ");
+                    why.push_str(message.trim());
+                }
+                finish_action(a, ActionState::Failed, now, *exit_code, why.clone());
+                Some((WorkflowState::Failed, Some(why)))
+            }
+            ActionOutcome::Timeout { message } => {
+                let mut why = format!("action {name:?} timed out");
+                if !message.trim().is_empty() {
+                    why.push_str(": ");
+                    why.push_str(message.trim());
+                }
+                finish_action(a, ActionState::Timeout, now, None, why.clone());
+                Some((WorkflowState::Timeout, Some(why)))
+            }
+        };
+        match end {
+            Some((state, reason)) => self.finish(state, reason),
+            None => self.refresh_current(),
+        }
+        Ok(Effect::Recorded(self.state))
+    }
+
+    fn finish(&mut self, state: WorkflowState, reason: Option<String>) {
+        self.state = state;
+        self.reason = reason;
+        self.refresh_current();
+    }
+
+    /// Recomputes `currentState` from the actions.
+    fn refresh_current(&mut self) {
+        let index = self
+            .current_action()
+            .or_else(|| self.action_count().checked_sub(1));
+        self.current_state = index.and_then(|i| {
+            let (t, a) = self.action(i)?;
+            Some(CurrentState {
+                agent_id: self.tasks[t].agent_id.clone(),
+                task_name: self.tasks[t].name.clone(),
+                action_name: a.name.clone(),
+                action_index: i,
+                state: a.state,
+            })
+        });
+    }
+}
+
+fn finish_action(
+    a: &mut ActionStatus,
+    state: ActionState,
+    now: Timestamp,
+    exit_code: Option<i32>,
+    message: String,
+) {
+    a.state = state;
+    a.execution_stop = Some(now);
+    if let Some(start) = a.execution_start {
+        let d = now.duration_since(start);
+        a.execution_duration = Some(format!("{:.3}s", d.as_secs_f64()));
+    }
+    a.exit_code = exit_code;
+    if !message.is_empty() {
+        a.message = Some(message);
+    }
+}
+
+fn min_ts(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}

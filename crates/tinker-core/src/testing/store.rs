@@ -1,0 +1,318 @@
+//! The `WorkflowStore` conformance suite, written once, run by every store
+//! (in-memory, embedded, PostgreSQL): `run_all(store).await` in each backend's tests.
+//! Each check uses its own object names, so the checks can share one store.
+
+use super::{hardware, mac, rendered_workflow, template};
+use crate::error::Error;
+use crate::model::{Kind, Object, ObjectKey};
+use crate::state::{ActionOutcome, ActionState, WorkflowEvent, WorkflowState};
+use crate::store::{MachineEvent, Precondition, WorkflowStore, WorkflowStoreExt};
+use jiff::{SignedDuration, Timestamp};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("valid timestamp")
+}
+
+fn wf_key(name: &str) -> ObjectKey {
+    ObjectKey::default_ns(Kind::Workflow, name)
+}
+
+/// Runs every check.
+pub async fn run_all(store: Arc<dyn WorkflowStore>) {
+    crud_and_optimistic_concurrency(store.as_ref()).await;
+    lookups_by_mac_and_ip(store.as_ref()).await;
+    duplicate_mac_is_refused(store.as_ref()).await;
+    change_feed_reports_writes(store.as_ref()).await;
+    claim_and_report_in_order(store.as_ref()).await;
+    failure_ends_the_workflow(store.as_ref()).await;
+    timeouts_are_applied(store.as_ref()).await;
+    machine_event_log(store.as_ref()).await;
+    concurrent_claims_are_exclusive(store.clone(), 64, 16, 4, 5).await;
+}
+
+/// Create, read, update with a version, stale versions refused, list, delete.
+pub async fn crud_and_optimistic_concurrency(store: &dyn WorkflowStore) {
+    let hw = hardware("crud-a", 1001);
+    let key = ObjectKey::default_ns(Kind::Hardware, "crud-a");
+    assert_eq!(store.put(hw.clone().into(), Precondition::Absent).await.unwrap(), 1);
+    let again = store.put(hw.clone().into(), Precondition::Absent).await.unwrap_err();
+    assert!(matches!(again, Error::AlreadyExists { .. }), "create twice: {again}");
+    let got = store.get(&key).await.unwrap().expect("stored");
+    assert_eq!(got.version, 1);
+    assert_eq!(got.value, Object::Hardware(hw.clone()));
+
+    let mut changed = hw.clone();
+    changed.spec.user_data = Some("#cloud-config\n".into());
+    assert_eq!(store.put(changed.clone().into(), Precondition::Version(1)).await.unwrap(), 2);
+    let stale = store.put(hw.clone().into(), Precondition::Version(1)).await.unwrap_err();
+    match &stale {
+        Error::Conflict { expected, found, .. } => assert_eq!((*expected, *found), (1, 2)),
+        other => panic!("stale write not refused as a conflict: {other}"),
+    }
+    assert!(stale.to_string().contains("crud-a"), "the conflict names the object: {stale}");
+    assert_eq!(store.hardware("default", "crud-a").await.unwrap().unwrap().value, changed);
+    let missing = store
+        .put(hardware("crud-missing", 1002).into(), Precondition::Version(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, Error::NotFound { .. }), "{missing}");
+
+    store.put(hardware("crud-b", 1003).into(), Precondition::Any).await.unwrap();
+    let names: Vec<String> = store
+        .list(Kind::Hardware)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.value.metadata().name.clone())
+        .filter(|n| n.starts_with("crud-"))
+        .collect();
+    assert_eq!(names, ["crud-a", "crud-b"], "listed in name order");
+
+    let stale = store.delete(&key, Precondition::Version(1)).await.unwrap_err();
+    assert!(matches!(stale, Error::Conflict { .. }), "{stale}");
+    store.delete(&key, Precondition::Version(2)).await.unwrap();
+    assert!(store.get(&key).await.unwrap().is_none());
+    let gone = store.delete(&key, Precondition::Any).await.unwrap_err();
+    assert!(matches!(gone, Error::NotFound { .. }), "{gone}");
+    // A name can be reused after deletion, starting again at version 1.
+    assert_eq!(store.put(hw.into(), Precondition::Absent).await.unwrap(), 1);
+}
+
+/// Hardware is found by MAC and by IP, and the index follows updates.
+pub async fn lookups_by_mac_and_ip(store: &dyn WorkflowStore) {
+    let hw = hardware("lookup", 2001);
+    let ip = hw.ipv4s()[0];
+    store.put(hw.clone().into(), Precondition::Absent).await.unwrap();
+    let by_mac = store.hardware_by_mac(mac(2001)).await.unwrap().expect("by MAC");
+    assert_eq!(by_mac.value.metadata.name, "lookup");
+    let by_ip = store.hardware_by_ip(ip.into()).await.unwrap().expect("by IP");
+    assert_eq!(by_ip.version, 1);
+    assert!(store.hardware_by_mac(mac(2002)).await.unwrap().is_none());
+
+    let mut moved = hw.clone();
+    moved.spec.interfaces[0].dhcp.as_mut().unwrap().mac = mac(2002).to_string();
+    store.put(moved.into(), Precondition::Version(1)).await.unwrap();
+    assert!(store.hardware_by_mac(mac(2001)).await.unwrap().is_none(), "old MAC still indexed");
+    assert_eq!(store.hardware_by_mac(mac(2002)).await.unwrap().unwrap().version, 2);
+    store
+        .delete(&ObjectKey::default_ns(Kind::Hardware, "lookup"), Precondition::Any)
+        .await
+        .unwrap();
+    assert!(store.hardware_by_mac(mac(2002)).await.unwrap().is_none(), "deleted still indexed");
+    assert!(store.hardware_by_ip(ip.into()).await.unwrap().is_none());
+}
+
+/// Two Hardware cannot share a MAC.
+pub async fn duplicate_mac_is_refused(store: &dyn WorkflowStore) {
+    store.put(hardware("dup-a", 3001).into(), Precondition::Absent).await.unwrap();
+    let mut other = hardware("dup-b", 3002);
+    other.spec.interfaces[0].dhcp.as_mut().unwrap().mac = mac(3001).to_string();
+    let err = store.put(other.into(), Precondition::Absent).await.unwrap_err();
+    assert!(err.to_string().contains(&mac(3001).to_string()), "names the MAC: {err}");
+    assert!(store.hardware("default", "dup-b").await.unwrap().is_none(), "nothing written");
+}
+
+/// Writes and deletes appear on the change feed with their versions.
+pub async fn change_feed_reports_writes(store: &dyn WorkflowStore) {
+    let mut feed = store.watch();
+    let t = template("feed-template", 1, 60);
+    store.put(t.clone().into(), Precondition::Absent).await.unwrap();
+    store.put(t.into(), Precondition::Version(1)).await.unwrap();
+    let key = ObjectKey::default_ns(Kind::Template, "feed-template");
+    store.delete(&key, Precondition::Any).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let c = tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv())
+            .await
+            .expect("change arrives")
+            .expect("feed open");
+        if c.key == key {
+            seen.push((c.version, c.deleted));
+        }
+    }
+    assert_eq!(seen, [(1, false), (2, false), (2, true)]);
+}
+
+/// Actions are claimed one at a time, in order, each once; reports need the claim.
+pub async fn claim_and_report_in_order(store: &dyn WorkflowStore) {
+    let worker = mac(4001).to_string();
+    let wf = rendered_workflow("order", mac(4001), 2, 60);
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let key = wf_key("order");
+    assert!(store.claim_next_action(&mac(4002).to_string(), t0()).await.unwrap().is_none(), "another worker gets nothing");
+
+    let a = store.claim_next_action(&worker, t0()).await.unwrap().expect("first action");
+    assert_eq!((a.workflow.clone(), a.action_index, a.attempt), (key.clone(), 0, 1));
+    assert_eq!(a.action.environment.get("DEST_DISK").map(String::as_str), Some("/dev/sda"));
+    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none(), "running action handed out twice");
+
+    let stale = WorkflowEvent::Report { action: 0, attempt: 7, outcome: ActionOutcome::Success };
+    let err = store.apply_event(&key, &stale, t0()).await.unwrap_err();
+    assert!(matches!(err, Error::Transition { .. }), "{err}");
+
+    let ok = WorkflowEvent::Report { action: 0, attempt: 1, outcome: ActionOutcome::Success };
+    let applied = store.apply_event(&key, &ok, t0()).await.unwrap();
+    assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Running));
+    let err = store.apply_event(&key, &ok, t0()).await.unwrap_err();
+    assert!(matches!(err, Error::Transition { .. }), "a second report for the same claim: {err}");
+
+    let b = store.claim_next_action(&worker, t0()).await.unwrap().expect("second action");
+    assert_eq!((b.action_index, b.attempt), (1, 1));
+    let hb = store
+        .apply_event(&key, &WorkflowEvent::Heartbeat { action: 1, attempt: 1 }, t0() + SignedDuration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(hb.workflow.version > applied.workflow.version);
+    let done = WorkflowEvent::Report { action: 1, attempt: 1, outcome: ActionOutcome::Success };
+    let applied = store.apply_event(&key, &done, t0() + SignedDuration::from_secs(9)).await.unwrap();
+    assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Success));
+    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none());
+    let stored = store.workflow("default", "order").await.unwrap().unwrap();
+    assert_eq!(stored.version, applied.workflow.version, "the store returns what it saved");
+    let status = stored.value.status.unwrap();
+    assert!(status.actions().all(|(_, a)| a.state == ActionState::Success));
+}
+
+/// A failed action fails the workflow with its reason; nothing after it runs.
+pub async fn failure_ends_the_workflow(store: &dyn WorkflowStore) {
+    let worker = mac(5001).to_string();
+    store
+        .put(rendered_workflow("fails", mac(5001), 3, 60).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let key = wf_key("fails");
+    let a = store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
+    let report = WorkflowEvent::Report {
+        action: a.action_index,
+        attempt: a.attempt,
+        outcome: ActionOutcome::Failed { exit_code: Some(3), message: "disk not found".into() },
+    };
+    let applied = store.apply_event(&key, &report, t0()).await.unwrap();
+    let status = applied.workflow.value.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    let reason = status.reason.unwrap();
+    assert!(reason.contains("exit code 3") && reason.contains("disk not found"), "{reason}");
+    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none(), "an action ran after a failure");
+    let err = store.apply_event(&key, &WorkflowEvent::Fail { reason: "x".into() }, t0()).await.unwrap_err();
+    assert!(matches!(err, Error::Transition { .. }), "a finished workflow changed: {err}");
+}
+
+/// Action timeouts are applied by a tick, and saved.
+pub async fn timeouts_are_applied(store: &dyn WorkflowStore) {
+    let worker = mac(6001).to_string();
+    store
+        .put(rendered_workflow("slow", mac(6001), 2, 30).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let key = wf_key("slow");
+    store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
+    let early = store.apply_event(&key, &WorkflowEvent::Tick, t0() + SignedDuration::from_secs(29)).await.unwrap();
+    assert_eq!(early.workflow.value.state(), Some(WorkflowState::Running));
+    let late = store.apply_event(&key, &WorkflowEvent::Tick, t0() + SignedDuration::from_secs(30)).await.unwrap();
+    assert_eq!(late.workflow.value.state(), Some(WorkflowState::Timeout));
+    let stored = store.workflow("default", "slow").await.unwrap().unwrap().value.status.unwrap();
+    assert_eq!(stored.state, WorkflowState::Timeout);
+    assert!(stored.reason.unwrap().contains("timeout of 30 s"));
+    // A report that arrives after the deadline is refused: the action already timed out.
+    let late_report = WorkflowEvent::Report { action: 0, attempt: 1, outcome: ActionOutcome::Success };
+    assert!(store.apply_event(&key, &late_report, t0() + SignedDuration::from_secs(31)).await.is_err());
+}
+
+/// The event log is append-only, per machine, oldest first.
+pub async fn machine_event_log(store: &dyn WorkflowStore) {
+    for i in 0..5 {
+        store
+            .append_event(MachineEvent {
+                seq: 0,
+                at: t0() + SignedDuration::from_secs(i),
+                machine: "default/log-machine".into(),
+                source: "dhcp".into(),
+                message: format!("event {i}"),
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .append_event(MachineEvent {
+            seq: 0,
+            at: t0(),
+            machine: "default/other".into(),
+            source: "dhcp".into(),
+            message: "not mine".into(),
+        })
+        .await
+        .unwrap();
+    let last = store.events("default/log-machine", 3).await.unwrap();
+    let messages: Vec<&str> = last.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["event 2", "event 3", "event 4"]);
+    assert!(last.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+}
+
+/// `tasks` concurrent workers race over `worker_ids` worker identities, each with
+/// `workflows_per_worker` workflows of `actions` actions: every action is claimed
+/// exactly once and every workflow ends SUCCESS.
+pub async fn concurrent_claims_are_exclusive(
+    store: Arc<dyn WorkflowStore>,
+    tasks: usize,
+    worker_ids: u32,
+    workflows_per_worker: u32,
+    actions: usize,
+) {
+    let mut total = 0;
+    for w in 0..worker_ids {
+        for k in 0..workflows_per_worker {
+            let name = format!("race-{w}-{k}");
+            store
+                .put(rendered_workflow(&name, mac(7000 + w), actions, 600).into(), Precondition::Absent)
+                .await
+                .unwrap();
+            total += actions;
+        }
+    }
+    let claimed: Arc<Mutex<HashSet<(String, usize)>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        let claimed = claimed.clone();
+        let done = done.clone();
+        let worker = mac(7000 + (t as u32 % worker_ids)).to_string();
+        handles.push(tokio::spawn(async move {
+            let mut mine = 0;
+            // Until every action of every worker is done: a task whose worker's
+            // action is running elsewhere waits for the next one.
+            while done.load(std::sync::atomic::Ordering::SeqCst) < total {
+                match store.claim_next_action(&worker, t0()).await.unwrap() {
+                    Some(a) => {
+                        let fresh = claimed.lock().unwrap().insert((a.workflow.name.clone(), a.action_index));
+                        assert!(fresh, "{} action {} claimed twice", a.workflow.name, a.action_index);
+                        let report = WorkflowEvent::Report {
+                            action: a.action_index,
+                            attempt: a.attempt,
+                            outcome: ActionOutcome::Success,
+                        };
+                        store.apply_event(&a.workflow, &report, t0()).await.unwrap();
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        mine += 1;
+                    }
+                    None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                }
+            }
+            mine
+        }));
+    }
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.expect("worker task");
+    }
+    assert_eq!(sum, total, "every action claimed once");
+    assert_eq!(claimed.lock().unwrap().len(), total);
+    for w in 0..worker_ids {
+        for k in 0..workflows_per_worker {
+            let wf = store.workflow("default", &format!("race-{w}-{k}")).await.unwrap().unwrap();
+            assert_eq!(wf.value.state(), Some(WorkflowState::Success));
+        }
+    }
+}

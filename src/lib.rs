@@ -1,0 +1,11 @@
+//! # Tinker
+//!
+//! A Rust SDK for provisioning bare-metal servers, compatible with Tinkerbell's
+//! Hardware, Template and Workflow objects. This crate is a facade: it re-exports
+//! the member crates, and holds the examples and benchmarks that wire them.
+//!
+//! - [`core`]: domain model, template rendering, state machine, the five traits, the engine.
+//! - [`store`]: `WorkflowStore` implementations (in-memory, embedded file).
+
+pub use tinker_core as core;
+pub use tinker_store as store;
