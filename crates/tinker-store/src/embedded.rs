@@ -1,0 +1,377 @@
+//! `RedbStore`: the embedded persistent store, one file, no server.
+//!
+//! Why redb: pure Rust (no C toolchain, no SQLite version skew), ACID with
+//! copy-on-write B-trees and a two-phase commit whose committed transactions
+//! survive a crash or power loss, and a single writer at a time, which makes every
+//! claim and report atomic without lock choreography. A control plane for a rack
+//! writes a few thousand small records per minute; a single writer is no limit
+//! there (see BENCHMARKS.md).
+//!
+//! Layout: `objects` (encoded key → JSON of the versioned object), `index`
+//! (multimap term → encoded key: MACs, IPs, workers with unfinished workflows),
+//! `events` ((machine, seq) → JSON), `meta` (counters). redb is blocking, so
+//! every operation runs in `spawn_blocking`; the change feed is sent after commit.
+
+use crate::common::{FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken};
+use async_trait::async_trait;
+use jiff::Timestamp;
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    TableDefinition, WriteTransaction,
+};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
+use tinker_core::state::WorkflowEvent;
+use tinker_core::store::{
+    Applied, Assignment, Change, IndexTerm, MachineEvent, Precondition, Versioned, WorkflowStore,
+    apply_to_workflow, check_precondition, claim_in_workflow,
+};
+use tinker_core::{Error, MacAddr, Result};
+use tokio::sync::broadcast;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const INDEX: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("index");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENT_SEQ: &str = "event_seq";
+
+/// The embedded persistent [`WorkflowStore`], in one redb file.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    feed: broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").field("path", &self.path).finish()
+    }
+}
+
+fn db_err(e: impl Into<redb::Error>) -> Error {
+    Error::backend("redb", e.into())
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::backend("redb (stored JSON)", e)
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file. If the last process died mid-write,
+    /// redb repairs the file here and the last committed state is what is read.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let db = tokio::task::spawn_blocking(move || -> Result<Database> {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::backend("redb", format!("cannot create {}: {e}", dir.display())))?;
+            }
+            let db = Database::create(&p).map_err(|e| Error::backend("redb", format!("cannot open {}: {e}", p.display())))?;
+            // Create the tables once so readers never meet a missing table.
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(OBJECTS).map_err(db_err)?;
+            txn.open_multimap_table(INDEX).map_err(db_err)?;
+            txn.open_table(EVENTS).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+            Ok(db)
+        })
+        .await
+        .map_err(|e| Error::backend("redb", e))??;
+        tracing::debug!(path = %path.display(), "opened embedded store");
+        Ok(RedbStore {
+            db: Arc::new(db),
+            path,
+            feed: broadcast::channel(FEED_CAPACITY).0,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| Error::backend("redb", e))?
+    }
+
+    fn notify(&self, changes: Vec<Change>) {
+        for c in changes {
+            let _ = self.feed.send(c);
+        }
+    }
+}
+
+fn read_object(txn: &WriteTransaction, k: &str) -> Result<Option<Versioned<Object>>> {
+    let table = txn.open_table(OBJECTS).map_err(db_err)?;
+    let got = table.get(k).map_err(db_err)?;
+    got.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+}
+
+/// Writes (or deletes, with `None`) an object and its index terms in `txn`.
+fn write_object(txn: &WriteTransaction, key: &ObjectKey, old: Option<&Object>, new: Option<&Versioned<Object>>) -> Result<()> {
+    let k = encode_key(key);
+    let (remove, add) = index_diff(old, new.map(|v| &v.value));
+    {
+        let mut index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+        for term in &add {
+            if term.is_unique() {
+                let holders = index.get(term.as_key().as_str()).map_err(db_err)?;
+                for h in holders {
+                    let h = h.map_err(db_err)?;
+                    if h.value() != k {
+                        return Err(taken(term, key, h.value()));
+                    }
+                }
+            }
+        }
+        for term in remove {
+            index.remove(term.as_key().as_str(), k.as_str()).map_err(db_err)?;
+        }
+        for term in add {
+            index.insert(term.as_key().as_str(), k.as_str()).map_err(db_err)?;
+        }
+    }
+    let mut table = txn.open_table(OBJECTS).map_err(db_err)?;
+    match new {
+        Some(v) => {
+            let bytes = serde_json::to_vec(v).map_err(json_err)?;
+            table.insert(k.as_str(), bytes.as_slice()).map_err(db_err)?;
+        }
+        None => {
+            table.remove(k.as_str()).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn hardware_by(db: &Database, term: &IndexTerm) -> Result<Option<Versioned<Hardware>>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+    let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+    let mut holders = index.get(term.as_key().as_str()).map_err(db_err)?;
+    let Some(k) = holders.next() else { return Ok(None) };
+    let k = k.map_err(db_err)?;
+    let Some(v) = objects.get(k.value()).map_err(db_err)? else {
+        return Ok(None);
+    };
+    let stored: Versioned<Object> = serde_json::from_slice(v.value()).map_err(json_err)?;
+    Ok(match stored.value {
+        Object::Hardware(h) => Some(Versioned { version: stored.version, value: h }),
+        _ => None,
+    })
+}
+
+#[async_trait]
+impl WorkflowStore for RedbStore {
+    async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
+        let key = object.key();
+        check_key(&key)?;
+        let k2 = key.clone();
+        let version = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                let old = read_object(&txn, &encode_key(&k2))?;
+                check_precondition(&k2, old.as_ref().map(|v| v.version), precondition)?;
+                let version = old.as_ref().map_or(0, |v| v.version) + 1;
+                write_object(&txn, &k2, old.as_ref().map(|v| &v.value), Some(&Versioned { version, value: object }))?;
+                txn.commit().map_err(db_err)?;
+                Ok(version)
+            })
+            .await?;
+        self.notify(vec![Change { key, version, deleted: false }]);
+        Ok(version)
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned<Object>>> {
+        let k = encode_key(key);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(OBJECTS).map_err(db_err)?;
+            let got = table.get(k.as_str()).map_err(db_err)?;
+            got.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<Versioned<Object>>> {
+        let prefix = kind_prefix(kind);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(OBJECTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in table.range(prefix.as_str()..).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
+        if precondition == Precondition::Absent {
+            return Err(Error::Unsupported { target: "store".into(), operation: "delete with Precondition::Absent".into() });
+        }
+        let k2 = key.clone();
+        let version = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                let Some(old) = read_object(&txn, &encode_key(&k2))? else {
+                    return Err(Error::NotFound { key: k2.to_string() });
+                };
+                check_precondition(&k2, Some(old.version), precondition)?;
+                write_object(&txn, &k2, Some(&old.value), None)?;
+                txn.commit().map_err(db_err)?;
+                Ok(old.version)
+            })
+            .await?;
+        self.notify(vec![Change { key: key.clone(), version, deleted: true }]);
+        Ok(())
+    }
+
+    async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.blocking(move |db| hardware_by(db, &IndexTerm::Mac(mac))).await
+    }
+
+    async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.blocking(move |db| hardware_by(db, &IndexTerm::Ip(ip))).await
+    }
+
+    async fn apply_event(&self, key: &ObjectKey, event: &WorkflowEvent, now: Timestamp) -> Result<Applied> {
+        let (k2, ev) = (key.clone(), event.clone());
+        let (applied, changed, result) = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(db_err)?;
+                let Some(Versioned { version, value: Object::Workflow(old) }) = read_object(&txn, &encode_key(&k2))? else {
+                    return Err(Error::NotFound { key: k2.to_string() });
+                };
+                let mut wf = old.clone();
+                let (changed, result) = apply_to_workflow(&mut wf, &ev, now);
+                let version = if changed { version + 1 } else { version };
+                let applied = Versioned { version, value: wf };
+                if changed {
+                    let stored = Versioned { version, value: Object::Workflow(applied.value.clone()) };
+                    write_object(&txn, &k2, Some(&Object::Workflow(old)), Some(&stored))?;
+                    txn.commit().map_err(db_err)?;
+                } else {
+                    txn.abort().map_err(db_err)?;
+                }
+                Ok((applied, changed, result))
+            })
+            .await?;
+        if changed {
+            self.notify(vec![Change { key: key.clone(), version: applied.version, deleted: false }]);
+        }
+        let effect = result?;
+        Ok(Applied { workflow: applied, effect })
+    }
+
+    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
+        let worker = worker.to_string();
+        let (assignment, changes) = self
+            .blocking(move |db| {
+                // A cheap read first: most polls find nothing to do, and a write
+                // transaction (with its fsync) for those would be waste.
+                let term = IndexTerm::Worker(worker.clone()).as_key();
+                let candidates: Vec<String> = {
+                    let txn = db.begin_read().map_err(db_err)?;
+                    let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+                    let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+                    let mut out = Vec::new();
+                    for k in index.get(term.as_str()).map_err(db_err)? {
+                        let k = k.map_err(db_err)?.value().to_string();
+                        let Some(v) = objects.get(k.as_str()).map_err(db_err)? else { continue };
+                        let stored: Versioned<Object> = serde_json::from_slice(v.value()).map_err(json_err)?;
+                        if let Object::Workflow(w) = &stored.value {
+                            let due = w.status.as_ref().and_then(|s| s.next_deadline()).is_some_and(|d| d <= now);
+                            if due || w.status.as_ref().is_some_and(|s| s.has_work_for(&worker)) {
+                                out.push(k);
+                            }
+                        }
+                    }
+                    out
+                };
+                if candidates.is_empty() {
+                    return Ok((None, Vec::new()));
+                }
+                let txn = db.begin_write().map_err(db_err)?;
+                let mut changes = Vec::new();
+                let mut found = None;
+                for k in candidates {
+                    let Some(key) = decode_key(&k) else { continue };
+                    let Some(Versioned { version, value: Object::Workflow(old) }) = read_object(&txn, &k)? else {
+                        continue;
+                    };
+                    let mut wf = old.clone();
+                    let (changed, assignment) = claim_in_workflow(&key, &mut wf, &worker, now);
+                    if changed {
+                        let stored = Versioned { version: version + 1, value: Object::Workflow(wf) };
+                        write_object(&txn, &key, Some(&Object::Workflow(old)), Some(&stored))?;
+                        changes.push(Change { key, version: version + 1, deleted: false });
+                    }
+                    if assignment.is_some() {
+                        found = assignment;
+                        break;
+                    }
+                }
+                if changes.is_empty() {
+                    txn.abort().map_err(db_err)?;
+                } else {
+                    txn.commit().map_err(db_err)?;
+                }
+                Ok((found, changes))
+            })
+            .await?;
+        self.notify(changes);
+        Ok(assignment)
+    }
+
+    async fn append_event(&self, mut event: MachineEvent) -> Result<()> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(db_err)?;
+                let seq = meta.get(EVENT_SEQ).map_err(db_err)?.map_or(0, |v| v.value()) + 1;
+                meta.insert(EVENT_SEQ, seq).map_err(db_err)?;
+                event.seq = seq;
+                let bytes = serde_json::to_vec(&event).map_err(json_err)?;
+                let mut events = txn.open_table(EVENTS).map_err(db_err)?;
+                events.insert((event.machine.as_str(), seq), bytes.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>> {
+        let machine = machine.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(EVENTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            let range = table.range((machine.as_str(), 0)..=(machine.as_str(), u64::MAX)).map_err(db_err)?;
+            for entry in range.rev().take(limit) {
+                let (_, v) = entry.map_err(db_err)?;
+                out.push(serde_json::from_slice(v.value()).map_err(json_err)?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    fn watch(&self) -> broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+}
