@@ -1,0 +1,272 @@
+//! The engine, driven through the traits with in-process fakes: a fake BMC that
+//! fails and recovers, the in-memory store, and a clock the test moves.
+
+use jiff::{SignedDuration, Timestamp};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tinker::core::engine::{Clock, Engine, EngineConfig};
+use tinker::core::model::{Kind, ObjectKey, Workflow};
+use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
+use tinker::core::testing::{self, FakeConnector, FakePower, mac};
+use tinker::core::{BootDevice, Precondition, WorkflowStore, WorkflowStoreExt};
+use tinker::store::MemoryStore;
+
+#[derive(Debug)]
+struct ManualClock(Mutex<Timestamp>);
+
+impl ManualClock {
+    fn advance(&self, secs: i64) {
+        let mut t = self.0.lock().unwrap();
+        *t += SignedDuration::from_secs(secs);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+struct Rig {
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    engine: Engine,
+    bmc: Arc<FakePower>,
+    key: ObjectKey,
+    worker: String,
+}
+
+async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
+    let store = Arc::new(MemoryStore::new());
+    let connector = FakeConnector::new();
+    let bmc = connector.add("m1");
+    let clock = Arc::new(ManualClock(Mutex::new(Timestamp::from_second(1_800_000_000).unwrap())));
+    let mut hw = testing::hardware("m1", 1);
+    hw.set_allow_pxe(false);
+    store.put(hw.into(), Precondition::Absent).await.unwrap();
+    let mut template = testing::template("install", 3, 60);
+    if let Some(data) = template_data {
+        template.spec.data = Some(data.to_string());
+    }
+    store.put(template.into(), Precondition::Absent).await.unwrap();
+    store
+        .put(Workflow::new("wf1", "install", "m1", mac(1)).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let engine = Engine::new(store.clone(), connector, config).with_clock(clock.clone());
+    Rig {
+        store,
+        clock,
+        engine,
+        bmc,
+        key: ObjectKey::default_ns(Kind::Workflow, "wf1"),
+        worker: mac(1).to_string(),
+    }
+}
+
+impl Rig {
+    async fn run_actions(&self, fail_at: Option<usize>) {
+        loop {
+            let Some(a) = self.store.claim_next_action(&self.worker, self.clock.now()).await.unwrap() else {
+                return;
+            };
+            let outcome = if Some(a.action_index) == fail_at {
+                ActionOutcome::Failed { exit_code: Some(2), message: "no such disk".into() }
+            } else {
+                ActionOutcome::Success
+            };
+            let report = WorkflowEvent::Report { action: a.action_index, attempt: a.attempt, outcome };
+            self.store.apply_event(&a.workflow, &report, self.clock.now()).await.unwrap();
+        }
+    }
+
+    async fn workflow(&self) -> Workflow {
+        self.store.workflow("default", "wf1").await.unwrap().unwrap().value
+    }
+
+    async fn allow_pxe(&self) -> bool {
+        self.store.hardware("default", "m1").await.unwrap().unwrap().value.allows_pxe()
+    }
+}
+
+#[tokio::test]
+async fn provisions_then_boots_from_disk() {
+    let r = rig(None, EngineConfig::default()).await;
+    assert!(r.store.claim_next_action(&r.worker, r.clock.now()).await.unwrap().is_none(), "nothing before rendering");
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert!(r.allow_pxe().await, "netboot allowed");
+    assert_eq!(r.bmc.calls(), ["boot(Pxe, once, efi=false)", "power_state", "power(On)"]);
+    assert!(r.bmc.is_on());
+    let wf = r.workflow().await;
+    assert!(!wf.status.as_ref().unwrap().machine.preparing);
+
+    r.run_actions(None).await;
+    assert_eq!(r.workflow().await.state(), Some(WorkflowState::Success));
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert!(!r.allow_pxe().await, "netboot turned off");
+    assert_eq!(
+        r.bmc.calls()[3..],
+        ["boot(Disk, persistent, efi=false)", "power_state", "power(Cycle)"]
+    );
+    let m = r.workflow().await.status.unwrap().machine;
+    assert!(m.netboot_disabled && m.disk_boot_set && m.rebooted);
+
+    // Nothing is repeated by a second pass (or a restarted engine).
+    let before = r.bmc.calls().len();
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.engine.reconcile_all().await.unwrap();
+    assert_eq!(r.bmc.calls().len(), before);
+    let events = r.store.events("default/m1", 100).await.unwrap();
+    assert!(events.iter().any(|e| e.message.contains("Reboot: done")), "{events:?}");
+}
+
+#[tokio::test]
+async fn workers_wait_while_the_machine_is_prepared() {
+    let r = rig(None, EngineConfig::default()).await;
+    r.bmc.fail_next(1);
+    r.engine.reconcile(&r.key).await.unwrap();
+    let wf = r.workflow().await;
+    assert!(wf.status.as_ref().unwrap().machine.preparing);
+    assert!(
+        r.store.claim_next_action(&r.worker, r.clock.now()).await.unwrap().is_none(),
+        "an action was handed out before the power cycle that would kill it"
+    );
+}
+
+#[tokio::test]
+async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
+    let r = rig(None, EngineConfig { retry_base: Duration::from_secs(2), ..Default::default() }).await;
+    r.bmc.fail_next(2);
+    let next = r.engine.reconcile(&r.key).await.unwrap().expect("a retry is scheduled");
+    assert_eq!(next, r.clock.now() + SignedDuration::from_secs(2));
+    let m = r.workflow().await.status.unwrap().machine;
+    assert_eq!(m.attempts, 1);
+    assert!(m.last_error.unwrap().contains("unreachable"));
+
+    // Too early: nothing happens.
+    r.clock.advance(1);
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(r.bmc.calls().len(), 1);
+
+    r.clock.advance(1);
+    let next = r.engine.reconcile(&r.key).await.unwrap().unwrap();
+    assert_eq!(next, r.clock.now() + SignedDuration::from_secs(4), "the delay doubles");
+    r.clock.advance(4);
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(r.bmc.calls(), ["failed boot(Pxe, once, efi=false)", "failed boot(Pxe, once, efi=false)", "boot(Pxe, once, efi=false)", "power_state", "power(On)"]);
+    r.run_actions(None).await;
+    assert_eq!(r.workflow().await.state(), Some(WorkflowState::Success));
+}
+
+#[tokio::test]
+async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
+    let r = rig(None, EngineConfig { max_attempts: 3, retry_base: Duration::from_secs(1), ..Default::default() }).await;
+    r.bmc.fail_next(100);
+    for _ in 0..5 {
+        r.engine.reconcile(&r.key).await.unwrap();
+        r.clock.advance(10);
+    }
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    let reason = status.reason.unwrap();
+    assert!(reason.contains("gave up on SetPxeBoot after 3 attempts") && reason.contains("unreachable"), "{reason}");
+    assert_eq!(r.bmc.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn wrong_password_is_not_retried() {
+    let r = rig(None, EngineConfig::default()).await;
+    r.bmc.reject_password(true);
+    r.engine.reconcile(&r.key).await.unwrap();
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert!(status.reason.unwrap().contains("authentication failed"));
+    assert_eq!(r.bmc.calls().len(), 1);
+}
+
+const FAILING_TEMPLATE: &str = "name: t\nfailure_power: off\ntasks:\n  - name: a\n    worker: \"{{.device_1}}\"\n    actions:\n      - {name: one, image: busybox, timeout: 60}\n      - {name: two, image: busybox, timeout: 60}\n";
+
+#[tokio::test]
+async fn failure_leaves_the_power_as_the_template_asks() {
+    let r = rig(Some(FAILING_TEMPLATE), EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.run_actions(Some(0)).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert!(status.reason.unwrap().contains("exit code 2: no such disk"));
+    assert_eq!(r.bmc.calls().last().unwrap(), "power(Off)");
+    assert!(!r.bmc.is_on());
+    assert!(r.allow_pxe().await, "netboot stays on so the operator can retry");
+
+    // Default: the power is left alone.
+    let r = rig(None, EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.run_actions(Some(1)).await;
+    let calls = r.bmc.calls().len();
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(r.bmc.calls().len(), calls);
+    assert!(r.bmc.is_on());
+}
+
+#[tokio::test]
+async fn timeouts_end_the_workflow_and_the_engine_applies_them() {
+    let r = rig(None, EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.store.claim_next_action(&r.worker, r.clock.now()).await.unwrap().unwrap();
+    let due = r.engine.reconcile(&r.key).await.unwrap().expect("a deadline");
+    assert_eq!(due, r.clock.now() + SignedDuration::from_secs(60), "the action's timeout");
+    r.clock.advance(60);
+    r.engine.reconcile(&r.key).await.unwrap();
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Timeout);
+    assert!(status.reason.unwrap().contains("exceeded its timeout of 60 s"));
+}
+
+#[tokio::test]
+async fn a_missing_template_fails_with_a_reason() {
+    let r = rig(None, EngineConfig::default()).await;
+    r.store
+        .put(Workflow::new("wf2", "nope", "m1", mac(1)).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    r.engine.reconcile(&ObjectKey::default_ns(Kind::Workflow, "wf2")).await.unwrap();
+    let wf = r.store.workflow("default", "wf2").await.unwrap().unwrap().value;
+    let status = wf.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert!(status.reason.unwrap().contains("template default/nope not found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_loop_follows_the_change_feed() {
+    let store = Arc::new(MemoryStore::new());
+    let connector = FakeConnector::new();
+    let bmc = connector.add("m1");
+    let engine = Engine::new(store.clone(), connector, EngineConfig::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move { engine.run(async { let _ = stop_rx.await; }).await });
+    store.put(testing::hardware("m1", 1).into(), Precondition::Absent).await.unwrap();
+    store.put(testing::template("install", 1, 60).into(), Precondition::Absent).await.unwrap();
+    store
+        .put(Workflow::new("wf1", "install", "m1", mac(1)).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let worker = mac(1).to_string();
+    let assignment = loop {
+        if let Some(a) = store.claim_next_action(&worker, Timestamp::now()).await.unwrap() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let report = WorkflowEvent::Report { action: assignment.action_index, attempt: assignment.attempt, outcome: ActionOutcome::Success };
+    store.apply_event(&assignment.workflow, &report, Timestamp::now()).await.unwrap();
+    for _ in 0..500 {
+        if bmc.boot().map(|b| b.0) == Some(BootDevice::Disk) && bmc.calls().len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bmc.boot().unwrap().0, BootDevice::Disk, "calls: {:?}", bmc.calls());
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
