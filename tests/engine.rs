@@ -40,7 +40,9 @@ async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
     let store = Arc::new(MemoryStore::new());
     let connector = FakeConnector::new();
     let bmc = connector.add("m1");
-    let clock = Arc::new(ManualClock(Mutex::new(Timestamp::from_second(1_800_000_000).unwrap())));
+    let clock = Arc::new(ManualClock(Mutex::new(
+        Timestamp::from_second(1_800_000_000).unwrap(),
+    )));
     let mut hw = testing::hardware("m1", 1);
     hw.set_allow_pxe(false);
     store.put(hw.into(), Precondition::Absent).await.unwrap();
@@ -48,9 +50,15 @@ async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
     if let Some(data) = template_data {
         template.spec.data = Some(data.to_string());
     }
-    store.put(template.into(), Precondition::Absent).await.unwrap();
     store
-        .put(Workflow::new("wf1", "install", "m1", mac(1)).into(), Precondition::Absent)
+        .put(template.into(), Precondition::Absent)
+        .await
+        .unwrap();
+    store
+        .put(
+            Workflow::new("wf1", "install", "m1", mac(1)).into(),
+            Precondition::Absent,
+        )
         .await
         .unwrap();
     let engine = Engine::new(store.clone(), connector, config).with_clock(clock.clone());
@@ -67,35 +75,71 @@ async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
 impl Rig {
     async fn run_actions(&self, fail_at: Option<usize>) {
         loop {
-            let Some(a) = self.store.claim_next_action(&self.worker, self.clock.now()).await.unwrap() else {
+            let Some(a) = self
+                .store
+                .claim_next_action(&self.worker, self.clock.now())
+                .await
+                .unwrap()
+            else {
                 return;
             };
             let outcome = if Some(a.action_index) == fail_at {
-                ActionOutcome::Failed { exit_code: Some(2), message: "no such disk".into() }
+                ActionOutcome::Failed {
+                    exit_code: Some(2),
+                    message: "no such disk".into(),
+                }
             } else {
                 ActionOutcome::Success
             };
-            let report = WorkflowEvent::Report { action: a.action_index, attempt: a.attempt, outcome };
-            self.store.apply_event(&a.workflow, &report, self.clock.now()).await.unwrap();
+            let report = WorkflowEvent::Report {
+                action: a.action_index,
+                attempt: a.attempt,
+                outcome,
+            };
+            self.store
+                .apply_event(&a.workflow, &report, self.clock.now())
+                .await
+                .unwrap();
         }
     }
 
     async fn workflow(&self) -> Workflow {
-        self.store.workflow("default", "wf1").await.unwrap().unwrap().value
+        self.store
+            .workflow("default", "wf1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
     }
 
     async fn allow_pxe(&self) -> bool {
-        self.store.hardware("default", "m1").await.unwrap().unwrap().value.allows_pxe()
+        self.store
+            .hardware("default", "m1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .allows_pxe()
     }
 }
 
 #[tokio::test]
 async fn provisions_then_boots_from_disk() {
     let r = rig(None, EngineConfig::default()).await;
-    assert!(r.store.claim_next_action(&r.worker, r.clock.now()).await.unwrap().is_none(), "nothing before rendering");
+    assert!(
+        r.store
+            .claim_next_action(&r.worker, r.clock.now())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing before rendering"
+    );
     r.engine.reconcile(&r.key).await.unwrap();
     assert!(r.allow_pxe().await, "netboot allowed");
-    assert_eq!(r.bmc.calls(), ["boot(Pxe, once, efi=false)", "power_state", "power(On)"]);
+    assert_eq!(
+        r.bmc.calls(),
+        ["boot(Pxe, once, efi=false)", "power_state", "power(On)"]
+    );
     assert!(r.bmc.is_on());
     let wf = r.workflow().await;
     assert!(!wf.status.as_ref().unwrap().machine.preparing);
@@ -106,7 +150,11 @@ async fn provisions_then_boots_from_disk() {
     assert!(!r.allow_pxe().await, "netboot turned off");
     assert_eq!(
         r.bmc.calls()[3..],
-        ["boot(Disk, persistent, efi=false)", "power_state", "power(Cycle)"]
+        [
+            "boot(Disk, persistent, efi=false)",
+            "power_state",
+            "power(Cycle)"
+        ]
     );
     let m = r.workflow().await.status.unwrap().machine;
     assert!(m.netboot_disabled && m.disk_boot_set && m.rebooted);
@@ -117,7 +165,10 @@ async fn provisions_then_boots_from_disk() {
     r.engine.reconcile_all().await.unwrap();
     assert_eq!(r.bmc.calls().len(), before);
     let events = r.store.events("default/m1", 100).await.unwrap();
-    assert!(events.iter().any(|e| e.message.contains("Reboot: done")), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.message.contains("Reboot: done")),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -128,16 +179,32 @@ async fn workers_wait_while_the_machine_is_prepared() {
     let wf = r.workflow().await;
     assert!(wf.status.as_ref().unwrap().machine.preparing);
     assert!(
-        r.store.claim_next_action(&r.worker, r.clock.now()).await.unwrap().is_none(),
+        r.store
+            .claim_next_action(&r.worker, r.clock.now())
+            .await
+            .unwrap()
+            .is_none(),
         "an action was handed out before the power cycle that would kill it"
     );
 }
 
 #[tokio::test]
 async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
-    let r = rig(None, EngineConfig { retry_base: Duration::from_secs(2), ..Default::default() }).await;
+    let r = rig(
+        None,
+        EngineConfig {
+            retry_base: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
     r.bmc.fail_next(2);
-    let next = r.engine.reconcile(&r.key).await.unwrap().expect("a retry is scheduled");
+    let next = r
+        .engine
+        .reconcile(&r.key)
+        .await
+        .unwrap()
+        .expect("a retry is scheduled");
     assert_eq!(next, r.clock.now() + SignedDuration::from_secs(2));
     let m = r.workflow().await.status.unwrap().machine;
     assert_eq!(m.attempts, 1);
@@ -150,17 +217,38 @@ async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
 
     r.clock.advance(1);
     let next = r.engine.reconcile(&r.key).await.unwrap().unwrap();
-    assert_eq!(next, r.clock.now() + SignedDuration::from_secs(4), "the delay doubles");
+    assert_eq!(
+        next,
+        r.clock.now() + SignedDuration::from_secs(4),
+        "the delay doubles"
+    );
     r.clock.advance(4);
     r.engine.reconcile(&r.key).await.unwrap();
-    assert_eq!(r.bmc.calls(), ["failed boot(Pxe, once, efi=false)", "failed boot(Pxe, once, efi=false)", "boot(Pxe, once, efi=false)", "power_state", "power(On)"]);
+    assert_eq!(
+        r.bmc.calls(),
+        [
+            "failed boot(Pxe, once, efi=false)",
+            "failed boot(Pxe, once, efi=false)",
+            "boot(Pxe, once, efi=false)",
+            "power_state",
+            "power(On)"
+        ]
+    );
     r.run_actions(None).await;
     assert_eq!(r.workflow().await.state(), Some(WorkflowState::Success));
 }
 
 #[tokio::test]
 async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
-    let r = rig(None, EngineConfig { max_attempts: 3, retry_base: Duration::from_secs(1), ..Default::default() }).await;
+    let r = rig(
+        None,
+        EngineConfig {
+            max_attempts: 3,
+            retry_base: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
     r.bmc.fail_next(100);
     for _ in 0..5 {
         r.engine.reconcile(&r.key).await.unwrap();
@@ -169,7 +257,10 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
     let reason = status.reason.unwrap();
-    assert!(reason.contains("gave up on SetPxeBoot after 3 attempts") && reason.contains("unreachable"), "{reason}");
+    assert!(
+        reason.contains("gave up on SetPxeBoot after 3 attempts") && reason.contains("unreachable"),
+        "{reason}"
+    );
     assert_eq!(r.bmc.calls().len(), 3);
 }
 
@@ -197,7 +288,10 @@ async fn failure_leaves_the_power_as_the_template_asks() {
     assert!(status.reason.unwrap().contains("exit code 2: no such disk"));
     assert_eq!(r.bmc.calls().last().unwrap(), "power(Off)");
     assert!(!r.bmc.is_on());
-    assert!(r.allow_pxe().await, "netboot stays on so the operator can retry");
+    assert!(
+        r.allow_pxe().await,
+        "netboot stays on so the operator can retry"
+    );
 
     // Default: the power is left alone.
     let r = rig(None, EngineConfig::default()).await;
@@ -213,28 +307,63 @@ async fn failure_leaves_the_power_as_the_template_asks() {
 async fn timeouts_end_the_workflow_and_the_engine_applies_them() {
     let r = rig(None, EngineConfig::default()).await;
     r.engine.reconcile(&r.key).await.unwrap();
-    r.store.claim_next_action(&r.worker, r.clock.now()).await.unwrap().unwrap();
-    let due = r.engine.reconcile(&r.key).await.unwrap().expect("a deadline");
-    assert_eq!(due, r.clock.now() + SignedDuration::from_secs(60), "the action's timeout");
+    r.store
+        .claim_next_action(&r.worker, r.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    let due = r
+        .engine
+        .reconcile(&r.key)
+        .await
+        .unwrap()
+        .expect("a deadline");
+    assert_eq!(
+        due,
+        r.clock.now() + SignedDuration::from_secs(60),
+        "the action's timeout"
+    );
     r.clock.advance(60);
     r.engine.reconcile(&r.key).await.unwrap();
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Timeout);
-    assert!(status.reason.unwrap().contains("exceeded its timeout of 60 s"));
+    assert!(
+        status
+            .reason
+            .unwrap()
+            .contains("exceeded its timeout of 60 s")
+    );
 }
 
 #[tokio::test]
 async fn a_missing_template_fails_with_a_reason() {
     let r = rig(None, EngineConfig::default()).await;
     r.store
-        .put(Workflow::new("wf2", "nope", "m1", mac(1)).into(), Precondition::Absent)
+        .put(
+            Workflow::new("wf2", "nope", "m1", mac(1)).into(),
+            Precondition::Absent,
+        )
         .await
         .unwrap();
-    r.engine.reconcile(&ObjectKey::default_ns(Kind::Workflow, "wf2")).await.unwrap();
-    let wf = r.store.workflow("default", "wf2").await.unwrap().unwrap().value;
+    r.engine
+        .reconcile(&ObjectKey::default_ns(Kind::Workflow, "wf2"))
+        .await
+        .unwrap();
+    let wf = r
+        .store
+        .workflow("default", "wf2")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
     let status = wf.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
-    assert!(status.reason.unwrap().contains("template default/nope not found"));
+    assert!(
+        status
+            .reason
+            .unwrap()
+            .contains("template default/nope not found")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,29 +373,63 @@ async fn the_run_loop_follows_the_change_feed() {
     let bmc = connector.add("m1");
     let engine = Engine::new(store.clone(), connector, EngineConfig::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move { engine.run(async { let _ = stop_rx.await; }).await });
-    store.put(testing::hardware("m1", 1).into(), Precondition::Absent).await.unwrap();
-    store.put(testing::template("install", 1, 60).into(), Precondition::Absent).await.unwrap();
+    let task = tokio::spawn(async move {
+        engine
+            .run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     store
-        .put(Workflow::new("wf1", "install", "m1", mac(1)).into(), Precondition::Absent)
+        .put(testing::hardware("m1", 1).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    store
+        .put(
+            testing::template("install", 1, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            Workflow::new("wf1", "install", "m1", mac(1)).into(),
+            Precondition::Absent,
+        )
         .await
         .unwrap();
     let worker = mac(1).to_string();
     let assignment = loop {
-        if let Some(a) = store.claim_next_action(&worker, Timestamp::now()).await.unwrap() {
+        if let Some(a) = store
+            .claim_next_action(&worker, Timestamp::now())
+            .await
+            .unwrap()
+        {
             break a;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let report = WorkflowEvent::Report { action: assignment.action_index, attempt: assignment.attempt, outcome: ActionOutcome::Success };
-    store.apply_event(&assignment.workflow, &report, Timestamp::now()).await.unwrap();
+    let report = WorkflowEvent::Report {
+        action: assignment.action_index,
+        attempt: assignment.attempt,
+        outcome: ActionOutcome::Success,
+    };
+    store
+        .apply_event(&assignment.workflow, &report, Timestamp::now())
+        .await
+        .unwrap();
     for _ in 0..500 {
         if bmc.boot().map(|b| b.0) == Some(BootDevice::Disk) && bmc.calls().len() >= 6 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(bmc.boot().unwrap().0, BootDevice::Disk, "calls: {:?}", bmc.calls());
+    assert_eq!(
+        bmc.boot().unwrap().0,
+        BootDevice::Disk,
+        "calls: {:?}",
+        bmc.calls()
+    );
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -13,7 +13,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::{FailurePower, Hardware, Kind, Object, ObjectKey, Workflow};
-use crate::power::{BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState};
+use crate::power::{
+    BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
+};
 use crate::state::{WorkflowEvent, WorkflowState};
 use crate::store::{MachineEvent, Precondition, Versioned, WorkflowStore, WorkflowStoreExt};
 use jiff::{SignedDuration, Timestamp};
@@ -89,7 +91,11 @@ pub enum Step {
 /// Decides the next step for a workflow at `now`. Pure.
 pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
     let Some(status) = &workflow.status else {
-        return if workflow.is_disabled() { Step::Wait(None) } else { Step::Render };
+        return if workflow.is_disabled() {
+            Step::Wait(None)
+        } else {
+            Step::Render
+        };
     };
     let m = &status.machine;
     if let Some(at) = m.retry_at
@@ -125,13 +131,16 @@ pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
                 None
             }
         }
-        WorkflowState::Failed | WorkflowState::Timeout => {
-            (!m.no_bmc && !m.failure_power_applied && status.failure_power != FailurePower::Unchanged)
-                .then_some(Step::FailurePower(status.failure_power))
-        }
+        WorkflowState::Failed | WorkflowState::Timeout => (!m.no_bmc
+            && !m.failure_power_applied
+            && status.failure_power != FailurePower::Unchanged)
+            .then_some(Step::FailurePower(status.failure_power)),
         _ => None,
     };
-    let gave_up = m.last_error.as_deref().is_some_and(|e| e.starts_with("gave up"));
+    let gave_up = m
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("gave up"));
     match next {
         Some(_) if gave_up => Step::Wait(None),
         Some(step) => step,
@@ -150,7 +159,11 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over a store and a BMC connector.
-    pub fn new(store: Arc<dyn WorkflowStore>, power: Arc<dyn PowerConnector>, config: EngineConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn WorkflowStore>,
+        power: Arc<dyn PowerConnector>,
+        config: EngineConfig,
+    ) -> Self {
         Engine {
             store,
             power,
@@ -170,7 +183,9 @@ impl Engine {
     pub async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
         // Bounded: each step records progress, so a loop means a bug, not work.
         for _ in 0..32 {
-            let Some(Versioned { version, value: wf }) = self.store.workflow(&key.namespace, &key.name).await? else {
+            let Some(Versioned { version, value: wf }) =
+                self.store.workflow(&key.namespace, &key.name).await?
+            else {
                 return Ok(None);
             };
             let now = self.clock.now();
@@ -180,7 +195,9 @@ impl Engine {
                 Step::Wait(until) => return Ok(until),
                 Step::Render => self.render(key, version, wf).await?,
                 Step::Expire => {
-                    self.store.apply_event(key, &WorkflowEvent::Tick, now).await?;
+                    self.store
+                        .apply_event(key, &WorkflowEvent::Tick, now)
+                        .await?;
                 }
                 step => self.machine_step(key, version, wf, step).await?,
             }
@@ -195,11 +212,17 @@ impl Engine {
     pub async fn reconcile_all(&self) -> Result<Option<Timestamp>> {
         let mut next: Option<Timestamp> = None;
         for wf in self.store.workflows().await? {
-            let key = ObjectKey::new(Kind::Workflow, wf.value.metadata.namespace(), wf.value.metadata.name.clone());
+            let key = ObjectKey::new(
+                Kind::Workflow,
+                wf.value.metadata.namespace(),
+                wf.value.metadata.name.clone(),
+            );
             match self.reconcile(&key).await {
                 Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(workflow = %key.qualified_name(), error = %e, "reconcile failed"),
+                Err(e) => {
+                    tracing::warn!(workflow = %key.qualified_name(), error = %e, "reconcile failed")
+                }
             }
         }
         Ok(next)
@@ -241,7 +264,10 @@ impl Engine {
         let hardware = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
         let result = match &template {
             None => Err(format!("template {ns}/{} not found", wf.spec.template_ref)),
-            Some(t) => crate::render::instantiate(&wf, &t.value, hardware.as_ref().map(|h| &h.value)).map_err(|e| e.to_string()),
+            Some(t) => {
+                crate::render::instantiate(&wf, &t.value, hardware.as_ref().map(|h| &h.value))
+                    .map_err(|e| e.to_string())
+            }
         };
         let status = match result {
             Ok(mut status) => {
@@ -268,18 +294,29 @@ impl Engine {
             None => format!("template rendered: {} actions", status.action_count()),
         };
         wf.status = Some(status);
-        self.store.put(Object::Workflow(wf), Precondition::Version(version)).await?;
-        self.log(key, hardware.as_ref().map(|h| &h.value), "engine", summary).await;
+        self.store
+            .put(Object::Workflow(wf), Precondition::Version(version))
+            .await?;
+        self.log(key, hardware.as_ref().map(|h| &h.value), "engine", summary)
+            .await;
         Ok(())
     }
 
-    async fn machine_step(&self, key: &ObjectKey, version: u64, wf: Workflow, step: Step) -> Result<()> {
+    async fn machine_step(
+        &self,
+        key: &ObjectKey,
+        version: u64,
+        wf: Workflow,
+        step: Step,
+    ) -> Result<()> {
         let ns = wf.metadata.namespace().to_string();
         let hw = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
         let outcome = self.carry_out(&step, hw.as_ref().map(|h| &h.value)).await;
         let now = self.clock.now();
         let mut wf = wf;
-        let Some(status) = wf.status.as_mut() else { return Ok(()) };
+        let Some(status) = wf.status.as_mut() else {
+            return Ok(());
+        };
         let m = &mut status.machine;
         let mut fail_workflow = None;
         let message = match outcome {
@@ -312,33 +349,54 @@ impl Engine {
             }
             Err(e) => {
                 m.attempts += 1;
-                let retryable = e.is_transient() || matches!(e, Error::Remote { .. } | Error::Conflict { .. });
+                let retryable =
+                    e.is_transient() || matches!(e, Error::Remote { .. } | Error::Conflict { .. });
                 if !retryable || m.attempts >= self.config.max_attempts {
                     let why = format!("gave up on {step:?} after {} attempts: {e}", m.attempts);
                     m.last_error = Some(why.clone());
                     m.retry_at = None;
-                    if matches!(step, Step::EnableNetboot | Step::SetPxeBoot | Step::PowerCycle) {
+                    if matches!(
+                        step,
+                        Step::EnableNetboot | Step::SetPxeBoot | Step::PowerCycle
+                    ) {
                         m.preparing = false;
                         fail_workflow = Some(why.clone());
                     }
                     why
                 } else {
                     let delay = backoff(self.config.retry_base, self.config.retry_max, m.attempts);
-                    m.retry_at = now.checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO)).ok();
+                    m.retry_at = now
+                        .checked_add(
+                            SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
+                        )
+                        .ok();
                     m.last_error = Some(e.to_string());
-                    format!("{step:?} failed (attempt {}), retrying in {:.1} s: {e}", m.attempts, delay.as_secs_f64())
+                    format!(
+                        "{step:?} failed (attempt {}), retrying in {:.1} s: {e}",
+                        m.attempts,
+                        delay.as_secs_f64()
+                    )
                 }
             }
         };
-        match self.store.put(Object::Workflow(wf), Precondition::Version(version)).await {
+        match self
+            .store
+            .put(Object::Workflow(wf), Precondition::Version(version))
+            .await
+        {
             Ok(_) => {}
             // Someone else (a worker's report) wrote first; the next pass re-plans.
             Err(Error::Conflict { .. }) => return Ok(()),
             Err(e) => return Err(e),
         }
-        self.log(key, hw.as_ref().map(|h| &h.value), "engine", message).await;
+        self.log(key, hw.as_ref().map(|h| &h.value), "engine", message)
+            .await;
         if let Some(reason) = fail_workflow {
-            match self.store.apply_event(key, &WorkflowEvent::Fail { reason }, now).await {
+            match self
+                .store
+                .apply_event(key, &WorkflowEvent::Fail { reason }, now)
+                .await
+            {
                 Ok(_) | Err(Error::Transition { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -349,25 +407,48 @@ impl Engine {
     async fn carry_out(&self, step: &Step, hw: Option<&Hardware>) -> Result<StepDone> {
         match step {
             Step::EnableNetboot | Step::DisableNetboot => {
-                let Some(hw) = hw else { return Ok(StepDone::NoBmc) };
-                self.set_allow_pxe(hw, matches!(step, Step::EnableNetboot)).await?;
+                let Some(hw) = hw else {
+                    return Ok(StepDone::NoBmc);
+                };
+                self.set_allow_pxe(hw, matches!(step, Step::EnableNetboot))
+                    .await?;
                 Ok(StepDone::Done)
             }
             _ => {
-                let Some(hw) = hw else { return Ok(StepDone::NoBmc) };
+                let Some(hw) = hw else {
+                    return Ok(StepDone::NoBmc);
+                };
                 let Some(bmc) = self.power.connect(hw).await? else {
                     return Ok(StepDone::NoBmc);
                 };
                 let efi = hw.uefi();
                 match step {
-                    Step::SetPxeBoot => bmc.set_boot_device(BootDevice::Pxe, BootOptions { persistent: false, efi }).await?,
-                    Step::SetDiskBoot => bmc.set_boot_device(BootDevice::Disk, BootOptions { persistent: true, efi }).await?,
+                    Step::SetPxeBoot => {
+                        bmc.set_boot_device(
+                            BootDevice::Pxe,
+                            BootOptions {
+                                persistent: false,
+                                efi,
+                            },
+                        )
+                        .await?
+                    }
+                    Step::SetDiskBoot => {
+                        bmc.set_boot_device(
+                            BootDevice::Disk,
+                            BootOptions {
+                                persistent: true,
+                                efi,
+                            },
+                        )
+                        .await?
+                    }
                     Step::PowerCycle | Step::Reboot => cycle_or_on(bmc.as_ref()).await?,
                     Step::FailurePower(FailurePower::Off) => bmc.power(PowerAction::Off).await?,
-                    Step::FailurePower(FailurePower::On) => {
-                        if bmc.power_state().await? == PowerState::Off {
-                            bmc.power(PowerAction::On).await?
-                        }
+                    Step::FailurePower(FailurePower::On)
+                        if bmc.power_state().await? == PowerState::Off =>
+                    {
+                        bmc.power(PowerAction::On).await?
                     }
                     _ => {}
                 }
@@ -380,14 +461,26 @@ impl Engine {
         let ns = hw.metadata.namespace().to_string();
         // Retry on conflict: the Hardware may be edited by an operator meanwhile.
         for _ in 0..5 {
-            let Some(Versioned { version, mut value }) = self.store.hardware(&ns, &hw.metadata.name).await? else {
+            let Some(Versioned { version, mut value }) =
+                self.store.hardware(&ns, &hw.metadata.name).await?
+            else {
                 return Ok(());
             };
-            if value.allows_pxe() == allow && value.spec.interfaces.iter().all(|i| i.netboot.as_ref().and_then(|n| n.allow_pxe) == Some(allow)) {
+            if value.allows_pxe() == allow
+                && value
+                    .spec
+                    .interfaces
+                    .iter()
+                    .all(|i| i.netboot.as_ref().and_then(|n| n.allow_pxe) == Some(allow))
+            {
                 return Ok(());
             }
             value.set_allow_pxe(allow);
-            match self.store.put(Object::Hardware(value), Precondition::Version(version)).await {
+            match self
+                .store
+                .put(Object::Hardware(value), Precondition::Version(version))
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
@@ -432,6 +525,8 @@ async fn cycle_or_on(bmc: &dyn PowerController) -> Result<()> {
 
 /// Exponential backoff: `base * 2^(attempt-1)`, at most `max`.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(max)
 }

@@ -43,7 +43,9 @@ pub enum Error {
         key: String,
     },
     /// Optimistic concurrency: the caller's version is stale.
-    #[error("{key} has version {found}, not {expected}: it was changed by someone else; read it again and retry")]
+    #[error(
+        "{key} has version {found}, not {expected}: it was changed by someone else; read it again and retry"
+    )]
     Conflict {
         /// The object that changed.
         key: String,
@@ -149,7 +151,11 @@ pub struct ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}: {}", self.file, self.object, self.path, self.reason)
+        write!(
+            f,
+            "{}: {}: {}: {}",
+            self.file, self.object, self.path, self.reason
+        )
     }
 }
 

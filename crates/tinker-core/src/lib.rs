@@ -54,6 +54,8 @@ pub use boot::BootResponder;
 pub use error::{Error, Result, ValidationError, ValidationErrors};
 pub use mac::{MacAddr, MacParseError};
 pub use metadata::{InstanceMetadata, MetadataSource};
-pub use power::{BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState};
+pub use power::{
+    BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
+};
 pub use runtime::ActionRuntime;
 pub use store::{Precondition, Versioned, WorkflowStore, WorkflowStoreExt};

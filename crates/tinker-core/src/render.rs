@@ -20,27 +20,53 @@ use serde_json::{Map, Value, json};
 /// Errors: a template variable with no value names the variable
 /// (`.artifact_server_ip_port is not set: add it to the workflow's hardwareMap`),
 /// a syntax error names the line, invalid rendered data names the field.
-pub fn instantiate(workflow: &Workflow, template: &Template, hardware: Option<&Hardware>) -> Result<WorkflowStatus> {
+pub fn instantiate(
+    workflow: &Workflow,
+    template: &Template,
+    hardware: Option<&Hardware>,
+) -> Result<WorkflowStatus> {
     let data = render_data(workflow, template, hardware)?;
-    let file = format!("Template {}/{}", template.metadata.namespace(), template.metadata.name);
+    let file = format!(
+        "Template {}/{}",
+        template.metadata.namespace(),
+        template.metadata.name
+    );
     validate::template_data(&file, &data).into_result()?;
     Ok(status_from_data(&data))
 }
 
 /// Renders the template text and parses it into [`TemplateData`], without validating.
-pub fn render_data(workflow: &Workflow, template: &Template, hardware: Option<&Hardware>) -> Result<TemplateData> {
-    let name = format!("{}/{}", template.metadata.namespace(), template.metadata.name);
+pub fn render_data(
+    workflow: &Workflow,
+    template: &Template,
+    hardware: Option<&Hardware>,
+) -> Result<TemplateData> {
+    let name = format!(
+        "{}/{}",
+        template.metadata.namespace(),
+        template.metadata.name
+    );
     let text = template.spec.data.as_deref().unwrap_or_default();
     let parsed = GoTemplate::parse(&name, text)?;
     let data = template_context(workflow, hardware);
     let rendered = parsed.render(&data).map_err(|mut e| {
         if let Some(key) = &e.missing_key {
-            let top = key.trim_start_matches('.').split('.').next().unwrap_or_default();
+            let top = key
+                .trim_start_matches('.')
+                .split('.')
+                .next()
+                .unwrap_or_default();
             let hint = if top == "Hardware" || top == "hardware" {
                 if hardware.is_some() {
-                    format!("the Hardware {:?} has no such field", workflow.spec.hardware_ref)
+                    format!(
+                        "the Hardware {:?} has no such field",
+                        workflow.spec.hardware_ref
+                    )
                 } else {
-                    format!("the Hardware {:?} was not found", workflow.spec.hardware_ref)
+                    format!(
+                        "the Hardware {:?} was not found",
+                        workflow.spec.hardware_ref
+                    )
                 }
             } else {
                 format!(
@@ -74,14 +100,22 @@ pub fn template_context(workflow: &Workflow, hardware: Option<&Hardware>) -> Val
     }
     if let Some(hw) = hardware {
         data.insert("Hardware".into(), hardware_contract(hw));
-        data.insert("hardware".into(), serde_json::to_value(hw).unwrap_or(Value::Null));
+        data.insert(
+            "hardware".into(),
+            serde_json::to_value(hw).unwrap_or(Value::Null),
+        );
     }
     Value::Object(data)
 }
 
 /// The deprecated `.Hardware` contract, with Go field names.
 fn hardware_contract(hw: &Hardware) -> Value {
-    let disks: Vec<Value> = hw.spec.disks.iter().map(|d| Value::from(d.device.clone())).collect();
+    let disks: Vec<Value> = hw
+        .spec
+        .disks
+        .iter()
+        .map(|d| Value::from(d.device.clone()))
+        .collect();
     let interfaces: Vec<Value> = hw.spec.interfaces.iter().map(interface_contract).collect();
     let metadata = hw
         .spec
@@ -134,20 +168,29 @@ fn dhcp_contract(d: &Dhcp) -> Value {
 /// with Go's initialisms (`ID`, `URL`, `IP`, `PXE`, ...).
 fn go_names(v: Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (go_name(&k), go_names(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (go_name(&k), go_names(v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.into_iter().map(go_names).collect()),
         other => other,
     }
 }
 
 fn go_name(key: &str) -> String {
-    const INITIALISMS: [&str; 10] = ["id", "url", "ip", "ips", "pxe", "mac", "dhcp", "uefi", "ssh", "osie"];
+    const INITIALISMS: [&str; 10] = [
+        "id", "url", "ip", "ips", "pxe", "mac", "dhcp", "uefi", "ssh", "osie",
+    ];
     let mut words = Vec::new();
     let mut cur = String::new();
     for c in key.chars() {
         if c == '_' || c == '-' {
             words.push(std::mem::take(&mut cur));
-        } else if c.is_uppercase() && !cur.is_empty() && !cur.chars().last().is_some_and(char::is_uppercase) {
+        } else if c.is_uppercase()
+            && !cur.is_empty()
+            && !cur.chars().last().is_some_and(char::is_uppercase)
+        {
             words.push(std::mem::take(&mut cur));
             cur.push(c);
         } else {
@@ -161,10 +204,16 @@ fn go_name(key: &str) -> String {
         .map(|w| {
             let lower = w.to_lowercase();
             if INITIALISMS.contains(&lower.as_str()) {
-                if lower == "ips" { "IPs".to_string() } else { lower.to_uppercase() }
+                if lower == "ips" {
+                    "IPs".to_string()
+                } else {
+                    lower.to_uppercase()
+                }
             } else {
                 let mut c = lower.chars();
-                c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+                c.next()
+                    .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                    .unwrap_or_default()
             }
         })
         .collect()
@@ -174,49 +223,48 @@ fn go_name(key: &str) -> String {
 /// environment merged under each action's (the action wins), task volumes before
 /// the action's, as Tinkerbell's server sends them.
 pub fn status_from_data(data: &TemplateData) -> WorkflowStatus {
-    let tasks = data
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(ti, t)| TaskStatus {
-            name: t.name.clone(),
-            agent_id: t.worker.clone(),
-            volumes: t.volumes.clone(),
-            environment: t.environment.clone(),
-            actions: t
-                .actions
-                .iter()
-                .enumerate()
-                .map(|(ai, a)| {
-                    let mut environment = t.environment.clone();
-                    environment.extend(a.environment.clone());
-                    let mut volumes = t.volumes.clone();
-                    volumes.extend(a.volumes.iter().cloned());
-                    ActionStatus {
-                        id: format!("{ti}.{ai}"),
-                        name: a.name.clone(),
-                        image: a.image.clone(),
-                        timeout: a.timeout,
-                        command: a.command.clone(),
-                        volumes,
-                        pid: a
-                            .pid
-                            .clone()
-                            .or_else(|| a.namespaces.as_ref().and_then(|n| n.get("pid").cloned())),
-                        environment,
-                        state: crate::state::ActionState::Pending,
-                        attempt: 0,
-                        execution_start: None,
-                        execution_stop: None,
-                        execution_duration: None,
-                        last_heartbeat: None,
-                        exit_code: None,
-                        message: None,
-                    }
-                })
-                .collect(),
-        })
-        .collect();
+    let tasks =
+        data.tasks
+            .iter()
+            .enumerate()
+            .map(|(ti, t)| TaskStatus {
+                name: t.name.clone(),
+                agent_id: t.worker.clone(),
+                volumes: t.volumes.clone(),
+                environment: t.environment.clone(),
+                actions: t
+                    .actions
+                    .iter()
+                    .enumerate()
+                    .map(|(ai, a)| {
+                        let mut environment = t.environment.clone();
+                        environment.extend(a.environment.clone());
+                        let mut volumes = t.volumes.clone();
+                        volumes.extend(a.volumes.iter().cloned());
+                        ActionStatus {
+                            id: format!("{ti}.{ai}"),
+                            name: a.name.clone(),
+                            image: a.image.clone(),
+                            timeout: a.timeout,
+                            command: a.command.clone(),
+                            volumes,
+                            pid: a.pid.clone().or_else(|| {
+                                a.namespaces.as_ref().and_then(|n| n.get("pid").cloned())
+                            }),
+                            environment,
+                            state: crate::state::ActionState::Pending,
+                            attempt: 0,
+                            execution_start: None,
+                            execution_stop: None,
+                            execution_duration: None,
+                            last_heartbeat: None,
+                            exit_code: None,
+                            message: None,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
     let mut status = WorkflowStatus::pending(tasks, data.global_timeout);
     status.failure_power = data.failure_power.unwrap_or_default();
     status
@@ -229,7 +277,10 @@ pub(crate) fn placeholder_context(template: &Template) -> Value {
     // Every top-level variable the template names gets a placeholder value.
     let re = regex::Regex::new(r"\.([A-Za-z_][A-Za-z0-9_]*)").expect("static regex");
     for c in re.captures_iter(text) {
-        data.insert(c[1].to_string(), Value::from(format!("placeholder-{}", &c[1])));
+        data.insert(
+            c[1].to_string(),
+            Value::from(format!("placeholder-{}", &c[1])),
+        );
     }
     let hw = Hardware::new(
         "placeholder",
@@ -246,14 +297,27 @@ pub(crate) fn placeholder_context(template: &Template) -> Value {
         d.arch = Some("x86_64".into());
     }
     data.insert("Hardware".into(), hardware_contract(&hw));
-    data.insert("hardware".into(), serde_json::to_value(&hw).unwrap_or(Value::Null));
+    data.insert(
+        "hardware".into(),
+        serde_json::to_value(&hw).unwrap_or(Value::Null),
+    );
     Value::Object(data)
 }
 
 /// Checks a template on its own: it parses, renders against placeholder values,
 /// and the result is valid template data.
-pub(crate) fn check_template(file: &str, object: &str, template: &Template, out: &mut ValidationErrors) {
-    let Some(text) = template.spec.data.as_deref().filter(|t| !t.trim().is_empty()) else {
+pub(crate) fn check_template(
+    file: &str,
+    object: &str,
+    template: &Template,
+    out: &mut ValidationErrors,
+) {
+    let Some(text) = template
+        .spec
+        .data
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    else {
         out.0.push(ValidationError {
             file: file.into(),
             object: object.into(),
@@ -286,7 +350,9 @@ pub(crate) fn check_template(file: &str, object: &str, template: &Template, out:
                 out.0.push(e);
             }
         }
-        Err(Error::Parse { path, reason, .. }) => push(out, format!("rendered YAML: {path}: {reason}")),
+        Err(Error::Parse { path, reason, .. }) => {
+            push(out, format!("rendered YAML: {path}: {reason}"))
+        }
         Err(e) => push(out, e.to_string()),
     }
 }

@@ -132,5 +132,10 @@ impl CancelToken {
 #[async_trait]
 pub trait ActionRuntime: Send + Sync + Debug + 'static {
     /// Runs one action to its end, its timeout, or cancellation.
-    async fn run(&self, spec: &ActionSpec, output: &dyn OutputSink, cancel: &CancelToken) -> Result<ActionOutcome>;
+    async fn run(
+        &self,
+        spec: &ActionSpec,
+        output: &dyn OutputSink,
+        cancel: &CancelToken,
+    ) -> Result<ActionOutcome>;
 }

@@ -227,7 +227,9 @@ pub enum Refusal {
         attempt: u32,
     },
     /// The event names an action that is not the running one, or an old claim.
-    #[error("action {action} claim {attempt} is not running (it is {state}, claim {current_attempt})")]
+    #[error(
+        "action {action} claim {attempt} is not running (it is {state}, claim {current_attempt})"
+    )]
     NotRunning {
         /// Position named by the event.
         action: usize,
@@ -424,11 +426,14 @@ impl WorkflowStatus {
 
     /// [`expire`](Self::expire), then [`handle`](Self::handle). Returns whether the
     /// status changed and what the event did.
-    pub fn apply(&mut self, now: Timestamp, event: &WorkflowEvent) -> (bool, Result<Effect, Refusal>) {
+    pub fn apply(
+        &mut self,
+        now: Timestamp,
+        event: &WorkflowEvent,
+    ) -> (bool, Result<Effect, Refusal>) {
         let expired = self.expire(now);
         let result = self.handle(now, event);
-        let changed = expired
-            || matches!(&result, Ok(e) if *e != Effect::Nothing);
+        let changed = expired || matches!(&result, Ok(e) if *e != Effect::Nothing);
         (changed, result)
     }
 
@@ -443,7 +448,9 @@ impl WorkflowStatus {
         let Some((t, a)) = self.action(i) else {
             return false;
         };
-        a.state == ActionState::Pending && self.tasks[t].agent_id == worker && !self.machine.preparing
+        a.state == ActionState::Pending
+            && self.tasks[t].agent_id == worker
+            && !self.machine.preparing
     }
 
     fn claim(&mut self, now: Timestamp, worker: &str) -> Result<Effect, Refusal> {
@@ -484,7 +491,11 @@ impl WorkflowStatus {
         })
     }
 
-    fn running_action_mut(&mut self, index: usize, attempt: u32) -> Result<&mut ActionStatus, Refusal> {
+    fn running_action_mut(
+        &mut self,
+        index: usize,
+        attempt: u32,
+    ) -> Result<&mut ActionStatus, Refusal> {
         let a = self
             .action_mut(index)
             .ok_or(Refusal::UnknownAction { action: index })?;

@@ -147,7 +147,12 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     /// Atomically applies a state-machine event to a workflow (see
     /// [`apply_to_workflow`]). A refused event is an [`Error::Transition`]; timeouts
     /// that fell due are saved even then.
-    async fn apply_event(&self, workflow: &ObjectKey, event: &WorkflowEvent, now: Timestamp) -> Result<Applied>;
+    async fn apply_event(
+        &self,
+        workflow: &ObjectKey,
+        event: &WorkflowEvent,
+        now: Timestamp,
+    ) -> Result<Applied>;
 
     /// Atomically finds the next action waiting for `worker` and claims it.
     async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>>;
@@ -169,24 +174,42 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
 pub trait WorkflowStoreExt: WorkflowStore {
     /// Reads a Hardware.
     async fn hardware(&self, namespace: &str, name: &str) -> Result<Option<Versioned<Hardware>>> {
-        match self.get(&ObjectKey::new(Kind::Hardware, namespace, name)).await? {
-            Some(Versioned { version, value: Object::Hardware(h) }) => Ok(Some(Versioned { version, value: h })),
+        match self
+            .get(&ObjectKey::new(Kind::Hardware, namespace, name))
+            .await?
+        {
+            Some(Versioned {
+                version,
+                value: Object::Hardware(h),
+            }) => Ok(Some(Versioned { version, value: h })),
             _ => Ok(None),
         }
     }
 
     /// Reads a Template.
     async fn template(&self, namespace: &str, name: &str) -> Result<Option<Versioned<Template>>> {
-        match self.get(&ObjectKey::new(Kind::Template, namespace, name)).await? {
-            Some(Versioned { version, value: Object::Template(t) }) => Ok(Some(Versioned { version, value: t })),
+        match self
+            .get(&ObjectKey::new(Kind::Template, namespace, name))
+            .await?
+        {
+            Some(Versioned {
+                version,
+                value: Object::Template(t),
+            }) => Ok(Some(Versioned { version, value: t })),
             _ => Ok(None),
         }
     }
 
     /// Reads a Workflow.
     async fn workflow(&self, namespace: &str, name: &str) -> Result<Option<Versioned<Workflow>>> {
-        match self.get(&ObjectKey::new(Kind::Workflow, namespace, name)).await? {
-            Some(Versioned { version, value: Object::Workflow(w) }) => Ok(Some(Versioned { version, value: w })),
+        match self
+            .get(&ObjectKey::new(Kind::Workflow, namespace, name))
+            .await?
+        {
+            Some(Versioned {
+                version,
+                value: Object::Workflow(w),
+            }) => Ok(Some(Versioned { version, value: w })),
             _ => Ok(None),
         }
     }
@@ -198,7 +221,10 @@ pub trait WorkflowStoreExt: WorkflowStore {
             .await?
             .into_iter()
             .filter_map(|v| match v.value {
-                Object::Workflow(w) => Some(Versioned { version: v.version, value: w }),
+                Object::Workflow(w) => Some(Versioned {
+                    version: v.version,
+                    value: w,
+                }),
                 _ => None,
             })
             .collect())
@@ -242,7 +268,11 @@ pub fn index_terms(object: &Object) -> Vec<IndexTerm> {
             .macs()
             .into_iter()
             .map(IndexTerm::Mac)
-            .chain(h.ipv4s().into_iter().map(|ip| IndexTerm::Ip(IpAddr::V4(ip))))
+            .chain(
+                h.ipv4s()
+                    .into_iter()
+                    .map(|ip| IndexTerm::Ip(IpAddr::V4(ip))),
+            )
             .collect(),
         Object::Template(_) => Vec::new(),
         Object::Workflow(w) => match &w.status {
@@ -258,12 +288,20 @@ pub fn index_terms(object: &Object) -> Vec<IndexTerm> {
 }
 
 /// Checks a precondition against the stored version (`None`: absent).
-pub fn check_precondition(key: &ObjectKey, stored: Option<u64>, precondition: Precondition) -> Result<()> {
+pub fn check_precondition(
+    key: &ObjectKey,
+    stored: Option<u64>,
+    precondition: Precondition,
+) -> Result<()> {
     match (precondition, stored) {
         (Precondition::Any, _) => Ok(()),
         (Precondition::Absent, None) => Ok(()),
-        (Precondition::Absent, Some(_)) => Err(Error::AlreadyExists { key: key.to_string() }),
-        (Precondition::Version(_), None) => Err(Error::NotFound { key: key.to_string() }),
+        (Precondition::Absent, Some(_)) => Err(Error::AlreadyExists {
+            key: key.to_string(),
+        }),
+        (Precondition::Version(_), None) => Err(Error::NotFound {
+            key: key.to_string(),
+        }),
         (Precondition::Version(v), Some(found)) if v == found => Ok(()),
         (Precondition::Version(expected), Some(found)) => Err(Error::Conflict {
             key: key.to_string(),
@@ -276,8 +314,16 @@ pub fn check_precondition(key: &ObjectKey, stored: Option<u64>, precondition: Pr
 /// The state-machine step every store runs inside its transaction: expire what is
 /// due at `now`, then handle `event`. Returns whether the workflow changed (and so
 /// must be saved) and the event's result (a refusal as [`Error::Transition`]).
-pub fn apply_to_workflow(workflow: &mut Workflow, event: &WorkflowEvent, now: Timestamp) -> (bool, Result<Effect>) {
-    let name = format!("{}/{}", workflow.metadata.namespace(), workflow.metadata.name);
+pub fn apply_to_workflow(
+    workflow: &mut Workflow,
+    event: &WorkflowEvent,
+    now: Timestamp,
+) -> (bool, Result<Effect>) {
+    let name = format!(
+        "{}/{}",
+        workflow.metadata.namespace(),
+        workflow.metadata.name
+    );
     let disabled = workflow.is_disabled();
     let Some(status) = workflow.status.as_mut() else {
         return (
@@ -298,19 +344,40 @@ pub fn apply_to_workflow(workflow: &mut Workflow, event: &WorkflowEvent, now: Ti
         );
     }
     let (changed, result) = status.apply(now, event);
-    (changed, result.map_err(|reason| Error::Transition { workflow: name, reason }))
+    (
+        changed,
+        result.map_err(|reason| Error::Transition {
+            workflow: name,
+            reason,
+        }),
+    )
 }
 
 /// The claim step every store runs for each candidate workflow of a worker.
 /// Returns the assignment if this workflow had an action for the worker.
-pub fn claim_in_workflow(key: &ObjectKey, workflow: &mut Workflow, worker: &str, now: Timestamp) -> (bool, Option<Assignment>) {
-    let ready = workflow.status.as_ref().is_some_and(|s| s.has_work_for(worker)) && !workflow.is_disabled();
+pub fn claim_in_workflow(
+    key: &ObjectKey,
+    workflow: &mut Workflow,
+    worker: &str,
+    now: Timestamp,
+) -> (bool, Option<Assignment>) {
+    let ready = workflow
+        .status
+        .as_ref()
+        .is_some_and(|s| s.has_work_for(worker))
+        && !workflow.is_disabled();
     if !ready {
         // Timeouts may still be due; saving them keeps the state honest.
         let changed = workflow.status.as_mut().is_some_and(|s| s.expire(now));
         return (changed, None);
     }
-    let (changed, result) = apply_to_workflow(workflow, &WorkflowEvent::Claim { worker: worker.to_string() }, now);
+    let (changed, result) = apply_to_workflow(
+        workflow,
+        &WorkflowEvent::Claim {
+            worker: worker.to_string(),
+        },
+        now,
+    );
     let assignment = match result {
         Ok(Effect::Claimed { action, attempt }) => workflow.status.as_ref().and_then(|s| {
             let (t, a) = s.action(action)?;

@@ -50,17 +50,25 @@ pub fn documents(file: &str, docs: &[Document]) -> ValidationErrors {
                     if a.name.trim().is_empty() {
                         f.push(format!("[{i}].name"), "an action needs a name");
                     } else if !seen.insert(a.name.as_str()) {
-                        f.push(format!("[{i}].name"), format!("duplicate action name {:?}", a.name));
+                        f.push(
+                            format!("[{i}].name"),
+                            format!("duplicate action name {:?}", a.name),
+                        );
                     }
                     image_ref(&mut f, &format!("[{i}].image"), &a.image);
                     if let Some(t) = a.timeout_seconds
                         && t <= 0
                     {
-                        f.push(format!("[{i}].timeoutSeconds"), format!("timeout must be a positive number of seconds, not {t}"));
+                        f.push(
+                            format!("[{i}].timeoutSeconds"),
+                            format!("timeout must be a positive number of seconds, not {t}"),
+                        );
                     }
                 }
             }
-            Document::Unsupported { api_version, kind, .. } => {
+            Document::Unsupported {
+                api_version, kind, ..
+            } => {
                 Findings {
                     file,
                     object: d.describe(),
@@ -95,21 +103,28 @@ fn meta_name(f: &mut Findings<'_>, name: &str, namespace: Option<&str>) {
     if let Some(ns) = namespace
         && (ns.is_empty() || ns.len() > 63 || !is_dns_subdomain(ns) || ns.contains('.'))
     {
-        f.push("metadata.namespace", format!("{ns:?} is not a valid namespace"));
+        f.push(
+            "metadata.namespace",
+            format!("{ns:?} is not a valid namespace"),
+        );
     }
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 fn api_version(f: &mut Findings<'_>, v: &str) {
     if v != crate::model::API_VERSION_V1ALPHA1 {
-        f.push("apiVersion", format!("expected {}, not {v:?}", crate::model::API_VERSION_V1ALPHA1));
+        f.push(
+            "apiVersion",
+            format!("expected {}, not {v:?}", crate::model::API_VERSION_V1ALPHA1),
+        );
     }
 }
 
@@ -130,49 +145,76 @@ pub fn hardware(file: &str, h: &Hardware, out: &mut ValidationErrors) {
         match d.mac.parse::<MacAddr>() {
             Ok(mac) => {
                 if let Some(first) = macs.insert(mac, i) {
-                    f.push(format!("{p}.mac"), format!("MAC {mac} is already used by spec.interfaces[{first}]"));
+                    f.push(
+                        format!("{p}.mac"),
+                        format!("MAC {mac} is already used by spec.interfaces[{first}]"),
+                    );
                 }
             }
             Err(e) if d.mac.is_empty() => {
                 let _ = e;
-                f.push(format!("{p}.mac"), "missing: every DHCP interface needs a MAC")
+                f.push(
+                    format!("{p}.mac"),
+                    "missing: every DHCP interface needs a MAC",
+                )
             }
             Err(e) => f.push(format!("{p}.mac"), e.to_string()),
         }
         if let Some(hn) = &d.hostname
             && !is_hostname(hn)
         {
-            f.push(format!("{p}.hostname"), format!("{hn:?} is not a valid host name"));
+            f.push(
+                format!("{p}.hostname"),
+                format!("{hn:?} is not a valid host name"),
+            );
         }
         if let Some(t) = d.lease_time
             && t <= 0
         {
-            f.push(format!("{p}.lease_time"), format!("lease time must be a positive number of seconds, not {t}"));
+            f.push(
+                format!("{p}.lease_time"),
+                format!("lease time must be a positive number of seconds, not {t}"),
+            );
         }
         for (j, s) in d.name_servers.iter().enumerate() {
             if s.parse::<Ipv4Addr>().is_err() {
-                f.push(format!("{p}.name_servers[{j}]"), format!("{s:?} is not an IPv4 address"));
+                f.push(
+                    format!("{p}.name_servers[{j}]"),
+                    format!("{s:?} is not an IPv4 address"),
+                );
             }
         }
         for (j, s) in d.time_servers.iter().enumerate() {
             if s.parse::<Ipv4Addr>().is_err() {
-                f.push(format!("{p}.time_servers[{j}]"), format!("{s:?} is not an IPv4 address"));
+                f.push(
+                    format!("{p}.time_servers[{j}]"),
+                    format!("{s:?} is not an IPv4 address"),
+                );
             }
         }
         if d.tftp_server_name.is_some() != d.boot_file_name.is_some() {
-            f.push(format!("{p}.boot_file_name"), "tftp_server_name and boot_file_name are set together or not at all");
+            f.push(
+                format!("{p}.boot_file_name"),
+                "tftp_server_name and boot_file_name are set together or not at all",
+            );
         }
         if let Some(v) = &d.vlan_id
             && !v.is_empty()
             && v.parse::<u16>().map_or(true, |n| n > 4096)
         {
-            f.push(format!("{p}.vlan_id"), format!("{v:?} is not a VLAN id (0-4096)"));
+            f.push(
+                format!("{p}.vlan_id"),
+                format!("{v:?} is not a VLAN id (0-4096)"),
+            );
         }
         if let Some(ip) = &d.ip {
             let address = match ip.address.parse::<Ipv4Addr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    f.push(format!("{p}.ip.address"), format!("{:?} is not an IPv4 address", ip.address));
+                    f.push(
+                        format!("{p}.ip.address"),
+                        format!("{:?} is not an IPv4 address", ip.address),
+                    );
                     None
                 }
             };
@@ -190,12 +232,18 @@ pub fn hardware(file: &str, h: &Hardware, out: &mut ValidationErrors) {
                 && !g.is_empty()
             {
                 match g.parse::<Ipv4Addr>() {
-                    Err(_) => f.push(format!("{p}.ip.gateway"), format!("{g:?} is not an IPv4 address")),
+                    Err(_) => f.push(
+                        format!("{p}.ip.gateway"),
+                        format!("{g:?} is not an IPv4 address"),
+                    ),
                     Ok(gw) => {
                         if let (Some(a), Some(n)) = (address, prefix)
                             && !same_subnet(a, gw, n)
                         {
-                            f.push(format!("{p}.ip.gateway"), format!("gateway {gw} is not in the interface's subnet {a}/{n}"));
+                            f.push(
+                                format!("{p}.ip.gateway"),
+                                format!("gateway {gw} is not in the interface's subnet {a}/{n}"),
+                            );
                         }
                     }
                 }
@@ -207,13 +255,26 @@ pub fn hardware(file: &str, h: &Hardware, out: &mut ValidationErrors) {
             if let Some(url) = &ipxe.url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                f.push(format!("{base}.netboot.ipxe.url"), format!("{url:?} must be an http:// or https:// URL"));
+                f.push(
+                    format!("{base}.netboot.ipxe.url"),
+                    format!("{url:?} must be an http:// or https:// URL"),
+                );
             }
             if ipxe.url.is_some() && ipxe.contents.is_some() {
-                f.push(format!("{base}.netboot.ipxe"), "set url or contents, not both");
+                f.push(
+                    format!("{base}.netboot.ipxe"),
+                    "set url or contents, not both",
+                );
             }
             if let Some(b) = &ipxe.binary
-                && !["undionly.kpxe", "ipxe.efi", "snp-arm64.efi", "snp-x86_64.efi", "snponly.efi"].contains(&b.as_str())
+                && ![
+                    "undionly.kpxe",
+                    "ipxe.efi",
+                    "snp-arm64.efi",
+                    "snp-x86_64.efi",
+                    "snponly.efi",
+                ]
+                .contains(&b.as_str())
             {
                 f.push(format!("{base}.netboot.ipxe.binary"), format!("{b:?} is not a known iPXE binary (undionly.kpxe, ipxe.efi, snp-arm64.efi, snp-x86_64.efi)"));
             }
@@ -221,7 +282,10 @@ pub fn hardware(file: &str, h: &Hardware, out: &mut ValidationErrors) {
     }
     for (i, d) in h.spec.disks.iter().enumerate() {
         if !d.device.starts_with("/dev/") {
-            f.push(format!("spec.disks[{i}].device"), format!("{:?} is not a device path (expected /dev/...)", d.device));
+            f.push(
+                format!("spec.disks[{i}].device"),
+                format!("{:?} is not a device path (expected /dev/...)", d.device),
+            );
         }
     }
 }
@@ -240,16 +304,24 @@ fn is_hostname(s: &str) -> bool {
 
 /// The prefix length of a dotted netmask, or why it is not one.
 pub fn netmask_prefix(mask: &str) -> Result<u8, String> {
-    let m: Ipv4Addr = mask.parse().map_err(|_| format!("{mask:?} is not a netmask (expected dotted form such as 255.255.255.0)"))?;
+    let m: Ipv4Addr = mask.parse().map_err(|_| {
+        format!("{mask:?} is not a netmask (expected dotted form such as 255.255.255.0)")
+    })?;
     let bits = u32::from(m);
     if bits.leading_ones() + bits.trailing_zeros() != 32 {
-        return Err(format!("{mask} is not a valid netmask: its one bits are not contiguous"));
+        return Err(format!(
+            "{mask} is not a valid netmask: its one bits are not contiguous"
+        ));
     }
     Ok(bits.leading_ones() as u8)
 }
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
     u32::from(a) & mask == u32::from(b) & mask
 }
 
@@ -279,16 +351,28 @@ pub fn workflow(file: &str, w: &Workflow, out: &mut ValidationErrors) {
         f.push("spec.templateRef", "missing: which Template should run?");
     }
     if w.spec.hardware_ref.is_empty() {
-        f.push("spec.hardwareRef", "missing: which Hardware should it run on?");
+        f.push(
+            "spec.hardwareRef",
+            "missing: which Hardware should it run on?",
+        );
     }
     for (k, v) in &w.spec.hardware_map {
-        let valid_key = k.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        let valid_key = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_alphanumeric() || c == '_');
         if !valid_key {
-            f.push(format!("spec.hardwareMap.{k}"), "keys must be template identifiers (letters, digits, '_')");
+            f.push(
+                format!("spec.hardwareMap.{k}"),
+                "keys must be template identifiers (letters, digits, '_')",
+            );
         }
         if k.starts_with("device_") && v.parse::<MacAddr>().is_err() {
-            f.push(format!("spec.hardwareMap.{k}"), format!("{v:?} is not a MAC address (device_N keys name a worker by its MAC)"));
+            f.push(
+                format!("spec.hardwareMap.{k}"),
+                format!("{v:?} is not a MAC address (device_N keys name a worker by its MAC)"),
+            );
         }
     }
 }
@@ -305,7 +389,10 @@ pub fn template_data(file: &str, d: &TemplateData) -> ValidationErrors {
     if let Some(t) = d.global_timeout
         && t <= 0
     {
-        f.push("global_timeout", format!("timeout must be a positive number of seconds, not {t}"));
+        f.push(
+            "global_timeout",
+            format!("timeout must be a positive number of seconds, not {t}"),
+        );
     }
     if d.tasks.is_empty() {
         f.push("tasks", "a template needs at least one task");
@@ -315,7 +402,10 @@ pub fn template_data(file: &str, d: &TemplateData) -> ValidationErrors {
         let p = format!("tasks[{i}]");
         name_len(&mut f, &format!("{p}.name"), &t.name);
         if !t.name.is_empty() && !task_names.insert(t.name.as_str()) {
-            f.push(format!("{p}.name"), format!("duplicate task name {:?}", t.name));
+            f.push(
+                format!("{p}.name"),
+                format!("duplicate task name {:?}", t.name),
+            );
         }
         if t.worker.trim().is_empty() {
             f.push(format!("{p}.worker"), "the worker is empty: it usually comes from the workflow's hardwareMap, such as {{.device_1}}");
@@ -330,22 +420,37 @@ pub fn template_data(file: &str, d: &TemplateData) -> ValidationErrors {
             if let Some(first) = names.insert(a.name.as_str(), j)
                 && !a.name.is_empty()
             {
-                f.push(format!("{ap}.name"), format!("duplicate action name {:?} (also {p}.actions[{first}])", a.name));
+                f.push(
+                    format!("{ap}.name"),
+                    format!(
+                        "duplicate action name {:?} (also {p}.actions[{first}])",
+                        a.name
+                    ),
+                );
             }
             image_ref(&mut f, &format!("{ap}.image"), &a.image);
             match a.timeout {
-                Some(t) if t <= 0 => f.push(format!("{ap}.timeout"), format!("timeout must be a positive number of seconds, not {t}")),
+                Some(t) if t <= 0 => f.push(
+                    format!("{ap}.timeout"),
+                    format!("timeout must be a positive number of seconds, not {t}"),
+                ),
                 _ => {}
             }
             for (k, v) in &a.environment {
                 if k.is_empty() || k.contains('=') {
-                    f.push(format!("{ap}.environment"), format!("{k:?} is not a valid variable name"));
+                    f.push(
+                        format!("{ap}.environment"),
+                        format!("{k:?} is not a valid variable name"),
+                    );
                 }
                 let _ = v;
             }
             for (k, vol) in t.volumes.iter().chain(&a.volumes).enumerate() {
                 if !vol.contains(':') && !vol.starts_with('/') {
-                    f.push(format!("{ap}.volumes[{k}]"), format!("{vol:?} is not a volume (host:container[:ro])"));
+                    f.push(
+                        format!("{ap}.volumes[{k}]"),
+                        format!("{vol:?} is not a volume (host:container[:ro])"),
+                    );
                 }
             }
         }
@@ -372,7 +477,10 @@ fn image_ref(f: &mut Findings<'_>, path: &str, image: &str) {
         None => (image, None),
     };
     if let Some(d) = digest
-        && !(d.contains(':') && d.split_once(':').is_some_and(|(alg, hex)| !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())))
+        && !(d.contains(':')
+            && d.split_once(':').is_some_and(|(alg, hex)| {
+                !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            }))
     {
         f.push(path, format!("{image:?} has a malformed digest"));
         return;
@@ -385,15 +493,29 @@ fn image_ref(f: &mut Findings<'_>, path: &str, image: &str) {
     let valid_component = |c: &str, first: bool| {
         !c.is_empty()
             && if first && (c.contains('.') || c.contains(':') || c == "localhost") {
-                c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
+                c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
             } else {
-                c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-')
-                    && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                c.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b == b'.'
+                        || b == b'_'
+                        || b == b'-'
+                }) && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             }
     };
     let parts: Vec<&str> = repo.split('/').collect();
-    let ok = parts.iter().enumerate().all(|(i, c)| valid_component(c, i == 0 && parts.len() > 1))
-        && tag.is_none_or(|t| !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-'));
+    let ok = parts
+        .iter()
+        .enumerate()
+        .all(|(i, c)| valid_component(c, i == 0 && parts.len() > 1))
+        && tag.is_none_or(|t| {
+            !t.is_empty()
+                && t.len() <= 128
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        });
     if !ok {
         f.push(path, format!("{image:?} is not a valid image reference"));
     }
@@ -408,7 +530,10 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
         match o {
             Object::Hardware(h) => {
                 let me = format!("{}/{}", h.metadata.namespace(), h.metadata.name);
-                hardware.insert((h.metadata.namespace().to_string(), h.metadata.name.clone()), h);
+                hardware.insert(
+                    (h.metadata.namespace().to_string(), h.metadata.name.clone()),
+                    h,
+                );
                 let mut f = Findings {
                     file,
                     object: format!("Hardware {me}"),
@@ -418,19 +543,28 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                     if let Some(other) = macs.insert(mac, me.clone())
                         && other != me
                     {
-                        f.push("spec.interfaces", format!("MAC {mac} is also used by Hardware {other}"));
+                        f.push(
+                            "spec.interfaces",
+                            format!("MAC {mac} is also used by Hardware {other}"),
+                        );
                     }
                 }
                 for ip in h.ipv4s() {
                     if let Some(other) = ips.insert(ip, me.clone())
                         && other != me
                     {
-                        f.push("spec.interfaces", format!("IP address {ip} is also reserved for Hardware {other}"));
+                        f.push(
+                            "spec.interfaces",
+                            format!("IP address {ip} is also reserved for Hardware {other}"),
+                        );
                     }
                 }
             }
             Object::Template(t) => {
-                templates.insert((t.metadata.namespace().to_string(), t.metadata.name.clone()), t);
+                templates.insert(
+                    (t.metadata.namespace().to_string(), t.metadata.name.clone()),
+                    t,
+                );
             }
             Object::Workflow(_) => {}
         }
@@ -444,7 +578,11 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
         let hw = hardware.get(&(ns, w.spec.hardware_ref.clone())).copied();
         // Without the Hardware the `.Hardware` fields cannot be rendered; only
         // check what can be checked.
-        let uses_hardware = t.spec.data.as_deref().is_some_and(|d| d.contains(".Hardware") || d.contains(".hardware"));
+        let uses_hardware = t
+            .spec
+            .data
+            .as_deref()
+            .is_some_and(|d| d.contains(".Hardware") || d.contains(".hardware"));
         if hw.is_none() && uses_hardware {
             continue;
         }
@@ -463,4 +601,55 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
             Err(e) => f.push("spec.templateRef (rendered)", e.to_string()),
         }
     }
+}
+
+/// The verdict on one file of a [`files`] run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileVerdict {
+    /// Valid.
+    Ok,
+    /// Could not be read as Tinkerbell YAML.
+    Unreadable(String),
+    /// Read, but invalid.
+    Invalid(Vec<ValidationError>),
+}
+
+/// Validates several files together (name and text each): each on its own, and
+/// each workflow rendered against the templates and hardware of all the files.
+/// Pure: the caller reads the files.
+pub fn files(inputs: &[(String, String)]) -> Vec<(String, FileVerdict)> {
+    let parsed: Vec<(String, crate::Result<Vec<Document>>)> = inputs
+        .iter()
+        .map(|(name, text)| (name.clone(), crate::model::parse_documents(name, text)))
+        .collect();
+    let all: Vec<Document> = parsed
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flatten()
+        .cloned()
+        .collect();
+    parsed
+        .into_iter()
+        .map(|(file, result)| {
+            let docs = match result {
+                Ok(d) => d,
+                Err(e) => return (file, FileVerdict::Unreadable(e.to_string())),
+            };
+            let mut findings = documents(&file, &docs).0;
+            let own: Vec<String> = docs.iter().map(Document::describe).collect();
+            for f in documents(&file, &all).0 {
+                // Findings that need other files: rendered workflows and duplicates.
+                let cross = f.path.contains("(rendered)") || f.reason.contains(" also ");
+                if cross && own.contains(&f.object) && !findings.contains(&f) {
+                    findings.push(f);
+                }
+            }
+            let verdict = if findings.is_empty() {
+                FileVerdict::Ok
+            } else {
+                FileVerdict::Invalid(findings)
+            };
+            (file, verdict)
+        })
+        .collect()
 }

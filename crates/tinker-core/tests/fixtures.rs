@@ -2,7 +2,9 @@
 //! the way Tinkerbell would.
 
 use std::path::{Path, PathBuf};
-use tinker_core::model::{Document, Hardware, Object, Template, Workflow, parse_documents, to_yaml};
+use tinker_core::model::{
+    Document, Hardware, Object, Template, Workflow, parse_documents, to_yaml,
+};
 use tinker_core::{Error, render, validate};
 
 fn fixtures_dir() -> PathBuf {
@@ -46,8 +48,12 @@ fn every_fixture_parses_and_round_trips() {
         let docs = parse_documents(&name, &text).unwrap_or_else(|e| panic!("{e}"));
         assert!(!docs.is_empty(), "{name}: no documents");
         let written = to_yaml(&docs).unwrap();
-        let again = parse_documents(&name, &written).unwrap_or_else(|e| panic!("{name} rewritten: {e}\n{written}"));
-        assert_eq!(docs, again, "{name}: parse -> write -> parse changed the value");
+        let again = parse_documents(&name, &written)
+            .unwrap_or_else(|e| panic!("{name} rewritten: {e}\n{written}"));
+        assert_eq!(
+            docs, again,
+            "{name}: parse -> write -> parse changed the value"
+        );
     }
 }
 
@@ -55,17 +61,30 @@ fn every_fixture_parses_and_round_trips() {
 fn v1alpha1_kinds_are_typed_and_others_kept_verbatim() {
     let list = load("v1alpha1/backend-file-hardware-list.yaml");
     assert_eq!(objects(&list).len(), 5);
-    assert!(objects(&list).iter().all(|o| matches!(o, Object::Hardware(_))));
+    assert!(
+        objects(&list)
+            .iter()
+            .all(|o| matches!(o, Object::Hardware(_)))
+    );
     let actions = load("v1alpha1/file_template.yaml");
-    assert!(matches!(&actions[..], [Document::AgentActions(a)] if a.len() == 4 && a[0].env[1].key == "key2"));
+    assert!(
+        matches!(&actions[..], [Document::AgentActions(a)] if a.len() == 4 && a[0].env[1].key == "key2")
+    );
     let v2 = load("v1alpha2/hardware.yaml");
-    assert!(matches!(&v2[..], [Document::Unsupported { api_version, kind, .. }] if api_version == "tinkerbell.org/v1alpha2" && kind == "Hardware"));
+    assert!(
+        matches!(&v2[..], [Document::Unsupported { api_version, kind, .. }] if api_version == "tinkerbell.org/v1alpha2" && kind == "Hardware")
+    );
     let job = load("v1alpha2/job.yaml");
     assert!(matches!(&job[..], [Document::Unsupported { kind, .. }] if kind == "Job"));
 }
 
 fn hardware_for(name: &str, mac: &str, disk: &str) -> Hardware {
-    let mut hw = Hardware::new(name, mac.parse().unwrap(), "192.168.2.20".parse().unwrap(), "255.255.255.0");
+    let mut hw = Hardware::new(
+        name,
+        mac.parse().unwrap(),
+        "192.168.2.20".parse().unwrap(),
+        "255.255.255.0",
+    );
     hw.metadata.namespace = Some("tinkerbell".into());
     hw.spec.disks.push(tinker_core::model::Disk {
         device: disk.into(),
@@ -96,11 +115,22 @@ fn docs_template_needs_every_variable_it_names() {
     // The documentation's workflow maps only device_1: rendering names what is missing.
     let err = render::instantiate(&workflow, &template, Some(&hw)).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(".artifact_server_ip_port") && msg.contains("hardwareMap"), "{msg}");
-    assert!(matches!(&err, Error::Template(e) if e.missing_key.as_deref() == Some(".artifact_server_ip_port")));
+    assert!(
+        msg.contains(".artifact_server_ip_port") && msg.contains("hardwareMap"),
+        "{msg}"
+    );
+    assert!(
+        matches!(&err, Error::Template(e) if e.missing_key.as_deref() == Some(".artifact_server_ip_port"))
+    );
 
-    workflow.spec.hardware_map.insert("artifact_server_ip_port".into(), "10.1.1.11:8080".into());
-    workflow.spec.hardware_map.insert("tootles_ip_port".into(), "10.1.1.11:7080".into());
+    workflow
+        .spec
+        .hardware_map
+        .insert("artifact_server_ip_port".into(), "10.1.1.11:8080".into());
+    workflow
+        .spec
+        .hardware_map
+        .insert("tootles_ip_port".into(), "10.1.1.11:7080".into());
     let status = render::instantiate(&workflow, &template, Some(&hw)).unwrap();
     assert_eq!(status.action_count(), 4);
     assert_eq!(status.global_timeout, Some(9800));
@@ -108,15 +138,30 @@ fn docs_template_needs_every_variable_it_names() {
     assert_eq!(task.agent_id, "02:00:00:00:00:01");
     let stream = &task.actions[0];
     assert_eq!(stream.environment["DEST_DISK"], "/dev/nvme0n1");
-    assert_eq!(stream.environment["IMG_URL"], "http://10.1.1.11:8080/jammy-server-cloudimg-amd64.raw.gz");
+    assert_eq!(
+        stream.environment["IMG_URL"],
+        "http://10.1.1.11:8080/jammy-server-cloudimg-amd64.raw.gz"
+    );
     assert_eq!(stream.environment["COMPRESSED"], "true");
-    assert_eq!(stream.environment["GLOBAL_VALUE"], "my global value", "task environment is inherited");
+    assert_eq!(
+        stream.environment["GLOBAL_VALUE"], "my global value",
+        "task environment is inherited"
+    );
     assert_eq!(stream.volumes[0], "/dev:/dev");
     let ds = &task.actions[2];
-    assert_eq!(ds.environment["DEST_DISK"], "/dev/nvme0n1p1", "formatPartition");
-    assert_eq!(ds.environment["MODE"], "0600", "octal text is kept as written");
+    assert_eq!(
+        ds.environment["DEST_DISK"], "/dev/nvme0n1p1",
+        "formatPartition"
+    );
+    assert_eq!(
+        ds.environment["MODE"], "0600",
+        "octal text is kept as written"
+    );
     assert_eq!(ds.environment["UID"], "0");
-    assert!(task.actions[1].environment["CONTENTS"].contains("metadata_urls: [\"http://10.1.1.11:7080\"]"));
+    assert!(
+        task.actions[1].environment["CONTENTS"]
+            .contains("metadata_urls: [\"http://10.1.1.11:7080\"]")
+    );
 }
 
 #[test]
@@ -129,7 +174,11 @@ fn grpc_template_renders_with_its_workflow() {
     assert_eq!(status.tasks[0].agent_id, "52:54:00:0f:2e:67");
     assert_eq!(status.tasks[0].actions[5].pid.as_deref(), Some("host"));
     assert_eq!(status.tasks[0].actions[0].command, ["sleep", "2"]);
-    assert!(validate::documents("grpc", &docs).0.is_empty(), "{}", validate::documents("grpc", &docs));
+    assert!(
+        validate::documents("grpc", &docs).0.is_empty(),
+        "{}",
+        validate::documents("grpc", &docs)
+    );
 }
 
 #[test]
@@ -146,7 +195,12 @@ fn fixture_bad_data_is_reported_with_file_field_and_reason() {
 
 #[test]
 fn the_clean_fixtures_validate() {
-    for f in ["v1alpha1/docs-ubuntu-template.yaml", "v1alpha1/file_template.yaml", "v1alpha1/grpc_template.yaml", "v1alpha1/grpc_workflow.yaml"] {
+    for f in [
+        "v1alpha1/docs-ubuntu-template.yaml",
+        "v1alpha1/file_template.yaml",
+        "v1alpha1/grpc_template.yaml",
+        "v1alpha1/grpc_workflow.yaml",
+    ] {
         let errs = validate::documents(f, &load(f));
         assert!(errs.0.is_empty(), "{f}: {errs}");
     }

@@ -30,7 +30,10 @@ fn action(name: String, timeout: Option<i64>) -> ActionStatus {
 }
 
 fn status_strategy() -> impl Strategy<Value = WorkflowStatus> {
-    let task = (0usize..2, prop::collection::vec(prop::option::of(1i64..50), 1..4));
+    let task = (
+        0usize..2,
+        prop::collection::vec(prop::option::of(1i64..50), 1..4),
+    );
     (
         prop::collection::vec(task, 1..3),
         prop::option::of(10i64..200),
@@ -174,22 +177,78 @@ fn global_timeout_and_missed_heartbeats_end_a_running_workflow() {
         actions: vec![action("a".into(), None), action("b".into(), None)],
     }];
     let mut s = WorkflowStatus::pending(tasks.clone(), Some(100));
-    s.apply(t0, &WorkflowEvent::Claim { worker: "w0".into() }).1.unwrap();
+    s.apply(
+        t0,
+        &WorkflowEvent::Claim {
+            worker: "w0".into(),
+        },
+    )
+    .1
+    .unwrap();
     assert_eq!(s.next_deadline(), Some(t0 + SignedDuration::from_secs(100)));
-    s.apply(t0 + SignedDuration::from_secs(10), &WorkflowEvent::Report { action: 0, attempt: 1, outcome: ActionOutcome::Success }).1.unwrap();
-    s.apply(t0 + SignedDuration::from_secs(10), &WorkflowEvent::Claim { worker: "w0".into() }).1.unwrap();
+    s.apply(
+        t0 + SignedDuration::from_secs(10),
+        &WorkflowEvent::Report {
+            action: 0,
+            attempt: 1,
+            outcome: ActionOutcome::Success,
+        },
+    )
+    .1
+    .unwrap();
+    s.apply(
+        t0 + SignedDuration::from_secs(10),
+        &WorkflowEvent::Claim {
+            worker: "w0".into(),
+        },
+    )
+    .1
+    .unwrap();
     let (changed, _) = s.apply(t0 + SignedDuration::from_secs(100), &WorkflowEvent::Tick);
     assert!(changed);
     assert_eq!(s.state, WorkflowState::Timeout);
-    assert!(s.reason.as_deref().unwrap().contains("global timeout of 100 s"));
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap()
+            .contains("global timeout of 100 s")
+    );
 
     let mut s = WorkflowStatus::pending(tasks, None);
     s.heartbeat_grace_seconds = Some(30);
-    s.apply(t0, &WorkflowEvent::Claim { worker: "w0".into() }).1.unwrap();
-    s.apply(t0 + SignedDuration::from_secs(20), &WorkflowEvent::Heartbeat { action: 0, attempt: 1 }).1.unwrap();
-    s.apply(t0 + SignedDuration::from_secs(49), &WorkflowEvent::Tick).1.unwrap();
-    assert_eq!(s.state, WorkflowState::Running, "heartbeat extended the grace");
-    s.apply(t0 + SignedDuration::from_secs(50), &WorkflowEvent::Tick).1.unwrap();
+    s.apply(
+        t0,
+        &WorkflowEvent::Claim {
+            worker: "w0".into(),
+        },
+    )
+    .1
+    .unwrap();
+    s.apply(
+        t0 + SignedDuration::from_secs(20),
+        &WorkflowEvent::Heartbeat {
+            action: 0,
+            attempt: 1,
+        },
+    )
+    .1
+    .unwrap();
+    s.apply(t0 + SignedDuration::from_secs(49), &WorkflowEvent::Tick)
+        .1
+        .unwrap();
+    assert_eq!(
+        s.state,
+        WorkflowState::Running,
+        "heartbeat extended the grace"
+    );
+    s.apply(t0 + SignedDuration::from_secs(50), &WorkflowEvent::Tick)
+        .1
+        .unwrap();
     assert_eq!(s.state, WorkflowState::Timeout);
-    assert!(s.reason.as_deref().unwrap().contains("no heartbeat for 30 s"));
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap()
+            .contains("no heartbeat for 30 s")
+    );
 }

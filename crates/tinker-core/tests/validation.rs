@@ -17,7 +17,9 @@ fn findings(yaml: &str) -> Vec<(String, String)> {
 
 fn has(findings: &[(String, String)], path: &str, reason: &str) {
     assert!(
-        findings.iter().any(|(p, r)| p == path && r.contains(reason)),
+        findings
+            .iter()
+            .any(|(p, r)| p == path && r.contains(reason)),
         "wanted {path}: ...{reason}... in {findings:#?}"
     );
 }
@@ -37,26 +39,44 @@ fn bad_ip_netmask_and_gateway() {
     let f = findings(&format!(
         "{HW}    - dhcp: {{mac: \"08:00:27:29:4e:67\", ip: {{address: 10.0.0.300, netmask: 255.0.255.0, gateway: 10.0.0.1}}}}\n"
     ));
-    has(&f, "spec.interfaces[0].dhcp.ip.address", "not an IPv4 address");
+    has(
+        &f,
+        "spec.interfaces[0].dhcp.ip.address",
+        "not an IPv4 address",
+    );
     has(&f, "spec.interfaces[0].dhcp.ip.netmask", "not contiguous");
     let f = findings(&format!(
         "{HW}    - dhcp: {{mac: \"08:00:27:29:4e:67\", ip: {{address: 10.0.0.5, netmask: 255.255.255.0, gateway: 10.0.1.1}}, name_servers: [dns.example]}}\n"
     ));
-    has(&f, "spec.interfaces[0].dhcp.ip.gateway", "not in the interface's subnet 10.0.0.5/24");
-    has(&f, "spec.interfaces[0].dhcp.name_servers[0]", "not an IPv4 address");
+    has(
+        &f,
+        "spec.interfaces[0].dhcp.ip.gateway",
+        "not in the interface's subnet 10.0.0.5/24",
+    );
+    has(
+        &f,
+        "spec.interfaces[0].dhcp.name_servers[0]",
+        "not an IPv4 address",
+    );
 }
 
 #[test]
 fn duplicate_macs_and_ips_across_hardware() {
     let two = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: a}\nspec: {interfaces: [{dhcp: {mac: \"08:00:27:29:4e:67\", ip: {address: 10.0.0.5}}}]}\n---\napiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: b}\nspec: {interfaces: [{dhcp: {mac: \"08:00:27:29:4E:67\", ip: {address: 10.0.0.5}}}]}\n";
     let f = findings(two);
-    has(&f, "spec.interfaces", "MAC 08:00:27:29:4e:67 is also used by Hardware default/a");
+    has(
+        &f,
+        "spec.interfaces",
+        "MAC 08:00:27:29:4e:67 is also used by Hardware default/a",
+    );
     has(&f, "spec.interfaces", "10.0.0.5 is also reserved");
 }
 
 fn template(data: &str) -> String {
     let indented: String = data.lines().map(|l| format!("    {l}\n")).collect();
-    format!("apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {{name: t1}}\nspec:\n  data: |\n{indented}")
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {{name: t1}}\nspec:\n  data: |\n{indented}"
+    )
 }
 
 #[test]
@@ -65,31 +85,61 @@ fn template_rules() {
         "name: t1\nglobal_timeout: 0\ntasks:\n  - name: a\n    worker: \"{{.device_1}}\"\n    actions:\n      - name: same\n        image: busybox\n        timeout: -5\n      - name: same\n        image: \"\"\n",
     ));
     has(&f, "spec.data: global_timeout", "positive number");
-    has(&f, "spec.data: tasks[0].actions[0].timeout", "positive number of seconds, not -5");
-    has(&f, "spec.data: tasks[0].actions[1].name", "duplicate action name \"same\"");
+    has(
+        &f,
+        "spec.data: tasks[0].actions[0].timeout",
+        "positive number of seconds, not -5",
+    );
+    has(
+        &f,
+        "spec.data: tasks[0].actions[1].name",
+        "duplicate action name \"same\"",
+    );
     has(&f, "spec.data: tasks[0].actions[1].image", "missing image");
-    let f = findings(&template("name: t1\ntasks:\n  - name: a\n    worker: w\n    actions:\n      - name: x\n        image: \"Not A Ref!\"\n"));
-    has(&f, "spec.data: tasks[0].actions[0].image", "not a valid image reference");
+    let f = findings(&template(
+        "name: t1\ntasks:\n  - name: a\n    worker: w\n    actions:\n      - name: x\n        image: \"Not A Ref!\"\n",
+    ));
+    has(
+        &f,
+        "spec.data: tasks[0].actions[0].image",
+        "not a valid image reference",
+    );
 }
 
 #[test]
 fn template_unknown_keys_and_syntax_errors() {
-    let f = findings(&template("name: t1\ntasks:\n  - name: a\n    worker: w\n    actions:\n      - name: x\n        image: busybox\n        enviroment: {A: b}\n"));
-    assert!(f.iter().any(|(p, r)| p == "spec.data" && r.contains("enviroment")), "{f:?}");
+    let f = findings(&template(
+        "name: t1\ntasks:\n  - name: a\n    worker: w\n    actions:\n      - name: x\n        image: busybox\n        enviroment: {A: b}\n",
+    ));
+    assert!(
+        f.iter()
+            .any(|(p, r)| p == "spec.data" && r.contains("enviroment")),
+        "{f:?}"
+    );
     let f = findings(&template("name: t1\n{{ if .device_1 }}\ntasks: []\n"));
-    assert!(f.iter().any(|(p, r)| p == "spec.data" && r.contains("{{end}}")), "{f:?}");
+    assert!(
+        f.iter()
+            .any(|(p, r)| p == "spec.data" && r.contains("{{end}}")),
+        "{f:?}"
+    );
 }
 
 #[test]
 fn template_variable_without_value_names_it() {
     let docs = "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {name: t1}\nspec:\n  data: |\n    name: t1\n    tasks:\n      - name: a\n        worker: \"{{.device_1}}\"\n        actions:\n          - name: x\n            image: busybox\n            environment: {URL: \"http://{{.server}}/img\"}\n---\napiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: w1}\nspec: {templateRef: t1, hardwareRef: h1, hardwareMap: {device_1: \"02:00:00:00:00:01\"}}\n";
     let f = findings(docs);
-    has(&f, "spec.templateRef (rendered)", "template variable .server has no value: add \"server\" to the hardwareMap of Workflow default/w1");
+    has(
+        &f,
+        "spec.templateRef (rendered)",
+        "template variable .server has no value: add \"server\" to the hardwareMap of Workflow default/w1",
+    );
 }
 
 #[test]
 fn workflow_rules() {
-    let f = findings("apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: Bad_Name}\nspec: {hardwareMap: {device_1: nope}}\n");
+    let f = findings(
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: Bad_Name}\nspec: {hardwareMap: {device_1: nope}}\n",
+    );
     has(&f, "metadata.name", "not a valid name");
     has(&f, "spec.templateRef", "missing");
     has(&f, "spec.hardwareRef", "missing");
@@ -98,9 +148,16 @@ fn workflow_rules() {
 
 #[test]
 fn parse_errors_name_the_field() {
-    let err = parse_documents("in.yaml", &format!("{HW}    - dhcp: {{mac: \"08:00:27:29:4e:67\", lease_time: soon}}\n")).unwrap_err();
+    let err = parse_documents(
+        "in.yaml",
+        &format!("{HW}    - dhcp: {{mac: \"08:00:27:29:4e:67\", lease_time: soon}}\n"),
+    )
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with("in.yaml: document 1: spec.interfaces[0].dhcp.lease_time: invalid type"), "{msg}");
+    assert!(
+        msg.starts_with("in.yaml: document 1: spec.interfaces[0].dhcp.lease_time: invalid type"),
+        "{msg}"
+    );
     let err = parse_documents("in.yaml", "a: [unclosed\n").unwrap_err();
     assert!(err.to_string().starts_with("in.yaml: document 1:"), "{err}");
     let err = parse_documents("in.yaml", "just: a map\n").unwrap_err();
@@ -114,7 +171,36 @@ fn unknown_fields_are_kept() {
     );
     let docs = parse_documents("in.yaml", &yaml).unwrap();
     let out = tinker_core::model::to_yaml(&docs).unwrap();
-    for kept in ["future_option: 7", "sourceISO", "cpu: '4'", "state: Ready", "extraTop"] {
+    for kept in [
+        "future_option: 7",
+        "sourceISO",
+        "cpu: '4'",
+        "state: Ready",
+        "extraTop",
+    ] {
         assert!(out.contains(kept), "{kept} lost:\n{out}");
     }
+}
+
+#[test]
+fn files_are_checked_together() {
+    use tinker_core::validate::{FileVerdict, files};
+    let template = "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {name: t1}\nspec:\n  data: |\n    name: t1\n    tasks:\n      - name: a\n        worker: \"{{.device_1}}\"\n        actions:\n          - {name: x, image: busybox, environment: {URL: \"http://{{.server}}/\"}}\n";
+    let workflow = "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: w1}\nspec: {templateRef: t1, hardwareRef: h1, hardwareMap: {device_1: \"02:00:00:00:00:01\"}}\n";
+    let out = files(&[
+        ("t.yaml".into(), template.into()),
+        ("w.yaml".into(), workflow.into()),
+        ("broken.yaml".into(), "kind: [".into()),
+    ]);
+    assert_eq!(out[0], ("t.yaml".into(), FileVerdict::Ok));
+    match &out[1].1 {
+        FileVerdict::Invalid(f) => {
+            assert_eq!(f[0].file, "w.yaml");
+            assert!(f[0].reason.contains(".server has no value"), "{f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&out[2].1, FileVerdict::Unreadable(e) if e.starts_with("broken.yaml: document 1"))
+    );
 }

@@ -49,9 +49,20 @@ pub(crate) fn check_key(key: &ObjectKey) -> Result<()> {
 }
 
 /// Index terms to remove and to add when `old` becomes `new`.
-pub(crate) fn index_diff(old: Option<&Object>, new: Option<&Object>) -> (Vec<IndexTerm>, Vec<IndexTerm>) {
-    let old: BTreeSet<IndexTerm> = old.map(index_terms).unwrap_or_default().into_iter().collect();
-    let new: BTreeSet<IndexTerm> = new.map(index_terms).unwrap_or_default().into_iter().collect();
+pub(crate) fn index_diff(
+    old: Option<&Object>,
+    new: Option<&Object>,
+) -> (Vec<IndexTerm>, Vec<IndexTerm>) {
+    let old: BTreeSet<IndexTerm> = old
+        .map(index_terms)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let new: BTreeSet<IndexTerm> = new
+        .map(index_terms)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     (
         old.difference(&new).cloned().collect(),
         new.difference(&old).cloned().collect(),
@@ -65,7 +76,9 @@ pub(crate) fn taken(term: &IndexTerm, key: &ObjectKey, holder: &str) -> Error {
         IndexTerm::Ip(i) => format!("IP address {i}"),
         IndexTerm::Worker(w) => format!("worker {w}"),
     };
-    let holder = decode_key(holder).map(|k| k.to_string()).unwrap_or_else(|| holder.to_string());
+    let holder = decode_key(holder)
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| holder.to_string());
     Error::Invalid(ValidationErrors(vec![ValidationError {
         file: "(store)".into(),
         object: key.to_string(),

@@ -12,7 +12,9 @@
 //! `events` ((machine, seq) → JSON), `meta` (counters). redb is blocking, so
 //! every operation runs in `spawn_blocking`; the change feed is sent after commit.
 
-use crate::common::{FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken};
+use crate::common::{
+    FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken,
+};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use redb::{
@@ -47,7 +49,9 @@ pub struct RedbStore {
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").field("path", &self.path).finish()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -67,9 +71,12 @@ impl RedbStore {
         let p = path.clone();
         let db = tokio::task::spawn_blocking(move || -> Result<Database> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| Error::backend("redb", format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::backend("redb", format!("cannot create {}: {e}", dir.display()))
+                })?;
             }
-            let db = Database::create(&p).map_err(|e| Error::backend("redb", format!("cannot open {}: {e}", p.display())))?;
+            let db = Database::create(&p)
+                .map_err(|e| Error::backend("redb", format!("cannot open {}: {e}", p.display())))?;
             // Create the tables once so readers never meet a missing table.
             let txn = db.begin_write().map_err(db_err)?;
             txn.open_table(OBJECTS).map_err(db_err)?;
@@ -94,7 +101,10 @@ impl RedbStore {
         &self.path
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
@@ -111,11 +121,17 @@ impl RedbStore {
 fn read_object(txn: &WriteTransaction, k: &str) -> Result<Option<Versioned<Object>>> {
     let table = txn.open_table(OBJECTS).map_err(db_err)?;
     let got = table.get(k).map_err(db_err)?;
-    got.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+    got.map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+        .transpose()
 }
 
 /// Writes (or deletes, with `None`) an object and its index terms in `txn`.
-fn write_object(txn: &WriteTransaction, key: &ObjectKey, old: Option<&Object>, new: Option<&Versioned<Object>>) -> Result<()> {
+fn write_object(
+    txn: &WriteTransaction,
+    key: &ObjectKey,
+    old: Option<&Object>,
+    new: Option<&Versioned<Object>>,
+) -> Result<()> {
     let k = encode_key(key);
     let (remove, add) = index_diff(old, new.map(|v| &v.value));
     {
@@ -132,10 +148,14 @@ fn write_object(txn: &WriteTransaction, key: &ObjectKey, old: Option<&Object>, n
             }
         }
         for term in remove {
-            index.remove(term.as_key().as_str(), k.as_str()).map_err(db_err)?;
+            index
+                .remove(term.as_key().as_str(), k.as_str())
+                .map_err(db_err)?;
         }
         for term in add {
-            index.insert(term.as_key().as_str(), k.as_str()).map_err(db_err)?;
+            index
+                .insert(term.as_key().as_str(), k.as_str())
+                .map_err(db_err)?;
         }
     }
     let mut table = txn.open_table(OBJECTS).map_err(db_err)?;
@@ -156,14 +176,19 @@ fn hardware_by(db: &Database, term: &IndexTerm) -> Result<Option<Versioned<Hardw
     let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
     let objects = txn.open_table(OBJECTS).map_err(db_err)?;
     let mut holders = index.get(term.as_key().as_str()).map_err(db_err)?;
-    let Some(k) = holders.next() else { return Ok(None) };
+    let Some(k) = holders.next() else {
+        return Ok(None);
+    };
     let k = k.map_err(db_err)?;
     let Some(v) = objects.get(k.value()).map_err(db_err)? else {
         return Ok(None);
     };
     let stored: Versioned<Object> = serde_json::from_slice(v.value()).map_err(json_err)?;
     Ok(match stored.value {
-        Object::Hardware(h) => Some(Versioned { version: stored.version, value: h }),
+        Object::Hardware(h) => Some(Versioned {
+            version: stored.version,
+            value: h,
+        }),
         _ => None,
     })
 }
@@ -180,12 +205,24 @@ impl WorkflowStore for RedbStore {
                 let old = read_object(&txn, &encode_key(&k2))?;
                 check_precondition(&k2, old.as_ref().map(|v| v.version), precondition)?;
                 let version = old.as_ref().map_or(0, |v| v.version) + 1;
-                write_object(&txn, &k2, old.as_ref().map(|v| &v.value), Some(&Versioned { version, value: object }))?;
+                write_object(
+                    &txn,
+                    &k2,
+                    old.as_ref().map(|v| &v.value),
+                    Some(&Versioned {
+                        version,
+                        value: object,
+                    }),
+                )?;
                 txn.commit().map_err(db_err)?;
                 Ok(version)
             })
             .await?;
-        self.notify(vec![Change { key, version, deleted: false }]);
+        self.notify(vec![Change {
+            key,
+            version,
+            deleted: false,
+        }]);
         Ok(version)
     }
 
@@ -195,7 +232,8 @@ impl WorkflowStore for RedbStore {
             let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(OBJECTS).map_err(db_err)?;
             let got = table.get(k.as_str()).map_err(db_err)?;
-            got.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+            got.map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
         })
         .await
     }
@@ -220,14 +258,19 @@ impl WorkflowStore for RedbStore {
 
     async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
         if precondition == Precondition::Absent {
-            return Err(Error::Unsupported { target: "store".into(), operation: "delete with Precondition::Absent".into() });
+            return Err(Error::Unsupported {
+                target: "store".into(),
+                operation: "delete with Precondition::Absent".into(),
+            });
         }
         let k2 = key.clone();
         let version = self
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(db_err)?;
                 let Some(old) = read_object(&txn, &encode_key(&k2))? else {
-                    return Err(Error::NotFound { key: k2.to_string() });
+                    return Err(Error::NotFound {
+                        key: k2.to_string(),
+                    });
                 };
                 check_precondition(&k2, Some(old.version), precondition)?;
                 write_object(&txn, &k2, Some(&old.value), None)?;
@@ -235,32 +278,52 @@ impl WorkflowStore for RedbStore {
                 Ok(old.version)
             })
             .await?;
-        self.notify(vec![Change { key: key.clone(), version, deleted: true }]);
+        self.notify(vec![Change {
+            key: key.clone(),
+            version,
+            deleted: true,
+        }]);
         Ok(())
     }
 
     async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
-        self.blocking(move |db| hardware_by(db, &IndexTerm::Mac(mac))).await
+        self.blocking(move |db| hardware_by(db, &IndexTerm::Mac(mac)))
+            .await
     }
 
     async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
-        self.blocking(move |db| hardware_by(db, &IndexTerm::Ip(ip))).await
+        self.blocking(move |db| hardware_by(db, &IndexTerm::Ip(ip)))
+            .await
     }
 
-    async fn apply_event(&self, key: &ObjectKey, event: &WorkflowEvent, now: Timestamp) -> Result<Applied> {
+    async fn apply_event(
+        &self,
+        key: &ObjectKey,
+        event: &WorkflowEvent,
+        now: Timestamp,
+    ) -> Result<Applied> {
         let (k2, ev) = (key.clone(), event.clone());
         let (applied, changed, result) = self
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(db_err)?;
-                let Some(Versioned { version, value: Object::Workflow(old) }) = read_object(&txn, &encode_key(&k2))? else {
-                    return Err(Error::NotFound { key: k2.to_string() });
+                let Some(Versioned {
+                    version,
+                    value: Object::Workflow(old),
+                }) = read_object(&txn, &encode_key(&k2))?
+                else {
+                    return Err(Error::NotFound {
+                        key: k2.to_string(),
+                    });
                 };
                 let mut wf = old.clone();
                 let (changed, result) = apply_to_workflow(&mut wf, &ev, now);
                 let version = if changed { version + 1 } else { version };
                 let applied = Versioned { version, value: wf };
                 if changed {
-                    let stored = Versioned { version, value: Object::Workflow(applied.value.clone()) };
+                    let stored = Versioned {
+                        version,
+                        value: Object::Workflow(applied.value.clone()),
+                    };
                     write_object(&txn, &k2, Some(&Object::Workflow(old)), Some(&stored))?;
                     txn.commit().map_err(db_err)?;
                 } else {
@@ -270,66 +333,92 @@ impl WorkflowStore for RedbStore {
             })
             .await?;
         if changed {
-            self.notify(vec![Change { key: key.clone(), version: applied.version, deleted: false }]);
+            self.notify(vec![Change {
+                key: key.clone(),
+                version: applied.version,
+                deleted: false,
+            }]);
         }
         let effect = result?;
-        Ok(Applied { workflow: applied, effect })
+        Ok(Applied {
+            workflow: applied,
+            effect,
+        })
     }
 
     async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
         let worker = worker.to_string();
         let (assignment, changes) = self
             .blocking(move |db| {
-                // A cheap read first: most polls find nothing to do, and a write
-                // transaction (with its fsync) for those would be waste.
                 let term = IndexTerm::Worker(worker.clone()).as_key();
-                let candidates: Vec<String> = {
-                    let txn = db.begin_read().map_err(db_err)?;
-                    let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
-                    let objects = txn.open_table(OBJECTS).map_err(db_err)?;
-                    let mut out = Vec::new();
-                    for k in index.get(term.as_str()).map_err(db_err)? {
-                        let k = k.map_err(db_err)?.value().to_string();
-                        let Some(v) = objects.get(k.as_str()).map_err(db_err)? else { continue };
-                        let stored: Versioned<Object> = serde_json::from_slice(v.value()).map_err(json_err)?;
-                        if let Object::Workflow(w) = &stored.value {
-                            let due = w.status.as_ref().and_then(|s| s.next_deadline()).is_some_and(|d| d <= now);
-                            if due || w.status.as_ref().is_some_and(|s| s.has_work_for(&worker)) {
-                                out.push(k);
+                let mut skip = std::collections::HashSet::new();
+                let mut changes = Vec::new();
+                // Bounded: each round either claims, or marks one candidate seen.
+                for _ in 0..64 {
+                    // A read first: most polls find nothing to do, and a write
+                    // transaction (with its fsync) for those would be waste. Stop
+                    // at the first candidate with something due, so a worker with a
+                    // backlog costs one parse per claim, not one per workflow.
+                    let candidate = {
+                        let txn = db.begin_read().map_err(db_err)?;
+                        let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+                        let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+                        let mut found = None;
+                        for k in index.get(term.as_str()).map_err(db_err)? {
+                            let k = k.map_err(db_err)?.value().to_string();
+                            if skip.contains(&k) {
+                                continue;
+                            }
+                            let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
+                                continue;
+                            };
+                            let stored: Versioned<Object> =
+                                serde_json::from_slice(v.value()).map_err(json_err)?;
+                            if let Object::Workflow(w) = &stored.value
+                                && let Some(s) = &w.status
+                                && (s.has_work_for(&worker)
+                                    || s.next_deadline().is_some_and(|d| d <= now))
+                            {
+                                found = Some(k);
+                                break;
                             }
                         }
-                    }
-                    out
-                };
-                if candidates.is_empty() {
-                    return Ok((None, Vec::new()));
-                }
-                let txn = db.begin_write().map_err(db_err)?;
-                let mut changes = Vec::new();
-                let mut found = None;
-                for k in candidates {
+                        found
+                    };
+                    let Some(k) = candidate else { break };
+                    skip.insert(k.clone());
                     let Some(key) = decode_key(&k) else { continue };
-                    let Some(Versioned { version, value: Object::Workflow(old) }) = read_object(&txn, &k)? else {
+                    let txn = db.begin_write().map_err(db_err)?;
+                    let Some(Versioned {
+                        version,
+                        value: Object::Workflow(old),
+                    }) = read_object(&txn, &k)?
+                    else {
+                        txn.abort().map_err(db_err)?;
                         continue;
                     };
                     let mut wf = old.clone();
                     let (changed, assignment) = claim_in_workflow(&key, &mut wf, &worker, now);
                     if changed {
-                        let stored = Versioned { version: version + 1, value: Object::Workflow(wf) };
+                        let stored = Versioned {
+                            version: version + 1,
+                            value: Object::Workflow(wf),
+                        };
                         write_object(&txn, &key, Some(&Object::Workflow(old)), Some(&stored))?;
-                        changes.push(Change { key, version: version + 1, deleted: false });
+                        txn.commit().map_err(db_err)?;
+                        changes.push(Change {
+                            key,
+                            version: version + 1,
+                            deleted: false,
+                        });
+                    } else {
+                        txn.abort().map_err(db_err)?;
                     }
                     if assignment.is_some() {
-                        found = assignment;
-                        break;
+                        return Ok((assignment, changes));
                     }
                 }
-                if changes.is_empty() {
-                    txn.abort().map_err(db_err)?;
-                } else {
-                    txn.commit().map_err(db_err)?;
-                }
-                Ok((found, changes))
+                Ok((None, changes))
             })
             .await?;
         self.notify(changes);
@@ -341,12 +430,18 @@ impl WorkflowStore for RedbStore {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut meta = txn.open_table(META).map_err(db_err)?;
-                let seq = meta.get(EVENT_SEQ).map_err(db_err)?.map_or(0, |v| v.value()) + 1;
+                let seq = meta
+                    .get(EVENT_SEQ)
+                    .map_err(db_err)?
+                    .map_or(0, |v| v.value())
+                    + 1;
                 meta.insert(EVENT_SEQ, seq).map_err(db_err)?;
                 event.seq = seq;
                 let bytes = serde_json::to_vec(&event).map_err(json_err)?;
                 let mut events = txn.open_table(EVENTS).map_err(db_err)?;
-                events.insert((event.machine.as_str(), seq), bytes.as_slice()).map_err(db_err)?;
+                events
+                    .insert((event.machine.as_str(), seq), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             txn.commit().map_err(db_err)?;
             Ok(())
@@ -360,7 +455,9 @@ impl WorkflowStore for RedbStore {
             let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(EVENTS).map_err(db_err)?;
             let mut out = Vec::new();
-            let range = table.range((machine.as_str(), 0)..=(machine.as_str(), u64::MAX)).map_err(db_err)?;
+            let range = table
+                .range((machine.as_str(), 0)..=(machine.as_str(), u64::MAX))
+                .map_err(db_err)?;
             for entry in range.rev().take(limit) {
                 let (_, v) = entry.map_err(db_err)?;
                 out.push(serde_json::from_slice(v.value()).map_err(json_err)?);

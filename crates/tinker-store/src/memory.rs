@@ -53,7 +53,11 @@ impl MemoryStore {
     }
 
     fn notify(&self, key: ObjectKey, version: u64, deleted: bool) {
-        let _ = self.feed.send(Change { key, version, deleted });
+        let _ = self.feed.send(Change {
+            key,
+            version,
+            deleted,
+        });
     }
 }
 
@@ -64,7 +68,10 @@ impl Inner {
         let (remove, add) = index_diff(old, object.as_ref());
         for term in &add {
             if term.is_unique()
-                && let Some(holder) = self.index.get(term).and_then(|s| s.iter().find(|h| **h != k))
+                && let Some(holder) = self
+                    .index
+                    .get(term)
+                    .and_then(|s| s.iter().find(|h| **h != k))
             {
                 return Err(taken(term, key, holder));
             }
@@ -94,7 +101,13 @@ impl Inner {
     fn hardware_by(&self, term: &IndexTerm) -> Option<Versioned<Hardware>> {
         let k = self.index.get(term)?.iter().next()?;
         match self.objects.get(k)? {
-            Versioned { version, value: Object::Hardware(h) } => Some(Versioned { version: *version, value: h.clone() }),
+            Versioned {
+                version,
+                value: Object::Hardware(h),
+            } => Some(Versioned {
+                version: *version,
+                value: h.clone(),
+            }),
             _ => None,
         }
     }
@@ -103,7 +116,9 @@ impl Inner {
         self.objects
             .get_mut(&encode_key(key))
             .filter(|v| matches!(v.value, Object::Workflow(_)))
-            .ok_or_else(|| Error::NotFound { key: key.to_string() })
+            .ok_or_else(|| Error::NotFound {
+                key: key.to_string(),
+            })
     }
 }
 
@@ -148,13 +163,18 @@ impl WorkflowStore for MemoryStore {
 
     async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
         if precondition == Precondition::Absent {
-            return Err(Error::Unsupported { target: "store".into(), operation: "delete with Precondition::Absent".into() });
+            return Err(Error::Unsupported {
+                target: "store".into(),
+                operation: "delete with Precondition::Absent".into(),
+            });
         }
         let version = {
             let mut inner = self.lock();
             let stored = inner.objects.get(&encode_key(key)).map(|v| v.version);
             let Some(version) = stored else {
-                return Err(Error::NotFound { key: key.to_string() });
+                return Err(Error::NotFound {
+                    key: key.to_string(),
+                });
             };
             check_precondition(key, stored, precondition)?;
             inner.write(key, None, version)?;
@@ -172,13 +192,22 @@ impl WorkflowStore for MemoryStore {
         Ok(self.lock().hardware_by(&IndexTerm::Ip(ip)))
     }
 
-    async fn apply_event(&self, key: &ObjectKey, event: &WorkflowEvent, now: Timestamp) -> Result<Applied> {
+    async fn apply_event(
+        &self,
+        key: &ObjectKey,
+        event: &WorkflowEvent,
+        now: Timestamp,
+    ) -> Result<Applied> {
         let (applied, changed, result) = {
             let mut inner = self.lock();
             let stored = inner.workflow_mut(key)?;
             let mut wf = as_workflow(stored).clone();
             let (changed, result) = apply_to_workflow(&mut wf, event, now);
-            let version = if changed { stored.version + 1 } else { stored.version };
+            let version = if changed {
+                stored.version + 1
+            } else {
+                stored.version
+            };
             if changed {
                 inner.write(key, Some(Object::Workflow(wf.clone())), version)?;
             }
@@ -188,21 +217,39 @@ impl WorkflowStore for MemoryStore {
             self.notify(key.clone(), applied.version, false);
         }
         let effect = result?;
-        Ok(Applied { workflow: applied, effect })
+        Ok(Applied {
+            workflow: applied,
+            effect,
+        })
     }
 
     async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
         let mut changes = Vec::new();
         let assignment = {
             let mut inner = self.lock();
-            let candidates: Vec<String> = inner
-                .index
-                .get(&IndexTerm::Worker(worker.to_string()))
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default();
+            let term = IndexTerm::Worker(worker.to_string());
+            let mut skip: BTreeSet<String> = BTreeSet::new();
             let mut found = None;
-            for k in candidates {
-                let Some(key) = crate::common::decode_key(&k) else { continue };
+            loop {
+                // Scan without cloning; take out only the first candidate with
+                // something due (work for this worker, or a timeout).
+                let next = inner.index.get(&term).and_then(|keys| {
+                    keys.iter()
+                        .filter(|k| !skip.contains(*k))
+                        .find(|k| match inner.objects.get(*k).map(|v| &v.value) {
+                            Some(Object::Workflow(w)) => w.status.as_ref().is_some_and(|s| {
+                                s.has_work_for(worker)
+                                    || s.next_deadline().is_some_and(|d| d <= now)
+                            }),
+                            _ => false,
+                        })
+                        .cloned()
+                });
+                let Some(k) = next else { break };
+                skip.insert(k.clone());
+                let Some(key) = crate::common::decode_key(&k) else {
+                    continue;
+                };
                 let stored = inner.workflow_mut(&key)?;
                 let mut wf = as_workflow(stored).clone();
                 let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, now);
@@ -228,13 +275,21 @@ impl WorkflowStore for MemoryStore {
         let mut inner = self.lock();
         inner.seq += 1;
         event.seq = inner.seq;
-        inner.events.entry(event.machine.clone()).or_default().push(event);
+        inner
+            .events
+            .entry(event.machine.clone())
+            .or_default()
+            .push(event);
         Ok(())
     }
 
     async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>> {
         let inner = self.lock();
-        let all = inner.events.get(machine).map(Vec::as_slice).unwrap_or_default();
+        let all = inner
+            .events
+            .get(machine)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         Ok(all[all.len().saturating_sub(limit)..].to_vec())
     }
 

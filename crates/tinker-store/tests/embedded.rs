@@ -13,14 +13,20 @@ use tinker_store::RedbStore;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redb_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path().join("tinker.redb")).await.unwrap();
+    let store = RedbStore::open(dir.path().join("tinker.redb"))
+        .await
+        .unwrap();
     testing::store::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redb_store_conforms_through_a_box() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Box<dyn WorkflowStore> = Box::new(RedbStore::open(dir.path().join("tinker.redb")).await.unwrap());
+    let store: Box<dyn WorkflowStore> = Box::new(
+        RedbStore::open(dir.path().join("tinker.redb"))
+            .await
+            .unwrap(),
+    );
     testing::store::crud_and_optimistic_concurrency(store.as_ref()).await;
     testing::store::claim_and_report_in_order(store.as_ref()).await;
 }
@@ -36,14 +42,29 @@ const CHILD_ENV: &str = "TINKER_CRASH_CHILD";
 async fn crash_child_mid_workflow(path: &str) {
     let store = RedbStore::open(path).await.unwrap();
     store
-        .put(testing::rendered_workflow("crashy", mac(9001), 3, 600).into(), Precondition::Absent)
+        .put(
+            testing::rendered_workflow("crashy", mac(9001), 3, 600).into(),
+            Precondition::Absent,
+        )
         .await
         .unwrap();
     let worker = mac(9001).to_string();
-    let a = store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
-    let report = WorkflowEvent::Report { action: a.action_index, attempt: a.attempt, outcome: ActionOutcome::Success };
+    let a = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = WorkflowEvent::Report {
+        action: a.action_index,
+        attempt: a.attempt,
+        outcome: ActionOutcome::Success,
+    };
     store.apply_event(&a.workflow, &report, t0()).await.unwrap();
-    let b = store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
+    let b = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .unwrap();
     println!("claimed {} {}", b.action_index, b.attempt);
     std::process::abort();
 }
@@ -52,11 +73,17 @@ async fn crash_child_mid_workflow(path: &str) {
 async fn crash_child_writing(path: &str) {
     let store = RedbStore::open(path).await.unwrap();
     let hw = testing::hardware("busy", 9100);
-    let mut version = store.put(hw.clone().into(), Precondition::Absent).await.unwrap();
+    let mut version = store
+        .put(hw.clone().into(), Precondition::Absent)
+        .await
+        .unwrap();
     loop {
         let mut next = hw.clone();
         next.spec.user_data = Some(format!("version {}", version + 1));
-        version = store.put(next.into(), Precondition::Version(version)).await.unwrap();
+        version = store
+            .put(next.into(), Precondition::Version(version))
+            .await
+            .unwrap();
         println!("committed {version}");
     }
 }
@@ -64,7 +91,9 @@ async fn crash_child_writing(path: &str) {
 #[test]
 fn crash_child() {
     // Not a test on its own: the entry point of the child processes below.
-    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (mode, path) = spec.split_once(':').unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     match mode {
@@ -89,27 +118,67 @@ async fn workflow_continues_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tinker.redb");
     let out = child("mid-workflow", &path).wait_with_output().unwrap();
-    assert!(!out.status.success(), "the child must die, not exit cleanly");
+    assert!(
+        !out.status.success(),
+        "the child must die, not exit cleanly"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("claimed 1 1"), "child output: {stdout}");
 
     let store = RedbStore::open(&path).await.unwrap();
-    let wf = store.workflow("default", "crashy").await.unwrap().expect("workflow survived");
+    let wf = store
+        .workflow("default", "crashy")
+        .await
+        .unwrap()
+        .expect("workflow survived");
     let status = wf.value.status.unwrap();
     assert_eq!(status.state, WorkflowState::Running);
     let states: Vec<ActionState> = status.actions().map(|(_, a)| a.state).collect();
-    assert_eq!(states, [ActionState::Success, ActionState::Running, ActionState::Pending]);
+    assert_eq!(
+        states,
+        [
+            ActionState::Success,
+            ActionState::Running,
+            ActionState::Pending
+        ]
+    );
 
     // The claimed action is not handed out again; its worker's report lands.
     let worker = mac(9001).to_string();
-    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none(), "action 1 would run twice");
-    let key = tinker_core::model::ObjectKey::default_ns(tinker_core::model::Kind::Workflow, "crashy");
-    let report = WorkflowEvent::Report { action: 1, attempt: 1, outcome: ActionOutcome::Success };
-    store.apply_event(&key, &report, t0() + SignedDuration::from_secs(5)).await.unwrap();
-    let c = store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
+    assert!(
+        store
+            .claim_next_action(&worker, t0())
+            .await
+            .unwrap()
+            .is_none(),
+        "action 1 would run twice"
+    );
+    let key =
+        tinker_core::model::ObjectKey::default_ns(tinker_core::model::Kind::Workflow, "crashy");
+    let report = WorkflowEvent::Report {
+        action: 1,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
+    store
+        .apply_event(&key, &report, t0() + SignedDuration::from_secs(5))
+        .await
+        .unwrap();
+    let c = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((c.action_index, c.attempt), (2, 1));
-    let report = WorkflowEvent::Report { action: 2, attempt: 1, outcome: ActionOutcome::Success };
-    let done = store.apply_event(&key, &report, t0() + SignedDuration::from_secs(9)).await.unwrap();
+    let report = WorkflowEvent::Report {
+        action: 2,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
+    let done = store
+        .apply_event(&key, &report, t0() + SignedDuration::from_secs(9))
+        .await
+        .unwrap();
     assert_eq!(done.workflow.value.state(), Some(WorkflowState::Success));
 }
 
@@ -131,16 +200,40 @@ async fn killed_mid_write_keeps_every_committed_write() {
     proc.wait().unwrap();
     // Lines already printed were committed before they were printed.
     for line in lines.map_while(Result::ok) {
-        if let Some(Ok(v)) = line.strip_prefix("committed ").map(|v| v.trim().parse::<u64>()) {
+        if let Some(Ok(v)) = line
+            .strip_prefix("committed ")
+            .map(|v| v.trim().parse::<u64>())
+        {
             last = last.max(v);
         }
     }
     let store = RedbStore::open(&path).await.unwrap();
-    let hw = store.hardware("default", "busy").await.unwrap().expect("hardware survived");
-    assert!(hw.version >= last, "committed version {last} lost, found {}", hw.version);
-    let expected = if hw.version == 1 { None } else { Some(format!("version {}", hw.version)) };
-    assert_eq!(hw.value.spec.user_data, expected, "the stored object matches its version");
+    let hw = store
+        .hardware("default", "busy")
+        .await
+        .unwrap()
+        .expect("hardware survived");
+    assert!(
+        hw.version >= last,
+        "committed version {last} lost, found {}",
+        hw.version
+    );
+    let expected = if hw.version == 1 {
+        None
+    } else {
+        Some(format!("version {}", hw.version))
+    };
+    assert_eq!(
+        hw.value.spec.user_data, expected,
+        "the stored object matches its version"
+    );
     // The store is fully usable after recovery.
-    store.put(hw.value.into(), Precondition::Version(hw.version)).await.unwrap();
-    assert!(store.hardware_by_mac(mac(9100)).await.unwrap().is_some(), "index survived");
+    store
+        .put(hw.value.into(), Precondition::Version(hw.version))
+        .await
+        .unwrap();
+    assert!(
+        store.hardware_by_mac(mac(9100)).await.unwrap().is_some(),
+        "index survived"
+    );
 }

@@ -125,12 +125,17 @@ impl Exec<'_> {
                                 .map(|k| (Value::from(k.clone()), m[k].clone()))
                                 .collect()
                         }
-                        Value::Number(n) if n.as_i64().is_some() => (0..n.as_i64().unwrap_or(0).max(0))
-                            .map(|i| (Value::from(i), Value::from(i)))
-                            .collect(),
+                        Value::Number(n) if n.as_i64().is_some() => {
+                            (0..n.as_i64().unwrap_or(0).max(0))
+                                .map(|i| (Value::from(i), Value::from(i)))
+                                .collect()
+                        }
                         Value::Null => Vec::new(),
                         other => {
-                            return Err(self.err(pipe.line, format!("range can't iterate over {}", funcs::go_print(other))));
+                            return Err(self.err(
+                                pipe.line,
+                                format!("range can't iterate over {}", funcs::go_print(other)),
+                            ));
                         }
                     };
                     if items.is_empty() {
@@ -193,7 +198,13 @@ impl Exec<'_> {
         Ok(v)
     }
 
-    fn command(&mut self, cmd: &Command, dot: &Value, prev: Option<Value>, line: usize) -> Result<Value, TemplateError> {
+    fn command(
+        &mut self,
+        cmd: &Command,
+        dot: &Value,
+        prev: Option<Value>,
+        line: usize,
+    ) -> Result<Value, TemplateError> {
         let first = &cmd.args[0];
         if let Arg::Func(name) = first {
             // `and` and `or` stop at the first decisive argument, as Go does.
@@ -202,7 +213,10 @@ impl Exec<'_> {
                 let mut last = Value::Null;
                 let count = cmd.args.len() - 1 + usize::from(prev.is_some());
                 if count == 0 {
-                    return Err(self.err(line, format!("wrong number of args for {name}: want at least 1 got 0")));
+                    return Err(self.err(
+                        line,
+                        format!("wrong number of args for {name}: want at least 1 got 0"),
+                    ));
                 }
                 for a in &cmd.args[1..] {
                     last = self.arg(a, dot, line)?;
@@ -222,10 +236,14 @@ impl Exec<'_> {
             if let Some(p) = prev {
                 args.push(p);
             }
-            return funcs::call(name, args).map_err(|reason| self.err(line, format!("error calling {name}: {reason}")));
+            return funcs::call(name, args)
+                .map_err(|reason| self.err(line, format!("error calling {name}: {reason}")));
         }
         if cmd.args.len() > 1 || prev.is_some() {
-            return Err(self.err(line, format!("can't give argument to non-function {}", describe(first))));
+            return Err(self.err(
+                line,
+                format!("can't give argument to non-function {}", describe(first)),
+            ));
         }
         self.arg(first, dot, line)
     }
@@ -244,10 +262,13 @@ impl Exec<'_> {
                     .ok_or_else(|| self.err(line, format!("undefined variable ${name}")))?;
                 self.fields(&base, fields, line, &format!("${name}"))
             }
-            Arg::Func(name) => funcs::call(name, Vec::new()).map_err(|reason| self.err(line, format!("error calling {name}: {reason}"))),
+            Arg::Func(name) => funcs::call(name, Vec::new())
+                .map_err(|reason| self.err(line, format!("error calling {name}: {reason}"))),
             Arg::Str(s) => Ok(Value::from(s.clone())),
             Arg::Int(n) => Ok(Value::from(*n)),
-            Arg::Float(f) => Ok(serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null)),
+            Arg::Float(f) => Ok(serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null)),
             Arg::Bool(b) => Ok(Value::Bool(*b)),
             Arg::Nil => Ok(Value::Null),
             Arg::Sub(p, fields) => {
@@ -257,7 +278,13 @@ impl Exec<'_> {
         }
     }
 
-    fn fields(&self, base: &Value, fields: &[String], line: usize, prefix: &str) -> Result<Value, TemplateError> {
+    fn fields(
+        &self,
+        base: &Value,
+        fields: &[String],
+        line: usize,
+        prefix: &str,
+    ) -> Result<Value, TemplateError> {
         let mut cur = base;
         let mut path = prefix.to_string();
         for f in fields {
@@ -284,7 +311,13 @@ impl Exec<'_> {
                     });
                 }
                 other => {
-                    return Err(self.err(line, format!("can't evaluate field {f} in type {}", funcs::type_name(other))));
+                    return Err(self.err(
+                        line,
+                        format!(
+                            "can't evaluate field {f} in type {}",
+                            funcs::type_name(other)
+                        ),
+                    ));
                 }
             };
         }
@@ -296,7 +329,10 @@ fn describe(arg: &Arg) -> String {
     match arg {
         Arg::Field(f) if f.is_empty() => ".".into(),
         Arg::Field(f) => format!(".{}", f.join(".")),
-        Arg::Var(n, f) => format!("${n}{}", f.iter().map(|x| format!(".{x}")).collect::<String>()),
+        Arg::Var(n, f) => format!(
+            "${n}{}",
+            f.iter().map(|x| format!(".{x}")).collect::<String>()
+        ),
         Arg::Str(s) => format!("{s:?}"),
         Arg::Int(n) => n.to_string(),
         Arg::Float(x) => x.to_string(),

@@ -51,7 +51,10 @@ fn go_fmt(v: &Value) -> String {
         Value::Object(m) => {
             let mut keys: Vec<_> = m.keys().collect();
             keys.sort();
-            let parts: Vec<String> = keys.iter().map(|k| format!("{k}:{}", go_fmt(&m[*k]))).collect();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{k}:{}", go_fmt(&m[*k])))
+                .collect();
             format!("map[{}]", parts.join(" "))
         }
     }
@@ -86,7 +89,10 @@ fn as_int(v: &Value) -> Result<i64, String> {
             .as_i64()
             .or_else(|| n.as_f64().map(|f| f as i64))
             .ok_or_else(|| format!("{n} is not an integer")),
-        Value::String(s) => s.trim().parse().map_err(|_| format!("{s:?} is not an integer")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an integer")),
         Value::Bool(b) => Ok(i64::from(*b)),
         Value::Null => Ok(0),
         other => Err(format!("can't convert {} to int", type_name(other))),
@@ -96,7 +102,10 @@ fn as_int(v: &Value) -> Result<i64, String> {
 fn as_f64(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "bad number".to_string()),
-        Value::String(s) => s.trim().parse().map_err(|_| format!("{s:?} is not a number")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number")),
         Value::Null => Ok(0.0),
         other => Err(format!("can't convert {} to float", type_name(other))),
     }
@@ -104,7 +113,10 @@ fn as_f64(v: &Value) -> Result<f64, String> {
 
 fn arity(name: &str, args: &[Value], want: usize) -> Result<(), String> {
     if args.len() != want {
-        return Err(format!("wrong number of args for {name}: want {want} got {}", args.len()));
+        return Err(format!(
+            "wrong number of args for {name}: want {want} got {}",
+            args.len()
+        ));
     }
     Ok(())
 }
@@ -113,10 +125,15 @@ fn compare(a: &Value, b: &Value) -> Result<Ordering, String> {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
-            x.partial_cmp(&y).ok_or_else(|| "incomparable numbers".to_string())
+            x.partial_cmp(&y)
+                .ok_or_else(|| "incomparable numbers".to_string())
         }
         (Value::String(x), Value::String(y)) => Ok(x.cmp(y)),
-        _ => Err(format!("incompatible types for comparison: {} and {}", type_name(a), type_name(b))),
+        _ => Err(format!(
+            "incompatible types for comparison: {} and {}",
+            type_name(a),
+            type_name(b)
+        )),
     }
 }
 
@@ -152,7 +169,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
             Ok(int_value(n as i64))
         }
         "index" => {
-            let (first, keys) = a.split_first().ok_or("wrong number of args for index: want at least 1 got 0")?;
+            let (first, keys) = a
+                .split_first()
+                .ok_or("wrong number of args for index: want at least 1 got 0")?;
             let mut cur = first.clone();
             for k in keys {
                 cur = match &cur {
@@ -196,7 +215,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
             a.iter().map(go_fmt).collect::<Vec<_>>().join(" ")
         ))),
         "printf" => {
-            let (f, rest) = a.split_first().ok_or("wrong number of args for printf: want at least 1 got 0")?;
+            let (f, rest) = a
+                .split_first()
+                .ok_or("wrong number of args for printf: want at least 1 got 0")?;
             Ok(Value::from(sprintf(&as_str(f), rest)))
         }
         "eq" => {
@@ -223,7 +244,10 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         // --- Tinkerbell ---
         "formatPartition" => {
             arity(name, a, 2)?;
-            Ok(Value::from(format_partition(&as_str(&a[0]), as_int(&a[1])?)))
+            Ok(Value::from(format_partition(
+                &as_str(&a[0]),
+                as_int(&a[1])?,
+            )))
         }
         "netmaskToPrefixLength" => {
             arity(name, a, 1)?;
@@ -247,7 +271,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "toJson" => {
             arity(name, a, 1)?;
-            Ok(Value::from(serde_json::to_string(&a[0]).map_err(|e| e.to_string())?))
+            Ok(Value::from(
+                serde_json::to_string(&a[0]).map_err(|e| e.to_string())?,
+            ))
         }
         // --- Sprig, strings ---
         "lower" | "upper" | "trim" | "title" | "toString" => {
@@ -291,7 +317,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "replace" => {
             arity(name, a, 3)?;
-            Ok(Value::from(as_str(&a[2]).replace(&as_str(&a[0]), &as_str(&a[1]))))
+            Ok(Value::from(
+                as_str(&a[2]).replace(&as_str(&a[0]), &as_str(&a[1])),
+            ))
         }
         "repeat" => {
             arity(name, a, 2)?;
@@ -321,7 +349,11 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
                 .map(|l| format!("{pad}{l}"))
                 .collect::<Vec<_>>()
                 .join("\n");
-            Ok(Value::from(if name == "nindent" { format!("\n{body}") } else { body }))
+            Ok(Value::from(if name == "nindent" {
+                format!("\n{body}")
+            } else {
+                body
+            }))
         }
         "join" => {
             arity(name, a, 2)?;
@@ -335,7 +367,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         "splitList" => {
             arity(name, a, 2)?;
             let sep = as_str(&a[0]);
-            Ok(Value::Array(as_str(&a[1]).split(sep.as_str()).map(Value::from).collect()))
+            Ok(Value::Array(
+                as_str(&a[1]).split(sep.as_str()).map(Value::from).collect(),
+            ))
         }
         "regexMatch" => {
             arity(name, a, 2)?;
@@ -345,12 +379,19 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         "regexReplaceAll" => {
             arity(name, a, 3)?;
             let re = regex::Regex::new(&as_str(&a[0])).map_err(|e| e.to_string())?;
-            Ok(Value::from(re.replace_all(&as_str(&a[1]), as_str(&a[2]).as_str()).into_owned()))
+            Ok(Value::from(
+                re.replace_all(&as_str(&a[1]), as_str(&a[2]).as_str())
+                    .into_owned(),
+            ))
         }
         // --- Sprig, defaults and logic ---
         "default" => {
             arity(name, a, 2)?;
-            Ok(if truthy(&a[1]) { a[1].clone() } else { a[0].clone() })
+            Ok(if truthy(&a[1]) {
+                a[1].clone()
+            } else {
+                a[0].clone()
+            })
         }
         "empty" => {
             arity(name, a, 1)?;
@@ -359,7 +400,11 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         "coalesce" => Ok(a.iter().find(|v| truthy(v)).cloned().unwrap_or(Value::Null)),
         "ternary" => {
             arity(name, a, 3)?;
-            Ok(if truthy(&a[2]) { a[0].clone() } else { a[1].clone() })
+            Ok(if truthy(&a[2]) {
+                a[0].clone()
+            } else {
+                a[1].clone()
+            })
         }
         // --- Sprig, numbers ---
         "int" | "int64" | "atoi" => {
@@ -368,7 +413,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "float64" => {
             arity(name, a, 1)?;
-            Ok(serde_json::Number::from_f64(as_f64(&a[0]).unwrap_or(0.0)).map(Value::Number).unwrap_or(Value::Null))
+            Ok(serde_json::Number::from_f64(as_f64(&a[0]).unwrap_or(0.0))
+                .map(Value::Number)
+                .unwrap_or(Value::Null))
         }
         "add1" => {
             arity(name, a, 1)?;
@@ -376,7 +423,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "add" | "mul" | "max" | "min" => {
             let mut it = a.iter().map(as_int);
-            let first = it.next().ok_or(format!("wrong number of args for {name}"))??;
+            let first = it
+                .next()
+                .ok_or(format!("wrong number of args for {name}"))??;
             it.try_fold(first, |acc, x| {
                 let x = x?;
                 Ok::<i64, String>(match name {
@@ -403,7 +452,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         "first" | "last" => {
             arity(name, a, 1)?;
             match &a[0] {
-                Value::Array(x) => Ok((if name == "first" { x.first() } else { x.last() }).cloned().unwrap_or(Value::Null)),
+                Value::Array(x) => Ok((if name == "first" { x.first() } else { x.last() })
+                    .cloned()
+                    .unwrap_or(Value::Null)),
                 other => Err(format!("{name} of type {}", type_name(other))),
             }
         }
@@ -424,7 +475,7 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
             Ok(Value::Array(items.into_iter().map(Value::from).collect()))
         }
         "dict" => {
-            if a.len() % 2 != 0 {
+            if !a.len().is_multiple_of(2) {
                 return Err("dict needs an even number of arguments".into());
             }
             let mut m = Map::new();
@@ -466,7 +517,9 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
             }
             Ok(cur.clone())
         }
-        "env" | "expandenv" | "getHostByName" => Err(format!("{name} is not available: templates are rendered hermetically")),
+        "env" | "expandenv" | "getHostByName" => Err(format!(
+            "{name} is not available: templates are rendered hermetically"
+        )),
         _ => Err(format!("function {name:?} not defined")),
     }
 }
@@ -534,7 +587,9 @@ fn sprintf(format: &str, args: &[Value]) -> String {
         };
         next += 1;
         let body = match verb {
-            'd' => as_int(arg).map(|i| i.to_string()).unwrap_or_else(|_| format!("%!d({})", go_fmt(arg))),
+            'd' => as_int(arg)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|_| format!("%!d({})", go_fmt(arg))),
             'x' | 'X' => match arg {
                 Value::String(s) => s.bytes().map(|b| format!("{b:02x}")).collect(),
                 other => as_int(other).map(|i| format!("{i:x}")).unwrap_or_default(),
@@ -544,7 +599,11 @@ fn sprintf(format: &str, args: &[Value]) -> String {
             't' => truthy(arg).to_string(),
             _ => go_fmt(arg),
         };
-        let body = if verb == 'X' { body.to_uppercase() } else { body };
+        let body = if verb == 'X' {
+            body.to_uppercase()
+        } else {
+            body
+        };
         let w: usize = width.parse().unwrap_or(0);
         if body.chars().count() >= w {
             out.push_str(&body);
@@ -558,7 +617,13 @@ fn sprintf(format: &str, args: &[Value]) -> String {
     }
     if next < args.len() {
         out.push_str("%!(EXTRA ");
-        out.push_str(&args[next..].iter().map(go_fmt).collect::<Vec<_>>().join(", "));
+        out.push_str(
+            &args[next..]
+                .iter()
+                .map(go_fmt)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
         out.push(')');
     }
     out

@@ -49,7 +49,8 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         };
         let (before, after) = rest.split_at(open);
         let mut inner = &after[2..];
-        let trim_left = inner.starts_with("- ") || inner.starts_with("-\t") || inner.starts_with("-\n");
+        let trim_left =
+            inner.starts_with("- ") || inner.starts_with("-\t") || inner.starts_with("-\n");
         if trim_left {
             inner = &inner[1..];
         }
@@ -57,7 +58,8 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         line += before.matches('\n').count();
         let action_line = line;
         // Find the closing delimiter outside string literals.
-        let close = find_close(inner).ok_or((action_line, "unclosed action: missing }}".to_string()))?;
+        let close =
+            find_close(inner).ok_or((action_line, "unclosed action: missing }}".to_string()))?;
         let mut body = &inner[..close];
         let trim_right = body.ends_with(" -") || body.ends_with("\t-") || body.ends_with("\n-");
         if trim_right {
@@ -230,9 +232,14 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                 i += 3;
                 Tok::Int(c as i64)
             }
-            c if c.is_ascii_digit() || ((c == '-' || c == '+' || c == '.') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) => {
+            c if c.is_ascii_digit()
+                || ((c == '-' || c == '+' || c == '.')
+                    && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
                 i += 1;
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_') {
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_')
+                {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().filter(|c| **c != '_').collect();

@@ -56,9 +56,9 @@ pub(super) enum Arg {
 
 type PResult<T> = Result<T, (usize, String)>;
 
-enum End {
+enum ListEnd {
     Eof,
-    End,
+    Keyword,
     Else(usize, Vec<Token>),
 }
 
@@ -66,15 +66,15 @@ pub(super) fn parse(items: Vec<Item>) -> PResult<Vec<Node>> {
     let mut it = items.into_iter().peekable();
     let (nodes, end) = parse_list(&mut it, 0)?;
     match end {
-        End::Eof => Ok(nodes),
-        End::End => Err((0, "unexpected {{end}}".into())),
-        End::Else(line, _) => Err((line, "unexpected {{else}}".into())),
+        ListEnd::Eof => Ok(nodes),
+        ListEnd::Keyword => Err((0, "unexpected {{end}}".into())),
+        ListEnd::Else(line, _) => Err((line, "unexpected {{else}}".into())),
     }
 }
 
 type Items = std::iter::Peekable<std::vec::IntoIter<Item>>;
 
-fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, End)> {
+fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, ListEnd)> {
     let mut nodes = Vec::new();
     while let Some(item) = it.next() {
         let (line, tokens) = match item {
@@ -91,22 +91,24 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, End)> {
         match keyword {
             "end" => {
                 expect_alone(line, &tokens)?;
-                return Ok((nodes, End::End));
+                return Ok((nodes, ListEnd::Keyword));
             }
-            "else" => return Ok((nodes, End::Else(line, tokens[1..].to_vec()))),
+            "else" => return Ok((nodes, ListEnd::Else(line, tokens[1..].to_vec()))),
             "if" => nodes.push(parse_if(it, line, &tokens[1..], loops)?),
             "range" => {
                 let pipe = pipeline(line, &tokens[1..], true)?;
                 let (body, end) = parse_list(it, loops + 1)?;
                 let otherwise = match end {
-                    End::End => Vec::new(),
-                    End::Else(l, rest) => {
+                    ListEnd::Keyword => Vec::new(),
+                    ListEnd::Else(l, rest) => {
                         if !rest.is_empty() {
                             return Err((l, "unexpected tokens after else in range".into()));
                         }
                         closed(parse_list(it, loops)?, l, "range")?
                     }
-                    End::Eof => return Err((line, "unexpected EOF: {{range}} has no {{end}}".into())),
+                    ListEnd::Eof => {
+                        return Err((line, "unexpected EOF: {{range}} has no {{end}}".into()));
+                    }
                 };
                 nodes.push(Node::Range {
                     pipe,
@@ -118,14 +120,19 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, End)> {
                 let pipe = pipeline(line, &tokens[1..], true)?;
                 let (body, end) = parse_list(it, loops)?;
                 let otherwise = match end {
-                    End::End => Vec::new(),
-                    End::Else(l, rest) => {
+                    ListEnd::Keyword => Vec::new(),
+                    ListEnd::Else(l, rest) => {
                         if !rest.is_empty() {
-                            return Err((l, "else with an argument in {{with}} is not supported".into()));
+                            return Err((
+                                l,
+                                "else with an argument in {{with}} is not supported".into(),
+                            ));
                         }
                         closed(parse_list(it, loops)?, l, "with")?
                     }
-                    End::Eof => return Err((line, "unexpected EOF: {{with}} has no {{end}}".into())),
+                    ListEnd::Eof => {
+                        return Err((line, "unexpected EOF: {{with}} has no {{end}}".into()));
+                    }
                 };
                 nodes.push(Node::With {
                     pipe,
@@ -145,19 +152,27 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, End)> {
                 });
             }
             "define" | "template" | "block" => {
-                return Err((line, format!("{{{{{keyword}}}}} is not supported in Tinkerbell templates")));
+                return Err((
+                    line,
+                    format!("{{{{{keyword}}}}} is not supported in Tinkerbell templates"),
+                ));
             }
             _ => nodes.push(Node::Action(pipeline(line, &tokens, true)?)),
         }
     }
-    Ok((nodes, End::Eof))
+    Ok((nodes, ListEnd::Eof))
 }
 
-fn closed(parsed: (Vec<Node>, End), line: usize, what: &str) -> PResult<Vec<Node>> {
+fn closed(parsed: (Vec<Node>, ListEnd), line: usize, what: &str) -> PResult<Vec<Node>> {
     match parsed {
-        (nodes, End::End) => Ok(nodes),
-        (_, End::Else(l, _)) => Err((l, format!("more than one {{{{else}}}} in {{{{{what}}}}}"))),
-        (_, End::Eof) => Err((line, format!("unexpected EOF: {{{{{what}}}}} has no {{{{end}}}}"))),
+        (nodes, ListEnd::Keyword) => Ok(nodes),
+        (_, ListEnd::Else(l, _)) => {
+            Err((l, format!("more than one {{{{else}}}} in {{{{{what}}}}}")))
+        }
+        (_, ListEnd::Eof) => Err((
+            line,
+            format!("unexpected EOF: {{{{{what}}}}} has no {{{{end}}}}"),
+        )),
     }
 }
 
@@ -168,14 +183,14 @@ fn parse_if(it: &mut Items, line: usize, cond: &[Token], loops: usize) -> PResul
         let (body, end) = parse_list(it, loops)?;
         branches.push((pipe, body));
         match end {
-            End::End => {
+            ListEnd::Keyword => {
                 return Ok(Node::If {
                     branches,
                     otherwise: Vec::new(),
                 });
             }
-            End::Eof => return Err((line, "unexpected EOF: {{if}} has no {{end}}".into())),
-            End::Else(l, rest) => {
+            ListEnd::Eof => return Err((line, "unexpected EOF: {{if}} has no {{end}}".into())),
+            ListEnd::Else(l, rest) => {
                 if rest.is_empty() {
                     let otherwise = closed(parse_list(it, loops)?, l, "if")?;
                     return Ok(Node::If {

@@ -12,16 +12,38 @@ fn ok(text: &str, data: serde_json::Value) -> String {
 #[test]
 fn fields_index_and_format_partition() {
     let data = json!({"device_1": "aa:bb", "Hardware": {"Disks": ["/dev/nvme0n1", "/dev/sda"]}});
-    assert_eq!(ok("worker: \"{{.device_1}}\"", data.clone()), "worker: \"aa:bb\"");
-    assert_eq!(ok("{{ index .Hardware.Disks 1 }}", data.clone()), "/dev/sda");
-    assert_eq!(ok("{{ formatPartition ( index .Hardware.Disks 0 ) 1 }}", data.clone()), "/dev/nvme0n1p1");
-    assert_eq!(ok("{{ formatPartition \"/dev/sda\" 2 }}", data.clone()), "/dev/sda2");
-    assert_eq!(ok("{{ formatPartition \"/dev/disk/by-id/x\" 3 }}", data), "/dev/disk/by-id/x-part3");
+    assert_eq!(
+        ok("worker: \"{{.device_1}}\"", data.clone()),
+        "worker: \"aa:bb\""
+    );
+    assert_eq!(
+        ok("{{ index .Hardware.Disks 1 }}", data.clone()),
+        "/dev/sda"
+    );
+    assert_eq!(
+        ok(
+            "{{ formatPartition ( index .Hardware.Disks 0 ) 1 }}",
+            data.clone()
+        ),
+        "/dev/nvme0n1p1"
+    );
+    assert_eq!(
+        ok("{{ formatPartition \"/dev/sda\" 2 }}", data.clone()),
+        "/dev/sda2"
+    );
+    assert_eq!(
+        ok("{{ formatPartition \"/dev/disk/by-id/x\" 3 }}", data),
+        "/dev/disk/by-id/x-part3"
+    );
 }
 
 #[test]
 fn missing_key_is_an_error_naming_the_key() {
-    let e = render("a\n{{ .artifact_server_ip_port }}", json!({"device_1": "x"})).unwrap_err();
+    let e = render(
+        "a\n{{ .artifact_server_ip_port }}",
+        json!({"device_1": "x"}),
+    )
+    .unwrap_err();
     assert_eq!(e.missing_key.as_deref(), Some(".artifact_server_ip_port"));
     assert_eq!(e.line, 2);
     let e = render("{{ .Hardware.Nope }}", json!({"Hardware": {}})).unwrap_err();
@@ -42,12 +64,42 @@ fn trim_markers_and_if_else_chains() {
 #[test]
 fn range_with_and_variables() {
     let data = json!({"l": ["a", "b"], "m": {"z": 1, "y": 2}, "e": []});
-    assert_eq!(ok("{{ range $i, $v := .l }}{{$i}}={{$v}};{{ end }}", data.clone()), "0=a;1=b;");
-    assert_eq!(ok("{{ range $k, $v := .m }}{{$k}}{{$v}}{{ end }}", data.clone()), "y2z1");
-    assert_eq!(ok("{{ range .e }}x{{ else }}none{{ end }}", data.clone()), "none");
-    assert_eq!(ok("{{ with .l }}{{ index . 0 }}{{ end }}", data.clone()), "a");
-    assert_eq!(ok("{{ $x := \"v\" }}{{ $x }}{{ $x = \"w\" }}{{ $x }}", data.clone()), "vw");
-    assert_eq!(ok("{{ range .l }}{{ if eq . \"b\" }}{{ break }}{{ end }}{{ . }}{{ end }}", data.clone()), "a");
+    assert_eq!(
+        ok(
+            "{{ range $i, $v := .l }}{{$i}}={{$v}};{{ end }}",
+            data.clone()
+        ),
+        "0=a;1=b;"
+    );
+    assert_eq!(
+        ok(
+            "{{ range $k, $v := .m }}{{$k}}{{$v}}{{ end }}",
+            data.clone()
+        ),
+        "y2z1"
+    );
+    assert_eq!(
+        ok("{{ range .e }}x{{ else }}none{{ end }}", data.clone()),
+        "none"
+    );
+    assert_eq!(
+        ok("{{ with .l }}{{ index . 0 }}{{ end }}", data.clone()),
+        "a"
+    );
+    assert_eq!(
+        ok(
+            "{{ $x := \"v\" }}{{ $x }}{{ $x = \"w\" }}{{ $x }}",
+            data.clone()
+        ),
+        "vw"
+    );
+    assert_eq!(
+        ok(
+            "{{ range .l }}{{ if eq . \"b\" }}{{ break }}{{ end }}{{ . }}{{ end }}",
+            data.clone()
+        ),
+        "a"
+    );
     assert_eq!(ok("{{ range .l }}{{ $.m.y }}{{ end }}", data), "22");
 }
 
@@ -57,9 +109,18 @@ fn pipelines_and_sprig() {
     assert_eq!(ok("{{ .s | trim | upper }}", data.clone()), "HI");
     assert_eq!(ok("{{ .n | default \"d\" }}", data.clone()), "d");
     assert_eq!(ok("{{ netmaskToPrefixLength .mask }}", data.clone()), "20");
-    assert_eq!(ok("{{ printf \"%s-%03d\" \"x\" 7 }}", data.clone()), "x-007");
-    assert_eq!(ok("{{ \"a\\nb\" | nindent 2 }}", data.clone()), "\n  a\n  b");
-    assert_eq!(ok("{{ and 1 0 }}{{ or 0 \"x\" }}{{ not true }}", data.clone()), "0xfalse");
+    assert_eq!(
+        ok("{{ printf \"%s-%03d\" \"x\" 7 }}", data.clone()),
+        "x-007"
+    );
+    assert_eq!(
+        ok("{{ \"a\\nb\" | nindent 2 }}", data.clone()),
+        "\n  a\n  b"
+    );
+    assert_eq!(
+        ok("{{ and 1 0 }}{{ or 0 \"x\" }}{{ not true }}", data.clone()),
+        "0xfalse"
+    );
     assert_eq!(ok("{{/* comment */}}{{ len .s }}", data.clone()), "4");
     assert_eq!(ok("{{ list 1 \"a\" }}", data.clone()), "[1 a]");
     assert_eq!(ok("{{ toYaml (dict \"a\" 1) }}", data), "a: 1");

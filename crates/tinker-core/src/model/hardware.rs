@@ -5,7 +5,6 @@ use super::{Extra, ObjectMeta};
 use crate::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 
-
 /// A machine, as `tinkerbell.org/v1alpha1` `Hardware`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -351,6 +350,3 @@ impl Hardware {
         self.spec.metadata.as_ref()?.instance.as_ref()
     }
 }
-
-
-

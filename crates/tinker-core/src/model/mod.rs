@@ -16,9 +16,11 @@ mod workflow;
 pub use agent::{AgentAction, AgentEnvVar, AgentNamespaces};
 pub use hardware::{
     Dhcp, Disk, Hardware, HardwareMetadata, HardwareSpec, Instance, Interface, IpConfig, Ipxe,
-    Netboot, Osie, ObjectReference,
+    Netboot, ObjectReference, Osie,
 };
-pub use template::{ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec};
+pub use template::{
+    ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec,
+};
 pub use workflow::{
     ActionStatus, BootOptions, CurrentState, MachineSteps, TaskStatus, Workflow, WorkflowSpec,
     WorkflowStatus,
@@ -189,11 +191,20 @@ impl<'de> Deserialize<'de> for Object {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
         let value = serde_norway::Value::deserialize(d)?;
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
         let object = match kind {
-            "Hardware" => Object::Hardware(serde_norway::from_value(value).map_err(D::Error::custom)?),
-            "Template" => Object::Template(serde_norway::from_value(value).map_err(D::Error::custom)?),
-            "Workflow" => Object::Workflow(serde_norway::from_value(value).map_err(D::Error::custom)?),
+            "Hardware" => {
+                Object::Hardware(serde_norway::from_value(value).map_err(D::Error::custom)?)
+            }
+            "Template" => {
+                Object::Template(serde_norway::from_value(value).map_err(D::Error::custom)?)
+            }
+            "Workflow" => {
+                Object::Workflow(serde_norway::from_value(value).map_err(D::Error::custom)?)
+            }
             other => return Err(D::Error::custom(format!("unknown kind {other:?}"))),
         };
         Ok(object)
@@ -218,6 +229,7 @@ impl From<Workflow> for Object {
 
 /// One document read from a Tinkerbell YAML file.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // read once per file; boxing would only add noise
 pub enum Document {
     /// A `tinkerbell.org/v1alpha1` Hardware, Template or Workflow.
     Object(Object),
@@ -282,7 +294,10 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>> {
             serde_norway::Value::Null => {} // an empty document, such as a leading `---`
             serde_norway::Value::Sequence(items) => {
                 if !items.is_empty() && items.iter().all(is_agent_action) {
-                    out.push(Document::AgentActions(typed(&here(None), items_value(items))?));
+                    out.push(Document::AgentActions(typed(
+                        &here(None),
+                        items_value(items),
+                    )?));
                 } else {
                     for (i, item) in items.into_iter().enumerate() {
                         out.push(document_from_value(&here(Some(i)), item)?);
@@ -309,8 +324,7 @@ fn document_from_value(here: &str, value: serde_norway::Value) -> Result<Documen
         return Err(Error::Parse {
             file: here.to_string(),
             path: "apiVersion/kind".into(),
-            reason: "not a Kubernetes-style object: `apiVersion` and `kind` must be strings"
-                .into(),
+            reason: "not a Kubernetes-style object: `apiVersion` and `kind` must be strings".into(),
         });
     };
     if api_version != API_VERSION_V1ALPHA1 {
@@ -341,7 +355,11 @@ fn typed<T: serde::de::DeserializeOwned>(here: &str, value: serde_norway::Value)
         let path = e.path().to_string();
         Error::Parse {
             file: here.to_string(),
-            path: if path == "." { "(document)".into() } else { path },
+            path: if path == "." {
+                "(document)".into()
+            } else {
+                path
+            },
             reason: e.into_inner().to_string(),
         }
     })
@@ -352,7 +370,8 @@ pub fn to_yaml(documents: &[Document]) -> Result<String> {
     let mut out = String::new();
     for d in documents {
         out.push_str("---\n");
-        let text = serde_norway::to_string(&d.to_value()?).map_err(|e| Error::backend("yaml", e))?;
+        let text =
+            serde_norway::to_string(&d.to_value()?).map_err(|e| Error::backend("yaml", e))?;
         out.push_str(&text);
     }
     Ok(out)

@@ -1,6 +1,8 @@
 use crate::error::{Error, Result};
 use crate::model::Hardware;
-use crate::power::{BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState};
+use crate::power::{
+    BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,7 +63,9 @@ impl FakePower {
         let mut s = self.lock();
         if s.reject_password {
             s.calls.push(format!("failed {call}"));
-            return Err(Error::AuthenticationFailed { target: "fake-bmc".into() });
+            return Err(Error::AuthenticationFailed {
+                target: "fake-bmc".into(),
+            });
         }
         if s.fail_next > 0 {
             s.fail_next -= 1;
@@ -84,7 +88,11 @@ impl PowerController for FakePower {
 
     async fn power_state(&self) -> Result<PowerState> {
         let s = self.enter("power_state".into())?;
-        Ok(if s.on { PowerState::On } else { PowerState::Off })
+        Ok(if s.on {
+            PowerState::On
+        } else {
+            PowerState::Off
+        })
     }
 
     async fn power(&self, action: PowerAction) -> Result<()> {
@@ -97,7 +105,11 @@ impl PowerController for FakePower {
     }
 
     async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
-        let once = if options.persistent { "persistent" } else { "once" };
+        let once = if options.persistent {
+            "persistent"
+        } else {
+            "once"
+        };
         let mut s = self.enter(format!("boot({device:?}, {once}, efi={})", options.efi))?;
         s.boot = Some((device, options));
         Ok(())

@@ -8,8 +8,8 @@ pub mod store;
 
 pub use fake_power::{FakeConnector, FakePower};
 
-use crate::model::{Hardware, Template, Workflow};
 use crate::MacAddr;
+use crate::model::{Hardware, Template, Workflow};
 
 /// A MAC derived from a number (`02:00:` + 4 bytes), locally administered.
 pub fn mac(n: u32) -> MacAddr {
@@ -20,7 +20,12 @@ pub fn mac(n: u32) -> MacAddr {
 /// A Hardware named `name` with MAC `mac(n)` and address `10.x.y.z` from `n`.
 pub fn hardware(name: &str, n: u32) -> Hardware {
     let b = n.to_be_bytes();
-    let mut hw = Hardware::new(name, mac(n), std::net::Ipv4Addr::new(10, b[1], b[2], b[3]), "255.0.0.0");
+    let mut hw = Hardware::new(
+        name,
+        mac(n),
+        std::net::Ipv4Addr::new(10, b[1], b[2], b[3]),
+        "255.0.0.0",
+    );
     hw.spec.disks.push(crate::model::Disk {
         device: "/dev/sda".into(),
         extra: Default::default(),

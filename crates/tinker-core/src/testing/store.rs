@@ -36,30 +36,70 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
 pub async fn crud_and_optimistic_concurrency(store: &dyn WorkflowStore) {
     let hw = hardware("crud-a", 1001);
     let key = ObjectKey::default_ns(Kind::Hardware, "crud-a");
-    assert_eq!(store.put(hw.clone().into(), Precondition::Absent).await.unwrap(), 1);
-    let again = store.put(hw.clone().into(), Precondition::Absent).await.unwrap_err();
-    assert!(matches!(again, Error::AlreadyExists { .. }), "create twice: {again}");
+    assert_eq!(
+        store
+            .put(hw.clone().into(), Precondition::Absent)
+            .await
+            .unwrap(),
+        1
+    );
+    let again = store
+        .put(hw.clone().into(), Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, Error::AlreadyExists { .. }),
+        "create twice: {again}"
+    );
     let got = store.get(&key).await.unwrap().expect("stored");
     assert_eq!(got.version, 1);
     assert_eq!(got.value, Object::Hardware(hw.clone()));
 
     let mut changed = hw.clone();
     changed.spec.user_data = Some("#cloud-config\n".into());
-    assert_eq!(store.put(changed.clone().into(), Precondition::Version(1)).await.unwrap(), 2);
-    let stale = store.put(hw.clone().into(), Precondition::Version(1)).await.unwrap_err();
+    assert_eq!(
+        store
+            .put(changed.clone().into(), Precondition::Version(1))
+            .await
+            .unwrap(),
+        2
+    );
+    let stale = store
+        .put(hw.clone().into(), Precondition::Version(1))
+        .await
+        .unwrap_err();
     match &stale {
-        Error::Conflict { expected, found, .. } => assert_eq!((*expected, *found), (1, 2)),
+        Error::Conflict {
+            expected, found, ..
+        } => assert_eq!((*expected, *found), (1, 2)),
         other => panic!("stale write not refused as a conflict: {other}"),
     }
-    assert!(stale.to_string().contains("crud-a"), "the conflict names the object: {stale}");
-    assert_eq!(store.hardware("default", "crud-a").await.unwrap().unwrap().value, changed);
+    assert!(
+        stale.to_string().contains("crud-a"),
+        "the conflict names the object: {stale}"
+    );
+    assert_eq!(
+        store
+            .hardware("default", "crud-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        changed
+    );
     let missing = store
-        .put(hardware("crud-missing", 1002).into(), Precondition::Version(3))
+        .put(
+            hardware("crud-missing", 1002).into(),
+            Precondition::Version(3),
+        )
         .await
         .unwrap_err();
     assert!(matches!(missing, Error::NotFound { .. }), "{missing}");
 
-    store.put(hardware("crud-b", 1003).into(), Precondition::Any).await.unwrap();
+    store
+        .put(hardware("crud-b", 1003).into(), Precondition::Any)
+        .await
+        .unwrap();
     let names: Vec<String> = store
         .list(Kind::Hardware)
         .await
@@ -70,7 +110,10 @@ pub async fn crud_and_optimistic_concurrency(store: &dyn WorkflowStore) {
         .collect();
     assert_eq!(names, ["crud-a", "crud-b"], "listed in name order");
 
-    let stale = store.delete(&key, Precondition::Version(1)).await.unwrap_err();
+    let stale = store
+        .delete(&key, Precondition::Version(1))
+        .await
+        .unwrap_err();
     assert!(matches!(stale, Error::Conflict { .. }), "{stale}");
     store.delete(&key, Precondition::Version(2)).await.unwrap();
     assert!(store.get(&key).await.unwrap().is_none());
@@ -84,41 +127,87 @@ pub async fn crud_and_optimistic_concurrency(store: &dyn WorkflowStore) {
 pub async fn lookups_by_mac_and_ip(store: &dyn WorkflowStore) {
     let hw = hardware("lookup", 2001);
     let ip = hw.ipv4s()[0];
-    store.put(hw.clone().into(), Precondition::Absent).await.unwrap();
-    let by_mac = store.hardware_by_mac(mac(2001)).await.unwrap().expect("by MAC");
+    store
+        .put(hw.clone().into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let by_mac = store
+        .hardware_by_mac(mac(2001))
+        .await
+        .unwrap()
+        .expect("by MAC");
     assert_eq!(by_mac.value.metadata.name, "lookup");
-    let by_ip = store.hardware_by_ip(ip.into()).await.unwrap().expect("by IP");
+    let by_ip = store
+        .hardware_by_ip(ip.into())
+        .await
+        .unwrap()
+        .expect("by IP");
     assert_eq!(by_ip.version, 1);
     assert!(store.hardware_by_mac(mac(2002)).await.unwrap().is_none());
 
     let mut moved = hw.clone();
     moved.spec.interfaces[0].dhcp.as_mut().unwrap().mac = mac(2002).to_string();
-    store.put(moved.into(), Precondition::Version(1)).await.unwrap();
-    assert!(store.hardware_by_mac(mac(2001)).await.unwrap().is_none(), "old MAC still indexed");
-    assert_eq!(store.hardware_by_mac(mac(2002)).await.unwrap().unwrap().version, 2);
     store
-        .delete(&ObjectKey::default_ns(Kind::Hardware, "lookup"), Precondition::Any)
+        .put(moved.into(), Precondition::Version(1))
         .await
         .unwrap();
-    assert!(store.hardware_by_mac(mac(2002)).await.unwrap().is_none(), "deleted still indexed");
+    assert!(
+        store.hardware_by_mac(mac(2001)).await.unwrap().is_none(),
+        "old MAC still indexed"
+    );
+    assert_eq!(
+        store
+            .hardware_by_mac(mac(2002))
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+    store
+        .delete(
+            &ObjectKey::default_ns(Kind::Hardware, "lookup"),
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.hardware_by_mac(mac(2002)).await.unwrap().is_none(),
+        "deleted still indexed"
+    );
     assert!(store.hardware_by_ip(ip.into()).await.unwrap().is_none());
 }
 
 /// Two Hardware cannot share a MAC.
 pub async fn duplicate_mac_is_refused(store: &dyn WorkflowStore) {
-    store.put(hardware("dup-a", 3001).into(), Precondition::Absent).await.unwrap();
+    store
+        .put(hardware("dup-a", 3001).into(), Precondition::Absent)
+        .await
+        .unwrap();
     let mut other = hardware("dup-b", 3002);
     other.spec.interfaces[0].dhcp.as_mut().unwrap().mac = mac(3001).to_string();
-    let err = store.put(other.into(), Precondition::Absent).await.unwrap_err();
-    assert!(err.to_string().contains(&mac(3001).to_string()), "names the MAC: {err}");
-    assert!(store.hardware("default", "dup-b").await.unwrap().is_none(), "nothing written");
+    let err = store
+        .put(other.into(), Precondition::Absent)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&mac(3001).to_string()),
+        "names the MAC: {err}"
+    );
+    assert!(
+        store.hardware("default", "dup-b").await.unwrap().is_none(),
+        "nothing written"
+    );
 }
 
 /// Writes and deletes appear on the change feed with their versions.
 pub async fn change_feed_reports_writes(store: &dyn WorkflowStore) {
     let mut feed = store.watch();
     let t = template("feed-template", 1, 60);
-    store.put(t.clone().into(), Precondition::Absent).await.unwrap();
+    store
+        .put(t.clone().into(), Precondition::Absent)
+        .await
+        .unwrap();
     store.put(t.into(), Precondition::Version(1)).await.unwrap();
     let key = ObjectKey::default_ns(Kind::Template, "feed-template");
     store.delete(&key, Precondition::Any).await.unwrap();
@@ -141,83 +230,212 @@ pub async fn claim_and_report_in_order(store: &dyn WorkflowStore) {
     let wf = rendered_workflow("order", mac(4001), 2, 60);
     store.put(wf.into(), Precondition::Absent).await.unwrap();
     let key = wf_key("order");
-    assert!(store.claim_next_action(&mac(4002).to_string(), t0()).await.unwrap().is_none(), "another worker gets nothing");
+    assert!(
+        store
+            .claim_next_action(&mac(4002).to_string(), t0())
+            .await
+            .unwrap()
+            .is_none(),
+        "another worker gets nothing"
+    );
 
-    let a = store.claim_next_action(&worker, t0()).await.unwrap().expect("first action");
-    assert_eq!((a.workflow.clone(), a.action_index, a.attempt), (key.clone(), 0, 1));
-    assert_eq!(a.action.environment.get("DEST_DISK").map(String::as_str), Some("/dev/sda"));
-    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none(), "running action handed out twice");
+    let a = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .expect("first action");
+    assert_eq!(
+        (a.workflow.clone(), a.action_index, a.attempt),
+        (key.clone(), 0, 1)
+    );
+    assert_eq!(
+        a.action.environment.get("DEST_DISK").map(String::as_str),
+        Some("/dev/sda")
+    );
+    assert!(
+        store
+            .claim_next_action(&worker, t0())
+            .await
+            .unwrap()
+            .is_none(),
+        "running action handed out twice"
+    );
 
-    let stale = WorkflowEvent::Report { action: 0, attempt: 7, outcome: ActionOutcome::Success };
+    let stale = WorkflowEvent::Report {
+        action: 0,
+        attempt: 7,
+        outcome: ActionOutcome::Success,
+    };
     let err = store.apply_event(&key, &stale, t0()).await.unwrap_err();
     assert!(matches!(err, Error::Transition { .. }), "{err}");
 
-    let ok = WorkflowEvent::Report { action: 0, attempt: 1, outcome: ActionOutcome::Success };
+    let ok = WorkflowEvent::Report {
+        action: 0,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
     let applied = store.apply_event(&key, &ok, t0()).await.unwrap();
     assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Running));
     let err = store.apply_event(&key, &ok, t0()).await.unwrap_err();
-    assert!(matches!(err, Error::Transition { .. }), "a second report for the same claim: {err}");
+    assert!(
+        matches!(err, Error::Transition { .. }),
+        "a second report for the same claim: {err}"
+    );
 
-    let b = store.claim_next_action(&worker, t0()).await.unwrap().expect("second action");
+    let b = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .expect("second action");
     assert_eq!((b.action_index, b.attempt), (1, 1));
     let hb = store
-        .apply_event(&key, &WorkflowEvent::Heartbeat { action: 1, attempt: 1 }, t0() + SignedDuration::from_secs(5))
+        .apply_event(
+            &key,
+            &WorkflowEvent::Heartbeat {
+                action: 1,
+                attempt: 1,
+            },
+            t0() + SignedDuration::from_secs(5),
+        )
         .await
         .unwrap();
     assert!(hb.workflow.version > applied.workflow.version);
-    let done = WorkflowEvent::Report { action: 1, attempt: 1, outcome: ActionOutcome::Success };
-    let applied = store.apply_event(&key, &done, t0() + SignedDuration::from_secs(9)).await.unwrap();
+    let done = WorkflowEvent::Report {
+        action: 1,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
+    let applied = store
+        .apply_event(&key, &done, t0() + SignedDuration::from_secs(9))
+        .await
+        .unwrap();
     assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Success));
-    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none());
+    assert!(
+        store
+            .claim_next_action(&worker, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let stored = store.workflow("default", "order").await.unwrap().unwrap();
-    assert_eq!(stored.version, applied.workflow.version, "the store returns what it saved");
+    assert_eq!(
+        stored.version, applied.workflow.version,
+        "the store returns what it saved"
+    );
     let status = stored.value.status.unwrap();
-    assert!(status.actions().all(|(_, a)| a.state == ActionState::Success));
+    assert!(
+        status
+            .actions()
+            .all(|(_, a)| a.state == ActionState::Success)
+    );
 }
 
 /// A failed action fails the workflow with its reason; nothing after it runs.
 pub async fn failure_ends_the_workflow(store: &dyn WorkflowStore) {
     let worker = mac(5001).to_string();
     store
-        .put(rendered_workflow("fails", mac(5001), 3, 60).into(), Precondition::Absent)
+        .put(
+            rendered_workflow("fails", mac(5001), 3, 60).into(),
+            Precondition::Absent,
+        )
         .await
         .unwrap();
     let key = wf_key("fails");
-    let a = store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
+    let a = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .unwrap();
     let report = WorkflowEvent::Report {
         action: a.action_index,
         attempt: a.attempt,
-        outcome: ActionOutcome::Failed { exit_code: Some(3), message: "disk not found".into() },
+        outcome: ActionOutcome::Failed {
+            exit_code: Some(3),
+            message: "disk not found".into(),
+        },
     };
     let applied = store.apply_event(&key, &report, t0()).await.unwrap();
     let status = applied.workflow.value.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
     let reason = status.reason.unwrap();
-    assert!(reason.contains("exit code 3") && reason.contains("disk not found"), "{reason}");
-    assert!(store.claim_next_action(&worker, t0()).await.unwrap().is_none(), "an action ran after a failure");
-    let err = store.apply_event(&key, &WorkflowEvent::Fail { reason: "x".into() }, t0()).await.unwrap_err();
-    assert!(matches!(err, Error::Transition { .. }), "a finished workflow changed: {err}");
+    assert!(
+        reason.contains("exit code 3") && reason.contains("disk not found"),
+        "{reason}"
+    );
+    assert!(
+        store
+            .claim_next_action(&worker, t0())
+            .await
+            .unwrap()
+            .is_none(),
+        "an action ran after a failure"
+    );
+    let err = store
+        .apply_event(&key, &WorkflowEvent::Fail { reason: "x".into() }, t0())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Transition { .. }),
+        "a finished workflow changed: {err}"
+    );
 }
 
 /// Action timeouts are applied by a tick, and saved.
 pub async fn timeouts_are_applied(store: &dyn WorkflowStore) {
     let worker = mac(6001).to_string();
     store
-        .put(rendered_workflow("slow", mac(6001), 2, 30).into(), Precondition::Absent)
+        .put(
+            rendered_workflow("slow", mac(6001), 2, 30).into(),
+            Precondition::Absent,
+        )
         .await
         .unwrap();
     let key = wf_key("slow");
-    store.claim_next_action(&worker, t0()).await.unwrap().unwrap();
-    let early = store.apply_event(&key, &WorkflowEvent::Tick, t0() + SignedDuration::from_secs(29)).await.unwrap();
+    store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let early = store
+        .apply_event(
+            &key,
+            &WorkflowEvent::Tick,
+            t0() + SignedDuration::from_secs(29),
+        )
+        .await
+        .unwrap();
     assert_eq!(early.workflow.value.state(), Some(WorkflowState::Running));
-    let late = store.apply_event(&key, &WorkflowEvent::Tick, t0() + SignedDuration::from_secs(30)).await.unwrap();
+    let late = store
+        .apply_event(
+            &key,
+            &WorkflowEvent::Tick,
+            t0() + SignedDuration::from_secs(30),
+        )
+        .await
+        .unwrap();
     assert_eq!(late.workflow.value.state(), Some(WorkflowState::Timeout));
-    let stored = store.workflow("default", "slow").await.unwrap().unwrap().value.status.unwrap();
+    let stored = store
+        .workflow("default", "slow")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .status
+        .unwrap();
     assert_eq!(stored.state, WorkflowState::Timeout);
     assert!(stored.reason.unwrap().contains("timeout of 30 s"));
     // A report that arrives after the deadline is refused: the action already timed out.
-    let late_report = WorkflowEvent::Report { action: 0, attempt: 1, outcome: ActionOutcome::Success };
-    assert!(store.apply_event(&key, &late_report, t0() + SignedDuration::from_secs(31)).await.is_err());
+    let late_report = WorkflowEvent::Report {
+        action: 0,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
+    assert!(
+        store
+            .apply_event(&key, &late_report, t0() + SignedDuration::from_secs(31))
+            .await
+            .is_err()
+    );
 }
 
 /// The event log is append-only, per machine, oldest first.
@@ -247,7 +465,10 @@ pub async fn machine_event_log(store: &dyn WorkflowStore) {
     let last = store.events("default/log-machine", 3).await.unwrap();
     let messages: Vec<&str> = last.iter().map(|e| e.message.as_str()).collect();
     assert_eq!(messages, ["event 2", "event 3", "event 4"]);
-    assert!(last.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+    assert!(
+        last.windows(2).all(|w| w[0].seq < w[1].seq),
+        "sequence numbers increase"
+    );
 }
 
 /// `tasks` concurrent workers race over `worker_ids` worker identities, each with
@@ -265,7 +486,10 @@ pub async fn concurrent_claims_are_exclusive(
         for k in 0..workflows_per_worker {
             let name = format!("race-{w}-{k}");
             store
-                .put(rendered_workflow(&name, mac(7000 + w), actions, 600).into(), Precondition::Absent)
+                .put(
+                    rendered_workflow(&name, mac(7000 + w), actions, 600).into(),
+                    Precondition::Absent,
+                )
                 .await
                 .unwrap();
             total += actions;
@@ -286,8 +510,15 @@ pub async fn concurrent_claims_are_exclusive(
             while done.load(std::sync::atomic::Ordering::SeqCst) < total {
                 match store.claim_next_action(&worker, t0()).await.unwrap() {
                     Some(a) => {
-                        let fresh = claimed.lock().unwrap().insert((a.workflow.name.clone(), a.action_index));
-                        assert!(fresh, "{} action {} claimed twice", a.workflow.name, a.action_index);
+                        let fresh = claimed
+                            .lock()
+                            .unwrap()
+                            .insert((a.workflow.name.clone(), a.action_index));
+                        assert!(
+                            fresh,
+                            "{} action {} claimed twice",
+                            a.workflow.name, a.action_index
+                        );
                         let report = WorkflowEvent::Report {
                             action: a.action_index,
                             attempt: a.attempt,
@@ -311,7 +542,11 @@ pub async fn concurrent_claims_are_exclusive(
     assert_eq!(claimed.lock().unwrap().len(), total);
     for w in 0..worker_ids {
         for k in 0..workflows_per_worker {
-            let wf = store.workflow("default", &format!("race-{w}-{k}")).await.unwrap().unwrap();
+            let wf = store
+                .workflow("default", &format!("race-{w}-{k}"))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(wf.value.state(), Some(WorkflowState::Success));
         }
     }
