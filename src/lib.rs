@@ -7,5 +7,10 @@
 //! - [`core`]: domain model, template rendering, state machine, the five traits, the engine.
 //! - [`store`]: `WorkflowStore` implementations (in-memory, embedded file).
 
+// The README's code is compiled and checked as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use tinker_core as core;
 pub use tinker_store as store;
