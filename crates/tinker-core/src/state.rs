@@ -60,71 +60,46 @@ pub enum ActionState {
     Timeout,
 }
 
-impl WorkflowState {
-    /// True for SUCCESS, FAILED and TIMEOUT.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Success | Self::Failed | Self::Timeout)
-    }
+/// The shared forward order and names of both state types.
+macro_rules! state_methods {
+    ($t:ident) => {
+        impl $t {
+            /// True for SUCCESS, FAILED and TIMEOUT.
+            pub fn is_terminal(self) -> bool {
+                matches!(self, Self::Success | Self::Failed | Self::Timeout)
+            }
 
-    /// Position in the forward order PENDING < RUNNING < terminal.
-    pub fn rank(self) -> u8 {
-        match self {
-            Self::Pending => 0,
-            Self::Running => 1,
-            _ => 2,
-        }
-    }
+            /// Position in the forward order PENDING < RUNNING < terminal.
+            pub fn rank(self) -> u8 {
+                match self {
+                    Self::Pending => 0,
+                    Self::Running => 1,
+                    _ => 2,
+                }
+            }
 
-    /// `PENDING`, `RUNNING`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Running => "RUNNING",
-            Self::Success => "SUCCESS",
-            Self::Failed => "FAILED",
-            Self::Timeout => "TIMEOUT",
+            /// `PENDING`, `RUNNING`, ...
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    Self::Pending => "PENDING",
+                    Self::Running => "RUNNING",
+                    Self::Success => "SUCCESS",
+                    Self::Failed => "FAILED",
+                    Self::Timeout => "TIMEOUT",
+                }
+            }
         }
-    }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-impl ActionState {
-    /// True for SUCCESS, FAILED and TIMEOUT.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Success | Self::Failed | Self::Timeout)
-    }
-
-    /// Position in the forward order PENDING < RUNNING < terminal.
-    pub fn rank(self) -> u8 {
-        match self {
-            Self::Pending => 0,
-            Self::Running => 1,
-            _ => 2,
-        }
-    }
-
-    /// `PENDING`, `RUNNING`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Running => "RUNNING",
-            Self::Success => "SUCCESS",
-            Self::Failed => "FAILED",
-            Self::Timeout => "TIMEOUT",
-        }
-    }
-}
-
-impl fmt::Display for WorkflowState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for ActionState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+state_methods!(WorkflowState);
+state_methods!(ActionState);
 
 /// How an action ended, as its worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -435,6 +410,12 @@ impl WorkflowStatus {
         let result = self.handle(now, event);
         let changed = expired || matches!(&result, Ok(e) if *e != Effect::Nothing);
         (changed, result)
+    }
+
+    /// Whether a claim by `worker` at `now` would do something: an action waits for
+    /// it, or a timeout is due. Stores use it to skip workflows cheaply.
+    pub fn wants_attention(&self, worker: &str, now: Timestamp) -> bool {
+        self.has_work_for(worker) || self.next_deadline().is_some_and(|d| d <= now)
     }
 
     /// Whether `worker` has an action waiting (a cheap pre-check before a claim).

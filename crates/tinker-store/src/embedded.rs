@@ -376,8 +376,7 @@ impl WorkflowStore for RedbStore {
                                 serde_json::from_slice(v.value()).map_err(json_err)?;
                             if let Object::Workflow(w) = &stored.value
                                 && let Some(s) = &w.status
-                                && (s.has_work_for(&worker)
-                                    || s.next_deadline().is_some_and(|d| d <= now))
+                                && s.wants_attention(&worker, now)
                             {
                                 found = Some(k);
                                 break;

@@ -237,10 +237,10 @@ impl WorkflowStore for MemoryStore {
                     keys.iter()
                         .filter(|k| !skip.contains(*k))
                         .find(|k| match inner.objects.get(*k).map(|v| &v.value) {
-                            Some(Object::Workflow(w)) => w.status.as_ref().is_some_and(|s| {
-                                s.has_work_for(worker)
-                                    || s.next_deadline().is_some_and(|d| d <= now)
-                            }),
+                            Some(Object::Workflow(w)) => w
+                                .status
+                                .as_ref()
+                                .is_some_and(|s| s.wants_attention(worker, now)),
                             _ => false,
                         })
                         .cloned()
