@@ -34,4 +34,4 @@ mod embedded;
 mod memory;
 
 pub use embedded::RedbStore;
-pub use memory::MemoryStore;
+pub use memory::{MAX_EVENTS_PER_MACHINE, MemoryStore};

@@ -16,6 +16,9 @@ use tinker_core::store::{
 use tinker_core::{Error, MacAddr, Result};
 use tokio::sync::broadcast;
 
+/// Events kept per machine; older ones are dropped (the embedded store keeps all).
+pub const MAX_EVENTS_PER_MACHINE: usize = 10_000;
+
 /// A [`WorkflowStore`] in memory. State is lost when it is dropped.
 #[derive(Debug)]
 pub struct MemoryStore {
