@@ -6,6 +6,7 @@
 //!
 //! - [`core`]: domain model, template rendering, state machine, the five traits, the engine.
 //! - [`store`]: `WorkflowStore` implementations (in-memory, embedded file).
+//! - [`bmc`]: `PowerController` implementations (IPMI, Redfish, mock) and the connector.
 
 // The README's code is compiled and checked as a doc test.
 #[doc = include_str!("../README.md")]
@@ -14,3 +15,4 @@ pub struct ReadmeDoctests;
 
 pub use tinker_core as core;
 pub use tinker_store as store;
+pub use tinker_bmc as bmc;

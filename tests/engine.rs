@@ -7,8 +7,9 @@ use std::time::Duration;
 use tinker::core::engine::{Clock, Engine, EngineConfig};
 use tinker::core::model::{Kind, ObjectKey, Workflow};
 use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
-use tinker::core::testing::{self, FakeConnector, FakePower, mac};
-use tinker::core::{BootDevice, Precondition, WorkflowStore, WorkflowStoreExt};
+use tinker::bmc::{MockBmc, StaticConnector};
+use tinker::core::testing::{self, mac};
+use tinker::core::{Precondition, WorkflowStore, WorkflowStoreExt};
 use tinker::store::MemoryStore;
 
 #[derive(Debug)]
@@ -31,15 +32,16 @@ struct Rig {
     store: Arc<MemoryStore>,
     clock: Arc<ManualClock>,
     engine: Engine,
-    bmc: Arc<FakePower>,
+    bmc: MockBmc,
     key: ObjectKey,
     worker: String,
 }
 
 async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
     let store = Arc::new(MemoryStore::new());
-    let connector = FakeConnector::new();
-    let bmc = connector.add("m1");
+    let connector = Arc::new(StaticConnector::new());
+    let bmc = MockBmc::new("m1");
+    connector.insert("m1", Arc::new(bmc.clone()));
     let clock = Arc::new(ManualClock(Mutex::new(
         Timestamp::from_second(1_800_000_000).unwrap(),
     )));
@@ -174,7 +176,7 @@ async fn provisions_then_boots_from_disk() {
 #[tokio::test]
 async fn workers_wait_while_the_machine_is_prepared() {
     let r = rig(None, EngineConfig::default()).await;
-    r.bmc.fail_next(1);
+    r.bmc.faults().unreachable_for(1);
     r.engine.reconcile(&r.key).await.unwrap();
     let wf = r.workflow().await;
     assert!(wf.status.as_ref().unwrap().machine.preparing);
@@ -198,7 +200,7 @@ async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
         },
     )
     .await;
-    r.bmc.fail_next(2);
+    r.bmc.faults().unreachable_for(2);
     let next = r
         .engine
         .reconcile(&r.key)
@@ -249,7 +251,7 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
         },
     )
     .await;
-    r.bmc.fail_next(100);
+    r.bmc.faults().unreachable_for(100);
     for _ in 0..5 {
         r.engine.reconcile(&r.key).await.unwrap();
         r.clock.advance(10);
@@ -267,7 +269,7 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
 #[tokio::test]
 async fn wrong_password_is_not_retried() {
     let r = rig(None, EngineConfig::default()).await;
-    r.bmc.reject_password(true);
+    r.bmc.faults().reject_password(true);
     r.engine.reconcile(&r.key).await.unwrap();
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
@@ -369,8 +371,9 @@ async fn a_missing_template_fails_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_loop_follows_the_change_feed() {
     let store = Arc::new(MemoryStore::new());
-    let connector = FakeConnector::new();
-    let bmc = connector.add("m1");
+    let connector = Arc::new(StaticConnector::new());
+    let bmc = MockBmc::new("m1");
+    connector.insert("m1", Arc::new(bmc.clone()));
     let engine = Engine::new(store.clone(), connector, EngineConfig::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -419,14 +422,13 @@ async fn the_run_loop_follows_the_change_feed() {
         .await
         .unwrap();
     for _ in 0..500 {
-        if bmc.boot().map(|b| b.0) == Some(BootDevice::Disk) && bmc.calls().len() >= 6 {
+        if bmc.calls().iter().any(|c| c.starts_with("boot(Disk")) && bmc.calls().len() >= 6 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        bmc.boot().unwrap().0,
-        BootDevice::Disk,
+    assert!(
+        bmc.calls().iter().any(|c| c.starts_with("boot(Disk, persistent")),
         "calls: {:?}",
         bmc.calls()
     );

@@ -102,6 +102,16 @@ pub trait PowerController: Send + Sync + Debug + 'static {
 
     /// Sets the device to boot from next.
     async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()>;
+
+    /// Reads the boot override back, as the BMC reports it (`None`: no override).
+    /// BMCs differ in what they keep: some report the device but not whether it
+    /// was persistent or EFI. The default says the controller cannot read it.
+    async fn boot_override(&self) -> Result<Option<(BootDevice, BootOptions)>> {
+        Err(crate::Error::Unsupported {
+            target: self.target(),
+            operation: "reading the boot override".into(),
+        })
+    }
 }
 
 /// Builds the [`PowerController`] for a Hardware from its BMC reference. The

@@ -1,12 +1,10 @@
 //! Test support shared by every crate: the conformance suite that every
-//! [`WorkflowStore`](crate::WorkflowStore) runs, fixtures, and an in-memory
-//! [`PowerController`](crate::PowerController) with failure injection for engine tests.
-//! Enabled by the `testing` feature.
+//! [`WorkflowStore`](crate::WorkflowStore) runs, the one every
+//! [`PowerController`](crate::PowerController) runs, and fixtures. Enabled by the
+//! `testing` feature.
 
-mod fake_power;
+pub mod power;
 pub mod store;
-
-pub use fake_power::{FakeConnector, FakePower};
 
 use crate::MacAddr;
 use crate::model::{Hardware, Template, Workflow};
