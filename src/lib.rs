@@ -13,6 +13,6 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub use tinker_bmc as bmc;
 pub use tinker_core as core;
 pub use tinker_store as store;
-pub use tinker_bmc as bmc;

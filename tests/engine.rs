@@ -4,10 +4,10 @@
 use jiff::{SignedDuration, Timestamp};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::core::engine::{Clock, Engine, EngineConfig};
 use tinker::core::model::{Kind, ObjectKey, Workflow};
 use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
-use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::core::testing::{self, mac};
 use tinker::core::{Precondition, WorkflowStore, WorkflowStoreExt};
 use tinker::store::MemoryStore;
@@ -428,7 +428,9 @@ async fn the_run_loop_follows_the_change_feed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        bmc.calls().iter().any(|c| c.starts_with("boot(Disk, persistent")),
+        bmc.calls()
+            .iter()
+            .any(|c| c.starts_with("boot(Disk, persistent")),
         "calls: {:?}",
         bmc.calls()
     );

@@ -51,8 +51,13 @@ impl BmcEndpoint {
     /// `system=ID`, `auth=session`. A password in the URL is refused: it would end
     /// up in shell history and process lists.
     pub fn parse(url: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Unsupported { target: redact(url), operation: format!("BMC URL: {why}") };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected ipmi://, redfish:// or redfishs://"))?;
+        let bad = |why: &str| Error::Unsupported {
+            target: redact(url),
+            operation: format!("BMC URL: {why}"),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected ipmi://, redfish:// or redfishs://"))?;
         let provider = match scheme {
             "ipmi" => Provider::Ipmi,
             "redfish" | "http" => Provider::Redfish { tls: false },
@@ -61,7 +66,9 @@ impl BmcEndpoint {
         };
         let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
         let authority = authority.trim_end_matches('/');
-        let (user, hostport) = authority.rsplit_once('@').ok_or_else(|| bad("missing USER@ before the host"))?;
+        let (user, hostport) = authority
+            .rsplit_once('@')
+            .ok_or_else(|| bad("missing USER@ before the host"))?;
         if user.contains(':') {
             return Err(bad("put the password in the environment, not in the URL"));
         }
@@ -70,7 +77,8 @@ impl BmcEndpoint {
             Provider::Redfish { tls: true } => 443,
             Provider::Redfish { tls: false } => 80,
         };
-        let (host, port) = split_host_port(hostport, default_port).ok_or_else(|| bad("bad host or port"))?;
+        let (host, port) =
+            split_host_port(hostport, default_port).ok_or_else(|| bad("bad host or port"))?;
         let mut endpoint = BmcEndpoint {
             provider,
             host,
@@ -111,10 +119,28 @@ impl BmcEndpoint {
             )),
             Provider::Redfish { tls } => {
                 let scheme = if tls { "https" } else { "http" };
-                let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-                let verification = if self.insecure_tls { TlsVerification::Insecure } else { TlsVerification::WebPki };
-                let auth = if self.session_auth { RedfishAuth::Session } else { RedfishAuth::Basic };
-                let mut r = RedfishPower::new(format!("{scheme}://{host}:{}", self.port), self.user.clone(), password, auth, verification)?;
+                let host = if self.host.contains(':') {
+                    format!("[{}]", self.host)
+                } else {
+                    self.host.clone()
+                };
+                let verification = if self.insecure_tls {
+                    TlsVerification::Insecure
+                } else {
+                    TlsVerification::WebPki
+                };
+                let auth = if self.session_auth {
+                    RedfishAuth::Session
+                } else {
+                    RedfishAuth::Basic
+                };
+                let mut r = RedfishPower::new(
+                    format!("{scheme}://{host}:{}", self.port),
+                    self.user.clone(),
+                    password,
+                    auth,
+                    verification,
+                )?;
                 if let Some(s) = &self.system {
                     r = r.with_system(s);
                 }
@@ -163,7 +189,16 @@ pub struct EnvSecrets;
 
 impl SecretSource for EnvSecrets {
     fn password(&self, name: &str) -> Result<Option<Secret>> {
-        let key: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        let key: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         Ok(std::env::var(format!("TINKER_BMC_PASSWORD_{key}"))
             .or_else(|_| std::env::var("TINKER_BMC_PASSWORD"))
             .ok()
@@ -201,12 +236,23 @@ pub struct Connector {
 impl Connector {
     /// An empty connector.
     pub fn new(secrets: Arc<dyn SecretSource>, policy: RetryPolicy) -> Self {
-        Connector { machines: HashMap::new(), secrets, policy, built: Mutex::default() }
+        Connector {
+            machines: HashMap::new(),
+            secrets,
+            policy,
+            built: Mutex::default(),
+        }
     }
 
     /// Registers a BMC under a machine name, with the name of its secret.
     pub fn add(&mut self, machine: &str, endpoint: BmcEndpoint, secret: &str) {
-        self.machines.insert(machine.to_string(), MachineEntry { endpoint, secret: secret.to_string() });
+        self.machines.insert(
+            machine.to_string(),
+            MachineEntry {
+                endpoint,
+                secret: secret.to_string(),
+            },
+        );
     }
 
     /// Registers the Rufio `Machine` objects among `docs`
@@ -214,30 +260,64 @@ impl Connector {
     pub fn add_rufio_machines(&mut self, docs: &[Document]) -> Result<usize> {
         let mut n = 0;
         for d in docs {
-            let Document::Unsupported { api_version, kind, value } = d else { continue };
+            let Document::Unsupported {
+                api_version,
+                kind,
+                value,
+            } = d
+            else {
+                continue;
+            };
             if kind != "Machine" || !api_version.starts_with("bmc.tinkerbell.org/") {
                 continue;
             }
-            let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let ns = value["metadata"]["namespace"].as_str().unwrap_or("default");
             let c = &value["spec"]["connection"];
-            let bad = |why: &str| Error::Unsupported { target: format!("Machine {ns}/{name}"), operation: why.to_string() };
-            let host = c["host"].as_str().ok_or_else(|| bad("spec.connection.host is missing"))?.to_string();
-            let secret_name = c["authSecretRef"]["name"].as_str().ok_or_else(|| bad("spec.connection.authSecretRef.name is missing"))?;
+            let bad = |why: &str| Error::Unsupported {
+                target: format!("Machine {ns}/{name}"),
+                operation: why.to_string(),
+            };
+            let host = c["host"]
+                .as_str()
+                .ok_or_else(|| bad("spec.connection.host is missing"))?
+                .to_string();
+            let secret_name = c["authSecretRef"]["name"]
+                .as_str()
+                .ok_or_else(|| bad("spec.connection.authSecretRef.name is missing"))?;
             let secret_ns = c["authSecretRef"]["namespace"].as_str().unwrap_or(ns);
             let options = &c["providerOptions"];
             let redfish = !options["redfish"].is_null()
-                || options["preferredOrder"][0].as_str().is_some_and(|p| p.starts_with("redfish") || p == "gofish");
+                || options["preferredOrder"][0]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("redfish") || p == "gofish");
             let port = |section: &str, default: u16| {
-                options[section]["port"].as_u64().and_then(|p| u16::try_from(p).ok()).or(c["port"].as_u64().and_then(|p| u16::try_from(p).ok())).unwrap_or(default)
+                options[section]["port"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .or(c["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+                    .unwrap_or(default)
             };
             let endpoint = BmcEndpoint {
-                provider: if redfish { Provider::Redfish { tls: true } } else { Provider::Ipmi },
-                port: if redfish { port("redfish", 443) } else { port("ipmitool", 623) },
+                provider: if redfish {
+                    Provider::Redfish { tls: true }
+                } else {
+                    Provider::Ipmi
+                },
+                port: if redfish {
+                    port("redfish", 443)
+                } else {
+                    port("ipmitool", 623)
+                },
                 host,
                 user: String::new(), // filled from the secret's `username` by the secret source
                 insecure_tls: c["insecureTLS"].as_bool().unwrap_or(false),
-                system: options["redfish"]["systemName"].as_str().map(str::to_string),
+                system: options["redfish"]["systemName"]
+                    .as_str()
+                    .map(str::to_string),
                 session_auth: options["redfish"]["useBasicAuth"].as_bool() == Some(false),
             };
             self.add(&name, endpoint, &format!("{secret_ns}/{secret_name}"));
@@ -257,19 +337,40 @@ impl Connector {
 #[async_trait]
 impl PowerConnector for Connector {
     async fn connect(&self, hardware: &Hardware) -> Result<Option<Arc<dyn PowerController>>> {
-        let Some(bmc_ref) = &hardware.spec.bmc_ref else { return Ok(None) };
-        if let Some(c) = self.built.lock().unwrap_or_else(|e| e.into_inner()).get(&bmc_ref.name) {
+        let Some(bmc_ref) = &hardware.spec.bmc_ref else {
+            return Ok(None);
+        };
+        if let Some(c) = self
+            .built
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&bmc_ref.name)
+        {
             return Ok(Some(c.clone()));
         }
-        let entry = self.machines.get(&bmc_ref.name).ok_or_else(|| Error::NotFound {
-            key: format!("BMC Machine {:?} (spec.bmcRef of Hardware {})", bmc_ref.name, hardware.metadata.name),
-        })?;
-        let password = self.secrets.password(&entry.secret)?.ok_or_else(|| Error::NotFound {
-            key: format!("secret {:?} for BMC {}", entry.secret, entry.endpoint.url()),
-        })?;
+        let entry = self
+            .machines
+            .get(&bmc_ref.name)
+            .ok_or_else(|| Error::NotFound {
+                key: format!(
+                    "BMC Machine {:?} (spec.bmcRef of Hardware {})",
+                    bmc_ref.name, hardware.metadata.name
+                ),
+            })?;
+        let password = self
+            .secrets
+            .password(&entry.secret)?
+            .ok_or_else(|| Error::NotFound {
+                key: format!("secret {:?} for BMC {}", entry.secret, entry.endpoint.url()),
+            })?;
         let controller = entry.endpoint.build(password, self.policy.clone())?;
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Some(built.entry(bmc_ref.name.clone()).or_insert(controller).clone()))
+        Ok(Some(
+            built
+                .entry(bmc_ref.name.clone())
+                .or_insert(controller)
+                .clone(),
+        ))
     }
 }
 
@@ -286,14 +387,22 @@ impl StaticConnector {
 
     /// Gives the Hardware named `hardware` this controller.
     pub fn insert(&self, hardware: &str, controller: Arc<dyn PowerController>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(hardware.to_string(), controller);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hardware.to_string(), controller);
     }
 }
 
 #[async_trait]
 impl PowerConnector for StaticConnector {
     async fn connect(&self, hardware: &Hardware) -> Result<Option<Arc<dyn PowerController>>> {
-        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&hardware.metadata.name).cloned())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hardware.metadata.name)
+            .cloned())
     }
 }
 
@@ -304,8 +413,14 @@ mod tests {
     #[test]
     fn parses_bmc_urls() {
         let e = BmcEndpoint::parse("ipmi://admin@10.0.0.5").unwrap();
-        assert_eq!((e.provider, e.host.as_str(), e.port, e.user.as_str()), (Provider::Ipmi, "10.0.0.5", 623, "admin"));
-        let e = BmcEndpoint::parse("redfishs://root@bmc.example:8443?insecure=true&system=System.Embedded.1&auth=session").unwrap();
+        assert_eq!(
+            (e.provider, e.host.as_str(), e.port, e.user.as_str()),
+            (Provider::Ipmi, "10.0.0.5", 623, "admin")
+        );
+        let e = BmcEndpoint::parse(
+            "redfishs://root@bmc.example:8443?insecure=true&system=System.Embedded.1&auth=session",
+        )
+        .unwrap();
         assert_eq!(e.provider, Provider::Redfish { tls: true });
         assert_eq!((e.port, e.insecure_tls, e.session_auth), (8443, true, true));
         assert_eq!(e.system.as_deref(), Some("System.Embedded.1"));
@@ -316,7 +431,9 @@ mod tests {
 
     #[test]
     fn refuses_passwords_in_urls_without_echoing_them() {
-        let err = BmcEndpoint::parse("ipmi://admin:hunter2@10.0.0.5").unwrap_err().to_string();
+        let err = BmcEndpoint::parse("ipmi://admin:hunter2@10.0.0.5")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("environment"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         assert!(BmcEndpoint::parse("ftp://a@b").is_err());

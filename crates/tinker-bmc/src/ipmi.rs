@@ -13,11 +13,15 @@
 use crate::secret::Secret;
 use async_trait::async_trait;
 use ipmi_rs::connection::{CompletionErrorCode, IpmiCommand, Message, NetFn};
-use ipmi_rs::rmcp::{ActivationError, Rmcp, RmcpIpmiError, V1_5ActivationError, V2_0ActivationError};
+use ipmi_rs::rmcp::{
+    ActivationError, Rmcp, RmcpIpmiError, V1_5ActivationError, V2_0ActivationError,
+};
 use ipmi_rs::{Ipmi, IpmiError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tinker_core::{BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result};
+use tinker_core::{
+    BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
+};
 
 /// IPMI command numbers (IPMI v2.0 spec, tables G-1).
 mod cmd {
@@ -79,7 +83,12 @@ impl std::fmt::Debug for IpmiPower {
 
 impl IpmiPower {
     /// A controller for the BMC at `host:port` (623 is IPMI's port).
-    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>, password: Secret) -> Self {
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        password: Secret,
+    ) -> Self {
         IpmiPower {
             host: host.into(),
             port,
@@ -100,7 +109,9 @@ impl IpmiPower {
     async fn run<T: Send + 'static>(
         &self,
         operation: &'static str,
-        f: impl Fn(&mut Session) -> std::result::Result<T, IpmiError<RmcpIpmiError, ()>> + Send + 'static,
+        f: impl Fn(&mut Session) -> std::result::Result<T, IpmiError<RmcpIpmiError, ()>>
+        + Send
+        + 'static,
     ) -> Result<T> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -132,16 +143,25 @@ impl IpmiPower {
             }
         })
         .await
-        .map_err(|e| Error::Remote { target: self.target(), reason: format!("IPMI worker task failed: {e}") })?
+        .map_err(|e| Error::Remote {
+            target: self.target(),
+            reason: format!("IPMI worker task failed: {e}"),
+        })?
     }
 
     fn open(&self) -> Result<Session> {
-        let mut rmcp = Rmcp::new((self.host.as_str(), self.port), self.timeout).map_err(|e| Error::Unreachable {
-            target: self.target(),
-            reason: format!("cannot resolve or bind: {e}"),
+        let mut rmcp = Rmcp::new((self.host.as_str(), self.port), self.timeout).map_err(|e| {
+            Error::Unreachable {
+                target: self.target(),
+                reason: format!("cannot resolve or bind: {e}"),
+            }
         })?;
-        rmcp.activate(true, Some(&self.user), Some(self.password.expose().as_bytes()))
-            .map_err(|e| self.activation_error(e))?;
+        rmcp.activate(
+            true,
+            Some(&self.user),
+            Some(self.password.expose().as_bytes()),
+        )
+        .map_err(|e| self.activation_error(e))?;
         let mut ipmi = Ipmi::new(rmcp);
         let raise = Raw {
             netfn: NetFn::App,
@@ -149,7 +169,9 @@ impl IpmiPower {
             data: vec![cmd::PRIVILEGE_ADMINISTRATOR],
         };
         ipmi.send_recv(raise).map_err(|e| match e {
-            IpmiError::Failed { .. } => Error::AuthenticationFailed { target: self.target() },
+            IpmiError::Failed { .. } => Error::AuthenticationFailed {
+                target: self.target(),
+            },
             e => self.command_error("raise session privilege", e),
         })?;
         tracing::debug!(bmc = %self.target(), "IPMI session open");
@@ -158,15 +180,23 @@ impl IpmiPower {
 
     fn activation_error(&self, e: ActivationError) -> Error {
         let target = self.target();
-        let unreachable = |reason: String| Error::Unreachable { target: target.clone(), reason };
+        let unreachable = |reason: String| Error::Unreachable {
+            target: target.clone(),
+            reason,
+        };
         match e {
-            ActivationError::BindSocket(io) | ActivationError::PingSend(io) | ActivationError::PongReceive(io) => {
+            ActivationError::BindSocket(io)
+            | ActivationError::PingSend(io)
+            | ActivationError::PongReceive(io) => {
                 unreachable(format!("no answer to the RMCP ping: {}", io.kind()))
             }
-            ActivationError::IpmiNotSupported | ActivationError::NoSupportedIpmiLANVersions => Error::Unsupported {
-                target,
-                operation: "IPMI over LAN (the host answered, but not as a BMC we can speak to)".into(),
-            },
+            ActivationError::IpmiNotSupported | ActivationError::NoSupportedIpmiLANVersions => {
+                Error::Unsupported {
+                    target,
+                    operation:
+                        "IPMI over LAN (the host answered, but not as a BMC we can speak to)".into(),
+                }
+            }
             ActivationError::GetChannelAuthenticationCapabilities(_) => {
                 unreachable("no answer to Get Channel Authentication Capabilities".into())
             }
@@ -177,13 +207,17 @@ impl IpmiPower {
                 | V2_0ActivationError::RakpMessage4Receive(_)
                 | V2_0ActivationError::OpenSessionRequestSend(_)
                 | V2_0ActivationError::SendRakpMessage1(_)
-                | V2_0ActivationError::RakpMessage3Send(_) => unreachable("the BMC stopped answering while opening an RMCP+ session".into()),
+                | V2_0ActivationError::RakpMessage3Send(_) => {
+                    unreachable("the BMC stopped answering while opening an RMCP+ session".into())
+                }
                 // Every other failure of the RAKP exchange is the BMC refusing
                 // our name or password (or a cipher suite it does not offer).
                 _ => Error::AuthenticationFailed { target },
             },
             ActivationError::V1_5(v) => match v {
-                V1_5ActivationError::Io(_) => unreachable("the BMC stopped answering while opening an RMCP session".into()),
+                V1_5ActivationError::Io(_) => {
+                    unreachable("the BMC stopped answering while opening an RMCP session".into())
+                }
                 _ => Error::AuthenticationFailed { target },
             },
             ActivationError::PongRead | ActivationError::RmcpError(_) => Error::Remote {
@@ -196,8 +230,12 @@ impl IpmiPower {
     fn command_error(&self, operation: &str, e: IpmiError<RmcpIpmiError, ()>) -> Error {
         let target = self.target();
         match e {
-            IpmiError::Failed { completion_code, .. } => match completion_code {
-                CompletionErrorCode::InsufficientPrivilege => Error::AuthenticationFailed { target },
+            IpmiError::Failed {
+                completion_code, ..
+            } => match completion_code {
+                CompletionErrorCode::InsufficientPrivilege => {
+                    Error::AuthenticationFailed { target }
+                }
                 CompletionErrorCode::InvalidCommand
                 | CompletionErrorCode::InvalidDataFieldInRequest
                 | CompletionErrorCode::ParameterOutOfRange
@@ -205,16 +243,37 @@ impl IpmiPower {
                     target,
                     operation: format!("{operation} (completion code {completion_code:?})"),
                 },
-                other => Error::Remote { target, reason: format!("{operation}: completion code {other:?}") },
+                other => Error::Remote {
+                    target,
+                    reason: format!("{operation}: completion code {other:?}"),
+                },
             },
-            IpmiError::Connection(_) => Error::Unreachable { target, reason: format!("no answer to {operation}") },
-            other => Error::Remote { target, reason: format!("{operation}: unexpected answer ({})", short_debug(&other)) },
+            IpmiError::Connection(_) => Error::Unreachable {
+                target,
+                reason: format!("no answer to {operation}"),
+            },
+            other => Error::Remote {
+                target,
+                reason: format!("{operation}: unexpected answer ({})", short_debug(&other)),
+            },
         }
     }
 
-    async fn raw(&self, operation: &'static str, netfn: NetFn, command: u8, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(operation, move |s| s.send_recv(Raw { netfn, cmd: command, data: data.clone() }))
-            .await
+    async fn raw(
+        &self,
+        operation: &'static str,
+        netfn: NetFn,
+        command: u8,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.run(operation, move |s| {
+            s.send_recv(Raw {
+                netfn,
+                cmd: command,
+                data: data.clone(),
+            })
+        })
+        .await
     }
 }
 
@@ -261,7 +320,13 @@ pub(crate) fn parse_boot_flags(flags: &[u8]) -> Option<(BootDevice, BootOptions)
         0x6 => BootDevice::BiosSetup,
         _ => return None,
     };
-    Some((device, BootOptions { persistent: b0 & 0x40 != 0, efi: b0 & 0x20 != 0 }))
+    Some((
+        device,
+        BootOptions {
+            persistent: b0 & 0x40 != 0,
+            efi: b0 & 0x20 != 0,
+        },
+    ))
 }
 
 #[async_trait]
@@ -271,12 +336,23 @@ impl PowerController for IpmiPower {
     }
 
     async fn power_state(&self) -> Result<PowerState> {
-        let data = self.raw("get chassis status", NetFn::Chassis, cmd::GET_CHASSIS_STATUS, vec![]).await?;
+        let data = self
+            .raw(
+                "get chassis status",
+                NetFn::Chassis,
+                cmd::GET_CHASSIS_STATUS,
+                vec![],
+            )
+            .await?;
         let b0 = *data.first().ok_or_else(|| Error::Remote {
             target: self.target(),
             reason: "empty chassis status".into(),
         })?;
-        Ok(if b0 & 0x01 != 0 { PowerState::On } else { PowerState::Off })
+        Ok(if b0 & 0x01 != 0 {
+            PowerState::On
+        } else {
+            PowerState::Off
+        })
     }
 
     async fn power(&self, action: PowerAction) -> Result<()> {
@@ -287,7 +363,13 @@ impl PowerController for IpmiPower {
             PowerAction::Reset => 0x03,
             PowerAction::SoftOff => 0x05,
         };
-        self.raw("chassis control", NetFn::Chassis, cmd::CHASSIS_CONTROL, vec![code]).await?;
+        self.raw(
+            "chassis control",
+            NetFn::Chassis,
+            cmd::CHASSIS_CONTROL,
+            vec![code],
+        )
+        .await?;
         Ok(())
     }
 
@@ -296,11 +378,19 @@ impl PowerController for IpmiPower {
         self.run("set boot options", move |s| {
             // Bracket the write with "set in progress", as ipmitool does; BMCs
             // that do not implement parameter 0 refuse it, which is harmless.
-            let progress = |v: u8| Raw { netfn: NetFn::Chassis, cmd: cmd::SET_SYSTEM_BOOT_OPTIONS, data: vec![cmd::PARAM_SET_IN_PROGRESS, v] };
+            let progress = |v: u8| Raw {
+                netfn: NetFn::Chassis,
+                cmd: cmd::SET_SYSTEM_BOOT_OPTIONS,
+                data: vec![cmd::PARAM_SET_IN_PROGRESS, v],
+            };
             let _ = s.send_recv(progress(0x01));
             let mut data = vec![cmd::PARAM_BOOT_FLAGS];
             data.extend_from_slice(&flags);
-            let result = s.send_recv(Raw { netfn: NetFn::Chassis, cmd: cmd::SET_SYSTEM_BOOT_OPTIONS, data });
+            let result = s.send_recv(Raw {
+                netfn: NetFn::Chassis,
+                cmd: cmd::SET_SYSTEM_BOOT_OPTIONS,
+                data,
+            });
             let _ = s.send_recv(progress(0x00));
             result.map(|_| ())
         })
@@ -309,7 +399,12 @@ impl PowerController for IpmiPower {
 
     async fn boot_override(&self) -> Result<Option<(BootDevice, BootOptions)>> {
         let data = self
-            .raw("get boot options", NetFn::Chassis, cmd::GET_SYSTEM_BOOT_OPTIONS, vec![cmd::PARAM_BOOT_FLAGS, 0, 0])
+            .raw(
+                "get boot options",
+                NetFn::Chassis,
+                cmd::GET_SYSTEM_BOOT_OPTIONS,
+                vec![cmd::PARAM_BOOT_FLAGS, 0, 0],
+            )
             .await?;
         // [parameter version, parameter selector, 5 bytes of flags]
         Ok(data.get(2..).and_then(parse_boot_flags))
@@ -329,9 +424,21 @@ mod tests {
                 assert_eq!(parse_boot_flags(&flags), Some((device, o)));
             }
         }
-        assert_eq!(boot_flags(BootDevice::Pxe, BootOptions { persistent: false, efi: true }), [0xa0, 0x04, 0, 0, 0]);
+        assert_eq!(
+            boot_flags(
+                BootDevice::Pxe,
+                BootOptions {
+                    persistent: false,
+                    efi: true
+                }
+            ),
+            [0xa0, 0x04, 0, 0, 0]
+        );
         assert_eq!(parse_boot_flags(&[0, 0, 0, 0, 0]), None);
         // ipmi_sim reports the device with the valid bit clear.
-        assert_eq!(parse_boot_flags(&[0x00, 0x08, 0, 0, 0]).map(|b| b.0), Some(BootDevice::Disk));
+        assert_eq!(
+            parse_boot_flags(&[0x00, 0x08, 0, 0, 0]).map(|b| b.0),
+            Some(BootDevice::Disk)
+        );
     }
 }

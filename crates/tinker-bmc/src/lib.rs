@@ -42,7 +42,9 @@ mod policy;
 mod redfish;
 mod secret;
 
-pub use connector::{BmcEndpoint, Connector, EnvSecrets, Provider, SecretSource, StaticConnector, StaticSecrets};
+pub use connector::{
+    BmcEndpoint, Connector, EnvSecrets, Provider, SecretSource, StaticConnector, StaticSecrets,
+};
 pub use ipmi::IpmiPower;
 pub use mock::{Faults, MockBmc};
 pub use policy::{Resilient, RetryPolicy};

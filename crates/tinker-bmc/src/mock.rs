@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tinker_core::{BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result};
+use tinker_core::{
+    BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
+};
 
 /// The faults a [`MockBmc`] injects. Change them at any time.
 #[derive(Debug, Default)]
@@ -22,7 +24,8 @@ pub struct Faults {
 impl Faults {
     /// Every call takes this long.
     pub fn latency(&self, d: Duration) {
-        self.latency_ms.store(d.as_millis() as u32, Ordering::SeqCst);
+        self.latency_ms
+            .store(d.as_millis() as u32, Ordering::SeqCst);
     }
 
     /// The next `n` calls fail as unreachable.
@@ -123,13 +126,25 @@ impl MockBmc {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         if take(&self.faults.unreachable) {
-            return fail(self, Error::Unreachable { target, reason: "no answer (injected)".into() });
+            return fail(
+                self,
+                Error::Unreachable {
+                    target,
+                    reason: "no answer (injected)".into(),
+                },
+            );
         }
         if self.faults.reject_password.load(Ordering::SeqCst) > 0 {
             return fail(self, Error::AuthenticationFailed { target });
         }
         if take(&self.faults.fail) {
-            return fail(self, Error::Remote { target, reason: "internal error (injected)".into() });
+            return fail(
+                self,
+                Error::Remote {
+                    target,
+                    reason: "internal error (injected)".into(),
+                },
+            );
         }
         self.lock().calls.push(call);
         Ok(guard)
@@ -152,7 +167,11 @@ impl PowerController for MockBmc {
 
     async fn power_state(&self) -> Result<PowerState> {
         let _g = self.enter("power_state".into()).await?;
-        Ok(if self.lock().on { PowerState::On } else { PowerState::Off })
+        Ok(if self.lock().on {
+            PowerState::On
+        } else {
+            PowerState::Off
+        })
     }
 
     async fn power(&self, action: PowerAction) -> Result<()> {
@@ -163,8 +182,14 @@ impl PowerController for MockBmc {
     }
 
     async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
-        let once = if options.persistent { "persistent" } else { "once" };
-        let _g = self.enter(format!("boot({device:?}, {once}, efi={})", options.efi)).await?;
+        let once = if options.persistent {
+            "persistent"
+        } else {
+            "once"
+        };
+        let _g = self
+            .enter(format!("boot({device:?}, {once}, efi={})", options.efi))
+            .await?;
         self.lock().boot = Some((device, options));
         Ok(())
     }

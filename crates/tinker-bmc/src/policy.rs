@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tinker_core::{BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result};
+use tinker_core::{
+    BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
+};
 use tokio::sync::Semaphore;
 
 /// How hard to try.
@@ -67,7 +69,11 @@ impl<P: PowerController> Resilient<P> {
     /// Wraps `inner` with `policy`.
     pub fn new(inner: P, policy: RetryPolicy) -> Self {
         let sessions = Arc::new(Semaphore::new(policy.max_sessions.max(1)));
-        Resilient { inner, policy, sessions }
+        Resilient {
+            inner,
+            policy,
+            sessions,
+        }
     }
 
     /// The wrapped controller.
@@ -122,7 +128,10 @@ impl<P: PowerController> Resilient<P> {
 
 /// Whether a retry may cure this error.
 fn retryable(e: &Error) -> bool {
-    matches!(e, Error::Unreachable { .. } | Error::Timeout { .. } | Error::Remote { .. })
+    matches!(
+        e,
+        Error::Unreachable { .. } | Error::Timeout { .. } | Error::Remote { .. }
+    )
 }
 
 #[async_trait]
@@ -136,15 +145,19 @@ impl<P: PowerController> PowerController for Resilient<P> {
     }
 
     async fn power(&self, action: PowerAction) -> Result<()> {
-        self.call(&format!("power {action:?}"), || self.inner.power(action)).await
-    }
-
-    async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
-        self.call(&format!("boot device {device:?}"), || self.inner.set_boot_device(device, options))
+        self.call(&format!("power {action:?}"), || self.inner.power(action))
             .await
     }
 
+    async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
+        self.call(&format!("boot device {device:?}"), || {
+            self.inner.set_boot_device(device, options)
+        })
+        .await
+    }
+
     async fn boot_override(&self) -> Result<Option<(BootDevice, BootOptions)>> {
-        self.call("read boot override", || self.inner.boot_override()).await
+        self.call("read boot override", || self.inner.boot_override())
+            .await
     }
 }

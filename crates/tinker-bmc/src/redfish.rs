@@ -19,7 +19,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tinker_core::{BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result};
+use tinker_core::{
+    BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
+};
 
 /// How the BMC's certificate is checked.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +94,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -101,7 +108,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -114,7 +126,9 @@ fn tls_config(verification: &TlsVerification) -> Result<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::backend("rustls", e))?;
-    let mut roots = rustls::RootCertStore { roots: webpki_roots_list() };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots_list(),
+    };
     let config = match verification {
         TlsVerification::Insecure => builder
             .dangerous()
@@ -122,7 +136,9 @@ fn tls_config(verification: &TlsVerification) -> Result<rustls::ClientConfig> {
             .with_no_client_auth(),
         TlsVerification::CustomCa(pem) => {
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| Error::backend("rustls", format!("bad CA certificate PEM: {e}")))?;
+                let cert = cert.map_err(|e| {
+                    Error::backend("rustls", format!("bad CA certificate PEM: {e}"))
+                })?;
                 roots.add(cert).map_err(|e| Error::backend("rustls", e))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -140,7 +156,11 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -166,7 +186,10 @@ impl RedfishPower {
         let base: String = base.into();
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(Error::Unsupported { target: base, operation: "a Redfish URL that is not http(s)".into() });
+            return Err(Error::Unsupported {
+                target: base,
+                operation: "a Redfish URL that is not http(s)".into(),
+            });
         }
         if matches!(verification, TlsVerification::Insecure) {
             tracing::warn!(bmc = %base, "TLS certificate verification is off for this BMC");
@@ -193,7 +216,8 @@ impl RedfishPower {
 
     /// Uses this system (`/redfish/v1/Systems/<id>`) instead of the first listed.
     pub fn with_system(self, id: &str) -> Self {
-        *self.system.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("/redfish/v1/Systems/{id}"));
+        *self.system.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("/redfish/v1/Systems/{id}"));
         self
     }
 
@@ -218,9 +242,19 @@ impl RedfishPower {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>, etag: Option<&str>, auth: bool) -> Result<(StatusCode, hyper::HeaderMap, Value)> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+        auth: bool,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Value)> {
         let url = format!("{}{}", self.base, path);
-        let mut req = Request::builder().method(method.clone()).uri(&url).header("accept", "application/json");
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header("accept", "application/json");
         if auth && let Some((name, value)) = self.auth_header() {
             req = req.header(name, value);
         }
@@ -234,30 +268,63 @@ impl RedfishPower {
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(bytes)).map_err(|e| Error::backend("redfish", e))?;
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| Error::backend("redfish", e))?;
         let target = self.target();
         let response = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
-            .map_err(|_| Error::Timeout { target: target.clone(), operation: format!("{method} {path}"), seconds: self.timeout.as_secs().max(1) })?
-            .map_err(|e| Error::Unreachable { target: target.clone(), reason: error_chain(&e) })?;
+            .map_err(|_| Error::Timeout {
+                target: target.clone(),
+                operation: format!("{method} {path}"),
+                seconds: self.timeout.as_secs().max(1),
+            })?
+            .map_err(|e| Error::Unreachable {
+                target: target.clone(),
+                reason: error_chain(&e),
+            })?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = tokio::time::timeout(self.timeout, response.into_body().collect())
             .await
-            .map_err(|_| Error::Timeout { target: target.clone(), operation: format!("{method} {path} (body)"), seconds: self.timeout.as_secs().max(1) })?
-            .map_err(|e| Error::Unreachable { target: target.clone(), reason: error_chain(&e) })?
+            .map_err(|_| Error::Timeout {
+                target: target.clone(),
+                operation: format!("{method} {path} (body)"),
+                seconds: self.timeout.as_secs().max(1),
+            })?
+            .map_err(|e| Error::Unreachable {
+                target: target.clone(),
+                reason: error_chain(&e),
+            })?
             .to_bytes();
-        let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Value::Null)
+        };
         Ok((status, headers, json))
     }
 
     /// Sends a request with authentication; on a 401 with a session, logs in
     /// again once. Maps HTTP failures to errors.
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>, etag: Option<&str>) -> Result<(hyper::HeaderMap, Value)> {
-        if self.auth == RedfishAuth::Session && self.token.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<(hyper::HeaderMap, Value)> {
+        if self.auth == RedfishAuth::Session
+            && self
+                .token
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+        {
             self.login().await?;
         }
-        let (mut status, mut headers, mut json) = self.send(method.clone(), path, body, etag, true).await?;
+        let (mut status, mut headers, mut json) =
+            self.send(method.clone(), path, body, etag, true).await?;
         if status == StatusCode::UNAUTHORIZED && self.auth == RedfishAuth::Session {
             self.login().await?;
             (status, headers, json) = self.send(method.clone(), path, body, etag, true).await?;
@@ -273,38 +340,75 @@ impl RedfishPower {
         let target = self.target();
         let message = redfish_message(json).unwrap_or_else(|| status.to_string());
         Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::AuthenticationFailed { target },
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => {
-                Error::Unsupported { target, operation: format!("{method} {path} ({message})") }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Error::AuthenticationFailed { target }
             }
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                Error::Unreachable { target, reason: format!("{method} {path}: {message}") }
-            }
-            _ => Error::Remote { target, reason: format!("{method} {path}: {status}: {message}") },
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => Error::Unsupported {
+                target,
+                operation: format!("{method} {path} ({message})"),
+            },
+            StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS => Error::Unreachable {
+                target,
+                reason: format!("{method} {path}: {message}"),
+            },
+            _ => Error::Remote {
+                target,
+                reason: format!("{method} {path}: {status}: {message}"),
+            },
         })
     }
 
     async fn login(&self) -> Result<()> {
         let body = json!({"UserName": self.user, "Password": self.password.expose()});
-        let (status, headers, json) = self.send(Method::POST, "/redfish/v1/SessionService/Sessions", Some(&body), None, false).await?;
-        self.check(status, &Method::POST, "/redfish/v1/SessionService/Sessions", &json)?;
+        let (status, headers, json) = self
+            .send(
+                Method::POST,
+                "/redfish/v1/SessionService/Sessions",
+                Some(&body),
+                None,
+                false,
+            )
+            .await?;
+        self.check(
+            status,
+            &Method::POST,
+            "/redfish/v1/SessionService/Sessions",
+            &json,
+        )?;
         let token = headers
             .get("x-auth-token")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::Remote { target: self.target(), reason: "session created without an X-Auth-Token".into() })?;
+            .ok_or_else(|| Error::Remote {
+                target: self.target(),
+                reason: "session created without an X-Auth-Token".into(),
+            })?;
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(Secret::new(token));
         tracing::debug!(bmc = %self.target(), "Redfish session opened");
         Ok(())
     }
 
     async fn system_path(&self) -> Result<String> {
-        if let Some(p) = self.system.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(p) = self
+            .system
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Ok(p);
         }
-        let (_, systems) = self.call(Method::GET, "/redfish/v1/Systems", None, None).await?;
+        let (_, systems) = self
+            .call(Method::GET, "/redfish/v1/Systems", None, None)
+            .await?;
         let path = systems["Members"][0]["@odata.id"]
             .as_str()
-            .ok_or_else(|| Error::Unsupported { target: self.target(), operation: "finding a ComputerSystem (the Systems collection is empty)".into() })?
+            .ok_or_else(|| Error::Unsupported {
+                target: self.target(),
+                operation: "finding a ComputerSystem (the Systems collection is empty)".into(),
+            })?
             .to_string();
         *self.system.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
         Ok(path)
@@ -313,7 +417,10 @@ impl RedfishPower {
     async fn system(&self) -> Result<(String, Option<String>, Value)> {
         let path = self.system_path().await?;
         let (headers, json) = self.call(Method::GET, &path, None, None).await?;
-        let etag = headers.get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let etag = headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Ok((path, etag, json))
     }
 }
@@ -360,7 +467,9 @@ fn boot_target(d: BootDevice) -> &'static str {
 #[async_trait]
 impl PowerController for RedfishPower {
     fn target(&self) -> String {
-        self.base.replacen("https://", "redfishs://", 1).replacen("http://", "redfish://", 1)
+        self.base
+            .replacen("https://", "redfishs://", 1)
+            .replacen("http://", "redfish://", 1)
     }
 
     async fn power_state(&self) -> Result<PowerState> {
@@ -368,7 +477,10 @@ impl PowerController for RedfishPower {
         match sys["PowerState"].as_str() {
             Some("On" | "PoweringOn" | "Paused") => Ok(PowerState::On),
             Some("Off" | "PoweringOff") => Ok(PowerState::Off),
-            other => Err(Error::Remote { target: self.target(), reason: format!("unknown PowerState {other:?}") }),
+            other => Err(Error::Remote {
+                target: self.target(),
+                reason: format!("unknown PowerState {other:?}"),
+            }),
         }
     }
 
@@ -384,13 +496,23 @@ impl PowerController for RedfishPower {
             .map(|a| a.iter().filter_map(Value::as_str).collect());
         let wanted = reset_types(action);
         let chosen = match &allowed {
-            Some(list) => wanted.iter().find(|t| list.contains(t)).copied().ok_or_else(|| Error::Unsupported {
-                target: self.target(),
-                operation: format!("power {action:?} (the system allows {list:?})"),
-            })?,
+            Some(list) => wanted
+                .iter()
+                .find(|t| list.contains(t))
+                .copied()
+                .ok_or_else(|| Error::Unsupported {
+                    target: self.target(),
+                    operation: format!("power {action:?} (the system allows {list:?})"),
+                })?,
             None => wanted[0],
         };
-        self.call(Method::POST, &action_path, Some(&json!({"ResetType": chosen})), None).await?;
+        self.call(
+            Method::POST,
+            &action_path,
+            Some(&json!({"ResetType": chosen})),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -404,7 +526,13 @@ impl PowerController for RedfishPower {
         if sys["Boot"].get("BootSourceOverrideMode").is_some() {
             boot["BootSourceOverrideMode"] = json!(if options.efi { "UEFI" } else { "Legacy" });
         }
-        self.call(Method::PATCH, &path, Some(&json!({"Boot": boot})), etag.as_deref()).await?;
+        self.call(
+            Method::PATCH,
+            &path,
+            Some(&json!({"Boot": boot})),
+            etag.as_deref(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -434,7 +562,14 @@ impl PowerController for RedfishPower {
 mod tests {
     #[test]
     fn base64_matches_rfc4648() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy"), ("admin:secret", "YWRtaW46c2VjcmV0")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+            ("admin:secret", "YWRtaW46c2VjcmV0"),
+        ] {
             assert_eq!(super::base64(i.as_bytes()), o);
         }
     }

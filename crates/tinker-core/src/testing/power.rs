@@ -16,8 +16,9 @@ pub struct Capabilities {
 }
 
 async fn settle(bmc: &dyn PowerController, want: PowerState) {
-    // Some BMCs (and emulators) apply a power change a moment after answering.
-    for _ in 0..50 {
+    // Some BMCs (and emulators: sushy's fake driver waits 1 to 11 s) apply a power
+    // change a while after answering.
+    for _ in 0..150 {
         if bmc.power_state().await.expect("power state") == want {
             return;
         }
@@ -47,23 +48,55 @@ pub async fn power_on_off(bmc: &dyn PowerController) {
 
 /// PXE once, disk persistent, BIOS setup: each read back.
 pub async fn boot_devices(bmc: &dyn PowerController, caps: Capabilities) {
-    let once = BootOptions { persistent: false, efi: true };
-    bmc.set_boot_device(BootDevice::Pxe, once).await.expect("boot pxe");
-    let (dev, opts) = bmc.boot_override().await.expect("read boot").expect("an override");
+    let once = BootOptions {
+        persistent: false,
+        efi: true,
+    };
+    bmc.set_boot_device(BootDevice::Pxe, once)
+        .await
+        .expect("boot pxe");
+    let (dev, opts) = bmc
+        .boot_override()
+        .await
+        .expect("read boot")
+        .expect("an override");
     assert_eq!(dev, BootDevice::Pxe, "{}", bmc.target());
     if caps.reads_persistence {
-        assert!(!opts.persistent, "{}: once read back as persistent", bmc.target());
+        assert!(
+            !opts.persistent,
+            "{}: once read back as persistent",
+            bmc.target()
+        );
     }
-    let persistent = BootOptions { persistent: true, efi: false };
-    bmc.set_boot_device(BootDevice::Disk, persistent).await.expect("boot disk");
-    let (dev, opts) = bmc.boot_override().await.expect("read boot").expect("an override");
+    let persistent = BootOptions {
+        persistent: true,
+        efi: false,
+    };
+    bmc.set_boot_device(BootDevice::Disk, persistent)
+        .await
+        .expect("boot disk");
+    let (dev, opts) = bmc
+        .boot_override()
+        .await
+        .expect("read boot")
+        .expect("an override");
     assert_eq!(dev, BootDevice::Disk, "{}", bmc.target());
     if caps.reads_persistence {
-        assert!(opts.persistent, "{}: persistent read back as once", bmc.target());
+        assert!(
+            opts.persistent,
+            "{}: persistent read back as once",
+            bmc.target()
+        );
     }
     if caps.bios_setup {
-        bmc.set_boot_device(BootDevice::BiosSetup, once).await.expect("boot bios");
-        let (dev, _) = bmc.boot_override().await.expect("read boot").expect("an override");
+        bmc.set_boot_device(BootDevice::BiosSetup, once)
+            .await
+            .expect("boot bios");
+        let (dev, _) = bmc
+            .boot_override()
+            .await
+            .expect("read boot")
+            .expect("an override");
         assert_eq!(dev, BootDevice::BiosSetup);
     }
 }
