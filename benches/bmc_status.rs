@@ -19,7 +19,13 @@ struct Row {
 }
 
 fn ours(port: u16) -> IpmiPower {
-    IpmiPower::new("127.0.0.1", port, support::USER, Secret::new(support::PASSWORD)).with_timeout(Duration::from_secs(2))
+    IpmiPower::new(
+        "127.0.0.1",
+        port,
+        support::USER,
+        Secret::new(support::PASSWORD),
+    )
+    .with_timeout(Duration::from_secs(2))
 }
 
 async fn reused(ports: &[u16], per_bmc: usize) -> Row {
@@ -38,7 +44,12 @@ async fn reused(ports: &[u16], per_bmc: usize) -> Row {
     for t in tasks {
         t.await.unwrap();
     }
-    Row { what: "tinker IpmiPower, session reused".into(), bmcs: ports.len(), calls: ports.len() * per_bmc, elapsed: start.elapsed() }
+    Row {
+        what: "tinker IpmiPower, session reused".into(),
+        bmcs: ports.len(),
+        calls: ports.len() * per_bmc,
+        elapsed: start.elapsed(),
+    }
 }
 
 async fn fresh(port: u16, calls: usize) -> Row {
@@ -46,7 +57,12 @@ async fn fresh(port: u16, calls: usize) -> Row {
     for _ in 0..calls {
         ours(port).power_state().await.expect("power status");
     }
-    Row { what: "tinker IpmiPower, new session per call".into(), bmcs: 1, calls, elapsed: start.elapsed() }
+    Row {
+        what: "tinker IpmiPower, new session per call".into(),
+        bmcs: 1,
+        calls,
+        elapsed: start.elapsed(),
+    }
 }
 
 fn ipmitool(emus: &[&support::Emulator], per_bmc: usize) -> Row {
@@ -60,12 +76,22 @@ fn ipmitool(emus: &[&support::Emulator], per_bmc: usize) -> Row {
             });
         }
     });
-    Row { what: "peer: ipmitool -I lanplus -C 3, one process per call".into(), bmcs: emus.len(), calls: emus.len() * per_bmc, elapsed: start.elapsed() }
+    Row {
+        what: "peer: ipmitool -I lanplus -C 3, one process per call".into(),
+        bmcs: emus.len(),
+        calls: emus.len() * per_bmc,
+        elapsed: start.elapsed(),
+    }
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let sims: Vec<support::Emulator> = (0..32).map(|_| support::ipmi_sim().expect("ipmi_sim installed")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sims: Vec<support::Emulator> = (0..32)
+        .map(|_| support::ipmi_sim().expect("ipmi_sim installed"))
+        .collect();
     let ports: Vec<u16> = sims.iter().map(|s| s.port).collect();
     let mut rows = Vec::new();
     rt.block_on(async {
@@ -79,22 +105,37 @@ fn main() {
     let all: Vec<&support::Emulator> = sims.iter().collect();
     rows.push(ipmitool(&all, 5));
 
-    let mut table = String::from("| client | BMCs | calls | calls/s | mean ms per call per BMC |\n|---|---:|---:|---:|---:|\n");
+    let mut table = String::from(
+        "| client | BMCs | calls | calls/s | mean ms per call per BMC |\n|---|---:|---:|---:|---:|\n",
+    );
     for r in &rows {
         let rate = r.calls as f64 / r.elapsed.as_secs_f64();
         let per = r.elapsed.as_secs_f64() * 1000.0 * r.bmcs as f64 / r.calls as f64;
-        table.push_str(&format!("| {} | {} | {} | {:.0} | {:.1} |\n", r.what, r.bmcs, r.calls, rate, per));
+        table.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.1} |\n",
+            r.what, r.bmcs, r.calls, rate, per
+        ));
     }
     print!("{table}");
     let section = format!(
         "<!-- bmc_status:begin -->\nCommand: `cargo bench --bench bmc_status` (run {}; {} cores; `ipmi_sim` instances on loopback, one per BMC, all on this machine).\n\n{table}<!-- bmc_status:end -->",
         jiff::Timestamp::now().strftime("%Y-%m-%d"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let updated = match (text.find("<!-- bmc_status:begin -->"), text.find("<!-- bmc_status:end -->")) {
-        (Some(a), Some(b)) => format!("{}{}{}", &text[..a], section, &text[b + "<!-- bmc_status:end -->".len()..]),
+    let updated = match (
+        text.find("<!-- bmc_status:begin -->"),
+        text.find("<!-- bmc_status:end -->"),
+    ) {
+        (Some(a), Some(b)) => format!(
+            "{}{}{}",
+            &text[..a],
+            section,
+            &text[b + "<!-- bmc_status:end -->".len()..]
+        ),
         _ => format!("{text}\n## BMC: power-status round trips (IPMI)\n\n{section}\n"),
     };
     std::fs::write(&path, updated).unwrap();

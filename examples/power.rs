@@ -20,7 +20,9 @@ const USAGE: &str = "usage: power --bmc ipmi://USER@HOST:PORT [--persistent] [--
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
@@ -63,7 +65,10 @@ async fn main() -> ExitCode {
             "disk" => bmc.set_boot_device(BootDevice::Disk, options).await,
             "bios" => bmc.set_boot_device(BootDevice::BiosSetup, options).await,
             other => {
-                return Err(tinker::core::Error::Unsupported { target: endpoint.url(), operation: format!("command {other:?}") });
+                return Err(tinker::core::Error::Unsupported {
+                    target: endpoint.url(),
+                    operation: format!("command {other:?}"),
+                });
             }
         };
         done.map(|_| "ok".to_string())
