@@ -1,0 +1,195 @@
+//! The tokio driver of the DHCP engine: one socket on port 67 (and, in proxy mode,
+//! one on 4011), bound to one interface; each packet is parsed, the boot responder
+//! asked, the reply sent. A bounded number of requests are in flight at once;
+//! beyond it packets are dropped and counted rather than queued without bound.
+
+use super::engine::{self, DhcpConfig, Verdict};
+use super::stats::DhcpStats;
+use dhcproto::v4::MessageType;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use tinker_core::BootResponder;
+use tinker_core::boot::BootDecision;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+
+/// Requests handled at once before packets are shed.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// A DHCP server.
+#[derive(Debug, Clone)]
+pub struct DhcpServer {
+    config: DhcpConfig,
+    responder: Arc<dyn BootResponder>,
+    stats: Arc<DhcpStats>,
+}
+
+/// Binds a UDP socket for DHCP: broadcast allowed, address reuse (so a proxyDHCP
+/// server can share port 67 with another daemon on a different address), and,
+/// when named, bound to one interface so it answers only there.
+pub fn bind_udp(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    if let Some(ifname) = interface {
+        socket.bind_device(Some(ifname.as_bytes()))?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+impl DhcpServer {
+    /// A server with this engine configuration and boot policy.
+    pub fn new(config: DhcpConfig, responder: Arc<dyn BootResponder>) -> Self {
+        DhcpServer {
+            config,
+            responder,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<DhcpStats> {
+        self.stats.clone()
+    }
+
+    /// The engine configuration.
+    pub fn config(&self) -> &DhcpConfig {
+        &self.config
+    }
+
+    /// Decides and builds the answer to one packet: the whole server minus the
+    /// socket, so simulations and benchmarks run exactly this.
+    pub async fn handle(
+        &self,
+        bytes: &[u8],
+        source: SocketAddr,
+        on_proxy_port: bool,
+    ) -> Option<engine::Outbound> {
+        DhcpStats::inc(&self.stats.received);
+        let inbound = match engine::parse(bytes, source, on_proxy_port) {
+            Ok(i) => i,
+            Err(e) => {
+                DhcpStats::inc(&self.stats.malformed);
+                tracing::debug!(%source, reason = %e.0, "DHCP packet dropped");
+                return None;
+            }
+        };
+        let mac = inbound.request.mac;
+        match inbound.kind {
+            MessageType::Release => DhcpStats::inc(&self.stats.releases),
+            MessageType::Decline => {
+                DhcpStats::inc(&self.stats.declines);
+                tracing::warn!(%mac, "DHCPDECLINE: the client found its address in use");
+            }
+            _ => {}
+        }
+        if !engine::wants_decision(&self.config, &inbound) {
+            DhcpStats::inc(&self.stats.ignored);
+            return None;
+        }
+        let decision = match self.responder.decide(&inbound.request).await {
+            Ok(d) => d,
+            Err(e) => {
+                DhcpStats::inc(&self.stats.responder_errors);
+                tracing::warn!(%mac, error = %e, "boot responder failed");
+                return None;
+            }
+        };
+        if let BootDecision::Ignore { reason } = &decision {
+            if reason.contains("unknown") {
+                DhcpStats::inc(&self.stats.unknown_mac);
+            } else {
+                DhcpStats::inc(&self.stats.ignored);
+            }
+            tracing::debug!(%mac, kind = ?inbound.kind, %reason, "DHCP request ignored");
+            return None;
+        }
+        match engine::reply(&self.config, &inbound, &decision) {
+            Verdict::Reply(out) => {
+                match out.kind {
+                    MessageType::Offer => DhcpStats::inc(&self.stats.offers),
+                    MessageType::Ack if inbound.kind == MessageType::Inform => {
+                        DhcpStats::inc(&self.stats.informs)
+                    }
+                    MessageType::Ack => DhcpStats::inc(&self.stats.acks),
+                    MessageType::Nak => DhcpStats::inc(&self.stats.naks),
+                    _ => {}
+                }
+                tracing::info!(%mac, request = ?inbound.kind, reply = ?out.kind, dest = %out.dest, client = ?inbound.request.client, arch = ?inbound.request.arch, "DHCP answer");
+                Some(out)
+            }
+            Verdict::Ignore(reason) => {
+                DhcpStats::inc(&self.stats.ignored);
+                tracing::debug!(%mac, kind = ?inbound.kind, reason, "DHCP request ignored");
+                None
+            }
+        }
+    }
+
+    /// Serves on `socket` (port 67) and, for proxyDHCP, `proxy_socket` (4011),
+    /// until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        socket: UdpSocket,
+        proxy_socket: Option<UdpSocket>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let socket = Arc::new(socket);
+        let proxy = proxy_socket.map(Arc::new);
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; 1500];
+        let mut pbuf = vec![0u8; 1500];
+        loop {
+            let (n, src, on_proxy) = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = socket.recv_from(&mut buf) => { let (n, s) = r?; (n, s, false) }
+                r = recv_opt(proxy.as_deref(), &mut pbuf) => { let (n, s) = r?; (n, s, true) }
+            };
+            let bytes = if on_proxy {
+                pbuf[..n].to_vec()
+            } else {
+                buf[..n].to_vec()
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                DhcpStats::inc(&self.stats.overload_drops);
+                continue;
+            };
+            let this = self.clone();
+            let out_socket = if on_proxy {
+                proxy.clone().unwrap_or_else(|| socket.clone())
+            } else {
+                socket.clone()
+            };
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Some(out) = this.handle(&bytes, src, on_proxy).await
+                    && let Err(e) = out_socket.send_to(&out.bytes, out.dest).await
+                {
+                    tracing::warn!(dest = %out.dest, error = %e, "DHCP reply not sent");
+                }
+            });
+        }
+    }
+}
+
+async fn recv_opt(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The unspecified address with a port, for binding.
+pub fn any(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}

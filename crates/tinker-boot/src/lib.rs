@@ -1,0 +1,25 @@
+//! # tinker-boot
+//!
+//! Everything a machine talks to while it boots:
+//!
+//! - [`dhcp`]: DHCPv4, reservation and proxyDHCP modes, relay agents;
+//! - [`tftp`]: read-only TFTP with blksize, tsize, timeout and windowsize;
+//! - [`http`]: per-machine iPXE scripts, boot assets with Range requests, the
+//!   EC2-style metadata service (Hegel's paths) and `/metrics`;
+//! - [`StoreBootResponder`] and [`StoreMetadata`]: the default `BootResponder`
+//!   and `MetadataSource`, backed by a `WorkflowStore`.
+//!
+//! Protocol logic is pure (packet in, reply out); the servers are thin tokio
+//! drivers that take a socket or listener and a shutdown future and never bind
+//! anything themselves at construction.
+
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod dhcp;
+pub mod http;
+mod metadata;
+mod responder;
+pub mod tftp;
+
+pub use metadata::StoreMetadata;
+pub use responder::{BootConfig, StoreBootResponder, boot_file_for_arch};

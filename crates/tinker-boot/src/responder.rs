@@ -1,0 +1,185 @@
+//! The default boot policy, backed by the store: find the Hardware by MAC, hand out
+//! its reservation, and pick the boot target by client kind and architecture.
+
+use async_trait::async_trait;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use tinker_core::boot::{
+    BootDecision, BootRequest, BootResponder, BootTarget, ClientKind, NetworkConfig,
+};
+use tinker_core::model::Hardware;
+use tinker_core::store::MachineEvent;
+use tinker_core::{Result, WorkflowStore};
+
+/// Where boot files and scripts are served from.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// The TFTP server's address (`siaddr`).
+    pub tftp_server: Ipv4Addr,
+    /// Base URL of the HTTP server, such as `http://10.0.0.1:8080`.
+    pub http_base: String,
+    /// Lease time when the Hardware gives none.
+    pub default_lease_seconds: u32,
+    /// Record each decision in the machine's event log.
+    pub record_events: bool,
+}
+
+/// The iPXE binary for a client architecture (RFC 4578 option 93, as Tinkerbell
+/// maps it); `None` for architectures we cannot boot.
+pub fn boot_file_for_arch(arch: u16) -> Option<&'static str> {
+    match arch {
+        0..=5 | 20 => Some("undionly.kpxe"),
+        6..=9 | 15 | 16 => Some("ipxe.efi"),
+        10 | 11 | 18 | 19 | 41 => Some("snp-arm64.efi"),
+        _ => None,
+    }
+}
+
+/// The default [`BootResponder`].
+#[derive(Debug, Clone)]
+pub struct StoreBootResponder {
+    store: Arc<dyn WorkflowStore>,
+    config: BootConfig,
+}
+
+impl StoreBootResponder {
+    /// A responder over `store`.
+    pub fn new(store: Arc<dyn WorkflowStore>, config: BootConfig) -> Self {
+        StoreBootResponder { store, config }
+    }
+
+    fn network(&self, hw: &Hardware, req: &BootRequest) -> Option<NetworkConfig> {
+        let dhcp = hw.interface(req.mac)?.dhcp.as_ref()?;
+        let ip = dhcp.ip.as_ref()?;
+        let address: Ipv4Addr = ip.address.parse().ok()?;
+        let prefix = ip
+            .netmask
+            .as_deref()
+            .and_then(|m| tinker_core::validate::netmask_prefix(m).ok())
+            .unwrap_or(24);
+        Some(NetworkConfig {
+            address,
+            prefix,
+            gateway: ip.gateway.as_deref().and_then(|g| g.parse().ok()),
+            dns: dhcp
+                .name_servers
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            ntp: dhcp
+                .time_servers
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            hostname: dhcp.hostname.clone(),
+            domain: dhcp.domain_name.clone(),
+            lease_seconds: dhcp
+                .lease_time
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(self.config.default_lease_seconds),
+        })
+    }
+
+    fn boot(
+        &self,
+        hw: &Hardware,
+        req: &BootRequest,
+    ) -> std::result::Result<Option<BootTarget>, &'static str> {
+        let iface = hw.interface(req.mac);
+        let netboot = iface.and_then(|i| i.netboot.as_ref());
+        if netboot.and_then(|n| n.allow_pxe) != Some(true) {
+            return Err("netboot not allowed (allowPXE is not true)");
+        }
+        let mac = req.mac;
+        let base = self.config.http_base.trim_end_matches('/');
+        let binary_override = netboot
+            .and_then(|n| n.ipxe.as_ref())
+            .and_then(|i| i.binary.clone());
+        let binary = || {
+            binary_override
+                .clone()
+                .or_else(|| req.arch.and_then(boot_file_for_arch).map(str::to_string))
+        };
+        Ok(match req.client {
+            ClientKind::Ipxe => Some(BootTarget::IpxeScript {
+                url: format!("{base}/ipxe/{mac}/auto.ipxe"),
+            }),
+            ClientKind::HttpBoot => {
+                let file = binary().ok_or("unknown client architecture")?;
+                Some(BootTarget::Http {
+                    url: format!("{base}/ipxe/binary/{file}"),
+                })
+            }
+            ClientKind::PxeRom => {
+                let file = binary().ok_or("unknown client architecture")?;
+                Some(BootTarget::Tftp {
+                    server: self.config.tftp_server,
+                    file,
+                })
+            }
+            ClientKind::Plain => None,
+        })
+    }
+
+    async fn record(&self, machine: String, message: String) {
+        if !self.config.record_events {
+            return;
+        }
+        let event = MachineEvent {
+            seq: 0,
+            at: jiff::Timestamp::now(),
+            machine,
+            source: "dhcp".into(),
+            message,
+        };
+        if let Err(e) = self.store.append_event(event).await {
+            tracing::warn!(error = %e, "could not record a DHCP event");
+        }
+    }
+}
+
+#[async_trait]
+impl BootResponder for StoreBootResponder {
+    async fn decide(&self, req: &BootRequest) -> Result<BootDecision> {
+        let Some(hw) = self.store.hardware_by_mac(req.mac).await? else {
+            return Ok(BootDecision::Ignore {
+                reason: format!("unknown MAC {}", req.mac),
+            });
+        };
+        let hw = hw.value;
+        let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
+        if hw.interface(req.mac).and_then(|i| i.disable_dhcp) == Some(true) {
+            self.record(
+                machine,
+                format!("DHCP from {} ignored: disableDhcp is set", req.mac),
+            )
+            .await;
+            return Ok(BootDecision::Ignore {
+                reason: "DHCP disabled for this interface".into(),
+            });
+        }
+        let network = self.network(&hw, req);
+        let boot = match self.boot(&hw, req) {
+            Ok(b) => b,
+            Err(why) => {
+                self.record(
+                    machine.clone(),
+                    format!("{:?} client {}: no boot file: {why}", req.client, req.mac),
+                )
+                .await;
+                None
+            }
+        };
+        if let Some(b) = &boot {
+            self.record(
+                machine,
+                format!(
+                    "{:?} client {} (arch {:?}): {b:?}",
+                    req.client, req.mac, req.arch
+                ),
+            )
+            .await;
+        }
+        Ok(BootDecision::Answer { network, boot })
+    }
+}

@@ -1,0 +1,381 @@
+//! The DHCP server minus its socket, against the default boot responder over a
+//! store: every exchange RFC 2131 and PXE describe, and hostile input.
+
+use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode};
+use proptest::prelude::*;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tinker_boot::dhcp::engine::{client_request, decode_reply};
+use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode, Outbound};
+use tinker_boot::{BootConfig, StoreBootResponder};
+use tinker_core::model::Hardware;
+use tinker_core::{MacAddr, Precondition, WorkflowStore};
+use tinker_store::MemoryStore;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+fn mac(n: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0x00, 0x00, 0x00, n])
+}
+
+async fn server(mode: Mode, allow_pxe: bool) -> (DhcpServer, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let mut hw = Hardware::new("m1", mac(1), Ipv4Addr::new(10, 77, 0, 10), "255.255.255.0");
+    {
+        let d = hw.spec.interfaces[0].dhcp.as_mut().unwrap();
+        d.ip.as_mut().unwrap().gateway = Some("10.77.0.1".into());
+        d.name_servers = vec!["10.77.0.1".into()];
+        d.lease_time = Some(3600);
+        d.domain_name = Some("lab.example".into());
+    }
+    hw.set_allow_pxe(allow_pxe);
+    store.put(hw.into(), Precondition::Absent).await.unwrap();
+    let responder = StoreBootResponder::new(
+        store.clone(),
+        BootConfig {
+            tftp_server: SERVER,
+            http_base: "http://10.77.0.1:8080".into(),
+            default_lease_seconds: 86400,
+            record_events: true,
+        },
+    );
+    (
+        DhcpServer::new(DhcpConfig::new(mode, SERVER), Arc::new(responder)),
+        store,
+    )
+}
+
+fn src() -> SocketAddr {
+    "0.0.0.0:68".parse().unwrap()
+}
+
+fn pxe(msg: &mut v4::Message, arch: u16) {
+    let o = msg.opts_mut();
+    o.insert(DhcpOption::ClassIdentifier(
+        format!("PXEClient:Arch:{arch:05}:UNDI:002001").into_bytes(),
+    ));
+    o.insert(DhcpOption::ClientSystemArchitecture(arch.into()));
+    o.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
+    let mut guid = vec![0u8];
+    guid.extend_from_slice(&[7; 16]);
+    o.insert(DhcpOption::ClientMachineIdentifier(guid));
+}
+
+fn opt<'a>(m: &'a v4::Message, code: OptionCode) -> Option<&'a DhcpOption> {
+    m.opts().get(code)
+}
+
+fn file(m: &v4::Message) -> String {
+    String::from_utf8_lossy(m.fname().unwrap_or_default())
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+async fn exchange(s: &DhcpServer, bytes: Vec<u8>) -> Option<(Outbound, v4::Message)> {
+    let out = s.handle(&bytes, src(), false).await?;
+    let msg = decode_reply(&out.bytes).expect("a BOOTREPLY");
+    Some((out, msg))
+}
+
+#[tokio::test]
+async fn pxe_rom_gets_address_and_ipxe_by_architecture() {
+    let (s, store) = server(Mode::Reservation, true).await;
+    for (arch, want) in [
+        (0u16, "undionly.kpxe"),
+        (7, "ipxe.efi"),
+        (11, "snp-arm64.efi"),
+    ] {
+        let (out, offer) = exchange(
+            &s,
+            client_request(MessageType::Discover, 42, mac(1), |m| pxe(m, arch)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.kind, MessageType::Offer);
+        assert!(out.bytes.len() >= 300, "padded to the BOOTP minimum");
+        assert_eq!(out.dest, "255.255.255.255:68".parse().unwrap());
+        assert_eq!(offer.xid(), 42);
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 77, 0, 10));
+        assert_eq!(offer.siaddr(), SERVER);
+        assert_eq!(file(&offer), want);
+        assert_eq!(
+            opt(&offer, OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER))
+        );
+        assert_eq!(
+            opt(&offer, OptionCode::SubnetMask),
+            Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+        );
+        assert_eq!(
+            opt(&offer, OptionCode::Router),
+            Some(&DhcpOption::Router(vec![SERVER]))
+        );
+        assert_eq!(
+            opt(&offer, OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(3600))
+        );
+        assert_eq!(
+            opt(&offer, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert_eq!(
+            opt(&offer, OptionCode::VendorExtensions),
+            Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+        );
+        assert!(
+            opt(&offer, OptionCode::ClientMachineIdentifier).is_some(),
+            "option 97 echoed"
+        );
+        assert_eq!(
+            opt(&offer, OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("m1".into()))
+        );
+    }
+    let events = store.events("default/m1", 10).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.message.contains("undionly.kpxe")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn ipxe_gets_its_script_and_http_boot_a_url() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    let req = client_request(MessageType::Discover, 1, mac(1), |m| {
+        pxe(m, 7);
+        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    });
+    let (_, offer) = exchange(&s, req).await.unwrap();
+    assert_eq!(
+        file(&offer),
+        "http://10.77.0.1:8080/ipxe/52:54:00:00:00:01/auto.ipxe"
+    );
+    let req = client_request(MessageType::Discover, 2, mac(1), |m| {
+        m.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"HTTPClient:Arch:00016:UNDI:003000".to_vec(),
+        ));
+        m.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(16u16.into()));
+    });
+    let (_, offer) = exchange(&s, req).await.unwrap();
+    assert_eq!(file(&offer), "http://10.77.0.1:8080/ipxe/binary/ipxe.efi");
+    assert_eq!(
+        opt(&offer, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+}
+
+#[tokio::test]
+async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    let ours = Ipv4Addr::new(10, 77, 0, 10);
+    // SELECTING, our server id, the offered address: ACK with T1 and T2.
+    let req = client_request(MessageType::Request, 7, mac(1), |m| {
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ours));
+    });
+    let (out, ack) = exchange(&s, req).await.unwrap();
+    assert_eq!(out.kind, MessageType::Ack);
+    assert_eq!(ack.yiaddr(), ours);
+    assert_eq!(
+        opt(&ack, OptionCode::Renewal),
+        Some(&DhcpOption::Renewal(1800))
+    );
+    assert_eq!(
+        opt(&ack, OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(3150))
+    );
+    // SELECTING another server: silence.
+    let req = client_request(MessageType::Request, 8, mac(1), |m| {
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 2)));
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ours));
+    });
+    assert!(exchange(&s, req).await.is_none());
+    // INIT-REBOOT with a stale address: NAK, broadcast.
+    let req = client_request(MessageType::Request, 9, mac(1), |m| {
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 99)));
+    });
+    let (out, nak) = exchange(&s, req).await.unwrap();
+    assert_eq!(out.kind, MessageType::Nak);
+    assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(out.dest, "255.255.255.255:68".parse().unwrap());
+    // RENEWING: ciaddr set, unicast back to it.
+    let req = client_request(MessageType::Request, 10, mac(1), |m| {
+        m.set_ciaddr(ours);
+    });
+    let (out, ack) = exchange(&s, req).await.unwrap();
+    assert_eq!(
+        (out.kind, out.dest),
+        (MessageType::Ack, format!("{ours}:68").parse().unwrap())
+    );
+    assert_eq!(ack.ciaddr(), ours);
+    // REBINDING with an address that is not ours: NAK.
+    let req = client_request(MessageType::Request, 11, mac(1), |m| {
+        m.set_ciaddr(Ipv4Addr::new(10, 77, 0, 50));
+    });
+    assert_eq!(exchange(&s, req).await.unwrap().0.kind, MessageType::Nak);
+    // INFORM: options, no lease.
+    let req = client_request(MessageType::Inform, 12, mac(1), |m| {
+        m.set_ciaddr(ours);
+    });
+    let (out, ack) = exchange(&s, req).await.unwrap();
+    assert_eq!(out.kind, MessageType::Ack);
+    assert!(opt(&ack, OptionCode::AddressLeaseTime).is_none());
+    assert!(opt(&ack, OptionCode::DomainNameServer).is_some());
+    // RELEASE and DECLINE: counted, no answer.
+    assert!(
+        exchange(
+            &s,
+            client_request(MessageType::Release, 13, mac(1), |m| {
+                m.set_ciaddr(ours);
+            })
+        )
+        .await
+        .is_none()
+    );
+    assert!(
+        exchange(&s, client_request(MessageType::Decline, 14, mac(1), |_| {}))
+            .await
+            .is_none()
+    );
+    let stats = s.stats();
+    assert_eq!(stats.releases.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.declines.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.naks.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn unknown_macs_and_pxe_not_allowed() {
+    let (s, _) = server(Mode::Reservation, false).await;
+    assert!(
+        exchange(
+            &s,
+            client_request(MessageType::Discover, 1, mac(9), |m| pxe(m, 0))
+        )
+        .await
+        .is_none()
+    );
+    assert_eq!(s.stats().unknown_mac.load(Ordering::Relaxed), 1);
+    // allowPXE false: an address, but no boot file.
+    let (_, offer) = exchange(
+        &s,
+        client_request(MessageType::Discover, 2, mac(1), |m| pxe(m, 0)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 77, 0, 10));
+    assert_eq!(file(&offer), "");
+}
+
+#[tokio::test]
+async fn relayed_requests_are_answered_to_the_relay_with_option_82() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    let info = {
+        let mut i = v4::relay::RelayAgentInformation::default();
+        i.insert(v4::relay::RelayInfo::AgentCircuitId(
+            b"rack7-port3".to_vec(),
+        ));
+        i
+    };
+    let req = client_request(MessageType::Discover, 5, mac(1), |m| {
+        pxe(m, 0);
+        m.set_giaddr(Ipv4Addr::new(10, 77, 0, 254));
+        m.opts_mut()
+            .insert(DhcpOption::RelayAgentInformation(info.clone()));
+    });
+    let (out, offer) = exchange(&s, req).await.unwrap();
+    assert_eq!(out.dest, "10.77.0.254:67".parse().unwrap());
+    assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 77, 0, 254));
+    assert_eq!(
+        opt(&offer, OptionCode::RelayAgentInformation),
+        Some(&DhcpOption::RelayAgentInformation(info))
+    );
+    // A relay on another subnet is not the reservation's: no answer.
+    let req = client_request(MessageType::Discover, 6, mac(1), |m| {
+        m.set_giaddr(Ipv4Addr::new(10, 99, 0, 1));
+    });
+    assert!(exchange(&s, req).await.is_none());
+}
+
+#[tokio::test]
+async fn proxy_dhcp_gives_boot_information_only() {
+    let (s, _) = server(Mode::Proxy, true).await;
+    let (out, offer) = exchange(
+        &s,
+        client_request(MessageType::Discover, 1, mac(1), |m| pxe(m, 7)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.kind, MessageType::Offer);
+    assert_eq!(
+        offer.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "proxyDHCP hands out no address"
+    );
+    assert!(opt(&offer, OptionCode::AddressLeaseTime).is_none());
+    assert_eq!(file(&offer), "ipxe.efi");
+    assert_eq!(
+        opt(&offer, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    // The boot server request on 4011 is answered to its sender.
+    let req = client_request(MessageType::Request, 2, mac(1), |m| {
+        pxe(m, 7);
+        m.set_ciaddr(Ipv4Addr::new(192, 168, 1, 50));
+    });
+    let from: SocketAddr = "192.168.1.50:4011".parse().unwrap();
+    let out = s.handle(&req, from, true).await.unwrap();
+    assert_eq!(
+        (out.kind, std::net::SocketAddr::V4(out.dest)),
+        (MessageType::Ack, from)
+    );
+    // Plain DHCP clients are the other server's business.
+    assert!(
+        exchange(&s, client_request(MessageType::Discover, 3, mac(1), |_| {}))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn malformed_packets_are_dropped_and_counted() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    let mut reply_shaped = client_request(MessageType::Discover, 1, mac(1), |m| pxe(m, 0));
+    reply_shaped[0] = 2; // BOOTREPLY
+    for bad in [vec![], vec![1; 10], vec![0xff; 600], reply_shaped] {
+        assert!(s.handle(&bad, src(), false).await.is_none());
+    }
+    assert_eq!(s.stats().malformed.load(Ordering::Relaxed), 4);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..700)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (s, _) = server(Mode::Reservation, true).await;
+            let _ = s.handle(&bytes, src(), false).await;
+            let _ = s.handle(&bytes, src(), true).await;
+        });
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(flips in prop::collection::vec((0usize..400, any::<u8>()), 1..20), proxy in any::<bool>()) {
+        let mut bytes = client_request(MessageType::Discover, 9, mac(1), |m| pxe(m, 7));
+        for (at, v) in flips {
+            if at < bytes.len() { bytes[at] = v; }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (s, _) = server(if proxy { Mode::Proxy } else { Mode::Reservation }, true).await;
+            if let Some(out) = s.handle(&bytes, src(), proxy).await {
+                assert!(out.bytes.len() >= 300);
+            }
+        });
+    }
+}
