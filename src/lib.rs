@@ -6,6 +6,7 @@
 //!
 //! - [`core`]: domain model, template rendering, state machine, the five traits, the engine.
 //! - [`store`]: `WorkflowStore` implementations (in-memory, embedded file).
+//! - [`boot`]: DHCP, TFTP and HTTP boot services, the default boot policy and metadata.
 //! - [`bmc`]: `PowerController` implementations (IPMI, Redfish, mock) and the connector.
 
 // The README's code is compiled and checked as a doc test.
@@ -14,5 +15,6 @@
 pub struct ReadmeDoctests;
 
 pub use tinker_bmc as bmc;
+pub use tinker_boot as boot;
 pub use tinker_core as core;
 pub use tinker_store as store;

@@ -1,0 +1,142 @@
+//! The per-machine iPXE script.
+
+use super::body::Body;
+use super::{HttpServer, status};
+use hyper::{Response, StatusCode};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use tinker_core::MacAddr;
+use tinker_core::model::Hardware;
+
+/// What the default script boots: the in-memory OS with the worker agent.
+#[derive(Debug, Clone)]
+pub struct OsieConfig {
+    /// Base URL of kernel and initrd, such as `http://10.0.0.1:8080/assets`.
+    pub base_url: String,
+    /// Kernel file name.
+    pub kernel: String,
+    /// Initrd file name.
+    pub initrd: String,
+    /// The control plane's URL, passed as `tinker_server=` for the worker.
+    pub control_plane: String,
+    /// Extra kernel arguments (console, ...), before the Hardware's own.
+    pub extra_args: Vec<String>,
+}
+
+/// Renders the script for a machine.
+pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
+    let iface = hw.interface(mac);
+    let netboot = iface.and_then(|i| i.netboot.as_ref());
+    if netboot.and_then(|n| n.allow_pxe) != Some(true) {
+        // Netboot is off (the install finished, or an operator said so): boot the
+        // local disk, so a machine whose BMC cannot set the boot device still
+        // ends up in its installed OS.
+        return format!(
+            "#!ipxe\necho Tinker: netboot is off for {mac}; booting from the local disk\nsanboot --no-describe --drive 0x80 || exit\n"
+        );
+    }
+    if let Some(ipxe) = netboot.and_then(|n| n.ipxe.as_ref()) {
+        if let Some(contents) = &ipxe.contents {
+            return contents.clone();
+        }
+        if let Some(url) = &ipxe.url {
+            return format!("#!ipxe\necho Tinker: chaining to the script set for {mac}\nchain --autofree {url}\n");
+        }
+    }
+    let o = netboot.and_then(|n| n.osie.as_ref());
+    let base = o.and_then(|o| o.base_url.clone()).unwrap_or_else(|| osie.base_url.clone());
+    let kernel = o.and_then(|o| o.kernel.clone()).unwrap_or_else(|| osie.kernel.clone());
+    let initrd = o.and_then(|o| o.initrd.clone()).unwrap_or_else(|| osie.initrd.clone());
+    let mut args = vec![
+        // UEFI iPXE hands the initrd to the kernel only if the kernel line names it.
+        format!("initrd={initrd}"),
+        format!("tinker_server={}", osie.control_plane),
+        format!("worker_id={mac}"),
+        format!("hw_addr={mac}"),
+    ];
+    if let Some(host) = iface.and_then(|i| i.dhcp.as_ref()).and_then(|d| d.hostname.as_ref()) {
+        args.push(format!("hostname={host}"));
+    }
+    args.extend(osie.extra_args.iter().cloned());
+    args.extend(o.map(|o| o.kernel_params.clone()).unwrap_or_default());
+    let args = args.join(" ");
+    format!(
+        r#"#!ipxe
+
+echo Tinker: loading the in-memory OS for {mac} ({name})
+set base-url {base}
+set retries:int32 10
+set retry_delay:int32 3
+
+set idx:int32 0
+:retry_kernel
+kernel ${{base-url}}/{kernel} {args} && goto download_initrd || iseq ${{idx}} ${{retries}} && goto kernel-error || inc idx && echo retry in ${{retry_delay}} seconds ; sleep ${{retry_delay}} ; goto retry_kernel
+
+:download_initrd
+set idx:int32 0
+:retry_initrd
+initrd ${{base-url}}/{initrd} && goto boot || iseq ${{idx}} ${{retries}} && goto initrd-error || inc idx && echo retry in ${{retry_delay}} seconds ; sleep ${{retry_delay}} ; goto retry_initrd
+
+:boot
+boot || goto boot-error
+
+:kernel-error
+echo Tinker: failed to load the kernel
+goto give-up
+:initrd-error
+echo Tinker: failed to load the initrd
+goto give-up
+:boot-error
+echo Tinker: failed to boot
+:give-up
+imgfree
+exit
+"#,
+        name = hw.metadata.name
+    )
+}
+
+impl HttpServer {
+    pub(super) async fn script_by_mac(&self, mac: &str) -> Response<Body> {
+        let Ok(mac) = mac.replace('-', ":").parse::<MacAddr>() else {
+            return status(StatusCode::BAD_REQUEST, "not a MAC address\n");
+        };
+        match self.config.store.hardware_by_mac(mac).await {
+            Ok(Some(hw)) => self.serve_script(&hw.value, mac),
+            Ok(None) => status(StatusCode::NOT_FOUND, "unknown machine\n"),
+            Err(e) => {
+                tracing::warn!(%mac, error = %e, "store lookup failed");
+                status(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            }
+        }
+    }
+
+    pub(super) async fn script_by_ip(&self, caller: IpAddr) -> Response<Body> {
+        match self.config.store.hardware_by_ip(caller).await {
+            Ok(Some(hw)) => {
+                let mac = hw
+                    .value
+                    .spec
+                    .interfaces
+                    .iter()
+                    .filter_map(|i| i.dhcp.as_ref())
+                    .find(|d| d.ip.as_ref().is_some_and(|ip| ip.address.parse::<IpAddr>().ok() == Some(caller)))
+                    .and_then(|d| d.mac.parse().ok());
+                match mac {
+                    Some(mac) => self.serve_script(&hw.value, mac),
+                    None => status(StatusCode::NOT_FOUND, "unknown machine\n"),
+                }
+            }
+            Ok(None) => status(StatusCode::NOT_FOUND, "unknown machine\n"),
+            Err(_) => status(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+        }
+    }
+
+    fn serve_script(&self, hw: &Hardware, mac: MacAddr) -> Response<Body> {
+        self.stats.scripts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%mac, machine = %hw.metadata.name, allow_pxe = hw.allows_pxe(), "iPXE script served");
+        let mut r = Response::new(super::body::full(script(hw, mac, &self.config.osie)));
+        r.headers_mut().insert("content-type", "text/plain".parse().expect("static header"));
+        r
+    }
+}

@@ -1,0 +1,271 @@
+//! One read transfer as a state machine: packets and time in, packets out.
+
+use super::packet::{self, Packet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Negotiated transfer parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferOptions {
+    /// Bytes per DATA packet (512 unless negotiated, 8..=65464).
+    pub blksize: usize,
+    /// Blocks sent before an ACK is awaited (1 unless negotiated, 1..=65535).
+    pub windowsize: u16,
+    /// Retransmission timeout.
+    pub timeout: Duration,
+}
+
+/// Largest block that fits an Ethernet frame without IP fragmentation; bigger
+/// requests are negotiated down to it (RFC 2348 lets the server answer smaller).
+pub const MAX_BLKSIZE_NO_FRAG: usize = 1468;
+/// Retransmissions of one window before the transfer is abandoned.
+pub const MAX_RETRIES: u32 = 6;
+
+/// Applies the client's options (RFC 2347/2348/2349/7440): returns the
+/// parameters and the options to acknowledge (none: send DATA 1 at once).
+pub fn negotiate(requested: &[(String, String)], size: u64, max_blksize: usize) -> (TransferOptions, Vec<(String, String)>) {
+    let mut o = TransferOptions { blksize: 512, windowsize: 1, timeout: Duration::from_secs(1) };
+    let mut ack = Vec::new();
+    for (k, v) in requested {
+        match k.as_str() {
+            "blksize" => {
+                if let Ok(n) = v.parse::<usize>()
+                    && n >= 8
+                {
+                    o.blksize = n.min(65464).min(max_blksize);
+                    ack.push((k.clone(), o.blksize.to_string()));
+                }
+            }
+            "tsize" => ack.push((k.clone(), size.to_string())),
+            "timeout" => {
+                if let Ok(n) = v.parse::<u64>()
+                    && (1..=255).contains(&n)
+                {
+                    o.timeout = Duration::from_secs(n);
+                    ack.push((k.clone(), n.to_string()));
+                }
+            }
+            "windowsize" => {
+                if let Ok(n) = v.parse::<u16>()
+                    && n >= 1
+                {
+                    o.windowsize = n.min(64);
+                    ack.push((k.clone(), o.windowsize.to_string()));
+                }
+            }
+            _ => {} // unknown options are ignored, as RFC 2347 says
+        }
+    }
+    (o, ack)
+}
+
+/// The state of one transfer.
+#[derive(Debug)]
+pub struct Transfer {
+    data: Arc<[u8]>,
+    opts: TransferOptions,
+    /// The OACK, while it awaits its ACK 0.
+    oack: Option<Vec<u8>>,
+    /// Blocks acknowledged (absolute count, from 0).
+    acked: u64,
+    /// Blocks sent (absolute count).
+    sent: u64,
+    total_blocks: u64,
+    retries: u32,
+    deadline: Instant,
+    failed: bool,
+}
+
+impl Transfer {
+    /// Starts a transfer of `data`; returns it and the first packets to send.
+    pub fn start(data: Arc<[u8]>, requested: &[(String, String)], max_blksize: usize, now: Instant) -> (Transfer, Vec<Vec<u8>>) {
+        let (opts, ack) = negotiate(requested, data.len() as u64, max_blksize);
+        let total_blocks = data.len() as u64 / opts.blksize as u64 + 1;
+        let mut t = Transfer {
+            oack: (!ack.is_empty()).then(|| Packet::Oack { options: ack }.encode()),
+            data,
+            deadline: now + opts.timeout,
+            opts,
+            acked: 0,
+            sent: 0,
+            total_blocks,
+            retries: 0,
+            failed: false,
+        };
+        let out = match &t.oack {
+            Some(o) => vec![o.clone()],
+            None => t.send_window(now),
+        };
+        (t, out)
+    }
+
+    /// The negotiated options.
+    pub fn options(&self) -> &TransferOptions {
+        &self.opts
+    }
+
+    /// Whether every block was acknowledged.
+    pub fn is_complete(&self) -> bool {
+        self.oack.is_none() && self.acked == self.total_blocks
+    }
+
+    /// Whether the transfer was abandoned (client error or too many timeouts).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// When [`on_timeout`](Self::on_timeout) is due.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn block_packet(&self, index: u64) -> Vec<u8> {
+        // Block numbers start at 1 and roll over to 0 after 65535, as tftp-hpa
+        // and iPXE expect for files over 32 MiB at 512-byte blocks.
+        let start = ((index - 1) * self.opts.blksize as u64) as usize;
+        let end = (start + self.opts.blksize).min(self.data.len());
+        let payload = if start <= self.data.len() { &self.data[start..end] } else { &[][..] };
+        packet::data((index & 0xffff) as u16, payload)
+    }
+
+    fn send_window(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let last = (self.acked + u64::from(self.opts.windowsize)).min(self.total_blocks);
+        let out = (self.acked + 1..=last).map(|i| self.block_packet(i)).collect();
+        self.sent = last;
+        self.deadline = now + self.opts.timeout;
+        out
+    }
+
+    /// Handles a packet from the client.
+    pub fn on_packet(&mut self, bytes: &[u8], now: Instant) -> Vec<Vec<u8>> {
+        if self.failed || self.is_complete() {
+            return Vec::new();
+        }
+        match Packet::decode(bytes) {
+            Some(Packet::Ack { block }) => {
+                if self.oack.is_some() {
+                    if block == 0 {
+                        self.oack = None;
+                        self.retries = 0;
+                        return self.send_window(now);
+                    }
+                    return Vec::new();
+                }
+                // Map the 16-bit number to the window in flight.
+                let Some(abs) = (self.acked + 1..=self.sent).rev().find(|i| (i & 0xffff) as u16 == block) else {
+                    // A duplicate or stale ACK: ignore it (no Sorcerer's Apprentice).
+                    return Vec::new();
+                };
+                self.acked = abs;
+                self.retries = 0;
+                if self.is_complete() {
+                    return Vec::new();
+                }
+                // The next window; after a partial one (loss), RFC 7440 resends
+                // from the block after the last acknowledged.
+                self.send_window(now)
+            }
+            Some(Packet::Error { .. }) => {
+                self.failed = true;
+                Vec::new()
+            }
+            _ => vec![packet::error(packet::code::ILLEGAL, "expected an ACK")],
+        }
+    }
+
+    /// Retransmits after a timeout; abandons the transfer after [`MAX_RETRIES`].
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        if self.failed || self.is_complete() {
+            return Vec::new();
+        }
+        self.retries += 1;
+        if self.retries > MAX_RETRIES {
+            self.failed = true;
+            return vec![packet::error(packet::code::UNDEFINED, "timed out")];
+        }
+        self.deadline = now + self.opts.timeout;
+        match &self.oack {
+            Some(o) => vec![o.clone()],
+            None => self.send_window(now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(b: u16) -> Vec<u8> {
+        Packet::Ack { block: b }.encode()
+    }
+
+    fn blocks(pkts: &[Vec<u8>]) -> Vec<u16> {
+        pkts.iter()
+            .map(|p| match Packet::decode(p) {
+                Some(Packet::Data { block, .. }) => block,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_transfer_ends_with_a_short_block() {
+        let data: Arc<[u8]> = vec![7u8; 1024].into();
+        let now = Instant::now();
+        let (mut t, out) = Transfer::start(data, &[], 1468, now);
+        assert_eq!(blocks(&out), [1]);
+        assert_eq!(blocks(&t.on_packet(&ack(1), now)), [2]);
+        let last = t.on_packet(&ack(2), now);
+        assert_eq!(Packet::decode(&last[0]), Some(Packet::Data { block: 3, data: vec![] }), "a multiple of 512 ends with an empty block");
+        assert!(t.on_packet(&ack(3), now).is_empty());
+        assert!(t.is_complete());
+    }
+
+    #[test]
+    fn options_are_acknowledged_and_windows_recover_from_loss() {
+        let data: Arc<[u8]> = vec![1u8; 10_000].into();
+        let now = Instant::now();
+        let req = vec![("blksize".into(), "1024".into()), ("tsize".into(), "0".into()), ("windowsize".into(), "4".into()), ("x-unknown".into(), "1".into())];
+        let (mut t, out) = Transfer::start(data, &req, 1468, now);
+        assert_eq!(
+            Packet::decode(&out[0]),
+            Some(Packet::Oack { options: vec![("blksize".into(), "1024".into()), ("tsize".into(), "10000".into()), ("windowsize".into(), "4".into())] })
+        );
+        assert_eq!(blocks(&t.on_packet(&ack(0), now)), [1, 2, 3, 4]);
+        // Block 3 lost: the client acknowledges 2; we resend from 3.
+        assert_eq!(blocks(&t.on_packet(&ack(2), now)), [3, 4, 5, 6]);
+        assert!(t.on_packet(&ack(2), now).is_empty(), "duplicate ACKs are ignored");
+        assert_eq!(blocks(&t.on_timeout(now)), [3, 4, 5, 6], "a timeout resends the window");
+        assert_eq!(blocks(&t.on_packet(&ack(6), now)), [7, 8, 9, 10]);
+        assert!(t.on_packet(&ack(10), now).is_empty());
+        assert!(t.is_complete());
+    }
+
+    #[test]
+    fn block_numbers_roll_over() {
+        let data: Arc<[u8]> = vec![0u8; 8 * 70_000].into();
+        let now = Instant::now();
+        let (mut t, _) = Transfer::start(data, &[("blksize".into(), "8".into())], 1468, now);
+        let mut out = t.on_packet(&ack(0), now);
+        let mut seen = 0u64;
+        while !out.is_empty() {
+            let b = blocks(&out)[0];
+            seen += 1;
+            assert_eq!(b, (seen & 0xffff) as u16);
+            out = t.on_packet(&ack(b), now);
+        }
+        assert!(t.is_complete());
+        assert_eq!(seen, 70_001);
+    }
+
+    #[test]
+    fn gives_up_after_retries() {
+        let now = Instant::now();
+        let (mut t, _) = Transfer::start(vec![1u8; 10].into(), &[], 1468, now);
+        for _ in 0..MAX_RETRIES {
+            assert_eq!(blocks(&t.on_timeout(now)), [1]);
+        }
+        assert!(matches!(Packet::decode(&t.on_timeout(now)[0]), Some(Packet::Error { .. })));
+        assert!(t.is_failed());
+    }
+}

@@ -1,0 +1,214 @@
+//! Runs the boot services (DHCP, TFTP, HTTP with iPXE scripts, assets and
+//! metadata) for the Hardware YAML files in a directory:
+//!
+//! ```text
+//! cargo run --release --example boot-server -- --interface IF --address IP --hardware DIR \
+//!     [--proxy] [--tftp-root DIR] [--assets DIR] [--http-port N]
+//! ```
+//!
+//! DHCP answers on IF only (port 67, and 4011 with `--proxy`); TFTP serves the
+//! iPXE binaries (default `/usr/lib/ipxe`, Debian's `ipxe` package) on IP:69; HTTP
+//! listens on IP:80 (or `--http-port`) with `/metrics`. Every decision is logged
+//! (`RUST_LOG=debug` for more). Stops cleanly on Ctrl-C or SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode, server::bind_udp};
+use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker::boot::tftp::{FileSource, TftpServer, default_ipxe_dir};
+use tinker::boot::{BootConfig, StoreBootResponder, StoreMetadata};
+use tinker::core::model::{Document, parse_documents};
+use tinker::core::{Precondition, WorkflowStore};
+use tinker::store::MemoryStore;
+
+const USAGE: &str = "usage: boot-server --interface IF --address IP --hardware DIR [--proxy] [--tftp-root DIR] [--assets DIR]
+                   [--http-port N] [--dhcp-port N] [--tftp-port N] [--dhcp-client-port N] [--kernel NAME] [--initrd NAME]
+                   [--kernel-args ARGS]";
+
+struct Args {
+    interface: String,
+    address: Ipv4Addr,
+    hardware: PathBuf,
+    proxy: bool,
+    tftp_root: PathBuf,
+    assets: Option<PathBuf>,
+    http_port: u16,
+    dhcp_port: u16,
+    tftp_port: u16,
+    client_port: u16,
+    kernel: String,
+    initrd: String,
+    kernel_args: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let (mut interface, mut address, mut hardware) = (None, None, None);
+    let mut a = Args {
+        interface: String::new(),
+        address: Ipv4Addr::UNSPECIFIED,
+        hardware: PathBuf::new(),
+        proxy: false,
+        tftp_root: default_ipxe_dir(),
+        assets: None,
+        http_port: 80,
+        dhcp_port: 67,
+        tftp_port: 69,
+        client_port: 68,
+        kernel: "vmlinuz".into(),
+        initrd: "initrd.img".into(),
+        kernel_args: vec!["console=tty0".into(), "console=ttyS0,115200".into()],
+    };
+    let num = |v: Option<String>, what: &str| v.and_then(|v| v.parse::<u16>().ok()).ok_or(format!("{what} needs a port number"));
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--interface" => interface = it.next(),
+            "--address" => address = Some(it.next().and_then(|v| v.parse().ok()).ok_or("--address needs an IPv4 address")?),
+            "--hardware" => hardware = it.next().map(PathBuf::from),
+            "--proxy" => a.proxy = true,
+            "--tftp-root" => a.tftp_root = it.next().map(PathBuf::from).ok_or("--tftp-root needs a directory")?,
+            "--assets" => a.assets = it.next().map(PathBuf::from),
+            "--http-port" => a.http_port = num(it.next(), "--http-port")?,
+            "--dhcp-port" => a.dhcp_port = num(it.next(), "--dhcp-port")?,
+            "--tftp-port" => a.tftp_port = num(it.next(), "--tftp-port")?,
+            "--dhcp-client-port" => a.client_port = num(it.next(), "--dhcp-client-port")?,
+            "--kernel" => a.kernel = it.next().ok_or("--kernel needs a name")?,
+            "--initrd" => a.initrd = it.next().ok_or("--initrd needs a name")?,
+            "--kernel-args" => a.kernel_args = it.next().ok_or("--kernel-args needs arguments")?.split_whitespace().map(str::to_string).collect(),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    a.interface = interface.ok_or("--interface is required")?;
+    a.address = address.ok_or("--address is required")?;
+    a.hardware = hardware.ok_or("--hardware is required")?;
+    Ok(a)
+}
+
+async fn load_hardware(store: &dyn WorkflowStore, dir: &std::path::Path) -> Result<usize, String> {
+    let mut n = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.filter_map(Result::ok).map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.display().to_string();
+        let docs = parse_documents(&name, &text).map_err(|e| e.to_string())?;
+        let findings = tinker::core::validate::documents(&name, &docs);
+        if !findings.0.is_empty() {
+            return Err(findings.to_string());
+        }
+        for d in docs {
+            if let Document::Object(o) = d {
+                store.put(o, Precondition::Any).await.map_err(|e| e.to_string())?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(a: Args) -> Result<(), String> {
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let n = load_hardware(store.as_ref(), &a.hardware).await?;
+    tracing::info!(objects = n, dir = %a.hardware.display(), "loaded");
+    let http_base = format!("http://{}:{}", a.address, a.http_port);
+
+    // Bind everything first: fail fast, before serving anything.
+    let dhcp_socket = bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, a.dhcp_port)), Some(&a.interface)).map_err(|e| format!("DHCP port {} on {}: {e}", a.dhcp_port, a.interface))?;
+    let proxy_socket = if a.proxy {
+        Some(bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4011)), Some(&a.interface)).map_err(|e| format!("proxyDHCP port 4011: {e}"))?)
+    } else {
+        None
+    };
+    let tftp_socket = tokio::net::UdpSocket::bind((a.address, a.tftp_port)).await.map_err(|e| format!("TFTP {}:{}: {e}", a.address, a.tftp_port))?;
+    let listener = tokio::net::TcpListener::bind((a.address, a.http_port)).await.map_err(|e| format!("HTTP {}:{}: {e}", a.address, a.http_port))?;
+
+    let binaries = FileSource::ipxe_binaries(&a.tftp_root).map_err(|e| e.to_string())?;
+    tracing::info!(dir = %a.tftp_root.display(), files = ?binaries.names(), "iPXE binaries");
+    let tftp = TftpServer::new(binaries.clone());
+
+    let responder = StoreBootResponder::new(
+        store.clone(),
+        BootConfig { tftp_server: a.address, http_base: http_base.clone(), default_lease_seconds: 86400, record_events: true },
+    );
+    let mut dhcp_config = DhcpConfig::new(if a.proxy { Mode::Proxy } else { Mode::Reservation }, a.address);
+    dhcp_config.client_port = a.client_port;
+    let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder));
+
+    let assets = match &a.assets {
+        Some(dir) => Some(FileSource::directory(dir).map_err(|e| format!("assets {}: {e}", dir.display()))?),
+        None => None,
+    };
+    let http = HttpServer::new(HttpConfig {
+        store: store.clone(),
+        metadata: Arc::new(StoreMetadata::new(store.clone())),
+        osie: OsieConfig {
+            base_url: format!("{http_base}/assets"),
+            kernel: a.kernel.clone(),
+            initrd: a.initrd.clone(),
+            control_plane: http_base.clone(),
+            extra_args: a.kernel_args.clone(),
+        },
+        assets,
+        binaries: Some(binaries),
+        trusted_proxies: Vec::<IpAddr>::new(),
+        extra: None,
+        metrics: vec![dhcp.stats(), tftp.stats()],
+    });
+    tracing::info!(interface = %a.interface, address = %a.address, mode = if a.proxy { "proxy" } else { "reservation" }, http = %http_base, "serving");
+
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let tasks = vec![
+        tokio::spawn(dhcp.serve(dhcp_socket, proxy_socket, stop(&stop_tx))),
+        tokio::spawn(tftp.serve(tftp_socket, stop(&stop_tx))),
+        tokio::spawn(http.serve(listener, stop(&stop_tx))),
+    ];
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    for t in tasks {
+        if let Ok(Err(e)) = t.await {
+            tracing::warn!(error = %e, "a service ended with an error");
+        }
+    }
+    Ok(())
+}
