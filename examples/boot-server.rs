@@ -152,7 +152,11 @@ async fn run(a: Args) -> Result<(), String> {
     let tftp_socket = tokio::net::UdpSocket::bind((a.address, a.tftp_port)).await.map_err(|e| format!("TFTP {}:{}: {e}", a.address, a.tftp_port))?;
     let listener = tokio::net::TcpListener::bind((a.address, a.http_port)).await.map_err(|e| format!("HTTP {}:{}: {e}", a.address, a.http_port))?;
 
-    let binaries = FileSource::ipxe_binaries(&a.tftp_root).map_err(|e| e.to_string())?;
+    // The iPXE binaries are read once, by their real paths (Debian links some to
+    // /boot); anything else is served from the directory with no way out of it.
+    let binaries = FileSource::ipxe_binaries(&a.tftp_root)
+        .and_then(|s| s.with_directory(&a.tftp_root))
+        .map_err(|e| e.to_string())?;
     tracing::info!(dir = %a.tftp_root.display(), files = ?binaries.names(), "iPXE binaries");
     let tftp = TftpServer::new(binaries.clone());
 

@@ -1,0 +1,196 @@
+//! A two-namespace network lab for tests: a server namespace and a client
+//! namespace joined by a veth pair, addresses inside them only, no route out.
+//! Everything is torn down on drop, processes first. Tests skip without root or
+//! `ip`, and fail instead when `TINKER_REQUIRE_REAL=1`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn require_real() -> bool {
+    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
+}
+
+/// `false` (with a note) when something the lab needs is missing, unless required.
+pub fn have(tools: &[&str]) -> bool {
+    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|t| !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()))
+        .map(|t| t.to_string())
+        .collect();
+    if !root {
+        missing.push("root".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if require_real() {
+        panic!("required for this test (TINKER_REQUIRE_REAL=1): {missing:?}; run .ci/run");
+    }
+    eprintln!("skipped: missing {missing:?}");
+    false
+}
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh").args(["-c", cmd]).output().expect("sh")
+}
+
+fn must(cmd: &str) {
+    let o = sh(cmd);
+    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The examples directory next to this test binary (cargo builds examples for tests).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built (cargo test builds examples)", p.display());
+    p
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The lab. The server side is `10.77.N.1/24` on `srv_if`; the client side has no
+/// address until a DHCP client gets one.
+pub struct Lab {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub srv_if: String,
+    pub cli_if: String,
+    pub server_ip: String,
+    pub subnet: String,
+    pub dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// Creates the namespaces and the veth pair; the client interface gets `client_mac`.
+    pub fn new(client_mac: &str) -> Lab {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 100000, n);
+        let lab = Lab {
+            server_ns: format!("tks{id}"),
+            client_ns: format!("tkc{id}"),
+            srv_if: format!("tka{id}"),
+            cli_if: format!("tkb{id}"),
+            server_ip: format!("10.77.{}.1", 10 + n % 200),
+            subnet: format!("10.77.{}", 10 + n % 200),
+            dir: tempfile::tempdir().unwrap(),
+            children: Vec::new(),
+        };
+        must(&format!("ip netns add {}", lab.server_ns));
+        must(&format!("ip netns add {}", lab.client_ns));
+        // Clients run inside the namespace but share /etc: give the namespace its
+        // own resolv.conf so no hook can touch the machine's.
+        std::fs::create_dir_all(format!("/etc/netns/{}", lab.client_ns)).unwrap();
+        std::fs::write(format!("/etc/netns/{}/resolv.conf", lab.client_ns), "").unwrap();
+        must(&format!("ip link add {} type veth peer name {}", lab.srv_if, lab.cli_if));
+        must(&format!("ip link set {} netns {}", lab.srv_if, lab.server_ns));
+        must(&format!("ip link set {} netns {} address {client_mac}", lab.cli_if, lab.client_ns));
+        must(&format!("ip -n {} addr add {}/24 dev {}", lab.server_ns, lab.server_ip, lab.srv_if));
+        for (ns, ifc) in [(&lab.server_ns, &lab.srv_if), (&lab.client_ns, &lab.cli_if)] {
+            must(&format!("ip -n {ns} link set {ifc} up"));
+            must(&format!("ip -n {ns} link set lo up"));
+        }
+        lab
+    }
+
+    /// Runs a command in the server namespace, in the background, until drop.
+    pub fn spawn_server(&mut self, program: &Path, args: &[String], log: &str) {
+        let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+    }
+
+    /// Waits until the boot server's HTTP health check answers.
+    pub fn wait_http(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.server_sh(&format!("curl -sf --max-time 1 http://{}:{port}/healthz", self.server_ip)).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server did not come up on {}:{port}; log:\n{}", self.server_ip, self.log("server.log"));
+    }
+
+    /// A file of the lab directory, as text.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Runs a shell command in the client namespace.
+    pub fn client_sh(&self, cmd: &str) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.client_ns, "sh", "-c", cmd]).output().unwrap()
+    }
+
+    /// Runs a shell command in the server namespace.
+    pub fn server_sh(&self, cmd: &str) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.server_ns, "sh", "-c", cmd]).output().unwrap()
+    }
+
+    /// The client's IPv4 addresses.
+    pub fn client_addresses(&self) -> String {
+        String::from_utf8_lossy(&sh(&format!("ip -n {} -4 -o addr show dev {}", self.client_ns, self.cli_if)).stdout).to_string()
+    }
+
+    /// Removes the client's addresses.
+    pub fn flush_client(&self) {
+        sh(&format!("ip -n {} addr flush dev {}", self.client_ns, self.cli_if));
+    }
+
+    /// GET a URL of the server from the client namespace.
+    pub fn http_get(&self, path: &str, port: u16) -> String {
+        let out = self.client_sh(&format!("curl -s --max-time 5 http://{}:{port}{path}", self.server_ip));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Reads a Prometheus counter of the boot server.
+    pub fn metric(&self, name: &str, port: u16) -> u64 {
+        let text = String::from_utf8_lossy(&self.server_sh(&format!("curl -s --max-time 5 http://{}:{port}/metrics", self.server_ip)).stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.server_ns, &self.client_ns] {
+            sh(&format!("ip netns pids {ns} | xargs -r kill -9"));
+            sh(&format!("ip netns del {ns}"));
+        }
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.client_ns));
+    }
+}
+
+/// A hook script for DHCP clients that only sets the address inside the
+/// namespace (no resolv.conf, no hostname).
+pub fn client_hook(dir: &Path) -> PathBuf {
+    let p = dir.join("hook.sh");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\ncase \"$reason$1\" in\n  BOUND*|RENEW*|REBIND*|REBOOT*) ip addr add \"$new_ip_address/24\" dev \"$interface\" ;;\n  bound*|renew*) ip addr replace \"$ip/${mask:-24}\" dev \"$interface\" ;;\nesac\nexit 0\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
