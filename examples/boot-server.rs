@@ -61,14 +61,28 @@ fn parse_args() -> Result<Args, String> {
         initrd: "initrd.img".into(),
         kernel_args: vec!["console=tty0".into(), "console=ttyS0,115200".into()],
     };
-    let num = |v: Option<String>, what: &str| v.and_then(|v| v.parse::<u16>().ok()).ok_or(format!("{what} needs a port number"));
+    let num = |v: Option<String>, what: &str| {
+        v.and_then(|v| v.parse::<u16>().ok())
+            .ok_or(format!("{what} needs a port number"))
+    };
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--interface" => interface = it.next(),
-            "--address" => address = Some(it.next().and_then(|v| v.parse().ok()).ok_or("--address needs an IPv4 address")?),
+            "--address" => {
+                address = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--address needs an IPv4 address")?,
+                )
+            }
             "--hardware" => hardware = it.next().map(PathBuf::from),
             "--proxy" => a.proxy = true,
-            "--tftp-root" => a.tftp_root = it.next().map(PathBuf::from).ok_or("--tftp-root needs a directory")?,
+            "--tftp-root" => {
+                a.tftp_root = it
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--tftp-root needs a directory")?
+            }
             "--assets" => a.assets = it.next().map(PathBuf::from),
             "--http-port" => a.http_port = num(it.next(), "--http-port")?,
             "--dhcp-port" => a.dhcp_port = num(it.next(), "--dhcp-port")?,
@@ -76,7 +90,14 @@ fn parse_args() -> Result<Args, String> {
             "--dhcp-client-port" => a.client_port = num(it.next(), "--dhcp-client-port")?,
             "--kernel" => a.kernel = it.next().ok_or("--kernel needs a name")?,
             "--initrd" => a.initrd = it.next().ok_or("--initrd needs a name")?,
-            "--kernel-args" => a.kernel_args = it.next().ok_or("--kernel-args needs arguments")?.split_whitespace().map(str::to_string).collect(),
+            "--kernel-args" => {
+                a.kernel_args = it
+                    .next()
+                    .ok_or("--kernel-args needs arguments")?
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -89,13 +110,18 @@ fn parse_args() -> Result<Args, String> {
 
 async fn load_hardware(store: &dyn WorkflowStore, dir: &std::path::Path) -> Result<usize, String> {
     let mut n = 0;
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.filter_map(Result::ok).map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for path in entries {
         if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = path.display().to_string();
         let docs = parse_documents(&name, &text).map_err(|e| e.to_string())?;
         let findings = tinker::core::validate::documents(&name, &docs);
@@ -104,7 +130,10 @@ async fn load_hardware(store: &dyn WorkflowStore, dir: &std::path::Path) -> Resu
         }
         for d in docs {
             if let Document::Object(o) = d {
-                store.put(o, Precondition::Any).await.map_err(|e| e.to_string())?;
+                store
+                    .put(o, Precondition::Any)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 n += 1;
             }
         }
@@ -115,7 +144,9 @@ async fn load_hardware(store: &dyn WorkflowStore, dir: &std::path::Path) -> Resu
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = match parse_args() {
         Ok(a) => a,
@@ -143,14 +174,28 @@ async fn run(a: Args) -> Result<(), String> {
     let http_base = format!("http://{}:{}", a.address, a.http_port);
 
     // Bind everything first: fail fast, before serving anything.
-    let dhcp_socket = bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, a.dhcp_port)), Some(&a.interface)).map_err(|e| format!("DHCP port {} on {}: {e}", a.dhcp_port, a.interface))?;
+    let dhcp_socket = bind_udp(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, a.dhcp_port)),
+        Some(&a.interface),
+    )
+    .map_err(|e| format!("DHCP port {} on {}: {e}", a.dhcp_port, a.interface))?;
     let proxy_socket = if a.proxy {
-        Some(bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4011)), Some(&a.interface)).map_err(|e| format!("proxyDHCP port 4011: {e}"))?)
+        Some(
+            bind_udp(
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4011)),
+                Some(&a.interface),
+            )
+            .map_err(|e| format!("proxyDHCP port 4011: {e}"))?,
+        )
     } else {
         None
     };
-    let tftp_socket = tokio::net::UdpSocket::bind((a.address, a.tftp_port)).await.map_err(|e| format!("TFTP {}:{}: {e}", a.address, a.tftp_port))?;
-    let listener = tokio::net::TcpListener::bind((a.address, a.http_port)).await.map_err(|e| format!("HTTP {}:{}: {e}", a.address, a.http_port))?;
+    let tftp_socket = tokio::net::UdpSocket::bind((a.address, a.tftp_port))
+        .await
+        .map_err(|e| format!("TFTP {}:{}: {e}", a.address, a.tftp_port))?;
+    let listener = tokio::net::TcpListener::bind((a.address, a.http_port))
+        .await
+        .map_err(|e| format!("HTTP {}:{}: {e}", a.address, a.http_port))?;
 
     // The iPXE binaries are read once, by their real paths (Debian links some to
     // /boot); anything else is served from the directory with no way out of it.
@@ -162,14 +207,28 @@ async fn run(a: Args) -> Result<(), String> {
 
     let responder = StoreBootResponder::new(
         store.clone(),
-        BootConfig { tftp_server: a.address, http_base: http_base.clone(), default_lease_seconds: 86400, record_events: true },
+        BootConfig {
+            tftp_server: a.address,
+            http_base: http_base.clone(),
+            default_lease_seconds: 86400,
+            record_events: true,
+        },
     );
-    let mut dhcp_config = DhcpConfig::new(if a.proxy { Mode::Proxy } else { Mode::Reservation }, a.address);
+    let mut dhcp_config = DhcpConfig::new(
+        if a.proxy {
+            Mode::Proxy
+        } else {
+            Mode::Reservation
+        },
+        a.address,
+    );
     dhcp_config.client_port = a.client_port;
     let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder));
 
     let assets = match &a.assets {
-        Some(dir) => Some(FileSource::directory(dir).map_err(|e| format!("assets {}: {e}", dir.display()))?),
+        Some(dir) => {
+            Some(FileSource::directory(dir).map_err(|e| format!("assets {}: {e}", dir.display()))?)
+        }
         None => None,
     };
     let http = HttpServer::new(HttpConfig {
@@ -202,7 +261,8 @@ async fn run(a: Args) -> Result<(), String> {
         tokio::spawn(tftp.serve(tftp_socket, stop(&stop_tx))),
         tokio::spawn(http.serve(listener, stop(&stop_tx))),
     ];
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -27,17 +27,27 @@ fn hardware(lab: &Lab, allow_pxe: bool) -> std::path::PathBuf {
 
 fn start(lab: &mut Lab, extra: &[&str]) {
     let hw = hardware(lab, true);
-    let mut args: Vec<String> = ["--interface", &lab.srv_if, "--address", &lab.server_ip, "--hardware", hw.to_str().unwrap(), "--http-port", &HTTP.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--interface",
+        &lab.srv_if,
+        "--address",
+        &lab.server_ip,
+        "--hardware",
+        hw.to_str().unwrap(),
+        "--http-port",
+        &HTTP.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     lab.spawn_server(&example("boot-server"), &args, "server.log");
     lab.wait_http(HTTP);
 }
 
 fn leased(lab: &Lab) -> bool {
-    lab.client_addresses().contains(&format!("{}.10/24", lab.subnet))
+    lab.client_addresses()
+        .contains(&format!("{}.10/24", lab.subnet))
 }
 
 #[test]
@@ -53,37 +63,87 @@ fn real_dhcp_clients_get_and_renew_their_reservation() {
     let resolv_before = std::fs::read("/etc/resolv.conf").ok();
 
     // ISC dhclient: DORA, then a renewal of the lease it holds.
-    let dhclient = format!("timeout 30 dhclient -1 -v -sf {} -lf {d}/dhclient.leases -pf {d}/dhclient.pid {ifc}", hook.display());
+    let dhclient = format!(
+        "timeout 30 dhclient -1 -v -sf {} -lf {d}/dhclient.leases -pf {d}/dhclient.pid {ifc}",
+        hook.display()
+    );
     let out = lab.client_sh(&dhclient);
-    assert!(leased(&lab), "dhclient got no lease: {}\n{}", String::from_utf8_lossy(&out.stderr), lab.log("server.log"));
+    assert!(
+        leased(&lab),
+        "dhclient got no lease: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.log("server.log")
+    );
     let acks = lab.metric("tinker_dhcp_acks_total", HTTP);
     let out = lab.client_sh(&format!("{dhclient} 2>&1"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("DHCPACK"), "renewal: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DHCPACK"),
+        "renewal: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(lab.metric("tinker_dhcp_acks_total", HTTP) > acks);
-    lab.client_sh(&format!("dhclient -r -sf {} -lf {d}/dhclient.leases -pf {d}/dhclient.pid {ifc}", hook.display()));
-    assert!(lab.metric("tinker_dhcp_releases_total", HTTP) >= 1, "the RELEASE reached the server");
+    lab.client_sh(&format!(
+        "dhclient -r -sf {} -lf {d}/dhclient.leases -pf {d}/dhclient.pid {ifc}",
+        hook.display()
+    ));
+    assert!(
+        lab.metric("tinker_dhcp_releases_total", HTTP) >= 1,
+        "the RELEASE reached the server"
+    );
     lab.flush_client();
 
     // busybox udhcpc: a lease, then a request for the same address (what it sends to renew).
-    let out = lab.client_sh(&format!("timeout 30 udhcpc -i {ifc} -n -q -t 5 -T 1 -s {}", hook.display()));
-    assert!(leased(&lab), "udhcpc: {}", String::from_utf8_lossy(&out.stderr));
-    let out = lab.client_sh(&format!("timeout 30 udhcpc -i {ifc} -n -q -t 5 -T 1 -r {}.10 -s {} 2>&1", lab.subnet, hook.display()));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("lease of {}.10 obtained", lab.subnet)), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = lab.client_sh(&format!(
+        "timeout 30 udhcpc -i {ifc} -n -q -t 5 -T 1 -s {}",
+        hook.display()
+    ));
+    assert!(
+        leased(&lab),
+        "udhcpc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.client_sh(&format!(
+        "timeout 30 udhcpc -i {ifc} -n -q -t 5 -T 1 -r {}.10 -s {} 2>&1",
+        lab.subnet,
+        hook.display()
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("lease of {}.10 obtained", lab.subnet)),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     lab.flush_client();
 
     // dhcpcd, hooks that touch /etc off; then `-n` makes it renew.
-    let dhcpcd = format!("timeout 40 dhcpcd -1 -4 -B -t 20 --nohook resolv.conf --nohook hostname --nohook ntp.conf --nohook timesyncd.conf {ifc}");
+    let dhcpcd = format!(
+        "timeout 40 dhcpcd -1 -4 -B -t 20 --nohook resolv.conf --nohook hostname --nohook ntp.conf --nohook timesyncd.conf {ifc}"
+    );
     let out = lab.client_sh(&format!("{dhcpcd} 2>&1"));
-    assert!(leased(&lab), "dhcpcd: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        leased(&lab),
+        "dhcpcd: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     lab.client_sh(&format!("dhcpcd -k {ifc}"));
     lab.flush_client();
-    assert_eq!(std::fs::read("/etc/resolv.conf").ok(), resolv_before, "a client touched the machine's resolv.conf");
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").ok(),
+        resolv_before,
+        "a client touched the machine's resolv.conf"
+    );
 
     // An unknown MAC gets nothing, and the server counts it.
     lab.client_sh(&format!("ip link set {ifc} address 52:54:00:ee:ee:ee"));
     let unknown = lab.metric("tinker_dhcp_unknown_mac_total", HTTP);
-    lab.client_sh(&format!("timeout 20 udhcpc -i {ifc} -n -q -t 3 -T 1 -s {}", hook.display()));
-    assert!(lab.client_addresses().is_empty(), "an unknown MAC got an address");
+    lab.client_sh(&format!(
+        "timeout 20 udhcpc -i {ifc} -n -q -t 3 -T 1 -s {}",
+        hook.display()
+    ));
+    assert!(
+        lab.client_addresses().is_empty(),
+        "an unknown MAC got an address"
+    );
     assert!(lab.metric("tinker_dhcp_unknown_mac_total", HTTP) > unknown);
 }
 
@@ -105,21 +165,37 @@ fn tftp_clients_fetch_ipxe_byte_identical_and_cannot_leave_the_root() {
     std::os::unix::fs::symlink(lab.dir.path().join("secret"), root.join("sub/link")).unwrap();
     let r = root.display().to_string();
     start(&mut lab, &["--tftp-root", &r]);
-    lab.client_sh(&format!("ip addr add {}.10/24 dev {}", lab.subnet, lab.cli_if));
+    lab.client_sh(&format!(
+        "ip addr add {}.10/24 dev {}",
+        lab.subnet, lab.cli_if
+    ));
     let d = lab.dir.path().display().to_string();
     let ip = lab.server_ip.clone();
     let same = |file: &str, want: &[u8], what: &str| {
         let got = std::fs::read(format!("{d}/{file}")).unwrap_or_default();
-        assert!(got == want, "{what}: got {} bytes, want {} identical bytes", got.len(), want.len());
+        assert!(
+            got == want,
+            "{what}: got {} bytes, want {} identical bytes",
+            got.len(),
+            want.len()
+        );
     };
-    lab.client_sh(&format!("cd {d} && tftp {ip} -m binary -c get undionly.kpxe got-kpxe"));
+    lab.client_sh(&format!(
+        "cd {d} && tftp {ip} -m binary -c get undionly.kpxe got-kpxe"
+    ));
     same("got-kpxe", &kpxe, "tftp-hpa, 512-byte blocks");
     // (tftp-hpa reads `host:file` in a colon, so the MAC is written with dashes.)
-    lab.client_sh(&format!("cd {d} && tftp {ip} -m binary -c get 52-54-00-ab-cd-01/ipxe.efi got-efi"));
+    lab.client_sh(&format!(
+        "cd {d} && tftp {ip} -m binary -c get 52-54-00-ab-cd-01/ipxe.efi got-efi"
+    ));
     same("got-efi", &efi, "a per-MAC path, as smee serves");
     for blksize in ["1468", "8192"] {
         lab.client_sh(&format!("curl -s --max-time 30 --tftp-blksize {blksize} tftp://{ip}/ipxe.efi -o {d}/got-curl-{blksize}"));
-        same(&format!("got-curl-{blksize}"), &efi, &format!("curl with blksize {blksize}"));
+        same(
+            &format!("got-curl-{blksize}"),
+            &efi,
+            &format!("curl with blksize {blksize}"),
+        );
     }
     for path in ["../secret", "sub/link", "/etc/passwd", "sub/../../secret"] {
         let out = lab.client_sh(&format!("cd {d} && rm -f stolen && tftp {ip} -m binary -c get {path} stolen 2>&1; cat stolen 2>/dev/null"));
@@ -128,7 +204,11 @@ fn tftp_clients_fetch_ipxe_byte_identical_and_cannot_leave_the_root() {
         assert!(text.contains("Error code"), "{path}: {text}");
     }
     let refused = lab.metric("tinker_tftp_refused_total", HTTP);
-    assert!(refused >= 2, "traversal attempts are counted ({refused}):\n{}", lab.log("server.log"));
+    assert!(
+        refused >= 2,
+        "traversal attempts are counted ({refused}):\n{}",
+        lab.log("server.log")
+    );
     assert!(lab.metric("tinker_tftp_completed_total", HTTP) >= 4);
 }
 
@@ -140,17 +220,41 @@ fn metadata_and_scripts_over_http_from_the_machine_itself() {
     let mut lab = Lab::new(MAC);
     start(&mut lab, &[]);
     // Not yet its address: nothing.
-    lab.client_sh(&format!("ip addr add {}.99/24 dev {}", lab.subnet, lab.cli_if));
-    assert!(lab.http_get("/2009-04-04/meta-data/instance-id", HTTP).contains("no machine"));
+    lab.client_sh(&format!(
+        "ip addr add {}.99/24 dev {}",
+        lab.subnet, lab.cli_if
+    ));
+    assert!(
+        lab.http_get("/2009-04-04/meta-data/instance-id", HTTP)
+            .contains("no machine")
+    );
     lab.flush_client();
-    lab.client_sh(&format!("ip addr add {}.10/24 dev {}", lab.subnet, lab.cli_if));
-    assert_eq!(lab.http_get("/2009-04-04/meta-data/instance-id", HTTP), "i-m1-0001");
-    assert_eq!(lab.http_get("/2009-04-04/meta-data/local-ipv4", HTTP), format!("{}.10", lab.subnet));
-    assert!(lab.http_get("/2009-04-04/user-data", HTTP).starts_with("#cloud-config"));
+    lab.client_sh(&format!(
+        "ip addr add {}.10/24 dev {}",
+        lab.subnet, lab.cli_if
+    ));
+    assert_eq!(
+        lab.http_get("/2009-04-04/meta-data/instance-id", HTTP),
+        "i-m1-0001"
+    );
+    assert_eq!(
+        lab.http_get("/2009-04-04/meta-data/local-ipv4", HTTP),
+        format!("{}.10", lab.subnet)
+    );
+    assert!(
+        lab.http_get("/2009-04-04/user-data", HTTP)
+            .starts_with("#cloud-config")
+    );
     assert!(lab.http_get("/metadata", HTTP).contains("i-m1-0001"));
     let script = lab.http_get("/auto.ipxe", HTTP);
-    assert!(script.starts_with("#!ipxe") && script.contains(&format!("worker_id={MAC}")), "{script}");
+    assert!(
+        script.starts_with("#!ipxe") && script.contains(&format!("worker_id={MAC}")),
+        "{script}"
+    );
     // A spoofed header from an untrusted peer changes nothing.
-    let out = lab.client_sh(&format!("curl -s -H 'X-Forwarded-For: 10.0.0.1' http://{}:{HTTP}/2009-04-04/meta-data/instance-id", lab.server_ip));
+    let out = lab.client_sh(&format!(
+        "curl -s -H 'X-Forwarded-For: 10.0.0.1' http://{}:{HTTP}/2009-04-04/meta-data/instance-id",
+        lab.server_ip
+    ));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "i-m1-0001");
 }

@@ -16,10 +16,19 @@ pub fn require_real() -> bool {
 
 /// `false` (with a note) when something the lab needs is missing, unless required.
 pub fn have(tools: &[&str]) -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
     let mut missing: Vec<String> = tools
         .iter()
-        .filter(|t| !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()))
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(|t| t.to_string())
         .collect();
     if !root {
@@ -41,7 +50,11 @@ fn sh(cmd: &str) -> Output {
 
 fn must(cmd: &str) {
     let o = sh(cmd);
-    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The examples directory next to this test binary (cargo builds examples for tests).
@@ -49,7 +62,11 @@ pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().join("examples");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is not built (cargo test builds examples)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built (cargo test builds examples)",
+        p.display()
+    );
     p
 }
 
@@ -89,10 +106,22 @@ impl Lab {
         // own resolv.conf so no hook can touch the machine's.
         std::fs::create_dir_all(format!("/etc/netns/{}", lab.client_ns)).unwrap();
         std::fs::write(format!("/etc/netns/{}/resolv.conf", lab.client_ns), "").unwrap();
-        must(&format!("ip link add {} type veth peer name {}", lab.srv_if, lab.cli_if));
-        must(&format!("ip link set {} netns {}", lab.srv_if, lab.server_ns));
-        must(&format!("ip link set {} netns {} address {client_mac}", lab.cli_if, lab.client_ns));
-        must(&format!("ip -n {} addr add {}/24 dev {}", lab.server_ns, lab.server_ip, lab.srv_if));
+        must(&format!(
+            "ip link add {} type veth peer name {}",
+            lab.srv_if, lab.cli_if
+        ));
+        must(&format!(
+            "ip link set {} netns {}",
+            lab.srv_if, lab.server_ns
+        ));
+        must(&format!(
+            "ip link set {} netns {} address {client_mac}",
+            lab.cli_if, lab.client_ns
+        ));
+        must(&format!(
+            "ip -n {} addr add {}/24 dev {}",
+            lab.server_ns, lab.server_ip, lab.srv_if
+        ));
         for (ns, ifc) in [(&lab.server_ns, &lab.srv_if), (&lab.client_ns, &lab.cli_if)] {
             must(&format!("ip -n {ns} link set {ifc} up"));
             must(&format!("ip -n {ns} link set lo up"));
@@ -119,12 +148,23 @@ impl Lab {
     pub fn wait_http(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.server_sh(&format!("curl -sf --max-time 1 http://{}:{port}/healthz", self.server_ip)).status.success() {
+            if self
+                .server_sh(&format!(
+                    "curl -sf --max-time 1 http://{}:{port}/healthz",
+                    self.server_ip
+                ))
+                .status
+                .success()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the server did not come up on {}:{port}; log:\n{}", self.server_ip, self.log("server.log"));
+        panic!(
+            "the server did not come up on {}:{port}; log:\n{}",
+            self.server_ip,
+            self.log("server.log")
+        );
     }
 
     /// A file of the lab directory, as text.
@@ -134,35 +174,65 @@ impl Lab {
 
     /// Runs a shell command in the client namespace.
     pub fn client_sh(&self, cmd: &str) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.client_ns, "sh", "-c", cmd]).output().unwrap()
+        Command::new("ip")
+            .args(["netns", "exec", &self.client_ns, "sh", "-c", cmd])
+            .output()
+            .unwrap()
     }
 
     /// Runs a shell command in the server namespace.
     pub fn server_sh(&self, cmd: &str) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.server_ns, "sh", "-c", cmd]).output().unwrap()
+        Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, "sh", "-c", cmd])
+            .output()
+            .unwrap()
     }
 
     /// The client's IPv4 addresses.
     pub fn client_addresses(&self) -> String {
-        String::from_utf8_lossy(&sh(&format!("ip -n {} -4 -o addr show dev {}", self.client_ns, self.cli_if)).stdout).to_string()
+        String::from_utf8_lossy(
+            &sh(&format!(
+                "ip -n {} -4 -o addr show dev {}",
+                self.client_ns, self.cli_if
+            ))
+            .stdout,
+        )
+        .to_string()
     }
 
     /// Removes the client's addresses.
     pub fn flush_client(&self) {
-        sh(&format!("ip -n {} addr flush dev {}", self.client_ns, self.cli_if));
+        sh(&format!(
+            "ip -n {} addr flush dev {}",
+            self.client_ns, self.cli_if
+        ));
     }
 
     /// GET a URL of the server from the client namespace.
     pub fn http_get(&self, path: &str, port: u16) -> String {
-        let out = self.client_sh(&format!("curl -s --max-time 5 http://{}:{port}{path}", self.server_ip));
+        let out = self.client_sh(&format!(
+            "curl -s --max-time 5 http://{}:{port}{path}",
+            self.server_ip
+        ));
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// Reads a Prometheus counter of the boot server.
     pub fn metric(&self, name: &str, port: u16) -> u64 {
-        let text = String::from_utf8_lossy(&self.server_sh(&format!("curl -s --max-time 5 http://{}:{port}/metrics", self.server_ip)).stdout).to_string();
+        let text = String::from_utf8_lossy(
+            &self
+                .server_sh(&format!(
+                    "curl -s --max-time 5 http://{}:{port}/metrics",
+                    self.server_ip
+                ))
+                .stdout,
+        )
+        .to_string();
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name} "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 }
@@ -193,4 +263,110 @@ pub fn client_hook(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+/// Builds (once per machine, cached under `target/`) the kernel and initramfs the
+/// PXE tests boot; returns their directory.
+pub fn test_os() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test> -> target/tinker-test-os
+    let out = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("tinker-test-os");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/build-test-os.sh");
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .expect("bash");
+    assert!(
+        o.status.success(),
+        "building the test OS failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+impl Lab {
+    /// Boots a QEMU VM (software emulation: KVM aborts on this kind of machine)
+    /// from the network on a tap bridged to the client side of the lab, with
+    /// `firmware` "bios" or "uefi"; returns the serial console once `marker`
+    /// appears, the VM powers off, or `timeout` passes.
+    pub fn boot_vm(&self, mac: &str, firmware: &str, marker: &str, timeout: Duration) -> String {
+        let br = format!("{}br", &self.client_ns[..self.client_ns.len().min(11)]);
+        let tap = format!("{}tp", &self.client_ns[..self.client_ns.len().min(11)]);
+        let ns = &self.client_ns;
+        must(&format!("ip -n {ns} link add {br} type bridge"));
+        must(&format!("ip -n {ns} tuntap add dev {tap} mode tap"));
+        must(&format!("ip -n {ns} link set {} master {br}", self.cli_if));
+        must(&format!("ip -n {ns} link set {tap} master {br}"));
+        for dev in [&br, &tap] {
+            must(&format!("ip -n {ns} link set {dev} up"));
+        }
+        let log = self.dir.path().join(format!("vm-{firmware}.log"));
+        let mut args: Vec<String> = [
+            "-machine",
+            "accel=tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if firmware == "uefi" {
+            let vars = self.dir.path().join("OVMF_VARS.fd");
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("OVMF (package ovmf)");
+            args.extend([
+                "-drive".into(),
+                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd".into(),
+                "-drive".into(),
+                format!("if=pflash,format=raw,file={}", vars.display()),
+            ]);
+        }
+        args.extend([
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("e1000,netdev=n0,mac={mac}"),
+            "-boot".into(),
+            "n".into(),
+            "-serial".into(),
+            format!("file:{}", log.display()),
+        ]);
+        let mut vm = Command::new("ip")
+            .args(["netns", "exec", ns, "qemu-system-x86_64"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("qemu.err")).unwrap())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).to_string();
+            if text.contains(marker)
+                || Instant::now() > deadline
+                || vm.try_wait().ok().flatten().is_some()
+            {
+                let _ = vm.kill();
+                let _ = vm.wait();
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
 }

@@ -14,7 +14,9 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(b.into()).map_err(|never| match never {}).boxed()
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -29,10 +31,21 @@ pub struct FileBody {
 
 impl FileBody {
     /// Opens `path` at `start` for `len` bytes.
-    pub async fn open(path: &std::path::Path, start: u64, len: u64, stats: Arc<HttpStats>) -> std::io::Result<Body> {
+    pub async fn open(
+        path: &std::path::Path,
+        start: u64,
+        len: u64,
+        stats: Arc<HttpStats>,
+    ) -> std::io::Result<Body> {
         let mut file = tokio::fs::File::open(path).await?;
         file.seek(std::io::SeekFrom::Start(start)).await?;
-        Ok(FileBody { file, remaining: len, buf: vec![0; CHUNK], stats }.boxed())
+        Ok(FileBody {
+            file,
+            remaining: len,
+            buf: vec![0; CHUNK],
+            stats,
+        }
+        .boxed())
     }
 }
 
@@ -40,7 +53,10 @@ impl hyper::body::Body for FileBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         if this.remaining == 0 {
             return Poll::Ready(None);
@@ -53,11 +69,18 @@ impl hyper::body::Body for FileBody {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 if n == 0 {
-                    return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the asset shrank while being served"))));
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the asset shrank while being served",
+                    ))));
                 }
                 this.remaining -= n as u64;
-                this.stats.asset_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(&this.buf[..n])))))
+                this.stats
+                    .asset_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(
+                    &this.buf[..n],
+                )))))
             }
         }
     }

@@ -40,13 +40,21 @@ pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
             return contents.clone();
         }
         if let Some(url) = &ipxe.url {
-            return format!("#!ipxe\necho Tinker: chaining to the script set for {mac}\nchain --autofree {url}\n");
+            return format!(
+                "#!ipxe\necho Tinker: chaining to the script set for {mac}\nchain --autofree {url}\n"
+            );
         }
     }
     let o = netboot.and_then(|n| n.osie.as_ref());
-    let base = o.and_then(|o| o.base_url.clone()).unwrap_or_else(|| osie.base_url.clone());
-    let kernel = o.and_then(|o| o.kernel.clone()).unwrap_or_else(|| osie.kernel.clone());
-    let initrd = o.and_then(|o| o.initrd.clone()).unwrap_or_else(|| osie.initrd.clone());
+    let base = o
+        .and_then(|o| o.base_url.clone())
+        .unwrap_or_else(|| osie.base_url.clone());
+    let kernel = o
+        .and_then(|o| o.kernel.clone())
+        .unwrap_or_else(|| osie.kernel.clone());
+    let initrd = o
+        .and_then(|o| o.initrd.clone())
+        .unwrap_or_else(|| osie.initrd.clone());
     let mut args = vec![
         // UEFI iPXE hands the initrd to the kernel only if the kernel line names it.
         format!("initrd={initrd}"),
@@ -54,7 +62,10 @@ pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
         format!("worker_id={mac}"),
         format!("hw_addr={mac}"),
     ];
-    if let Some(host) = iface.and_then(|i| i.dhcp.as_ref()).and_then(|d| d.hostname.as_ref()) {
+    if let Some(host) = iface
+        .and_then(|i| i.dhcp.as_ref())
+        .and_then(|d| d.hostname.as_ref())
+    {
         args.push(format!("hostname={host}"));
     }
     args.extend(osie.extra_args.iter().cloned());
@@ -120,7 +131,10 @@ impl HttpServer {
                     .interfaces
                     .iter()
                     .filter_map(|i| i.dhcp.as_ref())
-                    .find(|d| d.ip.as_ref().is_some_and(|ip| ip.address.parse::<IpAddr>().ok() == Some(caller)))
+                    .find(|d| {
+                        d.ip.as_ref()
+                            .is_some_and(|ip| ip.address.parse::<IpAddr>().ok() == Some(caller))
+                    })
                     .and_then(|d| d.mac.parse().ok());
                 match mac {
                     Some(mac) => self.serve_script(&hw.value, mac),
@@ -136,7 +150,8 @@ impl HttpServer {
         self.stats.scripts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%mac, machine = %hw.metadata.name, allow_pxe = hw.allows_pxe(), "iPXE script served");
         let mut r = Response::new(super::body::full(script(hw, mac, &self.config.osie)));
-        r.headers_mut().insert("content-type", "text/plain".parse().expect("static header"));
+        r.headers_mut()
+            .insert("content-type", "text/plain".parse().expect("static header"));
         r
     }
 }

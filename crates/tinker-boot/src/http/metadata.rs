@@ -15,20 +15,30 @@ async fn lookup(server: &HttpServer, caller: IpAddr) -> Result<InstanceMetadata,
             Ok(m)
         }
         Ok(None) => {
-            server.stats.metadata_unknown.fetch_add(1, Ordering::Relaxed);
+            server
+                .stats
+                .metadata_unknown
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%caller, "metadata request from an unknown address");
-            Err(status(StatusCode::NOT_FOUND, "no machine has this address\n"))
+            Err(status(
+                StatusCode::NOT_FOUND,
+                "no machine has this address\n",
+            ))
         }
         Err(e) => {
             tracing::warn!(%caller, error = %e, "metadata lookup failed");
-            Err(status(StatusCode::SERVICE_UNAVAILABLE, "metadata unavailable\n"))
+            Err(status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metadata unavailable\n",
+            ))
         }
     }
 }
 
 fn text(s: String) -> Response<Body> {
     let mut r = Response::new(full(s));
-    r.headers_mut().insert("content-type", "text/plain".parse().expect("static header"));
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().expect("static header"));
     r
 }
 
@@ -37,7 +47,10 @@ pub(super) async fn tinkerbell_json(server: &HttpServer, caller: IpAddr) -> Resp
     match lookup(server, caller).await {
         Ok(m) => {
             let mut r = Response::new(full(serde_json::to_vec(&m.document).unwrap_or_default()));
-            r.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+            r.headers_mut().insert(
+                "content-type",
+                "application/json".parse().expect("static header"),
+            );
             r
         }
         Err(r) => r,
@@ -83,9 +96,14 @@ pub(super) async fn ec2(server: &HttpServer, caller: IpAddr, rest: &[&str]) -> R
         },
         ["meta-data", "tags"] => text(m.tags.join("\n")),
         ["meta-data", "public-keys"] => text(
-            (0..m.public_keys.len()).map(|i| format!("{i}=key-{i}")).collect::<Vec<_>>().join("\n"),
+            (0..m.public_keys.len())
+                .map(|i| format!("{i}=key-{i}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         ),
-        ["meta-data", "public-keys", i] | ["meta-data", "public-keys", i, "openssh-key"] if rest.len() == 4 || i.parse::<usize>().is_ok() => {
+        ["meta-data", "public-keys", i] | ["meta-data", "public-keys", i, "openssh-key"]
+            if rest.len() == 4 || i.parse::<usize>().is_ok() =>
+        {
             match i.parse::<usize>().ok().and_then(|i| m.public_keys.get(i)) {
                 Some(key) if rest.len() == 4 => text(key.clone()),
                 Some(_) => text("openssh-key".into()),

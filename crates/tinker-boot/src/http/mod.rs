@@ -37,7 +37,11 @@ use tokio::net::TcpListener;
 #[async_trait::async_trait]
 pub trait ExtraRoutes: Send + Sync + std::fmt::Debug + 'static {
     /// Answers the request, or returns it untouched as `Err`.
-    async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Result<Response<Body>, Request<Incoming>>;
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, Request<Incoming>>;
 }
 
 /// Counters of the HTTP server.
@@ -106,7 +110,10 @@ pub struct HttpServer {
 impl HttpServer {
     /// A server with this configuration.
     pub fn new(config: HttpConfig) -> Self {
-        HttpServer { config: Arc::new(config), stats: Arc::default() }
+        HttpServer {
+            config: Arc::new(config),
+            stats: Arc::default(),
+        }
     }
 
     /// Its counters.
@@ -115,7 +122,11 @@ impl HttpServer {
     }
 
     /// Serves connections from `listener` until `shutdown` resolves.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -170,7 +181,8 @@ impl HttpServer {
             },
             None => req,
         };
-        let path = req.uri().path().to_string();
+        // iPXE percent-encodes the colons of a MAC in a path.
+        let path = percent_decode(req.uri().path());
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
             return status(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
@@ -182,9 +194,18 @@ impl HttpServer {
             ["auto.ipxe"] => self.script_by_ip(caller).await,
             ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac).await,
             ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")),
-            ["assets", rest @ ..] => self.asset(&rest.join("/"), req.headers().get("range").and_then(|v| v.to_str().ok()), head).await,
+            ["assets", rest @ ..] => {
+                self.asset(
+                    &rest.join("/"),
+                    req.headers().get("range").and_then(|v| v.to_str().ok()),
+                    head,
+                )
+                .await
+            }
             ["metadata"] => metadata::tinkerbell_json(self, caller).await,
-            [version, rest @ ..] if *version == "2009-04-04" || *version == "latest" => metadata::ec2(self, caller, rest).await,
+            [version, rest @ ..] if *version == "2009-04-04" || *version == "latest" => {
+                metadata::ec2(self, caller, rest).await
+            }
             _ => status(StatusCode::NOT_FOUND, "not found\n"),
         };
         if head { strip_body(resp) } else { resp }
@@ -193,29 +214,64 @@ impl HttpServer {
     fn metrics(&self) -> Response<Body> {
         let mut out = String::new();
         for (name, v, help) in [
-            ("tinker_http_requests_total", &self.stats.requests, "HTTP requests"),
-            ("tinker_http_ipxe_scripts_total", &self.stats.scripts, "iPXE scripts served"),
-            ("tinker_http_metadata_total", &self.stats.metadata, "metadata answers"),
-            ("tinker_http_metadata_unknown_total", &self.stats.metadata_unknown, "metadata requests from unknown addresses"),
-            ("tinker_http_asset_bytes_total", &self.stats.asset_bytes, "boot asset bytes sent"),
-            ("tinker_http_refused_total", &self.stats.refused, "paths refused"),
+            (
+                "tinker_http_requests_total",
+                &self.stats.requests,
+                "HTTP requests",
+            ),
+            (
+                "tinker_http_ipxe_scripts_total",
+                &self.stats.scripts,
+                "iPXE scripts served",
+            ),
+            (
+                "tinker_http_metadata_total",
+                &self.stats.metadata,
+                "metadata answers",
+            ),
+            (
+                "tinker_http_metadata_unknown_total",
+                &self.stats.metadata_unknown,
+                "metadata requests from unknown addresses",
+            ),
+            (
+                "tinker_http_asset_bytes_total",
+                &self.stats.asset_bytes,
+                "boot asset bytes sent",
+            ),
+            (
+                "tinker_http_refused_total",
+                &self.stats.refused,
+                "paths refused",
+            ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
         }
         for source in &self.config.metrics {
             source.render(&mut out);
         }
         let mut r = Response::new(full(out));
-        r.headers_mut().insert("content-type", "text/plain; version=0.0.4".parse().expect("static header"));
+        r.headers_mut().insert(
+            "content-type",
+            "text/plain; version=0.0.4".parse().expect("static header"),
+        );
         r
     }
 
     fn binary(&self, name: &str) -> Response<Body> {
-        let Some(src) = &self.config.binaries else { return status(StatusCode::NOT_FOUND, "no binaries configured\n") };
+        let Some(src) = &self.config.binaries else {
+            return status(StatusCode::NOT_FOUND, "no binaries configured\n");
+        };
         match src.get(name) {
             Ok(bytes) => {
                 let mut r = Response::new(full(bytes.to_vec()));
-                r.headers_mut().insert("content-type", "application/octet-stream".parse().expect("static header"));
+                r.headers_mut().insert(
+                    "content-type",
+                    "application/octet-stream".parse().expect("static header"),
+                );
                 r
             }
             Err(SourceError::Outside) => {
@@ -227,24 +283,34 @@ impl HttpServer {
     }
 
     async fn asset(&self, name: &str, range: Option<&str>, head: bool) -> Response<Body> {
-        let Some(src) = &self.config.assets else { return status(StatusCode::NOT_FOUND, "no assets configured\n") };
+        let Some(src) = &self.config.assets else {
+            return status(StatusCode::NOT_FOUND, "no assets configured\n");
+        };
         let path = match src.resolve_path(name) {
             Ok(p) => p,
             Err(SourceError::Outside) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(name, "HTTP: asset path outside the served directory refused");
+                tracing::warn!(
+                    name,
+                    "HTTP: asset path outside the served directory refused"
+                );
                 return status(StatusCode::FORBIDDEN, "forbidden\n");
             }
             Err(SourceError::NotFound) => return status(StatusCode::NOT_FOUND, "not found\n"),
         };
-        let Ok(meta) = tokio::fs::metadata(&path).await else { return status(StatusCode::NOT_FOUND, "not found\n") };
+        let Ok(meta) = tokio::fs::metadata(&path).await else {
+            return status(StatusCode::NOT_FOUND, "not found\n");
+        };
         let size = meta.len();
         let (code, start, len) = match range.map(|r| parse_range(r, size)) {
             None => (StatusCode::OK, 0, size),
             Some(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
             Some(None) => {
                 let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-                r.headers_mut().insert("content-range", format!("bytes */{size}").parse().expect("valid header"));
+                r.headers_mut().insert(
+                    "content-range",
+                    format!("bytes */{size}").parse().expect("valid header"),
+                );
                 return r;
             }
         };
@@ -253,26 +319,65 @@ impl HttpServer {
         } else {
             match FileBody::open(&path, start, len, self.stats.clone()).await {
                 Ok(b) => b,
-                Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the asset\n"),
+                Err(_) => {
+                    return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the asset\n");
+                }
             }
         };
         let mut r = Response::new(body);
         *r.status_mut() = code;
         let h = r.headers_mut();
-        h.insert("content-length", len.to_string().parse().expect("valid header"));
+        h.insert(
+            "content-length",
+            len.to_string().parse().expect("valid header"),
+        );
         h.insert("accept-ranges", "bytes".parse().expect("static header"));
-        h.insert("content-type", "application/octet-stream".parse().expect("static header"));
+        h.insert(
+            "content-type",
+            "application/octet-stream".parse().expect("static header"),
+        );
         if code == StatusCode::PARTIAL_CONTENT {
-            h.insert("content-range", format!("bytes {start}-{}/{size}", start + len - 1).parse().expect("valid header"));
+            h.insert(
+                "content-range",
+                format!("bytes {start}-{}/{size}", start + len - 1)
+                    .parse()
+                    .expect("valid header"),
+            );
         }
         r
     }
 }
 
+/// Decodes `%XX` escapes; an invalid escape is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Parses a single `bytes=` range against a size: `Some((first, last))`, or `None`
 /// when unsatisfiable. Multiple ranges are answered with the first.
 fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = header.trim().strip_prefix("bytes=")?.split(',').next()?.trim();
+    let spec = header
+        .trim()
+        .strip_prefix("bytes=")?
+        .split(',')
+        .next()?
+        .trim();
     let (a, b) = spec.split_once('-')?;
     let (first, last) = if a.is_empty() {
         let n: u64 = b.parse().ok()?;
@@ -282,7 +387,11 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
         (size.saturating_sub(n), size.checked_sub(1)?)
     } else {
         let first: u64 = a.parse().ok()?;
-        let last = if b.is_empty() { size.checked_sub(1)? } else { b.parse::<u64>().ok()?.min(size.checked_sub(1)?) };
+        let last = if b.is_empty() {
+            size.checked_sub(1)?
+        } else {
+            b.parse::<u64>().ok()?.min(size.checked_sub(1)?)
+        };
         (first, last)
     };
     (first <= last && first < size).then_some((first, last))
@@ -291,7 +400,8 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
 fn status(code: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(full(text));
     *r.status_mut() = code;
-    r.headers_mut().insert("content-type", "text/plain".parse().expect("static header"));
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().expect("static header"));
     r
 }
 
@@ -303,6 +413,19 @@ fn strip_body(resp: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::parse_range;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            super::percent_decode("/ipxe/52%3A54%3a00/auto.ipxe"),
+            "/ipxe/52:54:00/auto.ipxe"
+        );
+        assert_eq!(super::percent_decode("/a%zz%4"), "/a%zz%4");
+        assert_eq!(
+            super::percent_decode("/assets/%2e%2e/secret"),
+            "/assets/../secret"
+        );
+    }
 
     #[test]
     fn ranges() {

@@ -80,22 +80,44 @@ impl Packet {
                 if s.len() < 2 || s.len() % 2 != 0 {
                     return None;
                 }
-                let options = s[2..].chunks(2).map(|kv| (kv[0].to_ascii_lowercase(), kv[1].clone())).collect();
-                Some(Packet::Rrq { file: s[0].clone(), mode: s[1].to_ascii_lowercase(), options })
+                let options = s[2..]
+                    .chunks(2)
+                    .map(|kv| (kv[0].to_ascii_lowercase(), kv[1].clone()))
+                    .collect();
+                Some(Packet::Rrq {
+                    file: s[0].clone(),
+                    mode: s[1].to_ascii_lowercase(),
+                    options,
+                })
             }
             2 => Some(Packet::Wrq),
-            3 if rest.len() >= 2 => Some(Packet::Data { block: u16::from_be_bytes([rest[0], rest[1]]), data: rest[2..].to_vec() }),
-            4 if rest.len() >= 2 => Some(Packet::Ack { block: u16::from_be_bytes([rest[0], rest[1]]) }),
+            3 if rest.len() >= 2 => Some(Packet::Data {
+                block: u16::from_be_bytes([rest[0], rest[1]]),
+                data: rest[2..].to_vec(),
+            }),
+            4 if rest.len() >= 2 => Some(Packet::Ack {
+                block: u16::from_be_bytes([rest[0], rest[1]]),
+            }),
             5 if rest.len() >= 2 => {
-                let message = strings(&rest[2..]).and_then(|v| v.into_iter().next()).unwrap_or_default();
-                Some(Packet::Error { code: u16::from_be_bytes([rest[0], rest[1]]), message })
+                let message = strings(&rest[2..])
+                    .and_then(|v| v.into_iter().next())
+                    .unwrap_or_default();
+                Some(Packet::Error {
+                    code: u16::from_be_bytes([rest[0], rest[1]]),
+                    message,
+                })
             }
             6 => {
                 let s = strings(rest)?;
                 if s.len() % 2 != 0 {
                     return None;
                 }
-                Some(Packet::Oack { options: s.chunks(2).map(|kv| (kv[0].to_ascii_lowercase(), kv[1].clone())).collect() })
+                Some(Packet::Oack {
+                    options: s
+                        .chunks(2)
+                        .map(|kv| (kv[0].to_ascii_lowercase(), kv[1].clone()))
+                        .collect(),
+                })
             }
             _ => None,
         }
@@ -109,7 +131,11 @@ impl Packet {
             out.push(0);
         };
         match self {
-            Packet::Rrq { file, mode, options } => {
+            Packet::Rrq {
+                file,
+                mode,
+                options,
+            } => {
                 out.extend_from_slice(&1u16.to_be_bytes());
                 push_str(&mut out, file);
                 push_str(&mut out, mode);
@@ -156,5 +182,9 @@ pub fn data(block: u16, payload: &[u8]) -> Vec<u8> {
 
 /// An ERROR packet.
 pub fn error(code: u16, message: &str) -> Vec<u8> {
-    Packet::Error { code, message: message.to_string() }.encode()
+    Packet::Error {
+        code,
+        message: message.to_string(),
+    }
+    .encode()
 }

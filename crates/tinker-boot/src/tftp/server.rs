@@ -37,15 +37,46 @@ impl TftpStats {
     /// Prometheus text exposition.
     pub fn render(&self, out: &mut String) {
         for (name, v, help) in [
-            ("tinker_tftp_requests_total", &self.requests, "TFTP read requests"),
-            ("tinker_tftp_completed_total", &self.completed, "TFTP transfers completed"),
-            ("tinker_tftp_failed_total", &self.failed, "TFTP transfers abandoned"),
-            ("tinker_tftp_not_found_total", &self.not_found, "TFTP requests for missing files"),
-            ("tinker_tftp_refused_total", &self.refused, "TFTP requests outside the served directory"),
-            ("tinker_tftp_malformed_total", &self.malformed, "malformed TFTP packets"),
-            ("tinker_tftp_bytes_total", &self.bytes, "TFTP file bytes sent and acknowledged"),
+            (
+                "tinker_tftp_requests_total",
+                &self.requests,
+                "TFTP read requests",
+            ),
+            (
+                "tinker_tftp_completed_total",
+                &self.completed,
+                "TFTP transfers completed",
+            ),
+            (
+                "tinker_tftp_failed_total",
+                &self.failed,
+                "TFTP transfers abandoned",
+            ),
+            (
+                "tinker_tftp_not_found_total",
+                &self.not_found,
+                "TFTP requests for missing files",
+            ),
+            (
+                "tinker_tftp_refused_total",
+                &self.refused,
+                "TFTP requests outside the served directory",
+            ),
+            (
+                "tinker_tftp_malformed_total",
+                &self.malformed,
+                "malformed TFTP packets",
+            ),
+            (
+                "tinker_tftp_bytes_total",
+                &self.bytes,
+                "TFTP file bytes sent and acknowledged",
+            ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
         }
     }
 }
@@ -61,7 +92,11 @@ pub struct TftpServer {
 impl TftpServer {
     /// A server for `source`.
     pub fn new(source: FileSource) -> Self {
-        TftpServer { source: Arc::new(source), stats: Arc::default(), max_blksize: MAX_BLKSIZE_NO_FRAG }
+        TftpServer {
+            source: Arc::new(source),
+            stats: Arc::default(),
+            max_blksize: MAX_BLKSIZE_NO_FRAG,
+        }
     }
 
     /// Its counters.
@@ -70,7 +105,11 @@ impl TftpServer {
     }
 
     /// Serves read requests arriving on `socket` until `shutdown` resolves.
-    pub async fn serve(self, socket: UdpSocket, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        socket: UdpSocket,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let local_ip = socket.local_addr()?.ip();
         let limit = Arc::new(Semaphore::new(MAX_TRANSFERS));
         tokio::pin!(shutdown);
@@ -84,7 +123,12 @@ impl TftpServer {
                 Some(Packet::Rrq { file, options, .. }) => {
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        let _ = socket.send_to(&packet::error(packet::code::UNDEFINED, "server busy, try again"), peer).await;
+                        let _ = socket
+                            .send_to(
+                                &packet::error(packet::code::UNDEFINED, "server busy, try again"),
+                                peer,
+                            )
+                            .await;
                         continue;
                     };
                     let this = self.clone();
@@ -96,7 +140,12 @@ impl TftpServer {
                     });
                 }
                 Some(Packet::Wrq) => {
-                    let _ = socket.send_to(&packet::error(packet::code::ACCESS, "read-only server"), peer).await;
+                    let _ = socket
+                        .send_to(
+                            &packet::error(packet::code::ACCESS, "read-only server"),
+                            peer,
+                        )
+                        .await;
                 }
                 _ => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -105,20 +154,36 @@ impl TftpServer {
         }
     }
 
-    async fn transfer(&self, local_ip: std::net::IpAddr, peer: SocketAddr, file: &str, options: &[(String, String)]) -> std::io::Result<()> {
+    async fn transfer(
+        &self,
+        local_ip: std::net::IpAddr,
+        peer: SocketAddr,
+        file: &str,
+        options: &[(String, String)],
+    ) -> std::io::Result<()> {
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
         let data = match self.source.get(file) {
             Ok(d) => d,
             Err(SourceError::NotFound) => {
                 self.stats.not_found.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%peer, file, "TFTP: file not found");
-                socket.send_to(&packet::error(packet::code::NOT_FOUND, "file not found"), peer).await?;
+                socket
+                    .send_to(
+                        &packet::error(packet::code::NOT_FOUND, "file not found"),
+                        peer,
+                    )
+                    .await?;
                 return Ok(());
             }
             Err(SourceError::Outside) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, file, "TFTP: path outside the served directory refused");
-                socket.send_to(&packet::error(packet::code::ACCESS, "access violation"), peer).await?;
+                socket
+                    .send_to(
+                        &packet::error(packet::code::ACCESS, "access violation"),
+                        peer,
+                    )
+                    .await?;
                 return Ok(());
             }
         };

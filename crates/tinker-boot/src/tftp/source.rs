@@ -30,12 +30,18 @@ impl FileSource {
     /// Serves the files below `root`. The directory must exist.
     pub fn directory(root: impl AsRef<Path>) -> std::io::Result<Self> {
         let root = root.as_ref().canonicalize()?;
-        Ok(FileSource { root: Some(root), named: HashMap::new() })
+        Ok(FileSource {
+            root: Some(root),
+            named: HashMap::new(),
+        })
     }
 
     /// Serves nothing but named files.
     pub fn empty() -> Self {
-        FileSource { root: None, named: HashMap::new() }
+        FileSource {
+            root: None,
+            named: HashMap::new(),
+        }
     }
 
     /// The iPXE binaries of Debian's `ipxe` package (undionly.kpxe, ipxe.efi,
@@ -44,7 +50,14 @@ impl FileSource {
     pub fn ipxe_binaries(dir: impl AsRef<Path>) -> std::io::Result<Self> {
         let dir = dir.as_ref();
         let mut src = FileSource::empty();
-        for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe", "ipxe.lkrn", "snp.efi"] {
+        for name in [
+            "undionly.kpxe",
+            "ipxe.efi",
+            "snponly.efi",
+            "ipxe.pxe",
+            "ipxe.lkrn",
+            "snp.efi",
+        ] {
             let path = dir.join(name);
             if let Ok(bytes) = std::fs::read(&path) {
                 src.named.insert(name.to_string(), bytes.into());
@@ -53,7 +66,10 @@ impl FileSource {
         if src.named.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("no iPXE binaries in {}: install Debian's `ipxe` package (apt-get install ipxe) or pass the directory that holds undionly.kpxe and ipxe.efi", dir.display()),
+                format!(
+                    "no iPXE binaries in {}: install Debian's `ipxe` package (apt-get install ipxe) or pass the directory that holds undionly.kpxe and ipxe.efi",
+                    dir.display()
+                ),
             ));
         }
         Ok(src)
@@ -61,7 +77,8 @@ impl FileSource {
 
     /// Adds a file under `name`, with its bytes (read now, on purpose).
     pub fn with_file(mut self, name: &str, bytes: impl Into<Arc<[u8]>>) -> Self {
-        self.named.insert(name.trim_start_matches('/').to_string(), bytes.into());
+        self.named
+            .insert(name.trim_start_matches('/').to_string(), bytes.into());
         self
     }
 
@@ -91,7 +108,10 @@ impl FileSource {
         }
         let root = self.root.as_ref().ok_or(SourceError::NotFound)?;
         let rel = Path::new(name);
-        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
             return Err(SourceError::Outside);
         }
         let path = root.join(rel);
@@ -103,7 +123,9 @@ impl FileSource {
         if !real.is_file() {
             return Err(SourceError::NotFound);
         }
-        std::fs::read(&real).map(Into::into).map_err(|_| SourceError::NotFound)
+        std::fs::read(&real)
+            .map(Into::into)
+            .map_err(|_| SourceError::NotFound)
     }
 
     /// The real path of a file in the served directory (for streaming large
@@ -111,10 +133,16 @@ impl FileSource {
     pub fn resolve_path(&self, requested: &str) -> Result<PathBuf, SourceError> {
         let root = self.root.as_ref().ok_or(SourceError::NotFound)?;
         let rel = Path::new(requested.trim_start_matches('/'));
-        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
             return Err(SourceError::Outside);
         }
-        let real = root.join(rel).canonicalize().map_err(|_| SourceError::NotFound)?;
+        let real = root
+            .join(rel)
+            .canonicalize()
+            .map_err(|_| SourceError::NotFound)?;
         if !real.starts_with(root) {
             return Err(SourceError::Outside);
         }

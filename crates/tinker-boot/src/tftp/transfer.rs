@@ -23,8 +23,16 @@ pub const MAX_RETRIES: u32 = 6;
 
 /// Applies the client's options (RFC 2347/2348/2349/7440): returns the
 /// parameters and the options to acknowledge (none: send DATA 1 at once).
-pub fn negotiate(requested: &[(String, String)], size: u64, max_blksize: usize) -> (TransferOptions, Vec<(String, String)>) {
-    let mut o = TransferOptions { blksize: 512, windowsize: 1, timeout: Duration::from_secs(1) };
+pub fn negotiate(
+    requested: &[(String, String)],
+    size: u64,
+    max_blksize: usize,
+) -> (TransferOptions, Vec<(String, String)>) {
+    let mut o = TransferOptions {
+        blksize: 512,
+        windowsize: 1,
+        timeout: Duration::from_secs(1),
+    };
     let mut ack = Vec::new();
     for (k, v) in requested {
         match k.as_str() {
@@ -78,7 +86,12 @@ pub struct Transfer {
 
 impl Transfer {
     /// Starts a transfer of `data`; returns it and the first packets to send.
-    pub fn start(data: Arc<[u8]>, requested: &[(String, String)], max_blksize: usize, now: Instant) -> (Transfer, Vec<Vec<u8>>) {
+    pub fn start(
+        data: Arc<[u8]>,
+        requested: &[(String, String)],
+        max_blksize: usize,
+        now: Instant,
+    ) -> (Transfer, Vec<Vec<u8>>) {
         let (opts, ack) = negotiate(requested, data.len() as u64, max_blksize);
         let total_blocks = data.len() as u64 / opts.blksize as u64 + 1;
         let mut t = Transfer {
@@ -124,13 +137,19 @@ impl Transfer {
         // and iPXE expect for files over 32 MiB at 512-byte blocks.
         let start = ((index - 1) * self.opts.blksize as u64) as usize;
         let end = (start + self.opts.blksize).min(self.data.len());
-        let payload = if start <= self.data.len() { &self.data[start..end] } else { &[][..] };
+        let payload = if start <= self.data.len() {
+            &self.data[start..end]
+        } else {
+            &[][..]
+        };
         packet::data((index & 0xffff) as u16, payload)
     }
 
     fn send_window(&mut self, now: Instant) -> Vec<Vec<u8>> {
         let last = (self.acked + u64::from(self.opts.windowsize)).min(self.total_blocks);
-        let out = (self.acked + 1..=last).map(|i| self.block_packet(i)).collect();
+        let out = (self.acked + 1..=last)
+            .map(|i| self.block_packet(i))
+            .collect();
         self.sent = last;
         self.deadline = now + self.opts.timeout;
         out
@@ -152,7 +171,10 @@ impl Transfer {
                     return Vec::new();
                 }
                 // Map the 16-bit number to the window in flight.
-                let Some(abs) = (self.acked + 1..=self.sent).rev().find(|i| (i & 0xffff) as u16 == block) else {
+                let Some(abs) = (self.acked + 1..=self.sent)
+                    .rev()
+                    .find(|i| (i & 0xffff) as u16 == block)
+                else {
                     // A duplicate or stale ACK: ignore it (no Sorcerer's Apprentice).
                     return Vec::new();
                 };
@@ -216,7 +238,14 @@ mod tests {
         assert_eq!(blocks(&out), [1]);
         assert_eq!(blocks(&t.on_packet(&ack(1), now)), [2]);
         let last = t.on_packet(&ack(2), now);
-        assert_eq!(Packet::decode(&last[0]), Some(Packet::Data { block: 3, data: vec![] }), "a multiple of 512 ends with an empty block");
+        assert_eq!(
+            Packet::decode(&last[0]),
+            Some(Packet::Data {
+                block: 3,
+                data: vec![]
+            }),
+            "a multiple of 512 ends with an empty block"
+        );
         assert!(t.on_packet(&ack(3), now).is_empty());
         assert!(t.is_complete());
     }
@@ -225,17 +254,35 @@ mod tests {
     fn options_are_acknowledged_and_windows_recover_from_loss() {
         let data: Arc<[u8]> = vec![1u8; 10_000].into();
         let now = Instant::now();
-        let req = vec![("blksize".into(), "1024".into()), ("tsize".into(), "0".into()), ("windowsize".into(), "4".into()), ("x-unknown".into(), "1".into())];
+        let req = vec![
+            ("blksize".into(), "1024".into()),
+            ("tsize".into(), "0".into()),
+            ("windowsize".into(), "4".into()),
+            ("x-unknown".into(), "1".into()),
+        ];
         let (mut t, out) = Transfer::start(data, &req, 1468, now);
         assert_eq!(
             Packet::decode(&out[0]),
-            Some(Packet::Oack { options: vec![("blksize".into(), "1024".into()), ("tsize".into(), "10000".into()), ("windowsize".into(), "4".into())] })
+            Some(Packet::Oack {
+                options: vec![
+                    ("blksize".into(), "1024".into()),
+                    ("tsize".into(), "10000".into()),
+                    ("windowsize".into(), "4".into())
+                ]
+            })
         );
         assert_eq!(blocks(&t.on_packet(&ack(0), now)), [1, 2, 3, 4]);
         // Block 3 lost: the client acknowledges 2; we resend from 3.
         assert_eq!(blocks(&t.on_packet(&ack(2), now)), [3, 4, 5, 6]);
-        assert!(t.on_packet(&ack(2), now).is_empty(), "duplicate ACKs are ignored");
-        assert_eq!(blocks(&t.on_timeout(now)), [3, 4, 5, 6], "a timeout resends the window");
+        assert!(
+            t.on_packet(&ack(2), now).is_empty(),
+            "duplicate ACKs are ignored"
+        );
+        assert_eq!(
+            blocks(&t.on_timeout(now)),
+            [3, 4, 5, 6],
+            "a timeout resends the window"
+        );
         assert_eq!(blocks(&t.on_packet(&ack(6), now)), [7, 8, 9, 10]);
         assert!(t.on_packet(&ack(10), now).is_empty());
         assert!(t.is_complete());
@@ -265,7 +312,10 @@ mod tests {
         for _ in 0..MAX_RETRIES {
             assert_eq!(blocks(&t.on_timeout(now)), [1]);
         }
-        assert!(matches!(Packet::decode(&t.on_timeout(now)[0]), Some(Packet::Error { .. })));
+        assert!(matches!(
+            Packet::decode(&t.on_timeout(now)[0]),
+            Some(Packet::Error { .. })
+        ));
         assert!(t.is_failed());
     }
 }
