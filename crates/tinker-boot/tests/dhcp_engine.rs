@@ -62,7 +62,7 @@ fn pxe(msg: &mut v4::Message, arch: u16) {
     o.insert(DhcpOption::ClientMachineIdentifier(guid));
 }
 
-fn opt<'a>(m: &'a v4::Message, code: OptionCode) -> Option<&'a DhcpOption> {
+fn opt(m: &v4::Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }
 

@@ -1,0 +1,197 @@
+//! The HTTP server on loopback: assets with Range and HEAD, no way out of the
+//! asset directory, metadata only for the caller, trusted proxies.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::sync::Arc;
+use tinker_boot::StoreMetadata;
+use tinker_boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker_boot::tftp::FileSource;
+use tinker_core::model::Hardware;
+use tinker_core::{MacAddr, Precondition, WorkflowStore};
+use tinker_store::MemoryStore;
+
+async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let assets = dir.path().join("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(assets.join("image.raw"), &data).unwrap();
+    std::fs::write(dir.path().join("secret"), b"private").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), assets.join("link")).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let mut me = Hardware::new(
+        "me",
+        MacAddr([2, 0, 0, 0, 0, 1]),
+        Ipv4Addr::LOCALHOST,
+        "255.0.0.0",
+    );
+    me.spec.metadata = Some(serde_json::from_value(serde_json::json!({"instance": {"id": "i-me", "hostname": "me", "ssh_keys": ["ssh-ed25519 AAAA me"]}})).unwrap());
+    me.spec.user_data = Some("#cloud-config\n".into());
+    let mut other = Hardware::new(
+        "other",
+        MacAddr([2, 0, 0, 0, 0, 2]),
+        Ipv4Addr::new(10, 0, 0, 5),
+        "255.255.255.0",
+    );
+    other.spec.metadata =
+        Some(serde_json::from_value(serde_json::json!({"instance": {"id": "i-other"}})).unwrap());
+    store.put(me.into(), Precondition::Absent).await.unwrap();
+    store.put(other.into(), Precondition::Absent).await.unwrap();
+    let server = HttpServer::new(HttpConfig {
+        store: store.clone(),
+        metadata: Arc::new(StoreMetadata::new(store.clone())),
+        osie: OsieConfig {
+            base_url: "http://x/assets".into(),
+            kernel: "vmlinuz".into(),
+            initrd: "initrd.img".into(),
+            control_plane: "http://x".into(),
+            extra_args: vec![],
+        },
+        assets: Some(FileSource::directory(&assets).unwrap()),
+        binaries: None,
+        trusted_proxies: trusted,
+        extra: None,
+        metrics: vec![],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    (port, dir)
+}
+
+/// A raw HTTP/1.1 request; returns status line, headers and body.
+fn request(port: u16, method: &str, path: &str, headers: &[&str]) -> (String, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    (
+        status.to_string(),
+        headers.to_lowercase(),
+        buf[split + 4..].to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_ranges_and_traversal() {
+    let (port, _dir) = serve(vec![]).await;
+    tokio::task::spawn_blocking(move || {
+        let (st, h, body) = request(port, "GET", "/assets/image.raw", &[]);
+        assert!(st.contains("200"), "{st}");
+        assert!(h.contains("content-length: 100000") && h.contains("accept-ranges: bytes"));
+        assert_eq!(body.len(), 100_000);
+        assert_eq!(body[1000], (1000 % 251) as u8);
+        let (st, h, body) = request(port, "GET", "/assets/image.raw", &["Range: bytes=99990-"]);
+        assert!(st.contains("206"), "{st}");
+        assert!(h.contains("content-range: bytes 99990-99999/100000"), "{h}");
+        assert_eq!(
+            body,
+            (99990..100_000u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<_>>()
+        );
+        let (st, h, _) = request(port, "GET", "/assets/image.raw", &["Range: bytes=200000-"]);
+        assert!(
+            st.contains("416") && h.contains("content-range: bytes */100000"),
+            "{st} {h}"
+        );
+        let (st, h, body) = request(port, "HEAD", "/assets/image.raw", &[]);
+        assert!(st.contains("200") && h.contains("content-length: 100000") && body.is_empty());
+        for bad in [
+            "/assets/../secret",
+            "/assets/%2e%2e/secret",
+            "/assets/link",
+            "/assets/..%2fsecret",
+        ] {
+            let (st, _, body) = request(port, "GET", bad, &[]);
+            assert!(st.contains("403") || st.contains("404"), "{bad}: {st}");
+            assert!(
+                !String::from_utf8_lossy(&body).contains("private"),
+                "{bad} leaked"
+            );
+        }
+        let (st, _, _) = request(port, "POST", "/assets/image.raw", &[]);
+        assert!(st.contains("405"));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_the_callers_own() {
+    let (port, _dir) = serve(vec![]).await;
+    tokio::task::spawn_blocking(move || {
+        let get = |p: &str, h: &[&str]| {
+            let (st, _, b) = request(port, "GET", p, h);
+            (st, String::from_utf8_lossy(&b).to_string())
+        };
+        assert_eq!(get("/2009-04-04/meta-data/instance-id", &[]).1, "i-me");
+        assert_eq!(get("/latest/meta-data/local-ipv4", &[]).1, "127.0.0.1");
+        assert_eq!(get("/2009-04-04/meta-data/public-keys", &[]).1, "0=key-0");
+        assert_eq!(
+            get("/2009-04-04/meta-data/public-keys/0/openssh-key", &[]).1,
+            "ssh-ed25519 AAAA me"
+        );
+        assert!(get("/2009-04-04/meta-data/", &[]).1.contains("instance-id"));
+        assert_eq!(get("/2009-04-04/user-data", &[]).1, "#cloud-config\n");
+        assert!(get("/metadata", &[]).1.contains("\"i-me\""));
+        // A caller cannot claim to be another machine.
+        assert_eq!(
+            get(
+                "/2009-04-04/meta-data/instance-id",
+                &["X-Forwarded-For: 10.0.0.5"]
+            )
+            .1,
+            "i-me"
+        );
+    })
+    .await
+    .unwrap();
+    // Behind a trusted proxy, the forwarded address decides.
+    let (port, _dir) = serve(vec!["127.0.0.1".parse().unwrap()]).await;
+    tokio::task::spawn_blocking(move || {
+        let (_, _, b) = request(
+            port,
+            "GET",
+            "/2009-04-04/meta-data/instance-id",
+            &["X-Forwarded-For: 10.0.0.5"],
+        );
+        assert_eq!(String::from_utf8_lossy(&b), "i-other");
+        let (st, _, _) = request(
+            port,
+            "GET",
+            "/2009-04-04/meta-data/instance-id",
+            &["X-Forwarded-For: 10.9.9.9"],
+        );
+        assert!(st.contains("404"), "unknown caller: {st}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_follow_netboot() {
+    let (port, _dir) = serve(vec![]).await;
+    tokio::task::spawn_blocking(move || {
+        let (st, _, b) = request(port, "GET", "/ipxe/02%3A00%3A00%3A00%3A00%3A01/auto.ipxe", &[]);
+        let script = String::from_utf8_lossy(&b).to_string();
+        assert!(st.contains("200"), "{st}");
+        assert!(script.contains("kernel ${base-url}/vmlinuz initrd=initrd.img tinker_server=http://x worker_id=02:00:00:00:00:01"), "{script}");
+        let (st, _, _) = request(port, "GET", "/ipxe/02:00:00:00:00:99/auto.ipxe", &[]);
+        assert!(st.contains("404"));
+        let (st, _, _) = request(port, "GET", "/ipxe/nonsense/auto.ipxe", &[]);
+        assert!(st.contains("400"));
+    })
+    .await
+    .unwrap();
+}

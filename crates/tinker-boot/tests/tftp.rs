@@ -1,0 +1,210 @@
+//! TFTP on loopback with a client of our own that negotiates windowsize (no
+//! packaged client does), loses packets on purpose, and runs many transfers at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tinker_boot::tftp::packet::Packet;
+use tinker_boot::tftp::{FileSource, TftpServer};
+use tokio::net::UdpSocket;
+
+async fn server(data: &[u8]) -> (std::net::SocketAddr, Arc<tinker_boot::tftp::TftpStats>) {
+    let src = FileSource::empty().with_file("boot.bin", data.to_vec());
+    let server = TftpServer::new(src);
+    let stats = server.stats();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(server.serve(socket, std::future::pending()));
+    (addr, stats)
+}
+
+/// Fetches `file`, dropping every DATA packet whose (absolute) block number is in
+/// `drop_once` the first time it arrives. Returns the bytes.
+async fn fetch(
+    server: std::net::SocketAddr,
+    file: &str,
+    options: &[(&str, &str)],
+    drop_once: &[u64],
+) -> Vec<u8> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rrq = Packet::Rrq {
+        file: file.into(),
+        mode: "octet".into(),
+        options: options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    sock.send_to(&rrq.encode(), server).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 70_000];
+    let (mut blksize, mut window) = (512usize, 1u64);
+    let mut expected: u64 = 1;
+    let mut in_window = 0u64;
+    let mut dropped = std::collections::HashSet::new();
+    loop {
+        let (n, peer) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("server answers")
+            .unwrap();
+        match Packet::decode(&buf[..n]).unwrap() {
+            Packet::Oack { options } => {
+                for (k, v) in options {
+                    match k.as_str() {
+                        "blksize" => blksize = v.parse().unwrap(),
+                        "windowsize" => window = v.parse().unwrap(),
+                        _ => {}
+                    }
+                }
+                sock.send_to(&Packet::Ack { block: 0 }.encode(), peer)
+                    .await
+                    .unwrap();
+            }
+            Packet::Data { block, data } => {
+                if block != (expected & 0xffff) as u16 {
+                    // Out of order after a loss: ask again from the last good block (RFC 7440).
+                    sock.send_to(
+                        &Packet::Ack {
+                            block: ((expected - 1) & 0xffff) as u16,
+                        }
+                        .encode(),
+                        peer,
+                    )
+                    .await
+                    .unwrap();
+                    in_window = 0;
+                    continue;
+                }
+                if drop_once.contains(&expected) && dropped.insert(expected) {
+                    continue;
+                }
+                out.extend_from_slice(&data);
+                in_window += 1;
+                let last = data.len() < blksize;
+                if in_window == window || last {
+                    sock.send_to(&Packet::Ack { block }.encode(), peer)
+                        .await
+                        .unwrap();
+                    in_window = 0;
+                }
+                expected += 1;
+                if last {
+                    return out;
+                }
+            }
+            Packet::Error { code, message } => panic!("TFTP error {code}: {message}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The server counts a transfer once it reads the final ACK, a moment after the
+/// client has everything: wait for the count rather than race it.
+async fn completed(stats: &tinker_boot::tftp::TftpStats, want: u64) -> u64 {
+    for _ in 0..200 {
+        let n = stats.completed.load(std::sync::atomic::Ordering::Relaxed);
+        if n >= want {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stats.completed.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowsize_blksize_and_loss() {
+    let file = data(300_000);
+    let (addr, stats) = server(&file).await;
+    assert_eq!(
+        fetch(addr, "boot.bin", &[], &[]).await,
+        file,
+        "plain RFC 1350"
+    );
+    let got = fetch(
+        addr,
+        "boot.bin",
+        &[("blksize", "1428"), ("windowsize", "8"), ("tsize", "0")],
+        &[3, 9, 10, 40],
+    )
+    .await;
+    assert_eq!(got, file, "windowed with losses");
+    let got = fetch(
+        addr,
+        "boot.bin",
+        &[("blksize", "512"), ("timeout", "1")],
+        &[2, 5],
+    )
+    .await;
+    assert_eq!(got, file, "lost blocks are retransmitted after the timeout");
+    assert_eq!(completed(&stats, 3).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_transfers_at_once() {
+    let file = data(200_000);
+    let (addr, stats) = server(&file).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let file = file.clone();
+            tokio::spawn(async move {
+                let opts: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("blksize", "1428"), ("windowsize", "4")]
+                } else {
+                    &[]
+                };
+                assert_eq!(fetch(addr, "boot.bin", opts, &[]).await, file);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(completed(&stats, 100).await, 100);
+}
+
+#[tokio::test]
+async fn missing_files_and_writes_are_errors() {
+    let (addr, stats) = server(b"x").await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 600];
+    sock.send_to(
+        &Packet::Rrq {
+            file: "nope".into(),
+            mode: "octet".into(),
+            options: vec![],
+        }
+        .encode(),
+        addr,
+    )
+    .await
+    .unwrap();
+    let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+    assert!(matches!(
+        Packet::decode(&buf[..n]),
+        Some(Packet::Error { code: 1, .. })
+    ));
+    let mut wrq = vec![0u8, 2];
+    wrq.extend_from_slice(b"f\0octet\0");
+    sock.send_to(&wrq, addr).await.unwrap();
+    let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+    assert!(
+        matches!(
+            Packet::decode(&buf[..n]),
+            Some(Packet::Error { code: 2, .. })
+        ),
+        "read-only"
+    );
+    sock.send_to(&[0xff, 0xff, 1], addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        stats.malformed.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        stats.not_found.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
