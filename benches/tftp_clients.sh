@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# TFTP boot-storm benchmark: 50, 200 and 1,000 tftp-hpa clients at once fetch
+# ipxe.efi (default block size, as PXE ROMs do) from our boot-server and from
+# tftpd-hpa, in the same run, between two namespaces. Writes BENCHMARKS.md.
+#
+#   sudo benches/tftp_clients.sh          (COUNTS="50 200 1000" to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNTS=${COUNTS:-"50 200 1000"}
+S=tkbts$$; C=tkbtc$$; W=$(mktemp -d)
+cleanup() {
+  for ns in $S $C; do ip netns pids $ns 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del $ns 2>/dev/null || true; done
+  rm -rf "$W" /etc/netns/$S /etc/netns/$C
+}
+trap cleanup EXIT
+cargo build -q --release --example boot-server
+ip netns add $S; ip netns add $C
+mkdir -p /etc/netns/$S /etc/netns/$C; : > /etc/netns/$S/resolv.conf; : > /etc/netns/$C/resolv.conf
+ip link add tkbta$$ type veth peer name tkbtb$$
+ip link set tkbta$$ netns $S; ip link set tkbtb$$ netns $C
+ip -n $S addr add 10.79.0.1/24 dev tkbta$$; ip -n $C addr add 10.79.0.2/24 dev tkbtb$$
+for ns in $S $C; do ip -n $ns link set lo up; done
+ip -n $S link set tkbta$$ up; ip -n $C link set tkbtb$$ up
+mkdir -p "$W/root" "$W/hw" "$W/out"
+cp -L /usr/lib/ipxe/ipxe.efi /usr/lib/ipxe/undionly.kpxe "$W/root/"
+size=$(stat -c %s "$W/root/ipxe.efi")
+: > "$W/hw/none.yaml"
+
+storm() { # label count
+  rm -f "$W"/out/*
+  local start end ok
+  start=$(date +%s.%N)
+  ip netns exec $C bash -c "for i in \$(seq 1 $2); do (cd $W/out && timeout 300 tftp 10.79.0.1 -m binary -c get ipxe.efi f\$i >/dev/null 2>&1) & done; wait"
+  end=$(date +%s.%N)
+  ok=$(find "$W/out" -type f -size "${size}c" | wc -l)
+  echo "| $1 | $2 | $(python3 -c "print('%.1f' % ($end - $start))") | $ok | $(( $2 - ok )) |" | tee -a "$W/rows"
+}
+: > "$W/rows"
+for n in $COUNTS; do
+  ip netns exec $S env RUST_LOG=warn target/release/examples/boot-server --interface tkbta$$ --address 10.79.0.1 --hardware "$W/hw" --tftp-root "$W/root" --http-port 8089 --dhcp-port 6767 > "$W/tinker.log" 2>&1 & sleep 1.5
+  storm "tinker boot-server (release)" "$n"
+  ip netns pids $S | xargs -r kill; sleep 1
+  ip netns exec $S in.tftpd -L -s "$W/root" -a 10.79.0.1:69 > "$W/tftpd.log" 2>&1 & sleep 1
+  storm "peer: tftpd-hpa $(in.tftpd -V 2>&1 | head -1 | awk '{print $2}' | tr -d ,)" "$n"
+  ip netns pids $S | xargs -r kill; sleep 1
+done
+table="| server | clients at once | seconds until all done | complete | failed |
+|---|---:|---:|---:|---:|
+$(cat "$W/rows")"
+section="<!-- tftp_clients:begin -->
+Command: \`sudo benches/tftp_clients.sh\` (run $(date -u +%F); $(nproc) cores; tftp-hpa clients, 512-byte blocks, ipxe.efi of $size bytes, between two namespaces; the clients share the machine's cores with the server).
+
+$table
+<!-- tftp_clients:end -->"
+python3 - "$section" <<'PY'
+import sys, re
+section = sys.argv[1]
+text = open("BENCHMARKS.md").read()
+if "<!-- tftp_clients:begin -->" in text:
+    text = re.sub(r"<!-- tftp_clients:begin -->.*?<!-- tftp_clients:end -->", lambda m: section, text, flags=re.S)
+else:
+    text += "\n## TFTP: simultaneous iPXE downloads against tftpd-hpa\n\n" + section + "\n"
+open("BENCHMARKS.md", "w").write(text)
+PY
