@@ -92,16 +92,10 @@ fn uefi_pxe_boots_too() {
     start(&mut lab, &[]);
     let serial = lab.boot_vm(VM_MAC, "uefi", "TINKER-PXE-DONE", Duration::from_secs(300));
     check(&lab, &serial, "UEFI");
-    // OVMF's own PXE client is not iPXE: it gets ipxe.efi over TFTP, which then
-    // asks again as iPXE and gets its script.
-    assert!(
-        lab.log("server.log").contains("ipxe.efi"),
-        "UEFI got the EFI iPXE"
-    );
-    assert!(
-        lab.metric("tinker_tftp_completed_total", HTTP) >= 1,
-        "ipxe.efi came over TFTP"
-    );
+    // Under OVMF the NIC's boot ROM may be QEMU's EFI iPXE (asks as iPXE, gets its
+    // script at once) or the firmware's own PXE client (gets ipxe.efi over TFTP
+    // first); both must end in the in-memory OS, which `check` saw.
+    assert!(lab.metric("tinker_http_ipxe_scripts_total", HTTP) >= 1);
 }
 
 #[test]
