@@ -4,6 +4,7 @@
 //! `testing` feature.
 
 pub mod power;
+pub mod runtime;
 pub mod store;
 
 use crate::MacAddr;

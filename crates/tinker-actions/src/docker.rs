@@ -1,0 +1,303 @@
+//! `DockerRuntime`: an action as a container, the way tink-worker runs it:
+//! privileged, the host's `/dev` and the action's volumes bound in, the host's
+//! network (and PID namespace when the action asks), output streamed line by line,
+//! the exit code mapped to success or failure, the time limit enforced here (the
+//! Docker API's own timeouts do not bound a wait), and the container removed in
+//! every case.
+//!
+//! Where the engine refuses `--privileged` (a host whose capability bounding set
+//! lacks one the engine wants to grant, as on some CI machines), it falls back to
+//! the equivalent explicit set (all capabilities but `SYS_RESOURCE`, seccomp and
+//! AppArmor unconfined, every device allowed) and says so in the log.
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::{StreamExt, TryStreamExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tinker_core::runtime::{
+    ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink, Stream,
+};
+use tinker_core::{Error, Result};
+
+/// Runs actions in containers on a Docker engine.
+#[derive(Debug)]
+pub struct DockerRuntime {
+    docker: Docker,
+    extra_binds: Vec<String>,
+    privileged_refused: AtomicBool,
+    seq: AtomicU64,
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees
+    /// on an API version with it.
+    pub async fn connect() -> Result<Self> {
+        let unreachable = |e: bollard::errors::Error| Error::Unreachable {
+            target: "docker engine".into(),
+            reason: e.to_string(),
+        };
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(DockerRuntime {
+            docker,
+            extra_binds: vec!["/dev:/dev".into()],
+            privileged_refused: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Binds every action gets besides its own volumes (default `/dev:/dev`; add
+    /// the worker's shared volume here).
+    pub fn with_binds(mut self, binds: Vec<String>) -> Self {
+        self.extra_binds = binds;
+        self
+    }
+
+    async fn ensure_image(
+        &self,
+        image: &str,
+        out: &dyn OutputSink,
+    ) -> std::result::Result<(), String> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let (repo, tag) = match image.rfind(':') {
+            Some(i) if !image[i..].contains('/') => (&image[..i], &image[i + 1..]),
+            _ => (image, "latest"),
+        };
+        out.line(Stream::Stdout, &format!("pulling {image}"));
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .create_image(Some(opts), None, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!("image {image} is not on this machine and could not be pulled: {e}")
+            })
+    }
+
+    fn host_config(&self, spec: &ActionSpec, privileged: bool) -> HostConfig {
+        let mut binds = self.extra_binds.clone();
+        binds.extend(spec.volumes.iter().cloned());
+        let mut hc = HostConfig {
+            binds: Some(binds),
+            network_mode: Some("host".into()),
+            pid_mode: spec.pid.clone().filter(|p| !p.is_empty()),
+            ..Default::default()
+        };
+        if privileged {
+            hc.privileged = Some(true);
+        } else {
+            hc.cap_add = Some(vec!["ALL".into()]);
+            hc.cap_drop = Some(vec!["SYS_RESOURCE".into()]);
+            hc.security_opt = Some(vec![
+                "seccomp=unconfined".into(),
+                "apparmor=unconfined".into(),
+            ]);
+            hc.device_cgroup_rules = Some(vec!["b *:* rwm".into(), "c *:* rwm".into()]);
+        }
+        hc
+    }
+
+    async fn create_and_start(
+        &self,
+        spec: &ActionSpec,
+        name: &str,
+    ) -> std::result::Result<String, String> {
+        let mut privileged = !self.privileged_refused.load(Ordering::Relaxed);
+        loop {
+            let body = ContainerCreateBody {
+                image: Some(spec.image.clone()),
+                cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+                env: Some(
+                    spec.environment
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect(),
+                ),
+                host_config: Some(self.host_config(spec, privileged)),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            };
+            let id = self
+                .docker
+                .create_container(
+                    Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                    body,
+                )
+                .await
+                .map_err(|e| format!("cannot create the container: {e}"))?
+                .id;
+            match self.docker.start_container(&id, None).await {
+                Ok(()) => return Ok(id),
+                Err(e) => {
+                    self.remove(&id).await;
+                    let text = e.to_string();
+                    if privileged
+                        && (text.contains("unable to apply caps")
+                            || text.contains("operation not permitted"))
+                    {
+                        tracing::warn!(error = %text, "the Docker engine refuses --privileged here; using the explicit capability set instead");
+                        self.privileged_refused.store(true, Ordering::Relaxed);
+                        privileged = false;
+                        continue;
+                    }
+                    return Err(format!("cannot start the container: {text}"));
+                }
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str) {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
+            tracing::warn!(container = id, error = %e, "could not remove an action container");
+        }
+    }
+
+    async fn supervise(
+        &self,
+        id: &str,
+        spec: &ActionSpec,
+        out: &dyn OutputSink,
+        cancel: &CancelToken,
+    ) -> ActionOutcome {
+        let logs = self.docker.logs(
+            id,
+            Some(
+                LogsOptionsBuilder::new()
+                    .follow(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            ),
+        );
+        let pump = async {
+            let mut logs = std::pin::pin!(logs);
+            let (mut so, mut se) = (String::new(), String::new());
+            let mut last: Vec<String> = Vec::new();
+            while let Some(Ok(chunk)) = logs.next().await {
+                let (buf, stream) = match chunk {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (&mut so, (message, Stream::Stdout))
+                    }
+                    LogOutput::StdErr { message } => (&mut se, (message, Stream::Stderr)),
+                    LogOutput::StdIn { .. } => continue,
+                };
+                buf.push_str(&String::from_utf8_lossy(&stream.0));
+                while let Some(i) = buf.find('\n') {
+                    let line: String = buf.drain(..=i).collect();
+                    let line = line.trim_end_matches(['\n', '\r']).to_string();
+                    out.line(stream.1, &line);
+                    last.push(line);
+                    if last.len() > 5 {
+                        last.remove(0);
+                    }
+                }
+            }
+            for (rest, s) in [(so, Stream::Stdout), (se, Stream::Stderr)] {
+                if !rest.is_empty() {
+                    out.line(s, &rest);
+                    last.push(rest);
+                }
+            }
+            last
+        };
+        let wait = async {
+            match self.docker.wait_container(id, None).next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                // A non-zero exit comes back as an error carrying the code.
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Ok(code)
+                }
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("the engine ended the wait without a status".into()),
+            }
+        };
+        let limit = async {
+            match spec.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let both = async { tokio::join!(wait, pump) };
+        tokio::select! {
+            (code, last) = both => match code {
+                Ok(0) => ActionOutcome::Success,
+                Ok(code) => ActionOutcome::Failed { exit_code: i32::try_from(code).ok(), message: last.join("\n") },
+                Err(e) => ActionOutcome::Failed { exit_code: None, message: e },
+            },
+            _ = limit => {
+                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                ActionOutcome::Timeout { message: format!("container killed after {} s", spec.timeout.unwrap_or_default().as_secs()) }
+            }
+            _ = cancel.cancelled() => {
+                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                ActionOutcome::Failed { exit_code: None, message: "cancelled".into() }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ActionRuntime for DockerRuntime {
+    async fn run(
+        &self,
+        spec: &ActionSpec,
+        out: &dyn OutputSink,
+        cancel: &CancelToken,
+    ) -> Result<ActionOutcome> {
+        if let Err(message) = self.ensure_image(&spec.image, out).await {
+            return Ok(ActionOutcome::Failed {
+                exit_code: None,
+                message,
+            });
+        }
+        let safe: String = format!("{}-{}", spec.workflow, spec.name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let name = format!(
+            "tinker-{safe}-{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let id = match self.create_and_start(spec, &name).await {
+            Ok(id) => id,
+            Err(message) => {
+                return Ok(ActionOutcome::Failed {
+                    exit_code: None,
+                    message,
+                });
+            }
+        };
+        let outcome = self.supervise(&id, spec, out, cancel).await;
+        // Removed in every case: success, failure, timeout, cancellation.
+        self.remove(&id).await;
+        Ok(outcome)
+    }
+}
