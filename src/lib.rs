@@ -7,6 +7,7 @@
 //! - [`core`]: domain model, template rendering, state machine, the five traits, the engine.
 //! - [`store`]: `WorkflowStore` implementations (in-memory, embedded file).
 //! - [`boot`]: DHCP, TFTP and HTTP boot services, the default boot policy and metadata.
+//! - [`actions`]: action runtimes (native built-ins, Docker) and the worker agent.
 //! - [`bmc`]: `PowerController` implementations (IPMI, Redfish, mock) and the connector.
 
 // The README's code is compiled and checked as a doc test.
@@ -14,6 +15,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub use tinker_actions as actions;
 pub use tinker_bmc as bmc;
 pub use tinker_boot as boot;
 pub use tinker_core as core;

@@ -36,18 +36,18 @@ pub enum Builtin {
 /// What the worker agent does after it has reported an action's success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FinalStep {
-    /// `kexec -e`: jump into the loaded kernel.
-    KexecExecute,
-    /// Reboot the machine.
-    Reboot,
+    /// `kexec -e` (with this `kexec` program): jump into the loaded kernel.
+    KexecExecute(PathBuf),
+    /// `reboot -f` (with this program).
+    Reboot(PathBuf),
 }
 
 impl FinalStep {
-    /// Takes the step. On success it does not return.
+    /// Takes the step. On success on a real machine it does not return.
     pub async fn take(&self) -> Result<()> {
         match self {
-            FinalStep::KexecExecute => process::helper("kexec", &["-e"]).await,
-            FinalStep::Reboot => process::helper("reboot", &["-f"]).await,
+            FinalStep::KexecExecute(p) => process::helper(&p.to_string_lossy(), &["-e"]).await,
+            FinalStep::Reboot(p) => process::helper(&p.to_string_lossy(), &["-f"]).await,
         }
     }
 }
@@ -57,6 +57,8 @@ impl FinalStep {
 pub struct NativeRuntime {
     table: BTreeMap<String, Builtin>,
     work_dir: PathBuf,
+    kexec: PathBuf,
+    reboot: PathBuf,
 }
 
 impl Default for NativeRuntime {
@@ -90,6 +92,8 @@ impl NativeRuntime {
         NativeRuntime {
             table,
             work_dir: std::env::temp_dir(),
+            kexec: "kexec".into(),
+            reboot: "reboot".into(),
         }
     }
 
@@ -105,6 +109,14 @@ impl NativeRuntime {
         self
     }
 
+    /// Uses these programs for `kexec` and `reboot` (tests use stubs that record
+    /// what they were asked).
+    pub fn with_programs(mut self, kexec: impl Into<PathBuf>, reboot: impl Into<PathBuf>) -> Self {
+        self.kexec = kexec.into();
+        self.reboot = reboot.into();
+        self
+    }
+
     /// The built-in an image name stands for.
     pub fn builtin(&self, image: &str) -> Option<Builtin> {
         self.table.get(strip_tag(image)).copied()
@@ -113,8 +125,8 @@ impl NativeRuntime {
     /// What the agent must do after reporting this action's success.
     pub fn final_step(&self, spec: &ActionSpec) -> Option<FinalStep> {
         match self.builtin(&spec.image)? {
-            Builtin::Kexec => Some(FinalStep::KexecExecute),
-            Builtin::Reboot => Some(FinalStep::Reboot),
+            Builtin::Kexec => Some(FinalStep::KexecExecute(self.kexec.clone())),
+            Builtin::Reboot => Some(FinalStep::Reboot(self.reboot.clone())),
             _ => None,
         }
     }
@@ -178,6 +190,11 @@ impl NativeRuntime {
         let uid = number(env, "UID", 0)?;
         let gid = number(env, "GID", 0)?;
         let owned = !matches!(fs, "vfat" | "fat" | "msdos" | "exfat");
+        if matches!(fs, "vfat" | "fat" | "msdos") {
+            // FAT keeps no owner or mode, and mtools writes it without a mount:
+            // no kernel FAT driver needed (in-memory OS kernels often lack it).
+            return fat_write(dev, path, contents.as_bytes(), out).await;
+        }
         self.mounted(dev, fs, async |root: &Path| {
             use std::os::unix::fs::{PermissionsExt, chown};
             let target = root.join(path.trim_start_matches('/'));
@@ -294,7 +311,7 @@ impl NativeRuntime {
                 ));
             }
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            process::helper("kexec", &refs).await
+            process::helper(&self.kexec.to_string_lossy(), &refs).await
         })
         .await?;
         out.line(
@@ -303,6 +320,42 @@ impl NativeRuntime {
         );
         Ok(ActionOutcome::Success)
     }
+}
+
+/// Writes a file into a FAT filesystem with mtools.
+async fn fat_write(
+    dev: &str,
+    path: &str,
+    contents: &[u8],
+    out: &dyn OutputSink,
+) -> Result<ActionOutcome> {
+    let image = dev.to_string();
+    let mut dir = String::new();
+    if let Some(parent) = Path::new(path).parent() {
+        for c in parent.components().skip(1) {
+            dir.push('/');
+            dir.push_str(&c.as_os_str().to_string_lossy());
+            // An existing directory is fine; any other failure shows at mcopy.
+            let _ = process::helper("mmd", &["-i", &image, &format!("::{dir}")]).await;
+        }
+    }
+    let tmp = std::env::temp_dir().join(format!("tinker-writefile-{}", std::process::id()));
+    std::fs::write(&tmp, contents).map_err(|e| io(&tmp, e))?;
+    let copied = process::helper(
+        "mcopy",
+        &[
+            "-o",
+            "-i",
+            &image,
+            &tmp.to_string_lossy(),
+            &format!("::{path}"),
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_file(&tmp);
+    copied?;
+    out.line(Stream::Stdout, &format!("writefile: wrote {} bytes to {path} on {dev} (FAT, by mtools; FAT keeps no owner or mode)", contents.len()));
+    Ok(ActionOutcome::Success)
 }
 
 /// `exec`: the action's command on this machine, with its environment; volumes

@@ -1,0 +1,381 @@
+//! The native actions against real block devices (loop devices, ext4 and vfat)
+//! and a real HTTP server (ours): image2disk with every compression and a
+//! checksum, writefile with mode and owner, cexec in a chroot, and kexec, whose
+//! jump waits for the report (a stub `kexec` on PATH records what it was asked).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use tinker::actions::{Builtin, FinalStep, NativeRuntime};
+use tinker::boot::StoreMetadata;
+use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker::boot::tftp::FileSource;
+use tinker::core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, CollectOutput};
+use tinker::store::MemoryStore;
+
+fn require_real() -> bool {
+    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
+}
+
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn can_loop() -> bool {
+    let ok = Command::new("sh").args(["-c", "[ \"$(id -u)\" = 0 ] && command -v losetup && command -v mkfs.ext4 && command -v mkfs.vfat && command -v sfdisk && command -v mcopy"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !require_real(),
+            "root, losetup, mkfs.ext4, mkfs.vfat, sfdisk and mtools are required (TINKER_REQUIRE_REAL=1)"
+        );
+        eprintln!("skipped: needs root and loop devices");
+    }
+    ok
+}
+
+/// A disk image with one partition, on a loop device; detached on drop.
+struct LoopDisk {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDisk {
+    fn new(fs: &str) -> LoopDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        sh(&format!(
+            "truncate -s 64M {0} && echo ',,L' | sfdisk -q {0}",
+            img.display()
+        ));
+        let dev = sh(&format!("losetup -fP --show {}", img.display()));
+        // udev may be absent: wait for the partition node, make it if needed.
+        sh(&format!(
+            "for i in $(seq 50); do [ -b {dev}p1 ] && break; sleep 0.1; done; [ -b {dev}p1 ] || partx -a {dev}"
+        ));
+        let mk = if fs == "vfat" {
+            "mkfs.vfat"
+        } else {
+            "mkfs.ext4 -q -F"
+        };
+        sh(&format!("{mk} {dev}p1 >/dev/null"));
+        LoopDisk { dev, _dir: dir }
+    }
+    fn part(&self) -> String {
+        format!("{}p1", self.dev)
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
+    }
+}
+
+fn spec(image: &str, env: &[(&str, &str)]) -> ActionSpec {
+    ActionSpec {
+        workflow: "default/wf".into(),
+        name: image.into(),
+        image: image.into(),
+        command: vec![],
+        environment: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        volumes: vec![],
+        pid: None,
+        timeout: Some(std::time::Duration::from_secs(120)),
+    }
+}
+
+async fn run(rt: &NativeRuntime, s: &ActionSpec) -> (ActionOutcome, Vec<String>) {
+    let out = CollectOutput::default();
+    let r = rt.run(s, &out, &CancelToken::new()).await.unwrap();
+    let lines = out
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.clone())
+        .collect();
+    (r, lines)
+}
+
+/// Our HTTP server over a directory of images, on loopback.
+async fn image_server(dir: &std::path::Path) -> u16 {
+    let store = Arc::new(MemoryStore::new());
+    let server = HttpServer::new(HttpConfig {
+        store: store.clone(),
+        metadata: Arc::new(StoreMetadata::new(store)),
+        osie: OsieConfig {
+            base_url: String::new(),
+            kernel: String::new(),
+            initrd: String::new(),
+            control_plane: String::new(),
+            extra_args: vec![],
+        },
+        assets: Some(FileSource::directory(dir).unwrap()),
+        binaries: None,
+        trusted_proxies: vec![],
+        extra: None,
+        metrics: vec![],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image2disk_streams_every_compression_onto_a_block_device() {
+    if !can_loop() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // 8 MiB that compress a little, like a disk image.
+    sh(&format!(
+        "head -c 4194304 /dev/urandom > {d}/img.raw && head -c 4194304 /dev/zero >> {d}/img.raw"
+    ));
+    sh(&format!(
+        "cd {d} && gzip -k img.raw && xz -k -T1 img.raw && zstd -q -k img.raw && bzip2 -k img.raw"
+    ));
+    let sha = sh(&format!("sha256sum {d}/img.raw.gz | cut -d' ' -f1"));
+    let port = image_server(dir.path()).await;
+    let disk = LoopDisk::new("ext4");
+    let rt = NativeRuntime::new();
+    let want = std::fs::read(dir.path().join("img.raw")).unwrap();
+    for (file, compressed) in [
+        ("img.raw", "false"),
+        ("img.raw.gz", "true"),
+        ("img.raw.xz", "true"),
+        ("img.raw.zst", "true"),
+        ("img.raw.bz2", "true"),
+    ] {
+        sh(&format!(
+            "dd if=/dev/zero of={} bs=1M count=9 status=none",
+            disk.dev
+        ));
+        let url = format!("http://127.0.0.1:{port}/assets/{file}");
+        let (r, lines) = run(
+            &rt,
+            &spec(
+                "quay.io/tinkerbell/actions/image2disk:latest",
+                &[
+                    ("IMG_URL", &url),
+                    ("DEST_DISK", &disk.dev),
+                    ("COMPRESSED", compressed),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(r, ActionOutcome::Success, "{file}: {lines:?}");
+        let got = sh(&format!(
+            "head -c {} {} | sha256sum | cut -d' ' -f1",
+            want.len(),
+            disk.dev
+        ));
+        assert_eq!(
+            got,
+            sh(&format!("sha256sum {d}/img.raw | cut -d' ' -f1")),
+            "{file}: the bytes on the disk"
+        );
+        assert!(lines.iter().any(|l| l.contains("done")), "{lines:?}");
+    }
+    // A checksum that matches passes; one that does not fails the action.
+    let url = format!("http://127.0.0.1:{port}/assets/img.raw.gz");
+    let good = format!("sha256:{sha}");
+    let (r, _) = run(
+        &rt,
+        &spec(
+            "image2disk",
+            &[
+                ("IMG_URL", &url),
+                ("DEST_DISK", &disk.dev),
+                ("COMPRESSED", "true"),
+                ("CHECKSUM", &good),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r, ActionOutcome::Success);
+    let (r, _) = run(
+        &rt,
+        &spec(
+            "image2disk",
+            &[
+                ("IMG_URL", &url),
+                ("DEST_DISK", &disk.dev),
+                ("COMPRESSED", "true"),
+                ("CHECKSUM", "sha256:00"),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("checksum mismatch")),
+        "{r:?}"
+    );
+    // A missing image fails with the HTTP status.
+    let (r, _) = run(
+        &rt,
+        &spec(
+            "image2disk",
+            &[
+                ("IMG_URL", &format!("http://127.0.0.1:{port}/assets/nope")),
+                ("DEST_DISK", &disk.dev),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("404")),
+        "{r:?}"
+    );
+    // A missing variable of the contract fails and names it.
+    let (r, _) = run(&rt, &spec("image2disk", &[("IMG_URL", &url)])).await;
+    assert!(
+        matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("DEST_DISK")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writefile_sets_contents_mode_and_owner_on_ext4_and_vfat() {
+    if !can_loop() {
+        return;
+    }
+    let rt = NativeRuntime::new();
+    let disk = LoopDisk::new("ext4");
+    let part = disk.part();
+    let env = [
+        ("DEST_DISK", part.as_str()),
+        ("FS_TYPE", "ext4"),
+        ("DEST_PATH", "/etc/cloud/cloud.cfg.d/10_tinkerbell.cfg"),
+        ("CONTENTS", "datasource: Ec2\n"),
+        ("UID", "1000"),
+        ("GID", "1001"),
+        ("MODE", "0600"),
+        ("DIRMODE", "0700"),
+    ];
+    let (r, lines) = run(
+        &rt,
+        &spec("quay.io/tinkerbell/actions/writefile:latest", &env),
+    )
+    .await;
+    assert_eq!(r, ActionOutcome::Success, "{lines:?}");
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().display();
+    sh(&format!("mount {part} {m}"));
+    let stat = sh(&format!(
+        "stat -c '%a %u %g' {m}/etc/cloud/cloud.cfg.d/10_tinkerbell.cfg; stat -c '%a' {m}/etc/cloud; cat {m}/etc/cloud/cloud.cfg.d/10_tinkerbell.cfg"
+    ));
+    sh(&format!("umount {m}"));
+    assert_eq!(stat, "600 1000 1001\n700\ndatasource: Ec2");
+
+    let vfat = LoopDisk::new("vfat");
+    let vpart = vfat.part();
+    let env = [
+        ("DEST_DISK", vpart.as_str()),
+        ("FS_TYPE", "vfat"),
+        ("DEST_PATH", "/EFI/tinker/grub.cfg"),
+        ("CONTENTS", "set timeout=1\n"),
+        ("MODE", "0644"),
+    ];
+    let (r, lines) = run(&rt, &spec("writefile", &env)).await;
+    assert_eq!(r, ActionOutcome::Success, "{lines:?}");
+    // Read back with mtools, an independent FAT implementation (this machine's
+    // kernel has no FAT driver to mount it with).
+    assert_eq!(
+        sh(&format!("mtype -i {vpart} ::/EFI/tinker/grub.cfg")),
+        "set timeout=1"
+    );
+    // Paths that climb out of the partition are refused.
+    let env = [
+        ("DEST_DISK", part.as_str()),
+        ("FS_TYPE", "ext4"),
+        ("DEST_PATH", "/../../etc/passwd"),
+        ("CONTENTS", "x"),
+    ];
+    let (r, _) = run(&rt, &spec("writefile", &env)).await;
+    assert!(matches!(r, ActionOutcome::Failed { .. }), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cexec_runs_in_the_installed_system_and_kexec_waits_for_the_report() {
+    if !can_loop() {
+        return;
+    }
+    let disk = LoopDisk::new("ext4");
+    let part = disk.part();
+    // An "installed system": busybox-static as /bin/sh, a kernel and an initrd.
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().display();
+    sh(&format!(
+        "mount {part} {m} && mkdir -p {m}/bin {m}/boot && d=$(mktemp -d) && cd $d && apt-get download busybox-static >/dev/null && dpkg -x busybox-static_*.deb x && cp x/bin/busybox {m}/bin/ && ln -s busybox {m}/bin/sh && ln -s busybox {m}/bin/echo && rm -rf $d && echo K > {m}/boot/vmlinuz && echo I > {m}/boot/initrd.img && umount {m}"
+    ));
+    let rt = NativeRuntime::new();
+    let env = [
+        ("BLOCK_DEVICE", part.as_str()),
+        ("FS_TYPE", "ext4"),
+        ("CHROOT", "y"),
+        ("DEFAULT_INTERPRETER", "/bin/sh -c"),
+        ("CMD_LINE", "echo inside > /marker && echo ran in $(pwd)"),
+    ];
+    let (r, lines) = run(&rt, &spec("quay.io/tinkerbell/actions/cexec:latest", &env)).await;
+    assert_eq!(r, ActionOutcome::Success, "{lines:?}");
+    assert!(lines.iter().any(|l| l == "ran in /"), "{lines:?}");
+    sh(&format!("mount {part} {m}"));
+    let marker = sh(&format!("cat {m}/marker"));
+    sh(&format!("umount {m}"));
+    assert_eq!(marker, "inside", "the command ran inside the partition");
+
+    // kexec: a stub on PATH records its calls; `run` only loads, the jump is the
+    // final step, taken after the report.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("kexec.log");
+    std::fs::write(
+        bin.path().join("kexec"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}/kexec", bin.path().display()));
+    let stub = bin.path().join("kexec");
+    let rt = rt.with_programs(&stub, "/bin/false");
+    let env = [
+        ("BLOCK_DEVICE", part.as_str()),
+        ("FS_TYPE", "ext4"),
+        ("KERNEL_PATH", "/boot/vmlinuz"),
+        ("INITRD_PATH", "/boot/initrd.img"),
+        ("CMD_LINE", "root=/dev/sda1 ro"),
+    ];
+    let s = spec("quay.io/tinkerbell/actions/kexec:latest", &env);
+    let (r, _) = run(&rt, &s).await;
+    assert_eq!(r, ActionOutcome::Success);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.starts_with("-l ")
+            && calls.contains("--command-line=root=/dev/sda1 ro")
+            && calls.contains("--initrd="),
+        "{calls}"
+    );
+    assert!(
+        !calls.contains("-e"),
+        "the jump happened before the report: {calls}"
+    );
+    assert_eq!(
+        rt.final_step(&s),
+        Some(FinalStep::KexecExecute(stub.clone()))
+    );
+    rt.final_step(&s).unwrap().take().await.unwrap();
+    assert!(std::fs::read_to_string(&log).unwrap().lines().last() == Some("-e"));
+    assert_eq!(
+        rt.builtin("quay.io/tinkerbell/actions/image2disk:v1.0.0"),
+        Some(Builtin::Image2Disk)
+    );
+}
