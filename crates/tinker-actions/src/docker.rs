@@ -91,8 +91,22 @@ impl DockerRuntime {
     }
 
     fn host_config(&self, spec: &ActionSpec, privileged: bool) -> HostConfig {
-        let mut binds = self.extra_binds.clone();
-        binds.extend(spec.volumes.iter().cloned());
+        // The action's own volumes win over the defaults for the same container
+        // path (Tinkerbell templates name /dev:/dev themselves; Docker refuses a
+        // duplicate mount point).
+        let target = |b: &String| b.split(':').nth(1).unwrap_or_default().to_string();
+        let own: Vec<String> = spec.volumes.iter().map(target).collect();
+        let mut binds: Vec<String> = self
+            .extra_binds
+            .iter()
+            .filter(|b| !own.contains(&target(b)))
+            .cloned()
+            .collect();
+        for v in &spec.volumes {
+            if !binds.iter().any(|b| target(b) == target(v)) {
+                binds.push(v.clone());
+            }
+        }
         let mut hc = HostConfig {
             binds: Some(binds),
             network_mode: Some("host".into()),

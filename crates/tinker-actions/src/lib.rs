@@ -15,6 +15,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod agent;
 mod docker;
 mod native;
 mod process;

@@ -20,6 +20,7 @@ pub mod http;
 mod metadata;
 mod responder;
 pub mod tftp;
+pub mod worker_api;
 
 pub use metadata::StoreMetadata;
 pub use responder::{BootConfig, StoreBootResponder, boot_file_for_arch};

@@ -89,6 +89,19 @@ fn sink(mut input: Box<dyn Read + Send>, dest: &str) -> std::io::Result<u64> {
     let n = std::io::copy(&mut input, &mut w)?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
+    drop(file);
+    if is_block.unwrap_or(false) {
+        // The image brought its own partition table: have the kernel read it, so
+        // the next action finds the partitions (best effort, as partprobe).
+        // Without udev (an in-memory OS) `partx -a` adds the partitions the
+        // re-read missed; both are harmless when there is nothing to do.
+        let _ = std::process::Command::new("blockdev")
+            .args(["--rereadpt", dest])
+            .output();
+        let _ = std::process::Command::new("partx")
+            .args(["-a", dest])
+            .output();
+    }
     Ok(n)
 }
 

@@ -20,6 +20,7 @@ mod ipxe;
 mod metadata;
 
 pub use body::Body;
+pub(crate) use body::full as body_full;
 pub use ipxe::{OsieConfig, script};
 
 use crate::tftp::{FileSource, SourceError};
@@ -121,16 +122,23 @@ impl HttpServer {
         self.stats.clone()
     }
 
-    /// Serves connections from `listener` until `shutdown` resolves.
+    /// Serves connections from `listener` until `shutdown` resolves; then lets
+    /// the requests in flight finish (at most 10 s) and closes every connection,
+    /// keep-alive ones included.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    drop(listener);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+                    return Ok(());
+                }
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -143,15 +151,16 @@ impl HttpServer {
             };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let this = this.clone();
+                async move { Ok::<_, std::convert::Infallible>(this.route(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, std::convert::Infallible>(this.route(req, peer).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = conn.await;
             });
         }
     }

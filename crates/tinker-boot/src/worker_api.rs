@@ -1,0 +1,350 @@
+//! The worker API, served beside the boot services: a worker (the agent in the
+//! in-memory OS) asks for its next action, reports each result, heartbeats, and
+//! sends its output. Every state change goes through the `WorkflowStore`
+//! atomically. Message types are `tinker_core::worker_api`.
+//!
+//! Authentication: `Authorization: Bearer <token>`, where the token is
+//! HMAC-SHA256(secret, worker id) in hex ([`worker_token`]), so the control plane
+//! can put each machine's token on its kernel command line without a token table,
+//! and a token opens only its own worker's endpoints.
+
+use crate::http::{Body, ExtraRoutes};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tinker_core::model::{Kind, ObjectKey};
+use tinker_core::state::WorkflowEvent;
+use tinker_core::store::MachineEvent;
+use tinker_core::worker_api::{
+    ActionReport, Heartbeat, LogBatch, NextActionResponse, ReportResponse, WorkerAction,
+};
+use tinker_core::{Error, WorkflowStore};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let mut h = Sha256::new();
+    h.update(&inner);
+    h.update(msg);
+    let ih = h.finalize();
+    let mut h = Sha256::new();
+    h.update(&outer);
+    h.update(ih);
+    h.finalize().into()
+}
+
+/// The bearer token of a worker: HMAC-SHA256(secret, worker id), hex.
+pub fn worker_token(secret: &[u8], worker_id: &str) -> String {
+    hmac_sha256(secret, worker_id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The worker API routes (`/v1/workers/{id}/...`).
+#[derive(Clone)]
+pub struct WorkerApi {
+    store: Arc<dyn WorkflowStore>,
+    secret: Arc<Vec<u8>>,
+    heartbeat_seconds: u32,
+}
+
+impl std::fmt::Debug for WorkerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerApi")
+            .field("heartbeat_seconds", &self.heartbeat_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
+fn json<T: serde::Serialize>(code: StatusCode, v: &T) -> Response<Body> {
+    let mut r = Response::new(crate::http::body_full(
+        serde_json::to_vec(v).unwrap_or_default(),
+    ));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("static header"),
+    );
+    r
+}
+
+fn problem(code: StatusCode, message: &str) -> Response<Body> {
+    let mut r = json(code, &serde_json::json!({ "error": message }));
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert("retry-after", "2".parse().expect("static header"));
+    }
+    r
+}
+
+fn workflow_key(id: &str) -> Option<ObjectKey> {
+    let (ns, name) = id.split_once('/')?;
+    Some(ObjectKey::new(Kind::Workflow, ns, name))
+}
+
+impl WorkerApi {
+    /// The API over `store`, with the secret tokens derive from.
+    pub fn new(
+        store: Arc<dyn WorkflowStore>,
+        secret: impl Into<Vec<u8>>,
+        heartbeat_seconds: u32,
+    ) -> Self {
+        WorkerApi {
+            store,
+            secret: Arc::new(secret.into()),
+            heartbeat_seconds,
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>, worker: &str) -> bool {
+        let Some(token) = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        constant_time_eq(
+            token.trim().as_bytes(),
+            worker_token(&self.secret, worker).as_bytes(),
+        )
+    }
+
+    async fn body<T: serde::de::DeserializeOwned>(
+        req: Request<Incoming>,
+    ) -> Result<T, Response<Body>> {
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|_| {
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large or unreadable",
+                )
+            })?
+            .to_bytes();
+        serde_json::from_slice(&bytes)
+            .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")))
+    }
+
+    async fn next_action(&self, worker: &str) -> Response<Body> {
+        match self
+            .store
+            .claim_next_action(worker, jiff::Timestamp::now())
+            .await
+        {
+            Ok(Some(a)) => {
+                tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
+                json(
+                    StatusCode::OK,
+                    &NextActionResponse::Action(WorkerAction::from_assignment(
+                        &a,
+                        self.heartbeat_seconds,
+                    )),
+                )
+            }
+            Ok(None) => json(
+                StatusCode::OK,
+                &NextActionResponse::Wait {
+                    retry_after_seconds: 3,
+                    reason: "no action is waiting for this worker".into(),
+                },
+            ),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "claim failed");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; retry",
+                )
+            }
+        }
+    }
+
+    async fn report(&self, worker: &str, r: ActionReport) -> Response<Body> {
+        if r.worker_id != worker {
+            return problem(StatusCode::FORBIDDEN, "the report names another worker");
+        }
+        let Some(key) = workflow_key(&r.workflow_id) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "workflow_id must be namespace/name",
+            );
+        };
+        let event = WorkflowEvent::Report {
+            action: r.action_index,
+            attempt: r.attempt,
+            outcome: r.outcome.clone(),
+        };
+        match self
+            .store
+            .apply_event(&key, &event, jiff::Timestamp::now())
+            .await
+        {
+            Ok(applied) => {
+                tracing::info!(worker, workflow = %r.workflow_id, action = r.action_index, outcome = ?r.outcome, "action reported");
+                json(
+                    StatusCode::OK,
+                    &ReportResponse {
+                        workflow_state: applied
+                            .workflow
+                            .value
+                            .state()
+                            .unwrap_or(tinker_core::state::WorkflowState::Pending),
+                    },
+                )
+            }
+            Err(Error::Transition { reason, .. }) => {
+                problem(StatusCode::CONFLICT, &reason.to_string())
+            }
+            Err(Error::NotFound { .. }) => problem(StatusCode::NOT_FOUND, "no such workflow"),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "report failed");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; retry",
+                )
+            }
+        }
+    }
+
+    async fn heartbeat(&self, worker: &str, h: Heartbeat) -> Response<Body> {
+        if h.worker_id != worker {
+            return problem(StatusCode::FORBIDDEN, "the heartbeat names another worker");
+        }
+        let Some(key) = workflow_key(&h.workflow_id) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "workflow_id must be namespace/name",
+            );
+        };
+        match self
+            .store
+            .apply_event(
+                &key,
+                &WorkflowEvent::Heartbeat {
+                    action: h.action_index,
+                    attempt: h.attempt,
+                },
+                jiff::Timestamp::now(),
+            )
+            .await
+        {
+            Ok(_) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(crate::http::body_full(Vec::new()))
+                .expect("valid response"),
+            Err(Error::Transition { reason, .. }) => {
+                problem(StatusCode::CONFLICT, &reason.to_string())
+            }
+            Err(_) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; retry",
+            ),
+        }
+    }
+
+    async fn logs(&self, worker: &str, batch: LogBatch) -> Response<Body> {
+        if batch.worker_id != worker {
+            return problem(StatusCode::FORBIDDEN, "the logs name another worker");
+        }
+        // Output is kept in the machine's event log, bounded per batch.
+        for line in batch.lines.iter().take(1000) {
+            let event = MachineEvent {
+                seq: 0,
+                at: jiff::Timestamp::now(),
+                machine: worker.to_string(),
+                source: "worker".into(),
+                message: format!(
+                    "{} action {}: {:?}: {}",
+                    batch.workflow_id, batch.action_index, line.stream, line.text
+                ),
+            };
+            if self.store.append_event(event).await.is_err() {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; retry",
+                );
+            }
+        }
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(crate::http::body_full(Vec::new()))
+            .expect("valid response")
+    }
+}
+
+#[async_trait::async_trait]
+impl ExtraRoutes for WorkerApi {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: IpAddr,
+    ) -> Result<Response<Body>, Request<Incoming>> {
+        let path = req.uri().path().to_string();
+        let Some(rest) = path.strip_prefix("/v1/workers/") else {
+            return Err(req);
+        };
+        let Some((worker, op)) = rest.rsplit_once('/') else {
+            return Ok(problem(StatusCode::NOT_FOUND, "not found"));
+        };
+        let worker = worker.to_string();
+        if req.method() != Method::POST {
+            return Ok(problem(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
+        }
+        if !self.authorized(&req, &worker) {
+            tracing::warn!(worker, "worker API: bad or missing token");
+            return Ok(problem(
+                StatusCode::UNAUTHORIZED,
+                "bad or missing bearer token",
+            ));
+        }
+        Ok(match op {
+            "next-action" => self.next_action(&worker).await,
+            "report" => match Self::body(req).await {
+                Ok(r) => self.report(&worker, r).await,
+                Err(resp) => resp,
+            },
+            "heartbeat" => match Self::body(req).await {
+                Ok(h) => self.heartbeat(&worker, h).await,
+                Err(resp) => resp,
+            },
+            "logs" => match Self::body(req).await {
+                Ok(b) => self.logs(&worker, b).await,
+                Err(resp) => resp,
+            },
+            _ => problem(StatusCode::NOT_FOUND, "not found"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        let mac = super::hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
