@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode, server::bind_udp};
 use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
 use tinker::boot::tftp::{FileSource, TftpServer, default_ipxe_dir};
+use tinker::boot::worker_api::WorkerApi;
 use tinker::boot::{BootConfig, StoreBootResponder, StoreMetadata};
 use tinker::core::model::{Document, parse_documents};
 use tinker::core::{Precondition, WorkflowStore};
@@ -25,7 +26,7 @@ use tinker::store::MemoryStore;
 
 const USAGE: &str = "usage: boot-server --interface IF --address IP --hardware DIR [--proxy] [--tftp-root DIR] [--assets DIR]
                    [--http-port N] [--dhcp-port N] [--tftp-port N] [--dhcp-client-port N] [--kernel NAME] [--initrd NAME]
-                   [--kernel-args ARGS]";
+                   [--kernel-args ARGS] [--worker-secret-file FILE]";
 
 struct Args {
     interface: String,
@@ -41,6 +42,7 @@ struct Args {
     kernel: String,
     initrd: String,
     kernel_args: Vec<String>,
+    worker_secret: Option<Vec<u8>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         kernel: "vmlinuz".into(),
         initrd: "initrd.img".into(),
         kernel_args: vec!["console=tty0".into(), "console=ttyS0,115200".into()],
+        worker_secret: None,
     };
     let num = |v: Option<String>, what: &str| {
         v.and_then(|v| v.parse::<u16>().ok())
@@ -97,6 +100,11 @@ fn parse_args() -> Result<Args, String> {
                     .split_whitespace()
                     .map(str::to_string)
                     .collect()
+            }
+            "--worker-secret-file" => {
+                let path = it.next().ok_or("--worker-secret-file needs a file")?;
+                let secret = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+                a.worker_secret = Some(secret.trim_ascii().to_vec());
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -240,11 +248,17 @@ async fn run(a: Args) -> Result<(), String> {
             initrd: a.initrd.clone(),
             control_plane: http_base.clone(),
             extra_args: a.kernel_args.clone(),
+            worker_secret: a.worker_secret.clone(),
         },
         assets,
         binaries: Some(binaries),
         trusted_proxies: Vec::<IpAddr>::new(),
-        extra: None,
+        // With a secret, the worker API is served here too, and each machine's
+        // script carries its token.
+        extra: a.worker_secret.clone().map(|s| {
+            Arc::new(WorkerApi::new(store.clone(), s, 10))
+                as Arc<dyn tinker::boot::http::ExtraRoutes>
+        }),
         metrics: vec![dhcp.stats(), tftp.stats()],
     });
     tracing::info!(interface = %a.interface, address = %a.address, mode = if a.proxy { "proxy" } else { "reservation" }, http = %http_base, "serving");

@@ -118,6 +118,7 @@ async fn image_server(dir: &std::path::Path) -> u16 {
             initrd: String::new(),
             control_plane: String::new(),
             extra_args: vec![],
+            worker_secret: None,
         },
         assets: Some(FileSource::directory(dir).unwrap()),
         binaries: None,

@@ -58,6 +58,15 @@ struct ControlPlane {
 }
 
 async fn control_plane(db: &std::path::Path, assets: &std::path::Path, port: u16) -> ControlPlane {
+    control_plane_with_grace(db, assets, port, 30).await
+}
+
+async fn control_plane_with_grace(
+    db: &std::path::Path,
+    assets: &std::path::Path,
+    port: u16,
+    grace: i64,
+) -> ControlPlane {
     // A restarted control plane opens the file once the old one has let go.
     let mut tries = 0;
     let store: Arc<dyn WorkflowStore> = loop {
@@ -77,7 +86,7 @@ async fn control_plane(db: &std::path::Path, assets: &std::path::Path, port: u16
         store.clone(),
         power,
         EngineConfig {
-            heartbeat_grace_seconds: Some(30),
+            heartbeat_grace_seconds: Some(grace),
             ..Default::default()
         },
     );
@@ -99,6 +108,7 @@ async fn control_plane(db: &std::path::Path, assets: &std::path::Path, port: u16
             initrd: String::new(),
             control_plane: String::new(),
             extra_args: vec![],
+            worker_secret: None,
         },
         assets: Some(FileSource::directory(assets).unwrap()),
         binaries: None,
@@ -390,4 +400,44 @@ async fn restarting_the_control_plane_mid_workflow_changes_nothing() {
         "each action ran exactly once"
     );
     assert_eq!(summary.ran.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_vanishes_is_noticed_by_its_missing_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+    let port = free_port();
+    let cp = control_plane_with_grace(
+        &dir.path().join("tinker.redb"),
+        &dir.path().join("assets"),
+        port,
+        3,
+    )
+    .await;
+    let t = "version: \"0.1\"\nname: t\ntasks:\n  - name: a\n    worker: \"{{.device_1}}\"\n    actions:\n      - {name: long, image: tinker/exec, timeout: 600, command: [sleep, \"300\"]}\n";
+    setup(cp.store.as_ref(), t, &[]).await;
+    // The machine dies while its action runs: the agent is gone, nothing reports.
+    let agent_task = tokio::spawn(agent(port, Duration::from_secs(60)));
+    for _ in 0..100 {
+        let wf = cp
+            .store
+            .workflow("default", "wf1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        if wf.state() == Some(WorkflowState::Running) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent_task.abort();
+    let wf = wait_end(cp.store.as_ref()).await;
+    let _ = cp.stop.send(true);
+    let s = wf.status.unwrap();
+    assert_eq!(s.state, WorkflowState::Timeout);
+    assert!(
+        s.reason.unwrap().contains("no heartbeat"),
+        "the reason says why"
+    );
 }

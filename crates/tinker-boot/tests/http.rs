@@ -47,6 +47,7 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
             initrd: "initrd.img".into(),
             control_plane: "http://x".into(),
             extra_args: vec![],
+            worker_secret: None,
         },
         assets: Some(FileSource::directory(&assets).unwrap()),
         binaries: None,

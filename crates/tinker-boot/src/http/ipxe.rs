@@ -21,6 +21,9 @@ pub struct OsieConfig {
     pub control_plane: String,
     /// Extra kernel arguments (console, ...), before the Hardware's own.
     pub extra_args: Vec<String>,
+    /// The worker API's secret: when set, each machine's script carries its own
+    /// bearer token (`tinker_token=`), derived from it and the machine's MAC.
+    pub worker_secret: Option<Vec<u8>>,
 }
 
 /// Renders the script for a machine.
@@ -62,6 +65,12 @@ pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
         format!("worker_id={mac}"),
         format!("hw_addr={mac}"),
     ];
+    if let Some(secret) = &osie.worker_secret {
+        args.push(format!(
+            "tinker_token={}",
+            crate::worker_api::worker_token(secret, &mac.to_string())
+        ));
+    }
     if let Some(host) = iface
         .and_then(|i| i.dhcp.as_ref())
         .and_then(|d| d.hostname.as_ref())

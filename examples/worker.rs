@@ -1,0 +1,106 @@
+//! The worker agent, as it runs in the in-memory OS:
+//!
+//! ```text
+//! cargo run --example worker -- [--server URL] [--worker-id ID] [--token TOKEN] [--no-docker]
+//! ```
+//!
+//! Anything not given on the command line is read from the kernel command line,
+//! where the iPXE script puts it (`tinker_server=`, `worker_id=`, `tinker_token=`).
+//! It asks for its actions, runs the Tinkerbell hub actions natively and anything
+//! else in Docker, prints what it does, and after a `kexec` or `reboot` action's
+//! success has been reported, takes that final step.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
+use tinker::actions::{DockerRuntime, NativeRuntime};
+use tinker::core::runtime::ActionRuntime;
+
+fn from_cmdline(key: &str) -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let (mut server, mut worker, mut token, mut docker) = (None, None, None, true);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--server" => server = args.next(),
+            "--worker-id" => worker = args.next(),
+            "--token" => token = args.next(),
+            "--no-docker" => docker = false,
+            _ => {
+                eprintln!(
+                    "usage: worker [--server URL] [--worker-id ID] [--token TOKEN] [--no-docker]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(server), Some(worker_id)) = (
+        server.or_else(|| from_cmdline("tinker_server")),
+        worker.or_else(|| from_cmdline("worker_id")),
+    ) else {
+        eprintln!(
+            "no control plane: pass --server and --worker-id, or boot with tinker_server= and worker_id="
+        );
+        return ExitCode::from(2);
+    };
+    let token = token
+        .or_else(|| from_cmdline("tinker_token"))
+        .or_else(|| std::env::var("TINKER_TOKEN").ok())
+        .unwrap_or_default();
+    let containers: Option<Arc<dyn ActionRuntime>> = if docker {
+        match DockerRuntime::connect().await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                println!("tinker: no container engine ({e}); built-in actions only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    println!("tinker: worker {worker_id} asking {server} for work");
+    let agent = Agent::new(
+        AgentConfig {
+            server,
+            worker_id,
+            token,
+            max_backoff: Duration::from_secs(10),
+            max_actions: None,
+            idle_exit: None,
+        },
+        Arc::new(RuntimeRouter {
+            native: NativeRuntime::new(),
+            containers,
+        }),
+        Some(NativeRuntime::new()),
+    );
+    match agent
+        .run(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await
+    {
+        Ok(s) => {
+            println!("tinker: stopped after {} actions", s.ran.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tinker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
