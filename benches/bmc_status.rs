@@ -7,6 +7,9 @@
 #[path = "../crates/tinker-bmc/tests/support/mod.rs"]
 mod support;
 
+#[path = "support/mod.rs"]
+mod bench_support;
+
 use std::time::{Duration, Instant};
 use tinker::bmc::{IpmiPower, Secret};
 use tinker::core::PowerController;
@@ -117,26 +120,12 @@ fn main() {
         ));
     }
     print!("{table}");
-    let section = format!(
-        "<!-- bmc_status:begin -->\nCommand: `cargo bench --bench bmc_status` (run {}; {} cores; `ipmi_sim` instances on loopback, one per BMC, all on this machine).\n\n{table}<!-- bmc_status:end -->",
+    let body = format!(
+        "Command: `cargo bench --bench bmc_status` (run {}; {} cores; `ipmi_sim` instances on loopback, one per BMC, all on this machine).\n\n{table}",
         jiff::Timestamp::now().strftime("%Y-%m-%d"),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let updated = match (
-        text.find("<!-- bmc_status:begin -->"),
-        text.find("<!-- bmc_status:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &text[..a],
-            section,
-            &text[b + "<!-- bmc_status:end -->".len()..]
-        ),
-        _ => format!("{text}\n## BMC: power-status round trips (IPMI)\n\n{section}\n"),
-    };
-    std::fs::write(&path, updated).unwrap();
+    bench_support::write_section("bmc_status", "BMC: power-status round trips (IPMI)", &body);
 }

@@ -3,12 +3,14 @@
 //! dd`, `curl | gzip -d | dd`) of the same image from the same server, in the same
 //! run. `cargo bench --bench image2disk` writes the table into BENCHMARKS.md.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 use tinker::actions::NativeRuntime;
-use tinker::boot::StoreMetadata;
-use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker::boot::http::{HttpConfig, HttpServer};
 use tinker::boot::tftp::FileSource;
 use tinker::core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, CollectOutput};
 use tinker::store::MemoryStore;
@@ -43,21 +45,8 @@ fn main() {
     let port = rt.block_on(async {
         let store = Arc::new(MemoryStore::new());
         let server = HttpServer::new(HttpConfig {
-            store: store.clone(),
-            metadata: Arc::new(StoreMetadata::new(store)),
-            osie: OsieConfig {
-                base_url: String::new(),
-                kernel: String::new(),
-                initrd: String::new(),
-                control_plane: String::new(),
-                extra_args: vec![],
-                worker_secret: None,
-            },
             assets: Some(FileSource::directory(format!("{d}/assets")).unwrap()),
-            binaries: None,
-            trusted_proxies: vec![],
-            extra: None,
-            metrics: vec![],
+            ..HttpConfig::new(store.clone())
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -131,27 +120,13 @@ fn main() {
         rows.join("\n")
     );
     print!("{table}");
-    let section = format!(
-        "<!-- image2disk:begin -->\nCommand: `cargo bench --bench image2disk` (run {}; {} cores; a {} MiB image, half random, half zeros, from our HTTP server on loopback to a file, fsync at the end; second of two rounds, so both read a warm page cache).\n\n{table}<!-- image2disk:end -->",
+    let body = format!(
+        "Command: `cargo bench --bench image2disk` (run {}; {} cores; a {} MiB image, half random, half zeros, from our HTTP server on loopback to a file, fsync at the end; second of two rounds, so both read a warm page cache).\n\n{table}",
         jiff::Timestamp::now().strftime("%Y-%m-%d"),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         MIB
     );
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let updated = match (
-        text.find("<!-- image2disk:begin -->"),
-        text.find("<!-- image2disk:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &text[..a],
-            section,
-            &text[b + "<!-- image2disk:end -->".len()..]
-        ),
-        _ => format!("{text}\n## Actions: image2disk against curl | dd\n\n{section}\n"),
-    };
-    std::fs::write(&path, updated).unwrap();
+    support::write_section("image2disk", "Actions: image2disk against curl | dd", &body);
 }

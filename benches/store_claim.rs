@@ -6,6 +6,9 @@
 //! BENCHMARKS.md between the `store_claim` markers.
 
 use jiff::Timestamp;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tinker::core::WorkflowStore;
@@ -213,26 +216,12 @@ fn main() {
         ));
     }
     print!("{table}");
-    let section = format!(
-        "<!-- store_claim:begin -->\nCommand: `cargo bench --bench store_claim` (run {}; {} cores). One action = one claim transaction + one report transaction; each worker has its own workflows of 4 actions; latency is per claim+report cycle.\n\n{table}<!-- store_claim:end -->",
+    let body = format!(
+        "Command: `cargo bench --bench store_claim` (run {}; {} cores). One action = one claim transaction + one report transaction; each worker has its own workflows of 4 actions; latency is per claim+report cycle.\n\n{table}",
         Timestamp::now().strftime("%Y-%m-%d"),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let updated = match (
-        text.find("<!-- store_claim:begin -->"),
-        text.find("<!-- store_claim:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &text[..a],
-            section,
-            &text[b + "<!-- store_claim:end -->".len()..]
-        ),
-        _ => format!("{text}\n## Store: claim-and-report cycle\n\n{section}\n"),
-    };
-    std::fs::write(&path, updated).unwrap();
+    support::write_section("store_claim", "Store: claim-and-report cycle", &body);
 }

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use tinker::actions::{Builtin, FinalStep, NativeRuntime};
-use tinker::boot::StoreMetadata;
-use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker::boot::http::{HttpConfig, HttpServer};
 use tinker::boot::tftp::FileSource;
 use tinker::core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, CollectOutput};
 use tinker::store::MemoryStore;
@@ -110,21 +109,8 @@ async fn run(rt: &NativeRuntime, s: &ActionSpec) -> (ActionOutcome, Vec<String>)
 async fn image_server(dir: &std::path::Path) -> u16 {
     let store = Arc::new(MemoryStore::new());
     let server = HttpServer::new(HttpConfig {
-        store: store.clone(),
-        metadata: Arc::new(StoreMetadata::new(store)),
-        osie: OsieConfig {
-            base_url: String::new(),
-            kernel: String::new(),
-            initrd: String::new(),
-            control_plane: String::new(),
-            extra_args: vec![],
-            worker_secret: None,
-        },
         assets: Some(FileSource::directory(dir).unwrap()),
-        binaries: None,
-        trusted_proxies: vec![],
-        extra: None,
-        metrics: vec![],
+        ..HttpConfig::new(store.clone())
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -11,8 +11,7 @@ use std::time::Duration;
 use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
 use tinker::actions::{DockerRuntime, NativeRuntime};
 use tinker::bmc::{MockBmc, StaticConnector};
-use tinker::boot::StoreMetadata;
-use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker::boot::http::{HttpConfig, HttpServer};
 use tinker::boot::tftp::FileSource;
 use tinker::boot::worker_api::{WorkerApi, worker_token};
 use tinker::core::engine::{Engine, EngineConfig};
@@ -100,21 +99,9 @@ async fn control_plane_with_grace(
             .await;
     });
     let http = HttpServer::new(HttpConfig {
-        store: store.clone(),
-        metadata: Arc::new(StoreMetadata::new(store.clone())),
-        osie: OsieConfig {
-            base_url: String::new(),
-            kernel: String::new(),
-            initrd: String::new(),
-            control_plane: String::new(),
-            extra_args: vec![],
-            worker_secret: None,
-        },
         assets: Some(FileSource::directory(assets).unwrap()),
-        binaries: None,
-        trusted_proxies: vec![],
         extra: Some(Arc::new(WorkerApi::new(store.clone(), SECRET.to_vec(), 1))),
-        metrics: vec![],
+        ..HttpConfig::new(store.clone())
     });
     let listener = loop {
         match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {

@@ -9,7 +9,7 @@ use tinker_core::MacAddr;
 use tinker_core::model::Hardware;
 
 /// What the default script boots: the in-memory OS with the worker agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OsieConfig {
     /// Base URL of kernel and initrd, such as `http://10.0.0.1:8080/assets`.
     pub base_url: String,

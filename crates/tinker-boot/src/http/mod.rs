@@ -101,6 +101,23 @@ impl MetricsSource for crate::tftp::TftpStats {
     }
 }
 
+impl HttpConfig {
+    /// A configuration over `store` with its metadata from the same store, no
+    /// assets, no binaries, no trusted proxies, no extra routes; fill in the rest.
+    pub fn new(store: Arc<dyn WorkflowStore>) -> Self {
+        HttpConfig {
+            metadata: Arc::new(crate::StoreMetadata::new(store.clone())),
+            store,
+            osie: OsieConfig::default(),
+            assets: None,
+            binaries: None,
+            trusted_proxies: Vec::new(),
+            extra: None,
+            metrics: Vec::new(),
+        }
+    }
+}
+
 /// The HTTP server.
 #[derive(Debug, Clone)]
 pub struct HttpServer {
