@@ -366,3 +366,61 @@ async fn cexec_runs_in_the_installed_system_and_kexec_waits_for_the_report() {
         Some(Builtin::Image2Disk)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtins_run_in_docker_as_a_locally_imported_image() {
+    if !can_loop() {
+        return;
+    }
+    if !Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            !require_real(),
+            "a Docker engine is required (TINKER_REQUIRE_REAL=1)"
+        );
+        return;
+    }
+    // The tinker-action program, its libraries and busybox's mount, as an image.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/tinker-action");
+    assert!(bin.exists(), "cargo test builds the tinker-action example");
+    let image = "tinker-test/actions:1";
+    sh(&format!(
+        "docker rmi -f tinker-test/actions:1 >/dev/null 2>&1; d=$(mktemp -d) && cd $d && mkdir -p root/bin root/tmp && cp {b} root/tinker-action && for l in $(ldd {b} | grep -o '/[^ ]*'); do mkdir -p root$(dirname $l) && cp -L $l root$l; done && \
+         apt-get download busybox-static >/dev/null && dpkg -x busybox-static_*.deb x && cp x/bin/busybox root/bin/ && for a in sh mount umount; do ln -s busybox root/bin/$a; done && \
+         tar -C root -c . | docker import - {image} >/dev/null && rm -rf $d",
+        b = bin.display()
+    ));
+    let disk = LoopDisk::new("ext4");
+    let part = disk.part();
+    let docker = tinker::actions::DockerRuntime::connect().await.unwrap();
+    let mut s = spec(
+        image,
+        &[
+            ("DEST_DISK", part.as_str()),
+            ("FS_TYPE", "ext4"),
+            ("DEST_PATH", "/etc/hostname"),
+            ("CONTENTS", "from-a-container\n"),
+            ("MODE", "0640"),
+            ("PATH", "/bin"),
+        ],
+    );
+    s.command = vec!["/tinker-action".into(), "writefile".into()];
+    let out = CollectOutput::default();
+    let r = docker.run(&s, &out, &CancelToken::new()).await.unwrap();
+    assert_eq!(r, ActionOutcome::Success, "{:?}", out.0.lock().unwrap());
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().display();
+    let got = sh(&format!(
+        "mount {part} {m} && stat -c %a {m}/etc/hostname && cat {m}/etc/hostname; umount {m}"
+    ));
+    assert_eq!(got, "640\nfrom-a-container");
+}

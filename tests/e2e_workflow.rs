@@ -428,3 +428,75 @@ async fn a_worker_that_vanishes_is_noticed_by_its_missing_heartbeats() {
         "the reason says why"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kexec_reports_success_before_the_machine_leaves_the_in_memory_os() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+    // An installed system on a loop device: a kernel and an initrd to load.
+    sh(&format!(
+        "truncate -s 16M {d}/disk.img && mkfs.ext4 -q -F {d}/disk.img && mkdir -p {d}/m && mount {d}/disk.img {d}/m && mkdir -p {d}/m/boot && echo K > {d}/m/boot/vmlinuz && echo I > {d}/m/boot/initrd.img && umount {d}/m"
+    ));
+    let dev = sh(&format!("losetup -f --show {d}/disk.img"));
+    let _detach = Detach(dev.clone());
+    // The test's kexec: records each call with the time it ran.
+    let stub = dir.path().join("kexec");
+    std::fs::write(
+        &stub,
+        format!("#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {d}/kexec.log\n"),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", stub.display()));
+    let port = free_port();
+    let cp = control_plane(
+        &dir.path().join("tinker.redb"),
+        &dir.path().join("assets"),
+        port,
+    )
+    .await;
+    let t = format!(
+        "version: \"0.1\"\nname: t\ntasks:\n  - name: a\n    worker: \"{{{{.device_1}}}}\"\n    actions:\n      - name: kexec-into-os\n        image: quay.io/tinkerbell/actions/kexec:latest\n        timeout: 60\n        pid: host\n        environment: {{BLOCK_DEVICE: {dev}, FS_TYPE: ext4, KERNEL_PATH: /boot/vmlinuz, INITRD_PATH: /boot/initrd.img, CMD_LINE: \"root=/dev/sda1 ro\"}}\n"
+    );
+    setup(cp.store.as_ref(), &t, &[]).await;
+    let native = || NativeRuntime::new().with_programs(&stub, "/bin/false");
+    let a = Agent::new(
+        AgentConfig {
+            server: format!("http://127.0.0.1:{port}"),
+            worker_id: MAC.into(),
+            token: worker_token(SECRET, MAC),
+            max_backoff: Duration::from_millis(500),
+            max_actions: Some(1),
+            idle_exit: Some(Duration::from_secs(3)),
+        },
+        Arc::new(RuntimeRouter {
+            native: native(),
+            containers: None,
+        }),
+        Some(native()),
+    );
+    a.run(std::future::pending()).await.unwrap();
+    let wf = wait_end(cp.store.as_ref()).await;
+    let _ = cp.stop.send(true);
+    let s = wf.status.unwrap();
+    assert_eq!(s.state, WorkflowState::Success, "{:?}", s.reason);
+    let reported = s.tasks[0].actions[0]
+        .execution_stop
+        .expect("the report's time");
+    let log = std::fs::read_to_string(dir.path().join("kexec.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains(" -l ") && lines[1].ends_with(" -e"),
+        "load, then execute: {log}"
+    );
+    let executed: f64 = lines[1].split_whitespace().next().unwrap().parse().unwrap();
+    let reported = reported.as_millisecond() as f64 / 1000.0;
+    assert!(
+        executed >= reported,
+        "kexec -e ran at {executed}, before the success report was stored at {reported}"
+    );
+}

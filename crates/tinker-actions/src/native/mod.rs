@@ -465,6 +465,8 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 }
 
 fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+    // A minimal image may lack /tmp.
+    let _ = std::fs::create_dir_all(dir);
     for i in 0..1000u32 {
         let p = dir.join(format!("tinker-mnt-{}-{i}", std::process::id()));
         if std::fs::create_dir(&p).is_ok() {
