@@ -32,6 +32,8 @@
 mod common;
 mod embedded;
 mod memory;
+mod postgres;
 
 pub use embedded::RedbStore;
 pub use memory::{MAX_EVENTS_PER_MACHINE, MemoryStore};
+pub use postgres::PostgresStore;

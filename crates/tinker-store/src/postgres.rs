@@ -1,0 +1,553 @@
+//! `PostgresStore`: the store for several control-plane replicas, on PostgreSQL.
+//!
+//! - Optimistic concurrency: a `version` column, checked under `SELECT ... FOR
+//!   UPDATE` in the writing transaction.
+//! - Claims take row locks that do not block other workers: `FOR UPDATE SKIP
+//!   LOCKED` over the worker's workflows, so two replicas serving the same worker
+//!   never hand out one action twice and never wait on each other.
+//! - The change feed is `LISTEN/NOTIFY` (`pg_notify` inside each writing
+//!   transaction, delivered on commit), so every replica sees every replica's writes.
+//! - Uniqueness of MACs and IP addresses is a partial unique index, so two replicas
+//!   racing to register the same MAC cannot both win.
+//!
+//! The schema is created by [`PostgresStore::connect`] (migrations below, applied
+//! once under an advisory lock). No transaction is held across anything but its own
+//! statements.
+
+use crate::common::{
+    FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use std::net::IpAddr;
+use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
+use tinker_core::state::WorkflowEvent;
+use tinker_core::store::{
+    Applied, Assignment, Change, IndexTerm, MachineEvent, Precondition, Versioned, WorkflowStore,
+    apply_to_workflow, check_precondition, claim_in_workflow,
+};
+use tinker_core::{Error, MacAddr, Result};
+use tokio::sync::broadcast;
+
+const CHANNEL: &str = "tinker_changes";
+
+/// Schema migrations, applied in order, each once.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE objects (
+    key     TEXT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    body    JSONB NOT NULL
+);
+CREATE TABLE index_terms (
+    term TEXT NOT NULL,
+    key  TEXT NOT NULL REFERENCES objects(key) ON DELETE CASCADE,
+    PRIMARY KEY (term, key)
+);
+CREATE UNIQUE INDEX index_terms_unique ON index_terms (term) WHERE term NOT LIKE 'worker:%';
+CREATE TABLE events (
+    seq     BIGSERIAL PRIMARY KEY,
+    machine TEXT NOT NULL,
+    body    JSONB NOT NULL
+);
+CREATE INDEX events_machine ON events (machine, seq);
+"#];
+
+fn pg(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::backend("postgres", e)
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::backend("postgres (stored JSON)", e)
+}
+
+/// The PostgreSQL [`WorkflowStore`].
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    feed: broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects (`postgres://user@host:port/db`), applies the migrations, and
+    /// starts listening for changes. The URL may hold a password; it never appears
+    /// in errors.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(|_| Error::Unsupported {
+            target: "postgres".into(),
+            operation: "a database URL that does not parse".into(),
+        })?;
+        let target = format!(
+            "postgres://{:?}:{:?}",
+            config.get_hosts().first(),
+            config.get_ports().first()
+        );
+        let unreachable = |e: tokio_postgres::Error| Error::Unreachable {
+            target: target.clone(),
+            reason: e.to_string(),
+        };
+        let mgr = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr).max_size(16).build().map_err(pg)?;
+        {
+            let mut client = pool.get().await.map_err(|e| Error::Unreachable {
+                target: target.clone(),
+                reason: e.to_string(),
+            })?;
+            let tx = client.transaction().await.map_err(unreachable)?;
+            // One replica migrates; the others wait here.
+            tx.execute("SELECT pg_advisory_xact_lock(7411)", &[])
+                .await
+                .map_err(pg)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)",
+            )
+            .await
+            .map_err(pg)?;
+            for (i, sql) in MIGRATIONS.iter().enumerate() {
+                let v = i as i32 + 1;
+                let done = tx
+                    .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[&v])
+                    .await
+                    .map_err(pg)?
+                    .is_some();
+                if !done {
+                    tx.batch_execute(sql).await.map_err(pg)?;
+                    tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&v])
+                        .await
+                        .map_err(pg)?;
+                }
+            }
+            tx.commit().await.map_err(pg)?;
+        }
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        // The change feed: a connection of its own, LISTENing.
+        let (client, mut connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(unreachable)?;
+        let tx = feed.clone();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(msg)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg
+                    && let Ok(change) = serde_json::from_str::<Change>(n.payload())
+                {
+                    let _ = tx.send(change);
+                }
+            }
+            tracing::warn!("the PostgreSQL change feed connection closed");
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(unreachable)?;
+        // Keep the listening client alive as long as the feed task runs.
+        let keep = client;
+        tokio::spawn(async move {
+            let _keep = keep;
+            std::future::pending::<()>().await;
+        });
+        Ok(PostgresStore { pool, feed })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| Error::Unreachable {
+            target: "postgres".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Versioned<Object>>> {
+    let row = tx
+        .query_opt(
+            "SELECT version, body FROM objects WHERE key = $1 FOR UPDATE",
+            &[&k],
+        )
+        .await
+        .map_err(pg)?;
+    row.map(|r| {
+        let version: i64 = r.get(0);
+        let body: serde_json::Value = r.get(1);
+        Ok(Versioned {
+            version: version as u64,
+            value: serde_json::from_value(body).map_err(json_err)?,
+        })
+    })
+    .transpose()
+}
+
+async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<()> {
+    let payload = serde_json::to_string(change).map_err(json_err)?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Writes (or deletes) an object and its index terms in `tx`.
+async fn write(
+    tx: &Transaction<'_>,
+    key: &ObjectKey,
+    old: Option<&Object>,
+    new: Option<&Versioned<Object>>,
+) -> Result<()> {
+    let k = encode_key(key);
+    let (remove, add) = index_diff(old, new.map(|v| &v.value));
+    for term in &add {
+        if term.is_unique()
+            && let Some(r) = tx
+                .query_opt(
+                    "SELECT key FROM index_terms WHERE term = $1 AND key <> $2",
+                    &[&term.as_key(), &k],
+                )
+                .await
+                .map_err(pg)?
+        {
+            let holder: String = r.get(0);
+            return Err(taken(term, key, &holder));
+        }
+    }
+    match new {
+        Some(v) => {
+            let body = serde_json::to_value(&v.value).map_err(json_err)?;
+            let version = v.version as i64;
+            tx.execute(
+                "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, body = EXCLUDED.body",
+                &[&k, &version, &body],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        None => {
+            tx.execute("DELETE FROM objects WHERE key = $1", &[&k])
+                .await
+                .map_err(pg)?;
+        }
+    }
+    for term in remove {
+        tx.execute(
+            "DELETE FROM index_terms WHERE term = $1 AND key = $2",
+            &[&term.as_key(), &k],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    if new.is_some() {
+        for term in &add {
+            let r = tx
+                .execute(
+                    "INSERT INTO index_terms (term, key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&term.as_key(), &k],
+                )
+                .await;
+            if let Err(e) = r {
+                // Lost a race with another replica for a unique term.
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    return Err(taken(term, key, "another object"));
+                }
+                return Err(pg(e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_row(version: i64, body: serde_json::Value) -> Result<Versioned<Object>> {
+    Ok(Versioned {
+        version: version as u64,
+        value: serde_json::from_value(body).map_err(json_err)?,
+    })
+}
+
+#[async_trait]
+impl WorkflowStore for PostgresStore {
+    async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
+        let key = object.key();
+        check_key(&key)?;
+        let k = encode_key(&key);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let old = read_for_update(&tx, &k).await?;
+        check_precondition(&key, old.as_ref().map(|v| v.version), precondition)?;
+        let version = old.as_ref().map_or(0, |v| v.version) + 1;
+        write(
+            &tx,
+            &key,
+            old.as_ref().map(|v| &v.value),
+            Some(&Versioned {
+                version,
+                value: object,
+            }),
+        )
+        .await?;
+        notify(
+            &tx,
+            &Change {
+                key: key.clone(),
+                version,
+                deleted: false,
+            },
+        )
+        .await?;
+        match tx.commit().await {
+            Ok(()) => Ok(version),
+            // Two creators raced past the empty read: the loser gets AlreadyExists.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::AlreadyExists {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => Err(pg(e)),
+        }
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned<Object>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, body FROM objects WHERE key = $1",
+                &[&encode_key(key)],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| parse_row(r.get(0), r.get(1))).transpose()
+    }
+
+    async fn list(&self, kind: Kind) -> Result<Vec<Versioned<Object>>> {
+        let client = self.client().await?;
+        let prefix = format!("{}%", kind_prefix(kind));
+        let rows = client
+            .query(
+                "SELECT version, body FROM objects WHERE key LIKE $1 ORDER BY key COLLATE \"C\"",
+                &[&prefix],
+            )
+            .await
+            .map_err(pg)?;
+        rows.into_iter()
+            .map(|r| parse_row(r.get(0), r.get(1)))
+            .collect()
+    }
+
+    async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
+        if precondition == Precondition::Absent {
+            return Err(Error::Unsupported {
+                target: "store".into(),
+                operation: "delete with Precondition::Absent".into(),
+            });
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let Some(old) = read_for_update(&tx, &encode_key(key)).await? else {
+            return Err(Error::NotFound {
+                key: key.to_string(),
+            });
+        };
+        check_precondition(key, Some(old.version), precondition)?;
+        write(&tx, key, Some(&old.value), None).await?;
+        notify(
+            &tx,
+            &Change {
+                key: key.clone(),
+                version: old.version,
+                deleted: true,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.hardware_by(IndexTerm::Mac(mac)).await
+    }
+
+    async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.hardware_by(IndexTerm::Ip(ip)).await
+    }
+
+    async fn apply_event(
+        &self,
+        key: &ObjectKey,
+        event: &WorkflowEvent,
+        now: Timestamp,
+    ) -> Result<Applied> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let Some(Versioned {
+            version,
+            value: Object::Workflow(old),
+        }) = read_for_update(&tx, &encode_key(key)).await?
+        else {
+            return Err(Error::NotFound {
+                key: key.to_string(),
+            });
+        };
+        let mut wf = old.clone();
+        let (changed, result) = apply_to_workflow(&mut wf, event, now);
+        let version = if changed { version + 1 } else { version };
+        if changed {
+            write(
+                &tx,
+                key,
+                Some(&Object::Workflow(old)),
+                Some(&Versioned {
+                    version,
+                    value: Object::Workflow(wf.clone()),
+                }),
+            )
+            .await?;
+            notify(
+                &tx,
+                &Change {
+                    key: key.clone(),
+                    version,
+                    deleted: false,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        let effect = result?;
+        Ok(Applied {
+            workflow: Versioned { version, value: wf },
+            effect,
+        })
+    }
+
+    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Workflows another replica is updating right now are skipped, not waited for.
+        let rows = tx
+            .query(
+                "SELECT o.key, o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
+                 WHERE t.term = $1 ORDER BY o.key FOR UPDATE OF o SKIP LOCKED",
+                &[&IndexTerm::Worker(worker.to_string()).as_key()],
+            )
+            .await
+            .map_err(pg)?;
+        let mut found = None;
+        for r in rows {
+            let k: String = r.get(0);
+            let Some(key) = decode_key(&k) else { continue };
+            let stored = parse_row(r.get(1), r.get(2))?;
+            let Object::Workflow(old) = stored.value else {
+                continue;
+            };
+            if !old
+                .status
+                .as_ref()
+                .is_some_and(|s| s.wants_attention(worker, now))
+            {
+                continue;
+            }
+            let mut wf = old.clone();
+            let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, now);
+            if changed {
+                let version = stored.version + 1;
+                write(
+                    &tx,
+                    &key,
+                    Some(&Object::Workflow(old)),
+                    Some(&Versioned {
+                        version,
+                        value: Object::Workflow(wf),
+                    }),
+                )
+                .await?;
+                notify(
+                    &tx,
+                    &Change {
+                        key,
+                        version,
+                        deleted: false,
+                    },
+                )
+                .await?;
+            }
+            if assignment.is_some() {
+                found = assignment;
+                break;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(found)
+    }
+
+    async fn append_event(&self, mut event: MachineEvent) -> Result<()> {
+        let client = self.client().await?;
+        // The sequence is the table's; the stored body gets it too.
+        let row = client
+            .query_one(
+                "SELECT nextval(pg_get_serial_sequence('events', 'seq'))",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let seq: i64 = row.get(0);
+        event.seq = seq as u64;
+        let body = serde_json::to_value(&event).map_err(json_err)?;
+        client
+            .execute(
+                "INSERT INTO events (seq, machine, body) VALUES ($1, $2, $3)",
+                &[&seq, &event.machine, &body],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>> {
+        let client = self.client().await?;
+        let limit = limit as i64;
+        let rows = client
+            .query(
+                "SELECT body FROM events WHERE machine = $1 ORDER BY seq DESC LIMIT $2",
+                &[&machine, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        let mut out: Vec<MachineEvent> = rows
+            .into_iter()
+            .map(|r| serde_json::from_value(r.get(0)).map_err(json_err))
+            .collect::<Result<_>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+}
+
+impl PostgresStore {
+    async fn hardware_by(&self, term: IndexTerm) -> Result<Option<Versioned<Hardware>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key WHERE t.term = $1 LIMIT 1", &[&term.as_key()])
+            .await
+            .map_err(pg)?;
+        Ok(
+            match row.map(|r| parse_row(r.get(0), r.get(1))).transpose()? {
+                Some(Versioned {
+                    version,
+                    value: Object::Hardware(h),
+                }) => Some(Versioned { version, value: h }),
+                _ => None,
+            },
+        )
+    }
+}

@@ -1,0 +1,171 @@
+//! The PostgreSQL store against a real PostgreSQL, started by the test as the
+//! `postgres` user in a temporary directory on loopback: the conformance suite,
+//! and two replicas sharing one database.
+
+use std::process::Command;
+use std::sync::Arc;
+use tinker_core::WorkflowStore;
+use tinker_core::state::{ActionOutcome, WorkflowEvent};
+use tinker_core::store::Precondition;
+use tinker_core::testing::{self, mac};
+use tinker_store::PostgresStore;
+
+fn require_real() -> bool {
+    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
+}
+
+/// A throwaway cluster; stopped and removed on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: String,
+    url: String,
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let find = "for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) $(dirname $(command -v initdb 2>/dev/null) 2>/dev/null); do [ -x $d/initdb ] && echo $d && break; done";
+        let bin = String::from_utf8_lossy(
+            &Command::new("sh")
+                .args(["-c", find])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_string();
+        let has_user = Command::new("id")
+            .arg("postgres")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if bin.is_empty() || !has_user {
+            assert!(
+                !require_real(),
+                "PostgreSQL (initdb, pg_ctl, a postgres user) is required (TINKER_REQUIRE_REAL=1)"
+            );
+            eprintln!("skipped: no PostgreSQL");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let script = format!(
+            "chown postgres {d} && su postgres -s /bin/sh -c \"{bin}/initdb -D {d}/data -A trust -U tinker >/dev/null && {bin}/pg_ctl -D {d}/data -o '-k {d} -c listen_addresses=127.0.0.1 -p {port} -c fsync=on' -l {d}/log -w start >/dev/null\""
+        );
+        let o = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "PostgreSQL did not start: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(Cluster {
+            url: format!("postgres://tinker@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let d = self.dir.path().display();
+        let _ = Command::new("sh").args(["-c", &format!("su postgres -s /bin/sh -c \"{}/pg_ctl -D {d}/data -m immediate stop >/dev/null\"", self.bin)]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_conforms() {
+    let Some(pg) = Cluster::start() else { return };
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    testing::store::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_one_database() {
+    let Some(pg) = Cluster::start() else { return };
+    let a: Arc<dyn WorkflowStore> = Arc::new(PostgresStore::connect(&pg.url).await.unwrap());
+    let b: Arc<dyn WorkflowStore> = Arc::new(PostgresStore::connect(&pg.url).await.unwrap());
+    // A write on one replica reaches the other's change feed.
+    let mut feed = b.watch();
+    a.put(testing::hardware("shared", 1).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let change = tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((change.key.name.as_str(), change.version), ("shared", 1));
+    // A stale version from one replica is refused after the other wrote.
+    let v = b
+        .put(
+            testing::hardware("shared", 1).into(),
+            Precondition::Version(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    assert!(
+        a.put(
+            testing::hardware("shared", 1).into(),
+            Precondition::Version(1)
+        )
+        .await
+        .is_err()
+    );
+    // Workers of the same identity on both replicas: every action claimed once.
+    for w in 0..8u32 {
+        for k in 0..3 {
+            a.put(
+                testing::rendered_workflow(&format!("rep-{w}-{k}"), mac(500 + w), 4, 600).into(),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let total = 8 * 3 * 4;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let mut tasks = Vec::new();
+    for t in 0..32u32 {
+        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let (done, seen) = (done.clone(), seen.clone());
+        let worker = mac(500 + t % 8).to_string();
+        tasks.push(tokio::spawn(async move {
+            while done.load(std::sync::atomic::Ordering::SeqCst) < total {
+                match store
+                    .claim_next_action(&worker, jiff::Timestamp::now())
+                    .await
+                    .unwrap()
+                {
+                    Some(x) => {
+                        assert!(
+                            seen.lock()
+                                .unwrap()
+                                .insert((x.workflow.name.clone(), x.action_index)),
+                            "claimed twice across replicas"
+                        );
+                        let r = WorkflowEvent::Report {
+                            action: x.action_index,
+                            attempt: x.attempt,
+                            outcome: ActionOutcome::Success,
+                        };
+                        store
+                            .apply_event(&x.workflow, &r, jiff::Timestamp::now())
+                            .await
+                            .unwrap();
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    None => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(seen.lock().unwrap().len(), total);
+}
