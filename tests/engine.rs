@@ -437,3 +437,41 @@ async fn the_run_loop_follows_the_change_feed() {
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_engine_replicas_make_each_bmc_call_once() {
+    let r = rig(None, EngineConfig::default()).await;
+    r.bmc.faults().latency(Duration::from_millis(20));
+    let connector = Arc::new(StaticConnector::new());
+    connector.insert("m1", Arc::new(r.bmc.clone()));
+    let second = Engine::new(
+        r.store.clone(),
+        connector,
+        EngineConfig {
+            replica: "replica-b".into(),
+            ..Default::default()
+        },
+    )
+    .with_clock(r.clock.clone());
+    let first = r.engine.clone();
+    let key = r.key.clone();
+    let (a, b) = tokio::join!(first.reconcile(&key), second.reconcile(&key));
+    a.unwrap();
+    b.unwrap();
+    // Whichever lost a race came back and found the step done.
+    first.reconcile(&key).await.unwrap();
+    second.reconcile(&key).await.unwrap();
+    let calls = r.bmc.calls();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("boot(Pxe")).count(),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("power(")).count(),
+        1,
+        "{calls:?}"
+    );
+    let m = r.workflow().await.status.unwrap().machine;
+    assert!(m.power_cycled && m.lease.is_none(), "{m:?}");
+}

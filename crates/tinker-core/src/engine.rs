@@ -50,6 +50,11 @@ pub struct EngineConfig {
     pub retry_max: Duration,
     /// Seconds without a worker heartbeat after which a running action times out.
     pub heartbeat_grace_seconds: Option<i64>,
+    /// This engine's name among several replicas (the lease holder's name).
+    pub replica: String,
+    /// How long a replica may hold a workflow's step lease before another may
+    /// take the step over (it died mid-step).
+    pub lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +64,12 @@ impl Default for EngineConfig {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             heartbeat_grace_seconds: Some(120),
+            replica: format!(
+                "engine-{}-{:x}",
+                std::process::id(),
+                Timestamp::now().as_nanosecond() as u64
+            ),
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -199,7 +210,11 @@ impl Engine {
                         .apply_event(key, &WorkflowEvent::Tick, now)
                         .await?;
                 }
-                step => self.machine_step(key, version, wf, step).await?,
+                step => {
+                    if let Some(until) = self.machine_step(key, version, wf, step).await? {
+                        return Ok(Some(until));
+                    }
+                }
             }
         }
         Err(Error::Remote {
@@ -308,16 +323,48 @@ impl Engine {
         version: u64,
         wf: Workflow,
         step: Step,
-    ) -> Result<()> {
+    ) -> Result<Option<Timestamp>> {
+        // Several replicas may plan the same step at once: the one that records a
+        // lease on the workflow (an optimistic write, so exactly one wins) makes the
+        // BMC call; the others leave it. A lease outlives a replica that died
+        // mid-step by `lease` at most; then another replica takes the step over.
+        let now = self.clock.now();
+        let mut wf = wf;
+        let Some(status) = wf.status.as_mut() else {
+            return Ok(None);
+        };
+        if let Some((holder, until)) = &status.machine.lease
+            && holder != &self.config.replica
+            && *until > now
+        {
+            // Another replica is at it: look again when its lease ends (its
+            // record of the step will wake us sooner through the change feed).
+            return Ok(Some(*until));
+        }
+        let until = now
+            .checked_add(
+                SignedDuration::try_from(self.config.lease).unwrap_or(SignedDuration::ZERO),
+            )
+            .unwrap_or(now);
+        status.machine.lease = Some((self.config.replica.clone(), until));
+        let version = match self
+            .store
+            .put(Object::Workflow(wf.clone()), Precondition::Version(version))
+            .await
+        {
+            Ok(v) => v,
+            Err(Error::Conflict { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let ns = wf.metadata.namespace().to_string();
         let hw = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
         let outcome = self.carry_out(&step, hw.as_ref().map(|h| &h.value)).await;
         let now = self.clock.now();
-        let mut wf = wf;
         let Some(status) = wf.status.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         let m = &mut status.machine;
+        m.lease = None;
         let mut fail_workflow = None;
         let message = match outcome {
             Ok(StepDone::Done) | Ok(StepDone::NoBmc) => {
@@ -379,15 +426,33 @@ impl Engine {
                 }
             }
         };
-        match self
-            .store
-            .put(Object::Workflow(wf), Precondition::Version(version))
-            .await
-        {
-            Ok(_) => {}
-            // Someone else (a worker's report) wrote first; the next pass re-plans.
-            Err(Error::Conflict { .. }) => return Ok(()),
-            Err(e) => return Err(e),
+        // Record the step. A worker's report may have been written meanwhile: the
+        // machine steps are the engine's alone (under the lease), so they are put
+        // onto the fresh workflow and written again.
+        let machine = wf
+            .status
+            .as_ref()
+            .map(|s| s.machine.clone())
+            .unwrap_or_default();
+        let (mut wf, mut version) = (wf, version);
+        for _ in 0..8 {
+            match self
+                .store
+                .put(Object::Workflow(wf.clone()), Precondition::Version(version))
+                .await
+            {
+                Ok(_) => break,
+                Err(Error::Conflict { .. }) => {
+                    let Some(fresh) = self.store.workflow(&key.namespace, &key.name).await? else {
+                        return Ok(None);
+                    };
+                    (wf, version) = (fresh.value, fresh.version);
+                    if let Some(s) = wf.status.as_mut() {
+                        s.machine = machine.clone();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.log(key, hw.as_ref().map(|h| &h.value), "engine", message)
             .await;
@@ -401,7 +466,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn carry_out(&self, step: &Step, hw: Option<&Hardware>) -> Result<StepDone> {

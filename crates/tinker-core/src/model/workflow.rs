@@ -240,6 +240,9 @@ pub struct MachineSteps {
     /// The last error of a step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The replica carrying out a step, and until when it may (see the engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<(String, Timestamp)>,
 }
 
 impl Workflow {
