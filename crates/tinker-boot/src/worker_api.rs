@@ -63,7 +63,13 @@ pub struct WorkerApi {
     store: Arc<dyn WorkflowStore>,
     secret: Arc<Vec<u8>>,
     heartbeat_seconds: u32,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    shed: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Worker requests handled at once; beyond, the API answers 503 with
+/// `Retry-After` (the agent backs off) instead of queueing without bound.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 impl std::fmt::Debug for WorkerApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,7 +116,20 @@ impl WorkerApi {
             store,
             secret: Arc::new(secret.into()),
             heartbeat_seconds,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            shed: Arc::default(),
         }
+    }
+
+    /// Sets how many requests are handled at once before the rest are shed.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.in_flight = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+        self
+    }
+
+    /// Requests shed under overload so far.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn authorized(&self, req: &Request<Incoming>, worker: &str) -> bool {
@@ -310,6 +329,13 @@ impl ExtraRoutes for WorkerApi {
         if req.method() != Method::POST {
             return Ok(problem(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
         }
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded; retry",
+            ));
+        };
         if !self.authorized(&req, &worker) {
             tracing::warn!(worker, "worker API: bad or missing token");
             return Ok(problem(

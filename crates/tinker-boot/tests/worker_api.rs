@@ -1,0 +1,144 @@
+//! The worker API: tokens per worker, and predictable shedding under overload.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+use tinker_boot::http::{HttpConfig, HttpServer};
+use tinker_boot::worker_api::{WorkerApi, worker_token};
+use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
+use tinker_core::state::WorkflowEvent;
+use tinker_core::store::{Applied, Assignment, Change, MachineEvent, Precondition, Versioned};
+use tinker_core::{MacAddr, Result, WorkflowStore};
+use tinker_store::MemoryStore;
+
+/// A store whose claims take a while, to overload the API on purpose.
+#[derive(Debug)]
+struct SlowStore(MemoryStore);
+
+#[async_trait::async_trait]
+impl WorkflowStore for SlowStore {
+    async fn put(&self, o: Object, p: Precondition) -> Result<u64> {
+        self.0.put(o, p).await
+    }
+    async fn get(&self, k: &ObjectKey) -> Result<Option<Versioned<Object>>> {
+        self.0.get(k).await
+    }
+    async fn list(&self, k: Kind) -> Result<Vec<Versioned<Object>>> {
+        self.0.list(k).await
+    }
+    async fn delete(&self, k: &ObjectKey, p: Precondition) -> Result<()> {
+        self.0.delete(k, p).await
+    }
+    async fn hardware_by_mac(&self, m: MacAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.0.hardware_by_mac(m).await
+    }
+    async fn hardware_by_ip(&self, i: std::net::IpAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.0.hardware_by_ip(i).await
+    }
+    async fn apply_event(
+        &self,
+        k: &ObjectKey,
+        e: &WorkflowEvent,
+        n: jiff::Timestamp,
+    ) -> Result<Applied> {
+        self.0.apply_event(k, e, n).await
+    }
+    async fn claim_next_action(&self, w: &str, n: jiff::Timestamp) -> Result<Option<Assignment>> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.claim_next_action(w, n).await
+    }
+    async fn append_event(&self, e: MachineEvent) -> Result<()> {
+        self.0.append_event(e).await
+    }
+    async fn events(&self, m: &str, l: usize) -> Result<Vec<MachineEvent>> {
+        self.0.events(m, l).await
+    }
+    fn watch(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.0.watch()
+    }
+}
+
+fn post(port: u16, path: &str, token: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, buf)
+}
+
+async fn serve(api: WorkerApi, store: Arc<dyn WorkflowStore>) -> u16 {
+    let server = HttpServer::new(HttpConfig {
+        extra: Some(Arc::new(api)),
+        ..HttpConfig::new(store)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_open_only_their_own_worker() {
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let port = serve(WorkerApi::new(store.clone(), b"s3cret".to_vec(), 5), store).await;
+    tokio::task::spawn_blocking(move || {
+        let mine = worker_token(b"s3cret", "w1");
+        let body = "{\"worker_id\":\"w1\"}";
+        assert_eq!(post(port, "/v1/workers/w1/next-action", &mine, body).0, 200);
+        assert_eq!(post(port, "/v1/workers/w2/next-action", &mine, body).0, 401, "another worker's endpoint");
+        assert_eq!(post(port, "/v1/workers/w1/next-action", "nonsense", body).0, 401);
+        assert_eq!(post(port, "/v1/workers/w1/next-action", &worker_token(b"other", "w1"), body).0, 401);
+        let report = "{\"worker_id\":\"w2\",\"workflow_id\":\"default/x\",\"action_index\":0,\"attempt\":1,\"outcome\":{\"outcome\":\"success\"},\"started_at\":null,\"finished_at\":null}";
+        assert_eq!(post(port, "/v1/workers/w1/report", &mine, report).0, 403, "a report for someone else");
+        assert_eq!(post(port, "/v1/workers/w1/report", &mine, "{not json").0, 400);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_retry_after() {
+    let store: Arc<dyn WorkflowStore> = Arc::new(SlowStore(MemoryStore::new()));
+    let api = WorkerApi::new(store.clone(), b"k".to_vec(), 5).with_limit(2);
+    let port = serve(api, store).await;
+    let results = tokio::task::spawn_blocking(move || {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let w = format!("w{i}");
+                    post(
+                        port,
+                        &format!("/v1/workers/{w}/next-action"),
+                        &worker_token(b"k", &w),
+                        &format!("{{\"worker_id\":\"{w}\"}}"),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let ok = results.iter().filter(|(c, _)| *c == 200).count();
+    let shed: Vec<_> = results.iter().filter(|(c, _)| *c == 503).collect();
+    assert!(ok >= 2, "some were served: {results:?}");
+    assert!(!shed.is_empty(), "the rest were shed, not queued");
+    assert!(
+        shed.iter()
+            .all(|(_, b)| b.to_lowercase().contains("retry-after:")),
+        "with Retry-After"
+    );
+}
