@@ -81,6 +81,7 @@ async fn main() -> ExitCode {
             max_backoff: Duration::from_secs(10),
             max_actions: None,
             idle_exit: None,
+            console: true,
         },
         Arc::new(RuntimeRouter {
             native: NativeRuntime::new(),

@@ -133,6 +133,7 @@ async fn agent(port: u16, idle: Duration) -> tinker::actions::agent::AgentSummar
             max_backoff: Duration::from_millis(500),
             max_actions: None,
             idle_exit: Some(idle),
+            console: true,
         },
         runtime,
         Some(NativeRuntime::new()),
@@ -471,6 +472,7 @@ async fn kexec_reports_success_before_the_machine_leaves_the_in_memory_os() {
             max_backoff: Duration::from_millis(500),
             max_actions: Some(1),
             idle_exit: Some(Duration::from_secs(3)),
+            console: true,
         },
         Arc::new(RuntimeRouter {
             native: native(),

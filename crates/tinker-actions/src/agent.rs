@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub max_actions: Option<usize>,
     /// Stop when the control plane has had nothing to do for this long (tests).
     pub idle_exit: Option<Duration>,
+    /// Print progress and action output on the console (the machine's screen).
+    pub console: bool,
 }
 
 /// What the agent did, for its caller.
@@ -77,6 +79,12 @@ impl OutputSink for Streamer {
 }
 
 impl Agent {
+    fn say(&self, line: String) {
+        if self.config.console {
+            println!("{line}");
+        }
+    }
+
     /// An agent that runs actions with `runtime`; `native` (if given) decides the
     /// final steps of `kexec` and `reboot`.
     pub fn new(
@@ -195,7 +203,7 @@ impl Agent {
                     let (line, final_step) = self.run_action(&action).await?;
                     summary.ran.push(line);
                     if let Some(step) = final_step {
-                        println!("tinker: taking the final step {step:?}");
+                        self.say(format!("tinker: taking the final step {step:?}"));
                         step.take().await?;
                     }
                 }
@@ -217,10 +225,10 @@ impl Agent {
     }
 
     async fn run_action(&self, a: &WorkerAction) -> Result<(String, Option<FinalStep>)> {
-        println!(
+        self.say(format!(
             "tinker: {} action {} {:?} ({})",
             a.workflow_id, a.action_index, a.name, a.image
-        );
+        ));
         let spec = ActionSpec {
             workflow: a.workflow_id.clone(),
             name: a.name.clone(),
@@ -233,7 +241,7 @@ impl Agent {
         };
         let sink = Arc::new(Streamer {
             lines: Mutex::new(Vec::new()),
-            console: true,
+            console: self.config.console,
         });
         let cancel = CancelToken::new();
         let started = jiff::Timestamp::now();
@@ -270,7 +278,7 @@ impl Agent {
                     if let Ok((StatusCode::CONFLICT, _)) =
                         self.post::<_, serde_json::Value>("heartbeat", &hb).await
                     {
-                        println!("tinker: the control plane stopped this action");
+                        self.say("tinker: the control plane stopped this action".to_string());
                         cancel.cancel();
                         return;
                     }
@@ -297,10 +305,10 @@ impl Agent {
                 .retry("logs", || self.post::<_, serde_json::Value>("logs", &batch))
                 .await;
         }
-        println!(
+        self.say(format!(
             "tinker: {} action {} {:?}: {:?}",
             a.workflow_id, a.action_index, a.name, outcome
-        );
+        ));
         let report = ActionReport {
             worker_id: self.config.worker_id.clone(),
             workflow_id: a.workflow_id.clone(),
@@ -319,9 +327,9 @@ impl Agent {
             .await?;
         let acknowledged = status.is_success();
         if !acknowledged {
-            println!(
+            self.say(format!(
                 "tinker: the control plane refused the report ({status}); not taking any final step"
-            );
+            ));
         }
         let final_step = match (&outcome, acknowledged, &self.native) {
             (ActionOutcome::Success, true, Some(native)) => native.final_step(&spec),

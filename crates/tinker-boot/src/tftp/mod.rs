@@ -11,6 +11,7 @@
 //! link to `/boot`, and is served because the operator named it, not because the
 //! check is loose).
 
+pub mod client;
 pub mod packet;
 pub mod server;
 mod source;

@@ -1,0 +1,119 @@
+//! A small TFTP read client (blksize and windowsize), for simulated machines and
+//! load tests: the same protocol code a PXE ROM runs, on our side.
+
+use super::packet::Packet;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+/// Fetches `file` from `server`; `None` options means plain RFC 1350.
+pub async fn fetch(
+    server: SocketAddr,
+    file: &str,
+    blksize: Option<u16>,
+    windowsize: Option<u16>,
+) -> std::io::Result<Vec<u8>> {
+    let err = |m: String| std::io::Error::other(m);
+    let sock = UdpSocket::bind(if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .await?;
+    let mut options = Vec::new();
+    if let Some(b) = blksize {
+        options.push(("blksize".to_string(), b.to_string()));
+    }
+    if let Some(w) = windowsize {
+        options.push(("windowsize".to_string(), w.to_string()));
+    }
+    let rrq = Packet::Rrq {
+        file: file.into(),
+        mode: "octet".into(),
+        options,
+    }
+    .encode();
+    sock.send_to(&rrq, server).await?;
+    let (mut size, mut window) = (512usize, 1u64);
+    let mut out = Vec::new();
+    let mut expected: u64 = 1;
+    let mut in_window = 0u64;
+    let mut buf = vec![0u8; 66_000];
+    let mut peer = server;
+    let mut tries = 0;
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await;
+        let (n, from) = match got {
+            Ok(r) => r?,
+            Err(_) => {
+                tries += 1;
+                if tries > 5 {
+                    return Err(err(format!("TFTP {file}: no answer")));
+                }
+                // Ask again from the last good block.
+                let ack = if expected == 1 && out.is_empty() {
+                    rrq.clone()
+                } else {
+                    Packet::Ack {
+                        block: ((expected - 1) & 0xffff) as u16,
+                    }
+                    .encode()
+                };
+                sock.send_to(
+                    &ack,
+                    if expected == 1 && out.is_empty() {
+                        server
+                    } else {
+                        peer
+                    },
+                )
+                .await?;
+                continue;
+            }
+        };
+        tries = 0;
+        peer = from;
+        match Packet::decode(&buf[..n]) {
+            Some(Packet::Oack { options }) => {
+                for (k, v) in options {
+                    match k.as_str() {
+                        "blksize" => size = v.parse().unwrap_or(512),
+                        "windowsize" => window = v.parse().unwrap_or(1),
+                        _ => {}
+                    }
+                }
+                sock.send_to(&Packet::Ack { block: 0 }.encode(), peer)
+                    .await?;
+            }
+            Some(Packet::Data { block, data }) => {
+                if block != (expected & 0xffff) as u16 {
+                    sock.send_to(
+                        &Packet::Ack {
+                            block: ((expected - 1) & 0xffff) as u16,
+                        }
+                        .encode(),
+                        peer,
+                    )
+                    .await?;
+                    in_window = 0;
+                    continue;
+                }
+                out.extend_from_slice(&data);
+                in_window += 1;
+                let last = data.len() < size;
+                if in_window == window || last {
+                    sock.send_to(&Packet::Ack { block }.encode(), peer).await?;
+                    in_window = 0;
+                }
+                expected += 1;
+                if last {
+                    return Ok(out);
+                }
+            }
+            Some(Packet::Error { code, message }) => {
+                return Err(err(format!("TFTP {file}: error {code}: {message}")));
+            }
+            _ => return Err(err(format!("TFTP {file}: unexpected packet"))),
+        }
+    }
+}
