@@ -313,8 +313,8 @@ async fn run(a: Args) -> Result<bool, String> {
         ));
     }
     println!(
-        "\n{:<8} {:<8} {:>8}  {}",
-        "machine", "workflow", "time", "installed OS says"
+        "\n{:<8} {:<8} {:>8}  installed OS says",
+        "machine", "workflow", "time"
     );
     for r in rows {
         println!("{r}");
