@@ -9,7 +9,8 @@
 //! progress per machine and ends with a table and `provisioned N/N machines`.
 //!
 //! Flags: `--machines N` (default 8), `--data DIR` (default `./tinker-data`; a
-//! second run reuses it).
+//! second run reuses it), `--hold SECONDS` (keep serving the status page after).
+//! The status page's address (with its operator token) is printed at the start.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,7 +23,7 @@ use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
 use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::boot::dhcp::engine::{client_request, decode_reply};
 use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode};
-use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker::boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
 use tinker::boot::tftp::{FileSource, TftpServer, client as tftp};
 use tinker::boot::worker_api::WorkerApi;
 use tinker::boot::{BootConfig, StoreBootResponder};
@@ -58,18 +59,21 @@ tasks:
 struct Args {
     machines: u8,
     data: PathBuf,
+    hold: u64,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = Args {
         machines: 8,
         data: PathBuf::from("tinker-data"),
+        hold: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
         match f.as_str() {
             "--machines" => a.machines = it.next().and_then(|v| v.parse().ok()).filter(|n| (1..=200).contains(n)).ok_or("--machines needs 1 to 200")?,
             "--data" => a.data = it.next().map(PathBuf::from).ok_or("--data needs a directory")?,
+            "--hold" => a.hold = it.next().and_then(|v| v.parse().ok()).ok_or("--hold needs seconds")?,
             "--config" => return Err("--config (real hardware) is not in this build yet; run without it for the simulated rack".into()),
             other => return Err(format!("unknown argument {other:?} (try --machines N, --data DIR)")),
         }
@@ -155,6 +159,7 @@ async fn run(a: Args) -> Result<bool, String> {
             .map_err(|e| e.to_string())?,
     );
     let secret = secret(&data)?;
+    let operator_token = tinker::boot::worker_api::worker_token(&secret, "operator");
 
     // Loopback, unprivileged ports: DHCP (and its relay), TFTP, HTTP.
     let dhcp_socket = UdpSocket::bind("127.0.0.1:0").await.map_err(io("DHCP"))?;
@@ -248,7 +253,10 @@ async fn run(a: Args) -> Result<bool, String> {
             worker_secret: Some(secret.clone()),
         },
         assets: Some(FileSource::directory(data.join("assets")).map_err(io("assets"))?),
-        extra: Some(Arc::new(WorkerApi::new(store.clone(), secret.clone(), 2))),
+        extra: Some(Arc::new(RouteChain(vec![
+            Arc::new(WorkerApi::new(store.clone(), secret.clone(), 2)),
+            Arc::new(OperatorApi::new(store.clone(), operator_token.clone())),
+        ]))),
         metrics: vec![dhcp.stats(), tftp.stats()],
         ..HttpConfig::new(store.clone())
     });
@@ -263,6 +271,7 @@ async fn run(a: Args) -> Result<bool, String> {
         a.machines,
         data.display()
     );
+    println!("status page: {http}/status?token={operator_token}  (metrics: {http}/metrics)");
     let multi = MultiProgress::new();
     let style =
         ProgressStyle::with_template("{prefix:.bold} {spinner} {elapsed:>4} {msg}").unwrap();
@@ -324,6 +333,12 @@ async fn run(a: Args) -> Result<bool, String> {
         a.machines,
         started.elapsed().as_secs_f64()
     );
+    if a.hold > 0 {
+        println!("serving the status page for {} s more", a.hold);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_secs(a.hold)).await;
+    }
     Ok(done == a.machines as usize)
 }
 

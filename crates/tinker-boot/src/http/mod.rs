@@ -18,10 +18,12 @@
 mod body;
 mod ipxe;
 mod metadata;
+mod operator;
 
 pub use body::Body;
 pub(crate) use body::full as body_full;
 pub use ipxe::{OsieConfig, script};
+pub use operator::{OperatorApi, RouteChain};
 
 use crate::tftp::{FileSource, SourceError};
 use body::{FileBody, full};
