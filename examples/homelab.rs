@@ -8,6 +8,12 @@
 //! data directory, then boots "from disk" and reads its metadata. It shows live
 //! progress per machine and ends with a table and `provisioned N/N machines`.
 //!
+//! With `--config FILE` it is the real thing for a home lab (see
+//! `examples/homelab/README.md`): it binds to an interface, serves DHCP (or
+//! proxyDHCP), TFTP and HTTP, reads Tinkerbell YAML from a directory and picks up
+//! changes, drives real BMCs (Rufio `Machine` objects, passwords from the
+//! environment), and serves until Ctrl-C.
+//!
 //! Flags: `--machines N` (default 8), `--data DIR` (default `./tinker-data`; a
 //! second run reuses it), `--hold SECONDS` (keep serving the status page after).
 //! The status page's address (with its operator token) is printed at the start.
@@ -36,6 +42,9 @@ use tinker::store::RedbStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
+#[path = "homelab/real.rs"]
+mod real;
+
 const TEMPLATE: &str = r#"version: "0.1"
 name: homelab-install
 global_timeout: 600
@@ -60,6 +69,7 @@ struct Args {
     machines: u8,
     data: PathBuf,
     hold: u64,
+    config: Option<PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
@@ -67,15 +77,42 @@ fn args() -> Result<Args, String> {
         machines: 8,
         data: PathBuf::from("tinker-data"),
         hold: 0,
+        config: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
         match f.as_str() {
-            "--machines" => a.machines = it.next().and_then(|v| v.parse().ok()).filter(|n| (1..=200).contains(n)).ok_or("--machines needs 1 to 200")?,
-            "--data" => a.data = it.next().map(PathBuf::from).ok_or("--data needs a directory")?,
-            "--hold" => a.hold = it.next().and_then(|v| v.parse().ok()).ok_or("--hold needs seconds")?,
-            "--config" => return Err("--config (real hardware) is not in this build yet; run without it for the simulated rack".into()),
-            other => return Err(format!("unknown argument {other:?} (try --machines N, --data DIR)")),
+            "--machines" => {
+                a.machines = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (1..=200).contains(n))
+                    .ok_or("--machines needs 1 to 200")?
+            }
+            "--data" => {
+                a.data = it
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--data needs a directory")?
+            }
+            "--hold" => {
+                a.hold = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--hold needs seconds")?
+            }
+            "--config" => {
+                a.config = Some(
+                    it.next()
+                        .map(PathBuf::from)
+                        .ok_or("--config needs a file")?,
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (try --machines N, --data DIR)"
+                ));
+            }
         }
     }
     Ok(a)
@@ -97,6 +134,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(config) = &a.config {
+        return match real::run(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(a).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

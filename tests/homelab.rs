@@ -132,3 +132,108 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
         assert!(dom.contains(want), "the page shows {want:?}:\n{dom}");
     }
 }
+
+#[test]
+fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    if !std::path::Path::new("/usr/lib/ipxe/undionly.kpxe").exists() {
+        assert!(
+            !std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1"),
+            "Debian's ipxe package is required"
+        );
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        return; // binding DHCP to an interface needs root
+    }
+    let exe = std::env::current_exe().unwrap();
+    let homelab = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/homelab");
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join("a.yaml"), "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: nuc1}\nspec: {interfaces: [{dhcp: {mac: \"02:00:00:00:aa:01\", ip: {address: 127.88.0.1, netmask: 255.0.0.0}}, netboot: {allowPXE: true}}]}\n").unwrap();
+    let port = |udp: bool| {
+        if udp {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        }
+    };
+    let (http, dhcp, tftp) = (port(false), port(true), port(true));
+    std::fs::write(
+        dir.path().join("homelab.yaml"),
+        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(&homelab)
+        .arg("--config")
+        .arg(dir.path().join("homelab.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("status page: ") {
+            url = u.split_whitespace().next().map(str::to_string);
+        }
+        if line.starts_with("serving") {
+            break;
+        }
+    }
+    let url = url.expect("the status page is printed");
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    let api = |what: &str| {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                &format!("http://127.0.0.1:{http}/api/v1/{what}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(api("hardware").contains("nuc1"), "loaded at start");
+    // A new file is picked up.
+    std::fs::write(objects.join("b.yaml"), "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: nuc2}\nspec: {interfaces: [{dhcp: {mac: \"02:00:00:00:aa:02\", ip: {address: 127.88.0.2, netmask: 255.0.0.0}}}]}\n").unwrap();
+    let mut seen = false;
+    for _ in 0..50 {
+        if api("hardware").contains("nuc2") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(seen, "the new file was not picked up");
+    // SIGTERM: a clean stop.
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}: {rest:?}");
+    assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+}

@@ -1,0 +1,340 @@
+//! `homelab --config FILE`: the stack on a real network.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tinker::bmc::{Connector, EnvSecrets, RetryPolicy};
+use tinker::boot::dhcp::server::bind_udp;
+use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode};
+use tinker::boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker::boot::tftp::{FileSource, TftpServer};
+use tinker::boot::worker_api::{WorkerApi, worker_token};
+use tinker::boot::{BootConfig, StoreBootResponder};
+use tinker::core::engine::{Engine, EngineConfig};
+use tinker::core::model::{Document, parse_documents};
+use tinker::core::{Precondition, WorkflowStore};
+use tinker::store::RedbStore;
+
+/// The configuration file (see `examples/homelab/homelab.yaml`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    interface: String,
+    address: Ipv4Addr,
+    #[serde(default)]
+    proxy_dhcp: bool,
+    objects: PathBuf,
+    #[serde(default)]
+    assets: Option<PathBuf>,
+    #[serde(default = "default_data")]
+    data: PathBuf,
+    #[serde(default = "default_http")]
+    http_port: u16,
+    #[serde(default = "default_dhcp")]
+    dhcp_port: u16,
+    #[serde(default = "default_tftp")]
+    tftp_port: u16,
+    #[serde(default = "default_tftp_root")]
+    tftp_root: PathBuf,
+    #[serde(default = "default_kernel")]
+    kernel: String,
+    #[serde(default = "default_initrd")]
+    initrd: String,
+    #[serde(default)]
+    kernel_args: Vec<String>,
+    #[serde(default)]
+    bmc_user: Option<String>,
+}
+
+fn default_data() -> PathBuf {
+    "tinker-data".into()
+}
+fn default_http() -> u16 {
+    8080
+}
+fn default_dhcp() -> u16 {
+    67
+}
+fn default_tftp() -> u16 {
+    69
+}
+fn default_tftp_root() -> PathBuf {
+    "/usr/lib/ipxe".into()
+}
+fn default_kernel() -> String {
+    "vmlinuz".into()
+}
+fn default_initrd() -> String {
+    "initrd.img".into()
+}
+
+fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |err| format!("{what}: {err}")
+}
+
+/// The YAML files of the objects directory and their modification times.
+fn scan(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|d| d.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .filter_map(|p| Some((p.clone(), p.metadata().ok()?.modified().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads every file, validates, and writes what changed to the store. Invalid
+/// files are reported and skipped; the rest is applied.
+async fn load(store: &dyn WorkflowStore, files: &BTreeMap<PathBuf, SystemTime>) -> Vec<Document> {
+    let mut all = Vec::new();
+    for path in files.keys() {
+        let name = path.display().to_string();
+        let docs = match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_documents(&name, &t).map_err(|e| e.to_string()))
+        {
+            Ok(d) => d,
+            Err(err) => {
+                eprintln!("skipped: {err}");
+                continue;
+            }
+        };
+        let findings = tinker::core::validate::documents(&name, &docs);
+        let bad: Vec<_> = findings
+            .0
+            .iter()
+            .filter(|f| !f.reason.contains("not supported yet"))
+            .collect();
+        if !bad.is_empty() {
+            for f in bad {
+                eprintln!("skipped: {f}");
+            }
+            continue;
+        }
+        for d in &docs {
+            if let Document::Object(o) = d {
+                let same =
+                    matches!(store.get(&o.key()).await, Ok(Some(v)) if same_spec(&v.value, o));
+                if !same {
+                    match store.put(o.clone(), Precondition::Any).await {
+                        Ok(v) => println!("loaded {} (version {v})", o.key()),
+                        Err(err) => eprintln!("could not store {}: {err}", o.key()),
+                    }
+                }
+            }
+        }
+        all.extend(docs);
+    }
+    all
+}
+
+/// Whether the stored object already has this file's content (a workflow's
+/// status and a machine's netboot switch belong to the control plane, not the file).
+fn same_spec(stored: &tinker::core::model::Object, file: &tinker::core::model::Object) -> bool {
+    use tinker::core::model::Object;
+    match (stored, file) {
+        (Object::Workflow(a), Object::Workflow(b)) => a.spec == b.spec,
+        (Object::Hardware(a), Object::Hardware(b)) => {
+            let (mut a, mut b) = (a.clone(), b.clone());
+            a.set_allow_pxe(false);
+            b.set_allow_pxe(false);
+            a == b
+        }
+        (a, b) => a == b,
+    }
+}
+
+pub async fn run(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(e("config"))?;
+    let c: Config =
+        serde_norway::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rel = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let (objects, data) = (rel(&c.objects), rel(&c.data));
+    std::fs::create_dir_all(&data).map_err(e("data directory"))?;
+    let store: Arc<dyn WorkflowStore> = Arc::new(
+        RedbStore::open(data.join("tinker.redb"))
+            .await
+            .map_err(|x| x.to_string())?,
+    );
+    let secret_path = data.join("worker-secret");
+    let secret = match std::fs::read(&secret_path) {
+        Ok(s) => s,
+        Err(_) => {
+            use std::io::Read;
+            let mut s = vec![0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut s))
+                .map_err(e("random"))?;
+            std::fs::write(&secret_path, &s).map_err(e("secret"))?;
+            s
+        }
+    };
+    let operator = worker_token(&secret, "operator");
+    let http = format!("http://{}:{}", c.address, c.http_port);
+
+    // Bind everything first: fail fast with the reason.
+    let dhcp_socket = bind_udp(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, c.dhcp_port)),
+        Some(&c.interface),
+    )
+    .map_err(e("DHCP (run as root; is the interface right?)"))?;
+    let proxy_socket = if c.proxy_dhcp {
+        Some(
+            bind_udp(
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4011)),
+                Some(&c.interface),
+            )
+            .map_err(e("proxyDHCP port 4011"))?,
+        )
+    } else {
+        None
+    };
+    let tftp_socket = tokio::net::UdpSocket::bind((c.address, c.tftp_port))
+        .await
+        .map_err(e("TFTP"))?;
+    let listener = tokio::net::TcpListener::bind((c.address, c.http_port))
+        .await
+        .map_err(e("HTTP"))?;
+
+    let mut files = scan(&objects);
+    let docs = load(store.as_ref(), &files).await;
+    let mut connector = Connector::new(Arc::new(EnvSecrets), RetryPolicy::default());
+    let machines = connector
+        .add_rufio_machines(&docs)
+        .map_err(|x| x.to_string())?;
+    if let Some(user) = &c.bmc_user {
+        for d in &docs {
+            if let Document::Unsupported { kind, value, .. } = d
+                && kind == "Machine"
+                && let Some(name) = value["metadata"]["name"].as_str()
+            {
+                connector.set_user(name, user);
+            }
+        }
+    }
+    let binaries = FileSource::ipxe_binaries(&c.tftp_root)
+        .and_then(|s| s.with_directory(&c.tftp_root))
+        .map_err(|x| x.to_string())?;
+    let dhcp = DhcpServer::new(
+        DhcpConfig::new(
+            if c.proxy_dhcp {
+                Mode::Proxy
+            } else {
+                Mode::Reservation
+            },
+            c.address,
+        ),
+        Arc::new(StoreBootResponder::new(
+            store.clone(),
+            BootConfig {
+                tftp_server: c.address,
+                http_base: http.clone(),
+                default_lease_seconds: 86400,
+                record_events: true,
+            },
+        )),
+    );
+    let tftp = TftpServer::new(binaries.clone());
+    let assets = match &c.assets {
+        Some(a) => Some(FileSource::directory(rel(a)).map_err(e("assets"))?),
+        None => None,
+    };
+    let http_server = HttpServer::new(HttpConfig {
+        osie: OsieConfig {
+            base_url: format!("{http}/assets"),
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            control_plane: http.clone(),
+            extra_args: c.kernel_args.clone(),
+            worker_secret: Some(secret.clone()),
+        },
+        assets,
+        binaries: Some(binaries),
+        extra: Some(Arc::new(RouteChain(vec![
+            Arc::new(WorkerApi::new(store.clone(), secret.clone(), 10)),
+            Arc::new(OperatorApi::new(store.clone(), operator.clone())),
+        ]))),
+        metrics: vec![dhcp.stats(), tftp.stats()],
+        ..HttpConfig::new(store.clone())
+    });
+    let engine = Engine::new(store.clone(), Arc::new(connector), EngineConfig::default());
+
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let tasks = vec![
+        tokio::spawn({
+            let w = wait(&stop);
+            async move {
+                dhcp.serve(dhcp_socket, proxy_socket, w)
+                    .await
+                    .map_err(|x| x.to_string())
+            }
+        }),
+        tokio::spawn({
+            let w = wait(&stop);
+            async move { tftp.serve(tftp_socket, w).await.map_err(|x| x.to_string()) }
+        }),
+        tokio::spawn({
+            let w = wait(&stop);
+            async move {
+                http_server
+                    .serve(listener, w)
+                    .await
+                    .map_err(|x| x.to_string())
+            }
+        }),
+        tokio::spawn({
+            let w = wait(&stop);
+            async move { engine.run(w).await.map_err(|x| x.to_string()) }
+        }),
+    ];
+    println!(
+        "Tinker homelab on {} ({}): {} BMCs; objects from {}",
+        c.interface,
+        c.address,
+        machines,
+        objects.display()
+    );
+    println!("status page: {http}/status?token={operator}  (metrics: {http}/metrics)");
+    println!("serving; Ctrl-C to stop");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(e("signals"))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now = scan(&objects);
+                if now != files {
+                    files = now;
+                    load(store.as_ref(), &files).await;
+                }
+            }
+        }
+    }
+    println!("stopping");
+    let _ = stop.send(());
+    for t in tasks {
+        if let Ok(Err(err)) = t.await {
+            eprintln!("a service ended with an error: {err}");
+        }
+    }
+    println!("stopped");
+    Ok(())
+}
