@@ -223,6 +223,10 @@ pub fn sushy(tls: bool) -> Option<(Emulator, Option<Vec<u8>>)> {
     .unwrap();
     let port = free_tcp_port();
     let mut cmd = Command::new(&bin);
+    // sushy's fake driver keeps its state under the temporary directory, shared by
+    // every emulator on the machine: give each its own, or concurrent tests see
+    // each other's systems.
+    cmd.env("TMPDIR", dir.path());
     cmd.args([
         "--fake",
         "-i",
