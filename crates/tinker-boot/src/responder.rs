@@ -40,12 +40,21 @@ pub fn boot_file_for_arch(arch: u16) -> Option<&'static str> {
 pub struct StoreBootResponder {
     store: Arc<dyn WorkflowStore>,
     config: BootConfig,
+    /// The last decision recorded per machine: a DHCP exchange asks the same
+    /// question two to four times (DISCOVER, REQUEST, renewals), and a store write
+    /// (an fsync with the embedded store) per packet would sit on the hot path for
+    /// nothing. Only a changed decision is written to the event log.
+    last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl StoreBootResponder {
     /// A responder over `store`.
     pub fn new(store: Arc<dyn WorkflowStore>, config: BootConfig) -> Self {
-        StoreBootResponder { store, config }
+        StoreBootResponder {
+            store,
+            config,
+            last_recorded: Arc::default(),
+        }
     }
 
     fn network(&self, hw: &Hardware, req: &BootRequest) -> Option<NetworkConfig> {
@@ -124,6 +133,13 @@ impl StoreBootResponder {
     async fn record(&self, machine: String, message: String) {
         if !self.config.record_events {
             return;
+        }
+        {
+            let mut last = self.last_recorded.lock().unwrap_or_else(|e| e.into_inner());
+            if last.get(&machine) == Some(&message) {
+                return;
+            }
+            last.insert(machine.clone(), message.clone());
         }
         let event = MachineEvent {
             seq: 0,
