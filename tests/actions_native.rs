@@ -3,6 +3,10 @@
 //! checksum, writefile with mode and owner, cexec in a chroot, and kexec, whose
 //! jump waits for the report (a stub `kexec` on PATH records what it was asked).
 
+#[path = "support/common.rs"]
+mod common;
+use common::{require_real, sh};
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
@@ -11,20 +15,6 @@ use tinker::boot::http::{HttpConfig, HttpServer};
 use tinker::boot::tftp::FileSource;
 use tinker::core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, CollectOutput};
 use tinker::store::MemoryStore;
-
-fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
-
-fn sh(cmd: &str) -> String {
-    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 fn can_loop() -> bool {
     let ok = Command::new("sh").args(["-c", "[ \"$(id -u)\" = 0 ] && command -v losetup && command -v mkfs.ext4 && command -v mkfs.vfat && command -v sfdisk && command -v mcopy"]).output().is_ok_and(|o| o.status.success());

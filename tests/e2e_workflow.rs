@@ -5,6 +5,10 @@
 //! writefile into the ext4 partition it brought; then a failing action, a hanging
 //! one, and a control plane restarted in the middle.
 
+#[path = "support/common.rs"]
+mod common;
+use common::{require_real, sh};
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,20 +27,6 @@ use tinker::store::RedbStore;
 
 const MAC: &str = "02:00:00:00:77:01";
 const SECRET: &[u8] = b"test-secret";
-
-fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
-
-fn sh(cmd: &str) -> String {
-    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 fn ready() -> bool {
     let ok = Command::new("sh").args(["-c", "[ \"$(id -u)\" = 0 ] && command -v losetup && command -v sfdisk && command -v mkfs.ext4 && docker info"]).output().is_ok_and(|o| o.status.success());

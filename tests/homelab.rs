@@ -1,6 +1,9 @@
 //! The README's first command: the simulated rack provisions every machine, and a
 //! second run over the same data directory does it again.
 
+#[path = "support/common.rs"]
+mod common;
+
 use std::process::Command;
 
 #[test]
@@ -143,13 +146,13 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         );
         return;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !root {
-        return; // binding DHCP to an interface needs root
+    if !common::is_root() {
+        assert!(
+            !common::require_real(),
+            "root is required to bind DHCP to an interface (TINKER_REQUIRE_REAL=1)"
+        );
+        eprintln!("skipped: binding DHCP to an interface needs root");
+        return;
     }
     let exe = std::env::current_exe().unwrap();
     let homelab = exe
