@@ -131,9 +131,20 @@ impl Lab {
 
     /// Runs a command in the server namespace, in the background, until drop.
     pub fn spawn_server(&mut self, program: &Path, args: &[String], log: &str) {
+        let ns = self.server_ns.clone();
+        self.spawn_in(&ns, program, args, log);
+    }
+
+    /// Runs a command in the client namespace, in the background, until drop.
+    pub fn spawn_client(&mut self, program: &Path, args: &[String], log: &str) {
+        let ns = self.client_ns.clone();
+        self.spawn_in(&ns, program, args, log);
+    }
+
+    fn spawn_in(&mut self, ns: &str, program: &Path, args: &[String], log: &str) {
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.server_ns])
+            .args(["netns", "exec", ns])
             .arg(program)
             .args(args)
             .stdin(Stdio::null())
@@ -268,8 +279,14 @@ pub fn client_hook(dir: &Path) -> PathBuf {
 /// Builds (once per machine, cached under `target/`) the kernel and initramfs the
 /// PXE tests boot; returns their directory.
 pub fn test_os() -> PathBuf {
+    built_by_script("build-test-os.sh", "tinker-test-os", &[])
+}
+
+/// Runs `tests/support/SCRIPT OUT ARGS...` with `OUT` = `target/OUT_NAME` (the
+/// scripts cache what they build there); returns `OUT`.
+pub fn built_by_script(script: &str, out_name: &str, args: &[&Path]) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/<test> -> target/tinker-test-os
+    // target/debug/deps/<test> -> target/<out_name>
     let out = exe
         .parent()
         .unwrap()
@@ -277,18 +294,22 @@ pub fn test_os() -> PathBuf {
         .unwrap()
         .parent()
         .unwrap()
-        .join("tinker-test-os");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/build-test-os.sh");
+        .join(out_name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(script);
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let o = Command::new("bash")
         .arg(&script)
         .arg(&out)
+        .args(args)
         .output()
         .expect("bash");
     assert!(
         o.status.success(),
-        "building the test OS failed: {}",
+        "{} failed: {}",
+        script.display(),
         String::from_utf8_lossy(&o.stderr)
     );
     out
