@@ -9,11 +9,14 @@
 //! - [`boot`]: DHCP, TFTP and HTTP boot services, the default boot policy and metadata.
 //! - [`actions`]: action runtimes (native built-ins, Docker) and the worker agent.
 //! - [`bmc`]: `PowerController` implementations (IPMI, Redfish, mock) and the connector.
+//! - [`control_plane`]: one control-plane replica wired from all of them.
 
 // The README's code is compiled and checked as a doc test.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+pub mod control_plane;
 
 pub use tinker_actions as actions;
 pub use tinker_bmc as bmc;

@@ -27,7 +27,10 @@ use tinker_core::{Error, Result};
 /// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The control plane, such as `http://10.0.0.1:8080`.
+    /// The control plane, such as `http://10.0.0.1:8080`; or several replicas
+    /// separated by commas (`http://10.0.0.1:8080,http://10.0.0.2:8080`): the agent
+    /// talks to one and moves to the next when it is unreachable or overloaded.
+    /// Every replica shares one store, so a report can go to any of them.
     pub server: String,
     /// This worker's id (its MAC, usually).
     pub worker_id: String,
@@ -57,6 +60,10 @@ pub struct Agent {
     runtime: Arc<dyn ActionRuntime>,
     native: Option<NativeRuntime>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Which of the configured servers is in use (an index that only grows).
+    current: std::sync::atomic::AtomicUsize,
+    /// This agent's run, unique per start (request ids are made from it).
+    instance: String,
 }
 
 struct Streamer {
@@ -98,6 +105,39 @@ impl Agent {
             runtime,
             native,
             client,
+            current: Default::default(),
+            instance: {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                format!("{:x}-{:x}", std::process::id(), nanos)
+            },
+        }
+    }
+
+    /// The server in use now.
+    fn server(&self) -> &str {
+        let servers: Vec<&str> = self
+            .config
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return self.config.server.as_str();
+        }
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % servers.len();
+        servers[i].trim_end_matches('/')
+    }
+
+    /// Moves to the next replica (after `target` failed; several calls may fail at
+    /// once, and only the first of them moves on).
+    fn fail_over(&self, target: &str) {
+        if self.config.server.contains(',') && self.server() == target {
+            self.current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -106,11 +146,21 @@ impl Agent {
         op: &str,
         body: &B,
     ) -> Result<(StatusCode, Option<R>)> {
-        let url = format!(
-            "{}/v1/workers/{}/{op}",
-            self.config.server.trim_end_matches('/'),
-            self.config.worker_id
-        );
+        let target = self.server().to_string();
+        let result = self.post_to(&target, op, body).await;
+        if matches!(&result, Err(e) if e.is_transient()) {
+            self.fail_over(&target);
+        }
+        result
+    }
+
+    async fn post_to<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        target: &str,
+        op: &str,
+        body: &B,
+    ) -> Result<(StatusCode, Option<R>)> {
+        let url = format!("{target}/v1/workers/{}/{op}", self.config.worker_id);
         let req = Request::builder()
             .method(Method::POST)
             .uri(&url)
@@ -120,7 +170,7 @@ impl Agent {
                 serde_json::to_vec(body).map_err(|e| Error::backend("agent", e))?,
             )))
             .map_err(|e| Error::backend("agent", e))?;
-        let target = self.config.server.clone();
+        let target = target.to_string();
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
             .map_err(|_| Error::Timeout {
@@ -182,6 +232,7 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut summary = AgentSummary::default();
         let mut idle_since = tokio::time::Instant::now();
+        let mut asked: u64 = 0;
         loop {
             if self
                 .config
@@ -190,8 +241,12 @@ impl Agent {
             {
                 return Ok(summary);
             }
+            // One id per question, kept across its retries: if the answer that
+            // handed out an action is lost, asking again gets that action back.
+            asked += 1;
             let req = tinker_core::worker_api::NextActionRequest {
                 worker_id: self.config.worker_id.clone(),
+                request_id: Some(format!("{}-{asked}", self.instance)),
             };
             let next = tokio::select! {
                 _ = &mut shutdown => return Ok(summary),

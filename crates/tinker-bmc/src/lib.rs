@@ -46,7 +46,7 @@ pub use connector::{
     BmcEndpoint, Connector, EnvSecrets, Provider, SecretSource, StaticConnector, StaticSecrets,
 };
 pub use ipmi::IpmiPower;
-pub use mock::{Faults, MockBmc};
+pub use mock::{Faults, MockBmc, MockConnector};
 pub use policy::{Resilient, RetryPolicy};
 pub use redfish::{RedfishAuth, RedfishPower, TlsVerification};
 pub use secret::Secret;

@@ -199,3 +199,47 @@ impl PowerController for MockBmc {
         Ok(self.lock().boot)
     }
 }
+
+/// A [`PowerConnector`](tinker_core::PowerConnector) that gives every Hardware a
+/// [`MockBmc`] of its own on first use (named after the Hardware): simulations and
+/// load tests of a whole control plane, where no machine has a real BMC.
+#[derive(Debug, Default)]
+pub struct MockConnector(Mutex<std::collections::HashMap<String, MockBmc>>);
+
+impl MockConnector {
+    /// A connector with no BMCs yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The BMC of the Hardware `namespace/name`, if it has been used.
+    pub fn bmc(&self, name: &str) -> Option<MockBmc> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl tinker_core::PowerConnector for MockConnector {
+    async fn connect(
+        &self,
+        hardware: &tinker_core::model::Hardware,
+    ) -> Result<Option<Arc<dyn PowerController>>> {
+        let name = format!(
+            "{}/{}",
+            hardware.metadata.namespace(),
+            hardware.metadata.name
+        );
+        let bmc = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.clone())
+            .or_insert_with(|| MockBmc::new(name))
+            .clone();
+        Ok(Some(Arc::new(bmc)))
+    }
+}

@@ -132,6 +132,11 @@ impl WorkerApi {
         self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Its counters for `/metrics` (`tinker_worker_api_shed_total`).
+    pub fn metrics(&self) -> Arc<dyn crate::http::MetricsSource> {
+        Arc::new(ShedCounter(self.shed.clone()))
+    }
+
     fn authorized(&self, req: &Request<Incoming>, worker: &str) -> bool {
         let Some(token) = req
             .headers()
@@ -165,12 +170,24 @@ impl WorkerApi {
             .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")))
     }
 
-    async fn next_action(&self, worker: &str) -> Response<Body> {
-        match self
-            .store
-            .claim_next_action(worker, jiff::Timestamp::now())
-            .await
-        {
+    async fn next_action(
+        &self,
+        worker: &str,
+        ask: tinker_core::worker_api::NextActionRequest,
+    ) -> Response<Body> {
+        if ask.worker_id != worker {
+            return problem(StatusCode::FORBIDDEN, "the request names another worker");
+        }
+        let now = jiff::Timestamp::now();
+        let claimed = match ask.request_id.as_deref().filter(|r| !r.is_empty()) {
+            Some(request) => {
+                self.store
+                    .claim_next_action_for_request(worker, request, now)
+                    .await
+            }
+            None => self.store.claim_next_action(worker, now).await,
+        };
+        match claimed {
             Ok(Some(a)) => {
                 tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
                 json(
@@ -344,7 +361,10 @@ impl ExtraRoutes for WorkerApi {
             ));
         }
         Ok(match op {
-            "next-action" => self.next_action(&worker).await,
+            "next-action" => match Self::body(req).await {
+                Ok(ask) => self.next_action(&worker, ask).await,
+                Err(resp) => resp,
+            },
             "report" => match Self::body(req).await {
                 Ok(r) => self.report(&worker, r).await,
                 Err(resp) => resp,
@@ -372,5 +392,18 @@ mod tests {
             hex,
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+}
+
+/// The worker API's overload counter, as a metrics source.
+#[derive(Debug)]
+struct ShedCounter(Arc<std::sync::atomic::AtomicU64>);
+
+impl crate::http::MetricsSource for ShedCounter {
+    fn render(&self, out: &mut String) {
+        out.push_str(&format!(
+            "# HELP tinker_worker_api_shed_total Worker API requests answered 503 under overload.\n# TYPE tinker_worker_api_shed_total counter\ntinker_worker_api_shed_total {}\n",
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        ));
     }
 }

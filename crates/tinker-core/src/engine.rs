@@ -235,6 +235,9 @@ impl Engine {
             match self.reconcile(&key).await {
                 Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
                 Ok(None) => {}
+                Err(e @ Error::Conflict { .. }) => {
+                    tracing::debug!(workflow = %key.qualified_name(), error = %e, "another replica got there first")
+                }
                 Err(e) => {
                     tracing::warn!(workflow = %key.qualified_name(), error = %e, "reconcile failed")
                 }
@@ -261,6 +264,8 @@ impl Engine {
                         match self.reconcile(&c.key).await {
                             Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
                             Ok(None) => {}
+                            // Another replica wrote first: it did the step.
+                            Err(e @ Error::Conflict { .. }) => tracing::debug!(workflow = %c.key.qualified_name(), error = %e, "another replica got there first"),
                             Err(e) => tracing::warn!(workflow = %c.key.qualified_name(), error = %e, "reconcile failed"),
                         }
                     }

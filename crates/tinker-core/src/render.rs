@@ -260,6 +260,7 @@ pub fn status_from_data(data: &TemplateData) -> WorkflowStatus {
                             last_heartbeat: None,
                             exit_code: None,
                             message: None,
+                            claim_request: None,
                         }
                     })
                     .collect(),

@@ -271,7 +271,7 @@ impl WorkflowStatus {
         self.actions().nth(index)
     }
 
-    fn action_mut(&mut self, index: usize) -> Option<&mut ActionStatus> {
+    pub(crate) fn action_mut(&mut self, index: usize) -> Option<&mut ActionStatus> {
         self.tasks
             .iter_mut()
             .flat_map(|t| t.actions.iter_mut())
@@ -419,6 +419,21 @@ impl WorkflowStatus {
     }
 
     /// Whether `worker` has an action waiting (a cheap pre-check before a claim).
+    /// Whether `worker`'s request `request` claimed the action running now (so
+    /// the same request, sent again, gets it again).
+    pub fn claimed_by_request(&self, worker: &str, request: &str) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        let Some((t, a)) = self.current_action().and_then(|i| self.action(i)) else {
+            return false;
+        };
+        a.state == ActionState::Running
+            && self.tasks[t].agent_id == worker
+            && a.claim_request.as_deref() == Some(request)
+    }
+
+    /// Whether `worker` may claim an action of this workflow now.
     pub fn has_work_for(&self, worker: &str) -> bool {
         if self.state.is_terminal() {
             return false;

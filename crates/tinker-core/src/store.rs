@@ -157,6 +157,21 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     /// Atomically finds the next action waiting for `worker` and claims it.
     async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>>;
 
+    /// [`claim_next_action`](Self::claim_next_action) for a request the worker
+    /// may send again when its answer is lost: the claim records `request`, and the
+    /// same worker asking with the same `request` while that action runs gets the
+    /// same assignment back instead of nothing. Stores keep `request` in the
+    /// action's status (`claim_in_workflow` does it); the default ignores it.
+    async fn claim_next_action_for_request(
+        &self,
+        worker: &str,
+        request: &str,
+        now: Timestamp,
+    ) -> Result<Option<Assignment>> {
+        let _ = request;
+        self.claim_next_action(worker, now).await
+    }
+
     /// Appends to a machine's event log.
     async fn append_event(&self, event: MachineEvent) -> Result<()>;
 
@@ -359,8 +374,28 @@ pub fn claim_in_workflow(
     key: &ObjectKey,
     workflow: &mut Workflow,
     worker: &str,
+    request: Option<&str>,
     now: Timestamp,
 ) -> (bool, Option<Assignment>) {
+    // The same request again: its answer was lost on the way. Give the same
+    // assignment (same claim number); nothing changes.
+    if let Some(req) = request
+        && let Some(s) = workflow.status.as_ref()
+        && s.claimed_by_request(worker, req)
+        && let Some(i) = s.current_action()
+        && let Some((t, a)) = s.action(i)
+    {
+        return (
+            false,
+            Some(Assignment {
+                workflow: key.clone(),
+                task_name: s.tasks[t].name.clone(),
+                action_index: i,
+                attempt: a.attempt,
+                action: a.clone(),
+            }),
+        );
+    }
     let ready = workflow
         .status
         .as_ref()
@@ -378,6 +413,11 @@ pub fn claim_in_workflow(
         },
         now,
     );
+    if let (Ok(Effect::Claimed { action, .. }), Some(req)) = (&result, request)
+        && let Some(a) = workflow.status.as_mut().and_then(|s| s.action_mut(*action))
+    {
+        a.claim_request = Some(req.to_string());
+    }
     let assignment = match result {
         Ok(Effect::Claimed { action, attempt }) => workflow.status.as_ref().and_then(|s| {
             let (t, a) = s.action(action)?;

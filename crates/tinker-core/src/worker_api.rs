@@ -21,6 +21,10 @@ use std::collections::BTreeMap;
 pub struct NextActionRequest {
     /// The worker's id (its MAC, or the id Tinkerbell's `worker_id=` gives it).
     pub worker_id: String,
+    /// An id for this request, the same on every retry of it: when an answer
+    /// that handed out an action is lost, the retry gets that action again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// The answer to [`NextActionRequest`].

@@ -26,6 +26,7 @@ fn action(name: String, timeout: Option<i64>) -> ActionStatus {
         last_heartbeat: None,
         exit_code: None,
         message: None,
+        claim_request: None,
     }
 }
 

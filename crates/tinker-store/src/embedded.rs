@@ -193,6 +193,97 @@ fn hardware_by(db: &Database, term: &IndexTerm) -> Result<Option<Versioned<Hardw
     })
 }
 
+impl RedbStore {
+    /// Claims the next action for `worker`; `request` makes a retried request safe.
+    async fn claim(
+        &self,
+        worker: &str,
+        request: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Option<Assignment>> {
+        let worker = worker.to_string();
+        let request = request.map(str::to_string);
+        let (assignment, changes) = self
+            .blocking(move |db| {
+                let term = IndexTerm::Worker(worker.clone()).as_key();
+                let mut skip = std::collections::HashSet::new();
+                let mut changes = Vec::new();
+                // Bounded: each round either claims, or marks one candidate seen.
+                for _ in 0..64 {
+                    // A read first: most polls find nothing to do, and a write
+                    // transaction (with its fsync) for those would be waste. Stop
+                    // at the first candidate with something due, so a worker with a
+                    // backlog costs one parse per claim, not one per workflow.
+                    let candidate = {
+                        let txn = db.begin_read().map_err(db_err)?;
+                        let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+                        let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+                        let mut found = None;
+                        for k in index.get(term.as_str()).map_err(db_err)? {
+                            let k = k.map_err(db_err)?.value().to_string();
+                            if skip.contains(&k) {
+                                continue;
+                            }
+                            let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
+                                continue;
+                            };
+                            let stored: Versioned<Object> =
+                                serde_json::from_slice(v.value()).map_err(json_err)?;
+                            if let Object::Workflow(w) = &stored.value
+                                && let Some(s) = &w.status
+                                && (s.wants_attention(&worker, now)
+                                    || request
+                                        .as_deref()
+                                        .is_some_and(|r| s.claimed_by_request(&worker, r)))
+                            {
+                                found = Some(k);
+                                break;
+                            }
+                        }
+                        found
+                    };
+                    let Some(k) = candidate else { break };
+                    skip.insert(k.clone());
+                    let Some(key) = decode_key(&k) else { continue };
+                    let txn = db.begin_write().map_err(db_err)?;
+                    let Some(Versioned {
+                        version,
+                        value: Object::Workflow(old),
+                    }) = read_object(&txn, &k)?
+                    else {
+                        txn.abort().map_err(db_err)?;
+                        continue;
+                    };
+                    let mut wf = old.clone();
+                    let (changed, assignment) =
+                        claim_in_workflow(&key, &mut wf, &worker, request.as_deref(), now);
+                    if changed {
+                        let stored = Versioned {
+                            version: version + 1,
+                            value: Object::Workflow(wf),
+                        };
+                        write_object(&txn, &key, Some(&Object::Workflow(old)), Some(&stored))?;
+                        txn.commit().map_err(db_err)?;
+                        changes.push(Change {
+                            key,
+                            version: version + 1,
+                            deleted: false,
+                        });
+                    } else {
+                        txn.abort().map_err(db_err)?;
+                    }
+                    if assignment.is_some() {
+                        return Ok((assignment, changes));
+                    }
+                }
+                Ok((None, changes))
+            })
+            .await?;
+        self.notify(changes);
+        Ok(assignment)
+    }
+}
+
 #[async_trait]
 impl WorkflowStore for RedbStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
@@ -347,81 +438,16 @@ impl WorkflowStore for RedbStore {
     }
 
     async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
-        let worker = worker.to_string();
-        let (assignment, changes) = self
-            .blocking(move |db| {
-                let term = IndexTerm::Worker(worker.clone()).as_key();
-                let mut skip = std::collections::HashSet::new();
-                let mut changes = Vec::new();
-                // Bounded: each round either claims, or marks one candidate seen.
-                for _ in 0..64 {
-                    // A read first: most polls find nothing to do, and a write
-                    // transaction (with its fsync) for those would be waste. Stop
-                    // at the first candidate with something due, so a worker with a
-                    // backlog costs one parse per claim, not one per workflow.
-                    let candidate = {
-                        let txn = db.begin_read().map_err(db_err)?;
-                        let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
-                        let objects = txn.open_table(OBJECTS).map_err(db_err)?;
-                        let mut found = None;
-                        for k in index.get(term.as_str()).map_err(db_err)? {
-                            let k = k.map_err(db_err)?.value().to_string();
-                            if skip.contains(&k) {
-                                continue;
-                            }
-                            let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
-                                continue;
-                            };
-                            let stored: Versioned<Object> =
-                                serde_json::from_slice(v.value()).map_err(json_err)?;
-                            if let Object::Workflow(w) = &stored.value
-                                && let Some(s) = &w.status
-                                && s.wants_attention(&worker, now)
-                            {
-                                found = Some(k);
-                                break;
-                            }
-                        }
-                        found
-                    };
-                    let Some(k) = candidate else { break };
-                    skip.insert(k.clone());
-                    let Some(key) = decode_key(&k) else { continue };
-                    let txn = db.begin_write().map_err(db_err)?;
-                    let Some(Versioned {
-                        version,
-                        value: Object::Workflow(old),
-                    }) = read_object(&txn, &k)?
-                    else {
-                        txn.abort().map_err(db_err)?;
-                        continue;
-                    };
-                    let mut wf = old.clone();
-                    let (changed, assignment) = claim_in_workflow(&key, &mut wf, &worker, now);
-                    if changed {
-                        let stored = Versioned {
-                            version: version + 1,
-                            value: Object::Workflow(wf),
-                        };
-                        write_object(&txn, &key, Some(&Object::Workflow(old)), Some(&stored))?;
-                        txn.commit().map_err(db_err)?;
-                        changes.push(Change {
-                            key,
-                            version: version + 1,
-                            deleted: false,
-                        });
-                    } else {
-                        txn.abort().map_err(db_err)?;
-                    }
-                    if assignment.is_some() {
-                        return Ok((assignment, changes));
-                    }
-                }
-                Ok((None, changes))
-            })
-            .await?;
-        self.notify(changes);
-        Ok(assignment)
+        self.claim(worker, None, now).await
+    }
+
+    async fn claim_next_action_for_request(
+        &self,
+        worker: &str,
+        request: &str,
+        now: Timestamp,
+    ) -> Result<Option<Assignment>> {
+        self.claim(worker, Some(request), now).await
     }
 
     async fn append_event(&self, mut event: MachineEvent) -> Result<()> {

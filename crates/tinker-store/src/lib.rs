@@ -5,10 +5,13 @@
 //! - [`MemoryStore`]: in memory, for tests, demos and embedding where state may be lost;
 //! - [`RedbStore`]: the embedded persistent default, one file, no server to run
 //!   (on [redb](https://docs.rs/redb): pure Rust, ACID, copy-on-write B-trees whose
-//!   commits survive a crash).
+//!   commits survive a crash);
+//! - [`PostgresStore`]: for several control-plane replicas sharing one database
+//!   (`FOR UPDATE SKIP LOCKED` claims, `LISTEN/NOTIFY` change feed, a version
+//!   column for optimistic concurrency).
 //!
-//! Both pass the conformance suite in `tinker_core::testing::store`, which the
-//! PostgreSQL store will also run. The workflow logic they execute inside their
+//! All three pass the conformance suite in `tinker_core::testing::store`. Feature
+//! `testing` adds [`testing::TempPostgres`], a throwaway PostgreSQL for tests. The workflow logic they execute inside their
 //! transactions is `tinker_core::store::{apply_to_workflow, claim_in_workflow}`,
 //! written once.
 //!
@@ -33,6 +36,8 @@ mod common;
 mod embedded;
 mod memory;
 mod postgres;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use embedded::RedbStore;
 pub use memory::{MAX_EVENTS_PER_MACHINE, MemoryStore};

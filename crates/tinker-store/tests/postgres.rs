@@ -2,79 +2,13 @@
 //! `postgres` user in a temporary directory on loopback: the conformance suite,
 //! and two replicas sharing one database.
 
-use std::process::Command;
 use std::sync::Arc;
 use tinker_core::WorkflowStore;
 use tinker_core::state::{ActionOutcome, WorkflowEvent};
 use tinker_core::store::Precondition;
 use tinker_core::testing::{self, mac};
 use tinker_store::PostgresStore;
-
-fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
-
-/// A throwaway cluster; stopped and removed on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    bin: String,
-    url: String,
-}
-
-impl Cluster {
-    fn start() -> Option<Cluster> {
-        let find = "for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) $(dirname $(command -v initdb 2>/dev/null) 2>/dev/null); do [ -x $d/initdb ] && echo $d && break; done";
-        let bin = String::from_utf8_lossy(
-            &Command::new("sh")
-                .args(["-c", find])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .trim()
-        .to_string();
-        let has_user = Command::new("id")
-            .arg("postgres")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if bin.is_empty() || !has_user {
-            assert!(
-                !require_real(),
-                "PostgreSQL (initdb, pg_ctl, a postgres user) is required (TINKER_REQUIRE_REAL=1)"
-            );
-            eprintln!("skipped: no PostgreSQL");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let script = format!(
-            "chown postgres {d} && su postgres -s /bin/sh -c \"{bin}/initdb -D {d}/data -A trust -U tinker >/dev/null && {bin}/pg_ctl -D {d}/data -o '-k {d} -c listen_addresses=127.0.0.1 -p {port} -c fsync=on' -l {d}/log -w start >/dev/null\""
-        );
-        let o = Command::new("sh").args(["-c", &script]).output().unwrap();
-        assert!(
-            o.status.success(),
-            "PostgreSQL did not start: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Some(Cluster {
-            url: format!("postgres://tinker@127.0.0.1:{port}/postgres"),
-            dir,
-            bin,
-        })
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let d = self.dir.path().display();
-        let _ = Command::new("sh").args(["-c", &format!("su postgres -s /bin/sh -c \"{}/pg_ctl -D {d}/data -m immediate stop >/dev/null\"", self.bin)]).output();
-    }
-}
+use tinker_store::testing::TempPostgres as Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_conforms() {

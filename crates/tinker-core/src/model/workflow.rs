@@ -197,6 +197,11 @@ pub struct ActionStatus {
     /// What the worker reported (failure reason, last output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The id of the worker's request that claimed it. A worker whose answer was
+    /// lost (a replica died, a connection broke) asks again with the same id and
+    /// gets the same assignment; a new request (a worker that restarted) does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_request: Option<String>,
 }
 
 /// The engine's side effects for a workflow, recorded so that a restarted engine

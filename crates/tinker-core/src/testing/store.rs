@@ -26,6 +26,7 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
     duplicate_mac_is_refused(store.as_ref()).await;
     change_feed_reports_writes(store.as_ref()).await;
     claim_and_report_in_order(store.as_ref()).await;
+    a_retried_claim_gets_the_same_action(store.as_ref()).await;
     failure_ends_the_workflow(store.as_ref()).await;
     timeouts_are_applied(store.as_ref()).await;
     machine_event_log(store.as_ref()).await;
@@ -378,6 +379,84 @@ pub async fn failure_ends_the_workflow(store: &dyn WorkflowStore) {
         matches!(err, Error::Transition { .. }),
         "a finished workflow changed: {err}"
     );
+}
+
+/// A claim whose answer was lost: the same request again gets the same action
+/// (same claim number, nothing changed); another request, or another worker,
+/// gets nothing while it runs; after its report, the next request gets the next.
+pub async fn a_retried_claim_gets_the_same_action(store: &dyn WorkflowStore) {
+    let worker = mac(5101).to_string();
+    store
+        .put(
+            rendered_workflow("retried", mac(5101), 2, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let key = wf_key("retried");
+    let first = store
+        .claim_next_action_for_request(&worker, "ask-1", t0())
+        .await
+        .unwrap()
+        .expect("an action");
+    let version = store
+        .workflow("default", "retried")
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    let again = store
+        .claim_next_action_for_request(&worker, "ask-1", t0())
+        .await
+        .unwrap()
+        .expect("the same action again");
+    assert_eq!(
+        (again.action_index, again.attempt),
+        (first.action_index, first.attempt)
+    );
+    assert_eq!(
+        store
+            .workflow("default", "retried")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        version,
+        "handing out the same claim again writes nothing"
+    );
+    for (who, ask) in [
+        (worker.as_str(), "ask-2"),
+        (&mac(5102).to_string(), "ask-1"),
+    ] {
+        assert!(
+            store
+                .claim_next_action_for_request(who, ask, t0())
+                .await
+                .unwrap()
+                .is_none(),
+            "{who} with {ask} got a running action"
+        );
+    }
+    assert!(
+        store
+            .claim_next_action(&worker, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let report = WorkflowEvent::Report {
+        action: first.action_index,
+        attempt: first.attempt,
+        outcome: ActionOutcome::Success,
+    };
+    store.apply_event(&key, &report, t0()).await.unwrap();
+    // The reported action is never handed out again, whatever the request.
+    let next = store
+        .claim_next_action_for_request(&worker, "ask-1", t0())
+        .await
+        .unwrap()
+        .expect("the next action");
+    assert_eq!(next.action_index, first.action_index + 1);
 }
 
 /// Action timeouts are applied by a tick, and saved.

@@ -1,0 +1,88 @@
+//! Test support (feature `testing`): a throwaway PostgreSQL cluster.
+
+use std::process::Command;
+
+/// A PostgreSQL cluster in a temporary directory on loopback, started as the
+/// `postgres` system user (the server refuses to run as root), with a `tinker`
+/// superuser and trust authentication; stopped and removed on drop.
+#[derive(Debug)]
+pub struct TempPostgres {
+    dir: tempfile::TempDir,
+    bin: String,
+    /// `postgres://tinker@127.0.0.1:PORT/postgres`
+    pub url: String,
+}
+
+impl TempPostgres {
+    /// Starts one; `None` (with a note) when PostgreSQL is not installed, unless
+    /// `TINKER_REQUIRE_REAL=1`, which makes that a panic.
+    pub fn start() -> Option<TempPostgres> {
+        let find = "for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) $(dirname $(command -v initdb 2>/dev/null) 2>/dev/null); do [ -x $d/initdb ] && echo $d && break; done";
+        let bin = Command::new("sh")
+            .args(["-c", find])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let has_user = Command::new("id")
+            .arg("postgres")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if bin.is_empty() || !has_user {
+            assert!(
+                std::env::var("TINKER_REQUIRE_REAL").as_deref() != Ok("1"),
+                "PostgreSQL (initdb, pg_ctl, a postgres user) is required (TINKER_REQUIRE_REAL=1)"
+            );
+            eprintln!("skipped: no PostgreSQL");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let d = dir.path().display();
+        let script = format!(
+            "chown postgres {d} && su postgres -s /bin/sh -c \"{bin}/initdb -D {d}/data -A trust -U tinker >/dev/null && {bin}/pg_ctl -D {d}/data -o '-k {d} -c listen_addresses=127.0.0.1 -p {port} -c fsync=on -c max_connections=300' -l {d}/log -w start >/dev/null\""
+        );
+        let o = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        assert!(
+            o.status.success(),
+            "PostgreSQL did not start: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(TempPostgres {
+            url: format!("postgres://tinker@127.0.0.1:{port}/postgres"),
+            dir,
+            bin,
+        })
+    }
+
+    /// The server's process id (to read its memory use, say).
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        let d = self.dir.path().display();
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "su postgres -s /bin/sh -c \"{}/pg_ctl -D {d}/data -m immediate stop >/dev/null\"",
+                    self.bin
+                ),
+            ])
+            .output();
+    }
+}

@@ -1,0 +1,239 @@
+//! One control-plane replica, wired from the crates: the engine, DHCP, TFTP and
+//! HTTP (iPXE scripts, assets, metadata, worker API, operator API, `/metrics`)
+//! over one [`WorkflowStore`].
+//!
+//! Several replicas may share one store built for it (`PostgresStore`): each
+//! answers any machine, claims are atomic in the store, and the engine takes a
+//! lease on a workflow before each BMC step, so a step is done once however many
+//! replicas see it (see `tinker_core::engine`). A replica that dies loses nothing:
+//! its workers move to another (`AgentConfig::server` may list several), and a
+//! lease it held runs out after `EngineConfig::lease`, after which another replica
+//! takes the step over.
+//!
+//! ```no_run
+//! # async fn run(store: std::sync::Arc<dyn tinker::core::WorkflowStore>) -> Result<(), String> {
+//! use std::sync::Arc;
+//! use tinker::control_plane::{ControlPlane, Listeners};
+//!
+//! let me = "10.0.0.1".parse().unwrap();
+//! let plane = ControlPlane::new(store, Arc::new(tinker::bmc::MockConnector::new()), me, b"secret".to_vec());
+//! let listeners = Listeners::bind(me, 67, 69, 8080).await.map_err(|e| e.to_string())?;
+//! plane.serve(listeners, std::future::pending()).await
+//! # }
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode};
+use tinker_boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker_boot::tftp::{FileSource, TftpServer};
+use tinker_boot::worker_api::{WorkerApi, worker_token};
+use tinker_boot::{BootConfig, StoreBootResponder};
+use tinker_core::engine::{Engine, EngineConfig};
+use tinker_core::{PowerConnector, WorkflowStore};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// The sockets a replica serves on, bound by the caller (so it can fail early, or
+/// pass sockets it was handed).
+#[derive(Debug)]
+pub struct Listeners {
+    /// DHCP (port 67 in the field; relays send here).
+    pub dhcp: UdpSocket,
+    /// proxyDHCP's port 4011, in proxy mode.
+    pub proxy: Option<UdpSocket>,
+    /// TFTP.
+    pub tftp: UdpSocket,
+    /// HTTP: scripts, assets, metadata, the worker and operator APIs.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds DHCP, TFTP and HTTP on `address` (a port of 0 picks a free one).
+    pub async fn bind(
+        address: Ipv4Addr,
+        dhcp: u16,
+        tftp: u16,
+        http: u16,
+    ) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            dhcp: UdpSocket::bind((address, dhcp)).await?,
+            proxy: None,
+            tftp: UdpSocket::bind((address, tftp)).await?,
+            http: TcpListener::bind((address, http)).await?,
+        })
+    }
+
+    /// The HTTP address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+}
+
+/// One replica's settings.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The store, shared by every replica.
+    pub store: Arc<dyn WorkflowStore>,
+    /// How the engine reaches each machine's BMC.
+    pub power: Arc<dyn PowerConnector>,
+    /// The engine's settings; `replica` must differ between replicas.
+    pub engine: EngineConfig,
+    /// The address machines reach this replica at (the TFTP server in DHCP answers).
+    pub address: Ipv4Addr,
+    /// Reservation (hand out addresses) or proxyDHCP.
+    pub dhcp_mode: Mode,
+    /// The port relay agents listen on (67 in the field).
+    pub relay_port: u16,
+    /// The secret worker tokens are derived from; the same on every replica.
+    pub secret: Vec<u8>,
+    /// Files served over TFTP (and HTTP boot): the iPXE binaries.
+    pub tftp_files: FileSource,
+    /// Kernels, initrds and images, served at `/assets`.
+    pub assets: Option<FileSource>,
+    /// The in-memory OS and where its worker reports. `base_url` and
+    /// `control_plane` empty: this replica's own HTTP address. `control_plane`
+    /// may list every replica, comma-separated, for the workers to fail over.
+    pub osie: OsieConfig,
+    /// Worker heartbeat interval, in seconds.
+    pub heartbeat_seconds: u32,
+    /// Worker API requests handled at once before the rest get 503 (`None`: the
+    /// API's default).
+    pub worker_api_in_flight: Option<usize>,
+}
+
+impl ControlPlane {
+    /// A replica with defaults: reservation DHCP, relays on 67, iPXE binaries from
+    /// Debian's `ipxe` package (none if it is missing), no assets.
+    pub fn new(
+        store: Arc<dyn WorkflowStore>,
+        power: Arc<dyn PowerConnector>,
+        address: Ipv4Addr,
+        secret: Vec<u8>,
+    ) -> Self {
+        ControlPlane {
+            store,
+            power,
+            engine: EngineConfig::default(),
+            address,
+            dhcp_mode: Mode::Reservation,
+            relay_port: 67,
+            secret,
+            tftp_files: FileSource::ipxe_binaries("/usr/lib/ipxe")
+                .unwrap_or_else(|_| FileSource::empty()),
+            assets: None,
+            osie: OsieConfig::default(),
+            heartbeat_seconds: 10,
+            worker_api_in_flight: None,
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops every service (finishing the
+    /// requests in progress); the first service that fails stops the rest.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), String> {
+        let http_addr = listeners.http.local_addr().map_err(|e| e.to_string())?;
+        let http = format!("http://{http_addr}");
+        let mut osie = self.osie;
+        if osie.base_url.is_empty() {
+            osie.base_url = format!("{http}/assets");
+        }
+        if osie.control_plane.is_empty() {
+            osie.control_plane = http.clone();
+        }
+        osie.worker_secret = Some(self.secret.clone());
+
+        let mut dhcp_config = DhcpConfig::new(self.dhcp_mode, self.address);
+        dhcp_config.relay_port = self.relay_port;
+        let dhcp = DhcpServer::new(
+            dhcp_config,
+            Arc::new(StoreBootResponder::new(
+                self.store.clone(),
+                BootConfig {
+                    tftp_server: self.address,
+                    http_base: http.clone(),
+                    default_lease_seconds: 86400,
+                    record_events: true,
+                },
+            )),
+        );
+        let tftp = TftpServer::new(self.tftp_files.clone());
+        let mut worker_api = WorkerApi::new(
+            self.store.clone(),
+            self.secret.clone(),
+            self.heartbeat_seconds,
+        );
+        if let Some(n) = self.worker_api_in_flight {
+            worker_api = worker_api.with_limit(n);
+        }
+        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
+            vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
+        let http_server = HttpServer::new(HttpConfig {
+            osie,
+            assets: self.assets,
+            binaries: Some(self.tftp_files),
+            extra: Some(Arc::new(RouteChain(vec![
+                Arc::new(worker_api),
+                Arc::new(OperatorApi::new(
+                    self.store.clone(),
+                    worker_token(&self.secret, "operator"),
+                )),
+            ]))),
+            metrics,
+            ..HttpConfig::new(self.store.clone())
+        });
+        let engine = Engine::new(self.store.clone(), self.power, self.engine);
+
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
+            let mut rx = tx.subscribe();
+            async move {
+                let _ = rx.recv().await;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let w = wait(&stop);
+        tasks.spawn(async move {
+            dhcp.serve(listeners.dhcp, listeners.proxy, w)
+                .await
+                .map_err(|e| format!("DHCP: {e}"))
+        });
+        let w = wait(&stop);
+        tasks.spawn(async move {
+            tftp.serve(listeners.tftp, w)
+                .await
+                .map_err(|e| format!("TFTP: {e}"))
+        });
+        let w = wait(&stop);
+        tasks.spawn(async move {
+            http_server
+                .serve(listeners.http, w)
+                .await
+                .map_err(|e| format!("HTTP: {e}"))
+        });
+        let w = wait(&stop);
+        tasks.spawn(async move { engine.run(w).await.map_err(|e| format!("engine: {e}")) });
+
+        tokio::pin!(shutdown);
+        let mut result = Ok(());
+        tokio::select! {
+            _ = &mut shutdown => {}
+            Some(ended) = tasks.join_next() => {
+                result = match ended {
+                    Ok(Ok(())) => Err("a service stopped by itself".into()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("a service panicked: {e}")),
+                };
+            }
+        }
+        let _ = stop.send(());
+        while let Some(ended) = tasks.join_next().await {
+            if let (Ok(()), Ok(Err(e))) = (&result, ended) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
