@@ -56,7 +56,9 @@ impl Listeners {
         http: u16,
     ) -> std::io::Result<Listeners> {
         Ok(Listeners {
-            dhcp: UdpSocket::bind((address, dhcp)).await?,
+            // Broadcast allowed (replies to clients without an address), and a
+            // receive buffer for bursts.
+            dhcp: tinker_boot::dhcp::server::bind_udp(SocketAddr::from((address, dhcp)), None)?,
             proxy: None,
             tftp: UdpSocket::bind((address, tftp)).await?,
             http: TcpListener::bind((address, http)).await?,

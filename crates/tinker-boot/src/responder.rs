@@ -148,9 +148,15 @@ impl StoreBootResponder {
             source: "dhcp".into(),
             message,
         };
-        if let Err(e) = self.store.append_event(event).await {
-            tracing::warn!(error = %e, "could not record a DHCP event");
-        }
+        // Written in the background: the answer to a booting machine does not wait
+        // for the event log (with the embedded store, an fsync queued behind every
+        // other write during a boot storm).
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.append_event(event).await {
+                tracing::warn!(error = %e, "could not record a DHCP event");
+            }
+        });
     }
 }
 

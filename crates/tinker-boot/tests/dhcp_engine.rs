@@ -132,11 +132,27 @@ async fn pxe_rom_gets_address_and_ipxe_by_architecture() {
             Some(&DhcpOption::Hostname("m1".into()))
         );
     }
+    // The same question again (a retransmitted DISCOVER) changes no decision.
+    exchange(
+        &s,
+        client_request(MessageType::Discover, 43, mac(1), |m| pxe(m, 11)),
+    )
+    .await
+    .unwrap();
+    // Each decision is written to the event log in the background, once.
+    for _ in 0..100 {
+        if store.events("default/m1", 10).await.unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let events = store.events("default/m1", 10).await.unwrap();
     assert!(
         events.iter().any(|e| e.message.contains("undionly.kpxe")),
         "{events:?}"
     );
+    assert_eq!(events.len(), 3, "one event per decision: {events:?}");
 }
 
 #[tokio::test]

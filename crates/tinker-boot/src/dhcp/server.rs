@@ -35,6 +35,9 @@ pub fn bind_udp(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<Ud
     )?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
+    // A row of racks powering on at once sends its DISCOVERs in one burst: let the
+    // kernel queue them (up to net.core.rmem_max) rather than drop them unseen.
+    let _ = socket.set_recv_buffer_size(4 << 20);
     if let Some(ifname) = interface {
         socket.bind_device(Some(ifname.as_bytes()))?;
     }

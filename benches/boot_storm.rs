@@ -1,0 +1,728 @@
+//! The boot storm: N simulated machines (10,000 by default) go through the whole
+//! lifecycle at once against a control plane of separate processes on this
+//! machine: DHCP DORA through rack relays, TFTP of the iPXE binary, the iPXE
+//! script, the worker API (claims and reports for a four-action template), and the
+//! installed OS's metadata fetch from its own address. Configurations: the
+//! embedded store with one replica, PostgreSQL with one and with three replicas,
+//! and the embedded store at twice the machines (back-pressure).
+//!
+//! `cargo bench --bench boot_storm` (root: it starts PostgreSQL as `postgres`).
+//! `TINKER_STORM_MACHINES=N` changes N; `TINKER_STORM_CONFIGS=redb,pg1,pg3,redb2x`
+//! picks configurations. Writes its section of BENCHMARKS.md.
+//!
+//! The control plane runs in child processes (this binary re-executed with
+//! `--serve`), so its peak memory is its own. Every machine uses its own loopback
+//! address (127.x.y.z) for HTTP, as a real machine has its own address.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tinker::boot::dhcp::engine::{client_request, decode_reply};
+use tinker::boot::tftp::client as tftp;
+use tinker::core::model::{Hardware, Template, Workflow};
+use tinker::core::worker_api::{ActionReport, NextActionRequest, NextActionResponse};
+use tinker::core::{MacAddr, Precondition, WorkflowStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+
+const TEMPLATE: &str = r#"version: "0.1"
+name: storm
+global_timeout: 3600
+tasks:
+  - name: install
+    worker: "{{.device_1}}"
+    actions:
+      - {name: wipe-disks, image: quay.io/tinkerbell/actions/exec, timeout: 600}
+      - {name: stream-image, image: quay.io/tinkerbell/actions/image2disk, timeout: 600}
+      - {name: write-netplan, image: quay.io/tinkerbell/actions/writefile, timeout: 600}
+      - {name: kexec, image: quay.io/tinkerbell/actions/kexec, timeout: 600}
+"#;
+const RACKS: u32 = 40;
+const SECRET: &[u8] = b"boot-storm-worker-secret";
+
+fn mac(i: u32) -> MacAddr {
+    let b = i.to_be_bytes();
+    MacAddr([0x02, 0x5b, b[0], b[1], b[2], b[3]])
+}
+
+/// Machine `i`'s address: 127.(100 + i / 62500).(i / 250 % 250).(i % 250 + 2).
+fn ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(
+        127,
+        100 + (i / 62_500) as u8,
+        (i / 250 % 250) as u8,
+        (i % 250 + 2) as u8,
+    )
+}
+
+fn rack_giaddr(r: u32) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 50 + r as u8, 1)
+}
+
+// ---------------------------------------------------------------------------
+// The control-plane process.
+
+async fn serve(store_url: &str, replica: &str, relay_port: u16) -> Result<(), String> {
+    let store: Arc<dyn WorkflowStore> = if let Some(p) = store_url.strip_prefix("redb:") {
+        Arc::new(
+            tinker::store::RedbStore::open(p)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        Arc::new(
+            tinker::store::PostgresStore::connect(store_url)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let listeners = tinker::control_plane::Listeners::bind(Ipv4Addr::LOCALHOST, 0, 0, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut plane = tinker::control_plane::ControlPlane::new(
+        store,
+        Arc::new(tinker::bmc::MockConnector::new()),
+        Ipv4Addr::LOCALHOST,
+        SECRET.to_vec(),
+    );
+    plane.engine.replica = replica.to_string();
+    plane.relay_port = relay_port;
+    plane.heartbeat_seconds = 60;
+    let ipxe = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| vec![0x55; 70_000]);
+    plane.tftp_files = tinker::boot::tftp::FileSource::empty().with_file("undionly.kpxe", ipxe);
+    println!(
+        "ready http={} dhcp={} tftp={}",
+        listeners.http.local_addr().unwrap(),
+        listeners.dhcp.local_addr().unwrap(),
+        listeners.tftp.local_addr().unwrap()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    plane.serve(listeners, std::future::pending()).await
+}
+
+struct Replica {
+    child: Child,
+    http: SocketAddr,
+    dhcp: SocketAddr,
+    tftp: SocketAddr,
+}
+
+impl Replica {
+    fn start(store: &str, name: &str, relay_port: u16) -> Replica {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--serve", store, name, &relay_port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let get = |k: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("replica {name}: {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        Replica {
+            http: get("http="),
+            dhcp: get("dhcp="),
+            tftp: get("tftp="),
+            child,
+        }
+    }
+
+    /// Peak resident memory, in MiB.
+    fn peak_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The machines.
+
+#[derive(Default)]
+struct Stats {
+    dhcp_ms: Mutex<Vec<f64>>,
+    api_ms: Mutex<Vec<f64>>,
+    tftp_ms: Mutex<Vec<f64>>,
+    requests: AtomicU64,
+    dhcp_retries: AtomicU64,
+    pxe_restarts: AtomicU64,
+    api_503: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+/// A rack's relay agent: one socket, replies matched to machines by `xid`.
+struct Relay {
+    socket: Arc<UdpSocket>,
+    waiting: Arc<Mutex<HashMap<u32, tokio::sync::mpsc::UnboundedSender<dhcproto::v4::Message>>>>,
+}
+
+impl Relay {
+    async fn bind(giaddr: Ipv4Addr, port: u16) -> Relay {
+        let socket = Arc::new(
+            tinker::boot::dhcp::server::bind_udp(SocketAddr::from((giaddr, port)), None).unwrap(),
+        );
+        let waiting: Arc<Mutex<HashMap<u32, tokio::sync::mpsc::UnboundedSender<_>>>> =
+            Arc::default();
+        let (s, w) = (socket.clone(), waiting.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while let Ok((n, _)) = s.recv_from(&mut buf).await {
+                if let Some(m) = decode_reply(&buf[..n])
+                    && let Some(tx) = w.lock().unwrap().get(&m.xid())
+                {
+                    let _ = tx.send(m);
+                }
+            }
+        });
+        Relay { socket, waiting }
+    }
+}
+
+async fn dora(
+    relay: &Relay,
+    giaddr: Ipv4Addr,
+    server: SocketAddr,
+    mac: MacAddr,
+    xid: u32,
+    stats: &Stats,
+) -> Result<Ipv4Addr, String> {
+    use dhcproto::v4::{DhcpOption, MessageType};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    relay.waiting.lock().unwrap().insert(xid, tx);
+    let mut offered: Option<Ipv4Addr> = None;
+    let mut result = Err("no answer".to_string());
+    'kinds: for kind in [MessageType::Discover, MessageType::Request] {
+        let req = client_request(kind, xid, mac, |m| {
+            m.set_giaddr(giaddr);
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+            ));
+            m.opts_mut()
+                .insert(DhcpOption::ClientSystemArchitecture(0u16.into()));
+            if let Some(ip) = offered {
+                m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+                m.opts_mut()
+                    .insert(DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST));
+            }
+        });
+        // A PXE ROM's schedule: 4, 8, 16, 32 s, each randomized by ±1 s (RFC 2131
+        // §4.1), so a whole row does not retransmit in one wave.
+        for (attempt, wait) in [4u64, 8, 16, 32].into_iter().enumerate() {
+            let jitter = (xid
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(attempt as u32 * 7)
+                % 2000) as u64;
+            let wait = Duration::from_millis(wait * 1000 + jitter - 1000);
+            if attempt > 0 {
+                stats.dhcp_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let t = Instant::now();
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            relay
+                .socket
+                .send_to(&req, server)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Ok(Some(reply)) = tokio::time::timeout(wait, rx.recv()).await {
+                stats
+                    .dhcp_ms
+                    .lock()
+                    .unwrap()
+                    .push(t.elapsed().as_secs_f64() * 1000.0);
+                offered = Some(reply.yiaddr());
+                if kind == MessageType::Request {
+                    result = Ok(reply.yiaddr());
+                }
+                continue 'kinds;
+            }
+        }
+        break;
+    }
+    relay.waiting.lock().unwrap().remove(&xid);
+    result
+}
+
+/// One HTTP/1.1 request on a new connection from the machine's own address.
+async fn http(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Option<u64>, Vec<u8>), String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    let mut s = socket
+        .connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let body = body.unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tinker\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!(
+            "Authorization: Bearer {t}\r\nContent-Type: application/json\r\n"
+        ));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(&body);
+    s.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header")?;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status")?;
+    let retry_after = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("retry-after:")
+            .and_then(|v| v.trim().parse().ok())
+    });
+    Ok((status, retry_after, resp[split + 4..].to_vec()))
+}
+
+/// A timed worker-API call, retried on 503 after `Retry-After` (the agent's way).
+async fn api(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+    stats: &Stats,
+) -> Result<Vec<u8>, String> {
+    let mut backoff = Duration::from_millis(200);
+    for _ in 0..30 {
+        let t = Instant::now();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let (status, retry_after, resp) =
+            http(from, to, "POST", path, Some(token), Some(body.clone())).await?;
+        stats
+            .api_ms
+            .lock()
+            .unwrap()
+            .push(t.elapsed().as_secs_f64() * 1000.0);
+        match status {
+            200 => return Ok(resp),
+            503 => {
+                stats.api_503.fetch_add(1, Ordering::Relaxed);
+                let wait = retry_after.map(Duration::from_secs).unwrap_or(backoff);
+                // Jitter, so shed workers do not come back in one wave.
+                let jitter = Duration::from_millis((from.octets()[3] as u64 * 7) % 500);
+                tokio::time::sleep(wait.min(Duration::from_secs(5)) + jitter).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => {
+                return Err(format!(
+                    "{path}: HTTP {other}: {}",
+                    String::from_utf8_lossy(&resp)
+                ));
+            }
+        }
+    }
+    Err(format!("{path}: still overloaded after 30 tries"))
+}
+
+async fn machine(
+    i: u32,
+    replica: &(SocketAddr, SocketAddr, SocketAddr),
+    relay: &Relay,
+    stats: &Stats,
+) -> Result<(), String> {
+    let (http_addr, dhcp_addr, tftp_addr) = *replica;
+    let (mac, me) = (mac(i), ip(i));
+    let giaddr = rack_giaddr(i % RACKS);
+    // A ROM that gives up hands over to the BIOS, which tries its boot order
+    // again: PXE once more, for up to ten minutes here.
+    let since = Instant::now();
+    let mut round = 0u32;
+    let leased = loop {
+        match dora(
+            relay,
+            giaddr,
+            dhcp_addr,
+            mac,
+            (0x5b00_0000 ^ i).wrapping_add(round << 24),
+            stats,
+        )
+        .await
+        {
+            Ok(ip) => break ip,
+            Err(e) if since.elapsed() > Duration::from_secs(600) => return Err(e),
+            Err(_) => {
+                stats.pxe_restarts.fetch_add(1, Ordering::Relaxed);
+                round += 1;
+            }
+        }
+    };
+    if leased != me {
+        return Err(format!("DHCP gave {leased}, not {me}"));
+    }
+    let t = Instant::now();
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let ipxe = tftp::fetch(tftp_addr, "undionly.kpxe", Some(1428), Some(8))
+        .await
+        .map_err(|e| format!("TFTP: {e}"))?;
+    stats
+        .tftp_ms
+        .lock()
+        .unwrap()
+        .push(t.elapsed().as_secs_f64() * 1000.0);
+    if ipxe.len() < 1000 {
+        return Err("short iPXE binary".into());
+    }
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let (status, _, script) = http(
+        me,
+        http_addr,
+        "GET",
+        &format!("/ipxe/{mac}/auto.ipxe"),
+        None,
+        None,
+    )
+    .await?;
+    let script = String::from_utf8_lossy(&script).to_string();
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tinker_token="))
+        .ok_or_else(|| format!("script (HTTP {status}) without a token: {script}"))?
+        .to_string();
+    let worker = mac.to_string();
+    let mut done = 0;
+    let mut asked = 0;
+    while done < 4 {
+        asked += 1;
+        let ask = serde_json::to_vec(&NextActionRequest {
+            worker_id: worker.clone(),
+            request_id: Some(format!("storm-{i}-{asked}")),
+        })
+        .unwrap();
+        let path = format!("/v1/workers/{worker}/next-action");
+        let resp = api(me, http_addr, &path, &token, ask, stats).await?;
+        match serde_json::from_slice::<NextActionResponse>(&resp) {
+            Ok(NextActionResponse::Action(a)) => {
+                let report = ActionReport {
+                    worker_id: worker.clone(),
+                    workflow_id: a.workflow_id.clone(),
+                    action_index: a.action_index,
+                    attempt: a.attempt,
+                    outcome: tinker::core::state::ActionOutcome::Success,
+                    started_at: None,
+                    finished_at: None,
+                };
+                let path = format!("/v1/workers/{worker}/report");
+                api(
+                    me,
+                    http_addr,
+                    &path,
+                    &token,
+                    serde_json::to_vec(&report).unwrap(),
+                    stats,
+                )
+                .await?;
+                done += 1;
+            }
+            Ok(NextActionResponse::Wait {
+                retry_after_seconds,
+                ..
+            }) => {
+                tokio::time::sleep(Duration::from_millis(
+                    (retry_after_seconds as u64 * 1000).clamp(250, 2000),
+                ))
+                .await
+            }
+            Err(e) => return Err(format!("next-action: {e}")),
+        }
+    }
+    // The installed OS reads its metadata from its own address.
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let (status, _, id) = http(
+        me,
+        http_addr,
+        "GET",
+        "/2009-04-04/meta-data/instance-id",
+        None,
+        None,
+    )
+    .await?;
+    if status != 200 || id != format!("i-{i}").as_bytes() {
+        return Err(format!(
+            "metadata: HTTP {status} {:?}",
+            String::from_utf8_lossy(&id)
+        ));
+    }
+    Ok(())
+}
+
+async fn load(store: Arc<dyn WorkflowStore>, n: u32) {
+    store
+        .put(Template::new("storm", TEMPLATE).into(), Precondition::Any)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..n {
+        let (store, sem) = (store.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let name = format!("m{i}");
+            let mut hw = Hardware::new(&name, mac(i), ip(i), "255.0.0.0");
+            // As in most Tinkerbell Hardware: netboot allowed from the start, so a
+            // machine that powers on by itself (a row switched on at once) boots.
+            hw.set_allow_pxe(true);
+            if let Some(d) = hw.spec.interfaces[0].dhcp.as_mut() {
+                d.arch = Some("x86_64".into());
+            }
+            hw.spec.metadata = Some(
+                serde_json::from_value(serde_json::json!({"instance": {"id": format!("i-{i}")}}))
+                    .unwrap(),
+            );
+            store.put(hw.into(), Precondition::Any).await.unwrap();
+            store
+                .put(
+                    Workflow::new(&format!("{name}-install"), "storm", &name, mac(i)).into(),
+                    Precondition::Any,
+                )
+                .await
+                .unwrap();
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The kernel's count of UDP datagrams dropped for a full receive buffer.
+fn udp_receive_buffer_errors() -> i64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs one configuration; its table row.
+async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
+    eprintln!("== {label}: {n} machines, {replicas} replica(s)");
+    let relay_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cps: Vec<Replica> = (0..replicas)
+        .map(|k| Replica::start(store_url, &format!("cp{k}"), relay_port))
+        .collect();
+    let mut relays = Vec::new();
+    for r in 0..RACKS {
+        relays.push(Arc::new(Relay::bind(rack_giaddr(r), relay_port).await));
+    }
+    let stats = Arc::new(Stats::default());
+    let udp_drops_before = udp_receive_buffer_errors();
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(n as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed:>4} {bar:40} {pos}/{len} machines provisioned",
+        )
+        .unwrap(),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let cp = &cps[i as usize % replicas];
+        let target = (cp.http, cp.dhcp, cp.tftp);
+        let relay = relays[(i % RACKS) as usize].clone();
+        let (stats, bar) = (stats.clone(), bar.clone());
+        tasks.spawn(async move {
+            if let Err(e) = machine(i, &target, &relay, &stats).await {
+                stats.errors.lock().unwrap().push(format!("m{i}: {e}"));
+            }
+            bar.inc(1);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let total = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    // The engine's last steps (netboot off, disk boot, power cycle) follow each
+    // machine's last report; wait for them too.
+    let metric = |cp: &Replica, name: &str| -> f64 {
+        let text = std::process::Command::new("curl")
+            .args(["-s", &format!("http://{}/metrics", cp.http)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let dhcp_dropped: f64 = cps
+        .iter()
+        .map(|c| metric(c, "tinker_dhcp_overload_drops_total"))
+        .sum();
+    let shed: f64 = cps
+        .iter()
+        .map(|c| metric(c, "tinker_worker_api_shed_total"))
+        .sum();
+    let peak: f64 = cps.iter().map(Replica::peak_mib).sum();
+    let kernel_drops = udp_receive_buffer_errors() - udp_drops_before;
+    let errors = stats.errors.lock().unwrap().clone();
+    for e in errors.iter().take(5) {
+        eprintln!("  error: {e}");
+    }
+    let requests = stats.requests.load(Ordering::Relaxed);
+    let mut dhcp = stats.dhcp_ms.lock().unwrap().clone();
+    let mut api = stats.api_ms.lock().unwrap().clone();
+    let mut tftp_ms = stats.tftp_ms.lock().unwrap().clone();
+    let row = format!(
+        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {} x 503 ({shed:.0} shed) | {} |\n",
+        n as usize - errors.len(),
+        pct(&mut dhcp, 0.5),
+        pct(&mut dhcp, 0.99),
+        pct(&mut dhcp, 1.0),
+        pct(&mut api, 0.5),
+        pct(&mut api, 0.99),
+        pct(&mut api, 1.0),
+        pct(&mut tftp_ms, 0.5),
+        pct(&mut tftp_ms, 0.99),
+        requests as f64 / total,
+        stats.dhcp_retries.load(Ordering::Relaxed),
+        stats.pxe_restarts.load(Ordering::Relaxed),
+        stats.api_503.load(Ordering::Relaxed),
+        errors.len(),
+    );
+    eprint!("{row}");
+    drop(cps);
+    row
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(serve(&args[2], &args[3], args[4].parse().unwrap()));
+        if let Err(e) = r {
+            eprintln!("control plane: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--list") || args.iter().any(|a| a == "--test") {
+        return; // `cargo test --benches` runs benchmarks in test mode: nothing to do
+    }
+    let n: u32 = std::env::var("TINKER_STORM_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let configs =
+        std::env::var("TINKER_STORM_CONFIGS").unwrap_or_else(|_| "redb,pg1,pg3,redb2x".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rows = String::new();
+    let mut pg: Option<tinker::store::testing::TempPostgres> = None;
+    for config in configs.split(',') {
+        let dir = tempfile::tempdir().unwrap();
+        let (label, url, replicas, machines) = match config {
+            "redb" | "redb2x" => {
+                let url = format!("redb:{}", dir.path().join("tinker.redb").display());
+                let machines = if config == "redb2x" { 2 * n } else { n };
+                let label = if config == "redb2x" {
+                    "embedded (redb), twice the machines".to_string()
+                } else {
+                    "embedded (redb)".to_string()
+                };
+                (label, url, 1, machines)
+            }
+            "pg1" | "pg3" => {
+                // A fresh database for each run, in one throwaway cluster.
+                let cluster = pg.get_or_insert_with(|| {
+                    tinker::store::testing::TempPostgres::start().expect("PostgreSQL")
+                });
+                let db = format!("storm_{config}");
+                let admin = cluster.url.clone();
+                rt.block_on(async {
+                    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    for sql in [
+                        format!("DROP DATABASE IF EXISTS {db}"),
+                        format!("CREATE DATABASE {db}"),
+                    ] {
+                        client.batch_execute(&sql).await.unwrap();
+                    }
+                });
+                let url = admin.replace("/postgres", &format!("/{db}"));
+                let replicas = if config == "pg3" { 3 } else { 1 };
+                (
+                    format!("PostgreSQL, {replicas} replica(s)"),
+                    url,
+                    replicas,
+                    n,
+                )
+            }
+            other => panic!("unknown configuration {other}"),
+        };
+        // Load the machines, then close the store so the replicas can open it.
+        rt.block_on(async {
+            let store: Arc<dyn WorkflowStore> = match url.strip_prefix("redb:") {
+                Some(p) => Arc::new(tinker::store::RedbStore::open(p).await.unwrap()),
+                None => Arc::new(tinker::store::PostgresStore::connect(&url).await.unwrap()),
+            };
+            load(store, machines).await;
+        });
+        rows.push_str(&rt.block_on(run(&label, &url, replicas, machines)));
+    }
+    let body = format!(
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; every HTTP request on a new connection; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
+    );
+    support::write_section("boot_storm", "Boot storm", &body);
+    println!("{body}");
+}
