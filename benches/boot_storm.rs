@@ -320,21 +320,110 @@ async fn http(
     Ok((status, retry_after, resp[split + 4..].to_vec()))
 }
 
-/// A timed worker-API call, retried on 503 after `Retry-After` (the agent's way).
-async fn api(
+/// The worker's connection to the control plane, kept alive between calls as
+/// the agent's HTTP client does (reopened when the server closes it).
+struct KeepAlive {
     from: Ipv4Addr,
     to: SocketAddr,
+    stream: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl KeepAlive {
+    async fn post(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> Result<(u16, Option<u64>, Vec<u8>), String> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            if self.stream.is_none() {
+                let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+                socket
+                    .bind(SocketAddr::from((self.from, 0)))
+                    .map_err(|e| format!("bind {}: {e}", self.from))?;
+                let s = socket
+                    .connect(self.to)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                self.stream = Some(tokio::io::BufReader::new(s));
+            }
+            match Self::exchange(self.stream.as_mut().unwrap(), path, token, body).await {
+                Ok((status, retry_after, resp, close)) => {
+                    if close {
+                        self.stream = None;
+                    }
+                    return Ok((status, retry_after, resp));
+                }
+                Err(e) => {
+                    // The server closed an idle connection: open a new one.
+                    self.stream = None;
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn exchange(
+        s: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> Result<(u16, Option<u64>, Vec<u8>, bool), String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: tinker\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        s.get_mut()
+            .write_all(&req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut status, mut length, mut retry_after, mut close) = (0u16, 0usize, None, false);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if s.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed".into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("http/1.1 ") {
+                status = l[9..12].parse().unwrap_or(0);
+            } else if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            } else if let Some(v) = lower.strip_prefix("retry-after:") {
+                retry_after = v.trim().parse().ok();
+            } else if lower == "connection: close" {
+                close = true;
+            }
+        }
+        let mut resp = vec![0u8; length];
+        s.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
+        Ok((status, retry_after, resp, close))
+    }
+}
+
+/// A timed worker-API call, retried on 503 after `Retry-After` (the agent's way).
+async fn api(
+    conn: &mut KeepAlive,
     path: &str,
     token: &str,
     body: Vec<u8>,
     stats: &Stats,
 ) -> Result<Vec<u8>, String> {
+    let from = conn.from;
     let mut backoff = Duration::from_millis(200);
     for _ in 0..30 {
         let t = Instant::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (status, retry_after, resp) =
-            http(from, to, "POST", path, Some(token), Some(body.clone())).await?;
+        let (status, retry_after, resp) = conn.post(path, token, &body).await?;
         stats
             .api_ms
             .lock()
@@ -426,6 +515,11 @@ async fn machine(
         .ok_or_else(|| format!("script (HTTP {status}) without a token: {script}"))?
         .to_string();
     let worker = mac.to_string();
+    let mut conn = KeepAlive {
+        from: me,
+        to: http_addr,
+        stream: None,
+    };
     let mut done = 0;
     let mut asked = 0;
     while done < 4 {
@@ -436,7 +530,7 @@ async fn machine(
         })
         .unwrap();
         let path = format!("/v1/workers/{worker}/next-action");
-        let resp = api(me, http_addr, &path, &token, ask, stats).await?;
+        let resp = api(&mut conn, &path, &token, ask, stats).await?;
         match serde_json::from_slice::<NextActionResponse>(&resp) {
             Ok(NextActionResponse::Action(a)) => {
                 let report = ActionReport {
@@ -450,8 +544,7 @@ async fn machine(
                 };
                 let path = format!("/v1/workers/{worker}/report");
                 api(
-                    me,
-                    http_addr,
+                    &mut conn,
                     &path,
                     &token,
                     serde_json::to_vec(&report).unwrap(),
@@ -721,7 +814,7 @@ fn main() {
         rows.push_str(&rt.block_on(run(&label, &url, replicas, machines)));
     }
     let body = format!(
-        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; every HTTP request on a new connection; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on their own; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
     );
     support::write_section("boot_storm", "Boot storm", &body);
     println!("{body}");

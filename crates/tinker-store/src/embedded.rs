@@ -10,7 +10,16 @@
 //! Layout: `objects` (encoded key → JSON of the versioned object), `index`
 //! (multimap term → encoded key: MACs, IPs, workers with unfinished workflows),
 //! `events` ((machine, seq) → JSON), `meta` (counters). redb is blocking, so
-//! every operation runs in `spawn_blocking`; the change feed is sent after commit.
+//! reads run in `spawn_blocking`; the change feed is sent after commit.
+//!
+//! Group commit: writes go to one writer thread, which runs every write waiting
+//! for it in one transaction, in order, and commits them together: one fsync for
+//! the batch instead of one per write. Each caller is answered only after the
+//! commit that holds its write, so an acknowledged write survives a crash exactly
+//! as before; under a boot storm (thousands of claims and reports at once) the
+//! store commits hundreds of writes per fsync instead of queueing them. A write
+//! that fails on a logical check (a stale version, a taken MAC) changes nothing
+//! and fails alone; a storage error fails its whole batch.
 
 use crate::common::{
     FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken,
@@ -45,6 +54,88 @@ pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
     feed: broadcast::Sender<Change>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread's queue; when the last handle to the store goes, the queue
+/// closes and the thread is joined, so the file is closed when `drop` returns (a
+/// store reopened at once finds it free).
+struct Writer {
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<WriteJob>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.lock().ok().and_then(|mut j| j.take()));
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a write job tells the writer after running in the batch's transaction.
+struct JobOutcome {
+    /// Called with the batch's commit result: answers the caller.
+    finish: Box<dyn FnOnce(std::result::Result<(), String>) + Send>,
+    /// It wrote something (a batch of no-ops is not committed).
+    wrote: bool,
+    /// It failed on storage, possibly after writing part: the batch is abandoned.
+    storage_failed: bool,
+}
+
+type WriteJob = Box<dyn FnOnce(&WriteTransaction) -> JobOutcome + Send>;
+
+/// Most writes one commit carries: bounds a batch's latency.
+const MAX_BATCH: usize = 512;
+
+/// The writer thread: takes every job waiting, runs them in one transaction, in
+/// order, commits once, then answers each.
+fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                // Each job still runs its checks inside a transaction it cannot
+                // get; answer them all with the error.
+                let why = e.to_string();
+                drop(batch);
+                tracing::error!(error = %why, "redb: cannot begin a write transaction");
+                continue;
+            }
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let (mut wrote, mut failed) = (false, false);
+        for job in batch {
+            // A job that panics fails its batch (its caller sees the writer drop
+            // it); the writer goes on.
+            let Ok(o) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&txn))) else {
+                failed = true;
+                continue;
+            };
+            wrote |= o.wrote;
+            failed |= o.storage_failed;
+            outcomes.push(o.finish);
+        }
+        let committed = if failed {
+            let _ = txn.abort();
+            Err("a storage error in this batch of writes; nothing of it was written".to_string())
+        } else if wrote {
+            txn.commit().map_err(|e| e.to_string())
+        } else {
+            txn.abort().map_err(|e| e.to_string())
+        };
+        for finish in outcomes {
+            finish(committed.clone());
+        }
+    }
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -89,11 +180,65 @@ impl RedbStore {
         .await
         .map_err(|e| Error::backend("redb", e))??;
         tracing::debug!(path = %path.display(), "opened embedded store");
+        let db = Arc::new(db);
+        let (jobs_tx, jobs) = std::sync::mpsc::channel();
+        let d = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer_loop(d, jobs))
+            .map_err(|e| Error::backend("redb", e))?;
         Ok(RedbStore {
-            db: Arc::new(db),
+            db,
             path,
             feed: broadcast::channel(FEED_CAPACITY).0,
+            writer: Arc::new(Writer {
+                jobs: std::sync::Mutex::new(Some(jobs_tx)),
+                thread: std::sync::Mutex::new(Some(thread)),
+            }),
         })
+    }
+
+    /// Runs `f` in the writer's next batch transaction and answers once that
+    /// batch is committed. `f` returns its result and whether it wrote anything;
+    /// it must not write before a check that can fail (every write here checks
+    /// first), so a failed check leaves the batch as it was.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, bool)> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T>>();
+        let job: WriteJob = Box::new(move |txn| {
+            let r = f(txn);
+            let wrote = matches!(&r, Ok((_, true)));
+            let storage_failed = matches!(&r, Err(Error::Backend { .. }));
+            JobOutcome {
+                finish: Box::new(move |committed| {
+                    let answer = match (r, committed) {
+                        (Ok((v, _)), Ok(())) => Ok(v),
+                        (Ok(_), Err(why)) => Err(Error::backend("redb", why)),
+                        (Err(e), _) => Err(e),
+                    };
+                    let _ = tx.send(answer);
+                }),
+                wrote,
+                storage_failed,
+            }
+        });
+        let sent = self
+            .writer
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.as_ref().map(|j| j.send(job).is_ok()));
+        if sent != Some(true) {
+            return Err(Error::backend("redb", "the writer thread has stopped"));
+        }
+        rx.await.map_err(|_| {
+            Error::backend(
+                "redb",
+                "the writer dropped a write (its transaction could not begin)",
+            )
+        })?
     }
 
     /// The file this store lives in.
@@ -203,84 +348,84 @@ impl RedbStore {
     ) -> Result<Option<Assignment>> {
         let worker = worker.to_string();
         let request = request.map(str::to_string);
-        let (assignment, changes) = self
-            .blocking(move |db| {
-                let term = IndexTerm::Worker(worker.clone()).as_key();
-                let mut skip = std::collections::HashSet::new();
-                let mut changes = Vec::new();
-                // Bounded: each round either claims, or marks one candidate seen.
-                for _ in 0..64 {
-                    // A read first: most polls find nothing to do, and a write
-                    // transaction (with its fsync) for those would be waste. Stop
-                    // at the first candidate with something due, so a worker with a
-                    // backlog costs one parse per claim, not one per workflow.
-                    let candidate = {
-                        let txn = db.begin_read().map_err(db_err)?;
-                        let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
-                        let objects = txn.open_table(OBJECTS).map_err(db_err)?;
-                        let mut found = None;
-                        for k in index.get(term.as_str()).map_err(db_err)? {
-                            let k = k.map_err(db_err)?.value().to_string();
-                            if skip.contains(&k) {
-                                continue;
-                            }
-                            let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
-                                continue;
-                            };
-                            let stored: Versioned<Object> =
-                                serde_json::from_slice(v.value()).map_err(json_err)?;
-                            if let Object::Workflow(w) = &stored.value
-                                && let Some(s) = &w.status
-                                && (s.wants_attention(&worker, now)
-                                    || request
-                                        .as_deref()
-                                        .is_some_and(|r| s.claimed_by_request(&worker, r)))
-                            {
-                                found = Some(k);
-                                break;
-                            }
+        let mut skip = std::collections::HashSet::new();
+        let mut changes = Vec::new();
+        // Bounded: each round either claims, or marks one candidate seen.
+        for _ in 0..64 {
+            // A read first: most polls find nothing to do, and they stay off the
+            // writer. Stop at the first candidate with something due, so a worker
+            // with a backlog costs one parse per claim, not one per workflow.
+            let (w, r, seen) = (worker.clone(), request.clone(), skip.clone());
+            let candidate = self
+                .blocking(move |db| {
+                    let term = IndexTerm::Worker(w.clone()).as_key();
+                    let txn = db.begin_read().map_err(db_err)?;
+                    let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+                    let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+                    for k in index.get(term.as_str()).map_err(db_err)? {
+                        let k = k.map_err(db_err)?.value().to_string();
+                        if seen.contains(&k) {
+                            continue;
                         }
-                        found
-                    };
-                    let Some(k) = candidate else { break };
-                    skip.insert(k.clone());
-                    let Some(key) = decode_key(&k) else { continue };
-                    let txn = db.begin_write().map_err(db_err)?;
+                        let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
+                            continue;
+                        };
+                        let stored: Versioned<Object> =
+                            serde_json::from_slice(v.value()).map_err(json_err)?;
+                        if let Object::Workflow(wf) = &stored.value
+                            && let Some(s) = &wf.status
+                            && (s.wants_attention(&w, now)
+                                || r.as_deref().is_some_and(|r| s.claimed_by_request(&w, r)))
+                        {
+                            return Ok(Some(k));
+                        }
+                    }
+                    Ok(None)
+                })
+                .await?;
+            let Some(k) = candidate else { break };
+            skip.insert(k.clone());
+            let Some(key) = decode_key(&k) else { continue };
+            let (w, r, key2) = (worker.clone(), request.clone(), key.clone());
+            // Then the claim itself, in the writer's batch: read again there, as
+            // the workflow may have changed since.
+            let (assignment, version) = self
+                .write(move |txn| {
                     let Some(Versioned {
                         version,
                         value: Object::Workflow(old),
-                    }) = read_object(&txn, &k)?
+                    }) = read_object(txn, &k)?
                     else {
-                        txn.abort().map_err(db_err)?;
-                        continue;
+                        return Ok(((None, None), false));
                     };
                     let mut wf = old.clone();
                     let (changed, assignment) =
-                        claim_in_workflow(&key, &mut wf, &worker, request.as_deref(), now);
-                    if changed {
-                        let stored = Versioned {
-                            version: version + 1,
-                            value: Object::Workflow(wf),
-                        };
-                        write_object(&txn, &key, Some(&Object::Workflow(old)), Some(&stored))?;
-                        txn.commit().map_err(db_err)?;
-                        changes.push(Change {
-                            key,
-                            version: version + 1,
-                            deleted: false,
-                        });
-                    } else {
-                        txn.abort().map_err(db_err)?;
+                        claim_in_workflow(&key2, &mut wf, &w, r.as_deref(), now);
+                    if !changed {
+                        return Ok(((assignment, None), false));
                     }
-                    if assignment.is_some() {
-                        return Ok((assignment, changes));
-                    }
-                }
-                Ok((None, changes))
-            })
-            .await?;
+                    let stored = Versioned {
+                        version: version + 1,
+                        value: Object::Workflow(wf),
+                    };
+                    write_object(txn, &key2, Some(&Object::Workflow(old)), Some(&stored))?;
+                    Ok(((assignment, Some(version + 1)), true))
+                })
+                .await?;
+            if let Some(version) = version {
+                changes.push(Change {
+                    key,
+                    version,
+                    deleted: false,
+                });
+            }
+            if assignment.is_some() {
+                self.notify(changes);
+                return Ok(assignment);
+            }
+        }
         self.notify(changes);
-        Ok(assignment)
+        Ok(None)
     }
 }
 
@@ -291,13 +436,12 @@ impl WorkflowStore for RedbStore {
         check_key(&key)?;
         let k2 = key.clone();
         let version = self
-            .blocking(move |db| {
-                let txn = db.begin_write().map_err(db_err)?;
-                let old = read_object(&txn, &encode_key(&k2))?;
+            .write(move |txn| {
+                let old = read_object(txn, &encode_key(&k2))?;
                 check_precondition(&k2, old.as_ref().map(|v| v.version), precondition)?;
                 let version = old.as_ref().map_or(0, |v| v.version) + 1;
                 write_object(
-                    &txn,
+                    txn,
                     &k2,
                     old.as_ref().map(|v| &v.value),
                     Some(&Versioned {
@@ -305,8 +449,7 @@ impl WorkflowStore for RedbStore {
                         value: object,
                     }),
                 )?;
-                txn.commit().map_err(db_err)?;
-                Ok(version)
+                Ok((version, true))
             })
             .await?;
         self.notify(vec![Change {
@@ -356,17 +499,15 @@ impl WorkflowStore for RedbStore {
         }
         let k2 = key.clone();
         let version = self
-            .blocking(move |db| {
-                let txn = db.begin_write().map_err(db_err)?;
-                let Some(old) = read_object(&txn, &encode_key(&k2))? else {
+            .write(move |txn| {
+                let Some(old) = read_object(txn, &encode_key(&k2))? else {
                     return Err(Error::NotFound {
                         key: k2.to_string(),
                     });
                 };
                 check_precondition(&k2, Some(old.version), precondition)?;
-                write_object(&txn, &k2, Some(&old.value), None)?;
-                txn.commit().map_err(db_err)?;
-                Ok(old.version)
+                write_object(txn, &k2, Some(&old.value), None)?;
+                Ok((old.version, true))
             })
             .await?;
         self.notify(vec![Change {
@@ -395,12 +536,11 @@ impl WorkflowStore for RedbStore {
     ) -> Result<Applied> {
         let (k2, ev) = (key.clone(), event.clone());
         let (applied, changed, result) = self
-            .blocking(move |db| {
-                let txn = db.begin_write().map_err(db_err)?;
+            .write(move |txn| {
                 let Some(Versioned {
                     version,
                     value: Object::Workflow(old),
-                }) = read_object(&txn, &encode_key(&k2))?
+                }) = read_object(txn, &encode_key(&k2))?
                 else {
                     return Err(Error::NotFound {
                         key: k2.to_string(),
@@ -415,12 +555,9 @@ impl WorkflowStore for RedbStore {
                         version,
                         value: Object::Workflow(applied.value.clone()),
                     };
-                    write_object(&txn, &k2, Some(&Object::Workflow(old)), Some(&stored))?;
-                    txn.commit().map_err(db_err)?;
-                } else {
-                    txn.abort().map_err(db_err)?;
+                    write_object(txn, &k2, Some(&Object::Workflow(old)), Some(&stored))?;
                 }
-                Ok((applied, changed, result))
+                Ok(((applied, changed, result), changed))
             })
             .await?;
         if changed {
@@ -451,8 +588,7 @@ impl WorkflowStore for RedbStore {
     }
 
     async fn append_event(&self, mut event: MachineEvent) -> Result<()> {
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
+        self.write(move |txn| {
             {
                 let mut meta = txn.open_table(META).map_err(db_err)?;
                 let seq = meta
@@ -468,8 +604,7 @@ impl WorkflowStore for RedbStore {
                     .insert((event.machine.as_str(), seq), bytes.as_slice())
                     .map_err(db_err)?;
             }
-            txn.commit().map_err(db_err)?;
-            Ok(())
+            Ok(((), true))
         })
         .await
     }
