@@ -188,7 +188,7 @@ fn main() {
             rows.push(
                 run(
                     redb,
-                    "RedbStore (fsync per commit)",
+                    "RedbStore (group commit: one fsync per batch)",
                     workers,
                     per_worker_redb,
                 )
