@@ -475,3 +475,85 @@ async fn two_engine_replicas_make_each_bmc_call_once() {
     let m = r.workflow().await.status.unwrap().machine;
     assert!(m.power_cycled && m.lease.is_none(), "{m:?}");
 }
+
+/// The run loop reconciles workflows side by side (a row of machines is not
+/// prepared one BMC call after another), up to `parallelism` at once, and one
+/// workflow never twice at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
+    let store = Arc::new(MemoryStore::new());
+    let connector = Arc::new(StaticConnector::new());
+    // One BMC shared by every machine: its gauge counts calls in flight at once.
+    let bmc = MockBmc::new("shared");
+    bmc.faults().latency(Duration::from_millis(50));
+    store
+        .put(
+            testing::template("install", 1, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    for i in 0..24u32 {
+        let name = format!("p{i}");
+        connector.insert(&name, Arc::new(bmc.clone()));
+        let mut hw = testing::hardware(&name, 700 + i);
+        hw.set_allow_pxe(false);
+        store.put(hw.into(), Precondition::Absent).await.unwrap();
+        store
+            .put(
+                Workflow::new(&format!("wf-{name}"), "install", &name, mac(700 + i)).into(),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+    }
+    let engine = Engine::new(
+        store.clone(),
+        connector,
+        EngineConfig {
+            parallelism: 8,
+            ..EngineConfig::default()
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move {
+        engine
+            .run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    // Every machine gets prepared (PXE set, powered on)...
+    for _ in 0..400 {
+        let prepared = store
+            .workflows()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|w| {
+                w.value
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.machine.power_cycled)
+            })
+            .count();
+        if prepared == 24 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = stop_tx.send(());
+    run.await.unwrap().unwrap();
+    assert!(
+        store.workflows().await.unwrap().iter().all(|w| w
+            .value
+            .status
+            .as_ref()
+            .is_some_and(|s| s.machine.power_cycled)),
+        "every machine was prepared"
+    );
+    // ...several at once, never more than the limit.
+    let peak = bmc.max_concurrent_calls();
+    assert!(peak > 1, "machines were prepared one at a time");
+    assert!(peak <= 8, "more than `parallelism` at once: {peak}");
+}

@@ -55,6 +55,10 @@ pub struct EngineConfig {
     /// How long a replica may hold a workflow's step lease before another may
     /// take the step over (it died mid-step).
     pub lease: Duration,
+    /// Workflows reconciled at once (one reconcile per workflow at a time). Each
+    /// reconcile mostly waits on the store or a BMC, so a row of machines booting
+    /// together is not served one store round trip after another.
+    pub parallelism: usize,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
                 Timestamp::now().as_nanosecond() as u64
             ),
             lease: Duration::from_secs(60),
+            parallelism: 64,
         }
     }
 }
@@ -248,32 +253,83 @@ impl Engine {
 
     /// Runs until `shutdown` resolves: reconciles everything once, then each
     /// workflow whose object changes, and everything again when a deadline is due.
+    /// Up to `parallelism` workflows are reconciled at once, never one workflow
+    /// twice at once: a change that arrives while its workflow is being reconciled
+    /// makes it run again afterwards.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        use futures_util::StreamExt;
+        use std::collections::{HashSet, VecDeque};
         let mut changes = self.store.watch();
         tokio::pin!(shutdown);
-        let mut next = self.reconcile_all().await?;
+        let limit = self.config.parallelism.max(1);
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let (mut busy, mut again, mut queued) = (
+            HashSet::<ObjectKey>::new(),
+            HashSet::<ObjectKey>::new(),
+            HashSet::<ObjectKey>::new(),
+        );
+        let mut queue = VecDeque::<ObjectKey>::new();
+        let mut next: Option<Timestamp> = None;
+        let mut sweep_due = true;
         loop {
+            if sweep_due {
+                sweep_due = false;
+                next = None;
+                for wf in self.store.workflows().await? {
+                    let key = ObjectKey::new(
+                        Kind::Workflow,
+                        wf.value.metadata.namespace(),
+                        wf.value.metadata.name.clone(),
+                    );
+                    if queued.insert(key.clone()) {
+                        queue.push_back(key);
+                    }
+                }
+            }
+            while running.len() < limit {
+                let Some(key) = queue.pop_front() else { break };
+                queued.remove(&key);
+                if !busy.insert(key.clone()) {
+                    again.insert(key);
+                    continue;
+                }
+                running.push(async move {
+                    let r = self.reconcile(&key).await;
+                    (key, r)
+                });
+            }
             let wait = next
                 .map(|t| t.duration_since(self.clock.now()))
                 .map(|d| d.try_into().unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(30));
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
+                Some((key, result)) = running.next(), if !running.is_empty() => {
+                    busy.remove(&key);
+                    match result {
+                        Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
+                        Ok(None) => {}
+                        // Another replica wrote first: it did the step.
+                        Err(e @ Error::Conflict { .. }) => tracing::debug!(workflow = %key.qualified_name(), error = %e, "another replica got there first"),
+                        Err(e) => tracing::warn!(workflow = %key.qualified_name(), error = %e, "reconcile failed"),
+                    }
+                    if again.remove(&key) && queued.insert(key.clone()) {
+                        queue.push_back(key);
+                    }
+                }
                 change = changes.recv() => match change {
                     Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => {
-                        match self.reconcile(&c.key).await {
-                            Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
-                            Ok(None) => {}
-                            // Another replica wrote first: it did the step.
-                            Err(e @ Error::Conflict { .. }) => tracing::debug!(workflow = %c.key.qualified_name(), error = %e, "another replica got there first"),
-                            Err(e) => tracing::warn!(workflow = %c.key.qualified_name(), error = %e, "reconcile failed"),
+                        if busy.contains(&c.key) {
+                            again.insert(c.key);
+                        } else if queued.insert(c.key.clone()) {
+                            queue.push_back(c.key);
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => next = self.reconcile_all().await?,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => sweep_due = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = tokio::time::sleep(wait) => next = self.reconcile_all().await?,
+                _ = tokio::time::sleep(wait), if queue.is_empty() || running.len() >= limit => sweep_due = true,
             }
         }
     }
