@@ -271,20 +271,17 @@ impl Engine {
         let mut queue = VecDeque::<ObjectKey>::new();
         let mut next: Option<Timestamp> = None;
         let mut sweep_due = true;
+        // The list of every workflow is read as one more future polled beside the
+        // reconciles, never awaited on its own: with a pooled store (PostgreSQL)
+        // the reconciles in flight may hold every connection, and they only make
+        // progress while this loop polls them.
+        let mut sweep: Option<
+            futures_util::future::BoxFuture<'_, Result<Vec<Versioned<Workflow>>>>,
+        > = None;
         loop {
-            if sweep_due {
+            if sweep_due && sweep.is_none() {
                 sweep_due = false;
-                next = None;
-                for wf in self.store.workflows().await? {
-                    let key = ObjectKey::new(
-                        Kind::Workflow,
-                        wf.value.metadata.namespace(),
-                        wf.value.metadata.name.clone(),
-                    );
-                    if queued.insert(key.clone()) {
-                        queue.push_back(key);
-                    }
-                }
+                sweep = Some(Box::pin(self.store.workflows()));
             }
             while running.len() < limit {
                 let Some(key) = queue.pop_front() else { break };
@@ -304,6 +301,35 @@ impl Engine {
                 .unwrap_or(Duration::from_secs(30));
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
+                listed = async { sweep.as_mut().expect("guarded").await }, if sweep.is_some() => {
+                    sweep = None;
+                    match listed {
+                        Ok(all) => {
+                            next = None;
+                            for wf in all {
+                                let key = ObjectKey::new(
+                                    Kind::Workflow,
+                                    wf.value.metadata.namespace(),
+                                    wf.value.metadata.name.clone(),
+                                );
+                                if busy.contains(&key) {
+                                    again.insert(key);
+                                } else if queued.insert(key.clone()) {
+                                    queue.push_back(key);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not list the workflows; trying again");
+                            next = Some(
+                                self.clock
+                                    .now()
+                                    .checked_add(SignedDuration::from_secs(1))
+                                    .unwrap_or_else(|_| self.clock.now()),
+                            );
+                        }
+                    }
+                }
                 Some((key, result)) = running.next(), if !running.is_empty() => {
                     busy.remove(&key);
                     match result {
