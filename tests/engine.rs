@@ -476,45 +476,47 @@ async fn two_engine_replicas_make_each_bmc_call_once() {
     assert!(m.power_cycled && m.lease.is_none(), "{m:?}");
 }
 
-/// The run loop reconciles workflows side by side (a row of machines is not
-/// prepared one BMC call after another), up to `parallelism` at once, and one
-/// workflow never twice at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
-    let store = Arc::new(MemoryStore::new());
-    let connector = Arc::new(StaticConnector::new());
-    // One BMC shared by every machine: its gauge counts calls in flight at once.
-    let bmc = MockBmc::new("shared");
-    bmc.faults().latency(Duration::from_millis(50));
-    store
+/// `n` machines named `{prefix}{i}`, each with a workflow of one action and the
+/// BMC `bmc(name)`, in `store` (written through `direct`, which bypasses any
+/// wrapper around it).
+async fn row_of_machines(
+    direct: &dyn WorkflowStore,
+    connector: &StaticConnector,
+    prefix: &str,
+    n: u32,
+    mac_base: u32,
+    bmc: impl Fn(&str) -> MockBmc,
+) {
+    direct
         .put(
             testing::template("install", 1, 60).into(),
-            Precondition::Absent,
+            Precondition::Any,
         )
         .await
         .unwrap();
-    for i in 0..24u32 {
-        let name = format!("p{i}");
-        connector.insert(&name, Arc::new(bmc.clone()));
-        let mut hw = testing::hardware(&name, 700 + i);
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        connector.insert(&name, Arc::new(bmc(&name)));
+        let mut hw = testing::hardware(&name, mac_base + i);
         hw.set_allow_pxe(false);
-        store.put(hw.into(), Precondition::Absent).await.unwrap();
-        store
+        direct.put(hw.into(), Precondition::Absent).await.unwrap();
+        direct
             .put(
-                Workflow::new(&format!("wf-{name}"), "install", &name, mac(700 + i)).into(),
+                Workflow::new(&format!("wf-{name}"), "install", &name, mac(mac_base + i)).into(),
                 Precondition::Absent,
             )
             .await
             .unwrap();
     }
-    let engine = Engine::new(
-        store.clone(),
-        connector,
-        EngineConfig {
-            parallelism: 8,
-            ..EngineConfig::default()
-        },
-    );
+}
+
+/// Starts `engine.run`; returns its handle and the switch that stops it.
+fn start_engine(
+    engine: Engine,
+) -> (
+    tokio::task::JoinHandle<tinker::core::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(async move {
         engine
@@ -523,9 +525,15 @@ async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
             })
             .await
     });
-    // Every machine gets prepared (PXE set, powered on)...
-    for _ in 0..400 {
-        let prepared = store
+    (run, stop_tx)
+}
+
+/// How many workflows have their machine prepared (PXE set, powered on), once
+/// all `n` are or after about 30 s.
+async fn wait_prepared(direct: &dyn WorkflowStore, n: usize) -> usize {
+    let mut prepared = 0;
+    for _ in 0..1200 {
+        prepared = direct
             .workflows()
             .await
             .unwrap()
@@ -537,23 +545,183 @@ async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
                     .is_some_and(|s| s.machine.power_cycled)
             })
             .count();
-        if prepared == 24 {
+        if prepared == n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let _ = stop_tx.send(());
-    run.await.unwrap().unwrap();
-    assert!(
-        store.workflows().await.unwrap().iter().all(|w| w
-            .value
-            .status
-            .as_ref()
-            .is_some_and(|s| s.machine.power_cycled)),
-        "every machine was prepared"
+    prepared
+}
+
+/// The run loop reconciles workflows side by side (a row of machines is not
+/// prepared one BMC call after another), up to `parallelism` at once, and one
+/// workflow never twice at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
+    let store = Arc::new(MemoryStore::new());
+    let connector = Arc::new(StaticConnector::new());
+    // One BMC shared by every machine: its gauge counts calls in flight at once.
+    let bmc = MockBmc::new("shared");
+    bmc.faults().latency(Duration::from_millis(50));
+    row_of_machines(store.as_ref(), &connector, "p", 24, 700, |_| bmc.clone()).await;
+    let engine = Engine::new(
+        store.clone(),
+        connector,
+        EngineConfig {
+            parallelism: 8,
+            ..EngineConfig::default()
+        },
     );
-    // ...several at once, never more than the limit.
+    let (run, stop) = start_engine(engine);
+    let prepared = wait_prepared(store.as_ref(), 24).await;
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    assert_eq!(prepared, 24, "every machine was prepared");
+    // Several at once, never more than the limit.
     let peak = bmc.max_concurrent_calls();
     assert!(peak > 1, "machines were prepared one at a time");
     assert!(peak <= 8, "more than `parallelism` at once: {peak}");
+}
+
+/// A store with a pool of two "connections": every call holds one while it waits
+/// (as a PostgreSQL transaction holds its connection across round trips).
+#[derive(Debug)]
+struct PooledStore {
+    inner: MemoryStore,
+    pool: tokio::sync::Semaphore,
+}
+
+impl PooledStore {
+    async fn hold(&self) -> tokio::sync::SemaphorePermit<'_> {
+        let permit = self.pool.acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        permit
+    }
+}
+
+#[async_trait::async_trait]
+impl WorkflowStore for PooledStore {
+    async fn put(
+        &self,
+        o: tinker::core::model::Object,
+        p: Precondition,
+    ) -> tinker::core::Result<u64> {
+        let _c = self.hold().await;
+        self.inner.put(o, p).await
+    }
+    async fn get(
+        &self,
+        k: &ObjectKey,
+    ) -> tinker::core::Result<Option<tinker::core::Versioned<tinker::core::model::Object>>> {
+        let _c = self.hold().await;
+        self.inner.get(k).await
+    }
+    async fn list(
+        &self,
+        k: Kind,
+    ) -> tinker::core::Result<Vec<tinker::core::Versioned<tinker::core::model::Object>>> {
+        let _c = self.hold().await;
+        self.inner.list(k).await
+    }
+    async fn delete(&self, k: &ObjectKey, p: Precondition) -> tinker::core::Result<()> {
+        let _c = self.hold().await;
+        self.inner.delete(k, p).await
+    }
+    async fn hardware_by_mac(
+        &self,
+        m: tinker::core::MacAddr,
+    ) -> tinker::core::Result<Option<tinker::core::Versioned<tinker::core::model::Hardware>>> {
+        let _c = self.hold().await;
+        self.inner.hardware_by_mac(m).await
+    }
+    async fn hardware_by_ip(
+        &self,
+        i: std::net::IpAddr,
+    ) -> tinker::core::Result<Option<tinker::core::Versioned<tinker::core::model::Hardware>>> {
+        let _c = self.hold().await;
+        self.inner.hardware_by_ip(i).await
+    }
+    async fn apply_event(
+        &self,
+        k: &ObjectKey,
+        e: &WorkflowEvent,
+        n: Timestamp,
+    ) -> tinker::core::Result<tinker::core::store::Applied> {
+        let _c = self.hold().await;
+        self.inner.apply_event(k, e, n).await
+    }
+    async fn claim_next_action(
+        &self,
+        w: &str,
+        n: Timestamp,
+    ) -> tinker::core::Result<Option<tinker::core::store::Assignment>> {
+        let _c = self.hold().await;
+        self.inner.claim_next_action(w, n).await
+    }
+    async fn append_event(&self, e: tinker::core::store::MachineEvent) -> tinker::core::Result<()> {
+        let _c = self.hold().await;
+        self.inner.append_event(e).await
+    }
+    async fn events(
+        &self,
+        m: &str,
+        l: usize,
+    ) -> tinker::core::Result<Vec<tinker::core::store::MachineEvent>> {
+        let _c = self.hold().await;
+        self.inner.events(m, l).await
+    }
+    fn watch(&self) -> tokio::sync::broadcast::Receiver<tinker::core::store::Change> {
+        self.inner.watch()
+    }
+}
+
+/// With a pooled store, the engine's look at every workflow (after its change feed
+/// lagged, or on a deadline) must not wait for a connection that its own
+/// reconciles in flight hold: they only progress while the engine polls them.
+// One thread: the burst of changes below runs without the run loop reading them.
+#[tokio::test]
+async fn a_pooled_store_does_not_stall_the_run_loop() {
+    let store = Arc::new(PooledStore {
+        inner: MemoryStore::new(),
+        pool: tokio::sync::Semaphore::new(2),
+    });
+    let connector = Arc::new(StaticConnector::new());
+    row_of_machines(&store.inner, &connector, "q", 16, 800, |name| {
+        let bmc = MockBmc::new(name);
+        bmc.faults().fail_for(4);
+        bmc
+    })
+    .await;
+    let engine = Engine::new(
+        store.clone(),
+        connector,
+        EngineConfig {
+            parallelism: 8,
+            retry_base: Duration::from_millis(1),
+            retry_max: Duration::from_millis(4),
+            ..EngineConfig::default()
+        },
+    );
+    let (run, stop) = start_engine(engine);
+    // While reconciles are in flight, more changes than the change feed holds:
+    // the run loop lags, and must look at every workflow again.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for _ in 0..5000 {
+        store
+            .inner
+            .put(testing::hardware("noise", 899).into(), Precondition::Any)
+            .await
+            .unwrap();
+    }
+    let prepared = wait_prepared(&store.inner, 16).await;
+    let _ = stop.send(());
+    assert_eq!(
+        prepared, 16,
+        "the run loop stalled with {prepared}/16 machines prepared"
+    );
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the run loop stops when asked")
+        .unwrap()
+        .unwrap();
 }
