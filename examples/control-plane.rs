@@ -36,7 +36,10 @@ struct Args {
     store: String,
     replica: Option<String>,
     address: Option<Ipv4Addr>,
-    ports: [Option<u16>; 4],
+    dhcp_port: u16,
+    tftp_port: u16,
+    http_port: u16,
+    relay_port: u16,
     secret_file: Option<PathBuf>,
     workers: Option<String>,
     assets: Option<PathBuf>,
@@ -48,7 +51,13 @@ struct Args {
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args::default();
+    let mut a = Args {
+        dhcp_port: 67,
+        tftp_port: 69,
+        http_port: 8080,
+        relay_port: 67,
+        ..Args::default()
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -59,10 +68,10 @@ fn args() -> Result<Args, String> {
             "--address" => {
                 a.address = Some(value()?.parse().map_err(|_| "bad --address".to_string())?)
             }
-            "--dhcp-port" => a.ports[0] = Some(port(value()?)?),
-            "--tftp-port" => a.ports[1] = Some(port(value()?)?),
-            "--http-port" => a.ports[2] = Some(port(value()?)?),
-            "--relay-port" => a.ports[3] = Some(port(value()?)?),
+            "--dhcp-port" => a.dhcp_port = port(value()?)?,
+            "--tftp-port" => a.tftp_port = port(value()?)?,
+            "--http-port" => a.http_port = port(value()?)?,
+            "--relay-port" => a.relay_port = port(value()?)?,
             "--secret-file" => a.secret_file = Some(value()?.into()),
             "--workers" => a.workers = Some(value()?),
             "--assets" => a.assets = Some(value()?.into()),
@@ -118,14 +127,9 @@ async fn run(a: Args) -> Result<(), String> {
         Arc::new(Connector::new(Arc::new(EnvSecrets), RetryPolicy::default()))
     };
     let address = a.address.unwrap_or(Ipv4Addr::LOCALHOST);
-    let listeners = Listeners::bind(
-        address,
-        a.ports[0].unwrap_or(67),
-        a.ports[1].unwrap_or(69),
-        a.ports[2].unwrap_or(8080),
-    )
-    .await
-    .map_err(|e| format!("binding on {address}: {e}"))?;
+    let listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
+        .await
+        .map_err(|e| format!("binding on {address}: {e}"))?;
     let mut plane = ControlPlane::new(store, power, address, secret);
     plane.engine.replica = a
         .replica
@@ -134,7 +138,7 @@ async fn run(a: Args) -> Result<(), String> {
     if let Some(s) = a.lease {
         plane.engine.lease = Duration::from_secs(s);
     }
-    plane.relay_port = a.ports[3].unwrap_or(67);
+    plane.relay_port = a.relay_port;
     plane.worker_api_in_flight = a.api_limit;
     if let Some(dir) = &a.assets {
         plane.assets = Some(FileSource::directory(dir).map_err(|e| format!("assets: {e}"))?);

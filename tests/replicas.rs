@@ -4,6 +4,9 @@
 //! action runs exactly once, and the engine's BMC steps are recorded once per
 //! workflow.
 
+#[path = "support/netlab.rs"]
+mod netlab;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -66,17 +69,8 @@ impl Drop for Replica {
     }
 }
 
-fn control_plane() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/control-plane")
-}
-
 fn start_replica(name: &str, url: &str, secret: &std::path::Path) -> Replica {
-    let mut child = Command::new(control_plane())
+    let mut child = Command::new(netlab::example("control-plane"))
         .args(["--store", url, "--replica", name, "--address", "127.0.0.1"])
         .args(["--dhcp-port", "0", "--tftp-port", "0", "--http-port", "0"])
         .args(["--mock-bmcs", "--lease", "3", "--secret-file"])
@@ -84,7 +78,7 @@ fn start_replica(name: &str, url: &str, secret: &std::path::Path) -> Replica {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("the control-plane example (cargo test builds it)");
+        .expect("start the control-plane example");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

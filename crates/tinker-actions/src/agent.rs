@@ -60,7 +60,9 @@ pub struct Agent {
     runtime: Arc<dyn ActionRuntime>,
     native: Option<NativeRuntime>,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// Which of the configured servers is in use (an index that only grows).
+    /// The replicas of `config.server`, parsed once.
+    servers: Vec<String>,
+    /// Which of them is in use (an index that only grows).
     current: std::sync::atomic::AtomicUsize,
     /// This agent's run, unique per start (request ids are made from it).
     instance: String,
@@ -100,11 +102,25 @@ impl Agent {
         native: Option<NativeRuntime>,
     ) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let servers = {
+            let list: Vec<String> = config
+                .server
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('/').to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if list.is_empty() {
+                vec![config.server.clone()]
+            } else {
+                list
+            }
+        };
         Agent {
             config,
             runtime,
             native,
             client,
+            servers,
             current: Default::default(),
             instance: {
                 let nanos = std::time::SystemTime::now()
@@ -118,24 +134,14 @@ impl Agent {
 
     /// The server in use now.
     fn server(&self) -> &str {
-        let servers: Vec<&str> = self
-            .config
-            .server
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        if servers.is_empty() {
-            return self.config.server.as_str();
-        }
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % servers.len();
-        servers[i].trim_end_matches('/')
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.servers.len();
+        &self.servers[i]
     }
 
     /// Moves to the next replica (after `target` failed; several calls may fail at
     /// once, and only the first of them moves on).
     fn fail_over(&self, target: &str) {
-        if self.config.server.contains(',') && self.server() == target {
+        if self.servers.len() > 1 && self.server() == target {
             self.current
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -53,8 +53,18 @@ pub fn worker_token(secret: &[u8], worker_id: &str) -> String {
         .collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time that does not depend on where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// The worker API routes (`/v1/workers/{id}/...`).
@@ -138,18 +148,12 @@ impl WorkerApi {
     }
 
     fn authorized(&self, req: &Request<Incoming>, worker: &str) -> bool {
-        let Some(token) = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        constant_time_eq(
-            token.trim().as_bytes(),
-            worker_token(&self.secret, worker).as_bytes(),
-        )
+        bearer_token(req).is_some_and(|token| {
+            constant_time_eq(
+                token.as_bytes(),
+                worker_token(&self.secret, worker).as_bytes(),
+            )
+        })
     }
 
     async fn body<T: serde::de::DeserializeOwned>(

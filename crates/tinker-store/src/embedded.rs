@@ -103,11 +103,9 @@ fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<WriteJob>) {
         let txn = match db.begin_write() {
             Ok(t) => t,
             Err(e) => {
-                // Each job still runs its checks inside a transaction it cannot
-                // get; answer them all with the error.
-                let why = e.to_string();
+                // Dropping the jobs unrun answers each caller with an error.
+                tracing::error!(error = %e, "redb: cannot begin a write transaction");
                 drop(batch);
-                tracing::error!(error = %why, "redb: cannot begin a write transaction");
                 continue;
             }
         };

@@ -41,11 +41,7 @@ impl OperatorApi {
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let bearer = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let bearer = crate::worker_api::bearer_token(req);
         let query = req
             .uri()
             .query()
@@ -53,12 +49,7 @@ impl OperatorApi {
             .split('&')
             .find_map(|kv| kv.strip_prefix("token="));
         let given = bearer.or(query).unwrap_or_default();
-        given.len() == self.token.len()
-            && given
-                .bytes()
-                .zip(self.token.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
+        crate::worker_api::constant_time_eq(given.as_bytes(), self.token.as_bytes())
     }
 }
 
