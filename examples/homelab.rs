@@ -28,12 +28,8 @@ use tinker::actions::NativeRuntime;
 use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
 use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::boot::dhcp::engine::{client_request, decode_reply};
-use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode};
-use tinker::boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
-use tinker::boot::tftp::{FileSource, TftpServer, client as tftp};
-use tinker::boot::worker_api::WorkerApi;
-use tinker::boot::{BootConfig, StoreBootResponder};
-use tinker::core::engine::{Engine, EngineConfig};
+use tinker::boot::tftp::{FileSource, client as tftp};
+use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::{
     MacAddr, PowerController, PowerState, Precondition, WorkflowStore, WorkflowStoreExt,
@@ -273,44 +269,22 @@ async fn run(a: Args) -> Result<bool, String> {
         rack.push((name, mac, ip, bmc));
     }
 
-    // The services.
-    let responder = StoreBootResponder::new(
-        store.clone(),
-        BootConfig {
-            tftp_server: Ipv4Addr::LOCALHOST,
-            http_base: http.clone(),
-            default_lease_seconds: 3600,
-            record_events: true,
-        },
-    );
-    let mut dhcp_config = DhcpConfig::new(Mode::Reservation, Ipv4Addr::LOCALHOST);
-    dhcp_config.relay_port = relay_port;
-    let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder));
+    // The services: one control-plane replica (see `tinker::control_plane`) on
+    // loopback, the machines' relay agent on `relay_port`.
+    let mut plane = ControlPlane::new(store.clone(), power, Ipv4Addr::LOCALHOST, secret);
+    plane.relay_port = relay_port;
     let ipxe_bytes =
         std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| vec![0x55; 70_000]);
-    let tftp = TftpServer::new(FileSource::empty().with_file("undionly.kpxe", ipxe_bytes));
-    let http_server = HttpServer::new(HttpConfig {
-        osie: OsieConfig {
-            base_url: format!("{http}/assets"),
-            kernel: "vmlinuz".into(),
-            initrd: "initrd.img".into(),
-            control_plane: http.clone(),
-            extra_args: vec![],
-            worker_secret: Some(secret.clone()),
-        },
-        assets: Some(FileSource::directory(data.join("assets")).map_err(io("assets"))?),
-        extra: Some(Arc::new(RouteChain(vec![
-            Arc::new(WorkerApi::new(store.clone(), secret.clone(), 2)),
-            Arc::new(OperatorApi::new(store.clone(), operator_token.clone())),
-        ]))),
-        metrics: vec![dhcp.stats(), tftp.stats()],
-        ..HttpConfig::new(store.clone())
-    });
-    tokio::spawn(dhcp.serve(dhcp_socket, None, std::future::pending()));
-    tokio::spawn(tftp.serve(tftp_socket, std::future::pending()));
-    tokio::spawn(http_server.serve(listener, std::future::pending()));
-    let engine = Engine::new(store.clone(), power, EngineConfig::default());
-    tokio::spawn(async move { engine.run(std::future::pending()).await });
+    plane.tftp_files = FileSource::empty().with_file("undionly.kpxe", ipxe_bytes);
+    plane.assets = Some(FileSource::directory(data.join("assets")).map_err(io("assets"))?);
+    plane.heartbeat_seconds = 2;
+    let listeners = Listeners {
+        dhcp: dhcp_socket,
+        proxy: None,
+        tftp: tftp_socket,
+        http: listener,
+    };
+    tokio::spawn(plane.serve(listeners, std::future::pending()));
 
     println!(
         "Tinker homelab: {} simulated machines; data in {}; control plane {http}",

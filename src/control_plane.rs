@@ -105,7 +105,8 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// A replica with defaults: reservation DHCP, relays on 67, iPXE binaries from
-    /// Debian's `ipxe` package (none if it is missing), no assets.
+    /// Debian's `ipxe` package (none if it is missing), no assets, an in-memory OS
+    /// of `vmlinuz` and `initrd.img`.
     pub fn new(
         store: Arc<dyn WorkflowStore>,
         power: Arc<dyn PowerConnector>,
@@ -123,7 +124,11 @@ impl ControlPlane {
             tftp_files: FileSource::ipxe_binaries("/usr/lib/ipxe")
                 .unwrap_or_else(|_| FileSource::empty()),
             assets: None,
-            osie: OsieConfig::default(),
+            osie: OsieConfig {
+                kernel: "vmlinuz".into(),
+                initrd: "initrd.img".into(),
+                ..OsieConfig::default()
+            },
             heartbeat_seconds: 10,
             worker_api_in_flight: None,
         }

@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tinker::bmc::{Connector, EnvSecrets, RetryPolicy};
+use tinker::boot::dhcp::Mode;
 use tinker::boot::dhcp::server::bind_udp;
-use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode};
-use tinker::boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
-use tinker::boot::tftp::{FileSource, TftpServer};
-use tinker::boot::worker_api::{WorkerApi, worker_token};
-use tinker::boot::{BootConfig, StoreBootResponder};
-use tinker::core::engine::{Engine, EngineConfig};
+use tinker::boot::tftp::FileSource;
+use tinker::boot::worker_api::worker_token;
+use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::model::{Document, parse_documents};
 use tinker::core::{Precondition, WorkflowStore};
 use tinker::store::RedbStore;
@@ -184,28 +182,30 @@ pub async fn run(path: &Path) -> Result<(), String> {
     let http = format!("http://{}:{}", c.address, c.http_port);
 
     // Bind everything first: fail fast with the reason.
-    let dhcp_socket = bind_udp(
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, c.dhcp_port)),
-        Some(&c.interface),
-    )
-    .map_err(e("DHCP (run as root; is the interface right?)"))?;
-    let proxy_socket = if c.proxy_dhcp {
-        Some(
-            bind_udp(
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4011)),
-                Some(&c.interface),
-            )
-            .map_err(e("proxyDHCP port 4011"))?,
+    let listeners = Listeners {
+        dhcp: bind_udp(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, c.dhcp_port)),
+            Some(&c.interface),
         )
-    } else {
-        None
+        .map_err(e("DHCP (run as root; is the interface right?)"))?,
+        proxy: if c.proxy_dhcp {
+            Some(
+                bind_udp(
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4011)),
+                    Some(&c.interface),
+                )
+                .map_err(e("proxyDHCP port 4011"))?,
+            )
+        } else {
+            None
+        },
+        tftp: tokio::net::UdpSocket::bind((c.address, c.tftp_port))
+            .await
+            .map_err(e("TFTP"))?,
+        http: tokio::net::TcpListener::bind((c.address, c.http_port))
+            .await
+            .map_err(e("HTTP"))?,
     };
-    let tftp_socket = tokio::net::UdpSocket::bind((c.address, c.tftp_port))
-        .await
-        .map_err(e("TFTP"))?;
-    let listener = tokio::net::TcpListener::bind((c.address, c.http_port))
-        .await
-        .map_err(e("HTTP"))?;
 
     let mut files = scan(&objects);
     let docs = load(store.as_ref(), &files).await;
@@ -223,87 +223,25 @@ pub async fn run(path: &Path) -> Result<(), String> {
             }
         }
     }
-    let binaries = FileSource::ipxe_binaries(&c.tftp_root)
+
+    // One control-plane replica (see `tinker::control_plane`) on this network.
+    let mut plane = ControlPlane::new(store.clone(), Arc::new(connector), c.address, secret);
+    if c.proxy_dhcp {
+        plane.dhcp_mode = Mode::Proxy;
+    }
+    plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;
-    let dhcp = DhcpServer::new(
-        DhcpConfig::new(
-            if c.proxy_dhcp {
-                Mode::Proxy
-            } else {
-                Mode::Reservation
-            },
-            c.address,
-        ),
-        Arc::new(StoreBootResponder::new(
-            store.clone(),
-            BootConfig {
-                tftp_server: c.address,
-                http_base: http.clone(),
-                default_lease_seconds: 86400,
-                record_events: true,
-            },
-        )),
-    );
-    let tftp = TftpServer::new(binaries.clone());
-    let assets = match &c.assets {
-        Some(a) => Some(FileSource::directory(rel(a)).map_err(e("assets"))?),
-        None => None,
-    };
-    let http_server = HttpServer::new(HttpConfig {
-        osie: OsieConfig {
-            base_url: format!("{http}/assets"),
-            kernel: c.kernel.clone(),
-            initrd: c.initrd.clone(),
-            control_plane: http.clone(),
-            extra_args: c.kernel_args.clone(),
-            worker_secret: Some(secret.clone()),
-        },
-        assets,
-        binaries: Some(binaries),
-        extra: Some(Arc::new(RouteChain(vec![
-            Arc::new(WorkerApi::new(store.clone(), secret.clone(), 10)),
-            Arc::new(OperatorApi::new(store.clone(), operator.clone())),
-        ]))),
-        metrics: vec![dhcp.stats(), tftp.stats()],
-        ..HttpConfig::new(store.clone())
-    });
-    let engine = Engine::new(store.clone(), Arc::new(connector), EngineConfig::default());
-
-    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-    let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
-    let tasks = vec![
-        tokio::spawn({
-            let w = wait(&stop);
-            async move {
-                dhcp.serve(dhcp_socket, proxy_socket, w)
-                    .await
-                    .map_err(|x| x.to_string())
-            }
-        }),
-        tokio::spawn({
-            let w = wait(&stop);
-            async move { tftp.serve(tftp_socket, w).await.map_err(|x| x.to_string()) }
-        }),
-        tokio::spawn({
-            let w = wait(&stop);
-            async move {
-                http_server
-                    .serve(listener, w)
-                    .await
-                    .map_err(|x| x.to_string())
-            }
-        }),
-        tokio::spawn({
-            let w = wait(&stop);
-            async move { engine.run(w).await.map_err(|x| x.to_string()) }
-        }),
-    ];
+    if let Some(a) = &c.assets {
+        plane.assets = Some(FileSource::directory(rel(a)).map_err(e("assets"))?);
+    }
+    plane.osie.kernel = c.kernel.clone();
+    plane.osie.initrd = c.initrd.clone();
+    plane.osie.extra_args = c.kernel_args.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(plane.serve(listeners, async {
+        let _ = stopped.await;
+    }));
     println!(
         "Tinker homelab on {} ({}): {} BMCs; objects from {}",
         c.interface,
@@ -330,10 +268,10 @@ pub async fn run(path: &Path) -> Result<(), String> {
     }
     println!("stopping");
     let _ = stop.send(());
-    for t in tasks {
-        if let Ok(Err(err)) = t.await {
-            eprintln!("a service ended with an error: {err}");
-        }
+    match serving.await {
+        Ok(Err(err)) => eprintln!("a service ended with an error: {err}"),
+        Err(err) => eprintln!("the services panicked: {err}"),
+        Ok(Ok(())) => {}
     }
     println!("stopped");
     Ok(())
