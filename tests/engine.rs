@@ -650,13 +650,14 @@ impl WorkflowStore for PooledStore {
         let _c = self.hold().await;
         self.inner.apply_event(k, e, n).await
     }
-    async fn claim_next_action(
+    async fn claim_next_action_for_request(
         &self,
         w: &str,
+        r: Option<&str>,
         n: Timestamp,
     ) -> tinker::core::Result<Option<tinker::core::store::Assignment>> {
         let _c = self.hold().await;
-        self.inner.claim_next_action(w, n).await
+        self.inner.claim_next_action_for_request(w, r, n).await
     }
     async fn append_event(&self, e: tinker::core::store::MachineEvent) -> tinker::core::Result<()> {
         let _c = self.hold().await;

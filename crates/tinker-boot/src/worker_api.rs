@@ -183,15 +183,12 @@ impl WorkerApi {
             return problem(StatusCode::FORBIDDEN, "the request names another worker");
         }
         let now = jiff::Timestamp::now();
-        let claimed = match ask.request_id.as_deref().filter(|r| !r.is_empty()) {
-            Some(request) => {
-                self.store
-                    .claim_next_action_for_request(worker, request, now)
-                    .await
-            }
-            None => self.store.claim_next_action(worker, now).await,
-        };
-        match claimed {
+        let request = ask.request_id.as_deref().filter(|r| !r.is_empty());
+        match self
+            .store
+            .claim_next_action_for_request(worker, request, now)
+            .await
+        {
             Ok(Some(a)) => {
                 tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
                 json(

@@ -44,9 +44,14 @@ impl WorkflowStore for SlowStore {
     ) -> Result<Applied> {
         self.0.apply_event(k, e, n).await
     }
-    async fn claim_next_action(&self, w: &str, n: jiff::Timestamp) -> Result<Option<Assignment>> {
+    async fn claim_next_action_for_request(
+        &self,
+        w: &str,
+        r: Option<&str>,
+        n: jiff::Timestamp,
+    ) -> Result<Option<Assignment>> {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        self.0.claim_next_action(w, n).await
+        self.0.claim_next_action_for_request(w, r, n).await
     }
     async fn append_event(&self, e: MachineEvent) -> Result<()> {
         self.0.append_event(e).await

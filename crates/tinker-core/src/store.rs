@@ -109,7 +109,7 @@ pub struct Applied {
 /// #   async fn hardware_by_mac(&self, _: tinker_core::MacAddr) -> tinker_core::Result<Option<tinker_core::Versioned<Hardware>>> { Ok(None) }
 /// #   async fn hardware_by_ip(&self, _: std::net::IpAddr) -> tinker_core::Result<Option<tinker_core::Versioned<Hardware>>> { Ok(None) }
 /// #   async fn apply_event(&self, k: &tinker_core::model::ObjectKey, _: &tinker_core::state::WorkflowEvent, _: jiff::Timestamp) -> tinker_core::Result<tinker_core::store::Applied> { Err(tinker_core::Error::NotFound { key: k.to_string() }) }
-/// #   async fn claim_next_action(&self, _: &str, _: jiff::Timestamp) -> tinker_core::Result<Option<tinker_core::store::Assignment>> { Ok(None) }
+/// #   async fn claim_next_action_for_request(&self, _: &str, _: Option<&str>, _: jiff::Timestamp) -> tinker_core::Result<Option<tinker_core::store::Assignment>> { Ok(None) }
 /// #   async fn append_event(&self, _: tinker_core::store::MachineEvent) -> tinker_core::Result<()> { Ok(()) }
 /// #   async fn events(&self, _: &str, _: usize) -> tinker_core::Result<Vec<tinker_core::store::MachineEvent>> { Ok(vec![]) }
 /// #   fn watch(&self) -> tokio::sync::broadcast::Receiver<tinker_core::store::Change> { tokio::sync::broadcast::channel(1).1 }
@@ -155,21 +155,23 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     ) -> Result<Applied>;
 
     /// Atomically finds the next action waiting for `worker` and claims it.
-    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>>;
-
-    /// [`claim_next_action`](Self::claim_next_action) for a request the worker
-    /// may send again when its answer is lost: the claim records `request`, and the
-    /// same worker asking with the same `request` while that action runs gets the
-    /// same assignment back instead of nothing. Stores keep `request` in the
-    /// action's status (`claim_in_workflow` does it); the default ignores it.
+    ///
+    /// `request` identifies the worker's question, the same on every retry of it:
+    /// the claim records it, and the same worker asking with the same `request`
+    /// while that action runs gets the same assignment back (its first answer was
+    /// lost) instead of nothing. Stores do it by running `claim_in_workflow` in
+    /// their transaction, which keeps `request` in the action's status.
     async fn claim_next_action_for_request(
         &self,
         worker: &str,
-        request: &str,
+        request: Option<&str>,
         now: Timestamp,
-    ) -> Result<Option<Assignment>> {
-        let _ = request;
-        self.claim_next_action(worker, now).await
+    ) -> Result<Option<Assignment>>;
+
+    /// [`claim_next_action_for_request`](Self::claim_next_action_for_request)
+    /// for a question that will not be asked again.
+    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
+        self.claim_next_action_for_request(worker, None, now).await
     }
 
     /// Appends to a machine's event log.

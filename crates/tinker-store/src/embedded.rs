@@ -336,97 +336,6 @@ fn hardware_by(db: &Database, term: &IndexTerm) -> Result<Option<Versioned<Hardw
     })
 }
 
-impl RedbStore {
-    /// Claims the next action for `worker`; `request` makes a retried request safe.
-    async fn claim(
-        &self,
-        worker: &str,
-        request: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Option<Assignment>> {
-        let worker = worker.to_string();
-        let request = request.map(str::to_string);
-        let mut skip = std::collections::HashSet::new();
-        let mut changes = Vec::new();
-        // Bounded: each round either claims, or marks one candidate seen.
-        for _ in 0..64 {
-            // A read first: most polls find nothing to do, and they stay off the
-            // writer. Stop at the first candidate with something due, so a worker
-            // with a backlog costs one parse per claim, not one per workflow.
-            let (w, r, seen) = (worker.clone(), request.clone(), skip.clone());
-            let candidate = self
-                .blocking(move |db| {
-                    let term = IndexTerm::Worker(w.clone()).as_key();
-                    let txn = db.begin_read().map_err(db_err)?;
-                    let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
-                    let objects = txn.open_table(OBJECTS).map_err(db_err)?;
-                    for k in index.get(term.as_str()).map_err(db_err)? {
-                        let k = k.map_err(db_err)?.value().to_string();
-                        if seen.contains(&k) {
-                            continue;
-                        }
-                        let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
-                            continue;
-                        };
-                        let stored: Versioned<Object> =
-                            serde_json::from_slice(v.value()).map_err(json_err)?;
-                        if let Object::Workflow(wf) = &stored.value
-                            && let Some(s) = &wf.status
-                            && (s.wants_attention(&w, now)
-                                || r.as_deref().is_some_and(|r| s.claimed_by_request(&w, r)))
-                        {
-                            return Ok(Some(k));
-                        }
-                    }
-                    Ok(None)
-                })
-                .await?;
-            let Some(k) = candidate else { break };
-            skip.insert(k.clone());
-            let Some(key) = decode_key(&k) else { continue };
-            let (w, r, key2) = (worker.clone(), request.clone(), key.clone());
-            // Then the claim itself, in the writer's batch: read again there, as
-            // the workflow may have changed since.
-            let (assignment, version) = self
-                .write(move |txn| {
-                    let Some(Versioned {
-                        version,
-                        value: Object::Workflow(old),
-                    }) = read_object(txn, &k)?
-                    else {
-                        return Ok(((None, None), false));
-                    };
-                    let mut wf = old.clone();
-                    let (changed, assignment) =
-                        claim_in_workflow(&key2, &mut wf, &w, r.as_deref(), now);
-                    if !changed {
-                        return Ok(((assignment, None), false));
-                    }
-                    let stored = Versioned {
-                        version: version + 1,
-                        value: Object::Workflow(wf),
-                    };
-                    write_object(txn, &key2, Some(&Object::Workflow(old)), Some(&stored))?;
-                    Ok(((assignment, Some(version + 1)), true))
-                })
-                .await?;
-            if let Some(version) = version {
-                changes.push(Change {
-                    key,
-                    version,
-                    deleted: false,
-                });
-            }
-            if assignment.is_some() {
-                self.notify(changes);
-                return Ok(assignment);
-            }
-        }
-        self.notify(changes);
-        Ok(None)
-    }
-}
-
 #[async_trait]
 impl WorkflowStore for RedbStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
@@ -572,17 +481,92 @@ impl WorkflowStore for RedbStore {
         })
     }
 
-    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
-        self.claim(worker, None, now).await
-    }
-
     async fn claim_next_action_for_request(
         &self,
         worker: &str,
-        request: &str,
+        request: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
-        self.claim(worker, Some(request), now).await
+        let worker = worker.to_string();
+        let request = request.map(str::to_string);
+        let mut skip = std::collections::HashSet::new();
+        let mut changes = Vec::new();
+        // Bounded: each round either claims, or marks one candidate seen.
+        for _ in 0..64 {
+            // A read first: most polls find nothing to do, and they stay off the
+            // writer. Stop at the first candidate with something due, so a worker
+            // with a backlog costs one parse per claim, not one per workflow.
+            let (w, r, seen) = (worker.clone(), request.clone(), skip.clone());
+            let candidate = self
+                .blocking(move |db| {
+                    let term = IndexTerm::Worker(w.clone()).as_key();
+                    let txn = db.begin_read().map_err(db_err)?;
+                    let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+                    let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+                    for k in index.get(term.as_str()).map_err(db_err)? {
+                        let k = k.map_err(db_err)?.value().to_string();
+                        if seen.contains(&k) {
+                            continue;
+                        }
+                        let Some(v) = objects.get(k.as_str()).map_err(db_err)? else {
+                            continue;
+                        };
+                        let stored: Versioned<Object> =
+                            serde_json::from_slice(v.value()).map_err(json_err)?;
+                        if let Object::Workflow(wf) = &stored.value
+                            && let Some(s) = &wf.status
+                            && (s.wants_attention(&w, now)
+                                || r.as_deref().is_some_and(|r| s.claimed_by_request(&w, r)))
+                        {
+                            return Ok(Some(k));
+                        }
+                    }
+                    Ok(None)
+                })
+                .await?;
+            let Some(k) = candidate else { break };
+            skip.insert(k.clone());
+            let Some(key) = decode_key(&k) else { continue };
+            let (w, r, key2) = (worker.clone(), request.clone(), key.clone());
+            // Then the claim itself, in the writer's batch: read again there, as
+            // the workflow may have changed since.
+            let (assignment, version) = self
+                .write(move |txn| {
+                    let Some(Versioned {
+                        version,
+                        value: Object::Workflow(old),
+                    }) = read_object(txn, &k)?
+                    else {
+                        return Ok(((None, None), false));
+                    };
+                    let mut wf = old.clone();
+                    let (changed, assignment) =
+                        claim_in_workflow(&key2, &mut wf, &w, r.as_deref(), now);
+                    if !changed {
+                        return Ok(((assignment, None), false));
+                    }
+                    let stored = Versioned {
+                        version: version + 1,
+                        value: Object::Workflow(wf),
+                    };
+                    write_object(txn, &key2, Some(&Object::Workflow(old)), Some(&stored))?;
+                    Ok(((assignment, Some(version + 1)), true))
+                })
+                .await?;
+            if let Some(version) = version {
+                changes.push(Change {
+                    key,
+                    version,
+                    deleted: false,
+                });
+            }
+            if assignment.is_some() {
+                self.notify(changes);
+                return Ok(assignment);
+            }
+        }
+        self.notify(changes);
+        Ok(None)
     }
 
     async fn append_event(&self, mut event: MachineEvent) -> Result<()> {

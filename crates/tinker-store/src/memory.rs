@@ -132,62 +132,6 @@ fn as_workflow(v: &mut Versioned<Object>) -> &mut Workflow {
     }
 }
 
-impl MemoryStore {
-    /// Claims the next action for `worker`; `request` makes a retried request safe.
-    async fn claim(
-        &self,
-        worker: &str,
-        request: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Option<Assignment>> {
-        let mut changes = Vec::new();
-        let assignment = {
-            let mut inner = self.lock();
-            let term = IndexTerm::Worker(worker.to_string());
-            let mut skip: BTreeSet<String> = BTreeSet::new();
-            let mut found = None;
-            loop {
-                // Scan without cloning; take out only the first candidate with
-                // something due (work for this worker, or a timeout).
-                let next = inner.index.get(&term).and_then(|keys| {
-                    keys.iter()
-                        .filter(|k| !skip.contains(*k))
-                        .find(|k| match inner.objects.get(*k).map(|v| &v.value) {
-                            Some(Object::Workflow(w)) => w.status.as_ref().is_some_and(|s| {
-                                s.wants_attention(worker, now)
-                                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
-                            }),
-                            _ => false,
-                        })
-                        .cloned()
-                });
-                let Some(k) = next else { break };
-                skip.insert(k.clone());
-                let Some(key) = crate::common::decode_key(&k) else {
-                    continue;
-                };
-                let stored = inner.workflow_mut(&key)?;
-                let mut wf = as_workflow(stored).clone();
-                let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
-                if changed {
-                    let version = stored.version + 1;
-                    inner.write(&key, Some(Object::Workflow(wf)), version)?;
-                    changes.push((key, version));
-                }
-                if assignment.is_some() {
-                    found = assignment;
-                    break;
-                }
-            }
-            found
-        };
-        for (key, version) in changes {
-            self.notify(key, version, false);
-        }
-        Ok(assignment)
-    }
-}
-
 #[async_trait]
 impl WorkflowStore for MemoryStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
@@ -282,17 +226,57 @@ impl WorkflowStore for MemoryStore {
         })
     }
 
-    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
-        self.claim(worker, None, now).await
-    }
-
     async fn claim_next_action_for_request(
         &self,
         worker: &str,
-        request: &str,
+        request: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
-        self.claim(worker, Some(request), now).await
+        let mut changes = Vec::new();
+        let assignment = {
+            let mut inner = self.lock();
+            let term = IndexTerm::Worker(worker.to_string());
+            let mut skip: BTreeSet<String> = BTreeSet::new();
+            let mut found = None;
+            loop {
+                // Scan without cloning; take out only the first candidate with
+                // something due (work for this worker, or a timeout).
+                let next = inner.index.get(&term).and_then(|keys| {
+                    keys.iter()
+                        .filter(|k| !skip.contains(*k))
+                        .find(|k| match inner.objects.get(*k).map(|v| &v.value) {
+                            Some(Object::Workflow(w)) => w.status.as_ref().is_some_and(|s| {
+                                s.wants_attention(worker, now)
+                                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
+                            }),
+                            _ => false,
+                        })
+                        .cloned()
+                });
+                let Some(k) = next else { break };
+                skip.insert(k.clone());
+                let Some(key) = crate::common::decode_key(&k) else {
+                    continue;
+                };
+                let stored = inner.workflow_mut(&key)?;
+                let mut wf = as_workflow(stored).clone();
+                let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
+                if changed {
+                    let version = stored.version + 1;
+                    inner.write(&key, Some(Object::Workflow(wf)), version)?;
+                    changes.push((key, version));
+                }
+                if assignment.is_some() {
+                    found = assignment;
+                    break;
+                }
+            }
+            found
+        };
+        for (key, version) in changes {
+            self.notify(key, version, false);
+        }
+        Ok(assignment)
     }
 
     async fn append_event(&self, mut event: MachineEvent) -> Result<()> {

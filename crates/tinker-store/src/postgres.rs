@@ -273,73 +273,6 @@ fn parse_row(version: i64, body: serde_json::Value) -> Result<Versioned<Object>>
     })
 }
 
-impl PostgresStore {
-    /// Claims the next action for `worker`; `request` makes a retried request safe.
-    async fn claim(
-        &self,
-        worker: &str,
-        request: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Option<Assignment>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        // Workflows another replica is updating right now are skipped, not waited for.
-        let rows = tx
-            .query(
-                "SELECT o.key, o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
-                 WHERE t.term = $1 ORDER BY o.key FOR UPDATE OF o SKIP LOCKED",
-                &[&IndexTerm::Worker(worker.to_string()).as_key()],
-            )
-            .await
-            .map_err(pg)?;
-        let mut found = None;
-        for r in rows {
-            let k: String = r.get(0);
-            let Some(key) = decode_key(&k) else { continue };
-            let stored = parse_row(r.get(1), r.get(2))?;
-            let Object::Workflow(old) = stored.value else {
-                continue;
-            };
-            if !old.status.as_ref().is_some_and(|s| {
-                s.wants_attention(worker, now)
-                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
-            }) {
-                continue;
-            }
-            let mut wf = old.clone();
-            let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
-            if changed {
-                let version = stored.version + 1;
-                write(
-                    &tx,
-                    &key,
-                    Some(&Object::Workflow(old)),
-                    Some(&Versioned {
-                        version,
-                        value: Object::Workflow(wf),
-                    }),
-                )
-                .await?;
-                notify(
-                    &tx,
-                    &Change {
-                        key,
-                        version,
-                        deleted: false,
-                    },
-                )
-                .await?;
-            }
-            if assignment.is_some() {
-                found = assignment;
-                break;
-            }
-        }
-        tx.commit().await.map_err(pg)?;
-        Ok(found)
-    }
-}
-
 #[async_trait]
 impl WorkflowStore for PostgresStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
@@ -494,17 +427,68 @@ impl WorkflowStore for PostgresStore {
         })
     }
 
-    async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
-        self.claim(worker, None, now).await
-    }
-
     async fn claim_next_action_for_request(
         &self,
         worker: &str,
-        request: &str,
+        request: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
-        self.claim(worker, Some(request), now).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Workflows another replica is updating right now are skipped, not waited for.
+        let rows = tx
+            .query(
+                "SELECT o.key, o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
+                 WHERE t.term = $1 ORDER BY o.key FOR UPDATE OF o SKIP LOCKED",
+                &[&IndexTerm::Worker(worker.to_string()).as_key()],
+            )
+            .await
+            .map_err(pg)?;
+        let mut found = None;
+        for r in rows {
+            let k: String = r.get(0);
+            let Some(key) = decode_key(&k) else { continue };
+            let stored = parse_row(r.get(1), r.get(2))?;
+            let Object::Workflow(old) = stored.value else {
+                continue;
+            };
+            if !old.status.as_ref().is_some_and(|s| {
+                s.wants_attention(worker, now)
+                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
+            }) {
+                continue;
+            }
+            let mut wf = old.clone();
+            let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
+            if changed {
+                let version = stored.version + 1;
+                write(
+                    &tx,
+                    &key,
+                    Some(&Object::Workflow(old)),
+                    Some(&Versioned {
+                        version,
+                        value: Object::Workflow(wf),
+                    }),
+                )
+                .await?;
+                notify(
+                    &tx,
+                    &Change {
+                        key,
+                        version,
+                        deleted: false,
+                    },
+                )
+                .await?;
+            }
+            if assignment.is_some() {
+                found = assignment;
+                break;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(found)
     }
 
     async fn append_event(&self, mut event: MachineEvent) -> Result<()> {

@@ -395,7 +395,7 @@ pub async fn a_retried_claim_gets_the_same_action(store: &dyn WorkflowStore) {
         .unwrap();
     let key = wf_key("retried");
     let first = store
-        .claim_next_action_for_request(&worker, "ask-1", t0())
+        .claim_next_action_for_request(&worker, Some("ask-1"), t0())
         .await
         .unwrap()
         .expect("an action");
@@ -406,7 +406,7 @@ pub async fn a_retried_claim_gets_the_same_action(store: &dyn WorkflowStore) {
         .unwrap()
         .version;
     let again = store
-        .claim_next_action_for_request(&worker, "ask-1", t0())
+        .claim_next_action_for_request(&worker, Some("ask-1"), t0())
         .await
         .unwrap()
         .expect("the same action again");
@@ -430,7 +430,7 @@ pub async fn a_retried_claim_gets_the_same_action(store: &dyn WorkflowStore) {
     ] {
         assert!(
             store
-                .claim_next_action_for_request(who, ask, t0())
+                .claim_next_action_for_request(who, Some(ask), t0())
                 .await
                 .unwrap()
                 .is_none(),
@@ -452,7 +452,7 @@ pub async fn a_retried_claim_gets_the_same_action(store: &dyn WorkflowStore) {
     store.apply_event(&key, &report, t0()).await.unwrap();
     // The reported action is never handed out again, whatever the request.
     let next = store
-        .claim_next_action_for_request(&worker, "ask-1", t0())
+        .claim_next_action_for_request(&worker, Some("ask-1"), t0())
         .await
         .unwrap()
         .expect("the next action");
