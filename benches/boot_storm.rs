@@ -269,59 +269,9 @@ async fn dora(
     result
 }
 
-/// One HTTP/1.1 request on a new connection from the machine's own address.
-async fn http(
-    from: Ipv4Addr,
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Option<u64>, Vec<u8>), String> {
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::from((from, 0)))
-        .map_err(|e| format!("bind {from}: {e}"))?;
-    let mut s = socket
-        .connect(to)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let body = body.unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: tinker\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!(
-            "Authorization: Bearer {t}\r\nContent-Type: application/json\r\n"
-        ));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(&body);
-    s.write_all(&bytes).await.map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP header")?;
-    let head = String::from_utf8_lossy(&resp[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status")?;
-    let retry_after = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("retry-after:")
-            .and_then(|v| v.trim().parse().ok())
-    });
-    Ok((status, retry_after, resp[split + 4..].to_vec()))
-}
-
-/// The worker's connection to the control plane, kept alive between calls as
-/// the agent's HTTP client does (reopened when the server closes it).
+/// An HTTP/1.1 connection from a machine's own address, kept alive between calls
+/// as the agent's HTTP client does (reopened when the server closes it); iPXE
+/// and the installed OS make one request on one of their own.
 struct KeepAlive {
     from: Ipv4Addr,
     to: SocketAddr,
@@ -329,10 +279,20 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
-    async fn post(
+    fn new(from: Ipv4Addr, to: SocketAddr) -> Self {
+        KeepAlive {
+            from,
+            to,
+            stream: None,
+        }
+    }
+
+    /// Status, `Retry-After` and body.
+    async fn request(
         &mut self,
+        method: &str,
         path: &str,
-        token: &str,
+        token: Option<&str>,
         body: &[u8],
     ) -> Result<(u16, Option<u64>, Vec<u8>), String> {
         let mut last = String::new();
@@ -348,7 +308,8 @@ impl KeepAlive {
                     .map_err(|e| format!("connect: {e}"))?;
                 self.stream = Some(tokio::io::BufReader::new(s));
             }
-            match Self::exchange(self.stream.as_mut().unwrap(), path, token, body).await {
+            let stream = self.stream.as_mut().expect("connected above");
+            match Self::exchange(stream, method, path, token, body).await {
                 Ok((status, retry_after, resp, close)) => {
                     if close {
                         self.stream = None;
@@ -367,13 +328,17 @@ impl KeepAlive {
 
     async fn exchange(
         s: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+        method: &str,
         path: &str,
-        token: &str,
+        token: Option<&str>,
         body: &[u8],
     ) -> Result<(u16, Option<u64>, Vec<u8>, bool), String> {
         use tokio::io::AsyncBufReadExt;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\nContent-Type: application/json\r\n"))
+            .unwrap_or_default();
         let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: tinker\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: tinker\r\n{auth}Content-Length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();
@@ -423,7 +388,7 @@ async fn api(
     for _ in 0..30 {
         let t = Instant::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (status, retry_after, resp) = conn.post(path, token, &body).await?;
+        let (status, retry_after, resp) = conn.request("POST", path, Some(token), &body).await?;
         stats
             .api_ms
             .lock()
@@ -499,15 +464,9 @@ async fn machine(
         return Err("short iPXE binary".into());
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (status, _, script) = http(
-        me,
-        http_addr,
-        "GET",
-        &format!("/ipxe/{mac}/auto.ipxe"),
-        None,
-        None,
-    )
-    .await?;
+    let (status, _, script) = KeepAlive::new(me, http_addr)
+        .request("GET", &format!("/ipxe/{mac}/auto.ipxe"), None, &[])
+        .await?;
     let script = String::from_utf8_lossy(&script).to_string();
     let token = script
         .split_whitespace()
@@ -515,11 +474,7 @@ async fn machine(
         .ok_or_else(|| format!("script (HTTP {status}) without a token: {script}"))?
         .to_string();
     let worker = mac.to_string();
-    let mut conn = KeepAlive {
-        from: me,
-        to: http_addr,
-        stream: None,
-    };
+    let mut conn = KeepAlive::new(me, http_addr);
     let mut done = 0;
     let mut asked = 0;
     while done < 4 {
@@ -567,15 +522,9 @@ async fn machine(
     }
     // The installed OS reads its metadata from its own address.
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (status, _, id) = http(
-        me,
-        http_addr,
-        "GET",
-        "/2009-04-04/meta-data/instance-id",
-        None,
-        None,
-    )
-    .await?;
+    let (status, _, id) = KeepAlive::new(me, http_addr)
+        .request("GET", "/2009-04-04/meta-data/instance-id", None, &[])
+        .await?;
     if status != 200 || id != format!("i-{i}").as_bytes() {
         return Err(format!(
             "metadata: HTTP {status} {:?}",
@@ -814,7 +763,7 @@ fn main() {
         rows.push_str(&rt.block_on(run(&label, &url, replicas, machines)));
     }
     let body = format!(
-        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on their own; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
     );
     support::write_section("boot_storm", "Boot storm", &body);
     println!("{body}");
