@@ -3,19 +3,14 @@
 
 #[path = "support/common.rs"]
 mod common;
+#[path = "support/netlab.rs"]
+mod netlab;
 
 use std::process::Command;
 
 #[test]
 fn the_simulated_rack_provisions_every_machine_twice() {
-    let exe = std::env::current_exe().unwrap();
-    let homelab = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/homelab");
-    assert!(homelab.exists(), "cargo test builds the homelab example");
+    let homelab = netlab::example("homelab");
     let data = tempfile::tempdir().unwrap();
     for (run, n) in [(1, "4"), (2, "3")] {
         let out = Command::new(&homelab)
@@ -60,13 +55,7 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
         eprintln!("skipped: no chromium");
         return;
     };
-    let exe = std::env::current_exe().unwrap();
-    let homelab = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/homelab");
+    let homelab = netlab::example("homelab");
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(&homelab)
         .args(["--machines", "3", "--hold", "60", "--data"])
@@ -154,13 +143,7 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         eprintln!("skipped: binding DHCP to an interface needs root");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let homelab = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/homelab");
+    let homelab = netlab::example("homelab");
     let dir = tempfile::tempdir().unwrap();
     let objects = dir.path().join("objects");
     std::fs::create_dir_all(&objects).unwrap();
