@@ -4,7 +4,7 @@
 //! once. `cargo bench --bench bmc_status` prints a table and writes it into
 //! BENCHMARKS.md between the `bmc_status` markers.
 
-#[path = "../crates/tinker-bmc/tests/support/mod.rs"]
+#[path = "../tinker-bmc/tests/support/mod.rs"]
 mod support;
 
 #[path = "support/mod.rs"]

@@ -2,31 +2,17 @@
 //! fails and recovers, the in-memory store, and a clock the test moves.
 
 use jiff::{SignedDuration, Timestamp};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tinker::bmc::{MockBmc, StaticConnector};
-use tinker::core::engine::{Clock, Engine, EngineConfig};
+use tinker::core::clock::{Clock, ManualClock};
+use tinker::core::engine::{Engine, EngineConfig};
 use tinker::core::model::{Kind, ObjectKey, Workflow};
+use tinker::core::retry::BackoffConfig;
 use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
 use tinker::core::testing::{self, mac};
 use tinker::core::{Precondition, WorkflowStore, WorkflowStoreExt};
 use tinker::store::MemoryStore;
-
-#[derive(Debug)]
-struct ManualClock(Mutex<Timestamp>);
-
-impl ManualClock {
-    fn advance(&self, secs: i64) {
-        let mut t = self.0.lock().unwrap();
-        *t += SignedDuration::from_secs(secs);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-}
 
 struct Rig {
     store: Arc<MemoryStore>,
@@ -42,9 +28,9 @@ async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
     let connector = Arc::new(StaticConnector::new());
     let bmc = MockBmc::new("m1");
     connector.insert("m1", Arc::new(bmc.clone()));
-    let clock = Arc::new(ManualClock(Mutex::new(
+    let clock = Arc::new(ManualClock::new(
         Timestamp::from_second(1_800_000_000).unwrap(),
-    )));
+    ));
     let mut hw = testing::hardware("m1", 1);
     hw.set_allow_pxe(false);
     store.put(hw.into(), Precondition::Absent).await.unwrap();
@@ -195,7 +181,7 @@ async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
     let r = rig(
         None,
         EngineConfig {
-            retry_base: Duration::from_secs(2),
+            backoff: BackoffConfig::new(Duration::from_secs(2), Duration::from_secs(60)),
             ..Default::default()
         },
     )
@@ -207,24 +193,29 @@ async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
         .await
         .unwrap()
         .expect("a retry is scheduled");
-    assert_eq!(next, r.clock.now() + SignedDuration::from_secs(2));
+    // Equal jitter: at least half the 2 s ceiling, at most all of it.
+    let wait = next.duration_since(r.clock.now());
+    assert!(
+        wait >= SignedDuration::from_secs(1) && wait <= SignedDuration::from_secs(2),
+        "{wait:?}"
+    );
     let m = r.workflow().await.status.unwrap().machine;
     assert_eq!(m.attempts, 1);
     assert!(m.last_error.unwrap().contains("unreachable"));
 
     // Too early: nothing happens.
-    r.clock.advance(1);
+    r.clock.advance(Duration::from_millis(900));
     r.engine.reconcile(&r.key).await.unwrap();
     assert_eq!(r.bmc.calls().len(), 1);
 
-    r.clock.advance(1);
+    r.clock.set(next);
     let next = r.engine.reconcile(&r.key).await.unwrap().unwrap();
-    assert_eq!(
-        next,
-        r.clock.now() + SignedDuration::from_secs(4),
-        "the delay doubles"
+    let wait = next.duration_since(r.clock.now());
+    assert!(
+        wait >= SignedDuration::from_secs(2) && wait <= SignedDuration::from_secs(4),
+        "the ceiling doubles: {wait:?}"
     );
-    r.clock.advance(4);
+    r.clock.set(next);
     r.engine.reconcile(&r.key).await.unwrap();
     assert_eq!(
         r.bmc.calls(),
@@ -246,7 +237,7 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
         None,
         EngineConfig {
             max_attempts: 3,
-            retry_base: Duration::from_secs(1),
+            backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(60)),
             ..Default::default()
         },
     )
@@ -254,7 +245,7 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
     r.bmc.faults().unreachable_for(100);
     for _ in 0..5 {
         r.engine.reconcile(&r.key).await.unwrap();
-        r.clock.advance(10);
+        r.clock.advance(Duration::from_secs(10));
     }
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
@@ -325,7 +316,7 @@ async fn timeouts_end_the_workflow_and_the_engine_applies_them() {
         r.clock.now() + SignedDuration::from_secs(60),
         "the action's timeout"
     );
-    r.clock.advance(60);
+    r.clock.advance(Duration::from_secs(60));
     r.engine.reconcile(&r.key).await.unwrap();
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Timeout);
@@ -698,8 +689,7 @@ async fn a_pooled_store_does_not_stall_the_run_loop() {
         connector,
         EngineConfig {
             parallelism: 8,
-            retry_base: Duration::from_millis(1),
-            retry_max: Duration::from_millis(4),
+            backoff: BackoffConfig::new(Duration::from_millis(1), Duration::from_millis(4)),
             ..EngineConfig::default()
         },
     );

@@ -11,11 +11,13 @@
 //! backoff; after [`EngineConfig::max_attempts`] a preparing workflow fails with
 //! the step's error, and a finishing one records that it gave up.
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::model::{FailurePower, Hardware, Kind, Object, ObjectKey, Workflow};
 use crate::power::{
     BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
 };
+use crate::retry::{Backoff, BackoffConfig, Retryable};
 use crate::state::{WorkflowEvent, WorkflowState};
 use crate::store::{MachineEvent, Precondition, Versioned, WorkflowStore, WorkflowStoreExt};
 use jiff::{SignedDuration, Timestamp};
@@ -23,31 +25,14 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The time source (a trait, so tests and simulations can run a clock of their own).
-pub trait Clock: Send + Sync + Debug + 'static {
-    /// Now.
-    fn now(&self) -> Timestamp;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
-
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Attempts of a BMC step before giving up.
     pub max_attempts: u32,
-    /// First retry delay; doubled per attempt.
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
+    /// Delays between attempts of a failed BMC step (capped exponential, with
+    /// jitter so a row of machines that failed together spreads out).
+    pub backoff: BackoffConfig,
     /// Seconds without a worker heartbeat after which a running action times out.
     pub heartbeat_grace_seconds: Option<i64>,
     /// This engine's name among several replicas (the lease holder's name).
@@ -65,14 +50,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_attempts: 6,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
+            backoff: BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(60)),
             heartbeat_grace_seconds: Some(120),
-            replica: format!(
-                "engine-{}-{:x}",
-                std::process::id(),
-                Timestamp::now().as_nanosecond() as u64
-            ),
+            replica: format!("engine-{}-{:x}", std::process::id(), fastrand::u64(..)),
             lease: Duration::from_secs(60),
             parallelism: 64,
         }
@@ -171,6 +151,7 @@ pub struct Engine {
     power: Arc<dyn PowerConnector>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
+    jitter: Arc<std::sync::Mutex<Backoff>>,
 }
 
 impl Engine {
@@ -184,8 +165,19 @@ impl Engine {
             store,
             power,
             clock: Arc::new(SystemClock),
+            jitter: Arc::new(std::sync::Mutex::new(Backoff::new(config.backoff))),
             config,
         }
+    }
+
+    /// Draws the retry jitter from a seeded source (deterministic tests and
+    /// simulations).
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter = Arc::new(std::sync::Mutex::new(Backoff::with_seed(
+            self.config.backoff,
+            seed,
+        )));
+        self
     }
 
     /// Uses another clock (tests, simulations).
@@ -355,7 +347,7 @@ impl Engine {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => sweep_due = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = tokio::time::sleep(wait), if queue.is_empty() || running.len() >= limit => sweep_due = true,
+                _ = self.clock.sleep(wait), if queue.is_empty() || running.len() >= limit => sweep_due = true,
             }
         }
     }
@@ -483,9 +475,7 @@ impl Engine {
             }
             Err(e) => {
                 m.attempts += 1;
-                let retryable =
-                    e.is_transient() || matches!(e, Error::Remote { .. } | Error::Conflict { .. });
-                if !retryable || m.attempts >= self.config.max_attempts {
+                if !e.is_retryable() || m.attempts >= self.config.max_attempts {
                     let why = format!("gave up on {step:?} after {} attempts: {e}", m.attempts);
                     m.last_error = Some(why.clone());
                     m.retry_at = None;
@@ -498,7 +488,11 @@ impl Engine {
                     }
                     why
                 } else {
-                    let delay = backoff(self.config.retry_base, self.config.retry_max, m.attempts);
+                    let delay = self
+                        .jitter
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .delay_for(m.attempts);
                     m.retry_at = now
                         .checked_add(
                             SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
@@ -673,12 +667,4 @@ async fn cycle_or_on(bmc: &dyn PowerController) -> Result<()> {
         PowerState::Off => bmc.power(PowerAction::On).await,
         PowerState::On => bmc.power(PowerAction::Cycle).await,
     }
-}
-
-/// Exponential backoff: `base * 2^(attempt-1)`, at most `max`.
-pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(max)
 }

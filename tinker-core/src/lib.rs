@@ -34,6 +34,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod boot;
+pub mod clock;
 pub mod engine;
 mod error;
 pub mod gotmpl;
@@ -42,7 +43,9 @@ pub mod metadata;
 pub mod model;
 pub mod power;
 pub mod render;
+pub mod retry;
 pub mod runtime;
+mod secret;
 pub mod state;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
@@ -57,5 +60,7 @@ pub use metadata::{InstanceMetadata, MetadataSource};
 pub use power::{
     BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
 };
+pub use retry::Retryable;
 pub use runtime::ActionRuntime;
+pub use secret::Secret;
 pub use store::{Precondition, Versioned, WorkflowStore, WorkflowStoreExt};

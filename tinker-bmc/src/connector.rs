@@ -7,10 +7,10 @@
 use crate::ipmi::IpmiPower;
 use crate::policy::{Resilient, RetryPolicy};
 use crate::redfish::{RedfishAuth, RedfishPower, TlsVerification};
-use crate::secret::Secret;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tinker_core::Secret;
 use tinker_core::model::{Document, Hardware};
 use tinker_core::{Error, PowerConnector, PowerController, Result};
 

@@ -154,7 +154,7 @@ impl Agent {
     ) -> Result<(StatusCode, Option<R>)> {
         let target = self.server().to_string();
         let result = self.post_to(&target, op, body).await;
-        if matches!(&result, Err(e) if e.is_transient()) {
+        if matches!(&result, Err(e) if tinker_core::Retryable::is_retryable(e)) {
             self.fail_over(&target);
         }
         result
@@ -220,7 +220,7 @@ impl Agent {
         loop {
             match call().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() => {
+                Err(e) if tinker_core::Retryable::is_retryable(&e) => {
                     tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "control plane unavailable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.config.max_backoff);

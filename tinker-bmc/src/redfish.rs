@@ -8,7 +8,6 @@
 //! ([`TlsVerification::Insecure`]). Authentication is HTTP basic, or a Redfish
 //! session (a token from `SessionService`, renewed once on a 401).
 
-use crate::secret::Secret;
 use async_trait::async_trait;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -19,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tinker_core::Secret;
 use tinker_core::{
     BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
 };

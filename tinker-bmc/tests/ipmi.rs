@@ -118,7 +118,7 @@ async fn a_bmc_that_does_not_answer_is_unreachable_after_retries() {
         matches!(err, Error::Unreachable { .. } | Error::Timeout { .. }),
         "{err:?}"
     );
-    assert!(err.is_transient());
+    assert!(tinker_core::Retryable::is_retryable(&err));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

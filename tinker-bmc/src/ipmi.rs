@@ -10,7 +10,6 @@
 //! Level), as ipmitool does: sessions start at User, which may read the power
 //! state but not change it.
 
-use crate::secret::Secret;
 use async_trait::async_trait;
 use ipmi_rs::connection::{CompletionErrorCode, IpmiCommand, Message, NetFn};
 use ipmi_rs::rmcp::{
@@ -19,6 +18,7 @@ use ipmi_rs::rmcp::{
 use ipmi_rs::{Ipmi, IpmiError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tinker_core::Secret;
 use tinker_core::{
     BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
 };

@@ -8,7 +8,7 @@ use tinker_core::model::{
 use tinker_core::{Error, render, validate};
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tinkerbell")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tinkerbell")
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -40,7 +40,6 @@ mod ipmi;
 mod mock;
 mod policy;
 mod redfish;
-mod secret;
 
 pub use connector::{
     BmcEndpoint, Connector, EnvSecrets, Provider, SecretSource, StaticConnector, StaticSecrets,
@@ -49,4 +48,4 @@ pub use ipmi::IpmiPower;
 pub use mock::{Faults, MockBmc, MockConnector};
 pub use policy::{Resilient, RetryPolicy};
 pub use redfish::{RedfishAuth, RedfishPower, TlsVerification};
-pub use secret::Secret;
+pub use tinker_core::Secret;

@@ -115,15 +115,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// True for errors that a retry may cure (unreachable, timeout, conflict);
-    /// false for ones it will not (authentication, invalid input, unsupported).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Conflict { .. }
-        )
-    }
-
     /// Wraps a backend's own error.
     pub fn backend(
         backend: &'static str,
