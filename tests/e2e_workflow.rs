@@ -276,12 +276,19 @@ tasks:
     // The Docker action's output reached the machine's event log.
     let events = cp.store.events(MAC, 100).await.unwrap();
     assert!(
-        events.iter().any(|e| e.message.contains("docker says hi")),
+        events.iter().any(|e| matches!(
+            &e.kind,
+            tinker::core::store::EventKind::ActionOutput { line, .. } if line.contains("docker says hi")
+        )),
         "{events:?}"
     );
     // The engine finished the machine: netboot off, disk boot, reboot.
     let m = status.machine;
-    assert!(m.netboot_disabled && m.disk_boot_set && m.rebooted, "{m:?}");
+    assert_eq!(
+        m.phase,
+        tinker::core::model::MachinePhase::Rebooted,
+        "{m:?}"
+    );
 }
 
 async fn exec_workflow(

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::core::clock::{Clock, ManualClock};
 use tinker::core::engine::{Engine, EngineConfig};
-use tinker::core::model::{Kind, ObjectKey, Workflow};
+use tinker::core::model::{Kind, MachinePhase, MachineStep, ObjectKey, Workflow};
 use tinker::core::retry::BackoffConfig;
 use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
+use tinker::core::store::EventKind;
 use tinker::core::testing::{self, mac};
 use tinker::core::{Precondition, WorkflowStore, WorkflowStoreExt};
 use tinker::store::MemoryStore;
@@ -130,7 +131,7 @@ async fn provisions_then_boots_from_disk() {
     );
     assert!(r.bmc.is_on());
     let wf = r.workflow().await;
-    assert!(!wf.status.as_ref().unwrap().machine.preparing);
+    assert!(!wf.status.as_ref().unwrap().machine.is_preparing());
 
     r.run_actions(None).await;
     assert_eq!(r.workflow().await.state(), Some(WorkflowState::Success));
@@ -145,7 +146,7 @@ async fn provisions_then_boots_from_disk() {
         ]
     );
     let m = r.workflow().await.status.unwrap().machine;
-    assert!(m.netboot_disabled && m.disk_boot_set && m.rebooted);
+    assert_eq!(m.phase, MachinePhase::Rebooted);
 
     // Nothing is repeated by a second pass (or a restarted engine).
     let before = r.bmc.calls().len();
@@ -154,7 +155,10 @@ async fn provisions_then_boots_from_disk() {
     assert_eq!(r.bmc.calls().len(), before);
     let events = r.store.events("default/m1", 100).await.unwrap();
     assert!(
-        events.iter().any(|e| e.message.contains("Reboot: done")),
+        events.iter().any(|e| e.kind
+            == EventKind::StepDone {
+                step: MachineStep::Reboot
+            }),
         "{events:?}"
     );
 }
@@ -165,7 +169,7 @@ async fn workers_wait_while_the_machine_is_prepared() {
     r.bmc.faults().unreachable_for(1);
     r.engine.reconcile(&r.key).await.unwrap();
     let wf = r.workflow().await;
-    assert!(wf.status.as_ref().unwrap().machine.preparing);
+    assert!(wf.status.as_ref().unwrap().machine.is_preparing());
     assert!(
         r.store
             .claim_next_action(&r.worker, r.clock.now())
@@ -253,6 +257,14 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
     assert!(
         reason.contains("gave up on SetPxeBoot after 3 attempts") && reason.contains("unreachable"),
         "{reason}"
+    );
+    let gave_up = status
+        .machine
+        .gave_up
+        .expect("the give-up is recorded as a value");
+    assert_eq!(
+        (gave_up.step, gave_up.attempts),
+        (MachineStep::SetPxeBoot, 3)
     );
     assert_eq!(r.bmc.calls().len(), 3);
 }
@@ -464,7 +476,10 @@ async fn two_engine_replicas_make_each_bmc_call_once() {
         "{calls:?}"
     );
     let m = r.workflow().await.status.unwrap().machine;
-    assert!(m.power_cycled && m.lease.is_none(), "{m:?}");
+    assert!(
+        m.has_done(MachineStep::PowerCycle) && m.lease.is_none(),
+        "{m:?}"
+    );
 }
 
 /// `n` machines named `{prefix}{i}`, each with a workflow of one action and the
@@ -533,7 +548,7 @@ async fn wait_prepared(direct: &dyn WorkflowStore, n: usize) -> usize {
                 w.value
                     .status
                     .as_ref()
-                    .is_some_and(|s| s.machine.power_cycled)
+                    .is_some_and(|s| s.machine.has_done(MachineStep::PowerCycle))
             })
             .count();
         if prepared == n {

@@ -206,7 +206,8 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
             .iter()
             .filter(|w| {
                 let s = w.value.status.as_ref().unwrap();
-                s.state.to_string() == "SUCCESS" && s.machine.rebooted
+                s.state.to_string() == "SUCCESS"
+                    && s.machine.phase == tinker::core::model::MachinePhase::Rebooted
             })
             .count();
         if finished == MACHINES as usize {
@@ -227,10 +228,19 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
             .events(&format!("default/node{i:02}"), 200)
             .await
             .unwrap();
-        for step in ["SetPxeBoot", "PowerCycle", "SetDiskBoot", "Reboot"] {
+        use tinker::core::model::MachineStep;
+        use tinker::core::store::{EventKind, EventSource};
+        for step in [
+            MachineStep::SetPxeBoot,
+            MachineStep::PowerCycle,
+            MachineStep::SetDiskBoot,
+            MachineStep::Reboot,
+        ] {
             let n = events
                 .iter()
-                .filter(|e| e.source == "engine" && e.message.ends_with(&format!("{step}: done")))
+                .filter(|e| {
+                    e.source == EventSource::Engine && e.kind == EventKind::StepDone { step }
+                })
                 .count();
             assert_eq!(n, 1, "node{i:02}: {step} recorded {n} times: {events:#?}");
         }

@@ -102,11 +102,7 @@ async fn load(store: &dyn WorkflowStore, files: &BTreeMap<PathBuf, SystemTime>) 
             }
         };
         let findings = tinker::core::validate::documents(&name, &docs);
-        let bad: Vec<_> = findings
-            .0
-            .iter()
-            .filter(|f| !f.reason.contains("not supported yet"))
-            .collect();
+        let bad: Vec<_> = findings.0.iter().filter(|f| f.is_error()).collect();
         if !bad.is_empty() {
             for f in bad {
                 eprintln!("skipped: {f}");

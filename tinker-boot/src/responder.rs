@@ -8,7 +8,7 @@ use tinker_core::boot::{
     BootDecision, BootRequest, BootResponder, BootTarget, ClientKind, NetworkConfig,
 };
 use tinker_core::model::Hardware;
-use tinker_core::store::MachineEvent;
+use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::{Result, WorkflowStore};
 
 /// Where boot files and scripts are served from.
@@ -141,13 +141,12 @@ impl StoreBootResponder {
             }
             last.insert(machine.clone(), message.clone());
         }
-        let event = MachineEvent {
-            seq: 0,
-            at: jiff::Timestamp::now(),
+        let event = MachineEvent::new(
+            jiff::Timestamp::now(),
             machine,
-            source: "dhcp".into(),
-            message,
-        };
+            EventSource::Dhcp,
+            EventKind::BootDecision { decision: message },
+        );
         // Written in the background: the answer to a booting machine does not wait
         // for the event log (with the embedded store, an fsync queued behind every
         // other write during a boot storm).

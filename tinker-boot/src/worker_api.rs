@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tinker_core::model::{Kind, ObjectKey};
 use tinker_core::state::WorkflowEvent;
-use tinker_core::store::MachineEvent;
+use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::worker_api::{
     ActionReport, Heartbeat, LogBatch, NextActionResponse, ReportResponse, WorkerAction,
 };
@@ -305,16 +305,17 @@ impl WorkerApi {
         }
         // Output is kept in the machine's event log, bounded per batch.
         for line in batch.lines.iter().take(1000) {
-            let event = MachineEvent {
-                seq: 0,
-                at: jiff::Timestamp::now(),
-                machine: worker.to_string(),
-                source: "worker".into(),
-                message: format!(
-                    "{} action {}: {:?}: {}",
-                    batch.workflow_id, batch.action_index, line.stream, line.text
-                ),
-            };
+            let event = MachineEvent::new(
+                jiff::Timestamp::now(),
+                worker,
+                EventSource::Worker,
+                EventKind::ActionOutput {
+                    action_index: batch.action_index,
+                    stream: line.stream,
+                    line: line.text.clone(),
+                },
+            )
+            .for_workflow(batch.workflow_id.to_string());
             if self.store.append_event(event).await.is_err() {
                 return problem(
                     StatusCode::SERVICE_UNAVAILABLE,

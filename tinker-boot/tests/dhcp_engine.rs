@@ -149,7 +149,7 @@ async fn pxe_rom_gets_address_and_ipxe_by_architecture() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let events = store.events("default/m1", 10).await.unwrap();
     assert!(
-        events.iter().any(|e| e.message.contains("undionly.kpxe")),
+        events.iter().any(|e| e.message().contains("undionly.kpxe")),
         "{events:?}"
     );
     assert_eq!(events.len(), 3, "one event per decision: {events:?}");

@@ -13,13 +13,18 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::model::{FailurePower, Hardware, Kind, Object, ObjectKey, Workflow};
+use crate::model::{
+    FailurePower, GaveUp, Hardware, Kind, MachinePhase, MachineStep, MachineSteps, Object,
+    ObjectKey, Workflow,
+};
 use crate::power::{
     BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
 };
 use crate::retry::{Backoff, BackoffConfig, Retryable};
 use crate::state::{WorkflowEvent, WorkflowState};
-use crate::store::{MachineEvent, Precondition, Versioned, WorkflowStore, WorkflowStoreExt};
+use crate::store::{
+    EventKind, EventSource, MachineEvent, Precondition, Versioned, WorkflowStore, WorkflowStoreExt,
+};
 use jiff::{SignedDuration, Timestamp};
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -59,6 +64,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// More steps than any workflow has in one reconcile (see [`Error::Stalled`]).
+const MAX_STEPS_PER_RECONCILE: usize = 32;
+
 /// The next thing to do for a workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -66,20 +74,8 @@ pub enum Step {
     Render,
     /// A timeout is due: tick the state machine.
     Expire,
-    /// Set `allowPXE` on the Hardware.
-    EnableNetboot,
-    /// Ask the BMC for a one-time PXE boot.
-    SetPxeBoot,
-    /// Power-cycle (or power on) into netboot.
-    PowerCycle,
-    /// Clear `allowPXE`.
-    DisableNetboot,
-    /// Make the disk the boot device.
-    SetDiskBoot,
-    /// Reboot into the installed OS.
-    Reboot,
-    /// Apply the failure power policy.
-    FailurePower(FailurePower),
+    /// Carry out a netboot or BMC step.
+    Machine(MachineStep),
     /// Nothing until this time (a retry or a timeout); `None`: until something changes.
     Wait(Option<Timestamp>),
 }
@@ -104,43 +100,51 @@ pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
     {
         return Step::Expire;
     }
-    let next = match status.state {
-        WorkflowState::Pending | WorkflowState::Running if !workflow.is_disabled() => {
-            if !m.netboot_enabled {
-                Some(Step::EnableNetboot)
-            } else if !m.no_bmc && !m.pxe_boot_set {
-                Some(Step::SetPxeBoot)
-            } else if !m.no_bmc && !m.power_cycled {
-                Some(Step::PowerCycle)
-            } else {
-                None
-            }
-        }
-        WorkflowState::Success => {
-            if !m.netboot_disabled {
-                Some(Step::DisableNetboot)
-            } else if !m.no_bmc && !m.disk_boot_set {
-                Some(Step::SetDiskBoot)
-            } else if !m.no_bmc && !m.rebooted {
-                Some(Step::Reboot)
-            } else {
-                None
-            }
-        }
-        WorkflowState::Failed | WorkflowState::Timeout => (!m.no_bmc
-            && !m.failure_power_applied
-            && status.failure_power != FailurePower::Unchanged)
-            .then_some(Step::FailurePower(status.failure_power)),
-        _ => None,
+    let next = match m.gave_up {
+        // A step the engine gave up on blocks the machine's later steps.
+        Some(_) => None,
+        None => next_machine_step(
+            status.state,
+            m,
+            status.failure_power,
+            workflow.is_disabled(),
+        ),
     };
-    let gave_up = m
-        .last_error
-        .as_deref()
-        .is_some_and(|e| e.starts_with("gave up"));
     match next {
-        Some(_) if gave_up => Step::Wait(None),
-        Some(step) => step,
+        Some(step) => Step::Machine(step),
         None => Step::Wait(status.next_deadline()),
+    }
+}
+
+/// The machine step due in `state` at `phase`, if any. Pure.
+fn next_machine_step(
+    state: WorkflowState,
+    m: &MachineSteps,
+    failure_power: FailurePower,
+    disabled: bool,
+) -> Option<MachineStep> {
+    use MachinePhase as P;
+    let bmc = !m.no_bmc;
+    match state {
+        WorkflowState::Pending | WorkflowState::Running if !disabled => match m.phase {
+            P::Preparing => Some(MachineStep::EnableNetboot),
+            P::NetbootEnabled if bmc => Some(MachineStep::SetPxeBoot),
+            P::PxeBootSet if bmc => Some(MachineStep::PowerCycle),
+            _ => None,
+        },
+        WorkflowState::Success => match m.phase {
+            P::Preparing | P::NetbootEnabled | P::PxeBootSet | P::Ready => {
+                Some(MachineStep::DisableNetboot)
+            }
+            P::NetbootDisabled if bmc => Some(MachineStep::SetDiskBoot),
+            P::DiskBootSet if bmc => Some(MachineStep::Reboot),
+            _ => None,
+        },
+        WorkflowState::Failed | WorkflowState::Timeout => {
+            (bmc && m.phase != P::FailurePowerApplied && failure_power != FailurePower::Unchanged)
+                .then_some(MachineStep::FailurePower)
+        }
+        _ => None,
     }
 }
 
@@ -190,7 +194,7 @@ impl Engine {
     /// attention (`None`: only when something changes).
     pub async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
         // Bounded: each step records progress, so a loop means a bug, not work.
-        for _ in 0..32 {
+        for _ in 0..MAX_STEPS_PER_RECONCILE {
             let Some(Versioned { version, value: wf }) =
                 self.store.workflow(&key.namespace, &key.name).await?
             else {
@@ -207,16 +211,16 @@ impl Engine {
                         .apply_event(key, &WorkflowEvent::Tick, now)
                         .await?;
                 }
-                step => {
+                Step::Machine(step) => {
                     if let Some(until) = self.machine_step(key, version, wf, step).await? {
                         return Ok(Some(until));
                     }
                 }
             }
         }
-        Err(Error::Remote {
-            target: format!("engine ({key})"),
-            reason: "too many steps in one reconcile; the workflow is not making progress".into(),
+        Err(Error::Stalled {
+            workflow: key.qualified_name(),
+            steps: MAX_STEPS_PER_RECONCILE,
         })
     }
 
@@ -363,35 +367,16 @@ impl Engine {
                     .map_err(|e| e.to_string())
             }
         };
-        let status = match result {
-            Ok(mut status) => {
-                status.heartbeat_grace_seconds = self.config.heartbeat_grace_seconds;
-                status.machine.preparing = true;
-                if hardware.is_none() {
-                    // Nothing to switch netboot on for, and no BMC: the machine is
-                    // booted by someone else.
-                    status.machine.netboot_enabled = true;
-                    status.machine.no_bmc = true;
-                    status.machine.preparing = false;
-                }
-                status
-            }
-            Err(reason) => {
-                let mut s = crate::model::WorkflowStatus::pending(Vec::new(), None);
-                s.state = WorkflowState::Failed;
-                s.reason = Some(format!("template rendering failed: {reason}"));
-                s
-            }
-        };
-        let summary = match &status.reason {
-            Some(r) => r.clone(),
-            None => format!("template rendered: {} actions", status.action_count()),
-        };
+        let (status, event) = rendered_status(
+            result,
+            hardware.is_some(),
+            self.config.heartbeat_grace_seconds,
+        );
         wf.status = Some(status);
         self.store
             .put(Object::Workflow(wf), Precondition::Version(version))
             .await?;
-        self.log(key, hardware.as_ref().map(|h| &h.value), "engine", summary)
+        self.log(key, hardware.as_ref().map(|h| &h.value), event)
             .await;
         Ok(())
     }
@@ -401,142 +386,47 @@ impl Engine {
         key: &ObjectKey,
         version: u64,
         wf: Workflow,
-        step: Step,
+        step: MachineStep,
     ) -> Result<Option<Timestamp>> {
-        // Several replicas may plan the same step at once: the one that records a
-        // lease on the workflow (an optimistic write, so exactly one wins) makes the
-        // BMC call; the others leave it. A lease outlives a replica that died
-        // mid-step by `lease` at most; then another replica takes the step over.
+        let (wf, version) = match self.take_lease(version, wf).await? {
+            Lease::Taken { workflow, version } => (*workflow, version),
+            Lease::HeldElsewhere { until } => return Ok(Some(until)),
+            Lease::Lost => return Ok(None),
+        };
+        let ns = wf.metadata.namespace().to_string();
+        let hw = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
+        let failure_power = wf
+            .status
+            .as_ref()
+            .map(|s| s.failure_power)
+            .unwrap_or_default();
+        let outcome = self
+            .carry_out(step, failure_power, hw.as_ref().map(|h| &h.value))
+            .await;
         let now = self.clock.now();
         let mut wf = wf;
         let Some(status) = wf.status.as_mut() else {
             return Ok(None);
         };
-        if let Some((holder, until)) = &status.machine.lease
-            && holder != &self.config.replica
-            && *until > now
-        {
-            // Another replica is at it: look again when its lease ends (its
-            // record of the step will wake us sooner through the change feed).
-            return Ok(Some(*until));
-        }
-        let until = now
-            .checked_add(
-                SignedDuration::try_from(self.config.lease).unwrap_or(SignedDuration::ZERO),
+        status.machine.lease = None;
+        let recorded = {
+            let mut jitter = self.jitter.lock().unwrap_or_else(|p| p.into_inner());
+            record_outcome(
+                &mut status.machine,
+                step,
+                outcome,
+                now,
+                self.config.max_attempts,
+                |attempt| jitter.delay_for(attempt),
             )
-            .unwrap_or(now);
-        status.machine.lease = Some((self.config.replica.clone(), until));
-        let version = match self
-            .store
-            .put(Object::Workflow(wf.clone()), Precondition::Version(version))
-            .await
-        {
-            Ok(v) => v,
-            Err(Error::Conflict { .. }) => return Ok(None),
-            Err(e) => return Err(e),
         };
-        let ns = wf.metadata.namespace().to_string();
-        let hw = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
-        let outcome = self.carry_out(&step, hw.as_ref().map(|h| &h.value)).await;
-        let now = self.clock.now();
-        let Some(status) = wf.status.as_mut() else {
-            return Ok(None);
+        let machine = status.machine.clone();
+        self.write_machine(key, wf, version, machine).await?;
+        let fail_workflow = match &recorded {
+            EventKind::GaveUp(g) if g.step.prepares() => Some(g.to_string()),
+            _ => None,
         };
-        let m = &mut status.machine;
-        m.lease = None;
-        let mut fail_workflow = None;
-        let message = match outcome {
-            Ok(StepDone::Done) | Ok(StepDone::NoBmc) => {
-                let no_bmc = matches!(outcome, Ok(StepDone::NoBmc));
-                match step {
-                    Step::EnableNetboot => m.netboot_enabled = true,
-                    Step::SetPxeBoot => m.pxe_boot_set = true,
-                    Step::PowerCycle => m.power_cycled = true,
-                    Step::DisableNetboot => m.netboot_disabled = true,
-                    Step::SetDiskBoot => m.disk_boot_set = true,
-                    Step::Reboot => m.rebooted = true,
-                    Step::FailurePower(_) => m.failure_power_applied = true,
-                    _ => {}
-                }
-                if no_bmc {
-                    m.no_bmc = true;
-                }
-                if m.netboot_enabled && (m.no_bmc || m.power_cycled) {
-                    m.preparing = false;
-                }
-                m.attempts = 0;
-                m.retry_at = None;
-                m.last_error = None;
-                if no_bmc {
-                    format!("{step:?}: the machine has no BMC; power it on by hand")
-                } else {
-                    format!("{step:?}: done")
-                }
-            }
-            Err(e) => {
-                m.attempts += 1;
-                if !e.is_retryable() || m.attempts >= self.config.max_attempts {
-                    let why = format!("gave up on {step:?} after {} attempts: {e}", m.attempts);
-                    m.last_error = Some(why.clone());
-                    m.retry_at = None;
-                    if matches!(
-                        step,
-                        Step::EnableNetboot | Step::SetPxeBoot | Step::PowerCycle
-                    ) {
-                        m.preparing = false;
-                        fail_workflow = Some(why.clone());
-                    }
-                    why
-                } else {
-                    let delay = self
-                        .jitter
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .delay_for(m.attempts);
-                    m.retry_at = now
-                        .checked_add(
-                            SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
-                        )
-                        .ok();
-                    m.last_error = Some(e.to_string());
-                    format!(
-                        "{step:?} failed (attempt {}), retrying in {:.1} s: {e}",
-                        m.attempts,
-                        delay.as_secs_f64()
-                    )
-                }
-            }
-        };
-        // Record the step. A worker's report may have been written meanwhile: the
-        // machine steps are the engine's alone (under the lease), so they are put
-        // onto the fresh workflow and written again.
-        let machine = wf
-            .status
-            .as_ref()
-            .map(|s| s.machine.clone())
-            .unwrap_or_default();
-        let (mut wf, mut version) = (wf, version);
-        for _ in 0..8 {
-            match self
-                .store
-                .put(Object::Workflow(wf.clone()), Precondition::Version(version))
-                .await
-            {
-                Ok(_) => break,
-                Err(Error::Conflict { .. }) => {
-                    let Some(fresh) = self.store.workflow(&key.namespace, &key.name).await? else {
-                        return Ok(None);
-                    };
-                    (wf, version) = (fresh.value, fresh.version);
-                    if let Some(s) = wf.status.as_mut() {
-                        s.machine = machine.clone();
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.log(key, hw.as_ref().map(|h| &h.value), "engine", message)
-            .await;
+        self.log(key, hw.as_ref().map(|h| &h.value), recorded).await;
         if let Some(reason) = fail_workflow {
             match self
                 .store
@@ -550,62 +440,134 @@ impl Engine {
         Ok(None)
     }
 
-    async fn carry_out(&self, step: &Step, hw: Option<&Hardware>) -> Result<StepDone> {
-        match step {
-            Step::EnableNetboot | Step::DisableNetboot => {
-                let Some(hw) = hw else {
-                    return Ok(StepDone::NoBmc);
-                };
-                self.set_allow_pxe(hw, matches!(step, Step::EnableNetboot))
-                    .await?;
-                Ok(StepDone::Done)
-            }
-            _ => {
-                let Some(hw) = hw else {
-                    return Ok(StepDone::NoBmc);
-                };
-                let Some(bmc) = self.power.connect(hw).await? else {
-                    return Ok(StepDone::NoBmc);
-                };
-                let efi = hw.uefi();
-                match step {
-                    Step::SetPxeBoot => {
-                        bmc.set_boot_device(
-                            BootDevice::Pxe,
-                            BootOptions {
-                                persistent: false,
-                                efi,
-                            },
-                        )
-                        .await?
+    /// Several replicas may plan the same step at once: the one that records a
+    /// lease on the workflow (an optimistic write, so exactly one wins) makes the
+    /// BMC call; the others leave it. A lease outlives a replica that died
+    /// mid-step by `lease` at most; then another replica takes the step over.
+    async fn take_lease(&self, version: u64, mut wf: Workflow) -> Result<Lease> {
+        let now = self.clock.now();
+        let Some(status) = wf.status.as_mut() else {
+            return Ok(Lease::Lost);
+        };
+        if let Some((holder, until)) = &status.machine.lease
+            && holder != &self.config.replica
+            && *until > now
+        {
+            // Another replica is at it: look again when its lease ends (its
+            // record of the step will wake us sooner through the change feed).
+            return Ok(Lease::HeldElsewhere { until: *until });
+        }
+        let until = now
+            .checked_add(
+                SignedDuration::try_from(self.config.lease).unwrap_or(SignedDuration::ZERO),
+            )
+            .unwrap_or(now);
+        status.machine.lease = Some((self.config.replica.clone(), until));
+        match self
+            .store
+            .put(Object::Workflow(wf.clone()), Precondition::Version(version))
+            .await
+        {
+            Ok(version) => Ok(Lease::Taken {
+                workflow: Box::new(wf),
+                version,
+            }),
+            Err(Error::Conflict { .. }) => Ok(Lease::Lost),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the machine's steps. A worker's report may have been written
+    /// meanwhile: the machine steps are the engine's alone (under the lease), so
+    /// they are put onto the fresh workflow and written again.
+    async fn write_machine(
+        &self,
+        key: &ObjectKey,
+        wf: Workflow,
+        version: u64,
+        machine: MachineSteps,
+    ) -> Result<()> {
+        let (mut wf, mut version) = (wf, version);
+        for _ in 0..8 {
+            match self
+                .store
+                .put(Object::Workflow(wf.clone()), Precondition::Version(version))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict { .. }) => {
+                    let Some(fresh) = self.store.workflow(&key.namespace, &key.name).await? else {
+                        return Ok(());
+                    };
+                    (wf, version) = (fresh.value, fresh.version);
+                    if let Some(s) = wf.status.as_mut() {
+                        s.machine = machine.clone();
                     }
-                    Step::SetDiskBoot => {
-                        bmc.set_boot_device(
-                            BootDevice::Disk,
-                            BootOptions {
-                                persistent: true,
-                                efi,
-                            },
-                        )
-                        .await?
-                    }
-                    Step::PowerCycle | Step::Reboot => cycle_or_on(bmc.as_ref()).await?,
-                    Step::FailurePower(FailurePower::Off) => bmc.power(PowerAction::Off).await?,
-                    Step::FailurePower(FailurePower::On)
-                        if bmc.power_state().await? == PowerState::Off =>
-                    {
-                        bmc.power(PowerAction::On).await?
-                    }
-                    _ => {}
                 }
-                Ok(StepDone::Done)
+                Err(e) => return Err(e),
             }
         }
+        // Eight reports in a row won every race: the step stays unrecorded and is
+        // planned again (BMC steps are idempotent).
+        Ok(())
+    }
+
+    async fn carry_out(
+        &self,
+        step: MachineStep,
+        failure_power: FailurePower,
+        hw: Option<&Hardware>,
+    ) -> Result<StepDone> {
+        let Some(hw) = hw else {
+            return Ok(StepDone::NoBmc);
+        };
+        if let MachineStep::EnableNetboot | MachineStep::DisableNetboot = step {
+            self.set_allow_pxe(hw, step == MachineStep::EnableNetboot)
+                .await?;
+            return Ok(StepDone::Done);
+        }
+        let Some(bmc) = self.power.connect(hw).await? else {
+            return Ok(StepDone::NoBmc);
+        };
+        let efi = hw.uefi();
+        match step {
+            MachineStep::SetPxeBoot => {
+                bmc.set_boot_device(
+                    BootDevice::Pxe,
+                    BootOptions {
+                        persistent: false,
+                        efi,
+                    },
+                )
+                .await?
+            }
+            MachineStep::SetDiskBoot => {
+                bmc.set_boot_device(
+                    BootDevice::Disk,
+                    BootOptions {
+                        persistent: true,
+                        efi,
+                    },
+                )
+                .await?
+            }
+            MachineStep::PowerCycle | MachineStep::Reboot => cycle_or_on(bmc.as_ref()).await?,
+            MachineStep::FailurePower => match failure_power {
+                FailurePower::Off => bmc.power(PowerAction::Off).await?,
+                FailurePower::On if bmc.power_state().await? == PowerState::Off => {
+                    bmc.power(PowerAction::On).await?
+                }
+                _ => {}
+            },
+            MachineStep::EnableNetboot | MachineStep::DisableNetboot => {}
+        }
+        Ok(StepDone::Done)
     }
 
     async fn set_allow_pxe(&self, hw: &Hardware, allow: bool) -> Result<()> {
         let ns = hw.metadata.namespace().to_string();
         // Retry on conflict: the Hardware may be edited by an operator meanwhile.
+        let mut last_conflict = None;
         for _ in 0..5 {
             let Some(Versioned { version, mut value }) =
                 self.store.hardware(&ns, &hw.metadata.name).await?
@@ -628,37 +590,128 @@ impl Engine {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(Error::Conflict { .. }) => continue,
+                Err(e @ Error::Conflict { .. }) => last_conflict = Some(e),
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Conflict {
-            key: format!("Hardware {ns}/{}", hw.metadata.name),
-            expected: 0,
-            found: 0,
-        })
+        // Lost five races in a row: the last conflict says with whom; the step is
+        // retried with backoff like any other conflict.
+        Err(last_conflict.expect("the loop ran and every pass conflicted"))
     }
 
-    async fn log(&self, key: &ObjectKey, hw: Option<&Hardware>, source: &str, message: String) {
+    async fn log(&self, key: &ObjectKey, hw: Option<&Hardware>, kind: EventKind) {
         let machine = hw
             .map(|h| format!("{}/{}", h.metadata.namespace(), h.metadata.name))
             .unwrap_or_else(|| key.qualified_name());
-        tracing::info!(workflow = %key.qualified_name(), machine = %machine, "{message}");
-        let event = MachineEvent {
-            seq: 0,
-            at: self.clock.now(),
-            machine,
-            source: source.into(),
-            message: format!("workflow {}: {message}", key.qualified_name()),
-        };
+        let event = MachineEvent::new(self.clock.now(), machine, EventSource::Engine, kind)
+            .for_workflow(key.qualified_name());
+        tracing::info!(workflow = %key.qualified_name(), machine = %event.machine, "{}", event.kind);
         if let Err(e) = self.store.append_event(event).await {
             tracing::warn!(error = %e, "could not record a machine event");
         }
     }
 }
 
-enum StepDone {
+/// What became of a lease attempt.
+enum Lease {
+    /// Ours: the workflow as written with the lease, and its version.
+    Taken {
+        workflow: Box<Workflow>,
+        version: u64,
+    },
+    /// Another replica holds it until then.
+    HeldElsewhere { until: Timestamp },
+    /// The workflow changed or went away meanwhile; it is planned again.
+    Lost,
+}
+
+/// The status of a freshly rendered workflow, and the event that says so. Pure.
+fn rendered_status(
+    result: std::result::Result<crate::model::WorkflowStatus, String>,
+    has_hardware: bool,
+    heartbeat_grace_seconds: Option<i64>,
+) -> (crate::model::WorkflowStatus, EventKind) {
+    match result {
+        Ok(mut status) => {
+            status.heartbeat_grace_seconds = heartbeat_grace_seconds;
+            status.machine = if has_hardware {
+                MachineSteps::preparing()
+            } else {
+                // Nothing to switch netboot on for, and no BMC: the machine is
+                // booted by someone else.
+                MachineSteps {
+                    phase: MachinePhase::Ready,
+                    no_bmc: true,
+                    ..Default::default()
+                }
+            };
+            let actions = status.action_count();
+            (status, EventKind::Rendered { actions })
+        }
+        Err(reason) => {
+            let mut s = crate::model::WorkflowStatus::pending(Vec::new(), None);
+            s.state = WorkflowState::Failed;
+            s.reason = Some(format!("template rendering failed: {reason}"));
+            (s, EventKind::RenderFailed { reason })
+        }
+    }
+}
+
+/// Records a step's outcome in the machine's steps: done, to be retried after
+/// a jittered delay, or given up. Returns the event that says which. Pure.
+pub fn record_outcome(
+    m: &mut MachineSteps,
+    step: MachineStep,
+    outcome: Result<StepDone>,
+    now: Timestamp,
+    max_attempts: u32,
+    delay: impl FnOnce(u32) -> Duration,
+) -> EventKind {
+    match outcome {
+        Ok(done) => {
+            let no_bmc = done == StepDone::NoBmc;
+            m.done(step, no_bmc);
+            if no_bmc {
+                EventKind::StepSkippedNoBmc { step }
+            } else {
+                EventKind::StepDone { step }
+            }
+        }
+        Err(e) => {
+            m.attempts += 1;
+            if !e.is_retryable() || m.attempts >= max_attempts {
+                let g = GaveUp {
+                    step,
+                    attempts: m.attempts,
+                    error: e.to_string(),
+                };
+                m.gave_up = Some(g.clone());
+                m.last_error = None;
+                m.retry_at = None;
+                EventKind::GaveUp(g)
+            } else {
+                let delay = delay(m.attempts);
+                m.retry_at = now
+                    .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO))
+                    .ok();
+                m.last_error = Some(e.to_string());
+                EventKind::StepFailed {
+                    step,
+                    attempt: m.attempts,
+                    retry_in_ms: delay.as_millis().min(u128::from(u64::MAX)) as u64,
+                    error: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// How a step ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDone {
+    /// Carried out.
     Done,
+    /// The machine has no BMC (or no Hardware): nothing to call.
     NoBmc,
 }
 

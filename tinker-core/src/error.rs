@@ -103,6 +103,16 @@ pub enum Error {
         /// The time limit that passed.
         seconds: u64,
     },
+    /// The engine took more steps for one workflow in one pass than a workflow
+    /// has: each step records progress, so this is a bug, reported rather than
+    /// looped on.
+    #[error("workflow {workflow}: no progress after {steps} steps in one reconcile")]
+    Stalled {
+        /// The workflow, `namespace/name`.
+        workflow: String,
+        /// The steps taken.
+        steps: usize,
+    },
     /// A storage or runtime backend failed in a way of its own.
     #[error("{backend}: {source}")]
     Backend {
@@ -127,9 +137,28 @@ impl Error {
     }
 }
 
+/// What sort of finding a [`ValidationError`] is: what a caller decides on (skip a
+/// document, re-check across files), never the reason's wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// A field of the object itself is missing or wrong.
+    #[default]
+    Field,
+    /// The object is kept as it is but Tinker does not act on it yet (another
+    /// `apiVersion`, for example). Not an error in the object.
+    Unsupported,
+    /// The object clashes with another object (a MAC or IP address both claim).
+    Clash,
+    /// A workflow fails when rendered against its template and hardware.
+    Rendered,
+}
+
 /// One finding of validation: where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
+    /// What sort of finding this is.
+    pub kind: FindingKind,
     /// The file (or other source name) the object came from.
     pub file: String,
     /// Which object in the file, such as `Hardware default/sm01`.
@@ -138,6 +167,36 @@ pub struct ValidationError {
     pub path: String,
     /// What is wrong with it.
     pub reason: String,
+}
+
+impl ValidationError {
+    /// A [`FindingKind::Field`] finding.
+    pub fn field(
+        file: impl Into<String>,
+        object: impl Into<String>,
+        path: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        ValidationError {
+            kind: FindingKind::Field,
+            file: file.into(),
+            object: object.into(),
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same finding with another kind.
+    pub fn with_kind(mut self, kind: FindingKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Whether the finding is an error in the object (everything but
+    /// [`FindingKind::Unsupported`]).
+    pub fn is_error(&self) -> bool {
+        self.kind != FindingKind::Unsupported
+    }
 }
 
 impl fmt::Display for ValidationError {

@@ -54,7 +54,7 @@ pub mod validate;
 pub mod worker_api;
 
 pub use boot::BootResponder;
-pub use error::{Error, Result, ValidationError, ValidationErrors};
+pub use error::{Error, FindingKind, Result, ValidationError, ValidationErrors};
 pub use mac::{MacAddr, MacParseError};
 pub use metadata::{InstanceMetadata, MetadataSource};
 pub use power::{

@@ -319,21 +319,17 @@ pub(crate) fn check_template(
         .as_deref()
         .filter(|t| !t.trim().is_empty())
     else {
-        out.0.push(ValidationError {
-            file: file.into(),
-            object: object.into(),
-            path: "spec.data".into(),
-            reason: "the template is empty".into(),
-        });
+        out.0.push(ValidationError::field(
+            file,
+            object,
+            "spec.data",
+            "the template is empty",
+        ));
         return;
     };
     let push = |out: &mut ValidationErrors, reason: String| {
-        out.0.push(ValidationError {
-            file: file.into(),
-            object: object.into(),
-            path: "spec.data".into(),
-            reason,
-        })
+        out.0
+            .push(ValidationError::field(file, object, "spec.data", reason))
     };
     let parsed = match GoTemplate::parse(&template.metadata.name, text) {
         Ok(p) => p,

@@ -43,6 +43,15 @@ pub enum Stream {
     Stderr,
 }
 
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        })
+    }
+}
+
 /// Receives an action's output line by line, as it is produced.
 pub trait OutputSink: Send + Sync {
     /// One line, without its newline.

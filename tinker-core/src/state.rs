@@ -446,7 +446,7 @@ impl WorkflowStatus {
         };
         a.state == ActionState::Pending
             && self.tasks[t].agent_id == worker
-            && !self.machine.preparing
+            && !self.machine.is_preparing()
     }
 
     fn claim(&mut self, now: Timestamp, worker: &str) -> Result<Effect, Refusal> {
@@ -458,7 +458,7 @@ impl WorkflowStatus {
         if self.tasks[task].agent_id != worker {
             return Err(no_work());
         }
-        if self.machine.preparing {
+        if self.machine.is_preparing() {
             return Err(Refusal::Preparing);
         }
         if action.state == ActionState::Running {

@@ -6,12 +6,12 @@
 
 use crate::error::{Error, Result};
 use crate::mac::MacAddr;
-use crate::model::{Hardware, Kind, Object, ObjectKey, Template, Workflow};
+use crate::model::{GaveUp, Hardware, Kind, MachineStep, Object, ObjectKey, Template, Workflow};
 use crate::state::{Effect, WorkflowEvent};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::net::IpAddr;
 use tokio::sync::broadcast;
 
@@ -47,19 +47,235 @@ pub struct Change {
 }
 
 /// One entry of a machine's append-only event log: what a service saw or did.
+///
+/// The event is a value ([`EventSource`], [`EventKind`]); text is made from it
+/// only at the edges ([`MachineEvent::message`], the JSON API, the page). Events
+/// written by earlier versions (a source name and a message) read as
+/// [`EventKind::Note`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MachineEventRepr", into = "MachineEventRepr")]
 pub struct MachineEvent {
     /// Sequence number, assigned by the store (increasing per store).
-    #[serde(default)]
     pub seq: u64,
     /// When.
     pub at: Timestamp,
     /// The machine: the Hardware's `namespace/name`, or a MAC for unknown machines.
     pub machine: String,
-    /// Which service: `dhcp`, `tftp`, `http`, `engine`, `worker`, `bmc`.
-    pub source: String,
-    /// What happened, as one message.
-    pub message: String,
+    /// Which service saw or did it.
+    pub source: EventSource,
+    /// The workflow it concerns, `namespace/name`, if any.
+    pub workflow: Option<String>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl MachineEvent {
+    /// An event to append (the store assigns `seq`).
+    pub fn new(
+        at: Timestamp,
+        machine: impl Into<String>,
+        source: EventSource,
+        kind: EventKind,
+    ) -> Self {
+        MachineEvent {
+            seq: 0,
+            at,
+            machine: machine.into(),
+            source,
+            workflow: None,
+            kind,
+        }
+    }
+
+    /// The same event, about `workflow`.
+    pub fn for_workflow(mut self, workflow: impl Into<String>) -> Self {
+        self.workflow = Some(workflow.into());
+        self
+    }
+
+    /// The event as one line of text, for people (logs, the status page).
+    pub fn message(&self) -> String {
+        match &self.workflow {
+            Some(w) => format!("workflow {w}: {}", self.kind),
+            None => self.kind.to_string(),
+        }
+    }
+}
+
+/// The service that recorded a [`MachineEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum EventSource {
+    /// The DHCP server (through the boot responder).
+    Dhcp,
+    /// The TFTP server.
+    Tftp,
+    /// The HTTP server (iPXE scripts, assets, metadata).
+    Http,
+    /// The workflow engine.
+    Engine,
+    /// The worker agent on the machine, through the worker API.
+    Worker,
+    /// A BMC.
+    Bmc,
+    /// A source this version does not know (an event from a newer one).
+    #[serde(other)]
+    Other,
+}
+
+impl fmt::Display for EventSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EventSource::Dhcp => "dhcp",
+            EventSource::Tftp => "tftp",
+            EventSource::Http => "http",
+            EventSource::Engine => "engine",
+            EventSource::Worker => "worker",
+            EventSource::Bmc => "bmc",
+            EventSource::Other => "other",
+        })
+    }
+}
+
+/// What a [`MachineEvent`] records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The boot responder decided what the machine gets (rendered decision).
+    BootDecision {
+        /// The decision, as the responder describes it.
+        decision: String,
+    },
+    /// The engine rendered the workflow's template.
+    Rendered {
+        /// Actions in the rendered workflow.
+        actions: usize,
+    },
+    /// The template could not be rendered; the workflow failed.
+    RenderFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The engine carried out a step.
+    StepDone {
+        /// The step.
+        step: MachineStep,
+    },
+    /// The step needs a BMC and the machine has none.
+    StepSkippedNoBmc {
+        /// The step.
+        step: MachineStep,
+    },
+    /// A step failed and will be tried again.
+    StepFailed {
+        /// The step.
+        step: MachineStep,
+        /// Attempts so far.
+        attempt: u32,
+        /// Milliseconds until the next attempt.
+        retry_in_ms: u64,
+        /// The error.
+        error: String,
+    },
+    /// The engine stopped retrying a step.
+    GaveUp(GaveUp),
+    /// A line of an action's output.
+    ActionOutput {
+        /// The action's position in the workflow.
+        action_index: usize,
+        /// Which stream.
+        stream: crate::runtime::Stream,
+        /// The line.
+        line: String,
+    },
+    /// Free text (events written by earlier versions, or by a vendor's service).
+    Note {
+        /// The text.
+        message: String,
+    },
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventKind::BootDecision { decision } => f.write_str(decision),
+            EventKind::Rendered { actions } => write!(f, "template rendered: {actions} actions"),
+            EventKind::RenderFailed { reason } => write!(f, "template rendering failed: {reason}"),
+            EventKind::StepDone { step } => write!(f, "{step}: done"),
+            EventKind::StepSkippedNoBmc { step } => {
+                write!(f, "{step}: the machine has no BMC; power it on by hand")
+            }
+            EventKind::StepFailed {
+                step,
+                attempt,
+                retry_in_ms,
+                error,
+            } => write!(
+                f,
+                "{step} failed (attempt {attempt}), retrying in {:.1} s: {error}",
+                *retry_in_ms as f64 / 1000.0
+            ),
+            EventKind::GaveUp(g) => write!(f, "{g}"),
+            EventKind::ActionOutput {
+                action_index,
+                stream,
+                line,
+            } => write!(f, "action {action_index}: {stream}: {line}"),
+            EventKind::Note { message } => f.write_str(message),
+        }
+    }
+}
+
+/// A [`MachineEvent`] as stored and served: the typed event, plus its text
+/// (`message`) for readers that only show text. Events of earlier versions have
+/// only `source` and `message`.
+#[derive(Serialize, Deserialize)]
+struct MachineEventRepr {
+    #[serde(default)]
+    seq: u64,
+    at: Timestamp,
+    machine: String,
+    source: EventSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workflow: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<EventKind>,
+    #[serde(default)]
+    message: String,
+}
+
+impl From<MachineEventRepr> for MachineEvent {
+    fn from(r: MachineEventRepr) -> Self {
+        MachineEvent {
+            seq: r.seq,
+            at: r.at,
+            machine: r.machine,
+            source: r.source,
+            workflow: r.workflow,
+            kind: r.event.unwrap_or(EventKind::Note { message: r.message }),
+        }
+    }
+}
+
+impl From<MachineEvent> for MachineEventRepr {
+    fn from(e: MachineEvent) -> Self {
+        let message = e.message();
+        MachineEventRepr {
+            seq: e.seq,
+            at: e.at,
+            machine: e.machine,
+            source: e.source,
+            workflow: e.workflow,
+            event: Some(e.kind),
+            message,
+        }
+    }
 }
 
 /// An action handed to a worker.
@@ -434,4 +650,35 @@ pub fn claim_in_workflow(
         _ => None,
     };
     (changed, assignment)
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn events_of_earlier_versions_read_as_notes() {
+        let e: MachineEvent = serde_json::from_str(
+            r#"{"seq":7,"at":"2026-11-01T00:00:00Z","machine":"default/m1","source":"engine","message":"workflow default/w: Reboot: done"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.source, EventSource::Engine);
+        assert_eq!(e.message(), "workflow default/w: Reboot: done");
+    }
+
+    #[test]
+    fn typed_events_round_trip_and_carry_their_text() {
+        let e = MachineEvent::new(
+            Timestamp::UNIX_EPOCH,
+            "default/m1",
+            EventSource::Engine,
+            EventKind::StepDone {
+                step: MachineStep::Reboot,
+            },
+        )
+        .for_workflow("default/w");
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["message"], "workflow default/w: Reboot: done");
+        assert_eq!(serde_json::from_value::<MachineEvent>(json).unwrap(), e);
+    }
 }

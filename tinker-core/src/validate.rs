@@ -1,7 +1,7 @@
 //! Validation of Tinkerbell objects: every finding names the file, the object, the
 //! field path (`spec.interfaces[0].dhcp.mac`) and the reason.
 
-use crate::error::{ValidationError, ValidationErrors};
+use crate::error::{FindingKind, ValidationError, ValidationErrors};
 use crate::mac::MacAddr;
 use crate::model::{Document, Hardware, Object, Template, TemplateData, Workflow};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,12 +15,13 @@ struct Findings<'a> {
 
 impl Findings<'_> {
     fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.out.0.push(ValidationError {
-            file: self.file.to_string(),
-            object: self.object.clone(),
-            path: path.into(),
-            reason: reason.into(),
-        });
+        self.push_kind(FindingKind::Field, path, reason);
+    }
+
+    fn push_kind(&mut self, kind: FindingKind, path: impl Into<String>, reason: impl Into<String>) {
+        self.out.0.push(
+            ValidationError::field(self.file, self.object.clone(), path, reason).with_kind(kind),
+        );
     }
 }
 
@@ -74,7 +75,8 @@ pub fn documents(file: &str, docs: &[Document]) -> ValidationErrors {
                     object: d.describe(),
                     out: &mut out,
                 }
-                .push(
+                .push_kind(
+                    FindingKind::Unsupported,
                     "apiVersion",
                     format!("{kind} of {api_version} is kept as it is but not supported yet (Tinker supports tinkerbell.org/v1alpha1)"),
                 );
@@ -543,7 +545,8 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                     if let Some(other) = macs.insert(mac, me.clone())
                         && other != me
                     {
-                        f.push(
+                        f.push_kind(
+                            FindingKind::Clash,
                             "spec.interfaces",
                             format!("MAC {mac} is also used by Hardware {other}"),
                         );
@@ -553,7 +556,8 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                     if let Some(other) = ips.insert(ip, me.clone())
                         && other != me
                     {
-                        f.push(
+                        f.push_kind(
+                            FindingKind::Clash,
                             "spec.interfaces",
                             format!("IP address {ip} is also reserved for Hardware {other}"),
                         );
@@ -595,10 +599,18 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
             Ok(_) => {}
             Err(crate::Error::Invalid(errs)) => {
                 for e in errs.0 {
-                    f.push(format!("spec.templateRef (rendered): {}", e.path), e.reason);
+                    f.push_kind(
+                        FindingKind::Rendered,
+                        format!("spec.templateRef (rendered): {}", e.path),
+                        e.reason,
+                    );
                 }
             }
-            Err(e) => f.push("spec.templateRef (rendered)", e.to_string()),
+            Err(e) => f.push_kind(
+                FindingKind::Rendered,
+                "spec.templateRef (rendered)",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -639,7 +651,7 @@ pub fn files(inputs: &[(String, String)]) -> Vec<(String, FileVerdict)> {
             let own: Vec<String> = docs.iter().map(Document::describe).collect();
             for f in documents(&file, &all).0 {
                 // Findings that need other files: rendered workflows and duplicates.
-                let cross = f.path.contains("(rendered)") || f.reason.contains(" also ");
+                let cross = matches!(f.kind, FindingKind::Rendered | FindingKind::Clash);
                 if cross && own.contains(&f.object) && !findings.contains(&f) {
                     findings.push(f);
                 }

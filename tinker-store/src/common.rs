@@ -32,12 +32,14 @@ pub(crate) fn kind_prefix(kind: Kind) -> String {
 /// Refuses names a key cannot hold.
 pub(crate) fn check_key(key: &ObjectKey) -> Result<()> {
     let bad = |path: &str, value: &str| {
-        Err(Error::Invalid(ValidationErrors(vec![ValidationError {
-            file: "(store)".into(),
-            object: key.to_string(),
-            path: path.into(),
-            reason: format!("{value:?} cannot be stored: it must be non-empty and contain no '/'"),
-        }])))
+        Err(Error::Invalid(ValidationErrors(vec![
+            ValidationError::field(
+                "(store)",
+                key.to_string(),
+                path,
+                format!("{value:?} cannot be stored: it must be non-empty and contain no '/'"),
+            ),
+        ])))
     };
     if key.name.is_empty() || key.name.contains('/') {
         return bad("metadata.name", &key.name);
@@ -79,10 +81,13 @@ pub(crate) fn taken(term: &IndexTerm, key: &ObjectKey, holder: &str) -> Error {
     let holder = decode_key(holder)
         .map(|k| k.to_string())
         .unwrap_or_else(|| holder.to_string());
-    Error::Invalid(ValidationErrors(vec![ValidationError {
-        file: "(store)".into(),
-        object: key.to_string(),
-        path: "spec.interfaces".into(),
-        reason: format!("{what} already belongs to {holder}"),
-    }]))
+    Error::Invalid(ValidationErrors(vec![
+        ValidationError::field(
+            "(store)",
+            key.to_string(),
+            "spec.interfaces",
+            format!("{what} already belongs to {holder}"),
+        )
+        .with_kind(tinker_core::FindingKind::Clash),
+    ]))
 }

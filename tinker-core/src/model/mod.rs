@@ -22,8 +22,8 @@ pub use template::{
     ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec,
 };
 pub use workflow::{
-    ActionStatus, BootOptions, CurrentState, MachineSteps, TaskStatus, Workflow, WorkflowSpec,
-    WorkflowStatus,
+    ActionStatus, BootOptions, CurrentState, GaveUp, MachinePhase, MachineStep, MachineSteps,
+    TaskStatus, Workflow, WorkflowSpec, WorkflowStatus,
 };
 
 use crate::error::{Error, Result};

@@ -204,50 +204,301 @@ pub struct ActionStatus {
     pub claim_request: Option<String>,
 }
 
+/// A side effect the engine carries out for a machine (netboot or a BMC call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MachineStep {
+    /// Set `allowPXE` on the Hardware.
+    EnableNetboot,
+    /// Ask the BMC for a one-time PXE boot.
+    SetPxeBoot,
+    /// Power-cycle (or power on) into netboot.
+    PowerCycle,
+    /// Clear `allowPXE`.
+    DisableNetboot,
+    /// Make the disk the boot device.
+    SetDiskBoot,
+    /// Reboot into the installed OS.
+    Reboot,
+    /// Apply the template's failure power policy.
+    FailurePower,
+}
+
+impl MachineStep {
+    /// Whether the step belongs to preparing the machine for its actions (a
+    /// failure there fails the workflow).
+    pub fn prepares(self) -> bool {
+        matches!(
+            self,
+            MachineStep::EnableNetboot | MachineStep::SetPxeBoot | MachineStep::PowerCycle
+        )
+    }
+
+    /// Where the machine is once this step is done.
+    fn phase_after(self, no_bmc: bool) -> MachinePhase {
+        match self {
+            MachineStep::EnableNetboot if no_bmc => MachinePhase::Ready,
+            MachineStep::EnableNetboot => MachinePhase::NetbootEnabled,
+            MachineStep::SetPxeBoot if no_bmc => MachinePhase::Ready,
+            MachineStep::SetPxeBoot => MachinePhase::PxeBootSet,
+            MachineStep::PowerCycle => MachinePhase::Ready,
+            MachineStep::DisableNetboot => MachinePhase::NetbootDisabled,
+            MachineStep::SetDiskBoot => MachinePhase::DiskBootSet,
+            MachineStep::Reboot => MachinePhase::Rebooted,
+            MachineStep::FailurePower => MachinePhase::FailurePowerApplied,
+        }
+    }
+}
+
+impl std::fmt::Display for MachineStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where the engine is with a machine: the last of its steps that is done.
+///
+/// Preparation runs `Preparing → NetbootEnabled → PxeBootSet → Ready`; after the
+/// last action succeeds, `Ready → NetbootDisabled → DiskBootSet → Rebooted`; after a
+/// failure, `FailurePowerApplied`. A machine without a BMC skips the BMC steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum MachinePhase {
+    /// Rendered; the engine has yet to enable netboot. Workers wait.
+    Preparing,
+    /// Netboot is enabled; the BMC is to be told to PXE-boot. Workers wait.
+    NetbootEnabled,
+    /// The BMC will PXE-boot; the machine is to be power-cycled. Workers wait.
+    PxeBootSet,
+    /// Prepared (or never needing preparation): workers may run its actions.
+    #[default]
+    Ready,
+    /// After success: netboot is off again.
+    NetbootDisabled,
+    /// After success: the disk is the boot device.
+    DiskBootSet,
+    /// After success: rebooted into the installed OS. Nothing more to do.
+    Rebooted,
+    /// After failure: the failure power policy was applied. Nothing more to do.
+    FailurePowerApplied,
+}
+
+/// The engine stopped retrying a step: which, after how many attempts, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GaveUp {
+    /// The step.
+    pub step: MachineStep,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, as text (the error itself came from a BMC or the store).
+    pub error: String,
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gave up on {} after {} attempts: {}",
+            self.step, self.attempts, self.error
+        )
+    }
+}
+
 /// The engine's side effects for a workflow, recorded so that a restarted engine
 /// (or another replica) does not repeat one that is done.
+///
+/// Stored as `status.machine`. Statuses written before the phase existed (a set
+/// of booleans and a "gave up" text) are read into the same values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "MachineStepsRepr")]
 pub struct MachineSteps {
-    /// The engine is preparing the machine; workers are not given actions yet.
-    #[serde(default)]
-    pub preparing: bool,
-    /// `allowPXE` was set on the Hardware.
-    #[serde(default)]
-    pub netboot_enabled: bool,
-    /// The BMC was asked for a one-time PXE boot.
-    #[serde(default)]
-    pub pxe_boot_set: bool,
-    /// The machine was power-cycled (or powered on) into netboot.
-    #[serde(default)]
-    pub power_cycled: bool,
-    /// `allowPXE` was cleared after the last action succeeded.
-    #[serde(default)]
-    pub netboot_disabled: bool,
-    /// The BMC was told to boot from disk.
-    #[serde(default)]
-    pub disk_boot_set: bool,
-    /// The machine was rebooted into its installed OS.
-    #[serde(default)]
-    pub rebooted: bool,
-    /// The failure power policy was applied.
-    #[serde(default)]
-    pub failure_power_applied: bool,
+    /// The last step done.
+    pub phase: MachinePhase,
     /// The machine has no BMC: power steps are skipped (it must be booted by hand).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_bmc: bool,
     /// Failed attempts of the current step.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// When the next attempt is due, after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
-    /// The last error of a step.
+    /// The last error of a step that is being retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The step the engine stopped retrying, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<GaveUp>,
     /// The replica carrying out a step, and until when it may (see the engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<(String, Timestamp)>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl MachineSteps {
+    /// Steps for a freshly rendered workflow the engine is to prepare.
+    pub fn preparing() -> Self {
+        MachineSteps {
+            phase: MachinePhase::Preparing,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the engine is preparing the machine; workers are not given actions yet.
+    pub fn is_preparing(&self) -> bool {
+        self.gave_up.is_none()
+            && matches!(
+                self.phase,
+                MachinePhase::Preparing | MachinePhase::NetbootEnabled | MachinePhase::PxeBootSet
+            )
+    }
+
+    /// Records `step` as done (`no_bmc`: it found the machine has no BMC).
+    pub fn done(&mut self, step: MachineStep, no_bmc: bool) {
+        self.no_bmc |= no_bmc;
+        self.phase = step.phase_after(self.no_bmc);
+        self.attempts = 0;
+        self.retry_at = None;
+        self.last_error = None;
+    }
+
+    /// Whether `step` has been carried out (or is behind the machine's phase).
+    pub fn has_done(&self, step: MachineStep) -> bool {
+        use MachinePhase as P;
+        match step {
+            MachineStep::EnableNetboot => !matches!(self.phase, P::Preparing),
+            MachineStep::SetPxeBoot => {
+                !self.no_bmc && !matches!(self.phase, P::Preparing | P::NetbootEnabled)
+            }
+            MachineStep::PowerCycle => !self.no_bmc && !self.is_preparing_phase(),
+            MachineStep::DisableNetboot => {
+                matches!(
+                    self.phase,
+                    P::NetbootDisabled | P::DiskBootSet | P::Rebooted
+                )
+            }
+            MachineStep::SetDiskBoot => matches!(self.phase, P::DiskBootSet | P::Rebooted),
+            MachineStep::Reboot => self.phase == P::Rebooted,
+            MachineStep::FailurePower => self.phase == P::FailurePowerApplied,
+        }
+    }
+
+    fn is_preparing_phase(&self) -> bool {
+        matches!(
+            self.phase,
+            MachinePhase::Preparing | MachinePhase::NetbootEnabled | MachinePhase::PxeBootSet
+        )
+    }
+}
+
+/// `status.machine` as stored, today's fields and the booleans of earlier
+/// versions alike.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MachineStepsRepr {
+    #[serde(default)]
+    phase: Option<MachinePhase>,
+    #[serde(default)]
+    no_bmc: bool,
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default)]
+    retry_at: Option<Timestamp>,
+    #[serde(default)]
+    last_error: Option<String>,
+    #[serde(default)]
+    gave_up: Option<GaveUp>,
+    #[serde(default)]
+    lease: Option<(String, Timestamp)>,
+    // Before the phase: one boolean per step.
+    #[serde(default)]
+    preparing: bool,
+    #[serde(default)]
+    netboot_enabled: bool,
+    #[serde(default)]
+    pxe_boot_set: bool,
+    #[serde(default)]
+    netboot_disabled: bool,
+    #[serde(default)]
+    disk_boot_set: bool,
+    #[serde(default)]
+    rebooted: bool,
+    #[serde(default)]
+    failure_power_applied: bool,
+}
+
+impl From<MachineStepsRepr> for MachineSteps {
+    fn from(r: MachineStepsRepr) -> Self {
+        let phase = r.phase.unwrap_or_else(|| legacy_phase(&r));
+        let mut last_error = r.last_error;
+        let mut gave_up = r.gave_up;
+        // Earlier versions wrote "gave up on {step:?} after {n} attempts: {error}"
+        // into `lastError`; read it once into the typed record.
+        if gave_up.is_none()
+            && let Some(text) = last_error.as_deref()
+            && let Some(g) = legacy_gave_up(text)
+        {
+            gave_up = Some(g);
+            last_error = None;
+        }
+        MachineSteps {
+            phase,
+            no_bmc: r.no_bmc,
+            attempts: r.attempts,
+            retry_at: r.retry_at,
+            last_error,
+            gave_up,
+            lease: r.lease,
+        }
+    }
+}
+
+fn legacy_phase(r: &MachineStepsRepr) -> MachinePhase {
+    if r.failure_power_applied {
+        MachinePhase::FailurePowerApplied
+    } else if r.rebooted {
+        MachinePhase::Rebooted
+    } else if r.disk_boot_set {
+        MachinePhase::DiskBootSet
+    } else if r.netboot_disabled {
+        MachinePhase::NetbootDisabled
+    } else if !r.preparing {
+        MachinePhase::Ready
+    } else if r.pxe_boot_set {
+        MachinePhase::PxeBootSet
+    } else if r.netboot_enabled {
+        MachinePhase::NetbootEnabled
+    } else {
+        MachinePhase::Preparing
+    }
+}
+
+/// Reads the legacy "gave up" text. Only for statuses written by earlier
+/// versions: today's code records [`GaveUp`] as a value.
+fn legacy_gave_up(text: &str) -> Option<GaveUp> {
+    let rest = text.strip_prefix("gave up on ")?;
+    let (step, rest) = rest.split_once(" after ")?;
+    let (attempts, error) = rest.split_once(" attempts: ")?;
+    let step = match step {
+        "EnableNetboot" => MachineStep::EnableNetboot,
+        "SetPxeBoot" => MachineStep::SetPxeBoot,
+        "PowerCycle" => MachineStep::PowerCycle,
+        "DisableNetboot" => MachineStep::DisableNetboot,
+        "SetDiskBoot" => MachineStep::SetDiskBoot,
+        "Reboot" => MachineStep::Reboot,
+        s if s.starts_with("FailurePower") => MachineStep::FailurePower,
+        _ => return None,
+    };
+    Some(GaveUp {
+        step,
+        attempts: attempts.parse().ok()?,
+        error: error.to_string(),
+    })
 }
 
 impl Workflow {
@@ -277,5 +528,48 @@ impl Workflow {
     /// The state, `None` before rendering.
     pub fn state(&self) -> Option<WorkflowState> {
         self.status.as_ref().map(|s| s.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_of_earlier_versions_read_into_the_phase() {
+        let legacy: MachineSteps = serde_json::from_str(
+            r#"{"preparing":true,"netbootEnabled":true,"pxeBootSet":true,"attempts":6,
+                "lastError":"gave up on PowerCycle after 6 attempts: bmc is unreachable: down"}"#,
+        )
+        .unwrap();
+        assert_eq!(legacy.phase, MachinePhase::PxeBootSet);
+        assert_eq!(
+            legacy.gave_up,
+            Some(GaveUp {
+                step: MachineStep::PowerCycle,
+                attempts: 6,
+                error: "bmc is unreachable: down".into()
+            })
+        );
+        assert!(!legacy.is_preparing(), "a give-up ends the preparation");
+        let done: MachineSteps = serde_json::from_str(
+            r#"{"netbootEnabled":true,"pxeBootSet":true,"powerCycled":true,"netbootDisabled":true,"diskBootSet":true,"rebooted":true}"#,
+        )
+        .unwrap();
+        assert_eq!(done.phase, MachinePhase::Rebooted);
+        assert!(done.has_done(MachineStep::SetDiskBoot));
+    }
+
+    #[test]
+    fn today_s_status_round_trips() {
+        let mut m = MachineSteps::preparing();
+        m.done(MachineStep::EnableNetboot, false);
+        m.gave_up = Some(GaveUp {
+            step: MachineStep::SetPxeBoot,
+            attempts: 2,
+            error: "refused".into(),
+        });
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<MachineSteps>(&json).unwrap(), m);
     }
 }

@@ -517,36 +517,73 @@ pub async fn timeouts_are_applied(store: &dyn WorkflowStore) {
     );
 }
 
-/// The event log is append-only, per machine, oldest first.
+/// The event log is append-only, per machine, oldest first, and gives back each
+/// event as it was written (its typed kind included).
 pub async fn machine_event_log(store: &dyn WorkflowStore) {
-    for i in 0..5 {
-        store
-            .append_event(MachineEvent {
-                seq: 0,
-                at: t0() + SignedDuration::from_secs(i),
-                machine: "default/log-machine".into(),
-                source: "dhcp".into(),
-                message: format!("event {i}"),
-            })
-            .await
-            .unwrap();
+    use crate::model::{GaveUp, MachineStep};
+    use crate::store::{EventKind, EventSource};
+    let kinds = [
+        EventKind::BootDecision {
+            decision: "event 0".into(),
+        },
+        EventKind::StepDone {
+            step: MachineStep::SetPxeBoot,
+        },
+        EventKind::GaveUp(GaveUp {
+            step: MachineStep::PowerCycle,
+            attempts: 6,
+            error: "bmc unreachable".into(),
+        }),
+        EventKind::ActionOutput {
+            action_index: 1,
+            stream: crate::runtime::Stream::Stdout,
+            line: "event 3".into(),
+        },
+        EventKind::Note {
+            message: "event 4".into(),
+        },
+    ];
+    let mut written = Vec::new();
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let mut event = MachineEvent::new(
+            t0() + SignedDuration::from_secs(i as i64),
+            "default/log-machine",
+            EventSource::Engine,
+            kind,
+        );
+        if i % 2 == 0 {
+            event = event.for_workflow("default/wf");
+        }
+        store.append_event(event.clone()).await.unwrap();
+        written.push(event);
     }
     store
-        .append_event(MachineEvent {
-            seq: 0,
-            at: t0(),
-            machine: "default/other".into(),
-            source: "dhcp".into(),
-            message: "not mine".into(),
-        })
+        .append_event(MachineEvent::new(
+            t0(),
+            "default/other",
+            EventSource::Dhcp,
+            EventKind::Note {
+                message: "not mine".into(),
+            },
+        ))
         .await
         .unwrap();
     let last = store.events("default/log-machine", 3).await.unwrap();
-    let messages: Vec<&str> = last.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(messages, ["event 2", "event 3", "event 4"]);
     assert!(
         last.windows(2).all(|w| w[0].seq < w[1].seq),
         "sequence numbers increase"
+    );
+    let read: Vec<MachineEvent> = last
+        .into_iter()
+        .map(|mut e| {
+            e.seq = 0;
+            e
+        })
+        .collect();
+    assert_eq!(
+        read,
+        written[2..],
+        "the last three, oldest first, unchanged"
     );
 }
 
