@@ -24,96 +24,60 @@ use tinker::core::model::{Document, parse_documents};
 use tinker::core::{Precondition, WorkflowStore};
 use tinker::store::MemoryStore;
 
-const USAGE: &str = "usage: boot-server --interface IF --address IP --hardware DIR [--proxy] [--tftp-root DIR] [--assets DIR]
-                   [--http-port N] [--dhcp-port N] [--tftp-port N] [--dhcp-client-port N] [--kernel NAME] [--initrd NAME]
-                   [--kernel-args ARGS] [--worker-secret-file FILE]";
-
+/// The boot services (DHCP, TFTP, HTTP) for a directory of Hardware YAML files.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
 struct Args {
+    /// The interface DHCP answers on.
+    #[arg(long)]
     interface: String,
+    /// The address TFTP and HTTP serve on (and DHCP names as the server).
+    #[arg(long)]
     address: Ipv4Addr,
+    /// A directory of Tinkerbell Hardware YAML files.
+    #[arg(long)]
     hardware: PathBuf,
+    /// Serve proxyDHCP (another server hands out addresses).
+    #[arg(long)]
     proxy: bool,
+    /// The iPXE binaries to serve over TFTP.
+    #[arg(long, default_value_os_t = default_ipxe_dir())]
     tftp_root: PathBuf,
+    /// A directory of boot assets served over HTTP.
+    #[arg(long)]
     assets: Option<PathBuf>,
+    /// HTTP port.
+    #[arg(long, default_value_t = 80)]
     http_port: u16,
+    /// DHCP port.
+    #[arg(long, default_value_t = 67)]
     dhcp_port: u16,
+    /// TFTP port.
+    #[arg(long, default_value_t = 69)]
     tftp_port: u16,
+    /// The port DHCP clients listen on.
+    #[arg(long = "dhcp-client-port", default_value_t = 68)]
     client_port: u16,
+    /// The in-memory OS kernel's file name among the assets.
+    #[arg(long, default_value = "vmlinuz")]
     kernel: String,
+    /// The in-memory OS initrd's file name among the assets.
+    #[arg(long, default_value = "initrd.img")]
     initrd: String,
-    kernel_args: Vec<String>,
-    worker_secret: Option<Vec<u8>>,
+    /// Extra kernel arguments, space-separated.
+    #[arg(long, default_value = "console=tty0 console=ttyS0,115200", value_parser = split_words)]
+    kernel_args: Words,
+    /// The worker-token secret; with it, the worker API is served too.
+    #[arg(long)]
+    worker_secret_file: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let (mut interface, mut address, mut hardware) = (None, None, None);
-    let mut a = Args {
-        interface: String::new(),
-        address: Ipv4Addr::UNSPECIFIED,
-        hardware: PathBuf::new(),
-        proxy: false,
-        tftp_root: default_ipxe_dir(),
-        assets: None,
-        http_port: 80,
-        dhcp_port: 67,
-        tftp_port: 69,
-        client_port: 68,
-        kernel: "vmlinuz".into(),
-        initrd: "initrd.img".into(),
-        kernel_args: vec!["console=tty0".into(), "console=ttyS0,115200".into()],
-        worker_secret: None,
-    };
-    let num = |v: Option<String>, what: &str| {
-        v.and_then(|v| v.parse::<u16>().ok())
-            .ok_or(format!("{what} needs a port number"))
-    };
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--interface" => interface = it.next(),
-            "--address" => {
-                address = Some(
-                    it.next()
-                        .and_then(|v| v.parse().ok())
-                        .ok_or("--address needs an IPv4 address")?,
-                )
-            }
-            "--hardware" => hardware = it.next().map(PathBuf::from),
-            "--proxy" => a.proxy = true,
-            "--tftp-root" => {
-                a.tftp_root = it
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or("--tftp-root needs a directory")?
-            }
-            "--assets" => a.assets = it.next().map(PathBuf::from),
-            "--http-port" => a.http_port = num(it.next(), "--http-port")?,
-            "--dhcp-port" => a.dhcp_port = num(it.next(), "--dhcp-port")?,
-            "--tftp-port" => a.tftp_port = num(it.next(), "--tftp-port")?,
-            "--dhcp-client-port" => a.client_port = num(it.next(), "--dhcp-client-port")?,
-            "--kernel" => a.kernel = it.next().ok_or("--kernel needs a name")?,
-            "--initrd" => a.initrd = it.next().ok_or("--initrd needs a name")?,
-            "--kernel-args" => {
-                a.kernel_args = it
-                    .next()
-                    .ok_or("--kernel-args needs arguments")?
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect()
-            }
-            "--worker-secret-file" => {
-                let path = it.next().ok_or("--worker-secret-file needs a file")?;
-                let secret = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
-                a.worker_secret = Some(secret.trim_ascii().to_vec());
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    a.interface = interface.ok_or("--interface is required")?;
-    a.address = address.ok_or("--address is required")?;
-    a.hardware = hardware.ok_or("--hardware is required")?;
-    Ok(a)
+/// Space-separated words of one flag.
+#[derive(Debug, Clone)]
+struct Words(Vec<String>);
+
+fn split_words(s: &str) -> Result<Words, String> {
+    Ok(Words(s.split_whitespace().map(str::to_string).collect()))
 }
 
 async fn load_hardware(store: &dyn WorkflowStore, dir: &std::path::Path) -> Result<usize, String> {
@@ -156,16 +120,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -176,6 +131,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(a: Args) -> Result<(), String> {
+    let worker_secret = match &a.worker_secret_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .trim_ascii()
+                .to_vec(),
+        ),
+        None => None,
+    };
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
     let n = load_hardware(store.as_ref(), &a.hardware).await?;
     tracing::info!(objects = n, dir = %a.hardware.display(), "loaded");
@@ -247,15 +211,15 @@ async fn run(a: Args) -> Result<(), String> {
             kernel: a.kernel.clone(),
             initrd: a.initrd.clone(),
             control_plane: http_base.clone(),
-            extra_args: a.kernel_args.clone(),
-            worker_secret: a.worker_secret.clone(),
+            extra_args: a.kernel_args.0.clone(),
+            worker_secret: worker_secret.clone(),
         },
         assets,
         binaries: Some(binaries),
         trusted_proxies: Vec::<IpAddr>::new(),
         // With a secret, the worker API is served here too, and each machine's
         // script carries its token.
-        extra: a.worker_secret.clone().map(|s| {
+        extra: worker_secret.clone().map(|s| {
             Arc::new(WorkerApi::new(store.clone(), s, 10))
                 as Arc<dyn tinker::boot::http::ExtraRoutes>
         }),

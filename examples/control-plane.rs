@@ -8,16 +8,7 @@
 //!     [--workers http://10.0.0.1:8080,http://10.0.0.2:8080] [--mock-bmcs]
 //! ```
 //!
-//! Flags: `--store redb:PATH | postgres://...` (required), `--replica NAME`
-//! (default: the host name and process id), `--address IP` (default 127.0.0.1),
-//! `--dhcp-port`, `--tftp-port`, `--http-port` (defaults 67, 69, 8080; 0 picks a
-//! free port), `--relay-port` (where relay agents listen; default 67),
-//! `--secret-file FILE` (the worker-token secret, the same for every replica;
-//! required), `--workers URLS` (the control-plane URLs put on the workers' kernel
-//! line; default this replica), `--assets DIR`, `--kernel`, `--initrd`,
-//! `--mock-bmcs` (every machine gets a simulated BMC: demos and load tests),
-//! `--api-limit N` (worker API requests at once before 503), `--lease SECONDS`.
-//! Prints one line `ready http=… dhcp=… tftp=…` when serving; stops cleanly on
+//! `--help` lists the flags. Prints one line `ready http=… dhcp=… tftp=…` when serving; stops cleanly on
 //! SIGTERM or Ctrl-C.
 
 use std::net::Ipv4Addr;
@@ -31,68 +22,55 @@ use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::{PowerConnector, WorkflowStore};
 use tinker::store::{PostgresStore, RedbStore};
 
-#[derive(Debug, Default)]
+/// One control-plane replica: the engine, DHCP, TFTP and HTTP over a store.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
 struct Args {
+    /// The store: `redb:PATH` or `postgres://...`.
+    #[arg(long)]
     store: String,
+    /// This replica's name (default: `replica-<pid>`).
+    #[arg(long)]
     replica: Option<String>,
-    address: Option<Ipv4Addr>,
+    /// The address to serve on.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    address: Ipv4Addr,
+    /// DHCP port (0 picks a free one).
+    #[arg(long, default_value_t = 67)]
     dhcp_port: u16,
+    /// TFTP port (0 picks a free one).
+    #[arg(long, default_value_t = 69)]
     tftp_port: u16,
+    /// HTTP port (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// The port relay agents listen on.
+    #[arg(long, default_value_t = 67)]
     relay_port: u16,
-    secret_file: Option<PathBuf>,
+    /// The worker-token secret, the same file for every replica.
+    #[arg(long)]
+    secret_file: PathBuf,
+    /// The control-plane URLs put on the workers' kernel line (default: this replica).
+    #[arg(long)]
     workers: Option<String>,
+    /// A directory of boot assets (kernel, initrd, iPXE binaries).
+    #[arg(long)]
     assets: Option<PathBuf>,
-    kernel: Option<String>,
-    initrd: Option<String>,
+    /// The in-memory OS kernel's file name among the assets.
+    #[arg(long, default_value = "vmlinuz")]
+    kernel: String,
+    /// The in-memory OS initrd's file name among the assets.
+    #[arg(long, default_value = "initrd.img")]
+    initrd: String,
+    /// Give every machine a simulated BMC (demos and load tests).
+    #[arg(long)]
     mock_bmcs: bool,
+    /// Worker API requests at once before it answers 503.
+    #[arg(long)]
     api_limit: Option<usize>,
+    /// Seconds a replica may hold a workflow's step lease.
+    #[arg(long)]
     lease: Option<u64>,
-}
-
-fn args() -> Result<Args, String> {
-    let mut a = Args {
-        dhcp_port: 67,
-        tftp_port: 69,
-        http_port: 8080,
-        relay_port: 67,
-        ..Args::default()
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let port = |v: String| v.parse::<u16>().map_err(|_| format!("bad port {v:?}"));
-        match flag.as_str() {
-            "--store" => a.store = value()?,
-            "--replica" => a.replica = Some(value()?),
-            "--address" => {
-                a.address = Some(value()?.parse().map_err(|_| "bad --address".to_string())?)
-            }
-            "--dhcp-port" => a.dhcp_port = port(value()?)?,
-            "--tftp-port" => a.tftp_port = port(value()?)?,
-            "--http-port" => a.http_port = port(value()?)?,
-            "--relay-port" => a.relay_port = port(value()?)?,
-            "--secret-file" => a.secret_file = Some(value()?.into()),
-            "--workers" => a.workers = Some(value()?),
-            "--assets" => a.assets = Some(value()?.into()),
-            "--kernel" => a.kernel = Some(value()?),
-            "--initrd" => a.initrd = Some(value()?),
-            "--mock-bmcs" => a.mock_bmcs = true,
-            "--api-limit" => {
-                a.api_limit = Some(
-                    value()?
-                        .parse()
-                        .map_err(|_| "bad --api-limit".to_string())?,
-                )
-            }
-            "--lease" => a.lease = Some(value()?.parse().map_err(|_| "bad --lease".to_string())?),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if a.store.is_empty() {
-        return Err("--store redb:PATH or --store postgres://... is required".into());
-    }
-    Ok(a)
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn WorkflowStore>, String> {
@@ -114,10 +92,8 @@ async fn open_store(url: &str) -> Result<Arc<dyn WorkflowStore>, String> {
 }
 
 async fn run(a: Args) -> Result<(), String> {
-    let secret = match &a.secret_file {
-        Some(f) => std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?,
-        None => return Err("--secret-file is required (the same file for every replica)".into()),
-    };
+    let secret =
+        std::fs::read(&a.secret_file).map_err(|e| format!("{}: {e}", a.secret_file.display()))?;
     let store = open_store(&a.store).await?;
     let power: Arc<dyn PowerConnector> = if a.mock_bmcs {
         Arc::new(MockConnector::new())
@@ -126,7 +102,7 @@ async fn run(a: Args) -> Result<(), String> {
         // a BMC is booted by hand, and the engine says so in its events.
         Arc::new(Connector::new(Arc::new(EnvSecrets), RetryPolicy::default()))
     };
-    let address = a.address.unwrap_or(Ipv4Addr::LOCALHOST);
+    let address = a.address;
     let listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
         .await
         .map_err(|e| format!("binding on {address}: {e}"))?;
@@ -143,8 +119,8 @@ async fn run(a: Args) -> Result<(), String> {
     if let Some(dir) = &a.assets {
         plane.assets = Some(FileSource::directory(dir).map_err(|e| format!("assets: {e}"))?);
     }
-    plane.osie.kernel = a.kernel.clone().unwrap_or_else(|| "vmlinuz".into());
-    plane.osie.initrd = a.initrd.clone().unwrap_or_else(|| "initrd.img".into());
+    plane.osie.kernel = a.kernel.clone();
+    plane.osie.initrd = a.initrd.clone();
     plane.osie.control_plane = a.workers.clone().unwrap_or_default();
     println!(
         "ready http={} dhcp={} tftp={} replica={}",
@@ -175,13 +151,7 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let a = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let a = <Args as clap::Parser>::parse();
     match run(a).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,9 +14,8 @@
 //! changes, drives real BMCs (Rufio `Machine` objects, passwords from the
 //! environment), and serves until Ctrl-C.
 //!
-//! Flags: `--machines N` (default 8), `--data DIR` (default `./tinker-data`; a
-//! second run reuses it), `--hold SECONDS` (keep serving the status page after).
-//! The status page's address (with its operator token) is printed at the start.
+//! `--help` lists the flags (`--machines N`, `--data DIR`, `--hold SECONDS`,
+//! `--config FILE`). The status page's address (with its operator token) is printed at the start.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -61,57 +60,23 @@ tasks:
         command: ["sh", "-c", "test -s {{.disk}} && echo the disk holds $(wc -c < {{.disk}}) bytes"]
 "#;
 
+/// The reference stack: a simulated rack, or (`--config`) a real home lab.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
 struct Args {
+    /// Simulated machines to provision.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=200))]
     machines: u8,
+    /// The data directory (a second run reuses it).
+    #[arg(long, default_value = "tinker-data")]
     data: PathBuf,
+    /// Seconds to keep serving the status page after the run.
+    #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Run the real thing for a home lab from this config file
+    /// (see examples/homelab/README.md).
+    #[arg(long)]
     config: Option<PathBuf>,
-}
-
-fn args() -> Result<Args, String> {
-    let mut a = Args {
-        machines: 8,
-        data: PathBuf::from("tinker-data"),
-        hold: 0,
-        config: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(f) = it.next() {
-        match f.as_str() {
-            "--machines" => {
-                a.machines = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|n| (1..=200).contains(n))
-                    .ok_or("--machines needs 1 to 200")?
-            }
-            "--data" => {
-                a.data = it
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or("--data needs a directory")?
-            }
-            "--hold" => {
-                a.hold = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--hold needs seconds")?
-            }
-            "--config" => {
-                a.config = Some(
-                    it.next()
-                        .map(PathBuf::from)
-                        .ok_or("--config needs a file")?,
-                )
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (try --machines N, --data DIR)"
-                ));
-            }
-        }
-    }
-    Ok(a)
 }
 
 #[tokio::main]
@@ -123,13 +88,7 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let a = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let a = <Args as clap::Parser>::parse();
     if let Some(config) = &a.config {
         return match real::run(config).await {
             Ok(()) => ExitCode::SUCCESS,

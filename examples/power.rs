@@ -14,8 +14,46 @@ use std::process::ExitCode;
 use tinker::bmc::{BmcEndpoint, RetryPolicy, Secret};
 use tinker::core::{BootDevice, BootOptions, PowerAction};
 
-const USAGE: &str = "usage: power --bmc ipmi://USER@HOST:PORT [--persistent] [--efi] status|on|off|soft|cycle|reset|pxe|disk|bios
-       (or redfish:// / redfishs://; the password is read from TINKER_BMC_PASSWORD)";
+/// Drives one BMC; the password is read from `TINKER_BMC_PASSWORD`.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct Args {
+    /// The BMC: `ipmi://USER@HOST:PORT`, `redfish://...` or `redfishs://...`.
+    #[arg(long)]
+    bmc: String,
+    /// Make a boot-device choice persistent.
+    #[arg(long)]
+    persistent: bool,
+    /// Boot in EFI mode.
+    #[arg(long)]
+    efi: bool,
+    /// What to do.
+    #[arg(value_enum)]
+    command: Command,
+}
+
+/// What to ask the BMC.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Command {
+    /// Print the power state.
+    Status,
+    /// Power on.
+    On,
+    /// Power off.
+    Off,
+    /// Soft power off (ACPI).
+    Soft,
+    /// Power cycle.
+    Cycle,
+    /// Hard reset.
+    Reset,
+    /// Boot from the network next.
+    Pxe,
+    /// Boot from disk next.
+    Disk,
+    /// Boot into the firmware setup next.
+    Bios,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -25,51 +63,32 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut args = std::env::args().skip(1);
-    let (mut bmc, mut command, mut options) = (None, None, BootOptions::default());
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--bmc" => bmc = args.next(),
-            "--persistent" => options.persistent = true,
-            "--efi" => options.efi = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other if command.is_none() => command = Some(other.to_string()),
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let (Some(url), Some(command)) = (bmc, command) else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
+    let Args {
+        bmc: url,
+        persistent,
+        efi,
+        command,
+    } = <Args as clap::Parser>::parse();
     let Ok(password) = std::env::var("TINKER_BMC_PASSWORD") else {
         eprintln!("set TINKER_BMC_PASSWORD to the BMC's password");
         return ExitCode::from(2);
     };
+    let options = BootOptions { persistent, efi };
     let result = async {
         let endpoint = BmcEndpoint::parse(&url)?;
         let bmc = endpoint.build(Secret::new(password), RetryPolicy::default())?;
-        let done = match command.as_str() {
-            "status" => return Ok(format!("{:?}", bmc.power_state().await?).to_lowercase()),
-            "on" => bmc.power(PowerAction::On).await,
-            "off" => bmc.power(PowerAction::Off).await,
-            "soft" => bmc.power(PowerAction::SoftOff).await,
-            "cycle" => bmc.power(PowerAction::Cycle).await,
-            "reset" => bmc.power(PowerAction::Reset).await,
-            "pxe" => bmc.set_boot_device(BootDevice::Pxe, options).await,
-            "disk" => bmc.set_boot_device(BootDevice::Disk, options).await,
-            "bios" => bmc.set_boot_device(BootDevice::BiosSetup, options).await,
-            other => {
-                return Err(tinker::core::Error::Unsupported {
-                    target: endpoint.url(),
-                    operation: format!("command {other:?}"),
-                });
+        let done = match command {
+            Command::Status => {
+                return Ok(format!("{:?}", bmc.power_state().await?).to_lowercase());
             }
+            Command::On => bmc.power(PowerAction::On).await,
+            Command::Off => bmc.power(PowerAction::Off).await,
+            Command::Soft => bmc.power(PowerAction::SoftOff).await,
+            Command::Cycle => bmc.power(PowerAction::Cycle).await,
+            Command::Reset => bmc.power(PowerAction::Reset).await,
+            Command::Pxe => bmc.set_boot_device(BootDevice::Pxe, options).await,
+            Command::Disk => bmc.set_boot_device(BootDevice::Disk, options).await,
+            Command::Bios => bmc.set_boot_device(BootDevice::BiosSetup, options).await,
         };
         done.map(|_| "ok".to_string())
     }

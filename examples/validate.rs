@@ -9,12 +9,18 @@
 use std::process::ExitCode;
 use tinker::core::validate::{FileVerdict, files};
 
+/// Checks Tinkerbell YAML files; workflows are rendered against the templates and
+/// hardware given in the same run.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct Args {
+    /// The YAML files.
+    #[arg(required = true)]
+    files: Vec<String>,
+}
+
 fn main() -> ExitCode {
-    let names: Vec<String> = std::env::args().skip(1).collect();
-    if names.is_empty() || names.iter().any(|f| f == "-h" || f == "--help") {
-        eprintln!("usage: cargo run --example validate -- FILE...");
-        return ExitCode::from(2);
-    }
+    let names = <Args as clap::Parser>::parse().files;
     let mut inputs = Vec::new();
     let mut bad = 0;
     for name in names {
