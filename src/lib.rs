@@ -1,6 +1,4 @@
-//! # Tinker
-//!
-//! A Rust SDK for provisioning bare-metal servers, compatible with Tinkerbell's
+//! Tinker, a Rust SDK for provisioning bare-metal servers, compatible with Tinkerbell's
 //! Hardware, Template and Workflow objects. This crate is a facade: it re-exports
 //! the member crates, and holds the examples and benchmarks that wire them.
 //!

@@ -49,7 +49,7 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
     });
     let Some(chromium) = chromium else {
         assert!(
-            !std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1"),
+            !common::require_real(),
             "chromium is required (TINKER_REQUIRE_REAL=1)"
         );
         eprintln!("skipped: no chromium");
@@ -143,7 +143,7 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
     use std::io::{BufRead, BufReader};
     if !std::path::Path::new("/usr/lib/ipxe/undionly.kpxe").exists() {
         assert!(
-            !std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1"),
+            !common::require_real(),
             "Debian's ipxe package is required"
         );
         return;

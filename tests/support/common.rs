@@ -4,10 +4,9 @@
 
 use std::process::Command;
 
-/// Whether a missing real component must fail the test (`TINKER_REQUIRE_REAL=1`, CI).
-pub fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
+/// Whether a missing real component must fail the test: the one rule, from
+/// `tinker_core::testing`.
+pub use tinker::core::testing::require_real;
 
 /// Runs a shell command that must succeed; its trimmed stdout.
 pub fn sh(cmd: &str) -> String {

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
+/// Whether a missing real component must fail the test: the one rule, from
+/// `tinker_core::testing`.
+pub use tinker::core::testing::require_real;
 
 /// `false` (with a note) when something the lab needs is missing, unless required.
 pub fn have(tools: &[&str]) -> bool {

@@ -1,6 +1,7 @@
-//! # tinker-core
+//! Tinker's domain model, traits and engine: the ground every other Tinker crate
+//! builds on (Tinker is a Rust SDK for provisioning bare-metal servers).
 //!
-//! The ground of Tinker, a Rust SDK for provisioning bare-metal servers:
+//! It holds:
 //!
 //! - the domain model, read and written as Tinkerbell's `tinkerbell.org/v1alpha1`
 //!   Hardware, Template and Workflow YAML ([`model`], [`validate`]);
@@ -9,6 +10,8 @@
 //! - the five traits every backend implements: [`BootResponder`],
 //!   [`PowerController`], [`WorkflowStore`], [`ActionRuntime`], [`MetadataSource`];
 //! - the worker API's messages ([`worker_api`]);
+//! - the one [`clock`], the one [`retry`] policy and the one [`Secret`] type that
+//!   every crate uses;
 //! - the [`engine`] that drives a machine's lifecycle through those traits alone.
 //!
 //! It does no I/O of its own: sockets, files and processes live behind the traits,
