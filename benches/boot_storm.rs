@@ -105,7 +105,10 @@ async fn serve(store_url: &str, replica: &str, relay_port: u16) -> Result<(), St
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    plane.serve(listeners, std::future::pending()).await
+    plane
+        .serve(listeners, std::future::pending())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 struct Replica {

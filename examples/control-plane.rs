@@ -141,6 +141,7 @@ async fn run(a: Args) -> Result<(), String> {
             }
         })
         .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]

@@ -11,14 +11,15 @@
 //! takes the step over.
 //!
 //! ```no_run
-//! # async fn run(store: std::sync::Arc<dyn tinker::core::WorkflowStore>) -> Result<(), String> {
+//! # async fn run(store: std::sync::Arc<dyn tinker::core::WorkflowStore>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use tinker::control_plane::{ControlPlane, Listeners};
 //!
 //! let me = "10.0.0.1".parse().unwrap();
 //! let plane = ControlPlane::new(store, Arc::new(tinker::bmc::MockConnector::new()), me, b"secret".to_vec());
-//! let listeners = Listeners::bind(me, 67, 69, 8080).await.map_err(|e| e.to_string())?;
-//! plane.serve(listeners, std::future::pending()).await
+//! let listeners = Listeners::bind(me, 67, 69, 8080).await?;
+//! plane.serve(listeners, std::future::pending()).await?;
+//! # Ok(())
 //! # }
 //! ```
 
@@ -29,6 +30,7 @@ use tinker_boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteCh
 use tinker_boot::tftp::{FileSource, TftpServer};
 use tinker_boot::worker_api::{WorkerApi, worker_token};
 use tinker_boot::{BootConfig, StoreBootResponder};
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::engine::{Engine, EngineConfig};
 use tinker_core::{PowerConnector, WorkflowStore};
 use tokio::net::{TcpListener, UdpSocket};
@@ -101,6 +103,8 @@ pub struct ControlPlane {
     /// Worker API requests handled at once before the rest get 503 (`None`: the
     /// API's default).
     pub worker_api_in_flight: Option<usize>,
+    /// The clock every service reads (the system's, unless simulated).
+    pub clock: SharedClock,
 }
 
 impl ControlPlane {
@@ -131,17 +135,15 @@ impl ControlPlane {
             },
             heartbeat_seconds: 10,
             worker_api_in_flight: None,
+            clock: SystemClock::shared(),
         }
     }
 
-    /// Serves until `shutdown` resolves, then stops every service (finishing the
-    /// requests in progress); the first service that fails stops the rest.
-    pub async fn serve(
-        self,
-        listeners: Listeners,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), String> {
-        let http_addr = listeners.http.local_addr().map_err(|e| e.to_string())?;
+    /// Wires the services for a replica whose HTTP server is reached at
+    /// `http_addr`, without binding or spawning anything: the same services
+    /// [`ControlPlane::serve`] runs on sockets, a simulation can drive over
+    /// in-memory transports.
+    pub fn services(self, http_addr: SocketAddr) -> Services {
         let http = format!("http://{http_addr}");
         let mut osie = self.osie;
         if osie.base_url.is_empty() {
@@ -177,7 +179,7 @@ impl ControlPlane {
         }
         let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
             vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
-        let http_server = HttpServer::new(HttpConfig {
+        let http = HttpServer::new(HttpConfig {
             osie,
             assets: self.assets,
             binaries: Some(self.tftp_files),
@@ -191,7 +193,36 @@ impl ControlPlane {
             metrics,
             ..HttpConfig::new(self.store.clone())
         });
-        let engine = Engine::new(self.store.clone(), self.power, self.engine);
+        let engine =
+            Engine::new(self.store.clone(), self.power, self.engine).with_clock(self.clock);
+        Services {
+            dhcp,
+            tftp,
+            http,
+            engine,
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops every service (finishing the
+    /// requests in progress); the first service that fails stops the rest.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let http_addr = listeners
+            .http
+            .local_addr()
+            .map_err(|source| ServeError::Failed {
+                service: Service::Http,
+                source: source.into(),
+            })?;
+        let Services {
+            dhcp,
+            tftp,
+            http,
+            engine,
+        } = self.services(http_addr);
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -200,47 +231,129 @@ impl ControlPlane {
                 let _ = rx.recv().await;
             }
         };
+        let failed = |service: Service| {
+            move |e: std::io::Error| ServeError::Failed {
+                service,
+                source: e.into(),
+            }
+        };
         let mut tasks = tokio::task::JoinSet::new();
         let w = wait(&stop);
         tasks.spawn(async move {
-            dhcp.serve(listeners.dhcp, listeners.proxy, w)
-                .await
-                .map_err(|e| format!("DHCP: {e}"))
+            let r = dhcp.serve(listeners.dhcp, listeners.proxy, w).await;
+            (Service::Dhcp, r.map_err(failed(Service::Dhcp)))
         });
         let w = wait(&stop);
         tasks.spawn(async move {
-            tftp.serve(listeners.tftp, w)
-                .await
-                .map_err(|e| format!("TFTP: {e}"))
+            let r = tftp.serve(listeners.tftp, w).await;
+            (Service::Tftp, r.map_err(failed(Service::Tftp)))
         });
         let w = wait(&stop);
         tasks.spawn(async move {
-            http_server
-                .serve(listeners.http, w)
-                .await
-                .map_err(|e| format!("HTTP: {e}"))
+            let r = http.serve(listeners.http, w).await;
+            (Service::Http, r.map_err(failed(Service::Http)))
         });
         let w = wait(&stop);
-        tasks.spawn(async move { engine.run(w).await.map_err(|e| format!("engine: {e}")) });
-
-        tokio::pin!(shutdown);
-        let mut result = Ok(());
-        tokio::select! {
-            _ = &mut shutdown => {}
-            Some(ended) = tasks.join_next() => {
-                result = match ended {
-                    Ok(Ok(())) => Err("a service stopped by itself".into()),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(format!("a service panicked: {e}")),
-                };
-            }
-        }
-        let _ = stop.send(());
-        while let Some(ended) = tasks.join_next().await {
-            if let (Ok(()), Ok(Err(e))) = (&result, ended) {
-                result = Err(e);
-            }
-        }
-        result
+        tasks.spawn(async move {
+            let r = engine.run(w).await.map_err(|e| ServeError::Failed {
+                service: Service::Engine,
+                source: e.into(),
+            });
+            (Service::Engine, r)
+        });
+        supervise(tasks, stop, shutdown).await
     }
+}
+
+/// Waits for `shutdown` or the first service to end, stops the others, and
+/// reports the first failure.
+async fn supervise(
+    mut tasks: tokio::task::JoinSet<(Service, Result<(), ServeError>)>,
+    stop: tokio::sync::broadcast::Sender<()>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tokio::pin!(shutdown);
+    let mut result = Ok(());
+    tokio::select! {
+        _ = &mut shutdown => {}
+        Some(ended) = tasks.join_next() => {
+            result = match ended {
+                Ok((service, Ok(()))) => Err(ServeError::StoppedByItself { service }),
+                Ok((_, Err(e))) => Err(e),
+                Err(e) => Err(ServeError::Panicked { reason: e.to_string() }),
+            };
+        }
+    }
+    let _ = stop.send(());
+    while let Some(ended) = tasks.join_next().await {
+        if let (Ok(()), Ok((_, Err(e)))) = (&result, ended) {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// The services of one replica, wired but not running.
+#[derive(Debug)]
+pub struct Services {
+    /// DHCP (reservation or proxyDHCP).
+    pub dhcp: DhcpServer,
+    /// TFTP.
+    pub tftp: TftpServer,
+    /// HTTP: scripts, assets, metadata, the worker and operator APIs, `/metrics`.
+    pub http: HttpServer,
+    /// The workflow engine.
+    pub engine: Engine,
+}
+
+/// One of a replica's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Service {
+    /// DHCP.
+    Dhcp,
+    /// TFTP.
+    Tftp,
+    /// HTTP.
+    Http,
+    /// The engine.
+    Engine,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Dhcp => "DHCP",
+            Service::Tftp => "TFTP",
+            Service::Http => "HTTP",
+            Service::Engine => "engine",
+        })
+    }
+}
+
+/// Why a replica stopped serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A service failed.
+    #[error("{service}: {source}")]
+    Failed {
+        /// Which.
+        service: Service,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A service ended without being asked to.
+    #[error("{service} stopped by itself")]
+    StoppedByItself {
+        /// Which.
+        service: Service,
+    },
+    /// A service panicked.
+    #[error("a service panicked: {reason}")]
+    Panicked {
+        /// The panic, as the runtime reports it.
+        reason: String,
+    },
 }

@@ -142,10 +142,7 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
 fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
     use std::io::{BufRead, BufReader};
     if !std::path::Path::new("/usr/lib/ipxe/undionly.kpxe").exists() {
-        assert!(
-            !common::require_real(),
-            "Debian's ipxe package is required"
-        );
+        assert!(!common::require_real(), "Debian's ipxe package is required");
         return;
     }
     if !common::is_root() {
