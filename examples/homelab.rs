@@ -150,6 +150,25 @@ fn secret(data: &Path) -> Result<Vec<u8>, String> {
     Ok(s)
 }
 
+/// A simulated machine of the rack: its Hardware's name, MAC and reserved
+/// address, and its BMC.
+struct RackMachine {
+    name: String,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    bmc: MockBmc,
+}
+
+/// The loopback sockets the control plane serves on, and the relay the
+/// simulated machines send DHCP through.
+struct Network {
+    listeners: Listeners,
+    relay: Arc<tokio::sync::Mutex<UdpSocket>>,
+    dhcp: SocketAddr,
+    tftp: SocketAddr,
+    http: String,
+}
+
 async fn run(a: Args) -> Result<bool, String> {
     std::fs::create_dir_all(a.data.join("disks")).map_err(io("data directory"))?;
     let data = a.data.canonicalize().map_err(io("data directory"))?;
@@ -161,26 +180,84 @@ async fn run(a: Args) -> Result<bool, String> {
     );
     let secret = secret(&data)?;
     let operator_token = tinker::boot::worker_api::worker_token(&secret, "operator");
+    let net = bind_loopback().await?;
+    let power = Arc::new(StaticConnector::new());
+    let run_id = jiff::Timestamp::now().as_second();
+    let rack = put_rack(store.as_ref(), &power, &data, &net.http, a.machines, run_id).await?;
 
-    // Loopback, unprivileged ports: DHCP (and its relay), TFTP, HTTP.
-    let dhcp_socket = UdpSocket::bind("127.0.0.1:0").await.map_err(io("DHCP"))?;
-    let relay = Arc::new(tokio::sync::Mutex::new(
-        UdpSocket::bind("127.0.0.1:0").await.map_err(io("relay"))?,
-    ));
-    let tftp_socket = UdpSocket::bind("127.0.0.1:0").await.map_err(io("TFTP"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // The services: one control-plane replica (see `tinker::control_plane`) on
+    // loopback, the machines' relay agent on the relay's port.
+    let mut plane = ControlPlane::new(store.clone(), power, Ipv4Addr::LOCALHOST, secret);
+    plane.relay_port = net
+        .relay
+        .lock()
+        .await
+        .local_addr()
+        .map_err(io("relay"))?
+        .port();
+    let ipxe_bytes =
+        std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| vec![0x55; 70_000]);
+    plane.tftp_files = FileSource::empty().with_file("undionly.kpxe", ipxe_bytes);
+    plane.assets = Some(FileSource::directory(data.join("assets")).map_err(io("assets"))?);
+    plane.heartbeat_seconds = 2;
+    let Network {
+        listeners,
+        relay,
+        dhcp,
+        tftp,
+        http,
+    } = net;
+    tokio::spawn(plane.serve(listeners, std::future::pending()));
+
+    println!(
+        "Tinker homelab: {} simulated machines; data in {}; control plane {http}",
+        a.machines,
+        data.display()
+    );
+    println!("status page: {http}/status?token={operator_token}  (metrics: {http}/metrics)");
+    let started = Instant::now();
+    let results = provision(rack, relay, dhcp, tftp, &http).await?;
+    let done = report(store.as_ref(), results, run_id, started).await?;
+    if a.hold > 0 {
+        println!("serving the status page for {} s more", a.hold);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_secs(a.hold)).await;
+    }
+    Ok(done == a.machines as usize)
+}
+
+/// Loopback, unprivileged ports: DHCP (and its relay), TFTP, HTTP.
+async fn bind_loopback() -> Result<Network, String> {
+    let dhcp = UdpSocket::bind("127.0.0.1:0").await.map_err(io("DHCP"))?;
+    let relay = UdpSocket::bind("127.0.0.1:0").await.map_err(io("relay"))?;
+    let tftp = UdpSocket::bind("127.0.0.1:0").await.map_err(io("TFTP"))?;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(io("HTTP"))?;
-    let (dhcp_addr, tftp_addr) = (
-        dhcp_socket.local_addr().unwrap(),
-        tftp_socket.local_addr().unwrap(),
-    );
-    let relay_port = relay.lock().await.local_addr().unwrap().port();
-    let http = format!("http://{}", listener.local_addr().unwrap());
+    Ok(Network {
+        dhcp: dhcp.local_addr().map_err(io("DHCP"))?,
+        tftp: tftp.local_addr().map_err(io("TFTP"))?,
+        http: format!("http://{}", http.local_addr().map_err(io("HTTP"))?),
+        relay: Arc::new(tokio::sync::Mutex::new(relay)),
+        listeners: Listeners {
+            dhcp,
+            proxy: None,
+            tftp,
+            http,
+        },
+    })
+}
 
-    // The machines: Hardware in the store, a mock BMC each.
-    let power = Arc::new(StaticConnector::new());
-    let mut rack = Vec::new();
+/// The machines: a Hardware, a mock BMC and a workflow each, in the store.
+async fn put_rack(
+    store: &dyn WorkflowStore,
+    power: &StaticConnector,
+    data: &Path,
+    http: &str,
+    machines: u8,
+    run_id: i64,
+) -> Result<Vec<RackMachine>, String> {
     store
         .put(
             Template::new("homelab-install", TEMPLATE).into(),
@@ -188,8 +265,8 @@ async fn run(a: Args) -> Result<bool, String> {
         )
         .await
         .map_err(|e| e.to_string())?;
-    let run_id = jiff::Timestamp::now().as_second();
-    for i in 0..a.machines {
+    let mut rack = Vec::new();
+    for i in 0..machines {
         let name = format!("node{:02}", i + 1);
         let mac = MacAddr([0x02, 0x00, 0x00, 0x7e, 0x00, i + 1]);
         let ip = Ipv4Addr::new(127, 77, 0, 10 + i);
@@ -202,7 +279,7 @@ async fn run(a: Args) -> Result<bool, String> {
             serde_json::from_value(
                 serde_json::json!({"instance": {"id": format!("i-{name}"), "hostname": name}}),
             )
-            .unwrap(),
+            .map_err(|e| e.to_string())?,
         );
         store
             .put(hw.into(), Precondition::Any)
@@ -211,13 +288,10 @@ async fn run(a: Args) -> Result<bool, String> {
         let bmc = MockBmc::new(&name);
         power.insert(&name, Arc::new(bmc.clone()));
         let mut wf = Workflow::new(&format!("{name}-{run_id}"), "homelab-install", &name, mac);
-        wf.spec.hardware_map.insert(
-            "disk".into(),
-            data.join("disks")
-                .join(format!("{name}.img"))
-                .display()
-                .to_string(),
-        );
+        let disk = data.join("disks").join(format!("{name}.img"));
+        wf.spec
+            .hardware_map
+            .insert("disk".into(), disk.display().to_string());
         wf.spec
             .hardware_map
             .insert("image_url".into(), format!("{http}/assets/os.img.gz"));
@@ -225,75 +299,74 @@ async fn run(a: Args) -> Result<bool, String> {
             .put(wf.into(), Precondition::Any)
             .await
             .map_err(|e| e.to_string())?;
-        rack.push((name, mac, ip, bmc));
+        rack.push(RackMachine { name, mac, ip, bmc });
     }
+    Ok(rack)
+}
 
-    // The services: one control-plane replica (see `tinker::control_plane`) on
-    // loopback, the machines' relay agent on `relay_port`.
-    let mut plane = ControlPlane::new(store.clone(), power, Ipv4Addr::LOCALHOST, secret);
-    plane.relay_port = relay_port;
-    let ipxe_bytes =
-        std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| vec![0x55; 70_000]);
-    plane.tftp_files = FileSource::empty().with_file("undionly.kpxe", ipxe_bytes);
-    plane.assets = Some(FileSource::directory(data.join("assets")).map_err(io("assets"))?);
-    plane.heartbeat_seconds = 2;
-    let listeners = Listeners {
-        dhcp: dhcp_socket,
-        proxy: None,
-        tftp: tftp_socket,
-        http: listener,
-    };
-    tokio::spawn(plane.serve(listeners, std::future::pending()));
-
-    println!(
-        "Tinker homelab: {} simulated machines; data in {}; control plane {http}",
-        a.machines,
-        data.display()
-    );
-    println!("status page: {http}/status?token={operator_token}  (metrics: {http}/metrics)");
+/// Runs every machine of the rack at once, with a progress line each; returns
+/// each machine's name, what its installed OS said (or why it failed), and how
+/// long it took.
+async fn provision(
+    rack: Vec<RackMachine>,
+    relay: Arc<tokio::sync::Mutex<UdpSocket>>,
+    dhcp: SocketAddr,
+    tftp: SocketAddr,
+    http: &str,
+) -> Result<Vec<(String, Result<String, String>, Duration)>, String> {
     let multi = MultiProgress::new();
-    let style =
-        ProgressStyle::with_template("{prefix:.bold} {spinner} {elapsed:>4} {msg}").unwrap();
-    let started = Instant::now();
+    let style = ProgressStyle::with_template("{prefix:.bold} {spinner} {elapsed:>4} {msg}")
+        .map_err(|e| e.to_string())?;
     let mut tasks = Vec::new();
-    for (name, mac, ip, bmc) in rack {
+    for m in rack {
         let bar = multi.add(
             ProgressBar::new_spinner()
                 .with_style(style.clone())
-                .with_prefix(name.clone()),
+                .with_prefix(m.name.clone()),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
-        let (relay, http) = (relay.clone(), http.clone());
+        let (relay, http) = (relay.clone(), http.to_string());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let result = machine(&bar, mac, ip, &bmc, &relay, dhcp_addr, tftp_addr, &http).await;
+            let result = machine(&bar, m.mac, m.ip, &m.bmc, &relay, dhcp, tftp, &http).await;
             match &result {
                 Ok(id) => bar.finish_with_message(format!("installed; instance-id {id}")),
                 Err(e) => bar.abandon_with_message(format!("failed: {e}")),
             }
-            (name, result, t.elapsed())
+            (m.name, result, t.elapsed())
         }));
     }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.map_err(io("machine"))?);
+    }
+    Ok(results)
+}
+
+/// Prints the table of machines and workflow states; returns how many were
+/// provisioned.
+async fn report(
+    store: &dyn WorkflowStore,
+    results: Vec<(String, Result<String, String>, Duration)>,
+    run_id: i64,
+    started: Instant,
+) -> Result<usize, String> {
+    let machines = results.len();
+    let workflows = store.workflows().await.map_err(|e| e.to_string())?;
     let mut done = 0;
     let mut rows = Vec::new();
-    for t in tasks {
-        let (name, result, took) = t.await.map_err(io("machine"))?;
-        let wf = store
-            .workflows()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
+    for (name, result, took) in results {
+        let state = workflows
+            .iter()
             .find(|w| {
                 w.value.spec.hardware_ref == name
                     && w.value.metadata.name.ends_with(&run_id.to_string())
-            });
-        let state = wf
-            .and_then(|w| w.value.state())
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "-".into());
-        if result.is_ok() && state == "SUCCESS" {
+            })
+            .and_then(|w| w.value.state());
+        if result.is_ok() && state == Some(tinker::core::state::WorkflowState::Success) {
             done += 1;
         }
+        let state = state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
         rows.push(format!(
             "{name:<8} {state:<8} {:>6.1} s  {}",
             took.as_secs_f64(),
@@ -308,17 +381,10 @@ async fn run(a: Args) -> Result<bool, String> {
         println!("{r}");
     }
     println!(
-        "\nprovisioned {done}/{} machines in {:.1} s",
-        a.machines,
+        "\nprovisioned {done}/{machines} machines in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    if a.hold > 0 {
-        println!("serving the status page for {} s more", a.hold);
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        tokio::time::sleep(Duration::from_secs(a.hold)).await;
-    }
-    Ok(done == a.machines as usize)
+    Ok(done)
 }
 
 /// One simulated machine, from power-on to its installed OS reading its metadata.
