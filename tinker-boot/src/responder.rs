@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use tinker_core::boot::{
-    BootDecision, BootRequest, BootResponder, BootTarget, ClientKind, NetworkConfig,
+    BootDecision, BootRequest, BootResponder, BootTarget, ClientKind, IgnoreReason, NetworkConfig,
 };
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::Hardware;
 use tinker_core::store::MachineEvent;
 use tinker_core::{Result, WorkflowStore};
@@ -40,6 +41,8 @@ pub fn boot_file_for_arch(arch: u16) -> Option<&'static str> {
 pub struct StoreBootResponder {
     store: Arc<dyn WorkflowStore>,
     config: BootConfig,
+    /// Stamps the events it records.
+    clock: SharedClock,
     /// The last decision recorded per machine: a DHCP exchange asks the same
     /// question two to four times (DISCOVER, REQUEST, renewals), and a store write
     /// (an fsync with the embedded store) per packet would sit on the hot path for
@@ -53,8 +56,15 @@ impl StoreBootResponder {
         StoreBootResponder {
             store,
             config,
+            clock: SystemClock::shared(),
             last_recorded: Arc::default(),
         }
+    }
+
+    /// The same responder, stamping its events with `clock`'s time.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn network(&self, hw: &Hardware, req: &BootRequest) -> Option<NetworkConfig> {
@@ -93,11 +103,11 @@ impl StoreBootResponder {
         &self,
         hw: &Hardware,
         req: &BootRequest,
-    ) -> std::result::Result<Option<BootTarget>, &'static str> {
+    ) -> std::result::Result<Option<BootTarget>, IgnoreReason> {
         let iface = hw.interface(req.mac);
         let netboot = iface.and_then(|i| i.netboot.as_ref());
         if netboot.and_then(|n| n.allow_pxe) != Some(true) {
-            return Err("netboot not allowed (allowPXE is not true)");
+            return Err(IgnoreReason::NetbootNotAllowed);
         }
         let mac = req.mac;
         let base = self.config.http_base.trim_end_matches('/');
@@ -114,13 +124,13 @@ impl StoreBootResponder {
                 url: format!("{base}/ipxe/{mac}/auto.ipxe"),
             }),
             ClientKind::HttpBoot => {
-                let file = binary().ok_or("unknown client architecture")?;
+                let file = binary().ok_or(IgnoreReason::UnknownArchitecture)?;
                 Some(BootTarget::Http {
                     url: format!("{base}/ipxe/binary/{file}"),
                 })
             }
             ClientKind::PxeRom => {
-                let file = binary().ok_or("unknown client architecture")?;
+                let file = binary().ok_or(IgnoreReason::UnknownArchitecture)?;
                 Some(BootTarget::Tftp {
                     server: self.config.tftp_server,
                     file,
@@ -143,7 +153,7 @@ impl StoreBootResponder {
         }
         let event = MachineEvent {
             seq: 0,
-            at: jiff::Timestamp::now(),
+            at: self.clock.now(),
             machine,
             source: "dhcp".into(),
             message,
@@ -165,7 +175,7 @@ impl BootResponder for StoreBootResponder {
     async fn decide(&self, req: &BootRequest) -> Result<BootDecision> {
         let Some(hw) = self.store.hardware_by_mac(req.mac).await? else {
             return Ok(BootDecision::Ignore {
-                reason: format!("unknown MAC {}", req.mac),
+                reason: IgnoreReason::UnknownMac,
             });
         };
         let hw = hw.value;
@@ -177,7 +187,7 @@ impl BootResponder for StoreBootResponder {
             )
             .await;
             return Ok(BootDecision::Ignore {
-                reason: "DHCP disabled for this interface".into(),
+                reason: IgnoreReason::DhcpDisabled,
             });
         }
         let network = self.network(&hw, req);
