@@ -4,14 +4,27 @@
 use super::packet::Packet;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tinker_core::clock::{Clock, SystemClock};
 use tokio::net::UdpSocket;
 
-/// Fetches `file` from `server`; `None` options means plain RFC 1350.
+/// Fetches `file` from `server`; `None` options means plain RFC 1350. Waits
+/// for answers on the system clock.
 pub async fn fetch(
     server: SocketAddr,
     file: &str,
     blksize: Option<u16>,
     windowsize: Option<u16>,
+) -> std::io::Result<Vec<u8>> {
+    fetch_with_clock(server, file, blksize, windowsize, &SystemClock).await
+}
+
+/// [`fetch`], waiting for answers on `clock`.
+pub async fn fetch_with_clock(
+    server: SocketAddr,
+    file: &str,
+    blksize: Option<u16>,
+    windowsize: Option<u16>,
+    clock: &dyn Clock,
 ) -> std::io::Result<Vec<u8>> {
     let err = |m: String| std::io::Error::other(m);
     let sock = UdpSocket::bind(if server.is_ipv4() {
@@ -42,10 +55,13 @@ pub async fn fetch(
     let mut peer = server;
     let mut tries = 0;
     loop {
-        let got = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await;
+        let got = tokio::select! {
+            r = sock.recv_from(&mut buf) => Some(r),
+            () = clock.sleep(Duration::from_secs(2)) => None,
+        };
         let (n, from) = match got {
-            Ok(r) => r?,
-            Err(_) => {
+            Some(r) => r?,
+            None => {
                 tries += 1;
                 if tries > 5 {
                     return Err(err(format!("TFTP {file}: no answer")));
