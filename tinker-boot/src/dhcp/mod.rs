@@ -13,7 +13,7 @@
 //!
 //! Relay agents (`giaddr`, option 82) are honoured in both modes. Everything but
 //! the server's socket loop is pure code: a request and a
-//! [`BootDecision`](tinker_core::boot::BootDecision) in, a [`Verdict`] out.
+//! [`BootDecision`] in, a [`Verdict`] out.
 
 pub mod client;
 pub mod options;
