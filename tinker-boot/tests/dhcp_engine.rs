@@ -351,6 +351,120 @@ async fn malformed_packets_are_dropped_and_counted() {
     assert_eq!(s.stats().malformed.load(Ordering::Relaxed), 4);
 }
 
+#[test]
+fn every_silence_has_a_typed_reason() {
+    use tinker_boot::dhcp::{self, Skip, request};
+    use tinker_core::boot::{BootDecision, BootTarget, IgnoreReason, NetworkConfig};
+    let net = NetworkConfig {
+        address: Ipv4Addr::new(10, 77, 0, 10),
+        prefix: 24,
+        gateway: None,
+        dns: vec![],
+        ntp: vec![],
+        hostname: None,
+        domain: None,
+        lease_seconds: 3600,
+    };
+    let boot = BootTarget::Tftp {
+        server: SERVER,
+        file: "undionly.kpxe".into(),
+    };
+    let answer = BootDecision::Answer {
+        network: Some(net),
+        boot: Some(boot.clone()),
+    };
+    let reservation = DhcpConfig::new(Mode::Reservation, SERVER);
+    let proxy = DhcpConfig::new(Mode::Proxy, SERVER);
+    let parse =
+        |bytes: Vec<u8>, on_proxy_port| request::parse(&bytes, src(), on_proxy_port).unwrap();
+    let skip = |config: &DhcpConfig, bytes: Vec<u8>, on_proxy_port, decision: &BootDecision| {
+        let inbound = parse(bytes, on_proxy_port);
+        request::screen(config, &inbound)
+            .and_then(|()| dhcp::decide(config, &inbound, decision).map(|_| ()))
+            .unwrap_err()
+    };
+    let discover = || pxe(MessageType::Discover, 1, mac(1), 0);
+    assert_eq!(
+        skip(
+            &reservation,
+            discover(),
+            false,
+            &BootDecision::Ignore {
+                reason: IgnoreReason::UnknownMac
+            }
+        ),
+        Skip::Policy(IgnoreReason::UnknownMac)
+    );
+    assert_eq!(
+        skip(
+            &reservation,
+            discover(),
+            false,
+            &BootDecision::Answer {
+                network: None,
+                boot: Some(boot.clone())
+            }
+        ),
+        Skip::NoReservation
+    );
+    let relayed = client::encode(
+        &PxeClient::new(mac(1), 0)
+            .relayed(Ipv4Addr::new(10, 99, 0, 1))
+            .message(MessageType::Discover, 2),
+    );
+    assert_eq!(
+        skip(&reservation, relayed, false, &answer),
+        Skip::ForeignSubnet
+    );
+    let elsewhere = bare(MessageType::Request, 3, mac(1), |m| {
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 2)));
+    });
+    assert_eq!(
+        skip(&reservation, elsewhere, false, &answer),
+        Skip::OtherServerChosen
+    );
+    let vague = bare(MessageType::Request, 4, mac(1), |_| {});
+    assert_eq!(
+        skip(&reservation, vague, false, &answer),
+        Skip::NoAddressRequested
+    );
+    let release = bare(MessageType::Release, 5, mac(1), |_| {});
+    assert_eq!(skip(&reservation, release, false, &answer), Skip::Release);
+    let plain = bare(MessageType::Discover, 6, mac(1), |_| {});
+    assert_eq!(skip(&proxy, plain, false, &answer), Skip::NotNetbootClient);
+    assert_eq!(
+        skip(&proxy, discover(), true, &answer),
+        Skip::NotForThisMode
+    );
+    assert_eq!(
+        skip(
+            &proxy,
+            discover(),
+            false,
+            &BootDecision::Answer {
+                network: None,
+                boot: None
+            }
+        ),
+        Skip::NoBootTarget
+    );
+    // And a decided answer is a value before it is bytes.
+    let inbound = parse(discover(), false);
+    assert_eq!(
+        dhcp::decide(&reservation, &inbound, &answer),
+        Ok(dhcp::Answer::Reply {
+            kind: MessageType::Offer,
+            yiaddr: Ipv4Addr::new(10, 77, 0, 10),
+            network: match &answer {
+                BootDecision::Answer { network, .. } => network.as_ref(),
+                _ => None,
+            },
+            boot: Some(&boot),
+        })
+    );
+}
+
 /// The server itself as the client's link: no sockets, replies queued.
 struct InMemory<'a> {
     server: &'a DhcpServer,

@@ -93,8 +93,11 @@ pub enum Answer<'d> {
 pub enum Skip {
     /// The boot responder said to ignore the client.
     Policy(IgnoreReason),
-    /// The mode does not answer this kind of request (proxyDHCP answers only
-    /// netboot clients: DISCOVER on 67, REQUEST on 4011).
+    /// proxyDHCP, and not a netboot client (no `PXEClient` or `HTTPClient`
+    /// vendor class): the other DHCP server's business.
+    NotNetbootClient,
+    /// The mode does not answer this kind of request (proxyDHCP answers
+    /// DISCOVER on 67 and REQUEST on 4011 only).
     NotForThisMode,
     /// Reservation mode, and the Hardware has no address for this MAC.
     NoReservation,
@@ -121,7 +124,10 @@ impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Skip::Policy(reason) => write!(f, "boot responder: {reason}"),
-            Skip::NotForThisMode => f.write_str("not a request this mode answers"),
+            Skip::NotNetbootClient => f.write_str("not a PXE or HTTP-boot client"),
+            Skip::NotForThisMode => {
+                f.write_str("proxyDHCP answers DISCOVER on 67 and REQUEST on 4011 only")
+            }
             Skip::NoReservation => f.write_str("no address reserved for this MAC"),
             Skip::ForeignSubnet => {
                 f.write_str("relayed from a subnet that is not the reservation's")

@@ -2,7 +2,7 @@
 //! policy needs to know (RFC 2131, RFC 2132 options, RFC 3046 relay information,
 //! RFC 4578 client architecture, PXE and iPXE client classes).
 
-use super::{DhcpConfig, Mode};
+use super::{DhcpConfig, Mode, Skip};
 use dhcproto::Decodable;
 use dhcproto::v4::{self, DhcpOption, MessageType, Opcode, OptionCode};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -137,19 +137,21 @@ pub fn parse(bytes: &[u8], source: SocketAddr, on_proxy_port: bool) -> Result<In
     })
 }
 
-/// Whether the boot responder must be asked (the rest is answered or dropped
-/// without a store lookup).
-pub fn wants_decision(config: &DhcpConfig, inbound: &Inbound) -> bool {
+/// Whether the boot responder must be asked: `Ok` for a request this mode
+/// answers, else why not (the rest is dropped without a store lookup).
+pub fn screen(config: &DhcpConfig, inbound: &Inbound) -> Result<(), Skip> {
     match config.mode {
-        Mode::Reservation => matches!(
-            inbound.kind,
-            MessageType::Discover | MessageType::Request | MessageType::Inform
-        ),
+        Mode::Reservation => match inbound.kind {
+            MessageType::Discover | MessageType::Request | MessageType::Inform => Ok(()),
+            MessageType::Release => Err(Skip::Release),
+            MessageType::Decline => Err(Skip::Decline),
+            _ => Err(Skip::NotAClientMessage),
+        },
         // proxyDHCP answers only netboot clients: DISCOVER on 67, REQUEST on 4011.
-        Mode::Proxy => {
-            inbound.netboot_client
-                && ((inbound.kind == MessageType::Discover && !inbound.on_proxy_port)
-                    || (inbound.kind == MessageType::Request && inbound.on_proxy_port))
-        }
+        Mode::Proxy if !inbound.netboot_client => Err(Skip::NotNetbootClient),
+        Mode::Proxy => match (inbound.kind, inbound.on_proxy_port) {
+            (MessageType::Discover, false) | (MessageType::Request, true) => Ok(()),
+            _ => Err(Skip::NotForThisMode),
+        },
     }
 }

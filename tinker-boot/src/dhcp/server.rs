@@ -93,8 +93,9 @@ impl DhcpServer {
             }
             _ => {}
         }
-        if !request::wants_decision(&self.config, &inbound) {
+        if let Err(skip) = request::screen(&self.config, &inbound) {
             DhcpStats::inc(&self.stats.ignored);
+            tracing::debug!(%mac, kind = ?inbound.kind, reason = %skip, "DHCP request ignored");
             return None;
         }
         let decision = match self.responder.decide(&inbound.request).await {
