@@ -170,6 +170,38 @@ impl StoreBootResponder {
     }
 }
 
+impl StoreBootResponder {
+    /// The decision for a known machine, and the event to record for it (text
+    /// only here, at the edge): pure, no store access.
+    fn decide_for(&self, hw: &Hardware, req: &BootRequest) -> (BootDecision, Option<String>) {
+        if hw.interface(req.mac).and_then(|i| i.disable_dhcp) == Some(true) {
+            let event = format!("DHCP from {} ignored: disableDhcp is set", req.mac);
+            let ignore = BootDecision::Ignore {
+                reason: IgnoreReason::DhcpDisabled,
+            };
+            return (ignore, Some(event));
+        }
+        let network = self.network(hw, req);
+        let (boot, event) = match self.boot(hw, req) {
+            Ok(Some(b)) => {
+                let event = format!(
+                    "{:?} client {} (arch {:?}): {b:?}",
+                    req.client, req.mac, req.arch
+                );
+                (Some(b), Some(event))
+            }
+            // A plain DHCP client (an installed OS) gets its address, nothing to
+            // boot, and no event: it is not booting.
+            Ok(None) => (None, None),
+            Err(why) => {
+                let event = format!("{:?} client {}: no boot file: {why}", req.client, req.mac);
+                (None, Some(event))
+            }
+        };
+        (BootDecision::Answer { network, boot }, event)
+    }
+}
+
 #[async_trait]
 impl BootResponder for StoreBootResponder {
     async fn decide(&self, req: &BootRequest) -> Result<BootDecision> {
@@ -179,39 +211,11 @@ impl BootResponder for StoreBootResponder {
             });
         };
         let hw = hw.value;
-        let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
-        if hw.interface(req.mac).and_then(|i| i.disable_dhcp) == Some(true) {
-            self.record(
-                machine,
-                format!("DHCP from {} ignored: disableDhcp is set", req.mac),
-            )
-            .await;
-            return Ok(BootDecision::Ignore {
-                reason: IgnoreReason::DhcpDisabled,
-            });
+        let (decision, event) = self.decide_for(&hw, req);
+        if let Some(message) = event {
+            let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
+            self.record(machine, message).await;
         }
-        let network = self.network(&hw, req);
-        let boot = match self.boot(&hw, req) {
-            Ok(b) => b,
-            Err(why) => {
-                self.record(
-                    machine.clone(),
-                    format!("{:?} client {}: no boot file: {why}", req.client, req.mac),
-                )
-                .await;
-                None
-            }
-        };
-        if let Some(b) = &boot {
-            self.record(
-                machine,
-                format!(
-                    "{:?} client {} (arch {:?}): {b:?}",
-                    req.client, req.mac, req.arch
-                ),
-            )
-            .await;
-        }
-        Ok(BootDecision::Answer { network, boot })
+        Ok(decision)
     }
 }

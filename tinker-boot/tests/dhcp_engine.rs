@@ -351,6 +351,43 @@ async fn malformed_packets_are_dropped_and_counted() {
     assert_eq!(s.stats().malformed.load(Ordering::Relaxed), 4);
 }
 
+#[tokio::test]
+async fn the_responder_stamps_its_events_with_the_injected_clock() {
+    use tinker_core::BootResponder;
+    use tinker_core::boot::{BootRequest, ClientKind};
+    let store = Arc::new(MemoryStore::new());
+    let hw = Hardware::new("m1", mac(1), Ipv4Addr::new(10, 77, 0, 10), "255.255.255.0");
+    store.put(hw.into(), Precondition::Absent).await.unwrap();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let responder = StoreBootResponder::new(
+        store.clone(),
+        BootConfig {
+            tftp_server: SERVER,
+            http_base: "http://10.77.0.1:8080".into(),
+            default_lease_seconds: 86400,
+            record_events: true,
+        },
+    )
+    .with_clock(clock.clone());
+    let req = BootRequest {
+        mac: mac(1),
+        arch: Some(0),
+        client: ClientKind::PxeRom,
+        relay: None,
+        circuit_id: None,
+    };
+    responder.decide(&req).await.unwrap();
+    for _ in 0..100 {
+        let events = store.events("default/m1", 10).await.unwrap();
+        if let Some(e) = events.first() {
+            assert_eq!(e.at, t0(), "the event's time is the injected clock's");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no event recorded");
+}
+
 #[test]
 fn every_silence_has_a_typed_reason() {
     use tinker_boot::dhcp::{self, Skip, request};
