@@ -32,18 +32,23 @@ async fn server(mode: Mode, allow_pxe: bool) -> (DhcpServer, Arc<MemoryStore>) {
     }
     hw.set_allow_pxe(allow_pxe);
     store.put(hw.into(), Precondition::Absent).await.unwrap();
-    let responder = StoreBootResponder::new(
-        store.clone(),
+    let responder = responder(store.clone());
+    (
+        DhcpServer::new(DhcpConfig::new(mode, SERVER), Arc::new(responder)),
+        store,
+    )
+}
+
+/// The default responder over `store`, serving from [`SERVER`].
+fn responder(store: Arc<MemoryStore>) -> StoreBootResponder {
+    StoreBootResponder::new(
+        store,
         BootConfig {
             tftp_server: SERVER,
             http_base: "http://10.77.0.1:8080".into(),
             default_lease_seconds: 86400,
             record_events: true,
         },
-    );
-    (
-        DhcpServer::new(DhcpConfig::new(mode, SERVER), Arc::new(responder)),
-        store,
     )
 }
 
@@ -359,16 +364,7 @@ async fn the_responder_stamps_its_events_with_the_injected_clock() {
     let hw = Hardware::new("m1", mac(1), Ipv4Addr::new(10, 77, 0, 10), "255.255.255.0");
     store.put(hw.into(), Precondition::Absent).await.unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
-    let responder = StoreBootResponder::new(
-        store.clone(),
-        BootConfig {
-            tftp_server: SERVER,
-            http_base: "http://10.77.0.1:8080".into(),
-            default_lease_seconds: 86400,
-            record_events: true,
-        },
-    )
-    .with_clock(clock.clone());
+    let responder = responder(store.clone()).with_clock(clock.clone());
     let req = BootRequest {
         mac: mac(1),
         arch: Some(0),
