@@ -24,8 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tinker::boot::dhcp::engine::{client_request, decode_reply};
+use tinker::boot::dhcp::client::{self as dhcp_client, Dora, PxeClient};
 use tinker::boot::tftp::client as tftp;
+use tinker::core::clock::SystemClock;
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::worker_api::{ActionReport, NextActionRequest, NextActionResponse};
 use tinker::core::{MacAddr, Precondition, WorkflowStore};
@@ -183,7 +184,7 @@ struct Stats {
 /// A rack's relay agent: one socket, replies matched to machines by `xid`.
 struct Relay {
     socket: Arc<UdpSocket>,
-    waiting: Arc<Mutex<HashMap<u32, tokio::sync::mpsc::UnboundedSender<dhcproto::v4::Message>>>>,
+    waiting: Arc<Mutex<HashMap<u32, tokio::sync::mpsc::UnboundedSender<Vec<u8>>>>>,
 }
 
 impl Relay {
@@ -197,10 +198,10 @@ impl Relay {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 1500];
             while let Ok((n, _)) = s.recv_from(&mut buf).await {
-                if let Some(m) = decode_reply(&buf[..n])
+                if let Some(m) = dhcp_client::decode(&buf[..n])
                     && let Some(tx) = w.lock().unwrap().get(&m.xid())
                 {
-                    let _ = tx.send(m);
+                    let _ = tx.send(buf[..n].to_vec());
                 }
             }
         });
@@ -208,6 +209,44 @@ impl Relay {
     }
 }
 
+/// One machine's view of its rack's relay, as the DHCP client's link: sends
+/// through the relay's socket, receives the replies the relay matched to its
+/// `xid`, and times each answer.
+struct RelayLink<'a> {
+    relay: &'a Relay,
+    server: SocketAddr,
+    replies: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    sent_at: Instant,
+    stats: &'a Stats,
+}
+
+#[async_trait::async_trait]
+impl dhcp_client::Link for RelayLink<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sent_at = Instant::now();
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.relay
+            .socket
+            .send_to(bytes, self.server)
+            .await
+            .map(drop)
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        let reply = self.replies.recv().await.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the relay stopped")
+        })?;
+        self.stats
+            .dhcp_ms
+            .lock()
+            .unwrap()
+            .push(self.sent_at.elapsed().as_secs_f64() * 1000.0);
+        Ok(reply)
+    }
+}
+
+/// DISCOVER/OFFER/REQUEST/ACK through the rack's relay by the one DHCP client,
+/// on a PXE ROM's retransmission schedule.
 async fn dora(
     relay: &Relay,
     giaddr: Ipv4Addr,
@@ -216,60 +255,22 @@ async fn dora(
     xid: u32,
     stats: &Stats,
 ) -> Result<Ipv4Addr, String> {
-    use dhcproto::v4::{DhcpOption, MessageType};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, replies) = tokio::sync::mpsc::unbounded_channel();
     relay.waiting.lock().unwrap().insert(xid, tx);
-    let mut offered: Option<Ipv4Addr> = None;
-    let mut result = Err("no answer".to_string());
-    'kinds: for kind in [MessageType::Discover, MessageType::Request] {
-        let req = client_request(kind, xid, mac, |m| {
-            m.set_giaddr(giaddr);
-            m.opts_mut().insert(DhcpOption::ClassIdentifier(
-                b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-            ));
-            m.opts_mut()
-                .insert(DhcpOption::ClientSystemArchitecture(0u16.into()));
-            if let Some(ip) = offered {
-                m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
-                m.opts_mut()
-                    .insert(DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST));
-            }
-        });
-        // A PXE ROM's schedule: 4, 8, 16, 32 s, each randomized by ±1 s (RFC 2131
-        // §4.1), so a whole row does not retransmit in one wave.
-        for (attempt, wait) in [4u64, 8, 16, 32].into_iter().enumerate() {
-            let jitter = (xid
-                .wrapping_mul(2_654_435_761)
-                .rotate_left(attempt as u32 * 7)
-                % 2000) as u64;
-            let wait = Duration::from_millis(wait * 1000 + jitter - 1000);
-            if attempt > 0 {
-                stats.dhcp_retries.fetch_add(1, Ordering::Relaxed);
-            }
-            let t = Instant::now();
-            stats.requests.fetch_add(1, Ordering::Relaxed);
-            relay
-                .socket
-                .send_to(&req, server)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Ok(Some(reply)) = tokio::time::timeout(wait, rx.recv()).await {
-                stats
-                    .dhcp_ms
-                    .lock()
-                    .unwrap()
-                    .push(t.elapsed().as_secs_f64() * 1000.0);
-                offered = Some(reply.yiaddr());
-                if kind == MessageType::Request {
-                    result = Ok(reply.yiaddr());
-                }
-                continue 'kinds;
-            }
-        }
-        break;
-    }
+    let mut exchange = Dora::new(PxeClient::new(mac, 0).relayed(giaddr), xid);
+    let mut link = RelayLink {
+        relay,
+        server,
+        replies,
+        sent_at: Instant::now(),
+        stats,
+    };
+    let result = dhcp_client::run(&mut exchange, &mut link, &SystemClock).await;
+    stats
+        .dhcp_retries
+        .fetch_add(u64::from(exchange.retransmissions()), Ordering::Relaxed);
     relay.waiting.lock().unwrap().remove(&xid);
-    result
+    result.map(|ack| ack.address).map_err(|e| e.to_string())
 }
 
 /// An HTTP/1.1 connection from a machine's own address, kept alive between calls

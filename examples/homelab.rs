@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use tinker::actions::NativeRuntime;
 use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
 use tinker::bmc::{MockBmc, StaticConnector};
-use tinker::boot::dhcp::engine::{client_request, decode_reply};
+use tinker::boot::dhcp::client::{self as dhcp_client, Dora, PxeClient};
 use tinker::boot::tftp::{FileSource, client as tftp};
 use tinker::control_plane::{ControlPlane, Listeners};
+use tinker::core::clock::SystemClock;
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::{
     MacAddr, PowerController, PowerState, Precondition, WorkflowStore, WorkflowStoreExt,
@@ -463,49 +464,44 @@ async fn machine(
     Ok(id)
 }
 
-/// DISCOVER/OFFER/REQUEST/ACK through the rack's relay (giaddr 127.0.0.1).
+/// DISCOVER/OFFER/REQUEST/ACK through the rack's relay (giaddr 127.0.0.1), by
+/// the one DHCP client.
 async fn dora(
     relay: &tokio::sync::Mutex<UdpSocket>,
     server: SocketAddr,
     mac: MacAddr,
 ) -> Result<Ipv4Addr, String> {
-    use dhcproto::v4::{DhcpOption, MessageType};
     let sock = relay.lock().await;
     let xid = u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]);
-    let pxe = |m: &mut dhcproto::v4::Message| {
-        m.set_giaddr(Ipv4Addr::LOCALHOST);
-        m.opts_mut().insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-        ));
-        m.opts_mut()
-            .insert(DhcpOption::ClientSystemArchitecture(0u16.into()));
+    let mut exchange = Dora::new(PxeClient::new(mac, 0).relayed(Ipv4Addr::LOCALHOST), xid);
+    let mut link = RelayLink {
+        socket: &sock,
+        server,
     };
-    let mut buf = vec![0u8; 1500];
-    let mut offered = None;
-    for kind in [MessageType::Discover, MessageType::Request] {
-        let req = client_request(kind, xid, mac, |m| {
-            pxe(m);
-            if let Some(ip) = offered {
-                m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
-                m.opts_mut()
-                    .insert(DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST));
-            }
-        });
-        sock.send_to(&req, server).await.map_err(io("DHCP"))?;
-        let reply = loop {
-            let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-                .await
-                .map_err(|_| "no DHCP answer".to_string())?
-                .map_err(io("DHCP"))?;
-            if let Some(r) = decode_reply(&buf[..n])
-                && r.xid() == xid
-            {
-                break r;
-            }
-        };
-        offered = Some(reply.yiaddr());
+    let ack = dhcp_client::run(&mut exchange, &mut link, &SystemClock)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ack.address)
+}
+
+/// The rack relay's socket as the DHCP client's link.
+struct RelayLink<'a> {
+    socket: &'a UdpSocket,
+    server: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl dhcp_client::Link for RelayLink<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.socket.send_to(bytes, self.server).await.map(drop)
     }
-    offered.ok_or_else(|| "no address".into())
+
+    async fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 1500];
+        let (n, _) = self.socket.recv_from(&mut buf).await?;
+        buf.truncate(n);
+        Ok(buf)
+    }
 }
 
 /// A plain HTTP GET, optionally from a given source address (the machine's own).

@@ -1,17 +1,19 @@
-//! # tinker-boot
+//! The machine-facing network services of Tinker: everything a machine talks to
+//! while it boots.
 //!
-//! Everything a machine talks to while it boots:
-//!
-//! - [`dhcp`]: DHCPv4, reservation and proxyDHCP modes, relay agents;
+//! - [`dhcp`]: DHCPv4, reservation and proxyDHCP modes, relay agents, laid out
+//!   by job as Tinkerbell's smee is, and [`dhcp::client`], the one (sans-IO)
+//!   PXE DHCP client that simulations and tests use;
 //! - [`tftp`]: read-only TFTP with blksize, tsize, timeout and windowsize;
 //! - [`http`]: per-machine iPXE scripts, boot assets with Range requests, the
 //!   EC2-style metadata service (Hegel's paths) and `/metrics`;
 //! - [`StoreBootResponder`] and [`StoreMetadata`]: the default `BootResponder`
 //!   and `MetadataSource`, backed by a `WorkflowStore`.
 //!
-//! Protocol logic is pure (packet in, reply out); the servers are thin tokio
-//! drivers that take a socket or listener and a shutdown future and never bind
-//! anything themselves at construction.
+//! Protocol logic is pure (packet and time in, reply out); the servers are thin
+//! tokio drivers that take a socket or listener and a shutdown future, never bind
+//! anything themselves at construction, and read the time only from an injected
+//! [`Clock`](tinker_core::clock::Clock).
 
 #![deny(rustdoc::broken_intra_doc_links)]
 

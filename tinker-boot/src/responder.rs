@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use tinker_core::boot::{
-    BootDecision, BootRequest, BootResponder, BootTarget, ClientKind, NetworkConfig,
+    BootDecision, BootRequest, BootResponder, BootTarget, ClientKind, IgnoreReason, NetworkConfig,
 };
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::Hardware;
 use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::{Result, WorkflowStore};
@@ -40,6 +41,8 @@ pub fn boot_file_for_arch(arch: u16) -> Option<&'static str> {
 pub struct StoreBootResponder {
     store: Arc<dyn WorkflowStore>,
     config: BootConfig,
+    /// Stamps the events it records.
+    clock: SharedClock,
     /// The last decision recorded per machine: a DHCP exchange asks the same
     /// question two to four times (DISCOVER, REQUEST, renewals), and a store write
     /// (an fsync with the embedded store) per packet would sit on the hot path for
@@ -53,8 +56,15 @@ impl StoreBootResponder {
         StoreBootResponder {
             store,
             config,
+            clock: SystemClock::shared(),
             last_recorded: Arc::default(),
         }
+    }
+
+    /// The same responder, stamping its events with `clock`'s time.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn network(&self, hw: &Hardware, req: &BootRequest) -> Option<NetworkConfig> {
@@ -93,11 +103,11 @@ impl StoreBootResponder {
         &self,
         hw: &Hardware,
         req: &BootRequest,
-    ) -> std::result::Result<Option<BootTarget>, &'static str> {
+    ) -> std::result::Result<Option<BootTarget>, IgnoreReason> {
         let iface = hw.interface(req.mac);
         let netboot = iface.and_then(|i| i.netboot.as_ref());
         if netboot.and_then(|n| n.allow_pxe) != Some(true) {
-            return Err("netboot not allowed (allowPXE is not true)");
+            return Err(IgnoreReason::NetbootNotAllowed);
         }
         let mac = req.mac;
         let base = self.config.http_base.trim_end_matches('/');
@@ -114,13 +124,13 @@ impl StoreBootResponder {
                 url: format!("{base}/ipxe/{mac}/auto.ipxe"),
             }),
             ClientKind::HttpBoot => {
-                let file = binary().ok_or("unknown client architecture")?;
+                let file = binary().ok_or(IgnoreReason::UnknownArchitecture)?;
                 Some(BootTarget::Http {
                     url: format!("{base}/ipxe/binary/{file}"),
                 })
             }
             ClientKind::PxeRom => {
-                let file = binary().ok_or("unknown client architecture")?;
+                let file = binary().ok_or(IgnoreReason::UnknownArchitecture)?;
                 Some(BootTarget::Tftp {
                     server: self.config.tftp_server,
                     file,
@@ -142,7 +152,7 @@ impl StoreBootResponder {
             last.insert(machine.clone(), message.clone());
         }
         let event = MachineEvent::new(
-            jiff::Timestamp::now(),
+            self.clock.now(),
             machine,
             EventSource::Dhcp,
             EventKind::BootDecision { decision: message },
@@ -159,48 +169,52 @@ impl StoreBootResponder {
     }
 }
 
+impl StoreBootResponder {
+    /// The decision for a known machine, and the event to record for it (text
+    /// only here, at the edge): pure, no store access.
+    fn decide_for(&self, hw: &Hardware, req: &BootRequest) -> (BootDecision, Option<String>) {
+        if hw.interface(req.mac).and_then(|i| i.disable_dhcp) == Some(true) {
+            let event = format!("DHCP from {} ignored: disableDhcp is set", req.mac);
+            let ignore = BootDecision::Ignore {
+                reason: IgnoreReason::DhcpDisabled,
+            };
+            return (ignore, Some(event));
+        }
+        let network = self.network(hw, req);
+        let (boot, event) = match self.boot(hw, req) {
+            Ok(Some(b)) => {
+                let event = format!(
+                    "{:?} client {} (arch {:?}): {b:?}",
+                    req.client, req.mac, req.arch
+                );
+                (Some(b), Some(event))
+            }
+            // A plain DHCP client (an installed OS) gets its address, nothing to
+            // boot, and no event: it is not booting.
+            Ok(None) => (None, None),
+            Err(why) => {
+                let event = format!("{:?} client {}: no boot file: {why}", req.client, req.mac);
+                (None, Some(event))
+            }
+        };
+        (BootDecision::Answer { network, boot }, event)
+    }
+}
+
 #[async_trait]
 impl BootResponder for StoreBootResponder {
     async fn decide(&self, req: &BootRequest) -> Result<BootDecision> {
         let Some(hw) = self.store.hardware_by_mac(req.mac).await? else {
             return Ok(BootDecision::Ignore {
-                reason: format!("unknown MAC {}", req.mac),
+                reason: IgnoreReason::UnknownMac,
             });
         };
         let hw = hw.value;
-        let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
-        if hw.interface(req.mac).and_then(|i| i.disable_dhcp) == Some(true) {
-            self.record(
-                machine,
-                format!("DHCP from {} ignored: disableDhcp is set", req.mac),
-            )
-            .await;
-            return Ok(BootDecision::Ignore {
-                reason: "DHCP disabled for this interface".into(),
-            });
+        let (decision, event) = self.decide_for(&hw, req);
+        if let Some(message) = event {
+            let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
+            self.record(machine, message).await;
         }
-        let network = self.network(&hw, req);
-        let boot = match self.boot(&hw, req) {
-            Ok(b) => b,
-            Err(why) => {
-                self.record(
-                    machine.clone(),
-                    format!("{:?} client {}: no boot file: {why}", req.client, req.mac),
-                )
-                .await;
-                None
-            }
-        };
-        if let Some(b) = &boot {
-            self.record(
-                machine,
-                format!(
-                    "{:?} client {} (arch {:?}): {b:?}",
-                    req.client, req.mac, req.arch
-                ),
-            )
-            .await;
-        }
-        Ok(BootDecision::Answer { network, boot })
+        Ok(decision)
     }
 }

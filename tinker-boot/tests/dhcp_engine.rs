@@ -6,9 +6,10 @@ use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tinker_boot::dhcp::engine::{client_request, decode_reply};
+use tinker_boot::dhcp::client::{self, ClientError, Dora, PxeClient, VendorClass};
 use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode, Outbound};
 use tinker_boot::{BootConfig, StoreBootResponder};
+use tinker_core::clock::{Clock, ManualClock};
 use tinker_core::model::Hardware;
 use tinker_core::{MacAddr, Precondition, WorkflowStore};
 use tinker_store::MemoryStore;
@@ -31,18 +32,23 @@ async fn server(mode: Mode, allow_pxe: bool) -> (DhcpServer, Arc<MemoryStore>) {
     }
     hw.set_allow_pxe(allow_pxe);
     store.put(hw.into(), Precondition::Absent).await.unwrap();
-    let responder = StoreBootResponder::new(
-        store.clone(),
+    let responder = responder(store.clone());
+    (
+        DhcpServer::new(DhcpConfig::new(mode, SERVER), Arc::new(responder)),
+        store,
+    )
+}
+
+/// The default responder over `store`, serving from [`SERVER`].
+fn responder(store: Arc<MemoryStore>) -> StoreBootResponder {
+    StoreBootResponder::new(
+        store,
         BootConfig {
             tftp_server: SERVER,
             http_base: "http://10.77.0.1:8080".into(),
             default_lease_seconds: 86400,
             record_events: true,
         },
-    );
-    (
-        DhcpServer::new(DhcpConfig::new(mode, SERVER), Arc::new(responder)),
-        store,
     )
 }
 
@@ -50,16 +56,16 @@ fn src() -> SocketAddr {
     "0.0.0.0:68".parse().unwrap()
 }
 
-fn pxe(msg: &mut v4::Message, arch: u16) {
-    let o = msg.opts_mut();
-    o.insert(DhcpOption::ClassIdentifier(
-        format!("PXEClient:Arch:{arch:05}:UNDI:002001").into_bytes(),
-    ));
-    o.insert(DhcpOption::ClientSystemArchitecture(arch.into()));
-    o.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
-    let mut guid = vec![0u8];
-    guid.extend_from_slice(&[7; 16]);
-    o.insert(DhcpOption::ClientMachineIdentifier(guid));
+/// A PXE ROM's `kind` message, as the one DHCP client builds it.
+fn pxe(kind: MessageType, xid: u32, mac: MacAddr, arch: u16) -> Vec<u8> {
+    client::encode(&PxeClient::new(mac, arch).message(kind, xid))
+}
+
+/// A bare `kind` message, changed by `edit`.
+fn bare(kind: MessageType, xid: u32, mac: MacAddr, edit: impl FnOnce(&mut v4::Message)) -> Vec<u8> {
+    let mut msg = client::message(kind, xid, mac);
+    edit(&mut msg);
+    client::encode(&msg)
 }
 
 fn opt(m: &v4::Message, code: OptionCode) -> Option<&DhcpOption> {
@@ -74,7 +80,7 @@ fn file(m: &v4::Message) -> String {
 
 async fn exchange(s: &DhcpServer, bytes: Vec<u8>) -> Option<(Outbound, v4::Message)> {
     let out = s.handle(&bytes, src(), false).await?;
-    let msg = decode_reply(&out.bytes).expect("a BOOTREPLY");
+    let msg = client::decode(&out.bytes).expect("a BOOTREPLY");
     Some((out, msg))
 }
 
@@ -86,12 +92,9 @@ async fn pxe_rom_gets_address_and_ipxe_by_architecture() {
         (7, "ipxe.efi"),
         (11, "snp-arm64.efi"),
     ] {
-        let (out, offer) = exchange(
-            &s,
-            client_request(MessageType::Discover, 42, mac(1), |m| pxe(m, arch)),
-        )
-        .await
-        .unwrap();
+        let (out, offer) = exchange(&s, pxe(MessageType::Discover, 42, mac(1), arch))
+            .await
+            .unwrap();
         assert_eq!(out.kind, MessageType::Offer);
         assert!(out.bytes.len() >= 300, "padded to the BOOTP minimum");
         assert_eq!(out.dest, "255.255.255.255:68".parse().unwrap());
@@ -133,12 +136,9 @@ async fn pxe_rom_gets_address_and_ipxe_by_architecture() {
         );
     }
     // The same question again (a retransmitted DISCOVER) changes no decision.
-    exchange(
-        &s,
-        client_request(MessageType::Discover, 43, mac(1), |m| pxe(m, 11)),
-    )
-    .await
-    .unwrap();
+    exchange(&s, pxe(MessageType::Discover, 43, mac(1), 11))
+        .await
+        .unwrap();
     // Each decision is written to the event log in the background, once.
     for _ in 0..100 {
         if store.events("default/m1", 10).await.unwrap().len() >= 3 {
@@ -158,22 +158,21 @@ async fn pxe_rom_gets_address_and_ipxe_by_architecture() {
 #[tokio::test]
 async fn ipxe_gets_its_script_and_http_boot_a_url() {
     let (s, _) = server(Mode::Reservation, true).await;
-    let req = client_request(MessageType::Discover, 1, mac(1), |m| {
-        pxe(m, 7);
-        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-    });
+    let req = client::encode(
+        &PxeClient::new(mac(1), 7)
+            .ipxe()
+            .message(MessageType::Discover, 1),
+    );
     let (_, offer) = exchange(&s, req).await.unwrap();
     assert_eq!(
         file(&offer),
         "http://10.77.0.1:8080/ipxe/52:54:00:00:00:01/auto.ipxe"
     );
-    let req = client_request(MessageType::Discover, 2, mac(1), |m| {
-        m.opts_mut().insert(DhcpOption::ClassIdentifier(
-            b"HTTPClient:Arch:00016:UNDI:003000".to_vec(),
-        ));
-        m.opts_mut()
-            .insert(DhcpOption::ClientSystemArchitecture(16u16.into()));
-    });
+    let req = client::encode(
+        &PxeClient::new(mac(1), 16)
+            .with_class(VendorClass::Http)
+            .message(MessageType::Discover, 2),
+    );
     let (_, offer) = exchange(&s, req).await.unwrap();
     assert_eq!(file(&offer), "http://10.77.0.1:8080/ipxe/binary/ipxe.efi");
     assert_eq!(
@@ -187,7 +186,7 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
     let (s, _) = server(Mode::Reservation, true).await;
     let ours = Ipv4Addr::new(10, 77, 0, 10);
     // SELECTING, our server id, the offered address: ACK with T1 and T2.
-    let req = client_request(MessageType::Request, 7, mac(1), |m| {
+    let req = bare(MessageType::Request, 7, mac(1), |m| {
         m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
         m.opts_mut().insert(DhcpOption::RequestedIpAddress(ours));
     });
@@ -203,14 +202,14 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
         Some(&DhcpOption::Rebinding(3150))
     );
     // SELECTING another server: silence.
-    let req = client_request(MessageType::Request, 8, mac(1), |m| {
+    let req = bare(MessageType::Request, 8, mac(1), |m| {
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 2)));
         m.opts_mut().insert(DhcpOption::RequestedIpAddress(ours));
     });
     assert!(exchange(&s, req).await.is_none());
     // INIT-REBOOT with a stale address: NAK, broadcast.
-    let req = client_request(MessageType::Request, 9, mac(1), |m| {
+    let req = bare(MessageType::Request, 9, mac(1), |m| {
         m.opts_mut()
             .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 99)));
     });
@@ -219,7 +218,7 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
     assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(out.dest, "255.255.255.255:68".parse().unwrap());
     // RENEWING: ciaddr set, unicast back to it.
-    let req = client_request(MessageType::Request, 10, mac(1), |m| {
+    let req = bare(MessageType::Request, 10, mac(1), |m| {
         m.set_ciaddr(ours);
     });
     let (out, ack) = exchange(&s, req).await.unwrap();
@@ -229,12 +228,12 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
     );
     assert_eq!(ack.ciaddr(), ours);
     // REBINDING with an address that is not ours: NAK.
-    let req = client_request(MessageType::Request, 11, mac(1), |m| {
+    let req = bare(MessageType::Request, 11, mac(1), |m| {
         m.set_ciaddr(Ipv4Addr::new(10, 77, 0, 50));
     });
     assert_eq!(exchange(&s, req).await.unwrap().0.kind, MessageType::Nak);
     // INFORM: options, no lease.
-    let req = client_request(MessageType::Inform, 12, mac(1), |m| {
+    let req = bare(MessageType::Inform, 12, mac(1), |m| {
         m.set_ciaddr(ours);
     });
     let (out, ack) = exchange(&s, req).await.unwrap();
@@ -245,7 +244,7 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
     assert!(
         exchange(
             &s,
-            client_request(MessageType::Release, 13, mac(1), |m| {
+            bare(MessageType::Release, 13, mac(1), |m| {
                 m.set_ciaddr(ours);
             })
         )
@@ -253,7 +252,7 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
         .is_none()
     );
     assert!(
-        exchange(&s, client_request(MessageType::Decline, 14, mac(1), |_| {}))
+        exchange(&s, bare(MessageType::Decline, 14, mac(1), |_| {}))
             .await
             .is_none()
     );
@@ -267,21 +266,15 @@ async fn request_ack_nak_renew_rebind_inform_per_rfc2131() {
 async fn unknown_macs_and_pxe_not_allowed() {
     let (s, _) = server(Mode::Reservation, false).await;
     assert!(
-        exchange(
-            &s,
-            client_request(MessageType::Discover, 1, mac(9), |m| pxe(m, 0))
-        )
-        .await
-        .is_none()
+        exchange(&s, pxe(MessageType::Discover, 1, mac(9), 0))
+            .await
+            .is_none()
     );
     assert_eq!(s.stats().unknown_mac.load(Ordering::Relaxed), 1);
     // allowPXE false: an address, but no boot file.
-    let (_, offer) = exchange(
-        &s,
-        client_request(MessageType::Discover, 2, mac(1), |m| pxe(m, 0)),
-    )
-    .await
-    .unwrap();
+    let (_, offer) = exchange(&s, pxe(MessageType::Discover, 2, mac(1), 0))
+        .await
+        .unwrap();
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 77, 0, 10));
     assert_eq!(file(&offer), "");
 }
@@ -296,12 +289,12 @@ async fn relayed_requests_are_answered_to_the_relay_with_option_82() {
         ));
         i
     };
-    let req = client_request(MessageType::Discover, 5, mac(1), |m| {
-        pxe(m, 0);
-        m.set_giaddr(Ipv4Addr::new(10, 77, 0, 254));
-        m.opts_mut()
-            .insert(DhcpOption::RelayAgentInformation(info.clone()));
-    });
+    let req = client::encode(
+        &PxeClient::new(mac(1), 0)
+            .relayed(Ipv4Addr::new(10, 77, 0, 254))
+            .with_circuit_id(b"rack7-port3".to_vec())
+            .message(MessageType::Discover, 5),
+    );
     let (out, offer) = exchange(&s, req).await.unwrap();
     assert_eq!(out.dest, "10.77.0.254:67".parse().unwrap());
     assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 77, 0, 254));
@@ -310,7 +303,7 @@ async fn relayed_requests_are_answered_to_the_relay_with_option_82() {
         Some(&DhcpOption::RelayAgentInformation(info))
     );
     // A relay on another subnet is not the reservation's: no answer.
-    let req = client_request(MessageType::Discover, 6, mac(1), |m| {
+    let req = bare(MessageType::Discover, 6, mac(1), |m| {
         m.set_giaddr(Ipv4Addr::new(10, 99, 0, 1));
     });
     assert!(exchange(&s, req).await.is_none());
@@ -319,12 +312,9 @@ async fn relayed_requests_are_answered_to_the_relay_with_option_82() {
 #[tokio::test]
 async fn proxy_dhcp_gives_boot_information_only() {
     let (s, _) = server(Mode::Proxy, true).await;
-    let (out, offer) = exchange(
-        &s,
-        client_request(MessageType::Discover, 1, mac(1), |m| pxe(m, 7)),
-    )
-    .await
-    .unwrap();
+    let (out, offer) = exchange(&s, pxe(MessageType::Discover, 1, mac(1), 7))
+        .await
+        .unwrap();
     assert_eq!(out.kind, MessageType::Offer);
     assert_eq!(
         offer.yiaddr(),
@@ -338,10 +328,9 @@ async fn proxy_dhcp_gives_boot_information_only() {
         Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
     );
     // The boot server request on 4011 is answered to its sender.
-    let req = client_request(MessageType::Request, 2, mac(1), |m| {
-        pxe(m, 7);
-        m.set_ciaddr(Ipv4Addr::new(192, 168, 1, 50));
-    });
+    let mut req = PxeClient::new(mac(1), 7).message(MessageType::Request, 2);
+    req.set_ciaddr(Ipv4Addr::new(192, 168, 1, 50));
+    let req = client::encode(&req);
     let from: SocketAddr = "192.168.1.50:4011".parse().unwrap();
     let out = s.handle(&req, from, true).await.unwrap();
     assert_eq!(
@@ -350,7 +339,7 @@ async fn proxy_dhcp_gives_boot_information_only() {
     );
     // Plain DHCP clients are the other server's business.
     assert!(
-        exchange(&s, client_request(MessageType::Discover, 3, mac(1), |_| {}))
+        exchange(&s, bare(MessageType::Discover, 3, mac(1), |_| {}))
             .await
             .is_none()
     );
@@ -359,12 +348,302 @@ async fn proxy_dhcp_gives_boot_information_only() {
 #[tokio::test]
 async fn malformed_packets_are_dropped_and_counted() {
     let (s, _) = server(Mode::Reservation, true).await;
-    let mut reply_shaped = client_request(MessageType::Discover, 1, mac(1), |m| pxe(m, 0));
+    let mut reply_shaped = pxe(MessageType::Discover, 1, mac(1), 0);
     reply_shaped[0] = 2; // BOOTREPLY
     for bad in [vec![], vec![1; 10], vec![0xff; 600], reply_shaped] {
         assert!(s.handle(&bad, src(), false).await.is_none());
     }
     assert_eq!(s.stats().malformed.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test]
+async fn the_responder_stamps_its_events_with_the_injected_clock() {
+    use tinker_core::BootResponder;
+    use tinker_core::boot::{BootRequest, ClientKind};
+    let store = Arc::new(MemoryStore::new());
+    let hw = Hardware::new("m1", mac(1), Ipv4Addr::new(10, 77, 0, 10), "255.255.255.0");
+    store.put(hw.into(), Precondition::Absent).await.unwrap();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let responder = responder(store.clone()).with_clock(clock.clone());
+    let req = BootRequest {
+        mac: mac(1),
+        arch: Some(0),
+        client: ClientKind::PxeRom,
+        relay: None,
+        circuit_id: None,
+    };
+    responder.decide(&req).await.unwrap();
+    for _ in 0..100 {
+        let events = store.events("default/m1", 10).await.unwrap();
+        if let Some(e) = events.first() {
+            assert_eq!(e.at, t0(), "the event's time is the injected clock's");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no event recorded");
+}
+
+#[test]
+fn every_silence_has_a_typed_reason() {
+    use tinker_boot::dhcp::{self, Skip, request};
+    use tinker_core::boot::{BootDecision, BootTarget, IgnoreReason, NetworkConfig};
+    let net = NetworkConfig {
+        address: Ipv4Addr::new(10, 77, 0, 10),
+        prefix: 24,
+        gateway: None,
+        dns: vec![],
+        ntp: vec![],
+        hostname: None,
+        domain: None,
+        lease_seconds: 3600,
+    };
+    let boot = BootTarget::Tftp {
+        server: SERVER,
+        file: "undionly.kpxe".into(),
+    };
+    let answer = BootDecision::Answer {
+        network: Some(net),
+        boot: Some(boot.clone()),
+    };
+    let reservation = DhcpConfig::new(Mode::Reservation, SERVER);
+    let proxy = DhcpConfig::new(Mode::Proxy, SERVER);
+    let parse =
+        |bytes: Vec<u8>, on_proxy_port| request::parse(&bytes, src(), on_proxy_port).unwrap();
+    let skip = |config: &DhcpConfig, bytes: Vec<u8>, on_proxy_port, decision: &BootDecision| {
+        let inbound = parse(bytes, on_proxy_port);
+        request::screen(config, &inbound)
+            .and_then(|()| dhcp::decide(config, &inbound, decision).map(|_| ()))
+            .unwrap_err()
+    };
+    let discover = || pxe(MessageType::Discover, 1, mac(1), 0);
+    assert_eq!(
+        skip(
+            &reservation,
+            discover(),
+            false,
+            &BootDecision::Ignore {
+                reason: IgnoreReason::UnknownMac
+            }
+        ),
+        Skip::Policy(IgnoreReason::UnknownMac)
+    );
+    assert_eq!(
+        skip(
+            &reservation,
+            discover(),
+            false,
+            &BootDecision::Answer {
+                network: None,
+                boot: Some(boot.clone())
+            }
+        ),
+        Skip::NoReservation
+    );
+    let relayed = client::encode(
+        &PxeClient::new(mac(1), 0)
+            .relayed(Ipv4Addr::new(10, 99, 0, 1))
+            .message(MessageType::Discover, 2),
+    );
+    assert_eq!(
+        skip(&reservation, relayed, false, &answer),
+        Skip::ForeignSubnet
+    );
+    let elsewhere = bare(MessageType::Request, 3, mac(1), |m| {
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 2)));
+    });
+    assert_eq!(
+        skip(&reservation, elsewhere, false, &answer),
+        Skip::OtherServerChosen
+    );
+    let vague = bare(MessageType::Request, 4, mac(1), |_| {});
+    assert_eq!(
+        skip(&reservation, vague, false, &answer),
+        Skip::NoAddressRequested
+    );
+    let release = bare(MessageType::Release, 5, mac(1), |_| {});
+    assert_eq!(skip(&reservation, release, false, &answer), Skip::Release);
+    let plain = bare(MessageType::Discover, 6, mac(1), |_| {});
+    assert_eq!(skip(&proxy, plain, false, &answer), Skip::NotNetbootClient);
+    assert_eq!(
+        skip(&proxy, discover(), true, &answer),
+        Skip::NotForThisMode
+    );
+    assert_eq!(
+        skip(
+            &proxy,
+            discover(),
+            false,
+            &BootDecision::Answer {
+                network: None,
+                boot: None
+            }
+        ),
+        Skip::NoBootTarget
+    );
+    // And a decided answer is a value before it is bytes.
+    let inbound = parse(discover(), false);
+    assert_eq!(
+        dhcp::decide(&reservation, &inbound, &answer),
+        Ok(dhcp::Answer::Reply {
+            kind: MessageType::Offer,
+            yiaddr: Ipv4Addr::new(10, 77, 0, 10),
+            network: match &answer {
+                BootDecision::Answer { network, .. } => network.as_ref(),
+                _ => None,
+            },
+            boot: Some(&boot),
+        })
+    );
+}
+
+/// The server itself as the client's link: no sockets, replies queued.
+struct InMemory<'a> {
+    server: &'a DhcpServer,
+    replies: std::collections::VecDeque<Vec<u8>>,
+    /// Sends to drop before the server hears one, as a lossy network would.
+    lose: usize,
+    sent: usize,
+}
+
+#[async_trait::async_trait]
+impl client::Link for InMemory<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sent += 1;
+        if self.lose > 0 {
+            self.lose -= 1;
+            return Ok(());
+        }
+        if let Some(out) = self.server.handle(bytes, src(), false).await {
+            self.replies.push_back(out.bytes);
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        match self.replies.pop_front() {
+            Some(r) => Ok(r),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn t0() -> jiff::Timestamp {
+    jiff::Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+#[tokio::test]
+async fn the_one_client_runs_a_pxe_dora_against_the_server() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    let clock = ManualClock::new(t0());
+    let mut link = InMemory {
+        server: &s,
+        replies: Default::default(),
+        lose: 0,
+        sent: 0,
+    };
+    let mut dora = Dora::new(
+        PxeClient::new(mac(1), 0).relayed(Ipv4Addr::new(10, 77, 0, 254)),
+        77,
+    );
+    let ack = client::run(&mut dora, &mut link, &clock).await.unwrap();
+    assert_eq!(ack.kind, MessageType::Ack);
+    assert_eq!(ack.xid, 77);
+    assert_eq!(ack.address, Ipv4Addr::new(10, 77, 0, 10));
+    assert_eq!(ack.server_id, Some(SERVER));
+    assert_eq!(ack.next_server, SERVER);
+    assert_eq!(ack.boot_file.as_deref(), Some("undionly.kpxe"));
+    assert_eq!(ack.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+    assert_eq!(ack.router, Some(SERVER));
+    assert_eq!(ack.dns, vec![SERVER]);
+    assert_eq!(ack.lease_seconds, Some(3600));
+    assert_eq!(ack.hostname.as_deref(), Some("m1"));
+    assert_eq!(ack.vendor_class.as_deref(), Some(&b"PXEClient"[..]));
+    assert_eq!((link.sent, dora.retransmissions()), (2, 0));
+    assert_eq!(dora.outcome().unwrap().unwrap(), &ack);
+    assert_eq!(s.stats().offers.load(Ordering::Relaxed), 1);
+    assert_eq!(s.stats().acks.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn the_client_retransmits_on_the_pxe_schedule_then_gives_up() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    // Two DISCOVERs lost: the third, sent after about 4 + 8 s, is answered.
+    let clock = std::sync::Arc::new(ManualClock::new(t0()));
+    let driver = {
+        let (s, clock) = (s.clone(), clock.clone());
+        tokio::spawn(async move {
+            let mut link = InMemory {
+                server: &s,
+                replies: Default::default(),
+                lose: 2,
+                sent: 0,
+            };
+            let mut dora = Dora::new(PxeClient::new(mac(1), 7), 5);
+            let ack = client::run(&mut dora, &mut link, clock.as_ref()).await;
+            (ack, dora.retransmissions(), link.sent)
+        })
+    };
+    while !driver.is_finished() {
+        tokio::task::yield_now().await;
+        clock.advance(std::time::Duration::from_millis(500));
+    }
+    let (ack, retransmissions, sent) = driver.await.unwrap();
+    assert_eq!(ack.unwrap().boot_file.as_deref(), Some("ipxe.efi"));
+    assert_eq!((retransmissions, sent), (2, 4));
+    let waited = clock.now().duration_since(t0()).as_secs_f64();
+    assert!((10.0..=16.0).contains(&waited), "answered after {waited} s");
+
+    // Nobody answers: four DISCOVERs, then a typed NoAnswer, sans I/O.
+    let mut dora = Dora::new(PxeClient::new(mac(9), 0), 6);
+    let mut now = t0();
+    let mut sent = 0;
+    while dora.outcome().is_none() {
+        if dora.poll_transmit(now).is_some() {
+            sent += 1;
+        }
+        now = dora.poll_timeout().unwrap();
+        dora.handle_timeout(now);
+    }
+    let waited = now.duration_since(t0()).as_secs_f64();
+    assert!((56.0..=64.0).contains(&waited), "gave up after {waited} s");
+    assert_eq!(sent, 4);
+    assert!(matches!(
+        dora.outcome(),
+        Some(Err(ClientError::NoAnswer {
+            stage: MessageType::Discover,
+            tries: 4
+        }))
+    ));
+}
+
+#[tokio::test]
+async fn the_client_reads_a_nak_and_ignores_other_transactions() {
+    let (s, _) = server(Mode::Reservation, true).await;
+    let now = t0();
+    let mut dora = Dora::new(PxeClient::new(mac(1), 0), 8);
+    let discover = dora.poll_transmit(now).unwrap();
+    let offer = s.handle(&discover, src(), false).await.unwrap().bytes;
+    // Another transaction's reply is not ours.
+    let mut other = client::decode(&offer).unwrap();
+    other.set_xid(9);
+    assert!(!dora.handle_datagram(&client::encode(&other), now));
+    // An OFFER of an address that is not the reservation: the server NAKs the REQUEST.
+    let mut wrong = client::decode(&offer).unwrap();
+    wrong.set_yiaddr(Ipv4Addr::new(10, 77, 0, 99));
+    assert!(dora.handle_datagram(&client::encode(&wrong), now));
+    let request = dora.poll_transmit(now).unwrap();
+    let nak = s.handle(&request, src(), false).await.unwrap();
+    assert_eq!(nak.kind, MessageType::Nak);
+    assert!(dora.handle_datagram(&nak.bytes, now));
+    match dora.outcome() {
+        Some(Err(ClientError::Refused { message: Some(m) })) => {
+            assert!(m.contains("reserved"), "{m}")
+        }
+        other => panic!("a NAK is a refusal: {other:?}"),
+    }
+    assert_eq!(dora.poll_timeout(), None, "the exchange ended");
 }
 
 proptest! {
@@ -382,7 +661,7 @@ proptest! {
 
     #[test]
     fn mutated_requests_never_panic(flips in prop::collection::vec((0usize..400, any::<u8>()), 1..20), proxy in any::<bool>()) {
-        let mut bytes = client_request(MessageType::Discover, 9, mac(1), |m| pxe(m, 7));
+        let mut bytes = pxe(MessageType::Discover, 9, mac(1), 7);
         for (at, v) in flips {
             if at < bytes.len() { bytes[at] = v; }
         }

@@ -208,3 +208,63 @@ async fn missing_files_and_writes_are_errors() {
         1
     );
 }
+
+#[tokio::test]
+async fn retransmissions_follow_the_injected_clock() {
+    use tinker_core::clock::ManualClock;
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let src = FileSource::empty().with_file("boot.bin", vec![5u8; 100]);
+    let server = TftpServer::new(src).with_clock(clock.clone());
+    let stats = server.stats();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(server.serve(socket, std::future::pending()));
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rrq = Packet::Rrq {
+        file: "boot.bin".into(),
+        mode: "octet".into(),
+        options: vec![],
+    };
+    sock.send_to(&rrq.encode(), addr).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+    assert!(matches!(
+        Packet::decode(&buf[..n]),
+        Some(Packet::Data { block: 1, .. })
+    ));
+    // The block goes unacknowledged. On the wall clock its 1 s timeout passes,
+    // but the server's clock stands still: nothing is sent again.
+    let quiet = tokio::time::timeout(Duration::from_millis(1300), sock.recv_from(&mut buf)).await;
+    assert!(quiet.is_err(), "retransmitted without its clock moving");
+    // Each second on the server's clock is one retransmission, then it gives up.
+    for _ in 0..tinker_boot::tftp::MAX_RETRIES {
+        clock.advance(Duration::from_secs(1));
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("a retransmission once the clock moved")
+            .unwrap();
+        assert!(matches!(
+            Packet::decode(&buf[..n]),
+            Some(Packet::Data { block: 1, .. })
+        ));
+    }
+    clock.advance(Duration::from_secs(1));
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+        .await
+        .expect("the server gives up aloud")
+        .unwrap();
+    assert!(matches!(
+        Packet::decode(&buf[..n]),
+        Some(Packet::Error { .. })
+    ));
+    for _ in 0..100 {
+        if stats.failed.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the abandoned transfer was not counted");
+}

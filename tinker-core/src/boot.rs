@@ -82,6 +82,51 @@ pub enum BootTarget {
     },
 }
 
+/// Why a boot request gets no answer. Servers count and log by it; it is
+/// rendered to text ([`Display`](std::fmt::Display)) only in logs and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum IgnoreReason {
+    /// No Hardware has this MAC.
+    UnknownMac,
+    /// The Hardware's interface has `disableDhcp` set.
+    DhcpDisabled,
+    /// The Hardware's interface does not allow netboot (`allowPXE` is not true),
+    /// and the answer would only have carried boot information.
+    NetbootNotAllowed,
+    /// The client is not a netboot client (no `PXEClient` or `HTTPClient`
+    /// vendor class), and the answer would only have carried boot information.
+    NotNetbootClient,
+    /// The client's architecture (option 93) has no boot file.
+    UnknownArchitecture,
+}
+
+impl IgnoreReason {
+    /// A short, stable name (for metric labels and structured logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::UnknownMac => "unknown_mac",
+            IgnoreReason::DhcpDisabled => "dhcp_disabled",
+            IgnoreReason::NetbootNotAllowed => "netboot_not_allowed",
+            IgnoreReason::NotNetbootClient => "not_netboot_client",
+            IgnoreReason::UnknownArchitecture => "unknown_architecture",
+        }
+    }
+}
+
+impl std::fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IgnoreReason::UnknownMac => "unknown MAC",
+            IgnoreReason::DhcpDisabled => "DHCP disabled for this interface",
+            IgnoreReason::NetbootNotAllowed => "netboot not allowed (allowPXE is not true)",
+            IgnoreReason::NotNetbootClient => "not a PXE or HTTP-boot client",
+            IgnoreReason::UnknownArchitecture => "no boot file for the client architecture",
+        })
+    }
+}
+
 /// The answer for a boot request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,7 +134,7 @@ pub enum BootDecision {
     /// Say nothing (unknown MAC, DHCP disabled for it).
     Ignore {
         /// Why, for the machine's event log and metrics.
-        reason: String,
+        reason: IgnoreReason,
     },
     /// Answer with network settings (reservation mode) and/or a boot target.
     Answer {

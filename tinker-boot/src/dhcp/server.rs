@@ -3,13 +3,14 @@
 //! asked, the reply sent. A bounded number of requests are in flight at once;
 //! beyond it packets are dropped and counted rather than queued without bound.
 
-use super::engine::{self, DhcpConfig, Verdict};
+use super::request::{self, Inbound};
 use super::stats::DhcpStats;
+use super::{DhcpConfig, Outbound, Skip, Verdict};
 use dhcproto::v4::MessageType;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tinker_core::BootResponder;
-use tinker_core::boot::BootDecision;
+use tinker_core::boot::IgnoreReason;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
@@ -73,13 +74,13 @@ impl DhcpServer {
         bytes: &[u8],
         source: SocketAddr,
         on_proxy_port: bool,
-    ) -> Option<engine::Outbound> {
+    ) -> Option<Outbound> {
         DhcpStats::inc(&self.stats.received);
-        let inbound = match engine::parse(bytes, source, on_proxy_port) {
+        let inbound = match request::parse(bytes, source, on_proxy_port) {
             Ok(i) => i,
             Err(e) => {
                 DhcpStats::inc(&self.stats.malformed);
-                tracing::debug!(%source, reason = %e.0, "DHCP packet dropped");
+                tracing::debug!(%source, reason = %e, "DHCP packet dropped");
                 return None;
             }
         };
@@ -92,8 +93,9 @@ impl DhcpServer {
             }
             _ => {}
         }
-        if !engine::wants_decision(&self.config, &inbound) {
+        if let Err(skip) = request::screen(&self.config, &inbound) {
             DhcpStats::inc(&self.stats.ignored);
+            tracing::debug!(%mac, kind = ?inbound.kind, reason = %skip, "DHCP request ignored");
             return None;
         }
         let decision = match self.responder.decide(&inbound.request).await {
@@ -104,35 +106,33 @@ impl DhcpServer {
                 return None;
             }
         };
-        if let BootDecision::Ignore { reason } = &decision {
-            if reason.contains("unknown") {
-                DhcpStats::inc(&self.stats.unknown_mac);
-            } else {
-                DhcpStats::inc(&self.stats.ignored);
-            }
-            tracing::debug!(%mac, kind = ?inbound.kind, %reason, "DHCP request ignored");
-            return None;
-        }
-        match engine::reply(&self.config, &inbound, &decision) {
+        match super::reply(&self.config, &inbound, &decision) {
             Verdict::Reply(out) => {
-                match out.kind {
-                    MessageType::Offer => DhcpStats::inc(&self.stats.offers),
-                    MessageType::Ack if inbound.kind == MessageType::Inform => {
-                        DhcpStats::inc(&self.stats.informs)
-                    }
-                    MessageType::Ack => DhcpStats::inc(&self.stats.acks),
-                    MessageType::Nak => DhcpStats::inc(&self.stats.naks),
-                    _ => {}
-                }
+                self.count_reply(&inbound, &out);
                 tracing::info!(%mac, request = ?inbound.kind, reply = ?out.kind, dest = %out.dest, client = ?inbound.request.client, arch = ?inbound.request.arch, "DHCP answer");
                 Some(out)
             }
-            Verdict::Ignore(reason) => {
-                DhcpStats::inc(&self.stats.ignored);
-                tracing::debug!(%mac, kind = ?inbound.kind, reason, "DHCP request ignored");
+            Verdict::Ignore(skip) => {
+                if skip == Skip::Policy(IgnoreReason::UnknownMac) {
+                    DhcpStats::inc(&self.stats.unknown_mac);
+                } else {
+                    DhcpStats::inc(&self.stats.ignored);
+                }
+                tracing::debug!(%mac, kind = ?inbound.kind, reason = %skip, "DHCP request ignored");
                 None
             }
         }
+    }
+
+    fn count_reply(&self, inbound: &Inbound, out: &Outbound) {
+        let counter = match out.kind {
+            MessageType::Offer => &self.stats.offers,
+            MessageType::Ack if inbound.kind == MessageType::Inform => &self.stats.informs,
+            MessageType::Ack => &self.stats.acks,
+            MessageType::Nak => &self.stats.naks,
+            _ => return,
+        };
+        DhcpStats::inc(counter);
     }
 
     /// Serves on `socket` (port 67) and, for proxyDHCP, `proxy_socket` (4011),

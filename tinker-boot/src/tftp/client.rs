@@ -4,16 +4,59 @@
 use super::packet::Packet;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tinker_core::clock::{Clock, SystemClock};
 use tokio::net::UdpSocket;
 
-/// Fetches `file` from `server`; `None` options means plain RFC 1350.
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The server stopped answering (five timeouts of 2 s in a row).
+    #[error("TFTP {file}: no answer from the server")]
+    NoAnswer {
+        /// The file asked for.
+        file: String,
+    },
+    /// The server answered with an ERROR packet.
+    #[error("TFTP {file}: error {code}: {message}")]
+    Refused {
+        /// The file asked for.
+        file: String,
+        /// The TFTP error code (1 not found, 2 access violation, ...).
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server sent a packet a reader never expects (a request, a WRQ ACK).
+    #[error("TFTP {file}: unexpected packet from the server")]
+    Unexpected {
+        /// The file asked for.
+        file: String,
+    },
+    /// The socket failed.
+    #[error("TFTP socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Fetches `file` from `server`; `None` options means plain RFC 1350. Waits
+/// for answers on the system clock.
 pub async fn fetch(
     server: SocketAddr,
     file: &str,
     blksize: Option<u16>,
     windowsize: Option<u16>,
-) -> std::io::Result<Vec<u8>> {
-    let err = |m: String| std::io::Error::other(m);
+) -> Result<Vec<u8>, FetchError> {
+    fetch_with_clock(server, file, blksize, windowsize, &SystemClock).await
+}
+
+/// [`fetch`], waiting for answers on `clock`.
+pub async fn fetch_with_clock(
+    server: SocketAddr,
+    file: &str,
+    blksize: Option<u16>,
+    windowsize: Option<u16>,
+    clock: &dyn Clock,
+) -> Result<Vec<u8>, FetchError> {
     let sock = UdpSocket::bind(if server.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -42,13 +85,16 @@ pub async fn fetch(
     let mut peer = server;
     let mut tries = 0;
     loop {
-        let got = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await;
+        let got = tokio::select! {
+            r = sock.recv_from(&mut buf) => Some(r),
+            () = clock.sleep(Duration::from_secs(2)) => None,
+        };
         let (n, from) = match got {
-            Ok(r) => r?,
-            Err(_) => {
+            Some(r) => r?,
+            None => {
                 tries += 1;
                 if tries > 5 {
-                    return Err(err(format!("TFTP {file}: no answer")));
+                    return Err(FetchError::NoAnswer { file: file.into() });
                 }
                 // Ask again from the last good block.
                 let ack = if expected == 1 && out.is_empty() {
@@ -111,9 +157,13 @@ pub async fn fetch(
                 }
             }
             Some(Packet::Error { code, message }) => {
-                return Err(err(format!("TFTP {file}: error {code}: {message}")));
+                return Err(FetchError::Refused {
+                    file: file.into(),
+                    code,
+                    message,
+                });
             }
-            _ => return Err(err(format!("TFTP {file}: unexpected packet"))),
+            _ => return Err(FetchError::Unexpected { file: file.into() }),
         }
     }
 }

@@ -19,4 +19,4 @@ mod transfer;
 
 pub use server::{TftpServer, TftpStats};
 pub use source::{FileSource, SourceError, default_ipxe_dir};
-pub use transfer::{Transfer, TransferOptions};
+pub use transfer::{MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, Transfer, TransferOptions, negotiate};

@@ -7,7 +7,7 @@ use super::transfer::{MAX_BLKSIZE_NO_FRAG, Transfer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use tinker_core::clock::{SharedClock, SystemClock};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
@@ -87,6 +87,8 @@ pub struct TftpServer {
     source: Arc<FileSource>,
     stats: Arc<TftpStats>,
     max_blksize: usize,
+    /// Retransmission timers run on it.
+    clock: SharedClock,
 }
 
 impl TftpServer {
@@ -96,7 +98,14 @@ impl TftpServer {
             source: Arc::new(source),
             stats: Arc::default(),
             max_blksize: MAX_BLKSIZE_NO_FRAG,
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// The same server, timing retransmissions on `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Its counters.
@@ -188,14 +197,14 @@ impl TftpServer {
             }
         };
         let size = data.len();
-        let started = Instant::now();
-        let (mut t, out) = Transfer::start(data, options, self.max_blksize, Instant::now());
+        let started = self.clock.now();
+        let (mut t, out) = Transfer::start(data, options, self.max_blksize, started);
         for p in out {
             socket.send_to(&p, peer).await?;
         }
         let mut buf = vec![0u8; 1500];
         while !t.is_complete() && !t.is_failed() {
-            let sleep = tokio::time::sleep_until(t.deadline().into());
+            let sleep = self.clock.sleep_until(t.deadline());
             let out = tokio::select! {
                 r = socket.recv_from(&mut buf) => {
                     let (n, from) = r?;
@@ -204,9 +213,9 @@ impl TftpServer {
                         socket.send_to(&packet::error(packet::code::UNKNOWN_TID, "unknown transfer id"), from).await?;
                         continue;
                     }
-                    t.on_packet(&buf[..n], Instant::now())
+                    t.on_packet(&buf[..n], self.clock.now())
                 }
-                _ = sleep => t.on_timeout(Instant::now()),
+                () = sleep => t.on_timeout(self.clock.now()),
             };
             for p in out {
                 socket.send_to(&p, peer).await?;
@@ -215,7 +224,7 @@ impl TftpServer {
         if t.is_complete() {
             self.stats.completed.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes.fetch_add(size as u64, Ordering::Relaxed);
-            tracing::info!(%peer, file, bytes = size, blksize = t.options().blksize, windowsize = t.options().windowsize, ms = started.elapsed().as_millis() as u64, "TFTP transfer complete");
+            tracing::info!(%peer, file, bytes = size, blksize = t.options().blksize, windowsize = t.options().windowsize, ms = self.clock.now().duration_since(started).as_millis() as u64, "TFTP transfer complete");
         } else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, file, "TFTP transfer abandoned");

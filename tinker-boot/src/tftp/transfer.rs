@@ -1,8 +1,11 @@
-//! One read transfer as a state machine: packets and time in, packets out.
+//! One read transfer as a state machine: packets and time in, packets out. The
+//! time is the caller's (its [`Clock`](tinker_core::clock::Clock)), so a
+//! transfer runs the same under a simulated clock.
 
 use super::packet::{self, Packet};
+use jiff::Timestamp;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Negotiated transfer parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +83,7 @@ pub struct Transfer {
     sent: u64,
     total_blocks: u64,
     retries: u32,
-    deadline: Instant,
+    deadline: Timestamp,
     failed: bool,
 }
 
@@ -90,7 +93,7 @@ impl Transfer {
         data: Arc<[u8]>,
         requested: &[(String, String)],
         max_blksize: usize,
-        now: Instant,
+        now: Timestamp,
     ) -> (Transfer, Vec<Vec<u8>>) {
         let (opts, ack) = negotiate(requested, data.len() as u64, max_blksize);
         let total_blocks = data.len() as u64 / opts.blksize as u64 + 1;
@@ -128,7 +131,7 @@ impl Transfer {
     }
 
     /// When [`on_timeout`](Self::on_timeout) is due.
-    pub fn deadline(&self) -> Instant {
+    pub fn deadline(&self) -> Timestamp {
         self.deadline
     }
 
@@ -145,7 +148,7 @@ impl Transfer {
         packet::data((index & 0xffff) as u16, payload)
     }
 
-    fn send_window(&mut self, now: Instant) -> Vec<Vec<u8>> {
+    fn send_window(&mut self, now: Timestamp) -> Vec<Vec<u8>> {
         let last = (self.acked + u64::from(self.opts.windowsize)).min(self.total_blocks);
         let out = (self.acked + 1..=last)
             .map(|i| self.block_packet(i))
@@ -156,7 +159,7 @@ impl Transfer {
     }
 
     /// Handles a packet from the client.
-    pub fn on_packet(&mut self, bytes: &[u8], now: Instant) -> Vec<Vec<u8>> {
+    pub fn on_packet(&mut self, bytes: &[u8], now: Timestamp) -> Vec<Vec<u8>> {
         if self.failed || self.is_complete() {
             return Vec::new();
         }
@@ -196,7 +199,7 @@ impl Transfer {
     }
 
     /// Retransmits after a timeout; abandons the transfer after [`MAX_RETRIES`].
-    pub fn on_timeout(&mut self, now: Instant) -> Vec<Vec<u8>> {
+    pub fn on_timeout(&mut self, now: Timestamp) -> Vec<Vec<u8>> {
         if self.failed || self.is_complete() {
             return Vec::new();
         }
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn plain_transfer_ends_with_a_short_block() {
         let data: Arc<[u8]> = vec![7u8; 1024].into();
-        let now = Instant::now();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
         let (mut t, out) = Transfer::start(data, &[], 1468, now);
         assert_eq!(blocks(&out), [1]);
         assert_eq!(blocks(&t.on_packet(&ack(1), now)), [2]);
@@ -253,7 +256,7 @@ mod tests {
     #[test]
     fn options_are_acknowledged_and_windows_recover_from_loss() {
         let data: Arc<[u8]> = vec![1u8; 10_000].into();
-        let now = Instant::now();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
         let req = vec![
             ("blksize".into(), "1024".into()),
             ("tsize".into(), "0".into()),
@@ -291,7 +294,7 @@ mod tests {
     #[test]
     fn block_numbers_roll_over() {
         let data: Arc<[u8]> = vec![0u8; 8 * 70_000].into();
-        let now = Instant::now();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
         let (mut t, _) = Transfer::start(data, &[("blksize".into(), "8".into())], 1468, now);
         let mut out = t.on_packet(&ack(0), now);
         let mut seen = 0u64;
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn gives_up_after_retries() {
-        let now = Instant::now();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
         let (mut t, _) = Transfer::start(vec![1u8; 10].into(), &[], 1468, now);
         for _ in 0..MAX_RETRIES {
             assert_eq!(blocks(&t.on_timeout(now)), [1]);

@@ -1,8 +1,11 @@
-//! Test support shared by every crate: the conformance suite that every
-//! [`WorkflowStore`](crate::WorkflowStore) runs, the one every
-//! [`PowerController`](crate::PowerController) runs, and fixtures. Enabled by the
-//! `testing` feature.
+//! Test support shared by every crate: the conformance suites that every
+//! [`WorkflowStore`](crate::WorkflowStore), [`PowerController`](crate::PowerController),
+//! [`ActionRuntime`](crate::ActionRuntime), [`BootResponder`](crate::BootResponder)
+//! and [`MetadataSource`](crate::MetadataSource) runs, and fixtures. Enabled by
+//! the `testing` feature.
 
+pub mod boot;
+pub mod metadata;
 pub mod power;
 pub mod runtime;
 pub mod store;
