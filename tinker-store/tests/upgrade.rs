@@ -4,12 +4,13 @@
 //! machine event in them must still be found, and the store must still work.
 
 use jiff::Timestamp;
-use std::sync::Arc;
 use tinker_core::model::{Kind, Workflow};
-use tinker_core::state::{ActionOutcome, WorkflowEvent};
+use tinker_core::state::{ActionOutcome, ActionState, WorkflowEvent, WorkflowState};
 use tinker_core::store::{MachineEvent, Precondition};
 use tinker_core::testing::{self, mac};
 use tinker_core::{WorkflowStore, WorkflowStoreExt};
+use tinker_store::testing::TempPostgres;
+use tinker_store::{PostgresStore, RedbStore};
 
 fn at(second: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + second).unwrap()
@@ -130,18 +131,202 @@ fn fixture_events() -> Vec<MachineEvent> {
 /// Everything [`write_fixture`] wrote is there, with the versions it had, and
 /// the store still claims, reports and logs.
 async fn check_fixture(store: &dyn WorkflowStore) {
-    for kind in [Kind::Hardware, Kind::Template, Kind::Workflow] {
-        for o in store.list(kind).await.unwrap() {
-            println!("{} v{}", o.value.key(), o.version);
-        }
+    let keys = |kind| async move {
+        store
+            .list(kind)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.value.key().to_string(), o.version))
+            .collect::<Vec<_>>()
+    };
+    let owned = |v: &[(&str, u64)]| {
+        v.iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(Kind::Hardware).await,
+        owned(&[
+            ("Hardware default/sm01", 1),
+            ("Hardware default/sm02", 1),
+            ("Hardware default/sm03", 1),
+            ("Hardware default/sm04", 1),
+            ("Hardware lab/gpu01", 1),
+        ])
+    );
+    assert_eq!(
+        keys(Kind::Template).await,
+        owned(&[
+            ("Template default/debian", 1),
+            ("Template default/ubuntu", 1)
+        ])
+    );
+    assert_eq!(
+        keys(Kind::Workflow).await,
+        owned(&[
+            ("Workflow default/wf-done", 5),
+            ("Workflow default/wf-failed", 3),
+            ("Workflow default/wf-new", 1),
+            ("Workflow default/wf-running", 4),
+            ("Workflow default/wf-timeout", 3),
+        ])
+    );
+    // The indexes came along: lookups by MAC and by IP address.
+    let sm03 = store.hardware_by_mac(mac(3)).await.unwrap().unwrap();
+    assert_eq!(sm03.value.metadata.name, "sm03");
+    let gpu = store
+        .hardware_by_ip("10.0.0.5".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gpu.value.metadata.namespace(), "lab");
+    let tpl = store.template("default", "debian").await.unwrap().unwrap();
+    assert!(tpl.value.spec.data.as_deref().unwrap().contains("step-2"));
+
+    let wf = |name: &'static str| async move {
+        store
+            .workflow("default", name)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+    };
+    assert!(wf("wf-new").await.status.is_none());
+    let states = |w: &Workflow| {
+        let s = w.status.as_ref().unwrap();
+        (
+            s.state,
+            s.actions().map(|(_, a)| a.state).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        states(&wf("wf-done").await),
+        (WorkflowState::Success, vec![ActionState::Success; 2])
+    );
+    let failed = wf("wf-failed").await;
+    assert_eq!(
+        states(&failed),
+        (
+            WorkflowState::Failed,
+            vec![ActionState::Failed, ActionState::Pending]
+        )
+    );
+    let step0 = failed.status.as_ref().unwrap().actions().next().unwrap().1;
+    assert_eq!(step0.exit_code, Some(3));
+    assert!(
+        step0
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("disk /dev/sda not found")
+    );
+    assert_eq!(
+        states(&wf("wf-timeout").await),
+        (WorkflowState::Timeout, vec![ActionState::Timeout])
+    );
+    let running = wf("wf-running").await;
+    assert_eq!(
+        states(&running),
+        (
+            WorkflowState::Running,
+            vec![
+                ActionState::Success,
+                ActionState::Running,
+                ActionState::Pending
+            ]
+        )
+    );
+    let step0 = running.status.as_ref().unwrap().actions().next().unwrap().1;
+    assert_eq!(step0.execution_start, Some(at(10)));
+    assert_eq!(step0.execution_stop, Some(at(11)));
+
+    let messages = |machine: &'static str| async move {
+        store
+            .events(machine, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.at, e.source, e.message))
+            .collect::<Vec<_>>()
+    };
+    let all = fixture_events();
+    for machine in [
+        "default/sm01",
+        "02:00:00:00:00:63",
+        "default/sm02",
+        "default/sm04",
+        "lab/gpu01",
+    ] {
+        let expected: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.machine == machine)
+            .map(|(i, e)| (i as u64 + 1, e.at, e.source.clone(), e.message.clone()))
+            .collect();
+        assert_eq!(messages(machine).await, expected, "events of {machine}");
     }
-    for wf in store.workflows().await.unwrap() {
-        println!("{:#?}", wf.value.status);
-    }
-    for m in ["default/sm01", "02:00:00:00:00:63", "default/sm02", "default/sm04", "lab/gpu01"] {
-        println!("{:?}", store.events(m, 100).await.unwrap());
-    }
+
+    // Still a working store: the claimed action's request gets it again, its
+    // report lands, the last action follows, and new events come after the old.
+    let worker = mac(2).to_string();
+    let again = store
+        .claim_next_action_for_request(&worker, Some("req-7"), at(100))
+        .await
+        .unwrap()
+        .expect("the same assignment for the same request");
+    assert_eq!((again.action_index, again.attempt), (1, 1));
+    let report = WorkflowEvent::Report {
+        action: 1,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
+    store
+        .apply_event(&again.workflow, &report, at(101))
+        .await
+        .unwrap();
+    let last = store.claim_next_action(&worker, at(102)).await.unwrap();
+    assert_eq!(last.map(|a| a.action_index), Some(2));
+    store
+        .append_event(event(103, "default/sm02", "worker", "after the upgrade"))
+        .await
+        .unwrap();
+    let sm02 = store.events("default/sm02", 100).await.unwrap();
+    assert_eq!(sm02.len(), 3);
+    assert!(sm02[2].seq > 7, "new events come after the old: {sm02:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_redb_store_opens_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    // Opening upgrades the file in place: work on a copy.
+    let path = dir.path().join("v1.redb");
+    std::fs::copy(FIXTURES.to_owned() + "/v1.redb", &path).unwrap();
+    let store = RedbStore::open(&path).await.unwrap();
+    check_fixture(&store).await;
+    drop(store);
+    // And again, now that it is upgraded.
+    let store = RedbStore::open(&path).await.unwrap();
+    assert_eq!(store.workflows().await.unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_postgres_store_opens_and_works() {
+    let Some(pg) = TempPostgres::start() else {
+        return;
+    };
+    let dump = std::fs::read_to_string(FIXTURES.to_owned() + "/v1-postgres.sql").unwrap();
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&dump).await.unwrap();
+    drop(client);
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    check_fixture(&store).await;
+}
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// Writes `tests/fixtures/v1.redb` (run by hand: `--ignored write_redb_fixture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,11 +335,9 @@ async fn write_redb_fixture() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1.redb");
     let _ = std::fs::remove_file(path);
     {
-        let store = tinker_store::RedbStore::open(path).await.unwrap();
+        let store = RedbStore::open(path).await.unwrap();
         write_fixture(&store).await;
     }
-    let store = tinker_store::RedbStore::open(path).await.unwrap();
-    check_fixture(&store).await;
 }
 
 /// Writes a PostgreSQL store and dumps it to `tests/fixtures/v1-postgres.sql`
@@ -162,19 +345,31 @@ async fn write_redb_fixture() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes the fixture; run by hand with the code of the schema version to record"]
 async fn write_postgres_fixture() {
-    let pg = tinker_store::testing::TempPostgres::start().expect("PostgreSQL");
+    let pg = TempPostgres::start().expect("PostgreSQL");
     {
-        let store = tinker_store::PostgresStore::connect(&pg.url).await.unwrap();
+        let store = PostgresStore::connect(&pg.url).await.unwrap();
         write_fixture(&store).await;
-        check_fixture(&store).await;
     }
     let out = std::process::Command::new("pg_dump")
-        .args(["--inserts", "--no-owner", "--no-privileges", "--dbname", &pg.url])
+        .args([
+            "--inserts",
+            "--no-owner",
+            "--no-privileges",
+            "--dbname",
+            &pg.url,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1-postgres.sql"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/v1-postgres.sql"
+        ),
         out.stdout,
     )
     .unwrap();
