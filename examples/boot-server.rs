@@ -248,7 +248,10 @@ async fn run(a: Args) -> Result<(), String> {
             initrd: a.initrd.clone(),
             control_plane: http_base.clone(),
             extra_args: a.kernel_args.clone(),
-            worker_secret: a.worker_secret.clone(),
+            worker_secret: a
+                .worker_secret
+                .as_deref()
+                .map(tinker::boot::worker_api::secret_from_bytes),
         },
         assets,
         binaries: Some(binaries),
@@ -256,8 +259,11 @@ async fn run(a: Args) -> Result<(), String> {
         // With a secret, the worker API is served here too, and each machine's
         // script carries its token.
         extra: a.worker_secret.clone().map(|s| {
-            Arc::new(WorkerApi::new(store.clone(), s, 10))
-                as Arc<dyn tinker::boot::http::ExtraRoutes>
+            Arc::new(WorkerApi::new(
+                store.clone(),
+                tinker::boot::worker_api::secret_from_bytes(&s),
+                10,
+            )) as Arc<dyn tinker::boot::http::ExtraRoutes>
         }),
         metrics: vec![dhcp.stats(), tftp.stats()],
     });

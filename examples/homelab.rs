@@ -200,7 +200,7 @@ async fn run(a: Args) -> Result<bool, String> {
             .await
             .map_err(|e| e.to_string())?,
     );
-    let secret = secret(&data)?;
+    let secret = tinker::boot::worker_api::secret_from_bytes(&secret(&data)?);
     let operator_token = tinker::boot::worker_api::worker_token(&secret, "operator");
 
     // Loopback, unprivileged ports: DHCP (and its relay), TFTP, HTTP.
@@ -291,7 +291,10 @@ async fn run(a: Args) -> Result<bool, String> {
         a.machines,
         data.display()
     );
-    println!("status page: {http}/status?token={operator_token}  (metrics: {http}/metrics)");
+    println!(
+        "status page: {http}/status?token={}  (metrics: {http}/metrics)",
+        operator_token.expose()
+    );
     let multi = MultiProgress::new();
     let style =
         ProgressStyle::with_template("{prefix:.bold} {spinner} {elapsed:>4} {msg}").unwrap();
