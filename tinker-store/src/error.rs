@@ -43,6 +43,12 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The database URL does not parse. It is not repeated here, as it may hold a
+    /// password.
+    #[error(
+        "the database URL does not parse: expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+    )]
+    InvalidUrl,
     /// The store's file or directory could not be opened or created.
     #[error("cannot open {path}: {source}")]
     Open {

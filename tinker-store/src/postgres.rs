@@ -64,6 +64,18 @@ CREATE INDEX events_machine ON events (machine, seq);
 "#,
 }];
 
+/// `postgres://host:port/db` for errors and logs: never the user or password.
+fn target_name(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{host}:{port}/{db}")
+}
+
 fn pg(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::backend("postgres", e)
 }
@@ -90,15 +102,10 @@ impl PostgresStore {
     /// starts listening for changes. The URL may hold a password; it never appears
     /// in errors.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|_| Error::Unsupported {
-            target: "postgres".into(),
-            operation: "a database URL that does not parse".into(),
-        })?;
-        let target = format!(
-            "postgres://{:?}:{:?}",
-            config.get_hosts().first(),
-            config.get_ports().first()
-        );
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StoreError::InvalidUrl.into_core("postgres"))?;
+        let target = target_name(&config);
         let unreachable = |e: tokio_postgres::Error| Error::Unreachable {
             target: target.clone(),
             reason: e.to_string(),

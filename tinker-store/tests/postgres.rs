@@ -146,3 +146,18 @@ async fn a_database_newer_than_the_code_is_refused_unchanged() {
         .collect();
     assert_eq!(versions, [1, next], "nothing was changed");
 }
+
+#[tokio::test]
+async fn a_url_that_does_not_parse_is_named_without_echoing_it() {
+    let e = PostgresStore::connect("postgres://tinker:hunter2@[bad")
+        .await
+        .unwrap_err();
+    let tinker_core::Error::Backend { source, .. } = &e else {
+        panic!("expected a backend error, got {e:?}");
+    };
+    assert!(matches!(
+        source.downcast_ref(),
+        Some(tinker_store::StoreError::InvalidUrl)
+    ));
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
