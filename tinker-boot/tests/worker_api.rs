@@ -153,3 +153,57 @@ async fn overload_is_shed_with_retry_after() {
         "with Retry-After"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_reports_and_logs_read_the_time_from_the_given_clock() {
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::clock::ManualClock;
+    let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let worker = tinker_core::testing::mac(7).to_string();
+    store
+        .put(
+            tinker_core::testing::rendered_workflow("timed", tinker_core::testing::mac(7), 1, 600)
+                .into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_clock(clock.clone());
+    let port = serve(api, store.clone()).await;
+    let token = worker_token(&Secret::new("k"), &worker)
+        .expose()
+        .to_string();
+    let w = worker.clone();
+    let t = token.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        post(
+            port,
+            &format!("/v1/workers/{w}/next-action"),
+            &t,
+            &format!("{{\"worker_id\":\"{w}\"}}"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    clock.advance(Duration::from_secs(90));
+    let w = worker.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        let report = format!("{{\"worker_id\":\"{w}\",\"workflow_id\":\"default/timed\",\"action_index\":0,\"attempt\":1,\"outcome\":{{\"outcome\":\"success\"}},\"started_at\":null,\"finished_at\":null}}");
+        post(port, &format!("/v1/workers/{w}/report"), &token, &report)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let wf = store
+        .workflow("default", "timed")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let (_, action) = wf.status.as_ref().unwrap().actions().next().unwrap();
+    assert_eq!(action.execution_start, Some(t0));
+    assert_eq!(action.execution_stop, Some(t0 + Duration::from_secs(90)));
+}

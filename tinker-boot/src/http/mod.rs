@@ -30,6 +30,9 @@ pub use ipxe::{OsieConfig, script};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
 pub use operator::{OperatorApi, RouteChain};
+/// The Prometheus client `MetricsSource` registers into, re-exported so a
+/// vendor's own source uses the same version.
+pub use prometheus_client;
 
 use crate::tftp::{FileSource, SourceError};
 use body::{FileBody, full};
