@@ -132,12 +132,11 @@ async fn main() -> ExitCode {
 
 async fn run(a: Args) -> Result<(), String> {
     let worker_secret = match &a.worker_secret_file {
-        Some(path) => Some(
+        Some(path) => Some(tinker::boot::worker_api::secret_from_bytes(
             std::fs::read(path)
                 .map_err(|e| format!("{}: {e}", path.display()))?
-                .trim_ascii()
-                .to_vec(),
-        ),
+                .trim_ascii(),
+        )),
         None => None,
     };
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());

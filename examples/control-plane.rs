@@ -106,7 +106,12 @@ async fn run(a: Args) -> Result<(), String> {
     let listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
         .await
         .map_err(|e| format!("binding on {address}: {e}"))?;
-    let mut plane = ControlPlane::new(store, power, address, secret);
+    let mut plane = ControlPlane::new(
+        store,
+        power,
+        address,
+        tinker::boot::worker_api::secret_from_bytes(&secret),
+    );
     plane.engine.replica = a
         .replica
         .clone()

@@ -179,7 +179,7 @@ async fn run(a: Args) -> Result<bool, String> {
             .await
             .map_err(|e| e.to_string())?,
     );
-    let secret = secret(&data)?;
+    let secret = tinker::boot::worker_api::secret_from_bytes(&secret(&data)?);
     let operator_token = tinker::boot::worker_api::worker_token(&secret, "operator");
     let net = bind_loopback().await?;
     let power = Arc::new(StaticConnector::new());
@@ -215,7 +215,10 @@ async fn run(a: Args) -> Result<bool, String> {
         a.machines,
         data.display()
     );
-    println!("status page: {http}/status?token={operator_token}  (metrics: {http}/metrics)");
+    println!(
+        "status page: {http}/status?token={}  (metrics: {http}/metrics)",
+        operator_token.expose()
+    );
     let started = Instant::now();
     let results = provision(rack, relay, dhcp, tftp, &http).await?;
     let done = report(store.as_ref(), results, run_id, started).await?;

@@ -16,7 +16,7 @@
 //! use tinker::control_plane::{ControlPlane, Listeners};
 //!
 //! let me = "10.0.0.1".parse().unwrap();
-//! let plane = ControlPlane::new(store, Arc::new(tinker::bmc::MockConnector::new()), me, b"secret".to_vec());
+//! let plane = ControlPlane::new(store, Arc::new(tinker::bmc::MockConnector::new()), me, tinker::core::Secret::new("secret"));
 //! let listeners = Listeners::bind(me, 67, 69, 8080).await?;
 //! plane.serve(listeners, std::future::pending()).await?;
 //! # Ok(())
@@ -32,7 +32,7 @@ use tinker_boot::worker_api::{WorkerApi, worker_token};
 use tinker_boot::{BootConfig, StoreBootResponder};
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::engine::{Engine, EngineConfig};
-use tinker_core::{PowerConnector, WorkflowStore};
+use tinker_core::{PowerConnector, Secret, WorkflowStore};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// The sockets a replica serves on, bound by the caller (so it can fail early, or
@@ -89,7 +89,7 @@ pub struct ControlPlane {
     /// The port relay agents listen on (67 in the field).
     pub relay_port: u16,
     /// The secret worker tokens are derived from; the same on every replica.
-    pub secret: Vec<u8>,
+    pub secret: Secret,
     /// Files served over TFTP (and HTTP boot): the iPXE binaries.
     pub tftp_files: FileSource,
     /// Kernels, initrds and images, served at `/assets`.
@@ -115,7 +115,7 @@ impl ControlPlane {
         store: Arc<dyn WorkflowStore>,
         power: Arc<dyn PowerConnector>,
         address: Ipv4Addr,
-        secret: Vec<u8>,
+        secret: Secret,
     ) -> Self {
         ControlPlane {
             store,

@@ -22,11 +22,11 @@ use tinker::core::engine::{Engine, EngineConfig};
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::runtime::ActionRuntime;
 use tinker::core::state::WorkflowState;
-use tinker::core::{MacAddr, Precondition, WorkflowStore, WorkflowStoreExt};
+use tinker::core::{MacAddr, Precondition, Secret, WorkflowStore, WorkflowStoreExt};
 use tinker::store::RedbStore;
 
 const MAC: &str = "02:00:00:00:77:01";
-const SECRET: &[u8] = b"test-secret";
+const SECRET: &str = "test-secret";
 
 fn ready() -> bool {
     let ok = Command::new("sh").args(["-c", "[ \"$(id -u)\" = 0 ] && command -v losetup && command -v sfdisk && command -v mkfs.ext4 && docker info"]).output().is_ok_and(|o| o.status.success());
@@ -90,7 +90,11 @@ async fn control_plane_with_grace(
     });
     let http = HttpServer::new(HttpConfig {
         assets: Some(FileSource::directory(assets).unwrap()),
-        extra: Some(Arc::new(WorkerApi::new(store.clone(), SECRET.to_vec(), 1))),
+        extra: Some(Arc::new(WorkerApi::new(
+            store.clone(),
+            Secret::new(SECRET),
+            1,
+        ))),
         ..HttpConfig::new(store.clone())
     });
     let listener = loop {
@@ -119,7 +123,7 @@ async fn agent(port: u16, idle: Duration) -> tinker::actions::agent::AgentSummar
         AgentConfig {
             server: format!("http://127.0.0.1:{port}"),
             worker_id: MAC.into(),
-            token: worker_token(SECRET, MAC),
+            token: worker_token(&Secret::new(SECRET), MAC).expose().to_string(),
             max_backoff: Duration::from_millis(500),
             max_actions: None,
             idle_exit: Some(idle),
@@ -465,7 +469,7 @@ async fn kexec_reports_success_before_the_machine_leaves_the_in_memory_os() {
         AgentConfig {
             server: format!("http://127.0.0.1:{port}"),
             worker_id: MAC.into(),
-            token: worker_token(SECRET, MAC),
+            token: worker_token(&Secret::new(SECRET), MAC).expose().to_string(),
             max_backoff: Duration::from_millis(500),
             max_actions: Some(1),
             idle_exit: Some(Duration::from_secs(3)),

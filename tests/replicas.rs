@@ -149,7 +149,12 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
             AgentConfig {
                 server: servers.join(","),
                 worker_id: mac.to_string(),
-                token: tinker::boot::worker_api::worker_token(&secret, &mac.to_string()),
+                token: tinker::boot::worker_api::worker_token(
+                    &tinker::boot::worker_api::secret_from_bytes(&secret),
+                    &mac.to_string(),
+                )
+                .expose()
+                .to_string(),
                 max_backoff: Duration::from_millis(500),
                 max_actions: Some(ACTIONS),
                 idle_exit: None,

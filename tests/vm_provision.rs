@@ -195,7 +195,11 @@ set_working_mc 0x20
     std::fs::create_dir_all(&data).unwrap();
     let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
     std::fs::write(data.join("worker-secret"), &secret).unwrap();
-    let operator = tinker::boot::worker_api::worker_token(&secret, "operator");
+    let operator = tinker::boot::worker_api::worker_token(
+        &tinker::boot::worker_api::secret_from_bytes(&secret),
+        "operator",
+    );
+    let operator = operator.expose();
     write(
         &dir.join("homelab.yaml"),
         &format!(

@@ -174,6 +174,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
             s
         }
     };
+    let secret = tinker::boot::worker_api::secret_from_bytes(&secret);
     let operator = worker_token(&secret, "operator");
     let http = format!("http://{}:{}", c.address, c.http_port);
 
@@ -245,7 +246,10 @@ pub async fn run(path: &Path) -> Result<(), String> {
         machines,
         objects.display()
     );
-    println!("status page: {http}/status?token={operator}  (metrics: {http}/metrics)");
+    println!(
+        "status page: {http}/status?token={}  (metrics: {http}/metrics)",
+        operator.expose()
+    );
     println!("serving; Ctrl-C to stop");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(e("signals"))?;

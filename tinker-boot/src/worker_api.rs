@@ -6,15 +6,22 @@
 //! Authentication: `Authorization: Bearer <token>`, where the token is
 //! HMAC-SHA256(secret, worker id) in hex ([`worker_token`]), so the control plane
 //! can put each machine's token on its kernel command line without a token table,
-//! and a token opens only its own worker's endpoints.
+//! and a token opens only its own worker's endpoints. The secret and the tokens
+//! are [`Secret`]s; a presented token is compared in constant time.
+//!
+//! Time is read from the [`Clock`](tinker_core::clock::Clock) it is given
+//! ([`WorkerApi::with_clock`]), so a simulated rack runs it under a manual clock.
 
 use crate::http::{Body, ExtraRoutes};
+use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::net::IpAddr;
 use std::sync::Arc;
+use tinker_core::Secret;
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::{Kind, ObjectKey};
 use tinker_core::state::WorkflowEvent;
 use tinker_core::store::{EventKind, EventSource, MachineEvent};
@@ -26,36 +33,28 @@ use tinker_core::{Error, WorkflowStore};
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
 
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
+/// The bearer token of a worker: HMAC-SHA256(secret, worker id), lower-case hex.
+pub fn worker_token(secret: &Secret, worker_id: &str) -> Secret {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(worker_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        hex.push(char::from_digit(u32::from(b >> 4), 16).expect("a nibble"));
+        hex.push(char::from_digit(u32::from(b & 0xf), 16).expect("a nibble"));
     }
-    let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let mut h = Sha256::new();
-    h.update(&inner);
-    h.update(msg);
-    let ih = h.finalize();
-    let mut h = Sha256::new();
-    h.update(&outer);
-    h.update(ih);
-    h.finalize().into()
+    Secret::new(hex)
 }
 
-/// The bearer token of a worker: HMAC-SHA256(secret, worker id), hex.
-pub fn worker_token(secret: &[u8], worker_id: &str) -> String {
-    hmac_sha256(secret, worker_id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The worker secret from the bytes of a secret file: text as it is (so a text
+/// secret derives the same tokens as before), anything else (32 random bytes, as
+/// older versions wrote) as its lower-case hex.
+pub fn secret_from_bytes(bytes: &[u8]) -> Secret {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Secret::new(text),
+        Err(_) => Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -71,7 +70,8 @@ pub(crate) fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
 #[derive(Clone)]
 pub struct WorkerApi {
     store: Arc<dyn WorkflowStore>,
-    secret: Arc<Vec<u8>>,
+    secret: Secret,
+    clock: SharedClock,
     heartbeat_seconds: u32,
     in_flight: Arc<tokio::sync::Semaphore>,
     shed: Arc<std::sync::atomic::AtomicU64>,
@@ -117,18 +117,22 @@ fn workflow_key(id: &str) -> Option<ObjectKey> {
 
 impl WorkerApi {
     /// The API over `store`, with the secret tokens derive from.
-    pub fn new(
-        store: Arc<dyn WorkflowStore>,
-        secret: impl Into<Vec<u8>>,
-        heartbeat_seconds: u32,
-    ) -> Self {
+    pub fn new(store: Arc<dyn WorkflowStore>, secret: Secret, heartbeat_seconds: u32) -> Self {
         WorkerApi {
             store,
-            secret: Arc::new(secret.into()),
+            secret,
+            clock: SystemClock::shared(),
             heartbeat_seconds,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             shed: Arc::default(),
         }
+    }
+
+    /// Reads the time (claims, reports, heartbeats, log lines) from `clock`
+    /// instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Sets how many requests are handled at once before the rest are shed.
@@ -148,12 +152,8 @@ impl WorkerApi {
     }
 
     fn authorized(&self, req: &Request<Incoming>, worker: &str) -> bool {
-        bearer_token(req).is_some_and(|token| {
-            constant_time_eq(
-                token.as_bytes(),
-                worker_token(&self.secret, worker).as_bytes(),
-            )
-        })
+        bearer_token(req)
+            .is_some_and(|token| worker_token(&self.secret, worker).matches(token.as_bytes()))
     }
 
     async fn body<T: serde::de::DeserializeOwned>(
@@ -182,7 +182,7 @@ impl WorkerApi {
         if ask.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the request names another worker");
         }
-        let now = jiff::Timestamp::now();
+        let now = self.clock.now();
         let request = ask.request_id.as_deref().filter(|r| !r.is_empty());
         match self
             .store
@@ -231,11 +231,7 @@ impl WorkerApi {
             attempt: r.attempt,
             outcome: r.outcome.clone(),
         };
-        match self
-            .store
-            .apply_event(&key, &event, jiff::Timestamp::now())
-            .await
-        {
+        match self.store.apply_event(&key, &event, self.clock.now()).await {
             Ok(applied) => {
                 tracing::info!(worker, workflow = %r.workflow_id, action = r.action_index, outcome = ?r.outcome, "action reported");
                 json(
@@ -281,7 +277,7 @@ impl WorkerApi {
                     action: h.action_index,
                     attempt: h.attempt,
                 },
-                jiff::Timestamp::now(),
+                self.clock.now(),
             )
             .await
         {
@@ -306,7 +302,7 @@ impl WorkerApi {
         // Output is kept in the machine's event log, bounded per batch.
         for line in batch.lines.iter().take(1000) {
             let event = MachineEvent::new(
-                jiff::Timestamp::now(),
+                self.clock.now(),
                 worker,
                 EventSource::Worker,
                 EventKind::ActionOutput {
@@ -386,14 +382,38 @@ impl ExtraRoutes for WorkerApi {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn hmac_matches_rfc4231_case_2() {
-        let mac = super::hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    fn tokens_are_hmac_sha256_in_hex_rfc4231_case_2() {
+        let token = worker_token(&Secret::new("Jefe"), "what do ya want for nothing?");
         assert_eq!(
-            hex,
+            token.expose(),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn tokens_are_the_ones_earlier_versions_derived() {
+        // Recorded from the hand-written HMAC this replaced, for a short key and
+        // one longer than the 64-byte block (which HMAC hashes first).
+        assert_eq!(
+            worker_token(&Secret::new("s3cret"), "02:00:00:00:00:01").expose(),
+            RECORDED_SHORT
+        );
+        assert_eq!(
+            worker_token(&Secret::new("k".repeat(100)), "operator").expose(),
+            RECORDED_LONG
+        );
+    }
+
+    const RECORDED_SHORT: &str = "f86dea8e8d094fd4f8a5e6dfbbc36f3f3192ae941021b198fb870e345ec14d5f";
+    const RECORDED_LONG: &str = "a18946e8abee886bf6096cbe27d08b4c18e33934a021574a339851fca3f17442";
+
+    #[test]
+    fn secret_files_read_as_text_or_hex() {
+        assert_eq!(secret_from_bytes(b"s3cret").expose(), "s3cret");
+        assert_eq!(secret_from_bytes(&[0xff, 0x00, 0x10]).expose(), "ff0010");
     }
 }
 
@@ -401,11 +421,14 @@ mod tests {
 #[derive(Debug)]
 struct ShedCounter(Arc<std::sync::atomic::AtomicU64>);
 
+const SHED: &[crate::http::CounterRow<std::sync::atomic::AtomicU64>] = &[crate::http::CounterRow {
+    name: "tinker_worker_api_shed",
+    help: "Worker API requests answered 503 under overload.",
+    value: |c| c,
+}];
+
 impl crate::http::MetricsSource for ShedCounter {
-    fn render(&self, out: &mut String) {
-        out.push_str(&format!(
-            "# HELP tinker_worker_api_shed_total Worker API requests answered 503 under overload.\n# TYPE tinker_worker_api_shed_total counter\ntinker_worker_api_shed_total {}\n",
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
-        ));
+    fn register(self: Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
+        crate::http::register_counters(registry, self.0.clone(), SHED);
     }
 }

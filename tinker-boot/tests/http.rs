@@ -196,3 +196,34 @@ async fn scripts_follow_netboot() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_served() {
+    let (port, _dir) = serve(vec![]).await;
+    tokio::task::spawn_blocking(move || {
+        let (st, _, _) = request(port, "GET", "/assets/image.raw", &["Range: bytes=0-99"]);
+        assert!(st.contains("206"), "{st}");
+        let (st, _, _) = request(port, "GET", "/assets/../secret", &[]);
+        assert!(st.contains("403") || st.contains("404"), "{st}");
+        let (st, h, body) = request(port, "GET", "/metrics", &[]);
+        assert!(st.contains("200"), "{st}");
+        assert!(
+            h.contains("content-type: application/openmetrics-text"),
+            "{h}"
+        );
+        let text = String::from_utf8(body).unwrap();
+        let value = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        };
+        // The /metrics request itself is counted before it is answered.
+        assert_eq!(value("tinker_http_requests_total"), 3);
+        assert_eq!(value("tinker_http_asset_bytes_total"), 100);
+        assert_eq!(value("tinker_http_ipxe_scripts_total"), 0);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    })
+    .await
+    .unwrap();
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tinker_boot::http::{HttpConfig, HttpServer};
 use tinker_boot::worker_api::{WorkerApi, worker_token};
+use tinker_core::Secret;
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
 use tinker_core::state::WorkflowEvent;
 use tinker_core::store::{Applied, Assignment, Change, MachineEvent, Precondition, Versioned};
@@ -95,17 +96,22 @@ async fn serve(api: WorkerApi, store: Arc<dyn WorkflowStore>) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_open_only_their_own_worker() {
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
-    let port = serve(WorkerApi::new(store.clone(), b"s3cret".to_vec(), 5), store).await;
+    let port = serve(
+        WorkerApi::new(store.clone(), Secret::new("s3cret"), 5),
+        store,
+    )
+    .await;
     tokio::task::spawn_blocking(move || {
-        let mine = worker_token(b"s3cret", "w1");
+        let mine = worker_token(&Secret::new("s3cret"), "w1");
+        let mine = mine.expose();
         let body = "{\"worker_id\":\"w1\"}";
-        assert_eq!(post(port, "/v1/workers/w1/next-action", &mine, body).0, 200);
-        assert_eq!(post(port, "/v1/workers/w2/next-action", &mine, body).0, 401, "another worker's endpoint");
+        assert_eq!(post(port, "/v1/workers/w1/next-action", mine, body).0, 200);
+        assert_eq!(post(port, "/v1/workers/w2/next-action", mine, body).0, 401, "another worker's endpoint");
         assert_eq!(post(port, "/v1/workers/w1/next-action", "nonsense", body).0, 401);
-        assert_eq!(post(port, "/v1/workers/w1/next-action", &worker_token(b"other", "w1"), body).0, 401);
+        assert_eq!(post(port, "/v1/workers/w1/next-action", worker_token(&Secret::new("other"), "w1").expose(), body).0, 401);
         let report = "{\"worker_id\":\"w2\",\"workflow_id\":\"default/x\",\"action_index\":0,\"attempt\":1,\"outcome\":{\"outcome\":\"success\"},\"started_at\":null,\"finished_at\":null}";
-        assert_eq!(post(port, "/v1/workers/w1/report", &mine, report).0, 403, "a report for someone else");
-        assert_eq!(post(port, "/v1/workers/w1/report", &mine, "{not json").0, 400);
+        assert_eq!(post(port, "/v1/workers/w1/report", mine, report).0, 403, "a report for someone else");
+        assert_eq!(post(port, "/v1/workers/w1/report", mine, "{not json").0, 400);
     })
     .await
     .unwrap();
@@ -114,7 +120,7 @@ async fn tokens_open_only_their_own_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_retry_after() {
     let store: Arc<dyn WorkflowStore> = Arc::new(SlowStore(MemoryStore::new()));
-    let api = WorkerApi::new(store.clone(), b"k".to_vec(), 5).with_limit(2);
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_limit(2);
     let port = serve(api, store).await;
     let results = tokio::task::spawn_blocking(move || {
         let handles: Vec<_> = (0..12)
@@ -124,7 +130,7 @@ async fn overload_is_shed_with_retry_after() {
                     post(
                         port,
                         &format!("/v1/workers/{w}/next-action"),
-                        &worker_token(b"k", &w),
+                        worker_token(&Secret::new("k"), &w).expose(),
                         &format!("{{\"worker_id\":\"{w}\"}}"),
                     )
                 })
@@ -146,4 +152,58 @@ async fn overload_is_shed_with_retry_after() {
             .all(|(_, b)| b.to_lowercase().contains("retry-after:")),
         "with Retry-After"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_reports_and_logs_read_the_time_from_the_given_clock() {
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::clock::ManualClock;
+    let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let worker = tinker_core::testing::mac(7).to_string();
+    store
+        .put(
+            tinker_core::testing::rendered_workflow("timed", tinker_core::testing::mac(7), 1, 600)
+                .into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_clock(clock.clone());
+    let port = serve(api, store.clone()).await;
+    let token = worker_token(&Secret::new("k"), &worker)
+        .expose()
+        .to_string();
+    let w = worker.clone();
+    let t = token.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        post(
+            port,
+            &format!("/v1/workers/{w}/next-action"),
+            &t,
+            &format!("{{\"worker_id\":\"{w}\"}}"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    clock.advance(Duration::from_secs(90));
+    let w = worker.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        let report = format!("{{\"worker_id\":\"{w}\",\"workflow_id\":\"default/timed\",\"action_index\":0,\"attempt\":1,\"outcome\":{{\"outcome\":\"success\"}},\"started_at\":null,\"finished_at\":null}}");
+        post(port, &format!("/v1/workers/{w}/report"), &token, &report)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let wf = store
+        .workflow("default", "timed")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let (_, action) = wf.status.as_ref().unwrap().actions().next().unwrap();
+    assert_eq!(action.execution_start, Some(t0));
+    assert_eq!(action.execution_stop, Some(t0 + Duration::from_secs(90)));
 }

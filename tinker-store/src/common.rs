@@ -91,3 +91,86 @@ pub(crate) fn taken(term: &IndexTerm, key: &ObjectKey, holder: &str) -> Error {
         .with_kind(tinker_core::FindingKind::Clash),
     ]))
 }
+
+/// One step of a store's schema, from version `to - 1` to `to`. The steps of a
+/// backend are listed in order from `to: 1`; the last one's `to` is the schema
+/// version the code writes.
+#[cfg(any(feature = "redb", feature = "postgres"))]
+#[derive(Clone, Copy)]
+pub(crate) struct Migration<S> {
+    /// The version this step reaches.
+    pub to: u32,
+    /// What it does, for errors and logs.
+    pub what: &'static str,
+    /// The backend's step: a function over a write transaction, or SQL.
+    pub step: S,
+}
+
+/// The steps to run on a store found at version `found`, in order; a store newer
+/// than the code is refused before anything is touched.
+#[cfg(any(feature = "redb", feature = "postgres"))]
+pub(crate) fn pending_migrations<'a, S>(
+    store: &str,
+    found: u32,
+    steps: &'a [Migration<S>],
+) -> std::result::Result<&'a [Migration<S>], crate::StoreError> {
+    debug_assert!(
+        steps
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.to as usize == i + 1),
+        "migrations are numbered 1, 2, ... in order"
+    );
+    let supported = steps.len() as u32;
+    if found > supported {
+        return Err(crate::StoreError::SchemaTooNew {
+            store: store.to_string(),
+            found,
+            supported,
+        });
+    }
+    Ok(&steps[found as usize..])
+}
+
+#[cfg(all(test, any(feature = "redb", feature = "postgres")))]
+mod tests {
+    use super::*;
+
+    const STEPS: &[Migration<()>] = &[
+        Migration {
+            to: 1,
+            what: "a",
+            step: (),
+        },
+        Migration {
+            to: 2,
+            what: "b",
+            step: (),
+        },
+    ];
+
+    #[test]
+    fn pending_migrations_start_after_the_found_version() {
+        let whats = |found| {
+            pending_migrations("s", found, STEPS)
+                .unwrap()
+                .iter()
+                .map(|m| m.what)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(whats(0), ["a", "b"]);
+        assert_eq!(whats(1), ["b"]);
+        assert!(whats(2).is_empty());
+    }
+
+    #[test]
+    fn a_store_newer_than_the_code_is_refused() {
+        let Err(crate::StoreError::SchemaTooNew {
+            found, supported, ..
+        }) = pending_migrations("s", 3, STEPS)
+        else {
+            panic!("a version-3 store must be refused");
+        };
+        assert_eq!((found, supported), (3, 2));
+    }
+}

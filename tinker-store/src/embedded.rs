@@ -9,8 +9,16 @@
 //!
 //! Layout: `objects` (encoded key → JSON of the versioned object), `index`
 //! (multimap term → encoded key: MACs, IPs, workers with unfinished workflows),
-//! `events` ((machine, seq) → JSON), `meta` (counters). redb is blocking, so
-//! reads run in `spawn_blocking`; the change feed is sent after commit.
+//! `events` ((machine, seq) → JSON), `meta` (counters and the schema version).
+//! redb is blocking, so reads run in `spawn_blocking`; the change feed is sent
+//! after commit.
+//!
+//! Upgrades: `meta` holds `schema_version`; [`MIGRATIONS`] lists the steps from
+//! each version to the next, and [`RedbStore::open`] runs the missing ones in one
+//! write transaction before anything else touches the file, so a step that fails
+//! leaves the file as it was. A file written before versions were recorded (it
+//! has the tables and no version) is version 1. A file newer than the code is
+//! refused ([`StoreError::SchemaTooNew`]) and not changed.
 //!
 //! Group commit: writes go to one writer thread, which runs every write waiting
 //! for it in one transaction, in order, and commits them together: one fsync for
@@ -21,14 +29,16 @@
 //! that fails on a logical check (a stale version, a taken MAC) changes nothing
 //! and fails alone; a storage error fails its whole batch.
 
+use crate::StoreError;
 use crate::common::{
-    FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken,
+    FEED_CAPACITY, Migration, check_key, decode_key, encode_key, index_diff, kind_prefix,
+    pending_migrations, taken,
 };
 use async_trait::async_trait;
 use jiff::Timestamp;
 use redb::{
     Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
-    TableDefinition, WriteTransaction,
+    TableDefinition, TableHandle, WriteTransaction,
 };
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +57,79 @@ const INDEX: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new(
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENT_SEQ: &str = "event_seq";
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// A migration step of the embedded store: runs inside the open's write transaction.
+type RedbStep = fn(&WriteTransaction) -> std::result::Result<(), redb::Error>;
+
+/// The embedded store's schema, step by step; the last `to` is the version written.
+const MIGRATIONS: &[Migration<RedbStep>] = &[Migration {
+    to: 1,
+    what: "create the objects, index, events and meta tables",
+    step: create_tables_v1,
+}];
+
+/// Version 1: the tables, created once so readers never meet a missing one.
+fn create_tables_v1(txn: &WriteTransaction) -> std::result::Result<(), redb::Error> {
+    txn.open_table(OBJECTS)?;
+    txn.open_multimap_table(INDEX)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(META)?;
+    Ok(())
+}
+
+/// Brings the file to the newest schema of `steps` in one write transaction;
+/// returns the version it was found at.
+fn migrate(db: &Database, path: &Path, steps: &[Migration<RedbStep>]) -> Result<u32> {
+    let store = path.display().to_string();
+    let txn = db.begin_write().map_err(db_err)?;
+    let recorded = {
+        let meta = txn.open_table(META).map_err(db_err)?;
+        meta.get(SCHEMA_VERSION_KEY)
+            .map_err(db_err)?
+            .map(|v| v.value())
+    };
+    let found = match recorded {
+        Some(v) => u32::try_from(v).unwrap_or(u32::MAX),
+        // Written before versions were recorded: version 1 if it has the tables.
+        None => {
+            let has_objects = txn
+                .list_tables()
+                .map_err(db_err)?
+                .any(|t| t.name() == OBJECTS.name());
+            u32::from(has_objects)
+        }
+    };
+    let pending = match pending_migrations(&store, found, steps) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = txn.abort();
+            return Err(e.into_core("redb"));
+        }
+    };
+    let mut from = found;
+    for m in pending {
+        tracing::info!(store = %store, from, to = m.to, what = m.what, "migrating the embedded store");
+        (m.step)(&txn).map_err(|e| {
+            StoreError::MigrationFailed {
+                store: store.clone(),
+                from: found,
+                to: m.to,
+                what: m.what,
+                source: e.into(),
+            }
+            .into_core("redb")
+        })?;
+        from = m.to;
+    }
+    if recorded != Some(u64::from(from)) {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        meta.insert(SCHEMA_VERSION_KEY, u64::from(from))
+            .map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(found)
+}
 
 /// The embedded persistent [`WorkflowStore`], in one redb file.
 #[derive(Clone)]
@@ -77,7 +160,7 @@ impl Drop for Writer {
 /// What a write job tells the writer after running in the batch's transaction.
 struct JobOutcome {
     /// Called with the batch's commit result: answers the caller.
-    finish: Box<dyn FnOnce(std::result::Result<(), String>) + Send>,
+    finish: Box<dyn FnOnce(std::result::Result<(), BatchFailure>) + Send>,
     /// It wrote something (a batch of no-ops is not committed).
     wrote: bool,
     /// It failed on storage, possibly after writing part: the batch is abandoned.
@@ -85,6 +168,20 @@ struct JobOutcome {
 }
 
 type WriteJob = Box<dyn FnOnce(&WriteTransaction) -> JobOutcome + Send>;
+
+/// Why a batch was not committed, shared by every write in it.
+type BatchFailure = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A write the writer dropped unrun: its batch's transaction could not begin, or
+/// a write of the batch panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the writer dropped the write (its transaction could not begin, or the batch panicked)")]
+struct WriteDropped;
+
+/// A batch abandoned because one of its writes failed on storage.
+#[derive(Debug, thiserror::Error)]
+#[error("another write of the batch failed on storage")]
+struct StorageFailedInBatch;
 
 /// Most writes one commit carries: bounds a batch's latency.
 const MAX_BATCH: usize = 512;
@@ -122,13 +219,13 @@ fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<WriteJob>) {
             failed |= o.storage_failed;
             outcomes.push(o.finish);
         }
-        let committed = if failed {
+        let committed: std::result::Result<(), BatchFailure> = if failed {
             let _ = txn.abort();
-            Err("a storage error in this batch of writes; nothing of it was written".to_string())
+            Err(Arc::new(StorageFailedInBatch))
         } else if wrote {
-            txn.commit().map_err(|e| e.to_string())
+            txn.commit().map_err(|e| Arc::new(e) as BatchFailure)
         } else {
-            txn.abort().map_err(|e| e.to_string())
+            txn.abort().map_err(|e| Arc::new(e) as BatchFailure)
         };
         for finish in outcomes {
             finish(committed.clone());
@@ -149,30 +246,43 @@ fn db_err(e: impl Into<redb::Error>) -> Error {
 }
 
 fn json_err(e: serde_json::Error) -> Error {
-    Error::backend("redb (stored JSON)", e)
+    StoreError::Record(e).into_core("redb")
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store file. If the last process died mid-write,
-    /// redb repairs the file here and the last committed state is what is read.
+    /// The schema version this code writes; older files are migrated on open.
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+    /// Opens (or creates) the store file, bringing its schema up to
+    /// [`Self::SCHEMA_VERSION`]. If the last process died mid-write, redb repairs
+    /// the file here and the last committed state is what is read. A file written
+    /// by newer code is refused with [`StoreError::SchemaTooNew`] (as the source
+    /// of `Error::Backend`) and left unchanged.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_with(path.as_ref(), MIGRATIONS).await
+    }
+
+    async fn open_with(path: &Path, steps: &'static [Migration<RedbStep>]) -> Result<Self> {
+        let path = path.to_path_buf();
         let p = path.clone();
         let db = tokio::task::spawn_blocking(move || -> Result<Database> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::backend("redb", format!("cannot create {}: {e}", dir.display()))
+                    StoreError::Open {
+                        path: dir.to_path_buf(),
+                        source: e.into(),
+                    }
+                    .into_core("redb")
                 })?;
             }
-            let db = Database::create(&p)
-                .map_err(|e| Error::backend("redb", format!("cannot open {}: {e}", p.display())))?;
-            // Create the tables once so readers never meet a missing table.
-            let txn = db.begin_write().map_err(db_err)?;
-            txn.open_table(OBJECTS).map_err(db_err)?;
-            txn.open_multimap_table(INDEX).map_err(db_err)?;
-            txn.open_table(EVENTS).map_err(db_err)?;
-            txn.open_table(META).map_err(db_err)?;
-            txn.commit().map_err(db_err)?;
+            let db = Database::create(&p).map_err(|e| {
+                StoreError::Open {
+                    path: p.clone(),
+                    source: e.into(),
+                }
+                .into_core("redb")
+            })?;
+            migrate(&db, &p, steps)?;
             Ok(db)
         })
         .await
@@ -184,7 +294,13 @@ impl RedbStore {
         let thread = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer_loop(d, jobs))
-            .map_err(|e| Error::backend("redb", e))?;
+            .map_err(|e| {
+                StoreError::Open {
+                    path: path.clone(),
+                    source: e.into(),
+                }
+                .into_core("redb")
+            })?;
         Ok(RedbStore {
             db,
             path,
@@ -213,7 +329,9 @@ impl RedbStore {
                 finish: Box::new(move |committed| {
                     let answer = match (r, committed) {
                         (Ok((v, _)), Ok(())) => Ok(v),
-                        (Ok(_), Err(why)) => Err(Error::backend("redb", why)),
+                        (Ok(_), Err(why)) => {
+                            Err(StoreError::BatchNotCommitted(why).into_core("redb"))
+                        }
                         (Err(e), _) => Err(e),
                     };
                     let _ = tx.send(answer);
@@ -229,14 +347,12 @@ impl RedbStore {
             .ok()
             .and_then(|j| j.as_ref().map(|j| j.send(job).is_ok()));
         if sent != Some(true) {
-            return Err(Error::backend("redb", "the writer thread has stopped"));
+            return Err(StoreError::WriterStopped.into_core("redb"));
         }
-        rx.await.map_err(|_| {
-            Error::backend(
-                "redb",
-                "the writer dropped a write (its transaction could not begin)",
-            )
-        })?
+        // The writer drops a job unrun when its batch's transaction cannot begin
+        // (logged there) or a job of the batch panicked.
+        rx.await
+            .map_err(|_| StoreError::BatchNotCommitted(Arc::new(WriteDropped)).into_core("redb"))?
     }
 
     /// The file this store lives in.
@@ -612,5 +728,121 @@ impl WorkflowStore for RedbStore {
 
     fn watch(&self) -> broadcast::Receiver<Change> {
         self.feed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKER: TableDefinition<&str, u64> = TableDefinition::new("marker");
+
+    fn add_marker(txn: &WriteTransaction) -> std::result::Result<(), redb::Error> {
+        txn.open_table(MARKER)?.insert("v2", 2)?;
+        Ok(())
+    }
+
+    fn fail_after_writing(txn: &WriteTransaction) -> std::result::Result<(), redb::Error> {
+        add_marker(txn)?;
+        Err(redb::Error::TableDoesNotExist(
+            "what the step needed".into(),
+        ))
+    }
+
+    /// The code's steps plus one more, as the next schema version will add.
+    static WITH_V2: [Migration<RedbStep>; 2] = [
+        MIGRATIONS[0],
+        Migration {
+            to: 2,
+            what: "add the marker",
+            step: add_marker,
+        },
+    ];
+
+    static FAILING_V2: [Migration<RedbStep>; 2] = [
+        MIGRATIONS[0],
+        Migration {
+            to: 2,
+            what: "a step that fails",
+            step: fail_after_writing,
+        },
+    ];
+
+    fn recorded_version(path: &Path) -> Option<u64> {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(SCHEMA_VERSION_KEY).unwrap().map(|v| v.value())
+    }
+
+    fn has_marker(path: &Path) -> bool {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.open_table(MARKER).is_ok()
+    }
+
+    fn backend_source(e: &Error) -> &StoreError {
+        let Error::Backend { source, .. } = e else {
+            panic!("expected a backend error, got {e:?}");
+        };
+        source.downcast_ref::<StoreError>().expect("a StoreError")
+    }
+
+    #[tokio::test]
+    async fn a_new_file_gets_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path).await.unwrap());
+        assert_eq!(recorded_version(&path), Some(1));
+        assert_eq!(RedbStore::SCHEMA_VERSION, 1);
+    }
+
+    #[tokio::test]
+    async fn the_next_step_runs_once_and_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path).await.unwrap());
+        drop(RedbStore::open_with(&path, &WITH_V2).await.unwrap());
+        assert_eq!(recorded_version(&path), Some(2));
+        assert!(has_marker(&path));
+        // Opening again finds version 2, so no step is pending.
+        let db = Database::create(&path).unwrap();
+        assert_eq!(migrate(&db, &path, &WITH_V2).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open(&path).await.unwrap());
+        let e = RedbStore::open_with(&path, &FAILING_V2).await.unwrap_err();
+        let StoreError::MigrationFailed { from, to, what, .. } = backend_source(&e) else {
+            panic!("expected MigrationFailed, got {e}");
+        };
+        assert_eq!((*from, *to, *what), (1, 2, "a step that fails"));
+        assert_eq!(recorded_version(&path), Some(1));
+        assert!(
+            !has_marker(&path),
+            "the failed step's writes were rolled back"
+        );
+        // The file still opens with the code it belongs to.
+        drop(RedbStore::open(&path).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_file_newer_than_the_code_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(RedbStore::open_with(&path, &WITH_V2).await.unwrap());
+        let e = RedbStore::open(&path).await.unwrap_err();
+        let StoreError::SchemaTooNew {
+            found, supported, ..
+        } = backend_source(&e)
+        else {
+            panic!("expected SchemaTooNew, got {e}");
+        };
+        assert_eq!((*found, *supported), (2, 1));
+        assert!(e.to_string().contains("newer than this code"), "{e}");
+        assert_eq!(recorded_version(&path), Some(2));
     }
 }

@@ -1,21 +1,29 @@
 //! # tinker-store
 //!
-//! [`WorkflowStore`](tinker_core::WorkflowStore) implementations:
+//! Keeps Tinker's state: [`WorkflowStore`](tinker_core::WorkflowStore)
+//! implementations.
 //!
-//! - [`MemoryStore`]: in memory, for tests, demos and embedding where state may be lost;
-//! - [`RedbStore`]: the embedded persistent default, one file, no server to run
-//!   (on [redb](https://docs.rs/redb): pure Rust, ACID, copy-on-write B-trees whose
-//!   commits survive a crash);
-//! - [`PostgresStore`]: for several control-plane replicas sharing one database
-//!   (`FOR UPDATE SKIP LOCKED` claims, `LISTEN/NOTIFY` change feed, a version
-//!   column for optimistic concurrency).
+//! - [`MemoryStore`]: in memory, for tests, demos and embedding where state may be
+//!   lost; always there.
+//! - `RedbStore` (feature `redb`, default): the embedded persistent default, one
+//!   file, no server to run (on [redb](https://docs.rs/redb): pure Rust, ACID,
+//!   copy-on-write B-trees whose commits survive a crash).
+//! - `PostgresStore` (feature `postgres`, default): for several control-plane
+//!   replicas sharing one database (`FOR UPDATE SKIP LOCKED` claims,
+//!   `LISTEN/NOTIFY` change feed, a version column for optimistic concurrency).
 //!
-//! All three pass the conformance suite in `tinker_core::testing::store`. Feature
-//! `testing` adds [`testing::TempPostgres`], a throwaway PostgreSQL for tests. The workflow logic they execute inside their
-//! transactions is `tinker_core::store::{apply_to_workflow, claim_in_workflow}`,
-//! written once.
+//! All three pass the conformance suite in `tinker_core::testing::store`. The
+//! workflow logic they execute inside their transactions is
+//! `tinker_core::store::{apply_to_workflow, claim_in_workflow}`, written once.
+//! Feature `testing` adds `testing::TempPostgres`, a throwaway PostgreSQL for tests.
+//!
+//! The two persistent stores carry a schema version and migrate older stores on
+//! open (each step in a transaction); a store written by newer code is refused
+//! with [`StoreError::SchemaTooNew`] as the source of
+//! `tinker_core::Error::Backend`, and left unchanged.
 //!
 //! ```
+//! # #[cfg(feature = "redb")] {
 //! use std::sync::Arc;
 //! use tinker_core::{Precondition, WorkflowStore, WorkflowStoreExt};
 //! use tinker_store::RedbStore;
@@ -28,17 +36,25 @@
 //! store.put(hw.into(), Precondition::Absent).await?;
 //! assert!(store.hardware("default", "sm01").await?.is_some());
 //! # Ok::<(), tinker_core::Error>(()) }).unwrap();
+//! # }
 //! ```
 
 #![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod common;
+#[cfg(feature = "redb")]
 mod embedded;
+mod error;
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "redb")]
 pub use embedded::RedbStore;
+pub use error::{BoxError, StoreError};
 pub use memory::{MAX_EVENTS_PER_MACHINE, MemoryStore};
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

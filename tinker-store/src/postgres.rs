@@ -10,12 +10,17 @@
 //! - Uniqueness of MACs and IP addresses is a partial unique index, so two replicas
 //!   racing to register the same MAC cannot both win.
 //!
-//! The schema is created by [`PostgresStore::connect`] (migrations below, applied
-//! once under an advisory lock). No transaction is held across anything but its own
-//! statements.
+//! The schema is created and upgraded by [`PostgresStore::connect`]: `MIGRATIONS`
+//! lists the steps from each version to the next; the missing ones run in one
+//! transaction under an advisory lock (so one replica migrates while the others
+//! wait), and `schema_migrations` records each version reached. A database newer
+//! than the code is refused ([`StoreError::SchemaTooNew`]) and not changed. No
+//! transaction is held across anything but its own statements.
 
+use crate::StoreError;
 use crate::common::{
-    FEED_CAPACITY, check_key, decode_key, encode_key, index_diff, kind_prefix, taken,
+    FEED_CAPACITY, Migration, check_key, decode_key, encode_key, index_diff, kind_prefix,
+    pending_migrations, taken,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
@@ -33,8 +38,12 @@ use tokio::sync::broadcast;
 
 const CHANNEL: &str = "tinker_changes";
 
-/// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[&str] = &[r#"
+/// The PostgreSQL schema, step by step (SQL run in the connect transaction); the
+/// last `to` is the version written.
+const MIGRATIONS: &[Migration<&str>] = &[Migration {
+    to: 1,
+    what: "create the objects, index_terms and events tables",
+    step: r#"
 CREATE TABLE objects (
     key     TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
@@ -52,14 +61,27 @@ CREATE TABLE events (
     body    JSONB NOT NULL
 );
 CREATE INDEX events_machine ON events (machine, seq);
-"#];
+"#,
+}];
+
+/// `postgres://host:port/db` for errors and logs: never the user or password.
+fn target_name(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{host}:{port}/{db}")
+}
 
 fn pg(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::backend("postgres", e)
 }
 
 fn json_err(e: serde_json::Error) -> Error {
-    Error::backend("postgres (stored JSON)", e)
+    StoreError::Record(e).into_core("postgres")
 }
 
 /// The PostgreSQL [`WorkflowStore`].
@@ -80,15 +102,10 @@ impl PostgresStore {
     /// starts listening for changes. The URL may hold a password; it never appears
     /// in errors.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(|_| Error::Unsupported {
-            target: "postgres".into(),
-            operation: "a database URL that does not parse".into(),
-        })?;
-        let target = format!(
-            "postgres://{:?}:{:?}",
-            config.get_hosts().first(),
-            config.get_ports().first()
-        );
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StoreError::InvalidUrl.into_core("postgres"))?;
+        let target = target_name(&config);
         let unreachable = |e: tokio_postgres::Error| Error::Unreachable {
             target: target.clone(),
             reason: e.to_string(),
@@ -107,29 +124,7 @@ impl PostgresStore {
                 reason: e.to_string(),
             })?;
             let tx = client.transaction().await.map_err(unreachable)?;
-            // One replica migrates; the others wait here.
-            tx.execute("SELECT pg_advisory_xact_lock(7411)", &[])
-                .await
-                .map_err(pg)?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)",
-            )
-            .await
-            .map_err(pg)?;
-            for (i, sql) in MIGRATIONS.iter().enumerate() {
-                let v = i as i32 + 1;
-                let done = tx
-                    .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[&v])
-                    .await
-                    .map_err(pg)?
-                    .is_some();
-                if !done {
-                    tx.batch_execute(sql).await.map_err(pg)?;
-                    tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&v])
-                        .await
-                        .map_err(pg)?;
-                }
-            }
+            migrate(&tx, &target, MIGRATIONS).await?;
             tx.commit().await.map_err(pg)?;
         }
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
@@ -163,12 +158,66 @@ impl PostgresStore {
         Ok(PostgresStore { pool, feed })
     }
 
+    /// The schema version this code writes; older databases are migrated on connect.
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| Error::Unreachable {
             target: "postgres".into(),
             reason: e.to_string(),
         })
     }
+}
+
+/// Brings the database to the newest schema of `steps` inside `tx` (committed by
+/// the caller); returns the version it was found at.
+async fn migrate(tx: &Transaction<'_>, store: &str, steps: &[Migration<&str>]) -> Result<u32> {
+    // One replica migrates; the others wait here.
+    tx.execute("SELECT pg_advisory_xact_lock(7411)", &[])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)")
+        .await
+        .map_err(pg)?;
+    let found: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let found = u32::try_from(found).unwrap_or(0);
+    let mut from = found;
+    for m in pending_migrations(store, found, steps).map_err(|e| e.into_core("postgres"))? {
+        tracing::info!(
+            store,
+            from,
+            to = m.to,
+            what = m.what,
+            "migrating the PostgreSQL store"
+        );
+        let failed = |e: tokio_postgres::Error| {
+            StoreError::MigrationFailed {
+                store: store.to_string(),
+                from: found,
+                to: m.to,
+                what: m.what,
+                source: e.into(),
+            }
+            .into_core("postgres")
+        };
+        tx.batch_execute(m.step).await.map_err(failed)?;
+        let to = m.to as i32;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&to],
+        )
+        .await
+        .map_err(failed)?;
+        from = m.to;
+    }
+    Ok(found)
 }
 
 async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Versioned<Object>>> {

@@ -103,3 +103,61 @@ async fn two_replicas_share_one_database() {
     }
     assert_eq!(seen.lock().unwrap().len(), total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_newer_than_the_code_is_refused_unchanged() {
+    let Some(pg) = Cluster::start() else { return };
+    drop(PostgresStore::connect(&pg.url).await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let next = PostgresStore::SCHEMA_VERSION as i32 + 1;
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&next],
+        )
+        .await
+        .unwrap();
+    let e = PostgresStore::connect(&pg.url).await.unwrap_err();
+    let tinker_core::Error::Backend { source, .. } = &e else {
+        panic!("expected a backend error, got {e:?}");
+    };
+    let Some(tinker_store::StoreError::SchemaTooNew {
+        found, supported, ..
+    }) = source.downcast_ref()
+    else {
+        panic!("expected SchemaTooNew, got {e}");
+    };
+    assert_eq!(
+        (*found as i32, *supported),
+        (next, PostgresStore::SCHEMA_VERSION)
+    );
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, next], "nothing was changed");
+}
+
+#[tokio::test]
+async fn a_url_that_does_not_parse_is_named_without_echoing_it() {
+    let e = PostgresStore::connect("postgres://tinker:hunter2@[bad")
+        .await
+        .unwrap_err();
+    let tinker_core::Error::Backend { source, .. } = &e else {
+        panic!("expected a backend error, got {e:?}");
+    };
+    assert!(matches!(
+        source.downcast_ref(),
+        Some(tinker_store::StoreError::InvalidUrl)
+    ));
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}

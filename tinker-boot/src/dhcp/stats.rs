@@ -1,6 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of the DHCP server, exposed as Prometheus metrics.
+/// Counters of the DHCP server, exposed as Prometheus metrics (registered by
+/// `http::MetricsSource`).
 #[derive(Debug, Default)]
 pub struct DhcpStats {
     /// Packets received.
@@ -33,65 +34,5 @@ impl DhcpStats {
     /// Adds one.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Prometheus text exposition of the counters.
-    pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &AtomicU64, &str); 12] = [
-            (
-                "tinker_dhcp_received_total",
-                &self.received,
-                "DHCP packets received",
-            ),
-            (
-                "tinker_dhcp_malformed_total",
-                &self.malformed,
-                "DHCP packets dropped as malformed",
-            ),
-            (
-                "tinker_dhcp_unknown_mac_total",
-                &self.unknown_mac,
-                "DHCP requests from unknown MACs",
-            ),
-            (
-                "tinker_dhcp_ignored_total",
-                &self.ignored,
-                "DHCP requests ignored",
-            ),
-            ("tinker_dhcp_offers_total", &self.offers, "DHCPOFFERs sent"),
-            ("tinker_dhcp_acks_total", &self.acks, "DHCPACKs sent"),
-            ("tinker_dhcp_naks_total", &self.naks, "DHCPNAKs sent"),
-            (
-                "tinker_dhcp_releases_total",
-                &self.releases,
-                "DHCPRELEASEs received",
-            ),
-            (
-                "tinker_dhcp_declines_total",
-                &self.declines,
-                "DHCPDECLINEs received",
-            ),
-            (
-                "tinker_dhcp_informs_total",
-                &self.informs,
-                "DHCPINFORMs answered",
-            ),
-            (
-                "tinker_dhcp_overload_drops_total",
-                &self.overload_drops,
-                "DHCP packets shed under overload",
-            ),
-            (
-                "tinker_dhcp_responder_errors_total",
-                &self.responder_errors,
-                "boot responder errors",
-            ),
-        ];
-        for (name, v, help) in rows {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
     }
 }

@@ -23,7 +23,7 @@ pub struct OsieConfig {
     pub extra_args: Vec<String>,
     /// The worker API's secret: when set, each machine's script carries its own
     /// bearer token (`tinker_token=`), derived from it and the machine's MAC.
-    pub worker_secret: Option<Vec<u8>>,
+    pub worker_secret: Option<tinker_core::Secret>,
 }
 
 /// Renders the script for a machine.
@@ -68,7 +68,7 @@ pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
     if let Some(secret) = &osie.worker_secret {
         args.push(format!(
             "tinker_token={}",
-            crate::worker_api::worker_token(secret, &mac.to_string())
+            crate::worker_api::worker_token(secret, &mac.to_string()).expose()
         ));
     }
     if let Some(host) = iface

@@ -14,25 +14,38 @@
 //!
 //! A machine is known by the source address of its connection, never by what it
 //! says; `X-Forwarded-For` is read only from the proxies listed as trusted.
+//!
+//! Time (the pause after a failed accept, the grace period at shutdown) is read
+//! from the clock given with [`HttpServer::with_clock`].
 
 mod body;
 mod ipxe;
 mod metadata;
+mod metrics;
 mod operator;
 
 pub use body::Body;
 pub(crate) use body::full as body_full;
 pub use ipxe::{OsieConfig, script};
+pub use metrics::MetricsSource;
+pub(crate) use metrics::{CounterRow, register_counters};
 pub use operator::{OperatorApi, RouteChain};
+/// The Prometheus client `MetricsSource` registers into, re-exported so a
+/// vendor's own source uses the same version.
+pub use prometheus_client;
 
 use crate::tftp::{FileSource, SourceError};
 use body::{FileBody, full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use percent_encoding::percent_decode_str;
+use prometheus_client::registry::Registry;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::{MetadataSource, WorkflowStore};
 use tokio::net::TcpListener;
 
@@ -85,24 +98,6 @@ pub struct HttpConfig {
     pub metrics: Vec<Arc<dyn MetricsSource>>,
 }
 
-/// Something with Prometheus counters to show on `/metrics`.
-pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
-    /// Appends its counters in the text exposition format.
-    fn render(&self, out: &mut String);
-}
-
-impl MetricsSource for crate::dhcp::DhcpStats {
-    fn render(&self, out: &mut String) {
-        crate::dhcp::DhcpStats::render(self, out)
-    }
-}
-
-impl MetricsSource for crate::tftp::TftpStats {
-    fn render(&self, out: &mut String) {
-        crate::tftp::TftpStats::render(self, out)
-    }
-}
-
 impl HttpConfig {
     /// A configuration over `store` with its metadata from the same store, no
     /// assets, no binaries, no trusted proxies, no extra routes; fill in the rest.
@@ -121,19 +116,48 @@ impl HttpConfig {
 }
 
 /// The HTTP server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpServer {
     config: Arc<HttpConfig>,
     stats: Arc<HttpStats>,
+    registry: Arc<Registry>,
+    clock: SharedClock,
 }
 
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long requests in flight may take to finish once shutdown is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The pause after a failed accept (out of file descriptors and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 impl HttpServer {
-    /// A server with this configuration.
+    /// A server with this configuration; its `/metrics` registry holds its own
+    /// counters and those of every [`HttpConfig::metrics`] source.
     pub fn new(config: HttpConfig) -> Self {
+        let stats = Arc::<HttpStats>::default();
+        let registry = metrics::registry(stats.clone(), &config.metrics);
         HttpServer {
             config: Arc::new(config),
-            stats: Arc::default(),
+            stats,
+            registry: Arc::new(registry),
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// Reads the time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Its counters.
@@ -155,7 +179,10 @@ impl HttpServer {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => {
                     drop(listener);
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+                    tokio::select! {
+                        _ = graceful.shutdown() => {}
+                        _ = self.clock.sleep(SHUTDOWN_GRACE) => {}
+                    }
                     return Ok(());
                 }
                 r = listener.accept() => match r {
@@ -163,7 +190,7 @@ impl HttpServer {
                     Err(e) => {
                         // Out of file descriptors and the like: wait, do not spin.
                         tracing::warn!(error = %e, "HTTP accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        self.clock.sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 },
@@ -210,7 +237,7 @@ impl HttpServer {
             None => req,
         };
         // iPXE percent-encodes the colons of a MAC in a path.
-        let path = percent_decode(req.uri().path());
+        let path = percent_decode_str(req.uri().path()).decode_utf8_lossy();
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
             return status(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
@@ -241,50 +268,15 @@ impl HttpServer {
 
     fn metrics(&self) -> Response<Body> {
         let mut out = String::new();
-        for (name, v, help) in [
-            (
-                "tinker_http_requests_total",
-                &self.stats.requests,
-                "HTTP requests",
-            ),
-            (
-                "tinker_http_ipxe_scripts_total",
-                &self.stats.scripts,
-                "iPXE scripts served",
-            ),
-            (
-                "tinker_http_metadata_total",
-                &self.stats.metadata,
-                "metadata answers",
-            ),
-            (
-                "tinker_http_metadata_unknown_total",
-                &self.stats.metadata_unknown,
-                "metadata requests from unknown addresses",
-            ),
-            (
-                "tinker_http_asset_bytes_total",
-                &self.stats.asset_bytes,
-                "boot asset bytes sent",
-            ),
-            (
-                "tinker_http_refused_total",
-                &self.stats.refused,
-                "paths refused",
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
-        for source in &self.config.metrics {
-            source.render(&mut out);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
         }
         let mut r = Response::new(full(out));
         r.headers_mut().insert(
             "content-type",
-            "text/plain; version=0.0.4".parse().expect("static header"),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                .parse()
+                .expect("static header"),
         );
         r
     }
@@ -376,53 +368,15 @@ impl HttpServer {
     }
 }
 
-/// Decodes `%XX` escapes; an invalid escape is kept as it is.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses a single `bytes=` range against a size: `Some((first, last))`, or `None`
-/// when unsatisfiable. Multiple ranges are answered with the first.
+/// Reads a `Range` header against a size: `Some((first, last))` of its first
+/// range, or `None` when it is malformed or unsatisfiable (answered 416).
 fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = header
-        .trim()
-        .strip_prefix("bytes=")?
-        .split(',')
-        .next()?
-        .trim();
-    let (a, b) = spec.split_once('-')?;
-    let (first, last) = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 {
-            return None;
-        }
-        (size.saturating_sub(n), size.checked_sub(1)?)
-    } else {
-        let first: u64 = a.parse().ok()?;
-        let last = if b.is_empty() {
-            size.checked_sub(1)?
-        } else {
-            b.parse::<u64>().ok()?.min(size.checked_sub(1)?)
-        };
-        (first, last)
-    };
-    (first <= last && first < size).then_some((first, last))
+    let ranges = http_range_header::parse_range_header(header.trim())
+        .ok()?
+        .validate(size)
+        .ok()?;
+    let first = ranges.first()?;
+    Some((*first.start(), *first.end()))
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<Body> {
@@ -444,15 +398,17 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
+        let decode = |s| {
+            super::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         assert_eq!(
-            super::percent_decode("/ipxe/52%3A54%3a00/auto.ipxe"),
+            decode("/ipxe/52%3A54%3a00/auto.ipxe"),
             "/ipxe/52:54:00/auto.ipxe"
         );
-        assert_eq!(super::percent_decode("/a%zz%4"), "/a%zz%4");
-        assert_eq!(
-            super::percent_decode("/assets/%2e%2e/secret"),
-            "/assets/../secret"
-        );
+        assert_eq!(decode("/a%zz%4"), "/a%zz%4");
+        assert_eq!(decode("/assets/%2e%2e/secret"), "/assets/../secret");
     }
 
     #[test]

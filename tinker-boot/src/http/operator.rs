@@ -13,16 +13,17 @@
 use super::{Body, ExtraRoutes, body::full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tinker_core::WorkflowStore;
 use tinker_core::model::Kind;
+use tinker_core::{Secret, WorkflowStore};
 
 /// The status page and the operator API.
 #[derive(Clone)]
 pub struct OperatorApi {
     store: Arc<dyn WorkflowStore>,
-    token: String,
+    token: Secret,
 }
 
 impl std::fmt::Debug for OperatorApi {
@@ -33,23 +34,22 @@ impl std::fmt::Debug for OperatorApi {
 
 impl OperatorApi {
     /// The routes over `store`, opened by `token`.
-    pub fn new(store: Arc<dyn WorkflowStore>, token: impl Into<String>) -> Self {
-        OperatorApi {
-            store,
-            token: token.into(),
-        }
+    pub fn new(store: Arc<dyn WorkflowStore>, token: Secret) -> Self {
+        OperatorApi { store, token }
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let bearer = crate::worker_api::bearer_token(req);
-        let query = req
-            .uri()
-            .query()
-            .unwrap_or_default()
+        if let Some(token) = bearer {
+            return self.token.matches(token.as_bytes());
+        }
+        let query = req.uri().query().unwrap_or_default();
+        let given = query
             .split('&')
-            .find_map(|kv| kv.strip_prefix("token="));
-        let given = bearer.or(query).unwrap_or_default();
-        crate::worker_api::constant_time_eq(given.as_bytes(), self.token.as_bytes())
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(|t| percent_decode_str(t).collect::<Vec<u8>>())
+            .unwrap_or_default();
+        self.token.matches(&given)
     }
 }
 
@@ -94,11 +94,7 @@ impl ExtraRoutes for OperatorApi {
             "workflows" => Kind::Workflow,
             rest => {
                 if let Some(machine) = rest.strip_prefix("events/") {
-                    let machine = machine
-                        .replace("%2F", "/")
-                        .replace("%2f", "/")
-                        .replace("%3A", ":")
-                        .replace("%3a", ":");
+                    let machine = percent_decode_str(machine).decode_utf8_lossy();
                     return Ok(match self.store.events(&machine, 50).await {
                         Ok(ev) => respond(
                             StatusCode::OK,

@@ -33,54 +33,6 @@ pub struct TftpStats {
     pub bytes: AtomicU64,
 }
 
-impl TftpStats {
-    /// Prometheus text exposition.
-    pub fn render(&self, out: &mut String) {
-        for (name, v, help) in [
-            (
-                "tinker_tftp_requests_total",
-                &self.requests,
-                "TFTP read requests",
-            ),
-            (
-                "tinker_tftp_completed_total",
-                &self.completed,
-                "TFTP transfers completed",
-            ),
-            (
-                "tinker_tftp_failed_total",
-                &self.failed,
-                "TFTP transfers abandoned",
-            ),
-            (
-                "tinker_tftp_not_found_total",
-                &self.not_found,
-                "TFTP requests for missing files",
-            ),
-            (
-                "tinker_tftp_refused_total",
-                &self.refused,
-                "TFTP requests outside the served directory",
-            ),
-            (
-                "tinker_tftp_malformed_total",
-                &self.malformed,
-                "malformed TFTP packets",
-            ),
-            (
-                "tinker_tftp_bytes_total",
-                &self.bytes,
-                "TFTP file bytes sent and acknowledged",
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
-    }
-}
-
 /// A read-only TFTP server.
 #[derive(Debug, Clone)]
 pub struct TftpServer {
