@@ -548,3 +548,7 @@ pub fn action_spec(a: &WorkerAction) -> ActionSpec {
         timeout: a.timeout_seconds.map(Duration::from_secs),
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
