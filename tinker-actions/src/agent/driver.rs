@@ -125,6 +125,7 @@ impl Agent {
                     d.core.handle_action_finished(self.clock.now(), outcome);
                 }
                 () = sleep_until(self.clock.as_ref(), deadline), if deadline.is_some() => {
+                    d.feed_output();
                     d.core.handle_timeout(self.clock.now());
                 }
             }
