@@ -25,6 +25,23 @@ use tinker_core::worker_api::LogLine;
 ///
 /// By default it speaks HTTP ([`HttpTransport`]), reads the system clock and
 /// logs through `tracing`; each can be replaced.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tinker_actions::NativeRuntime;
+/// use tinker_actions::agent::{Agent, AgentConfig};
+///
+/// # async fn run() -> tinker_core::Result<()> {
+/// let native = NativeRuntime::new();
+/// let agent = Agent::new(
+///     AgentConfig::new("http://10.0.0.1:8080,http://10.0.0.2:8080", "52:54:00:12:34:56", "token"),
+///     Arc::new(native.clone()),
+///     Some(native),
+/// );
+/// let summary = agent.run(std::future::pending()).await?;
+/// println!("{} actions", summary.ran.len());
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Agent {
     config: AgentConfig,
