@@ -137,3 +137,17 @@ pub struct AgentSummary {
     /// Actions run, as `workflow/action: outcome (workflow state)`.
     pub ran: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_split_and_the_token_never_shows() {
+        let c = AgentConfig::new(" http://a:8080/ ,http://b:8080,", "w1", "s3cr3t-token");
+        assert_eq!(c.replicas(), ["http://a:8080", "http://b:8080"]);
+        let shown = format!("{c:?} {:?}", HttpTransport::new(c.token.clone()));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(c.token.expose(), "s3cr3t-token");
+    }
+}
