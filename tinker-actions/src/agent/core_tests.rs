@@ -88,7 +88,7 @@ fn running(config: &AgentConfig, a: WorkerAction) -> AgentCore {
 }
 
 #[test]
-fn asks_runs_heartbeats_flushes_reports_and_asks_again() {
+fn asks_then_runs_the_action_heartbeating_with_its_output() {
     let mut core = AgentCore::new(&config(), "run", t0());
     assert_eq!(core.replica(), "http://a");
     let ask = one_send(&mut core);
@@ -140,6 +140,14 @@ fn asks_runs_heartbeats_flushes_reports_and_asks_again() {
     core.handle_timeout(t0() + secs(11));
     let hb = one_send(&mut core);
     assert!(matches!(hb.request, Request::Heartbeat(_)));
+}
+
+#[test]
+fn an_ended_action_sends_its_last_output_then_its_report_then_asks_again() {
+    let mut core = running(&config(), action(5));
+    drain(&mut core);
+    core.handle_timeout(t0() + secs(5));
+    let hb = one_send(&mut core);
 
     // The action ends while that heartbeat is out: its answer no longer matters.
     core.handle_output(line("two"));

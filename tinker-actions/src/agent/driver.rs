@@ -50,6 +50,7 @@ pub struct Agent {
     transport: Option<Arc<dyn Transport>>,
     clock: SharedClock,
     events: Arc<dyn EventSink>,
+    instance: Option<String>,
 }
 
 /// Counts the runs in this process, so two runs never share request ids, even
@@ -71,7 +72,16 @@ impl Agent {
             transport: None,
             clock: SystemClock::shared(),
             events: Arc::new(TracingEvents),
+            instance: None,
         }
+    }
+
+    /// Names this run `instance` (request ids are made from it) instead of a
+    /// name made from the process id and the time. It must differ from every
+    /// earlier run of this worker; a simulation sets it so that runs repeat.
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
     }
 
     /// Reaches the control plane through `transport` instead of HTTP.
@@ -101,12 +111,14 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<AgentSummary> {
         let now = self.clock.now();
-        let instance = format!(
-            "{:x}-{:x}-{:x}",
-            std::process::id(),
-            now.as_nanosecond(),
-            RUNS.fetch_add(1, Ordering::Relaxed)
-        );
+        let instance = self.instance.clone().unwrap_or_else(|| {
+            format!(
+                "{:x}-{:x}-{:x}",
+                std::process::id(),
+                now.as_nanosecond(),
+                RUNS.fetch_add(1, Ordering::Relaxed)
+            )
+        });
         let mut d = Driver {
             agent: self,
             core: AgentCore::new(&self.config, instance, now),
@@ -130,7 +142,10 @@ impl Agent {
                 return result;
             }
             let deadline = d.core.poll_timeout();
+            // Biased: when several are ready, the same one goes first every time,
+            // so a run under a manual clock repeats exactly.
             tokio::select! {
+                biased;
                 () = &mut shutdown, if d.core.is_idle() => return Ok(d.core.summary().clone()),
                 Some((id, reply)) = d.calls.next(), if !d.calls.is_empty() => {
                     d.feed_output();
