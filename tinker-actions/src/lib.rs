@@ -1,7 +1,5 @@
-//! # tinker-actions
-//!
-//! What runs on a machine while Tinker provisions it, in its in-memory OS: the
-//! worker agent and the runtimes that run its actions.
+//! The worker agent and its action runtimes: what runs on a machine, in its
+//! in-memory OS, while Tinker provisions it.
 //!
 //! - [`agent`]: the worker agent, a sans-IO core ([`agent::AgentCore`]) driven by
 //!   a thin tokio driver ([`agent::Agent`]) over a [`agent::Transport`] (HTTP by
