@@ -429,15 +429,9 @@ async fn machine(
     bar.set_message("in-memory OS: worker running actions");
     let native = NativeRuntime::new();
     let agent = Agent::new(
-        AgentConfig {
-            server: http.to_string(),
-            worker_id: mac.to_string(),
-            token,
-            max_backoff: Duration::from_secs(1),
-            max_actions: None,
-            idle_exit: Some(Duration::from_secs(2)),
-            console: false,
-        },
+        AgentConfig::new(http.to_string(), mac.to_string(), token)
+            .with_max_backoff(Duration::from_secs(1))
+            .with_idle_exit(Duration::from_secs(2)),
         Arc::new(RuntimeRouter {
             native: native.clone(),
             containers: None,

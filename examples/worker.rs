@@ -13,9 +13,28 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
+use tinker::actions::agent::{
+    Agent, AgentConfig, AgentEvent, EventSink, RuntimeRouter, TracingEvents,
+};
 use tinker::actions::{DockerRuntime, NativeRuntime};
 use tinker::core::runtime::ActionRuntime;
+
+/// The machine's screen: what the agent does, and its actions' output, as it
+/// happens (and everything in the log too).
+#[derive(Debug)]
+struct Console;
+
+impl EventSink for Console {
+    fn event(&self, event: &AgentEvent) {
+        match event {
+            AgentEvent::Output { .. } => println!("{event}"),
+            // Retries and fail-overs are for the log; the screen stays calm.
+            AgentEvent::Retrying { .. } | AgentEvent::FailedOver { .. } => {}
+            _ => println!("tinker: {event}"),
+        }
+        TracingEvents.event(event);
+    }
+}
 
 fn from_cmdline(key: &str) -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
@@ -74,21 +93,14 @@ async fn main() -> ExitCode {
     };
     println!("tinker: worker {worker_id} asking {server} for work");
     let agent = Agent::new(
-        AgentConfig {
-            server,
-            worker_id,
-            token,
-            max_backoff: Duration::from_secs(10),
-            max_actions: None,
-            idle_exit: None,
-            console: true,
-        },
+        AgentConfig::new(server, worker_id, token).with_max_backoff(Duration::from_secs(10)),
         Arc::new(RuntimeRouter {
             native: NativeRuntime::new(),
             containers,
         }),
         Some(NativeRuntime::new()),
-    );
+    )
+    .with_events(Arc::new(Console));
     match agent
         .run(async {
             tokio::signal::ctrl_c().await.ok();

@@ -120,15 +120,13 @@ async fn agent(port: u16, idle: Duration) -> tinker::actions::agent::AgentSummar
         containers: docker,
     });
     let a = Agent::new(
-        AgentConfig {
-            server: format!("http://127.0.0.1:{port}"),
-            worker_id: MAC.into(),
-            token: worker_token(&Secret::new(SECRET), MAC).expose().to_string(),
-            max_backoff: Duration::from_millis(500),
-            max_actions: None,
-            idle_exit: Some(idle),
-            console: true,
-        },
+        AgentConfig::new(
+            format!("http://127.0.0.1:{port}"),
+            MAC,
+            worker_token(&Secret::new(SECRET), MAC),
+        )
+        .with_max_backoff(Duration::from_millis(500))
+        .with_idle_exit(idle),
         runtime,
         Some(NativeRuntime::new()),
     );
@@ -466,15 +464,14 @@ async fn kexec_reports_success_before_the_machine_leaves_the_in_memory_os() {
     setup(cp.store.as_ref(), &t, &[]).await;
     let native = || NativeRuntime::new().with_programs(&stub, "/bin/false");
     let a = Agent::new(
-        AgentConfig {
-            server: format!("http://127.0.0.1:{port}"),
-            worker_id: MAC.into(),
-            token: worker_token(&Secret::new(SECRET), MAC).expose().to_string(),
-            max_backoff: Duration::from_millis(500),
-            max_actions: Some(1),
-            idle_exit: Some(Duration::from_secs(3)),
-            console: true,
-        },
+        AgentConfig::new(
+            format!("http://127.0.0.1:{port}"),
+            MAC,
+            worker_token(&Secret::new(SECRET), MAC),
+        )
+        .with_max_backoff(Duration::from_millis(500))
+        .with_max_actions(1)
+        .with_idle_exit(Duration::from_secs(3)),
         Arc::new(RuntimeRouter {
             native: native(),
             containers: None,

@@ -146,20 +146,16 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
     for (i, mac) in macs.iter().enumerate() {
         let servers: Vec<String> = (0..3).map(|k| urls[(i + k) % 3].clone()).collect();
         let agent = Agent::new(
-            AgentConfig {
-                server: servers.join(","),
-                worker_id: mac.to_string(),
-                token: tinker::boot::worker_api::worker_token(
+            AgentConfig::new(
+                servers.join(","),
+                mac.to_string(),
+                tinker::boot::worker_api::worker_token(
                     &tinker::boot::worker_api::secret_from_bytes(&secret),
                     &mac.to_string(),
-                )
-                .expose()
-                .to_string(),
-                max_backoff: Duration::from_millis(500),
-                max_actions: Some(ACTIONS),
-                idle_exit: None,
-                console: false,
-            },
+                ),
+            )
+            .with_max_backoff(Duration::from_millis(500))
+            .with_max_actions(ACTIONS),
             recorder.clone(),
             Some(NativeRuntime::new()),
         );

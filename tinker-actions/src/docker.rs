@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{StreamExt, TryStreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::runtime::{
     ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink, Stream,
 };
@@ -32,6 +33,7 @@ pub struct DockerRuntime {
     extra_binds: Vec<String>,
     privileged_refused: AtomicBool,
     seq: AtomicU64,
+    clock: SharedClock,
 }
 
 impl DockerRuntime {
@@ -53,6 +55,7 @@ impl DockerRuntime {
             extra_binds: vec!["/dev:/dev".into()],
             privileged_refused: AtomicBool::new(false),
             seq: AtomicU64::new(0),
+            clock: SystemClock::shared(),
         })
     }
 
@@ -63,11 +66,13 @@ impl DockerRuntime {
         self
     }
 
-    async fn ensure_image(
-        &self,
-        image: &str,
-        out: &dyn OutputSink,
-    ) -> std::result::Result<(), String> {
+    /// Measures time limits on `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    async fn ensure_image(&self, image: &str, out: &dyn OutputSink) -> Result<()> {
         if self.docker.inspect_image(image).await.is_ok() {
             return Ok(());
         }
@@ -85,8 +90,11 @@ impl DockerRuntime {
             .try_collect::<Vec<_>>()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                format!("image {image} is not on this machine and could not be pulled: {e}")
+            .map_err(|e| Error::Remote {
+                target: "docker engine".into(),
+                reason: format!(
+                    "image {image} is not on this machine and could not be pulled: {e}"
+                ),
             })
     }
 
@@ -127,11 +135,7 @@ impl DockerRuntime {
         hc
     }
 
-    async fn create_and_start(
-        &self,
-        spec: &ActionSpec,
-        name: &str,
-    ) -> std::result::Result<String, String> {
+    async fn create_and_start(&self, spec: &ActionSpec, name: &str) -> Result<String> {
         let mut privileged = !self.privileged_refused.load(Ordering::Relaxed);
         loop {
             let body = ContainerCreateBody {
@@ -155,7 +159,10 @@ impl DockerRuntime {
                     body,
                 )
                 .await
-                .map_err(|e| format!("cannot create the container: {e}"))?
+                .map_err(|e| Error::Remote {
+                    target: "docker engine".into(),
+                    reason: format!("cannot create the container: {e}"),
+                })?
                 .id;
             match self.docker.start_container(&id, None).await {
                 Ok(()) => return Ok(id),
@@ -171,7 +178,10 @@ impl DockerRuntime {
                         privileged = false;
                         continue;
                     }
-                    return Err(format!("cannot start the container: {text}"));
+                    return Err(Error::Remote {
+                        target: "docker engine".into(),
+                        reason: format!("cannot start the container: {text}"),
+                    });
                 }
             }
         }
@@ -204,37 +214,6 @@ impl DockerRuntime {
                     .build(),
             ),
         );
-        let pump = async {
-            let mut logs = std::pin::pin!(logs);
-            let (mut so, mut se) = (String::new(), String::new());
-            let mut last: Vec<String> = Vec::new();
-            while let Some(Ok(chunk)) = logs.next().await {
-                let (buf, stream) = match chunk {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        (&mut so, (message, Stream::Stdout))
-                    }
-                    LogOutput::StdErr { message } => (&mut se, (message, Stream::Stderr)),
-                    LogOutput::StdIn { .. } => continue,
-                };
-                buf.push_str(&String::from_utf8_lossy(&stream.0));
-                while let Some(i) = buf.find('\n') {
-                    let line: String = buf.drain(..=i).collect();
-                    let line = line.trim_end_matches(['\n', '\r']).to_string();
-                    out.line(stream.1, &line);
-                    last.push(line);
-                    if last.len() > 5 {
-                        last.remove(0);
-                    }
-                }
-            }
-            for (rest, s) in [(so, Stream::Stdout), (se, Stream::Stderr)] {
-                if !rest.is_empty() {
-                    out.line(s, &rest);
-                    last.push(rest);
-                }
-            }
-            last
-        };
         let wait = async {
             match self.docker.wait_container(id, None).next().await {
                 Some(Ok(r)) => Ok(r.status_code),
@@ -248,11 +227,11 @@ impl DockerRuntime {
         };
         let limit = async {
             match spec.timeout {
-                Some(t) => tokio::time::sleep(t).await,
+                Some(t) => self.clock.sleep(t).await,
                 None => std::future::pending().await,
             }
         };
-        let both = async { tokio::join!(wait, pump) };
+        let both = async { tokio::join!(wait, pump(logs, out)) };
         tokio::select! {
             (code, last) = both => match code {
                 Ok(0) => ActionOutcome::Success,
@@ -260,15 +239,54 @@ impl DockerRuntime {
                 Err(e) => ActionOutcome::Failed { exit_code: None, message: e },
             },
             _ = limit => {
-                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                self.kill(id).await;
                 ActionOutcome::Timeout { message: format!("container killed after {} s", spec.timeout.unwrap_or_default().as_secs()) }
             }
             _ = cancel.cancelled() => {
-                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                self.kill(id).await;
                 ActionOutcome::Failed { exit_code: None, message: "cancelled".into() }
             }
         }
     }
+
+    async fn kill(&self, id: &str) {
+        let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
+        let _ = self.docker.kill_container(id, Some(opts)).await;
+    }
+}
+
+/// Splits a container's log stream into lines per stream and forwards them;
+/// returns the last few lines (a failure's message).
+async fn pump(
+    logs: impl futures_util::Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>>,
+    out: &dyn OutputSink,
+) -> Vec<String> {
+    let mut logs = std::pin::pin!(logs);
+    let (mut so, mut se) = (String::new(), String::new());
+    let mut last: Vec<String> = Vec::new();
+    while let Some(Ok(chunk)) = logs.next().await {
+        let (buf, message, stream) = match chunk {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                (&mut so, message, Stream::Stdout)
+            }
+            LogOutput::StdErr { message } => (&mut se, message, Stream::Stderr),
+            LogOutput::StdIn { .. } => continue,
+        };
+        buf.push_str(&String::from_utf8_lossy(&message));
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let line = line.trim_end_matches(['\n', '\r']).to_string();
+            out.line(stream, &line);
+            crate::process::remember(&mut last, line);
+        }
+    }
+    for (rest, s) in [(so, Stream::Stdout), (se, Stream::Stderr)] {
+        if !rest.is_empty() {
+            out.line(s, &rest);
+            last.push(rest);
+        }
+    }
+    last
 }
 
 #[async_trait]
@@ -279,10 +297,11 @@ impl ActionRuntime for DockerRuntime {
         out: &dyn OutputSink,
         cancel: &CancelToken,
     ) -> Result<ActionOutcome> {
-        if let Err(message) = self.ensure_image(&spec.image, out).await {
+        // The engine's refusals are the action's failure, with the reason.
+        if let Err(e) = self.ensure_image(&spec.image, out).await {
             return Ok(ActionOutcome::Failed {
                 exit_code: None,
-                message,
+                message: e.to_string(),
             });
         }
         let safe: String = format!("{}-{}", spec.workflow, spec.name)
@@ -302,10 +321,10 @@ impl ActionRuntime for DockerRuntime {
         );
         let id = match self.create_and_start(spec, &name).await {
             Ok(id) => id,
-            Err(message) => {
+            Err(e) => {
                 return Ok(ActionOutcome::Failed {
                     exit_code: None,
-                    message,
+                    message: e.to_string(),
                 });
             }
         };

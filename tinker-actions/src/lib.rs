@@ -1,24 +1,36 @@
-//! # tinker-actions
+//! The worker agent and its action runtimes: what runs on a machine, in its
+//! in-memory OS, while Tinker provisions it.
 //!
-//! What runs on the machine while it is in its in-memory OS:
-//!
+//! - [`agent`]: the worker agent, a sans-IO core ([`agent::AgentCore`]) driven by
+//!   a thin tokio driver ([`agent::Agent`]) over a [`agent::Transport`] (HTTP by
+//!   default);
 //! - [`NativeRuntime`]: the Tinkerbell hub actions built in (`image2disk`,
 //!   `writefile`, `cexec`, `kexec`, `reboot`) plus a plain `exec`, so existing
 //!   templates run without a registry and without Docker on the machine;
-//! - [`DockerRuntime`]: any action image as a container, the way tink-worker runs
-//!   it (privileged, `/dev` and the worker's volumes mounted, output streamed line
-//!   by line, time limit enforced, container removed in every case).
+//! - `DockerRuntime` (feature `docker`, on by default): any action image as a
+//!   container, the way tink-worker runs it (privileged, `/dev` and the worker's
+//!   volumes mounted, output streamed line by line, time limit enforced,
+//!   container removed in every case);
+//! - [`RuntimeRouter`]: built-ins natively, everything else in containers.
 //!
 //! Actions that end the in-memory OS (`kexec`, `reboot`) do their preparation in
 //! `run` and leave the irreversible step to a [`FinalStep`] the worker agent takes
 //! only after the control plane has its success report.
+//!
+//! Every time limit and sleep reads an injected
+//! [`Clock`](tinker_core::clock::Clock) (`with_clock` on each runtime and on the
+//! agent), so the whole crate runs under a simulated clock.
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod agent;
+#[cfg(feature = "docker")]
 mod docker;
 mod native;
 mod process;
+mod router;
 
+#[cfg(feature = "docker")]
 pub use docker::DockerRuntime;
 pub use native::{Builtin, FinalStep, NativeRuntime};
+pub use router::RuntimeRouter;

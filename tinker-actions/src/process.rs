@@ -3,18 +3,30 @@
 
 use std::process::Stdio;
 use std::time::Duration;
+use tinker_core::clock::Clock;
 use tinker_core::runtime::{ActionOutcome, CancelToken, OutputSink, Stream};
 use tinker_core::{Error, Result};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
-/// Runs `cmd` to its outcome. Output lines go to `out` as they come.
+/// How many of the last output lines a failure's message carries.
+const LAST_LINES: usize = 5;
+
+/// Why a process was stopped before it ended by itself.
+enum Stopped {
+    Timeout,
+    Cancelled,
+}
+
+/// Runs `cmd` to its outcome. Output lines go to `out` as they come; the time
+/// limit is measured on `clock`.
 pub(crate) async fn run(
     mut cmd: Command,
     what: &str,
     out: &dyn OutputSink,
     timeout: Option<Duration>,
     cancel: &CancelToken,
+    clock: &dyn Clock,
 ) -> Result<ActionOutcome> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -26,45 +38,20 @@ pub(crate) async fn run(
         reason: format!("cannot start: {e}"),
     })?;
     let pid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let pump = async {
-        let mut o = stdout.map(|s| BufReader::new(s).lines());
-        let mut e = stderr.map(|s| BufReader::new(s).lines());
-        let mut last = Vec::new();
-        loop {
-            tokio::select! {
-                line = async { match o.as_mut() { Some(l) => l.next_line().await, None => std::future::pending().await } } => match line {
-                    Ok(Some(l)) => { out.line(Stream::Stdout, &l); remember(&mut last, l); }
-                    _ => o = None,
-                },
-                line = async { match e.as_mut() { Some(l) => l.next_line().await, None => std::future::pending().await } } => match line {
-                    Ok(Some(l)) => { out.line(Stream::Stderr, &l); remember(&mut last, l); }
-                    _ => e = None,
-                },
-            }
-            if o.is_none() && e.is_none() {
-                return last;
-            }
-        }
-    };
+    let pump = pump(child.stdout.take(), child.stderr.take(), out);
     let limit = async {
         match timeout {
-            Some(t) => tokio::time::sleep(t).await,
+            Some(t) => clock.sleep(t).await,
             None => std::future::pending().await,
         }
     };
-    let mut last_lines = Vec::new();
     let result = tokio::select! {
-        last = pump => {
-            last_lines = last;
-            Ok(child.wait().await)
-        }
-        _ = limit => Err("timeout"),
-        _ = cancel.cancelled() => Err("cancelled"),
+        last = pump => Ok((last, child.wait().await)),
+        _ = limit => Err(Stopped::Timeout),
+        _ = cancel.cancelled() => Err(Stopped::Cancelled),
     };
     match result {
-        Ok(status) => {
+        Ok((last_lines, status)) => {
             let status = status.map_err(|e| Error::Remote {
                 target: what.to_string(),
                 reason: e.to_string(),
@@ -81,23 +68,48 @@ pub(crate) async fn run(
         Err(why) => {
             kill_group(pid).await;
             let _ = child.kill().await;
-            if why == "timeout" {
-                Ok(ActionOutcome::Timeout {
+            Ok(match why {
+                Stopped::Timeout => ActionOutcome::Timeout {
                     message: format!("stopped after {} s", timeout.unwrap_or_default().as_secs()),
-                })
-            } else {
-                Ok(ActionOutcome::Failed {
+                },
+                Stopped::Cancelled => ActionOutcome::Failed {
                     exit_code: None,
                     message: "cancelled".into(),
-                })
-            }
+                },
+            })
         }
     }
 }
 
-fn remember(last: &mut Vec<String>, line: String) {
+/// Forwards both output streams line by line until both end; returns the last
+/// few lines (a failure's message).
+async fn pump(
+    stdout: Option<impl AsyncRead + Unpin>,
+    stderr: Option<impl AsyncRead + Unpin>,
+    out: &dyn OutputSink,
+) -> Vec<String> {
+    let mut o = stdout.map(|s| BufReader::new(s).lines());
+    let mut e = stderr.map(|s| BufReader::new(s).lines());
+    let mut last = Vec::new();
+    while o.is_some() || e.is_some() {
+        tokio::select! {
+            line = async { match o.as_mut() { Some(l) => l.next_line().await, None => std::future::pending().await } } => match line {
+                Ok(Some(l)) => { out.line(Stream::Stdout, &l); remember(&mut last, l); }
+                _ => o = None,
+            },
+            line = async { match e.as_mut() { Some(l) => l.next_line().await, None => std::future::pending().await } } => match line {
+                Ok(Some(l)) => { out.line(Stream::Stderr, &l); remember(&mut last, l); }
+                _ => e = None,
+            },
+        }
+    }
+    last
+}
+
+/// Keeps the last [`LAST_LINES`] lines.
+pub(crate) fn remember(last: &mut Vec<String>, line: String) {
     last.push(line);
-    if last.len() > 5 {
+    if last.len() > LAST_LINES {
         last.remove(0);
     }
 }

@@ -2,18 +2,25 @@
 //! this machine, the Docker one against a real engine with an image made locally by
 //! `docker import` (no registry is reachable).
 
+#[cfg(feature = "docker")]
 use std::process::Command;
 use std::sync::Arc;
-use tinker_actions::{DockerRuntime, NativeRuntime};
+#[cfg(feature = "docker")]
+use tinker_actions::DockerRuntime;
+use tinker_actions::NativeRuntime;
+#[cfg(feature = "docker")]
 use tinker_core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, CollectOutput};
 use tinker_core::testing::runtime::run_all;
 
+#[cfg(feature = "docker")]
 const IMAGE: &str = "tinker-test/busybox:1";
 
+#[cfg(feature = "docker")]
 fn require_real() -> bool {
     std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
 }
 
+#[cfg(feature = "docker")]
 /// The engine, and the local busybox image (made once from Debian's busybox-static).
 async fn docker() -> Option<DockerRuntime> {
     let rt = match DockerRuntime::connect().await {
@@ -52,6 +59,7 @@ async fn native_runtime_conforms() {
     run_all(Arc::new(NativeRuntime::new()), "tinker/exec").await;
 }
 
+#[cfg(feature = "docker")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_runtime_conforms() {
     let Some(rt) = docker().await else { return };
@@ -67,6 +75,7 @@ async fn docker_runtime_conforms() {
     );
 }
 
+#[cfg(feature = "docker")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_cannot_be_pulled_fails_the_action_with_a_reason() {
     let Some(rt) = docker().await else { return };

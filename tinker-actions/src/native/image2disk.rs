@@ -7,16 +7,36 @@
 //! and writes) are joined by a bounded channel, so a slow disk slows the download
 //! instead of filling memory.
 
+use super::env::{flag, need};
+use super::{Builtin, Ctx, Entry, failed, no_final_step};
+use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::{Duration, Instant};
-use tinker_core::runtime::{ActionOutcome, CancelToken, OutputSink, Stream};
+use std::time::Duration;
+use tinker_core::clock::Clock;
+use tinker_core::runtime::{ActionOutcome, OutputSink, Stream};
 use tinker_core::{Error, Result};
+
+/// The registration of `image2disk`.
+pub(super) const ENTRY: Entry = Entry {
+    builtin: Builtin::Image2Disk,
+    name: "image2disk",
+    start,
+    final_step: no_final_step,
+};
+
+/// How often a progress line is written while the image streams.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+fn start<'a>(cx: &'a Ctx<'a>) -> BoxFuture<'a, Result<ActionOutcome>> {
+    Box::pin(run(cx))
+}
 
 const WRITE_BUF: usize = 4 << 20;
 
@@ -133,17 +153,28 @@ fn client() -> Result<
     )
 }
 
-pub(super) async fn run(
-    env: &BTreeMap<String, String>,
-    out: &dyn OutputSink,
-    cancel: &CancelToken,
-) -> Result<ActionOutcome> {
-    let url = super::need(env, "IMG_URL")?.to_string();
-    let dest = super::need(env, "DEST_DISK")?.to_string();
-    let compressed = env
-        .get("COMPRESSED")
-        .is_some_and(|v| v == "true" || v == "1" || v == "y");
-    let checksum = env.get("CHECKSUM").cloned();
+/// The action's contract, read from its environment.
+struct Contract {
+    url: String,
+    dest: String,
+    compressed: bool,
+    checksum: Option<String>,
+}
+
+impl Contract {
+    fn read(env: &BTreeMap<String, String>) -> Result<Self> {
+        Ok(Contract {
+            url: need(env, "IMG_URL")?.to_string(),
+            dest: need(env, "DEST_DISK")?.to_string(),
+            compressed: flag(env, "COMPRESSED", &["true", "1", "y"]),
+            checksum: env.get("CHECKSUM").cloned(),
+        })
+    }
+}
+
+async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
+    let c = Contract::read(&cx.spec.environment)?;
+    let (url, dest) = (&c.url, &c.dest);
     let uri: hyper::Uri = url.parse().map_err(|_| Error::Unsupported {
         target: "image2disk".into(),
         operation: format!("IMG_URL {url:?} (not a URL)"),
@@ -153,25 +184,22 @@ pub(super) async fn run(
         reason: e.to_string(),
     })?;
     if !response.status().is_success() {
-        return Ok(ActionOutcome::Failed {
-            exit_code: None,
-            message: format!("GET {url}: {}", response.status()),
-        });
+        return Ok(failed(format!("GET {url}: {}", response.status())));
     }
     let total: Option<u64> = response
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    out.line(
+    cx.out.line(
         Stream::Stdout,
         &format!(
             "image2disk: {url} -> {dest} ({} bytes{})",
             total.map_or("?".to_string(), |t| t.to_string()),
-            if compressed { ", compressed" } else { "" }
+            if c.compressed { ", compressed" } else { "" }
         ),
     );
     let (tx, rx): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(32);
-    let dest2 = dest.clone();
+    let (dest2, compressed) = (dest.clone(), c.compressed);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
         let input = decoder(
             ChannelReader {
@@ -182,89 +210,37 @@ pub(super) async fn run(
         )?;
         sink(input, &dest2)
     });
-    let mut body = response.into_body();
-    let mut hasher = checksum.as_ref().map(|_| Sha256::new());
-    let (mut got, started) = (0u64, Instant::now());
-    let mut next_report = Instant::now() + Duration::from_secs(2);
-    let mut network_error = None;
-    loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            _ = cancel.cancelled() => { network_error = Some("cancelled".to_string()); break; }
-        };
-        let Some(frame) = frame else { break };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                network_error = Some(format!("download interrupted: {e}"));
-                break;
-            }
-        };
-        if let Ok(data) = frame.into_data() {
-            got += data.len() as u64;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&data);
-            }
-            // Hand the chunk to the disk thread; wait (off the async threads) only
-            // when it is behind. A closed channel means it stopped on an error.
-            let stopped = match tx.try_send(data) {
-                Ok(()) => false,
-                Err(TrySendError::Disconnected(_)) => true,
-                Err(TrySendError::Full(data)) => {
-                    let tx = tx.clone();
-                    tokio::task::spawn_blocking(move || tx.send(data))
-                        .await
-                        .map(|r| r.is_err())
-                        .unwrap_or(true)
-                }
-            };
-            if stopped {
-                break;
-            }
-            if Instant::now() >= next_report {
-                next_report = Instant::now() + Duration::from_secs(2);
-                let mib = got as f64 / 1048576.0;
-                let rate = mib / started.elapsed().as_secs_f64().max(0.001);
-                let pct = total
-                    .map(|t| format!(" ({:.0}%)", got as f64 * 100.0 / t.max(1) as f64))
-                    .unwrap_or_default();
-                out.line(
-                    Stream::Stdout,
-                    &format!("image2disk: {mib:.0} MiB downloaded{pct}, {rate:.0} MiB/s"),
-                );
-            }
-        }
-    }
-    drop(tx);
+    let clock = cx.runtime.clock.as_ref();
+    let started = clock.now();
+    let mut progress = Progress {
+        out: cx.out,
+        clock,
+        total,
+        started,
+        next_report: started + PROGRESS_EVERY,
+    };
+    let mut hasher = c.checksum.as_ref().map(|_| Sha256::new());
+    let network_error = download(cx, response.into_body(), tx, &mut hasher, &mut progress).await;
     let written = writer.await.map_err(|e| Error::backend("image2disk", e))?;
     if let Some(why) = network_error {
-        return Ok(ActionOutcome::Failed {
-            exit_code: None,
-            message: why,
-        });
+        return Ok(failed(why));
     }
     let written = match written {
         Ok(n) => n,
-        Err(e) => {
-            return Ok(ActionOutcome::Failed {
-                exit_code: None,
-                message: format!("writing {dest}: {e}"),
-            });
-        }
+        Err(e) => return Ok(failed(format!("writing {dest}: {e}"))),
     };
-    if let (Some(want), Some(h)) = (checksum, hasher) {
+    if let (Some(want), Some(h)) = (c.checksum, hasher) {
         let got_hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let want_hex = want.trim().trim_start_matches("sha256:").to_lowercase();
         if got_hex != want_hex {
-            return Ok(ActionOutcome::Failed {
-                exit_code: None,
-                message: format!("checksum mismatch: sha256 {got_hex}, expected {want_hex}"),
-            });
+            return Ok(failed(format!(
+                "checksum mismatch: sha256 {got_hex}, expected {want_hex}"
+            )));
         }
-        out.line(Stream::Stdout, "image2disk: checksum verified");
+        cx.out.line(Stream::Stdout, "image2disk: checksum verified");
     }
-    let secs = started.elapsed().as_secs_f64();
-    out.line(
+    let secs = seconds_since(clock, started);
+    cx.out.line(
         Stream::Stdout,
         &format!(
             "image2disk: done, {written} bytes written to {dest} in {secs:.1} s ({:.0} MiB/s)",
@@ -272,4 +248,85 @@ pub(super) async fn run(
         ),
     );
     Ok(ActionOutcome::Success)
+}
+
+/// Streams the body into the disk thread's channel, hashing and reporting
+/// progress on the way; returns why it stopped early, if it did. Dropping `tx`
+/// at the end tells the disk thread the image is complete.
+async fn download(
+    cx: &Ctx<'_>,
+    mut body: hyper::body::Incoming,
+    tx: SyncSender<Bytes>,
+    hasher: &mut Option<Sha256>,
+    progress: &mut Progress<'_>,
+) -> Option<String> {
+    let mut got = 0u64;
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = cx.cancel.cancelled() => return Some("cancelled".to_string()),
+        };
+        let frame = match frame? {
+            Ok(f) => f,
+            Err(e) => return Some(format!("download interrupted: {e}")),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        got += data.len() as u64;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&data);
+        }
+        // Hand the chunk to the disk thread; wait (off the async threads) only
+        // when it is behind. A closed channel means it stopped on an error, which
+        // the caller reads from the thread.
+        let stopped = match tx.try_send(data) {
+            Ok(()) => false,
+            Err(TrySendError::Disconnected(_)) => true,
+            Err(TrySendError::Full(data)) => {
+                let tx = tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(data))
+                    .await
+                    .map(|r| r.is_err())
+                    .unwrap_or(true)
+            }
+        };
+        if stopped {
+            return None;
+        }
+        progress.tick(got);
+    }
+}
+
+/// The progress lines, one every [`PROGRESS_EVERY`] on the runtime's clock.
+struct Progress<'a> {
+    out: &'a dyn OutputSink,
+    clock: &'a dyn Clock,
+    total: Option<u64>,
+    started: Timestamp,
+    next_report: Timestamp,
+}
+
+impl Progress<'_> {
+    fn tick(&mut self, got: u64) {
+        let now = self.clock.now();
+        if now < self.next_report {
+            return;
+        }
+        self.next_report = now + PROGRESS_EVERY;
+        let mib = got as f64 / 1048576.0;
+        let rate = mib / seconds_since(self.clock, self.started).max(0.001);
+        let pct = self
+            .total
+            .map(|t| format!(" ({:.0}%)", got as f64 * 100.0 / t.max(1) as f64))
+            .unwrap_or_default();
+        self.out.line(
+            Stream::Stdout,
+            &format!("image2disk: {mib:.0} MiB downloaded{pct}, {rate:.0} MiB/s"),
+        );
+    }
+}
+
+fn seconds_since(clock: &dyn Clock, since: Timestamp) -> f64 {
+    clock.now().duration_since(since).as_secs_f64()
 }

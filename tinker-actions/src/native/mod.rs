@@ -1,22 +1,31 @@
 //! The native runtime: Tinkerbell's hub actions built in, honouring their
 //! environment contracts, selected by image name through a table the caller can
 //! extend (`quay.io/tinkerbell/actions/image2disk:latest` → [`Builtin::Image2Disk`]).
+//!
+//! Each action is one file here and one [`Entry`] in [`ACTIONS`]: adding an
+//! action means adding a file, a [`Builtin`] variant and a line in that table.
 
+mod cexec;
+mod env;
+mod exec;
 mod image2disk;
+mod kexec;
+mod mount;
+mod reboot;
+mod writefile;
 
 use crate::process;
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tinker_core::runtime::{
-    ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink, Stream,
-};
+use tinker_core::clock::{SharedClock, SystemClock};
+use tinker_core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink};
 use tinker_core::{Error, Result};
-use tokio::process::Command;
 
 /// A built-in action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Builtin {
     /// Stream an image to a disk (`IMG_URL`, `DEST_DISK`, `COMPRESSED`, optional `CHECKSUM=sha256:HEX`).
     Image2Disk,
@@ -35,6 +44,7 @@ pub enum Builtin {
 
 /// What the worker agent does after it has reported an action's success.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FinalStep {
     /// `kexec -e` (with this `kexec` program): jump into the loaded kernel.
     KexecExecute(PathBuf),
@@ -52,6 +62,58 @@ impl FinalStep {
     }
 }
 
+/// What a running built-in sees: its spec, where its output goes, its
+/// cancellation, and the runtime's settings (work dir, programs, clock).
+struct Ctx<'a> {
+    spec: &'a ActionSpec,
+    out: &'a dyn OutputSink,
+    cancel: &'a CancelToken,
+    runtime: &'a NativeRuntime,
+}
+
+/// One built-in in the registration table.
+struct Entry {
+    /// Which built-in it is.
+    builtin: Builtin,
+    /// Its image name without registry prefix or tag (`image2disk`).
+    name: &'static str,
+    /// Runs it.
+    start: for<'a> fn(&'a Ctx<'a>) -> BoxFuture<'a, Result<ActionOutcome>>,
+    /// What the agent does after its success is reported.
+    final_step: fn(&NativeRuntime) -> Option<FinalStep>,
+}
+
+/// For the built-ins that leave the machine as it is.
+fn no_final_step(_: &NativeRuntime) -> Option<FinalStep> {
+    None
+}
+
+/// The registration table: every built-in, once.
+const ACTIONS: &[Entry] = &[
+    image2disk::ENTRY,
+    writefile::ENTRY,
+    cexec::ENTRY,
+    kexec::ENTRY,
+    reboot::ENTRY,
+    exec::ENTRY,
+];
+
+/// The registries the hub actions are published under; each built-in is known
+/// by its bare name and under each of these.
+const PREFIXES: &[&str] = &[
+    "",
+    "quay.io/tinkerbell/actions/",
+    "quay.io/tinkerbell-actions/",
+    "ghcr.io/tinkerbell/actions/",
+    "tinker/",
+];
+
+/// The table's entry for a built-in (every variant has one: the test
+/// `every_builtin_is_registered_once` checks it).
+fn entry(b: Builtin) -> Option<&'static Entry> {
+    ACTIONS.iter().find(|e| e.builtin == b)
+}
+
 /// Runs the built-in actions.
 #[derive(Debug, Clone)]
 pub struct NativeRuntime {
@@ -59,6 +121,7 @@ pub struct NativeRuntime {
     work_dir: PathBuf,
     kexec: PathBuf,
     reboot: PathBuf,
+    clock: SharedClock,
 }
 
 impl Default for NativeRuntime {
@@ -71,22 +134,9 @@ impl NativeRuntime {
     /// A runtime that knows the Tinkerbell hub images by name.
     pub fn new() -> Self {
         let mut table = BTreeMap::new();
-        for (name, b) in [
-            ("image2disk", Builtin::Image2Disk),
-            ("writefile", Builtin::WriteFile),
-            ("cexec", Builtin::Cexec),
-            ("kexec", Builtin::Kexec),
-            ("reboot", Builtin::Reboot),
-            ("exec", Builtin::Exec),
-        ] {
-            for prefix in [
-                "",
-                "quay.io/tinkerbell/actions/",
-                "quay.io/tinkerbell-actions/",
-                "ghcr.io/tinkerbell/actions/",
-                "tinker/",
-            ] {
-                table.insert(format!("{prefix}{name}"), b);
+        for e in ACTIONS {
+            for prefix in PREFIXES {
+                table.insert(format!("{prefix}{}", e.name), e.builtin);
             }
         }
         NativeRuntime {
@@ -94,6 +144,7 @@ impl NativeRuntime {
             work_dir: std::env::temp_dir(),
             kexec: "kexec".into(),
             reboot: "reboot".into(),
+            clock: SystemClock::shared(),
         }
     }
 
@@ -117,6 +168,13 @@ impl NativeRuntime {
         self
     }
 
+    /// Reads time (time limits, progress rates) from `clock` instead of the
+    /// system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The built-in an image name stands for.
     pub fn builtin(&self, image: &str) -> Option<Builtin> {
         self.table.get(strip_tag(image)).copied()
@@ -124,290 +182,8 @@ impl NativeRuntime {
 
     /// What the agent must do after reporting this action's success.
     pub fn final_step(&self, spec: &ActionSpec) -> Option<FinalStep> {
-        match self.builtin(&spec.image)? {
-            Builtin::Kexec => Some(FinalStep::KexecExecute(self.kexec.clone())),
-            Builtin::Reboot => Some(FinalStep::Reboot(self.reboot.clone())),
-            _ => None,
-        }
+        (entry(self.builtin(&spec.image)?)?.final_step)(self)
     }
-
-    async fn dispatch(
-        &self,
-        b: Builtin,
-        spec: &ActionSpec,
-        out: &dyn OutputSink,
-        cancel: &CancelToken,
-    ) -> Result<ActionOutcome> {
-        let env = &spec.environment;
-        match b {
-            Builtin::Image2Disk => image2disk::run(env, out, cancel).await,
-            Builtin::WriteFile => self.writefile(env, out).await,
-            Builtin::Cexec => self.cexec(spec, out, cancel).await,
-            Builtin::Kexec => self.kexec_load(env, out).await,
-            Builtin::Reboot => {
-                out.line(
-                    Stream::Stdout,
-                    "reboot: the machine reboots once this success is reported",
-                );
-                Ok(ActionOutcome::Success)
-            }
-            Builtin::Exec => exec(spec, out, cancel).await,
-        }
-    }
-
-    async fn mounted<T>(
-        &self,
-        dev: &str,
-        fs: &str,
-        f: impl AsyncFnOnce(&Path) -> Result<T>,
-    ) -> Result<T> {
-        let dir = tempdir_in(&self.work_dir)?;
-        process::helper("mount", &["-t", fs, dev, &dir.to_string_lossy()]).await?;
-        let result = f(&dir).await;
-        let unmounted = process::helper("umount", &[&dir.to_string_lossy()]).await;
-        let _ = std::fs::remove_dir(&dir);
-        let value = result?;
-        unmounted?;
-        Ok(value)
-    }
-
-    async fn writefile(
-        &self,
-        env: &BTreeMap<String, String>,
-        out: &dyn OutputSink,
-    ) -> Result<ActionOutcome> {
-        let dev = need(env, "DEST_DISK")?;
-        let fs = need(env, "FS_TYPE")?;
-        let path = need(env, "DEST_PATH")?;
-        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-            return Ok(failed(format!(
-                "DEST_PATH {path:?} must be absolute and must not contain '..'"
-            )));
-        }
-        let contents = env.get("CONTENTS").cloned().unwrap_or_default();
-        let mode = octal(env, "MODE", 0o644)?;
-        let dirmode = octal(env, "DIRMODE", 0o755)?;
-        let uid = number(env, "UID", 0)?;
-        let gid = number(env, "GID", 0)?;
-        let owned = !matches!(fs, "vfat" | "fat" | "msdos" | "exfat");
-        if matches!(fs, "vfat" | "fat" | "msdos") {
-            // FAT keeps no owner or mode, and mtools writes it without a mount:
-            // no kernel FAT driver needed (in-memory OS kernels often lack it).
-            return fat_write(dev, path, contents.as_bytes(), out).await;
-        }
-        self.mounted(dev, fs, async |root: &Path| {
-            use std::os::unix::fs::{PermissionsExt, chown};
-            let target = root.join(path.trim_start_matches('/'));
-            let mut dir = root.to_path_buf();
-            if let Some(parent) = Path::new(path.trim_start_matches('/')).parent() {
-                for c in parent.components() {
-                    dir.push(c);
-                    if !dir.exists() {
-                        std::fs::create_dir(&dir).map_err(|e| io(&dir, e))?;
-                        if owned {
-                            std::fs::set_permissions(
-                                &dir,
-                                std::fs::Permissions::from_mode(dirmode),
-                            )
-                            .map_err(|e| io(&dir, e))?;
-                            chown(&dir, Some(uid), Some(gid)).map_err(|e| io(&dir, e))?;
-                        }
-                    }
-                }
-            }
-            std::fs::write(&target, contents.as_bytes()).map_err(|e| io(&target, e))?;
-            if owned {
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| io(&target, e))?;
-                chown(&target, Some(uid), Some(gid)).map_err(|e| io(&target, e))?;
-            }
-            Ok(())
-        })
-        .await?;
-        let note = if owned {
-            format!(" mode {mode:o} owner {uid}:{gid}")
-        } else {
-            format!(" ({fs} keeps no owner or mode)")
-        };
-        out.line(
-            Stream::Stdout,
-            &format!(
-                "writefile: wrote {} bytes to {path} on {dev}{note}",
-                contents.len()
-            ),
-        );
-        Ok(ActionOutcome::Success)
-    }
-
-    async fn cexec(
-        &self,
-        spec: &ActionSpec,
-        out: &dyn OutputSink,
-        cancel: &CancelToken,
-    ) -> Result<ActionOutcome> {
-        let env = &spec.environment;
-        let dev = need(env, "BLOCK_DEVICE")?;
-        let fs = need(env, "FS_TYPE")?;
-        let cmd_line = need(env, "CMD_LINE")?;
-        let chroot = env.get("CHROOT").is_some_and(|v| v == "y" || v == "true");
-        let interpreter: Vec<String> = env
-            .get("DEFAULT_INTERPRETER")
-            .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-        let timeout = spec.timeout;
-        self.mounted(dev, fs, async |root: &Path| {
-            let mut binds = Vec::new();
-            if chroot {
-                for d in ["dev", "proc", "sys"] {
-                    let target = root.join(d);
-                    let _ = std::fs::create_dir_all(&target);
-                    process::helper(
-                        "mount",
-                        &["--bind", &format!("/{d}"), &target.to_string_lossy()],
-                    )
-                    .await?;
-                    binds.push(target);
-                }
-            }
-            let mut cmd = if chroot {
-                let mut c = Command::new("chroot");
-                c.arg(root).args(&interpreter);
-                c
-            } else {
-                let mut c = Command::new(&interpreter[0]);
-                c.args(&interpreter[1..]).current_dir(root);
-                c
-            };
-            cmd.arg(cmd_line);
-            let outcome = process::run(cmd, "cexec", out, timeout, cancel).await;
-            for b in binds.iter().rev() {
-                let _ = process::helper("umount", &["-l", &b.to_string_lossy()]).await;
-            }
-            outcome
-        })
-        .await
-    }
-
-    async fn kexec_load(
-        &self,
-        env: &BTreeMap<String, String>,
-        out: &dyn OutputSink,
-    ) -> Result<ActionOutcome> {
-        let dev = need(env, "BLOCK_DEVICE")?;
-        let fs = need(env, "FS_TYPE")?;
-        let kernel = need(env, "KERNEL_PATH")?;
-        let initrd = env.get("INITRD_PATH").cloned();
-        let cmd_line = env.get("CMD_LINE").cloned().unwrap_or_default();
-        self.mounted(dev, fs, async |root: &Path| {
-            let k = root
-                .join(kernel.trim_start_matches('/'))
-                .to_string_lossy()
-                .to_string();
-            let mut args = vec!["-l".to_string(), k, format!("--command-line={cmd_line}")];
-            if let Some(i) = &initrd {
-                args.push(format!(
-                    "--initrd={}",
-                    root.join(i.trim_start_matches('/')).display()
-                ));
-            }
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            process::helper(&self.kexec.to_string_lossy(), &refs).await
-        })
-        .await?;
-        out.line(
-            Stream::Stdout,
-            &format!("kexec: loaded {kernel} from {dev}; it starts once this success is reported"),
-        );
-        Ok(ActionOutcome::Success)
-    }
-}
-
-/// Writes a file into a FAT filesystem with mtools.
-async fn fat_write(
-    dev: &str,
-    path: &str,
-    contents: &[u8],
-    out: &dyn OutputSink,
-) -> Result<ActionOutcome> {
-    let image = dev.to_string();
-    let mut dir = String::new();
-    if let Some(parent) = Path::new(path).parent() {
-        for c in parent.components().skip(1) {
-            dir.push('/');
-            dir.push_str(&c.as_os_str().to_string_lossy());
-            // An existing directory is fine; any other failure shows at mcopy.
-            let _ = process::helper("mmd", &["-i", &image, &format!("::{dir}")]).await;
-        }
-    }
-    let tmp = std::env::temp_dir().join(format!("tinker-writefile-{}", std::process::id()));
-    std::fs::write(&tmp, contents).map_err(|e| io(&tmp, e))?;
-    let copied = process::helper(
-        "mcopy",
-        &[
-            "-o",
-            "-i",
-            &image,
-            &tmp.to_string_lossy(),
-            &format!("::{path}"),
-        ],
-    )
-    .await;
-    let _ = std::fs::remove_file(&tmp);
-    copied?;
-    out.line(Stream::Stdout, &format!("writefile: wrote {} bytes to {path} on {dev} (FAT, by mtools; FAT keeps no owner or mode)", contents.len()));
-    Ok(ActionOutcome::Success)
-}
-
-/// `exec`: the action's command on this machine, with its environment; volumes
-/// are bind-mounted in a private mount namespace, as a container would see them.
-async fn exec(
-    spec: &ActionSpec,
-    out: &dyn OutputSink,
-    cancel: &CancelToken,
-) -> Result<ActionOutcome> {
-    let Some((program, args)) = spec.command.split_first() else {
-        return Ok(failed("exec needs a command".into()));
-    };
-    let mut cmd = if spec.volumes.is_empty() {
-        let mut c = Command::new(program);
-        c.args(args);
-        c
-    } else {
-        let mut script = String::from("set -e\n");
-        for v in &spec.volumes {
-            let mut parts = v.splitn(3, ':');
-            let (host, inside, opts) = (
-                parts.next().unwrap_or_default(),
-                parts.next().unwrap_or_default(),
-                parts.next().unwrap_or_default(),
-            );
-            if host.is_empty() || inside.is_empty() {
-                return Ok(failed(format!("volume {v:?} is not host:path[:ro]")));
-            }
-            script.push_str(&format!(
-                "mkdir -p '{inside}'\nmount --bind '{host}' '{inside}'\n"
-            ));
-            if opts.split(',').any(|o| o == "ro") {
-                script.push_str(&format!("mount -o remount,bind,ro '{inside}'\n"));
-            }
-        }
-        script.push_str("exec \"$@\"\n");
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "exec",
-        ])
-        .arg(program)
-        .args(args);
-        c
-    };
-    cmd.envs(&spec.environment);
-    process::run(cmd, &format!("exec {program}"), out, spec.timeout, cancel).await
 }
 
 fn strip_tag(image: &str) -> &str {
@@ -415,38 +191,6 @@ fn strip_tag(image: &str) -> &str {
     match image.rfind(':') {
         Some(i) if !image[i..].contains('/') => &image[..i],
         _ => image,
-    }
-}
-
-fn need<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Result<&'a str> {
-    env.get(key)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| Error::Unsupported {
-            target: "native action".into(),
-            operation: format!("running without {key} (required by this action's contract)"),
-        })
-}
-
-fn octal(env: &BTreeMap<String, String>, key: &str, default: u32) -> Result<u32> {
-    match env.get(key) {
-        None => Ok(default),
-        Some(v) => u32::from_str_radix(v.trim().trim_start_matches("0o"), 8).map_err(|_| {
-            Error::Unsupported {
-                target: "native action".into(),
-                operation: format!("{key}={v:?} (expected an octal mode such as 0644)"),
-            }
-        }),
-    }
-}
-
-fn number(env: &BTreeMap<String, String>, key: &str, default: u32) -> Result<u32> {
-    match env.get(key) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| Error::Unsupported {
-            target: "native action".into(),
-            operation: format!("{key}={v:?} (expected a number)"),
-        }),
     }
 }
 
@@ -464,21 +208,6 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-fn tempdir_in(dir: &Path) -> Result<PathBuf> {
-    // A minimal image may lack /tmp.
-    let _ = std::fs::create_dir_all(dir);
-    for i in 0..1000u32 {
-        let p = dir.join(format!("tinker-mnt-{}-{i}", std::process::id()));
-        if std::fs::create_dir(&p).is_ok() {
-            return Ok(p);
-        }
-    }
-    Err(Error::Remote {
-        target: dir.display().to_string(),
-        reason: "cannot make a mount point".into(),
-    })
-}
-
 #[async_trait]
 impl ActionRuntime for NativeRuntime {
     async fn run(
@@ -487,16 +216,22 @@ impl ActionRuntime for NativeRuntime {
         output: &dyn OutputSink,
         cancel: &CancelToken,
     ) -> Result<ActionOutcome> {
-        let Some(b) = self.builtin(&spec.image) else {
+        let Some(e) = self.builtin(&spec.image).and_then(entry) else {
             return Err(Error::Unsupported {
                 target: "native runtime".into(),
                 operation: format!("image {:?} (no built-in by that name)", spec.image),
             });
         };
-        let work = self.dispatch(b, spec, output, cancel);
+        let cx = Ctx {
+            spec,
+            out: output,
+            cancel,
+            runtime: self,
+        };
+        let work = (e.start)(&cx);
         let limit = async {
             match spec.timeout {
-                Some(t) => tokio::time::sleep(t).await,
+                Some(t) => self.clock.sleep(t).await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -509,8 +244,73 @@ impl ActionRuntime for NativeRuntime {
                 Err(e @ (Error::Unsupported { .. } | Error::Remote { .. })) => Ok(failed(e.to_string())),
                 Err(e) => Err(e),
             },
-            _ = limit => Ok(ActionOutcome::Timeout { message: format!("stopped after {} s", spec.timeout.unwrap_or(Duration::ZERO).as_secs()) }),
+            _ = limit => Ok(ActionOutcome::Timeout { message: format!("stopped after {} s", spec.timeout.unwrap_or_default().as_secs()) }),
             _ = cancel.cancelled() => Ok(failed("cancelled".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_is_registered_once() {
+        let all = [
+            Builtin::Image2Disk,
+            Builtin::WriteFile,
+            Builtin::Cexec,
+            Builtin::Kexec,
+            Builtin::Reboot,
+            Builtin::Exec,
+        ];
+        for b in all {
+            assert_eq!(
+                ACTIONS.iter().filter(|e| e.builtin == b).count(),
+                1,
+                "{b:?}"
+            );
+        }
+        assert_eq!(ACTIONS.len(), all.len());
+    }
+
+    #[test]
+    fn images_name_builtins_with_any_prefix_and_tag() {
+        let rt = NativeRuntime::new().map("example.com/acme/flash:v2", Builtin::Image2Disk);
+        assert_eq!(
+            rt.builtin("quay.io/tinkerbell/actions/writefile:latest"),
+            Some(Builtin::WriteFile)
+        );
+        assert_eq!(rt.builtin("cexec@sha256:abcd"), Some(Builtin::Cexec));
+        assert_eq!(
+            rt.builtin("example.com/acme/flash:v3"),
+            Some(Builtin::Image2Disk)
+        );
+        assert_eq!(rt.builtin("localhost:5000/other"), None);
+    }
+
+    #[test]
+    fn only_kexec_and_reboot_leave_a_final_step() {
+        let rt = NativeRuntime::new().with_programs("/k", "/r");
+        let spec = |image: &str| ActionSpec {
+            workflow: "default/wf".into(),
+            name: image.into(),
+            image: image.into(),
+            command: vec![],
+            environment: Default::default(),
+            volumes: vec![],
+            pid: None,
+            timeout: None,
+        };
+        assert_eq!(
+            rt.final_step(&spec("kexec")),
+            Some(FinalStep::KexecExecute("/k".into()))
+        );
+        assert_eq!(
+            rt.final_step(&spec("reboot")),
+            Some(FinalStep::Reboot("/r".into()))
+        );
+        assert_eq!(rt.final_step(&spec("writefile")), None);
+        assert_eq!(rt.final_step(&spec("busybox")), None);
     }
 }

@@ -1,0 +1,419 @@
+//! The agent's core, driven by hand: no sockets, no sleeps, no runtime. Each test
+//! feeds answers and times and checks exactly what the core asks for.
+
+use super::*;
+use crate::agent::http::decode;
+use tinker_core::runtime::Stream;
+use tinker_core::state::WorkflowState;
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn config() -> AgentConfig {
+    AgentConfig::new("http://a, http://b/", "w1", "token")
+        .with_jitter_seed(7)
+        .with_max_backoff(secs(5))
+}
+
+fn action(heartbeat_seconds: u32) -> WorkerAction {
+    WorkerAction {
+        workflow_id: "default/wf".into(),
+        task_name: "t".into(),
+        action_index: 0,
+        attempt: 3,
+        name: "stream".into(),
+        image: "image2disk".into(),
+        timeout_seconds: Some(60),
+        command: vec![],
+        environment: Default::default(),
+        volumes: vec![],
+        pid: None,
+        heartbeat_seconds,
+    }
+}
+
+fn drain(core: &mut AgentCore) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+/// The one request the core asked to send, and nothing else besides events.
+fn one_send(core: &mut AgentCore) -> Transmit {
+    let sends: Vec<Transmit> = drain(core)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    sends.into_iter().next().unwrap()
+}
+
+fn request_id(t: &Transmit) -> String {
+    match &t.request {
+        Request::NextAction(r) => r.request_id.clone().unwrap(),
+        other => panic!("not a question: {other:?}"),
+    }
+}
+
+fn unreachable(replica: &str) -> Error {
+    Error::Unreachable {
+        target: replica.into(),
+        reason: "connection refused".into(),
+    }
+}
+
+fn line(text: &str) -> LogLine {
+    LogLine {
+        stream: Stream::Stdout,
+        text: text.into(),
+    }
+}
+
+/// A core that was handed `action` at `t0`.
+fn running(config: &AgentConfig, a: WorkerAction) -> AgentCore {
+    let mut core = AgentCore::new(config, "run", t0());
+    let ask = one_send(&mut core);
+    core.handle_reply(
+        t0(),
+        ask.id,
+        Ok(Reply::NextAction(NextActionResponse::Action(a))),
+    );
+    core
+}
+
+#[test]
+fn asks_then_runs_the_action_heartbeating_with_its_output() {
+    let mut core = AgentCore::new(&config(), "run", t0());
+    assert_eq!(core.replica(), "http://a");
+    let ask = one_send(&mut core);
+    assert_eq!(ask.replica, "http://a");
+    assert_eq!(request_id(&ask), "run-1");
+    assert!(core.is_idle());
+
+    core.handle_reply(
+        t0(),
+        ask.id,
+        Ok(Reply::NextAction(NextActionResponse::Action(action(5)))),
+    );
+    let out = drain(&mut core);
+    assert!(
+        matches!(&out[0], Output::Event(AgentEvent::ActionStarted { name, .. }) if name == "stream")
+    );
+    assert!(matches!(&out[1], Output::StartAction(a) if a.attempt == 3));
+    assert_eq!(out.len(), 2);
+    assert!(!core.is_idle(), "a shutdown waits for the report");
+    assert_eq!(core.poll_timeout(), Some(t0() + secs(5)));
+
+    // Before the heartbeat is due, nothing goes out.
+    core.handle_output(line("one"));
+    core.handle_timeout(t0() + secs(4));
+    assert!(drain(&mut core).is_empty());
+
+    // Due: the buffered output first, then the heartbeat, then the next one
+    // `heartbeat_seconds` after the answer.
+    core.handle_timeout(t0() + secs(5));
+    let logs = one_send(&mut core);
+    assert!(matches!(&logs.request, Request::Logs(b) if b.lines == vec![line("one")]));
+    assert_eq!(
+        core.poll_timeout(),
+        None,
+        "no second batch while one is out"
+    );
+    core.handle_reply(t0() + secs(6), logs.id, Ok(Reply::Logs));
+    let hb = one_send(&mut core);
+    assert!(
+        matches!(&hb.request, Request::Heartbeat(h) if h.attempt == 3 && h.workflow_id == "default/wf")
+    );
+    core.handle_reply(
+        t0() + secs(6),
+        hb.id,
+        Ok(Reply::Heartbeat(HeartbeatAnswer::Continue)),
+    );
+    assert_eq!(core.poll_timeout(), Some(t0() + secs(11)));
+    // No output since: only the heartbeat.
+    core.handle_timeout(t0() + secs(11));
+    let hb = one_send(&mut core);
+    assert!(matches!(hb.request, Request::Heartbeat(_)));
+}
+
+#[test]
+fn an_ended_action_sends_its_last_output_then_its_report_then_asks_again() {
+    let mut core = running(&config(), action(5));
+    drain(&mut core);
+    core.handle_timeout(t0() + secs(5));
+    let hb = one_send(&mut core);
+
+    // The action ends while that heartbeat is out: its answer no longer matters.
+    core.handle_output(line("two"));
+    core.handle_action_finished(t0() + secs(12), ActionOutcome::Success);
+    let out = drain(&mut core);
+    assert!(matches!(
+        &out[0],
+        Output::Event(AgentEvent::ActionEnded {
+            outcome: ActionOutcome::Success,
+            ..
+        })
+    ));
+    let Output::Send(rest) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert!(matches!(&rest.request, Request::Logs(b) if b.lines == vec![line("two")]));
+    core.handle_reply(
+        t0() + secs(12),
+        hb.id,
+        Ok(Reply::Heartbeat(HeartbeatAnswer::Stop)),
+    );
+    assert!(drain(&mut core).is_empty(), "a late answer is dropped");
+
+    core.handle_reply(t0() + secs(13), rest.id, Ok(Reply::Logs));
+    let report = one_send(&mut core);
+    let Request::Report(r) = &report.request else {
+        panic!("{report:?}")
+    };
+    assert_eq!(r.started_at, Some(t0()));
+    assert_eq!(r.finished_at, Some(t0() + secs(13)));
+    assert_eq!((r.attempt, r.outcome.clone()), (3, ActionOutcome::Success));
+
+    core.handle_reply(
+        t0() + secs(13),
+        report.id,
+        Ok(Reply::Report(ReportAnswer::Accepted {
+            workflow_state: Some(WorkflowState::Success),
+        })),
+    );
+    let out = drain(&mut core);
+    assert!(matches!(out[0], Output::TakeFinalStep), "{out:?}");
+    let Output::Send(ask) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(request_id(ask), "run-2", "a new question, a new id");
+    assert_eq!(
+        core.summary().ran,
+        vec!["default/wf/stream: Success (workflow SUCCESS)".to_string()]
+    );
+}
+
+#[test]
+fn a_failed_question_is_asked_again_with_the_same_id_on_the_next_replica_after_a_jittered_backoff()
+{
+    let delays = |seed: u64| {
+        let mut core = AgentCore::new(&config().with_jitter_seed(seed), "run", t0());
+        let mut now = t0();
+        let mut seen = Vec::new();
+        let mut replicas = Vec::new();
+        for _ in 0..6 {
+            let ask = one_send(&mut core);
+            assert_eq!(request_id(&ask), "run-1");
+            replicas.push(ask.replica.clone());
+            core.handle_reply(now, ask.id, Err(unreachable(&ask.replica)));
+            let retry_at = core.poll_timeout().unwrap();
+            let delay = retry_at.duration_since(now).unsigned_abs();
+            let events = drain(&mut core);
+            assert!(
+                events.iter().any(|o| matches!(o, Output::Event(AgentEvent::Retrying { what: "next action", delay: d, .. }) if *d == delay)),
+                "{events:?}"
+            );
+            seen.push(delay);
+            // Nothing before the deadline; the same question at it.
+            core.handle_timeout(retry_at - Duration::from_millis(1));
+            assert!(core.poll_output().is_none());
+            now = retry_at;
+            core.handle_timeout(now);
+        }
+        (seen, replicas)
+    };
+    let (first, replicas) = delays(7);
+    assert_eq!(first, delays(7).0, "the same seed, the same delays");
+    assert_ne!(first, delays(8).0, "another seed, other delays");
+    let backoff = BackoffConfig::new(FIRST_RETRY, secs(5));
+    for (i, d) in first.iter().enumerate() {
+        let ceiling = backoff.ceiling(i as u32 + 1);
+        assert!(*d >= ceiling / 2 && *d <= ceiling, "retry {i}: {d:?}");
+    }
+    assert_eq!(
+        replicas,
+        [
+            "http://a", "http://b", "http://a", "http://b", "http://a", "http://b"
+        ]
+    );
+}
+
+#[test]
+fn a_503_moves_to_the_next_replica_once_however_many_calls_fail_together() {
+    let mut core = running(&config(), action(1));
+    drain(&mut core);
+    core.handle_output(line("x"));
+    core.handle_timeout(t0() + secs(1));
+    let logs = one_send(&mut core);
+    let unavailable = decode(&logs.request, &logs.replica, 503, b"");
+    core.handle_reply(t0() + secs(1), logs.id, unavailable);
+    let out = drain(&mut core);
+    assert!(
+        matches!(&out[0], Output::Event(AgentEvent::FailedOver { from, to }) if from == "http://a" && to == "http://b")
+    );
+    // The heartbeat follows on the new replica.
+    let Output::Send(hb) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(hb.replica, "http://b");
+    // A failure from the replica already left behind does not move on again.
+    core.handle_reply(t0() + secs(1), hb.id, Err(unreachable("http://b")));
+    assert_eq!(core.replica(), "http://a");
+    let mut core = running(&config(), action(1));
+    drain(&mut core);
+    core.handle_action_finished(t0(), ActionOutcome::Success);
+    let report = one_send(&mut core);
+    core.handle_reply(t0(), report.id, Err(unreachable("http://a")));
+    assert_eq!(core.replica(), "http://b");
+    core.handle_timeout(core.poll_timeout().unwrap());
+    let again = one_send(&mut core);
+    assert_eq!(
+        (again.replica.as_str(), &again.request),
+        ("http://b", &report.request)
+    );
+}
+
+#[test]
+fn a_409_to_a_heartbeat_cancels_the_action_and_reports_it_stopped() {
+    let mut core = running(&config(), action(2));
+    drain(&mut core);
+    core.handle_timeout(t0() + secs(2));
+    let hb = one_send(&mut core);
+    let stop = decode(&hb.request, &hb.replica, 409, b"");
+    core.handle_reply(t0() + secs(2), hb.id, stop);
+    let out = drain(&mut core);
+    assert!(matches!(
+        out[0],
+        Output::Event(AgentEvent::StoppedByControlPlane { .. })
+    ));
+    assert!(matches!(out[1], Output::CancelAction));
+    assert_eq!(core.poll_timeout(), None, "no more heartbeats");
+    core.handle_action_finished(
+        t0() + secs(3),
+        ActionOutcome::Failed {
+            exit_code: None,
+            message: "cancelled".into(),
+        },
+    );
+    let report = one_send(&mut core);
+    let Request::Report(r) = &report.request else {
+        panic!("{report:?}")
+    };
+    assert_eq!(
+        r.outcome,
+        ActionOutcome::Failed {
+            exit_code: None,
+            message: "stopped by the control plane".into()
+        }
+    );
+    // The control plane refuses it (the action is no longer this worker's): no
+    // final step, and the refusal is in the summary.
+    core.handle_reply(
+        t0() + secs(3),
+        report.id,
+        Ok(Reply::Report(ReportAnswer::Refused {
+            reason: "409 Conflict".into(),
+        })),
+    );
+    let out = drain(&mut core);
+    assert!(
+        matches!(&out[0], Output::Event(AgentEvent::ReportRefused { reason, .. }) if reason == "409 Conflict")
+    );
+    assert!(matches!(out[1], Output::Send(_)));
+    assert!(!out.iter().any(|o| matches!(o, Output::TakeFinalStep)));
+    assert!(core.summary().ran[0].ends_with("(workflow 409 Conflict)"));
+}
+
+#[test]
+fn a_report_is_retried_until_the_control_plane_has_it_and_a_failure_takes_no_final_step() {
+    let mut core = running(&config().with_max_actions(1), action(30));
+    drain(&mut core);
+    let failed = ActionOutcome::Failed {
+        exit_code: Some(1),
+        message: "boom".into(),
+    };
+    core.handle_action_finished(t0() + secs(1), failed.clone());
+    let mut report = one_send(&mut core);
+    let first = report.request.clone();
+    for _ in 0..4 {
+        let now = t0() + secs(1);
+        core.handle_reply(now, report.id, Err(unreachable(&report.replica)));
+        assert!(!core.is_idle());
+        core.handle_timeout(core.poll_timeout().unwrap());
+        report = one_send(&mut core);
+        assert_eq!(report.request, first, "the same report, every time");
+    }
+    core.handle_reply(
+        t0() + secs(9),
+        report.id,
+        Ok(Reply::Report(ReportAnswer::Accepted {
+            workflow_state: Some(WorkflowState::Failed),
+        })),
+    );
+    let out = drain(&mut core);
+    assert!(!out.iter().any(|o| matches!(o, Output::TakeFinalStep)));
+    // One action was asked for, one ran: done.
+    let Some(Output::Done(Ok(summary))) = out.into_iter().last() else {
+        panic!("not done")
+    };
+    assert_eq!(summary.ran.len(), 1);
+}
+
+#[test]
+fn nothing_to_do_asks_again_after_the_poll_interval_and_stops_when_idle_long_enough() {
+    let mut core = AgentCore::new(&config().with_idle_exit(secs(2)), "run", t0());
+    let wait = || {
+        Ok(Reply::NextAction(NextActionResponse::Wait {
+            retry_after_seconds: 3,
+            reason: "no action".into(),
+        }))
+    };
+    let mut now = t0();
+    let mut asked = Vec::new();
+    loop {
+        let out = drain(&mut core);
+        if let Some(Output::Done(result)) = out.last() {
+            assert!(result.is_ok());
+            break;
+        }
+        let Output::Send(ask) = &out[0] else {
+            panic!("{out:?}")
+        };
+        asked.push((request_id(ask), now));
+        core.handle_reply(now, ask.id, wait());
+        if let Some(next) = core.poll_timeout() {
+            assert_eq!(next, now + Duration::from_millis(500));
+            now = next;
+            core.handle_timeout(now);
+        }
+    }
+    assert_eq!(asked.len(), 5, "{asked:?}");
+    assert_eq!(asked[4], ("run-5".to_string(), t0() + secs(2)));
+}
+
+#[test]
+fn refused_credentials_end_the_run() {
+    let mut core = AgentCore::new(&config(), "run", t0());
+    let ask = one_send(&mut core);
+    let denied = decode(&ask.request, &ask.replica, 401, b"");
+    core.handle_reply(t0(), ask.id, denied);
+    let out = drain(&mut core);
+    assert!(matches!(
+        out.last(),
+        Some(Output::Done(Err(Error::AuthenticationFailed { .. })))
+    ));
+    assert_eq!(core.poll_timeout(), None);
+}
+
+#[test]
+fn zero_actions_asks_nothing() {
+    let mut core = AgentCore::new(&config().with_max_actions(0), "run", t0());
+    let out = drain(&mut core);
+    assert!(matches!(&out[..], [Output::Done(Ok(s))] if s.ran.is_empty()));
+}

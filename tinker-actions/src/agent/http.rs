@@ -1,0 +1,235 @@
+//! [`HttpTransport`]: the worker API as JSON over HTTP/1.1 (hyper), the wire
+//! format `tinker-boot`'s worker API serves. The codec ([`encode`], [`decode`])
+//! is public so a transport that calls the worker API's handler in process
+//! speaks exactly the same bytes and status codes.
+
+use super::transport::{HeartbeatAnswer, Reply, ReportAnswer, Request, Transport};
+use async_trait::async_trait;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::time::Duration;
+use tinker_core::clock::{SharedClock, SystemClock};
+use tinker_core::worker_api::{NextActionResponse, ReportResponse};
+use tinker_core::{Error, Result, Secret};
+
+/// How long one request may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path and JSON body of `request` for the worker API
+/// (`/v1/workers/{worker_id}/{operation}`).
+pub fn encode(request: &Request) -> Result<(String, Vec<u8>)> {
+    let path = format!(
+        "/v1/workers/{}/{}",
+        request.worker_id(),
+        request.operation()
+    );
+    let body = match request {
+        Request::NextAction(r) => serde_json::to_vec(r),
+        Request::Report(r) => serde_json::to_vec(r),
+        Request::Heartbeat(h) => serde_json::to_vec(h),
+        Request::Logs(l) => serde_json::to_vec(l),
+    }
+    .map_err(|e| Error::backend("worker api", e))?;
+    Ok((path, body))
+}
+
+/// Reads the worker API's answer (`status`, `body`) to `request`, sent to
+/// `target`: 401 is [`Error::AuthenticationFailed`]; 429 and 5xx are
+/// [`Error::Unreachable`] (retryable: back off, try another replica); 409 to a
+/// heartbeat means stop; any other non-success refuses a report, and to a
+/// request for work means "nothing now".
+pub fn decode(request: &Request, target: &str, status: u16, body: &[u8]) -> Result<Reply> {
+    let status = StatusCode::from_u16(status).map_err(|e| Error::backend("worker api", e))?;
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(Error::AuthenticationFailed {
+            target: target.to_string(),
+        });
+    }
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(Error::Unreachable {
+            target: target.to_string(),
+            reason: format!("{}: {status}", request.operation()),
+        });
+    }
+    Ok(match request {
+        Request::NextAction(_) => Reply::NextAction(
+            serde_json::from_slice(body)
+                .ok()
+                .filter(|_| status.is_success())
+                .unwrap_or_else(|| NextActionResponse::Wait {
+                    retry_after_seconds: 0,
+                    reason: status.to_string(),
+                }),
+        ),
+        Request::Report(_) if status.is_success() => Reply::Report(ReportAnswer::Accepted {
+            workflow_state: serde_json::from_slice::<ReportResponse>(body)
+                .ok()
+                .map(|r| r.workflow_state),
+        }),
+        Request::Report(_) => Reply::Report(ReportAnswer::Refused {
+            reason: status.to_string(),
+        }),
+        Request::Heartbeat(_) if status == StatusCode::CONFLICT => {
+            Reply::Heartbeat(HeartbeatAnswer::Stop)
+        }
+        Request::Heartbeat(_) => Reply::Heartbeat(HeartbeatAnswer::Continue),
+        Request::Logs(_) => Reply::Logs,
+    })
+}
+
+/// The worker API over HTTP, with the worker's bearer token.
+#[derive(Debug)]
+pub struct HttpTransport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    token: Secret,
+    clock: SharedClock,
+    timeout: Duration,
+}
+
+impl HttpTransport {
+    /// A client that presents `token`.
+    pub fn new(token: Secret) -> Self {
+        HttpTransport {
+            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            token,
+            clock: SystemClock::shared(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Measures the request time limit on `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Gives up on a request after `timeout` (default [`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn exchange(&self, target: &str, request: &Request) -> Result<(u16, Bytes)> {
+        let (path, body) = encode(request)?;
+        let req = hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{target}{path}"))
+            .header("authorization", format!("Bearer {}", self.token.expose()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Error::backend("worker api", e))?;
+        let unreachable = |e: &dyn std::fmt::Display| Error::Unreachable {
+            target: target.to_string(),
+            reason: e.to_string(),
+        };
+        let resp = tokio::select! {
+            r = self.client.request(req) => r.map_err(|e| unreachable(&e))?,
+            _ = self.clock.sleep(self.timeout) => return Err(Error::Timeout {
+                target: target.to_string(),
+                operation: request.operation().to_string(),
+                seconds: self.timeout.as_secs(),
+            }),
+        };
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn send(&self, replica: &str, request: &Request) -> Result<Reply> {
+        let (status, body) = self.exchange(replica, request).await?;
+        decode(request, replica, status, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinker_core::Retryable;
+    use tinker_core::worker_api::Heartbeat;
+
+    fn heartbeat() -> Request {
+        Request::Heartbeat(Heartbeat {
+            worker_id: "w1".into(),
+            workflow_id: "default/wf".into(),
+            action_index: 0,
+            attempt: 1,
+        })
+    }
+
+    #[test]
+    fn status_codes_become_typed_answers() {
+        let hb = heartbeat();
+        assert_eq!(encode(&hb).unwrap().0, "/v1/workers/w1/heartbeat");
+        assert_eq!(
+            decode(&hb, "http://a", 409, b"").unwrap(),
+            Reply::Heartbeat(HeartbeatAnswer::Stop)
+        );
+        assert_eq!(
+            decode(&hb, "http://a", 204, b"").unwrap(),
+            Reply::Heartbeat(HeartbeatAnswer::Continue)
+        );
+        assert!(
+            decode(&hb, "http://a", 503, b"")
+                .unwrap_err()
+                .is_retryable()
+        );
+        assert!(
+            decode(&hb, "http://a", 429, b"")
+                .unwrap_err()
+                .is_retryable()
+        );
+        let denied = decode(&hb, "http://a", 401, b"").unwrap_err();
+        assert!(matches!(denied, Error::AuthenticationFailed { .. }));
+        assert!(!denied.is_retryable());
+    }
+
+    #[test]
+    fn a_refused_report_says_why_and_an_odd_answer_means_wait() {
+        let report = Request::Report(tinker_core::worker_api::ActionReport {
+            worker_id: "w1".into(),
+            workflow_id: "default/wf".into(),
+            action_index: 0,
+            attempt: 1,
+            outcome: tinker_core::runtime::ActionOutcome::Success,
+            started_at: None,
+            finished_at: None,
+        });
+        assert_eq!(
+            decode(&report, "http://a", 409, b"{}").unwrap(),
+            Reply::Report(ReportAnswer::Refused {
+                reason: "409 Conflict".into()
+            })
+        );
+        assert_eq!(
+            decode(
+                &report,
+                "http://a",
+                200,
+                br#"{"workflow_state":"STATE_SUCCESS"}"#
+            )
+            .unwrap(),
+            Reply::Report(ReportAnswer::Accepted {
+                workflow_state: Some(tinker_core::state::WorkflowState::Success)
+            })
+        );
+        let ask = Request::NextAction(tinker_core::worker_api::NextActionRequest {
+            worker_id: "w1".into(),
+            request_id: None,
+        });
+        assert!(matches!(
+            decode(&ask, "http://a", 404, b"not json").unwrap(),
+            Reply::NextAction(NextActionResponse::Wait { .. })
+        ));
+    }
+}
