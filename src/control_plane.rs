@@ -158,22 +158,26 @@ impl ControlPlane {
         dhcp_config.relay_port = self.relay_port;
         let dhcp = DhcpServer::new(
             dhcp_config,
-            Arc::new(StoreBootResponder::new(
-                self.store.clone(),
-                BootConfig {
-                    tftp_server: self.address,
-                    http_base: http.clone(),
-                    default_lease_seconds: 86400,
-                    record_events: true,
-                },
-            )),
+            Arc::new(
+                StoreBootResponder::new(
+                    self.store.clone(),
+                    BootConfig {
+                        tftp_server: self.address,
+                        http_base: http.clone(),
+                        default_lease_seconds: 86400,
+                        record_events: true,
+                    },
+                )
+                .with_clock(self.clock.clone()),
+            ),
         );
-        let tftp = TftpServer::new(self.tftp_files.clone());
+        let tftp = TftpServer::new(self.tftp_files.clone()).with_clock(self.clock.clone());
         let mut worker_api = WorkerApi::new(
             self.store.clone(),
             self.secret.clone(),
             self.heartbeat_seconds,
-        );
+        )
+        .with_clock(self.clock.clone());
         if let Some(n) = self.worker_api_in_flight {
             worker_api = worker_api.with_limit(n);
         }
@@ -192,7 +196,8 @@ impl ControlPlane {
             ]))),
             metrics,
             ..HttpConfig::new(self.store.clone())
-        });
+        })
+        .with_clock(self.clock.clone());
         let engine =
             Engine::new(self.store.clone(), self.power, self.engine).with_clock(self.clock);
         Services {

@@ -196,19 +196,45 @@ impl HttpServer {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let this = this.clone();
-                async move { Ok::<_, std::convert::Infallible>(this.route(req, peer).await) }
-            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), self.service(peer));
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _ = conn.await;
             });
         }
+    }
+
+    /// Serves one connection over any byte stream from `peer` until the client
+    /// closes it: what [`HttpServer::serve`] does for each accepted socket, and
+    /// what a simulation does over an in-memory pipe (`tokio::io::duplex`).
+    pub async fn serve_connection<I>(&self, io: I, peer: SocketAddr) -> hyper::Result<()>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(io), self.service(peer))
+            .await
+    }
+
+    /// The routes, as a hyper service for one connection from `peer`.
+    fn service(
+        &self,
+        peer: SocketAddr,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+    > + Send
+    + 'static {
+        let this = self.clone();
+        hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.route(req, peer).await) }
+        })
     }
 
     /// The caller's address: the connection's, or the last `X-Forwarded-For`
