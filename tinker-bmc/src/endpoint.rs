@@ -42,6 +42,7 @@ pub enum BmcEndpoint {
 /// The parts of a BMC URL every protocol has, decoded; each protocol's endpoint
 /// reads its own options from them.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(any(feature = "ipmi", feature = "redfish")), allow(dead_code))]
 pub(crate) struct UrlParts {
     /// The URL with its user name hidden, for messages.
     pub redacted: String,
@@ -67,6 +68,7 @@ fn invalid(url: &str, part: &str, reason: impl Into<String>) -> Error {
 }
 
 /// A host as it goes in a URL: an IPv6 address in brackets.
+#[cfg_attr(not(any(feature = "ipmi", feature = "redfish")), allow(dead_code))]
 pub(crate) fn host_in_url(host: &str) -> std::borrow::Cow<'_, str> {
     if host.contains(':') {
         format!("[{host}]").into()
@@ -131,6 +133,8 @@ impl BmcEndpoint {
 
     /// Sets the user name (a Rufio secret holds it beside the password).
     pub fn set_user(&mut self, user: &str) {
+        // `user` is unused only when no real protocol is compiled in.
+        let _ = user;
         match self {
             #[cfg(feature = "ipmi")]
             BmcEndpoint::Ipmi(e) => e.user = user.to_string(),
