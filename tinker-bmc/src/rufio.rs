@@ -84,13 +84,12 @@ pub(crate) fn read(value: &serde_norway::Value) -> Result<RufioMachine> {
         .unwrap_or_default();
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let file = format!("Machine {ns}/{}", meta.name);
-    let machine: Machine = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        Error::Parse {
+    let machine: Machine =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| Error::Parse {
             file: file.clone(),
             path: e.path().to_string(),
             reason: e.inner().to_string(),
-        }
-    })?;
+        })?;
     let c = machine.spec.connection;
     let secret_ns = c.auth_secret_ref.namespace.as_deref().unwrap_or(ns);
     let secret = format!("{secret_ns}/{}", c.auth_secret_ref.name);
@@ -116,7 +115,12 @@ fn endpoint(c: Connection) -> std::result::Result<BmcEndpoint, String> {
             .first()
             .is_some_and(|p| p.starts_with("redfish") || p == "gofish");
     if redfish {
-        redfish_endpoint(c.host, c.port, c.insecure_tls, options.redfish.unwrap_or_default())
+        redfish_endpoint(
+            c.host,
+            c.port,
+            c.insecure_tls,
+            options.redfish.unwrap_or_default(),
+        )
     } else {
         let port = options.ipmitool.and_then(|o| o.port).or(c.port);
         ipmi_endpoint(c.host, port)

@@ -39,7 +39,12 @@ mod tests {
         let task = {
             let clock = clock.clone();
             tokio::spawn(async move {
-                within(&*clock, Duration::from_secs(30), std::future::pending::<()>()).await
+                within(
+                    &*clock,
+                    Duration::from_secs(30),
+                    std::future::pending::<()>(),
+                )
+                .await
             })
         };
         tokio::task::yield_now().await;

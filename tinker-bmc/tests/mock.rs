@@ -1,8 +1,8 @@
 //! The mock BMC runs the conformance suite, and its faults show the policy
 //! wrapper's retries, time limits and session limit.
 
-use std::sync::Arc;
 use jiff::Timestamp;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tinker_bmc::{MockBmc, MockCall, Resilient, RetryPolicy};
 use tinker_core::clock::{Clock, ManualClock};
@@ -61,12 +61,19 @@ async fn transient_failures_are_retried_with_jittered_backoff_on_the_clock() {
         assert_eq!(mock.calls().len(), i + 1);
         clock.advance(*delay - Duration::from_nanos(1));
         settle().await;
-        assert_eq!(mock.calls().len(), i + 1, "retried before its wait was over");
+        assert_eq!(
+            mock.calls().len(),
+            i + 1,
+            "retried before its wait was over"
+        );
         clock.advance(Duration::from_nanos(1));
     }
     call.await.unwrap().unwrap();
     let on = MockCall::Power(PowerAction::On);
-    assert_eq!(mock.calls(), [on.failed(), on.failed(), on.failed(), on.ok()]);
+    assert_eq!(
+        mock.calls(),
+        [on.failed(), on.failed(), on.failed(), on.ok()]
+    );
     assert_eq!(clock.now(), start + delays.iter().sum::<Duration>());
     assert!(mock.is_on());
 
@@ -112,7 +119,9 @@ async fn a_hung_call_is_cut_off_then_retried() {
 
 #[tokio::test]
 async fn the_time_limit_runs_on_the_clock() {
-    let clock = Arc::new(ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap()));
+    let clock = Arc::new(ManualClock::new(
+        Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
     let mock = MockBmc::new("slow").with_clock(clock.clone());
     mock.faults().hang_for(1);
     let policy = RetryPolicy {

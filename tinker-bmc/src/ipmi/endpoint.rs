@@ -49,7 +49,12 @@ impl IpmiEndpoint {
 
     /// The URL form, without credentials.
     pub fn url(&self) -> String {
-        format!("ipmi://{}@{}:{}", self.user, host_in_url(&self.host), self.port)
+        format!(
+            "ipmi://{}@{}:{}",
+            self.user,
+            host_in_url(&self.host),
+            self.port
+        )
     }
 
     /// The controller (without a policy around it).

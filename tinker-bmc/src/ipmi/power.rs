@@ -148,9 +148,7 @@ impl PowerController for IpmiPower {
     }
 
     async fn boot_override(&self) -> Result<Option<(BootDevice, BootOptions)>> {
-        let data = self
-            .raw("get boot options", Raw::get_boot_flags())
-            .await?;
+        let data = self.raw("get boot options", Raw::get_boot_flags()).await?;
         Ok(wire::parse_boot_options_answer(&data))
     }
 }

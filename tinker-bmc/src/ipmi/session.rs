@@ -32,12 +32,11 @@ pub(super) struct Login<'a> {
 
 /// Opens a session and raises it to Administrator. Blocking.
 pub(super) fn open(login: &Login<'_>) -> Result<Session> {
-    let mut rmcp = Rmcp::new((login.host, login.port), login.timeout).map_err(|e| {
-        Error::Unreachable {
+    let mut rmcp =
+        Rmcp::new((login.host, login.port), login.timeout).map_err(|e| Error::Unreachable {
             target: login.target.clone(),
             reason: format!("cannot resolve or bind: {e}"),
-        }
-    })?;
+        })?;
     rmcp.activate(
         true,
         Some(login.user),

@@ -353,7 +353,10 @@ mod tests {
         assert!(err(204, "").is_none());
         assert!(err(202, "").is_none(), "accepted, no task body");
         assert!(err(202, r#"{"TaskState": "Running"}"#).is_none());
-        let e = err(202, r#"{"TaskState": "Exception", "Messages": [{"Message": "busy"}]}"#);
+        let e = err(
+            202,
+            r#"{"TaskState": "Exception", "Messages": [{"Message": "busy"}]}"#,
+        );
         assert!(
             matches!(&e, Some(Error::Remote { reason, .. }) if reason.contains("busy")),
             "{e:?}"

@@ -45,9 +45,7 @@ impl RedfishEndpoint {
     pub(crate) fn from_url(parts: UrlParts, tls: bool) -> Result<Self> {
         let mut e = RedfishEndpoint {
             tls,
-            port: parts
-                .port
-                .unwrap_or(if tls { 443 } else { 80 }),
+            port: parts.port.unwrap_or(if tls { 443 } else { 80 }),
             ..RedfishEndpoint::new(parts.host.clone(), parts.user.clone())
         };
         for (key, value) in &parts.options {
@@ -77,7 +75,12 @@ impl RedfishEndpoint {
     /// The URL form, without credentials.
     pub fn url(&self) -> String {
         let scheme = if self.tls { "redfishs" } else { "redfish" };
-        format!("{scheme}://{}@{}:{}", self.user, host_in_url(&self.host), self.port)
+        format!(
+            "{scheme}://{}@{}:{}",
+            self.user,
+            host_in_url(&self.host),
+            self.port
+        )
     }
 
     /// The controller (without a policy around it).

@@ -33,7 +33,10 @@ fn reset_types(action: PowerAction) -> &'static [ResetType] {
 /// The reset type to send for `action`: the first preferred one the system
 /// allows, or, when it does not say, the first preferred one. `None` when the
 /// system allows none of them.
-pub(super) fn choose_reset(action: PowerAction, allowed: Option<&[ResetType]>) -> Option<ResetType> {
+pub(super) fn choose_reset(
+    action: PowerAction,
+    allowed: Option<&[ResetType]>,
+) -> Option<ResetType> {
     let wanted = reset_types(action);
     match allowed {
         Some(list) => wanted.iter().find(|t| list.contains(t)).copied(),
@@ -98,7 +101,10 @@ mod tests {
 
     #[test]
     fn picks_an_allowed_reset_type() {
-        assert_eq!(choose_reset(PowerAction::Cycle, None), Some(ResetType::PowerCycle));
+        assert_eq!(
+            choose_reset(PowerAction::Cycle, None),
+            Some(ResetType::PowerCycle)
+        );
         let dell = [ResetType::On, ResetType::ForceOff, ResetType::ForceRestart];
         assert_eq!(
             choose_reset(PowerAction::Cycle, Some(&dell)),
@@ -109,12 +115,18 @@ mod tests {
 
     #[test]
     fn reads_power_states() {
-        assert_eq!(power_state(Some(&SystemPowerState::Paused)), Some(PowerState::On));
+        assert_eq!(
+            power_state(Some(&SystemPowerState::Paused)),
+            Some(PowerState::On)
+        );
         assert_eq!(
             power_state(Some(&SystemPowerState::PoweringOff)),
             Some(PowerState::Off)
         );
-        assert_eq!(power_state(Some(&SystemPowerState::Other("X".into()))), None);
+        assert_eq!(
+            power_state(Some(&SystemPowerState::Other("X".into()))),
+            None
+        );
         assert_eq!(power_state(None), None);
     }
 

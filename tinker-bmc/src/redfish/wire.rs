@@ -262,8 +262,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sys.power_state, Some(SystemPowerState::PoweringOn));
-        assert_eq!(sys.boot.boot_source_override_target, Some(BootTarget::Other));
-        assert_eq!(sys.boot.boot_source_override_mode, Some(None), "present, null");
+        assert_eq!(
+            sys.boot.boot_source_override_target,
+            Some(BootTarget::Other)
+        );
+        assert_eq!(
+            sys.boot.boot_source_override_mode,
+            Some(None),
+            "present, null"
+        );
         let reset = sys.actions.reset.unwrap();
         assert_eq!(reset.target.as_deref(), Some("/r"));
         assert_eq!(
@@ -272,7 +279,10 @@ mod tests {
         );
 
         let bare: ComputerSystem = serde_json::from_str(r#"{"PowerState": "Dozing"}"#).unwrap();
-        assert_eq!(bare.power_state, Some(SystemPowerState::Other("Dozing".into())));
+        assert_eq!(
+            bare.power_state,
+            Some(SystemPowerState::Other("Dozing".into()))
+        );
         assert_eq!(bare.boot.boot_source_override_mode, None, "absent");
         assert!(bare.actions.reset.is_none());
     }
