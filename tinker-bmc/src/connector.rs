@@ -170,12 +170,11 @@ impl PowerConnector for StaticConnector {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redfish"))]
 mod tests {
     use super::*;
     use crate::secrets::StaticSecrets;
 
-    #[cfg(feature = "redfish")]
     #[test]
     fn registers_rufio_machines_and_their_users() {
         let yaml = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: node1, namespace: tink}\nspec:\n  connection:\n    host: 10.0.0.5\n    authSecretRef: {name: bmc-creds, namespace: tink}\n    insecureTLS: true\n    providerOptions:\n      redfish: {port: 8443, systemName: S1}\n";

@@ -7,8 +7,9 @@
 //!   cipher suite 3, falling back to RMCP 1.5 where a BMC speaks only that), on
 //!   `ipmi-rs`, kept off the async worker threads;
 //! - [`RedfishPower`] (feature `redfish`, in `redfish/`): Redfish over HTTPS (hyper
-//!   + rustls; certificates verified unless a BMC is explicitly marked insecure),
-//!   basic or session authentication, responses read into typed resources;
+//!   and rustls; certificates verified unless a BMC is explicitly marked
+//!   insecure), basic or session authentication, responses read into typed
+//!   resources;
 //! - [`MockBmc`] (always there): an in-process BMC with fault injection and a
 //!   typed call log ([`MockCall`]), for tests and simulations;
 //! - [`Resilient`]: the policy wrapper (a time limit on every call, retries with
