@@ -52,6 +52,7 @@ pub(crate) struct UrlParts {
     pub options: Vec<(String, String)>,
 }
 
+#[cfg_attr(not(any(feature = "ipmi", feature = "redfish")), allow(dead_code))]
 impl UrlParts {
     /// The error for a part of this URL that cannot be used.
     pub fn invalid(&self, part: &str, reason: impl Into<String>) -> Error {
@@ -116,7 +117,7 @@ impl BmcEndpoint {
             "redfishs" | "https" => Ok(BmcEndpoint::Redfish(RedfishEndpoint::from_url(
                 parts, true,
             )?)),
-            scheme => Err(parts.invalid("scheme", unknown_scheme(scheme))),
+            scheme => Err(unknown_scheme(&parts.redacted, scheme)),
         }
     }
 
@@ -178,16 +179,21 @@ impl BmcEndpoint {
     }
 }
 
-/// Why a scheme is refused: unknown, or known but compiled out.
-fn unknown_scheme(scheme: &str) -> String {
-    let feature = match scheme {
-        "ipmi" => Some("ipmi"),
-        "redfish" | "redfishs" | "http" | "https" => Some("redfish"),
-        _ => None,
-    };
-    match feature {
-        Some(f) => format!("{scheme}:// needs tinker-bmc's `{f}` feature"),
-        None => format!("{SCHEMES}, not {scheme}://"),
+/// A scheme refused: known but compiled out, or unknown.
+fn unknown_scheme(url: &str, scheme: &str) -> Error {
+    match scheme {
+        "ipmi" => compiled_out(url, "ipmi"),
+        "redfish" | "redfishs" | "http" | "https" => compiled_out(url, "redfish"),
+        _ => invalid(url, "scheme", format!("{SCHEMES}, not {scheme}://")),
+    }
+}
+
+/// The error for a BMC whose protocol this build of tinker-bmc leaves out.
+#[cfg_attr(all(feature = "ipmi", feature = "redfish"), allow(dead_code))]
+pub(crate) fn compiled_out(target: &str, feature: &str) -> Error {
+    Error::Unsupported {
+        target: target.to_string(),
+        operation: format!("{feature} (tinker-bmc was built without its `{feature}` feature)"),
     }
 }
 
@@ -273,6 +279,12 @@ mod tests {
             panic!("not IPMI")
         };
         assert_eq!(e.user, "ops@dc1");
+        for url in ["ipmi://a@b?system=1", "redfish://a@b?colour=red"] {
+            match BmcEndpoint::parse(url) {
+                Err(Error::Parse { path, .. }) => assert_eq!(path, "query", "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
         assert_eq!(
             BmcEndpoint::parse("mock://rack1-node3").unwrap(),
             BmcEndpoint::Mock {
@@ -297,8 +309,6 @@ mod tests {
             ("ipmi://10.0.0.5", "user"),
             ("ipmi://a@b:notaport", "URL"),
             ("ipmi://a@b/x", "path"),
-            ("ipmi://a@b?system=1", "query"),
-            ("redfish://a@b?colour=red", "query"),
             ("mock://", "name"),
         ] {
             match BmcEndpoint::parse(url) {
@@ -306,6 +316,14 @@ mod tests {
                 other => panic!("{url}: {other:?}"),
             }
         }
+    }
+
+    #[cfg(not(feature = "ipmi"))]
+    #[test]
+    fn a_protocol_left_out_of_the_build_says_which_feature_it_needs() {
+        let err = BmcEndpoint::parse("ipmi://admin@10.0.0.5").unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+        assert!(err.to_string().contains("`ipmi` feature"), "{err}");
     }
 
     #[tokio::test]

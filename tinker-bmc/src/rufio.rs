@@ -93,11 +93,7 @@ pub(crate) fn read(value: &serde_norway::Value) -> Result<RufioMachine> {
     let c = machine.spec.connection;
     let secret_ns = c.auth_secret_ref.namespace.as_deref().unwrap_or(ns);
     let secret = format!("{secret_ns}/{}", c.auth_secret_ref.name);
-    let endpoint = endpoint(c).map_err(|reason| Error::Parse {
-        file,
-        path: "spec.connection.providerOptions".into(),
-        reason,
-    })?;
+    let endpoint = endpoint(c, &file)?;
     Ok(RufioMachine {
         name: meta.name,
         endpoint,
@@ -107,7 +103,7 @@ pub(crate) fn read(value: &serde_norway::Value) -> Result<RufioMachine> {
 
 /// The endpoint a connection describes: Redfish when it has Redfish options or
 /// prefers a Redfish provider, else IPMI.
-fn endpoint(c: Connection) -> std::result::Result<BmcEndpoint, String> {
+fn endpoint(c: Connection, machine: &str) -> Result<BmcEndpoint> {
     let options = c.provider_options;
     let redfish = options.redfish.is_some()
         || options
@@ -116,6 +112,7 @@ fn endpoint(c: Connection) -> std::result::Result<BmcEndpoint, String> {
             .is_some_and(|p| p.starts_with("redfish") || p == "gofish");
     if redfish {
         redfish_endpoint(
+            machine,
             c.host,
             c.port,
             c.insecure_tls,
@@ -123,17 +120,18 @@ fn endpoint(c: Connection) -> std::result::Result<BmcEndpoint, String> {
         )
     } else {
         let port = options.ipmitool.and_then(|o| o.port).or(c.port);
-        ipmi_endpoint(c.host, port)
+        ipmi_endpoint(machine, c.host, port)
     }
 }
 
 #[cfg(feature = "redfish")]
 fn redfish_endpoint(
+    _machine: &str,
     host: String,
     port: Option<u16>,
     insecure_tls: bool,
     o: RedfishOptions,
-) -> std::result::Result<BmcEndpoint, String> {
+) -> Result<BmcEndpoint> {
     use crate::redfish::{RedfishAuth, RedfishEndpoint, TlsVerification};
     let mut e = RedfishEndpoint::new(host, "");
     e.port = o.port.or(port).unwrap_or(443);
@@ -149,16 +147,17 @@ fn redfish_endpoint(
 
 #[cfg(not(feature = "redfish"))]
 fn redfish_endpoint(
+    machine: &str,
     _: String,
     _: Option<u16>,
     _: bool,
     _: RedfishOptions,
-) -> std::result::Result<BmcEndpoint, String> {
-    Err("a Redfish BMC needs tinker-bmc's `redfish` feature".into())
+) -> Result<BmcEndpoint> {
+    Err(crate::endpoint::compiled_out(machine, "redfish"))
 }
 
 #[cfg(feature = "ipmi")]
-fn ipmi_endpoint(host: String, port: Option<u16>) -> std::result::Result<BmcEndpoint, String> {
+fn ipmi_endpoint(_machine: &str, host: String, port: Option<u16>) -> Result<BmcEndpoint> {
     use crate::ipmi::IpmiEndpoint;
     let e = IpmiEndpoint::new(host, "");
     Ok(BmcEndpoint::Ipmi(match port {
@@ -168,8 +167,8 @@ fn ipmi_endpoint(host: String, port: Option<u16>) -> std::result::Result<BmcEndp
 }
 
 #[cfg(not(feature = "ipmi"))]
-fn ipmi_endpoint(_: String, _: Option<u16>) -> std::result::Result<BmcEndpoint, String> {
-    Err("an IPMI BMC needs tinker-bmc's `ipmi` feature".into())
+fn ipmi_endpoint(machine: &str, _: String, _: Option<u16>) -> Result<BmcEndpoint> {
+    Err(crate::endpoint::compiled_out(machine, "ipmi"))
 }
 
 #[cfg(all(test, feature = "redfish", feature = "ipmi"))]

@@ -35,8 +35,7 @@ const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
 
 type HttpsClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A BMC's answer.
-#[derive(Debug)]
+/// A BMC's answer. No `Debug`: its headers may hold a session token.
 pub(super) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
