@@ -133,9 +133,11 @@ impl BmcEndpoint {
     }
 
     /// Sets the user name (a Rufio secret holds it beside the password).
+    #[cfg_attr(
+        not(any(feature = "ipmi", feature = "redfish")),
+        allow(unused_variables)
+    )]
     pub fn set_user(&mut self, user: &str) {
-        // `user` is unused only when no real protocol is compiled in.
-        let _ = user;
         match self {
             #[cfg(feature = "ipmi")]
             BmcEndpoint::Ipmi(e) => e.user = user.to_string(),
@@ -153,14 +155,16 @@ impl BmcEndpoint {
 
     /// Builds the controller, wrapped in the retry/timeout/session policy, with
     /// every time limit and wait read on `clock`.
+    #[cfg_attr(
+        not(any(feature = "ipmi", feature = "redfish")),
+        allow(unused_variables)
+    )]
     pub fn build_with_clock(
         &self,
         password: Secret,
         policy: RetryPolicy,
         clock: SharedClock,
     ) -> Result<Arc<dyn PowerController>> {
-        // `password` is unused only when no real protocol is compiled in.
-        let _ = &password;
         Ok(match self {
             #[cfg(feature = "ipmi")]
             BmcEndpoint::Ipmi(e) => {
