@@ -16,6 +16,7 @@ pub(super) struct Link {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub(super) struct Collection {
+    #[serde(deserialize_with = "null_as_default")]
     pub members: Vec<Link>,
 }
 
@@ -24,8 +25,20 @@ pub(super) struct Collection {
 #[serde(rename_all = "PascalCase", default)]
 pub(super) struct ComputerSystem {
     pub power_state: Option<SystemPowerState>,
+    #[serde(deserialize_with = "null_as_default")]
     pub boot: Boot,
+    #[serde(deserialize_with = "null_as_default")]
     pub actions: SystemActions,
+}
+
+/// Reads `null` as the default value, as an absent property reads: some BMCs
+/// send `"Boot": null` where others leave the property out.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 /// `ComputerSystem.PowerState`; an unknown value keeps its text for the message.
@@ -278,7 +291,8 @@ mod tests {
             [ResetType::On, ResetType::ForceOff, ResetType::Other]
         );
 
-        let bare: ComputerSystem = serde_json::from_str(r#"{"PowerState": "Dozing"}"#).unwrap();
+        let bare: ComputerSystem =
+            serde_json::from_str(r#"{"PowerState": "Dozing", "Boot": null}"#).unwrap();
         assert_eq!(
             bare.power_state,
             Some(SystemPowerState::Other("Dozing".into()))
