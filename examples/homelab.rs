@@ -25,14 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tinker::actions::NativeRuntime;
 use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
-use tinker::bmc::{MockBmc, StaticConnector};
+use tinker::bmc::{MockBmc, MockCall, StaticConnector};
 use tinker::boot::dhcp::client::{self as dhcp_client, Dora, PxeClient};
 use tinker::boot::tftp::{FileSource, client as tftp};
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::clock::SystemClock;
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::{
-    MacAddr, PowerController, PowerState, Precondition, WorkflowStore, WorkflowStoreExt,
+    BootDevice, MacAddr, PowerController, PowerState, Precondition, WorkflowStore, WorkflowStoreExt,
 };
 use tinker::store::RedbStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -448,8 +448,16 @@ async fn machine(
     ));
     // The engine turns netboot off, sets the disk as boot device and reboots.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !bmc.calls().iter().any(|c| c.starts_with("boot(Disk"))
-        || bmc.power_state().await.map_err(|e| e.to_string())? != PowerState::On
+    while !bmc.calls().iter().any(|c| {
+        !c.failed
+            && matches!(
+                c.call,
+                MockCall::SetBoot {
+                    device: BootDevice::Disk,
+                    ..
+                }
+            )
+    }) || bmc.power_state().await.map_err(|e| e.to_string())? != PowerState::On
     {
         if Instant::now() > deadline {
             return Err("the machine was not rebooted to its disk".into());

@@ -6,7 +6,8 @@
 //!
 //! `--bmc` also takes `redfish://USER@HOST:PORT` and `redfishs://USER@HOST:PORT`
 //! (add `?insecure=true` for a BMC with a self-signed certificate, `&system=ID`,
-//! `&auth=session`). The password comes from `TINKER_BMC_PASSWORD`, never from
+//! `&auth=session`), and `mock://NAME` for an in-process mock BMC (no hardware
+//! needed). The password comes from `TINKER_BMC_PASSWORD`, never from
 //! the command line. `pxe`, `disk` and `bios` set the next boot device once; add
 //! `--persistent` and/or `--efi`.
 

@@ -4,7 +4,7 @@
 use jiff::{SignedDuration, Timestamp};
 use std::sync::Arc;
 use std::time::Duration;
-use tinker::bmc::{MockBmc, StaticConnector};
+use tinker::bmc::{MockBmc, MockCall, StaticConnector};
 use tinker::core::clock::{Clock, ManualClock};
 use tinker::core::engine::{Engine, EngineConfig};
 use tinker::core::model::{Kind, MachinePhase, MachineStep, ObjectKey, Workflow};
@@ -12,8 +12,40 @@ use tinker::core::retry::BackoffConfig;
 use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
 use tinker::core::store::EventKind;
 use tinker::core::testing::{self, mac};
-use tinker::core::{Precondition, WorkflowStore, WorkflowStoreExt};
+use tinker::core::{
+    BootDevice, BootOptions, PowerAction, Precondition, WorkflowStore, WorkflowStoreExt,
+};
 use tinker::store::MemoryStore;
+
+/// The engine's first step: PXE, once, legacy.
+const PXE_ONCE: MockCall = MockCall::SetBoot {
+    device: BootDevice::Pxe,
+    options: BootOptions {
+        persistent: false,
+        efi: false,
+    },
+};
+
+/// The engine's last step: the disk, for good.
+const DISK_PERSISTENT: MockCall = MockCall::SetBoot {
+    device: BootDevice::Disk,
+    options: BootOptions {
+        persistent: true,
+        efi: false,
+    },
+};
+
+/// An answered call that set the disk as boot device (once or for good).
+fn is_disk_boot(c: &tinker::bmc::CallRecord) -> bool {
+    !c.failed
+        && matches!(
+            c.call,
+            MockCall::SetBoot {
+                device: BootDevice::Disk,
+                ..
+            }
+        )
+}
 
 struct Rig {
     store: Arc<MemoryStore>,
@@ -127,7 +159,11 @@ async fn provisions_then_boots_from_disk() {
     assert!(r.allow_pxe().await, "netboot allowed");
     assert_eq!(
         r.bmc.calls(),
-        ["boot(Pxe, once, efi=false)", "power_state", "power(On)"]
+        [
+            PXE_ONCE.ok(),
+            MockCall::ReadPowerState.ok(),
+            MockCall::Power(PowerAction::On).ok()
+        ]
     );
     assert!(r.bmc.is_on());
     let wf = r.workflow().await;
@@ -140,9 +176,9 @@ async fn provisions_then_boots_from_disk() {
     assert_eq!(
         r.bmc.calls()[3..],
         [
-            "boot(Disk, persistent, efi=false)",
-            "power_state",
-            "power(Cycle)"
+            DISK_PERSISTENT.ok(),
+            MockCall::ReadPowerState.ok(),
+            MockCall::Power(PowerAction::Cycle).ok()
         ]
     );
     let m = r.workflow().await.status.unwrap().machine;
@@ -224,11 +260,11 @@ async fn bmc_that_fails_then_recovers_is_retried_with_backoff() {
     assert_eq!(
         r.bmc.calls(),
         [
-            "failed boot(Pxe, once, efi=false)",
-            "failed boot(Pxe, once, efi=false)",
-            "boot(Pxe, once, efi=false)",
-            "power_state",
-            "power(On)"
+            PXE_ONCE.failed(),
+            PXE_ONCE.failed(),
+            PXE_ONCE.ok(),
+            MockCall::ReadPowerState.ok(),
+            MockCall::Power(PowerAction::On).ok()
         ]
     );
     r.run_actions(None).await;
@@ -266,7 +302,7 @@ async fn bmc_that_stays_down_fails_the_workflow_with_the_reason() {
         (gave_up.step, gave_up.attempts),
         (MachineStep::SetPxeBoot, 3)
     );
-    assert_eq!(r.bmc.calls().len(), 3);
+    assert_eq!(r.bmc.calls(), [PXE_ONCE.failed(); 3]);
 }
 
 #[tokio::test]
@@ -277,7 +313,7 @@ async fn wrong_password_is_not_retried() {
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
     assert!(status.reason.unwrap().contains("authentication failed"));
-    assert_eq!(r.bmc.calls().len(), 1);
+    assert_eq!(r.bmc.calls(), [PXE_ONCE.failed()]);
 }
 
 const FAILING_TEMPLATE: &str = "name: t\nfailure_power: off\ntasks:\n  - name: a\n    worker: \"{{.device_1}}\"\n    actions:\n      - {name: one, image: busybox, timeout: 60}\n      - {name: two, image: busybox, timeout: 60}\n";
@@ -291,7 +327,10 @@ async fn failure_leaves_the_power_as_the_template_asks() {
     let status = r.workflow().await.status.unwrap();
     assert_eq!(status.state, WorkflowState::Failed);
     assert!(status.reason.unwrap().contains("exit code 2: no such disk"));
-    assert_eq!(r.bmc.calls().last().unwrap(), "power(Off)");
+    assert_eq!(
+        r.bmc.calls().last(),
+        Some(&MockCall::Power(PowerAction::Off).ok())
+    );
     assert!(!r.bmc.is_on());
     assert!(
         r.allow_pxe().await,
@@ -425,15 +464,13 @@ async fn the_run_loop_follows_the_change_feed() {
         .await
         .unwrap();
     for _ in 0..500 {
-        if bmc.calls().iter().any(|c| c.starts_with("boot(Disk")) && bmc.calls().len() >= 6 {
+        if bmc.calls().iter().any(is_disk_boot) && bmc.calls().len() >= 6 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        bmc.calls()
-            .iter()
-            .any(|c| c.starts_with("boot(Disk, persistent")),
+        bmc.calls().contains(&DISK_PERSISTENT.ok()),
         "calls: {:?}",
         bmc.calls()
     );
@@ -466,12 +503,25 @@ async fn two_engine_replicas_make_each_bmc_call_once() {
     second.reconcile(&key).await.unwrap();
     let calls = r.bmc.calls();
     assert_eq!(
-        calls.iter().filter(|c| c.starts_with("boot(Pxe")).count(),
+        calls
+            .iter()
+            .filter(|c| !c.failed
+                && matches!(
+                    c.call,
+                    MockCall::SetBoot {
+                        device: BootDevice::Pxe,
+                        ..
+                    }
+                ))
+            .count(),
         1,
         "{calls:?}"
     );
     assert_eq!(
-        calls.iter().filter(|c| c.starts_with("power(")).count(),
+        calls
+            .iter()
+            .filter(|c| !c.failed && matches!(c.call, MockCall::Power(_)))
+            .count(),
         1,
         "{calls:?}"
     );

@@ -1,27 +1,35 @@
-//! # tinker-bmc
+//! Out-of-band power control for Tinker: [`PowerController`](tinker_core::PowerController)
+//! implementations that power machines on and off and set their next boot device
+//! through their BMCs, the control that makes a rack of servers behave like a
+//! cloud.
 //!
-//! [`PowerController`](tinker_core::PowerController) implementations, the
-//! out-of-band control that makes a rack of servers behave like a cloud:
-//!
-//! - [`IpmiPower`]: IPMI over LAN (RMCP+ "lanplus", cipher suite 3, falling back to
-//!   RMCP 1.5 where a BMC speaks only that), on `ipmi-rs`, kept off the async
-//!   worker threads;
-//! - [`RedfishPower`]: Redfish over HTTPS (hyper + rustls; certificates verified
-//!   unless a BMC is explicitly marked insecure), basic or session authentication;
-//! - [`MockBmc`]: an in-process BMC with fault injection, for tests and simulations;
+//! - [`IpmiPower`] (feature `ipmi`, in `ipmi/`): IPMI over LAN (RMCP+ "lanplus",
+//!   cipher suite 3, falling back to RMCP 1.5 where a BMC speaks only that), on
+//!   `ipmi-rs`, kept off the async worker threads;
+//! - [`RedfishPower`] (feature `redfish`, in `redfish/`): Redfish over HTTPS (hyper
+//!   and rustls; certificates verified unless a BMC is explicitly marked
+//!   insecure), basic or session authentication, responses read into typed
+//!   resources;
+//! - [`MockBmc`] (always there): an in-process BMC with fault injection and a
+//!   typed call log ([`MockCall`]), for tests and simulations;
 //! - [`Resilient`]: the policy wrapper (a time limit on every call, retries with
-//!   backoff for transient errors and none for a wrong password, a limit of
-//!   concurrent sessions per BMC) around any of them;
-//! - [`Connector`]: builds the right controller from a Hardware's BMC reference
+//!   `tinker_core`'s jittered backoff for transient errors and none for a wrong
+//!   password, a limit of concurrent sessions per BMC) around any of them, timed
+//!   on a [`Clock`](tinker_core::clock::Clock);
+//! - [`BmcEndpoint`]: one variant per protocol, read from a BMC URL;
+//!   [`Connector`] builds the right controller from a Hardware's BMC reference
 //!   (a Rufio `Machine`) and a [`SecretSource`], so the engine never knows which
 //!   kind it drives.
+//!
+//! Both protocol features are on by default; a vendor who needs only one turns
+//! the other off (`default-features = false, features = ["redfish"]`).
 //!
 //! Passwords live in [`Secret`], whose `Debug` prints `***` and which has no
 //! `Display`: they cannot reach a log line or an error message by accident.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use tinker_bmc::{MockBmc, Resilient, RetryPolicy};
+//! use tinker_bmc::{MockBmc, MockCall, Resilient, RetryPolicy};
 //! use tinker_core::{PowerAction, PowerController, PowerState};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -30,22 +38,32 @@
 //! let bmc: Arc<dyn PowerController> = Arc::new(Resilient::new(mock.clone(), RetryPolicy::fast()));
 //! bmc.power(PowerAction::On).await.unwrap(); // retried until it succeeds
 //! assert_eq!(bmc.power_state().await.unwrap(), PowerState::On);
+//! let on = MockCall::Power(PowerAction::On);
+//! assert_eq!(mock.calls()[..3], [on.failed(), on.failed(), on.ok()]);
 //! # });
 //! ```
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
 mod connector;
+mod endpoint;
+#[cfg(feature = "ipmi")]
 mod ipmi;
 mod mock;
 mod policy;
+#[cfg(feature = "redfish")]
 mod redfish;
+mod rufio;
+mod secrets;
+mod time;
 
-pub use connector::{
-    BmcEndpoint, Connector, EnvSecrets, Provider, SecretSource, StaticConnector, StaticSecrets,
-};
-pub use ipmi::IpmiPower;
-pub use mock::{Faults, MockBmc, MockConnector};
+pub use connector::{Connector, StaticConnector};
+pub use endpoint::BmcEndpoint;
+#[cfg(feature = "ipmi")]
+pub use ipmi::{IpmiEndpoint, IpmiPower};
+pub use mock::{CallRecord, Faults, MockBmc, MockCall, MockConnector};
 pub use policy::{Resilient, RetryPolicy};
-pub use redfish::{RedfishAuth, RedfishPower, TlsVerification};
+#[cfg(feature = "redfish")]
+pub use redfish::{RedfishAuth, RedfishEndpoint, RedfishPower, TlsVerification};
+pub use secrets::{EnvSecrets, SecretSource, StaticSecrets};
 pub use tinker_core::Secret;

@@ -1,12 +1,15 @@
 //! `MockBmc`: an in-process BMC with fault injection: added latency, calls that
 //! hang (to exercise time limits), errors, a BMC unreachable for N calls, a wrong
-//! password. It records every call, and it counts concurrent calls so tests can
-//! check a session limit.
+//! password. It records every call as a typed [`CallRecord`], and it counts
+//! concurrent calls so tests can check a session limit. Its waits (latency, a
+//! hang) are read on a [`Clock`](tinker_core::clock::Clock), so a simulated rack
+//! under a `ManualClock` sees them on its own time.
 
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::{
     BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState, Result,
 };
@@ -22,10 +25,10 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Every call takes this long.
+    /// Every call takes this long (whole milliseconds).
     pub fn latency(&self, d: Duration) {
-        self.latency_ms
-            .store(d.as_millis() as u32, Ordering::SeqCst);
+        let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        self.latency_ms.store(ms, Ordering::SeqCst);
     }
 
     /// The next `n` calls fail as unreachable.
@@ -55,11 +58,57 @@ fn take(counter: &AtomicU32) -> bool {
         .is_ok()
 }
 
+/// A call that reached a [`MockBmc`], one variant per [`PowerController`] method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MockCall {
+    /// [`PowerController::power_state`].
+    ReadPowerState,
+    /// [`PowerController::power`] with this action.
+    Power(PowerAction),
+    /// [`PowerController::set_boot_device`].
+    SetBoot {
+        /// The device asked for.
+        device: BootDevice,
+        /// Once or persistent, EFI or legacy.
+        options: BootOptions,
+    },
+    /// [`PowerController::boot_override`].
+    ReadBootOverride,
+}
+
+impl MockCall {
+    /// This call, answered.
+    pub fn ok(self) -> CallRecord {
+        CallRecord {
+            call: self,
+            failed: false,
+        }
+    }
+
+    /// This call, failed by an injected fault.
+    pub fn failed(self) -> CallRecord {
+        CallRecord {
+            call: self,
+            failed: true,
+        }
+    }
+}
+
+/// One entry of a [`MockBmc`]'s call log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRecord {
+    /// What was asked.
+    pub call: MockCall,
+    /// Whether an injected fault failed it.
+    pub failed: bool,
+}
+
 #[derive(Debug, Default)]
 struct MachineState {
     on: bool,
     boot: Option<(BootDevice, BootOptions)>,
-    calls: Vec<String>,
+    calls: Vec<CallRecord>,
 }
 
 /// An in-process BMC. Cheap to clone; clones share the machine.
@@ -70,10 +119,11 @@ pub struct MockBmc {
     faults: Arc<Faults>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
+    clock: SharedClock,
 }
 
 impl MockBmc {
-    /// A BMC whose machine is off.
+    /// A BMC whose machine is off, waiting on the system clock.
     pub fn new(name: impl Into<String>) -> Self {
         MockBmc {
             name: name.into(),
@@ -81,7 +131,14 @@ impl MockBmc {
             faults: Arc::default(),
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// Waits (latency, hangs) on `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Its fault switches.
@@ -89,9 +146,8 @@ impl MockBmc {
         &self.faults
     }
 
-    /// The calls that reached the machine, such as `power(On)` or
-    /// `boot(Pxe, once, efi=true)`; failed ones start with `failed `.
-    pub fn calls(&self) -> Vec<String> {
+    /// The calls that reached the machine, in order, failed ones included.
+    pub fn calls(&self) -> Vec<CallRecord> {
         self.lock().calls.clone()
     }
 
@@ -109,45 +165,49 @@ impl MockBmc {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn enter(&self, call: String) -> Result<InFlight<'_>> {
+    /// The injected fault for the next call, if any (consumes it).
+    fn fault(&self) -> Option<Error> {
+        let target = self.target();
+        if take(&self.faults.unreachable) {
+            return Some(Error::Unreachable {
+                target,
+                reason: "no answer (injected)".into(),
+            });
+        }
+        if self.faults.reject_password.load(Ordering::SeqCst) > 0 {
+            return Some(Error::AuthenticationFailed { target });
+        }
+        if take(&self.faults.fail) {
+            return Some(Error::Remote {
+                target,
+                reason: "internal error (injected)".into(),
+            });
+        }
+        None
+    }
+
+    async fn enter(&self, call: MockCall) -> Result<InFlight<'_>> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let guard = InFlight(&self.in_flight);
         let latency = self.faults.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {
-            tokio::time::sleep(Duration::from_millis(u64::from(latency))).await;
+            self.clock
+                .sleep(Duration::from_millis(u64::from(latency)))
+                .await;
         }
-        let target = self.target();
-        let fail = |this: &Self, err: Error| {
-            this.lock().calls.push(format!("failed {call}"));
-            Err(err)
-        };
         if take(&self.faults.hang) {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            self.clock.sleep(Duration::from_secs(3600)).await;
         }
-        if take(&self.faults.unreachable) {
-            return fail(
-                self,
-                Error::Unreachable {
-                    target,
-                    reason: "no answer (injected)".into(),
-                },
-            );
+        let fault = self.fault();
+        self.lock().calls.push(CallRecord {
+            call,
+            failed: fault.is_some(),
+        });
+        match fault {
+            Some(e) => Err(e),
+            None => Ok(guard),
         }
-        if self.faults.reject_password.load(Ordering::SeqCst) > 0 {
-            return fail(self, Error::AuthenticationFailed { target });
-        }
-        if take(&self.faults.fail) {
-            return fail(
-                self,
-                Error::Remote {
-                    target,
-                    reason: "internal error (injected)".into(),
-                },
-            );
-        }
-        self.lock().calls.push(call);
-        Ok(guard)
     }
 }
 
@@ -166,7 +226,7 @@ impl PowerController for MockBmc {
     }
 
     async fn power_state(&self) -> Result<PowerState> {
-        let _g = self.enter("power_state".into()).await?;
+        let _g = self.enter(MockCall::ReadPowerState).await?;
         Ok(if self.lock().on {
             PowerState::On
         } else {
@@ -175,27 +235,20 @@ impl PowerController for MockBmc {
     }
 
     async fn power(&self, action: PowerAction) -> Result<()> {
-        let _g = self.enter(format!("power({action:?})")).await?;
+        let _g = self.enter(MockCall::Power(action)).await?;
         let mut s = self.lock();
         s.on = !matches!(action, PowerAction::Off | PowerAction::SoftOff);
         Ok(())
     }
 
     async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
-        let once = if options.persistent {
-            "persistent"
-        } else {
-            "once"
-        };
-        let _g = self
-            .enter(format!("boot({device:?}, {once}, efi={})", options.efi))
-            .await?;
+        let _g = self.enter(MockCall::SetBoot { device, options }).await?;
         self.lock().boot = Some((device, options));
         Ok(())
     }
 
     async fn boot_override(&self) -> Result<Option<(BootDevice, BootOptions)>> {
-        let _g = self.enter("boot_override".into()).await?;
+        let _g = self.enter(MockCall::ReadBootOverride).await?;
         Ok(self.lock().boot)
     }
 }
@@ -203,8 +256,20 @@ impl PowerController for MockBmc {
 /// A [`PowerConnector`](tinker_core::PowerConnector) that gives every Hardware a
 /// [`MockBmc`] of its own on first use (named after the Hardware): simulations and
 /// load tests of a whole control plane, where no machine has a real BMC.
-#[derive(Debug, Default)]
-pub struct MockConnector(Mutex<std::collections::HashMap<String, MockBmc>>);
+#[derive(Debug)]
+pub struct MockConnector {
+    bmcs: Mutex<std::collections::HashMap<String, MockBmc>>,
+    clock: SharedClock,
+}
+
+impl Default for MockConnector {
+    fn default() -> Self {
+        MockConnector {
+            bmcs: Mutex::default(),
+            clock: SystemClock::shared(),
+        }
+    }
+}
 
 impl MockConnector {
     /// A connector with no BMCs yet.
@@ -212,9 +277,15 @@ impl MockConnector {
         Self::default()
     }
 
+    /// Gives the BMCs it makes from now on this clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The BMC of the Hardware `namespace/name`, if it has been used.
     pub fn bmc(&self, name: &str) -> Option<MockBmc> {
-        self.0
+        self.bmcs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
@@ -234,11 +305,11 @@ impl tinker_core::PowerConnector for MockConnector {
             hardware.metadata.name
         );
         let bmc = self
-            .0
+            .bmcs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.clone())
-            .or_insert_with(|| MockBmc::new(name))
+            .or_insert_with(|| MockBmc::new(name).with_clock(self.clock.clone()))
             .clone();
         Ok(Some(Arc::new(bmc)))
     }

@@ -5,6 +5,7 @@ mod support;
 use std::time::Duration;
 use support::{PASSWORD, USER, ipmi_sim, ipmitool};
 use tinker_bmc::{BmcEndpoint, IpmiPower, Resilient, RetryPolicy, Secret};
+use tinker_core::retry::BackoffConfig;
 use tinker_core::testing::power::{Capabilities, run_all};
 use tinker_core::{BootDevice, BootOptions, Error, PowerAction, PowerController, PowerState};
 
@@ -106,7 +107,7 @@ async fn a_bmc_that_does_not_answer_is_unreachable_after_retries() {
         .port();
     let policy = RetryPolicy {
         attempts: 2,
-        backoff: Duration::from_millis(10),
+        backoff: BackoffConfig::new(Duration::from_millis(10), Duration::from_millis(50)),
         ..RetryPolicy::fast()
     };
     let bmc = Resilient::new(

@@ -1,0 +1,215 @@
+//! Rufio `Machine` objects (`bmc.tinkerbell.org/v1alpha1`), as Tinkerbell's BMC
+//! controller defines them: read into types at the edge, then turned into a
+//! [`BmcEndpoint`] and the name of the secret that holds its credentials.
+
+use crate::endpoint::BmcEndpoint;
+use serde::Deserialize;
+use tinker_core::{Error, Result};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Metadata {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Machine {
+    spec: Spec,
+}
+
+#[derive(Debug, Deserialize)]
+struct Spec {
+    connection: Connection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Connection {
+    host: String,
+    port: Option<u16>,
+    auth_secret_ref: SecretRef,
+    #[serde(rename = "insecureTLS", default)]
+    insecure_tls: bool,
+    #[serde(default)]
+    provider_options: ProviderOptions,
+}
+
+#[derive(Debug, Deserialize)]
+struct SecretRef {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct ProviderOptions {
+    redfish: Option<RedfishOptions>,
+    ipmitool: Option<PortOption>,
+    preferred_order: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RedfishOptions {
+    port: Option<u16>,
+    system_name: Option<String>,
+    use_basic_auth: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PortOption {
+    port: Option<u16>,
+}
+
+/// A Rufio Machine, read: its name, its BMC, and its secret's `namespace/name`.
+#[derive(Debug)]
+pub(crate) struct RufioMachine {
+    pub name: String,
+    pub endpoint: BmcEndpoint,
+    pub secret: String,
+}
+
+/// Reads one Machine document. The user name is left empty: Rufio keeps it in
+/// the secret beside the password.
+pub(crate) fn read(value: &serde_norway::Value) -> Result<RufioMachine> {
+    let meta: Metadata = value
+        .get("metadata")
+        .cloned()
+        .map(serde_norway::from_value)
+        .transpose()
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let file = format!("Machine {ns}/{}", meta.name);
+    let machine: Machine =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| Error::Parse {
+            file: file.clone(),
+            path: e.path().to_string(),
+            reason: e.inner().to_string(),
+        })?;
+    let c = machine.spec.connection;
+    let secret_ns = c.auth_secret_ref.namespace.as_deref().unwrap_or(ns);
+    let secret = format!("{secret_ns}/{}", c.auth_secret_ref.name);
+    let endpoint = endpoint(c, &file)?;
+    Ok(RufioMachine {
+        name: meta.name,
+        endpoint,
+        secret,
+    })
+}
+
+/// The endpoint a connection describes: Redfish when it has Redfish options or
+/// prefers a Redfish provider, else IPMI.
+fn endpoint(c: Connection, machine: &str) -> Result<BmcEndpoint> {
+    let options = c.provider_options;
+    let redfish = options.redfish.is_some()
+        || options
+            .preferred_order
+            .first()
+            .is_some_and(|p| p.starts_with("redfish") || p == "gofish");
+    if redfish {
+        redfish_endpoint(
+            machine,
+            c.host,
+            c.port,
+            c.insecure_tls,
+            options.redfish.unwrap_or_default(),
+        )
+    } else {
+        let port = options.ipmitool.and_then(|o| o.port).or(c.port);
+        ipmi_endpoint(machine, c.host, port)
+    }
+}
+
+#[cfg(feature = "redfish")]
+fn redfish_endpoint(
+    _machine: &str,
+    host: String,
+    port: Option<u16>,
+    insecure_tls: bool,
+    o: RedfishOptions,
+) -> Result<BmcEndpoint> {
+    use crate::redfish::{RedfishAuth, RedfishEndpoint, TlsVerification};
+    let mut e = RedfishEndpoint::new(host, "");
+    e.port = o.port.or(port).unwrap_or(443);
+    if insecure_tls {
+        e.verification = TlsVerification::Insecure;
+    }
+    e.system = o.system_name;
+    if o.use_basic_auth == Some(false) {
+        e.auth = RedfishAuth::Session;
+    }
+    Ok(BmcEndpoint::Redfish(e))
+}
+
+#[cfg(not(feature = "redfish"))]
+fn redfish_endpoint(
+    machine: &str,
+    _: String,
+    _: Option<u16>,
+    _: bool,
+    _: RedfishOptions,
+) -> Result<BmcEndpoint> {
+    Err(crate::endpoint::compiled_out(machine, "redfish"))
+}
+
+#[cfg(feature = "ipmi")]
+fn ipmi_endpoint(_machine: &str, host: String, port: Option<u16>) -> Result<BmcEndpoint> {
+    use crate::ipmi::IpmiEndpoint;
+    let e = IpmiEndpoint::new(host, "");
+    Ok(BmcEndpoint::Ipmi(match port {
+        Some(p) => e.with_port(p),
+        None => e,
+    }))
+}
+
+#[cfg(not(feature = "ipmi"))]
+fn ipmi_endpoint(machine: &str, _: String, _: Option<u16>) -> Result<BmcEndpoint> {
+    Err(crate::endpoint::compiled_out(machine, "ipmi"))
+}
+
+#[cfg(all(test, feature = "redfish", feature = "ipmi"))]
+mod tests {
+    use super::*;
+
+    fn value(yaml: &str) -> serde_norway::Value {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn reads_a_redfish_machine() {
+        let m = read(&value("apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: node1, namespace: tink}\nspec:\n  connection:\n    host: 10.0.0.5\n    authSecretRef: {name: bmc-creds, namespace: tink}\n    insecureTLS: true\n    providerOptions:\n      redfish: {port: 8443, systemName: S1}\n")).unwrap();
+        assert_eq!(m.name, "node1");
+        assert_eq!(m.secret, "tink/bmc-creds");
+        let BmcEndpoint::Redfish(e) = m.endpoint else {
+            panic!("{:?}", m.endpoint)
+        };
+        assert!(e.tls);
+        assert_eq!((e.port, e.system.as_deref()), (8443, Some("S1")));
+        assert_eq!(e.verification, crate::TlsVerification::Insecure);
+        assert_eq!(e.auth, crate::RedfishAuth::Basic);
+    }
+
+    #[test]
+    fn reads_an_ipmi_machine_and_names_what_is_missing() {
+        let m = read(&value("metadata: {name: n2}\nspec:\n  connection:\n    host: 10.0.0.7\n    port: 6230\n    authSecretRef: {name: c}\n")).unwrap();
+        assert_eq!(m.secret, "default/c");
+        let BmcEndpoint::Ipmi(e) = m.endpoint else {
+            panic!("{:?}", m.endpoint)
+        };
+        assert_eq!((e.host.as_str(), e.port), ("10.0.0.7", 6230));
+
+        let err = read(&value("metadata: {name: n3, namespace: t}\nspec:\n  connection:\n    authSecretRef: {name: c}\n")).unwrap_err();
+        match err {
+            Error::Parse { file, path, reason } => {
+                assert_eq!(file, "Machine t/n3");
+                assert_eq!(path, "spec.connection");
+                assert!(reason.contains("host"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
