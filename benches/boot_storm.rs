@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tinker::boot::dhcp::client::{self as dhcp_client, Dora, PxeClient};
+use tinker::boot::http::client::{HttpConnection, Method};
 use tinker::boot::tftp::client as tftp;
 use tinker::core::clock::SystemClock;
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::worker_api::{ActionReport, NextActionRequest, NextActionResponse};
 use tinker::core::{MacAddr, Precondition, WorkflowStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 const TEMPLATE: &str = r#"version: "0.1"
@@ -273,13 +273,14 @@ async fn dora(
     result.map(|ack| ack.address).map_err(|e| e.to_string())
 }
 
-/// An HTTP/1.1 connection from a machine's own address, kept alive between calls
-/// as the agent's HTTP client does (reopened when the server closes it); iPXE
-/// and the installed OS make one request on one of their own.
+/// An HTTP/1.1 connection (the one test client, `tinker::boot::http::client`)
+/// from a machine's own address, kept alive between calls as the agent's HTTP
+/// client does (reopened when the server closes it); iPXE and the installed OS
+/// make one request on one of their own.
 struct KeepAlive {
     from: Ipv4Addr,
     to: SocketAddr,
-    stream: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+    conn: Option<HttpConnection>,
 }
 
 impl KeepAlive {
@@ -287,7 +288,7 @@ impl KeepAlive {
         KeepAlive {
             from,
             to,
-            stream: None,
+            conn: None,
         }
     }
 
@@ -299,83 +300,41 @@ impl KeepAlive {
         token: Option<&str>,
         body: &[u8],
     ) -> Result<(u16, Option<u64>, Vec<u8>), String> {
+        let method: Method = method.parse().map_err(|e| format!("{e}"))?;
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
         let mut last = String::new();
         for _ in 0..2 {
-            if self.stream.is_none() {
-                let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-                socket
-                    .bind(SocketAddr::from((self.from, 0)))
-                    .map_err(|e| format!("bind {}: {e}", self.from))?;
-                let s = socket
-                    .connect(self.to)
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                self.stream = Some(tokio::io::BufReader::new(s));
+            if self.conn.is_none() {
+                self.conn = Some(
+                    HttpConnection::connect(self.to, Some(self.from.into()))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
             }
-            let stream = self.stream.as_mut().expect("connected above");
-            match Self::exchange(stream, method, path, token, body).await {
-                Ok((status, retry_after, resp, close)) => {
-                    if close {
-                        self.stream = None;
+            let conn = self.conn.as_mut().expect("connected above");
+            match conn
+                .send(method.clone(), path, &headers, body.to_vec())
+                .await
+            {
+                Ok(resp) => {
+                    if resp.header("connection") == Some("close") {
+                        self.conn = None;
                     }
-                    return Ok((status, retry_after, resp));
+                    let retry_after = resp.header("retry-after").and_then(|v| v.parse().ok());
+                    return Ok((resp.status, retry_after, resp.body.to_vec()));
                 }
                 Err(e) => {
                     // The server closed an idle connection: open a new one.
-                    self.stream = None;
-                    last = e;
+                    self.conn = None;
+                    last = e.to_string();
                 }
             }
         }
         Err(last)
-    }
-
-    async fn exchange(
-        s: &mut tokio::io::BufReader<tokio::net::TcpStream>,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> Result<(u16, Option<u64>, Vec<u8>, bool), String> {
-        use tokio::io::AsyncBufReadExt;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\nContent-Type: application/json\r\n"))
-            .unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: tinker\r\n{auth}Content-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        s.get_mut()
-            .write_all(&req)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut status, mut length, mut retry_after, mut close) = (0u16, 0usize, None, false);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if s.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
-                return Err("connection closed".into());
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let lower = l.to_ascii_lowercase();
-            if lower.starts_with("http/1.1 ") {
-                status = l[9..12].parse().unwrap_or(0);
-            } else if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            } else if let Some(v) = lower.strip_prefix("retry-after:") {
-                retry_after = v.trim().parse().ok();
-            } else if lower == "connection: close" {
-                close = true;
-            }
-        }
-        let mut resp = vec![0u8; length];
-        s.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
-        Ok((status, retry_after, resp, close))
     }
 }
 

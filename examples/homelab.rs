@@ -35,7 +35,6 @@ use tinker::core::{
     BootDevice, MacAddr, PowerController, PowerState, Precondition, WorkflowStore, WorkflowStoreExt,
 };
 use tinker::store::RedbStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 #[path = "homelab/real.rs"]
@@ -509,30 +508,25 @@ impl dhcp_client::Link for RelayLink<'_> {
     }
 }
 
-/// A plain HTTP GET, optionally from a given source address (the machine's own).
+/// A plain HTTP GET through the one test client, optionally from a given
+/// source address (the machine's own).
 async fn get(base: &str, path: &str, from: Option<Ipv4Addr>) -> Result<String, String> {
     let addr: SocketAddr = base
         .trim_start_matches("http://")
         .parse()
         .map_err(io("address"))?;
-    let socket = tokio::net::TcpSocket::new_v4().map_err(io("socket"))?;
-    if let Some(ip) = from {
-        socket.bind(SocketAddr::from((ip, 0))).map_err(io("bind"))?;
-    }
-    let mut s = socket.connect(addr).await.map_err(io("connect"))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: tinker\r\nConnection: close\r\n\r\n").as_bytes(),
+    let resp = tinker::boot::http::client::request(
+        addr,
+        from.map(Into::into),
+        tinker::boot::http::client::Method::GET,
+        path,
+        &[],
+        Vec::new(),
     )
     .await
-    .map_err(io("write"))?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.map_err(io("read"))?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "GET {path}: {}",
-            head.lines().next().unwrap_or("no answer")
-        ));
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("GET {path}: {}", resp.status));
     }
-    Ok(body.to_string())
+    Ok(resp.text())
 }

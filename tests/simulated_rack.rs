@@ -12,9 +12,6 @@
 //! of events (what, from which service, at which simulated instant) is the same.
 
 use async_trait::async_trait;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -23,7 +20,7 @@ use tinker::actions::agent::{Agent, AgentConfig, Reply, Request, Transport, deco
 use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::boot::dhcp::DhcpServer;
 use tinker::boot::dhcp::client::{self as dhcp_client, Dora, Link, PxeClient};
-use tinker::boot::http::HttpServer;
+use tinker::boot::http::{HttpServer, client};
 use tinker::boot::tftp::packet::Packet;
 use tinker::boot::tftp::{FileSource, MAX_BLKSIZE_NO_FRAG, Transfer};
 use tinker::control_plane::{ControlPlane, Services};
@@ -356,35 +353,24 @@ impl Rack {
         token: Option<&Secret>,
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        let (client, server) = tokio::io::duplex(256 * 1024);
+        let (near, far) = tokio::io::duplex(256 * 1024);
         let http = self.http.clone();
         tokio::spawn(async move {
-            let _ = http.serve_connection(server, peer).await;
+            let _ = http.serve_connection(far, peer).await;
         });
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "10.0.0.2")
-            .header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {}", t.expose()));
+        let auth = token.map(|t| format!("Bearer {}", t.expose()));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
+        let method: client::Method = method.parse().map_err(|e| format!("{e}"))?;
+        let resp = client::HttpConnection::over(near)
             .await
             .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body.to_vec()))
+            .send(method, path, &headers, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((resp.status, resp.body.to_vec()))
     }
 
     /// Every machine's events: its Hardware's (DHCP, engine) and its worker's.

@@ -1,11 +1,10 @@
 //! The HTTP server on loopback: assets with Range and HEAD, no way out of the
 //! asset directory, metadata only for the caller, trusted proxies.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use tinker_boot::StoreMetadata;
-use tinker_boot::http::{HttpConfig, HttpServer, OsieConfig};
+use tinker_boot::http::{HttpConfig, HttpServer, OsieConfig, client};
 use tinker_boot::tftp::FileSource;
 use tinker_core::model::Hardware;
 use tinker_core::{MacAddr, Precondition, WorkflowStore};
@@ -61,25 +60,37 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
     (port, dir)
 }
 
-/// A raw HTTP/1.1 request; returns status line, headers and body.
+/// A request through the one test client, for the tests' blocking threads
+/// (`spawn_blocking`, which still see the runtime); returns the status, the
+/// headers as lower-cased `name: value` lines, and the body.
 fn request(port: u16, method: &str, path: &str, headers: &[&str]) -> (String, String, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k, v.trim()))
+                .expect("a header")
+        })
+        .collect();
+    let resp = tokio::runtime::Handle::current()
+        .block_on(client::request(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+            method.parse().expect("a method"),
+            path,
+            &headers,
+            Vec::new(),
+        ))
+        .expect("an answer");
+    let lines: String = resp
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or_default()))
+        .collect();
     (
-        status.to_string(),
-        headers.to_lowercase(),
-        buf[split + 4..].to_vec(),
+        format!("HTTP/1.1 {}", resp.status),
+        lines.to_lowercase(),
+        resp.body.to_vec(),
     )
 }
 

@@ -1,10 +1,8 @@
 //! The worker API: tokens per worker, and predictable shedding under overload.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
-use tinker_boot::http::{HttpConfig, HttpServer};
+use tinker_boot::http::{HttpConfig, HttpServer, client};
 use tinker_boot::worker_api::{WorkerApi, worker_token};
 use tinker_core::Secret;
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
@@ -65,21 +63,39 @@ impl WorkflowStore for SlowStore {
     }
 }
 
+/// A worker API call through the one test client, from a blocking thread
+/// (`spawn_blocking` sees the test's runtime; a plain thread gets its own);
+/// the status, and the headers and body as text.
 fn post(port: u16, path: &str, token: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let call = client::request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+        client::Method::POST,
+        path,
+        &headers,
+        body.to_string(),
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, buf)
+    let resp = match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(call),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(call),
+    }
+    .expect("an answer");
+    // The headers, then the body, as the tests read the whole answer.
+    let head: String = resp
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap_or_default()))
+        .collect();
+    (resp.status, format!("{head}\r\n{}", resp.text()))
 }
 
 async fn serve(api: WorkerApi, store: Arc<dyn WorkflowStore>) -> u16 {

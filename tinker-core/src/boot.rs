@@ -84,7 +84,7 @@ pub enum BootTarget {
 
 /// Why a boot request gets no answer. Servers count and log by it; it is
 /// rendered to text ([`Display`](std::fmt::Display)) only in logs and events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum IgnoreReason {
@@ -100,17 +100,21 @@ pub enum IgnoreReason {
     NotNetbootClient,
     /// The client's architecture (option 93) has no boot file.
     UnknownArchitecture,
+    /// A policy of the responder's own (a vendor's quarantine, a maintenance
+    /// window), by a short stable name of its choosing.
+    Policy(std::borrow::Cow<'static, str>),
 }
 
 impl IgnoreReason {
     /// A short, stable name (for metric labels and structured logs).
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             IgnoreReason::UnknownMac => "unknown_mac",
             IgnoreReason::DhcpDisabled => "dhcp_disabled",
             IgnoreReason::NetbootNotAllowed => "netboot_not_allowed",
             IgnoreReason::NotNetbootClient => "not_netboot_client",
             IgnoreReason::UnknownArchitecture => "unknown_architecture",
+            IgnoreReason::Policy(name) => name,
         }
     }
 }
@@ -123,6 +127,7 @@ impl std::fmt::Display for IgnoreReason {
             IgnoreReason::NetbootNotAllowed => "netboot not allowed (allowPXE is not true)",
             IgnoreReason::NotNetbootClient => "not a PXE or HTTP-boot client",
             IgnoreReason::UnknownArchitecture => "no boot file for the client architecture",
+            IgnoreReason::Policy(name) => return write!(f, "refused by policy: {name}"),
         })
     }
 }

@@ -225,7 +225,7 @@ pub fn hardware(file: &str, h: &Hardware, out: &mut ValidationErrors) {
                 Some(m) => match netmask_prefix(m) {
                     Ok(n) => Some(n),
                     Err(reason) => {
-                        f.push(format!("{p}.ip.netmask"), reason);
+                        f.push(format!("{p}.ip.netmask"), reason.to_string());
                         None
                     }
                 },
@@ -304,16 +304,26 @@ fn is_hostname(s: &str) -> bool {
         })
 }
 
+/// Why a string is not a netmask.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetmaskError {
+    /// Not a dotted IPv4 address at all.
+    #[error("{0:?} is not a netmask (expected dotted form such as 255.255.255.0)")]
+    NotDotted(String),
+    /// An address whose one bits do not run from the top.
+    #[error("{0} is not a valid netmask: its one bits are not contiguous")]
+    NotContiguous(String),
+}
+
 /// The prefix length of a dotted netmask, or why it is not one.
-pub fn netmask_prefix(mask: &str) -> Result<u8, String> {
-    let m: Ipv4Addr = mask.parse().map_err(|_| {
-        format!("{mask:?} is not a netmask (expected dotted form such as 255.255.255.0)")
-    })?;
+pub fn netmask_prefix(mask: &str) -> Result<u8, NetmaskError> {
+    let m: Ipv4Addr = mask
+        .parse()
+        .map_err(|_| NetmaskError::NotDotted(mask.to_string()))?;
     let bits = u32::from(m);
     if bits.leading_ones() + bits.trailing_zeros() != 32 {
-        return Err(format!(
-            "{mask} is not a valid netmask: its one bits are not contiguous"
-        ));
+        return Err(NetmaskError::NotContiguous(mask.to_string()));
     }
     Ok(bits.leading_ones() as u8)
 }

@@ -88,7 +88,7 @@ pub enum Answer<'d> {
 }
 
 /// Why a request gets no reply. Rendered to text only in logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Skip {
     /// The boot responder said to ignore the client.
@@ -172,7 +172,7 @@ pub fn decide<'d>(
     decision: &'d BootDecision,
 ) -> Result<Answer<'d>, Skip> {
     let (network, boot) = match decision {
-        BootDecision::Ignore { reason } => return Err(Skip::Policy(*reason)),
+        BootDecision::Ignore { reason } => return Err(Skip::Policy(reason.clone())),
         BootDecision::Answer { network, boot } => (network.as_ref(), boot.as_ref()),
     };
     match config.mode {

@@ -19,6 +19,7 @@
 //! from the clock given with [`HttpServer::with_clock`].
 
 mod body;
+pub mod client;
 mod ipxe;
 mod metadata;
 mod metrics;
