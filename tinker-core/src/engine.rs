@@ -254,17 +254,10 @@ impl Engine {
     /// makes it run again afterwards.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         use futures_util::StreamExt;
-        use std::collections::{HashSet, VecDeque};
         let mut changes = self.store.watch();
         tokio::pin!(shutdown);
-        let limit = self.config.parallelism.max(1);
+        let mut work = WorkQueue::new(self.config.parallelism);
         let mut running = futures_util::stream::FuturesUnordered::new();
-        let (mut busy, mut again, mut queued) = (
-            HashSet::<ObjectKey>::new(),
-            HashSet::<ObjectKey>::new(),
-            HashSet::<ObjectKey>::new(),
-        );
-        let mut queue = VecDeque::<ObjectKey>::new();
         let mut next: Option<Timestamp> = None;
         let mut sweep_due = true;
         // The list of every workflow is read as one more future polled beside the
@@ -279,13 +272,7 @@ impl Engine {
                 sweep_due = false;
                 sweep = Some(Box::pin(self.store.workflows()));
             }
-            while running.len() < limit {
-                let Some(key) = queue.pop_front() else { break };
-                queued.remove(&key);
-                if !busy.insert(key.clone()) {
-                    again.insert(key);
-                    continue;
-                }
+            while let Some(key) = work.start_next(running.len()) {
                 running.push(async move {
                     let r = self.reconcile(&key).await;
                     (key, r)
@@ -295,6 +282,7 @@ impl Engine {
                 .map(|t| t.duration_since(self.clock.now()))
                 .map(|d| d.try_into().unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(30));
+            let idle = work.is_idle(running.len());
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 listed = async { sweep.as_mut().expect("guarded").await }, if sweep.is_some() => {
@@ -303,16 +291,11 @@ impl Engine {
                         Ok(all) => {
                             next = None;
                             for wf in all {
-                                let key = ObjectKey::new(
+                                work.changed(ObjectKey::new(
                                     Kind::Workflow,
                                     wf.value.metadata.namespace(),
                                     wf.value.metadata.name.clone(),
-                                );
-                                if busy.contains(&key) {
-                                    again.insert(key);
-                                } else if queued.insert(key.clone()) {
-                                    queue.push_back(key);
-                                }
+                                ));
                             }
                         }
                         Err(e) => {
@@ -327,7 +310,6 @@ impl Engine {
                     }
                 }
                 Some((key, result)) = running.next(), if !running.is_empty() => {
-                    busy.remove(&key);
                     match result {
                         Ok(Some(t)) => next = Some(next.map_or(t, |n| n.min(t))),
                         Ok(None) => {}
@@ -335,23 +317,15 @@ impl Engine {
                         Err(e @ Error::Conflict { .. }) => tracing::debug!(workflow = %key.qualified_name(), error = %e, "another replica got there first"),
                         Err(e) => tracing::warn!(workflow = %key.qualified_name(), error = %e, "reconcile failed"),
                     }
-                    if again.remove(&key) && queued.insert(key.clone()) {
-                        queue.push_back(key);
-                    }
+                    work.finished(key);
                 }
                 change = changes.recv() => match change {
-                    Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => {
-                        if busy.contains(&c.key) {
-                            again.insert(c.key);
-                        } else if queued.insert(c.key.clone()) {
-                            queue.push_back(c.key);
-                        }
-                    }
+                    Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => work.changed(c.key),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => sweep_due = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = self.clock.sleep(wait), if queue.is_empty() || running.len() >= limit => sweep_due = true,
+                _ = self.clock.sleep(wait), if idle => sweep_due = true,
             }
         }
     }
@@ -612,6 +586,69 @@ impl Engine {
     }
 }
 
+/// Which workflows the run loop reconciles next: each at most once at a time,
+/// at most `limit` at once, and one that changes while it is being reconciled
+/// is reconciled again afterwards. Pure bookkeeping, no I/O.
+#[derive(Debug)]
+struct WorkQueue {
+    limit: usize,
+    queue: std::collections::VecDeque<ObjectKey>,
+    queued: std::collections::HashSet<ObjectKey>,
+    busy: std::collections::HashSet<ObjectKey>,
+    again: std::collections::HashSet<ObjectKey>,
+}
+
+impl WorkQueue {
+    fn new(limit: usize) -> Self {
+        WorkQueue {
+            limit: limit.max(1),
+            queue: Default::default(),
+            queued: Default::default(),
+            busy: Default::default(),
+            again: Default::default(),
+        }
+    }
+
+    /// A workflow changed (or a sweep listed it): queue it, or mark it for
+    /// another pass if it is being reconciled now.
+    fn changed(&mut self, key: ObjectKey) {
+        if self.busy.contains(&key) {
+            self.again.insert(key);
+        } else if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+
+    /// The next workflow to start, with `running` reconciles in flight.
+    fn start_next(&mut self, running: usize) -> Option<ObjectKey> {
+        if running >= self.limit {
+            return None;
+        }
+        while let Some(key) = self.queue.pop_front() {
+            self.queued.remove(&key);
+            if self.busy.insert(key.clone()) {
+                return Some(key);
+            }
+            self.again.insert(key);
+        }
+        None
+    }
+
+    /// A reconcile ended: queue it again if it changed meanwhile.
+    fn finished(&mut self, key: ObjectKey) {
+        self.busy.remove(&key);
+        if self.again.remove(&key) && self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+
+    /// Whether the loop may sleep until its next deadline: nothing is waiting
+    /// that could start now.
+    fn is_idle(&self, running: usize) -> bool {
+        self.queue.is_empty() || running >= self.limit
+    }
+}
+
 /// What became of a lease attempt.
 enum Lease {
     /// Ours: the workflow as written with the lease, and its version.
@@ -719,5 +756,42 @@ async fn cycle_or_on(bmc: &dyn PowerController) -> Result<()> {
     match bmc.power_state().await? {
         PowerState::Off => bmc.power(PowerAction::On).await,
         PowerState::On => bmc.power(PowerAction::Cycle).await,
+    }
+}
+
+#[cfg(test)]
+mod work_queue_tests {
+    use super::*;
+
+    fn key(n: &str) -> ObjectKey {
+        ObjectKey::new(Kind::Workflow, "default", n)
+    }
+
+    #[test]
+    fn one_reconcile_per_workflow_and_a_change_meanwhile_runs_it_again() {
+        let mut w = WorkQueue::new(2);
+        w.changed(key("a"));
+        w.changed(key("a"));
+        w.changed(key("b"));
+        w.changed(key("c"));
+        assert_eq!(w.start_next(0), Some(key("a")), "queued once");
+        assert_eq!(w.start_next(1), Some(key("b")));
+        assert_eq!(w.start_next(2), None, "at the limit");
+        assert!(w.is_idle(2));
+        w.changed(key("a"));
+        w.finished(key("a"));
+        // Running: b. Queued: c, then a (it changed while it ran).
+        assert_eq!(w.start_next(1), Some(key("c")), "in order");
+        assert_eq!(w.start_next(2), None, "at the limit again");
+        w.finished(key("c"));
+        assert_eq!(
+            w.start_next(1),
+            Some(key("a")),
+            "a changed while running: again"
+        );
+        w.finished(key("b"));
+        w.finished(key("a"));
+        assert_eq!(w.start_next(0), None);
+        assert!(w.is_idle(0));
     }
 }
