@@ -101,6 +101,11 @@ async fn main() -> ExitCode {
             eprintln!("tinker-action: {message}");
             ExitCode::from(2)
         }
+        // An outcome added after this program was written is not a success.
+        Ok(other) => {
+            eprintln!("tinker-action: {other:?}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("tinker-action: {e}");
             ExitCode::FAILURE
