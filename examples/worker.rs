@@ -4,6 +4,7 @@
 //! cargo run --example worker -- [--server URL] [--worker-id ID] [--token TOKEN] [--no-docker]
 //! ```
 //!
+//! `--help` lists the flags.
 //! Anything not given on the command line is read from the kernel command line,
 //! where the iPXE script puts it (`tinker_server=`, `worker_id=`, `tinker_token=`).
 //! It asks for its actions, runs the Tinkerbell hub actions natively and anything
@@ -36,6 +37,25 @@ impl EventSink for Console {
     }
 }
 
+/// The worker agent: asks the control plane for its actions and runs them.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct Args {
+    /// The control plane's URL (default: `tinker_server=` on the kernel command line).
+    #[arg(long)]
+    server: Option<String>,
+    /// This machine's worker ID (default: `worker_id=` on the kernel command line).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// The worker token (default: `tinker_token=` on the kernel command line, then `TINKER_TOKEN`).
+    #[arg(long)]
+    token: Option<String>,
+    /// Run the built-in actions only, without a container engine.
+    #[arg(long)]
+    no_docker: bool,
+}
+
+/// The value of `key=` on the kernel command line.
 fn from_cmdline(key: &str) -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
     cmdline
@@ -51,25 +71,16 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut args = std::env::args().skip(1);
-    let (mut server, mut worker, mut token, mut docker) = (None, None, None, true);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--server" => server = args.next(),
-            "--worker-id" => worker = args.next(),
-            "--token" => token = args.next(),
-            "--no-docker" => docker = false,
-            _ => {
-                eprintln!(
-                    "usage: worker [--server URL] [--worker-id ID] [--token TOKEN] [--no-docker]"
-                );
-                return ExitCode::from(2);
-            }
-        }
-    }
+    // Bad flags exit 2 (clap's code for usage errors), as they always have.
+    let Args {
+        server,
+        worker_id,
+        token,
+        no_docker,
+    } = clap::Parser::parse();
     let (Some(server), Some(worker_id)) = (
         server.or_else(|| from_cmdline("tinker_server")),
-        worker.or_else(|| from_cmdline("worker_id")),
+        worker_id.or_else(|| from_cmdline("worker_id")),
     ) else {
         eprintln!(
             "no control plane: pass --server and --worker-id, or boot with tinker_server= and worker_id="
@@ -80,7 +91,7 @@ async fn main() -> ExitCode {
         .or_else(|| from_cmdline("tinker_token"))
         .or_else(|| std::env::var("TINKER_TOKEN").ok())
         .unwrap_or_default();
-    let containers: Option<Arc<dyn ActionRuntime>> = if docker {
+    let containers: Option<Arc<dyn ActionRuntime>> = if !no_docker {
         match DockerRuntime::connect().await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {

@@ -16,9 +16,7 @@ use tinker_core::testing::runtime::run_all;
 const IMAGE: &str = "tinker-test/busybox:1";
 
 #[cfg(feature = "docker")]
-fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
+use tinker_core::testing::require_real;
 
 #[cfg(feature = "docker")]
 /// The engine, and the local busybox image (made once from Debian's busybox-static).

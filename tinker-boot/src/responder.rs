@@ -136,7 +136,9 @@ impl StoreBootResponder {
                     file,
                 })
             }
-            ClientKind::Plain => None,
+            // Plain DHCP clients, and kinds this responder does not know, get an
+            // address only.
+            _ => None,
         })
     }
 

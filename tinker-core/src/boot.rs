@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 /// What kind of client is booting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ClientKind {
     /// A firmware PXE ROM (vendor class `PXEClient`).
     PxeRom,
@@ -62,6 +63,7 @@ pub struct NetworkConfig {
 /// Where the client should boot from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BootTarget {
     /// A file over TFTP (an iPXE binary).
     Tftp {
@@ -135,6 +137,7 @@ impl std::fmt::Display for IgnoreReason {
 /// The answer for a boot request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BootDecision {
     /// Say nothing (unknown MAC, DHCP disabled for it).
     Ignore {

@@ -69,6 +69,7 @@ const MAX_STEPS_PER_RECONCILE: usize = 32;
 
 /// The next thing to do for a workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// Render the template into the status.
     Render,

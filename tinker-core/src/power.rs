@@ -21,6 +21,7 @@ pub enum PowerState {
 /// A power operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum PowerAction {
     /// Power on.
     On,
@@ -38,6 +39,7 @@ pub enum PowerAction {
 /// A boot device for the next boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BootDevice {
     /// Network boot (PXE).
     Pxe,

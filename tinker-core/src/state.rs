@@ -104,6 +104,7 @@ state_methods!(ActionState);
 /// How an action ended, as its worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ActionOutcome {
     /// Exit code 0.
     Success,
@@ -125,6 +126,7 @@ pub enum ActionOutcome {
 /// Something that happens to a workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum WorkflowEvent {
     /// A worker asks for its next action.
     Claim {
@@ -159,6 +161,7 @@ pub enum WorkflowEvent {
 
 /// What an accepted event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Effect {
     /// The action at this position was given to the worker, with this claim number.
     Claimed {
@@ -180,6 +183,7 @@ pub enum Effect {
 /// Why the state machine refuses an event. The status is left unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "refusal", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Refusal {
     /// The workflow has ended; nothing changes it any more.
     #[error("the workflow has finished ({state}); nothing changes it any more")]

@@ -29,7 +29,7 @@ impl TempPostgres {
             .is_ok_and(|o| o.status.success());
         if bin.is_empty() || !has_user {
             assert!(
-                std::env::var("TINKER_REQUIRE_REAL").as_deref() != Ok("1"),
+                !tinker_core::testing::require_real(),
                 "PostgreSQL (initdb, pg_ctl, a postgres user) is required (TINKER_REQUIRE_REAL=1)"
             );
             eprintln!("skipped: no PostgreSQL");

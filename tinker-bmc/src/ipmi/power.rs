@@ -130,17 +130,24 @@ impl PowerController for IpmiPower {
     }
 
     async fn power(&self, action: PowerAction) -> Result<()> {
-        self.raw("chassis control", Raw::chassis_control(action))
-            .await?;
+        let request = Raw::chassis_control(action).ok_or_else(|| Error::Unsupported {
+            target: self.target(),
+            operation: format!("power {action:?}"),
+        })?;
+        self.raw("chassis control", request).await?;
         Ok(())
     }
 
     async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
+        let request = Raw::set_boot_flags(device, options).ok_or_else(|| Error::Unsupported {
+            target: self.target(),
+            operation: format!("boot device {device:?}"),
+        })?;
         self.run("set boot options", move |s| {
             // Bracket the write with "set in progress", as ipmitool does; BMCs
             // that do not implement parameter 0 refuse it, which is harmless.
             let _ = s.send_recv(Raw::boot_set_in_progress(0x01));
-            let result = s.send_recv(Raw::set_boot_flags(device, options));
+            let result = s.send_recv(request.clone());
             let _ = s.send_recv(Raw::boot_set_in_progress(0x00));
             result.map(|_| ())
         })

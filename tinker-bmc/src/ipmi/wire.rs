@@ -61,13 +61,13 @@ impl Raw {
         }
     }
 
-    /// Chassis Control for a power action.
-    pub fn chassis_control(action: PowerAction) -> Raw {
-        Raw {
+    /// Chassis Control for a power action; `None` for one IPMI has no code for.
+    pub fn chassis_control(action: PowerAction) -> Option<Raw> {
+        Some(Raw {
             netfn: NetFn::Chassis,
             cmd: cmd::CHASSIS_CONTROL,
-            data: vec![chassis_control_code(action)],
-        }
+            data: vec![chassis_control_code(action)?],
+        })
     }
 
     /// Set System Boot Options, parameter 0 ("set in progress"): 1 opens, 0 closes.
@@ -79,15 +79,16 @@ impl Raw {
         }
     }
 
-    /// Set System Boot Options, parameter 5 (the boot flags).
-    pub fn set_boot_flags(device: BootDevice, options: BootOptions) -> Raw {
+    /// Set System Boot Options, parameter 5 (the boot flags); `None` for a
+    /// device IPMI has no selector for.
+    pub fn set_boot_flags(device: BootDevice, options: BootOptions) -> Option<Raw> {
         let mut data = vec![cmd::PARAM_BOOT_FLAGS];
-        data.extend_from_slice(&boot_flags(device, options));
-        Raw {
+        data.extend_from_slice(&boot_flags(device, options)?);
+        Some(Raw {
             netfn: NetFn::Chassis,
             cmd: cmd::SET_SYSTEM_BOOT_OPTIONS,
             data,
-        }
+        })
     }
 
     /// Get System Boot Options, parameter 5.
@@ -100,15 +101,17 @@ impl Raw {
     }
 }
 
-/// Chassis Control's code for an action.
-fn chassis_control_code(action: PowerAction) -> u8 {
-    match action {
+/// Chassis Control's code for an action (`None` for an action added to the
+/// core that IPMI has no code for).
+fn chassis_control_code(action: PowerAction) -> Option<u8> {
+    Some(match action {
         PowerAction::Off => 0x00,
         PowerAction::On => 0x01,
         PowerAction::Cycle => 0x02,
         PowerAction::Reset => 0x03,
         PowerAction::SoftOff => 0x05,
-    }
+        _ => return None,
+    })
 }
 
 /// The power state in a Get Chassis Status answer (byte 0, bit 0), or `None` for
@@ -122,17 +125,19 @@ pub(super) fn parse_chassis_status(data: &[u8]) -> Option<PowerState> {
     })
 }
 
-/// Boot device selector of parameter 5, byte 2, bits 5:2.
-fn device_code(d: BootDevice) -> u8 {
-    match d {
+/// Boot device selector of parameter 5, byte 2, bits 5:2 (`None` for a device
+/// added to the core that IPMI has no selector for).
+fn device_code(d: BootDevice) -> Option<u8> {
+    Some(match d {
         BootDevice::Pxe => 0x1,
         BootDevice::Disk => 0x2,
         BootDevice::BiosSetup => 0x6,
-    }
+        _ => return None,
+    })
 }
 
 /// Boot flags (parameter 5): valid, persistence, EFI, device.
-pub(super) fn boot_flags(device: BootDevice, options: BootOptions) -> [u8; 5] {
+pub(super) fn boot_flags(device: BootDevice, options: BootOptions) -> Option<[u8; 5]> {
     let mut b0 = 0x80;
     if options.persistent {
         b0 |= 0x40;
@@ -140,7 +145,7 @@ pub(super) fn boot_flags(device: BootDevice, options: BootOptions) -> [u8; 5] {
     if options.efi {
         b0 |= 0x20;
     }
-    [b0, device_code(device) << 2, 0, 0, 0]
+    Some([b0, device_code(device)? << 2, 0, 0, 0])
 }
 
 /// Reads parameter 5's flags back. A device selector of 0 means no override.
@@ -177,7 +182,7 @@ mod tests {
         for device in [BootDevice::Pxe, BootDevice::Disk, BootDevice::BiosSetup] {
             for (persistent, efi) in [(false, false), (true, false), (false, true), (true, true)] {
                 let o = BootOptions { persistent, efi };
-                let flags = boot_flags(device, o);
+                let flags = boot_flags(device, o).expect("IPMI has every device");
                 assert_eq!(parse_boot_flags(&flags), Some((device, o)));
                 let mut answer = vec![1, cmd::PARAM_BOOT_FLAGS];
                 answer.extend_from_slice(&flags);
@@ -192,7 +197,7 @@ mod tests {
                     efi: true
                 }
             ),
-            [0xa0, 0x04, 0, 0, 0]
+            Some([0xa0, 0x04, 0, 0, 0])
         );
         assert_eq!(parse_boot_flags(&[0, 0, 0, 0, 0]), None);
         // ipmi_sim reports the device with the valid bit clear.
@@ -208,10 +213,13 @@ mod tests {
         assert_eq!(parse_chassis_status(&[0x01, 0, 0]), Some(PowerState::On));
         assert_eq!(parse_chassis_status(&[0x40]), Some(PowerState::Off));
         assert_eq!(parse_chassis_status(&[]), None);
-        assert_eq!(Raw::chassis_control(PowerAction::SoftOff).data, [0x05]);
         assert_eq!(
-            Raw::set_boot_flags(BootDevice::Disk, BootOptions::default()).data,
-            [cmd::PARAM_BOOT_FLAGS, 0x80, 0x08, 0, 0, 0]
+            Raw::chassis_control(PowerAction::SoftOff).map(|r| r.data),
+            Some(vec![0x05])
+        );
+        assert_eq!(
+            Raw::set_boot_flags(BootDevice::Disk, BootOptions::default()).map(|r| r.data),
+            Some(vec![cmd::PARAM_BOOT_FLAGS, 0x80, 0x08, 0, 0, 0])
         );
     }
 }

@@ -19,7 +19,8 @@ pub(super) fn power_state(state: Option<&SystemPowerState>) -> Option<PowerState
     }
 }
 
-/// The reset types to try for an action, in order of preference.
+/// The reset types to try for an action, in order of preference (none for an
+/// action added to the core that Redfish has no reset type for).
 fn reset_types(action: PowerAction) -> &'static [ResetType] {
     match action {
         PowerAction::On => &[ResetType::On, ResetType::ForceOn],
@@ -27,6 +28,7 @@ fn reset_types(action: PowerAction) -> &'static [ResetType] {
         PowerAction::SoftOff => &[ResetType::GracefulShutdown],
         PowerAction::Cycle => &[ResetType::PowerCycle, ResetType::ForceRestart],
         PowerAction::Reset => &[ResetType::ForceRestart, ResetType::GracefulRestart],
+        _ => &[],
     }
 }
 
@@ -44,25 +46,33 @@ pub(super) fn choose_reset(
     }
 }
 
-fn boot_target(d: BootDevice) -> BootTarget {
-    match d {
+/// The override target for a device (`None` for a device added to the core
+/// that Redfish has no target for).
+fn boot_target(d: BootDevice) -> Option<BootTarget> {
+    Some(match d {
         BootDevice::Pxe => BootTarget::Pxe,
         BootDevice::Disk => BootTarget::Hdd,
         BootDevice::BiosSetup => BootTarget::BiosSetup,
-    }
+        _ => return None,
+    })
 }
 
 /// The PATCH that sets the boot override. The mode is named only where the
-/// system has the property, since some BMCs refuse the key.
-pub(super) fn boot_patch(device: BootDevice, options: BootOptions, current: &Boot) -> SystemPatch {
+/// system has the property, since some BMCs refuse the key. `None` for a device
+/// Redfish cannot select.
+pub(super) fn boot_patch(
+    device: BootDevice,
+    options: BootOptions,
+    current: &Boot,
+) -> Option<SystemPatch> {
     let mode = if options.efi {
         BootMode::Uefi
     } else {
         BootMode::Legacy
     };
-    SystemPatch {
+    Some(SystemPatch {
         boot: BootPatch {
-            boot_source_override_target: boot_target(device),
+            boot_source_override_target: boot_target(device)?,
             boot_source_override_enabled: if options.persistent {
                 OverrideEnabled::Continuous
             } else {
@@ -70,7 +80,7 @@ pub(super) fn boot_patch(device: BootDevice, options: BootOptions, current: &Boo
             },
             boot_source_override_mode: current.boot_source_override_mode.map(|_| mode),
         },
-    }
+    })
 }
 
 /// The boot override a system reports, in Tinker's terms; `None` when it is
@@ -139,7 +149,9 @@ mod tests {
         for device in [BootDevice::Pxe, BootDevice::Disk, BootDevice::BiosSetup] {
             for (persistent, efi) in [(false, false), (true, true)] {
                 let options = BootOptions { persistent, efi };
-                let patch = boot_patch(device, options, &with_mode).boot;
+                let patch = boot_patch(device, options, &with_mode)
+                    .expect("Redfish selects every device")
+                    .boot;
                 let read = Boot {
                     boot_source_override_target: Some(patch.boot_source_override_target),
                     boot_source_override_enabled: Some(patch.boot_source_override_enabled),
@@ -148,7 +160,8 @@ mod tests {
                 assert_eq!(boot_override(&read), Some((device, options)));
             }
         }
-        let without_mode = boot_patch(BootDevice::Pxe, BootOptions::default(), &Boot::default());
+        let without_mode = boot_patch(BootDevice::Pxe, BootOptions::default(), &Boot::default())
+            .expect("Redfish selects PXE");
         assert_eq!(without_mode.boot.boot_source_override_mode, None);
         let disabled = Boot {
             boot_source_override_target: Some(BootTarget::Pxe),

@@ -124,7 +124,11 @@ impl PowerController for RedfishPower {
 
     async fn set_boot_device(&self, device: BootDevice, options: BootOptions) -> Result<()> {
         let (path, sys, etag) = self.system().await?;
-        let patch = mapping::boot_patch(device, options, &sys.boot);
+        let patch =
+            mapping::boot_patch(device, options, &sys.boot).ok_or_else(|| Error::Unsupported {
+                target: self.target(),
+                operation: format!("boot device {device:?}"),
+            })?;
         self.client
             .call(Method::PATCH, &path, Some(&patch), etag.as_deref())
             .await?;

@@ -14,9 +14,7 @@ use tempfile::TempDir;
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "s3cret-Pa55word";
 
-pub fn require_real() -> bool {
-    std::env::var("TINKER_REQUIRE_REAL").is_ok_and(|v| v == "1")
-}
+pub use tinker_core::testing::require_real;
 
 /// `None` (and a note) when a tool is missing and the run does not require it.
 pub fn find(tool: &str, extra_dirs: &[&str]) -> Option<PathBuf> {

@@ -174,6 +174,9 @@ pub fn decide<'d>(
     let (network, boot) = match decision {
         BootDecision::Ignore { reason } => return Err(Skip::Policy(reason.clone())),
         BootDecision::Answer { network, boot } => (network.as_ref(), boot.as_ref()),
+        // A decision this server does not know how to carry out: say nothing
+        // rather than answer wrongly.
+        _ => return Err(Skip::Unencodable),
     };
     match config.mode {
         Mode::Proxy => proxy::answer(inbound, boot),

@@ -31,7 +31,7 @@ pub fn build(config: &DhcpConfig, inbound: &Inbound, answer: &Answer<'_>) -> Opt
             if let Some(target) = boot
                 && (inbound.netboot_client || inbound.request.client == ClientKind::Ipxe)
             {
-                boot_options(&mut msg, inbound, target);
+                boot_options(&mut msg, inbound, target)?;
             }
             echo_relay_info(&inbound.msg, msg.opts_mut());
             encode(msg, destination(config, inbound, kind), kind)
@@ -100,8 +100,9 @@ fn network_options(o: &mut v4::DhcpOptions, n: &NetworkConfig, inform: bool) {
 
 /// The boot file (header `file` and option 67), `siaddr` for TFTP, the vendor
 /// class a netboot client expects back, PXE discovery control, and the client's
-/// GUID (option 97) echoed.
-fn boot_options(msg: &mut v4::Message, inbound: &Inbound, target: &BootTarget) {
+/// GUID (option 97) echoed. `None` for a target kind this server cannot put in
+/// a DHCP reply.
+fn boot_options(msg: &mut v4::Message, inbound: &Inbound, target: &BootTarget) -> Option<()> {
     match target {
         BootTarget::Tftp { server, file } => {
             msg.set_siaddr(*server);
@@ -119,6 +120,7 @@ fn boot_options(msg: &mut v4::Message, inbound: &Inbound, target: &BootTarget) {
             msg.opts_mut()
                 .insert(DhcpOption::BootfileName(url.as_bytes().to_vec()));
         }
+        _ => return None,
     }
     let o = msg.opts_mut();
     if inbound.netboot_client {
@@ -137,6 +139,7 @@ fn boot_options(msg: &mut v4::Message, inbound: &Inbound, target: &BootTarget) {
     if let Some(guid) = inbound.msg.opts().get(OptionCode::ClientMachineIdentifier) {
         o.insert(guid.clone());
     }
+    Some(())
 }
 
 /// A NAK: no address, the reason in option 56; to the relay, else broadcast

@@ -60,6 +60,7 @@ impl Template {
 /// (a Tinker extension of the template data: `failure_power: off`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum FailurePower {
     /// Leave the machine as it is, so an operator can look at its console (default).
     #[default]
