@@ -23,12 +23,12 @@ use std::sync::Arc;
 use tinker_core::Secret;
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::{Kind, ObjectKey};
-use tinker_core::state::WorkflowEvent;
+use tinker_core::state::{Refusal, WorkflowEvent};
 use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::worker_api::{
     ActionReport, Heartbeat, LogBatch, NextActionResponse, ReportResponse, WorkerAction,
 };
-use tinker_core::{Error, WorkflowStore};
+use tinker_core::{Error, WorkflowStore, WorkflowStoreExt};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -113,6 +113,24 @@ fn problem(code: StatusCode, message: &str) -> Response<Body> {
 fn workflow_key(id: &str) -> Option<ObjectKey> {
     let (ns, name) = id.split_once('/')?;
     Some(ObjectKey::new(Kind::Workflow, ns, name))
+}
+
+/// The one answer to a report, heartbeat or log batch for an action that is not
+/// the caller's: the same whether the workflow or the action exists or belongs
+/// to another machine, so a caller learns nothing of other machines' work.
+const NOT_YOURS: &str = "no such action is assigned to this worker";
+
+/// What a worker is told when the state machine refuses its event: why, without
+/// claim numbers or another machine's state.
+fn refusal_text(reason: &Refusal) -> &'static str {
+    match reason {
+        Refusal::Finished { .. } => "the workflow has finished",
+        Refusal::Preparing => "the machine is being prepared; ask again shortly",
+        Refusal::NotRunning { .. } | Refusal::AlreadyRunning { .. } => {
+            "the action is not running under this claim"
+        }
+        _ => "the event was refused",
+    }
 }
 
 impl WorkerApi {
@@ -216,15 +234,54 @@ impl WorkerApi {
         }
     }
 
+    /// Whether the action at `index` of `key` is assigned to `worker`. Checked
+    /// before any event is applied: a worker's valid token opens only its own
+    /// actions.
+    async fn assigned(&self, worker: &str, key: &ObjectKey, index: usize) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .workflow(&key.namespace, &key.name)
+            .await?
+            .and_then(|wf| wf.value.status)
+            .is_some_and(|s| s.action_worker(index) == Some(worker)))
+    }
+
+    /// The workflow an event names, if it is the caller's; else the answer.
+    async fn own_action(
+        &self,
+        worker: &str,
+        workflow_id: &str,
+        index: usize,
+    ) -> Result<ObjectKey, Response<Body>> {
+        let Some(key) = workflow_key(workflow_id) else {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                "workflow_id must be namespace/name",
+            ));
+        };
+        match self.assigned(worker, &key, index).await {
+            Ok(true) => Ok(key),
+            Ok(false) => Err(problem(StatusCode::CONFLICT, NOT_YOURS)),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "could not read the workflow");
+                Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; retry",
+                ))
+            }
+        }
+    }
+
     async fn report(&self, worker: &str, r: ActionReport) -> Response<Body> {
         if r.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the report names another worker");
         }
-        let Some(key) = workflow_key(&r.workflow_id) else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "workflow_id must be namespace/name",
-            );
+        let key = match self
+            .own_action(worker, &r.workflow_id, r.action_index)
+            .await
+        {
+            Ok(key) => key,
+            Err(answer) => return answer,
         };
         let event = WorkflowEvent::Report {
             action: r.action_index,
@@ -246,9 +303,11 @@ impl WorkerApi {
                 )
             }
             Err(Error::Transition { reason, .. }) => {
-                problem(StatusCode::CONFLICT, &reason.to_string())
+                problem(StatusCode::CONFLICT, refusal_text(&reason))
             }
-            Err(Error::NotFound { .. }) => problem(StatusCode::NOT_FOUND, "no such workflow"),
+            // Deleted since the check: the same answer as for any action not
+            // the caller's.
+            Err(Error::NotFound { .. }) => problem(StatusCode::CONFLICT, NOT_YOURS),
             Err(e) => {
                 tracing::warn!(worker, error = %e, "report failed");
                 problem(
@@ -263,11 +322,12 @@ impl WorkerApi {
         if h.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the heartbeat names another worker");
         }
-        let Some(key) = workflow_key(&h.workflow_id) else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "workflow_id must be namespace/name",
-            );
+        let key = match self
+            .own_action(worker, &h.workflow_id, h.action_index)
+            .await
+        {
+            Ok(key) => key,
+            Err(answer) => return answer,
         };
         match self
             .store
@@ -286,8 +346,9 @@ impl WorkerApi {
                 .body(crate::http::body_full(Vec::new()))
                 .expect("valid response"),
             Err(Error::Transition { reason, .. }) => {
-                problem(StatusCode::CONFLICT, &reason.to_string())
+                problem(StatusCode::CONFLICT, refusal_text(&reason))
             }
+            Err(Error::NotFound { .. }) => problem(StatusCode::CONFLICT, NOT_YOURS),
             Err(_) => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store is unavailable; retry",
@@ -298,6 +359,12 @@ impl WorkerApi {
     async fn logs(&self, worker: &str, batch: LogBatch) -> Response<Body> {
         if batch.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the logs name another worker");
+        }
+        if let Err(answer) = self
+            .own_action(worker, &batch.workflow_id, batch.action_index)
+            .await
+        {
+            return answer;
         }
         // Output is kept in the machine's event log, bounded per batch.
         for line in batch.lines.iter().take(1000) {

@@ -223,3 +223,86 @@ async fn claims_reports_and_logs_read_the_time_from_the_given_clock() {
     assert_eq!(action.execution_start, Some(t0));
     assert_eq!(action.execution_stop, Some(t0 + Duration::from_secs(90)));
 }
+
+/// Machine A, with its own valid token, tries B's running action: reporting it,
+/// keeping it alive with heartbeats, writing into its output. Each is refused
+/// with the one answer a workflow that does not exist gets too (no attempt
+/// number, no hint that B's workflow exists), and B's action is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_touch_another_workers_action() {
+    use tinker_core::state::ActionState;
+    use tinker_core::testing::{mac, rendered_workflow};
+    use tinker_core::{Precondition, WorkflowStoreExt};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let (a, b) = (mac(1).to_string(), mac(2).to_string());
+    for (name, worker) in [("wf-a", mac(1)), ("wf-b", mac(2))] {
+        store
+            .put(
+                rendered_workflow(name, worker, 1, 60).into(),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+    }
+    let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    let b_claim = store
+        .claim_next_action(&b, t0)
+        .await
+        .unwrap()
+        .expect("B's action");
+    let port = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5),
+        store.clone(),
+    )
+    .await;
+    let token = worker_token(&Secret::new("k"), &a);
+    let attempt = b_claim.attempt;
+    let (a2, token2) = (a.clone(), token.expose().to_string());
+    let answers = tokio::task::spawn_blocking(move || {
+        let call = |op: &str, workflow: &str, extra: &str| {
+            let body = format!(
+                "{{\"worker_id\":\"{a2}\",\"workflow_id\":\"{workflow}\",\"action_index\":0,\"attempt\":{attempt}{extra}}}"
+            );
+            let (code, text) = post(port, &format!("/v1/workers/{a2}/{op}"), &token2, &body);
+            // Only the answer's body: the headers carry a date.
+            (code, text.rsplit("\r\n\r\n").next().unwrap_or_default().to_string())
+        };
+        let report = ",\"outcome\":{\"outcome\":\"success\"},\"started_at\":null,\"finished_at\":null";
+        let logs = ",\"lines\":[{\"stream\":\"stdout\",\"text\":\"not mine\"}]";
+        [
+            ("report", call("report", "default/wf-b", report), call("report", "default/nope", report)),
+            ("heartbeat", call("heartbeat", "default/wf-b", ""), call("heartbeat", "default/nope", "")),
+            ("logs", call("logs", "default/wf-b", logs), call("logs", "default/nope", logs)),
+        ]
+    })
+    .await
+    .unwrap();
+    for (op, on_b, on_nothing) in answers {
+        assert_eq!(on_b.0, 409, "{op} on B's action: {on_b:?}");
+        assert_eq!(
+            on_b, on_nothing,
+            "{op}: B's workflow looks like no workflow"
+        );
+        assert!(
+            !on_b.1.contains(&attempt.to_string()),
+            "{op} leaks the claim: {on_b:?}"
+        );
+    }
+    let wf = store
+        .workflow("default", "wf-b")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let (_, action) = wf.status.as_ref().unwrap().action(0).unwrap();
+    assert_eq!(
+        action.state,
+        ActionState::Running,
+        "B's action is untouched"
+    );
+    assert_eq!(action.last_heartbeat, Some(t0), "A kept nothing alive");
+    assert!(
+        store.events(&a, 100).await.unwrap().is_empty(),
+        "A wrote no output"
+    );
+}

@@ -275,6 +275,13 @@ impl WorkflowStatus {
         self.actions().nth(index)
     }
 
+    /// The worker the action at a position is assigned to (its task's agent).
+    /// Fixed when the workflow is rendered, so it cannot change under a caller.
+    pub fn action_worker(&self, index: usize) -> Option<&str> {
+        let (task, _) = self.action(index)?;
+        self.tasks.get(task).map(|t| t.agent_id.as_str())
+    }
+
     pub(crate) fn action_mut(&mut self, index: usize) -> Option<&mut ActionStatus> {
         self.tasks
             .iter_mut()
