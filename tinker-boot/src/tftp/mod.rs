@@ -19,4 +19,6 @@ mod transfer;
 
 pub use server::{TftpServer, TftpStats};
 pub use source::{FileSource, SourceError, default_ipxe_dir};
-pub use transfer::{MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, Transfer, TransferOptions, negotiate};
+pub use transfer::{
+    MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, MAX_TIMEOUT_OPTION, Transfer, TransferOptions, negotiate,
+};

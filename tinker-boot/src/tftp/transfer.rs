@@ -24,6 +24,12 @@ pub const MAX_BLKSIZE_NO_FRAG: usize = 1468;
 /// Retransmissions of one window before the transfer is abandoned.
 pub const MAX_RETRIES: u32 = 6;
 
+/// The longest retransmission timeout a client may ask for (RFC 2349 allows up
+/// to 255 s). A longer one is not acknowledged, so the transfer keeps the 1 s
+/// default: a spoofed read request then holds a transfer slot for seconds, not
+/// for `255 s × MAX_RETRIES` (half an hour). PXE ROMs ask for a few seconds.
+pub const MAX_TIMEOUT_OPTION: u64 = 10;
+
 /// Applies the client's options (RFC 2347/2348/2349/7440): returns the
 /// parameters and the options to acknowledge (none: send DATA 1 at once).
 pub fn negotiate(
@@ -50,7 +56,7 @@ pub fn negotiate(
             "tsize" => ack.push((k.clone(), size.to_string())),
             "timeout" => {
                 if let Ok(n) = v.parse::<u64>()
-                    && (1..=255).contains(&n)
+                    && (1..=MAX_TIMEOUT_OPTION).contains(&n)
                 {
                     o.timeout = Duration::from_secs(n);
                     ack.push((k.clone(), n.to_string()));
@@ -219,6 +225,42 @@ impl Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spoofed request asking for 255 s: not acknowledged, the 1 s default
+    /// holds, and the transfer is abandoned after its retries within seconds.
+    #[test]
+    fn a_long_client_timeout_is_not_taken() {
+        let opt = |v: &str| [("timeout".to_string(), v.to_string())];
+        let (o, ack) = negotiate(&opt("255"), 100, MAX_BLKSIZE_NO_FRAG);
+        assert_eq!(o.timeout, Duration::from_secs(1));
+        assert!(ack.is_empty(), "not acknowledged: {ack:?}");
+        let (o, ack) = negotiate(&opt("4"), 100, MAX_BLKSIZE_NO_FRAG);
+        assert_eq!(
+            o.timeout,
+            Duration::from_secs(4),
+            "a PXE ROM's few seconds are taken"
+        );
+        assert_eq!(ack, opt("4"));
+
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let data: Arc<[u8]> = vec![7u8; 100].into();
+        let (mut t, first) = Transfer::start(data, &opt("255"), MAX_BLKSIZE_NO_FRAG, t0);
+        let mut sent = first.len();
+        let mut now = t0;
+        while !t.is_failed() {
+            now = t.deadline();
+            sent += t.on_timeout(now).len();
+        }
+        assert!(
+            now.duration_since(t0) <= jiff::SignedDuration::from_secs(i64::from(MAX_RETRIES) + 2),
+            "held for {:?}",
+            now.duration_since(t0)
+        );
+        assert!(
+            sent <= MAX_RETRIES as usize + 2,
+            "{sent} packets to a client that never answered"
+        );
+    }
 
     fn ack(b: u16) -> Vec<u8> {
         Packet::Ack { block: b }.encode()
