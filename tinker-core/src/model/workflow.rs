@@ -284,6 +284,16 @@ pub enum MachinePhase {
     FailurePowerApplied,
 }
 
+impl MachinePhase {
+    /// Whether the machine is still being prepared (workers wait).
+    pub fn is_preparation(self) -> bool {
+        matches!(
+            self,
+            MachinePhase::Preparing | MachinePhase::NetbootEnabled | MachinePhase::PxeBootSet
+        )
+    }
+}
+
 /// The engine stopped retrying a step: which, after how many attempts, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -351,11 +361,7 @@ impl MachineSteps {
 
     /// Whether the engine is preparing the machine; workers are not given actions yet.
     pub fn is_preparing(&self) -> bool {
-        self.gave_up.is_none()
-            && matches!(
-                self.phase,
-                MachinePhase::Preparing | MachinePhase::NetbootEnabled | MachinePhase::PxeBootSet
-            )
+        self.gave_up.is_none() && self.phase.is_preparation()
     }
 
     /// Records `step` as done (`no_bmc`: it found the machine has no BMC).
@@ -375,7 +381,7 @@ impl MachineSteps {
             MachineStep::SetPxeBoot => {
                 !self.no_bmc && !matches!(self.phase, P::Preparing | P::NetbootEnabled)
             }
-            MachineStep::PowerCycle => !self.no_bmc && !self.is_preparing_phase(),
+            MachineStep::PowerCycle => !self.no_bmc && !self.phase.is_preparation(),
             MachineStep::DisableNetboot => {
                 matches!(
                     self.phase,
@@ -386,13 +392,6 @@ impl MachineSteps {
             MachineStep::Reboot => self.phase == P::Rebooted,
             MachineStep::FailurePower => self.phase == P::FailurePowerApplied,
         }
-    }
-
-    fn is_preparing_phase(&self) -> bool {
-        matches!(
-            self.phase,
-            MachinePhase::Preparing | MachinePhase::NetbootEnabled | MachinePhase::PxeBootSet
-        )
     }
 }
 
