@@ -65,7 +65,8 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
         .spawn()
         .unwrap();
     let mut url = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(u) = line.strip_prefix("status page: ") {
             url = u.split_whitespace().next().map(str::to_string);
@@ -74,6 +75,9 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
             break;
         }
     }
+    // Keep reading: the homelab prints more while it holds, and a closed pipe would
+    // end it (println! panics on EPIPE) before the browser gets to the page.
+    std::thread::spawn(move || lines.for_each(drop));
     let url = url.expect("the status page's address is printed");
     // Without the token, nothing.
     let base = url.split("/status").next().unwrap();
