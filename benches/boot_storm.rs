@@ -91,7 +91,7 @@ async fn serve(store_url: &str, replica: &str, relay_port: u16) -> Result<(), St
         store,
         Arc::new(tinker::bmc::MockConnector::new()),
         Ipv4Addr::LOCALHOST,
-        tinker::boot::worker_api::secret_from_bytes(SECRET),
+        tinker::boot::credentials::secret_from_bytes(SECRET),
     );
     plane.engine.replica = replica.to_string();
     plane.relay_port = relay_port;

@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tinker::boot::credentials::{AddressCheck, CallerCheck};
 use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode, server::bind_udp};
 use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
 use tinker::boot::tftp::{FileSource, TftpServer, default_ipxe_dir};
@@ -67,9 +68,14 @@ struct Args {
     /// Extra kernel arguments, space-separated.
     #[arg(long, default_value = "console=tty0 console=ttyS0,115200", value_parser = split_words)]
     kernel_args: Words,
-    /// The worker-token secret; with it, the worker API is served too.
+    /// The worker-token secret (a file private to its owner, mode 0600); with
+    /// it, the worker API is served too.
     #[arg(long)]
     worker_secret_file: Option<PathBuf>,
+    /// The machines reach this server through NAT: give and take worker tokens
+    /// whatever the caller's address (weaker; see the README's Security section).
+    #[arg(long)]
+    behind_nat: bool,
 }
 
 /// Space-separated words of one flag.
@@ -132,11 +138,9 @@ async fn main() -> ExitCode {
 
 async fn run(a: Args) -> Result<(), String> {
     let worker_secret = match &a.worker_secret_file {
-        Some(path) => Some(tinker::boot::worker_api::secret_from_bytes(
-            std::fs::read(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .trim_ascii(),
-        )),
+        Some(path) => {
+            Some(tinker::boot::credentials::read_secret_file(path).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
@@ -194,7 +198,16 @@ async fn run(a: Args) -> Result<(), String> {
         a.address,
     );
     dhcp_config.client_port = a.client_port;
-    let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder));
+    let callers = CallerCheck {
+        mode: if a.behind_nat {
+            AddressCheck::BehindNat
+        } else {
+            AddressCheck::Strict
+        },
+        ..CallerCheck::default()
+    };
+    let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder))
+        .with_observed_addresses(callers.observed.clone());
 
     let assets = match &a.assets {
         Some(dir) => {
@@ -204,7 +217,9 @@ async fn run(a: Args) -> Result<(), String> {
     };
     let http = HttpServer::new(HttpConfig {
         store: store.clone(),
-        metadata: Arc::new(StoreMetadata::new(store.clone())),
+        metadata: Arc::new(
+            StoreMetadata::new(store.clone()).with_observed_addresses(callers.observed.clone()),
+        ),
         osie: OsieConfig {
             base_url: format!("{http_base}/assets"),
             kernel: a.kernel.clone(),
@@ -219,10 +234,11 @@ async fn run(a: Args) -> Result<(), String> {
         // With a secret, the worker API is served here too, and each machine's
         // script carries its token.
         extra: worker_secret.clone().map(|s| {
-            Arc::new(WorkerApi::new(store.clone(), s, 10))
+            Arc::new(WorkerApi::new(store.clone(), s, 10).with_caller_check(callers.clone()))
                 as Arc<dyn tinker::boot::http::ExtraRoutes>
         }),
         metrics: vec![dhcp.stats(), tftp.stats()],
+        callers: callers.clone(),
     });
     tracing::info!(interface = %a.interface, address = %a.address, mode = if a.proxy { "proxy" } else { "reservation" }, http = %http_base, "serving");
 

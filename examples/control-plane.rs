@@ -47,9 +47,18 @@ struct Args {
     /// The port relay agents listen on.
     #[arg(long, default_value_t = 67)]
     relay_port: u16,
-    /// The worker-token secret, the same file for every replica.
+    /// The secret every token derives from, the same file for every replica
+    /// (private to its owner, mode 0600; created with a random secret if absent).
     #[arg(long)]
     secret_file: PathBuf,
+    /// Where to write the operator's token (mode 0600) for the operator's tools;
+    /// it is never printed.
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// The machines reach this replica through NAT: give and take worker tokens
+    /// whatever the caller's address (weaker; see the README's Security section).
+    #[arg(long)]
+    behind_nat: bool,
     /// The control-plane URLs put on the workers' kernel line (default: this replica).
     #[arg(long)]
     workers: Option<String>,
@@ -92,8 +101,15 @@ async fn open_store(url: &str) -> Result<Arc<dyn WorkflowStore>, String> {
 }
 
 async fn run(a: Args) -> Result<(), String> {
-    let secret =
-        std::fs::read(&a.secret_file).map_err(|e| format!("{}: {e}", a.secret_file.display()))?;
+    let secret = tinker::boot::credentials::read_or_create_secret_file(&a.secret_file)
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &a.operator_token_file {
+        tinker::boot::credentials::write_secret_file(
+            path,
+            &tinker::boot::credentials::operator_token(&secret),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     let store = open_store(&a.store).await?;
     let power: Arc<dyn PowerConnector> = if a.mock_bmcs {
         Arc::new(MockConnector::new())
@@ -106,12 +122,10 @@ async fn run(a: Args) -> Result<(), String> {
     let listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
         .await
         .map_err(|e| format!("binding on {address}: {e}"))?;
-    let mut plane = ControlPlane::new(
-        store,
-        power,
-        address,
-        tinker::boot::worker_api::secret_from_bytes(&secret),
-    );
+    let mut plane = ControlPlane::new(store, power, address, secret);
+    if a.behind_nat {
+        plane.address_check = tinker::boot::credentials::AddressCheck::BehindNat;
+    }
     plane.engine.replica = a
         .replica
         .clone()

@@ -24,8 +24,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tinker::actions::NativeRuntime;
-use tinker::actions::agent::{Agent, AgentConfig, RuntimeRouter};
+use tinker::actions::agent::{Agent, AgentConfig, HttpTransport, RuntimeRouter};
 use tinker::bmc::{MockBmc, MockCall, StaticConnector};
+use tinker::boot::credentials;
 use tinker::boot::dhcp::client::{self as dhcp_client, Dora, PxeClient};
 use tinker::boot::tftp::{FileSource, client as tftp};
 use tinker::control_plane::{ControlPlane, Listeners};
@@ -136,20 +137,6 @@ fn ensure_image(assets: &Path) -> Result<(), String> {
     }
 }
 
-fn secret(data: &Path) -> Result<Vec<u8>, String> {
-    let p = data.join("worker-secret");
-    if let Ok(s) = std::fs::read(&p) {
-        return Ok(s);
-    }
-    let mut s = vec![0u8; 32];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut s))
-        .map_err(io("random"))?;
-    std::fs::write(&p, &s).map_err(io("secret"))?;
-    Ok(s)
-}
-
 /// A simulated machine of the rack: its Hardware's name, MAC and reserved
 /// address, and its BMC.
 struct RackMachine {
@@ -178,8 +165,11 @@ async fn run(a: Args) -> Result<bool, String> {
             .await
             .map_err(|e| e.to_string())?,
     );
-    let secret = tinker::boot::worker_api::secret_from_bytes(&secret(&data)?);
-    let operator_token = tinker::boot::worker_api::worker_token(&secret, "operator");
+    let secret = credentials::read_or_create_secret_file(&data.join("worker-secret"))
+        .map_err(|e| e.to_string())?;
+    let operator_file = data.join("operator-token");
+    credentials::write_secret_file(&operator_file, &credentials::operator_token(&secret))
+        .map_err(|e| e.to_string())?;
     let net = bind_loopback().await?;
     let power = Arc::new(StaticConnector::new());
     let run_id = jiff::Timestamp::now().as_second();
@@ -215,8 +205,8 @@ async fn run(a: Args) -> Result<bool, String> {
         data.display()
     );
     println!(
-        "status page: {http}/status?token={}  (metrics: {http}/metrics)",
-        operator_token.expose()
+        "status page: {http}/status  (sign in with the token in {}; metrics: {http}/metrics)",
+        operator_file.display()
     );
     let started = Instant::now();
     let results = provision(rack, relay, dhcp, tftp, &http).await?;
@@ -419,7 +409,9 @@ async fn machine(
         "iPXE ({} KiB): fetching its script",
         ipxe.len() / 1024
     ));
-    let script = get(http, &format!("/ipxe/{mac}/auto.ipxe"), None).await?;
+    // From the machine's own address, as a real machine calls: only there does
+    // the script carry its token.
+    let script = get(http, &format!("/ipxe/{mac}/auto.ipxe"), Some(ip)).await?;
     let token = script
         .split_whitespace()
         .find_map(|w| w.strip_prefix("tinker_token="))
@@ -428,7 +420,7 @@ async fn machine(
     bar.set_message("in-memory OS: worker running actions");
     let native = NativeRuntime::new();
     let agent = Agent::new(
-        AgentConfig::new(http.to_string(), mac.to_string(), token)
+        AgentConfig::new(http.to_string(), mac.to_string(), token.clone())
             .with_max_backoff(Duration::from_secs(1))
             .with_idle_exit(Duration::from_secs(2)),
         Arc::new(RuntimeRouter {
@@ -436,7 +428,10 @@ async fn machine(
             containers: None,
         }),
         Some(native),
-    );
+    )
+    .with_transport(Arc::new(
+        HttpTransport::new(tinker::core::Secret::new(token)).with_local_address(ip.into()),
+    ));
     let summary = agent
         .run(std::future::pending())
         .await

@@ -25,10 +25,11 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
 use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode};
 use tinker_boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
 use tinker_boot::tftp::{FileSource, TftpServer};
-use tinker_boot::worker_api::{WorkerApi, worker_token};
+use tinker_boot::worker_api::WorkerApi;
 use tinker_boot::{BootConfig, StoreBootResponder};
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::engine::{Engine, EngineConfig};
@@ -105,6 +106,9 @@ pub struct ControlPlane {
     pub worker_api_in_flight: Option<usize>,
     /// The clock every service reads (the system's, unless simulated).
     pub clock: SharedClock,
+    /// Whether a machine's token is given and taken only at its own address
+    /// (the default), or the machines sit behind NAT.
+    pub address_check: AddressCheck,
 }
 
 impl ControlPlane {
@@ -136,6 +140,7 @@ impl ControlPlane {
             heartbeat_seconds: 10,
             worker_api_in_flight: None,
             clock: SystemClock::shared(),
+            address_check: AddressCheck::Strict,
         }
     }
 
@@ -153,6 +158,10 @@ impl ControlPlane {
             osie.control_plane = http.clone();
         }
         osie.worker_secret = Some(self.secret.clone());
+        let callers = CallerCheck {
+            mode: self.address_check,
+            ..CallerCheck::default()
+        };
 
         let mut dhcp_config = DhcpConfig::new(self.dhcp_mode, self.address);
         dhcp_config.relay_port = self.relay_port;
@@ -170,14 +179,16 @@ impl ControlPlane {
                 )
                 .with_clock(self.clock.clone()),
             ),
-        );
+        )
+        .with_observed_addresses(callers.observed.clone());
         let tftp = TftpServer::new(self.tftp_files.clone()).with_clock(self.clock.clone());
         let mut worker_api = WorkerApi::new(
             self.store.clone(),
             self.secret.clone(),
             self.heartbeat_seconds,
         )
-        .with_clock(self.clock.clone());
+        .with_clock(self.clock.clone())
+        .with_caller_check(callers.clone());
         if let Some(n) = self.worker_api_in_flight {
             worker_api = worker_api.with_limit(n);
         }
@@ -191,10 +202,15 @@ impl ControlPlane {
                 Arc::new(worker_api),
                 Arc::new(OperatorApi::new(
                     self.store.clone(),
-                    worker_token(&self.secret, "operator"),
+                    operator_token(&self.secret),
                 )),
             ]))),
             metrics,
+            metadata: Arc::new(
+                tinker_boot::StoreMetadata::new(self.store.clone())
+                    .with_observed_addresses(callers.observed.clone()),
+            ),
+            callers,
             ..HttpConfig::new(self.store.clone())
         })
         .with_clock(self.clock.clone());

@@ -17,7 +17,7 @@ use tinker::actions::{DockerRuntime, NativeRuntime};
 use tinker::bmc::{MockBmc, StaticConnector};
 use tinker::boot::http::{HttpConfig, HttpServer};
 use tinker::boot::tftp::FileSource;
-use tinker::boot::worker_api::{WorkerApi, worker_token};
+use tinker::boot::worker_api::WorkerApi;
 use tinker::core::engine::{Engine, EngineConfig};
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::runtime::ActionRuntime;
@@ -110,7 +110,29 @@ async fn control_plane_with_grace(
     ControlPlane { store, stop }
 }
 
-async fn agent(port: u16, idle: Duration) -> tinker::actions::agent::AgentSummary {
+/// The token the machine's boot script would carry: derived for the netboot the
+/// engine turned on (so it waits for that).
+async fn machine_token(store: &dyn WorkflowStore) -> Secret {
+    for _ in 0..600 {
+        let hw = store
+            .hardware_by_mac(MAC.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("the machine's Hardware")
+            .value;
+        if hw.allows_pxe() {
+            return tinker::boot::credentials::worker_token(
+                &Secret::new(SECRET),
+                MAC,
+                hw.netboot_since(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the engine never turned the machine's netboot on");
+}
+
+async fn agent(token: Secret, port: u16, idle: Duration) -> tinker::actions::agent::AgentSummary {
     let docker: Option<Arc<dyn ActionRuntime>> = DockerRuntime::connect()
         .await
         .ok()
@@ -120,13 +142,9 @@ async fn agent(port: u16, idle: Duration) -> tinker::actions::agent::AgentSummar
         containers: docker,
     });
     let a = Agent::new(
-        AgentConfig::new(
-            format!("http://127.0.0.1:{port}"),
-            MAC,
-            worker_token(&Secret::new(SECRET), MAC),
-        )
-        .with_max_backoff(Duration::from_millis(500))
-        .with_idle_exit(idle),
+        AgentConfig::new(format!("http://127.0.0.1:{port}"), MAC, token)
+            .with_max_backoff(Duration::from_millis(500))
+            .with_idle_exit(idle),
         runtime,
         Some(NativeRuntime::new()),
     );
@@ -250,7 +268,12 @@ tasks:
     sh(
         "docker image inspect tinker-test/busybox:1 >/dev/null 2>&1 || (d=$(mktemp -d) && cd $d && apt-get download busybox-static >/dev/null && dpkg -x busybox-static_*.deb x && mkdir -p root/bin && cp x/bin/busybox root/bin/ && for a in sh echo cat sleep; do ln -s busybox root/bin/$a; done && tar -C root -c . | docker import - tinker-test/busybox:1 >/dev/null)",
     );
-    let summary = agent(port, Duration::from_secs(3)).await;
+    let summary = agent(
+        machine_token(cp.store.as_ref()).await,
+        port,
+        Duration::from_secs(3),
+    )
+    .await;
     let wf = wait_end(cp.store.as_ref()).await;
     let status = wf.status.clone().unwrap();
     let _ = cp.stop.send(true);
@@ -312,7 +335,12 @@ async fn exec_workflow(
         t.push_str(&format!("      - name: {name}\n        image: tinker/exec\n        timeout: {timeout}\n        command: [\"sh\", \"-c\", {script:?}]\n"));
     }
     setup(cp.store.as_ref(), &t, &[]).await;
-    let summary = agent(port, Duration::from_secs(3)).await;
+    let summary = agent(
+        machine_token(cp.store.as_ref()).await,
+        port,
+        Duration::from_secs(3),
+    )
+    .await;
     let wf = wait_end(cp.store.as_ref()).await;
     let _ = cp.stop.send(true);
     (wf, summary)
@@ -360,7 +388,11 @@ async fn restarting_the_control_plane_mid_workflow_changes_nothing() {
         "version: \"0.1\"\nname: t\ntasks:\n  - name: a\n    worker: \"{{{{.device_1}}}}\"\n    actions:\n      - {{name: first, image: tinker/exec, timeout: 60, command: [sh, -c, \"echo first >> {c}; sleep 3\"]}}\n      - {{name: second, image: tinker/exec, timeout: 60, command: [sh, -c, \"echo second >> {c}\"]}}\n"
     );
     setup(cp.store.as_ref(), &t, &[]).await;
-    let agent_task = tokio::spawn(agent(port, Duration::from_secs(4)));
+    let agent_task = tokio::spawn(agent(
+        machine_token(cp.store.as_ref()).await,
+        port,
+        Duration::from_secs(4),
+    ));
     // While the first action runs, the control plane goes away and comes back.
     for _ in 0..100 {
         if std::fs::read_to_string(&counter).is_ok() {
@@ -404,7 +436,11 @@ async fn a_worker_that_vanishes_is_noticed_by_its_missing_heartbeats() {
     let t = "version: \"0.1\"\nname: t\ntasks:\n  - name: a\n    worker: \"{{.device_1}}\"\n    actions:\n      - {name: long, image: tinker/exec, timeout: 600, command: [sleep, \"300\"]}\n";
     setup(cp.store.as_ref(), t, &[]).await;
     // The machine dies while its action runs: the agent is gone, nothing reports.
-    let agent_task = tokio::spawn(agent(port, Duration::from_secs(60)));
+    let agent_task = tokio::spawn(agent(
+        machine_token(cp.store.as_ref()).await,
+        port,
+        Duration::from_secs(60),
+    ));
     for _ in 0..100 {
         let wf = cp
             .store
@@ -467,7 +503,7 @@ async fn kexec_reports_success_before_the_machine_leaves_the_in_memory_os() {
         AgentConfig::new(
             format!("http://127.0.0.1:{port}"),
             MAC,
-            worker_token(&Secret::new(SECRET), MAC),
+            machine_token(cp.store.as_ref()).await,
         )
         .with_max_backoff(Duration::from_millis(500))
         .with_max_actions(1)

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tinker::actions::NativeRuntime;
-use tinker::actions::agent::{Agent, AgentConfig};
+use tinker::actions::agent::{Agent, AgentConfig, HttpTransport};
 use tinker::core::model::{Hardware, Template, Workflow};
 use tinker::core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink};
 use tinker::core::{MacAddr, Precondition, WorkflowStore, WorkflowStoreExt};
@@ -115,7 +115,9 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
         let hw = Hardware::new(
             &name,
             *mac,
-            format!("10.88.0.{}", 10 + i).parse().unwrap(),
+            // Loopback addresses of their own, as real machines have theirs:
+            // a worker's token is taken only from its machine's address.
+            format!("127.88.0.{}", 10 + i).parse().unwrap(),
             "255.255.255.0",
         );
         store.put(hw.into(), Precondition::Any).await.unwrap();
@@ -131,6 +133,10 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
     let secret_path = dir.path().join("secret");
     let secret = b"replicas-share-this-secret".to_vec();
     std::fs::write(&secret_path, &secret).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let mut replicas: Vec<Option<Replica>> = (0..3)
         .map(|k| Some(start_replica(&format!("cp{k}"), &pg.url, &secret_path)))
         .collect();
@@ -145,20 +151,22 @@ async fn a_replica_killed_mid_run_loses_nothing_and_repeats_nothing() {
     let mut agents = Vec::new();
     for (i, mac) in macs.iter().enumerate() {
         let servers: Vec<String> = (0..3).map(|k| urls[(i + k) % 3].clone()).collect();
+        let hw = store.hardware_by_mac(*mac).await.unwrap().unwrap().value;
+        let token = tinker::boot::credentials::worker_token(
+            &tinker::boot::credentials::secret_from_bytes(&secret),
+            &mac.to_string(),
+            hw.netboot_since(),
+        );
         let agent = Agent::new(
-            AgentConfig::new(
-                servers.join(","),
-                mac.to_string(),
-                tinker::boot::worker_api::worker_token(
-                    &tinker::boot::worker_api::secret_from_bytes(&secret),
-                    &mac.to_string(),
-                ),
-            )
-            .with_max_backoff(Duration::from_millis(500))
-            .with_max_actions(ACTIONS),
+            AgentConfig::new(servers.join(","), mac.to_string(), token.clone())
+                .with_max_backoff(Duration::from_millis(500))
+                .with_max_actions(ACTIONS),
             recorder.clone(),
             Some(NativeRuntime::new()),
-        );
+        )
+        .with_transport(Arc::new(
+            HttpTransport::new(token).with_local_address(hw.ipv4s()[0].into()),
+        ));
         agents.push(tokio::spawn(async move {
             agent.run(std::future::pending()).await
         }));

@@ -193,12 +193,17 @@ set_working_mc 0x20
     let data = dir.join("data");
     std::fs::create_dir_all(&objects).unwrap();
     std::fs::create_dir_all(&data).unwrap();
-    let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
-    std::fs::write(data.join("worker-secret"), &secret).unwrap();
-    let operator = tinker::boot::worker_api::worker_token(
-        &tinker::boot::worker_api::secret_from_bytes(&secret),
-        "operator",
-    );
+    let secret = "vm-provision-test-secret";
+    std::fs::write(data.join("worker-secret"), secret).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("worker-secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let operator = tinker::boot::credentials::operator_token(&tinker::core::Secret::new(secret));
     let operator = operator.expose();
     write(
         &dir.join("homelab.yaml"),

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tinker::bmc::{Connector, EnvSecrets, RetryPolicy};
+use tinker::boot::credentials::{
+    AddressCheck, operator_token, read_or_create_secret_file, write_secret_file,
+};
 use tinker::boot::dhcp::Mode;
 use tinker::boot::dhcp::server::bind_udp;
 use tinker::boot::tftp::FileSource;
-use tinker::boot::worker_api::worker_token;
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::model::{Document, parse_documents};
 use tinker::core::{Precondition, WorkflowStore};
@@ -44,6 +46,10 @@ struct Config {
     kernel_args: Vec<String>,
     #[serde(default)]
     bmc_user: Option<String>,
+    /// The machines reach the control plane through NAT (weaker; see the
+    /// README's Security section).
+    #[serde(default)]
+    behind_nat: bool,
 }
 
 fn default_data() -> PathBuf {
@@ -161,21 +167,9 @@ pub async fn run(path: &Path) -> Result<(), String> {
             .await
             .map_err(|x| x.to_string())?,
     );
-    let secret_path = data.join("worker-secret");
-    let secret = match std::fs::read(&secret_path) {
-        Ok(s) => s,
-        Err(_) => {
-            use std::io::Read;
-            let mut s = vec![0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut s))
-                .map_err(e("random"))?;
-            std::fs::write(&secret_path, &s).map_err(e("secret"))?;
-            s
-        }
-    };
-    let secret = tinker::boot::worker_api::secret_from_bytes(&secret);
-    let operator = worker_token(&secret, "operator");
+    let secret = read_or_create_secret_file(&data.join("worker-secret")).map_err(e("secret"))?;
+    let operator_file = data.join("operator-token");
+    write_secret_file(&operator_file, &operator_token(&secret)).map_err(e("operator token"))?;
     let http = format!("http://{}:{}", c.address, c.http_port);
 
     // Bind everything first: fail fast with the reason.
@@ -226,6 +220,9 @@ pub async fn run(path: &Path) -> Result<(), String> {
     if c.proxy_dhcp {
         plane.dhcp_mode = Mode::Proxy;
     }
+    if c.behind_nat {
+        plane.address_check = AddressCheck::BehindNat;
+    }
     plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;
@@ -247,8 +244,8 @@ pub async fn run(path: &Path) -> Result<(), String> {
         objects.display()
     );
     println!(
-        "status page: {http}/status?token={}  (metrics: {http}/metrics)",
-        operator.expose()
+        "status page: {http}/status  (sign in with the token in {}; metrics: {http}/metrics)",
+        operator_file.display()
     );
     println!("serving; Ctrl-C to stop");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -17,6 +17,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod credentials;
 pub mod dhcp;
 pub mod http;
 mod metadata;

@@ -1,28 +1,51 @@
 //! The default metadata source: the Hardware that holds the caller's address.
 
+use crate::credentials::ObservedAddresses;
 use async_trait::async_trait;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tinker_core::{InstanceMetadata, MetadataSource, Result, WorkflowStore};
 
-/// Metadata from the store, found by the caller's IP address.
+/// Metadata from the store, found by the caller's IP address: the Hardware that
+/// reserves it, or (proxyDHCP mode, where another server hands out addresses)
+/// the machine whose own DHCP REQUEST last asked for it.
 #[derive(Debug, Clone)]
 pub struct StoreMetadata {
     store: Arc<dyn WorkflowStore>,
+    observed: Option<Arc<ObservedAddresses>>,
 }
 
 impl StoreMetadata {
-    /// A source over `store`.
+    /// A source over `store`, by reserved addresses only.
     pub fn new(store: Arc<dyn WorkflowStore>) -> Self {
-        StoreMetadata { store }
+        StoreMetadata {
+            store,
+            observed: None,
+        }
+    }
+
+    /// Also answers a caller whose address a machine asked for in its own DHCP
+    /// traffic (proxyDHCP mode). Weaker than a reservation: a host that sends a
+    /// REQUEST with another machine's MAC is taken for it; see the README's
+    /// Security section.
+    pub fn with_observed_addresses(mut self, observed: Arc<ObservedAddresses>) -> Self {
+        self.observed = Some(observed);
+        self
     }
 }
 
 #[async_trait]
 impl MetadataSource for StoreMetadata {
     async fn metadata_for(&self, addr: IpAddr) -> Result<Option<InstanceMetadata>> {
-        let Some(hw) = self.store.hardware_by_ip(addr).await? else {
-            return Ok(None);
+        let hw = match self.store.hardware_by_ip(addr).await? {
+            Some(hw) => hw,
+            None => match self.observed.as_ref().and_then(|o| o.mac_of(addr)) {
+                Some(mac) => match self.store.hardware_by_mac(mac).await? {
+                    Some(hw) => hw,
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            },
         };
         let hw = hw.value;
         let instance = hw.instance();

@@ -3,24 +3,25 @@
 //! sends its output. Every state change goes through the `WorkflowStore`
 //! atomically. Message types are `tinker_core::worker_api`.
 //!
-//! Authentication: `Authorization: Bearer <token>`, where the token is
-//! HMAC-SHA256(secret, worker id) in hex ([`worker_token`]), so the control plane
-//! can put each machine's token on its kernel command line without a token table,
-//! and a token opens only its own worker's endpoints. The secret and the tokens
-//! are [`Secret`]s; a presented token is compared in constant time.
+//! Authentication: `Authorization: Bearer <token>`, where the token is the
+//! machine's [`worker_token`](crate::credentials::worker_token): derived from
+//! the secret, the worker id (its MAC) and when its netboot was turned on, so
+//! the control plane puts it on the kernel command line without a token table,
+//! it opens only its own worker's endpoints, it is void once netboot is off, and
+//! a new netboot issues a new one. Unless the machines sit behind NAT
+//! ([`AddressCheck`](crate::credentials::AddressCheck)), it is accepted only from
+//! the machine's own address. A presented token is compared in constant time.
 //!
 //! Time is read from the [`Clock`](tinker_core::clock::Clock) it is given
 //! ([`WorkerApi::with_clock`]), so a simulated rack runs it under a manual clock.
 
+use crate::credentials::{CallerCheck, worker_token};
 use crate::http::{Body, ExtraRoutes};
-use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use sha2::Sha256;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tinker_core::Secret;
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::{Kind, ObjectKey};
 use tinker_core::state::{Refusal, WorkflowEvent};
@@ -29,33 +30,10 @@ use tinker_core::worker_api::{
     ActionReport, Heartbeat, LogBatch, NextActionResponse, ReportResponse, WorkerAction,
 };
 use tinker_core::{Error, WorkflowStore, WorkflowStoreExt};
+use tinker_core::{MacAddr, Secret};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
-
-/// The bearer token of a worker: HMAC-SHA256(secret, worker id), lower-case hex.
-pub fn worker_token(secret: &Secret, worker_id: &str) -> Secret {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(worker_id.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(digest.len() * 2);
-    for b in digest {
-        hex.push(char::from_digit(u32::from(b >> 4), 16).expect("a nibble"));
-        hex.push(char::from_digit(u32::from(b & 0xf), 16).expect("a nibble"));
-    }
-    Secret::new(hex)
-}
-
-/// The worker secret from the bytes of a secret file: text as it is (so a text
-/// secret derives the same tokens as before), anything else (32 random bytes, as
-/// older versions wrote) as its lower-case hex.
-pub fn secret_from_bytes(bytes: &[u8]) -> Secret {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Secret::new(text),
-        Err(_) => Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-    }
-}
 
 /// The token of an `Authorization: Bearer` header.
 pub(crate) fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
@@ -75,6 +53,7 @@ pub struct WorkerApi {
     heartbeat_seconds: u32,
     in_flight: Arc<tokio::sync::Semaphore>,
     shed: Arc<std::sync::atomic::AtomicU64>,
+    callers: CallerCheck,
 }
 
 /// Worker requests handled at once; beyond, the API answers 503 with
@@ -120,6 +99,18 @@ fn workflow_key(id: &str) -> Option<ObjectKey> {
 /// to another machine, so a caller learns nothing of other machines' work.
 const NOT_YOURS: &str = "no such action is assigned to this worker";
 
+/// What a worker whose machine's netboot has ended is told.
+const NETBOOT_OVER: &str = "netboot is off for this machine: nothing is assigned to it";
+
+/// Whether the netboot a worker's token belongs to is still on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Netboot {
+    /// On: the token opens the machine's actions.
+    On,
+    /// Turned off since: the token opens nothing.
+    Over,
+}
+
 /// What a worker is told when the state machine refuses its event: why, without
 /// claim numbers or another machine's state.
 fn refusal_text(reason: &Refusal) -> &'static str {
@@ -143,6 +134,7 @@ impl WorkerApi {
             heartbeat_seconds,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             shed: Arc::default(),
+            callers: CallerCheck::default(),
         }
     }
 
@@ -169,9 +161,63 @@ impl WorkerApi {
         Arc::new(ShedCounter(self.shed.clone()))
     }
 
-    fn authorized(&self, req: &Request<Incoming>, worker: &str) -> bool {
-        bearer_token(req)
-            .is_some_and(|token| worker_token(&self.secret, worker).matches(token.as_bytes()))
+    /// Decides who may call as the machine's worker: strict addresses by
+    /// default, shared with the script route.
+    pub fn with_caller_check(mut self, callers: CallerCheck) -> Self {
+        self.callers = callers;
+        self
+    }
+
+    /// Whether the caller may act as `worker`: a known machine (the worker id is
+    /// one of its MACs) presenting the token of its last netboot, from the
+    /// machine's own address; and whether that netboot is still on. Every
+    /// refusal but the address one is the same 401, so a caller learns nothing
+    /// of which machines exist.
+    async fn authorize(
+        &self,
+        req: &Request<Incoming>,
+        worker: &str,
+        caller: IpAddr,
+    ) -> Result<Netboot, Response<Body>> {
+        let denied = || problem(StatusCode::UNAUTHORIZED, "bad or missing bearer token");
+        let Some(presented) = bearer_token(req) else {
+            return Err(denied());
+        };
+        let Ok(mac) = worker.parse::<MacAddr>() else {
+            return Err(denied());
+        };
+        let hw = match self.store.hardware_by_mac(mac).await {
+            Ok(Some(hw)) => hw.value,
+            Ok(None) => return Err(denied()),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "worker API: store lookup failed");
+                return Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable; retry",
+                ));
+            }
+        };
+        let netboot_on = hw
+            .interface(mac)
+            .and_then(|i| i.netboot.as_ref())
+            .and_then(|n| n.allow_pxe)
+            == Some(true);
+        let expected = worker_token(&self.secret, worker, hw.netboot_since());
+        if !expected.matches(presented.as_bytes()) {
+            return Err(denied());
+        }
+        if !self.callers.is_machine(&hw, mac, caller) {
+            tracing::warn!(worker, %caller, "worker API: a valid token from an address not the machine's");
+            return Err(problem(
+                StatusCode::FORBIDDEN,
+                "this worker's token is accepted only from its machine's address",
+            ));
+        }
+        Ok(if netboot_on {
+            Netboot::On
+        } else {
+            Netboot::Over
+        })
     }
 
     async fn body<T: serde::de::DeserializeOwned>(
@@ -398,7 +444,7 @@ impl ExtraRoutes for WorkerApi {
     async fn handle(
         &self,
         req: Request<Incoming>,
-        _peer: IpAddr,
+        peer: IpAddr,
     ) -> Result<Response<Body>, Request<Incoming>> {
         let path = req.uri().path().to_string();
         let Some(rest) = path.strip_prefix("/v1/workers/") else {
@@ -418,12 +464,24 @@ impl ExtraRoutes for WorkerApi {
                 "overloaded; retry",
             ));
         };
-        if !self.authorized(&req, &worker) {
-            tracing::warn!(worker, "worker API: bad or missing token");
-            return Ok(problem(
-                StatusCode::UNAUTHORIZED,
-                "bad or missing bearer token",
-            ));
+        match self.authorize(&req, &worker, peer).await {
+            Ok(Netboot::On) => {}
+            // The machine's netboot has ended (its workflow is done): its token
+            // still says who it is, but opens nothing. Its agent is told to wait
+            // (it is about to reboot) rather than that its token is wrong.
+            Ok(Netboot::Over) => {
+                return Ok(match op {
+                    "next-action" => json(
+                        StatusCode::OK,
+                        &NextActionResponse::Wait {
+                            retry_after_seconds: 30,
+                            reason: NETBOOT_OVER.into(),
+                        },
+                    ),
+                    _ => problem(StatusCode::CONFLICT, NETBOOT_OVER),
+                });
+            }
+            Err(answer) => return Ok(answer),
         }
         Ok(match op {
             "next-action" => match Self::body(req).await {
@@ -444,43 +502,6 @@ impl ExtraRoutes for WorkerApi {
             },
             _ => problem(StatusCode::NOT_FOUND, "not found"),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_hmac_sha256_in_hex_rfc4231_case_2() {
-        let token = worker_token(&Secret::new("Jefe"), "what do ya want for nothing?");
-        assert_eq!(
-            token.expose(),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
-
-    #[test]
-    fn tokens_are_the_ones_earlier_versions_derived() {
-        // Recorded from the hand-written HMAC this replaced, for a short key and
-        // one longer than the 64-byte block (which HMAC hashes first).
-        assert_eq!(
-            worker_token(&Secret::new("s3cret"), "02:00:00:00:00:01").expose(),
-            RECORDED_SHORT
-        );
-        assert_eq!(
-            worker_token(&Secret::new("k".repeat(100)), "operator").expose(),
-            RECORDED_LONG
-        );
-    }
-
-    const RECORDED_SHORT: &str = "f86dea8e8d094fd4f8a5e6dfbbc36f3f3192ae941021b198fb870e345ec14d5f";
-    const RECORDED_LONG: &str = "a18946e8abee886bf6096cbe27d08b4c18e33934a021574a339851fca3f17442";
-
-    #[test]
-    fn secret_files_read_as_text_or_hex() {
-        assert_eq!(secret_from_bytes(b"s3cret").expose(), "s3cret");
-        assert_eq!(secret_from_bytes(&[0xff, 0x00, 0x10]).expose(), "ff0010");
     }
 }
 

@@ -53,6 +53,7 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
         trusted_proxies: trusted,
         extra: None,
         metrics: vec![],
+        callers: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

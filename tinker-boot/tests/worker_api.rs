@@ -1,9 +1,11 @@
-//! The worker API: tokens per worker, and predictable shedding under overload.
+//! The worker API: tokens per machine and per netboot, taken only from the
+//! machine's address, and predictable shedding under overload.
 
 use std::sync::Arc;
 use std::time::Duration;
+use tinker_boot::credentials::{AddressCheck, CallerCheck, worker_token};
 use tinker_boot::http::{HttpConfig, HttpServer, client};
-use tinker_boot::worker_api::{WorkerApi, worker_token};
+use tinker_boot::worker_api::WorkerApi;
 use tinker_core::Secret;
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
 use tinker_core::state::WorkflowEvent;
@@ -67,6 +69,17 @@ impl WorkflowStore for SlowStore {
 /// (`spawn_blocking` sees the test's runtime; a plain thread gets its own);
 /// the status, and the headers and body as text.
 fn post(port: u16, path: &str, token: &str, body: &str) -> (u16, String) {
+    post_from(None, port, path, token, body)
+}
+
+/// [`post`] from a given loopback address (a machine's own).
+fn post_from(
+    from: Option<std::net::IpAddr>,
+    port: u16,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, String) {
     let auth = format!("Bearer {token}");
     let headers = [
         ("authorization", auth.as_str()),
@@ -74,7 +87,7 @@ fn post(port: u16, path: &str, token: &str, body: &str) -> (u16, String) {
     ];
     let call = client::request(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        None,
+        from,
         client::Method::POST,
         path,
         &headers,
@@ -98,6 +111,26 @@ fn post(port: u16, path: &str, token: &str, body: &str) -> (u16, String) {
     (resp.status, format!("{head}\r\n{}", resp.text()))
 }
 
+/// Puts a Hardware for `mac` at `address` (netboot on, as `Hardware::new`
+/// makes it) and returns its worker's token for the secret `secret`.
+async fn machine(
+    store: &dyn WorkflowStore,
+    secret: &str,
+    mac: MacAddr,
+    address: [u8; 4],
+) -> String {
+    let hw = Hardware::new(
+        &format!("m-{}", mac.dashed()),
+        mac,
+        address.into(),
+        "255.0.0.0",
+    );
+    store.put(hw.into(), Precondition::Any).await.unwrap();
+    worker_token(&Secret::new(secret), &mac.to_string(), "")
+        .expose()
+        .to_string()
+}
+
 async fn serve(api: WorkerApi, store: Arc<dyn WorkflowStore>) -> u16 {
     let server = HttpServer::new(HttpConfig {
         extra: Some(Arc::new(api)),
@@ -111,42 +144,196 @@ async fn serve(api: WorkerApi, store: Arc<dyn WorkflowStore>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_open_only_their_own_worker() {
+    use tinker_core::testing::mac;
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mine = machine(store.as_ref(), "s3cret", mac(1), [127, 0, 0, 1]).await;
+    machine(store.as_ref(), "s3cret", mac(2), [127, 0, 0, 2]).await;
     let port = serve(
         WorkerApi::new(store.clone(), Secret::new("s3cret"), 5),
         store,
     )
     .await;
+    let (w1, w2) = (mac(1).to_string(), mac(2).to_string());
     tokio::task::spawn_blocking(move || {
-        let mine = worker_token(&Secret::new("s3cret"), "w1");
-        let mine = mine.expose();
-        let body = "{\"worker_id\":\"w1\"}";
-        assert_eq!(post(port, "/v1/workers/w1/next-action", mine, body).0, 200);
-        assert_eq!(post(port, "/v1/workers/w2/next-action", mine, body).0, 401, "another worker's endpoint");
-        assert_eq!(post(port, "/v1/workers/w1/next-action", "nonsense", body).0, 401);
-        assert_eq!(post(port, "/v1/workers/w1/next-action", worker_token(&Secret::new("other"), "w1").expose(), body).0, 401);
-        let report = "{\"worker_id\":\"w2\",\"workflow_id\":\"default/x\",\"action_index\":0,\"attempt\":1,\"outcome\":{\"outcome\":\"success\"},\"started_at\":null,\"finished_at\":null}";
-        assert_eq!(post(port, "/v1/workers/w1/report", mine, report).0, 403, "a report for someone else");
-        assert_eq!(post(port, "/v1/workers/w1/report", mine, "{not json").0, 400);
+        let body = format!("{{\"worker_id\":\"{w1}\"}}");
+        let ask = |worker: &str, token: &str| post(port, &format!("/v1/workers/{worker}/next-action"), token, &body).0;
+        assert_eq!(ask(&w1, &mine), 200);
+        assert_eq!(ask(&w2, &mine), 401, "another worker's endpoint");
+        assert_eq!(ask(&w1, "nonsense"), 401);
+        assert_eq!(ask(&w1, worker_token(&Secret::new("other"), &w1, "").expose()), 401);
+        // The token the old derivation gave (HMAC of the id alone) opens nothing.
+        assert_eq!(ask("w1", worker_token(&Secret::new("s3cret"), "w1", "").expose()), 401, "a worker id that is no machine's");
+        let report = format!("{{\"worker_id\":\"{w2}\",\"workflow_id\":\"default/x\",\"action_index\":0,\"attempt\":1,\"outcome\":{{\"outcome\":\"success\"}},\"started_at\":null,\"finished_at\":null}}");
+        assert_eq!(post(port, &format!("/v1/workers/{w1}/report"), &mine, &report).0, 403, "a report for someone else");
+        assert_eq!(post(port, &format!("/v1/workers/{w1}/report"), &mine, "{not json").0, 400);
     })
     .await
     .unwrap();
 }
 
+/// A token leaked to another host is no use there; behind NAT (a documented
+/// relaxation) it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_taken_only_from_its_machines_address() {
+    use tinker_core::testing::mac;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let token = machine(store.as_ref(), "k", mac(3), [127, 0, 0, 3]).await;
+    let strict = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5),
+        store.clone(),
+    )
+    .await;
+    let nat = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5).with_caller_check(CallerCheck {
+            mode: AddressCheck::BehindNat,
+            ..CallerCheck::default()
+        }),
+        store,
+    )
+    .await;
+    let w = mac(3).to_string();
+    tokio::task::spawn_blocking(move || {
+        let body = format!("{{\"worker_id\":\"{w}\"}}");
+        let path = format!("/v1/workers/{w}/next-action");
+        let own = Some(std::net::IpAddr::from([127, 0, 0, 3]));
+        let other = Some(std::net::IpAddr::from([127, 0, 0, 99]));
+        assert_eq!(post_from(own, strict, &path, &token, &body).0, 200);
+        let (code, text) = post_from(other, strict, &path, &token, &body);
+        assert_eq!(code, 403, "{text}");
+        assert_eq!(post_from(other, nat, &path, &token, &body).0, 200);
+    })
+    .await
+    .unwrap();
+}
+
+/// Turning netboot off voids the token; turning it on again issues a new one,
+/// and the old one stays void.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_netboot_rotates_the_token() {
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::testing::mac;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let first = machine(store.as_ref(), "k", mac(4), [127, 0, 0, 1]).await;
+    let port = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5),
+        store.clone(),
+    )
+    .await;
+    let w = mac(4).to_string();
+    let call = move |op: &'static str, token: String| {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || {
+            let body = match op {
+                "next-action" => format!("{{\"worker_id\":\"{w}\"}}"),
+                _ => format!(
+                    "{{\"worker_id\":\"{w}\",\"workflow_id\":\"default/x\",\"action_index\":0,\"attempt\":1}}"
+                ),
+            };
+            post(port, &format!("/v1/workers/{w}/{op}"), &token, &body)
+        })
+    };
+    let (code, text) = call("next-action", first.clone()).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(text.contains("\"wait\""), "nothing waits yet: {text}");
+    let toggle = |allow: bool, at: i64| {
+        let store = store.clone();
+        async move {
+            let name = format!("m-{}", mac(4).dashed());
+            let hw = store.hardware("default", &name).await.unwrap().unwrap();
+            let mut value = hw.value;
+            value.set_allow_pxe_at(allow, jiff::Timestamp::from_second(at).unwrap());
+            store
+                .put(value.clone().into(), Precondition::Version(hw.version))
+                .await
+                .unwrap();
+            value
+        }
+    };
+    toggle(false, 1_800_000_000).await;
+    let (code, text) = call("next-action", first.clone()).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(text.contains("netboot is off"), "told to wait: {text}");
+    let (code, text) = call("heartbeat", first.clone()).await.unwrap();
+    assert_eq!(code, 409, "netboot off: the token opens nothing: {text}");
+    let hw = toggle(true, 1_800_000_100).await;
+    let (code, _) = call("next-action", first).await.unwrap();
+    assert_eq!(code, 401, "the last netboot's token is refused");
+    let second = worker_token(&Secret::new("k"), &mac(4).to_string(), hw.netboot_since());
+    let (code, _) = call("next-action", second.expose().to_string())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+/// The script that carries a token goes with it only to the machine itself:
+/// anyone else who asks by MAC gets the script without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machines_token_goes_only_to_the_machine() {
+    use tinker_core::testing::mac;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let token = machine(store.as_ref(), "k", mac(5), [127, 0, 0, 5]).await;
+    let mut config = HttpConfig::new(store.clone());
+    config.osie.worker_secret = Some(Secret::new("k"));
+    let server = HttpServer::new(config);
+    let stats = server.stats();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let fetch = |from: [u8; 4]| async move {
+        client::request(
+            addr,
+            Some(from.into()),
+            client::Method::GET,
+            &format!("/ipxe/{}/auto.ipxe", mac(5)),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+        .text()
+    };
+    let own = fetch([127, 0, 0, 5]).await;
+    assert!(own.contains(&format!("tinker_token={token}")), "{own}");
+    let stranger = fetch([127, 0, 0, 66]).await;
+    assert!(
+        stranger.contains("worker_id="),
+        "the script itself: {stranger}"
+    );
+    assert!(!stranger.contains("tinker_token"), "{stranger}");
+    assert_eq!(
+        stats
+            .scripts_without_token
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_retry_after() {
     let store: Arc<dyn WorkflowStore> = Arc::new(SlowStore(MemoryStore::new()));
-    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_limit(2);
+    let mut tokens = Vec::new();
+    for i in 0..12u8 {
+        let mac = tinker_core::testing::mac(u32::from(i) + 100);
+        let token = machine(store.as_ref(), "k", mac, [127, 0, 1, i + 1]).await;
+        tokens.push((mac.to_string(), token));
+    }
+    // Addresses do not matter here: the machines are taken to sit behind NAT.
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5)
+        .with_limit(2)
+        .with_caller_check(CallerCheck {
+            mode: AddressCheck::BehindNat,
+            ..CallerCheck::default()
+        });
     let port = serve(api, store).await;
     let results = tokio::task::spawn_blocking(move || {
-        let handles: Vec<_> = (0..12)
-            .map(|i| {
+        let handles: Vec<_> = tokens
+            .into_iter()
+            .map(|(w, token)| {
                 std::thread::spawn(move || {
-                    let w = format!("w{i}");
                     post(
                         port,
                         &format!("/v1/workers/{w}/next-action"),
-                        worker_token(&Secret::new("k"), &w).expose(),
+                        &token,
                         &format!("{{\"worker_id\":\"{w}\"}}"),
                     )
                 })
@@ -186,11 +373,15 @@ async fn claims_reports_and_logs_read_the_time_from_the_given_clock() {
         )
         .await
         .unwrap();
+    let token = machine(
+        store.as_ref(),
+        "k",
+        tinker_core::testing::mac(7),
+        [127, 0, 0, 1],
+    )
+    .await;
     let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_clock(clock.clone());
     let port = serve(api, store.clone()).await;
-    let token = worker_token(&Secret::new("k"), &worker)
-        .expose()
-        .to_string();
     let w = worker.clone();
     let t = token.clone();
     let (code, _) = tokio::task::spawn_blocking(move || {
@@ -255,9 +446,10 @@ async fn a_worker_cannot_touch_another_workers_action() {
         store.clone(),
     )
     .await;
-    let token = worker_token(&Secret::new("k"), &a);
+    let token = machine(store.as_ref(), "k", mac(1), [127, 0, 0, 1]).await;
+    machine(store.as_ref(), "k", mac(2), [127, 0, 0, 2]).await;
     let attempt = b_claim.attempt;
-    let (a2, token2) = (a.clone(), token.expose().to_string());
+    let (a2, token2) = (a.clone(), token);
     let answers = tokio::task::spawn_blocking(move || {
         let call = |op: &str, workflow: &str, extra: &str| {
             let body = format!(

@@ -558,7 +558,7 @@ impl Engine {
             {
                 return Ok(());
             }
-            value.set_allow_pxe(allow);
+            value.set_allow_pxe_at(allow, self.clock.now());
             match self
                 .store
                 .put(Object::Hardware(value), Precondition::Version(version))

@@ -106,6 +106,16 @@ impl HttpTransport {
         self
     }
 
+    /// Sends from `address`: a machine with several addresses (or a simulated
+    /// one on loopback) calls from the one its Hardware reserves, which is the
+    /// only one the worker API takes its token from.
+    pub fn with_local_address(mut self, address: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(address));
+        self.client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        self
+    }
+
     /// Gives up on a request after `timeout` (default [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

@@ -6,6 +6,7 @@
 use super::request::{self, Inbound};
 use super::stats::DhcpStats;
 use super::{DhcpConfig, Outbound, Skip, Verdict};
+use crate::credentials::ObservedAddresses;
 use dhcproto::v4::MessageType;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub struct DhcpServer {
     config: DhcpConfig,
     responder: Arc<dyn BootResponder>,
     stats: Arc<DhcpStats>,
+    observed: Option<Arc<ObservedAddresses>>,
 }
 
 /// Binds a UDP socket for DHCP: broadcast allowed, address reuse (so a proxyDHCP
@@ -54,7 +56,17 @@ impl DhcpServer {
             config,
             responder,
             stats: Arc::default(),
+            observed: None,
         }
+    }
+
+    /// In proxyDHCP mode, records in `observed` the address each machine's own
+    /// REQUEST asks of the network's DHCP server, so the HTTP services can tell
+    /// the machine's later requests from anyone else's (see
+    /// [`CallerCheck`](crate::credentials::CallerCheck)).
+    pub fn with_observed_addresses(mut self, observed: Arc<ObservedAddresses>) -> Self {
+        self.observed = Some(observed);
+        self
     }
 
     /// Its counters.
@@ -85,6 +97,16 @@ impl DhcpServer {
             }
         };
         let mac = inbound.request.mac;
+        if let (Some(observed), super::Mode::Proxy, MessageType::Request) =
+            (&self.observed, self.config.mode, inbound.kind)
+        {
+            let asked = inbound
+                .requested_ip
+                .or(Some(inbound.msg.ciaddr()).filter(|ip| !ip.is_unspecified()));
+            if let Some(ip) = asked {
+                observed.record(mac, ip.into());
+            }
+        }
         match inbound.kind {
             MessageType::Release => DhcpStats::inc(&self.stats.releases),
             MessageType::Decline => {

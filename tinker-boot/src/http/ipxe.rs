@@ -5,8 +5,8 @@ use super::{HttpServer, status};
 use hyper::{Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use tinker_core::MacAddr;
 use tinker_core::model::Hardware;
+use tinker_core::{MacAddr, Secret};
 
 /// What the default script boots: the in-memory OS with the worker agent.
 #[derive(Debug, Clone, Default)]
@@ -21,13 +21,16 @@ pub struct OsieConfig {
     pub control_plane: String,
     /// Extra kernel arguments (console, ...), before the Hardware's own.
     pub extra_args: Vec<String>,
-    /// The worker API's secret: when set, each machine's script carries its own
-    /// bearer token (`tinker_token=`), derived from it and the machine's MAC.
+    /// The worker API's secret: when set, the script a machine fetches from its
+    /// own address carries its bearer token (`tinker_token=`, see
+    /// [`worker_token`](crate::credentials::worker_token)); anyone else gets the
+    /// script without it.
     pub worker_secret: Option<tinker_core::Secret>,
 }
 
-/// Renders the script for a machine.
-pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
+/// Renders the script for a machine; `token` is its worker token, for the
+/// machine itself only.
+pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig, token: Option<&Secret>) -> String {
     let iface = hw.interface(mac);
     let netboot = iface.and_then(|i| i.netboot.as_ref());
     if netboot.and_then(|n| n.allow_pxe) != Some(true) {
@@ -65,11 +68,8 @@ pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> String {
         format!("worker_id={mac}"),
         format!("hw_addr={mac}"),
     ];
-    if let Some(secret) = &osie.worker_secret {
-        args.push(format!(
-            "tinker_token={}",
-            crate::worker_api::worker_token(secret, &mac.to_string()).expose()
-        ));
+    if let Some(token) = token {
+        args.push(format!("tinker_token={}", token.expose()));
     }
     if let Some(host) = iface
         .and_then(|i| i.dhcp.as_ref())
@@ -117,12 +117,12 @@ exit
 }
 
 impl HttpServer {
-    pub(super) async fn script_by_mac(&self, mac: &str) -> Response<Body> {
+    pub(super) async fn script_by_mac(&self, mac: &str, caller: IpAddr) -> Response<Body> {
         let Ok(mac) = mac.replace('-', ":").parse::<MacAddr>() else {
             return status(StatusCode::BAD_REQUEST, "not a MAC address\n");
         };
         match self.config.store.hardware_by_mac(mac).await {
-            Ok(Some(hw)) => self.serve_script(&hw.value, mac),
+            Ok(Some(hw)) => self.serve_script(&hw.value, mac, caller),
             Ok(None) => status(StatusCode::NOT_FOUND, "unknown machine\n"),
             Err(e) => {
                 tracing::warn!(%mac, error = %e, "store lookup failed");
@@ -146,7 +146,7 @@ impl HttpServer {
                     })
                     .and_then(|d| d.mac.parse().ok());
                 match mac {
-                    Some(mac) => self.serve_script(&hw.value, mac),
+                    Some(mac) => self.serve_script(&hw.value, mac, caller),
                     None => status(StatusCode::NOT_FOUND, "unknown machine\n"),
                 }
             }
@@ -155,12 +155,32 @@ impl HttpServer {
         }
     }
 
-    fn serve_script(&self, hw: &Hardware, mac: MacAddr) -> Response<Body> {
+    /// The script, with the machine's token only when the caller is the
+    /// machine: anyone can learn a MAC, so the by-MAC route gives others the
+    /// script without it.
+    fn serve_script(&self, hw: &Hardware, mac: MacAddr, caller: IpAddr) -> Response<Body> {
         self.stats.scripts.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%mac, machine = %hw.metadata.name, allow_pxe = hw.allows_pxe(), "iPXE script served");
-        let mut r = Response::new(super::body::full(script(hw, mac, &self.config.osie)));
+        let itself = self.config.callers.is_machine(hw, mac, caller);
+        let token =
+            match &self.config.osie.worker_secret {
+                Some(secret) if itself && hw.allows_pxe() => Some(
+                    crate::credentials::worker_token(secret, &mac.to_string(), hw.netboot_since()),
+                ),
+                Some(_) => {
+                    self.stats
+                        .scripts_without_token
+                        .fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                None => None,
+            };
+        tracing::info!(%mac, machine = %hw.metadata.name, %caller, allow_pxe = hw.allows_pxe(), with_token = token.is_some(), "iPXE script served");
+        let body = script(hw, mac, &self.config.osie, token.as_ref());
+        let mut r = Response::new(super::body::full(body));
         r.headers_mut()
             .insert("content-type", "text/plain".parse().expect("static header"));
+        r.headers_mut()
+            .insert("cache-control", "no-store".parse().expect("static header"));
         r
     }
 }

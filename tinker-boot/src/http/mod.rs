@@ -76,6 +76,9 @@ pub struct HttpStats {
     pub asset_bytes: AtomicU64,
     /// Paths refused (outside the served directory).
     pub refused: AtomicU64,
+    /// Scripts served without the machine's token, to a caller that is not the
+    /// machine (someone who knows its MAC).
+    pub scripts_without_token: AtomicU64,
 }
 
 /// Everything the HTTP server serves from.
@@ -97,6 +100,9 @@ pub struct HttpConfig {
     pub extra: Option<Arc<dyn ExtraRoutes>>,
     /// Metrics of the other services, appended to `/metrics`.
     pub metrics: Vec<Arc<dyn MetricsSource>>,
+    /// Whether a caller is the machine it names (scripts with tokens, metadata
+    /// in proxyDHCP mode); share it with the worker API and the DHCP server.
+    pub callers: crate::credentials::CallerCheck,
 }
 
 impl HttpConfig {
@@ -112,6 +118,7 @@ impl HttpConfig {
             trusted_proxies: Vec::new(),
             extra: None,
             metrics: Vec::new(),
+            callers: Default::default(),
         }
     }
 }
@@ -274,7 +281,7 @@ impl HttpServer {
             ["healthz"] => status(StatusCode::OK, "ok\n"),
             ["metrics"] => self.metrics(),
             ["auto.ipxe"] => self.script_by_ip(caller).await,
-            ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac).await,
+            ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac, caller).await,
             ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")),
             ["assets", rest @ ..] => {
                 self.asset(

@@ -5,6 +5,10 @@ use super::{Extra, ObjectMeta};
 use crate::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 
+/// The annotation that records when the engine last turned a machine's netboot
+/// on (RFC 3339); see [`Hardware::netboot_since`].
+pub const NETBOOT_SINCE: &str = "tinker.dev/netboot-since";
+
 /// A machine, as `tinkerbell.org/v1alpha1` `Hardware`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -327,6 +331,30 @@ impl Hardware {
             .interfaces
             .iter()
             .any(|i| i.netboot.as_ref().and_then(|n| n.allow_pxe) == Some(true))
+    }
+
+    /// When netboot was last turned on by [`Hardware::set_allow_pxe_at`] (the
+    /// [`NETBOOT_SINCE`] annotation), or `""` for a machine whose netboot was
+    /// only ever set in its YAML. Worker tokens are derived from it, so turning
+    /// netboot on again issues the machine a new one.
+    pub fn netboot_since(&self) -> &str {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(NETBOOT_SINCE))
+            .map_or("", String::as_str)
+    }
+
+    /// Sets `allowPXE` on every interface; turning it on from off records `now`
+    /// as [`Hardware::netboot_since`], which rotates the machine's worker token.
+    pub fn set_allow_pxe_at(&mut self, allow: bool, now: jiff::Timestamp) {
+        if allow && !self.allows_pxe() {
+            self.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(NETBOOT_SINCE.to_string(), now.to_string());
+        }
+        self.set_allow_pxe(allow);
     }
 
     /// Sets `allowPXE` on every interface, as Tinkerbell's `toggleAllowNetboot` does.
