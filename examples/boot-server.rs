@@ -239,6 +239,7 @@ async fn run(a: Args) -> Result<(), String> {
         }),
         metrics: vec![dhcp.stats(), tftp.stats()],
         callers: callers.clone(),
+        serves_machines: true,
     });
     tracing::info!(interface = %a.interface, address = %a.address, mode = if a.proxy { "proxy" } else { "reservation" }, http = %http_base, "serving");
 

@@ -238,6 +238,7 @@ async fn bind_loopback() -> Result<Network, String> {
             proxy: None,
             tftp,
             http,
+            management: None,
         },
     })
 }

@@ -46,8 +46,12 @@ pub struct Listeners {
     pub proxy: Option<UdpSocket>,
     /// TFTP.
     pub tftp: UdpSocket,
-    /// HTTP: scripts, assets, metadata, the worker and operator APIs.
+    /// HTTP: scripts, assets, metadata, the worker API, and the operator's
+    /// page and API unless `management` is given.
     pub http: TcpListener,
+    /// The operator's page and API (and `/metrics`) on a management network of
+    /// their own: given, they are served only here, not to the machines.
+    pub management: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -65,6 +69,7 @@ impl Listeners {
             proxy: None,
             tftp: UdpSocket::bind((address, tftp)).await?,
             http: TcpListener::bind((address, http)).await?,
+            management: None,
         })
     }
 
@@ -149,6 +154,12 @@ impl ControlPlane {
     /// [`ControlPlane::serve`] runs on sockets, a simulation can drive over
     /// in-memory transports.
     pub fn services(self, http_addr: SocketAddr) -> Services {
+        self.wire(http_addr, false)
+    }
+
+    /// [`ControlPlane::services`], with the operator's routes only on the
+    /// management server when `separate_management`.
+    fn wire(self, http_addr: SocketAddr, separate_management: bool) -> Services {
         let http = format!("http://{http_addr}");
         let mut osie = self.osie;
         if osie.base_url.is_empty() {
@@ -194,17 +205,27 @@ impl ControlPlane {
         }
         let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
             vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
+        let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
+            OperatorApi::new(self.store.clone(), operator_token(&self.secret))
+                .with_clock(self.clock.clone()),
+        );
+        let mut machine_routes: Vec<Arc<dyn tinker_boot::http::ExtraRoutes>> =
+            vec![Arc::new(worker_api)];
+        if !separate_management {
+            machine_routes.push(operator.clone());
+        }
+        let management = HttpServer::new(HttpConfig {
+            extra: Some(operator),
+            metrics: metrics.clone(),
+            serves_machines: false,
+            ..HttpConfig::new(self.store.clone())
+        })
+        .with_clock(self.clock.clone());
         let http = HttpServer::new(HttpConfig {
             osie,
             assets: self.assets,
             binaries: Some(self.tftp_files),
-            extra: Some(Arc::new(RouteChain(vec![
-                Arc::new(worker_api),
-                Arc::new(OperatorApi::new(
-                    self.store.clone(),
-                    operator_token(&self.secret),
-                )),
-            ]))),
+            extra: Some(Arc::new(RouteChain(machine_routes))),
             metrics,
             metadata: Arc::new(
                 tinker_boot::StoreMetadata::new(self.store.clone())
@@ -220,6 +241,7 @@ impl ControlPlane {
             dhcp,
             tftp,
             http,
+            management,
             engine,
         }
     }
@@ -242,8 +264,9 @@ impl ControlPlane {
             dhcp,
             tftp,
             http,
+            management,
             engine,
-        } = self.services(http_addr);
+        } = self.wire(http_addr, listeners.management.is_some());
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -274,6 +297,13 @@ impl ControlPlane {
             let r = http.serve(listeners.http, w).await;
             (Service::Http, r.map_err(failed(Service::Http)))
         });
+        if let Some(listener) = listeners.management {
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = management.serve(listener, w).await;
+                (Service::Management, r.map_err(failed(Service::Management)))
+            });
+        }
         let w = wait(&stop);
         tasks.spawn(async move {
             let r = engine.run(w).await.map_err(|e| ServeError::Failed {
@@ -323,6 +353,9 @@ pub struct Services {
     pub tftp: TftpServer,
     /// HTTP: scripts, assets, metadata, the worker and operator APIs, `/metrics`.
     pub http: HttpServer,
+    /// The operator's page and API and `/metrics` alone, for a management
+    /// listener.
+    pub management: HttpServer,
     /// The workflow engine.
     pub engine: Engine,
 }
@@ -337,6 +370,8 @@ pub enum Service {
     Tftp,
     /// HTTP.
     Http,
+    /// The management listener (operator page and API).
+    Management,
     /// The engine.
     Engine,
 }
@@ -347,6 +382,7 @@ impl std::fmt::Display for Service {
             Service::Dhcp => "DHCP",
             Service::Tftp => "TFTP",
             Service::Http => "HTTP",
+            Service::Management => "management HTTP",
             Service::Engine => "engine",
         })
     }

@@ -8,6 +8,17 @@ mod netlab;
 
 use std::process::Command;
 
+/// A homelab process that is killed however the test ends, so a failed
+/// assertion leaves nothing running (holding ports, files or locks).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_simulated_rack_provisions_every_machine_twice() {
     let homelab = netlab::example("homelab");
@@ -57,15 +68,17 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
     };
     let homelab = netlab::example("homelab");
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&homelab)
-        .args(["--machines", "3", "--hold", "60", "--data"])
-        .arg(data.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(&homelab)
+            .args(["--machines", "3", "--hold", "60", "--data"])
+            .arg(data.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut url = None;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(u) = line.strip_prefix("status page: ") {
@@ -79,20 +92,41 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
     // end it (println! panics on EPIPE) before the browser gets to the page.
     std::thread::spawn(move || lines.for_each(drop));
     let url = url.expect("the status page's address is printed");
-    // Without the token, nothing.
-    let base = url.split("/status").next().unwrap();
-    let denied = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{base}/api/v1/workflows"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&denied.stdout), "401");
+    assert!(!url.contains("token"), "no token in the printed URL: {url}");
+    let token = std::fs::read_to_string(data.path().join("operator-token"))
+        .expect("the operator token is written to <data>/operator-token")
+        .trim()
+        .to_string();
+    let base = url.split("/status").next().unwrap().to_string();
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    // Without the token, nothing; with it in the URL (where history and logs
+    // keep it), nothing either; as a header, the data.
+    let api = format!("{base}/api/v1/workflows");
+    assert_eq!(curl(&[&api]), "401");
+    assert_eq!(curl(&[&format!("{api}?token={token}")]), "401");
+    assert_eq!(
+        curl(&["-H", &format!("Authorization: Bearer {token}"), &api]),
+        "200"
+    );
+    // The browser signs in once on the page's form: a page of its own posts the
+    // token the way an operator's browser would, and the status page then
+    // loads its data with the session cookie alone.
+    let page_dir = tempfile::tempdir().unwrap();
+    let login = page_dir.path().join("login.html");
+    std::fs::write(
+        &login,
+        format!(
+            "<!doctype html><form method=post action=\"{base}/login\"><input name=token value=\"{token}\"></form><script>document.forms[0].submit()</script>"
+        ),
+    )
+    .unwrap();
     // A headless browser that dies while starting (it happens on a loaded machine)
     // prints nothing at all; that is not what this test checks, so it gets two more
     // tries. A page that loads without the data still fails below.
@@ -109,10 +143,12 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
-                "--virtual-time-budget=5000",
+                "--allow-file-access-from-files",
+                "--virtual-time-budget=8000",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(["--dump-dom", &url])
+            .arg("--dump-dom")
+            .arg(format!("file://{}", login.display()))
             .output()
             .unwrap();
         let printed = !o.stdout.is_empty();
@@ -122,8 +158,7 @@ fn the_status_page_shows_the_run_in_headless_chromium() {
         }
     }
     let out = out.unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains("3 workflows, 3 machines"),
@@ -183,14 +218,16 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\n"),
     )
     .unwrap();
-    let mut child = Command::new(&homelab)
-        .arg("--config")
-        .arg(dir.path().join("homelab.yaml"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Running(
+        Command::new(&homelab)
+            .arg("--config")
+            .arg(dir.path().join("homelab.yaml"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut url = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -202,7 +239,23 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         }
     }
     let url = url.expect("the status page is printed");
-    let token = url.split("token=").nth(1).unwrap().to_string();
+    assert!(!url.contains("token"), "no token in the printed URL: {url}");
+    let token_file = dir.path().join("data/operator-token");
+    let token = std::fs::read_to_string(&token_file)
+        .expect("the operator token is written to <data>/operator-token")
+        .trim()
+        .to_string();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the token file is the operator's alone");
+        let mode = std::fs::metadata(dir.path().join("data/worker-secret"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "and so is the secret");
+    }
     let api = |what: &str| {
         let o = Command::new("curl")
             .args([
@@ -229,11 +282,11 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
     assert!(seen, "the new file was not picked up");
     // SIGTERM: a clean stop.
     Command::new("kill")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status()
         .unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "exit {status:?}: {rest:?}");
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
 }

@@ -50,6 +50,10 @@ struct Config {
     /// README's Security section).
     #[serde(default)]
     behind_nat: bool,
+    /// Where the operator's page and API listen, on a management network of
+    /// their own (default: beside the machines' services).
+    #[serde(default)]
+    management_address: Option<SocketAddr>,
 }
 
 fn default_data() -> PathBuf {
@@ -196,6 +200,18 @@ pub async fn run(path: &Path) -> Result<(), String> {
         http: tokio::net::TcpListener::bind((c.address, c.http_port))
             .await
             .map_err(e("HTTP"))?,
+        management: match c.management_address {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(e("management address"))?,
+            ),
+            None => None,
+        },
+    };
+    let operator_url = match c.management_address {
+        Some(addr) => format!("http://{addr}"),
+        None => http.clone(),
     };
 
     let mut files = scan(&objects);
@@ -244,7 +260,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
         objects.display()
     );
     println!(
-        "status page: {http}/status  (sign in with the token in {}; metrics: {http}/metrics)",
+        "status page: {operator_url}/status  (sign in with the token in {}; metrics: {operator_url}/metrics)",
         operator_file.display()
     );
     println!("serving; Ctrl-C to stop");

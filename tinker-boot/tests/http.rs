@@ -54,6 +54,7 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
         extra: None,
         metrics: vec![],
         callers: Default::default(),
+        serves_machines: true,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -30,7 +30,7 @@ pub(crate) use body::full as body_full;
 pub use ipxe::{OsieConfig, script};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
-pub use operator::{OperatorApi, RouteChain};
+pub use operator::{MAX_SESSIONS, OperatorApi, RouteChain, SESSION_LIFETIME};
 /// The Prometheus client `MetricsSource` registers into, re-exported so a
 /// vendor's own source uses the same version.
 pub use prometheus_client;
@@ -103,6 +103,10 @@ pub struct HttpConfig {
     /// Whether a caller is the machine it names (scripts with tokens, metadata
     /// in proxyDHCP mode); share it with the worker API and the DHCP server.
     pub callers: crate::credentials::CallerCheck,
+    /// Whether this server answers machines (scripts, binaries, assets,
+    /// metadata). `false` for a management listener, which serves only the
+    /// extra routes (the operator's), `/metrics` and `/healthz`.
+    pub serves_machines: bool,
 }
 
 impl HttpConfig {
@@ -119,6 +123,7 @@ impl HttpConfig {
             extra: None,
             metrics: Vec::new(),
             callers: Default::default(),
+            serves_machines: true,
         }
     }
 }
@@ -280,6 +285,7 @@ impl HttpServer {
         let resp = match segments.as_slice() {
             ["healthz"] => status(StatusCode::OK, "ok\n"),
             ["metrics"] => self.metrics(),
+            _ if !self.config.serves_machines => status(StatusCode::NOT_FOUND, "not found\n"),
             ["auto.ipxe"] => self.script_by_ip(caller).await,
             ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac, caller).await,
             ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")),

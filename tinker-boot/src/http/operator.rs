@@ -1,29 +1,60 @@
 //! The operator's view: a status page (machines, workflows, per-action progress,
 //! recent events; it refreshes itself) and a read-only JSON API for hardware,
-//! templates, workflows and events. Both need the operator token: the API as
-//! `Authorization: Bearer <token>`, the page as `?token=<token>` (passed on to its
-//! API calls).
+//! templates, workflows and events.
+//!
+//! The operator's token opens them, and never travels in a URL (where browser
+//! history, proxies and access logs keep it): tools send it as
+//! `Authorization: Bearer <token>`; a browser signs in once on the page's form
+//! (`POST /login`) and then holds a session cookie (`HttpOnly`, `SameSite=Strict`,
+//! `Secure` when served over TLS), which the page's own API calls carry.
 //!
 //! | path | what |
 //! |---|---|
-//! | `/status?token=T` | the status page |
+//! | `/status` | the status page (it sends a browser without a session to `/login`) |
+//! | `/login`, `POST /login`, `POST /logout` | the sign-in form; open or close a browser session |
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
 //! | `/api/v1/events/{machine}` | the machine's last 50 events |
 
 use super::{Body, ExtraRoutes, body::full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::Kind;
 use tinker_core::{Secret, WorkflowStore};
+
+/// The session cookie's name.
+const COOKIE: &str = "tinker_session";
+
+/// How long a browser session lasts.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// Browser sessions held at once; signing in past it ends the oldest.
+pub const MAX_SESSIONS: usize = 1024;
+
+/// Largest sign-in form accepted.
+const MAX_LOGIN_BODY: usize = 4096;
 
 /// The status page and the operator API.
 #[derive(Clone)]
 pub struct OperatorApi {
     store: Arc<dyn WorkflowStore>,
     token: Secret,
+    sessions: Arc<Mutex<Sessions>>,
+    clock: SharedClock,
+    secure_cookie: bool,
+}
+
+/// Open browser sessions: the SHA-256 of each session id (so a memory dump or a
+/// debug print does not hand out sessions) and when it ends.
+#[derive(Default)]
+struct Sessions {
+    by_hash: HashMap<[u8; 32], jiff::Timestamp>,
 }
 
 impl std::fmt::Debug for OperatorApi {
@@ -32,24 +63,148 @@ impl std::fmt::Debug for OperatorApi {
     }
 }
 
+fn session_hash(id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes()).into()
+}
+
 impl OperatorApi {
     /// The routes over `store`, opened by `token`.
     pub fn new(store: Arc<dyn WorkflowStore>, token: Secret) -> Self {
-        OperatorApi { store, token }
+        OperatorApi {
+            store,
+            token,
+            sessions: Arc::default(),
+            clock: SystemClock::shared(),
+            secure_cookie: false,
+        }
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let bearer = crate::worker_api::bearer_token(req);
-        if let Some(token) = bearer {
+    /// Reads session times from `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Marks the session cookie `Secure` (the page is served over HTTPS).
+    pub fn with_secure_cookie(mut self, secure: bool) -> Self {
+        self.secure_cookie = secure;
+        self
+    }
+
+    /// The session id the request's cookie names, if any.
+    fn session_cookie<B>(req: &Request<B>) -> Option<String> {
+        req.headers()
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v.to_string())
+    }
+
+    /// Whether the request carries the operator's token as a bearer header, or
+    /// the cookie of a session that has not ended. Never a token in the URL.
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        if let Some(token) = crate::worker_api::bearer_token(req) {
             return self.token.matches(token.as_bytes());
         }
-        let query = req.uri().query().unwrap_or_default();
-        let given = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(|t| percent_decode_str(t).collect::<Vec<u8>>())
+        let Some(id) = Self::session_cookie(req) else {
+            return false;
+        };
+        let now = self.clock.now();
+        let sessions = self.sessions.lock().expect("not poisoned");
+        sessions
+            .by_hash
+            .get(&session_hash(&id))
+            .is_some_and(|ends| *ends > now)
+    }
+
+    /// Opens a session: a random id, kept as its hash.
+    fn open_session(&self) -> Option<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).ok()?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = self.clock.now();
+        let mut sessions = self.sessions.lock().expect("not poisoned");
+        sessions.by_hash.retain(|_, ends| *ends > now);
+        if sessions.by_hash.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .by_hash
+                .iter()
+                .min_by_key(|(_, ends)| **ends)
+                .map(|(k, _)| *k)
+        {
+            sessions.by_hash.remove(&oldest);
+        }
+        sessions
+            .by_hash
+            .insert(session_hash(&id), now + SESSION_LIFETIME);
+        Some(id)
+    }
+
+    fn cookie(&self, value: &str, max_age: u64) -> String {
+        let secure = if self.secure_cookie { "; Secure" } else { "" };
+        format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+    }
+
+    /// `POST /login` with the form's `token`: a session cookie and back to the
+    /// page, or the form again with the reason.
+    async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_LOGIN_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return respond(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "text/plain",
+                    "the sign-in form is too large\n",
+                );
+            }
+        };
+        let given = form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| Secret::new(v.trim()))
             .unwrap_or_default();
-        self.token.matches(&given)
+        if given.is_empty() || !self.token.matches(given.expose().as_bytes()) {
+            tracing::warn!("operator sign-in refused: wrong token");
+            return page(StatusCode::UNAUTHORIZED, LOGIN_WRONG);
+        }
+        let Some(id) = self.open_session() else {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no randomness for a session id\n",
+            );
+        };
+        tracing::info!("operator signed in");
+        let mut r = respond(StatusCode::SEE_OTHER, "text/plain", "signed in\n");
+        let h = r.headers_mut();
+        h.insert("location", "/status".parse().expect("static header"));
+        if let Ok(v) = self.cookie(&id, SESSION_LIFETIME.as_secs()).parse() {
+            h.insert("set-cookie", v);
+        }
+        r
+    }
+
+    fn logout<B>(&self, req: &Request<B>) -> Response<Body> {
+        if let Some(id) = Self::session_cookie(req) {
+            self.sessions
+                .lock()
+                .expect("not poisoned")
+                .by_hash
+                .remove(&session_hash(&id));
+        }
+        let mut r = respond(StatusCode::SEE_OTHER, "text/plain", "signed out\n");
+        let h = r.headers_mut();
+        h.insert("location", "/status".parse().expect("static header"));
+        if let Ok(v) = self.cookie("", 0).parse() {
+            h.insert("set-cookie", v);
+        }
+        r
     }
 }
 
@@ -67,6 +222,24 @@ fn respond(
     r
 }
 
+/// An HTML page that no other site may frame.
+fn page(code: StatusCode, html: &'static str) -> Response<Body> {
+    let mut r = respond(code, "text/html; charset=utf-8", html);
+    let h = r.headers_mut();
+    h.insert("x-frame-options", "DENY".parse().expect("static header"));
+    h.insert(
+        "content-security-policy",
+        "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'"
+            .parse()
+            .expect("static header"),
+    );
+    h.insert(
+        "referrer-policy",
+        "no-referrer".parse().expect("static header"),
+    );
+    r
+}
+
 #[async_trait::async_trait]
 impl ExtraRoutes for OperatorApi {
     async fn handle(
@@ -75,18 +248,25 @@ impl ExtraRoutes for OperatorApi {
         _peer: IpAddr,
     ) -> Result<Response<Body>, Request<Incoming>> {
         let path = req.uri().path().to_string();
-        if path != "/status" && !path.starts_with("/api/v1/") {
-            return Err(req);
+        match (req.method(), path.as_str()) {
+            (&Method::POST, "/login") => return Ok(self.login(req).await),
+            (&Method::POST, "/logout") => return Ok(self.logout(&req)),
+            (_, "/login") => return Ok(page(StatusCode::OK, LOGIN)),
+            // The page itself holds no data (its script fetches it with the
+            // session's cookie, and shows the sign-in form on a 401), so it is
+            // served to anyone: after a sign-in that began on another site,
+            // a `SameSite=Strict` cookie is not sent with the navigation, but is
+            // with the page's own requests.
+            (_, "/status") => return Ok(page(StatusCode::OK, PAGE)),
+            _ if path.starts_with("/api/v1/") => {}
+            _ => return Err(req),
         }
         if !self.authorized(&req) {
             return Ok(respond(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
-                "the operator token is missing or wrong\n",
+                "the operator token is missing or wrong (send it as Authorization: Bearer)\n",
             ));
-        }
-        if path == "/status" {
-            return Ok(respond(StatusCode::OK, "text/html; charset=utf-8", PAGE));
         }
         let kind = match path.trim_start_matches("/api/v1/") {
             "hardware" => Kind::Hardware,
@@ -147,6 +327,21 @@ impl ExtraRoutes for RouteChain {
     }
 }
 
+/// The sign-in page.
+const LOGIN: &str = concat!(
+    r#"<!doctype html><html><head><meta charset="utf-8"><title>Tinker: sign in</title></head><body>"#,
+    r#"<h1>Tinker</h1><form method="post" action="/login"><p><label>Operator token <input type="password" name="token" autocomplete="current-password" autofocus></label> <button type="submit">Sign in</button></p><p>The control plane wrote it to <code>&lt;data dir&gt;/operator-token</code>.</p></form>"#,
+    "</body></html>\n"
+);
+
+/// The sign-in page after a wrong token.
+const LOGIN_WRONG: &str = concat!(
+    r#"<!doctype html><html><head><meta charset="utf-8"><title>Tinker: sign in</title></head><body>"#,
+    r#"<p id="error">That is not the operator token.</p>"#,
+    r#"<h1>Tinker</h1><form method="post" action="/login"><p><label>Operator token <input type="password" name="token" autocomplete="current-password" autofocus></label> <button type="submit">Sign in</button></p><p>The control plane wrote it to <code>&lt;data dir&gt;/operator-token</code>.</p></form>"#,
+    "</body></html>\n"
+);
+
 const PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>Tinker status</title>
 <style>
@@ -156,14 +351,13 @@ table{border-collapse:collapse;margin-bottom:1.5em}td,th{border-bottom:1px solid
 .PENDING{background:#eee}.RUNNING{background:#ffe08a}.SUCCESS{background:#9fe2a4}.FAILED{background:#f5a3a3}.TIMEOUT{background:#f7c08a}
 .ev{font-size:.8em;color:#555}
 </style></head>
-<body><h1>Tinker</h1><p id="updated">loading...</p>
+<body><h1>Tinker</h1><form method="post" action="/logout" style="float:right"><button>Sign out</button></form><p id="updated">loading...</p>
 <h2>Workflows</h2><table id="workflows"><tr><th>workflow</th><th>machine</th><th>state</th><th>actions</th><th>reason</th></tr></table>
 <h2>Machines</h2><table id="machines"><tr><th>machine</th><th>MAC</th><th>address</th><th>netboot</th><th>recent events</th></tr></table>
 <script>
-const token = new URLSearchParams(location.search).get("token") || "";
-const h = {headers: {"Authorization": "Bearer " + token}};
+const h = {credentials: "same-origin"};
 const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;"}[c]));
-async function j(p) { const r = await fetch(p, h); if (!r.ok) throw new Error(p + ": " + r.status); return r.json(); }
+async function j(p) { const r = await fetch(p, h); if (r.status === 401) { location.replace("/login"); throw new Error("sign in first"); } if (!r.ok) throw new Error(p + ": " + r.status); return r.json(); }
 async function load() {
   try {
     const [wfs, hws] = await Promise.all([j("/api/v1/workflows"), j("/api/v1/hardware")]);

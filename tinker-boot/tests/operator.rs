@@ -1,0 +1,222 @@
+//! The operator's page and API: the token as a header or a browser session,
+//! never in a URL; a worker's token is not the operator's; a management
+//! listener serves the operator and nothing for machines.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tinker_boot::credentials::{operator_token, worker_token};
+use tinker_boot::http::{HttpConfig, HttpServer, OperatorApi, SESSION_LIFETIME, client};
+use tinker_core::clock::ManualClock;
+use tinker_core::model::Hardware;
+use tinker_core::store::Precondition;
+use tinker_core::{Secret, WorkflowStore};
+use tinker_store::MemoryStore;
+
+const SECRET: &str = "operator-test-secret";
+
+async fn serve(serves_machines: bool) -> (SocketAddr, Arc<ManualClock>) {
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mac = tinker_core::testing::mac(1);
+    store
+        .put(
+            Hardware::new("m1", mac, [127, 0, 0, 1].into(), "255.0.0.0").into(),
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let operator = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
+        .with_clock(clock.clone());
+    let mut config = HttpConfig::new(store);
+    config.extra = Some(Arc::new(operator));
+    config.serves_machines = serves_machines;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
+    (addr, clock)
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: client::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> client::ClientResponse {
+    client::request(addr, None, method, path, headers, body.to_string())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_token_opens_the_api_as_a_header_never_in_a_url() {
+    let (addr, _) = serve(true).await;
+    let token = operator_token(&Secret::new(SECRET));
+    let bearer = format!("Bearer {}", token.expose());
+    let get = |path: String, auth: Option<String>| async move {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        call(addr, client::Method::GET, &path, &headers, "").await
+    };
+    assert_eq!(get("/api/v1/hardware".into(), None).await.status, 401);
+    let ok = get("/api/v1/hardware".into(), Some(bearer.clone())).await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.text().contains("m1"));
+    // In a URL, the token opens nothing: not the API, not the page.
+    let in_url = format!("/api/v1/hardware?token={}", token.expose());
+    assert_eq!(get(in_url, None).await.status, 401);
+    // The page holds no data of its own: it sends a browser without a
+    // session to the sign-in form.
+    let page = get(format!("/status?token={}", token.expose()), None).await;
+    assert!(!page.text().contains("m1"), "{}", page.text());
+    assert!(page.text().contains("/login"));
+    let form = get("/login".into(), None).await;
+    assert!(form.text().contains("name=\"token\""), "the sign-in form");
+    // A worker whose id is "operator" does not hold the operator's token.
+    let worker = worker_token(&Secret::new(SECRET), "operator", "");
+    let as_worker = format!("Bearer {}", worker.expose());
+    assert_eq!(
+        get("/api/v1/hardware".into(), Some(as_worker)).await.status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_once_and_holds_a_strict_http_only_cookie() {
+    let (addr, clock) = serve(true).await;
+    let token = operator_token(&Secret::new(SECRET));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let wrong = call(addr, client::Method::POST, "/login", &form, "token=nope").await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.headers.get("set-cookie").is_none());
+    let signed_in = call(
+        addr,
+        client::Method::POST,
+        "/login",
+        &form,
+        &format!("token={}", token.expose()),
+    )
+    .await;
+    assert_eq!(signed_in.status, 303);
+    assert_eq!(signed_in.headers["location"], "/status");
+    let cookie = signed_in.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(
+        !cookie.contains(token.expose()),
+        "the cookie is not the token"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = [("cookie", session.as_str())];
+    let api = call(
+        addr,
+        client::Method::GET,
+        "/api/v1/workflows",
+        &with_cookie,
+        "",
+    )
+    .await;
+    assert_eq!(api.status, 200);
+    let page = call(addr, client::Method::GET, "/status", &with_cookie, "").await;
+    assert!(page.text().contains("id=\"workflows\""), "{}", page.text());
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    // A made-up session opens nothing.
+    let forged = [("cookie", "tinker_session=00ff")];
+    assert_eq!(
+        call(addr, client::Method::GET, "/api/v1/workflows", &forged, "")
+            .await
+            .status,
+        401
+    );
+    // Sessions end.
+    clock.advance(SESSION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(
+        call(
+            addr,
+            client::Method::GET,
+            "/api/v1/workflows",
+            &with_cookie,
+            ""
+        )
+        .await
+        .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session() {
+    let (addr, _) = serve(true).await;
+    let token = operator_token(&Secret::new(SECRET));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let signed_in = call(
+        addr,
+        client::Method::POST,
+        "/login",
+        &form,
+        &format!("token={}", token.expose()),
+    )
+    .await;
+    let cookie = signed_in.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = [("cookie", session.as_str())];
+    let out = call(addr, client::Method::POST, "/logout", &with_cookie, "").await;
+    assert_eq!(out.status, 303);
+    assert_eq!(
+        call(
+            addr,
+            client::Method::GET,
+            "/api/v1/workflows",
+            &with_cookie,
+            ""
+        )
+        .await
+        .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_management_listener_serves_the_operator_and_nothing_for_machines() {
+    let (addr, _) = serve(false).await;
+    let token = operator_token(&Secret::new(SECRET));
+    let bearer = format!("Bearer {}", token.expose());
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(
+        call(addr, client::Method::GET, "/api/v1/hardware", &auth, "")
+            .await
+            .status,
+        200
+    );
+    let mac = tinker_core::testing::mac(1);
+    for path in [
+        format!("/ipxe/{mac}/auto.ipxe"),
+        "/auto.ipxe".to_string(),
+        "/2009-04-04/meta-data/instance-id".to_string(),
+        "/metadata".to_string(),
+    ] {
+        assert_eq!(
+            call(addr, client::Method::GET, &path, &[], "").await.status,
+            404,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(addr, client::Method::GET, "/metrics", &[], "")
+            .await
+            .status,
+        200
+    );
+}
