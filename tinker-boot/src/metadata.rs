@@ -73,6 +73,12 @@ impl MetadataSource for StoreMetadata {
             vendor_data: hw.spec.vendor_data.clone(),
             tags: instance.map(|i| i.tags.clone()).unwrap_or_default(),
             document: serde_json::to_value(&hw.spec.metadata).unwrap_or_default(),
+            token_sha256: hw
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(tinker_core::model::METADATA_TOKEN_SHA256))
+                .map(|h| h.trim().to_ascii_lowercase()),
         }))
     }
 }

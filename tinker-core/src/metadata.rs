@@ -28,6 +28,12 @@ pub struct InstanceMetadata {
     pub tags: Vec<String>,
     /// Tinkerbell's `/metadata` document (the Hardware's `spec.metadata`).
     pub document: serde_json::Value,
+    /// When set, the metadata is served only to a caller that also presents the
+    /// token whose SHA-256 this is (lower-case hex), as the
+    /// `X-Tinker-Metadata-Token` header: for networks where the address alone
+    /// is weak proof (proxyDHCP mode). Never serialized.
+    #[serde(skip)]
+    pub token_sha256: Option<String>,
 }
 
 /// Finds a machine's metadata by its source address.

@@ -8,9 +8,35 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use tinker_core::InstanceMetadata;
 
-async fn lookup(server: &HttpServer, caller: IpAddr) -> Result<InstanceMetadata, Response<Body>> {
+/// Whether `presented` is the token whose SHA-256 is `expected_hex`, compared
+/// in constant time.
+fn token_matches(expected_hex: &str, presented: Option<&str>) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let Some(presented) = presented else {
+        return false;
+    };
+    let digest = sha2::Sha256::digest(presented.trim().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex.as_bytes().ct_eq(expected_hex.as_bytes()).into()
+}
+
+async fn lookup(
+    server: &HttpServer,
+    caller: IpAddr,
+    token: Option<&str>,
+) -> Result<InstanceMetadata, Response<Body>> {
     match server.config.metadata.metadata_for(caller).await {
         Ok(Some(m)) => {
+            if let Some(expected) = &m.token_sha256
+                && !token_matches(expected, token)
+            {
+                tracing::warn!(%caller, "metadata request without the machine's metadata token");
+                return Err(status(
+                    StatusCode::UNAUTHORIZED,
+                    "this machine's metadata needs its X-Tinker-Metadata-Token\n",
+                ));
+            }
             server.stats.metadata.fetch_add(1, Ordering::Relaxed);
             Ok(m)
         }
@@ -43,8 +69,12 @@ fn text(s: String) -> Response<Body> {
 }
 
 /// `/metadata`: the Hardware's `spec.metadata` as JSON.
-pub(super) async fn tinkerbell_json(server: &HttpServer, caller: IpAddr) -> Response<Body> {
-    match lookup(server, caller).await {
+pub(super) async fn tinkerbell_json(
+    server: &HttpServer,
+    caller: IpAddr,
+    token: Option<&str>,
+) -> Response<Body> {
+    match lookup(server, caller, token).await {
         Ok(m) => {
             let mut r = Response::new(full(serde_json::to_vec(&m.document).unwrap_or_default()));
             r.headers_mut().insert(
@@ -58,12 +88,17 @@ pub(super) async fn tinkerbell_json(server: &HttpServer, caller: IpAddr) -> Resp
 }
 
 /// `/2009-04-04/...` and `/latest/...`.
-pub(super) async fn ec2(server: &HttpServer, caller: IpAddr, rest: &[&str]) -> Response<Body> {
+pub(super) async fn ec2(
+    server: &HttpServer,
+    caller: IpAddr,
+    token: Option<&str>,
+    rest: &[&str],
+) -> Response<Body> {
     let rest: Vec<&str> = rest.iter().copied().filter(|s| !s.is_empty()).collect();
     if rest.is_empty() {
         return text("meta-data\nuser-data\n".into());
     }
-    let m = match lookup(server, caller).await {
+    let m = match lookup(server, caller, token).await {
         Ok(m) => m,
         Err(r) => return r,
     };

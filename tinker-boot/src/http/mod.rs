@@ -297,9 +297,9 @@ impl HttpServer {
                 )
                 .await
             }
-            ["metadata"] => metadata::tinkerbell_json(self, caller).await,
+            ["metadata"] => metadata::tinkerbell_json(self, caller, metadata_token(&req)).await,
             [version, rest @ ..] if *version == "2009-04-04" || *version == "latest" => {
-                metadata::ec2(self, caller, rest).await
+                metadata::ec2(self, caller, metadata_token(&req), rest).await
             }
             _ => status(StatusCode::NOT_FOUND, "not found\n"),
         };
@@ -417,6 +417,13 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
         .ok()?;
     let first = ranges.first()?;
     Some((*first.start(), *first.end()))
+}
+
+/// The `X-Tinker-Metadata-Token` header, if the caller sent one.
+fn metadata_token<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get("x-tinker-metadata-token")
+        .and_then(|v| v.to_str().ok())
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<Body> {

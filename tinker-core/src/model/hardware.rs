@@ -5,6 +5,11 @@ use super::{Extra, ObjectMeta};
 use crate::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 
+/// The annotation that, when set, holds the SHA-256 (lower-case hex) of a token
+/// the installed OS must present to read its metadata (the
+/// `X-Tinker-Metadata-Token` header), on top of calling from its own address.
+pub const METADATA_TOKEN_SHA256: &str = "tinker.dev/metadata-token-sha256";
+
 /// The annotation that records when the engine last turned a machine's netboot
 /// on (RFC 3339); see [`Hardware::netboot_since`].
 pub const NETBOOT_SINCE: &str = "tinker.dev/netboot-since";

@@ -16,7 +16,7 @@ mod workflow;
 pub use agent::{AgentAction, AgentEnvVar, AgentNamespaces};
 pub use hardware::{
     Dhcp, Disk, Hardware, HardwareMetadata, HardwareSpec, Instance, Interface, IpConfig, Ipxe,
-    NETBOOT_SINCE, Netboot, ObjectReference, Osie,
+    METADATA_TOKEN_SHA256, NETBOOT_SINCE, Netboot, ObjectReference, Osie,
 };
 pub use template::{
     ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec,
