@@ -53,7 +53,8 @@ fn main() {
         tokio::spawn(server.serve(listener, std::future::pending()));
         port
     });
-    let native = NativeRuntime::new();
+    // The output is a file, not a disk: allowed under the bench's directory.
+    let native = NativeRuntime::new().with_image_files_under(dir.path());
     let mut rows = Vec::new();
     for (file, compressed, pipe) in [
         ("img.raw", false, ""),

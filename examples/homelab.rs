@@ -144,6 +144,8 @@ struct RackMachine {
     mac: MacAddr,
     ip: Ipv4Addr,
     bmc: MockBmc,
+    /// Where its "disk" file lives (image2disk may write files only there).
+    disks: PathBuf,
 }
 
 /// The loopback sockets the control plane serves on, and the relay the
@@ -293,7 +295,13 @@ async fn put_rack(
             .put(wf.into(), Precondition::Any)
             .await
             .map_err(|e| e.to_string())?;
-        rack.push(RackMachine { name, mac, ip, bmc });
+        rack.push(RackMachine {
+            name,
+            mac,
+            ip,
+            bmc,
+            disks: data.join("disks"),
+        });
     }
     Ok(rack)
 }
@@ -322,7 +330,7 @@ async fn provision(
         let (relay, http) = (relay.clone(), http.to_string());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let result = machine(&bar, m.mac, m.ip, &m.bmc, &relay, dhcp, tftp, &http).await;
+            let result = machine(&bar, &m, &relay, dhcp, tftp, &http).await;
             match &result {
                 Ok(id) => bar.finish_with_message(format!("installed; instance-id {id}")),
                 Err(e) => bar.abandon_with_message(format!("failed: {e}")),
@@ -382,17 +390,15 @@ async fn report(
 }
 
 /// One simulated machine, from power-on to its installed OS reading its metadata.
-#[allow(clippy::too_many_arguments)]
 async fn machine(
     bar: &ProgressBar,
-    mac: MacAddr,
-    ip: Ipv4Addr,
-    bmc: &MockBmc,
+    m: &RackMachine,
     relay: &tokio::sync::Mutex<UdpSocket>,
     dhcp: SocketAddr,
     tftp_addr: SocketAddr,
     http: &str,
 ) -> Result<String, String> {
+    let (mac, ip, bmc) = (m.mac, m.ip, &m.bmc);
     bar.set_message("powered off; waiting for its BMC");
     while !bmc.is_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -419,7 +425,8 @@ async fn machine(
         .ok_or("the iPXE script carries no token")?
         .to_string();
     bar.set_message("in-memory OS: worker running actions");
-    let native = NativeRuntime::new();
+    // Its disk is a file: image2disk may write files there, and only there.
+    let native = NativeRuntime::new().with_image_files_under(&m.disks);
     let agent = Agent::new(
         AgentConfig::new(http.to_string(), mac.to_string(), token.clone())
             .with_max_backoff(Duration::from_secs(1))

@@ -1,7 +1,10 @@
 //! The native actions against real block devices (loop devices, ext4 and vfat)
 //! and a real HTTP server (ours): image2disk with every compression and a
-//! checksum, writefile with mode and owner, cexec in a chroot, and kexec, whose
-//! jump waits for the report (a stub `kexec` on PATH records what it was asked).
+//! checksum, refusing a missing, plain or mounted destination; writefile with
+//! mode and owner, inside the image whatever its symlinks say; cexec in a
+//! chroot, its mounts released when it is cancelled or dropped; and kexec,
+//! whose jump waits for the report (a stub `kexec` on PATH records what it was
+//! asked).
 
 #[path = "support/common.rs"]
 mod common;
@@ -64,6 +67,18 @@ impl Drop for LoopDisk {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.dev]).output();
     }
+}
+
+/// The mount points under `dir` in this process's mount namespace.
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&dir))
+        .map(str::to_string)
+        .collect()
 }
 
 fn spec(image: &str, env: &[(&str, &str)]) -> ActionSpec {
@@ -214,6 +229,59 @@ async fn image2disk_streams_every_compression_onto_a_block_device() {
         matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("404")),
         "{r:?}"
     );
+    // A DEST_DISK that does not exist (a SATA name on an NVMe-only machine) is
+    // refused before anything is written, and nothing is created in /dev.
+    let missing = format!("/dev/tinker-test-no-disk-{}", std::process::id());
+    let (r, _) = run(
+        &rt,
+        &spec("image2disk", &[("IMG_URL", &url), ("DEST_DISK", &missing)]),
+    )
+    .await;
+    assert!(
+        matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("does not exist")),
+        "{r:?}"
+    );
+    assert!(
+        !std::path::Path::new(&missing).exists(),
+        "a file was made in /dev"
+    );
+    // A regular file is not a disk either (unless the runtime allows files).
+    let plain = dir.path().join("plain.img");
+    std::fs::write(&plain, b"").unwrap();
+    let (r, _) = run(
+        &rt,
+        &spec(
+            "image2disk",
+            &[("IMG_URL", &url), ("DEST_DISK", plain.to_str().unwrap())],
+        ),
+    )
+    .await;
+    assert!(
+        matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("not a block device")),
+        "{r:?}"
+    );
+    // A disk in use is refused: one of its partitions mounted, or the
+    // partition itself.
+    let used = LoopDisk::new("ext4");
+    let mnt = tempfile::tempdir().unwrap();
+    sh(&format!("mount {} {}", used.part(), mnt.path().display()));
+    std::fs::write(mnt.path().join("keep"), "precious").unwrap();
+    for dest in [used.dev.clone(), used.part()] {
+        let (r, _) = run(
+            &rt,
+            &spec("image2disk", &[("IMG_URL", &url), ("DEST_DISK", &dest)]),
+        )
+        .await;
+        assert!(
+            matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("is in use") && message.contains("is mounted on")),
+            "{dest}: {r:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(mnt.path().join("keep")).unwrap(),
+        "precious"
+    );
+    sh(&format!("umount {}", mnt.path().display()));
     // A missing variable of the contract fails and names it.
     let (r, _) = run(&rt, &spec("image2disk", &[("IMG_URL", &url)])).await;
     assert!(
@@ -272,6 +340,32 @@ async fn writefile_sets_contents_mode_and_owner_on_ext4_and_vfat() {
         sh(&format!("mtype -i {vpart} ::/EFI/tinker/grub.cfg")),
         "set timeout=1"
     );
+    // The image's absolute symlinks point into the image: Debian's
+    // /var/run -> /run must not send the write to this machine's /run.
+    let name = format!("tinker-test-{}", std::process::id());
+    sh(&format!(
+        "mount {part} {m} && mkdir -p {m}/var {m}/run && ln -s /run {m}/var/run && umount {m}"
+    ));
+    let dest = format!("/var/run/{name}");
+    let env = [
+        ("DEST_DISK", part.as_str()),
+        ("FS_TYPE", "ext4"),
+        ("DEST_PATH", dest.as_str()),
+        ("CONTENTS", "inside the image\n"),
+    ];
+    let (r, lines) = run(&rt, &spec("writefile", &env)).await;
+    let on_host = std::path::Path::new("/run").join(&name);
+    let leaked = on_host.exists();
+    let _ = std::fs::remove_file(&on_host);
+    assert_eq!(r, ActionOutcome::Success, "{lines:?}");
+    assert!(
+        !leaked,
+        "the write followed the image's symlink out to this machine's /run"
+    );
+    let inside = sh(&format!(
+        "mount {part} {m} && cat {m}/run/{name}; umount {m}"
+    ));
+    assert_eq!(inside, "inside the image");
     // Paths that climb out of the partition are refused.
     let env = [
         ("DEST_DISK", part.as_str()),
@@ -294,7 +388,7 @@ async fn cexec_runs_in_the_installed_system_and_kexec_waits_for_the_report() {
     let mnt = tempfile::tempdir().unwrap();
     let m = mnt.path().display();
     sh(&format!(
-        "mount {part} {m} && mkdir -p {m}/bin {m}/boot && d=$(mktemp -d) && cd $d && apt-get download busybox-static >/dev/null && dpkg -x busybox-static_*.deb x && cp x/bin/busybox {m}/bin/ && ln -s busybox {m}/bin/sh && ln -s busybox {m}/bin/echo && rm -rf $d && echo K > {m}/boot/vmlinuz && echo I > {m}/boot/initrd.img && umount {m}"
+        "mount {part} {m} && mkdir -p {m}/bin {m}/boot && d=$(mktemp -d) && cd $d && apt-get download busybox-static >/dev/null && dpkg -x busybox-static_*.deb x && cp x/bin/busybox {m}/bin/ && ln -s busybox {m}/bin/sh && ln -s busybox {m}/bin/echo && ln -s busybox {m}/bin/sleep && rm -rf $d && echo K > {m}/boot/vmlinuz && echo I > {m}/boot/initrd.img && umount {m}"
     ));
     let rt = NativeRuntime::new();
     let env = [
@@ -311,6 +405,88 @@ async fn cexec_runs_in_the_installed_system_and_kexec_waits_for_the_report() {
     let marker = sh(&format!("cat {m}/marker"));
     sh(&format!("umount {m}"));
     assert_eq!(marker, "inside", "the command ran inside the partition");
+
+    // An empty interpreter is a clear error, and the partition is not left
+    // mounted.
+    let work = tempfile::tempdir().unwrap();
+    let rt_work = NativeRuntime::new()
+        .with_work_dir(work.path())
+        .with_grace(std::time::Duration::from_secs(1));
+    let mut env_empty = env.to_vec();
+    env_empty.retain(|(k, _)| *k != "DEFAULT_INTERPRETER");
+    env_empty.push(("DEFAULT_INTERPRETER", ""));
+    let (r, _) = run(&rt_work, &spec("cexec", &env_empty)).await;
+    assert!(
+        matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains("DEFAULT_INTERPRETER")),
+        "{r:?}"
+    );
+    assert_eq!(mounts_under(work.path()), Vec::<String>::new());
+
+    // A hanging cexec (in the chroot, with a child in the background) that is
+    // cancelled: its processes are stopped, then the binds and the partition
+    // are unmounted, and the report says so.
+    let hang = [
+        ("BLOCK_DEVICE", part.as_str()),
+        ("FS_TYPE", "ext4"),
+        ("CHROOT", "y"),
+        (
+            "CMD_LINE",
+            "sleep 1000 & echo started > /started; sleep 1000",
+        ),
+    ];
+    let cancel = CancelToken::new();
+    let (rt2, c2, s2) = (rt_work.clone(), cancel.clone(), spec("cexec", &hang));
+    let task = tokio::spawn(async move { rt2.run(&s2, &CollectOutput::default(), &c2).await });
+    for _ in 0..600 {
+        if mounts_under(work.path()).len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mounts_under(work.path()).len(),
+        4,
+        "the partition and its three binds"
+    );
+    // Let the command start inside.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    cancel.cancel();
+    let r = task.await.unwrap().unwrap();
+    assert_eq!(
+        mounts_under(work.path()),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
+    match r {
+        ActionOutcome::Failed { message, .. } => {
+            assert!(
+                message.starts_with("cancelled; cleanup: process group"),
+                "{message}"
+            );
+            assert_eq!(message.matches("unmounted").count(), 4, "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same when the future running it is dropped (a caller giving up):
+    // the guards unmount.
+    let s3 = spec("cexec", &hang);
+    let out = CollectOutput::default();
+    let cancel = CancelToken::new();
+    let dropped = rt_work.run(&s3, &out, &cancel);
+    tokio::select! {
+        _ = dropped => panic!("it ended by itself"),
+        () = async {
+            while mounts_under(work.path()).len() < 4 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        } => {}
+    }
+    assert_eq!(
+        mounts_under(work.path()),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
 
     // kexec: a stub on PATH records its calls; `run` only loads, the jump is the
     // final step, taken after the report.
@@ -331,6 +507,21 @@ async fn cexec_runs_in_the_installed_system_and_kexec_waits_for_the_report() {
         ("INITRD_PATH", "/boot/initrd.img"),
         ("CMD_LINE", "root=/dev/sda1 ro"),
     ];
+    // A kernel path that climbs out of the partition is refused.
+    for (key, bad) in [
+        ("KERNEL_PATH", "/boot/../../../etc/shadow"),
+        ("INITRD_PATH", "/../initrd"),
+    ] {
+        let mut e = env.to_vec();
+        e.retain(|(k, _)| *k != key);
+        e.push((key, bad));
+        let (r, _) = run(&rt, &spec("kexec", &e)).await;
+        assert!(
+            matches!(r, ActionOutcome::Failed { ref message, .. } if message.contains(key) && message.contains("'..'")),
+            "{r:?}"
+        );
+    }
+    assert!(!log.exists(), "kexec ran for a path that climbs out");
     let s = spec("quay.io/tinkerbell/actions/kexec:latest", &env);
     let (r, _) = run(&rt, &s).await;
     assert_eq!(r, ActionOutcome::Success);

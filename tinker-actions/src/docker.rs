@@ -3,13 +3,17 @@
 //! network (and PID namespace when the action asks), output streamed line by line,
 //! the exit code mapped to success or failure, the time limit enforced here (the
 //! Docker API's own timeouts do not bound a wait), and the container removed in
-//! every case.
+//! every case. A container past its time limit or cancelled is stopped as
+//! `docker stop` does (SIGTERM, a grace on our clock, SIGKILL) before removal,
+//! and a [`CleanupReport`] says so.
 //!
 //! Where the engine refuses `--privileged` (a host whose capability bounding set
 //! lacks one the engine wants to grant, as on some CI machines), it falls back to
 //! the equivalent explicit set (all capabilities but `SYS_RESOURCE`, seccomp and
 //! AppArmor unconfined, every device allowed) and says so in the log.
 
+use crate::cleanup::{CleanupReport, DEFAULT_GRACE, StopReason, record, stopped};
+use crate::process::{Lines, remember};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -19,7 +23,9 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::runtime::{
     ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink, Stream,
@@ -34,6 +40,7 @@ pub struct DockerRuntime {
     privileged_refused: AtomicBool,
     seq: AtomicU64,
     clock: SharedClock,
+    grace: Duration,
 }
 
 impl DockerRuntime {
@@ -56,6 +63,7 @@ impl DockerRuntime {
             privileged_refused: AtomicBool::new(false),
             seq: AtomicU64::new(0),
             clock: SystemClock::shared(),
+            grace: DEFAULT_GRACE,
         })
     }
 
@@ -66,9 +74,17 @@ impl DockerRuntime {
         self
     }
 
-    /// Measures time limits on `clock` instead of the system clock.
+    /// Measures time limits and the stop grace on `clock` instead of the
+    /// system clock.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Gives a stopped container `grace` between SIGTERM and SIGKILL (default
+    /// [`DEFAULT_GRACE`]).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
         self
     }
 
@@ -167,7 +183,7 @@ impl DockerRuntime {
             match self.docker.start_container(&id, None).await {
                 Ok(()) => return Ok(id),
                 Err(e) => {
-                    self.remove(&id).await;
+                    let _ = self.remove(&id).await;
                     let text = e.to_string();
                     if privileged
                         && (text.contains("unable to apply caps")
@@ -187,23 +203,31 @@ impl DockerRuntime {
         }
     }
 
-    async fn remove(&self, id: &str) {
+    /// Removes a container (forcibly: whatever is left of it); says whether
+    /// it is gone.
+    async fn remove(&self, id: &str) -> bool {
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
-        if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
-            tracing::warn!(container = id, error = %e, "could not remove an action container");
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(container = id, error = %e, "could not remove an action container");
+                false
+            }
         }
     }
 
+    /// Follows the container to its end, or to the moment it must stop (its
+    /// time limit, or cancellation), which is returned instead.
     async fn supervise(
         &self,
         id: &str,
         spec: &ActionSpec,
         out: &dyn OutputSink,
         cancel: &CancelToken,
-    ) -> ActionOutcome {
+    ) -> std::result::Result<ActionOutcome, StopReason> {
         let logs = self.docker.logs(
             id,
             Some(
@@ -233,25 +257,63 @@ impl DockerRuntime {
         };
         let both = async { tokio::join!(wait, pump(logs, out)) };
         tokio::select! {
-            (code, last) = both => match code {
+            (code, last) = both => Ok(match code {
                 Ok(0) => ActionOutcome::Success,
                 Ok(code) => ActionOutcome::Failed { exit_code: i32::try_from(code).ok(), message: last.join("\n") },
                 Err(e) => ActionOutcome::Failed { exit_code: None, message: e },
-            },
-            _ = limit => {
-                self.kill(id).await;
-                ActionOutcome::Timeout { message: format!("container killed after {} s", spec.timeout.unwrap_or_default().as_secs()) }
-            }
-            _ = cancel.cancelled() => {
-                self.kill(id).await;
-                ActionOutcome::Failed { exit_code: None, message: "cancelled".into() }
-            }
+            }),
+            () = limit => Err(StopReason::Timeout),
+            () = cancel.cancelled() => Err(StopReason::Cancelled),
         }
     }
 
-    async fn kill(&self, id: &str) {
-        let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
-        let _ = self.docker.kill_container(id, Some(opts)).await;
+    /// Stops a container as `docker stop` does, with the grace on our clock:
+    /// SIGTERM to its processes, up to the grace for it to end, then SIGKILL.
+    async fn stop(&self, id: &str, report: &Mutex<CleanupReport>) {
+        let signal = |s: &str| KillContainerOptionsBuilder::new().signal(s).build();
+        if let Err(e) = self.docker.kill_container(id, Some(signal("TERM"))).await {
+            // Already ended: nothing to stop.
+            tracing::debug!(container = id, error = %e, "SIGTERM to a container");
+        }
+        let ended = async {
+            let _ = self.docker.wait_container(id, None).next().await;
+        };
+        let in_grace = tokio::select! {
+            () = ended => true,
+            () = self.clock.sleep(self.grace) => false,
+        };
+        if !in_grace {
+            let _ = self.docker.kill_container(id, Some(signal("KILL"))).await;
+        }
+        record(report, |r| {
+            r.containers_stopped.push(id.to_string());
+            if !in_grace {
+                r.containers_killed.push(id.to_string());
+            }
+        });
+    }
+}
+
+/// Removes a container when dropped before it was removed in order (the run's
+/// future was dropped): on the runtime, in the background.
+struct ContainerGuard {
+    docker: Docker,
+    id: Option<String>,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let docker = self.docker.clone();
+        tracing::warn!(container = %id, "removing the container of an abandoned action");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+                if let Err(e) = docker.remove_container(&id, Some(opts)).await {
+                    tracing::warn!(container = %id, error = %e, "could not remove an action container");
+                }
+            });
+        }
     }
 }
 
@@ -262,30 +324,24 @@ async fn pump(
     out: &dyn OutputSink,
 ) -> Vec<String> {
     let mut logs = std::pin::pin!(logs);
-    let (mut so, mut se) = (String::new(), String::new());
+    let (mut so, mut se) = (Lines::default(), Lines::default());
     let mut last: Vec<String> = Vec::new();
+    let mut emit = |stream: Stream, line: String| {
+        out.line(stream, &line);
+        remember(&mut last, line);
+    };
     while let Some(Ok(chunk)) = logs.next().await {
-        let (buf, message, stream) = match chunk {
+        let (lines, message, stream) = match chunk {
             LogOutput::StdOut { message } | LogOutput::Console { message } => {
                 (&mut so, message, Stream::Stdout)
             }
             LogOutput::StdErr { message } => (&mut se, message, Stream::Stderr),
             LogOutput::StdIn { .. } => continue,
         };
-        buf.push_str(&String::from_utf8_lossy(&message));
-        while let Some(i) = buf.find('\n') {
-            let line: String = buf.drain(..=i).collect();
-            let line = line.trim_end_matches(['\n', '\r']).to_string();
-            out.line(stream, &line);
-            crate::process::remember(&mut last, line);
-        }
+        lines.push(&message, |l| emit(stream, l));
     }
-    for (rest, s) in [(so, Stream::Stdout), (se, Stream::Stderr)] {
-        if !rest.is_empty() {
-            out.line(s, &rest);
-            last.push(rest);
-        }
-    }
+    so.finish(|l| emit(Stream::Stdout, l));
+    se.finish(|l| emit(Stream::Stderr, l));
     last
 }
 
@@ -328,9 +384,32 @@ impl ActionRuntime for DockerRuntime {
                 });
             }
         };
-        let outcome = self.supervise(&id, spec, out, cancel).await;
-        // Removed in every case: success, failure, timeout, cancellation.
-        self.remove(&id).await;
-        Ok(outcome)
+        // Removed in every case: success, failure, timeout, cancellation, and
+        // (by the guard) this future being dropped.
+        let mut guard = ContainerGuard {
+            docker: self.docker.clone(),
+            id: Some(id.clone()),
+        };
+        let report = Mutex::new(CleanupReport::new(self.grace));
+        let ended = self.supervise(&id, spec, out, cancel).await;
+        if ended.is_err() {
+            self.stop(&id, &report).await;
+        }
+        if self.remove(&id).await {
+            record(&report, |r| r.containers_removed.push(id.clone()));
+        } else {
+            record(&report, |r| {
+                r.failures
+                    .push(format!("container {id} could not be removed"))
+            });
+        }
+        guard.id = None;
+        Ok(match ended {
+            Ok(outcome) => outcome,
+            Err(why) => {
+                let report = report.into_inner().unwrap_or_else(|p| p.into_inner());
+                stopped(spec, out, why, &report)
+            }
+        })
     }
 }

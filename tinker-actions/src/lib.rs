@@ -17,6 +17,11 @@
 //! `run` and leave the irreversible step to a [`FinalStep`] the worker agent takes
 //! only after the control plane has its success report.
 //!
+//! A cancelled or timed-out action is stopped as a protocol: SIGTERM to its
+//! process group (or container), a grace on the clock, SIGKILL, removal of its
+//! container, unmounting of what it mounted; a [`CleanupReport`] says what was
+//! cleaned, in the log and in the action's final message.
+//!
 //! Every time limit and sleep reads an injected
 //! [`Clock`](tinker_core::clock::Clock) (`with_clock` on each runtime and on the
 //! agent), so the whole crate runs under a simulated clock.
@@ -24,12 +29,14 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod agent;
+mod cleanup;
 #[cfg(feature = "docker")]
 mod docker;
 mod native;
 mod process;
 mod router;
 
+pub use cleanup::{CleanupReport, DEFAULT_GRACE};
 #[cfg(feature = "docker")]
 pub use docker::DockerRuntime;
 pub use native::{Builtin, FinalStep, NativeRuntime};

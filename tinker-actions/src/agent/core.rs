@@ -244,12 +244,19 @@ impl AgentCore {
         let Phase::Running(r) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return;
         };
-        // The control plane already decided this action's end: say so, whatever
-        // the cancelled runtime returned.
+        // The control plane already decided this action's end: say so, with
+        // what the runtime said about stopping it (its cleanup report).
         let outcome = if r.stopped {
+            let said = match &outcome {
+                ActionOutcome::Failed { message, .. } | ActionOutcome::Timeout { message } => {
+                    message.clone()
+                }
+                ActionOutcome::Success => "it had already succeeded".into(),
+                other => format!("{other:?}"),
+            };
             ActionOutcome::Failed {
                 exit_code: None,
-                message: "stopped by the control plane".into(),
+                message: format!("stopped by the control plane; {said}"),
             }
         } else {
             outcome
@@ -545,9 +552,15 @@ pub fn action_spec(a: &WorkerAction) -> ActionSpec {
         environment: a.environment.clone(),
         volumes: a.volumes.clone(),
         pid: a.pid.clone(),
-        timeout: a.timeout_seconds.map(Duration::from_secs),
+        timeout: a
+            .timeout_seconds
+            .map(|t| Duration::from_secs(t.min(MAX_ACTION_TIMEOUT.as_secs()))),
     }
 }
+
+/// The longest time limit an action is given, whatever the control plane asks
+/// (a year): a deadline past the end of the clock's range cannot be computed.
+pub const MAX_ACTION_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

@@ -298,18 +298,21 @@ fn a_409_to_a_heartbeat_cancels_the_action_and_reports_it_stopped() {
         t0() + secs(3),
         ActionOutcome::Failed {
             exit_code: None,
-            message: "cancelled".into(),
+            message: "cancelled; cleanup: process group 7 ended on SIGTERM".into(),
         },
     );
     let report = one_send(&mut core);
     let Request::Report(r) = &report.request else {
         panic!("{report:?}")
     };
+    // The report says who stopped it and what the runtime cleaned.
     assert_eq!(
         r.outcome,
         ActionOutcome::Failed {
             exit_code: None,
-            message: "stopped by the control plane".into()
+            message:
+                "stopped by the control plane; cancelled; cleanup: process group 7 ended on SIGTERM"
+                    .into()
         }
     );
     // The control plane refuses it (the action is no longer this worker's): no

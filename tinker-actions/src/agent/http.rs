@@ -40,7 +40,9 @@ pub fn encode(request: &Request) -> Result<(String, Vec<u8>)> {
 /// `target`: 401 is [`Error::AuthenticationFailed`]; 429 and 5xx are
 /// [`Error::Unreachable`] (retryable: back off, try another replica); 409 to a
 /// heartbeat means stop; any other non-success refuses a report, and to a
-/// request for work means "nothing now".
+/// request for work means "nothing now", as does a body that is not an answer
+/// (with the reason). It never panics, whatever the bytes (see
+/// `tests/fuzz_worker_api.rs`).
 pub fn decode(request: &Request, target: &str, status: u16, body: &[u8]) -> Result<Reply> {
     let status = StatusCode::from_u16(status).map_err(|e| Error::backend("worker api", e))?;
     if status == StatusCode::UNAUTHORIZED {
@@ -55,15 +57,22 @@ pub fn decode(request: &Request, target: &str, status: u16, body: &[u8]) -> Resu
         });
     }
     Ok(match request {
-        Request::NextAction(_) => Reply::NextAction(
-            serde_json::from_slice(body)
-                .ok()
-                .filter(|_| status.is_success())
-                .unwrap_or_else(|| NextActionResponse::Wait {
+        Request::NextAction(_) if !status.is_success() => {
+            Reply::NextAction(NextActionResponse::Wait {
+                retry_after_seconds: 0,
+                reason: status.to_string(),
+            })
+        }
+        // An answer that is not an action or a wait is no work, with the
+        // reason; the agent asks again later.
+        Request::NextAction(_) => {
+            Reply::NextAction(serde_json::from_slice(body).unwrap_or_else(|e| {
+                NextActionResponse::Wait {
                     retry_after_seconds: 0,
-                    reason: status.to_string(),
-                }),
-        ),
+                    reason: format!("unreadable answer ({status}): {e}"),
+                }
+            }))
+        }
         Request::Report(_) if status.is_success() => Reply::Report(ReportAnswer::Accepted {
             workflow_state: serde_json::from_slice::<ReportResponse>(body)
                 .ok()

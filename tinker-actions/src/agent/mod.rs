@@ -26,7 +26,9 @@ mod events;
 mod http;
 mod transport;
 
-pub use self::core::{AgentCore, FIRST_RETRY, Output, RequestId, Transmit, action_spec};
+pub use self::core::{
+    AgentCore, FIRST_RETRY, MAX_ACTION_TIMEOUT, Output, RequestId, Transmit, action_spec,
+};
 pub use driver::Agent;
 pub use events::{AgentEvent, EventSink, TracingEvents};
 pub use http::{DEFAULT_TIMEOUT, HttpTransport, decode, encode};

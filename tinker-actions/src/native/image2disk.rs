@@ -3,6 +3,10 @@
 //! is recognised by its magic bytes, not guessed from the URL), with progress
 //! lines and an optional `CHECKSUM=sha256:HEX` of the bytes downloaded.
 //!
+//! `DEST_DISK` must be a block device that exists and is not in use (mounted or
+//! swap, itself or a partition of it); a regular file only where the runtime
+//! allows one ([`NativeRuntime::with_image_files_under`](crate::NativeRuntime::with_image_files_under)).
+//!
 //! The network side (async) and the disk side (a blocking thread: decompression
 //! and writes) are joined by a bounded channel, so a slow disk slows the download
 //! instead of filling memory.
@@ -16,6 +20,7 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
@@ -91,15 +96,104 @@ fn decoder(mut r: ChannelReader, compressed: bool) -> std::io::Result<Box<dyn Re
     })
 }
 
-fn sink(mut input: Box<dyn Read + Send>, dest: &str) -> std::io::Result<u64> {
-    let path = std::path::Path::new(dest);
-    let is_block = std::fs::metadata(path).map(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_block_device()
+/// What `DEST_DISK` names, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A block device nothing has mounted.
+    Block,
+    /// A regular file under the directory the runtime allows files in.
+    File,
+}
+
+/// Checks `DEST_DISK` before anything is downloaded: a block device that is
+/// neither mounted nor in use as swap (nor any of its partitions), or, only when
+/// the runtime allows it (`files_under`), a file under that directory. A
+/// missing device is refused, never created.
+fn check_dest(dest: &str, files_under: Option<&Path>) -> std::result::Result<Target, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = Path::new(dest);
+    let file_ok = files_under.is_some_and(|dir| {
+        path.is_absolute()
+            && !path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            && path.starts_with(dir)
     });
-    let file = match is_block {
-        Ok(true) => std::fs::OpenOptions::new().write(true).open(path)?,
-        _ => std::fs::OpenOptions::new()
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => match in_use(m.rdev()) {
+            Some(why) => Err(format!(
+                "DEST_DISK {dest} is in use ({why}); refusing to overwrite a disk this machine is using"
+            )),
+            None => Ok(Target::Block),
+        },
+        Ok(m) if file_ok && m.is_file() => Ok(Target::File),
+        Err(e) if file_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(Target::File),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "DEST_DISK {dest} does not exist: no such block device on this machine (`lsblk` lists them)"
+        )),
+        Err(e) => Err(format!("DEST_DISK {dest}: {e}")),
+        Ok(_) => Err(format!(
+            "DEST_DISK {dest} is not a block device (`lsblk` lists the disks)"
+        )),
+    }
+}
+
+/// Whether the block device `rdev`, or a partition of it, is mounted or used as
+/// swap here: says where, if so.
+fn in_use(rdev: u64) -> Option<String> {
+    let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    let sys = |mm: &str| std::fs::canonicalize(format!("/sys/dev/block/{mm}")).ok();
+    let disk = sys(&format!("{major}:{minor}"));
+    // The device itself, or a partition of it (whose sysfs directory sits in
+    // the disk's).
+    let ours = |mm: &str| {
+        mm == format!("{major}:{minor}")
+            || (disk.is_some() && sys(mm).and_then(|p| p.parent().map(Path::to_path_buf)) == disk)
+    };
+    let of_path = |source: &str| {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::metadata(source).ok()?;
+        m.file_type().is_block_device().then(|| {
+            format!(
+                "{}:{}",
+                rustix::fs::major(m.rdev()),
+                rustix::fs::minor(m.rdev())
+            )
+        })
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (Some(mm), Some(point)) = (f.get(2), f.get(4)) else {
+            continue;
+        };
+        // The source follows the separator and the filesystem type.
+        let source = f
+            .iter()
+            .position(|x| *x == "-")
+            .and_then(|i| f.get(i + 2))
+            .copied()
+            .unwrap_or_default();
+        if ours(mm) || of_path(source).is_some_and(|s| ours(&s)) {
+            return Some(format!("{source} is mounted on {point}"));
+        }
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    for line in swaps.lines().skip(1) {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if of_path(name).is_some_and(|s| ours(&s)) {
+            return Some(format!("{name} is used as swap"));
+        }
+    }
+    None
+}
+
+fn sink(mut input: Box<dyn Read + Send>, dest: &str, target: Target) -> std::io::Result<u64> {
+    let path = Path::new(dest);
+    let file = match target {
+        // Never created: it was checked to exist.
+        Target::Block => std::fs::OpenOptions::new().write(true).open(path)?,
+        Target::File => std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
@@ -110,7 +204,7 @@ fn sink(mut input: Box<dyn Read + Send>, dest: &str) -> std::io::Result<u64> {
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
-    if is_block.unwrap_or(false) {
+    if target == Target::Block {
         // The image brought its own partition table: have the kernel read it, so
         // the next action finds the partitions (best effort, as partprobe).
         // Without udev (an in-memory OS) `partx -a` adds the partitions the
@@ -175,6 +269,10 @@ impl Contract {
 async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
     let c = Contract::read(&cx.spec.environment)?;
     let (url, dest) = (&c.url, &c.dest);
+    let target = match check_dest(dest, cx.runtime.image_files.as_deref()) {
+        Ok(t) => t,
+        Err(why) => return Ok(failed(why)),
+    };
     let uri: hyper::Uri = url.parse().map_err(|_| Error::Unsupported {
         target: "image2disk".into(),
         operation: format!("IMG_URL {url:?} (not a URL)"),
@@ -208,7 +306,7 @@ async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
             },
             compressed,
         )?;
-        sink(input, &dest2)
+        sink(input, &dest2, target)
     });
     let clock = cx.runtime.clock.as_ref();
     let started = clock.now();
@@ -264,7 +362,7 @@ async fn download(
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
-            _ = cx.cancel.cancelled() => return Some("cancelled".to_string()),
+            () = cx.stop.cancelled() => return Some("stopped".to_string()),
         };
         let frame = match frame? {
             Ok(f) => f,
@@ -329,4 +427,33 @@ impl Progress<'_> {
 
 fn seconds_since(clock: &dyn Clock, since: Timestamp) -> f64 {
     clock.now().duration_since(since).as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_plain_destination_is_refused_unless_files_are_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = "/dev/tinker-test-no-such-disk";
+        let e = check_dest(missing, None).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(!Path::new(missing).exists());
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, b"").unwrap();
+        let f = file.to_str().unwrap();
+        let e = check_dest(f, None).unwrap_err();
+        assert!(e.contains("not a block device"), "{e}");
+        assert_eq!(check_dest(f, Some(dir.path())), Ok(Target::File));
+        let other = dir.path().join("new.img");
+        assert_eq!(
+            check_dest(other.to_str().unwrap(), Some(dir.path())),
+            Ok(Target::File)
+        );
+        // Outside the allowed directory, or climbing out of it: refused.
+        assert!(check_dest("/dev/tinker-test-x", Some(dir.path())).is_err());
+        let climb = format!("{}/../x", dir.path().display());
+        assert!(check_dest(&climb, Some(dir.path())).is_err());
+    }
 }

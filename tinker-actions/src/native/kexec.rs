@@ -3,6 +3,7 @@
 //! agent's final step, taken once this action's success is reported.
 
 use super::env::need;
+use super::inroot::{Root, inside};
 use super::mount::mounted;
 use super::{Builtin, Ctx, Entry, FinalStep, NativeRuntime};
 use crate::process;
@@ -32,24 +33,33 @@ async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
     let dev = need(env, "BLOCK_DEVICE")?;
     let fs = need(env, "FS_TYPE")?;
     let kernel = need(env, "KERNEL_PATH")?;
-    let initrd = env.get("INITRD_PATH").cloned();
+    let kernel_in = inside("KERNEL_PATH", kernel)?;
+    let initrd = env.get("INITRD_PATH").filter(|i| !i.is_empty());
+    let initrd_in = initrd.map(|i| inside("INITRD_PATH", i)).transpose()?;
     let cmd_line = env.get("CMD_LINE").cloned().unwrap_or_default();
     let kexec = cx.runtime.kexec.to_string_lossy().to_string();
-    mounted(&cx.runtime.work_dir, dev, fs, async |root: &Path| {
-        let k = root
-            .join(kernel.trim_start_matches('/'))
-            .to_string_lossy()
-            .to_string();
-        let mut args = vec!["-l".to_string(), k, format!("--command-line={cmd_line}")];
-        if let Some(i) = &initrd {
-            args.push(format!(
-                "--initrd={}",
-                root.join(i.trim_start_matches('/')).display()
-            ));
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        process::helper(&kexec, &refs).await
-    })
+    mounted(
+        &cx.runtime.work_dir,
+        dev,
+        fs,
+        &cx.cleanup,
+        async |root: &Path| {
+            // Resolved inside the image: a /boot/vmlinuz that links to /vmlinuz-6.1
+            // means the image's file, not the in-memory OS's.
+            let root = Root::open(root)?;
+            let k = root.real_path(kernel_in)?;
+            let mut args = vec![
+                "-l".to_string(),
+                k.to_string_lossy().to_string(),
+                format!("--command-line={cmd_line}"),
+            ];
+            if let Some(i) = initrd_in {
+                args.push(format!("--initrd={}", root.real_path(i)?.display()));
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            process::helper(&kexec, &refs).await
+        },
+    )
     .await?;
     cx.out.line(
         Stream::Stdout,

@@ -9,16 +9,22 @@ mod cexec;
 mod env;
 mod exec;
 mod image2disk;
+mod inroot;
 mod kexec;
 mod mount;
 mod reboot;
 mod writefile;
 
-use crate::process;
+use crate::cleanup::{CleanupReport, DEFAULT_GRACE, StopReason, stopped};
+use crate::process::{self, Supervision};
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::runtime::{ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink};
 use tinker_core::{Error, Result};
@@ -62,14 +68,34 @@ impl FinalStep {
     }
 }
 
-/// What a running built-in sees: its spec, where its output goes, its
-/// cancellation, and the runtime's settings (work dir, programs, clock).
+/// What a running built-in sees: its spec, where its output goes, its stop
+/// signal, where it says what it cleaned, and the runtime's settings (work dir,
+/// programs, clock, grace).
 struct Ctx<'a> {
     spec: &'a ActionSpec,
     out: &'a dyn OutputSink,
-    cancel: &'a CancelToken,
+    /// Fires when the action must stop (cancelled, or past its time limit): the
+    /// built-in stops its processes and releases its mounts, then returns.
+    stop: CancelToken,
+    cleanup: Mutex<CleanupReport>,
     runtime: &'a NativeRuntime,
 }
+
+impl Ctx<'_> {
+    /// How the built-in's processes are stopped.
+    fn supervision(&self) -> Supervision<'_> {
+        Supervision {
+            stop: &self.stop,
+            grace: self.runtime.grace,
+            clock: self.runtime.clock.as_ref(),
+            cleanup: &self.cleanup,
+        }
+    }
+}
+
+/// How long past the grace a stopping built-in may take to release what it
+/// holds (unmount, reap) before the runtime drops it and its guards clean up.
+const RELEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// One built-in in the registration table.
 struct Entry {
@@ -122,6 +148,8 @@ pub struct NativeRuntime {
     kexec: PathBuf,
     reboot: PathBuf,
     clock: SharedClock,
+    grace: Duration,
+    image_files: Option<PathBuf>,
 }
 
 impl Default for NativeRuntime {
@@ -145,6 +173,8 @@ impl NativeRuntime {
             kexec: "kexec".into(),
             reboot: "reboot".into(),
             clock: SystemClock::shared(),
+            grace: DEFAULT_GRACE,
+            image_files: None,
         }
     }
 
@@ -172,6 +202,22 @@ impl NativeRuntime {
     /// system clock.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Gives a stopped action's processes `grace` (on the runtime's clock)
+    /// between SIGTERM and SIGKILL (default [`DEFAULT_GRACE`]).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Lets `image2disk` write to a regular file under `dir` (a simulated
+    /// machine's disk, a benchmark's output) as well as to block devices. Without
+    /// it a `DEST_DISK` that is not a block device is refused, so a typo never
+    /// fills the in-memory OS with a file in `/dev`.
+    pub fn with_image_files_under(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.image_files = Some(dir.into());
         self
     }
 
@@ -225,27 +271,60 @@ impl ActionRuntime for NativeRuntime {
         let cx = Ctx {
             spec,
             out: output,
-            cancel,
+            stop: CancelToken::new(),
+            cleanup: Mutex::new(CleanupReport::new(self.grace)),
             runtime: self,
         };
-        let work = (e.start)(&cx);
+        // A panic in a built-in fails its action, not the agent; the guards
+        // (mounts, process groups) clean up as it unwinds.
+        let mut work = Box::pin(AssertUnwindSafe((e.start)(&cx)).catch_unwind());
         let limit = async {
             match spec.timeout {
                 Some(t) => self.clock.sleep(t).await,
                 None => std::future::pending::<()>().await,
             }
         };
-        // The process-based built-ins enforce time and cancellation themselves;
-        // this bounds the in-process ones (image2disk, writefile) too.
+        let why = tokio::select! {
+            r = &mut work => return settle(e.name, r),
+            () = limit => StopReason::Timeout,
+            () = cancel.cancelled() => StopReason::Cancelled,
+        };
+        // Stopping is a protocol, not a dropped future: the built-in hears the
+        // stop, signals its processes, waits the grace, kills what is left and
+        // unmounts; only one that does not finish in time is dropped (its
+        // guards then kill and unmount).
+        cx.stop.cancel();
         tokio::select! {
-            r = work => match r {
-                Ok(o) => Ok(o),
-                // A contract violation is the action's failure, not the runtime's.
-                Err(e @ (Error::Unsupported { .. } | Error::Remote { .. })) => Ok(failed(e.to_string())),
-                Err(e) => Err(e),
-            },
-            _ = limit => Ok(ActionOutcome::Timeout { message: format!("stopped after {} s", spec.timeout.unwrap_or_default().as_secs()) }),
-            _ = cancel.cancelled() => Ok(failed("cancelled".into())),
+            _ = &mut work => {}
+            () = self.clock.sleep(self.grace + RELEASE_MARGIN) => {
+                tracing::warn!(action = %spec.name, "a stopped built-in did not finish in time; dropping it");
+            }
+        }
+        drop(work);
+        let report = cx.cleanup.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(stopped(spec, output, why, &report))
+    }
+}
+
+/// The outcome of a built-in that ended by itself.
+fn settle(name: &str, r: std::thread::Result<Result<ActionOutcome>>) -> Result<ActionOutcome> {
+    match r {
+        Ok(Ok(o)) => Ok(o),
+        // A contract violation is the action's failure, not the runtime's.
+        Ok(Err(e @ (Error::Unsupported { .. } | Error::Remote { .. }))) => {
+            Ok(failed(e.to_string()))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(action = name, panic = %what, "a built-in action panicked");
+            Ok(failed(format!(
+                "the {name} action failed unexpectedly (panic: {what})"
+            )))
         }
     }
 }

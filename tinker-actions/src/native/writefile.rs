@@ -1,13 +1,15 @@
 //! `writefile`: write a file into a partition (`DEST_DISK`, `FS_TYPE`,
 //! `DEST_PATH`, `CONTENTS`, `UID`, `GID`, `MODE`, `DIRMODE`), creating its
-//! directories. FAT is written with mtools, without a mount.
+//! directories. FAT is written with mtools, without a mount. The path is
+//! resolved inside the image: its symlinks cannot send the write out of it.
 
 use super::env::{need, number, octal};
+use super::inroot::{Root, failure, inside};
 use super::mount::mounted;
 use super::{Builtin, Ctx, Entry, failed, io, no_final_step};
 use crate::process;
 use futures_util::future::BoxFuture;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tinker_core::Result;
 use tinker_core::runtime::{ActionOutcome, OutputSink, Stream};
 
@@ -36,10 +38,8 @@ async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
     let dev = need(env, "DEST_DISK")?;
     let fs = need(env, "FS_TYPE")?;
     let path = need(env, "DEST_PATH")?;
-    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return Ok(failed(format!(
-            "DEST_PATH {path:?} must be absolute and must not contain '..'"
-        )));
+    if let Err(e) = inside("DEST_PATH", path) {
+        return Ok(failed(e.to_string()));
     }
     let contents = env.get("CONTENTS").cloned().unwrap_or_default();
     let own = Ownership {
@@ -54,9 +54,13 @@ async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
         return fat_write(dev, path, contents.as_bytes(), cx.out).await;
     }
     let owned = fs != "exfat";
-    mounted(&cx.runtime.work_dir, dev, fs, async |root: &Path| {
-        write_under(root, path, contents.as_bytes(), owned.then_some(&own))
-    })
+    mounted(
+        &cx.runtime.work_dir,
+        dev,
+        fs,
+        &cx.cleanup,
+        async |root: &Path| write_under(root, path, contents.as_bytes(), owned.then_some(&own)),
+    )
     .await?;
     let note = if owned {
         format!(" mode {:o} owner {}:{}", own.mode, own.uid, own.gid)
@@ -74,31 +78,59 @@ async fn run(cx: &Ctx<'_>) -> Result<ActionOutcome> {
 }
 
 /// Writes `path` (absolute inside the filesystem) under the mount point `root`,
-/// making missing directories; sets owner and modes when `own` is given.
+/// making missing directories; sets owner and modes when `own` is given. Every
+/// component is resolved inside the image ([`Root`]): its symlinks, absolute
+/// ones included, lead to the image's own files, never out of it.
 fn write_under(root: &Path, path: &str, contents: &[u8], own: Option<&Ownership>) -> Result<()> {
-    use std::os::unix::fs::{PermissionsExt, chown};
-    let relative = path.trim_start_matches('/');
-    let target = root.join(relative);
-    let mut dir = root.to_path_buf();
-    if let Some(parent) = Path::new(relative).parent() {
+    use rustix::fs::{Gid, Mode, OFlags, Uid, fchmod, fchown, mkdirat};
+    use std::io::Write;
+    let root = Root::open(root)?;
+    let relative = inside("DEST_PATH", path)?;
+    let err = |p: &Path, e| failure(&root.path().join(p), e);
+    let set_owner = |fd: &std::os::fd::OwnedFd, p: &Path, mode: u32, o: &Ownership| {
+        fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| err(p, e))?;
+        fchown(fd, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid))).map_err(|e| err(p, e))
+    };
+    let mut dir = PathBuf::new();
+    if let Some(parent) = relative.parent() {
         for c in parent.components() {
-            dir.push(c);
-            if dir.exists() {
-                continue;
+            let here = dir.join(c);
+            match root.open_at(&here, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) {
+                // An existing directory keeps its owner and mode.
+                Ok(_) => {}
+                Err(rustix::io::Errno::NOENT) => {
+                    let parent_fd = root
+                        .open_at(&dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+                        .map_err(|e| err(&dir, e))?;
+                    let mode = own.map_or(0o755, |o| o.dirmode);
+                    mkdirat(&parent_fd, c.as_os_str(), Mode::from_raw_mode(mode))
+                        .map_err(|e| err(&here, e))?;
+                    if let Some(o) = own {
+                        let fd = root
+                            .open_at(&here, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                            .map_err(|e| err(&here, e))?;
+                        set_owner(&fd, &here, o.dirmode, o)?;
+                    }
+                }
+                Err(e) => return Err(err(&here, e)),
             }
-            std::fs::create_dir(&dir).map_err(|e| io(&dir, e))?;
-            if let Some(o) = own {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(o.dirmode))
-                    .map_err(|e| io(&dir, e))?;
-                chown(&dir, Some(o.uid), Some(o.gid)).map_err(|e| io(&dir, e))?;
-            }
+            dir = here;
         }
     }
-    std::fs::write(&target, contents).map_err(|e| io(&target, e))?;
+    let mode = own.map_or(0o644, |o| o.mode);
+    let fd = root
+        .open_at(
+            relative,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| err(relative, e))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(&root.path().join(relative), e))?;
     if let Some(o) = own {
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(o.mode))
-            .map_err(|e| io(&target, e))?;
-        chown(&target, Some(o.uid), Some(o.gid)).map_err(|e| io(&target, e))?;
+        set_owner(&file.into(), relative, o.mode, o)?;
     }
     Ok(())
 }
@@ -149,5 +181,26 @@ mod tests {
         write_under(root.path(), "/etc/deep/hostname", b"sm01", None).unwrap();
         let got = std::fs::read(root.path().join("etc/deep/hostname")).unwrap();
         assert_eq!(got, b"sm01");
+    }
+
+    #[test]
+    fn an_absolute_symlink_in_the_image_leads_into_the_image() {
+        // Debian's /var/run -> /run, and a link to a directory of the host.
+        let host = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("var")).unwrap();
+        std::fs::create_dir_all(root.path().join("run")).unwrap();
+        std::os::unix::fs::symlink("/run", root.path().join("var/run")).unwrap();
+        std::os::unix::fs::symlink(host.path(), root.path().join("hostdir")).unwrap();
+        write_under(root.path(), "/var/run/tinker-marker", b"in", None).unwrap();
+        assert_eq!(
+            std::fs::read(root.path().join("run/tinker-marker")).unwrap(),
+            b"in"
+        );
+        // The link to the host's directory means the image's own path of that
+        // name, which the image lacks: refused, and nothing made on the host.
+        let e = write_under(root.path(), "/hostdir/x/f", b"in", None).unwrap_err();
+        assert!(e.to_string().contains("hostdir"), "{e}");
+        assert!(!host.path().join("x").exists());
     }
 }
