@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tinker::actions::agent::{
-    Agent, AgentConfig, AgentEvent, EventSink, RuntimeRouter, TracingEvents,
+    Agent, AgentConfig, AgentEvent, EventSink, HttpTransport, RuntimeRouter, ServerTrust,
+    TracingEvents,
 };
 use tinker::actions::{DockerRuntime, NativeRuntime};
 use tinker::core::runtime::ActionRuntime;
@@ -53,6 +54,42 @@ struct Args {
     /// Run the built-in actions only, without a container engine.
     #[arg(long)]
     no_docker: bool,
+    /// Trust exactly the control plane certificate with this SHA-256 fingerprint
+    /// for an `https://` server (default: `tinker_tls_fingerprint=` on the kernel
+    /// command line).
+    #[arg(long)]
+    tls_fingerprint: Option<String>,
+    /// Trust the CAs in this PEM file for an `https://` server (default:
+    /// `/etc/tinker/ca.pem` when the image has one).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+}
+
+/// Where an in-memory OS image keeps the control plane's CA.
+const IMAGE_CA: &str = "/etc/tinker/ca.pem";
+
+/// What the agent trusts for an `https://` control plane: the fingerprint
+/// (flag, then kernel line), else a CA file (flag, then the image's), else the
+/// Web PKI.
+fn server_trust(
+    fingerprint: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
+) -> Result<Option<ServerTrust>, String> {
+    if let Some(fp) = fingerprint.or_else(|| from_cmdline("tinker_tls_fingerprint")) {
+        return ServerTrust::parse_fingerprint(&fp)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    let ca = ca_file.or_else(|| {
+        let image = std::path::PathBuf::from(IMAGE_CA);
+        image.exists().then_some(image)
+    });
+    match ca {
+        Some(path) => std::fs::read(&path)
+            .map(|pem| Some(ServerTrust::CaPem(pem)))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Ok(None),
+    }
 }
 
 /// The value of `key=` on the kernel command line.
@@ -77,7 +114,16 @@ async fn main() -> ExitCode {
         worker_id,
         token,
         no_docker,
+        tls_fingerprint,
+        ca_file,
     } = clap::Parser::parse();
+    let trust = match server_trust(tls_fingerprint, ca_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tinker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (Some(server), Some(worker_id)) = (
         server.or_else(|| from_cmdline("tinker_server")),
         worker_id.or_else(|| from_cmdline("worker_id")),
@@ -103,6 +149,16 @@ async fn main() -> ExitCode {
         None
     };
     println!("tinker: worker {worker_id} asking {server} for work");
+    let mut transport = HttpTransport::new(token.as_str().into());
+    if let Some(trust) = trust {
+        transport = match transport.with_tls(trust) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("tinker: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    }
     let agent = Agent::new(
         AgentConfig::new(server, worker_id, token).with_max_backoff(Duration::from_secs(10)),
         Arc::new(RuntimeRouter {
@@ -111,6 +167,7 @@ async fn main() -> ExitCode {
         }),
         Some(NativeRuntime::new()),
     )
+    .with_transport(Arc::new(transport))
     .with_events(Arc::new(Console));
     match agent
         .run(async {

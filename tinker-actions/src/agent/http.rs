@@ -3,11 +3,13 @@
 //! is public so a transport that calls the worker API's handler in process
 //! speaks exactly the same bytes and status codes.
 
+use super::tls::ServerTrust;
 use super::transport::{HeartbeatAnswer, Reply, ReportAnswer, Request, Transport};
 use async_trait::async_trait;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::time::Duration;
@@ -92,21 +94,62 @@ pub fn decode(request: &Request, target: &str, status: u16, body: &[u8]) -> Resu
 /// The worker API over HTTP, with the worker's bearer token.
 #[derive(Debug)]
 pub struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     token: Secret,
     clock: SharedClock,
     timeout: Duration,
+    local_address: Option<std::net::IpAddr>,
+    trust: Option<ServerTrust>,
+}
+
+/// A client for `http://` and `https://` replicas: HTTPS trusts `trust`, or
+/// the Web PKI roots when none is given.
+fn client(
+    local_address: Option<std::net::IpAddr>,
+    trust: Option<&ServerTrust>,
+) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>> {
+    let tls = match trust {
+        Some(trust) => trust.client_config()?,
+        None => rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::backend("rustls", e))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_local_address(local_address);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
 }
 
 impl HttpTransport {
     /// A client that presents `token`.
     pub fn new(token: Secret) -> Self {
         HttpTransport {
-            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            client: client(None, None).expect("the default TLS configuration builds"),
             token,
             clock: SystemClock::shared(),
             timeout: DEFAULT_TIMEOUT,
+            local_address: None,
+            trust: None,
         }
+    }
+
+    /// Talks HTTPS to `https://` replicas trusting only `trust` (a CA built
+    /// into the image, or the certificate's fingerprint from the kernel line).
+    pub fn with_tls(mut self, trust: ServerTrust) -> Result<Self> {
+        self.client = client(self.local_address, Some(&trust))?;
+        self.trust = Some(trust);
+        Ok(self)
     }
 
     /// Measures the request time limit on `clock`.
@@ -119,9 +162,9 @@ impl HttpTransport {
     /// one on loopback) calls from the one its Hardware reserves, which is the
     /// only one the worker API takes its token from.
     pub fn with_local_address(mut self, address: std::net::IpAddr) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_local_address(Some(address));
-        self.client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        self.local_address = Some(address);
+        self.client = client(self.local_address, self.trust.as_ref())
+            .expect("a configuration that built once builds again");
         self
     }
 

@@ -24,6 +24,7 @@ mod core;
 mod driver;
 mod events;
 mod http;
+mod tls;
 mod transport;
 
 pub use self::core::{
@@ -32,6 +33,7 @@ pub use self::core::{
 pub use driver::Agent;
 pub use events::{AgentEvent, EventSink, TracingEvents};
 pub use http::{DEFAULT_TIMEOUT, HttpTransport, decode, encode};
+pub use tls::{ServerTrust, fingerprint_text};
 pub use transport::{HeartbeatAnswer, Reply, ReportAnswer, Request, Transport};
 
 pub use crate::router::RuntimeRouter;
