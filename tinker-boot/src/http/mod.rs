@@ -24,6 +24,7 @@ mod ipxe;
 mod metadata;
 mod metrics;
 mod operator;
+pub mod tls;
 
 pub use body::Body;
 pub(crate) use body::full as body_full;
