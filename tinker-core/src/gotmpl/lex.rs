@@ -1,10 +1,12 @@
 //! Splits template text into text and action items, and actions into tokens.
 
+use super::Pos;
+
 /// A piece of the template: literal text, or an action's tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Item {
     Text(String),
-    Action { line: usize, tokens: Vec<Token> },
+    Action { pos: Pos, tokens: Vec<Token> },
 }
 
 /// A token inside `{{ }}`.
@@ -35,12 +37,14 @@ pub(super) enum Tok {
     Float(f64),
 }
 
-type LexResult<T> = Result<T, (usize, String)>;
+type LexResult<T> = Result<T, (Pos, String)>;
 
 pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
     let mut items = Vec::new();
     let mut rest = text;
     let mut line = 1usize;
+    // Byte offset of `rest` in `text`, for columns.
+    let mut offset = 0usize;
     let mut pending_trim = false;
     while !rest.is_empty() {
         let Some(open) = rest.find("{{") else {
@@ -56,31 +60,37 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         }
         push_text(&mut items, before, pending_trim, trim_left);
         line += before.matches('\n').count();
-        let action_line = line;
+        let open_at = offset + open;
+        let line_start = text[..open_at].rfind('\n').map_or(0, |i| i + 1);
+        let action = Pos {
+            line,
+            column: Some(text[line_start..open_at].chars().count() + 1),
+        };
         // Find the closing delimiter outside string literals.
-        let close =
-            find_close(inner).ok_or((action_line, "unclosed action: missing }}".to_string()))?;
+        let close = find_close(inner).ok_or((action, "unclosed action: missing }}".to_string()))?;
         let mut body = &inner[..close];
         let trim_right = body.ends_with(" -") || body.ends_with("\t-") || body.ends_with("\n-");
         if trim_right {
             body = &body[..body.len() - 1];
         }
         line += inner[..close].matches('\n').count();
-        rest = &inner[close + 2..];
+        let next = &inner[close + 2..];
+        offset += rest.len() - next.len();
+        rest = next;
         pending_trim = trim_right;
         let trimmed = body.trim();
         if trimmed.starts_with("/*") {
             if !trimmed.ends_with("*/") {
-                return Err((action_line, "unclosed comment".into()));
+                return Err((action, "unclosed comment".into()));
             }
             continue;
         }
-        let tokens = tokenize(body).map_err(|e| (action_line, e))?;
+        let tokens = tokenize(body).map_err(|e| (action, e))?;
         if tokens.is_empty() {
-            return Err((action_line, "missing value for command".into()));
+            return Err((action, "missing value for command".into()));
         }
         items.push(Item::Action {
-            line: action_line,
+            pos: action,
             tokens,
         });
     }
