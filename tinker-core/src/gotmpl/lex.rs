@@ -43,8 +43,9 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
     let mut items = Vec::new();
     let mut rest = text;
     let mut line = 1usize;
-    // Byte offset of `rest` in `text`, for columns.
-    let mut offset = 0usize;
+    // Characters since the last newline before `rest`, kept as the text is
+    // consumed (never searched backwards: a long line of actions stays linear).
+    let mut column = 0usize;
     let mut pending_trim = false;
     while !rest.is_empty() {
         let Some(open) = rest.find("{{") else {
@@ -60,11 +61,10 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         }
         push_text(&mut items, before, pending_trim, trim_left);
         line += before.matches('\n').count();
-        let open_at = offset + open;
-        let line_start = text[..open_at].rfind('\n').map_or(0, |i| i + 1);
+        advance(&mut column, before);
         let action = Pos {
             line,
-            column: Some(text[line_start..open_at].chars().count() + 1),
+            column: Some(column + 1),
         };
         // Find the closing delimiter outside string literals.
         let close = find_close(inner).ok_or((action, "unclosed action: missing }}".to_string()))?;
@@ -75,7 +75,7 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         }
         line += inner[..close].matches('\n').count();
         let next = &inner[close + 2..];
-        offset += rest.len() - next.len();
+        advance(&mut column, &after[..after.len() - next.len()]);
         rest = next;
         pending_trim = trim_right;
         let trimmed = body.trim();
@@ -95,6 +95,14 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         });
     }
     Ok(items)
+}
+
+/// Moves `column` over `seg`.
+fn advance(column: &mut usize, seg: &str) {
+    match seg.rfind('\n') {
+        Some(i) => *column = seg[i + 1..].chars().count(),
+        None => *column += seg.chars().count(),
+    }
 }
 
 fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool) {
