@@ -17,6 +17,7 @@ struct Exec<'a> {
     name: &'a str,
     root: &'a Value,
     limits: &'a RenderLimits,
+    placeholder: bool,
     vars: Vec<(String, Value)>,
     out: String,
     steps: u64,
@@ -29,11 +30,13 @@ pub(super) fn render(
     nodes: &[Node],
     data: &Value,
     limits: &RenderLimits,
+    placeholder: bool,
 ) -> Result<String, TemplateError> {
     let mut ex = Exec {
         name,
         root: data,
         limits,
+        placeholder,
         vars: vec![(String::new(), data.clone())],
         out: String::new(),
         steps: 0,
@@ -409,7 +412,11 @@ impl Exec<'_> {
     /// Calls a function: one step, and its result counted as produced.
     fn call(&mut self, name: &str, args: Vec<Value>, line: Pos) -> Result<Value, TemplateError> {
         self.step(line, 1)?;
-        let v = funcs::call(name, args, self.limits).map_err(|e| match e {
+        let ctx = funcs::CallCtx {
+            limits: self.limits,
+            placeholder: self.placeholder,
+        };
+        let v = funcs::call(name, args, &ctx).map_err(|e| match e {
             FuncError::Failed(reason) => self.err(line, format!("error calling {name}: {reason}")),
             FuncError::Limit(limit, reason) => {
                 self.limit_err(line, limit, format!("error calling {name}: {reason}"))

@@ -192,9 +192,17 @@ fn int_value(i: i64) -> Value {
     Value::from(i)
 }
 
-/// Calls a function by name; a result that would pass `limits` is refused before
-/// it is built.
-pub(super) fn call(name: &str, args: Vec<Value>, limits: &RenderLimits) -> FResult {
+/// How a call is made: within which limits, and whether the data stands in for
+/// a Hardware not known yet (see [`super::GoTemplate::render_placeholder`]).
+pub(super) struct CallCtx<'a> {
+    pub limits: &'a RenderLimits,
+    pub placeholder: bool,
+}
+
+/// Calls a function by name; a result that would pass the limits is refused
+/// before it is built.
+pub(super) fn call(name: &str, args: Vec<Value>, ctx: &CallCtx<'_>) -> FResult {
+    let limits = ctx.limits;
     let a = &args;
     match name {
         // --- Go builtins ---
@@ -222,10 +230,22 @@ pub(super) fn call(name: &str, args: Vec<Value>, limits: &RenderLimits) -> FResu
                 cur = match &cur {
                     Value::Array(items) => {
                         let i = as_int(k)?;
-                        if i < 0 || i as usize >= items.len() {
-                            return Err(format!("index out of range: {i}").into());
+                        match usize::try_from(i).ok().and_then(|i| items.get(i)) {
+                            Some(item) => item.clone(),
+                            // A placeholder list has one of each thing; a real
+                            // Hardware may have as many as the template asks for.
+                            None if ctx.placeholder && i >= 0 && !items.is_empty() => {
+                                items[items.len() - 1].clone()
+                            }
+                            None => {
+                                return Err(format!(
+                                    "index out of range: {i} (the list has {} element{})",
+                                    items.len(),
+                                    if items.len() == 1 { "" } else { "s" }
+                                )
+                                .into());
+                            }
                         }
-                        items[i as usize].clone()
                     }
                     Value::String(s) => {
                         let i = as_int(k)?;

@@ -150,7 +150,18 @@ impl GoTemplate {
 
     /// Renders with `data` as the dot, within the limits it was parsed with.
     pub fn render(&self, data: &Value) -> Result<String, TemplateError> {
-        exec::render(&self.name, &self.nodes, data, &self.limits)
+        exec::render(&self.name, &self.nodes, data, &self.limits, false)
+    }
+
+    /// Renders for a check of the template on its own, before the Hardware it
+    /// will run on is known: `data` holds placeholders with one element in each
+    /// list, and an index past the end of a list gives its last element rather
+    /// than an error (`{{ index .Hardware.Disks 1 }}` is valid for a machine
+    /// with two disks). Everything else, limits included, is as in
+    /// [`GoTemplate::render`]; a workflow is checked with `render` against its
+    /// real Hardware.
+    pub fn render_placeholder(&self, data: &Value) -> Result<String, TemplateError> {
+        exec::render(&self.name, &self.nodes, data, &self.limits, true)
     }
 }
 
