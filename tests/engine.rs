@@ -809,13 +809,17 @@ async fn a_pooled_store_does_not_stall_the_run_loop() {
 async fn template_bombs_fail_their_own_workflow_and_the_engine_serves_the_others() {
     let store = Arc::new(MemoryStore::new());
     let connector = Arc::new(StaticConnector::new());
-    row_of_machines(store.as_ref(), &connector, "b", 1, 950, MockBmc::new).await;
+    row_of_machines(store.as_ref(), &connector, "b", 1, 950, |n| MockBmc::new(n)).await;
     // The bombs run for a machine of their own, without a BMC.
     store
         .put(testing::hardware("x0", 960).into(), Precondition::Absent)
         .await
         .unwrap();
-    let deep = format!("{}x{}", "{{ if 1 }}".repeat(100_000), "{{ end }}".repeat(100_000));
+    let deep = format!(
+        "{}x{}",
+        "{{ if 1 }}".repeat(100_000),
+        "{{ end }}".repeat(100_000)
+    );
     let bombs = [
         (
             "range",
@@ -840,8 +844,13 @@ async fn template_bombs_fail_their_own_workflow_and_the_engine_serves_the_others
         store.put(t.into(), Precondition::Absent).await.unwrap();
         store
             .put(
-                Workflow::new(&format!("wf-{name}"), &format!("bomb-{name}"), "x0", mac(960))
-                    .into(),
+                Workflow::new(
+                    &format!("wf-{name}"),
+                    &format!("bomb-{name}"),
+                    "x0",
+                    mac(960),
+                )
+                .into(),
                 Precondition::Absent,
             )
             .await
@@ -870,7 +879,12 @@ async fn template_bombs_fail_their_own_workflow_and_the_engine_serves_the_others
         );
     }
     // The other machine was served: rendered, PXE set, powered on.
-    let good = store.workflow("default", "wf-b0").await.unwrap().unwrap().value;
+    let good = store
+        .workflow("default", "wf-b0")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
     let good = good.status.unwrap();
     assert!(good.machine.has_done(MachineStep::PowerCycle), "{good:?}");
     // A restarted engine leaves the failed workflows as they are.
@@ -902,7 +916,7 @@ async fn template_bombs_fail_their_own_workflow_and_the_engine_serves_the_others
 async fn a_workflow_that_fails_the_same_way_again_and_again_is_parked() {
     let store = Arc::new(PooledStore::new(64, Some("broken")));
     let connector = Arc::new(StaticConnector::new());
-    row_of_machines(&store.inner, &connector, "g", 1, 970, MockBmc::new).await;
+    row_of_machines(&store.inner, &connector, "g", 1, 970, |n| MockBmc::new(n)).await;
     store
         .inner
         .put(
@@ -938,7 +952,11 @@ async fn a_workflow_that_fails_the_same_way_again_and_again_is_parked() {
     let parked = status.parked.expect("parked");
     assert_eq!(parked.reason, ParkReason::RepeatedFailure);
     assert_eq!(parked.failures, 5);
-    assert!(parked.error.contains("page 7 of the template table is corrupt"));
+    assert!(
+        parked
+            .error
+            .contains("page 7 of the template table is corrupt")
+    );
     let reason = status.reason.unwrap();
     assert!(
         reason.starts_with("parked: processing failed the same way 5 times in a row"),
@@ -946,12 +964,25 @@ async fn a_workflow_that_fails_the_same_way_again_and_again_is_parked() {
     );
     let events = store.inner.events("default/wf-bad", 10).await.unwrap();
     assert!(
-        events.iter().any(|e| matches!(e.kind, EventKind::Parked(_))),
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Parked(_))),
         "{events:?}"
     );
     // The other workflow was served all along.
-    let good = store.inner.workflow("default", "wf-g0").await.unwrap().unwrap();
-    assert!(good.value.status.unwrap().machine.has_done(MachineStep::PowerCycle));
+    let good = store
+        .inner
+        .workflow("default", "wf-g0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        good.value
+            .status
+            .unwrap()
+            .machine
+            .has_done(MachineStep::PowerCycle)
+    );
     // A restart does not start the loop again.
     let restarted = Engine::new(store.clone(), connector, EngineConfig::default());
     restarted.reconcile_all().await.unwrap();
@@ -984,7 +1015,7 @@ impl tinker::core::PowerConnector for PanickingConnector {
 async fn a_panic_while_processing_a_workflow_parks_it_and_the_engine_goes_on() {
     let store = Arc::new(MemoryStore::new());
     let connector = Arc::new(StaticConnector::new());
-    row_of_machines(store.as_ref(), &connector, "k", 3, 980, MockBmc::new).await;
+    row_of_machines(store.as_ref(), &connector, "k", 3, 980, |n| MockBmc::new(n)).await;
     let engine = Engine::new(
         store.clone(),
         Arc::new(PanickingConnector {
@@ -1011,10 +1042,18 @@ async fn a_panic_while_processing_a_workflow_parks_it_and_the_engine_goes_on() {
         .parked
         .expect("parked");
     assert_eq!(parked.reason, ParkReason::RepeatedPanic);
-    assert!(parked.error.contains("driver bug: unexpected reply from k1"), "{parked:?}");
+    assert!(
+        parked
+            .error
+            .contains("driver bug: unexpected reply from k1"),
+        "{parked:?}"
+    );
     // The run loop keeps serving: a machine added now is prepared.
     let (run, stop) = start_engine(engine);
-    row_of_machines(store.as_ref(), &connector, "late", 1, 990, MockBmc::new).await;
+    row_of_machines(store.as_ref(), &connector, "late", 1, 990, |n| {
+        MockBmc::new(n)
+    })
+    .await;
     let prepared = wait_prepared(store.as_ref(), 3).await;
     let _ = stop.send(());
     run.await.unwrap().unwrap();

@@ -52,11 +52,39 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let text = prop_oneof![
         proptest::sample::select(vec![
-            ":", "- ", "\n", "  ", "{", "}", "[", "]", "&a ", "*a", "!!binary ", "~", "\"",
-            "'", "{{", "}}", "{{ range 100000000000 }}", "{{ div -9223372036854775808 -1 }}",
-            "{{ index .Hardware.Disks 7 }}", "-9223372036854775808", "99999999999999999999",
-            "0x", "null", "true", "...", "---\n", "mac: zz", "port: 70000", "kind: Machine\n",
-            "apiVersion: bmc.tinkerbell.org/v1alpha1\n", "\u{0}", "\u{feff}", "é",
+            ":",
+            "- ",
+            "\n",
+            "  ",
+            "{",
+            "}",
+            "[",
+            "]",
+            "&a ",
+            "*a",
+            "!!binary ",
+            "~",
+            "\"",
+            "'",
+            "{{",
+            "}}",
+            "{{ range 100000000000 }}",
+            "{{ div -9223372036854775808 -1 }}",
+            "{{ index .Hardware.Disks 7 }}",
+            "-9223372036854775808",
+            "99999999999999999999",
+            "0x",
+            "null",
+            "true",
+            "...",
+            "---\n",
+            "mac: zz",
+            "port: 70000",
+            "kind: Machine\n",
+            "apiVersion: bmc.tinkerbell.org/v1alpha1\n",
+            "\u{0}",
+            "\u{feff}",
+            "é",
         ])
         .prop_map(str::to_string),
         "\\PC{0,12}",
@@ -99,17 +127,29 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         Ok(docs) => docs,
         Err(e) => {
             let msg = e.to_string();
-            prop_assert!(msg.starts_with("fuzz.yaml"), "a refusal that names no file: {msg}");
-            prop_assert!(msg.len() > "fuzz.yaml: ".len(), "a refusal without a reason");
+            prop_assert!(
+                msg.starts_with("fuzz.yaml"),
+                "a refusal that names no file: {msg}"
+            );
+            prop_assert!(
+                msg.len() > "fuzz.yaml: ".len(),
+                "a refusal without a reason"
+            );
             return Ok(());
         }
     };
     for finding in validate::documents("fuzz.yaml", &docs).0 {
-        prop_assert!(!finding.reason.is_empty(), "a finding without a reason: {finding:?}");
+        prop_assert!(
+            !finding.reason.is_empty(),
+            "a finding without a reason: {finding:?}"
+        );
     }
     let mut connector = Connector::new(Arc::new(StaticSecrets::default()), RetryPolicy::default());
     if let Err(e) = connector.add_rufio_machines(&docs) {
-        prop_assert!(!e.to_string().is_empty(), "a Rufio refusal without a reason");
+        prop_assert!(
+            !e.to_string().is_empty(),
+            "a Rufio refusal without a reason"
+        );
     }
     Ok(())
 }

@@ -17,7 +17,10 @@ const TWO_DISKS: &str = "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nme
 const WORKFLOW: &str = "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: w2}\nspec: {templateRef: t2, hardwareRef: h2, hardwareMap: {device_1: \"02:00:00:00:00:01\"}}\n";
 
 fn hardware(disks: &[&str]) -> String {
-    let disks: String = disks.iter().map(|d| format!("    - device: {d}\n")).collect();
+    let disks: String = disks
+        .iter()
+        .map(|d| format!("    - device: {d}\n"))
+        .collect();
     format!(
         "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: h2}}\nspec:\n  disks:\n{disks}  interfaces:\n    - dhcp: {{mac: \"02:00:00:00:00:01\", ip: {{address: 10.0.0.5, netmask: 255.255.255.0}}}}\n"
     )
@@ -36,8 +39,8 @@ fn validate(texts: &[(&str, &str)]) -> (Option<i32>, String) {
         .args(&args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
 }
 
@@ -56,11 +59,22 @@ fn a_template_for_the_second_disk_is_valid_alone_and_checked_with_its_hardware()
     let (code, out) = validate(&[("t2.yaml", TWO_DISKS)]);
     assert_eq!(code, Some(0), "{out}");
     let two = hardware(&["/dev/nvme0n1", "/dev/sda"]);
-    let (code, out) = validate(&[("t2.yaml", TWO_DISKS), ("h2.yaml", &two), ("w2.yaml", WORKFLOW)]);
+    let (code, out) = validate(&[
+        ("t2.yaml", TWO_DISKS),
+        ("h2.yaml", &two),
+        ("w2.yaml", WORKFLOW),
+    ]);
     assert_eq!(code, Some(0), "{out}");
     let one = hardware(&["/dev/nvme0n1"]);
-    let (code, out) = validate(&[("t2.yaml", TWO_DISKS), ("h2.yaml", &one), ("w2.yaml", WORKFLOW)]);
+    let (code, out) = validate(&[
+        ("t2.yaml", TWO_DISKS),
+        ("h2.yaml", &one),
+        ("w2.yaml", WORKFLOW),
+    ]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("w2.yaml"), "{out}");
-    assert!(out.contains("index out of range: 1 (the list has 1 element)"), "{out}");
+    assert!(
+        out.contains("index out of range: 1 (the list has 1 element)"),
+        "{out}"
+    );
 }

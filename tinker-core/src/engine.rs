@@ -257,7 +257,9 @@ impl Engine {
         let text = error.to_string();
         let failures = {
             let mut strikes = self.strikes();
-            let entry = strikes.entry(key.clone()).or_insert_with(|| (text.clone(), 0));
+            let entry = strikes
+                .entry(key.clone())
+                .or_insert_with(|| (text.clone(), 0));
             if entry.0 != text {
                 *entry = (text.clone(), 0);
             }
@@ -276,7 +278,9 @@ impl Engine {
                     self.strikes().remove(key);
                 }
                 // Counted again at the next failure, and parked then.
-                Err(e) => tracing::warn!(workflow = %key.qualified_name(), error = %e, "could not park a failing workflow"),
+                Err(e) => {
+                    tracing::warn!(workflow = %key.qualified_name(), error = %e, "could not park a failing workflow")
+                }
             }
         }
         Err(error)
@@ -289,8 +293,10 @@ impl Engine {
     /// Parks a workflow: FAILED (unless it already ended), with `parked` in its
     /// status, so no replica processes it again.
     async fn park(&self, key: &ObjectKey, parked: Parked) -> Result<()> {
-        let Some(Versioned { version, value: mut wf }) =
-            self.store.workflow(&key.namespace, &key.name).await?
+        let Some(Versioned {
+            version,
+            value: mut wf,
+        }) = self.store.workflow(&key.namespace, &key.name).await?
         else {
             return Ok(());
         };

@@ -259,9 +259,7 @@ pub(super) fn call(name: &str, args: Vec<Value>, ctx: &CallCtx<'_>) -> FResult {
                     Value::Object(m) => m.get(&as_str(k)).cloned().unwrap_or(Value::Null),
                     Value::Null => return Err("index of untyped nil".into()),
                     other => {
-                        return Err(
-                            format!("can't index item of type {}", type_name(other)).into()
-                        );
+                        return Err(format!("can't index item of type {}", type_name(other)).into());
                     }
                 };
             }
@@ -411,8 +409,7 @@ pub(super) fn call(name: &str, args: Vec<Value>, ctx: &CallCtx<'_>) -> FResult {
             arity(name, a, 2)?;
             let n = as_int(&a[0])?;
             let s = as_str(&a[1]);
-            let n = usize::try_from(n)
-                .map_err(|_| format!("repeat count {n} is negative"))?;
+            let n = usize::try_from(n).map_err(|_| format!("repeat count {n} is negative"))?;
             fits(name, s.len().checked_mul(n), limits)?;
             Ok(Value::from(s.repeat(n)))
         }
@@ -546,7 +543,9 @@ pub(super) fn call(name: &str, args: Vec<Value>, ctx: &CallCtx<'_>) -> FResult {
         "add1" => {
             arity(name, a, 1)?;
             Ok(int_value(
-                as_int(&a[0])?.checked_add(1).ok_or_else(|| overflow(name))?,
+                as_int(&a[0])?
+                    .checked_add(1)
+                    .ok_or_else(|| overflow(name))?,
             ))
         }
         "add" | "mul" | "max" | "min" => {
@@ -648,10 +647,9 @@ pub(super) fn call(name: &str, args: Vec<Value>, ctx: &CallCtx<'_>) -> FResult {
             }
             Ok(cur.clone())
         }
-        "env" | "expandenv" | "getHostByName" => Err(format!(
-            "{name} is not available: templates are rendered hermetically"
-        )
-        .into()),
+        "env" | "expandenv" | "getHostByName" => {
+            Err(format!("{name} is not available: templates are rendered hermetically").into())
+        }
         _ => Err(format!("function {name:?} not defined").into()),
     }
 }
@@ -723,9 +721,7 @@ fn sprintf(format: &str, args: &[Value], limits: &RenderLimits) -> Result<String
         if verb == 'f' {
             fits(
                 "printf",
-                precision
-                    .unwrap_or(6)
-                    .checked_add(out.len() + 320),
+                precision.unwrap_or(6).checked_add(out.len() + 320),
                 limits,
             )?;
         }

@@ -230,9 +230,17 @@ fn copying_a_large_value_in_a_loop_runs_out_of_work_not_time() {
 
 #[test]
 fn deep_nesting_is_refused_at_parse_time() {
-    let deep_ifs = format!("{}x{}", "{{ if 1 }}".repeat(100_000), "{{ end }}".repeat(100_000));
+    let deep_ifs = format!(
+        "{}x{}",
+        "{{ if 1 }}".repeat(100_000),
+        "{{ end }}".repeat(100_000)
+    );
     let deep_parens = format!("{{{{ {}1{} }}}}", "(".repeat(100_000), ")".repeat(100_000));
-    let deep_ranges = format!("{}x{}", "{{ range 1 }}".repeat(100_000), "{{ end }}".repeat(100_000));
+    let deep_ranges = format!(
+        "{}x{}",
+        "{{ range 1 }}".repeat(100_000),
+        "{{ end }}".repeat(100_000)
+    );
     for t in [deep_ifs, deep_parens, deep_ranges] {
         let e = GoTemplate::parse("t", &t).unwrap_err();
         assert_eq!(e.limit, Some(Limit::Depth), "{e}");
@@ -252,7 +260,11 @@ fn limits_are_a_config() {
     limits.max_steps = 5;
     let t = GoTemplate::parse_with("small", "{{ range 6 }}{{ end }}", limits).unwrap();
     let e = t.render(&json!({})).unwrap_err();
-    assert!(e.to_string().contains("range of 6 exceeds the limit of 5 steps"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("range of 6 exceeds the limit of 5 steps"),
+        "{e}"
+    );
     limits.max_depth = 1;
     let e = GoTemplate::parse_with("small", "{{ if 1 }}{{ if 1 }}{{ end }}{{ end }}", limits)
         .unwrap_err();
