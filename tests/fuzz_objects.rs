@@ -99,7 +99,8 @@ fn edit() -> impl Strategy<Value = Edit> {
 fn apply(seed: &str, edits: &[Edit]) -> String {
     let mut chars: Vec<char> = seed.chars().collect();
     for e in edits {
-        let at = |f: f64| ((chars.len() as f64) * f) as usize;
+        let len = chars.len();
+        let at = |f: f64| ((len as f64) * f) as usize;
         match e {
             Edit::Insert(f, s) => {
                 let i = at(*f).min(chars.len());
