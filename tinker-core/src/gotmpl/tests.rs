@@ -256,8 +256,10 @@ fn deep_nesting_is_refused_at_parse_time() {
 
 #[test]
 fn limits_are_a_config() {
-    let mut limits = RenderLimits::default();
-    limits.max_steps = 5;
+    let mut limits = RenderLimits {
+        max_steps: 5,
+        ..RenderLimits::default()
+    };
     let t = GoTemplate::parse_with("small", "{{ range 6 }}{{ end }}", limits).unwrap();
     let e = t.render(&json!({})).unwrap_err();
     assert!(
