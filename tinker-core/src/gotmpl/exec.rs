@@ -202,7 +202,7 @@ impl Exec<'_> {
     fn walk(&mut self, nodes: &[Node], dot: &Value) -> Result<Flow, TemplateError> {
         for node in nodes {
             match node {
-                Node::Text(t) => self.write(Pos::default(), t)?,
+                Node::Text(t, pos) => self.write(*pos, t)?,
                 Node::Action(p) => {
                     self.step(p.pos, 1)?;
                     let v = self.pipeline(p, dot)?;

@@ -5,8 +5,12 @@ use super::Pos;
 /// A piece of the template: literal text, or an action's tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Item {
-    Text(String),
-    Action { pos: Pos, tokens: Vec<Token> },
+    /// Literal text, and where it starts (for an error that names it).
+    Text(String, Pos),
+    Action {
+        pos: Pos,
+        tokens: Vec<Token>,
+    },
 }
 
 /// A token inside `{{ }}`.
@@ -49,7 +53,11 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
     let mut pending_trim = false;
     while !rest.is_empty() {
         let Some(open) = rest.find("{{") else {
-            push_text(&mut items, rest, pending_trim, false);
+            let at = Pos {
+                line,
+                column: Some(column + 1),
+            };
+            push_text(&mut items, rest, pending_trim, false, at);
             break;
         };
         let (before, after) = rest.split_at(open);
@@ -59,7 +67,11 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         if trim_left {
             inner = &inner[1..];
         }
-        push_text(&mut items, before, pending_trim, trim_left);
+        let at = Pos {
+            line,
+            column: Some(column + 1),
+        };
+        push_text(&mut items, before, pending_trim, trim_left, at);
         line += before.matches('\n').count();
         advance(&mut column, before);
         let action = Pos {
@@ -105,7 +117,7 @@ fn advance(column: &mut usize, seg: &str) {
     }
 }
 
-fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool) {
+fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool, at: Pos) {
     let mut t = text;
     if trim_start {
         t = t.trim_start();
@@ -114,7 +126,7 @@ fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool
         t = t.trim_end();
     }
     if !t.is_empty() {
-        items.push(Item::Text(t.to_string()));
+        items.push(Item::Text(t.to_string(), at));
     }
 }
 

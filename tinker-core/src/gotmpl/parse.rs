@@ -5,7 +5,7 @@ use super::{Limit, Pos};
 
 #[derive(Debug, Clone)]
 pub(super) enum Node {
-    Text(String),
+    Text(String, Pos),
     Action(Pipeline),
     If {
         branches: Vec<(Pipeline, Vec<Node>)>,
@@ -123,8 +123,8 @@ fn parse_list(it: &mut Items, nest: Nest) -> PResult<(Vec<Node>, ListEnd)> {
     let mut nodes = Vec::new();
     while let Some(item) = it.next() {
         let (line, tokens) = match item {
-            Item::Text(t) => {
-                nodes.push(Node::Text(t));
+            Item::Text(t, pos) => {
+                nodes.push(Node::Text(t, pos));
                 continue;
             }
             Item::Action { pos, tokens } => (pos, tokens),

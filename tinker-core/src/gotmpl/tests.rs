@@ -151,6 +151,14 @@ fn output_is_capped() {
     let l: Vec<i32> = (0..100).collect();
     let e = render(t, json!({"big": big, "l": l})).unwrap_err();
     assert!(e.reason.contains("exceeds"), "{e}");
+    assert_eq!(e.limit, Some(Limit::Output));
+    // Text past the cap names where it starts.
+    let e = render(
+        "{{ range .l }}{{ $.big }}{{ end }}\n  tail",
+        json!({"big": "x".repeat(256 * 1024), "l": [1]}),
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.column), (1, Some(35)), "{e}");
 }
 
 /// Renders a template that must be refused, and returns the error.
