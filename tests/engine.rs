@@ -962,7 +962,7 @@ async fn a_workflow_that_fails_the_same_way_again_and_again_is_parked() {
         reason.starts_with("parked: processing failed the same way 5 times in a row"),
         "{reason}"
     );
-    let events = store.inner.events("default/wf-bad", 10).await.unwrap();
+    let events = store.inner.events("default/g0", 100).await.unwrap();
     assert!(
         events
             .iter()

@@ -313,11 +313,25 @@ impl Engine {
         status.machine.lease = None;
         status.machine.retry_at = None;
         status.parked = Some(parked.clone());
+        let hardware_ref = wf.spec.hardware_ref.clone();
         self.store
             .put(Object::Workflow(wf), Precondition::Version(version))
             .await?;
         tracing::warn!(workflow = %key.qualified_name(), "{parked}");
-        self.log(key, None, EventKind::Parked(parked)).await;
+        // Recorded among the machine's events, where an operator looks first;
+        // under the workflow's name if its Hardware cannot be read.
+        let hw = self
+            .store
+            .hardware(&key.namespace, &hardware_ref)
+            .await
+            .ok()
+            .flatten();
+        self.log(
+            key,
+            hw.as_ref().map(|h| &h.value),
+            EventKind::Parked(parked),
+        )
+        .await;
         Ok(())
     }
 
