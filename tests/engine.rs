@@ -7,7 +7,7 @@ use std::time::Duration;
 use tinker::bmc::{MockBmc, MockCall, StaticConnector};
 use tinker::core::clock::{Clock, ManualClock};
 use tinker::core::engine::{Engine, EngineConfig};
-use tinker::core::model::{Kind, MachinePhase, MachineStep, ObjectKey, Workflow};
+use tinker::core::model::{Kind, MachinePhase, MachineStep, ObjectKey, ParkReason, Workflow};
 use tinker::core::retry::BackoffConfig;
 use tinker::core::state::{ActionOutcome, WorkflowEvent, WorkflowState};
 use tinker::core::store::EventKind;
@@ -640,11 +640,26 @@ async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
 }
 
 /// A store with a pool of two "connections": every call holds one while it waits
-/// (as a PostgreSQL transaction holds its connection across round trips).
+/// (as a PostgreSQL transaction holds its connection across round trips). It can
+/// also have one Template it cannot read (`broken_template`): every read of it
+/// fails with the same backend error, counted in `broken_reads`.
 #[derive(Debug)]
 struct PooledStore {
     inner: MemoryStore,
     pool: tokio::sync::Semaphore,
+    broken_template: Option<&'static str>,
+    broken_reads: std::sync::atomic::AtomicU32,
+}
+
+impl PooledStore {
+    fn new(connections: usize, broken_template: Option<&'static str>) -> Self {
+        PooledStore {
+            inner: MemoryStore::new(),
+            pool: tokio::sync::Semaphore::new(connections),
+            broken_template,
+            broken_reads: Default::default(),
+        }
+    }
 }
 
 impl PooledStore {
@@ -670,6 +685,14 @@ impl WorkflowStore for PooledStore {
         k: &ObjectKey,
     ) -> tinker::core::Result<Option<tinker::core::Versioned<tinker::core::model::Object>>> {
         let _c = self.hold().await;
+        if k.kind == Kind::Template && Some(k.name.as_str()) == self.broken_template {
+            self.broken_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(tinker::core::Error::backend(
+                "test",
+                "page 7 of the template table is corrupt",
+            ));
+        }
         self.inner.get(k).await
     }
     async fn list(
@@ -738,10 +761,7 @@ impl WorkflowStore for PooledStore {
 // One thread: the burst of changes below runs without the run loop reading them.
 #[tokio::test]
 async fn a_pooled_store_does_not_stall_the_run_loop() {
-    let store = Arc::new(PooledStore {
-        inner: MemoryStore::new(),
-        pool: tokio::sync::Semaphore::new(2),
-    });
+    let store = Arc::new(PooledStore::new(2, None));
     let connector = Arc::new(StaticConnector::new());
     row_of_machines(&store.inner, &connector, "q", 16, 800, |name| {
         let bmc = MockBmc::new(name);
@@ -780,4 +800,262 @@ async fn a_pooled_store_does_not_stall_the_run_loop() {
         .expect("the run loop stops when asked")
         .unwrap()
         .unwrap();
+}
+
+/// A template is outside input: each bomb fails its own workflow with a reason an
+/// operator understands, the engine goes on serving the other machines, and a
+/// restarted engine does not render the bad workflows again.
+#[tokio::test]
+async fn template_bombs_fail_their_own_workflow_and_the_engine_serves_the_others() {
+    let store = Arc::new(MemoryStore::new());
+    let connector = Arc::new(StaticConnector::new());
+    row_of_machines(store.as_ref(), &connector, "b", 1, 950, |n| MockBmc::new(n)).await;
+    // The bombs run for a machine of their own, without a BMC.
+    store
+        .put(testing::hardware("x0", 960).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let deep = format!(
+        "{}x{}",
+        "{{ if 1 }}".repeat(100_000),
+        "{{ end }}".repeat(100_000)
+    );
+    let bombs = [
+        (
+            "range",
+            "{{ range 100000000000 }}x{{ end }}".to_string(),
+            "template default/bomb-range, line 2, column 1: range of 100000000000 exceeds the limit of 1000000 steps",
+        ),
+        (
+            "div",
+            "{{ div -9223372036854775808 -1 }}".to_string(),
+            "error calling div: div: integer overflow",
+        ),
+        (
+            "repeat",
+            "{{ repeat 10000 (repeat 10000 (repeat 10000 \"x\")) }}".to_string(),
+            "would produce 100000000 bytes, over the limit of",
+        ),
+        ("deep", deep, "nesting exceeds the limit of 64 levels"),
+    ];
+    for (name, bomb, _) in &bombs {
+        let mut t = testing::template(&format!("bomb-{name}"), 1, 60);
+        t.spec.data = Some(format!("name: bomb\n{bomb}\n"));
+        store.put(t.into(), Precondition::Absent).await.unwrap();
+        store
+            .put(
+                Workflow::new(
+                    &format!("wf-{name}"),
+                    &format!("bomb-{name}"),
+                    "x0",
+                    mac(960),
+                )
+                .into(),
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(
+        Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let engine = Engine::new(store.clone(), connector.clone(), EngineConfig::default())
+        .with_clock(clock.clone());
+    engine.reconcile_all().await.unwrap();
+    for (name, _, want) in &bombs {
+        let status = store
+            .workflow("default", &format!("wf-{name}"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .status
+            .unwrap();
+        assert_eq!(status.state, WorkflowState::Failed, "{name}");
+        let reason = status.reason.unwrap();
+        assert!(
+            reason.starts_with("template rendering failed: ") && reason.contains(want),
+            "{name}: {reason}"
+        );
+    }
+    // The other machine was served: rendered, PXE set, powered on.
+    let good = store
+        .workflow("default", "wf-b0")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let good = good.status.unwrap();
+    assert!(good.machine.has_done(MachineStep::PowerCycle), "{good:?}");
+    // A restarted engine leaves the failed workflows as they are.
+    let rendered_failed = |events: Vec<tinker::core::store::MachineEvent>| {
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::RenderFailed { .. }))
+            .count()
+    };
+    assert_eq!(
+        rendered_failed(store.events("default/x0", 100).await.unwrap()),
+        bombs.len()
+    );
+    let restarted =
+        Engine::new(store.clone(), connector, EngineConfig::default()).with_clock(clock);
+    restarted.reconcile_all().await.unwrap();
+    assert_eq!(
+        rendered_failed(store.events("default/x0", 100).await.unwrap()),
+        bombs.len(),
+        "rendered again after a restart"
+    );
+}
+
+/// The crash-loop guard: a workflow whose processing fails with the same error
+/// pass after pass (here its template cannot be read) is parked with the reason
+/// after `park_after` failures, instead of being tried forever; the others are
+/// served, and a restarted engine leaves it parked.
+#[tokio::test]
+async fn a_workflow_that_fails_the_same_way_again_and_again_is_parked() {
+    let store = Arc::new(PooledStore::new(64, Some("broken")));
+    let connector = Arc::new(StaticConnector::new());
+    row_of_machines(&store.inner, &connector, "g", 1, 970, |n| MockBmc::new(n)).await;
+    store
+        .inner
+        .put(
+            testing::template("broken", 1, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    store
+        .inner
+        .put(
+            Workflow::new("wf-bad", "broken", "g0", mac(970)).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let engine = Engine::new(store.clone(), connector.clone(), EngineConfig::default());
+    for _ in 0..12 {
+        engine.reconcile_all().await.unwrap();
+    }
+    let reads = || store.broken_reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reads(), 5, "parked after five identical failures");
+    let status = store
+        .inner
+        .workflow("default", "wf-bad")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .status
+        .unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    let parked = status.parked.expect("parked");
+    assert_eq!(parked.reason, ParkReason::RepeatedFailure);
+    assert_eq!(parked.failures, 5);
+    assert!(
+        parked
+            .error
+            .contains("page 7 of the template table is corrupt")
+    );
+    let reason = status.reason.unwrap();
+    assert!(
+        reason.starts_with("parked: processing failed the same way 5 times in a row"),
+        "{reason}"
+    );
+    let events = store.inner.events("default/g0", 100).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Parked(_))),
+        "{events:?}"
+    );
+    // The other workflow was served all along.
+    let good = store
+        .inner
+        .workflow("default", "wf-g0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        good.value
+            .status
+            .unwrap()
+            .machine
+            .has_done(MachineStep::PowerCycle)
+    );
+    // A restart does not start the loop again.
+    let restarted = Engine::new(store.clone(), connector, EngineConfig::default());
+    restarted.reconcile_all().await.unwrap();
+    assert_eq!(reads(), 5);
+}
+
+/// A BMC connector that panics for one machine (a bug in a driver).
+#[derive(Debug)]
+struct PanickingConnector {
+    inner: Arc<StaticConnector>,
+    bad: &'static str,
+}
+
+#[async_trait::async_trait]
+impl tinker::core::PowerConnector for PanickingConnector {
+    async fn connect(
+        &self,
+        hw: &tinker::core::model::Hardware,
+    ) -> tinker::core::Result<Option<Arc<dyn tinker::core::PowerController>>> {
+        if hw.metadata.name == self.bad {
+            panic!("driver bug: unexpected reply from {}", self.bad);
+        }
+        self.inner.connect(hw).await
+    }
+}
+
+/// A panic while processing one workflow fails that workflow (parked, with the
+/// panic's message), never the engine: the run loop goes on serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_processing_a_workflow_parks_it_and_the_engine_goes_on() {
+    let store = Arc::new(MemoryStore::new());
+    let connector = Arc::new(StaticConnector::new());
+    row_of_machines(store.as_ref(), &connector, "k", 3, 980, |n| MockBmc::new(n)).await;
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(PanickingConnector {
+            inner: connector.clone(),
+            bad: "k1",
+        }),
+        EngineConfig {
+            park_after: 2,
+            ..EngineConfig::default()
+        },
+    );
+    // Each pass over every workflow meets the panic once.
+    for _ in 0..3 {
+        engine.reconcile_all().await.unwrap();
+    }
+    let parked = store
+        .workflow("default", "wf-k1")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .status
+        .unwrap()
+        .parked
+        .expect("parked");
+    assert_eq!(parked.reason, ParkReason::RepeatedPanic);
+    assert!(
+        parked
+            .error
+            .contains("driver bug: unexpected reply from k1"),
+        "{parked:?}"
+    );
+    // The run loop keeps serving: a machine added now is prepared.
+    let (run, stop) = start_engine(engine);
+    row_of_machines(store.as_ref(), &connector, "late", 1, 990, |n| {
+        MockBmc::new(n)
+    })
+    .await;
+    let prepared = wait_prepared(store.as_ref(), 3).await;
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    assert_eq!(prepared, 3, "k0, k2 and the late machine, not k1");
 }

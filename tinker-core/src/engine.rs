@@ -10,12 +10,21 @@
 //! never repeats a step that is done. A failed step is retried with exponential
 //! backoff; after [`EngineConfig::max_attempts`] a preparing workflow fails with
 //! the step's error, and a finishing one records that it gave up.
+//!
+//! One workflow cannot take the engine down or keep it busy: its template is
+//! rendered within [`EngineConfig::render_limits`], a panic while rendering fails
+//! that workflow with the panic's message, a panic anywhere else in its
+//! processing is caught and returned as [`Error::Panicked`], and a workflow whose
+//! processing fails the same way [`EngineConfig::park_after`] times in a row (an
+//! error retrying does not cure, or a panic) is parked: FAILED, with a typed
+//! [`Parked`] record in its status, and left alone from then on.
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::gotmpl::RenderLimits;
 use crate::model::{
     FailurePower, GaveUp, Hardware, Kind, MachinePhase, MachineStep, MachineSteps, Object,
-    ObjectKey, Workflow,
+    ObjectKey, ParkReason, Parked, Workflow,
 };
 use crate::power::{
     BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
@@ -49,6 +58,13 @@ pub struct EngineConfig {
     /// reconcile mostly waits on the store or a BMC, so a row of machines booting
     /// together is not served one store round trip after another.
     pub parallelism: usize,
+    /// What rendering one workflow's template may spend (steps, memory, nesting).
+    pub render_limits: RenderLimits,
+    /// Failures in a row, all with the same error that retrying does not cure
+    /// (or the same panic), after which a workflow is parked instead of being
+    /// processed again at every pass. Transient errors (a store or BMC that is
+    /// unreachable, a lost race) never count.
+    pub park_after: u32,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +76,8 @@ impl Default for EngineConfig {
             replica: format!("engine-{}-{:x}", std::process::id(), fastrand::u64(..)),
             lease: Duration::from_secs(60),
             parallelism: 64,
+            render_limits: RenderLimits::default(),
+            park_after: 5,
         }
     }
 }
@@ -90,6 +108,9 @@ pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
             Step::Render
         };
     };
+    if status.parked.is_some() {
+        return Step::Wait(None);
+    }
     let m = &status.machine;
     if let Some(at) = m.retry_at
         && at > now
@@ -157,6 +178,20 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     jitter: Arc<std::sync::Mutex<Backoff>>,
+    strikes: Arc<std::sync::Mutex<Strikes>>,
+}
+
+/// The crash-loop guard's memory: per workflow, the last failure's text and how
+/// many times in a row it was the same. Forgotten on success or when parked.
+type Strikes = std::collections::HashMap<ObjectKey, (String, u32)>;
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 impl Engine {
@@ -171,6 +206,7 @@ impl Engine {
             power,
             clock: Arc::new(SystemClock),
             jitter: Arc::new(std::sync::Mutex::new(Backoff::new(config.backoff))),
+            strikes: Default::default(),
             config,
         }
     }
@@ -193,7 +229,113 @@ impl Engine {
 
     /// Takes every step that is due for one workflow. Returns when it next needs
     /// attention (`None`: only when something changes).
+    ///
+    /// A panic while processing the workflow is caught and returned as
+    /// [`Error::Panicked`]; after [`EngineConfig::park_after`] identical
+    /// failures in a row the workflow is parked (see the module's header).
     pub async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
+        use futures_util::FutureExt;
+        let outcome = std::panic::AssertUnwindSafe(self.reconcile_steps(key))
+            .catch_unwind()
+            .await;
+        let (reason, error) = match outcome {
+            Ok(Ok(next)) => {
+                self.strikes().remove(key);
+                return Ok(next);
+            }
+            // Transient: another try may well succeed, however often it failed.
+            Ok(Err(e)) if e.is_retryable() => return Err(e),
+            Ok(Err(e)) => (ParkReason::RepeatedFailure, e),
+            Err(payload) => (
+                ParkReason::RepeatedPanic,
+                Error::Panicked {
+                    workflow: key.qualified_name(),
+                    message: panic_message(payload.as_ref()),
+                },
+            ),
+        };
+        let text = error.to_string();
+        let failures = {
+            let mut strikes = self.strikes();
+            let entry = strikes
+                .entry(key.clone())
+                .or_insert_with(|| (text.clone(), 0));
+            if entry.0 != text {
+                *entry = (text.clone(), 0);
+            }
+            entry.1 += 1;
+            entry.1
+        };
+        if failures >= self.config.park_after.max(1) {
+            let parked = Parked {
+                reason,
+                failures,
+                error: text,
+                at: self.clock.now(),
+            };
+            match self.park(key, parked).await {
+                Ok(()) => {
+                    self.strikes().remove(key);
+                }
+                // Counted again at the next failure, and parked then.
+                Err(e) => {
+                    tracing::warn!(workflow = %key.qualified_name(), error = %e, "could not park a failing workflow")
+                }
+            }
+        }
+        Err(error)
+    }
+
+    fn strikes(&self) -> std::sync::MutexGuard<'_, Strikes> {
+        self.strikes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks a workflow: FAILED (unless it already ended), with `parked` in its
+    /// status, so no replica processes it again.
+    async fn park(&self, key: &ObjectKey, parked: Parked) -> Result<()> {
+        let Some(Versioned {
+            version,
+            value: mut wf,
+        }) = self.store.workflow(&key.namespace, &key.name).await?
+        else {
+            return Ok(());
+        };
+        let status = wf
+            .status
+            .get_or_insert_with(|| crate::model::WorkflowStatus::pending(Vec::new(), None));
+        if status.parked.is_some() {
+            return Ok(());
+        }
+        if !status.state.is_terminal() {
+            status.state = WorkflowState::Failed;
+            status.reason = Some(parked.to_string());
+        }
+        status.machine.lease = None;
+        status.machine.retry_at = None;
+        status.parked = Some(parked.clone());
+        let hardware_ref = wf.spec.hardware_ref.clone();
+        self.store
+            .put(Object::Workflow(wf), Precondition::Version(version))
+            .await?;
+        tracing::warn!(workflow = %key.qualified_name(), "{parked}");
+        // Recorded among the machine's events, where an operator looks first;
+        // under the workflow's name if its Hardware cannot be read.
+        let hw = self
+            .store
+            .hardware(&key.namespace, &hardware_ref)
+            .await
+            .ok()
+            .flatten();
+        self.log(
+            key,
+            hw.as_ref().map(|h| &h.value),
+            EventKind::Parked(parked),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn reconcile_steps(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
         // Bounded: each step records progress, so a loop means a bug, not work.
         for _ in 0..MAX_STEPS_PER_RECONCILE {
             let Some(Versioned { version, value: wf }) =
@@ -337,10 +479,18 @@ impl Engine {
         let hardware = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
         let result = match &template {
             None => Err(format!("template {ns}/{} not found", wf.spec.template_ref)),
-            Some(t) => {
-                crate::render::instantiate(&wf, &t.value, hardware.as_ref().map(|h| &h.value))
-                    .map_err(|e| e.to_string())
-            }
+            // A template is outside input: whatever it does while rendered, it
+            // fails its own workflow and nothing else.
+            Some(t) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::render::instantiate_with(
+                    &wf,
+                    &t.value,
+                    hardware.as_ref().map(|h| &h.value),
+                    self.config.render_limits,
+                )
+            }))
+            .map_err(|payload| format!("rendering panicked: {}", panic_message(payload.as_ref())))
+            .and_then(|r| r.map_err(|e| e.to_string())),
         };
         let (status, event) = rendered_status(
             result,

@@ -113,6 +113,15 @@ pub enum Error {
         /// The steps taken.
         steps: usize,
     },
+    /// Processing a workflow panicked (a bug in Tinker or a backend). The engine
+    /// catches it, so one workflow's panic never takes the process down.
+    #[error("workflow {workflow}: processing panicked: {message}")]
+    Panicked {
+        /// The workflow, `namespace/name`.
+        workflow: String,
+        /// The panic's message.
+        message: String,
+    },
     /// A storage or runtime backend failed in a way of its own.
     #[error("{backend}: {source}")]
     Backend {

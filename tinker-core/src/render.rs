@@ -6,7 +6,7 @@
 //! [`TemplateData`], validated, and turned into the workflow's status.
 
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
-use crate::gotmpl::GoTemplate;
+use crate::gotmpl::{GoTemplate, RenderLimits};
 use crate::model::{
     ActionStatus, Dhcp, Hardware, Interface, TaskStatus, Template, TemplateData, Workflow,
     WorkflowStatus,
@@ -25,7 +25,18 @@ pub fn instantiate(
     template: &Template,
     hardware: Option<&Hardware>,
 ) -> Result<WorkflowStatus> {
-    let data = render_data(workflow, template, hardware)?;
+    instantiate_with(workflow, template, hardware, RenderLimits::default())
+}
+
+/// [`instantiate`] within `limits` (the engine passes its
+/// [`crate::engine::EngineConfig::render_limits`]).
+pub fn instantiate_with(
+    workflow: &Workflow,
+    template: &Template,
+    hardware: Option<&Hardware>,
+    limits: RenderLimits,
+) -> Result<WorkflowStatus> {
+    let data = render_data_with(workflow, template, hardware, limits)?;
     let file = format!(
         "Template {}/{}",
         template.metadata.namespace(),
@@ -41,13 +52,23 @@ pub fn render_data(
     template: &Template,
     hardware: Option<&Hardware>,
 ) -> Result<TemplateData> {
+    render_data_with(workflow, template, hardware, RenderLimits::default())
+}
+
+/// [`render_data`] within `limits`.
+pub fn render_data_with(
+    workflow: &Workflow,
+    template: &Template,
+    hardware: Option<&Hardware>,
+    limits: RenderLimits,
+) -> Result<TemplateData> {
     let name = format!(
         "{}/{}",
         template.metadata.namespace(),
         template.metadata.name
     );
     let text = template.spec.data.as_deref().unwrap_or_default();
-    let parsed = GoTemplate::parse(&name, text)?;
+    let parsed = GoTemplate::parse_with(&name, text, limits)?;
     let data = template_context(workflow, hardware);
     let rendered = parsed.render(&data).map_err(|mut e| {
         if let Some(key) = &e.missing_key {
@@ -271,7 +292,9 @@ pub fn status_from_data(data: &TemplateData) -> WorkflowStatus {
     status
 }
 
-/// A stand-in Hardware for checking a template on its own: one disk, one interface.
+/// A stand-in Hardware for checking a template on its own: one disk, one
+/// interface; rendered with [`GoTemplate::render_placeholder`], so an index into
+/// its lists past the first element is satisfied too.
 pub(crate) fn placeholder_context(template: &Template) -> Value {
     let text = template.spec.data.as_deref().unwrap_or_default();
     let mut data = Map::new();
@@ -335,7 +358,7 @@ pub(crate) fn check_template(
         Ok(p) => p,
         Err(e) => return push(out, e.to_string()),
     };
-    let rendered = match parsed.render(&placeholder_context(template)) {
+    let rendered = match parsed.render_placeholder(&placeholder_context(template)) {
         Ok(r) => r,
         Err(e) => return push(out, e.to_string()),
     };

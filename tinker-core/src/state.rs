@@ -251,6 +251,7 @@ impl WorkflowStatus {
             current_state: None,
             tasks,
             machine: Default::default(),
+            parked: None,
             extra: Default::default(),
         };
         s.refresh_current();

@@ -185,6 +185,8 @@ pub enum EventKind {
     },
     /// The engine stopped retrying a step.
     GaveUp(GaveUp),
+    /// The engine's crash-loop guard stopped processing the workflow.
+    Parked(crate::model::Parked),
     /// A line of an action's output.
     ActionOutput {
         /// The action's position in the workflow.
@@ -222,6 +224,7 @@ impl fmt::Display for EventKind {
                 *retry_in_ms as f64 / 1000.0
             ),
             EventKind::GaveUp(g) => write!(f, "{g}"),
+            EventKind::Parked(p) => write!(f, "{p}"),
             EventKind::ActionOutput {
                 action_index,
                 stream,

@@ -204,3 +204,61 @@ fn files_are_checked_together() {
         matches!(&out[2].1, FileVerdict::Unreadable(e) if e.starts_with("broken.yaml: document 1"))
     );
 }
+
+/// A template that streams to the second disk, as with an NVMe disk next to a
+/// SATA one; and Hardware with `disks` disks for it.
+const TWO_DISKS: &str = "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {name: t2}\nspec:\n  data: |\n    name: t2\n    tasks:\n      - name: a\n        worker: \"{{.device_1}}\"\n        actions:\n          - name: stream\n            image: quay.io/tinkerbell/actions/image2disk:latest\n            environment:\n              DEST_DISK: '{{ index .Hardware.Disks 1 }}'\n              BOOT: '{{ formatPartition (index .hardware.spec.disks 1).device 1 }}'\n";
+
+fn hardware_with_disks(disks: &[&str]) -> String {
+    let disks: String = disks
+        .iter()
+        .map(|d| format!("    - device: {d}\n"))
+        .collect();
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: h2}}\nspec:\n  disks:\n{disks}  interfaces:\n    - dhcp: {{mac: \"02:00:00:00:00:01\", ip: {{address: 10.0.0.5, netmask: 255.255.255.0}}}}\n"
+    )
+}
+
+const TWO_DISK_WORKFLOW: &str = "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: w2}\nspec: {templateRef: t2, hardwareRef: h2, hardwareMap: {device_1: \"02:00:00:00:00:01\"}}\n";
+
+#[test]
+fn a_template_for_the_second_disk_is_valid_alone_and_checked_against_its_hardware() {
+    // Alone: the placeholder Hardware satisfies any index into its lists.
+    assert_eq!(findings(TWO_DISKS), Vec::new());
+    // With a Hardware that has two disks: valid.
+    let two = format!(
+        "{TWO_DISKS}---\n{}---\n{TWO_DISK_WORKFLOW}",
+        hardware_with_disks(&["/dev/nvme0n1", "/dev/sda"])
+    );
+    assert_eq!(findings(&two), Vec::new());
+    // With one disk: the workflow is refused, and the finding says why.
+    let one = format!(
+        "{TWO_DISKS}---\n{}---\n{TWO_DISK_WORKFLOW}",
+        hardware_with_disks(&["/dev/nvme0n1"])
+    );
+    let f = findings(&one);
+    has(
+        &f,
+        "spec.templateRef (rendered)",
+        "index out of range: 1 (the list has 1 element)",
+    );
+    assert_eq!(f.len(), 1, "{f:#?}");
+}
+
+#[test]
+fn a_template_bomb_checked_alone_is_a_finding() {
+    for (data, want) in [
+        (
+            "{{ range 100000000000 }}x{{ end }}",
+            "range of 100000000000 exceeds the limit of 1000000 steps",
+        ),
+        ("{{ div -9223372036854775808 -1 }}", "integer overflow"),
+        (
+            "{{ repeat 10000 (repeat 10000 (repeat 10000 \"x\")) }}",
+            "over the limit of",
+        ),
+    ] {
+        let f = findings(&template(&format!("name: t1\n{data}\n")));
+        has(&f, "spec.data", want);
+    }
+}

@@ -1,16 +1,11 @@
 //! Walks the node tree with data, as Go's `text/template` executes with
-//! `missingkey=error`.
+//! `missingkey=error`, within [`RenderLimits`]: every step, every value a
+//! function produces and every copy of a value is counted as it happens.
 
-use super::TemplateError;
-use super::funcs;
+use super::funcs::{self, ELEMENT_BYTES, FuncError};
 use super::parse::{Arg, Command, Node, Pipeline};
+use super::{Limit, Pos, RenderLimits, TemplateError};
 use serde_json::Value;
-
-/// Rendered output larger than this is an error, as in Tinkerbell (256 KiB).
-pub const MAX_OUTPUT: usize = 256 * 1024;
-
-/// Range iterations allowed in one render, so a hostile template cannot spin forever.
-const MAX_STEPS: usize = 1_000_000;
 
 enum Flow {
     Normal,
@@ -21,50 +16,199 @@ enum Flow {
 struct Exec<'a> {
     name: &'a str,
     root: &'a Value,
+    limits: &'a RenderLimits,
+    placeholder: bool,
     vars: Vec<(String, Value)>,
     out: String,
-    steps: usize,
+    steps: u64,
+    /// Bytes produced or copied so far (see [`RenderLimits::max_work`]).
+    work: usize,
 }
 
-pub(super) fn render(name: &str, nodes: &[Node], data: &Value) -> Result<String, TemplateError> {
+pub(super) fn render(
+    name: &str,
+    nodes: &[Node],
+    data: &Value,
+    limits: &RenderLimits,
+    placeholder: bool,
+) -> Result<String, TemplateError> {
     let mut ex = Exec {
         name,
         root: data,
+        limits,
+        placeholder,
         vars: vec![(String::new(), data.clone())],
         out: String::new(),
         steps: 0,
+        work: 0,
     };
     ex.walk(nodes, data)?;
     Ok(ex.out)
 }
 
-impl Exec<'_> {
-    fn err(&self, line: usize, reason: impl Into<String>) -> TemplateError {
-        TemplateError {
-            name: self.name.to_string(),
-            line,
-            reason: reason.into(),
-            missing_key: None,
+/// The size of a value as counted against the limits, and how deeply it nests;
+/// the walk stops as soon as `stop` bytes are passed, so measuring is never the
+/// expensive part.
+fn measure(v: &Value, stop: usize) -> (usize, usize) {
+    fn walk(v: &Value, stop: usize, depth: usize, bytes: &mut usize, deepest: &mut usize) {
+        *deepest = (*deepest).max(depth);
+        match v {
+            Value::String(s) => *bytes = bytes.saturating_add(s.len()),
+            Value::Array(a) => {
+                for x in a {
+                    *bytes = bytes.saturating_add(ELEMENT_BYTES);
+                    if *bytes > stop {
+                        return;
+                    }
+                    walk(x, stop, depth + 1, bytes, deepest);
+                }
+            }
+            Value::Object(m) => {
+                for (k, x) in m {
+                    *bytes = bytes.saturating_add(ELEMENT_BYTES + k.len());
+                    if *bytes > stop {
+                        return;
+                    }
+                    walk(x, stop, depth + 1, bytes, deepest);
+                }
+            }
+            _ => *bytes = bytes.saturating_add(8),
         }
     }
+    let (mut bytes, mut deepest) = (0, 0);
+    walk(v, stop, 0, &mut bytes, &mut deepest);
+    (bytes, deepest)
+}
 
-    fn write(&mut self, line: usize, s: &str) -> Result<(), TemplateError> {
-        if self.out.len() + s.len() > MAX_OUTPUT {
-            return Err(self.err(line, format!("rendered output exceeds {MAX_OUTPUT} bytes")));
+impl Exec<'_> {
+    fn err(&self, pos: Pos, reason: impl Into<String>) -> TemplateError {
+        TemplateError::new(self.name, pos, reason)
+    }
+
+    fn limit_err(&self, pos: Pos, limit: Limit, reason: impl Into<String>) -> TemplateError {
+        let mut e = self.err(pos, reason);
+        e.limit = Some(limit);
+        e
+    }
+
+    /// Counts `n` steps (range iterations, function calls, actions).
+    fn step(&mut self, pos: Pos, n: u64) -> Result<(), TemplateError> {
+        self.steps = self.steps.saturating_add(n);
+        if self.steps > self.limits.max_steps {
+            return Err(self.limit_err(
+                pos,
+                Limit::Steps,
+                format!(
+                    "more than {} steps (range iterations and calls): the limit of one render",
+                    self.limits.max_steps
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a value produced or copied: it must fit [`RenderLimits::max_value`]
+    /// and [`RenderLimits::max_depth`], and all of them together
+    /// [`RenderLimits::max_work`]. Returns its size.
+    fn charge(&mut self, pos: Pos, v: &Value, what: &str) -> Result<usize, TemplateError> {
+        let max = self.limits.max_value;
+        let (bytes, depth) = measure(v, max);
+        if bytes > max {
+            return Err(self.limit_err(
+                pos,
+                Limit::Value,
+                format!("{what} is larger than the limit of {max} bytes for one value"),
+            ));
+        }
+        // Values from the data nest as the data does; values built by the
+        // template (`list (list ..)` in a loop) must stay within the limit.
+        if depth > self.limits.max_depth + DATA_DEPTH {
+            return Err(self.limit_err(
+                pos,
+                Limit::Depth,
+                format!(
+                    "{what} nests deeper than the limit of {} levels",
+                    self.limits.max_depth
+                ),
+            ));
+        }
+        self.work = self.work.saturating_add(bytes);
+        if self.work > self.limits.max_work {
+            return Err(self.limit_err(
+                pos,
+                Limit::Work,
+                format!(
+                    "more than {} bytes produced and copied: the limit of one render",
+                    self.limits.max_work
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn write(&mut self, pos: Pos, s: &str) -> Result<(), TemplateError> {
+        let max = self.limits.max_output;
+        if self.out.len().saturating_add(s.len()) > max {
+            return Err(self.limit_err(
+                pos,
+                Limit::Output,
+                format!("rendered output exceeds the limit of {max} bytes"),
+            ));
         }
         self.out.push_str(s);
         Ok(())
     }
 
+    /// Binds a range's loop variables for one iteration.
+    fn bind(
+        &mut self,
+        pos: Pos,
+        names: &[String],
+        key: Value,
+        item: &Value,
+    ) -> Result<(), TemplateError> {
+        match names {
+            [] => {}
+            [one] => {
+                self.charge(pos, item, "a range element")?;
+                self.vars.push((one.clone(), item.clone()));
+            }
+            [a, b, ..] => {
+                self.charge(pos, item, "a range element")?;
+                self.vars.push((a.clone(), key));
+                self.vars.push((b.clone(), item.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One iteration of a range body; `true`: the loop ends (`{{break}}`).
+    fn iterate(
+        &mut self,
+        pos: Pos,
+        names: &[String],
+        body: &[Node],
+        key: Value,
+        item: &Value,
+    ) -> Result<bool, TemplateError> {
+        self.step(pos, 1)?;
+        let inner = self.vars.len();
+        self.bind(pos, names, key, item)?;
+        let flow = self.walk(body, item)?;
+        self.vars.truncate(inner);
+        Ok(matches!(flow, Flow::Break))
+    }
+
     fn walk(&mut self, nodes: &[Node], dot: &Value) -> Result<Flow, TemplateError> {
         for node in nodes {
             match node {
-                Node::Text(t) => self.write(0, t)?,
+                Node::Text(t, pos) => self.write(*pos, t)?,
                 Node::Action(p) => {
+                    self.step(p.pos, 1)?;
                     let v = self.pipeline(p, dot)?;
                     if p.vars.is_empty() {
                         let s = funcs::go_print(&v);
-                        self.write(p.line, &s)?;
+                        self.write(p.pos, &s)?;
                     }
                 }
                 Node::If {
@@ -112,54 +256,60 @@ impl Exec<'_> {
                     let mut p = pipe.clone();
                     let names = std::mem::take(&mut p.vars);
                     let v = self.pipeline(&p, dot)?;
-                    let items: Vec<(Value, Value)> = match &v {
-                        Value::Array(a) => a
-                            .iter()
-                            .enumerate()
-                            .map(|(i, x)| (Value::from(i), x.clone()))
-                            .collect(),
+                    let pos = pipe.pos;
+                    // Iterated in place, one element at a time: a range over an
+                    // integer is never allocated, and is refused at once if it
+                    // cannot finish within the steps left.
+                    let empty = match &v {
+                        Value::Array(a) => {
+                            for (i, x) in a.iter().enumerate() {
+                                if self.iterate(pos, &names, body, Value::from(i), x)? {
+                                    break;
+                                }
+                            }
+                            a.is_empty()
+                        }
                         Value::Object(m) => {
                             let mut keys: Vec<_> = m.keys().collect();
                             keys.sort();
-                            keys.into_iter()
-                                .map(|k| (Value::from(k.clone()), m[k].clone()))
-                                .collect()
+                            for k in keys {
+                                if self.iterate(pos, &names, body, Value::from(k.clone()), &m[k])? {
+                                    break;
+                                }
+                            }
+                            m.is_empty()
                         }
                         Value::Number(n) if n.as_i64().is_some() => {
-                            (0..n.as_i64().unwrap_or(0).max(0))
-                                .map(|i| (Value::from(i), Value::from(i)))
-                                .collect()
+                            let count = n.as_i64().unwrap_or(0).max(0);
+                            let left = self.limits.max_steps.saturating_sub(self.steps);
+                            if count.unsigned_abs() > left {
+                                return Err(self.limit_err(
+                                    pos,
+                                    Limit::Steps,
+                                    format!(
+                                        "range of {count} exceeds the limit of {} steps ({left} left)",
+                                        self.limits.max_steps
+                                    ),
+                                ));
+                            }
+                            for i in 0..count {
+                                let i = Value::from(i);
+                                if self.iterate(pos, &names, body, i.clone(), &i)? {
+                                    break;
+                                }
+                            }
+                            count == 0
                         }
-                        Value::Null => Vec::new(),
+                        Value::Null => true,
                         other => {
                             return Err(self.err(
-                                pipe.line,
+                                pos,
                                 format!("range can't iterate over {}", funcs::go_print(other)),
                             ));
                         }
                     };
-                    if items.is_empty() {
+                    if empty {
                         self.walk(otherwise, dot)?;
-                    }
-                    for (k, item) in items {
-                        self.steps += 1;
-                        if self.steps > MAX_STEPS {
-                            return Err(self.err(pipe.line, "too many range iterations"));
-                        }
-                        let inner = self.vars.len();
-                        match names.as_slice() {
-                            [] => {}
-                            [one] => self.vars.push((one.clone(), item.clone())),
-                            [a, b, ..] => {
-                                self.vars.push((a.clone(), k));
-                                self.vars.push((b.clone(), item.clone()));
-                            }
-                        }
-                        let flow = self.walk(body, &item)?;
-                        self.vars.truncate(inner);
-                        if matches!(flow, Flow::Break) {
-                            break;
-                        }
                     }
                     self.vars.truncate(mark);
                 }
@@ -173,25 +323,17 @@ impl Exec<'_> {
     fn pipeline(&mut self, p: &Pipeline, dot: &Value) -> Result<Value, TemplateError> {
         let mut prev: Option<Value> = None;
         for cmd in &p.cmds {
-            prev = Some(self.command(cmd, dot, prev, p.line)?);
+            prev = Some(self.command(cmd, dot, prev, p.pos)?);
         }
         let v = prev.unwrap_or(Value::Null);
         for name in &p.vars {
+            self.charge(p.pos, &v, &format!("the value of ${name}"))?;
             if p.declare {
                 self.vars.push((name.clone(), v.clone()));
             } else {
-                let line = p.line;
-                let slot = self
-                    .vars
-                    .iter_mut()
-                    .rev()
-                    .find(|(n, _)| n == name)
-                    .ok_or_else(|| TemplateError {
-                        name: self.name.to_string(),
-                        line,
-                        reason: format!("undefined variable ${name}"),
-                        missing_key: None,
-                    })?;
+                let Some(slot) = self.vars.iter_mut().rev().find(|(n, _)| n == name) else {
+                    return Err(self.err(p.pos, format!("undefined variable ${name}")));
+                };
                 slot.1 = v.clone();
             }
         }
@@ -202,8 +344,8 @@ impl Exec<'_> {
         &mut self,
         cmd: &Command,
         dot: &Value,
-        prev: Option<Value>,
-        line: usize,
+        mut prev: Option<Value>,
+        line: Pos,
     ) -> Result<Value, TemplateError> {
         let first = &cmd.args[0];
         if let Arg::Func(name) = first {
@@ -229,15 +371,32 @@ impl Exec<'_> {
                 }
                 return Ok(last);
             }
+            // Each argument is a copy: together they must fit one value, so
+            // `list $big $big ..` is refused before it is built.
             let mut args = Vec::with_capacity(cmd.args.len());
-            for a in &cmd.args[1..] {
-                args.push(self.arg(a, dot, line)?);
+            let mut total = 0usize;
+            for a in cmd.args[1..].iter().map(Some).chain(std::iter::once(None)) {
+                let v = match a {
+                    Some(a) => self.arg(a, dot, line)?,
+                    None => match prev.take() {
+                        Some(p) => p,
+                        None => break,
+                    },
+                };
+                total = total.saturating_add(self.charge(line, &v, "an argument")?);
+                if total > self.limits.max_value {
+                    return Err(self.limit_err(
+                        line,
+                        Limit::Value,
+                        format!(
+                            "the arguments of {name} are larger than the limit of {} bytes",
+                            self.limits.max_value
+                        ),
+                    ));
+                }
+                args.push(v);
             }
-            if let Some(p) = prev {
-                args.push(p);
-            }
-            return funcs::call(name, args)
-                .map_err(|reason| self.err(line, format!("error calling {name}: {reason}")));
+            return self.call(name, args, line);
         }
         if cmd.args.len() > 1 || prev.is_some() {
             return Err(self.err(
@@ -245,10 +404,29 @@ impl Exec<'_> {
                 format!("can't give argument to non-function {}", describe(first)),
             ));
         }
-        self.arg(first, dot, line)
+        let v = self.arg(first, dot, line)?;
+        self.charge(line, &v, "a value")?;
+        Ok(v)
     }
 
-    fn arg(&mut self, arg: &Arg, dot: &Value, line: usize) -> Result<Value, TemplateError> {
+    /// Calls a function: one step, and its result counted as produced.
+    fn call(&mut self, name: &str, args: Vec<Value>, line: Pos) -> Result<Value, TemplateError> {
+        self.step(line, 1)?;
+        let ctx = funcs::CallCtx {
+            limits: self.limits,
+            placeholder: self.placeholder,
+        };
+        let v = funcs::call(name, args, &ctx).map_err(|e| match e {
+            FuncError::Failed(reason) => self.err(line, format!("error calling {name}: {reason}")),
+            FuncError::Limit(limit, reason) => {
+                self.limit_err(line, limit, format!("error calling {name}: {reason}"))
+            }
+        })?;
+        self.charge(line, &v, &format!("the result of {name}"))?;
+        Ok(v)
+    }
+
+    fn arg(&mut self, arg: &Arg, dot: &Value, line: Pos) -> Result<Value, TemplateError> {
         match arg {
             Arg::Field(fields) => self.fields(dot, fields, line, ""),
             Arg::Var(name, fields) => {
@@ -262,8 +440,7 @@ impl Exec<'_> {
                     .ok_or_else(|| self.err(line, format!("undefined variable ${name}")))?;
                 self.fields(&base, fields, line, &format!("${name}"))
             }
-            Arg::Func(name) => funcs::call(name, Vec::new())
-                .map_err(|reason| self.err(line, format!("error calling {name}: {reason}"))),
+            Arg::Func(name) => self.call(name, Vec::new(), line),
             Arg::Str(s) => Ok(Value::from(s.clone())),
             Arg::Int(n) => Ok(Value::from(*n)),
             Arg::Float(f) => Ok(serde_json::Number::from_f64(*f)
@@ -282,7 +459,7 @@ impl Exec<'_> {
         &self,
         base: &Value,
         fields: &[String],
-        line: usize,
+        line: Pos,
         prefix: &str,
     ) -> Result<Value, TemplateError> {
         let mut cur = base;
@@ -294,21 +471,18 @@ impl Exec<'_> {
                 Value::Object(m) => match m.get(f) {
                     Some(v) => v,
                     None => {
-                        return Err(TemplateError {
-                            name: self.name.to_string(),
+                        let mut e = self.err(
                             line,
-                            reason: format!("map has no entry for key {f:?} (evaluating {path})"),
-                            missing_key: Some(path),
-                        });
+                            format!("map has no entry for key {f:?} (evaluating {path})"),
+                        );
+                        e.missing_key = Some(path);
+                        return Err(e);
                     }
                 },
                 Value::Null => {
-                    return Err(TemplateError {
-                        name: self.name.to_string(),
-                        line,
-                        reason: format!("nil pointer evaluating {path}"),
-                        missing_key: Some(path),
-                    });
+                    let mut e = self.err(line, format!("nil pointer evaluating {path}"));
+                    e.missing_key = Some(path);
+                    return Err(e);
                 }
                 other => {
                     return Err(self.err(
@@ -324,6 +498,10 @@ impl Exec<'_> {
         Ok(cur.clone())
     }
 }
+
+/// How deeply the data given to a template may nest on top of
+/// [`RenderLimits::max_depth`] (JSON and YAML readers stop at 128).
+const DATA_DEPTH: usize = 128;
 
 fn describe(arg: &Arg) -> String {
     match arg {

@@ -4,10 +4,54 @@
 //! outside the template (`env`, `expandenv`, `getHostByName`) are absent, as in
 //! Tinkerbell's hermetic map.
 
+use super::{Limit, RenderLimits};
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 
-type FResult = Result<Value, String>;
+/// Why a function call failed: an ordinary error, or a limit it would pass.
+#[derive(Debug)]
+pub(super) enum FuncError {
+    Failed(String),
+    Limit(Limit, String),
+}
+
+impl From<String> for FuncError {
+    fn from(s: String) -> Self {
+        FuncError::Failed(s)
+    }
+}
+
+impl From<&str> for FuncError {
+    fn from(s: &str) -> Self {
+        FuncError::Failed(s.to_string())
+    }
+}
+
+type FResult = Result<Value, FuncError>;
+
+/// Refuses a result of `size` bytes (`None`: more than a `usize` holds) before
+/// anything is allocated for it.
+fn fits(what: &str, size: Option<usize>, limits: &RenderLimits) -> Result<(), FuncError> {
+    match size {
+        Some(n) if n <= limits.max_value => Ok(()),
+        n => Err(FuncError::Limit(
+            Limit::Value,
+            format!(
+                "{what} would produce {} bytes, over the limit of {} bytes",
+                n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()),
+                limits.max_value
+            ),
+        )),
+    }
+}
+
+/// The per-element cost of a list or map entry, counted against
+/// [`RenderLimits::max_value`]: about what a `serde_json::Value` takes in memory.
+pub(super) const ELEMENT_BYTES: usize = 32;
+
+fn overflow(name: &str) -> FuncError {
+    FuncError::Failed(format!("{name}: integer overflow"))
+}
 
 /// Go's truth: false, 0, nil and empty strings, lists and maps are false.
 pub(super) fn truthy(v: &Value) -> bool {
@@ -148,8 +192,17 @@ fn int_value(i: i64) -> Value {
     Value::from(i)
 }
 
-/// Calls a function by name.
-pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
+/// How a call is made: within which limits, and whether the data stands in for
+/// a Hardware not known yet (see [`super::GoTemplate::render_placeholder`]).
+pub(super) struct CallCtx<'a> {
+    pub limits: &'a RenderLimits,
+    pub placeholder: bool,
+}
+
+/// Calls a function by name; a result that would pass the limits is refused
+/// before it is built.
+pub(super) fn call(name: &str, args: Vec<Value>, ctx: &CallCtx<'_>) -> FResult {
+    let limits = ctx.limits;
     let a = &args;
     match name {
         // --- Go builtins ---
@@ -164,7 +217,7 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
                 Value::Array(x) => x.len(),
                 Value::Object(m) => m.len(),
                 Value::Null => 0,
-                other => return Err(format!("len of type {}", type_name(other))),
+                other => return Err(format!("len of type {}", type_name(other)).into()),
             };
             Ok(int_value(n as i64))
         }
@@ -177,48 +230,68 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
                 cur = match &cur {
                     Value::Array(items) => {
                         let i = as_int(k)?;
-                        if i < 0 || i as usize >= items.len() {
-                            return Err(format!("index out of range: {i}"));
+                        match usize::try_from(i).ok().and_then(|i| items.get(i)) {
+                            Some(item) => item.clone(),
+                            // A placeholder list has one of each thing; a real
+                            // Hardware may have as many as the template asks for.
+                            None if ctx.placeholder && i >= 0 && !items.is_empty() => {
+                                items[items.len() - 1].clone()
+                            }
+                            None => {
+                                return Err(format!(
+                                    "index out of range: {i} (the list has {} element{})",
+                                    items.len(),
+                                    if items.len() == 1 { "" } else { "s" }
+                                )
+                                .into());
+                            }
                         }
-                        items[i as usize].clone()
                     }
                     Value::String(s) => {
                         let i = as_int(k)?;
                         let b = s.as_bytes();
                         if i < 0 || i as usize >= b.len() {
-                            return Err(format!("index out of range: {i}"));
+                            return Err(format!("index out of range: {i}").into());
                         }
                         int_value(i64::from(b[i as usize]))
                     }
                     // Go's index on a map returns the zero value for a missing key.
                     Value::Object(m) => m.get(&as_str(k)).cloned().unwrap_or(Value::Null),
                     Value::Null => return Err("index of untyped nil".into()),
-                    other => return Err(format!("can't index item of type {}", type_name(other))),
+                    other => {
+                        return Err(format!("can't index item of type {}", type_name(other)).into());
+                    }
                 };
             }
             Ok(cur)
         }
-        "print" => {
+        "print" | "println" => {
             let mut out = String::new();
             for (i, v) in a.iter().enumerate() {
                 let is_str = matches!(v, Value::String(_));
                 let prev_str = i > 0 && matches!(a[i - 1], Value::String(_));
-                if i > 0 && !is_str && !prev_str {
+                let part = go_fmt(v);
+                let space = i > 0 && (name == "println" || (!is_str && !prev_str));
+                fits(
+                    name,
+                    Some(out.len() + usize::from(space) + part.len()),
+                    limits,
+                )?;
+                if space {
                     out.push(' ');
                 }
-                out.push_str(&go_fmt(v));
+                out.push_str(&part);
+            }
+            if name == "println" {
+                out.push('\n');
             }
             Ok(Value::from(out))
         }
-        "println" => Ok(Value::from(format!(
-            "{}\n",
-            a.iter().map(go_fmt).collect::<Vec<_>>().join(" ")
-        ))),
         "printf" => {
             let (f, rest) = a
                 .split_first()
                 .ok_or("wrong number of args for printf: want at least 1 got 0")?;
-            Ok(Value::from(sprintf(&as_str(f), rest)))
+            Ok(Value::from(sprintf(&as_str(f), rest, limits)?))
         }
         "eq" => {
             let (first, rest) = a.split_first().ok_or("missing argument for comparison")?;
@@ -256,7 +329,7 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
                 .map_err(|_| format!("{:?} is not a netmask", as_str(&a[0])))?;
             let bits = u32::from(mask);
             if bits.leading_ones() + bits.trailing_zeros() != 32 {
-                return Err(format!("{mask} is not a contiguous netmask"));
+                return Err(format!("{mask} is not a contiguous netmask").into());
             }
             Ok(int_value(i64::from(bits.leading_ones())))
         }
@@ -267,7 +340,7 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "fromYaml" => {
             arity(name, a, 1)?;
-            serde_norway::from_str::<Value>(&as_str(&a[0])).map_err(|e| e.to_string())
+            Ok(serde_norway::from_str::<Value>(&as_str(&a[0])).map_err(|e| e.to_string())?)
         }
         "toJson" => {
             arity(name, a, 1)?;
@@ -317,14 +390,28 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "replace" => {
             arity(name, a, 3)?;
-            Ok(Value::from(
-                as_str(&a[2]).replace(&as_str(&a[0]), &as_str(&a[1])),
-            ))
+            let (old, new, s) = (as_str(&a[0]), as_str(&a[1]), as_str(&a[2]));
+            // An empty `old` matches between every character (Go's rule too).
+            let hits = if old.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(old.as_str()).count()
+            };
+            let grows = new.len().saturating_sub(old.len());
+            fits(
+                name,
+                hits.checked_mul(grows).and_then(|g| g.checked_add(s.len())),
+                limits,
+            )?;
+            Ok(Value::from(s.replace(&old, &new)))
         }
         "repeat" => {
             arity(name, a, 2)?;
-            let n = as_int(&a[0])?.clamp(0, 10_000) as usize;
-            Ok(Value::from(as_str(&a[1]).repeat(n)))
+            let n = as_int(&a[0])?;
+            let s = as_str(&a[1]);
+            let n = usize::try_from(n).map_err(|_| format!("repeat count {n} is negative"))?;
+            fits(name, s.len().checked_mul(n), limits)?;
+            Ok(Value::from(s.repeat(n)))
         }
         "quote" | "squote" => {
             let q = if name == "quote" { '"' } else { '\'' };
@@ -343,8 +430,18 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "indent" | "nindent" => {
             arity(name, a, 2)?;
-            let pad = " ".repeat(as_int(&a[0])?.clamp(0, 1000) as usize);
-            let body = as_str(&a[1])
+            let width = usize::try_from(as_int(&a[0])?.max(0)).unwrap_or(usize::MAX);
+            let s = as_str(&a[1]);
+            let lines = s.matches('\n').count() + 1;
+            fits(
+                name,
+                lines
+                    .checked_mul(width)
+                    .and_then(|p| p.checked_add(s.len() + 1)),
+                limits,
+            )?;
+            let pad = " ".repeat(width);
+            let body = s
                 .split('\n')
                 .map(|l| format!("{pad}{l}"))
                 .collect::<Vec<_>>()
@@ -366,9 +463,21 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         }
         "splitList" => {
             arity(name, a, 2)?;
-            let sep = as_str(&a[0]);
+            let (sep, s) = (as_str(&a[0]), as_str(&a[1]));
+            let pieces = if sep.is_empty() {
+                s.chars().count() + 2
+            } else {
+                s.matches(sep.as_str()).count() + 1
+            };
+            fits(
+                name,
+                pieces
+                    .checked_mul(ELEMENT_BYTES)
+                    .and_then(|n| n.checked_add(s.len())),
+                limits,
+            )?;
             Ok(Value::Array(
-                as_str(&a[1]).split(sep.as_str()).map(Value::from).collect(),
+                s.split(sep.as_str()).map(Value::from).collect(),
             ))
         }
         "regexMatch" => {
@@ -379,10 +488,22 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
         "regexReplaceAll" => {
             arity(name, a, 3)?;
             let re = regex::Regex::new(&as_str(&a[0])).map_err(|e| e.to_string())?;
-            Ok(Value::from(
-                re.replace_all(&as_str(&a[1]), as_str(&a[2]).as_str())
-                    .into_owned(),
-            ))
+            let (s, with) = (as_str(&a[1]), as_str(&a[2]));
+            // Each `$ref` in the replacement expands to at most the match: a
+            // bound on the result that is known before anything is built.
+            let refs = with.matches('$').count();
+            let mut bound = Some(s.len());
+            for m in re.find_iter(&s) {
+                bound = refs
+                    .checked_mul(m.len())
+                    .and_then(|r| r.checked_add(with.len()))
+                    .and_then(|r| bound?.checked_add(r));
+                if bound.is_none_or(|b| b > limits.max_value) {
+                    break;
+                }
+            }
+            fits(name, bound, limits)?;
+            Ok(Value::from(re.replace_all(&s, with.as_str()).into_owned()))
         }
         // --- Sprig, defaults and logic ---
         "default" => {
@@ -417,35 +538,44 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
                 .map(Value::Number)
                 .unwrap_or(Value::Null))
         }
+        // Integer arithmetic that overflows is an error: Go would wrap silently
+        // and Rust would panic; neither is a value a template should go on with.
         "add1" => {
             arity(name, a, 1)?;
-            Ok(int_value(as_int(&a[0])?.saturating_add(1)))
+            Ok(int_value(
+                as_int(&a[0])?
+                    .checked_add(1)
+                    .ok_or_else(|| overflow(name))?,
+            ))
         }
         "add" | "mul" | "max" | "min" => {
             let mut it = a.iter().map(as_int);
             let first = it
                 .next()
                 .ok_or(format!("wrong number of args for {name}"))??;
-            it.try_fold(first, |acc, x| {
+            let mut acc = first;
+            for x in it {
                 let x = x?;
-                Ok::<i64, String>(match name {
-                    "add" => acc.saturating_add(x),
-                    "mul" => acc.saturating_mul(x),
+                acc = match name {
+                    "add" => acc.checked_add(x).ok_or_else(|| overflow(name))?,
+                    "mul" => acc.checked_mul(x).ok_or_else(|| overflow(name))?,
                     "max" => acc.max(x),
                     _ => acc.min(x),
-                })
-            })
-            .map(int_value)
+                };
+            }
+            Ok(int_value(acc))
         }
         "sub" | "div" | "mod" => {
             arity(name, a, 2)?;
             let (x, y) = (as_int(&a[0])?, as_int(&a[1])?);
-            match name {
-                "sub" => Ok(int_value(x.saturating_sub(y))),
-                _ if y == 0 => Err("integer divide by zero".into()),
-                "div" => Ok(int_value(x / y)),
-                _ => Ok(int_value(x % y)),
-            }
+            let v = match name {
+                "sub" => x.checked_sub(y),
+                _ if y == 0 => return Err("integer divide by zero".into()),
+                // i64::MIN / -1 is the one quotient that does not fit.
+                "div" => x.checked_div(y),
+                _ => x.checked_rem(y),
+            };
+            Ok(int_value(v.ok_or_else(|| overflow(name))?))
         }
         // --- Sprig, lists and dicts ---
         "list" => Ok(Value::Array(args)),
@@ -455,7 +585,7 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
                 Value::Array(x) => Ok((if name == "first" { x.first() } else { x.last() })
                     .cloned()
                     .unwrap_or(Value::Null)),
-                other => Err(format!("{name} of type {}", type_name(other))),
+                other => Err(format!("{name} of type {}", type_name(other)).into()),
             }
         }
         "has" => {
@@ -517,10 +647,10 @@ pub(super) fn call(name: &str, args: Vec<Value>) -> FResult {
             }
             Ok(cur.clone())
         }
-        "env" | "expandenv" | "getHostByName" => Err(format!(
-            "{name} is not available: templates are rendered hermetically"
-        )),
-        _ => Err(format!("function {name:?} not defined")),
+        "env" | "expandenv" | "getHostByName" => {
+            Err(format!("{name} is not available: templates are rendered hermetically").into())
+        }
+        _ => Err(format!("function {name:?} not defined").into()),
     }
 }
 
@@ -537,8 +667,9 @@ pub(super) fn format_partition(dev: &str, n: i64) -> String {
 }
 
 /// A subset of Go's `fmt.Sprintf`: verbs `v s d q x X f t %`, width, `-` and `0`
-/// flags, and precision for `f`.
-fn sprintf(format: &str, args: &[Value]) -> String {
+/// flags, and precision for `f`. A width or precision that would pass
+/// [`RenderLimits::max_value`] is refused before it is padded to.
+fn sprintf(format: &str, args: &[Value], limits: &RenderLimits) -> Result<String, FuncError> {
     let mut out = String::new();
     let mut chars = format.chars().peekable();
     let mut next = 0usize;
@@ -571,7 +702,7 @@ fn sprintf(format: &str, args: &[Value]) -> String {
                 p.push(d);
                 chars.next();
             }
-            precision = Some(p.parse::<usize>().unwrap_or(0));
+            precision = Some(p.parse::<usize>().unwrap_or(usize::MAX));
         }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
@@ -586,6 +717,20 @@ fn sprintf(format: &str, args: &[Value]) -> String {
             continue;
         };
         next += 1;
+        // A float's integer part takes at most 309 digits.
+        if verb == 'f' {
+            fits(
+                "printf",
+                precision.unwrap_or(6).checked_add(out.len() + 320),
+                limits,
+            )?;
+        }
+        let w: usize = if width.is_empty() {
+            0
+        } else {
+            width.parse().unwrap_or(usize::MAX)
+        };
+        fits("printf", w.checked_add(out.len()), limits)?;
         let body = match verb {
             'd' => as_int(arg)
                 .map(|i| i.to_string())
@@ -604,7 +749,7 @@ fn sprintf(format: &str, args: &[Value]) -> String {
         } else {
             body
         };
-        let w: usize = width.parse().unwrap_or(0);
+        fits("printf", out.len().checked_add(body.len()), limits)?;
         if body.chars().count() >= w {
             out.push_str(&body);
         } else if left {
@@ -626,5 +771,5 @@ fn sprintf(format: &str, args: &[Value]) -> String {
         );
         out.push(')');
     }
-    out
+    Ok(out)
 }

@@ -1,10 +1,16 @@
 //! Splits template text into text and action items, and actions into tokens.
 
+use super::Pos;
+
 /// A piece of the template: literal text, or an action's tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Item {
-    Text(String),
-    Action { line: usize, tokens: Vec<Token> },
+    /// Literal text, and where it starts (for an error that names it).
+    Text(String, Pos),
+    Action {
+        pos: Pos,
+        tokens: Vec<Token>,
+    },
 }
 
 /// A token inside `{{ }}`.
@@ -35,16 +41,23 @@ pub(super) enum Tok {
     Float(f64),
 }
 
-type LexResult<T> = Result<T, (usize, String)>;
+type LexResult<T> = Result<T, (Pos, String)>;
 
 pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
     let mut items = Vec::new();
     let mut rest = text;
     let mut line = 1usize;
+    // Characters since the last newline before `rest`, kept as the text is
+    // consumed (never searched backwards: a long line of actions stays linear).
+    let mut column = 0usize;
     let mut pending_trim = false;
     while !rest.is_empty() {
         let Some(open) = rest.find("{{") else {
-            push_text(&mut items, rest, pending_trim, false);
+            let at = Pos {
+                line,
+                column: Some(column + 1),
+            };
+            push_text(&mut items, rest, pending_trim, false, at);
             break;
         };
         let (before, after) = rest.split_at(open);
@@ -54,40 +67,57 @@ pub(super) fn split(text: &str) -> LexResult<Vec<Item>> {
         if trim_left {
             inner = &inner[1..];
         }
-        push_text(&mut items, before, pending_trim, trim_left);
+        let at = Pos {
+            line,
+            column: Some(column + 1),
+        };
+        push_text(&mut items, before, pending_trim, trim_left, at);
         line += before.matches('\n').count();
-        let action_line = line;
+        advance(&mut column, before);
+        let action = Pos {
+            line,
+            column: Some(column + 1),
+        };
         // Find the closing delimiter outside string literals.
-        let close =
-            find_close(inner).ok_or((action_line, "unclosed action: missing }}".to_string()))?;
+        let close = find_close(inner).ok_or((action, "unclosed action: missing }}".to_string()))?;
         let mut body = &inner[..close];
         let trim_right = body.ends_with(" -") || body.ends_with("\t-") || body.ends_with("\n-");
         if trim_right {
             body = &body[..body.len() - 1];
         }
         line += inner[..close].matches('\n').count();
-        rest = &inner[close + 2..];
+        let next = &inner[close + 2..];
+        advance(&mut column, &after[..after.len() - next.len()]);
+        rest = next;
         pending_trim = trim_right;
         let trimmed = body.trim();
         if trimmed.starts_with("/*") {
             if !trimmed.ends_with("*/") {
-                return Err((action_line, "unclosed comment".into()));
+                return Err((action, "unclosed comment".into()));
             }
             continue;
         }
-        let tokens = tokenize(body).map_err(|e| (action_line, e))?;
+        let tokens = tokenize(body).map_err(|e| (action, e))?;
         if tokens.is_empty() {
-            return Err((action_line, "missing value for command".into()));
+            return Err((action, "missing value for command".into()));
         }
         items.push(Item::Action {
-            line: action_line,
+            pos: action,
             tokens,
         });
     }
     Ok(items)
 }
 
-fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool) {
+/// Moves `column` over `seg`.
+fn advance(column: &mut usize, seg: &str) {
+    match seg.rfind('\n') {
+        Some(i) => *column = seg[i + 1..].chars().count(),
+        None => *column += seg.chars().count(),
+    }
+}
+
+fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool, at: Pos) {
     let mut t = text;
     if trim_start {
         t = t.trim_start();
@@ -96,7 +126,7 @@ fn push_text(items: &mut Vec<Item>, text: &str, trim_start: bool, trim_end: bool
         t = t.trim_end();
     }
     if !t.is_empty() {
-        items.push(Item::Text(t.to_string()));
+        items.push(Item::Text(t.to_string(), at));
     }
 }
 

@@ -1,10 +1,11 @@
 //! Builds the node tree from lexed items.
 
 use super::lex::{Item, Tok, Token};
+use super::{Limit, Pos};
 
 #[derive(Debug, Clone)]
 pub(super) enum Node {
-    Text(String),
+    Text(String, Pos),
     Action(Pipeline),
     If {
         branches: Vec<(Pipeline, Vec<Node>)>,
@@ -26,7 +27,7 @@ pub(super) enum Node {
 
 #[derive(Debug, Clone)]
 pub(super) struct Pipeline {
-    pub line: usize,
+    pub pos: Pos,
     /// Variables declared (`$x :=`) or assigned (`$x =`).
     pub vars: Vec<String>,
     pub declare: bool,
@@ -54,35 +55,79 @@ pub(super) enum Arg {
     Sub(Box<Pipeline>, Vec<String>),
 }
 
-type PResult<T> = Result<T, (usize, String)>;
+/// Where, why, and which limit (if one) a parse failed.
+pub(super) type ParseError = (Pos, String, Option<Limit>);
+
+type PResult<T> = Result<T, ParseError>;
 
 enum ListEnd {
     Eof,
-    Keyword,
-    Else(usize, Vec<Token>),
+    Keyword(Pos),
+    Else(Pos, Vec<Token>),
 }
 
-pub(super) fn parse(items: Vec<Item>) -> PResult<Vec<Node>> {
+/// Where the parser is: inside how many loops (for `break`), how deep, and how
+/// deep it may go. Nesting is bounded because both the parser and the executor
+/// recurse on it: a template of ten thousand `{{ if }}`s must be an error, not a
+/// stack overflow that takes the process down.
+#[derive(Clone, Copy)]
+struct Nest {
+    loops: usize,
+    depth: usize,
+    max: usize,
+}
+
+impl Nest {
+    fn deeper(self, pos: Pos, looping: bool) -> PResult<Nest> {
+        if self.depth >= self.max {
+            return Err(depth_error(pos, self.max));
+        }
+        Ok(Nest {
+            loops: self.loops + usize::from(looping),
+            depth: self.depth + 1,
+            max: self.max,
+        })
+    }
+}
+
+fn depth_error(pos: Pos, max: usize) -> ParseError {
+    (
+        pos,
+        format!("nesting exceeds the limit of {max} levels"),
+        Some(Limit::Depth),
+    )
+}
+
+fn err<T>(pos: Pos, reason: impl Into<String>) -> PResult<T> {
+    Err((pos, reason.into(), None))
+}
+
+pub(super) fn parse(items: Vec<Item>, max_depth: usize) -> PResult<Vec<Node>> {
     let mut it = items.into_iter().peekable();
-    let (nodes, end) = parse_list(&mut it, 0)?;
+    let nest = Nest {
+        loops: 0,
+        depth: 0,
+        max: max_depth,
+    };
+    let (nodes, end) = parse_list(&mut it, nest)?;
     match end {
         ListEnd::Eof => Ok(nodes),
-        ListEnd::Keyword => Err((0, "unexpected {{end}}".into())),
-        ListEnd::Else(line, _) => Err((line, "unexpected {{else}}".into())),
+        ListEnd::Keyword(pos) => err(pos, "unexpected {{end}}"),
+        ListEnd::Else(pos, _) => err(pos, "unexpected {{else}}"),
     }
 }
 
 type Items = std::iter::Peekable<std::vec::IntoIter<Item>>;
 
-fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, ListEnd)> {
+fn parse_list(it: &mut Items, nest: Nest) -> PResult<(Vec<Node>, ListEnd)> {
     let mut nodes = Vec::new();
     while let Some(item) = it.next() {
         let (line, tokens) = match item {
-            Item::Text(t) => {
-                nodes.push(Node::Text(t));
+            Item::Text(t, pos) => {
+                nodes.push(Node::Text(t, pos));
                 continue;
             }
-            Item::Action { line, tokens } => (line, tokens),
+            Item::Action { pos, tokens } => (pos, tokens),
         };
         let keyword = match &tokens[0].kind {
             Tok::Ident(k) => k.as_str(),
@@ -91,23 +136,25 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, ListEnd)> {
         match keyword {
             "end" => {
                 expect_alone(line, &tokens)?;
-                return Ok((nodes, ListEnd::Keyword));
+                return Ok((nodes, ListEnd::Keyword(line)));
             }
             "else" => return Ok((nodes, ListEnd::Else(line, tokens[1..].to_vec()))),
-            "if" => nodes.push(parse_if(it, line, &tokens[1..], loops)?),
+            "if" => nodes.push(parse_if(it, line, &tokens[1..], nest.deeper(line, false)?)?),
             "range" => {
-                let pipe = pipeline(line, &tokens[1..], true)?;
-                let (body, end) = parse_list(it, loops + 1)?;
+                let inner = nest.deeper(line, true)?;
+                let pipe = pipeline(line, &tokens[1..], true, inner)?;
+                let (body, end) = parse_list(it, inner)?;
                 let otherwise = match end {
-                    ListEnd::Keyword => Vec::new(),
+                    ListEnd::Keyword(_) => Vec::new(),
                     ListEnd::Else(l, rest) => {
                         if !rest.is_empty() {
-                            return Err((l, "unexpected tokens after else in range".into()));
+                            return err(l, "unexpected tokens after else in range");
                         }
-                        closed(parse_list(it, loops)?, l, "range")?
+                        let outer = nest.deeper(line, false)?;
+                        closed(parse_list(it, outer)?, l, "range")?
                     }
                     ListEnd::Eof => {
-                        return Err((line, "unexpected EOF: {{range}} has no {{end}}".into()));
+                        return err(line, "unexpected EOF: {{range}} has no {{end}}");
                     }
                 };
                 nodes.push(Node::Range {
@@ -117,21 +164,19 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, ListEnd)> {
                 });
             }
             "with" => {
-                let pipe = pipeline(line, &tokens[1..], true)?;
-                let (body, end) = parse_list(it, loops)?;
+                let inner = nest.deeper(line, false)?;
+                let pipe = pipeline(line, &tokens[1..], true, inner)?;
+                let (body, end) = parse_list(it, inner)?;
                 let otherwise = match end {
-                    ListEnd::Keyword => Vec::new(),
+                    ListEnd::Keyword(_) => Vec::new(),
                     ListEnd::Else(l, rest) => {
                         if !rest.is_empty() {
-                            return Err((
-                                l,
-                                "else with an argument in {{with}} is not supported".into(),
-                            ));
+                            return err(l, "else with an argument in {{with}} is not supported");
                         }
-                        closed(parse_list(it, loops)?, l, "with")?
+                        closed(parse_list(it, inner)?, l, "with")?
                     }
                     ListEnd::Eof => {
-                        return Err((line, "unexpected EOF: {{with}} has no {{end}}".into()));
+                        return err(line, "unexpected EOF: {{with}} has no {{end}}");
                     }
                 };
                 nodes.push(Node::With {
@@ -142,8 +187,8 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, ListEnd)> {
             }
             "break" | "continue" => {
                 expect_alone(line, &tokens)?;
-                if loops == 0 {
-                    return Err((line, format!("{{{{{keyword}}}}} outside {{{{range}}}}")));
+                if nest.loops == 0 {
+                    return err(line, format!("{{{{{keyword}}}}} outside {{{{range}}}}"));
                 }
                 nodes.push(if keyword == "break" {
                     Node::Break
@@ -152,69 +197,67 @@ fn parse_list(it: &mut Items, loops: usize) -> PResult<(Vec<Node>, ListEnd)> {
                 });
             }
             "define" | "template" | "block" => {
-                return Err((
+                return err(
                     line,
                     format!("{{{{{keyword}}}}} is not supported in Tinkerbell templates"),
-                ));
+                );
             }
-            _ => nodes.push(Node::Action(pipeline(line, &tokens, true)?)),
+            _ => nodes.push(Node::Action(pipeline(line, &tokens, true, nest)?)),
         }
     }
     Ok((nodes, ListEnd::Eof))
 }
 
-fn closed(parsed: (Vec<Node>, ListEnd), line: usize, what: &str) -> PResult<Vec<Node>> {
+fn closed(parsed: (Vec<Node>, ListEnd), line: Pos, what: &str) -> PResult<Vec<Node>> {
     match parsed {
-        (nodes, ListEnd::Keyword) => Ok(nodes),
-        (_, ListEnd::Else(l, _)) => {
-            Err((l, format!("more than one {{{{else}}}} in {{{{{what}}}}}")))
-        }
-        (_, ListEnd::Eof) => Err((
+        (nodes, ListEnd::Keyword(_)) => Ok(nodes),
+        (_, ListEnd::Else(l, _)) => err(l, format!("more than one {{{{else}}}} in {{{{{what}}}}}")),
+        (_, ListEnd::Eof) => err(
             line,
             format!("unexpected EOF: {{{{{what}}}}} has no {{{{end}}}}"),
-        )),
+        ),
     }
 }
 
-fn parse_if(it: &mut Items, line: usize, cond: &[Token], loops: usize) -> PResult<Node> {
+fn parse_if(it: &mut Items, line: Pos, cond: &[Token], nest: Nest) -> PResult<Node> {
     let mut branches = Vec::new();
-    let mut pipe = pipeline(line, cond, true)?;
+    let mut pipe = pipeline(line, cond, true, nest)?;
     loop {
-        let (body, end) = parse_list(it, loops)?;
+        let (body, end) = parse_list(it, nest)?;
         branches.push((pipe, body));
         match end {
-            ListEnd::Keyword => {
+            ListEnd::Keyword(_) => {
                 return Ok(Node::If {
                     branches,
                     otherwise: Vec::new(),
                 });
             }
-            ListEnd::Eof => return Err((line, "unexpected EOF: {{if}} has no {{end}}".into())),
+            ListEnd::Eof => return err(line, "unexpected EOF: {{if}} has no {{end}}"),
             ListEnd::Else(l, rest) => {
                 if rest.is_empty() {
-                    let otherwise = closed(parse_list(it, loops)?, l, "if")?;
+                    let otherwise = closed(parse_list(it, nest)?, l, "if")?;
                     return Ok(Node::If {
                         branches,
                         otherwise,
                     });
                 }
                 if !matches!(&rest[0].kind, Tok::Ident(k) if k == "if") {
-                    return Err((l, "expected {{else}} or {{else if ...}}".into()));
+                    return err(l, "expected {{else}} or {{else if ...}}");
                 }
-                pipe = pipeline(l, &rest[1..], true)?;
+                pipe = pipeline(l, &rest[1..], true, nest)?;
             }
         }
     }
 }
 
-fn expect_alone(line: usize, tokens: &[Token]) -> PResult<()> {
+fn expect_alone(line: Pos, tokens: &[Token]) -> PResult<()> {
     if tokens.len() > 1 {
-        return Err((line, "unexpected tokens after keyword".into()));
+        return err(line, "unexpected tokens after keyword");
     }
     Ok(())
 }
 
-fn pipeline(line: usize, tokens: &[Token], allow_decl: bool) -> PResult<Pipeline> {
+fn pipeline(line: Pos, tokens: &[Token], allow_decl: bool, nest: Nest) -> PResult<Pipeline> {
     let mut vars = Vec::new();
     let mut declare = false;
     let mut rest = tokens;
@@ -245,7 +288,7 @@ fn pipeline(line: usize, tokens: &[Token], allow_decl: bool) -> PResult<Pipeline
         }
     }
     if rest.is_empty() {
-        return Err((line, "missing value for command".into()));
+        return err(line, "missing value for command");
     }
     let mut cmds = Vec::new();
     let mut i = 0;
@@ -253,7 +296,7 @@ fn pipeline(line: usize, tokens: &[Token], allow_decl: bool) -> PResult<Pipeline
     while i < rest.len() {
         if rest[i].kind == Tok::Pipe {
             if args.is_empty() {
-                return Err((line, "missing command before |".into()));
+                return err(line, "missing command before |");
             }
             cmds.push(Command {
                 args: std::mem::take(&mut args),
@@ -261,16 +304,16 @@ fn pipeline(line: usize, tokens: &[Token], allow_decl: bool) -> PResult<Pipeline
             i += 1;
             continue;
         }
-        let (arg, next) = operand(line, rest, i)?;
+        let (arg, next) = operand(line, rest, i, nest)?;
         args.push(arg);
         i = next;
     }
     if args.is_empty() {
-        return Err((line, "missing command after |".into()));
+        return err(line, "missing command after |");
     }
     cmds.push(Command { args });
     Ok(Pipeline {
-        line,
+        pos: line,
         vars,
         declare,
         cmds,
@@ -278,7 +321,7 @@ fn pipeline(line: usize, tokens: &[Token], allow_decl: bool) -> PResult<Pipeline
 }
 
 /// Reads one operand starting at `i`; returns it and the next index.
-fn operand(line: usize, toks: &[Token], i: usize) -> PResult<(Arg, usize)> {
+fn operand(line: Pos, toks: &[Token], i: usize, nest: Nest) -> PResult<(Arg, usize)> {
     let mut j = i + 1;
     let arg = match &toks[i].kind {
         Tok::Dot => Arg::Field(Vec::new()),
@@ -318,16 +361,16 @@ fn operand(line: usize, toks: &[Token], i: usize) -> PResult<(Arg, usize)> {
                 k += 1;
             }
             if k >= toks.len() {
-                return Err((line, "unclosed left paren".into()));
+                return err(line, "unclosed left paren");
             }
-            let inner = pipeline(line, &toks[i + 1..k], false)?;
+            let inner = pipeline(line, &toks[i + 1..k], false, nest.deeper(line, false)?)?;
             let mut fields = Vec::new();
             j = chain(toks, k + 1, &mut fields);
             Arg::Sub(Box::new(inner), fields)
         }
-        Tok::RParen => return Err((line, "unexpected right paren".into())),
+        Tok::RParen => return err(line, "unexpected right paren"),
         Tok::Comma | Tok::Declare | Tok::Assign | Tok::Pipe => {
-            return Err((line, "unexpected punctuation in command".into()));
+            return err(line, "unexpected punctuation in command");
         }
     };
     Ok((arg, j))

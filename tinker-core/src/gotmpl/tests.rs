@@ -1,4 +1,4 @@
-use super::GoTemplate;
+use super::{GoTemplate, Limit, RenderLimits};
 use serde_json::json;
 
 fn render(text: &str, data: serde_json::Value) -> Result<String, super::TemplateError> {
@@ -151,6 +151,134 @@ fn output_is_capped() {
     let l: Vec<i32> = (0..100).collect();
     let e = render(t, json!({"big": big, "l": l})).unwrap_err();
     assert!(e.reason.contains("exceeds"), "{e}");
+    assert_eq!(e.limit, Some(Limit::Output));
+    // Text past the cap names where it starts.
+    let e = render(
+        "{{ range .l }}{{ $.big }}{{ end }}\n  tail",
+        json!({"big": "x".repeat(256 * 1024), "l": [1]}),
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.column), (1, Some(35)), "{e}");
+}
+
+/// Renders a template that must be refused, and returns the error.
+fn refused(text: &str) -> super::TemplateError {
+    match render(text, json!({"a": [1, 2]})) {
+        Ok(out) => panic!("{text:?} rendered {} bytes", out.len()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_range_over_a_huge_integer_is_refused_before_it_starts() {
+    let e = refused("a\n  {{ range 100000000000 }}x{{ end }}");
+    assert_eq!(e.limit, Some(Limit::Steps), "{e}");
+    assert_eq!((e.line, e.column), (2, Some(3)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "template t, line 2, column 3: range of 100000000000 exceeds the limit of 1000000 steps (1000000 left)"
+    );
+    // Nested ranges that each fit are counted together.
+    let e = refused("{{ range 1000 }}{{ range 1000 }}{{ range 2 }}{{ end }}{{ end }}{{ end }}");
+    assert_eq!(e.limit, Some(Limit::Steps), "{e}");
+    // A range within the limit still runs, lazily.
+    assert_eq!(ok("{{ range $i := 3 }}{{ $i }}{{ end }}", json!({})), "012");
+}
+
+#[test]
+fn integer_overflow_is_an_error_not_a_panic() {
+    for t in [
+        "{{ div -9223372036854775808 -1 }}",
+        "{{ mod -9223372036854775808 -1 }}",
+        "{{ add 9223372036854775807 1 }}",
+        "{{ mul 4611686018427387904 4 }}",
+        "{{ sub -9223372036854775807 2 }}",
+        "{{ add1 9223372036854775807 }}",
+    ] {
+        let e = refused(t);
+        assert!(e.reason.contains("integer overflow"), "{t}: {e}");
+    }
+    assert_eq!(ok("{{ div -9 2 }} {{ mod -9 2 }}", json!({})), "-4 -1");
+}
+
+#[test]
+fn strings_are_not_grown_past_the_value_limit() {
+    for t in [
+        "{{ repeat 10000 (repeat 10000 (repeat 10000 \"x\")) }}",
+        "{{ repeat 9223372036854775807 \"xy\" }}",
+        "{{ $x := \"x\" }}{{ range 100 }}{{ $x = print $x $x }}{{ end }}",
+        "{{ printf \"%999999999999d\" 1 }}",
+        "{{ printf \"%.999999999999f\" 1.5 }}",
+        "{{ indent 1000000000 (repeat 1000 \"\\n\") }}",
+        "{{ replace \"\" (repeat 100000 \"y\") (repeat 1000 \"x\") }}",
+        "{{ regexReplaceAll \"x\" (repeat 100000 \"x\") \"$0$0$0$0$0$0$0$0$0$0$0$0\" }}",
+        "{{ splitList \"\" (repeat 1000000 \"x\") }}",
+    ] {
+        let e = refused(t);
+        assert!(
+            matches!(e.limit, Some(Limit::Value) | Some(Limit::Work)),
+            "{t}: {e}"
+        );
+        assert!(e.reason.contains("limit"), "{t}: {e}");
+    }
+    // Small ones still work.
+    assert_eq!(ok("{{ repeat 3 \"ab\" }}", json!({})), "ababab");
+}
+
+#[test]
+fn copying_a_large_value_in_a_loop_runs_out_of_work_not_time() {
+    let big = "x".repeat(512 * 1024);
+    let e = render(
+        "{{ range 1000 }}{{ if $.big }}{{ end }}{{ end }}",
+        json!({ "big": big }),
+    )
+    .unwrap_err();
+    assert_eq!(e.limit, Some(Limit::Work), "{e}");
+}
+
+#[test]
+fn deep_nesting_is_refused_at_parse_time() {
+    let deep_ifs = format!(
+        "{}x{}",
+        "{{ if 1 }}".repeat(100_000),
+        "{{ end }}".repeat(100_000)
+    );
+    let deep_parens = format!("{{{{ {}1{} }}}}", "(".repeat(100_000), ")".repeat(100_000));
+    let deep_ranges = format!(
+        "{}x{}",
+        "{{ range 1 }}".repeat(100_000),
+        "{{ end }}".repeat(100_000)
+    );
+    for t in [deep_ifs, deep_parens, deep_ranges] {
+        let e = GoTemplate::parse("t", &t).unwrap_err();
+        assert_eq!(e.limit, Some(Limit::Depth), "{e}");
+        assert!(e.reason.contains("limit of 64 levels"), "{e}");
+    }
+    // Values built from values nest no deeper either.
+    let e = refused("{{ $x := list }}{{ range 100000 }}{{ $x = list $x }}{{ end }}");
+    assert_eq!(e.limit, Some(Limit::Depth), "{e}");
+    // Nesting within the limit is fine.
+    let t = format!("{}x{}", "{{ if 1 }}".repeat(60), "{{ end }}".repeat(60));
+    assert_eq!(ok(&t, json!({})), "x");
+}
+
+#[test]
+fn limits_are_a_config() {
+    let mut limits = RenderLimits {
+        max_steps: 5,
+        ..RenderLimits::default()
+    };
+    let t = GoTemplate::parse_with("small", "{{ range 6 }}{{ end }}", limits).unwrap();
+    let e = t.render(&json!({})).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("range of 6 exceeds the limit of 5 steps"),
+        "{e}"
+    );
+    limits.max_depth = 1;
+    let e = GoTemplate::parse_with("small", "{{ if 1 }}{{ if 1 }}{{ end }}{{ end }}", limits)
+        .unwrap_err();
+    assert_eq!(e.limit, Some(Limit::Depth), "{e}");
 }
 
 proptest::proptest! {
@@ -167,4 +295,14 @@ proptest::proptest! {
             let _ = t.render(&json!({"a": [1, 2], "b": {"c": "d"}}));
         }
     }
+}
+
+#[test]
+fn yaml_in_a_template_is_read_within_bounds() {
+    // Deep nesting and alias expansion (a "billion laughs") are errors.
+    let e = refused("{{ fromYaml (repeat 100000 \"[\") }}");
+    assert!(e.reason.contains("fromYaml"), "{e}");
+    let laughs = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: [*h,*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
+    let e = render("{{ fromYaml .y }}", json!({ "y": laughs })).unwrap_err();
+    assert!(e.reason.contains("fromYaml"), "{e}");
 }

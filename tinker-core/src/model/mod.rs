@@ -23,7 +23,7 @@ pub use template::{
 };
 pub use workflow::{
     ActionStatus, BootOptions, CurrentState, GaveUp, MachinePhase, MachineStep, MachineSteps,
-    TaskStatus, Workflow, WorkflowSpec, WorkflowStatus,
+    ParkReason, Parked, TaskStatus, Workflow, WorkflowSpec, WorkflowStatus,
 };
 
 use crate::error::{Error, Result};

@@ -107,6 +107,11 @@ pub struct WorkflowStatus {
     /// The engine's side effects done so far (netboot, BMC calls).
     #[serde(default)]
     pub machine: MachineSteps,
+    /// Set when the engine stopped processing the workflow because it failed the
+    /// same way again and again (its crash-loop guard); the workflow is FAILED
+    /// with this as its reason, and stays so until it is re-created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
     /// Unknown fields (`conditions`, `bootOptions`, ...), kept.
     #[serde(flatten)]
     pub extra: Extra,
@@ -290,6 +295,48 @@ impl MachinePhase {
         matches!(
             self,
             MachinePhase::Preparing | MachinePhase::NetbootEnabled | MachinePhase::PxeBootSet
+        )
+    }
+}
+
+/// Why the engine parked a workflow (see [`Parked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum ParkReason {
+    /// Processing it failed with the same error, one that retrying does not
+    /// cure, time after time.
+    RepeatedFailure,
+    /// Processing it panicked (a bug in Tinker or in a backend), time after time.
+    RepeatedPanic,
+}
+
+/// The engine's crash-loop guard stopped processing a workflow: why, after how
+/// many failures in a row, the last error, and when. An operator sees it in the
+/// workflow's status (`status.parked`) and its reason, and as a machine event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Parked {
+    /// Why.
+    pub reason: ParkReason,
+    /// Failures in a row, all the same.
+    pub failures: u32,
+    /// The error (or the panic's message), as text.
+    pub error: String,
+    /// When it was parked.
+    pub at: Timestamp,
+}
+
+impl std::fmt::Display for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.reason {
+            ParkReason::RepeatedFailure => "failed",
+            ParkReason::RepeatedPanic => "panicked",
+        };
+        write!(
+            f,
+            "parked: processing {what} the same way {} times in a row: {}; fix the cause, then re-create the workflow",
+            self.failures, self.error
         )
     }
 }
