@@ -249,3 +249,108 @@ async fn a_user_name_over_16_bytes_is_an_error_not_the_anonymous_user() {
     assert!(err.to_string().contains("17 bytes"), "{err}");
     assert_eq!(bmc.seen(), []);
 }
+
+/// Property-based fuzzing of the answers an IPMI BMC (or a forger) sends:
+/// after a valid pong, any datagrams in answer to the capabilities request and
+/// the RMCP+ exchange. The controller never panics and never succeeds on
+/// garbage; it refuses with an error that says what happened. Bounded for CI;
+/// `PROPTEST_CASES=5000` for a longer run by hand.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        let mut c = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            c.cases = 48;
+        }
+        c
+    }
+
+    /// A BMC that answers the ping with a pong and every later packet with the
+    /// next of `replies` (then nothing).
+    async fn scripted(replies: Vec<Vec<u8>>) -> u16 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut replies = replies.into_iter();
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let p = &buf[..n];
+                let reply = if p.get(3) == Some(&0x06) {
+                    pong(p.get(9).copied().unwrap_or(0))
+                } else {
+                    match replies.next() {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                };
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        port
+    }
+
+    /// One datagram: random bytes, a capabilities answer with random data, or
+    /// an RMCP+ (payload type 0x10-0x15) header over random bytes.
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            (any::<u8>(), prop::collection::vec(any::<u8>(), 0..12))
+                .prop_map(|(seq, data)| caps_answer(seq, &data)),
+            (0x10u8..0x16, prop::collection::vec(any::<u8>(), 0..64)).prop_map(|(ty, rest)| {
+                let mut p = vec![0x06, 0x00, 0xff, 0x07, 0x06, ty, 0, 0, 0, 0, 0, 0, 0, 0];
+                let len = rest.len() as u16;
+                p.extend_from_slice(&len.to_le_bytes());
+                p.extend_from_slice(&rest);
+                p
+            }),
+        ]
+    }
+
+    /// An IPMI 2.0 capabilities answer, so the RMCP+ exchange is reached.
+    fn ipmi2_caps() -> Vec<u8> {
+        caps_answer(0, &[0x01, 0x80 | 0x04, 0x00, 0x02, 0, 0, 0, 0])
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_answer_is_refused_with_a_typed_error(
+            ipmi2_first in any::<bool>(),
+            replies in prop::collection::vec(datagram(), 0..4),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let err = rt.block_on(async {
+                let mut script = Vec::new();
+                if ipmi2_first {
+                    script.push(ipmi2_caps());
+                }
+                script.extend(replies);
+                let port = scripted(script).await;
+                controller(port, PASSWORD)
+                    .with_timeout(Duration::from_millis(40))
+                    .power_state()
+                    .await
+                    .expect_err("garbage opened a session")
+            });
+            prop_assert!(
+                matches!(
+                    err,
+                    Error::Unreachable { .. }
+                        | Error::Remote { .. }
+                        | Error::Insecure { .. }
+                        | Error::Unsupported { .. }
+                        | Error::AuthenticationFailed { .. }
+                ),
+                "{:?}",
+                err
+            );
+        }
+    }
+}

@@ -338,7 +338,12 @@ fn basic(user: &str, password: &Secret) -> String {
 
 /// What a failed answer means, or `None` for success. A `202 Accepted` whose
 /// Task has already failed is a failure too.
-fn answer_error(target: &str, method: &Method, path: &str, answer: &Answer) -> Option<Error> {
+pub(super) fn answer_error(
+    target: &str,
+    method: &Method,
+    path: &str,
+    answer: &Answer,
+) -> Option<Error> {
     let target = target.to_string();
     let status = answer.status;
     if status == StatusCode::ACCEPTED {
