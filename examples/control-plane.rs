@@ -116,7 +116,10 @@ async fn run(a: Args) -> Result<(), String> {
     } else {
         // Real BMCs: the Rufio Machines in the store... none yet: a machine without
         // a BMC is booted by hand, and the engine says so in its events.
-        Arc::new(Connector::new(Arc::new(EnvSecrets), RetryPolicy::default()))
+        Arc::new(Connector::new(
+            Arc::new(EnvSecrets::new()),
+            RetryPolicy::default(),
+        ))
     };
     let address = a.address;
     let listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)

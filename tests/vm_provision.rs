@@ -267,7 +267,8 @@ spec:
     lab.spawn_server(
         Path::new("/usr/bin/env"),
         &[
-            format!("TINKER_BMC_PASSWORD={BMC_PASSWORD}"),
+            // The Machine's own secret, read without the shared fallback.
+            format!("TINKER_BMC_PASSWORD_DEFAULT_VM1_BMC_CREDS={BMC_PASSWORD}"),
             "RUST_LOG=info".into(),
             example("homelab").display().to_string(),
             "--config".into(),

@@ -54,6 +54,11 @@ struct Config {
     /// their own (default: beside the machines' services).
     #[serde(default)]
     management_address: Option<SocketAddr>,
+    /// One password (`TINKER_BMC_PASSWORD`) for every BMC whose secret has no
+    /// variable of its own. Off unless set: a typo in a secret's name must not
+    /// send the shared password to that BMC silently.
+    #[serde(default)]
+    bmc_shared_password: bool,
 }
 
 fn default_data() -> PathBuf {
@@ -216,19 +221,17 @@ pub async fn run(path: &Path) -> Result<(), String> {
 
     let mut files = scan(&objects);
     let docs = load(store.as_ref(), &files).await;
-    let mut connector = Connector::new(Arc::new(EnvSecrets), RetryPolicy::default());
+    let secrets = if c.bmc_shared_password {
+        EnvSecrets::with_shared_fallback()
+    } else {
+        EnvSecrets::new()
+    };
+    let mut connector = Connector::new(Arc::new(secrets), RetryPolicy::default());
     let machines = connector
         .add_rufio_machines(&docs)
         .map_err(|x| x.to_string())?;
     if let Some(user) = &c.bmc_user {
-        for d in &docs {
-            if let Document::Unsupported { kind, value, .. } = d
-                && kind == "Machine"
-                && let Some(name) = value["metadata"]["name"].as_str()
-            {
-                connector.set_user(name, user);
-            }
-        }
+        connector.set_user_everywhere(user);
     }
 
     // One control-plane replica (see `tinker::control_plane`) on this network.

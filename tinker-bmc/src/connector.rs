@@ -1,7 +1,16 @@
 //! Building controllers for the engine: a [`PowerConnector`] maps a Hardware's
 //! `spec.bmcRef` to a [`BmcEndpoint`] (registered by hand or read from a Rufio
 //! `Machine`) and its password (from a [`SecretSource`]), and builds the
-//! controller once.
+//! controller once per endpoint and password.
+//!
+//! A `bmcRef` is local to its Hardware's namespace, as in Kubernetes: Machines
+//! are found by namespace and name, so two namespaces that both have a Machine
+//! `node1` never drive each other's server. A missing secret is an error (the
+//! [`SecretSource`] decides whether a shared password stands in for it, and only
+//! when the operator said so: [`EnvSecrets::with_shared_fallback`](crate::EnvSecrets::with_shared_fallback)).
+//! The password is read on every `connect`, and a controller built with another
+//! password (or for another endpoint) is replaced, so a rotated password is
+//! used from the next call on.
 
 use crate::endpoint::BmcEndpoint;
 use crate::policy::RetryPolicy;
@@ -12,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::{Document, Hardware};
-use tinker_core::{Error, PowerConnector, PowerController, Result};
+use tinker_core::{Error, PowerConnector, PowerController, Result, Secret};
 
 #[derive(Debug, Clone)]
 struct MachineEntry {
@@ -20,16 +29,32 @@ struct MachineEntry {
     secret: String,
 }
 
-/// The [`PowerConnector`] for real BMCs: maps a Hardware's `spec.bmcRef` name to a
-/// BMC endpoint and secret, builds each controller once and hands out the same one
-/// after, so its session limit holds across the engine's calls.
+/// A controller built, with what it was built from: handed out again only
+/// while both are still what the registry and the secret source say.
+#[derive(Debug)]
+struct Built {
+    endpoint: BmcEndpoint,
+    password: Secret,
+    controller: Arc<dyn PowerController>,
+}
+
+/// The key of a Machine: `namespace/name` (a namespace holds no `/`).
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The [`PowerConnector`] for real BMCs: maps a Hardware's `spec.bmcRef` (a
+/// Machine in the Hardware's namespace) to a BMC endpoint and secret, builds
+/// each controller once and hands out the same one after (while its endpoint
+/// and password stay the same), so its session limit holds across the engine's
+/// calls.
 #[derive(Debug)]
 pub struct Connector {
     machines: HashMap<String, MachineEntry>,
     secrets: Arc<dyn SecretSource>,
     policy: RetryPolicy,
     clock: SharedClock,
-    built: Mutex<HashMap<String, Arc<dyn PowerController>>>,
+    built: Mutex<HashMap<String, Built>>,
 }
 
 impl Connector {
@@ -50,10 +75,11 @@ impl Connector {
         self
     }
 
-    /// Registers a BMC under a machine name, with the name of its secret.
-    pub fn add(&mut self, machine: &str, endpoint: BmcEndpoint, secret: &str) {
+    /// Registers a BMC as the Machine `namespace/name`, with the name of its
+    /// secret.
+    pub fn add(&mut self, namespace: &str, name: &str, endpoint: BmcEndpoint, secret: &str) {
         self.machines.insert(
-            machine.to_string(),
+            key(namespace, name),
             MachineEntry {
                 endpoint,
                 secret: secret.to_string(),
@@ -62,7 +88,9 @@ impl Connector {
     }
 
     /// Registers the Rufio `Machine` objects among `docs`
-    /// (`bmc.tinkerbell.org/v1alpha1`). Returns how many.
+    /// (`bmc.tinkerbell.org/v1alpha1`). Returns how many. A Machine whose
+    /// provider Tinker does not speak (Intel AMT, ...) is an
+    /// [`Error::Unsupported`] naming it.
     pub fn add_rufio_machines(&mut self, docs: &[Document]) -> Result<usize> {
         let mut n = 0;
         for d in docs {
@@ -78,25 +106,35 @@ impl Connector {
                 continue;
             }
             let m = rufio::read(value)?;
-            self.add(&m.name, m.endpoint, &m.secret);
+            self.add(&m.namespace, &m.name, m.endpoint, &m.secret);
             n += 1;
         }
         Ok(n)
     }
 
-    /// Sets the user name of a registered machine's BMC.
-    pub fn set_user(&mut self, machine: &str, user: &str) {
-        if let Some(m) = self.machines.get_mut(machine) {
+    /// Sets the user name of the Machine `namespace/name`'s BMC.
+    pub fn set_user(&mut self, namespace: &str, name: &str, user: &str) {
+        if let Some(m) = self.machines.get_mut(&key(namespace, name)) {
             m.endpoint.set_user(user);
         }
     }
 
-    /// The endpoint registered for a machine.
-    pub fn endpoint(&self, machine: &str) -> Option<&BmcEndpoint> {
-        self.machines.get(machine).map(|m| &m.endpoint)
+    /// Sets the user name of every registered BMC (Rufio keeps it beside the
+    /// password, which [`SecretSource`] does not read).
+    pub fn set_user_everywhere(&mut self, user: &str) {
+        for m in self.machines.values_mut() {
+            m.endpoint.set_user(user);
+        }
     }
 
-    fn built(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn PowerController>>> {
+    /// The endpoint registered for the Machine `namespace/name`.
+    pub fn endpoint(&self, namespace: &str, name: &str) -> Option<&BmcEndpoint> {
+        self.machines
+            .get(&key(namespace, name))
+            .map(|m| &m.endpoint)
+    }
+
+    fn built(&self) -> std::sync::MutexGuard<'_, HashMap<String, Built>> {
         self.built.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -107,34 +145,52 @@ impl PowerConnector for Connector {
         let Some(bmc_ref) = &hardware.spec.bmc_ref else {
             return Ok(None);
         };
-        if let Some(c) = self.built().get(&bmc_ref.name) {
-            return Ok(Some(c.clone()));
-        }
-        let entry = self
-            .machines
-            .get(&bmc_ref.name)
-            .ok_or_else(|| Error::NotFound {
-                key: format!(
-                    "BMC Machine {:?} (spec.bmcRef of Hardware {})",
-                    bmc_ref.name, hardware.metadata.name
-                ),
-            })?;
+        let namespace = hardware.metadata.namespace();
+        let machine = key(namespace, &bmc_ref.name);
+        let entry = self.machines.get(&machine).ok_or_else(|| Error::NotFound {
+            key: format!(
+                "BMC Machine {machine} (spec.bmcRef of Hardware {namespace}/{})",
+                hardware.metadata.name
+            ),
+        })?;
         let password = self
             .secrets
             .password(&entry.secret)?
             .ok_or_else(|| Error::NotFound {
-                key: format!("secret {:?} for BMC {}", entry.secret, entry.endpoint.url()),
+                key: format!(
+                    "secret {:?} of BMC Machine {machine} ({})",
+                    entry.secret,
+                    entry.endpoint.url()
+                ),
             })?;
-        let controller =
-            entry
-                .endpoint
-                .build_with_clock(password, self.policy.clone(), self.clock.clone())?;
-        Ok(Some(
-            self.built()
-                .entry(bmc_ref.name.clone())
-                .or_insert(controller)
-                .clone(),
-        ))
+        if let Some(b) = self.built().get(&machine)
+            && b.endpoint == entry.endpoint
+            && b.password == password
+        {
+            return Ok(Some(b.controller.clone()));
+        }
+        let controller = entry.endpoint.build_with_clock(
+            password.clone(),
+            self.policy.clone(),
+            self.clock.clone(),
+        )?;
+        let mut built = self.built();
+        // Another caller may have built one for the same password meanwhile:
+        // keep that one, so the session limit stays one per BMC.
+        let b = built.entry(machine).or_insert_with(|| Built {
+            endpoint: entry.endpoint.clone(),
+            password: password.clone(),
+            controller: controller.clone(),
+        });
+        if b.endpoint != entry.endpoint || b.password != password {
+            tracing::info!(bmc = %entry.endpoint.url(), "BMC endpoint or password changed: new controller");
+            *b = Built {
+                endpoint: entry.endpoint.clone(),
+                password,
+                controller,
+            };
+        }
+        Ok(Some(b.controller.clone()))
     }
 }
 
@@ -170,7 +226,7 @@ impl PowerConnector for StaticConnector {
     }
 }
 
-#[cfg(all(test, feature = "redfish"))]
+#[cfg(all(test, feature = "redfish", feature = "ipmi"))]
 mod tests {
     use super::*;
     use crate::secrets::StaticSecrets;
@@ -181,13 +237,109 @@ mod tests {
         let docs = tinker_core::model::parse_documents("m.yaml", yaml).unwrap();
         let mut c = Connector::new(Arc::new(StaticSecrets::default()), RetryPolicy::fast());
         assert_eq!(c.add_rufio_machines(&docs).unwrap(), 1);
-        assert_eq!(c.machines["node1"].secret, "tink/bmc-creds");
-        c.set_user("node1", "root");
-        let Some(BmcEndpoint::Redfish(e)) = c.endpoint("node1") else {
-            panic!("{:?}", c.endpoint("node1"))
+        assert_eq!(c.machines["tink/node1"].secret, "tink/bmc-creds");
+        c.set_user("tink", "node1", "root");
+        assert!(c.endpoint("default", "node1").is_none());
+        let Some(BmcEndpoint::Redfish(e)) = c.endpoint("tink", "node1") else {
+            panic!("{:?}", c.endpoint("tink", "node1"))
         };
         assert_eq!((e.user.as_str(), e.port), ("root", 8443));
         assert_eq!(e.system.as_deref(), Some("S1"));
         assert_eq!(e.verification, crate::TlsVerification::Insecure);
+    }
+
+    /// Passwords that can change, as a rotated secret does.
+    #[derive(Debug, Default)]
+    struct Rotating(Mutex<HashMap<String, Secret>>);
+
+    impl SecretSource for Rotating {
+        fn password(&self, name: &str) -> Result<Option<Secret>> {
+            Ok(self.0.lock().unwrap().get(name).cloned())
+        }
+    }
+
+    fn hardware(namespace: &str, machine: &str) -> Hardware {
+        let yaml = format!(
+            "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: hw-{namespace}, namespace: {namespace}}}\nspec:\n  bmcRef: {{apiGroup: bmc.tinkerbell.org, kind: Machine, name: {machine}}}\n"
+        );
+        match tinker_core::model::parse_documents("hw.yaml", &yaml)
+            .unwrap()
+            .remove(0)
+        {
+            Document::Object(tinker_core::model::Object::Hardware(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ipmi(host: &str) -> BmcEndpoint {
+        BmcEndpoint::parse(&format!("ipmi://admin@{host}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn machines_are_found_by_namespace_and_name() {
+        let secrets = Arc::new(Rotating::default());
+        for ns in ["team-a", "team-b"] {
+            secrets
+                .0
+                .lock()
+                .unwrap()
+                .insert(format!("{ns}/creds"), Secret::new("pw"));
+        }
+        let mut c = Connector::new(secrets, RetryPolicy::fast());
+        c.add("team-a", "node1", ipmi("10.0.0.1"), "team-a/creds");
+        c.add("team-b", "node1", ipmi("10.0.0.2"), "team-b/creds");
+        let a = c
+            .connect(&hardware("team-a", "node1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let b = c
+            .connect(&hardware("team-b", "node1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.target(), "ipmi://10.0.0.1:623");
+        assert_eq!(b.target(), "ipmi://10.0.0.2:623");
+        // A namespace without that Machine finds none, not another's.
+        let err = c.connect(&hardware("team-c", "node1")).await.err().unwrap();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_an_error_and_a_rotated_one_a_new_controller() {
+        let secrets = Arc::new(Rotating::default());
+        let mut c = Connector::new(secrets.clone(), RetryPolicy::fast());
+        c.add("lab", "node1", ipmi("10.0.0.1"), "lab/creds");
+        let hw = hardware("lab", "node1");
+        let err = c.connect(&hw).await.err().unwrap();
+        assert!(
+            matches!(&err, Error::NotFound { key } if key.contains("lab/creds")),
+            "{err:?}"
+        );
+        let set = |pw: &str| {
+            secrets
+                .0
+                .lock()
+                .unwrap()
+                .insert("lab/creds".into(), Secret::new(pw));
+        };
+        set("old");
+        let first = c.connect(&hw).await.unwrap().unwrap();
+        let again = c.connect(&hw).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "rebuilt without a change");
+        set("new");
+        let rotated = c.connect(&hw).await.unwrap().unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &rotated),
+            "the old password is still used"
+        );
+        assert!(Arc::ptr_eq(
+            &rotated,
+            &c.connect(&hw).await.unwrap().unwrap()
+        ));
+        // A changed endpoint (a new user) is a new controller too.
+        c.set_user("lab", "node1", "root");
+        let renamed = c.connect(&hw).await.unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&rotated, &renamed));
     }
 }

@@ -4,7 +4,7 @@
 //! cloud.
 //!
 //! - [`IpmiPower`] (feature `ipmi`, in `ipmi/`): IPMI over LAN (RMCP+ "lanplus",
-//!   cipher suite 3, falling back to RMCP 1.5 where a BMC speaks only that), on
+//!   cipher suite 3; a BMC offering only IPMI 1.5 is refused as insecure), on
 //!   `ipmi-rs`, kept off the async worker threads;
 //! - [`RedfishPower`] (feature `redfish`, in `redfish/`): Redfish over HTTPS (hyper
 //!   and rustls; certificates verified unless a BMC is explicitly marked

@@ -1,6 +1,13 @@
 //! Rufio `Machine` objects (`bmc.tinkerbell.org/v1alpha1`), as Tinkerbell's BMC
 //! controller defines them: read into types at the edge, then turned into a
 //! [`BmcEndpoint`] and the name of the secret that holds its credentials.
+//!
+//! Providers: Tinker speaks Redfish (Rufio's `redfish` options, or `gofish` /
+//! `redfish` in `preferredOrder`) and IPMI (`ipmitool`). A Machine whose provider
+//! options or preferred order name only providers Tinker does not speak (Intel
+//! AMT, Rufio's `rpc`, a vendor's own) is refused with
+//! [`Error::Unsupported`], never driven over IPMI on port 623 by guess. A
+//! Machine with no provider options at all is IPMI, as in Rufio.
 
 use crate::endpoint::BmcEndpoint;
 use serde::Deserialize;
@@ -47,6 +54,56 @@ struct ProviderOptions {
     redfish: Option<RedfishOptions>,
     ipmitool: Option<PortOption>,
     preferred_order: Vec<String>,
+    /// Options of providers Tinker does not speak (`intelAMT`, `rpc`, ...), kept
+    /// by name so that a Machine that needs one is refused, not guessed at.
+    #[serde(flatten)]
+    others: std::collections::BTreeMap<String, serde_norway::Value>,
+}
+
+/// The providers Tinker speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Redfish,
+    Ipmi,
+}
+
+impl Provider {
+    /// The provider a name in `preferredOrder` means (bmclib's provider names),
+    /// or `None` for one Tinker does not speak.
+    fn named(name: &str) -> Option<Provider> {
+        let name = name.to_ascii_lowercase();
+        if name == "gofish" || name.starts_with("redfish") {
+            Some(Provider::Redfish)
+        } else if name == "ipmitool" || name == "ipmi" {
+            Some(Provider::Ipmi)
+        } else {
+            None
+        }
+    }
+}
+
+impl ProviderOptions {
+    /// Which provider drives the Machine: the first in `preferredOrder` Tinker
+    /// speaks; else the one whose options are given (Rufio tries the others
+    /// after the preferred ones); with no options and no order at all, IPMI
+    /// (Rufio's default). `Err` names the providers asked for when Tinker speaks
+    /// none of them.
+    fn provider(&self) -> std::result::Result<Provider, Vec<String>> {
+        if let Some(p) = self.preferred_order.iter().find_map(|p| Provider::named(p)) {
+            return Ok(p);
+        }
+        if self.redfish.is_some() {
+            Ok(Provider::Redfish)
+        } else if self.ipmitool.is_some()
+            || (self.others.is_empty() && self.preferred_order.is_empty())
+        {
+            Ok(Provider::Ipmi)
+        } else {
+            let mut asked = self.preferred_order.clone();
+            asked.extend(self.others.keys().cloned());
+            Err(asked)
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,9 +120,11 @@ struct PortOption {
     port: Option<u16>,
 }
 
-/// A Rufio Machine, read: its name, its BMC, and its secret's `namespace/name`.
+/// A Rufio Machine, read: its namespace and name, its BMC, and its secret's
+/// `namespace/name`.
 #[derive(Debug)]
 pub(crate) struct RufioMachine {
+    pub namespace: String,
     pub name: String,
     pub endpoint: BmcEndpoint,
     pub secret: String,
@@ -95,22 +154,25 @@ pub(crate) fn read(value: &serde_norway::Value) -> Result<RufioMachine> {
     let secret = format!("{secret_ns}/{}", c.auth_secret_ref.name);
     let endpoint = endpoint(c, &file)?;
     Ok(RufioMachine {
+        namespace: ns.to_string(),
         name: meta.name,
         endpoint,
         secret,
     })
 }
 
-/// The endpoint a connection describes: Redfish when it has Redfish options or
-/// prefers a Redfish provider, else IPMI.
+/// The endpoint a connection describes, for the provider it asks for (see
+/// [`ProviderOptions::provider`]).
 fn endpoint(c: Connection, machine: &str) -> Result<BmcEndpoint> {
     let options = c.provider_options;
-    let redfish = options.redfish.is_some()
-        || options
-            .preferred_order
-            .first()
-            .is_some_and(|p| p.starts_with("redfish") || p == "gofish");
-    if redfish {
+    let provider = options.provider().map_err(|asked| Error::Unsupported {
+        target: machine.to_string(),
+        operation: format!(
+            "the BMC provider(s) {asked:?}: Tinker speaks redfish (gofish) and ipmitool; \
+             give the Machine redfish or ipmitool providerOptions, or power it by hand"
+        ),
+    })?;
+    if provider == Provider::Redfish {
         redfish_endpoint(
             machine,
             c.host,
@@ -201,6 +263,7 @@ mod tests {
             panic!("{:?}", m.endpoint)
         };
         assert_eq!((e.host.as_str(), e.port), ("10.0.0.7", 6230));
+        assert_eq!(m.namespace, "default");
 
         let err = read(&value("metadata: {name: n3, namespace: t}\nspec:\n  connection:\n    authSecretRef: {name: c}\n")).unwrap_err();
         match err {
@@ -210,6 +273,49 @@ mod tests {
                 assert!(reason.contains("host"), "{reason}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    fn machine(options: &str) -> Result<RufioMachine> {
+        read(&value(&format!(
+            "metadata: {{name: nuc1, namespace: lab}}\nspec:\n  connection:\n    host: 10.0.0.9\n    authSecretRef: {{name: c}}\n    providerOptions: {options}\n"
+        )))
+    }
+
+    #[test]
+    fn a_provider_tinker_does_not_speak_is_refused_not_guessed_as_ipmi() {
+        for options in [
+            "{intelAMT: {port: 16992}}",
+            "{rpc: {consumerURL: 'http://x'}}",
+            "{preferredOrder: [IntelAMT]}",
+            "{preferredOrder: [asrockrack], intelAMT: {port: 16992}}",
+        ] {
+            let err = machine(options).unwrap_err();
+            assert!(
+                matches!(&err, Error::Unsupported { target, .. } if target == "Machine lab/nuc1"),
+                "{options}: {err:?}"
+            );
+            assert!(err.to_string().contains("Tinker speaks redfish"), "{err}");
+        }
+        // Ones it does speak, also beside one it does not.
+        for (options, redfish) in [
+            ("{}", false),
+            ("{intelAMT: {port: 16992}, ipmitool: {port: 6230}}", false),
+            ("{preferredOrder: [IntelAMT], ipmitool: {port: 623}}", false),
+            ("{preferredOrder: [IntelAMT, gofish]}", true),
+            (
+                "{preferredOrder: [ipmitool, gofish], redfish: {port: 8443}}",
+                false,
+            ),
+            ("{intelAMT: {}, redfish: {port: 8443}}", true),
+        ] {
+            let m = machine(options).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert_eq!(
+                matches!(m.endpoint, BmcEndpoint::Redfish(_)),
+                redfish,
+                "{options}: {:?}",
+                m.endpoint
+            );
         }
     }
 }

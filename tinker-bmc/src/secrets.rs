@@ -12,11 +12,32 @@ pub trait SecretSource: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Passwords from the environment: `TINKER_BMC_PASSWORD_<NAME>` (the secret's
-/// name upper-cased, non-alphanumerics as `_`), else `TINKER_BMC_PASSWORD`.
+/// name upper-cased, non-alphanumerics as `_`). A secret without its variable
+/// is missing (and the connector reports which), unless the operator asked for
+/// one shared password with [`EnvSecrets::with_shared_fallback`]: then
+/// `TINKER_BMC_PASSWORD` stands in for every secret without its own variable.
+/// Read on every call, so a changed variable is a rotated password.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct EnvSecrets;
+pub struct EnvSecrets {
+    shared_fallback: bool,
+}
 
 impl EnvSecrets {
+    /// Each secret from its own variable only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also `TINKER_BMC_PASSWORD` for every secret without its own variable:
+    /// one password for every BMC, as a small lab may have. Opt-in, because a
+    /// typo in a secret's name would otherwise send the shared password to that
+    /// BMC without a word.
+    pub fn with_shared_fallback() -> Self {
+        EnvSecrets {
+            shared_fallback: true,
+        }
+    }
+
     /// The variable that holds the secret `name`.
     fn variable(name: &str) -> String {
         let key: String = name
@@ -33,12 +54,21 @@ impl EnvSecrets {
     }
 }
 
+impl EnvSecrets {
+    /// The password of `name`, read from an environment `env`.
+    fn lookup(&self, name: &str, env: impl Fn(&str) -> Option<String>) -> Option<Secret> {
+        let password = match env(&Self::variable(name)) {
+            Some(p) => Some(p),
+            None if self.shared_fallback => env("TINKER_BMC_PASSWORD"),
+            None => None,
+        };
+        password.map(Secret::new)
+    }
+}
+
 impl SecretSource for EnvSecrets {
     fn password(&self, name: &str) -> Result<Option<Secret>> {
-        Ok(std::env::var(Self::variable(name))
-            .or_else(|_| std::env::var("TINKER_BMC_PASSWORD"))
-            .ok()
-            .map(Secret::new))
+        Ok(self.lookup(name, |v| std::env::var(v).ok()))
     }
 }
 
@@ -67,5 +97,20 @@ mod tests {
         assert!(!format!("{s:?}").contains("pw-123"));
         assert_eq!(s.password("a").unwrap().unwrap().expose(), "pw-123");
         assert!(s.password("b").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_shared_password_stands_in_only_when_asked_for() {
+        let env = |v: &str| match v {
+            "TINKER_BMC_PASSWORD_LAB_NODE1" => Some("own".to_string()),
+            "TINKER_BMC_PASSWORD" => Some("shared".to_string()),
+            _ => None,
+        };
+        let read = |e: EnvSecrets, name: &str| e.lookup(name, env).map(|s| s.expose().to_string());
+        assert_eq!(read(EnvSecrets::new(), "lab/node1").as_deref(), Some("own"));
+        assert_eq!(read(EnvSecrets::new(), "lab/typo"), None);
+        let shared = EnvSecrets::with_shared_fallback();
+        assert_eq!(read(shared, "lab/node1").as_deref(), Some("own"));
+        assert_eq!(read(shared, "lab/typo").as_deref(), Some("shared"));
     }
 }

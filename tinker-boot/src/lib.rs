@@ -26,4 +26,7 @@ pub mod tftp;
 pub mod worker_api;
 
 pub use metadata::StoreMetadata;
-pub use responder::{BootConfig, StoreBootResponder, boot_file_for_arch};
+pub use responder::{
+    BOOT_EVENT_WINDOW, BootConfig, MAX_BOOT_EVENTS_PER_WINDOW, StoreBootResponder,
+    boot_file_for_arch,
+};

@@ -43,11 +43,65 @@ pub struct StoreBootResponder {
     config: BootConfig,
     /// Stamps the events it records.
     clock: SharedClock,
-    /// The last decision recorded per machine: a DHCP exchange asks the same
-    /// question two to four times (DISCOVER, REQUEST, renewals), and a store write
-    /// (an fsync with the embedded store) per packet would sit on the hot path for
-    /// nothing. Only a changed decision is written to the event log.
-    last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// What was recorded per machine lately (see [`Coalescer`]): a DHCP
+    /// exchange asks the same question two to four times (DISCOVER, REQUEST,
+    /// renewals), a client may rotate its architecture option on every packet,
+    /// and a store write (an fsync with the embedded store) per packet would
+    /// turn a packet flood into a write flood. Keyed by known Hardware only.
+    last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, Coalescer>>>,
+}
+
+/// How long a decision recorded for a machine is not recorded again, and the
+/// window over which a machine's records are counted.
+pub const BOOT_EVENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most boot decisions recorded per machine per [`BOOT_EVENT_WINDOW`]: a PXE
+/// boot makes two or three (PXE ROM, iPXE, HTTP boot); the rest of a flood is
+/// dropped.
+pub const MAX_BOOT_EVENTS_PER_WINDOW: u32 = 8;
+
+/// The distinct decisions remembered per machine.
+const REMEMBERED: usize = 8;
+
+/// Decides, per machine, which boot decisions reach the event log: not one
+/// recorded within [`BOOT_EVENT_WINDOW`] (a retransmission, or a client cycling
+/// through a few answers), and at most [`MAX_BOOT_EVENTS_PER_WINDOW`] per window (a
+/// client inventing a new answer per packet). Pure: the time is an input.
+#[derive(Debug, Default)]
+struct Coalescer {
+    /// Recently recorded decisions and when, oldest first.
+    recent: std::collections::VecDeque<(String, jiff::Timestamp)>,
+    window_start: Option<jiff::Timestamp>,
+    in_window: u32,
+}
+
+impl Coalescer {
+    /// Whether `message` is to be recorded at `now` (and if so, notes it).
+    fn admit(&mut self, message: &str, now: jiff::Timestamp) -> bool {
+        let window = jiff::SignedDuration::try_from(BOOT_EVENT_WINDOW).unwrap_or_default();
+        let within = |t: jiff::Timestamp| now.duration_since(t) < window;
+        if self
+            .recent
+            .iter()
+            .any(|(m, at)| m == message && within(*at))
+        {
+            return false;
+        }
+        if !self.window_start.is_some_and(within) {
+            self.window_start = Some(now);
+            self.in_window = 0;
+        }
+        if self.in_window >= MAX_BOOT_EVENTS_PER_WINDOW {
+            return false;
+        }
+        self.in_window += 1;
+        self.recent.retain(|(m, _)| m != message);
+        if self.recent.len() >= REMEMBERED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((message.to_string(), now));
+        true
+    }
 }
 
 impl StoreBootResponder {
@@ -146,15 +200,19 @@ impl StoreBootResponder {
         if !self.config.record_events {
             return;
         }
+        let now = self.clock.now();
         {
             let mut last = self.last_recorded.lock().unwrap_or_else(|e| e.into_inner());
-            if last.get(&machine) == Some(&message) {
+            if !last
+                .entry(machine.clone())
+                .or_default()
+                .admit(&message, now)
+            {
                 return;
             }
-            last.insert(machine.clone(), message.clone());
         }
         let event = MachineEvent::new(
-            self.clock.now(),
+            now,
             machine,
             EventSource::Dhcp,
             EventKind::BootDecision { decision: message },

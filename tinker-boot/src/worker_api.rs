@@ -412,25 +412,32 @@ impl WorkerApi {
         {
             return answer;
         }
-        // Output is kept in the machine's event log, bounded per batch.
-        for line in batch.lines.iter().take(1000) {
-            let event = MachineEvent::new(
-                self.clock.now(),
-                worker,
-                EventSource::Worker,
-                EventKind::ActionOutput {
-                    action_index: batch.action_index,
-                    stream: line.stream,
-                    line: line.text.clone(),
-                },
-            )
-            .for_workflow(batch.workflow_id.to_string());
-            if self.store.append_event(event).await.is_err() {
-                return problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; retry",
-                );
-            }
+        // Output is kept in the machine's event log, bounded per batch, and
+        // written in one store transaction (one commit, not one per line).
+        let now = self.clock.now();
+        let events: Vec<MachineEvent> = batch
+            .lines
+            .iter()
+            .take(1000)
+            .map(|line| {
+                MachineEvent::new(
+                    now,
+                    worker,
+                    EventSource::Worker,
+                    EventKind::ActionOutput {
+                        action_index: batch.action_index,
+                        stream: line.stream,
+                        line: line.text.clone(),
+                    },
+                )
+                .for_workflow(batch.workflow_id.to_string())
+            })
+            .collect();
+        if self.store.append_events(events).await.is_err() {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; retry",
+            );
         }
         Response::builder()
             .status(StatusCode::NO_CONTENT)

@@ -384,6 +384,73 @@ async fn the_responder_stamps_its_events_with_the_injected_clock() {
     panic!("no event recorded");
 }
 
+/// A client that rotates its architecture option on every packet (or makes up
+/// a new one each time) gets its answers, but does not get a store write per
+/// packet: decisions seen within the window are not recorded again, and at
+/// most a few per window are. A repeated decision is recorded again once the
+/// window has passed.
+#[tokio::test]
+async fn a_client_rotating_its_architecture_is_not_a_write_per_packet() {
+    use tinker_boot::{BOOT_EVENT_WINDOW, MAX_BOOT_EVENTS_PER_WINDOW};
+    use tinker_core::BootResponder;
+    use tinker_core::boot::{BootRequest, ClientKind};
+    let store = Arc::new(MemoryStore::new());
+    let mut hw = Hardware::new("m1", mac(1), Ipv4Addr::new(10, 77, 0, 10), "255.255.255.0");
+    hw.set_allow_pxe(true);
+    store.put(hw.into(), Precondition::Absent).await.unwrap();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let responder = responder(store.clone()).with_clock(clock.clone());
+    let ask = |arch: u16| BootRequest {
+        mac: mac(1),
+        arch: Some(arch),
+        client: ClientKind::PxeRom,
+        relay: None,
+        circuit_id: None,
+    };
+    let limit = MAX_BOOT_EVENTS_PER_WINDOW as usize;
+    let settled = |want: usize| {
+        let store = store.clone();
+        async move {
+            // The responder writes in the background: wait for `want` events,
+            // then give any extra write the chance to land.
+            for _ in 0..200 {
+                if store.events("default/m1", 1000).await.unwrap().len() >= want {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            store.events("default/m1", 1000).await.unwrap()
+        }
+    };
+    // Two architectures in turn, 100 packets: two decisions, two writes.
+    for i in 0..100u16 {
+        responder
+            .decide(&ask([0, 7][usize::from(i % 2)]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(settled(2).await.len(), 2);
+    // Every other architecture in turn (each a decision of its own text), 300
+    // packets: no more than the limit per window.
+    let others = [1u16, 2, 3, 4, 5, 6, 8, 9, 10, 11, 15, 16, 18, 19, 20, 41];
+    for i in 0..300 {
+        responder
+            .decide(&ask(others[i % others.len()]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(settled(limit).await.len(), limit);
+    // After the window, a known decision is recorded again (once).
+    clock.advance(BOOT_EVENT_WINDOW);
+    for _ in 0..10 {
+        responder.decide(&ask(0)).await.unwrap();
+    }
+    assert_eq!(settled(limit + 1).await.len(), limit + 1);
+}
+
 #[test]
 fn every_silence_has_a_typed_reason() {
     use tinker_boot::dhcp::{self, Skip, request};

@@ -13,29 +13,45 @@ use tinker_core::store::{Applied, Assignment, Change, MachineEvent, Precondition
 use tinker_core::{MacAddr, Result, WorkflowStore};
 use tinker_store::MemoryStore;
 
-/// A store whose claims take a while, to overload the API on purpose.
+/// A store whose claims take a while (when `slow`), to overload the API on
+/// purpose, and that counts its event-log writes.
 #[derive(Debug)]
-struct SlowStore(MemoryStore);
+struct SlowStore {
+    inner: MemoryStore,
+    slow: bool,
+    /// Calls of `append_event` and of `append_events`.
+    event_writes: std::sync::Mutex<(usize, usize)>,
+}
+
+impl SlowStore {
+    fn new(slow: bool) -> Self {
+        SlowStore {
+            inner: MemoryStore::new(),
+            slow,
+            event_writes: Default::default(),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl WorkflowStore for SlowStore {
     async fn put(&self, o: Object, p: Precondition) -> Result<u64> {
-        self.0.put(o, p).await
+        self.inner.put(o, p).await
     }
     async fn get(&self, k: &ObjectKey) -> Result<Option<Versioned<Object>>> {
-        self.0.get(k).await
+        self.inner.get(k).await
     }
     async fn list(&self, k: Kind) -> Result<Vec<Versioned<Object>>> {
-        self.0.list(k).await
+        self.inner.list(k).await
     }
     async fn delete(&self, k: &ObjectKey, p: Precondition) -> Result<()> {
-        self.0.delete(k, p).await
+        self.inner.delete(k, p).await
     }
     async fn hardware_by_mac(&self, m: MacAddr) -> Result<Option<Versioned<Hardware>>> {
-        self.0.hardware_by_mac(m).await
+        self.inner.hardware_by_mac(m).await
     }
     async fn hardware_by_ip(&self, i: std::net::IpAddr) -> Result<Option<Versioned<Hardware>>> {
-        self.0.hardware_by_ip(i).await
+        self.inner.hardware_by_ip(i).await
     }
     async fn apply_event(
         &self,
@@ -43,7 +59,7 @@ impl WorkflowStore for SlowStore {
         e: &WorkflowEvent,
         n: jiff::Timestamp,
     ) -> Result<Applied> {
-        self.0.apply_event(k, e, n).await
+        self.inner.apply_event(k, e, n).await
     }
     async fn claim_next_action_for_request(
         &self,
@@ -51,17 +67,24 @@ impl WorkflowStore for SlowStore {
         r: Option<&str>,
         n: jiff::Timestamp,
     ) -> Result<Option<Assignment>> {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.0.claim_next_action_for_request(w, r, n).await
+        if self.slow {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.inner.claim_next_action_for_request(w, r, n).await
     }
     async fn append_event(&self, e: MachineEvent) -> Result<()> {
-        self.0.append_event(e).await
+        self.event_writes.lock().unwrap().0 += 1;
+        self.inner.append_event(e).await
+    }
+    async fn append_events(&self, e: Vec<MachineEvent>) -> Result<()> {
+        self.event_writes.lock().unwrap().1 += 1;
+        self.inner.append_events(e).await
     }
     async fn events(&self, m: &str, l: usize) -> Result<Vec<MachineEvent>> {
-        self.0.events(m, l).await
+        self.inner.events(m, l).await
     }
     fn watch(&self) -> tokio::sync::broadcast::Receiver<Change> {
-        self.0.watch()
+        self.inner.watch()
     }
 }
 
@@ -310,7 +333,7 @@ async fn a_machines_token_goes_only_to_the_machine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_retry_after() {
-    let store: Arc<dyn WorkflowStore> = Arc::new(SlowStore(MemoryStore::new()));
+    let store: Arc<dyn WorkflowStore> = Arc::new(SlowStore::new(true));
     let mut tokens = Vec::new();
     for i in 0..12u8 {
         let mac = tinker_core::testing::mac(u32::from(i) + 100);
@@ -496,5 +519,51 @@ async fn a_worker_cannot_touch_another_workers_action() {
     assert!(
         store.events(&a, 100).await.unwrap().is_empty(),
         "A wrote no output"
+    );
+}
+
+/// A batch of output lines is one store write (one transaction, one commit),
+/// not one per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_batch_is_one_store_write() {
+    use tinker_core::testing::{mac, rendered_workflow};
+    let slow = Arc::new(SlowStore::new(false));
+    let store: Arc<dyn WorkflowStore> = slow.clone();
+    let worker = mac(9).to_string();
+    store
+        .put(
+            rendered_workflow("logged", mac(9), 1, 600).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let claim = store
+        .claim_next_action(&worker, jiff::Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let token = machine(store.as_ref(), "k", mac(9), [127, 0, 0, 1]).await;
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5);
+    let port = serve(api, store.clone()).await;
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!("{{\"stream\":\"stdout\",\"text\":\"line {i}\"}}"))
+        .collect();
+    let body = format!(
+        "{{\"worker_id\":\"{worker}\",\"workflow_id\":\"default/logged\",\"action_index\":0,\"attempt\":{},\"lines\":[{}]}}",
+        claim.attempt,
+        lines.join(",")
+    );
+    let w = worker.clone();
+    let (code, text) = tokio::task::spawn_blocking(move || {
+        post(port, &format!("/v1/workers/{w}/logs"), &token, &body)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 204, "{text}");
+    assert_eq!(store.events(&worker, 1000).await.unwrap().len(), 300);
+    assert_eq!(
+        *slow.event_writes.lock().unwrap(),
+        (0, 1),
+        "one append_events for the batch, no append_event per line"
     );
 }

@@ -93,6 +93,17 @@ pub enum Error {
         /// What it said.
         reason: String,
     },
+    /// The remote component offered something Tinker refuses on principle: a
+    /// weaker protocol than it accepts (IPMI 1.5 with a clear-text password or no
+    /// authentication) or a link that would send our credentials to another host.
+    /// Retrying will not help: the component would offer the same.
+    #[error("{target}: refused as insecure: {reason}")]
+    Insecure {
+        /// The component (never with credentials).
+        target: String,
+        /// What it offered and why that is refused.
+        reason: String,
+    },
     /// The operation did not finish in time.
     #[error("{target}: {operation} timed out after {seconds} s")]
     Timeout {

@@ -394,7 +394,22 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     }
 
     /// Appends to a machine's event log.
+    ///
+    /// The log is bounded: a store keeps the newest events of each machine up to
+    /// its cap (`tinker_store::MAX_EVENTS_PER_MACHINE` unless the store was built
+    /// with another) and drops the oldest beyond it, so a chatty machine costs a
+    /// fixed amount of storage.
     async fn append_event(&self, event: MachineEvent) -> Result<()>;
+
+    /// Appends several events (a batch of a worker's output lines) in one write:
+    /// one transaction and one commit for the batch, in order, each with its own
+    /// sequence number. The default appends them one by one; stores override it.
+    async fn append_events(&self, events: Vec<MachineEvent>) -> Result<()> {
+        for event in events {
+            self.append_event(event).await?;
+        }
+        Ok(())
+    }
 
     /// The last `limit` events of a machine, oldest first.
     async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>>;

@@ -10,6 +10,14 @@
 //! Layout: `objects` (encoded key → JSON of the versioned object), `index`
 //! (multimap term → encoded key: MACs, IPs, workers with unfinished workflows),
 //! `events` ((machine, seq) → JSON), `meta` (counters and the schema version).
+//!
+//! The event log is bounded per machine: `meta` counts each machine's events
+//! (`event_count/<machine>`, counted from `events` the first time a machine is
+//! met, so a file written before the counters is bounded too), and an append
+//! past the cap ([`MAX_EVENTS_PER_MACHINE`](crate::MAX_EVENTS_PER_MACHINE) or
+//! [`RedbStore::with_event_cap`]) removes the machine's oldest in the same
+//! transaction. The counters are plain `meta` entries: no new table, so no
+//! schema version.
 //! redb is blocking, so reads run in `spawn_blocking`; the change feed is sent
 //! after commit.
 //!
@@ -57,6 +65,8 @@ const INDEX: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new(
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENT_SEQ: &str = "event_seq";
+/// Prefix of a machine's event counter in `meta`.
+const EVENT_COUNT: &str = "event_count/";
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// A migration step of the embedded store: runs inside the open's write transaction.
@@ -138,6 +148,7 @@ pub struct RedbStore {
     path: PathBuf,
     feed: broadcast::Sender<Change>,
     writer: Arc<Writer>,
+    event_cap: usize,
 }
 
 /// The writer thread's queue; when the last handle to the store goes, the queue
@@ -309,7 +320,15 @@ impl RedbStore {
                 jobs: std::sync::Mutex::new(Some(jobs_tx)),
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
+            event_cap: crate::MAX_EVENTS_PER_MACHINE,
         })
+    }
+
+    /// Keeps the newest `cap` events of each machine (at least 1) instead of
+    /// [`MAX_EVENTS_PER_MACHINE`](crate::MAX_EVENTS_PER_MACHINE).
+    pub fn with_event_cap(mut self, cap: usize) -> Self {
+        self.event_cap = cap.max(1);
+        self
     }
 
     /// Runs `f` in the writer's next batch transaction and answers once that
@@ -426,6 +445,65 @@ fn write_object(
         None => {
             table.remove(k.as_str()).map_err(db_err)?;
         }
+    }
+    Ok(())
+}
+
+/// Appends `events` in `txn`, numbering them, and removes each machine's oldest
+/// past `cap`.
+fn append_in(txn: &WriteTransaction, events: Vec<MachineEvent>, cap: u64) -> Result<()> {
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    let mut table = txn.open_table(EVENTS).map_err(db_err)?;
+    let mut seq = meta
+        .get(EVENT_SEQ)
+        .map_err(db_err)?
+        .map_or(0, |v| v.value());
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for mut event in events {
+        seq += 1;
+        event.seq = seq;
+        let bytes = serde_json::to_vec(&event).map_err(json_err)?;
+        let machine = event.machine;
+        table
+            .insert((machine.as_str(), seq), bytes.as_slice())
+            .map_err(db_err)?;
+        let count = match counts.get(&machine) {
+            Some(c) => *c,
+            // Counted before this insert, from the counter or (a file
+            // written before counters) from the events themselves.
+            None => match meta
+                .get(format!("{EVENT_COUNT}{machine}").as_str())
+                .map_err(db_err)?
+            {
+                Some(c) => c.value(),
+                None => {
+                    let all = table
+                        .range((machine.as_str(), 0)..=(machine.as_str(), u64::MAX))
+                        .map_err(db_err)?
+                        .count() as u64;
+                    all.saturating_sub(1)
+                }
+            },
+        };
+        let mut count = count + 1;
+        while count > cap {
+            let oldest = table
+                .range((machine.as_str(), 0)..=(machine.as_str(), u64::MAX))
+                .map_err(db_err)?
+                .next()
+                .transpose()
+                .map_err(db_err)?
+                .map(|(k, _)| k.value().1);
+            let Some(oldest) = oldest else { break };
+            table.remove((machine.as_str(), oldest)).map_err(db_err)?;
+            count -= 1;
+        }
+        counts.insert(machine, count);
+    }
+    meta.insert(EVENT_SEQ, seq).map_err(db_err)?;
+    for (machine, count) in counts {
+        meta.insert(format!("{EVENT_COUNT}{machine}").as_str(), count)
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -685,23 +763,17 @@ impl WorkflowStore for RedbStore {
         Ok(None)
     }
 
-    async fn append_event(&self, mut event: MachineEvent) -> Result<()> {
+    async fn append_event(&self, event: MachineEvent) -> Result<()> {
+        self.append_events(vec![event]).await
+    }
+
+    async fn append_events(&self, events: Vec<MachineEvent>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let cap = self.event_cap as u64;
         self.write(move |txn| {
-            {
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                let seq = meta
-                    .get(EVENT_SEQ)
-                    .map_err(db_err)?
-                    .map_or(0, |v| v.value())
-                    + 1;
-                meta.insert(EVENT_SEQ, seq).map_err(db_err)?;
-                event.seq = seq;
-                let bytes = serde_json::to_vec(&event).map_err(json_err)?;
-                let mut events = txn.open_table(EVENTS).map_err(db_err)?;
-                events
-                    .insert((event.machine.as_str(), seq), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
+            append_in(txn, events, cap)?;
             Ok(((), true))
         })
         .await
@@ -786,6 +858,46 @@ mod tests {
             panic!("expected a backend error, got {e:?}");
         };
         source.downcast_ref::<StoreError>().expect("a StoreError")
+    }
+
+    #[tokio::test]
+    async fn events_written_before_the_counters_are_counted_and_bounded() {
+        use tinker_core::store::{EventKind, EventSource};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let note = |i: usize| {
+            MachineEvent::new(
+                Timestamp::UNIX_EPOCH,
+                "default/old",
+                EventSource::Engine,
+                EventKind::Note {
+                    message: format!("{i}"),
+                },
+            )
+        };
+        {
+            let store = RedbStore::open(&path).await.unwrap();
+            store
+                .append_events((0..10).map(note).collect())
+                .await
+                .unwrap();
+        }
+        // As a file written before the counters were kept: no counter.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .remove("event_count/default/old")
+                .unwrap()
+                .expect("the counter was kept");
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).await.unwrap().with_event_cap(4);
+        store.append_event(note(10)).await.unwrap();
+        let kept = store.events("default/old", 100).await.unwrap();
+        let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [8, 9, 10, 11], "the newest four of eleven");
     }
 
     #[tokio::test]

@@ -55,6 +55,13 @@ pub mod testing;
 #[cfg(feature = "redb")]
 pub use embedded::RedbStore;
 pub use error::{BoxError, StoreError};
-pub use memory::{MAX_EVENTS_PER_MACHINE, MemoryStore};
+pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+
+/// Events kept per machine by every store unless built with another cap
+/// (`with_event_cap`): the newest are kept, the oldest dropped as new ones
+/// come. 10,000 events is a few MiB per machine: many reinstalls' worth of
+/// boot decisions, engine steps and action output (a worker's output batch is
+/// at most 1,000 lines).
+pub const MAX_EVENTS_PER_MACHINE: usize = 10_000;

@@ -4,7 +4,7 @@
 use crate::common::{FEED_CAPACITY, check_key, encode_key, index_diff, kind_prefix, taken};
 use async_trait::async_trait;
 use jiff::Timestamp;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
@@ -16,21 +16,21 @@ use tinker_core::store::{
 use tinker_core::{Error, MacAddr, Result};
 use tokio::sync::broadcast;
 
-/// Events kept per machine; older ones are dropped (the embedded store keeps all).
-pub const MAX_EVENTS_PER_MACHINE: usize = 10_000;
-
-/// A [`WorkflowStore`] in memory. State is lost when it is dropped.
+/// A [`WorkflowStore`] in memory. State is lost when it is dropped. Keeps the
+/// newest [`MAX_EVENTS_PER_MACHINE`](crate::MAX_EVENTS_PER_MACHINE) events of
+/// each machine (or [`MemoryStore::with_event_cap`]'s number).
 #[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     feed: broadcast::Sender<Change>,
+    event_cap: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     objects: BTreeMap<String, Versioned<Object>>,
     index: HashMap<IndexTerm, BTreeSet<String>>,
-    events: HashMap<String, Vec<MachineEvent>>,
+    events: HashMap<String, VecDeque<MachineEvent>>,
     seq: u64,
 }
 
@@ -46,7 +46,15 @@ impl MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             feed: broadcast::channel(FEED_CAPACITY).0,
+            event_cap: crate::MAX_EVENTS_PER_MACHINE,
         }
+    }
+
+    /// Keeps the newest `cap` events of each machine (at least 1) instead of
+    /// [`MAX_EVENTS_PER_MACHINE`](crate::MAX_EVENTS_PER_MACHINE).
+    pub fn with_event_cap(mut self, cap: usize) -> Self {
+        self.event_cap = cap.max(1);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -279,26 +287,34 @@ impl WorkflowStore for MemoryStore {
         Ok(assignment)
     }
 
-    async fn append_event(&self, mut event: MachineEvent) -> Result<()> {
+    async fn append_event(&self, event: MachineEvent) -> Result<()> {
+        self.append_events(vec![event]).await
+    }
+
+    async fn append_events(&self, events: Vec<MachineEvent>) -> Result<()> {
         let mut inner = self.lock();
-        inner.seq += 1;
-        event.seq = inner.seq;
-        inner
-            .events
-            .entry(event.machine.clone())
-            .or_default()
-            .push(event);
+        for mut event in events {
+            inner.seq += 1;
+            event.seq = inner.seq;
+            let log = inner.events.entry(event.machine.clone()).or_default();
+            log.push_back(event);
+            while log.len() > self.event_cap {
+                log.pop_front();
+            }
+        }
         Ok(())
     }
 
     async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>> {
         let inner = self.lock();
-        let all = inner
-            .events
-            .get(machine)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        Ok(all[all.len().saturating_sub(limit)..].to_vec())
+        let Some(all) = inner.events.get(machine) else {
+            return Ok(Vec::new());
+        };
+        Ok(all
+            .iter()
+            .skip(all.len().saturating_sub(limit))
+            .cloned()
+            .collect())
     }
 
     fn watch(&self) -> broadcast::Receiver<Change> {
@@ -314,5 +330,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memory_store_conforms() {
         tinker_core::testing::store::run_all(Arc::new(MemoryStore::new())).await;
+    }
+
+    #[tokio::test]
+    async fn memory_event_log_is_bounded() {
+        let store = MemoryStore::new().with_event_cap(6);
+        tinker_core::testing::store::event_log_is_bounded(&store, 6).await;
     }
 }

@@ -84,11 +84,15 @@ fn json_err(e: serde_json::Error) -> Error {
     StoreError::Record(e).into_core("postgres")
 }
 
-/// The PostgreSQL [`WorkflowStore`].
+/// The PostgreSQL [`WorkflowStore`]. Keeps the newest
+/// [`MAX_EVENTS_PER_MACHINE`](crate::MAX_EVENTS_PER_MACHINE) events of each
+/// machine (or [`PostgresStore::with_event_cap`]'s number): each append deletes
+/// what falls past the cap, in its own transaction.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
     feed: broadcast::Sender<Change>,
+    event_cap: usize,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -155,7 +159,18 @@ impl PostgresStore {
             let _keep = keep;
             std::future::pending::<()>().await;
         });
-        Ok(PostgresStore { pool, feed })
+        Ok(PostgresStore {
+            pool,
+            feed,
+            event_cap: crate::MAX_EVENTS_PER_MACHINE,
+        })
+    }
+
+    /// Keeps the newest `cap` events of each machine (at least 1) instead of
+    /// [`MAX_EVENTS_PER_MACHINE`](crate::MAX_EVENTS_PER_MACHINE).
+    pub fn with_event_cap(mut self, cap: usize) -> Self {
+        self.event_cap = cap.max(1);
+        self
     }
 
     /// The schema version this code writes; older databases are migrated on connect.
@@ -271,11 +286,33 @@ async fn write(
         }
     }
     match new {
+        // A create is a plain INSERT: a concurrent creator that committed first
+        // makes it fail on the primary key (never an upsert that overwrites the
+        // winner and leaves its index entries behind).
+        Some(v) if old.is_none() => {
+            let body = serde_json::to_value(&v.value).map_err(json_err)?;
+            let version = v.version as i64;
+            tx.execute(
+                "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3)",
+                &[&k, &version, &body],
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    Error::AlreadyExists {
+                        key: key.to_string(),
+                    }
+                } else {
+                    pg(e)
+                }
+            })?;
+        }
+        // An update of the row `read_for_update` locked.
         Some(v) => {
             let body = serde_json::to_value(&v.value).map_err(json_err)?;
             let version = v.version as i64;
             tx.execute(
-                "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, body = EXCLUDED.body",
+                "UPDATE objects SET version = $2, body = $3 WHERE key = $1",
                 &[&k, &version, &body],
             )
             .await
@@ -297,9 +334,13 @@ async fn write(
     }
     if new.is_some() {
         for term in &add {
+            // The conflict target is this object's own entry only: a unique term
+            // (MAC, IP) that another object holds, or that a concurrent writer
+            // has just inserted, fails on `index_terms_unique` instead of being
+            // skipped, which would leave two Hardware with one MAC.
             let r = tx
                 .execute(
-                    "INSERT INTO index_terms (term, key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    "INSERT INTO index_terms (term, key) VALUES ($1, $2) ON CONFLICT (term, key) DO NOTHING",
                     &[&term.as_key(), &k],
                 )
                 .await;
@@ -327,40 +368,15 @@ impl WorkflowStore for PostgresStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
         let key = object.key();
         check_key(&key)?;
-        let k = encode_key(&key);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        let old = read_for_update(&tx, &k).await?;
-        check_precondition(&key, old.as_ref().map(|v| v.version), precondition)?;
-        let version = old.as_ref().map_or(0, |v| v.version) + 1;
-        write(
-            &tx,
-            &key,
-            old.as_ref().map(|v| &v.value),
-            Some(&Versioned {
-                version,
-                value: object,
-            }),
-        )
-        .await?;
-        notify(
-            &tx,
-            &Change {
-                key: key.clone(),
-                version,
-                deleted: false,
-            },
-        )
-        .await?;
-        match tx.commit().await {
-            Ok(()) => Ok(version),
-            // Two creators raced past the empty read: the loser gets AlreadyExists.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                Err(Error::AlreadyExists {
-                    key: key.to_string(),
-                })
+        // A create that loses a race to another creator fails on the primary
+        // key. For `Absent` that is the answer; for `Any` the object now exists,
+        // so the write is tried again as an update (once is enough: the row is
+        // there and locked by the next read). `Version(_)` never creates.
+        match self.put_once(&key, &object, precondition).await {
+            Err(Error::AlreadyExists { .. }) if precondition == Precondition::Any => {
+                self.put_once(&key, &object, precondition).await
             }
-            Err(e) => Err(pg(e)),
+            r => r,
         }
     }
 
@@ -540,27 +556,58 @@ impl WorkflowStore for PostgresStore {
         Ok(found)
     }
 
-    async fn append_event(&self, mut event: MachineEvent) -> Result<()> {
-        let client = self.client().await?;
-        // The sequence is the table's; the stored body gets it too.
-        let row = client
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence('events', 'seq'))",
-                &[],
+    async fn append_event(&self, event: MachineEvent) -> Result<()> {
+        self.append_events(vec![event]).await
+    }
+
+    async fn append_events(&self, mut events: Vec<MachineEvent>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // The sequence is the table's; the stored bodies get it too.
+        let n = events.len() as i64;
+        let mut seqs: Vec<i64> = tx
+            .query(
+                "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1::bigint)",
+                &[&n],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        seqs.sort_unstable();
+        let mut machines = Vec::with_capacity(events.len());
+        let mut bodies = Vec::with_capacity(events.len());
+        for (event, seq) in events.iter_mut().zip(&seqs) {
+            event.seq = *seq as u64;
+            machines.push(event.machine.clone());
+            bodies.push(serde_json::to_value(&*event).map_err(json_err)?);
+        }
+        // The whole batch in one statement and one commit.
+        tx.execute(
+            "INSERT INTO events (seq, machine, body) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[])",
+            &[&seqs, &machines, &bodies],
+        )
+        .await
+        .map_err(pg)?;
+        // Then what falls past each machine's cap: everything at or below the
+        // seq `cap` places from its newest (the index on (machine, seq) walks it).
+        machines.sort_unstable();
+        machines.dedup();
+        let cap = self.event_cap as i64;
+        for machine in &machines {
+            tx.execute(
+                "DELETE FROM events WHERE machine = $1 AND seq <= \
+                 (SELECT seq FROM events WHERE machine = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+                &[machine, &cap],
             )
             .await
             .map_err(pg)?;
-        let seq: i64 = row.get(0);
-        event.seq = seq as u64;
-        let body = serde_json::to_value(&event).map_err(json_err)?;
-        client
-            .execute(
-                "INSERT INTO events (seq, machine, body) VALUES ($1, $2, $3)",
-                &[&seq, &event.machine, &body],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(())
+        }
+        tx.commit().await.map_err(pg)
     }
 
     async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>> {
@@ -587,6 +634,50 @@ impl WorkflowStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// One transaction of [`WorkflowStore::put`].
+    async fn put_once(
+        &self,
+        key: &ObjectKey,
+        object: &Object,
+        precondition: Precondition,
+    ) -> Result<u64> {
+        let k = encode_key(key);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let old = read_for_update(&tx, &k).await?;
+        check_precondition(key, old.as_ref().map(|v| v.version), precondition)?;
+        let version = old.as_ref().map_or(0, |v| v.version) + 1;
+        write(
+            &tx,
+            key,
+            old.as_ref().map(|v| &v.value),
+            Some(&Versioned {
+                version,
+                value: object.clone(),
+            }),
+        )
+        .await?;
+        notify(
+            &tx,
+            &Change {
+                key: key.clone(),
+                version,
+                deleted: false,
+            },
+        )
+        .await?;
+        match tx.commit().await {
+            Ok(()) => Ok(version),
+            // Two creators raced past the empty read: the loser gets AlreadyExists.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::AlreadyExists {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => Err(pg(e)),
+        }
+    }
+
     async fn hardware_by(&self, term: IndexTerm) -> Result<Option<Versioned<Hardware>>> {
         let client = self.client().await?;
         let row = client

@@ -19,6 +19,16 @@ async fn redb_store_conforms() {
     testing::store::run_all(Arc::new(store)).await;
 }
 
+#[tokio::test]
+async fn redb_event_log_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("tinker.redb"))
+        .await
+        .unwrap()
+        .with_event_cap(6);
+    testing::store::event_log_is_bounded(&store, 6).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redb_store_conforms_through_a_box() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,11 @@ async fn postgres_store_conforms() {
     let Some(pg) = Cluster::start() else { return };
     let store = PostgresStore::connect(&pg.url).await.unwrap();
     testing::store::run_all(Arc::new(store)).await;
+    let small = PostgresStore::connect(&pg.url)
+        .await
+        .unwrap()
+        .with_event_cap(6);
+    testing::store::event_log_is_bounded(&small, 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

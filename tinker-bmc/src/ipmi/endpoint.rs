@@ -40,6 +40,16 @@ impl IpmiEndpoint {
         if let Some((key, _)) = parts.options.first() {
             return Err(parts.invalid("query", format!("ipmi:// takes no option {key:?}")));
         }
+        if parts.user.len() > super::session::MAX_USER_LEN {
+            return Err(parts.invalid(
+                "user",
+                format!(
+                    "an IPMI user name has at most {} bytes, not {}",
+                    super::session::MAX_USER_LEN,
+                    parts.user.len()
+                ),
+            ));
+        }
         Ok(IpmiEndpoint {
             port: parts.port.unwrap_or(Self::DEFAULT_PORT),
             host: parts.host,

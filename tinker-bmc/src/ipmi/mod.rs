@@ -1,6 +1,8 @@
 //! IPMI over LAN (the `ipmi` feature): [`IpmiPower`] speaks RMCP+ ("lanplus",
 //! cipher suite 3: HMAC-SHA1 authentication, AES-CBC-128 confidentiality) through
-//! `ipmi-rs`, falling back to RMCP 1.5 where a BMC speaks only that.
+//! `ipmi-rs`. Never IPMI 1.5: a BMC (or a forger on its network) that offers
+//! only IPMI 1.5 is refused with [`Error::Insecure`](tinker_core::Error::Insecure)
+//! before the password leaves (see `session`).
 //!
 //! - `wire`: the commands and the bytes of their requests and answers (pure);
 //! - `session`: opening and raising a session, and what its failures mean;

@@ -75,35 +75,60 @@ impl IpmiPower {
         f: impl Fn(&mut Session) -> std::result::Result<T, CommandError> + Send + 'static,
     ) -> Result<T> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let target = this.target();
-            let mut slot = this.session.lock().unwrap_or_else(|e| e.into_inner());
-            let reused = slot.is_some();
-            let session = match slot.as_mut() {
-                Some(s) => s,
-                None => slot.insert(session::open(&this.login())?),
-            };
-            let e = match f(session) {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if !session::is_connection_error(&e) {
-                return Err(session::command_error(&target, operation, e));
-            }
-            *slot = None;
-            if !reused {
-                return Err(session::command_error(&target, operation, e));
-            }
-            // The BMC may have closed our idle session: try once anew.
-            tracing::debug!(bmc = %target, operation, "reopening the IPMI session");
-            let session = slot.insert(session::open(&this.login())?);
-            f(session).map_err(|e| {
-                *slot = None;
-                session::command_error(&target, operation, e)
-            })
+        let target = self.target();
+        let session = self.session.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            // ipmi-rs can panic on some malformed answers (a short RAKP message,
+            // an answer to a cipher suite it leaves `todo!()`): a BMC's bytes
+            // must not take a thread down with the session lock in a half-made
+            // state, so a panic is caught here, the session dropped, and the
+            // call refused as a bad answer.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                this.run_blocking(operation, &f)
+            }))
         })
         .await
-        .map_err(|e| Error::backend("ipmi-rs", e))?
+        .map_err(|e| Error::backend("ipmi-rs", e))?;
+        answer.unwrap_or_else(|_| {
+            *session.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            Err(Error::Remote {
+                target,
+                reason: format!("{operation}: the BMC's answer could not be decoded"),
+            })
+        })
+    }
+
+    /// The body of [`Self::run`], on a blocking thread.
+    fn run_blocking<T>(
+        &self,
+        operation: &'static str,
+        f: &impl Fn(&mut Session) -> std::result::Result<T, CommandError>,
+    ) -> Result<T> {
+        let target = self.target();
+        let mut slot = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let reused = slot.is_some();
+        let session = match slot.as_mut() {
+            Some(s) => s,
+            None => slot.insert(session::open(&self.login())?),
+        };
+        let e = match f(session) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !session::is_connection_error(&e) {
+            return Err(session::command_error(&target, operation, e));
+        }
+        *slot = None;
+        if !reused {
+            return Err(session::command_error(&target, operation, e));
+        }
+        // The BMC may have closed our idle session: try once anew.
+        tracing::debug!(bmc = %target, operation, "reopening the IPMI session");
+        let session = slot.insert(session::open(&self.login())?);
+        f(session).map_err(|e| {
+            *slot = None;
+            session::command_error(&target, operation, e)
+        })
     }
 
     /// Sends one request and returns its answer's data.

@@ -222,4 +222,26 @@ mod tests {
             Some(vec![cmd::PARAM_BOOT_FLAGS, 0x80, 0x08, 0, 0, 0])
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config({
+            let mut c = proptest::test_runner::Config::default();
+            if std::env::var_os("PROPTEST_CASES").is_none() {
+                c.cases = 1024;
+            }
+            c
+        })]
+
+        /// Any answer data: a value or `None`, never a panic; a boot override
+        /// read back always names a device IPMI can set.
+        #[test]
+        fn any_answer_data_is_read_or_refused(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            let state = parse_chassis_status(&data);
+            proptest::prop_assert_eq!(state.is_none(), data.is_empty());
+            if let Some((device, options)) = parse_boot_options_answer(&data) {
+                proptest::prop_assert!(boot_flags(device, options).is_some());
+                proptest::prop_assert!(data.len() >= 4);
+            }
+        }
+    }
 }

@@ -2,6 +2,13 @@
 //! every request, or a Redfish session: one login, then the `X-Auth-Token`,
 //! renewed once on a 401), time limits read on the caller's clock, and what each
 //! failure status means.
+//!
+//! The BMC is not trusted to say where we connect: every path, ours or a link
+//! the BMC sent (`@odata.id`, an action's `target`), is resolved against the
+//! base URL and refused unless it stays on the base's scheme, host and port, so
+//! a link such as `https://elsewhere/...` or `//elsewhere/...` cannot make us
+//! send the credentials to another host. And an answer's body is read with a
+//! cap ([`MAX_BODY`]), so a BMC cannot make us hold more than that.
 
 use super::tls::{TlsVerification, tls_config};
 use super::wire::{ErrorResponse, SessionLogin, Task};
@@ -33,6 +40,14 @@ pub enum RedfishAuth {
 
 const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
 
+/// The largest answer body read from a BMC. A ComputerSystem is a few KiB; the
+/// largest resources Tinker reads (a collection of a few hundred members) stay
+/// far below this.
+pub(super) const MAX_BODY: usize = 4 << 20;
+
+/// The longest piece of a BMC's link quoted in an error message.
+const QUOTED_LINK: usize = 120;
+
 type HttpsClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A BMC's answer. No `Debug`: its headers may hold a session token.
@@ -56,6 +71,8 @@ impl Answer {
 #[derive(Clone)]
 pub(super) struct Client {
     base: String,
+    /// `base`, parsed: what every link is resolved against and checked with.
+    base_url: url::Url,
     user: String,
     password: Secret,
     auth: RedfishAuth,
@@ -85,13 +102,15 @@ impl Client {
         verification: &TlsVerification,
     ) -> Result<Self> {
         let base = base.trim_end_matches('/').to_string();
-        let scheme = url::Url::parse(&base).map(|u| u.scheme().to_string());
-        if !matches!(scheme.as_deref(), Ok("http" | "https")) {
-            return Err(Error::Unsupported {
-                target: base,
-                operation: "a Redfish URL that is not http(s)".into(),
-            });
-        }
+        let base_url = match url::Url::parse(&base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            _ => {
+                return Err(Error::Unsupported {
+                    target: base,
+                    operation: "a Redfish URL that is not http(s)://host[:port]".into(),
+                });
+            }
+        };
         if matches!(verification, TlsVerification::Insecure) {
             tracing::warn!(bmc = %base, "TLS certificate verification is off for this BMC");
         }
@@ -105,6 +124,7 @@ impl Client {
             .build(https);
         Ok(Client {
             base,
+            base_url,
             user,
             password,
             auth,
@@ -136,6 +156,43 @@ impl Client {
         }
     }
 
+    /// The URL of `link` (one of our paths, or a link the BMC sent: a path or a
+    /// whole URL), resolved against the base URL; refused unless it stays on the
+    /// base's scheme, host and port and carries no user name.
+    pub fn resolve(&self, link: &str) -> Result<url::Url> {
+        let base = &self.base_url;
+        let refuse = |why: &str| {
+            let mut quoted: String = link.chars().take(QUOTED_LINK).collect();
+            if quoted.len() < link.len() {
+                quoted.push_str("...");
+            }
+            Error::Insecure {
+                target: self.target(),
+                reason: format!(
+                    "the BMC's link {quoted:?} {why}; only links on the BMC's own address are followed"
+                ),
+            }
+        };
+        let url = base.join(link).map_err(|_| refuse("is not a URL"))?;
+        if url.scheme() != base.scheme()
+            || url.host() != base.host()
+            || url.port_or_known_default() != base.port_or_known_default()
+        {
+            return Err(refuse("leads to another host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("carries a user name"));
+        }
+        Ok(url)
+    }
+
+    /// A link the BMC sent, checked by [`Client::resolve`], as the path (and
+    /// query) to request.
+    pub fn link(&self, link: &str) -> Result<String> {
+        let url = self.resolve(link)?;
+        Ok(url[url::Position::BeforePath..].to_string())
+    }
+
     /// One request, within the time limit; no status check.
     async fn send(
         &self,
@@ -145,9 +202,10 @@ impl Client {
         etag: Option<&str>,
         auth: bool,
     ) -> Result<Answer> {
+        let url = self.resolve(path)?;
         let mut req = Request::builder()
             .method(method.clone())
-            .uri(format!("{}{}", self.base, path))
+            .uri(url.as_str())
             .header("accept", "application/json");
         if auth && let Some((name, value)) = self.auth_header() {
             req = req.header(name, value);
@@ -177,10 +235,23 @@ impl Client {
             .map_err(|e| unreachable(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = within(&*self.clock, self.timeout, response.into_body().collect())
+        let body = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+        let body = within(&*self.clock, self.timeout, body.collect())
             .await
             .map_err(|_| timed_out(" (body)"))?
-            .map_err(|e| unreachable(&e))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Error::Remote {
+                        target: target.clone(),
+                        reason: format!(
+                            "{method} {path}: the answer is larger than {} MiB, the most Tinker reads",
+                            MAX_BODY >> 20
+                        ),
+                    }
+                } else {
+                    unreachable(&*e)
+                }
+            })?
             .to_bytes();
         Ok(Answer {
             status,
@@ -267,7 +338,12 @@ fn basic(user: &str, password: &Secret) -> String {
 
 /// What a failed answer means, or `None` for success. A `202 Accepted` whose
 /// Task has already failed is a failure too.
-fn answer_error(target: &str, method: &Method, path: &str, answer: &Answer) -> Option<Error> {
+pub(super) fn answer_error(
+    target: &str,
+    method: &Method,
+    path: &str,
+    answer: &Answer,
+) -> Option<Error> {
     let target = target.to_string();
     let status = answer.status;
     if status == StatusCode::ACCEPTED {

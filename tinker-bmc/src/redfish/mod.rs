@@ -14,6 +14,8 @@
 
 mod client;
 mod endpoint;
+#[cfg(test)]
+mod fuzz;
 mod mapping;
 mod power;
 mod tls;

@@ -68,7 +68,7 @@ impl RedfishPower {
             return Ok(p);
         }
         let (systems, _) = self.client.get::<Collection>("/redfish/v1/Systems").await?;
-        let path = systems
+        let link = systems
             .members
             .into_iter()
             .next()
@@ -77,6 +77,7 @@ impl RedfishPower {
                 operation: "finding a ComputerSystem (the Systems collection is empty)".into(),
             })?
             .odata_id;
+        let path = self.client.link(&link)?;
         *self.system_slot() = Some(path.clone());
         Ok(path)
     }
@@ -112,9 +113,10 @@ impl PowerController for RedfishPower {
                 target: self.target(),
                 operation: format!("power {action:?} (the system allows {allowed:?})"),
             })?;
-        let action_path = reset
-            .target
-            .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
+        let action_path = match reset.target {
+            Some(target) => self.client.link(&target)?,
+            None => format!("{path}/Actions/ComputerSystem.Reset"),
+        };
         let body = ResetRequest { reset_type };
         self.client
             .call(Method::POST, &action_path, Some(&body), None)

@@ -24,6 +24,7 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
     crud_and_optimistic_concurrency(store.as_ref()).await;
     lookups_by_mac_and_ip(store.as_ref()).await;
     duplicate_mac_is_refused(store.as_ref()).await;
+    concurrent_creates_have_one_winner(store.clone(), 16).await;
     change_feed_reports_writes(store.as_ref()).await;
     claim_and_report_in_order(store.as_ref()).await;
     a_retried_claim_gets_the_same_action(store.as_ref()).await;
@@ -191,6 +192,7 @@ pub async fn duplicate_mac_is_refused(store: &dyn WorkflowStore) {
         .put(other.into(), Precondition::Absent)
         .await
         .unwrap_err();
+    assert!(is_clash(&err), "a clash, typed: {err:?}");
     assert!(
         err.to_string().contains(&mac(3001).to_string()),
         "names the MAC: {err}"
@@ -199,6 +201,81 @@ pub async fn duplicate_mac_is_refused(store: &dyn WorkflowStore) {
         store.hardware("default", "dup-b").await.unwrap().is_none(),
         "nothing written"
     );
+}
+
+/// The name of the Hardware holding `mac(n)`.
+async fn name_by_mac(store: &dyn WorkflowStore, n: u32) -> Option<String> {
+    store
+        .hardware_by_mac(mac(n))
+        .await
+        .unwrap()
+        .map(|h| h.value.metadata.name)
+}
+
+/// Whether `err` is the refusal of a MAC or IP address another object holds.
+fn is_clash(err: &Error) -> bool {
+    matches!(err, Error::Invalid(v) if v.0.iter().any(|f| f.kind == crate::FindingKind::Clash))
+}
+
+/// Concurrent writers, as two control-plane replicas are: two creators of one
+/// object (with different MACs) have one winner, the other gets
+/// `AlreadyExists`, and the stored object and its index entries are the
+/// winner's; two Hardware created at once with one MAC have one winner, the
+/// other gets a clash, and the MAC finds the winner. `rounds` pairs of each.
+pub async fn concurrent_creates_have_one_winner(store: Arc<dyn WorkflowStore>, rounds: u32) {
+    for round in 0..rounds {
+        // One name, two MACs.
+        let name = format!("race-create-{round}");
+        let (ma, mb) = (9000 + 2 * round, 9001 + 2 * round);
+        let (a, b) = (hardware(&name, ma), hardware(&name, mb));
+        let (ra, rb) = tokio::join!(
+            store.put(a.into(), Precondition::Absent),
+            store.put(b.into(), Precondition::Absent)
+        );
+        let (won, lost, err) = match (ra, rb) {
+            (Ok(1), Err(e)) => (ma, mb, e),
+            (Err(e), Ok(1)) => (mb, ma, e),
+            other => panic!("{name}: one creator must win, the other fail: {other:?}"),
+        };
+        assert!(
+            matches!(err, Error::AlreadyExists { .. }),
+            "{name}: {err:?}"
+        );
+        let stored = store.hardware("default", &name).await.unwrap().unwrap();
+        assert_eq!(stored.version, 1, "{name}: the loser wrote nothing");
+        assert_eq!(
+            stored.value.spec.interfaces[0].dhcp.as_ref().unwrap().mac,
+            mac(won).to_string(),
+            "{name}: the winner's object"
+        );
+        let by_mac = |n| name_by_mac(store.as_ref(), n);
+        assert_eq!(by_mac(won).await.as_deref(), Some(name.as_str()));
+        assert_eq!(by_mac(lost).await, None, "{name}: a stale index entry");
+
+        // Two names, one MAC.
+        let shared = 9500 + round;
+        let (x, y) = (format!("race-mac-{round}-x"), format!("race-mac-{round}-y"));
+        let (rx, ry) = tokio::join!(
+            store.put(hardware(&x, shared).into(), Precondition::Absent),
+            store.put(
+                {
+                    let mut h = hardware(&y, 9700 + round);
+                    h.spec.interfaces[0].dhcp.as_mut().unwrap().mac = mac(shared).to_string();
+                    h
+                }
+                .into(),
+                Precondition::Absent
+            )
+        );
+        let (won, lost, err) = match (rx, ry) {
+            (Ok(_), Err(e)) => (&x, &y, e),
+            (Err(e), Ok(_)) => (&y, &x, e),
+            other => panic!("{x}/{y}: one MAC, one winner: {other:?}"),
+        };
+        assert!(is_clash(&err), "{lost}: {err:?}");
+        assert!(store.hardware("default", lost).await.unwrap().is_none());
+        assert_eq!(by_mac(shared).await.as_ref(), Some(won));
+    }
 }
 
 /// Writes and deletes appear on the change feed with their versions.
@@ -585,6 +662,86 @@ pub async fn machine_event_log(store: &dyn WorkflowStore) {
         written[2..],
         "the last three, oldest first, unchanged"
     );
+}
+
+/// The event log is bounded per machine: a store built with an event cap of
+/// `cap` (at least 4) keeps the newest `cap` events of each machine, oldest
+/// first, and drops the rest; a batch written with `append_events` lands in
+/// order with increasing sequence numbers, and is bounded the same way.
+pub async fn event_log_is_bounded(store: &dyn WorkflowStore, cap: usize) {
+    use crate::store::{EventKind, EventSource};
+    assert!(cap >= 4, "the check needs a cap of at least 4");
+    let event = |machine: &str, i: usize| {
+        MachineEvent::new(
+            t0() + SignedDuration::from_secs(i as i64),
+            machine,
+            EventSource::Worker,
+            EventKind::Note {
+                message: format!("line {i}"),
+            },
+        )
+    };
+    let messages = |events: &[MachineEvent]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::Note { message } => message.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let lines = |range: std::ops::Range<usize>| -> Vec<String> {
+        range.map(|i| format!("line {i}")).collect()
+    };
+    // One by one, past the cap.
+    let total = cap + 5;
+    for i in 0..total {
+        store
+            .append_event(event("default/chatty", i))
+            .await
+            .unwrap();
+    }
+    let kept = store.events("default/chatty", total * 2).await.unwrap();
+    assert_eq!(
+        messages(&kept),
+        lines(total - cap..total),
+        "the newest {cap}"
+    );
+    assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Another machine keeps its own, unaffected by the first.
+    store.append_event(event("default/quiet", 0)).await.unwrap();
+    assert_eq!(store.events("default/quiet", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .events("default/chatty", total * 2)
+            .await
+            .unwrap()
+            .len(),
+        cap
+    );
+    // A batch larger than the cap: in order, bounded.
+    let batch: Vec<MachineEvent> = (100..100 + cap + 3)
+        .map(|i| event("default/batch", i))
+        .collect();
+    store.append_events(batch).await.unwrap();
+    let kept = store.events("default/batch", cap * 2).await.unwrap();
+    assert_eq!(messages(&kept), lines(103..100 + cap + 3));
+    assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+    // A small batch after it pushes out as many of the oldest.
+    store
+        .append_events(vec![
+            event("default/batch", 900),
+            event("default/batch", 901),
+        ])
+        .await
+        .unwrap();
+    let kept = store.events("default/batch", cap * 2).await.unwrap();
+    assert_eq!(kept.len(), cap);
+    assert_eq!(
+        messages(&kept[cap - 2..]),
+        ["line 900".to_string(), "line 901".to_string()]
+    );
+    assert_eq!(messages(&kept[..1]), [format!("line {}", 105)]);
 }
 
 /// `tasks` concurrent workers race over `worker_ids` worker identities, each with
