@@ -65,6 +65,67 @@ pub fn certificate_fingerprint(cert_pem: &[u8]) -> Result<[u8; 32], TlsError> {
     Ok(sha2::Sha256::digest(chain[0].as_ref()).into())
 }
 
+/// A server's certificate and key, ready to serve, with the fingerprint its
+/// agents pin. `Debug` shows the fingerprint only.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    config: Arc<rustls::ServerConfig>,
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("fingerprint", &fingerprint_text(&self.fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// From a PEM certificate chain (leaf first) and its PEM private key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        Ok(TlsIdentity {
+            config: server_config(cert_pem, key_pem)?,
+            fingerprint: certificate_fingerprint(cert_pem)?,
+        })
+    }
+
+    /// Reads the two PEM files (the key file must be private to its owner,
+    /// as any secret file).
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, TlsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| TlsError::Certificate(format!("{}: {e}", p.display())))
+        };
+        let mode = std::fs::metadata(key)
+            .map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TlsError::Key(format!(
+                "{} may be read by other users (mode {mode:o}); run `chmod 600 {}`",
+                key.display(),
+                key.display()
+            )));
+        }
+        let key_pem = zeroize::Zeroizing::new(
+            std::fs::read(key).map_err(|e| TlsError::Key(format!("{}: {e}", key.display())))?,
+        );
+        Self::from_pem(&read(cert)?, &key_pem)
+    }
+
+    /// The rustls configuration.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
+    }
+
+    /// The leaf certificate's SHA-256.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+}
+
 /// `sha256:<hex>`, the form the kernel line carries.
 pub fn fingerprint_text(fp: &[u8; 32]) -> String {
     let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
