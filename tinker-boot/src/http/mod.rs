@@ -343,7 +343,7 @@ impl HttpServer {
             ["metrics"] => self.metrics(),
             ["auto.ipxe"] => self.script_by_ip(caller).await,
             ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac).await,
-            ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")),
+            ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")).await,
             ["assets", rest @ ..] => {
                 self.asset(
                     &rest.join("/"),
@@ -376,11 +376,12 @@ impl HttpServer {
         r
     }
 
-    fn binary(&self, name: &str) -> Response<Body> {
+    async fn binary(&self, name: &str) -> Response<Body> {
         let Some(src) = &self.config.binaries else {
             return status(StatusCode::NOT_FOUND, "no binaries configured\n");
         };
-        match src.get(name) {
+        // Off the async threads, and from the cache the TFTP server shares.
+        match src.load(name).await.map(|(bytes, _)| bytes) {
             Ok(bytes) => {
                 let mut r = Response::new(full(bytes.to_vec()));
                 r.headers_mut().insert(
