@@ -84,6 +84,10 @@ const DHCP: &[CounterRow<crate::dhcp::DhcpStats>] = rows! { crate::dhcp::DhcpSta
     informs => "tinker_dhcp_informs", "DHCPINFORMs answered";
     overload_drops => "tinker_dhcp_overload_drops", "DHCP packets shed under overload";
     responder_errors => "tinker_dhcp_responder_errors", "boot responder errors";
+    rate_limited_mac => "tinker_dhcp_rate_limited_mac", "DHCP requests dropped: their MAC was over its rate";
+    rate_limited_relay => "tinker_dhcp_rate_limited_relay", "DHCP requests dropped: their relay or segment was over its rate";
+    limiter_evictions => "tinker_dhcp_limiter_evictions", "DHCP rate-limiter buckets dropped to stay under the cap";
+    unencodable => "tinker_dhcp_unencodable", "DHCP replies that could not be encoded";
 };
 
 const TFTP: &[CounterRow<crate::tftp::TftpStats>] = rows! { crate::tftp::TftpStats:

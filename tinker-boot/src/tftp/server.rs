@@ -69,7 +69,7 @@ pub struct TftpStats {
     pub not_found: AtomicU64,
     /// Requests for paths outside the served directory.
     pub refused: AtomicU64,
-    /// Malformed or unexpected packets.
+    /// Malformed or unexpected packets (write requests included).
     pub malformed: AtomicU64,
     /// Bytes of file data acknowledged.
     pub bytes: AtomicU64,
@@ -232,6 +232,8 @@ impl TftpServer {
                     });
                 }
                 Some(Packet::Wrq) => {
+                    // Unexpected for a read-only server: refused aloud, counted.
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                     let _ = socket
                         .send_to(
                             &packet::error(packet::code::ACCESS, "read-only server"),
