@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tinker_boot::dhcp::client::{self, PxeClient};
 use tinker_boot::dhcp::{DhcpConfig, DhcpServer, DhcpStats, Mode, request};
 use tinker_boot::http::{HttpConfig, HttpServer};
-use tinker_boot::tftp::packet::{self, Packet};
+use tinker_boot::tftp::packet::Packet;
 use tinker_boot::tftp::{FileSource, MAX_BLKSIZE_NO_FRAG, MAX_TIMEOUT_OPTION, Transfer, negotiate};
 use tinker_boot::{BootConfig, StoreBootResponder};
 use tinker_core::model::Hardware;
@@ -135,7 +135,7 @@ proptest! {
             assert_eq!(outcomes(&stats), 1, "one outcome counted for {bytes:?}");
             if let Some(out) = out {
                 assert!(out.bytes.len() >= tinker_boot::dhcp::MIN_REPLY_LEN);
-                assert!(client::decode(&out.bytes).is_ok(), "a reply that decodes");
+                assert!(client::decode(&out.bytes).is_some(), "a reply that decodes");
             }
         });
     }
