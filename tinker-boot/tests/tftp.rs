@@ -204,9 +204,10 @@ async fn missing_files_and_writes_are_errors() {
     );
     sock.send_to(&[0xff, 0xff, 1], addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // The write request and the noise: each refused and counted.
     assert_eq!(
         stats.malformed.load(std::sync::atomic::Ordering::Relaxed),
-        1
+        2
     );
     assert_eq!(
         stats.not_found.load(std::sync::atomic::Ordering::Relaxed),
