@@ -123,6 +123,15 @@ impl FileCache {
     }
 }
 
+/// The requested name without its leading `/` and a leading MAC directory.
+fn strip_mac_dir(requested: &str) -> &str {
+    let name = requested.trim_start_matches('/');
+    match name.split_once('/') {
+        Some((first, rest)) if first.parse::<tinker_core::MacAddr>().is_ok() => rest,
+        _ => name,
+    }
+}
+
 /// Files served by name: named files resolved at start-up, then a directory,
 /// whose files are read once into a shared cache (clones share it).
 #[derive(Debug, Clone)]
@@ -219,15 +228,14 @@ impl FileSource {
     /// name. A leading MAC directory (`52:54:00:12:34:56/ipxe.efi`, as
     /// Tinkerbell's smee serves) is dropped.
     fn lookup(&self, requested: &str) -> Result<Result<Arc<[u8]>, PathBuf>, SourceError> {
-        let name = requested.trim_start_matches('/');
-        let name = match name.split_once('/') {
-            Some((first, rest)) if first.parse::<tinker_core::MacAddr>().is_ok() => rest,
-            _ => name,
-        };
-        if let Some(bytes) = self.named.get(name) {
-            return Ok(Ok(bytes.clone()));
+        if let Some(bytes) = self.named_file(requested) {
+            return Ok(Ok(bytes));
         }
-        self.resolve_path(name).map(Err)
+        self.resolve_path(strip_mac_dir(requested)).map(Err)
+    }
+
+    fn named_file(&self, requested: &str) -> Option<Arc<[u8]>> {
+        self.named.get(strip_mac_dir(requested)).cloned()
     }
 
     /// Resolves a requested name to its contents, reading a directory file now
@@ -246,6 +254,11 @@ impl FileSource {
     /// the async threads, reading each directory file from disk once while it
     /// is unchanged and fits the cache; says where the bytes came from.
     pub async fn load(&self, requested: &str) -> Result<(Arc<[u8]>, Origin), SourceError> {
+        // Named files are in memory: no trip to a blocking thread (a boot storm
+        // fetches the same named iPXE binary ten thousand times).
+        if let Some(bytes) = self.named_file(requested) {
+            return Ok((bytes, Origin::Named));
+        }
         let this = self.clone();
         let requested = requested.to_string();
         // Path checks touch the disk too (canonicalize), so all of it runs there.
