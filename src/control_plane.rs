@@ -25,9 +25,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode};
-use tinker_boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
-use tinker_boot::tftp::{FileSource, TftpServer};
+use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
+use tinker_boot::http::{HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::{WorkerApi, worker_token};
 use tinker_boot::{BootConfig, StoreBootResponder};
 use tinker_core::clock::{SharedClock, SystemClock};
@@ -105,6 +105,12 @@ pub struct ControlPlane {
     pub worker_api_in_flight: Option<usize>,
     /// The clock every service reads (the system's, unless simulated).
     pub clock: SharedClock,
+    /// What one client, and all together, may hold of the HTTP server.
+    pub http_limits: HttpLimits,
+    /// What one address may hold of the TFTP server.
+    pub tftp_limits: TftpLimits,
+    /// DHCP rate limits per MAC and per relay.
+    pub dhcp_limits: DhcpLimits,
 }
 
 impl ControlPlane {
@@ -136,6 +142,9 @@ impl ControlPlane {
             heartbeat_seconds: 10,
             worker_api_in_flight: None,
             clock: SystemClock::shared(),
+            http_limits: HttpLimits::default(),
+            tftp_limits: TftpLimits::default(),
+            dhcp_limits: DhcpLimits::default(),
         }
     }
 
@@ -170,8 +179,12 @@ impl ControlPlane {
                 )
                 .with_clock(self.clock.clone()),
             ),
-        );
-        let tftp = TftpServer::new(self.tftp_files.clone()).with_clock(self.clock.clone());
+        )
+        .with_limits(self.dhcp_limits)
+        .with_clock(self.clock.clone());
+        let tftp = TftpServer::new(self.tftp_files.clone())
+            .with_clock(self.clock.clone())
+            .with_limits(self.tftp_limits);
         let mut worker_api = WorkerApi::new(
             self.store.clone(),
             self.secret.clone(),
@@ -197,7 +210,8 @@ impl ControlPlane {
             metrics,
             ..HttpConfig::new(self.store.clone())
         })
-        .with_clock(self.clock.clone());
+        .with_clock(self.clock.clone())
+        .with_limits(self.http_limits);
         let engine =
             Engine::new(self.store.clone(), self.power, self.engine).with_clock(self.clock);
         Services {
