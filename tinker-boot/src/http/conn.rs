@@ -13,9 +13,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -171,51 +169,6 @@ impl Collector for ConnStats {
             ConstCounter::new(v).encode(family.encode_family(&[("reason", why.label())])?)?;
         }
         Ok(())
-    }
-}
-
-/// Connections open per client address, with a cap; the map holds only
-/// addresses with a connection open, so it is bounded by the total limit.
-#[derive(Debug, Default)]
-pub(crate) struct PerAddress {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One admitted connection's place; frees it when dropped.
-#[derive(Debug)]
-pub(crate) struct AddressSlot {
-    owner: Arc<PerAddress>,
-    ip: IpAddr,
-}
-
-impl PerAddress {
-    /// A slot for `ip` if it holds fewer than `max`.
-    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                open.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot {
-            owner: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -477,29 +430,4 @@ pub(crate) fn builder(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     b
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_address_slots_are_capped_and_freed() {
-        let p = Arc::new(PerAddress::default());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = p.try_take(a, 2).unwrap();
-        let s2 = p.try_take(a, 2).unwrap();
-        assert!(p.try_take(a, 2).is_none(), "a third from one address");
-        let s3 = p.try_take(b, 2).expect("another address is not affected");
-        drop(s1);
-        let s4 = p.try_take(a, 2).expect("a freed slot is taken again");
-        drop((s2, s3, s4));
-        assert!(
-            p.open.lock().unwrap().is_empty(),
-            "no address is kept once its connections are closed"
-        );
-        assert!(p.try_take(a, 0).is_none());
-        assert!(p.open.lock().unwrap().is_empty());
-    }
 }

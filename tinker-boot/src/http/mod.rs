@@ -205,7 +205,7 @@ impl HttpServer {
         tokio::pin!(shutdown);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let total = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
-        let per_address = Arc::new(conn::PerAddress::default());
+        let per_address = Arc::new(crate::per_address::PerAddress::default());
         loop {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => {

@@ -7,10 +7,10 @@
 use super::packet::{self, Packet};
 use super::source::{FileSource, Origin, SourceError};
 use super::transfer::{DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, Transfer};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use crate::per_address::{AddressSlot, PerAddress};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use tinker_core::clock::{SharedClock, SystemClock};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -89,48 +89,25 @@ pub struct TftpStats {
     pub cache_hits: AtomicU64,
 }
 
-/// Transfers in progress per address, with a cap; only addresses with a
-/// transfer in progress are kept, so it is bounded by the total limit.
-#[derive(Debug, Default)]
-struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
-
-/// One transfer's place in its address's count (and in the active gauge).
+/// A transfer's place: its address's slot and the active gauge.
 struct Slot {
-    owner: Arc<PerAddress>,
-    ip: IpAddr,
+    _address: AddressSlot,
     stats: Arc<TftpStats>,
 }
 
-impl PerAddress {
-    fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize, stats: &Arc<TftpStats>) -> Option<Slot> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                m.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
+impl Slot {
+    fn new(address: AddressSlot, stats: &Arc<TftpStats>) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
-        Some(Slot {
-            owner: self.clone(),
-            ip,
+        Slot {
+            _address: address,
             stats: stats.clone(),
-        })
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
-        let mut m = self.owner.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -203,11 +180,13 @@ impl TftpServer {
                             .await;
                         continue;
                     };
-                    let Some(slot) = per_address.try_take(
-                        peer.ip().to_canonical(),
-                        self.limits.max_transfers_per_address,
-                        &self.stats,
-                    ) else {
+                    let Some(slot) = per_address
+                        .try_take(
+                            peer.ip().to_canonical(),
+                            self.limits.max_transfers_per_address,
+                        )
+                        .map(|a| Slot::new(a, &self.stats))
+                    else {
                         self.stats
                             .refused_per_address
                             .fetch_add(1, Ordering::Relaxed);
