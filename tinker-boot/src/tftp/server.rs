@@ -35,7 +35,7 @@ pub struct TftpLimits {
     pub max_transfers_per_address: usize,
     /// Bytes a transfer sends without the client acknowledging progress before
     /// it is abandoned (default
-    /// [`DEFAULT_MAX_UNANSWERED_BYTES`](super::DEFAULT_MAX_UNANSWERED_BYTES)).
+    /// [`DEFAULT_MAX_UNANSWERED_BYTES`]).
     pub max_unanswered_bytes: u64,
 }
 
