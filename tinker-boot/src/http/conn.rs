@@ -44,8 +44,10 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// How long a read or a write may make no progress while a request is under
     /// way before the connection is closed (default 30 s): a client that stops
-    /// reading its answer, or sends its body a byte at a time. An answer that
-    /// streams for long must send something within this time.
+    /// reading its answer, or sends its body a byte at a time. The connection is
+    /// watched while its answer is prepared too, so a handler must answer, and
+    /// an answer that streams for long (a watch, a log follow) must send
+    /// something, within this time.
     pub stall_timeout: Duration,
     /// The largest request head (request line and headers) in bytes (default
     /// 64 KiB; hyper's minimum is 8 KiB).
