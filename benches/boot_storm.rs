@@ -12,7 +12,7 @@
 //!
 //! The control plane runs in child processes (this binary re-executed with
 //! `--serve`), so its peak memory is its own. Every machine uses its own loopback
-//! address (127.x.y.z) for HTTP, as a real machine has its own address.
+//! address (127.x.y.z) for TFTP and HTTP, as a real machine has its own address.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -415,9 +415,18 @@ async fn machine(
     }
     let t = Instant::now();
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let ipxe = tftp::fetch(tftp_addr, "undionly.kpxe", Some(1428), Some(8))
-        .await
-        .map_err(|e| format!("TFTP: {e}"))?;
+    // From the machine's own address, as for HTTP: the server's per-address
+    // transfer limit counts each machine apart.
+    let ipxe = tftp::fetch_from(
+        tftp_addr,
+        Some(me.into()),
+        "undionly.kpxe",
+        Some(1428),
+        Some(8),
+        &SystemClock,
+    )
+    .await
+    .map_err(|e| format!("TFTP: {e}"))?;
     stats
         .tftp_ms
         .lock()

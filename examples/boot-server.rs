@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --example boot-server -- --interface IF --address IP --hardware DIR \
-//!     [--proxy] [--tftp-root DIR] [--assets DIR] [--http-port N]
+//!     [--proxy] [--tftp-root DIR] [--assets DIR] [--http-port N] \
+//!     [--tftp-transfers-per-address N]
 //! ```
 //!
 //! DHCP answers on IF only (port 67, and 4011 with `--proxy`); TFTP serves the
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use tinker::boot::credentials::{AddressCheck, CallerCheck};
 use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode, server::bind_udp};
 use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
-use tinker::boot::tftp::{FileSource, TftpServer, default_ipxe_dir};
+use tinker::boot::tftp::{FileSource, TftpLimits, TftpServer, default_ipxe_dir};
 use tinker::boot::worker_api::WorkerApi;
 use tinker::boot::{BootConfig, StoreBootResponder, StoreMetadata};
 use tinker::core::model::{Document, parse_documents};
@@ -76,6 +77,10 @@ struct Args {
     /// whatever the caller's address (weaker; see the README's Security section).
     #[arg(long)]
     behind_nat: bool,
+    /// TFTP transfers at once from one address (default: `TftpLimits`'
+    /// default, 8). Raise it for machines behind NAT, which share an address.
+    #[arg(long)]
+    tftp_transfers_per_address: Option<usize>,
 }
 
 /// Space-separated words of one flag.
@@ -178,7 +183,11 @@ async fn run(a: Args) -> Result<(), String> {
         .and_then(|s| s.with_directory(&a.tftp_root))
         .map_err(|e| e.to_string())?;
     tracing::info!(dir = %a.tftp_root.display(), files = ?binaries.names(), "iPXE binaries");
-    let tftp = TftpServer::new(binaries.clone());
+    let mut tftp_limits = TftpLimits::default();
+    if let Some(n) = a.tftp_transfers_per_address {
+        tftp_limits.max_transfers_per_address = n;
+    }
+    let tftp = TftpServer::new(binaries.clone()).with_limits(tftp_limits);
 
     let responder = StoreBootResponder::new(
         store.clone(),

@@ -409,9 +409,17 @@ async fn machine(
         return Err(format!("DHCP gave {leased}, not the reservation {ip}"));
     }
     bar.set_message("PXE: TFTP undionly.kpxe");
-    let ipxe = tftp::fetch(tftp_addr, "undionly.kpxe", Some(1428), Some(8))
-        .await
-        .map_err(|e| e.to_string())?;
+    // From its own address, as a real machine (and the per-address limit).
+    let ipxe = tftp::fetch_from(
+        tftp_addr,
+        Some(ip.into()),
+        "undionly.kpxe",
+        Some(1428),
+        Some(8),
+        &tinker::core::clock::SystemClock,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     bar.set_message(format!(
         "iPXE ({} KiB): fetching its script",
         ipxe.len() / 1024

@@ -26,9 +26,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
-use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode};
-use tinker_boot::http::{HttpConfig, HttpServer, OperatorApi, OsieConfig, RouteChain};
-use tinker_boot::tftp::{FileSource, TftpServer};
+use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
+use tinker_boot::http::{HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
 use tinker_boot::{BootConfig, StoreBootResponder};
 use tinker_core::clock::{SharedClock, SystemClock};
@@ -114,6 +114,12 @@ pub struct ControlPlane {
     /// Whether a machine's token is given and taken only at its own address
     /// (the default), or the machines sit behind NAT.
     pub address_check: AddressCheck,
+    /// What one client, and all together, may hold of the HTTP server.
+    pub http_limits: HttpLimits,
+    /// What one address may hold of the TFTP server.
+    pub tftp_limits: TftpLimits,
+    /// DHCP rate limits per MAC and per relay.
+    pub dhcp_limits: DhcpLimits,
 }
 
 impl ControlPlane {
@@ -146,6 +152,9 @@ impl ControlPlane {
             worker_api_in_flight: None,
             clock: SystemClock::shared(),
             address_check: AddressCheck::Strict,
+            http_limits: HttpLimits::default(),
+            tftp_limits: TftpLimits::default(),
+            dhcp_limits: DhcpLimits::default(),
         }
     }
 
@@ -191,8 +200,12 @@ impl ControlPlane {
                 .with_clock(self.clock.clone()),
             ),
         )
-        .with_observed_addresses(callers.observed.clone());
-        let tftp = TftpServer::new(self.tftp_files.clone()).with_clock(self.clock.clone());
+        .with_observed_addresses(callers.observed.clone())
+        .with_limits(self.dhcp_limits)
+        .with_clock(self.clock.clone());
+        let tftp = TftpServer::new(self.tftp_files.clone())
+            .with_clock(self.clock.clone())
+            .with_limits(self.tftp_limits);
         let mut worker_api = WorkerApi::new(
             self.store.clone(),
             self.secret.clone(),
@@ -220,7 +233,8 @@ impl ControlPlane {
             serves_machines: false,
             ..HttpConfig::new(self.store.clone())
         })
-        .with_clock(self.clock.clone());
+        .with_clock(self.clock.clone())
+        .with_limits(self.http_limits.clone());
         let http = HttpServer::new(HttpConfig {
             osie,
             assets: self.assets,
@@ -234,7 +248,8 @@ impl ControlPlane {
             callers,
             ..HttpConfig::new(self.store.clone())
         })
-        .with_clock(self.clock.clone());
+        .with_clock(self.clock.clone())
+        .with_limits(self.http_limits);
         let engine =
             Engine::new(self.store.clone(), self.power, self.engine).with_clock(self.clock);
         Services {

@@ -18,14 +18,19 @@ async fn server(data: &[u8]) -> (std::net::SocketAddr, Arc<tinker_boot::tftp::Tf
 }
 
 /// Fetches `file`, dropping every DATA packet whose (absolute) block number is in
-/// `drop_once` the first time it arrives. Returns the bytes.
+/// `drop_once` the first time it arrives. Returns the bytes. Each fetch comes
+/// from an address of its own (127.0.3.x, 127.0.4.x, ...), as each machine has
+/// its own, so the per-address transfer limit does not apply across them.
 async fn fetch(
     server: std::net::SocketAddr,
     file: &str,
     options: &[(&str, &str)],
     drop_once: &[u64],
 ) -> Vec<u8> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let from = std::net::Ipv4Addr::new(127, 0, 3 + (n / 250) as u8, (n % 250 + 1) as u8);
+    let sock = UdpSocket::bind((from, 0)).await.unwrap();
     let rrq = Packet::Rrq {
         file: file.into(),
         mode: "octet".into(),
@@ -199,9 +204,10 @@ async fn missing_files_and_writes_are_errors() {
     );
     sock.send_to(&[0xff, 0xff, 1], addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // The write request and the noise: each refused and counted.
     assert_eq!(
         stats.malformed.load(std::sync::atomic::Ordering::Relaxed),
-        1
+        2
     );
     assert_eq!(
         stats.not_found.load(std::sync::atomic::Ordering::Relaxed),
@@ -267,4 +273,143 @@ async fn retransmissions_follow_the_injected_clock() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the abandoned transfer was not counted");
+}
+
+fn rrq(file: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    Packet::Rrq {
+        file: file.into(),
+        mode: "octet".into(),
+        options: options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+    .encode()
+}
+
+/// Spoofed read requests, all from one address, asking for the longest
+/// timeout: the address holds at most its limit of transfers; the rest are
+/// refused with an ERROR and counted; another address is still served.
+#[tokio::test]
+async fn spoofed_requests_from_one_address_hold_at_most_its_limit() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let src = FileSource::empty().with_file("boot.bin", vec![9u8; 100_000]);
+    let mut limits = tinker_boot::tftp::TftpLimits::new();
+    limits.max_transfers_per_address = 4;
+    let server = TftpServer::new(src).with_limits(limits);
+    let stats = server.stats();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(server.serve(socket, std::future::pending()));
+
+    let mut socks = Vec::new();
+    for _ in 0..40 {
+        let s = UdpSocket::bind("127.0.0.7:0").await.unwrap();
+        s.send_to(&rrq("boot.bin", &[("timeout", "255")]), addr)
+            .await
+            .unwrap();
+        socks.push(s);
+    }
+    let (mut served, mut refused) = (0, 0);
+    let mut buf = vec![0u8; 1500];
+    for s in &socks {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(30), s.recv_from(&mut buf))
+            .await
+            .expect("every request is answered, one way or the other")
+            .unwrap();
+        match Packet::decode(&buf[..n]) {
+            Some(Packet::Data { block: 1, .. }) => served += 1,
+            Some(Packet::Error { message, .. }) => {
+                assert!(message.contains("too many transfers"), "{message}");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((served, refused), (4, 36));
+    assert_eq!(stats.active.load(Relaxed), 4);
+    assert_eq!(stats.refused_per_address.load(Relaxed), 36);
+    // Another address is not held up by them.
+    let got = tinker_boot::tftp::client::fetch(addr, "boot.bin", None, None)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 100_000);
+}
+
+/// A transfer whose client acknowledges the options and then never answers is
+/// abandoned once it has sent its limit of unanswered bytes, however long the
+/// file and however many retries remain.
+#[tokio::test]
+async fn a_client_that_never_acks_is_sent_a_bounded_number_of_bytes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tinker_core::clock::ManualClock;
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let src = FileSource::empty().with_file("big.bin", vec![1u8; 16 << 20]);
+    let mut limits = tinker_boot::tftp::TftpLimits::new();
+    limits.max_unanswered_bytes = 150_000;
+    let server = TftpServer::new(src)
+        .with_clock(clock.clone())
+        .with_limits(limits);
+    let stats = server.stats();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(server.serve(socket, std::future::pending()));
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(
+        &rrq("big.bin", &[("blksize", "1468"), ("windowsize", "64")]),
+        addr,
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let (_, peer) = sock.recv_from(&mut buf).await.unwrap(); // the OACK
+    sock.send_to(&Packet::Ack { block: 0 }.encode(), peer)
+        .await
+        .unwrap();
+    let mut received = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf)).await {
+            Ok(r) => {
+                let (n, _) = r.unwrap();
+                received += n;
+                if let Some(Packet::Error { .. }) = Packet::decode(&buf[..n]) {
+                    break;
+                }
+            }
+            // The window is in; move the server's clock past its timeout.
+            Err(_) => clock.advance(Duration::from_secs(2)),
+        }
+    }
+    assert!(
+        received <= 150_000 + 100,
+        "{received} bytes to a client that never answered"
+    );
+    assert_eq!(stats.unanswered.load(Relaxed), 1);
+}
+
+/// Two transfers of a directory file read it from disk once; a file replaced
+/// on disk is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_of_one_file_read_it_from_disk_once() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ipxe.efi"), vec![4u8; 300_000]).unwrap();
+    let server = TftpServer::new(FileSource::directory(dir.path()).unwrap());
+    let stats = server.stats();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(server.serve(socket, std::future::pending()));
+    let fetch = || tinker_boot::tftp::client::fetch(addr, "ipxe.efi", Some(1428), Some(8));
+    let (a, b) = tokio::join!(fetch(), fetch());
+    assert_eq!(a.unwrap(), vec![4u8; 300_000]);
+    assert_eq!(b.unwrap(), vec![4u8; 300_000]);
+    assert_eq!(fetch().await.unwrap().len(), 300_000);
+    assert_eq!(stats.file_reads.load(Relaxed), 1, "read from disk once");
+    assert_eq!(stats.cache_hits.load(Relaxed), 2);
+    std::fs::write(dir.path().join("ipxe.efi"), vec![5u8; 200_000]).unwrap();
+    assert_eq!(fetch().await.unwrap(), vec![5u8; 200_000], "the new file");
+    assert_eq!(stats.file_reads.load(Relaxed), 2);
 }

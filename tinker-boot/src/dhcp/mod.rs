@@ -8,6 +8,7 @@
 //! - [`options`]: building the reply's bytes for a decided [`Answer`];
 //! - [`server`]: the thin tokio driver that asks the `BootResponder` between the
 //!   two; [`DhcpStats`] its counters;
+//! - [`limit`]: per-MAC and per-relay rate limits, with capped tables;
 //! - [`client`]: the one DHCP client, a PXE ROM's DORA exchange without I/O, that
 //!   simulated machines, benchmarks and tests use.
 //!
@@ -16,6 +17,7 @@
 //! [`BootDecision`] in, a [`Verdict`] out.
 
 pub mod client;
+pub mod limit;
 pub mod options;
 pub mod proxy;
 pub mod request;
@@ -23,6 +25,7 @@ pub mod reservation;
 pub mod server;
 mod stats;
 
+pub use limit::{DhcpLimits, Rate};
 pub use request::{Inbound, Malformed};
 pub use server::DhcpServer;
 pub use stats::DhcpStats;

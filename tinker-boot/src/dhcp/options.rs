@@ -11,6 +11,9 @@ use dhcproto::v4::{self, DhcpOption, MessageType, Opcode, OptionCode};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use tinker_core::boot::{BootTarget, ClientKind, NetworkConfig};
 
+/// The longest boot file name or URL a reply carries (one option 67).
+pub const MAX_BOOT_FILE_OPTION: usize = 255;
+
 /// The NAK's message (option 56).
 const NAK_MESSAGE: &str = "requested address is not the one reserved for this machine";
 
@@ -103,25 +106,27 @@ fn network_options(o: &mut v4::DhcpOptions, n: &NetworkConfig, inform: bool) {
 /// GUID (option 97) echoed. `None` for a target kind this server cannot put in
 /// a DHCP reply.
 fn boot_options(msg: &mut v4::Message, inbound: &Inbound, target: &BootTarget) -> Option<()> {
-    match target {
+    let name = match target {
         BootTarget::Tftp { server, file } => {
             msg.set_siaddr(*server);
-            msg.set_fname_str(file);
-            if let Some(name) = file.get(..file.len().min(127)) {
-                msg.opts_mut()
-                    .insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
-            }
+            file
         }
-        BootTarget::IpxeScript { url } | BootTarget::Http { url } => {
-            // The header's `file` holds 128 bytes; a longer URL goes in option 67 only.
-            if url.len() < 128 {
-                msg.set_fname_str(url);
-            }
-            msg.opts_mut()
-                .insert(DhcpOption::BootfileName(url.as_bytes().to_vec()));
-        }
+        BootTarget::IpxeScript { url } | BootTarget::Http { url } => url,
         _ => return None,
+    };
+    // Option 67 is one option of at most 255 bytes; a longer name would need
+    // RFC 3396's split options, which PXE ROMs do not read: refuse it (the
+    // server counts it) rather than send a name the firmware would cut.
+    if name.len() > MAX_BOOT_FILE_OPTION {
+        return None;
     }
+    // The header's `file` field holds 128 bytes, its last a NUL: a longer name
+    // goes in option 67 only (the encoder would panic on it).
+    if name.len() < 128 {
+        msg.set_fname_str(name);
+    }
+    msg.opts_mut()
+        .insert(DhcpOption::BootfileName(name.as_bytes().to_vec()));
     let o = msg.opts_mut();
     if inbound.netboot_client {
         let class: &[u8] = if matches!(target, BootTarget::Http { .. }) {

@@ -3,15 +3,17 @@
 //! asked, the reply sent. A bounded number of requests are in flight at once;
 //! beyond it packets are dropped and counted rather than queued without bound.
 
+use super::limit::{DhcpLimits, Limited, RateLimiter};
 use super::request::{self, Inbound};
 use super::stats::DhcpStats;
 use super::{DhcpConfig, Outbound, Skip, Verdict};
 use crate::credentials::ObservedAddresses;
 use dhcproto::v4::MessageType;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tinker_core::BootResponder;
 use tinker_core::boot::IgnoreReason;
+use tinker_core::clock::{SharedClock, SystemClock};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
@@ -25,6 +27,10 @@ pub struct DhcpServer {
     responder: Arc<dyn BootResponder>,
     stats: Arc<DhcpStats>,
     observed: Option<Arc<ObservedAddresses>>,
+    /// Per-MAC and per-relay buckets; a std mutex, never held across an await.
+    limiter: Arc<Mutex<RateLimiter>>,
+    /// The rate limiter's time.
+    clock: SharedClock,
 }
 
 /// Binds a UDP socket for DHCP: broadcast allowed, address reuse (so a proxyDHCP
@@ -57,6 +63,8 @@ impl DhcpServer {
             responder,
             stats: Arc::default(),
             observed: None,
+            limiter: Arc::new(Mutex::new(RateLimiter::new(&DhcpLimits::default()))),
+            clock: SystemClock::shared(),
         }
     }
 
@@ -67,6 +75,26 @@ impl DhcpServer {
     pub fn with_observed_addresses(mut self, observed: Arc<ObservedAddresses>) -> Self {
         self.observed = Some(observed);
         self
+    }
+
+    /// Rate-limits requests by `limits` instead of [`DhcpLimits::default`].
+    pub fn with_limits(mut self, limits: DhcpLimits) -> Self {
+        self.limiter = Arc::new(Mutex::new(RateLimiter::new(&limits)));
+        self
+    }
+
+    /// Reads the rate limiter's time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The rate limiter's buckets kept: MACs, relays (each capped).
+    pub fn tracked(&self) -> (usize, usize) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tracked()
     }
 
     /// Its counters.
@@ -97,6 +125,24 @@ impl DhcpServer {
             }
         };
         let mac = inbound.request.mac;
+        let (admitted, evicted) = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(mac, inbound.request.relay, self.clock.now());
+        if evicted > 0 {
+            self.stats
+                .limiter_evictions
+                .fetch_add(evicted, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(why) = admitted {
+            DhcpStats::inc(match why {
+                Limited::Mac => &self.stats.rate_limited_mac,
+                Limited::Relay => &self.stats.rate_limited_relay,
+            });
+            tracing::debug!(%mac, relay = ?inbound.request.relay, ?why, "DHCP request over its rate, dropped");
+            return None;
+        }
         if let (Some(observed), super::Mode::Proxy, MessageType::Request) =
             (&self.observed, self.config.mode, inbound.kind)
         {
@@ -137,6 +183,9 @@ impl DhcpServer {
             Verdict::Ignore(skip) => {
                 if skip == Skip::Policy(IgnoreReason::UnknownMac) {
                     DhcpStats::inc(&self.stats.unknown_mac);
+                } else if skip == Skip::Unencodable {
+                    DhcpStats::inc(&self.stats.unencodable);
+                    tracing::warn!(%mac, "DHCP reply could not be encoded (a boot file name too long?)");
                 } else {
                     DhcpStats::inc(&self.stats.ignored);
                 }

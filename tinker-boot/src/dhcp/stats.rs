@@ -28,6 +28,14 @@ pub struct DhcpStats {
     pub overload_drops: AtomicU64,
     /// Errors from the boot responder.
     pub responder_errors: AtomicU64,
+    /// Requests dropped: their MAC sent more than its rate.
+    pub rate_limited_mac: AtomicU64,
+    /// Requests dropped: their relay (or the local segment) sent more than its rate.
+    pub rate_limited_relay: AtomicU64,
+    /// Rate-limiter buckets dropped to keep its tables under their caps.
+    pub limiter_evictions: AtomicU64,
+    /// Replies that could not be encoded (a boot file name too long for DHCP).
+    pub unencodable: AtomicU64,
 }
 
 impl DhcpStats {

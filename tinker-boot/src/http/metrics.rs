@@ -7,6 +7,7 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +84,10 @@ const DHCP: &[CounterRow<crate::dhcp::DhcpStats>] = rows! { crate::dhcp::DhcpSta
     informs => "tinker_dhcp_informs", "DHCPINFORMs answered";
     overload_drops => "tinker_dhcp_overload_drops", "DHCP packets shed under overload";
     responder_errors => "tinker_dhcp_responder_errors", "boot responder errors";
+    rate_limited_mac => "tinker_dhcp_rate_limited_mac", "DHCP requests dropped: their MAC was over its rate";
+    rate_limited_relay => "tinker_dhcp_rate_limited_relay", "DHCP requests dropped: their relay or segment was over its rate";
+    limiter_evictions => "tinker_dhcp_limiter_evictions", "DHCP rate-limiter buckets dropped to stay under the cap";
+    unencodable => "tinker_dhcp_unencodable", "DHCP replies that could not be encoded";
 };
 
 const TFTP: &[CounterRow<crate::tftp::TftpStats>] = rows! { crate::tftp::TftpStats:
@@ -93,7 +98,28 @@ const TFTP: &[CounterRow<crate::tftp::TftpStats>] = rows! { crate::tftp::TftpSta
     refused => "tinker_tftp_refused", "TFTP requests outside the served directory";
     malformed => "tinker_tftp_malformed", "malformed TFTP packets";
     bytes => "tinker_tftp_bytes", "TFTP file bytes sent and acknowledged";
+    refused_busy => "tinker_tftp_refused_busy", "TFTP requests refused: the transfer limit was reached";
+    refused_per_address => "tinker_tftp_refused_per_address", "TFTP requests refused: the address's transfer limit was reached";
+    unanswered => "tinker_tftp_unanswered", "TFTP transfers abandoned: the client acknowledged nothing for too long";
+    file_reads => "tinker_tftp_file_reads", "files read from disk for TFTP transfers";
+    cache_hits => "tinker_tftp_cache_hits", "TFTP transfers served from the file cache";
 };
+
+/// The TFTP transfers in progress, a level rather than a count.
+#[derive(Debug)]
+struct TftpActive(Arc<crate::tftp::TftpStats>);
+
+impl Collector for TftpActive {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.0.active.load(Ordering::Relaxed) as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "tinker_tftp_active",
+            "TFTP transfers in progress",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
 
 pub(crate) const HTTP: &[CounterRow<super::HttpStats>] = rows! { super::HttpStats:
     requests => "tinker_http_requests", "HTTP requests";
@@ -113,7 +139,8 @@ impl MetricsSource for crate::dhcp::DhcpStats {
 
 impl MetricsSource for crate::tftp::TftpStats {
     fn register(self: Arc<Self>, registry: &mut Registry) {
-        register_counters(registry, self, TFTP);
+        register_counters(registry, self.clone(), TFTP);
+        registry.register_collector(Box::new(TftpActive(self)));
     }
 }
 
@@ -161,6 +188,6 @@ mod tests {
             );
         }
         let samples = out.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, DHCP.len() + TFTP.len() + HTTP.len());
+        assert_eq!(samples, DHCP.len() + TFTP.len() + 1 + HTTP.len());
     }
 }

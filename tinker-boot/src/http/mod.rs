@@ -20,6 +20,7 @@
 
 mod body;
 pub mod client;
+mod conn;
 mod ipxe;
 mod metadata;
 mod metrics;
@@ -28,6 +29,7 @@ pub mod tls;
 
 pub use body::Body;
 pub(crate) use body::full as body_full;
+pub use conn::{ConnStats, HttpLimits, Refusal};
 pub use ipxe::{OsieConfig, script};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
@@ -136,6 +138,8 @@ pub struct HttpServer {
     stats: Arc<HttpStats>,
     registry: Arc<Registry>,
     clock: SharedClock,
+    limits: Arc<HttpLimits>,
+    conns: Arc<ConnStats>,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -144,6 +148,8 @@ impl std::fmt::Debug for HttpServer {
             .field("config", &self.config)
             .field("stats", &self.stats)
             .field("clock", &self.clock)
+            .field("limits", &self.limits)
+            .field("conns", &self.conns)
             .finish_non_exhaustive()
     }
 }
@@ -159,13 +165,33 @@ impl HttpServer {
     /// counters and those of every [`HttpConfig::metrics`] source.
     pub fn new(config: HttpConfig) -> Self {
         let stats = Arc::<HttpStats>::default();
-        let registry = metrics::registry(stats.clone(), &config.metrics);
+        let conns = Arc::<ConnStats>::default();
+        let mut registry = metrics::registry(stats.clone(), &config.metrics);
+        registry.register_collector(Box::new(ConnCollector(conns.clone())));
         HttpServer {
             config: Arc::new(config),
             stats,
             registry: Arc::new(registry),
             clock: SystemClock::shared(),
+            limits: Arc::new(HttpLimits::default()),
+            conns,
         }
+    }
+
+    /// Holds clients to `limits` instead of [`HttpLimits::default`].
+    pub fn with_limits(mut self, limits: HttpLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The limits connections are held to.
+    pub fn limits(&self) -> &HttpLimits {
+        &self.limits
+    }
+
+    /// The connection layer's counters (also on `/metrics`).
+    pub fn conn_stats(&self) -> Arc<ConnStats> {
+        self.conns.clone()
     }
 
     /// Reads the time from `clock` instead of the system clock.
@@ -181,7 +207,9 @@ impl HttpServer {
 
     /// Serves connections from `listener` until `shutdown` resolves; then lets
     /// the requests in flight finish (at most 10 s) and closes every connection,
-    /// keep-alive ones included.
+    /// keep-alive ones included. Each connection is held to the server's
+    /// [`HttpLimits`]: one past the total or its address's limit is closed as
+    /// soon as it is accepted, and counted.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -189,6 +217,8 @@ impl HttpServer {
     ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let total = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let per_address = Arc::new(crate::per_address::PerAddress::default());
         loop {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => {
@@ -209,28 +239,66 @@ impl HttpServer {
                     }
                 },
             };
+            // Accepted and closed at once rather than left in the backlog: the
+            // descriptor is freed now and the client learns it at once.
+            let Ok(permit) = total.clone().try_acquire_owned() else {
+                self.refuse(stream, peer, Refusal::TotalLimit);
+                continue;
+            };
+            let Some(slot) = per_address.try_take(
+                peer.ip().to_canonical(),
+                self.limits.max_connections_per_address,
+            ) else {
+                self.refuse(stream, peer, Refusal::PerAddressLimit);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), self.service(peer));
+            let open = conn::OpenGuard::new(self.conns.clone());
+            let io = self.guard(stream);
+            let conn = conn::builder(&self.limits, &self.clock)
+                .serve_connection(TokioIo::new(io), self.service(peer));
             let conn = graceful.watch(conn);
+            let conns = self.conns.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                let _held = (permit, slot, open);
+                if let Err(e) = conn.await {
+                    count_timeout(&conns, &e);
+                }
             });
         }
     }
 
+    fn refuse(&self, stream: tokio::net::TcpStream, peer: SocketAddr, why: Refusal) {
+        self.conns.refused(why);
+        tracing::debug!(%peer, reason = why.label(), "HTTP connection refused");
+        // No lingering: the descriptor is released at once, and the peer sees a
+        // reset rather than a connection that waits for data.
+        let _ = stream.set_zero_linger();
+        drop(stream);
+    }
+
+    fn guard<I>(&self, io: I) -> conn::Guarded<I> {
+        conn::Guarded::new(
+            io,
+            self.clock.clone(),
+            self.limits.stall_timeout,
+            self.conns.clone(),
+        )
+    }
+
     /// Serves one connection over any byte stream from `peer` until the client
-    /// closes it: what [`HttpServer::serve`] does for each accepted socket, and
-    /// what a simulation does over an in-memory pipe (`tokio::io::duplex`).
+    /// closes it: what [`HttpServer::serve`] does for each accepted socket (with
+    /// the same timeouts, but no connection count), and what a simulation does
+    /// over an in-memory pipe (`tokio::io::duplex`).
     pub async fn serve_connection<I>(&self, io: I, peer: SocketAddr) -> hyper::Result<()>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(io), self.service(peer))
+        let _open = conn::OpenGuard::new(self.conns.clone());
+        conn::builder(&self.limits, &self.clock)
+            .serve_connection(TokioIo::new(self.guard(io)), self.service(peer))
             .await
+            .inspect_err(|e| count_timeout(&self.conns, e))
     }
 
     /// The routes, as a hyper service for one connection from `peer`.
@@ -289,7 +357,7 @@ impl HttpServer {
             _ if !self.config.serves_machines => status(StatusCode::NOT_FOUND, "not found\n"),
             ["auto.ipxe"] => self.script_by_ip(caller).await,
             ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac, caller).await,
-            ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")),
+            ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")).await,
             ["assets", rest @ ..] => {
                 self.asset(
                     &rest.join("/"),
@@ -322,11 +390,12 @@ impl HttpServer {
         r
     }
 
-    fn binary(&self, name: &str) -> Response<Body> {
+    async fn binary(&self, name: &str) -> Response<Body> {
         let Some(src) = &self.config.binaries else {
             return status(StatusCode::NOT_FOUND, "no binaries configured\n");
         };
-        match src.get(name) {
+        // Off the async threads, and from the cache the TFTP server shares.
+        match src.load(name).await.map(|(bytes, _)| bytes) {
             Ok(bytes) => {
                 let mut r = Response::new(full(bytes.to_vec()));
                 r.headers_mut().insert(
@@ -406,6 +475,27 @@ impl HttpServer {
             );
         }
         r
+    }
+}
+
+/// Counts a connection that ended on hyper's header timeout (a stall is
+/// counted where it happens, in the stream guard).
+fn count_timeout(conns: &ConnStats, e: &hyper::Error) {
+    if e.is_timeout() {
+        conns.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection layer's metrics in the server's registry.
+#[derive(Debug)]
+struct ConnCollector(Arc<ConnStats>);
+
+impl prometheus_client::collector::Collector for ConnCollector {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
     }
 }
 

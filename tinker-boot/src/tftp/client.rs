@@ -2,7 +2,7 @@
 //! load tests: the same protocol code a PXE ROM runs, on our side.
 
 use super::packet::Packet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 use tinker_core::clock::{Clock, SystemClock};
 use tokio::net::UdpSocket;
@@ -57,12 +57,26 @@ pub async fn fetch_with_clock(
     windowsize: Option<u16>,
     clock: &dyn Clock,
 ) -> Result<Vec<u8>, FetchError> {
-    let sock = UdpSocket::bind(if server.is_ipv4() {
-        "0.0.0.0:0"
+    fetch_from(server, None, file, blksize, windowsize, clock).await
+}
+
+/// [`fetch_with_clock`] from the address `from` (any port) when given: a
+/// simulated machine fetches from its own address, as a real one does, and the
+/// server's per-address limits count it apart from the others.
+pub async fn fetch_from(
+    server: SocketAddr,
+    from: Option<IpAddr>,
+    file: &str,
+    blksize: Option<u16>,
+    windowsize: Option<u16>,
+    clock: &dyn Clock,
+) -> Result<Vec<u8>, FetchError> {
+    let any: IpAddr = if server.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0"
-    })
-    .await?;
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let sock = UdpSocket::bind(SocketAddr::new(from.unwrap_or(any), 0)).await?;
     let mut options = Vec::new();
     if let Some(b) = blksize {
         options.push(("blksize".to_string(), b.to_string()));

@@ -17,8 +17,11 @@ pub mod server;
 mod source;
 mod transfer;
 
-pub use server::{TftpServer, TftpStats};
-pub use source::{FileSource, SourceError, default_ipxe_dir};
+pub use server::{MAX_TRANSFERS, TftpLimits, TftpServer, TftpStats};
+pub use source::{
+    CacheStats, DEFAULT_CACHE_BYTES, FileSource, Origin, SourceError, default_ipxe_dir,
+};
 pub use transfer::{
-    MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, MAX_TIMEOUT_OPTION, Transfer, TransferOptions, negotiate,
+    DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, MAX_TIMEOUT_OPTION,
+    Transfer, TransferOptions, negotiate,
 };

@@ -1,9 +1,13 @@
 //! The TFTP driver: one socket receives read requests; each transfer runs in its
-//! own task on its own socket.
+//! own task on its own socket. What one address can hold is bounded
+//! ([`TftpLimits`]): its transfers at once, and what each sends without an
+//! answer; a read request carries a source address anyone can forge, so these
+//! bound what a spoofer can make us send to a victim.
 
 use super::packet::{self, Packet};
-use super::source::{FileSource, SourceError};
-use super::transfer::{MAX_BLKSIZE_NO_FRAG, Transfer};
+use super::source::{FileSource, Origin, SourceError};
+use super::transfer::{DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, Transfer};
+use crate::per_address::{AddressSlot, PerAddress};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +15,46 @@ use tinker_core::clock::{SharedClock, SystemClock};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
-/// Transfers at once; more requests get an error ("busy") rather than a queue.
+/// Transfers at once, by default; more requests get an error ("busy") rather
+/// than a queue.
 pub const MAX_TRANSFERS: usize = 4096;
+
+/// What the TFTP server lets clients hold. With the defaults, an address that
+/// never answers (or a victim named by spoofed requests) is sent at most
+/// `max_transfers_per_address × max_unanswered_bytes` (8 × 512 KiB = 4 MiB) at
+/// a time, each transfer ending within `MAX_RETRIES` timeouts of at most
+/// [`MAX_TIMEOUT_OPTION`](super::MAX_TIMEOUT_OPTION) seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TftpLimits {
+    /// Transfers at once, all clients together (default [`MAX_TRANSFERS`]);
+    /// each holds a socket.
+    pub max_transfers: usize,
+    /// Transfers at once from one address (default 8): a PXE ROM fetches one
+    /// file at a time; a lab behind NAT needs more and says so here.
+    pub max_transfers_per_address: usize,
+    /// Bytes a transfer sends without the client acknowledging progress before
+    /// it is abandoned (default
+    /// [`DEFAULT_MAX_UNANSWERED_BYTES`]).
+    pub max_unanswered_bytes: u64,
+}
+
+impl Default for TftpLimits {
+    fn default() -> Self {
+        TftpLimits {
+            max_transfers: MAX_TRANSFERS,
+            max_transfers_per_address: 8,
+            max_unanswered_bytes: DEFAULT_MAX_UNANSWERED_BYTES,
+        }
+    }
+}
+
+impl TftpLimits {
+    /// The defaults; set fields on the result.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// Counters of the TFTP server.
 #[derive(Debug, Default)]
@@ -27,10 +69,46 @@ pub struct TftpStats {
     pub not_found: AtomicU64,
     /// Requests for paths outside the served directory.
     pub refused: AtomicU64,
-    /// Malformed or unexpected packets.
+    /// Malformed or unexpected packets (write requests included).
     pub malformed: AtomicU64,
     /// Bytes of file data acknowledged.
     pub bytes: AtomicU64,
+    /// Transfers in progress now.
+    pub active: AtomicU64,
+    /// Requests refused: [`TftpLimits::max_transfers`] were in progress.
+    pub refused_busy: AtomicU64,
+    /// Requests refused: their address had
+    /// [`TftpLimits::max_transfers_per_address`] in progress.
+    pub refused_per_address: AtomicU64,
+    /// Transfers abandoned because the client acknowledged nothing for
+    /// [`TftpLimits::max_unanswered_bytes`].
+    pub unanswered: AtomicU64,
+    /// Files read from disk for a transfer.
+    pub file_reads: AtomicU64,
+    /// Transfers served from the file cache.
+    pub cache_hits: AtomicU64,
+}
+
+/// A transfer's place: its address's slot and the active gauge.
+struct Slot {
+    _address: AddressSlot,
+    stats: Arc<TftpStats>,
+}
+
+impl Slot {
+    fn new(address: AddressSlot, stats: &Arc<TftpStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _address: address,
+            stats: stats.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A read-only TFTP server.
@@ -41,6 +119,7 @@ pub struct TftpServer {
     max_blksize: usize,
     /// Retransmission timers run on it.
     clock: SharedClock,
+    limits: TftpLimits,
 }
 
 impl TftpServer {
@@ -51,7 +130,14 @@ impl TftpServer {
             stats: Arc::default(),
             max_blksize: MAX_BLKSIZE_NO_FRAG,
             clock: SystemClock::shared(),
+            limits: TftpLimits::default(),
         }
+    }
+
+    /// Holds clients to `limits` instead of [`TftpLimits::default`].
+    pub fn with_limits(mut self, limits: TftpLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same server, timing retransmissions on `clock`.
@@ -72,7 +158,8 @@ impl TftpServer {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         let local_ip = socket.local_addr()?.ip();
-        let limit = Arc::new(Semaphore::new(MAX_TRANSFERS));
+        let limit = Arc::new(Semaphore::new(self.limits.max_transfers));
+        let per_address = Arc::new(PerAddress::default());
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 1500];
         loop {
@@ -84,6 +171,7 @@ impl TftpServer {
                 Some(Packet::Rrq { file, options, .. }) => {
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
                         let _ = socket
                             .send_to(
                                 &packet::error(packet::code::UNDEFINED, "server busy, try again"),
@@ -92,15 +180,39 @@ impl TftpServer {
                             .await;
                         continue;
                     };
+                    let Some(slot) = per_address
+                        .try_take(
+                            peer.ip().to_canonical(),
+                            self.limits.max_transfers_per_address,
+                        )
+                        .map(|a| Slot::new(a, &self.stats))
+                    else {
+                        self.stats
+                            .refused_per_address
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, file, "TFTP: too many transfers from this address");
+                        let _ = socket
+                            .send_to(
+                                &packet::error(
+                                    packet::code::UNDEFINED,
+                                    "too many transfers from your address, try again",
+                                ),
+                                peer,
+                            )
+                            .await;
+                        continue;
+                    };
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let _permit = permit;
+                        let _held = (permit, slot);
                         if let Err(e) = this.transfer(local_ip, peer, &file, &options).await {
                             tracing::debug!(%peer, file, error = %e, "TFTP transfer socket error");
                         }
                     });
                 }
                 Some(Packet::Wrq) => {
+                    // Unexpected for a read-only server: refused aloud, counted.
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                     let _ = socket
                         .send_to(
                             &packet::error(packet::code::ACCESS, "read-only server"),
@@ -123,8 +235,15 @@ impl TftpServer {
         options: &[(String, String)],
     ) -> std::io::Result<()> {
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
-        let data = match self.source.get(file) {
-            Ok(d) => d,
+        let data = match self.source.load(file).await {
+            Ok((d, origin)) => {
+                match origin {
+                    Origin::Disk => self.stats.file_reads.fetch_add(1, Ordering::Relaxed),
+                    Origin::Cache => self.stats.cache_hits.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+                d
+            }
             Err(SourceError::NotFound) => {
                 self.stats.not_found.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%peer, file, "TFTP: file not found");
@@ -151,6 +270,7 @@ impl TftpServer {
         let size = data.len();
         let started = self.clock.now();
         let (mut t, out) = Transfer::start(data, options, self.max_blksize, started);
+        t.limit_unanswered(self.limits.max_unanswered_bytes);
         for p in out {
             socket.send_to(&p, peer).await?;
         }
@@ -179,7 +299,10 @@ impl TftpServer {
             tracing::info!(%peer, file, bytes = size, blksize = t.options().blksize, windowsize = t.options().windowsize, ms = self.clock.now().duration_since(started).as_millis() as u64, "TFTP transfer complete");
         } else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, file, "TFTP transfer abandoned");
+            if t.gave_up() == Some(GaveUp::Unanswered) {
+                self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(%peer, file, reason = ?t.gave_up(), "TFTP transfer abandoned");
         }
         Ok(())
     }

@@ -1,9 +1,17 @@
 //! Where TFTP (and HTTP boot) files come from, with no way out of the served
-//! directory.
+//! directory, and the cache that reads each file from disk once for every
+//! transfer of it (a thousand machines booting fetch the same iPXE binary).
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Bytes of directory files kept in memory for reuse, by default: a few iPXE
+/// binaries and small boot files. A file larger than the cap is read for each
+/// transfer (and counted).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// Where Debian's `ipxe` package puts the iPXE binaries.
 pub fn default_ipxe_dir() -> PathBuf {
@@ -19,11 +27,118 @@ pub enum SourceError {
     Outside,
 }
 
-/// Files served by name: named files resolved at start-up, then a directory.
+/// Where a [`FileSource::load`] found the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A named file, held since start-up.
+    Named,
+    /// The cache: read from disk by an earlier request, unchanged since.
+    Cache,
+    /// Read from disk now.
+    Disk,
+}
+
+/// Counters of a source's cache (shared by its clones).
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Files read from disk.
+    pub disk_reads: AtomicU64,
+    /// Loads answered from the cache.
+    pub hits: AtomicU64,
+    /// Files dropped from the cache to stay under its cap.
+    pub evictions: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    modified: Option<SystemTime>,
+    bytes: Arc<[u8]>,
+}
+
+/// Directory files by real path, under a cap on their total size. The key
+/// includes the modification time and size, so a file replaced on disk is read
+/// again.
+#[derive(Debug)]
+struct FileCache {
+    cap: u64,
+    entries: Mutex<(HashMap<PathBuf, Cached>, u64)>,
+    stats: CacheStats,
+}
+
+impl FileCache {
+    fn new(cap: u64) -> Self {
+        FileCache {
+            cap,
+            entries: Mutex::default(),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The file's bytes, from the cache when unchanged on disk. Blocking: runs
+    /// on a blocking thread. The lock is held across a miss's read, so that
+    /// transfers starting together read a file once.
+    fn read(&self, real: &Path) -> Result<(Arc<[u8]>, Origin), SourceError> {
+        let meta = std::fs::metadata(real).map_err(|_| SourceError::NotFound)?;
+        let modified = meta.modified().ok();
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (entries, total) = &mut *guard;
+        if let Some(c) = entries.get(real)
+            && c.modified == modified
+            && c.bytes.len() as u64 == meta.len()
+        {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((c.bytes.clone(), Origin::Cache));
+        }
+        let bytes: Arc<[u8]> = std::fs::read(real)
+            .map_err(|_| SourceError::NotFound)?
+            .into();
+        self.stats.disk_reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = entries.remove(real) {
+            *total -= old.bytes.len() as u64;
+        }
+        let size = bytes.len() as u64;
+        if size <= self.cap {
+            // Room is made by dropping entries in the map's order: the cache
+            // holds a handful of boot files, not a working set worth an LRU.
+            while *total + size > self.cap {
+                let Some(victim) = entries.keys().next().cloned() else {
+                    break;
+                };
+                if let Some(v) = entries.remove(&victim) {
+                    *total -= v.bytes.len() as u64;
+                    self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            *total += size;
+            entries.insert(
+                real.to_path_buf(),
+                Cached {
+                    modified,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+        Ok((bytes, Origin::Disk))
+    }
+}
+
+/// The requested name without its leading `/` and a leading MAC directory.
+fn strip_mac_dir(requested: &str) -> &str {
+    let name = requested.trim_start_matches('/');
+    match name.split_once('/') {
+        Some((first, rest)) if first.parse::<tinker_core::MacAddr>().is_ok() => rest,
+        _ => name,
+    }
+}
+
+/// Files served by name: named files resolved at start-up, then a directory,
+/// whose files are read once into a shared cache (clones share it).
 #[derive(Debug, Clone)]
 pub struct FileSource {
     root: Option<PathBuf>,
     named: HashMap<String, Arc<[u8]>>,
+    cache: Arc<FileCache>,
 }
 
 impl FileSource {
@@ -33,6 +148,7 @@ impl FileSource {
         Ok(FileSource {
             root: Some(root),
             named: HashMap::new(),
+            cache: Arc::new(FileCache::new(DEFAULT_CACHE_BYTES)),
         })
     }
 
@@ -41,6 +157,7 @@ impl FileSource {
         FileSource {
             root: None,
             named: HashMap::new(),
+            cache: Arc::new(FileCache::new(DEFAULT_CACHE_BYTES)),
         }
     }
 
@@ -95,37 +212,62 @@ impl FileSource {
         v
     }
 
-    /// Resolves a requested name to its contents. A leading MAC directory
+    /// Keeps at most `bytes` of directory files in memory (default
+    /// [`DEFAULT_CACHE_BYTES`]); the cache starts empty.
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = Arc::new(FileCache::new(bytes));
+        self
+    }
+
+    /// The cache's counters.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.cache.stats
+    }
+
+    /// A named file, or the real path of a directory file, for a requested
+    /// name. A leading MAC directory (`52:54:00:12:34:56/ipxe.efi`, as
+    /// Tinkerbell's smee serves) is dropped.
+    fn lookup(&self, requested: &str) -> Result<Result<Arc<[u8]>, PathBuf>, SourceError> {
+        if let Some(bytes) = self.named_file(requested) {
+            return Ok(Ok(bytes));
+        }
+        self.resolve_path(strip_mac_dir(requested)).map(Err)
+    }
+
+    fn named_file(&self, requested: &str) -> Option<Arc<[u8]>> {
+        self.named.get(strip_mac_dir(requested)).cloned()
+    }
+
+    /// Resolves a requested name to its contents, reading a directory file now
+    /// (blocking; servers use [`load`](Self::load)). A leading MAC directory
     /// (`52:54:00:12:34:56/ipxe.efi`, as Tinkerbell's smee serves) is dropped.
     pub fn get(&self, requested: &str) -> Result<Arc<[u8]>, SourceError> {
-        let name = requested.trim_start_matches('/');
-        let name = match name.split_once('/') {
-            Some((first, rest)) if first.parse::<tinker_core::MacAddr>().is_ok() => rest,
-            _ => name,
-        };
-        if let Some(bytes) = self.named.get(name) {
-            return Ok(bytes.clone());
+        match self.lookup(requested)? {
+            Ok(bytes) => Ok(bytes),
+            Err(real) => std::fs::read(&real)
+                .map(Into::into)
+                .map_err(|_| SourceError::NotFound),
         }
-        let root = self.root.as_ref().ok_or(SourceError::NotFound)?;
-        let rel = Path::new(name);
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(SourceError::Outside);
+    }
+
+    /// Resolves a requested name to its contents, as [`get`](Self::get), off
+    /// the async threads, reading each directory file from disk once while it
+    /// is unchanged and fits the cache; says where the bytes came from.
+    pub async fn load(&self, requested: &str) -> Result<(Arc<[u8]>, Origin), SourceError> {
+        // Named files are in memory: no trip to a blocking thread (a boot storm
+        // fetches the same named iPXE binary ten thousand times).
+        if let Some(bytes) = self.named_file(requested) {
+            return Ok((bytes, Origin::Named));
         }
-        let path = root.join(rel);
-        let real = path.canonicalize().map_err(|_| SourceError::NotFound)?;
-        // Symbolic links that lead out of the directory are refused, like `..`.
-        if !real.starts_with(root) {
-            return Err(SourceError::Outside);
-        }
-        if !real.is_file() {
-            return Err(SourceError::NotFound);
-        }
-        std::fs::read(&real)
-            .map(Into::into)
-            .map_err(|_| SourceError::NotFound)
+        let this = self.clone();
+        let requested = requested.to_string();
+        // Path checks touch the disk too (canonicalize), so all of it runs there.
+        tokio::task::spawn_blocking(move || match this.lookup(&requested)? {
+            Ok(bytes) => Ok((bytes, Origin::Named)),
+            Err(real) => this.cache.read(&real),
+        })
+        .await
+        .unwrap_or(Err(SourceError::NotFound))
     }
 
     /// The real path of a file in the served directory (for streaming large

@@ -30,6 +30,25 @@ pub const MAX_RETRIES: u32 = 6;
 /// for `255 s × MAX_RETRIES` (half an hour). PXE ROMs ask for a few seconds.
 pub const MAX_TIMEOUT_OPTION: u64 = 10;
 
+/// Bytes a transfer may send without the client acknowledging any progress
+/// (retransmissions included) before it is abandoned, by default: a client that
+/// never answers, or a victim whose address a spoofed request carried, is sent
+/// at most this much (plus at most one window).
+pub const DEFAULT_MAX_UNANSWERED_BYTES: u64 = 512 * 1024;
+
+/// Why a transfer was abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GaveUp {
+    /// The client sent an ERROR.
+    ClientError,
+    /// [`MAX_RETRIES`] timeouts in a row.
+    Retries,
+    /// The next window would have taken the bytes sent without progress past
+    /// the transfer's limit.
+    Unanswered,
+}
+
 /// Applies the client's options (RFC 2347/2348/2349/7440): returns the
 /// parameters and the options to acknowledge (none: send DATA 1 at once).
 pub fn negotiate(
@@ -90,7 +109,10 @@ pub struct Transfer {
     total_blocks: u64,
     retries: u32,
     deadline: Timestamp,
-    failed: bool,
+    failed: Option<GaveUp>,
+    /// Bytes sent since the client last acknowledged progress.
+    unanswered: u64,
+    max_unanswered: u64,
 }
 
 impl Transfer {
@@ -112,13 +134,33 @@ impl Transfer {
             sent: 0,
             total_blocks,
             retries: 0,
-            failed: false,
+            failed: None,
+            unanswered: 0,
+            max_unanswered: DEFAULT_MAX_UNANSWERED_BYTES,
         };
         let out = match &t.oack {
             Some(o) => vec![o.clone()],
             None => t.send_window(now),
         };
+        t.unanswered = sent_bytes(&out);
         (t, out)
+    }
+
+    /// Abandons the transfer rather than send more than `bytes` without the
+    /// client acknowledging progress (default [`DEFAULT_MAX_UNANSWERED_BYTES`]).
+    /// The first packets always go out.
+    pub fn limit_unanswered(&mut self, bytes: u64) {
+        self.max_unanswered = bytes;
+    }
+
+    /// Bytes sent since the client last acknowledged progress.
+    pub fn unanswered(&self) -> u64 {
+        self.unanswered
+    }
+
+    /// Why the transfer was abandoned, if it was.
+    pub fn gave_up(&self) -> Option<GaveUp> {
+        self.failed
     }
 
     /// The negotiated options.
@@ -133,7 +175,7 @@ impl Transfer {
 
     /// Whether the transfer was abandoned (client error or too many timeouts).
     pub fn is_failed(&self) -> bool {
-        self.failed
+        self.failed.is_some()
     }
 
     /// When [`on_timeout`](Self::on_timeout) is due.
@@ -166,7 +208,7 @@ impl Transfer {
 
     /// Handles a packet from the client.
     pub fn on_packet(&mut self, bytes: &[u8], now: Timestamp) -> Vec<Vec<u8>> {
-        if self.failed || self.is_complete() {
+        if self.failed.is_some() || self.is_complete() {
             return Vec::new();
         }
         match Packet::decode(bytes) {
@@ -175,7 +217,10 @@ impl Transfer {
                     if block == 0 {
                         self.oack = None;
                         self.retries = 0;
-                        return self.send_window(now);
+                        self.unanswered = 0;
+                        let out = self.send_window(now);
+                        self.unanswered = sent_bytes(&out);
+                        return out;
                     }
                     return Vec::new();
                 }
@@ -194,37 +239,99 @@ impl Transfer {
                 }
                 // The next window; after a partial one (loss), RFC 7440 resends
                 // from the block after the last acknowledged.
-                self.send_window(now)
+                let out = self.send_window(now);
+                self.unanswered = sent_bytes(&out);
+                out
             }
             Some(Packet::Error { .. }) => {
-                self.failed = true;
+                self.failed = Some(GaveUp::ClientError);
                 Vec::new()
             }
             _ => vec![packet::error(packet::code::ILLEGAL, "expected an ACK")],
         }
     }
 
-    /// Retransmits after a timeout; abandons the transfer after [`MAX_RETRIES`].
+    /// Retransmits after a timeout; abandons the transfer after [`MAX_RETRIES`],
+    /// or when the retransmission would take the bytes sent without progress
+    /// past the limit.
     pub fn on_timeout(&mut self, now: Timestamp) -> Vec<Vec<u8>> {
-        if self.failed || self.is_complete() {
+        if self.failed.is_some() || self.is_complete() {
             return Vec::new();
         }
         self.retries += 1;
         if self.retries > MAX_RETRIES {
-            self.failed = true;
+            self.failed = Some(GaveUp::Retries);
             return vec![packet::error(packet::code::UNDEFINED, "timed out")];
         }
-        self.deadline = now + self.opts.timeout;
-        match &self.oack {
+        let (acked, sent) = (self.acked, self.sent);
+        let out = match &self.oack {
             Some(o) => vec![o.clone()],
             None => self.send_window(now),
+        };
+        let total = self.unanswered.saturating_add(sent_bytes(&out));
+        if total > self.max_unanswered {
+            // Undo the window's bookkeeping: none of it goes out.
+            (self.acked, self.sent) = (acked, sent);
+            self.failed = Some(GaveUp::Unanswered);
+            return vec![packet::error(packet::code::UNDEFINED, "no answer")];
         }
+        self.unanswered = total;
+        self.deadline = now + self.opts.timeout;
+        out
     }
+}
+
+fn sent_bytes(packets: &[Vec<u8>]) -> u64 {
+    packets.iter().map(|p| p.len() as u64).sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that acknowledges the options (or a spoofer who guessed the
+    /// transfer's port) and then never answers gets windows of 64 blocks
+    /// retransmitted: what it is sent is bounded by the unanswered limit, not by
+    /// the file or the retries.
+    #[test]
+    fn a_client_that_never_acks_receives_a_bounded_number_of_bytes() {
+        let req = vec![
+            ("blksize".to_string(), "1468".to_string()),
+            ("windowsize".to_string(), "64".to_string()),
+        ];
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let data: Arc<[u8]> = vec![3u8; 8 << 20].into();
+        let (mut t, first) = Transfer::start(data, &req, MAX_BLKSIZE_NO_FRAG, t0);
+        let limit = 200_000;
+        t.limit_unanswered(limit);
+        let mut sent = sent_bytes(&first);
+        let mut out = t.on_packet(&ack(0), t0);
+        sent += sent_bytes(&out);
+        let window = sent_bytes(&out);
+        assert!(window > 90_000, "a full window of 64 blocks: {window}");
+        while !t.is_failed() {
+            out = t.on_timeout(t.deadline());
+            sent += sent_bytes(&out);
+        }
+        assert_eq!(t.gave_up(), Some(GaveUp::Unanswered));
+        assert!(
+            sent <= limit + 100,
+            "{sent} bytes sent to a client that never answered (limit {limit})"
+        );
+        // Progress restarts the count: a client that answers is not cut off.
+        let (mut t, _) = Transfer::start(vec![1u8; 4 << 20].into(), &req, 1468, t0);
+        t.limit_unanswered(limit);
+        let mut out = t.on_packet(&ack(0), t0);
+        while !t.is_complete() {
+            let Some(Packet::Data { block, .. }) = out.last().and_then(|p| Packet::decode(p))
+            else {
+                panic!("{:?}", t.gave_up());
+            };
+            // One timeout per window, then the acknowledgement.
+            let _ = t.on_timeout(t.deadline());
+            out = t.on_packet(&ack(block), t0);
+        }
+    }
 
     /// A spoofed request asking for 255 s: not acknowledged, the 1 s default
     /// holds, and the transfer is abandoned after its retries within seconds.
