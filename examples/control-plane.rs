@@ -59,6 +59,17 @@ struct Args {
     /// whatever the caller's address (weaker; see the README's Security section).
     #[arg(long)]
     behind_nat: bool,
+    /// A PEM certificate for HTTPS (with --tls-key): the worker API and the
+    /// operator's page and API are then served over HTTPS only, and each
+    /// machine's agent pins this certificate.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key (mode 0600).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// HTTPS port (0 picks a free one).
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
     /// The control-plane URLs put on the workers' kernel line (default: this replica).
     #[arg(long)]
     workers: Option<String>,
@@ -122,13 +133,28 @@ async fn run(a: Args) -> Result<(), String> {
         ))
     };
     let address = a.address;
-    let listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
+    let mut listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
         .await
         .map_err(|e| format!("binding on {address}: {e}"))?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tinker::boot::http::tls::TlsIdentity::from_files(cert, key)
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    if tls.is_some() {
+        listeners.https = Some(
+            tokio::net::TcpListener::bind((address, a.https_port))
+                .await
+                .map_err(|e| format!("binding HTTPS on {address}: {e}"))?,
+        );
+    }
     let mut plane = ControlPlane::new(store, power, address, secret);
     if a.behind_nat {
         plane.address_check = tinker::boot::credentials::AddressCheck::BehindNat;
     }
+    plane.tls = tls;
     plane.engine.replica = a
         .replica
         .clone()
@@ -144,8 +170,12 @@ async fn run(a: Args) -> Result<(), String> {
     plane.osie.kernel = a.kernel.clone();
     plane.osie.initrd = a.initrd.clone();
     plane.osie.control_plane = a.workers.clone().unwrap_or_default();
+    let https = match &listeners.https {
+        Some(l) => format!(" https={}", l.local_addr().map_err(|e| e.to_string())?),
+        None => String::new(),
+    };
     println!(
-        "ready http={} dhcp={} tftp={} replica={}",
+        "ready http={} dhcp={} tftp={} replica={}{https}",
         listeners.http.local_addr().map_err(|e| e.to_string())?,
         listeners.dhcp.local_addr().map_err(|e| e.to_string())?,
         listeners.tftp.local_addr().map_err(|e| e.to_string())?,

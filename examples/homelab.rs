@@ -241,6 +241,7 @@ async fn bind_loopback() -> Result<Network, String> {
             tftp,
             http,
             management: None,
+            https: None,
         },
     })
 }

@@ -27,6 +27,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
 use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
+use tinker_boot::http::tls::TlsIdentity;
 use tinker_boot::http::{HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain};
 use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
@@ -52,6 +53,9 @@ pub struct Listeners {
     /// The operator's page and API (and `/metrics`) on a management network of
     /// their own: given, they are served only here, not to the machines.
     pub management: Option<TcpListener>,
+    /// HTTPS, when [`ControlPlane::tls`] is set: the worker API, the
+    /// operator's page and API and metadata, over TLS.
+    pub https: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -70,6 +74,7 @@ impl Listeners {
             tftp: UdpSocket::bind((address, tftp)).await?,
             http: TcpListener::bind((address, http)).await?,
             management: None,
+            https: None,
         })
     }
 
@@ -114,6 +119,12 @@ pub struct ControlPlane {
     /// Whether a machine's token is given and taken only at its own address
     /// (the default), or the machines sit behind NAT.
     pub address_check: AddressCheck,
+    /// The certificate and key of the HTTPS listener. Set, the worker API and
+    /// the operator's page and API are served over HTTPS only (plain HTTP keeps
+    /// scripts, binaries, assets and metadata, which firmware and iPXE fetch),
+    /// and each machine's kernel line names the HTTPS URL and the certificate's
+    /// fingerprint (`tinker_tls_fingerprint=`), which its agent pins.
+    pub tls: Option<TlsIdentity>,
     /// What one client, and all together, may hold of the HTTP server.
     pub http_limits: HttpLimits,
     /// What one address may hold of the TFTP server.
@@ -152,6 +163,7 @@ impl ControlPlane {
             worker_api_in_flight: None,
             clock: SystemClock::shared(),
             address_check: AddressCheck::Strict,
+            tls: None,
             http_limits: HttpLimits::default(),
             tftp_limits: TftpLimits::default(),
             dhcp_limits: DhcpLimits::default(),
@@ -163,19 +175,35 @@ impl ControlPlane {
     /// [`ControlPlane::serve`] runs on sockets, a simulation can drive over
     /// in-memory transports.
     pub fn services(self, http_addr: SocketAddr) -> Services {
-        self.wire(http_addr, false)
+        self.wire(http_addr, None, false)
     }
 
-    /// [`ControlPlane::services`], with the operator's routes only on the
+    /// [`ControlPlane::services`] with HTTPS at `https_addr` (when
+    /// [`ControlPlane::tls`] is set), and the operator's routes only on the
     /// management server when `separate_management`.
-    fn wire(self, http_addr: SocketAddr, separate_management: bool) -> Services {
+    fn wire(
+        self,
+        http_addr: SocketAddr,
+        https_addr: Option<SocketAddr>,
+        separate_management: bool,
+    ) -> Services {
         let http = format!("http://{http_addr}");
         let mut osie = self.osie;
         if osie.base_url.is_empty() {
             osie.base_url = format!("{http}/assets");
         }
+        let tls = self.tls.clone().zip(https_addr);
         if osie.control_plane.is_empty() {
-            osie.control_plane = http.clone();
+            osie.control_plane = match &tls {
+                Some((_, addr)) => format!("https://{addr}"),
+                None => http.clone(),
+            };
+        }
+        if let Some((identity, _)) = &tls {
+            osie.extra_args.push(format!(
+                "tinker_tls_fingerprint={}",
+                tinker_boot::http::tls::fingerprint_text(&identity.fingerprint())
+            ));
         }
         osie.worker_secret = Some(self.secret.clone());
         let callers = CallerCheck {
@@ -222,11 +250,17 @@ impl ControlPlane {
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
                 .with_clock(self.clock.clone()),
         );
-        let mut machine_routes: Vec<Arc<dyn tinker_boot::http::ExtraRoutes>> =
-            vec![Arc::new(worker_api)];
+        let worker_api: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(worker_api);
+        // With TLS, what carries a token is served over HTTPS only.
+        let mut secure_routes = vec![worker_api];
         if !separate_management {
-            machine_routes.push(operator.clone());
+            secure_routes.push(operator.clone());
         }
+        let machine_routes = if tls.is_some() {
+            Vec::new()
+        } else {
+            secure_routes.clone()
+        };
         let management = HttpServer::new(HttpConfig {
             extra: Some(operator),
             metrics: metrics.clone(),
@@ -235,7 +269,7 @@ impl ControlPlane {
         })
         .with_clock(self.clock.clone())
         .with_limits(self.http_limits.clone());
-        let http = HttpServer::new(HttpConfig {
+        let machine_config = HttpConfig {
             osie,
             assets: self.assets,
             binaries: Some(self.tftp_files),
@@ -247,9 +281,22 @@ impl ControlPlane {
             ),
             callers,
             ..HttpConfig::new(self.store.clone())
-        })
-        .with_clock(self.clock.clone())
-        .with_limits(self.http_limits);
+        };
+        let https = tls.map(|(identity, _)| {
+            let config = HttpConfig {
+                extra: Some(Arc::new(RouteChain(secure_routes))),
+                ..machine_config.clone()
+            };
+            (
+                HttpServer::new(config)
+                    .with_clock(self.clock.clone())
+                    .with_limits(self.http_limits.clone()),
+                identity,
+            )
+        });
+        let http = HttpServer::new(machine_config)
+            .with_clock(self.clock.clone())
+            .with_limits(self.http_limits);
         let engine =
             Engine::new(self.store.clone(), self.power, self.engine).with_clock(self.clock);
         Services {
@@ -257,6 +304,7 @@ impl ControlPlane {
             tftp,
             http,
             management,
+            https,
             engine,
         }
     }
@@ -275,13 +323,31 @@ impl ControlPlane {
                 service: Service::Http,
                 source: source.into(),
             })?;
+        let https_addr = match (&self.tls, &listeners.https) {
+            (Some(_), Some(l)) => Some(l.local_addr().map_err(|source| ServeError::Failed {
+                service: Service::Https,
+                source: source.into(),
+            })?),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ServeError::Misconfigured {
+                    reason: "TLS is configured but there is no HTTPS listener".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ServeError::Misconfigured {
+                    reason: "an HTTPS listener is given but no TLS certificate".into(),
+                });
+            }
+        };
         let Services {
             dhcp,
             tftp,
             http,
             management,
+            https,
             engine,
-        } = self.wire(http_addr, listeners.management.is_some());
+        } = self.wire(http_addr, https_addr, listeners.management.is_some());
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -312,6 +378,13 @@ impl ControlPlane {
             let r = http.serve(listeners.http, w).await;
             (Service::Http, r.map_err(failed(Service::Http)))
         });
+        if let (Some(listener), Some((server, identity))) = (listeners.https, https) {
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = server.serve_tls(listener, identity.config(), w).await;
+                (Service::Https, r.map_err(failed(Service::Https)))
+            });
+        }
         if let Some(listener) = listeners.management {
             let w = wait(&stop);
             tasks.spawn(async move {
@@ -371,6 +444,9 @@ pub struct Services {
     /// The operator's page and API and `/metrics` alone, for a management
     /// listener.
     pub management: HttpServer,
+    /// With TLS: the worker API, the operator's routes and metadata, and the
+    /// identity to serve them with.
+    pub https: Option<(HttpServer, TlsIdentity)>,
     /// The workflow engine.
     pub engine: Engine,
 }
@@ -387,6 +463,8 @@ pub enum Service {
     Http,
     /// The management listener (operator page and API).
     Management,
+    /// HTTPS.
+    Https,
     /// The engine.
     Engine,
 }
@@ -398,6 +476,7 @@ impl std::fmt::Display for Service {
             Service::Tftp => "TFTP",
             Service::Http => "HTTP",
             Service::Management => "management HTTP",
+            Service::Https => "HTTPS",
             Service::Engine => "engine",
         })
     }
@@ -421,6 +500,12 @@ pub enum ServeError {
     StoppedByItself {
         /// Which.
         service: Service,
+    },
+    /// The listeners and the settings do not fit together.
+    #[error("misconfigured: {reason}")]
+    Misconfigured {
+        /// What does not fit.
+        reason: String,
     },
     /// A service panicked.
     #[error("a service panicked: {reason}")]

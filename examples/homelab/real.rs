@@ -54,6 +54,15 @@ struct Config {
     /// their own (default: beside the machines' services).
     #[serde(default)]
     management_address: Option<SocketAddr>,
+    /// A PEM certificate and its key (mode 0600): the worker API, the operator
+    /// page and metadata are then also served over HTTPS on `https_port`, and
+    /// the machines' agents pin the certificate.
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default = "default_https")]
+    https_port: u16,
     /// One password (`TINKER_BMC_PASSWORD`) for every BMC whose secret has no
     /// variable of its own. Off unless set: a typo in a secret's name must not
     /// send the shared password to that BMC silently.
@@ -66,6 +75,9 @@ fn default_data() -> PathBuf {
 }
 fn default_http() -> u16 {
     8080
+}
+fn default_https() -> u16 {
+    8443
 }
 fn default_dhcp() -> u16 {
     67
@@ -181,6 +193,15 @@ pub async fn run(path: &Path) -> Result<(), String> {
     write_secret_file(&operator_file, &operator_token(&secret)).map_err(e("operator token"))?;
     let http = format!("http://{}:{}", c.address, c.http_port);
 
+    let tls = match (&c.tls_cert, &c.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tinker::boot::http::tls::TlsIdentity::from_files(&rel(cert), &rel(key))
+                .map_err(|x| x.to_string())?,
+        ),
+        (None, None) => None,
+        _ => return Err("tls_cert and tls_key go together".into()),
+    };
+
     // Bind everything first: fail fast with the reason.
     let listeners = Listeners {
         dhcp: bind_udp(
@@ -205,6 +226,14 @@ pub async fn run(path: &Path) -> Result<(), String> {
         http: tokio::net::TcpListener::bind((c.address, c.http_port))
             .await
             .map_err(e("HTTP"))?,
+        https: match &tls {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind((c.address, c.https_port))
+                    .await
+                    .map_err(e("HTTPS"))?,
+            ),
+            None => None,
+        },
         management: match c.management_address {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -242,6 +271,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
     if c.behind_nat {
         plane.address_check = AddressCheck::BehindNat;
     }
+    plane.tls = tls;
     plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;

@@ -215,6 +215,28 @@ impl HttpServer {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// [`HttpServer::serve`] over TLS with `config` (see [`tls`]): the same
+    /// routes, limits and timeouts, and a TLS handshake that must finish within
+    /// the header-read timeout.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.serve_with(listener, Some(acceptor), shutdown).await
+    }
+
+    async fn serve_with(
+        self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         tokio::pin!(shutdown);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let total = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
@@ -255,13 +277,41 @@ impl HttpServer {
             let _ = stream.set_nodelay(true);
             let open = conn::OpenGuard::new(self.conns.clone());
             let io = self.guard(stream);
-            let conn = conn::builder(&self.limits, &self.clock)
-                .serve_connection(TokioIo::new(io), self.service(peer));
-            let conn = graceful.watch(conn);
             let conns = self.conns.clone();
+            let Some(acceptor) = tls.clone() else {
+                let conn = conn::builder(&self.limits, &self.clock)
+                    .serve_connection(TokioIo::new(io), self.service(peer));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _held = (permit, slot, open);
+                    if let Err(e) = conn.await {
+                        count_timeout(&conns, &e);
+                    }
+                });
+                continue;
+            };
+            let watcher = graceful.watcher();
+            let this = self.clone();
             tokio::spawn(async move {
                 let _held = (permit, slot, open);
-                if let Err(e) = conn.await {
+                // The handshake is bounded like a request head: a client that
+                // opens a connection and says nothing holds it no longer.
+                let stream = tokio::select! {
+                    r = acceptor.accept(io) => match r {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                    _ = this.clock.sleep(this.limits.header_read_timeout) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = conn::builder(&this.limits, &this.clock)
+                    .serve_connection(TokioIo::new(stream), this.service(peer));
+                if let Err(e) = watcher.watch(conn).await {
                     count_timeout(&conns, &e);
                 }
             });
