@@ -4,7 +4,7 @@
 //! atomically. Message types are `tinker_core::worker_api`.
 //!
 //! Authentication: `Authorization: Bearer <token>`, where the token is the
-//! machine's [`worker_token`](crate::credentials::worker_token): derived from
+//! machine's [`worker_token`]: derived from
 //! the secret, the worker id (its MAC) and when its netboot was turned on, so
 //! the control plane puts it on the kernel command line without a token table,
 //! it opens only its own worker's endpoints, it is void once netboot is off, and
