@@ -409,3 +409,81 @@ proptest! {
         });
     }
 }
+
+/// A JSON-ish body: arbitrary bytes, or JSON objects with the worker API's own
+/// field names and values of any type.
+fn worker_body() -> impl Strategy<Value = Vec<u8>> {
+    let value = prop_oneof![
+        Just("null".to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        "\"[ -~]{0,40}\"",
+        Just("\"52:54:00:00:00:01\"".to_string()),
+        Just("\"default/wf\"".to_string()),
+        Just("{\"outcome\":\"success\"}".to_string()),
+        Just("[{\"stream\":\"stdout\",\"text\":\"x\"}]".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+    ];
+    let field = prop::sample::select(vec![
+        "worker_id",
+        "request_id",
+        "workflow_id",
+        "action_index",
+        "attempt",
+        "outcome",
+        "lines",
+        "started_at",
+        "finished_at",
+        "x",
+    ]);
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200),
+        prop::collection::vec((field, value), 0..8).prop_map(|kv| {
+            let inner: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", inner.join(",")).into_bytes()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any body to any worker API operation, with the machine's valid token:
+    /// an answer that says what was wrong (4xx) or what happened, never a
+    /// server error, a panic or a dropped connection.
+    #[test]
+    fn worker_api_answers_any_body(
+        op in prop::sample::select(vec!["next-action", "report", "heartbeat", "logs", "other"]),
+        body in worker_body(),
+    ) {
+        use tinker_boot::credentials::{AddressCheck, CallerCheck, worker_token};
+        rt().block_on(async {
+            let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+            let hw = Hardware::new("m1", KNOWN, Ipv4Addr::new(10, 0, 0, 9), "255.0.0.0");
+            store.put(hw.into(), Precondition::Absent).await.unwrap();
+            let secret = tinker_core::Secret::new("k");
+            let token = worker_token(&secret, &KNOWN.to_string(), "");
+            let api = tinker_boot::worker_api::WorkerApi::new(store.clone(), secret, 5)
+                .with_caller_check(CallerCheck { mode: AddressCheck::Strict, ..CallerCheck::default() });
+            let mut config = HttpConfig::new(store);
+            config.extra = Some(Arc::new(api));
+            let server = HttpServer::new(config);
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+            tokio::spawn(async move { server.serve_connection(far, peer).await });
+            let auth = format!("Bearer {}", token.expose());
+            let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+            let mut conn = tinker_boot::http::client::HttpConnection::over(near).await.unwrap();
+            let path = format!("/v1/workers/{KNOWN}/{op}");
+            let resp = conn
+                .send(tinker_boot::http::client::Method::POST, &path, &headers, body.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{op}: no answer: {e}"));
+            assert!(resp.status < 500, "{op} {:?}: {}", String::from_utf8_lossy(&body), resp.status);
+            if resp.status == 400 {
+                assert!(resp.text().contains("error"), "a reason: {}", resp.text());
+            }
+        });
+    }
+}
