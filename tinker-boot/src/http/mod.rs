@@ -33,7 +33,9 @@ pub use conn::{ConnStats, HttpLimits, Refusal};
 pub use ipxe::{OsieConfig, script};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
-pub use operator::{MAX_SESSIONS, OperatorApi, RouteChain, SESSION_LIFETIME};
+pub use operator::{
+    MAX_APPLY_BODY, MAX_SESSIONS, OperatorApi, RouteChain, SESSION_LIFETIME, kind_named,
+};
 /// The Prometheus client `MetricsSource` registers into, re-exported so a
 /// vendor's own source uses the same version.
 pub use prometheus_client;

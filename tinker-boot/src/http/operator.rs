@@ -208,6 +208,229 @@ impl OperatorApi {
     }
 }
 
+/// Largest object document accepted by `POST /api/v1/apply`.
+pub const MAX_APPLY_BODY: usize = 1 << 20;
+
+/// A kind as a path or a command line names it: singular or plural, any case,
+/// as kubectl takes it.
+pub fn kind_named(name: &str) -> Option<Kind> {
+    match name.to_ascii_lowercase().as_str() {
+        "hardware" | "hardwares" | "hw" => Some(Kind::Hardware),
+        "template" | "templates" | "tpl" => Some(Kind::Template),
+        "workflow" | "workflows" | "wf" => Some(Kind::Workflow),
+        _ => None,
+    }
+}
+
+/// A problem document (RFC 9457) as JSON.
+fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
+    let body = serde_json::json!({
+        "status": code.as_u16(),
+        "title": title,
+        "detail": detail,
+    });
+    respond(
+        code,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+impl OperatorApi {
+    /// `POST /api/v1/apply`: YAML or JSON documents (Hardware, Template,
+    /// Workflow), validated together with the same findings as the validate
+    /// example, then each written; `metadata.resourceVersion`, when given, must
+    /// be the stored version (a stale one is refused with 409).
+    async fn apply(&self, req: Request<Incoming>) -> Response<Body> {
+        use tinker_core::model::{Document, parse_documents};
+        use tinker_core::store::Precondition;
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_APPLY_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the documents are too large",
+                    serde_json::json!(format!("at most {MAX_APPLY_BODY} bytes")),
+                );
+            }
+        };
+        let Ok(text) = std::str::from_utf8(&body) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the documents are not UTF-8",
+                serde_json::Value::Null,
+            );
+        };
+        let docs = match parse_documents("request", text) {
+            Ok(d) => d,
+            Err(e) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the documents cannot be read",
+                    serde_json::json!([{"path": "", "reason": e.to_string()}]),
+                );
+            }
+        };
+        // Each object stands alone: one with a finding is refused, the rest
+        // are written.
+        let findings = tinker_core::validate::documents("request", &docs);
+        let refused: Vec<serde_json::Value> = findings
+            .0
+            .iter()
+            .map(|f| serde_json::json!({"object": f.object, "path": f.path, "reason": f.reason}))
+            .collect();
+        let has_finding = |o: &tinker_core::model::Object| {
+            let name = format!(
+                "{} {}/{}",
+                o.kind().as_str(),
+                o.metadata().namespace(),
+                o.metadata().name
+            );
+            findings.0.iter().any(|f| f.object == name)
+        };
+        let mut applied = Vec::new();
+        for doc in docs {
+            let mut object = match doc {
+                Document::Object(o) if has_finding(&o) => continue,
+                Document::Object(o) => o,
+                other => {
+                    return problem(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "a document the API does not store",
+                        serde_json::json!([{"object": other.describe(), "path": "kind", "reason": "only Hardware, Template and Workflow objects are applied here"}]),
+                    );
+                }
+            };
+            let key = object.key();
+            // The version is the store's, not part of the object: taken out
+            // before the object is written.
+            let given = object.metadata_mut().extra.remove("resourceVersion");
+            let precondition = match given.as_ref().and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or_else(|| v.as_u64().map(|n| n.to_string()))
+            }) {
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) => Precondition::Version(n),
+                    Err(_) => {
+                        return problem(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "the documents are not valid",
+                            serde_json::json!([{"object": key.qualified_name(), "path": "metadata.resourceVersion", "reason": "not a version this store wrote"}]),
+                        );
+                    }
+                },
+                None => Precondition::Any,
+            };
+            match self.store.put(object, precondition).await {
+                Ok(version) => applied.push(serde_json::json!({
+                    "kind": key.kind.as_str(),
+                    "namespace": key.namespace,
+                    "name": key.name,
+                    "resourceVersion": version.to_string(),
+                })),
+                Err(tinker_core::Error::Conflict { .. }) => {
+                    return problem(
+                        StatusCode::CONFLICT,
+                        "stale resourceVersion: the object changed since it was read",
+                        serde_json::json!({"object": key.qualified_name(), "applied": applied}),
+                    );
+                }
+                Err(tinker_core::Error::Invalid(findings)) => {
+                    let detail: Vec<serde_json::Value> = findings
+                        .0
+                        .iter()
+                        .map(|f| serde_json::json!({"object": f.object, "path": f.path, "reason": f.reason}))
+                        .collect();
+                    return problem(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "the store refused the object",
+                        serde_json::Value::Array(detail),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "apply: store write failed");
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the store is unavailable",
+                        serde_json::json!({"applied": applied}),
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            applied = applied.len(),
+            refused = refused.len(),
+            "operator applied objects"
+        );
+        if !refused.is_empty() {
+            let body = serde_json::json!({
+                "status": 422,
+                "title": "some objects are not valid; the others were applied",
+                "detail": refused,
+                "applied": applied,
+            });
+            return respond(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "application/problem+json",
+                serde_json::to_vec(&body).unwrap_or_default(),
+            );
+        }
+        respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec(&applied).unwrap_or_default(),
+        )
+    }
+
+    /// `DELETE /api/v1/{kind}/{namespace}/{name}`.
+    async fn delete(&self, path: &str) -> Response<Body> {
+        use tinker_core::store::Precondition;
+        let parts: Vec<String> = path
+            .trim_start_matches("/api/v1/")
+            .split('/')
+            .map(|p| percent_decode_str(p).decode_utf8_lossy().into_owned())
+            .collect();
+        let [kind, namespace, name] = parts.as_slice() else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "delete /api/v1/{kind}/{namespace}/{name}",
+                serde_json::Value::Null,
+            );
+        };
+        let Some(kind) = kind_named(kind) else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "no such kind",
+                serde_json::json!(kind),
+            );
+        };
+        let key = tinker_core::model::ObjectKey::new(kind, namespace.as_str(), name.as_str());
+        match self.store.delete(&key, Precondition::Any).await {
+            Ok(()) => {
+                tracing::info!(object = %key.qualified_name(), "operator deleted an object");
+                respond(StatusCode::NO_CONTENT, "text/plain", "")
+            }
+            Err(tinker_core::Error::NotFound { .. }) => problem(
+                StatusCode::NOT_FOUND,
+                "no such object",
+                serde_json::json!(key.qualified_name()),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "delete: store write failed");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable",
+                    serde_json::Value::Null,
+                )
+            }
+        }
+    }
+}
+
 fn respond(
     code: StatusCode,
     kind: &'static str,
@@ -266,6 +489,19 @@ impl ExtraRoutes for OperatorApi {
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
                 "the operator token is missing or wrong (send it as Authorization: Bearer)\n",
+            ));
+        }
+        if req.method() == Method::POST && path == "/api/v1/apply" {
+            return Ok(self.apply(req).await);
+        }
+        if req.method() == Method::DELETE {
+            return Ok(self.delete(&path).await);
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Ok(respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET, POST /api/v1/apply or DELETE\n",
             ));
         }
         let kind = match path.trim_start_matches("/api/v1/") {

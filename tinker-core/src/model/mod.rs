@@ -178,6 +178,15 @@ impl Object {
         }
     }
 
+    /// The object's metadata, to change.
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Hardware(o) => &mut o.metadata,
+            Object::Template(o) => &mut o.metadata,
+            Object::Workflow(o) => &mut o.metadata,
+        }
+    }
+
     /// The object's key.
     pub fn key(&self) -> ObjectKey {
         let m = self.metadata();

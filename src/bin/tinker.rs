@@ -1,0 +1,398 @@
+//! `tinker`: the operator's command line, for the control plane's operator API,
+//! in the manner of kubectl.
+//!
+//! ```text
+//! export TINKER_SERVER=http://10.0.0.1:8080
+//! export TINKER_TOKEN=$(cat tinker-data/operator-token)
+//! tinker get workflows
+//! tinker get hardware -o yaml
+//! tinker apply -f machines.yaml -f workflow.yaml
+//! tinker delete workflow node01-install
+//! tinker events default/node01
+//! ```
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tinker::boot::http::client::{self, Method};
+use tinker::boot::http::kind_named;
+use tinker::core::model::Kind;
+
+/// Talks to a Tinker control plane's operator API.
+#[derive(Debug, Parser)]
+#[command(name = "tinker", version)]
+struct Cli {
+    /// The control plane, such as `http://10.0.0.1:8080` (its HTTP port, or its
+    /// management address when it has one).
+    #[arg(
+        long,
+        env = "TINKER_SERVER",
+        global = true,
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// The operator token (the control plane writes it to
+    /// `<data dir>/operator-token`).
+    #[arg(long, env = "TINKER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// The namespace.
+    #[arg(short, long, global = true, default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lists objects: hardware, templates or workflows (singular or plural).
+    Get {
+        /// What to list.
+        kind: String,
+        /// One object by name.
+        name: Option<String>,
+        /// How to print them.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Creates or updates the objects in YAML or JSON files.
+    Apply {
+        /// The files.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Deletes an object.
+    Delete {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// A machine's recent events (`namespace/name`, or a name in `-n`).
+    Events {
+        /// The machine.
+        machine: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Why a command failed, as the operator reads it.
+#[derive(Debug)]
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+struct Api {
+    server: SocketAddr,
+    auth: String,
+}
+
+impl Api {
+    async fn new(cli: &Cli) -> Result<Api, Failure> {
+        let rest = cli.server.strip_prefix("http://").ok_or_else(|| {
+            Failure(format!(
+                "--server {:?}: expected http://HOST:PORT (for HTTPS, put a proxy in front for now)",
+                cli.server
+            ))
+        })?;
+        let host = rest.trim_end_matches('/');
+        let server = tokio::net::lookup_host(host)
+            .await
+            .map_err(|e| Failure(format!("{host}: {e}")))?
+            .next()
+            .ok_or_else(|| Failure(format!("{host}: no address")))?;
+        let token = cli.token.clone().ok_or_else(|| {
+            Failure(
+                "no token: pass --token or set TINKER_TOKEN (see <data dir>/operator-token)".into(),
+            )
+        })?;
+        Ok(Api {
+            server,
+            auth: format!("Bearer {}", token.trim()),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), Failure> {
+        let headers = [
+            ("authorization", self.auth.as_str()),
+            ("content-type", "application/yaml"),
+        ];
+        let r = client::request(self.server, None, method, path, &headers, body)
+            .await
+            .map_err(|e| Failure(format!("{}: {e}", self.server)))?;
+        if r.status == 401 {
+            return Err(Failure("the control plane refused the token".into()));
+        }
+        let value =
+            serde_json::from_slice(&r.body).unwrap_or_else(|_| serde_json::Value::String(r.text()));
+        Ok((r.status, value))
+    }
+}
+
+fn plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Hardware => "hardware",
+        Kind::Template => "templates",
+        Kind::Workflow => "workflows",
+    }
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The table's columns for one object (`{"version": N, "value": {...}}`).
+fn row(kind: Kind, item: &serde_json::Value) -> Vec<String> {
+    let o = &item["value"];
+    let mut cells = vec![
+        text(&o["metadata"]["namespace"]).replace('-', "default"),
+        text(&o["metadata"]["name"]),
+    ];
+    match kind {
+        Kind::Hardware => {
+            let i = &o["spec"]["interfaces"][0];
+            cells.push(text(&i["dhcp"]["mac"]));
+            cells.push(text(&i["dhcp"]["ip"]["address"]));
+            cells.push(
+                if i["netboot"]["allowPXE"] == serde_json::Value::Bool(true) {
+                    "on"
+                } else {
+                    "off"
+                }
+                .into(),
+            );
+        }
+        Kind::Template => {}
+        Kind::Workflow => {
+            let status = &o["status"];
+            cells.push(text(&o["spec"]["hardwareRef"]));
+            cells.push(
+                text(&status["state"])
+                    .trim_start_matches("STATE_")
+                    .to_string(),
+            );
+            let actions: Vec<serde_json::Value> = status["tasks"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .flat_map(|t| t["actions"].as_array().cloned().unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let done = actions
+                .iter()
+                .filter(|a| a["state"] == "STATE_SUCCESS" || a["state"] == "SUCCESS")
+                .count();
+            cells.push(format!("{done}/{}", actions.len()));
+            cells.push(text(&status["reason"]));
+        }
+    }
+    cells.push(text(&item["version"]));
+    cells
+}
+
+fn header(kind: Kind) -> Vec<&'static str> {
+    let mut h = vec!["NAMESPACE", "NAME"];
+    h.extend(match kind {
+        Kind::Hardware => vec!["MAC", "ADDRESS", "NETBOOT"],
+        Kind::Template => vec![],
+        Kind::Workflow => vec!["MACHINE", "STATE", "ACTIONS", "REASON"],
+    });
+    h.push("VERSION");
+    h
+}
+
+fn print_table(head: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let out: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let api = Api::new(&cli).await?;
+    match &cli.command {
+        Command::Get {
+            kind,
+            name,
+            output,
+            all_namespaces,
+        } => {
+            let kind = kind_named(kind).ok_or_else(|| {
+                Failure(format!(
+                    "{kind:?}: expected hardware, templates or workflows"
+                ))
+            })?;
+            let (status, list) = api
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/{}", plural(kind)),
+                    Vec::new(),
+                )
+                .await?;
+            if status != 200 {
+                return Err(Failure(format!("HTTP {status}: {}", text(&list))));
+            }
+            let items: Vec<serde_json::Value> = list
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| {
+                    let m = &i["value"]["metadata"];
+                    let ns = m["namespace"].as_str().unwrap_or("default");
+                    (*all_namespaces || ns == cli.namespace)
+                        && name.as_deref().is_none_or(|n| m["name"] == n)
+                })
+                .collect();
+            if let (Some(n), true) = (name, items.is_empty()) {
+                return Err(Failure(format!(
+                    "{} {}/{n} not found",
+                    kind.as_str(),
+                    cli.namespace
+                )));
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+                Output::Yaml => {
+                    for item in &items {
+                        let mut object = item["value"].clone();
+                        // The version to send back with `apply` for an update
+                        // that must not overwrite someone else's.
+                        object["metadata"]["resourceVersion"] =
+                            serde_json::Value::String(text(&item["version"]));
+                        print!("---\n{}", serde_norway::to_string(&object)?);
+                    }
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = items.iter().map(|i| row(kind, i)).collect();
+                    print_table(&header(kind), &rows);
+                }
+            }
+        }
+        Command::Apply { files } => {
+            let mut failed = false;
+            for file in files {
+                let body =
+                    std::fs::read(file).map_err(|e| Failure(format!("{}: {e}", file.display())))?;
+                let (status, answer) = api.call(Method::POST, "/api/v1/apply", body).await?;
+                let applied = match status {
+                    200 => answer.as_array().cloned().unwrap_or_default(),
+                    _ => answer["applied"].as_array().cloned().unwrap_or_default(),
+                };
+                for o in applied {
+                    println!(
+                        "{} {}/{} applied (version {})",
+                        text(&o["kind"]),
+                        text(&o["namespace"]),
+                        text(&o["name"]),
+                        text(&o["resourceVersion"])
+                    );
+                }
+                if status == 200 {
+                    continue;
+                }
+                failed = true;
+                eprintln!("{}: {}", file.display(), text(&answer["title"]));
+                match &answer["detail"] {
+                    serde_json::Value::Array(findings) => {
+                        for f in findings {
+                            eprintln!(
+                                "  {}: {}: {}",
+                                text(&f["object"]),
+                                text(&f["path"]),
+                                text(&f["reason"])
+                            );
+                        }
+                    }
+                    other => eprintln!("  {}", text(other)),
+                }
+            }
+            if failed {
+                return Err(Failure("some objects were not applied".into()));
+            }
+        }
+        Command::Delete { kind, name } => {
+            let kind = kind_named(kind).ok_or_else(|| {
+                Failure(format!("{kind:?}: expected hardware, template or workflow"))
+            })?;
+            let path = format!("/api/v1/{}/{}/{name}", plural(kind), cli.namespace);
+            let (status, answer) = api.call(Method::DELETE, &path, Vec::new()).await?;
+            if status != 204 {
+                return Err(Failure(format!(
+                    "HTTP {status}: {}",
+                    text(&answer["title"])
+                )));
+            }
+            println!("{} {}/{name} deleted", kind.as_str(), cli.namespace);
+        }
+        Command::Events { machine } => {
+            let machine = if machine.contains('/') {
+                machine.clone()
+            } else {
+                format!("{}/{machine}", cli.namespace)
+            };
+            let path = format!("/api/v1/events/{}", machine.replace('/', "%2F"));
+            let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
+            if status != 200 {
+                return Err(Failure(format!("HTTP {status}: {}", text(&events))));
+            }
+            for e in events.as_array().cloned().unwrap_or_default() {
+                let what = match &e["message"] {
+                    serde_json::Value::Null => e["kind"].to_string(),
+                    m => text(m),
+                };
+                println!("{}  {:<8} {what}", text(&e["at"]), text(&e["source"]));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(why)) => {
+            eprintln!("tinker: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The `tinker` command line against a control plane's operator API: Tinkerbell's
+//! own fixtures applied, listed as a table and as JSON (the same as the API
+//! answers), a stale update refused, invalid YAML answered with field paths, a
+//! delete.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use tinker::boot::credentials::operator_token;
+use tinker::control_plane::{ControlPlane, Listeners};
+use tinker::core::{Secret, WorkflowStore};
+use tinker::store::MemoryStore;
+
+const SECRET: &str = "cli-test-secret";
+
+struct Plane {
+    server: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn plane() -> Plane {
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let listeners = Listeners::bind(Ipv4Addr::LOCALHOST, 0, 0, 0).await.unwrap();
+    let server = format!("http://{}", listeners.http_addr().unwrap());
+    let plane = ControlPlane::new(
+        store,
+        Arc::new(tinker::bmc::MockConnector::new()),
+        Ipv4Addr::LOCALHOST,
+        Secret::new(SECRET),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(plane.serve(listeners, async {
+        let _ = stopped.await;
+    }));
+    Plane {
+        server,
+        stop: Some(stop),
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Runs `tinker ARGS` (off the test's runtime threads) with the server and
+/// token in the environment, as an operator would.
+async fn tinker(server: &str, args: &[&str]) -> Output {
+    let token = operator_token(&Secret::new(SECRET)).expose().to_string();
+    let server = server.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tinker"))
+            .args(&args)
+            .env("TINKER_SERVER", server)
+            .env("TINKER_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_applies_lists_refuses_and_deletes() {
+    let p = plane().await;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tinkerbell/v1alpha1");
+    let hw = format!("{fixtures}/backend-file-hardware-list.yaml");
+    // Tinkerbell's file holds one Hardware with a bad address: that one is
+    // refused with its field path, the others are applied.
+    let applied = tinker(&p.server, &["apply", "-f", &hw]).await;
+    assert!(!applied.status.success());
+    assert!(
+        out(&applied).contains("Hardware default/pxe-virtualbox applied"),
+        "{}",
+        out(&applied)
+    );
+    assert!(
+        err(&applied).contains("Hardware default/bad-data: spec.interfaces[0].dhcp.ip.address"),
+        "{}",
+        err(&applied)
+    );
+    let workflow = format!("{fixtures}/grpc_workflow.yaml");
+    let template = format!("{fixtures}/grpc_template.yaml");
+    let both = tinker(&p.server, &["apply", "-f", &template, "-f", &workflow]).await;
+    assert!(both.status.success(), "{}", err(&both));
+
+    // The table, and JSON that is what the API answers.
+    let table = tinker(&p.server, &["get", "hw"]).await;
+    assert!(table.status.success(), "{}", err(&table));
+    let t = out(&table);
+    assert!(t.starts_with("NAMESPACE  NAME"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("pxe-virtualbox") && l.contains("08:00:27:29:4e:67")),
+        "{t}"
+    );
+    let json = tinker(&p.server, &["get", "hardware", "-o", "json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&out(&json)).unwrap();
+    let addr: std::net::SocketAddr = p.server.trim_start_matches("http://").parse().unwrap();
+    let token = operator_token(&Secret::new(SECRET));
+    let auth = format!("Bearer {}", token.expose());
+    let api = tinker::boot::http::client::request(
+        addr,
+        None,
+        tinker::boot::http::client::Method::GET,
+        "/api/v1/hardware",
+        &[("authorization", auth.as_str())],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let from_api: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
+    assert_eq!(listed, from_api, "the CLI's JSON is the API's");
+
+    // An update from what `get -o yaml` printed lands once; sent again, its
+    // version is stale and it is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = tinker(
+        &p.server,
+        &["get", "hardware", "pxe-virtualbox", "-o", "yaml"],
+    )
+    .await;
+    assert!(yaml.status.success(), "{}", err(&yaml));
+    assert!(out(&yaml).contains("resourceVersion"), "{}", out(&yaml));
+    let edited = dir.path().join("edited.yaml");
+    std::fs::write(
+        &edited,
+        out(&yaml).replace("hostname: pxe-virtualbox", "hostname: renamed"),
+    )
+    .unwrap();
+    let first = tinker(&p.server, &["apply", "-f", edited.to_str().unwrap()]).await;
+    assert!(first.status.success(), "{}", err(&first));
+    let renamed = tinker(
+        &p.server,
+        &["get", "hardware", "pxe-virtualbox", "-o", "yaml"],
+    )
+    .await;
+    assert!(
+        out(&renamed).contains("hostname: renamed"),
+        "{}",
+        out(&renamed)
+    );
+    let again = tinker(&p.server, &["apply", "-f", edited.to_str().unwrap()]).await;
+    assert!(!again.status.success());
+    assert!(
+        err(&again).contains("stale resourceVersion"),
+        "{}",
+        err(&again)
+    );
+
+    // Invalid YAML: the file, the object, the field path and the reason.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: broken}\nspec: {interfaces: [{dhcp: {mac: \"not-a-mac\"}}]}\n",
+    )
+    .unwrap();
+    let refused = tinker(&p.server, &["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!refused.status.success());
+    let e = err(&refused);
+    assert!(e.contains("bad.yaml"), "{e}");
+    assert!(e.contains("spec.interfaces[0].dhcp.mac"), "{e}");
+    let none = tinker(&p.server, &["get", "hardware", "broken"]).await;
+    assert!(!none.status.success(), "nothing of it was stored");
+
+    // Delete, singular or plural.
+    let deleted = tinker(&p.server, &["delete", "Hardware", "pxe-virtualbox"]).await;
+    assert!(deleted.status.success(), "{}", err(&deleted));
+    let gone = tinker(&p.server, &["get", "hardware", "pxe-virtualbox"]).await;
+    assert!(!gone.status.success());
+    assert!(err(&gone).contains("not found"), "{}", err(&gone));
+
+    // Without the token, a clear refusal.
+    let anonymous = tokio::task::spawn_blocking({
+        let server = p.server.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_tinker"))
+                .args(["get", "workflows"])
+                .env("TINKER_SERVER", server)
+                .env("TINKER_TOKEN", "wrong")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!anonymous.status.success());
+    assert!(
+        err(&anonymous).contains("refused the token"),
+        "{}",
+        err(&anonymous)
+    );
+}
