@@ -117,7 +117,8 @@ async fn readme_metrics_table_is_what_metrics_shows() {
         assert!(machines.contains_key(name), "{name} missing from /metrics");
     }
 
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let documented = parse_readme(&readme);
     let undocumented: Vec<_> = machines
         .iter()
