@@ -15,6 +15,7 @@ const SECRET: &str = "cli-test-secret";
 
 struct Plane {
     server: String,
+    store: Arc<dyn WorkflowStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -23,7 +24,7 @@ async fn plane() -> Plane {
     let listeners = Listeners::bind(Ipv4Addr::LOCALHOST, 0, 0, 0).await.unwrap();
     let server = format!("http://{}", listeners.http_addr().unwrap());
     let plane = ControlPlane::new(
-        store,
+        store.clone(),
         Arc::new(tinker::bmc::MockConnector::new()),
         Ipv4Addr::LOCALHOST,
         Secret::new(SECRET),
@@ -34,6 +35,7 @@ async fn plane() -> Plane {
     }));
     Plane {
         server,
+        store,
         stop: Some(stop),
     }
 }
@@ -201,5 +203,91 @@ async fn the_cli_applies_lists_refuses_and_deletes() {
         err(&anonymous).contains("refused the token"),
         "{}",
         err(&anonymous)
+    );
+}
+
+const MACHINE: &str = r#"apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {name: m1}
+spec:
+  interfaces:
+    - dhcp: {mac: "02:00:00:00:c1:01", ip: {address: 127.0.9.1, netmask: 255.0.0.0}}
+      netboot: {allowPXE: false, allowWorkflow: true}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {name: t1}
+spec:
+  data: |
+    version: "0.1"
+    name: t1
+    tasks:
+      - name: install
+        worker: "{{.device_1}}"
+        actions:
+          - {name: stream-image, image: tinker/test, timeout: 60}
+          - {name: write-config, image: tinker/test, timeout: 60}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {name: wf1}
+spec:
+  templateRef: t1
+  hardwareRef: m1
+  hardwareMap: {device_1: "02:00:00:00:c1:01"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_and_logs_show_each_actions_state_and_output() {
+    use tinker::core::WorkflowStoreExt;
+    use tinker::core::store::{EventKind, EventSource, MachineEvent};
+    let p = plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m1.yaml");
+    std::fs::write(&file, MACHINE).unwrap();
+    let applied = tinker(&p.server, &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", err(&applied));
+    // The engine renders the workflow.
+    for _ in 0..200 {
+        let wf = p.store.workflow("default", "wf1").await.unwrap().unwrap();
+        if wf.value.status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for (i, line) in [(0, "wrote 8 MiB"), (0, "synced"), (1, "config written")] {
+        p.store
+            .append_event(
+                MachineEvent::new(
+                    jiff::Timestamp::now(),
+                    "default/m1",
+                    EventSource::Worker,
+                    EventKind::ActionOutput {
+                        action_index: i,
+                        stream: tinker::core::runtime::Stream::Stdout,
+                        line: line.into(),
+                    },
+                )
+                .for_workflow("default/wf1"),
+            )
+            .await
+            .unwrap();
+    }
+    let described = tinker(&p.server, &["describe", "workflow", "wf1"]).await;
+    assert!(described.status.success(), "{}", err(&described));
+    let d = out(&described);
+    assert!(d.contains("Machine:   m1"), "{d}");
+    assert!(d.contains("0. stream-image"), "{d}");
+    assert!(d.contains("1. write-config"), "{d}");
+    assert!(d.contains("| synced"), "{d}");
+    let logs = tinker(&p.server, &["logs", "wf1", "stream-image"]).await;
+    assert_eq!(out(&logs), "wrote 8 MiB\nsynced\n", "{}", err(&logs));
+    let all = tinker(&p.server, &["logs", "wf1"]).await;
+    assert_eq!(out(&all).lines().count(), 3);
+    let completions = tinker(&p.server, &["completions", "bash"]).await;
+    assert!(
+        out(&completions).contains("tinker"),
+        "{}",
+        err(&completions)
     );
 }

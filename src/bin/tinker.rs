@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tinker::boot::http::client::{self, Method};
 use tinker::boot::http::kind_named;
-use tinker::core::model::Kind;
+use tinker::core::model::{Kind, Object, Workflow};
+use tinker::core::store::{EventKind, MachineEvent, Versioned};
 
 /// Talks to a Tinker control plane's operator API.
 #[derive(Debug, Parser)]
@@ -75,6 +76,26 @@ enum Command {
     Events {
         /// The machine.
         machine: String,
+    },
+    /// A workflow in full: its tasks and actions with state, attempt and
+    /// duration, and the last lines of each action's output.
+    Describe {
+        /// `workflow` (the only kind described so far).
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// The output of a workflow's actions, or of one action.
+    Logs {
+        /// The workflow.
+        workflow: String,
+        /// One action, by name.
+        action: Option<String>,
+    },
+    /// A shell completion script: `tinker completions bash > /etc/bash_completion.d/tinker`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -245,7 +266,56 @@ fn print_table(head: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A workflow, as the API lists it.
+async fn workflow(api: &Api, namespace: &str, name: &str) -> Result<Workflow, Failure> {
+    let (status, list) = api
+        .call(Method::GET, "/api/v1/workflows", Vec::new())
+        .await?;
+    if status != 200 {
+        return Err(Failure(format!("HTTP {status}: {}", text(&list))));
+    }
+    let items: Vec<Versioned<Object>> = serde_json::from_value(list)?;
+    items
+        .into_iter()
+        .find_map(|v| match v.value {
+            Object::Workflow(w)
+                if w.metadata.namespace() == namespace && w.metadata.name == name =>
+            {
+                Some(w)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| Failure(format!("Workflow {namespace}/{name} not found")))
+}
+
+/// The output lines the machine's event log holds for a workflow, by action.
+async fn output(api: &Api, wf: &Workflow) -> Result<Vec<(usize, String)>, Failure> {
+    let machine = format!("{}/{}", wf.metadata.namespace(), wf.spec.hardware_ref);
+    let path = format!("/api/v1/events/{}?limit=10000", machine.replace('/', "%2F"));
+    let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
+    if status != 200 {
+        return Err(Failure(format!("HTTP {status}: {}", text(&events))));
+    }
+    let events: Vec<MachineEvent> = serde_json::from_value(events)?;
+    let me = format!("{}/{}", wf.metadata.namespace(), wf.metadata.name);
+    Ok(events
+        .into_iter()
+        .filter(|e| e.workflow.as_deref() == Some(me.as_str()))
+        .filter_map(|e| match e.kind {
+            EventKind::ActionOutput {
+                action_index, line, ..
+            } => Some((action_index, line)),
+            _ => None,
+        })
+        .collect())
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(*shell, &mut command, "tinker", &mut std::io::stdout());
+        return Ok(());
+    }
     let api = Api::new(&cli).await?;
     match &cli.command {
         Command::Get {
@@ -362,6 +432,75 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             println!("{} {}/{name} deleted", kind.as_str(), cli.namespace);
         }
+        Command::Describe { kind, name } => {
+            if kind_named(kind) != Some(Kind::Workflow) {
+                return Err(Failure(format!("describe {kind:?}: only workflows so far")));
+            }
+            let wf = workflow(&api, &cli.namespace, name).await?;
+            let lines = output(&api, &wf).await?;
+            let Some(status) = wf.status.clone() else {
+                println!(
+                    "Name:      {}/{}",
+                    wf.metadata.namespace(),
+                    wf.metadata.name
+                );
+                println!("State:     NEW (not rendered yet)");
+                return Ok(());
+            };
+            println!(
+                "Name:      {}/{}",
+                wf.metadata.namespace(),
+                wf.metadata.name
+            );
+            println!("Machine:   {}", wf.spec.hardware_ref);
+            println!("Template:  {}", wf.spec.template_ref);
+            println!(
+                "State:     {}",
+                wf.state()
+                    .map_or("NEW".to_string(), |s| format!("{s:?}").to_uppercase())
+            );
+            if let Some(reason) = &status.reason {
+                println!("Reason:    {reason}");
+            }
+            for (index, (_, action)) in status.actions().enumerate() {
+                println!(
+                    "  {index}. {:<24} {:<8} attempt {}  {}",
+                    action.name,
+                    format!("{:?}", action.state).to_uppercase(),
+                    action.attempt,
+                    action.execution_duration.as_deref().unwrap_or("-")
+                );
+                let mine: Vec<&String> = lines
+                    .iter()
+                    .filter(|(i, _)| *i == index)
+                    .map(|(_, l)| l)
+                    .collect();
+                for line in &mine[mine.len().saturating_sub(5)..] {
+                    println!("       | {line}");
+                }
+            }
+        }
+        Command::Logs {
+            workflow: name,
+            action,
+        } => {
+            let wf = workflow(&api, &cli.namespace, name).await?;
+            let wanted = match action {
+                Some(a) => Some(
+                    wf.status
+                        .as_ref()
+                        .and_then(|s| s.actions().position(|(_, x)| &x.name == a))
+                        .ok_or_else(|| Failure(format!("no action {a:?} in {name}")))?,
+                ),
+                None => None,
+            };
+            for (index, line) in output(&api, &wf).await? {
+                if wanted.is_none_or(|w| w == index) {
+                    println!("{line}");
+                }
+            }
+        }
+        Command::Completions { .. } => {}
         Command::Events { machine } => {
             let machine = if machine.contains('/') {
                 machine.clone()

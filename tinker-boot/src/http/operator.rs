@@ -208,6 +208,9 @@ impl OperatorApi {
     }
 }
 
+/// Most events one answer of `/api/v1/events/{machine}?limit=N` carries.
+pub const MAX_EVENTS_PER_ANSWER: usize = 10_000;
+
 /// Largest object document accepted by `POST /api/v1/apply`.
 pub const MAX_APPLY_BODY: usize = 1 << 20;
 
@@ -511,7 +514,18 @@ impl ExtraRoutes for OperatorApi {
             rest => {
                 if let Some(machine) = rest.strip_prefix("events/") {
                     let machine = percent_decode_str(machine).decode_utf8_lossy();
-                    return Ok(match self.store.events(&machine, 50).await {
+                    // `?limit=N`: the last N events (50 by default, at most
+                    // MAX_EVENTS_PER_ANSWER).
+                    let limit = req
+                        .uri()
+                        .query()
+                        .unwrap_or_default()
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("limit="))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(50)
+                        .min(MAX_EVENTS_PER_ANSWER);
+                    return Ok(match self.store.events(&machine, limit).await {
                         Ok(ev) => respond(
                             StatusCode::OK,
                             "application/json",
