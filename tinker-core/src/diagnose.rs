@@ -272,11 +272,11 @@ fn created_at(workflow: &Workflow, key: &str, events: &[MachineEvent]) -> Option
 }
 
 /// The newest event at or after `after` that `pick` chooses.
-fn newest<'a>(
-    events: &'a [MachineEvent],
+fn newest(
+    events: &[MachineEvent],
     after: Option<Timestamp>,
     pick: impl Fn(&MachineEvent) -> bool,
-) -> Option<&'a MachineEvent> {
+) -> Option<&MachineEvent> {
     events
         .iter()
         .filter(|e| after.is_none_or(|a| e.at >= a))
