@@ -38,6 +38,7 @@
 
 pub mod boot;
 pub mod clock;
+pub mod diagnose;
 pub mod engine;
 mod error;
 pub mod gotmpl;

@@ -157,6 +157,11 @@ pub enum EventKind {
         /// Actions in the rendered workflow.
         actions: usize,
     },
+    /// The HTTP server served the machine its iPXE script.
+    IpxeScriptServed {
+        /// The interface the script is for.
+        mac: MacAddr,
+    },
     /// The template could not be rendered; the workflow failed.
     RenderFailed {
         /// Why.
@@ -208,6 +213,7 @@ impl fmt::Display for EventKind {
         match self {
             EventKind::BootDecision { decision } => f.write_str(decision),
             EventKind::Rendered { actions } => write!(f, "template rendered: {actions} actions"),
+            EventKind::IpxeScriptServed { mac } => write!(f, "iPXE script served to {mac}"),
             EventKind::RenderFailed { reason } => write!(f, "template rendering failed: {reason}"),
             EventKind::StepDone { step } => write!(f, "{step}: done"),
             EventKind::StepSkippedNoBmc { step } => {

@@ -21,6 +21,7 @@
 mod body;
 pub mod client;
 mod conn;
+mod diagnosis;
 mod ipxe;
 mod metadata;
 mod metrics;
@@ -142,6 +143,9 @@ pub struct HttpServer {
     clock: SharedClock,
     limits: Arc<HttpLimits>,
     conns: Arc<ConnStats>,
+    /// When each machine's last "script served" event was recorded (one entry
+    /// per known Hardware at most: only those are served a script).
+    script_events: Arc<std::sync::Mutex<std::collections::HashMap<String, jiff::Timestamp>>>,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -177,6 +181,7 @@ impl HttpServer {
             clock: SystemClock::shared(),
             limits: Arc::new(HttpLimits::default()),
             conns,
+            script_events: Arc::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `/login`, `POST /login`, `POST /logout` | the sign-in form; open or close a browser session |
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
 //! | `/api/v1/events/{machine}` | the machine's last 50 events |
+//! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
 
 use super::{Body, ExtraRoutes, body::full};
 use http_body_util::BodyExt;
@@ -511,6 +512,10 @@ impl ExtraRoutes for OperatorApi {
             "hardware" => Kind::Hardware,
             "templates" => Kind::Template,
             "workflows" => Kind::Workflow,
+            rest if req.method() == Method::GET && super::diagnosis::route(rest).is_some() => {
+                let now = self.clock.now();
+                return Ok(super::diagnosis::answer(self.store.as_ref(), rest, now).await);
+            }
             rest => {
                 if let Some(machine) = rest.strip_prefix("events/") {
                     let machine = percent_decode_str(machine).decode_utf8_lossy();
