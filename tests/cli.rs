@@ -280,6 +280,11 @@ async fn describe_and_logs_show_each_actions_state_and_output() {
     assert!(d.contains("0. stream-image"), "{d}");
     assert!(d.contains("1. write-config"), "{d}");
     assert!(d.contains("| synced"), "{d}");
+    // The machine never booted (no BMC, no DHCP): describe says so.
+    assert!(
+        d.contains("Waiting:   no DHCP request from 02:00:00:00:c1:01"),
+        "{d}"
+    );
     let logs = tinker(&p.server, &["logs", "wf1", "stream-image"]).await;
     assert_eq!(out(&logs), "wrote 8 MiB\nsynced\n", "{}", err(&logs));
     let all = tinker(&p.server, &["logs", "wf1"]).await;

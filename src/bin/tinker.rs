@@ -462,6 +462,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(reason) = &status.reason {
                 println!("Reason:    {reason}");
             }
+            // Why it is not moving, when it is not (the control plane reads the
+            // machine's event log).
+            let path = format!(
+                "/api/v1/workflows/{}/{}/diagnosis",
+                wf.metadata.namespace(),
+                wf.metadata.name
+            );
+            if let Ok((200, answer)) = api.call(Method::GET, &path, Vec::new()).await
+                && let Some(why) = answer["diagnosis"]["explanation"].as_str()
+            {
+                println!("Waiting:   {why}");
+            }
             for (index, (_, action)) in status.actions().enumerate() {
                 println!(
                     "  {index}. {:<24} {:<8} attempt {}  {}",
