@@ -289,6 +289,64 @@ async fn describe_and_logs_show_each_actions_state_and_output() {
     assert_eq!(out(&logs), "wrote 8 MiB\nsynced\n", "{}", err(&logs));
     let all = tinker(&p.server, &["logs", "wf1"]).await;
     assert_eq!(out(&all).lines().count(), 3);
+    // --follow prints what comes while it runs.
+    let follow = {
+        let token = operator_token(&Secret::new(SECRET)).expose().to_string();
+        Command::new(env!("CARGO_BIN_EXE_tinker"))
+            .args(["logs", "wf1", "--follow"])
+            .env("TINKER_SERVER", &p.server)
+            .env("TINKER_TOKEN", token)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follow = Kill(follow);
+    let stdout = follow.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first: Vec<String> = (0..3)
+        .map(|_| rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap())
+        .collect();
+    assert_eq!(first, ["wrote 8 MiB", "synced", "config written"]);
+    p.store
+        .append_event(
+            MachineEvent::new(
+                jiff::Timestamp::now(),
+                "default/m1",
+                EventSource::Worker,
+                EventKind::ActionOutput {
+                    action_index: 1,
+                    stream: tinker::core::runtime::Stream::Stdout,
+                    line: "a new line".into(),
+                },
+            )
+            .for_workflow("default/wf1"),
+        )
+        .await
+        .unwrap();
+    let next =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(std::time::Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(next.as_deref(), Ok("a new line"), "followed, once");
+    drop(follow);
     let completions = tinker(&p.server, &["completions", "bash"]).await;
     assert!(
         out(&completions).contains("tinker"),

@@ -91,6 +91,9 @@ enum Command {
         workflow: String,
         /// One action, by name.
         action: Option<String>,
+        /// Keep printing new lines as they come, until the workflow ends.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// A shell completion script: `tinker completions bash > /etc/bash_completion.d/tinker`.
     Completions {
@@ -289,7 +292,10 @@ async fn workflow(api: &Api, namespace: &str, name: &str) -> Result<Workflow, Fa
 }
 
 /// The output lines the machine's event log holds for a workflow, by action.
-async fn output(api: &Api, wf: &Workflow) -> Result<Vec<(usize, String)>, Failure> {
+/// Output lines of a workflow: (event sequence number, action index, line).
+type Lines = Vec<(u64, usize, String)>;
+
+async fn output(api: &Api, wf: &Workflow) -> Result<Lines, Failure> {
     let machine = format!("{}/{}", wf.metadata.namespace(), wf.spec.hardware_ref);
     let path = format!("/api/v1/events/{}?limit=10000", machine.replace('/', "%2F"));
     let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
@@ -304,7 +310,7 @@ async fn output(api: &Api, wf: &Workflow) -> Result<Vec<(usize, String)>, Failur
         .filter_map(|e| match e.kind {
             EventKind::ActionOutput {
                 action_index, line, ..
-            } => Some((action_index, line)),
+            } => Some((e.seq, action_index, line)),
             _ => None,
         })
         .collect())
@@ -484,8 +490,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
                 let mine: Vec<&String> = lines
                     .iter()
-                    .filter(|(i, _)| *i == index)
-                    .map(|(_, l)| l)
+                    .filter(|(_, i, _)| *i == index)
+                    .map(|(_, _, l)| l)
                     .collect();
                 for line in &mine[mine.len().saturating_sub(5)..] {
                     println!("       | {line}");
@@ -495,8 +501,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logs {
             workflow: name,
             action,
+            follow,
         } => {
-            let wf = workflow(&api, &cli.namespace, name).await?;
+            let mut wf = workflow(&api, &cli.namespace, name).await?;
             let wanted = match action {
                 Some(a) => Some(
                     wf.status
@@ -506,10 +513,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ),
                 None => None,
             };
-            for (index, line) in output(&api, &wf).await? {
-                if wanted.is_none_or(|w| w == index) {
-                    println!("{line}");
+            // The last event printed, by the store's sequence number.
+            let mut seen: Option<u64> = None;
+            loop {
+                for (seq, index, line) in output(&api, &wf).await? {
+                    if seen.is_none_or(|s| seq > s) && wanted.is_none_or(|w| w == index) {
+                        println!("{line}");
+                    }
+                    seen = Some(seen.map_or(seq, |s| s.max(seq)));
                 }
+                let ended = wf.state().is_some_and(|s| s.is_terminal());
+                if !follow || ended {
+                    break;
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                // Read the state before the lines, so the last lines of a
+                // workflow that ends meanwhile are still printed once.
+                wf = workflow(&api, &cli.namespace, name).await?;
             }
         }
         Command::Completions { .. } => {}
