@@ -279,6 +279,35 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
     }
 }
 
+impl<I> Guarded<I> {
+    /// What a write-side poll of the inner stream answered, with the stall
+    /// timer applied: progress (`made_progress`) restarts both timers, a
+    /// pending poll arms or checks the write timer.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+        made_progress: impl FnOnce(&T) -> bool,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                if r.as_ref().is_ok_and(made_progress) {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => Self::stalled(
+                &mut self.write_timer,
+                &self.clock,
+                self.stall,
+                &self.stats,
+                cx,
+            )
+            .map(Err),
+        }
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -286,22 +315,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    this.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => Self::stalled(
-                &mut this.write_timer,
-                &this.clock,
-                this.stall,
-                &this.stats,
-                cx,
-            )
-            .map(Err),
-        }
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.written(cx, polled, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -310,22 +325,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    this.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => Self::stalled(
-                &mut this.write_timer,
-                &this.clock,
-                this.stall,
-                &this.stats,
-                cx,
-            )
-            .map(Err),
-        }
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.written(cx, polled, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -334,17 +335,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => Self::stalled(
-                &mut this.write_timer,
-                &this.clock,
-                this.stall,
-                &this.stats,
-                cx,
-            )
-            .map(Err),
-        }
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        // A flush that completes is not progress by itself (it moved no bytes).
+        this.written(cx, polled, |_| false)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
