@@ -183,6 +183,9 @@ pub struct ValidationError {
     pub file: String,
     /// Which object in the file, such as `Hardware default/sm01`.
     pub object: String,
+    /// The same object as a key, when the finding is about a stored kind: what
+    /// a caller matches on (to refuse that object alone), never the text.
+    pub key: Option<crate::model::ObjectKey>,
     /// The field path, such as `spec.interfaces[0].dhcp.mac`.
     pub path: String,
     /// What is wrong with it.
@@ -201,9 +204,16 @@ impl ValidationError {
             kind: FindingKind::Field,
             file: file.into(),
             object: object.into(),
+            key: None,
             path: path.into(),
             reason: reason.into(),
         }
+    }
+
+    /// The same finding, about the object with `key`.
+    pub fn with_key(mut self, key: crate::model::ObjectKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The same finding with another kind.

@@ -13,6 +13,16 @@ struct Findings<'a> {
     out: &'a mut ValidationErrors,
 }
 
+/// Marks the findings pushed since `mark` that name no object key as being
+/// about `key` (those of the template renderer, which knows only text).
+fn claim(out: &mut ValidationErrors, mark: usize, key: &crate::model::ObjectKey) {
+    for e in &mut out.0[mark..] {
+        if e.key.is_none() {
+            e.key = Some(key.clone());
+        }
+    }
+}
+
 impl Findings<'_> {
     fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.push_kind(FindingKind::Field, path, reason);
@@ -39,7 +49,11 @@ pub fn documents(file: &str, docs: &[Document]) -> ValidationErrors {
         .collect();
     for d in docs {
         match d {
-            Document::Object(o) => object(file, o, &mut out),
+            Document::Object(o) => {
+                let mark = out.0.len();
+                object(file, o, &mut out);
+                claim(&mut out, mark, &o.key());
+            }
             Document::AgentActions(actions) => {
                 let mut f = Findings {
                     file,
@@ -546,6 +560,7 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                     (h.metadata.namespace().to_string(), h.metadata.name.clone()),
                     h,
                 );
+                let mark = out.0.len();
                 let mut f = Findings {
                     file,
                     object: format!("Hardware {me}"),
@@ -573,6 +588,7 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                         );
                     }
                 }
+                claim(out, mark, &o.key());
             }
             Object::Template(t) => {
                 templates.insert(
@@ -600,6 +616,7 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
         if hw.is_none() && uses_hardware {
             continue;
         }
+        let mark = out.0.len();
         let mut f = Findings {
             file,
             object: format!("Workflow {}/{}", w.metadata.namespace(), w.metadata.name),
@@ -622,6 +639,12 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                 e.to_string(),
             ),
         }
+        let key = crate::model::ObjectKey::new(
+            crate::model::Kind::Workflow,
+            w.metadata.namespace(),
+            w.metadata.name.clone(),
+        );
+        claim(out, mark, &key);
     }
 }
 

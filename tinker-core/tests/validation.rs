@@ -262,3 +262,19 @@ fn a_template_bomb_checked_alone_is_a_finding() {
         has(&f, "spec.data", want);
     }
 }
+
+/// Every finding about a stored kind names its object by key, so a caller can
+/// refuse that object alone without reading the finding's text.
+#[test]
+fn findings_name_their_object_by_key() {
+    use tinker_core::model::{Kind, ObjectKey, parse_documents};
+    let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: bad, namespace: lab}\nspec: {interfaces: [{dhcp: {mac: \"not-a-mac\"}}]}\n---\napiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: good, namespace: lab}\nspec: {interfaces: [{dhcp: {mac: \"02:00:00:00:00:01\"}}]}\n";
+    let docs = parse_documents("f.yaml", yaml).unwrap();
+    let findings = tinker_core::validate::documents("f.yaml", &docs);
+    assert!(!findings.0.is_empty());
+    let bad = ObjectKey::new(Kind::Hardware, "lab", "bad");
+    assert!(
+        findings.0.iter().all(|f| f.key.as_ref() == Some(&bad)),
+        "{findings:?}"
+    );
+}

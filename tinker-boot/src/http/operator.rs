@@ -286,14 +286,10 @@ impl OperatorApi {
             .iter()
             .map(|f| serde_json::json!({"object": f.object, "path": f.path, "reason": f.reason}))
             .collect();
+        // Matched by key: the finding's text is for people.
         let has_finding = |o: &tinker_core::model::Object| {
-            let name = format!(
-                "{} {}/{}",
-                o.kind().as_str(),
-                o.metadata().namespace(),
-                o.metadata().name
-            );
-            findings.0.iter().any(|f| f.object == name)
+            let key = o.key();
+            findings.0.iter().any(|f| f.key.as_ref() == Some(&key))
         };
         let mut applied = Vec::new();
         for doc in docs {
