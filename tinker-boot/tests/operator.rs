@@ -51,6 +51,24 @@ async fn call(
         .unwrap()
 }
 
+/// Signs in as a browser does; the session cookie as a `Cookie` header value.
+async fn sign_in(addr: SocketAddr) -> String {
+    let token = operator_token(&Secret::new(SECRET));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let body = format!("token={}", token.expose());
+    let signed_in = call(addr, client::Method::POST, "/login", &form, &body).await;
+    assert_eq!(signed_in.status, 303);
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// The status of a GET with these headers.
+async fn status(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    call(addr, client::Method::GET, path, headers, "")
+        .await
+        .status
+}
+
 #[tokio::test]
 async fn the_token_opens_the_api_as_a_header_never_in_a_url() {
     let (addr, _) = serve(true).await;
@@ -139,53 +157,18 @@ async fn a_browser_signs_in_once_and_holds_a_strict_http_only_cookie() {
     );
     // Sessions end.
     clock.advance(SESSION_LIFETIME + Duration::from_secs(1));
-    assert_eq!(
-        call(
-            addr,
-            client::Method::GET,
-            "/api/v1/workflows",
-            &with_cookie,
-            ""
-        )
-        .await
-        .status,
-        401
-    );
+    assert_eq!(status(addr, "/api/v1/workflows", &with_cookie).await, 401);
 }
 
 #[tokio::test]
 async fn signing_out_ends_the_session() {
     let (addr, _) = serve(true).await;
-    let token = operator_token(&Secret::new(SECRET));
-    let form = [("content-type", "application/x-www-form-urlencoded")];
-    let signed_in = call(
-        addr,
-        client::Method::POST,
-        "/login",
-        &form,
-        &format!("token={}", token.expose()),
-    )
-    .await;
-    let cookie = signed_in.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let session = cookie.split(';').next().unwrap().to_string();
+    let session = sign_in(addr).await;
     let with_cookie = [("cookie", session.as_str())];
+    assert_eq!(status(addr, "/api/v1/workflows", &with_cookie).await, 200);
     let out = call(addr, client::Method::POST, "/logout", &with_cookie, "").await;
     assert_eq!(out.status, 303);
-    assert_eq!(
-        call(
-            addr,
-            client::Method::GET,
-            "/api/v1/workflows",
-            &with_cookie,
-            ""
-        )
-        .await
-        .status,
-        401
-    );
+    assert_eq!(status(addr, "/api/v1/workflows", &with_cookie).await, 401);
 }
 
 #[tokio::test]
