@@ -134,26 +134,42 @@ async fn terminate(pgid: Option<u32>, child: &mut tokio::process::Child, sv: &Su
     // ESRCH (the group already ended) is fine.
     let _ = kill_process_group(pid, Signal::TERM);
     record(sv.cleanup, |r| r.signalled.push(pgid));
-    let gone = async {
-        let _ = child.wait().await;
-        while !group_members(pgid).is_empty() {
-            sv.clock.sleep(GROUP_POLL).await;
-        }
-    };
     let in_grace = tokio::select! {
-        () = gone => true,
+        () = group_gone(pgid, child, sv) => true,
         () = sv.clock.sleep(sv.grace) => false,
     };
     if !in_grace {
         let _ = kill_process_group(pid, Signal::KILL);
         record(sv.cleanup, |r| r.killed.push(pgid));
-        let _ = child.wait().await;
+        // SIGKILL is delivered at once but takes effect when each process
+        // next leaves the kernel: wait for the whole group to be gone, not
+        // only the leader, so nothing of the action runs on when its end is
+        // reported. Bounded: a process stuck in uninterruptible I/O is
+        // reported by the caller's checks rather than waited for forever.
+        tokio::select! {
+            () = group_gone(pgid, child, sv) => {}
+            () = sv.clock.sleep(KILL_WAIT) => {
+                tracing::warn!(pgid, "processes of a killed action's group are still there");
+            }
+        }
     }
     tracing::info!(
         pgid,
         killed = !in_grace,
         "stopped an action's process group"
     );
+}
+
+/// How long to wait for a killed group's processes to disappear.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Resolves when the leader has been reaped and no live member of the group
+/// is left.
+async fn group_gone(pgid: u32, child: &mut tokio::process::Child, sv: &Supervision<'_>) {
+    let _ = child.wait().await;
+    while !group_members(pgid).is_empty() {
+        sv.clock.sleep(GROUP_POLL).await;
+    }
 }
 
 /// The live (not zombie) processes of process group `pgid`, from `/proc`.
