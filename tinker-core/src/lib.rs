@@ -60,7 +60,7 @@ pub mod worker_api;
 pub use boot::BootResponder;
 pub use error::{Error, FindingKind, Result, ValidationError, ValidationErrors};
 pub use mac::{MacAddr, MacParseError};
-pub use metadata::{InstanceMetadata, MetadataSource};
+pub use metadata::{InstanceMetadata, MetadataSource, OperatingSystem};
 pub use power::{
     BootDevice, BootOptions, PowerAction, PowerConnector, PowerController, PowerState,
 };

@@ -14,10 +14,28 @@ use std::net::IpAddr;
 pub struct InstanceMetadata {
     /// EC2 `instance-id`.
     pub instance_id: String,
-    /// Host name.
+    /// Host name (also EC2 `local-hostname`, as Tootles answers it).
     pub hostname: Option<String>,
-    /// Its IPv4 address.
+    /// Its private IPv4 address (EC2 `local-ipv4`).
     pub local_ipv4: Option<std::net::Ipv4Addr>,
+    /// Its public IPv4 address (EC2 `public-ipv4`).
+    #[serde(default)]
+    pub public_ipv4: Option<std::net::Ipv4Addr>,
+    /// Its IPv6 address (EC2 `public-ipv6`).
+    #[serde(default)]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// The iSCSI qualified name (EC2 `iqn`; Tootles never fills it).
+    #[serde(default)]
+    pub iqn: Option<String>,
+    /// The hardware plan (Equinix heritage: `facility.plan_slug`).
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// The site (Equinix heritage: `facility.facility_code`).
+    #[serde(default)]
+    pub facility: Option<String>,
+    /// The operating system to install (`instance.operating_system`).
+    #[serde(default)]
+    pub operating_system: OperatingSystem,
     /// SSH public keys.
     pub public_keys: Vec<String>,
     /// cloud-init user-data.
@@ -34,6 +52,23 @@ pub struct InstanceMetadata {
     /// is weak proof (proxyDHCP mode). Never serialized.
     #[serde(skip)]
     pub token_sha256: Option<String>,
+}
+
+/// The operating system a machine is to run, as Tinkerbell's Hardware names it
+/// (`spec.metadata.instance.operating_system`) and Tootles serves it under
+/// `meta-data/operating-system/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatingSystem {
+    /// `slug`, such as `ubuntu_22_04`.
+    pub slug: Option<String>,
+    /// `distro`, such as `ubuntu`.
+    pub distro: Option<String>,
+    /// `version`, such as `22.04`.
+    pub version: Option<String>,
+    /// `image_tag`.
+    pub image_tag: Option<String>,
+    /// `license_activation.state`.
+    pub license_activation_state: Option<String>,
 }
 
 /// Finds a machine's metadata by its source address.

@@ -126,6 +126,7 @@ pub(crate) const HTTP: &[CounterRow<super::HttpStats>] = rows! { super::HttpStat
     scripts => "tinker_http_ipxe_scripts", "iPXE scripts served";
     metadata => "tinker_http_metadata", "metadata answers";
     metadata_unknown => "tinker_http_metadata_unknown", "metadata requests from unknown addresses";
+    metadata_refused => "tinker_http_metadata_refused", "metadata requests by an instance id not the caller's";
     asset_bytes => "tinker_http_asset_bytes", "boot asset bytes sent";
     refused => "tinker_http_refused", "paths refused";
     scripts_without_token => "tinker_http_ipxe_scripts_without_token", "iPXE scripts served without the machine's token to a caller not the machine";

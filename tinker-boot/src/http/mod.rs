@@ -1,7 +1,9 @@
 //! The HTTP side of booting, on hyper: per-machine iPXE scripts, iPXE binaries for
 //! UEFI HTTP boot, boot assets (kernel, initrd, disk images) with Range requests,
-//! the metadata service as Hegel serves it (EC2 paths and Tinkerbell's
-//! `/metadata`), and Prometheus `/metrics`.
+//! the metadata service as Tinkerbell's Tootles serves it (EC2 paths,
+//! Tinkerbell's `/metadata`, the opt-in instance-id tree), and Prometheus
+//! `/metrics`. [`HttpServer::metadata_only`] serves the metadata alone, for
+//! Hegel's port 50061.
 //!
 //! | path | what |
 //! |---|---|
@@ -9,7 +11,8 @@
 //! | `/ipxe/binary/{name}` | iPXE binaries (UEFI HTTP boot) |
 //! | `/assets/{path}` | boot assets from a directory; `GET`/`HEAD`, single `Range` |
 //! | `/2009-04-04/meta-data/...`, `/2009-04-04/user-data`, `/latest/...` | EC2 metadata of the caller |
-//! | `/metadata` | Tinkerbell's metadata JSON of the caller |
+//! | `/metadata` | Tinkerbell's metadata JSON of the caller (what rootio reads) |
+//! | `/tootles/instanceID/{id}/2009-04-04/...` | the same EC2 tree, when [`HttpServer::with_tootles_instance_endpoint`]; `{id}` must be the caller's |
 //! | `/metrics`, `/healthz` | Prometheus counters, liveness |
 //!
 //! A machine is known by the source address of its connection, never by what it
@@ -78,6 +81,8 @@ pub struct HttpStats {
     pub metadata: AtomicU64,
     /// Metadata requests from unknown addresses.
     pub metadata_unknown: AtomicU64,
+    /// Metadata requests by an instance id that is not the caller's.
+    pub metadata_refused: AtomicU64,
     /// Asset bytes sent.
     pub asset_bytes: AtomicU64,
     /// Paths refused (outside the served directory).
@@ -146,6 +151,10 @@ pub struct HttpServer {
     /// When each machine's last "script served" event was recorded (one entry
     /// per known Hardware at most: only those are served a script).
     script_events: Arc<std::sync::Mutex<std::collections::HashMap<String, jiff::Timestamp>>>,
+    /// Serves the metadata service alone (Hegel's port).
+    only_metadata: bool,
+    /// Serves Tootles' `/tootles/instanceID/<id>/...` tree.
+    tootles_instance_endpoint: bool,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -156,6 +165,8 @@ impl std::fmt::Debug for HttpServer {
             .field("clock", &self.clock)
             .field("limits", &self.limits)
             .field("conns", &self.conns)
+            .field("only_metadata", &self.only_metadata)
+            .field("tootles_instance_endpoint", &self.tootles_instance_endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -182,7 +193,28 @@ impl HttpServer {
             limits: Arc::new(HttpLimits::default()),
             conns,
             script_events: Arc::default(),
+            only_metadata: false,
+            tootles_instance_endpoint: false,
         }
+    }
+
+    /// This server answering only the metadata service (the EC2 tree,
+    /// `/metadata`, the Tootles tree when on) and `/healthz` and `/metrics`,
+    /// with the same configuration and counters: what Hegel served on port
+    /// 50061, where Cluster API Provider Tinkerbell still points cloud-init.
+    pub fn metadata_only(mut self) -> Self {
+        self.only_metadata = true;
+        self
+    }
+
+    /// Also serves the EC2 tree under `/tootles/instanceID/<id>/2009-04-04/`,
+    /// as Tootles does with `--tootles-instance-endpoint` (off by default, as
+    /// there). Unlike Tootles, the id does not stand in for the caller's
+    /// address: the caller is still found by its address, and an id that is
+    /// not its own is refused (403).
+    pub fn with_tootles_instance_endpoint(mut self, on: bool) -> Self {
+        self.tootles_instance_endpoint = on;
+        self
     }
 
     /// Holds clients to `limits` instead of [`HttpLimits::default`].
@@ -395,11 +427,11 @@ impl HttpServer {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let caller = self.caller(&req, peer);
         let req = match &self.config.extra {
-            Some(extra) => match extra.handle(req, caller).await {
+            Some(extra) if !self.only_metadata => match extra.handle(req, caller).await {
                 Ok(resp) => return resp,
                 Err(req) => req,
             },
-            None => req,
+            _ => req,
         };
         // iPXE percent-encodes the colons of a MAC in a path.
         let path = percent_decode_str(req.uri().path()).decode_utf8_lossy();
@@ -412,6 +444,18 @@ impl HttpServer {
             ["healthz"] => status(StatusCode::OK, "ok\n"),
             ["metrics"] => self.metrics(),
             _ if !self.config.serves_machines => status(StatusCode::NOT_FOUND, "not found\n"),
+            ["metadata"] => metadata::tinkerbell_json(self, caller, metadata_token(&req)).await,
+            [version, rest @ ..] if *version == "2009-04-04" || *version == "latest" => {
+                let token = metadata_token(&req);
+                metadata::ec2(self, caller, token, metadata::Tree::ByAddress, rest).await
+            }
+            ["tootles", "instanceID", id, "2009-04-04", rest @ ..]
+                if self.tootles_instance_endpoint =>
+            {
+                let tree = metadata::Tree::ByInstanceId(id);
+                metadata::ec2(self, caller, metadata_token(&req), tree, rest).await
+            }
+            _ if self.only_metadata => status(StatusCode::NOT_FOUND, "not found\n"),
             ["auto.ipxe"] => self.script_by_ip(caller).await,
             ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac, caller).await,
             ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")).await,
@@ -422,10 +466,6 @@ impl HttpServer {
                     head,
                 )
                 .await
-            }
-            ["metadata"] => metadata::tinkerbell_json(self, caller, metadata_token(&req)).await,
-            [version, rest @ ..] if *version == "2009-04-04" || *version == "latest" => {
-                metadata::ec2(self, caller, metadata_token(&req), rest).await
             }
             _ => status(StatusCode::NOT_FOUND, "not found\n"),
         };
