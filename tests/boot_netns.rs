@@ -245,7 +245,11 @@ fn metadata_and_scripts_over_http_from_the_machine_itself() {
         lab.http_get("/2009-04-04/user-data", HTTP)
             .starts_with("#cloud-config")
     );
-    assert!(lab.http_get("/metadata", HTTP).contains("i-m1-0001"));
+    // What rootio reads: the machine's storage layout, nothing else.
+    assert!(
+        lab.http_get("/metadata", HTTP)
+            .starts_with(r#"{"metadata":{"instance":{"storage":"#)
+    );
     let script = lab.http_get("/auto.ipxe", HTTP);
     assert!(
         script.starts_with("#!ipxe") && script.contains(&format!("worker_id={MAC}")),

@@ -5,6 +5,7 @@
 use dhcproto::v4::{DhcpOption, MessageType};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tinker_boot::credentials::ObservedAddresses;
 use tinker_boot::dhcp::client::{PxeClient, encode};
 use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode};
@@ -131,4 +132,157 @@ async fn a_metadata_token_closes_what_an_address_leaves_open() {
         instance_id(addr, from, Some("metadata-s3cret")).await,
         (200, "i-nuc2".to_string())
     );
+}
+
+/// Two machines with Tootles' fields, on loopback addresses of their own.
+async fn two_machines() -> Arc<dyn WorkflowStore> {
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    for (name, n, last) in [("a", 1, 20), ("b", 2, 21)] {
+        let mut hw = Hardware::new(name, mac(n), Ipv4Addr::new(127, 0, 3, last), "255.0.0.0");
+        hw.spec.metadata = Some(
+            serde_json::from_value(serde_json::json!({
+                "facility": {"plan_slug": format!("plan-{name}"), "facility_code": "onprem"},
+                "instance": {"id": format!("i-{name}"), "hostname": format!("host-{name}"),
+                             "ssh_keys": [format!("ssh-ed25519 AAAA {name}")]}
+            }))
+            .unwrap(),
+        );
+        hw.spec.user_data = Some(format!("#cloud-config\nhostname: host-{name}\n"));
+        store.put(hw.into(), Precondition::Any).await.unwrap();
+    }
+    store
+}
+
+/// Routes that answer everything: a metadata-only server must never reach them.
+#[derive(Debug)]
+struct Everything;
+
+#[async_trait::async_trait]
+impl tinker_boot::http::ExtraRoutes for Everything {
+    async fn handle(
+        &self,
+        _req: hyper::Request<hyper::body::Incoming>,
+        _peer: IpAddr,
+    ) -> Result<hyper::Response<tinker_boot::http::Body>, hyper::Request<hyper::body::Incoming>>
+    {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Full::new(hyper::body::Bytes::from("extra"))
+            .map_err(|never| match never {})
+            .boxed();
+        Ok(hyper::Response::new(body))
+    }
+}
+
+async fn start(server: HttpServer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    addr
+}
+
+async fn get(addr: SocketAddr, from: [u8; 4], path: &str) -> (u16, String) {
+    let r = client::request(
+        addr,
+        Some(IpAddr::from(from)),
+        client::Method::GET,
+        path,
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    (r.status, r.text())
+}
+
+const A: [u8; 4] = [127, 0, 3, 20];
+const B: [u8; 4] = [127, 0, 3, 21];
+const NOBODY: [u8; 4] = [127, 0, 3, 22];
+
+#[tokio::test]
+async fn the_tootles_tree_serves_the_callers_own_id_only() {
+    let store = two_machines().await;
+    let server = HttpServer::new(HttpConfig::new(store)).with_tootles_instance_endpoint(true);
+    let stats = server.stats();
+    let addr = start(server).await;
+    let tree = "/tootles/instanceID/i-a/2009-04-04";
+    assert_eq!(
+        get(addr, A, &format!("{tree}/meta-data/hostname")).await,
+        (200, "host-a".into())
+    );
+    assert_eq!(
+        get(addr, A, &format!("{tree}/meta-data/plan/")).await,
+        (200, "plan-a".into())
+    );
+    assert_eq!(
+        get(addr, A, &format!("{tree}/")).await,
+        (200, "meta-data/\nuser-data".into())
+    );
+    assert_eq!(
+        get(addr, A, &format!("{tree}/user-data")).await,
+        (200, "#cloud-config\nhostname: host-a\n".into())
+    );
+    // Another machine naming a's id, or an id nobody has: the same refusal.
+    for path in [
+        format!("{tree}/meta-data/hostname"),
+        format!("{tree}/user-data"),
+        format!("{tree}/meta-data"),
+        "/tootles/instanceID/i-nobody/2009-04-04/meta-data/hostname".to_string(),
+    ] {
+        let (code, body) = get(addr, B, &path).await;
+        assert_eq!(code, 403, "{path}");
+        assert!(!body.contains("host-a") && !body.contains("cloud-config"));
+    }
+    assert_eq!(stats.metadata_refused.load(Ordering::Relaxed), 4);
+    // An address no machine has gets nothing, listings included.
+    for path in [
+        format!("{tree}/meta-data/hostname"),
+        "/2009-04-04".to_string(),
+        "/2009-04-04/meta-data/".to_string(),
+        "/metadata".to_string(),
+    ] {
+        assert_eq!(get(addr, NOBODY, &path).await.0, 404, "{path}");
+    }
+    // Off, as by default in Tootles: no such tree.
+    let off = start(HttpServer::new(HttpConfig::new(two_machines().await))).await;
+    assert_eq!(
+        get(off, A, &format!("{tree}/meta-data/hostname")).await.0,
+        404
+    );
+    assert_eq!(
+        get(off, A, "/2009-04-04/meta-data/hostname").await,
+        (200, "host-a".into())
+    );
+}
+
+#[tokio::test]
+async fn the_hegel_listener_serves_metadata_and_nothing_else() {
+    let store = two_machines().await;
+    let config = HttpConfig {
+        extra: Some(Arc::new(Everything)),
+        ..HttpConfig::new(store)
+    };
+    let full = start(HttpServer::new(config.clone())).await;
+    assert_eq!(get(full, A, "/anything").await, (200, "extra".into()));
+    let hegel = start(HttpServer::new(config).metadata_only()).await;
+    assert_eq!(
+        get(hegel, A, "/2009-04-04/meta-data/instance-id").await,
+        (200, "i-a".into())
+    );
+    assert_eq!(
+        get(hegel, B, "/2009-04-04/meta-data/public-keys").await,
+        (200, "ssh-ed25519 AAAA b".into())
+    );
+    assert_eq!(
+        get(hegel, A, "/metadata").await.1,
+        r#"{"metadata":{"instance":{"storage":{"disks":null,"filesystems":null}}}}"#
+    );
+    assert_eq!(get(hegel, A, "/healthz").await.0, 200);
+    for path in [
+        "/anything",
+        "/auto.ipxe",
+        "/ipxe/binary/ipxe.efi",
+        "/assets/vmlinuz",
+    ] {
+        assert_eq!(get(hegel, A, path).await.0, 404, "{path}");
+    }
 }
