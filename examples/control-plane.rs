@@ -8,7 +8,8 @@
 //!     [--workers http://10.0.0.1:8080,http://10.0.0.2:8080] [--mock-bmcs]
 //! ```
 //!
-//! `--help` lists the flags. Prints one line `ready http=… dhcp=… tftp=…` when serving; stops cleanly on
+//! `--help` lists the flags. Prints one line `ready http=… dhcp=… tftp=…` (then
+//! `https=…`, `hegel=…` for those that are on) when serving; stops cleanly on
 //! SIGTERM or Ctrl-C.
 
 use std::net::Ipv4Addr;
@@ -70,6 +71,14 @@ struct Args {
     /// HTTPS port (0 picks a free one).
     #[arg(long, default_value_t = 8443)]
     https_port: u16,
+    /// The metadata service also on Hegel's port, where Cluster API Provider
+    /// Tinkerbell points cloud-init (0 turns it off).
+    #[arg(long, default_value_t = 50061)]
+    hegel_port: u16,
+    /// Also serve the EC2 tree under /tootles/instanceID/<id>/2009-04-04/ (the
+    /// id must be the caller's own).
+    #[arg(long)]
+    tootles_instance_endpoint: bool,
     /// The control-plane URLs put on the workers' kernel line (default: this replica).
     #[arg(long)]
     workers: Option<String>,
@@ -150,7 +159,15 @@ async fn run(a: Args) -> Result<(), String> {
                 .map_err(|e| format!("binding HTTPS on {address}: {e}"))?,
         );
     }
+    if a.hegel_port != 0 {
+        listeners.hegel = Some(
+            tokio::net::TcpListener::bind((address, a.hegel_port))
+                .await
+                .map_err(|e| format!("binding Hegel's metadata port on {address}: {e}"))?,
+        );
+    }
     let mut plane = ControlPlane::new(store, power, address, secret);
+    plane.tootles_instance_endpoint = a.tootles_instance_endpoint;
     if a.behind_nat {
         plane.address_check = tinker::boot::credentials::AddressCheck::BehindNat;
     }
@@ -170,12 +187,16 @@ async fn run(a: Args) -> Result<(), String> {
     plane.osie.kernel = a.kernel.clone();
     plane.osie.initrd = a.initrd.clone();
     plane.osie.control_plane = a.workers.clone().unwrap_or_default();
-    let https = match &listeners.https {
+    // The optional listeners, each as ` name=address`.
+    let mut more = match &listeners.https {
         Some(l) => format!(" https={}", l.local_addr().map_err(|e| e.to_string())?),
         None => String::new(),
     };
+    if let Some(l) = &listeners.hegel {
+        more += &format!(" hegel={}", l.local_addr().map_err(|e| e.to_string())?);
+    }
     println!(
-        "ready http={} dhcp={} tftp={} replica={}{https}",
+        "ready http={} dhcp={} tftp={} replica={}{more}",
         listeners.http.local_addr().map_err(|e| e.to_string())?,
         listeners.dhcp.local_addr().map_err(|e| e.to_string())?,
         listeners.tftp.local_addr().map_err(|e| e.to_string())?,

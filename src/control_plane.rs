@@ -56,6 +56,9 @@ pub struct Listeners {
     /// HTTPS, when [`ControlPlane::tls`] is set: the worker API, the
     /// operator's page and API and metadata, over TLS.
     pub https: Option<TcpListener>,
+    /// The metadata service alone on Hegel's port (50061 in the field), where
+    /// Cluster API Provider Tinkerbell points cloud-init; `None`: off.
+    pub hegel: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -75,6 +78,7 @@ impl Listeners {
             http: TcpListener::bind((address, http)).await?,
             management: None,
             https: None,
+            hegel: None,
         })
     }
 
@@ -131,6 +135,10 @@ pub struct ControlPlane {
     pub tftp_limits: TftpLimits,
     /// DHCP rate limits per MAC and per relay.
     pub dhcp_limits: DhcpLimits,
+    /// Also serve the EC2 tree under `/tootles/instanceID/<id>/2009-04-04/`,
+    /// as Tootles' `--tootles-instance-endpoint` does (off by default); the id
+    /// must be the calling machine's own.
+    pub tootles_instance_endpoint: bool,
 }
 
 impl ControlPlane {
@@ -167,6 +175,7 @@ impl ControlPlane {
             http_limits: HttpLimits::default(),
             tftp_limits: TftpLimits::default(),
             dhcp_limits: DhcpLimits::default(),
+            tootles_instance_endpoint: false,
         }
     }
 
@@ -290,13 +299,15 @@ impl ControlPlane {
             (
                 HttpServer::new(config)
                     .with_clock(self.clock.clone())
-                    .with_limits(self.http_limits.clone()),
+                    .with_limits(self.http_limits.clone())
+                    .with_tootles_instance_endpoint(self.tootles_instance_endpoint),
                 identity,
             )
         });
         let http = HttpServer::new(machine_config)
             .with_clock(self.clock.clone())
-            .with_limits(self.http_limits);
+            .with_limits(self.http_limits)
+            .with_tootles_instance_endpoint(self.tootles_instance_endpoint);
         let engine =
             Engine::new(self.store.clone(), self.power, self.engine).with_clock(self.clock);
         Services {
@@ -373,6 +384,15 @@ impl ControlPlane {
             let r = tftp.serve(listeners.tftp, w).await;
             (Service::Tftp, r.map_err(failed(Service::Tftp)))
         });
+        if let Some(listener) = listeners.hegel {
+            // The same server (configuration, counters) answering metadata only.
+            let hegel = http.clone().metadata_only();
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = hegel.serve(listener, w).await;
+                (Service::Hegel, r.map_err(failed(Service::Hegel)))
+            });
+        }
         let w = wait(&stop);
         tasks.spawn(async move {
             let r = http.serve(listeners.http, w).await;
@@ -465,6 +485,8 @@ pub enum Service {
     Management,
     /// HTTPS.
     Https,
+    /// The metadata service on Hegel's port.
+    Hegel,
     /// The engine.
     Engine,
 }
@@ -477,6 +499,7 @@ impl std::fmt::Display for Service {
             Service::Http => "HTTP",
             Service::Management => "management HTTP",
             Service::Https => "HTTPS",
+            Service::Hegel => "Hegel metadata",
             Service::Engine => "engine",
         })
     }

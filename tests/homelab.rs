@@ -212,10 +212,10 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
                 .port()
         }
     };
-    let (http, dhcp, tftp) = (port(false), port(true), port(true));
+    let (http, dhcp, tftp, hegel) = (port(false), port(true), port(true), port(false));
     std::fs::write(
         dir.path().join("homelab.yaml"),
-        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\n"),
+        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\n"),
     )
     .unwrap();
     let mut child = Running(
@@ -269,6 +269,15 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     assert!(api("hardware").contains("nuc1"), "loaded at start");
+    // `hegel_port`: the metadata service there too, for the machine itself.
+    let o = Command::new("curl")
+        .args(["-s", "--interface", "127.88.0.1"])
+        .arg(format!(
+            "http://127.0.0.1:{hegel}/2009-04-04/meta-data/instance-id"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "nuc1");
     // A new file is picked up.
     std::fs::write(objects.join("b.yaml"), "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: nuc2}\nspec: {interfaces: [{dhcp: {mac: \"02:00:00:00:aa:02\", ip: {address: 127.88.0.2, netmask: 255.0.0.0}}}]}\n").unwrap();
     let mut seen = false;

@@ -63,6 +63,13 @@ struct Config {
     tls_key: Option<PathBuf>,
     #[serde(default = "default_https")]
     https_port: u16,
+    /// The metadata service also on Hegel's port (0: off).
+    #[serde(default = "default_hegel")]
+    hegel_port: u16,
+    /// Tootles' `/tootles/instanceID/<id>/2009-04-04/` tree (the id must be
+    /// the caller's own).
+    #[serde(default)]
+    tootles_instance_endpoint: bool,
     /// One password (`TINKER_BMC_PASSWORD`) for every BMC whose secret has no
     /// variable of its own. Off unless set: a typo in a secret's name must not
     /// send the shared password to that BMC silently.
@@ -78,6 +85,9 @@ fn default_http() -> u16 {
 }
 fn default_https() -> u16 {
     8443
+}
+fn default_hegel() -> u16 {
+    50061
 }
 fn default_dhcp() -> u16 {
     67
@@ -234,6 +244,14 @@ pub async fn run(path: &Path) -> Result<(), String> {
             ),
             None => None,
         },
+        hegel: match c.hegel_port {
+            0 => None,
+            port => Some(
+                tokio::net::TcpListener::bind((c.address, port))
+                    .await
+                    .map_err(e("Hegel's metadata port"))?,
+            ),
+        },
         management: match c.management_address {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -272,6 +290,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
         plane.address_check = AddressCheck::BehindNat;
     }
     plane.tls = tls;
+    plane.tootles_instance_endpoint = c.tootles_instance_endpoint;
     plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;
