@@ -31,7 +31,10 @@ pub mod tls;
 pub use body::Body;
 pub(crate) use body::full as body_full;
 pub use conn::{ConnStats, HttpLimits, Refusal};
-pub use ipxe::{OsieConfig, script};
+pub use ipxe::{
+    HookOsConfig, IN_MEMORY_OS_ANNOTATION, InMemoryOs, OsieConfig, SMEE_KERNEL_ARGS,
+    TINK_GRPC_PORT, UnknownOs, hookos_kernel_args, in_memory_os, script,
+};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
 pub use operator::{
