@@ -23,6 +23,7 @@ pub mod http;
 mod metadata;
 mod per_address;
 mod responder;
+pub mod syslog;
 pub mod tftp;
 pub mod worker_api;
 
