@@ -1,6 +1,6 @@
-//! One control-plane replica, wired from the crates: the engine, DHCP, TFTP and
+//! One control-plane replica, wired from the crates: the engine, DHCP, TFTP,
 //! HTTP (iPXE scripts, assets, metadata, worker API, operator API, `/metrics`)
-//! over one [`WorkflowStore`].
+//! and syslog (HookOS's logs) over one [`WorkflowStore`].
 //!
 //! Several replicas may share one store built for it (`PostgresStore`): each
 //! answers any machine, claims are atomic in the store, and the engine takes a
@@ -28,7 +28,10 @@ use std::sync::Arc;
 use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
 use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
 use tinker_boot::http::tls::TlsIdentity;
-use tinker_boot::http::{HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker_boot::http::{
+    HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain, TINK_GRPC_PORT,
+};
+use tinker_boot::syslog::{SyslogLimits, SyslogServer};
 use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
 use tinker_boot::{BootConfig, StoreBootResponder};
@@ -56,6 +59,10 @@ pub struct Listeners {
     /// HTTPS, when [`ControlPlane::tls`] is set: the worker API, the
     /// operator's page and API and metadata, over TLS.
     pub https: Option<TcpListener>,
+    /// Syslog (UDP 514 in the field, where HookOS sends its logs): given, the
+    /// lines are filed in the machines' timelines, and HookOS's kernel line
+    /// names this replica as its `syslog_host` (unless set).
+    pub syslog: Option<UdpSocket>,
 }
 
 impl Listeners {
@@ -75,6 +82,7 @@ impl Listeners {
             http: TcpListener::bind((address, http)).await?,
             management: None,
             https: None,
+            syslog: None,
         })
     }
 
@@ -131,6 +139,8 @@ pub struct ControlPlane {
     pub tftp_limits: TftpLimits,
     /// DHCP rate limits per MAC and per relay.
     pub dhcp_limits: DhcpLimits,
+    /// What each address may send to the syslog receiver.
+    pub syslog_limits: SyslogLimits,
 }
 
 impl ControlPlane {
@@ -167,6 +177,7 @@ impl ControlPlane {
             http_limits: HttpLimits::default(),
             tftp_limits: TftpLimits::default(),
             dhcp_limits: DhcpLimits::default(),
+            syslog_limits: SyslogLimits::default(),
         }
     }
 
@@ -175,22 +186,30 @@ impl ControlPlane {
     /// [`ControlPlane::serve`] runs on sockets, a simulation can drive over
     /// in-memory transports.
     pub fn services(self, http_addr: SocketAddr) -> Services {
-        self.wire(http_addr, None, false)
+        self.wire(http_addr, None, false, false)
     }
 
     /// [`ControlPlane::services`] with HTTPS at `https_addr` (when
     /// [`ControlPlane::tls`] is set), and the operator's routes only on the
-    /// management server when `separate_management`.
+    /// management server when `separate_management`; HookOS is told to log
+    /// here when `syslog` (a receiver runs).
     fn wire(
         self,
         http_addr: SocketAddr,
         https_addr: Option<SocketAddr>,
         separate_management: bool,
+        syslog: bool,
     ) -> Services {
         let http = format!("http://{http_addr}");
         let mut osie = self.osie;
         if osie.base_url.is_empty() {
             osie.base_url = format!("{http}/assets");
+        }
+        if osie.hookos.grpc_authority.is_empty() {
+            osie.hookos.grpc_authority = format!("{}:{TINK_GRPC_PORT}", self.address);
+        }
+        if syslog && osie.hookos.syslog_host.is_empty() {
+            osie.hookos.syslog_host = self.address.to_string();
         }
         let tls = self.tls.clone().zip(https_addr);
         if osie.control_plane.is_empty() {
@@ -244,8 +263,15 @@ impl ControlPlane {
         if let Some(n) = self.worker_api_in_flight {
             worker_api = worker_api.with_limit(n);
         }
-        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
-            vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
+        let syslog = SyslogServer::new(self.store.clone())
+            .with_limits(self.syslog_limits)
+            .with_clock(self.clock.clone());
+        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> = vec![
+            dhcp.stats(),
+            tftp.stats(),
+            worker_api.metrics(),
+            syslog.stats(),
+        ];
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
                 .with_clock(self.clock.clone()),
@@ -306,6 +332,7 @@ impl ControlPlane {
             management,
             https,
             engine,
+            syslog,
         }
     }
 
@@ -347,7 +374,13 @@ impl ControlPlane {
             management,
             https,
             engine,
-        } = self.wire(http_addr, https_addr, listeners.management.is_some());
+            syslog,
+        } = self.wire(
+            http_addr,
+            https_addr,
+            listeners.management.is_some(),
+            listeners.syslog.is_some(),
+        );
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -390,6 +423,13 @@ impl ControlPlane {
             tasks.spawn(async move {
                 let r = management.serve(listener, w).await;
                 (Service::Management, r.map_err(failed(Service::Management)))
+            });
+        }
+        if let Some(socket) = listeners.syslog {
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = syslog.serve(socket, w).await;
+                (Service::Syslog, r.map_err(failed(Service::Syslog)))
             });
         }
         let w = wait(&stop);
@@ -449,6 +489,9 @@ pub struct Services {
     pub https: Option<(HttpServer, TlsIdentity)>,
     /// The workflow engine.
     pub engine: Engine,
+    /// The syslog receiver (its counters are on `/metrics` whether it runs
+    /// or not).
+    pub syslog: SyslogServer,
 }
 
 /// One of a replica's services.
@@ -467,6 +510,8 @@ pub enum Service {
     Https,
     /// The engine.
     Engine,
+    /// The syslog receiver.
+    Syslog,
 }
 
 impl std::fmt::Display for Service {
@@ -478,6 +523,7 @@ impl std::fmt::Display for Service {
             Service::Management => "management HTTP",
             Service::Https => "HTTPS",
             Service::Engine => "engine",
+            Service::Syslog => "syslog",
         })
     }
 }
