@@ -211,6 +211,9 @@ impl ControlPlane {
         if syslog && osie.hookos.syslog_host.is_empty() {
             osie.hookos.syslog_host = self.address.to_string();
         }
+        // A network booting HookOS is a Tinkerbell network: iPXE is sent to
+        // Smee's script path.
+        let smee_paths = osie.default_os == tinker_boot::http::InMemoryOs::HookOs;
         let tls = self.tls.clone().zip(https_addr);
         if osie.control_plane.is_empty() {
             osie.control_plane = match &tls {
@@ -244,7 +247,8 @@ impl ControlPlane {
                         record_events: true,
                     },
                 )
-                .with_clock(self.clock.clone()),
+                .with_clock(self.clock.clone())
+                .with_smee_script_path(smee_paths),
             ),
         )
         .with_observed_addresses(callers.observed.clone())
