@@ -144,10 +144,15 @@ fn parse(datagram: &[u8], now: Timestamp) -> Option<SyslogLine> {
         syslog_loose::parse_message_with_year_exact(text, |_| year, syslog_loose::Variant::Either)
         && let (Some(facility), Some(severity)) = (m.facility, m.severity)
     {
+        // A sender without a host name (busybox's syslogd forwarding,
+        // `<PRI>Mmm dd hh:mm:ss tag: msg`) has its tag read as the host name.
+        let app = m.appname.or(m.hostname.filter(|h| {
+            m.protocol == syslog_loose::Protocol::RFC3164 && text.contains(&format!(" {h}: "))
+        }));
         return Some(SyslogLine {
             facility: facility as u8,
             severity: severity as u8,
-            app: m.appname.map(clean).filter(|a| !a.is_empty()),
+            app: app.map(clean).filter(|a| !a.is_empty()),
             text: clean(m.msg),
         });
     }
@@ -379,6 +384,16 @@ mod tests {
         assert_eq!((line.facility, line.severity), (1, 3));
         assert_eq!(line.app.as_deref(), Some("hook-bootkit"));
         assert_eq!(line.text, "starting tink-agent");
+        // No host name (busybox syslogd forwarding): the tag is the program.
+        let line = r
+            .handle(
+                t0(),
+                a,
+                b"<13>Dec  1 03:04:05 hook-bootkit: stand-in booted",
+            )
+            .unwrap();
+        assert_eq!(line.app.as_deref(), Some("hook-bootkit"));
+        assert_eq!(line.text, "stand-in booted");
         // iPXE's own: a bare RFC 3164 line.
         let line = r
             .handle(t0(), a, b"<6>ipxe: Downloading vmlinuz-x86_64")
