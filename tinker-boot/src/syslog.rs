@@ -27,6 +27,9 @@ use tokio::net::UdpSocket;
 /// The port syslog listens on (RFC 5426), where HookOS sends its logs.
 pub const SYSLOG_PORT: u16 = 514;
 
+/// Datagrams taken and filed together, in one store write.
+pub const BATCH: usize = 64;
+
 /// What the receiver takes from the network.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -213,7 +216,8 @@ pub struct SyslogStats {
     pub rate_limited: AtomicU64,
     /// Lines dropped: no Hardware has their source address.
     pub unknown_source: AtomicU64,
-    /// Lines lost to a store error (lookup or append).
+    /// Lines lost to a store error (a failed lookup loses its line, a failed
+    /// write its whole batch).
     pub store_errors: AtomicU64,
     /// Rate-limiter buckets dropped to stay under the cap.
     pub limiter_evictions: AtomicU64,
@@ -256,9 +260,11 @@ impl SyslogServer {
         self.stats.clone()
     }
 
-    /// Receives on `socket` until `shutdown` resolves. One datagram at a time:
-    /// a burst waits in the socket's buffer (and what overflows it is lost
-    /// there), so nothing here grows with the senders.
+    /// Receives on `socket` until `shutdown` resolves. One batch at a time:
+    /// the datagrams waiting (up to [`BATCH`]) are taken, their machines looked
+    /// up, and their lines filed in one store write (one commit, not one per
+    /// line); a burst meanwhile waits in the socket's buffer, and what
+    /// overflows it is lost there, so nothing here grows with the senders.
     pub async fn serve(
         self,
         socket: UdpSocket,
@@ -268,6 +274,7 @@ impl SyslogServer {
         // One byte more than the limit tells a too-large datagram from one
         // that just fits.
         let mut buf = vec![0u8; self.limits.max_datagram + 1];
+        let mut lines = Vec::with_capacity(BATCH);
         tokio::pin!(shutdown);
         loop {
             let (n, peer) = tokio::select! {
@@ -279,63 +286,106 @@ impl SyslogServer {
                     Err(e) => return Err(e),
                 },
             };
-            self.stats.received.fetch_add(1, Ordering::Relaxed);
-            let now = self.clock.now();
-            let from = peer.ip().to_canonical();
-            let before = receiver.evictions();
-            let outcome = receiver.handle(now, from, &buf[..n]);
-            self.stats
-                .limiter_evictions
-                .fetch_add(receiver.evictions() - before, Ordering::Relaxed);
-            match outcome {
-                Ok(line) => self.file(now, from, line).await,
-                Err(dropped) => {
-                    let counter = match dropped {
-                        Dropped::RateLimited => &self.stats.rate_limited,
-                        Dropped::TooLarge => &self.stats.too_large,
-                        Dropped::Malformed => &self.stats.malformed,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%from, ?dropped, "syslog datagram dropped");
+            self.take(&mut receiver, peer.ip(), &buf[..n], &mut lines);
+            for _ in 1..BATCH {
+                match socket.try_recv_from(&mut buf) {
+                    Ok((n, peer)) => self.take(&mut receiver, peer.ip(), &buf[..n], &mut lines),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
                 }
+            }
+            self.file(std::mem::take(&mut lines)).await;
+        }
+    }
+
+    /// Runs one datagram through the receiver: a line joins `lines`, a drop
+    /// is counted.
+    fn take(
+        &self,
+        receiver: &mut Receiver,
+        from: IpAddr,
+        datagram: &[u8],
+        lines: &mut Vec<(Timestamp, IpAddr, SyslogLine)>,
+    ) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        let from = from.to_canonical();
+        let before = receiver.evictions();
+        let outcome = receiver.handle(now, from, datagram);
+        self.stats
+            .limiter_evictions
+            .fetch_add(receiver.evictions() - before, Ordering::Relaxed);
+        match outcome {
+            Ok(line) => lines.push((now, from, line)),
+            Err(dropped) => {
+                let counter = match dropped {
+                    Dropped::RateLimited => &self.stats.rate_limited,
+                    Dropped::TooLarge => &self.stats.too_large,
+                    Dropped::Malformed => &self.stats.malformed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, ?dropped, "syslog datagram dropped");
             }
         }
     }
 
-    /// Files `line` under the machine whose Hardware has address `from`.
-    async fn file(&self, now: Timestamp, from: IpAddr, line: SyslogLine) {
-        let hw = match self.store.hardware_by_ip(from).await {
-            Ok(Some(hw)) => hw.value,
-            Ok(None) => {
+    /// Files each line under the machine whose Hardware has its source
+    /// address (each address looked up once per batch), in one store write.
+    async fn file(&self, lines: Vec<(Timestamp, IpAddr, SyslogLine)>) {
+        let mut machines: std::collections::HashMap<IpAddr, Option<String>> =
+            std::collections::HashMap::new();
+        let mut events = Vec::with_capacity(lines.len());
+        for (at, from, line) in lines {
+            let machine = match machines.get(&from) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = match self.store.hardware_by_ip(from).await {
+                        Ok(hw) => hw.map(|hw| {
+                            format!(
+                                "{}/{}",
+                                hw.value.metadata.namespace(),
+                                hw.value.metadata.name
+                            )
+                        }),
+                        Err(e) => {
+                            tracing::warn!(%from, error = %e, "syslog: store lookup failed");
+                            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
+                    machines.insert(from, m.clone());
+                    m
+                }
+            };
+            let Some(machine) = machine else {
                 self.stats.unknown_source.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%from, error = %e, "syslog: store lookup failed");
-                return;
-            }
-        };
-        let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
-        let event = MachineEvent::new(
-            now,
-            machine,
-            EventSource::Syslog,
-            EventKind::SyslogLine {
-                from,
-                facility: line.facility,
-                severity: line.severity,
-                app: line.app,
-                line: line.text,
-            },
-        );
-        match self.store.append_event(event).await {
+                continue;
+            };
+            events.push(MachineEvent::new(
+                at,
+                machine,
+                EventSource::Syslog,
+                EventKind::SyslogLine {
+                    from,
+                    facility: line.facility,
+                    severity: line.severity,
+                    app: line.app,
+                    line: line.text,
+                },
+            ));
+        }
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        match self.store.append_events(events).await {
             Ok(()) => {
-                self.stats.filed.fetch_add(1, Ordering::Relaxed);
+                self.stats.filed.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => {
-                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%from, error = %e, "syslog: could not file a line");
+                self.stats.store_errors.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(error = %e, lines = n, "syslog: could not file lines");
             }
         }
     }
