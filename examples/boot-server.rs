@@ -236,6 +236,7 @@ async fn run(a: Args) -> Result<(), String> {
             control_plane: http_base.clone(),
             extra_args: a.kernel_args.0.clone(),
             worker_secret: worker_secret.clone(),
+            ..Default::default()
         },
         assets,
         binaries: Some(binaries),

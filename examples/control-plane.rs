@@ -100,6 +100,25 @@ struct Args {
     /// Seconds a replica may hold a workflow's step lease.
     #[arg(long)]
     lease: Option<u64>,
+    /// Syslog port, where HookOS, tink-agent and iPXE send their logs (0: off).
+    #[arg(long, default_value_t = tinker::boot::syslog::SYSLOG_PORT)]
+    syslog_port: u16,
+    /// Every machine boots HookOS unless its Hardware's
+    /// `tinker.dev/in-memory-os` annotation says `tinker`.
+    #[arg(long)]
+    hookos: bool,
+    /// Where HookOS's `vmlinuz-<arch>` and `initramfs-<arch>` are (default: the assets).
+    #[arg(long)]
+    hookos_base_url: Option<String>,
+    /// HookOS's `grpc_authority=` (default: this address, port 42113).
+    #[arg(long)]
+    hookos_grpc_authority: Option<String>,
+    /// HookOS's `tink_worker_image=`.
+    #[arg(long)]
+    tink_worker_image: Option<String>,
+    /// A further HookOS kernel argument (repeatable), before each Hardware's own.
+    #[arg(long)]
+    hookos_kernel_arg: Vec<String>,
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn WorkflowStore>, String> {
@@ -145,6 +164,13 @@ async fn run(a: Args) -> Result<(), String> {
     let mut listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)
         .await
         .map_err(|e| format!("binding on {address}: {e}"))?;
+    if a.syslog_port != 0 {
+        listeners.syslog = Some(
+            tokio::net::UdpSocket::bind((address, a.syslog_port))
+                .await
+                .map_err(|e| format!("binding syslog on {address}: {e}"))?,
+        );
+    }
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(
             tinker::boot::http::tls::TlsIdentity::from_files(cert, key)
@@ -187,6 +213,14 @@ async fn run(a: Args) -> Result<(), String> {
     plane.osie.kernel = a.kernel.clone();
     plane.osie.initrd = a.initrd.clone();
     plane.osie.control_plane = a.workers.clone().unwrap_or_default();
+    if a.hookos {
+        plane.osie.default_os = tinker::boot::http::InMemoryOs::HookOs;
+    }
+    let hook = &mut plane.osie.hookos;
+    hook.base_url = a.hookos_base_url.clone().unwrap_or_default();
+    hook.grpc_authority = a.hookos_grpc_authority.clone().unwrap_or_default();
+    hook.tink_worker_image = a.tink_worker_image.clone();
+    hook.extra_args = a.hookos_kernel_arg.clone();
     // The optional listeners, each as ` name=address`.
     let mut more = match &listeners.https {
         Some(l) => format!(" https={}", l.local_addr().map_err(|e| e.to_string())?),
@@ -194,6 +228,9 @@ async fn run(a: Args) -> Result<(), String> {
     };
     if let Some(l) = &listeners.hegel {
         more += &format!(" hegel={}", l.local_addr().map_err(|e| e.to_string())?);
+    }
+    if let Some(s) = &listeners.syslog {
+        more += &format!(" syslog={}", s.local_addr().map_err(|e| e.to_string())?);
     }
     println!(
         "ready http={} dhcp={} tftp={} replica={}{more}",

@@ -243,6 +243,7 @@ async fn bind_loopback() -> Result<Network, String> {
             management: None,
             https: None,
             hegel: None,
+            syslog: None,
         },
     })
 }

@@ -1,6 +1,6 @@
-//! One control-plane replica, wired from the crates: the engine, DHCP, TFTP and
+//! One control-plane replica, wired from the crates: the engine, DHCP, TFTP,
 //! HTTP (iPXE scripts, assets, metadata, worker API, operator API, `/metrics`)
-//! over one [`WorkflowStore`].
+//! and syslog (HookOS's logs) over one [`WorkflowStore`].
 //!
 //! Several replicas may share one store built for it (`PostgresStore`): each
 //! answers any machine, claims are atomic in the store, and the engine takes a
@@ -28,7 +28,10 @@ use std::sync::Arc;
 use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
 use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
 use tinker_boot::http::tls::TlsIdentity;
-use tinker_boot::http::{HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker_boot::http::{
+    HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain, TINK_GRPC_PORT,
+};
+use tinker_boot::syslog::{SyslogLimits, SyslogServer};
 use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
 use tinker_boot::{BootConfig, StoreBootResponder};
@@ -59,6 +62,10 @@ pub struct Listeners {
     /// The metadata service alone on Hegel's port (50061 in the field), where
     /// Cluster API Provider Tinkerbell points cloud-init; `None`: off.
     pub hegel: Option<TcpListener>,
+    /// Syslog (UDP 514 in the field, where HookOS sends its logs): given, the
+    /// lines are filed in the machines' timelines, and HookOS's kernel line
+    /// names this replica as its `syslog_host` (unless set).
+    pub syslog: Option<UdpSocket>,
 }
 
 impl Listeners {
@@ -79,6 +86,7 @@ impl Listeners {
             management: None,
             https: None,
             hegel: None,
+            syslog: None,
         })
     }
 
@@ -139,6 +147,8 @@ pub struct ControlPlane {
     /// as Tootles' `--tootles-instance-endpoint` does (off by default); the id
     /// must be the calling machine's own.
     pub tootles_instance_endpoint: bool,
+    /// What each address may send to the syslog receiver.
+    pub syslog_limits: SyslogLimits,
 }
 
 impl ControlPlane {
@@ -176,6 +186,7 @@ impl ControlPlane {
             tftp_limits: TftpLimits::default(),
             dhcp_limits: DhcpLimits::default(),
             tootles_instance_endpoint: false,
+            syslog_limits: SyslogLimits::default(),
         }
     }
 
@@ -184,23 +195,34 @@ impl ControlPlane {
     /// [`ControlPlane::serve`] runs on sockets, a simulation can drive over
     /// in-memory transports.
     pub fn services(self, http_addr: SocketAddr) -> Services {
-        self.wire(http_addr, None, false)
+        self.wire(http_addr, None, false, false)
     }
 
     /// [`ControlPlane::services`] with HTTPS at `https_addr` (when
     /// [`ControlPlane::tls`] is set), and the operator's routes only on the
-    /// management server when `separate_management`.
+    /// management server when `separate_management`; HookOS is told to log
+    /// here when `syslog` (a receiver runs).
     fn wire(
         self,
         http_addr: SocketAddr,
         https_addr: Option<SocketAddr>,
         separate_management: bool,
+        syslog: bool,
     ) -> Services {
         let http = format!("http://{http_addr}");
         let mut osie = self.osie;
         if osie.base_url.is_empty() {
             osie.base_url = format!("{http}/assets");
         }
+        if osie.hookos.grpc_authority.is_empty() {
+            osie.hookos.grpc_authority = format!("{}:{TINK_GRPC_PORT}", self.address);
+        }
+        if syslog && osie.hookos.syslog_host.is_empty() {
+            osie.hookos.syslog_host = self.address.to_string();
+        }
+        // A network booting HookOS is a Tinkerbell network: iPXE is sent to
+        // Smee's script path.
+        let smee_paths = osie.default_os == tinker_boot::http::InMemoryOs::HookOs;
         let tls = self.tls.clone().zip(https_addr);
         if osie.control_plane.is_empty() {
             osie.control_plane = match &tls {
@@ -234,7 +256,8 @@ impl ControlPlane {
                         record_events: true,
                     },
                 )
-                .with_clock(self.clock.clone()),
+                .with_clock(self.clock.clone())
+                .with_smee_script_path(smee_paths),
             ),
         )
         .with_observed_addresses(callers.observed.clone())
@@ -253,8 +276,15 @@ impl ControlPlane {
         if let Some(n) = self.worker_api_in_flight {
             worker_api = worker_api.with_limit(n);
         }
-        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
-            vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
+        let syslog = SyslogServer::new(self.store.clone())
+            .with_limits(self.syslog_limits)
+            .with_clock(self.clock.clone());
+        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> = vec![
+            dhcp.stats(),
+            tftp.stats(),
+            worker_api.metrics(),
+            syslog.stats(),
+        ];
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
                 .with_clock(self.clock.clone()),
@@ -317,6 +347,7 @@ impl ControlPlane {
             management,
             https,
             engine,
+            syslog,
         }
     }
 
@@ -358,7 +389,13 @@ impl ControlPlane {
             management,
             https,
             engine,
-        } = self.wire(http_addr, https_addr, listeners.management.is_some());
+            syslog,
+        } = self.wire(
+            http_addr,
+            https_addr,
+            listeners.management.is_some(),
+            listeners.syslog.is_some(),
+        );
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -410,6 +447,13 @@ impl ControlPlane {
             tasks.spawn(async move {
                 let r = management.serve(listener, w).await;
                 (Service::Management, r.map_err(failed(Service::Management)))
+            });
+        }
+        if let Some(socket) = listeners.syslog {
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = syslog.serve(socket, w).await;
+                (Service::Syslog, r.map_err(failed(Service::Syslog)))
             });
         }
         let w = wait(&stop);
@@ -469,6 +513,9 @@ pub struct Services {
     pub https: Option<(HttpServer, TlsIdentity)>,
     /// The workflow engine.
     pub engine: Engine,
+    /// The syslog receiver (its counters are on `/metrics` whether it runs
+    /// or not).
+    pub syslog: SyslogServer,
 }
 
 /// One of a replica's services.
@@ -489,6 +536,8 @@ pub enum Service {
     Hegel,
     /// The engine.
     Engine,
+    /// The syslog receiver.
+    Syslog,
 }
 
 impl std::fmt::Display for Service {
@@ -501,6 +550,7 @@ impl std::fmt::Display for Service {
             Service::Https => "HTTPS",
             Service::Hegel => "Hegel metadata",
             Service::Engine => "engine",
+            Service::Syslog => "syslog",
         })
     }
 }

@@ -215,7 +215,7 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
     let (http, dhcp, tftp, hegel) = (port(false), port(true), port(true), port(false));
     std::fs::write(
         dir.path().join("homelab.yaml"),
-        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\n"),
+        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\nsyslog_port: 0\n"),
     )
     .unwrap();
     let mut child = Running(

@@ -75,6 +75,7 @@ fn start_replica(name: &str, url: &str, secret: &std::path::Path) -> Replica {
         .args(["--dhcp-port", "0", "--tftp-port", "0", "--http-port", "0"])
         // Two replicas on one address: Hegel's fixed port off.
         .args(["--hegel-port", "0"])
+        .args(["--syslog-port", "0"])
         .args(["--mock-bmcs", "--lease", "3", "--secret-file"])
         .arg(secret)
         .stdout(Stdio::piped())

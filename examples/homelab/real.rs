@@ -11,6 +11,7 @@ use tinker::boot::credentials::{
 };
 use tinker::boot::dhcp::Mode;
 use tinker::boot::dhcp::server::bind_udp;
+use tinker::boot::http::InMemoryOs;
 use tinker::boot::tftp::FileSource;
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::model::{Document, parse_documents};
@@ -75,6 +76,40 @@ struct Config {
     /// send the shared password to that BMC silently.
     #[serde(default)]
     bmc_shared_password: bool,
+    /// Where HookOS, tink-agent and iPXE send their logs (UDP; 0 turns the
+    /// receiver off).
+    #[serde(default = "default_syslog")]
+    syslog_port: u16,
+    /// HookOS, Tinkerbell's in-memory OS.
+    #[serde(default)]
+    hookos: HookOs,
+}
+
+/// `hookos:` in the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookOs {
+    /// Every machine boots HookOS unless its Hardware says otherwise (the
+    /// `tinker.dev/in-memory-os` annotation).
+    #[serde(default)]
+    default: bool,
+    /// Where `vmlinuz-<arch>` and `initramfs-<arch>` are (default: the assets).
+    #[serde(default)]
+    base_url: Option<String>,
+    /// `grpc_authority=` (default: this address, port 42113).
+    #[serde(default)]
+    grpc_authority: Option<String>,
+    /// `tinkerbell_tls=` and `tinkerbell_insecure_tls=`.
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    insecure_tls: bool,
+    /// `tink_worker_image=`.
+    #[serde(default)]
+    tink_worker_image: Option<String>,
+    /// Further kernel arguments, before each Hardware's `osie.kernelParams`.
+    #[serde(default)]
+    extra_args: Vec<String>,
 }
 
 fn default_data() -> PathBuf {
@@ -94,6 +129,9 @@ fn default_dhcp() -> u16 {
 }
 fn default_tftp() -> u16 {
     69
+}
+fn default_syslog() -> u16 {
+    tinker::boot::syslog::SYSLOG_PORT
 }
 fn default_tftp_root() -> PathBuf {
     "/usr/lib/ipxe".into()
@@ -260,6 +298,14 @@ pub async fn run(path: &Path) -> Result<(), String> {
             ),
             None => None,
         },
+        syslog: match c.syslog_port {
+            0 => None,
+            port => Some(
+                tokio::net::UdpSocket::bind((c.address, port))
+                    .await
+                    .map_err(e("syslog"))?,
+            ),
+        },
     };
     let operator_url = match c.management_address {
         Some(addr) => format!("http://{addr}"),
@@ -300,6 +346,16 @@ pub async fn run(path: &Path) -> Result<(), String> {
     plane.osie.kernel = c.kernel.clone();
     plane.osie.initrd = c.initrd.clone();
     plane.osie.extra_args = c.kernel_args.clone();
+    if c.hookos.default {
+        plane.osie.default_os = InMemoryOs::HookOs;
+    }
+    let hook = &mut plane.osie.hookos;
+    hook.base_url = c.hookos.base_url.clone().unwrap_or_default();
+    hook.grpc_authority = c.hookos.grpc_authority.clone().unwrap_or_default();
+    hook.tls = c.hookos.tls;
+    hook.insecure_tls = c.hookos.insecure_tls;
+    hook.tink_worker_image = c.hookos.tink_worker_image.clone();
+    hook.extra_args = c.hookos.extra_args.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(plane.serve(listeners, async {
         let _ = stopped.await;

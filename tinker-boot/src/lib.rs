@@ -5,8 +5,10 @@
 //!   by job as Tinkerbell's smee is, and [`dhcp::client`], the one (sans-IO)
 //!   PXE DHCP client that simulations and tests use;
 //! - [`tftp`]: read-only TFTP with blksize, tsize, timeout and windowsize;
-//! - [`http`]: per-machine iPXE scripts, boot assets with Range requests, the
+//! - [`http`]: per-machine iPXE scripts (ours, or HookOS's as Smee writes it), boot assets with Range requests, the
 //!   EC2-style metadata service (Hegel's paths) and `/metrics`;
+//! - [`syslog`]: the syslog receiver that files HookOS's logs in each
+//!   machine's timeline, unauthenticated;
 //! - [`StoreBootResponder`] and [`StoreMetadata`]: the default `BootResponder`
 //!   and `MetadataSource`, backed by a `WorkflowStore`.
 //!
@@ -23,6 +25,7 @@ pub mod http;
 mod metadata;
 mod per_address;
 mod responder;
+pub mod syslog;
 pub mod tftp;
 pub mod worker_api;
 

@@ -49,6 +49,8 @@ pub struct StoreBootResponder {
     /// and a store write (an fsync with the embedded store) per packet would
     /// turn a packet flood into a write flood. Keyed by known Hardware only.
     last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, Coalescer>>>,
+    /// Name Smee's script path in answers to iPXE.
+    smee_script_path: bool,
 }
 
 /// How long a decision recorded for a machine is not recorded again, and the
@@ -112,7 +114,18 @@ impl StoreBootResponder {
             config,
             clock: SystemClock::shared(),
             last_recorded: Arc::default(),
+            smee_script_path: false,
         }
+    }
+
+    /// The same responder, naming Smee's script path
+    /// (`/ipxe/script/<mac>/auto.ipxe`) to iPXE instead of ours
+    /// (`/ipxe/<mac>/auto.ipxe`), as a Tinkerbell network does; the HTTP
+    /// server serves both. The control plane does so when HookOS is its
+    /// default in-memory OS.
+    pub fn with_smee_script_path(mut self, smee: bool) -> Self {
+        self.smee_script_path = smee;
+        self
     }
 
     /// The same responder, stamping its events with `clock`'s time.
@@ -175,7 +188,11 @@ impl StoreBootResponder {
         };
         Ok(match req.client {
             ClientKind::Ipxe => Some(BootTarget::IpxeScript {
-                url: format!("{base}/ipxe/{mac}/auto.ipxe"),
+                url: if self.smee_script_path {
+                    format!("{base}/ipxe/script/{mac}/auto.ipxe")
+                } else {
+                    format!("{base}/ipxe/{mac}/auto.ipxe")
+                },
             }),
             ClientKind::HttpBoot => {
                 let file = binary().ok_or(IgnoreReason::UnknownArchitecture)?;

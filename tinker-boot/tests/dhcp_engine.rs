@@ -168,6 +168,22 @@ async fn ipxe_gets_its_script_and_http_boot_a_url() {
         file(&offer),
         "http://10.77.0.1:8080/ipxe/52:54:00:00:00:01/auto.ipxe"
     );
+    // On a HookOS network the answer names Smee's path, as Tinkerbell's does.
+    let (_, store) = server(Mode::Reservation, true).await;
+    let smee = DhcpServer::new(
+        DhcpConfig::new(Mode::Reservation, SERVER),
+        Arc::new(responder(store).with_smee_script_path(true)),
+    );
+    let req = client::encode(
+        &PxeClient::new(mac(1), 7)
+            .ipxe()
+            .message(MessageType::Discover, 3),
+    );
+    let (_, offer) = exchange(&smee, req).await.unwrap();
+    assert_eq!(
+        file(&offer),
+        "http://10.77.0.1:8080/ipxe/script/52:54:00:00:00:01/auto.ipxe"
+    );
     let req = client::encode(
         &PxeClient::new(mac(1), 16)
             .with_class(VendorClass::Http)

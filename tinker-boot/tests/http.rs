@@ -17,6 +17,9 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(assets.join("image.raw"), &data).unwrap();
     std::fs::write(dir.path().join("secret"), b"private").unwrap();
+    let binaries = dir.path().join("ipxe");
+    std::fs::create_dir_all(&binaries).unwrap();
+    std::fs::write(binaries.join("ipxe.efi"), b"MZ ipxe").unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret"), assets.join("link")).unwrap();
     let store = Arc::new(MemoryStore::new());
     let mut me = Hardware::new(
@@ -47,9 +50,10 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
             control_plane: "http://x".into(),
             extra_args: vec![],
             worker_secret: None,
+            ..Default::default()
         },
         assets: Some(FileSource::directory(&assets).unwrap()),
-        binaries: None,
+        binaries: Some(FileSource::directory(&binaries).unwrap()),
         trusted_proxies: trusted,
         extra: None,
         metrics: vec![],
@@ -208,6 +212,53 @@ async fn scripts_follow_netboot() {
         assert!(st.contains("404"));
         let (st, _, _) = request(port, "GET", "/ipxe/nonsense/auto.ipxe", &[]);
         assert!(st.contains("400"));
+        // Smee's path serves the same script, with the same checks.
+        let (st, _, smee) = request(
+            port,
+            "GET",
+            "/ipxe/script/02%3A00%3A00%3A00%3A00%3A01/auto.ipxe",
+            &[],
+        );
+        assert!(st.contains("200"), "{st}");
+        assert_eq!(String::from_utf8_lossy(&smee), script);
+        let (st, _, _) = request(port, "GET", "/ipxe/script/02-00-00-00-00-99/auto.ipxe", &[]);
+        assert!(st.contains("404"), "{st}");
+        let (st, _, _) = request(port, "GET", "/ipxe/script/nonsense/auto.ipxe", &[]);
+        assert!(st.contains("400"), "{st}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binaries_at_our_path_and_smees() {
+    let (port, _dir) = serve(vec![]).await;
+    tokio::task::spawn_blocking(move || {
+        let (st, _, ours) = request(port, "GET", "/ipxe/binary/ipxe.efi", &[]);
+        assert!(st.contains("200"), "{st}");
+        assert_eq!(ours, b"MZ ipxe");
+        // Smee names the asking machine's MAC before the file.
+        for mac in [
+            "02:00:00:00:00:01",
+            "02%3A00%3A00%3A00%3A00%3A01",
+            "02-00-00-00-00-07",
+        ] {
+            let (st, _, smee) = request(port, "GET", &format!("/ipxe/binary/{mac}/ipxe.efi"), &[]);
+            assert!(st.contains("200"), "{mac}: {st}");
+            assert_eq!(smee, b"MZ ipxe");
+        }
+        // The MAC form does not open a way out of the binaries' directory.
+        for path in [
+            "/ipxe/binary/02:00:00:00:00:01/..",
+            "/ipxe/binary/02:00:00:00:00:01/../secret",
+            "/ipxe/binary/02:00:00:00:00:01/%2e%2e%2fsecret",
+            "/ipxe/binary/../secret",
+            "/ipxe/binary/notamac/ipxe.efi",
+        ] {
+            let (st, _, body) = request(port, "GET", path, &[]);
+            assert!(st.contains("403") || st.contains("404"), "{path}: {st}");
+            assert_ne!(body, b"private", "{path}");
+        }
     })
     .await
     .unwrap();

@@ -119,6 +119,8 @@ pub enum EventSource {
     Worker,
     /// A BMC.
     Bmc,
+    /// The syslog receiver: lines a machine's address sent, unauthenticated.
+    Syslog,
     /// A source this version does not know (an event from a newer one).
     #[serde(other)]
     Other,
@@ -133,6 +135,7 @@ impl fmt::Display for EventSource {
             EventSource::Engine => "engine",
             EventSource::Worker => "worker",
             EventSource::Bmc => "bmc",
+            EventSource::Syslog => "syslog",
             EventSource::Other => "other",
         })
     }
@@ -206,6 +209,33 @@ pub enum EventKind {
         /// The text.
         message: String,
     },
+    /// A line the machine's address sent to the syslog receiver (HookOS,
+    /// tink-agent, iPXE). Unauthenticated: a datagram's source address can be
+    /// forged, so such a line only informs the operator; nothing reads it to
+    /// change any state.
+    SyslogLine {
+        /// The address the datagram came from (the machine's, or a forger's).
+        from: std::net::IpAddr,
+        /// Its facility (RFC 5424 numbering: 0 kern, 1 user, 3 daemon, ...).
+        facility: u8,
+        /// Its severity (0 emerg to 7 debug).
+        severity: u8,
+        /// The sending program, when the line names one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+        /// The message, control characters replaced.
+        line: String,
+    },
+}
+
+/// The name of a syslog severity (RFC 5424), `?` past 7.
+pub fn syslog_severity_name(severity: u8) -> &'static str {
+    [
+        "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+    ]
+    .get(usize::from(severity))
+    .copied()
+    .unwrap_or("?")
 }
 
 impl fmt::Display for EventKind {
@@ -237,6 +267,25 @@ impl fmt::Display for EventKind {
                 line,
             } => write!(f, "action {action_index}: {stream}: {line}"),
             EventKind::Note { message } => f.write_str(message),
+            EventKind::SyslogLine {
+                from,
+                severity,
+                app,
+                line,
+                ..
+            } => {
+                let severity = syslog_severity_name(*severity);
+                match app {
+                    Some(app) => write!(
+                        f,
+                        "syslog from {from} (unauthenticated): {severity}: {app}: {line}"
+                    ),
+                    None => write!(
+                        f,
+                        "syslog from {from} (unauthenticated): {severity}: {line}"
+                    ),
+                }
+            }
         }
     }
 }

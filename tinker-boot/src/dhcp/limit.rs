@@ -10,20 +10,11 @@
 //!
 //! Pure: the time is an input ([`RateLimiter::admit`] takes `now`).
 
+pub use crate::per_address::Rate;
+use crate::per_address::RateTable as Table;
 use jiff::Timestamp;
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::Ipv4Addr;
 use tinker_core::MacAddr;
-
-/// A token bucket's shape: `burst` requests at once, refilled at `per_second`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    /// Requests that may arrive at once.
-    pub burst: f64,
-    /// Requests per second over time.
-    pub per_second: f64,
-}
 
 /// The DHCP server's limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,86 +70,6 @@ pub enum Limited {
     Relay,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Timestamp,
-}
-
-impl Bucket {
-    fn refilled(&self, rate: Rate, now: Timestamp) -> f64 {
-        let secs = now.duration_since(self.at).as_secs_f64().max(0.0);
-        (self.tokens + secs * rate.per_second).min(rate.burst)
-    }
-}
-
-/// Buckets by key, at most `cap` of them.
-#[derive(Debug)]
-struct Table<K> {
-    rate: Rate,
-    cap: usize,
-    buckets: HashMap<K, Bucket>,
-}
-
-impl<K: Hash + Eq + Copy> Table<K> {
-    fn new(rate: Rate, cap: usize) -> Self {
-        Table {
-            rate,
-            cap: cap.max(1),
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// Takes a token for `key`; returns whether there was one and how many
-    /// buckets were evicted to make room.
-    fn take(&mut self, key: K, now: Timestamp) -> (bool, u64) {
-        let mut evicted = 0;
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.cap {
-            evicted = self.make_room(now);
-        }
-        let rate = self.rate;
-        let b = self.buckets.entry(key).or_insert(Bucket {
-            tokens: rate.burst,
-            at: now,
-        });
-        let tokens = b.refilled(rate, now);
-        b.at = now;
-        if tokens >= 1.0 {
-            b.tokens = tokens - 1.0;
-            (true, evicted)
-        } else {
-            b.tokens = tokens;
-            (false, evicted)
-        }
-    }
-
-    /// Drops the buckets that have refilled (they hold nothing a new bucket
-    /// would not), then, if fewer than an eighth went, others down to seven
-    /// eighths of the cap: each sweep frees an eighth, so its cost is spread
-    /// over the inserts that follow. Returns the evictions (refilled buckets
-    /// are not counted: forgetting them changes nothing).
-    fn make_room(&mut self, now: Timestamp) -> u64 {
-        let rate = self.rate;
-        self.buckets
-            .retain(|_, b| b.refilled(rate, now) < rate.burst);
-        let keep = self.cap - self.cap.div_ceil(8);
-        let mut evicted = 0;
-        if self.buckets.len() > keep {
-            let extra: Vec<K> = self
-                .buckets
-                .keys()
-                .take(self.buckets.len() - keep)
-                .copied()
-                .collect();
-            for k in extra {
-                self.buckets.remove(&k);
-                evicted += 1;
-            }
-        }
-        evicted
-    }
-}
-
 /// The per-MAC and per-relay buckets of one server.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -198,7 +109,7 @@ impl RateLimiter {
 
     /// Buckets kept: MACs, relays.
     pub fn tracked(&self) -> (usize, usize) {
-        (self.macs.buckets.len(), self.relays.buckets.len())
+        (self.macs.len(), self.relays.len())
     }
 }
 

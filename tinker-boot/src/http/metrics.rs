@@ -138,6 +138,23 @@ impl MetricsSource for crate::dhcp::DhcpStats {
     }
 }
 
+const SYSLOG: &[CounterRow<crate::syslog::SyslogStats>] = rows! { crate::syslog::SyslogStats:
+    received => "tinker_syslog_received", "syslog datagrams received";
+    filed => "tinker_syslog_filed", "syslog lines filed in a machine's timeline";
+    malformed => "tinker_syslog_malformed", "syslog datagrams dropped as malformed";
+    too_large => "tinker_syslog_too_large", "syslog datagrams dropped as too large";
+    rate_limited => "tinker_syslog_rate_limited", "syslog datagrams dropped: their address was over its rate";
+    unknown_source => "tinker_syslog_unknown_source", "syslog lines dropped: no Hardware has their source address";
+    store_errors => "tinker_syslog_store_errors", "syslog lines lost to a store error";
+    limiter_evictions => "tinker_syslog_limiter_evictions", "syslog rate-limiter buckets dropped to stay under the cap";
+};
+
+impl MetricsSource for crate::syslog::SyslogStats {
+    fn register(self: Arc<Self>, registry: &mut Registry) {
+        register_counters(registry, self, SYSLOG);
+    }
+}
+
 impl MetricsSource for crate::tftp::TftpStats {
     fn register(self: Arc<Self>, registry: &mut Registry) {
         register_counters(registry, self.clone(), TFTP);

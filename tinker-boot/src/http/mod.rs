@@ -7,8 +7,8 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `/ipxe/{mac}/auto.ipxe`, `/auto.ipxe` | the machine's iPXE script (by MAC, or by source address) |
-//! | `/ipxe/binary/{name}` | iPXE binaries (UEFI HTTP boot) |
+//! | `/ipxe/{mac}/auto.ipxe`, `/ipxe/script/{mac}/auto.ipxe`, `/auto.ipxe` | the machine's iPXE script (by MAC, at our path or Smee's, or by source address) |
+//! | `/ipxe/binary/{name}`, `/ipxe/binary/{mac}/{name}` | iPXE binaries (UEFI HTTP boot; Smee's form names the MAC first) |
 //! | `/assets/{path}` | boot assets from a directory; `GET`/`HEAD`, single `Range` |
 //! | `/2009-04-04/meta-data/...`, `/2009-04-04/user-data`, `/latest/...` | EC2 metadata of the caller |
 //! | `/metadata` | Tinkerbell's metadata JSON of the caller (what rootio reads) |
@@ -34,7 +34,10 @@ pub mod tls;
 pub use body::Body;
 pub(crate) use body::full as body_full;
 pub use conn::{ConnStats, HttpLimits, Refusal};
-pub use ipxe::{OsieConfig, script};
+pub use ipxe::{
+    HookOsConfig, IN_MEMORY_OS_ANNOTATION, InMemoryOs, OsieConfig, SMEE_KERNEL_ARGS,
+    TINK_GRPC_PORT, UnknownOs, hookos_kernel_args, in_memory_os, script,
+};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
 pub use operator::{
@@ -457,7 +460,14 @@ impl HttpServer {
             }
             _ if self.only_metadata => status(StatusCode::NOT_FOUND, "not found\n"),
             ["auto.ipxe"] => self.script_by_ip(caller).await,
-            ["ipxe", mac, "auto.ipxe"] => self.script_by_mac(mac, caller).await,
+            // Ours, and Smee's (what Tinkerbell's DHCP setups and embedded
+            // iPXE binaries point machines at).
+            ["ipxe", mac, "auto.ipxe"] | ["ipxe", "script", mac, "auto.ipxe"] => {
+                self.script_by_mac(mac, caller).await
+            }
+            // Smee hands UEFI HTTP boot clients `/ipxe/binary/<mac>/<file>` and
+            // serves the file by its base name: the MAC only says who asks.
+            ["ipxe", "binary", mac, name] if is_mac(mac) => self.binary(name).await,
             ["ipxe", "binary", rest @ ..] => self.binary(&rest.join("/")).await,
             ["assets", rest @ ..] => {
                 self.asset(
@@ -594,6 +604,14 @@ impl prometheus_client::collector::Collector for ConnCollector {
     ) -> Result<(), std::fmt::Error> {
         self.0.encode(encoder)
     }
+}
+
+/// Whether a path segment is a MAC address (with `:` or `-`).
+fn is_mac(segment: &str) -> bool {
+    segment
+        .replace('-', ":")
+        .parse::<tinker_core::MacAddr>()
+        .is_ok()
 }
 
 /// Reads a `Range` header against a size: `Some((first, last))` of its first
