@@ -459,12 +459,14 @@ mod tests {
         )
     }
 
-    /// A workflow in `state` whose actions ran as given: (name, state,
-    /// attempt, start, stop).
+    /// How an action ran: (name, state, attempt, start, stop).
+    type Ran<'a> = (&'a str, ActionState, u32, Option<i64>, Option<i64>);
+
+    /// A workflow in `state` whose actions ran as given.
     fn workflow(
         state: WorkflowState,
         phase: MachinePhase,
-        actions: &[(&str, ActionState, u32, Option<i64>, Option<i64>)],
+        actions: &[Ran<'_>],
     ) -> Workflow {
         let mut wf = Workflow::new("wf", "tpl", "m1", "02:00:00:00:97:01".parse().unwrap());
         let actions: Vec<serde_json::Value> = actions

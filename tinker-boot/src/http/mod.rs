@@ -21,16 +21,19 @@
 mod body;
 pub mod client;
 mod conn;
+mod csrf;
 mod diagnosis;
 mod ipxe;
 mod metadata;
 mod metrics;
 mod operator;
+mod pages;
 pub mod tls;
 
 pub use body::Body;
 pub(crate) use body::full as body_full;
 pub use conn::{ConnStats, HttpLimits, Refusal};
+pub use csrf::CSRF_HEADER;
 pub use ipxe::{OsieConfig, script};
 pub use metrics::MetricsSource;
 pub(crate) use metrics::{CounterRow, register_counters};
