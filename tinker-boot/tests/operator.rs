@@ -17,6 +17,20 @@ const SECRET: &str = "operator-test-secret";
 
 async fn serve(serves_machines: bool) -> (SocketAddr, Arc<ManualClock>) {
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let addr = serve_store(store, clock.clone(), serves_machines).await;
+    (addr, clock)
+}
+
+/// The operator API over `store` (with its machine `m1` added), on a port of
+/// its own.
+async fn serve_store(
+    store: Arc<dyn WorkflowStore>,
+    clock: Arc<ManualClock>,
+    serves_machines: bool,
+) -> SocketAddr {
     let mac = tinker_core::testing::mac(1);
     store
         .put(
@@ -25,18 +39,15 @@ async fn serve(serves_machines: bool) -> (SocketAddr, Arc<ManualClock>) {
         )
         .await
         .unwrap();
-    let clock = Arc::new(ManualClock::new(
-        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
-    ));
-    let operator = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
-        .with_clock(clock.clone());
+    let operator =
+        OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET))).with_clock(clock);
     let mut config = HttpConfig::new(store);
     config.extra = Some(Arc::new(operator));
     config.serves_machines = serves_machines;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
-    (addr, clock)
+    addr
 }
 
 async fn call(
@@ -333,13 +344,6 @@ async fn the_timeline_route_answers_for_a_workflow_and_says_where_it_waits() {
     use tinker_core::store::{EventKind, EventSource, MachineEvent};
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
     let mac = tinker_core::testing::mac(1);
-    store
-        .put(
-            Hardware::new("m1", mac, [127, 0, 0, 1].into(), "255.0.0.0").into(),
-            Precondition::Any,
-        )
-        .await
-        .unwrap();
     let mut wf = Workflow::new("wf1", "tpl", "m1", mac);
     wf.status = Some(
         serde_json::from_value(serde_json::json!({
@@ -365,13 +369,7 @@ async fn the_timeline_route_answers_for_a_workflow_and_says_where_it_waits() {
         .await
         .unwrap();
     let clock = Arc::new(ManualClock::new(t0 + Duration::from_secs(12)));
-    let operator = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
-        .with_clock(clock.clone());
-    let mut config = HttpConfig::new(store);
-    config.extra = Some(Arc::new(operator));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
+    let addr = serve_store(store, clock, true).await;
     let session = sign_in(addr).await;
     let cookie = [("cookie", session.as_str())];
     let answer = call(

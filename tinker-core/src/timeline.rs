@@ -463,11 +463,7 @@ mod tests {
     type Ran<'a> = (&'a str, ActionState, u32, Option<i64>, Option<i64>);
 
     /// A workflow in `state` whose actions ran as given.
-    fn workflow(
-        state: WorkflowState,
-        phase: MachinePhase,
-        actions: &[Ran<'_>],
-    ) -> Workflow {
+    fn workflow(state: WorkflowState, phase: MachinePhase, actions: &[Ran<'_>]) -> Workflow {
         let mut wf = Workflow::new("wf", "tpl", "m1", "02:00:00:00:97:01".parse().unwrap());
         let actions: Vec<serde_json::Value> = actions
             .iter()
