@@ -136,6 +136,9 @@ pub struct Timeline {
     pub workflow: String,
     /// The machine whose event log was read, `namespace/name`.
     pub machine: String,
+    /// The event logs that hold the workflow's action output: the machine's,
+    /// and its workers' (the worker API logs output under the worker's id).
+    pub logs: Vec<String>,
     /// The workflow's state; `None` before the engine rendered it.
     pub state: Option<WorkflowState>,
     /// Why it failed, when it did.
@@ -158,6 +161,24 @@ pub fn machine_of(workflow: &Workflow) -> String {
         workflow.metadata.namespace(),
         workflow.spec.hardware_ref
     )
+}
+
+/// The event logs where `workflow`'s action output is kept: `machine`'s, then
+/// each of its tasks' workers' (by the worker's id, as the worker API logs
+/// it), each once.
+pub fn output_logs(workflow: &Workflow, machine: &str) -> Vec<String> {
+    let mut logs = vec![machine.to_string()];
+    let workers = workflow
+        .status
+        .iter()
+        .flat_map(|s| &s.tasks)
+        .map(|t| t.agent_id.as_str());
+    for w in workers {
+        if !w.is_empty() && !logs.iter().any(|l| l == w) {
+            logs.push(w.to_string());
+        }
+    }
+    logs
 }
 
 /// The timeline of `workflow` at `now`, from the machine's `events` (any order;
@@ -367,6 +388,7 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
     Timeline {
         workflow: key,
         machine: machine_of(workflow),
+        logs: output_logs(workflow, &machine_of(workflow)),
         state,
         reason: status.and_then(|s| s.reason.clone()),
         start,
@@ -477,7 +499,7 @@ mod tests {
             .collect();
         let mut status: WorkflowStatus = serde_json::from_value(serde_json::json!({
             "state": state,
-            "tasks": [{"name": "os", "agentID": "", "actions": actions}],
+            "tasks": [{"name": "os", "agentID": "02:00:00:00:97:01", "actions": actions}],
         }))
         .unwrap();
         status.machine = MachineSteps {
@@ -585,6 +607,8 @@ mod tests {
         );
         assert_eq!(tl.stopped_at, None);
         assert_eq!(tl.machine, "default/m1");
+        // The worker logs output under its own id.
+        assert_eq!(tl.logs, ["default/m1", "02:00:00:00:97:01"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tinker_core::WorkflowStore;
 use tinker_core::diagnose::{Diagnosis, why_pending};
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::store::MachineEvent;
-use tinker_core::timeline::{Timeline, timeline};
+use tinker_core::timeline::{Timeline, output_logs, timeline};
 
 /// The machine's newest events read for a diagnosis: enough to reach back to
 /// the workflow's rendering past a few hundred lines of action output, bounded
@@ -84,6 +84,7 @@ pub(super) async fn answer(
         View::Diagnosis => json(&DiagnosisAnswer { diagnosis }),
         View::Timeline => {
             let mut timeline = timeline(&run.workflow, &run.events, now);
+            timeline.logs = output_logs(&run.workflow, &run.machine);
             timeline.machine = run.machine;
             json(&TimelineAnswer {
                 timeline,

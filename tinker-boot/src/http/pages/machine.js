@@ -19,10 +19,14 @@ function describe(e) {
 async function load() {
   const updated = document.getElementById("updated");
   try {
-    const [hws, wfs, events] = await Promise.all([
-      Tinker.get("/api/v1/hardware"), Tinker.get("/api/v1/workflows"),
-      Tinker.get("/api/v1/events/" + encodeURIComponent(key) + "?limit=" + EVENTS_SHOWN)]);
+    const [hws, wfs] = await Promise.all([Tinker.get("/api/v1/hardware"), Tinker.get("/api/v1/workflows")]);
     const hw = hws.map(h => h.value).find(h => (h.metadata.namespace || "default") === me.namespace && h.metadata.name === me.name);
+    // The machine's own log, and its workers' (by MAC: the worker API logs
+    // action output under the worker's id).
+    const macs = hw ? (hw.spec.interfaces || []).map(i => (i.dhcp || {}).mac).filter(Boolean) : [];
+    const logs = await Promise.all([key, ...macs].map(log =>
+      Tinker.get("/api/v1/events/" + encodeURIComponent(log) + "?limit=" + EVENTS_SHOWN)));
+    const events = logs.flat().sort((a, b) => a.seq - b.seq).slice(-EVENTS_SHOWN);
     const dl = document.getElementById("hardware");
     if (!hw) {
       dl.replaceChildren(el("dt", {}, "Hardware"), el("dd", { class: "error" }, "no Hardware " + key));

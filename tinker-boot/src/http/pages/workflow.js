@@ -20,6 +20,8 @@ let outputDone = false; // the workflow ended and its output was read after
 let polling = false;
 
 const ms = t => Date.parse(t);
+/** The badge colour of each outcome. */
+const BADGE = { done: "SUCCESS", running: "RUNNING", failed: "FAILED", pending: "PENDING", skipped: "PENDING", notRecorded: "PENDING" };
 
 /** The timeline as SVG: one row per span, bars on a shared time axis. */
 function draw(tl) {
@@ -31,16 +33,17 @@ function draw(tl) {
   const running = spans.some(s => s.outcome === "running");
   const t0 = tl.start ? Math.min(ms(tl.start), ...times) : Math.min(now, ...times);
   let tEnd = Math.max(t0, ...times, running ? now : t0);
-  if (tEnd - t0 < 1000) tEnd = t0 + 1000;
+  if (tEnd - t0 < 100) tEnd = t0 + 100;
   const x = t => x0 + (t - t0) / (tEnd - t0) * (x1 - x0);
   const H = top + spans.length * rowH + 8;
   const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "timeline" });
 
-  // The axis: a tick every 1, 2, 5, 10, ... seconds, about eight of them.
+  // The axis: a tick every 10 ms, ..., 1, 2, 5, 10, ... seconds, at most eight.
   const span = (tEnd - t0) / 1000;
-  const steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400];
+  const steps = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400];
   const step = steps.find(s => span / s <= 8) || 86400;
-  for (let s = 0; s <= span + 1e-9; s += step) {
+  for (let n = 0; n * step <= span + 1e-9; n++) {
+    const s = n * step;
     const tx = x(t0 + s * 1000);
     root.append(svg("line", { class: "axis", x1: tx, x2: tx, y1: top - 6, y2: H - 4 }));
     root.append(svg("text", { class: "tick", x: tx, y: top - 10, "text-anchor": "middle" }, "+" + Tinker.duration(s * 1000)));
@@ -69,7 +72,7 @@ function draw(tl) {
     } else if (s.outcome === "pending") {
       note = "not reached";
     }
-    if (s.detail) note += (note ? " · " : "") + (s.detail.length > 48 ? s.detail.slice(0, 47) + "…" : s.detail);
+    if (s.detail) note += (note ? " · " : "") + (s.detail.length > 34 ? s.detail.slice(0, 33) + "…" : s.detail);
     if (stopped) note = (s.outcome === "failed" ? "◀ stopped here" : "◀ now here") + (note ? " · " + note : "");
     row.append(svg("text", { class: "note", x: x1 + 8, y: y + 16 }, note));
     root.append(row);
@@ -110,9 +113,15 @@ function summary(answer) {
   }
 }
 
-/** Each action's last output lines, read from the machine's event log. */
+/**
+ * Each action's last output lines, read from the event logs that hold them
+ * (the machine's, and its worker's: the worker API logs output under the
+ * worker's id).
+ */
 async function output(tl) {
-  const events = await Tinker.get("/api/v1/events/" + encodeURIComponent(tl.machine) + "?limit=" + EVENTS_PER_POLL);
+  const logs = await Promise.all(tl.logs.map(log =>
+    Tinker.get("/api/v1/events/" + encodeURIComponent(log) + "?limit=" + EVENTS_PER_POLL)));
+  const events = logs.flat().sort((a, b) => a.seq - b.seq);
   const lines = new Map();
   for (const e of events) {
     const k = e.event || {};
@@ -128,7 +137,7 @@ async function output(tl) {
     const pre = el("pre", { class: "out", "data-action": s.name },
       (lines.get(s.index) || []).map(l => el("span", { class: l.stream }, l.line + "\n")));
     return el("section", { class: "action", id: "action-" + s.index },
-      el("h3", {}, (s.index + 1) + ". " + s.name + " ", el("span", { class: "s " + s.outcome.toUpperCase() }, s.outcome),
+      el("h3", {}, (s.index + 1) + ". " + s.name + " ", el("span", { class: "s " + (BADGE[s.outcome] || "PENDING") }, s.outcome),
         " attempt " + s.attempts + took),
       s.detail ? el("p", { class: "ev" }, s.detail) : "", pre);
   });
