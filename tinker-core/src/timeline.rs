@@ -200,6 +200,7 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
     let status = workflow.status.as_ref();
     let phase = status.map(|s| s.machine.phase);
     let gave_up = status.and_then(|s| s.machine.gave_up.as_ref());
+    let no_bmc = status.is_some_and(|s| s.machine.no_bmc);
     let mut spans = Vec::new();
 
     // The engine's steps: each ends with its StepDone (or StepSkippedNoBmc).
@@ -229,6 +230,12 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
             (_, Some(_)) => (Outcome::Failed, failures.last().map(|e| e.at)),
             (Some((at, true)), _) => (Outcome::Skipped, Some(at)),
             (Some((at, false)), _) => (Outcome::Done, Some(at)),
+            // Without a BMC the engine moves past its BMC steps without a word.
+            (None, None)
+                if phase.is_some_and(|p| past(p, last_step)) && no_bmc && needs_bmc(last_step) =>
+            {
+                (Outcome::Skipped, None)
+            }
             (None, None) if phase.is_some_and(|p| past(p, last_step)) => {
                 (Outcome::NotRecorded, None)
             }
@@ -249,7 +256,8 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         Span {
             label: step.to_string(),
             step,
-            start: if outcome == Outcome::Pending && failures.is_empty() {
+            // A step with no record of its own has no bar to draw.
+            start: if end.is_none() && failures.is_empty() {
                 None
             } else {
                 began
@@ -415,6 +423,18 @@ fn point(step: Step, at: Option<Timestamp>, passed: bool) -> Span {
         attempts: u32::from(at.is_some()),
         detail: None,
     }
+}
+
+/// Whether `step` is a BMC's (skipped for a machine without one).
+fn needs_bmc(step: MachineStep) -> bool {
+    matches!(
+        step,
+        MachineStep::SetPxeBoot
+            | MachineStep::PowerCycle
+            | MachineStep::SetDiskBoot
+            | MachineStep::Reboot
+            | MachineStep::FailurePower
+    )
 }
 
 /// Whether a machine in `phase` is past `step` (it was done, or skipped).
@@ -663,19 +683,17 @@ mod tests {
                     step: MachineStep::SetPxeBoot,
                 },
             ),
-            engine(
-                3,
-                EventKind::StepSkippedNoBmc {
-                    step: MachineStep::PowerCycle,
-                },
-            ),
         ];
+        let mut wf = wf;
+        wf.status.as_mut().unwrap().machine.no_bmc = true;
         let tl = timeline(&wf, &events, t(30));
         // Netboot was turned on; only the BMC's part was skipped.
         assert_eq!(span(&tl, &Step::NetbootOn).outcome, Outcome::Done);
+        // The engine skips the power-on without an event of its own.
         let power = span(&tl, &Step::PowerOn);
         assert_eq!(power.outcome, Outcome::Skipped);
         assert_eq!(power.detail.as_deref(), Some("no BMC: done by hand"));
+        assert_eq!((power.start, power.end), (None, None));
         assert_eq!(tl.spans[tl.stopped_at.unwrap()].step, Step::Dhcp);
         assert_eq!(span(&tl, &Step::IpxeScript).outcome, Outcome::Pending);
         assert_eq!(span(&tl, &Step::InMemoryOs).start, None);

@@ -32,7 +32,9 @@ function draw(tl) {
   const times = spans.flatMap(s => [s.start, s.end]).filter(Boolean).map(ms);
   const running = spans.some(s => s.outcome === "running");
   const t0 = tl.start ? Math.min(ms(tl.start), ...times) : Math.min(now, ...times);
-  let tEnd = Math.max(t0, ...times, running ? now : t0);
+  const ended = ["SUCCESS", "FAILED", "TIMEOUT"].includes(tl.state);
+  // While it runs or waits, the axis reaches now: the wait is time spent too.
+  let tEnd = Math.max(t0, ...times, running || !ended ? now : t0);
   if (tEnd - t0 < 100) tEnd = t0 + 100;
   const x = t => x0 + (t - t0) / (tEnd - t0) * (x1 - x0);
   const H = top + spans.length * rowH + 8;
@@ -67,6 +69,12 @@ function draw(tl) {
       row.append(svg("rect", { class: "bar " + s.outcome, x: bx, y: y + 4, width: bw, height: rowH - 8, rx: 2 },
         svg("title", {}, title)));
       note = b > a ? Tinker.duration(b - a) : "";
+    } else if (stopped && s.outcome === "pending" && !ended) {
+      // Waiting for this step: since the last thing that happened, until now.
+      const since = Math.max(t0, ...spans.slice(0, i).flatMap(p => [p.start, p.end]).filter(Boolean).map(ms));
+      row.append(svg("rect", { class: "bar waiting", x: x(since), y: y + 4, width: Math.max(3, x(now) - x(since)), height: rowH - 8, rx: 2 },
+        svg("title", {}, s.label + ": waiting for " + Tinker.duration(now - since))));
+      note = "waiting " + Tinker.duration(now - since);
     } else if (s.outcome === "notRecorded") {
       note = "passed; not in the event log";
     } else if (s.outcome === "pending") {
@@ -77,7 +85,7 @@ function draw(tl) {
     row.append(svg("text", { class: "note", x: x1 + 8, y: y + 16 }, note));
     root.append(row);
   });
-  if (!["SUCCESS", "FAILED", "TIMEOUT"].includes(tl.state) && now <= tEnd) {
+  if (!ended && now <= tEnd) {
     root.append(svg("line", { class: "now", x1: x(now), x2: x(now), y1: top - 6, y2: H - 4 }));
   }
   document.getElementById("timeline").replaceChildren(root);
