@@ -77,7 +77,8 @@ const Tinker = (() => {
 
   /** `{namespace}/{name}` of this page's object, from its address. */
   function objectOfPage() {
-    const parts = location.pathname.split("/").slice(3).map(decodeURIComponent);
+    const decode = p => { try { return decodeURIComponent(p); } catch (e) { return p; } };
+    const parts = location.pathname.split("/").slice(3).map(decode);
     return { namespace: parts[0], name: parts[1] };
   }
 
