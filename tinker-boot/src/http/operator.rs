@@ -520,17 +520,21 @@ impl ExtraRoutes for OperatorApi {
         _peer: IpAddr,
     ) -> Result<Response<Body>, Request<Incoming>> {
         let path = req.uri().path().to_string();
+        // The pages themselves hold no data (their scripts fetch it with the
+        // session's cookie, and show the sign-in form on a 401), so they are
+        // served to anyone: after a sign-in that began on another site, a
+        // `SameSite=Strict` cookie is not sent with the navigation, but is with
+        // the page's own requests.
+        if matches!(*req.method(), Method::GET | Method::HEAD)
+            && let Some(page) = pages::get(&path)
+        {
+            return Ok(page);
+        }
         match (req.method(), path.as_str()) {
             (&Method::POST, "/login") => return Ok(self.login(req).await),
+            // Signing out needs no CSRF token: all a forged one can do is end
+            // the session (and the cookie is `SameSite=Strict`).
             (&Method::POST, "/logout") => return Ok(self.logout(&req)),
-            // The pages themselves hold no data (their scripts fetch it with
-            // the session's cookie, and show the sign-in form on a 401), so
-            // they are served to anyone: after a sign-in that began on another
-            // site, a `SameSite=Strict` cookie is not sent with the navigation,
-            // but is with the page's own requests.
-            (&Method::GET | &Method::HEAD, p) if pages::get(p).is_some() => {
-                return Ok(pages::get(p).expect("matched above"));
-            }
             _ if path.starts_with("/api/v1/") => {}
             _ => return Err(req),
         }
