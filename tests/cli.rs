@@ -255,12 +255,18 @@ async fn describe_and_logs_show_each_actions_state_and_output() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    for (i, line) in [(0, "wrote 8 MiB"), (0, "synced"), (1, "config written")] {
+    // A worker's output is logged under the worker's id (here its MAC, the
+    // task's `worker`), the rest under the machine's name.
+    for (log, i, line) in [
+        ("default/m1", 0, "wrote 8 MiB"),
+        ("02:00:00:00:c1:01", 0, "synced"),
+        ("default/m1", 1, "config written"),
+    ] {
         p.store
             .append_event(
                 MachineEvent::new(
                     jiff::Timestamp::now(),
-                    "default/m1",
+                    log,
                     EventSource::Worker,
                     EventKind::ActionOutput {
                         action_index: i,

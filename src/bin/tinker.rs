@@ -296,13 +296,18 @@ async fn workflow(api: &Api, namespace: &str, name: &str) -> Result<Workflow, Fa
 type Lines = Vec<(u64, usize, String)>;
 
 async fn output(api: &Api, wf: &Workflow) -> Result<Lines, Failure> {
-    let machine = format!("{}/{}", wf.metadata.namespace(), wf.spec.hardware_ref);
-    let path = format!("/api/v1/events/{}?limit=10000", machine.replace('/', "%2F"));
-    let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
-    if status != 200 {
-        return Err(Failure(format!("HTTP {status}: {}", text(&events))));
+    let machine = tinker::core::timeline::machine_of(wf);
+    // The worker API logs output under the worker's id: its log is read too.
+    let mut events: Vec<MachineEvent> = Vec::new();
+    for log in tinker::core::timeline::output_logs(wf, &machine) {
+        let path = format!("/api/v1/events/{}?limit=10000", log.replace('/', "%2F"));
+        let (status, answer) = api.call(Method::GET, &path, Vec::new()).await?;
+        if status != 200 {
+            return Err(Failure(format!("HTTP {status}: {}", text(&answer))));
+        }
+        events.extend(serde_json::from_value::<Vec<MachineEvent>>(answer)?);
     }
-    let events: Vec<MachineEvent> = serde_json::from_value(events)?;
+    events.sort_by_key(|e| e.seq);
     let me = format!("{}/{}", wf.metadata.namespace(), wf.metadata.name);
     Ok(events
         .into_iter()

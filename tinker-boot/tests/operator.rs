@@ -17,6 +17,20 @@ const SECRET: &str = "operator-test-secret";
 
 async fn serve(serves_machines: bool) -> (SocketAddr, Arc<ManualClock>) {
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let addr = serve_store(store, clock.clone(), serves_machines).await;
+    (addr, clock)
+}
+
+/// The operator API over `store` (with its machine `m1` added), on a port of
+/// its own.
+async fn serve_store(
+    store: Arc<dyn WorkflowStore>,
+    clock: Arc<ManualClock>,
+    serves_machines: bool,
+) -> SocketAddr {
     let mac = tinker_core::testing::mac(1);
     store
         .put(
@@ -25,18 +39,15 @@ async fn serve(serves_machines: bool) -> (SocketAddr, Arc<ManualClock>) {
         )
         .await
         .unwrap();
-    let clock = Arc::new(ManualClock::new(
-        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
-    ));
-    let operator = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
-        .with_clock(clock.clone());
+    let operator =
+        OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET))).with_clock(clock);
     let mut config = HttpConfig::new(store);
     config.extra = Some(Arc::new(operator));
     config.serves_machines = serves_machines;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
-    (addr, clock)
+    addr
 }
 
 async fn call(
@@ -201,5 +212,196 @@ async fn a_management_listener_serves_the_operator_and_nothing_for_machines() {
             .await
             .status,
         200
+    );
+}
+
+/// A Hardware document to apply.
+const APPLY: &str = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: m2, namespace: default}\nspec: {interfaces: [{dhcp: {mac: \"02:00:00:00:16:02\", ip: {address: 127.0.0.2, netmask: 255.0.0.0}}}]}\n";
+
+#[tokio::test]
+async fn a_session_changes_nothing_without_its_csrf_token_a_bearer_token_needs_none() {
+    let (addr, _) = serve(true).await;
+    let session = sign_in(addr).await;
+    let json = ("content-type", "application/json");
+    let cookie = ("cookie", session.as_str());
+    // A cross-site form can make the browser send the cookie, but no header:
+    // refused, and nothing written.
+    for headers in [
+        vec![cookie],
+        vec![cookie, json],
+        vec![cookie, json, ("x-csrf-token", "")],
+        vec![cookie, json, ("x-csrf-token", "0123abcd")],
+    ] {
+        let refused = call(addr, client::Method::POST, "/api/v1/apply", &headers, APPLY).await;
+        assert_eq!(refused.status, 403, "{headers:?}: {}", refused.text());
+        assert!(refused.text().contains("CSRF"), "{}", refused.text());
+    }
+    let hardware = call(addr, client::Method::GET, "/api/v1/hardware", &[cookie], "").await;
+    assert!(!hardware.text().contains("\"m2\""), "nothing was applied");
+    // A DELETE is state-changing too.
+    let delete = call(
+        addr,
+        client::Method::DELETE,
+        "/api/v1/hardware/default/m1",
+        &[cookie],
+        "",
+    )
+    .await;
+    assert_eq!(delete.status, 403);
+    // The page reads its session's token, and then may.
+    let answer = call(addr, client::Method::GET, "/api/v1/session", &[cookie], "").await;
+    assert_eq!(answer.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let csrf = v["csrfToken"].as_str().unwrap().to_string();
+    assert_eq!(csrf.len(), 64);
+    let with_token = [cookie, json, ("x-csrf-token", csrf.as_str())];
+    let applied = call(
+        addr,
+        client::Method::POST,
+        "/api/v1/apply",
+        &with_token,
+        APPLY,
+    )
+    .await;
+    assert_eq!(applied.status, 200, "{}", applied.text());
+    // Another session's token is not this one's.
+    let other = sign_in(addr).await;
+    let crossed = [
+        ("cookie", other.as_str()),
+        json,
+        ("x-csrf-token", csrf.as_str()),
+    ];
+    let refused = call(addr, client::Method::POST, "/api/v1/apply", &crossed, APPLY).await;
+    assert_eq!(refused.status, 403);
+    // The operator token as a header needs no CSRF token, and has none.
+    let token = operator_token(&Secret::new(SECRET));
+    let bearer = format!("Bearer {}", token.expose());
+    let auth = [("authorization", bearer.as_str())];
+    let applied = call(addr, client::Method::POST, "/api/v1/apply", &auth, APPLY).await;
+    assert_eq!(applied.status, 200, "{}", applied.text());
+    let answer = call(addr, client::Method::GET, "/api/v1/session", &auth, "").await;
+    assert_eq!(answer.text(), r#"{"csrfToken":null}"#);
+    // Without any credential, a token alone opens nothing.
+    let alone = [json, ("x-csrf-token", csrf.as_str())];
+    let refused = call(addr, client::Method::POST, "/api/v1/apply", &alone, APPLY).await;
+    assert_eq!(refused.status, 401);
+}
+
+#[tokio::test]
+async fn pages_per_workflow_and_machine_run_only_their_own_scripts() {
+    let (addr, _) = serve(true).await;
+    for path in [
+        "/status",
+        "/status/workflows/default/wf1",
+        "/status/machines/default/m1",
+        "/login",
+    ] {
+        let page = call(addr, client::Method::GET, path, &[], "").await;
+        assert_eq!(page.status, 200, "{path}");
+        let csp = page.header("content-security-policy").unwrap();
+        assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(page.header("x-frame-options"), Some("DENY"));
+        assert!(page.text().contains("src=\"/status/assets/"), "{path}");
+    }
+    for (asset, kind) in [
+        ("workflow.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+    ] {
+        let a = call(
+            addr,
+            client::Method::GET,
+            &format!("/status/assets/{asset}"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!((a.status, a.header("content-type")), (200, Some(kind)));
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    }
+    assert_eq!(status(addr, "/status/assets/nope.js", &[]).await, 404);
+    // Signing in from a workflow's page goes back to it; never to another site.
+    let token = operator_token(&Secret::new(SECRET));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    for (next, back) in [
+        (
+            "%2Fstatus%2Fworkflows%2Fdefault%2Fwf1",
+            "/status/workflows/default/wf1",
+        ),
+        ("https%3A%2F%2Fevil.example%2F", "/status"),
+        ("%2F%2Fevil.example", "/status"),
+    ] {
+        let body = format!("token={}&next={next}", token.expose());
+        let signed_in = call(addr, client::Method::POST, "/login", &form, &body).await;
+        assert_eq!(signed_in.status, 303);
+        assert_eq!(signed_in.header("location"), Some(back));
+    }
+}
+
+#[tokio::test]
+async fn the_timeline_route_answers_for_a_workflow_and_says_where_it_waits() {
+    use tinker_core::model::Workflow;
+    use tinker_core::store::{EventKind, EventSource, MachineEvent};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mac = tinker_core::testing::mac(1);
+    let mut wf = Workflow::new("wf1", "tpl", "m1", mac);
+    wf.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "state": "PENDING",
+            "tasks": [{"name": "os", "agentID": "", "actions": [
+                {"id": "", "name": "stream", "image": "x", "state": "PENDING"}]}],
+            "machine": {"phase": "ready", "noBmc": true},
+        }))
+        .unwrap(),
+    );
+    store.put(wf.into(), Precondition::Any).await.unwrap();
+    let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    store
+        .append_event(
+            MachineEvent::new(
+                t0,
+                "default/m1",
+                EventSource::Engine,
+                EventKind::Rendered { actions: 1 },
+            )
+            .for_workflow("default/wf1"),
+        )
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(t0 + Duration::from_secs(12)));
+    let addr = serve_store(store, clock, true).await;
+    let session = sign_in(addr).await;
+    let cookie = [("cookie", session.as_str())];
+    let answer = call(
+        addr,
+        client::Method::GET,
+        "/api/v1/workflows/default/wf1/timeline",
+        &cookie,
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let tl = &v["timeline"];
+    assert_eq!(tl["workflow"], "default/wf1");
+    assert_eq!(tl["machine"], "default/m1");
+    let stopped = &tl["spans"][tl["stoppedAt"].as_u64().unwrap() as usize];
+    assert_eq!(stopped["step"], "dhcp");
+    assert_eq!(stopped["outcome"], "pending");
+    assert_eq!(v["diagnosis"]["waitingFor"]["stage"], "dhcp");
+    assert!(
+        v["diagnosis"]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("12 s ago"),
+        "{v}"
+    );
+    assert_eq!(
+        status(addr, "/api/v1/workflows/default/nope/timeline", &cookie).await,
+        404
+    );
+    assert_eq!(
+        status(addr, "/api/v1/workflows/default/wf1/timeline", &[]).await,
+        401
     );
 }

@@ -254,7 +254,11 @@ pub fn why_pending(
 
 /// When the workflow was created: the engine's rendering of it, else
 /// `metadata.creationTimestamp`.
-fn created_at(workflow: &Workflow, key: &str, events: &[MachineEvent]) -> Option<Timestamp> {
+pub(crate) fn created_at(
+    workflow: &Workflow,
+    key: &str,
+    events: &[MachineEvent],
+) -> Option<Timestamp> {
     events
         .iter()
         .filter(|e| e.workflow.as_deref() == Some(key))

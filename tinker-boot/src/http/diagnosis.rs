@@ -1,7 +1,12 @@
 //! `GET /api/v1/workflows/{namespace}/{name}/diagnosis`: "why is it pending?"
 //! for one workflow, as JSON: the [`tinker_core::diagnose::Diagnosis`], or
-//! `{"diagnosis": null}` when it is running fine or has finished. The operator
-//! API authorizes the request before it gets here.
+//! `{"diagnosis": null}` when it is running fine or has finished.
+//!
+//! `GET /api/v1/workflows/{namespace}/{name}/timeline`: where the time went, as
+//! `{"timeline": Timeline, "diagnosis": Diagnosis | null}` (see
+//! [`tinker_core::timeline`]), what the workflow's status page draws.
+//!
+//! The operator API authorizes the request before it gets here.
 
 use super::Body;
 use super::body::full;
@@ -9,19 +14,43 @@ use hyper::{Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use tinker_core::WorkflowStore;
 use tinker_core::diagnose::{Diagnosis, why_pending};
-use tinker_core::model::{Kind, Object, ObjectKey};
+use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
+use tinker_core::store::MachineEvent;
+use tinker_core::timeline::{Timeline, output_logs, timeline};
 
 /// The machine's newest events read for a diagnosis: enough to reach back to
 /// the workflow's rendering past a few hundred lines of action output, bounded
 /// so one request costs a fixed amount.
 const EVENTS_READ: usize = 1000;
 
+/// What a workflow path under `/api/v1/workflows/{namespace}/{name}/` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum View {
+    /// `.../diagnosis`
+    Diagnosis,
+    /// `.../timeline`
+    Timeline,
+}
+
+/// The view and workflow a path names (`rest` is the path after `/api/v1/`),
+/// percent-decoded.
+pub(super) fn view(rest: &str) -> Option<(View, String, String)> {
+    if let Some((ns, name)) = route_to(rest, "/diagnosis") {
+        return Some((View::Diagnosis, ns, name));
+    }
+    route_to(rest, "/timeline").map(|(ns, name)| (View::Timeline, ns, name))
+}
+
 /// The workflow a diagnosis path names (`rest` is the path after `/api/v1/`),
 /// percent-decoded.
-pub(super) fn route(rest: &str) -> Option<(String, String)> {
-    let rest = rest
-        .strip_prefix("workflows/")?
-        .strip_suffix("/diagnosis")?;
+#[cfg(test)]
+fn route(rest: &str) -> Option<(String, String)> {
+    route_to(rest, "/diagnosis")
+}
+
+/// The workflow `workflows/{namespace}/{name}{suffix}` names.
+fn route_to(rest: &str, suffix: &str) -> Option<(String, String)> {
+    let rest = rest.strip_prefix("workflows/")?.strip_suffix(suffix)?;
     let (namespace, name) = rest.split_once('/')?;
     let decode = |s: &str| {
         percent_decode_str(s)
@@ -36,19 +65,32 @@ pub(super) fn route(rest: &str) -> Option<(String, String)> {
     Some((namespace, name))
 }
 
-/// The answer to a diagnosis path (see [`route`]) at `now`.
+/// The answer to a diagnosis or timeline path (see [`view`]) at `now`.
 pub(super) async fn answer(
     store: &dyn WorkflowStore,
     rest: &str,
     now: jiff::Timestamp,
 ) -> Response<Body> {
-    let Some((namespace, name)) = route(rest) else {
+    let Some((view, namespace, name)) = view(rest) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    match diagnose(store, &namespace, &name, now).await {
-        Ok(Some(diagnosis)) => json(&DiagnosisAnswer { diagnosis }),
-        Ok(None) => text(StatusCode::NOT_FOUND, "no such workflow\n"),
-        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+    let run = match load(store, &namespace, &name).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return text(StatusCode::NOT_FOUND, "no such workflow\n"),
+        Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
+    };
+    let diagnosis = why_pending(&run.workflow, run.hardware.as_ref(), &run.events, now);
+    match view {
+        View::Diagnosis => json(&DiagnosisAnswer { diagnosis }),
+        View::Timeline => {
+            let mut timeline = timeline(&run.workflow, &run.events, now);
+            timeline.logs = output_logs(&run.workflow, &run.machine);
+            timeline.machine = run.machine;
+            json(&TimelineAnswer {
+                timeline,
+                diagnosis,
+            })
+        }
     }
 }
 
@@ -58,13 +100,29 @@ struct DiagnosisAnswer {
     diagnosis: Option<Diagnosis>,
 }
 
-/// The workflow's diagnosis (`None`: no such workflow), from the store.
-async fn diagnose(
+/// The JSON body of a timeline: the timeline, and why it is pending.
+#[derive(serde::Serialize)]
+struct TimelineAnswer {
+    timeline: Timeline,
+    diagnosis: Option<Diagnosis>,
+}
+
+/// A workflow, its machine and the machine's newest events.
+struct Run {
+    workflow: Workflow,
+    hardware: Option<Hardware>,
+    /// The name its events are logged under.
+    machine: String,
+    events: Vec<MachineEvent>,
+}
+
+/// The workflow and what its answers read (`None`: no such workflow), from
+/// the store.
+async fn load(
     store: &dyn WorkflowStore,
     namespace: &str,
     name: &str,
-    now: jiff::Timestamp,
-) -> tinker_core::Result<Option<Option<Diagnosis>>> {
+) -> tinker_core::Result<Option<Run>> {
     let key = ObjectKey::new(Kind::Workflow, namespace, name);
     let Some(Object::Workflow(workflow)) = store.get(&key).await?.map(|v| v.value) else {
         return Ok(None);
@@ -85,12 +143,12 @@ async fn diagnose(
         None => key.qualified_name(),
     };
     let events = store.events(&machine, EVENTS_READ).await?;
-    Ok(Some(why_pending(
-        &workflow,
-        hardware.as_ref(),
-        &events,
-        now,
-    )))
+    Ok(Some(Run {
+        workflow,
+        hardware,
+        machine,
+        events,
+    }))
 }
 
 fn json(body: &impl serde::Serialize) -> Response<Body> {
@@ -113,7 +171,7 @@ fn text(code: StatusCode, body: impl Into<hyper::body::Bytes>) -> Response<Body>
 
 #[cfg(test)]
 mod tests {
-    use super::route;
+    use super::{View, route, view};
 
     #[test]
     fn the_path_names_one_workflow() {
@@ -127,5 +185,10 @@ mod tests {
         assert_eq!(route("workflows//wf/diagnosis"), None);
         assert_eq!(route("workflows/default/wf1"), None);
         assert_eq!(route("workflows/default/%FF/diagnosis"), None);
+        assert_eq!(
+            view("workflows/default/wf1/timeline"),
+            Some((View::Timeline, "default".into(), "wf1".into()))
+        );
+        assert_eq!(view("workflows/default/wf1/timelines"), None);
     }
 }

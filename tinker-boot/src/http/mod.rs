@@ -24,16 +24,19 @@
 mod body;
 pub mod client;
 mod conn;
+mod csrf;
 mod diagnosis;
 mod ipxe;
 mod metadata;
 mod metrics;
 mod operator;
+mod pages;
 pub mod tls;
 
 pub use body::Body;
 pub(crate) use body::full as body_full;
 pub use conn::{ConnStats, HttpLimits, Refusal};
+pub use csrf::CSRF_HEADER;
 pub use ipxe::{
     HookOsConfig, IN_MEMORY_OS_ANNOTATION, InMemoryOs, OsieConfig, SMEE_KERNEL_ARGS,
     TINK_GRPC_PORT, UnknownOs, hookos_kernel_args, in_memory_os, script,

@@ -10,13 +10,24 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `/status` | the status page (it sends a browser without a session to `/login`) |
-//! | `/login`, `POST /login`, `POST /logout` | the sign-in form; open or close a browser session |
+//! | `/status` | the overview page: workflows and machines (it sends a browser without a session to `/login`) |
+//! | `/status/workflows/{namespace}/{name}` | a workflow's page: timeline, "why pending", output, retry/cancel/re-run |
+//! | `/status/machines/{namespace}/{name}` | a machine's page: Hardware, workflows, event log |
+//! | `/status/assets/{file}` | the pages' stylesheet and scripts (see [`super::pages`]) |
+//! | `/login`, `POST /login`, `POST /logout` | the sign-in form (`next`: the page to go back to); open or close a browser session |
+//! | `/api/v1/session` | `{"csrfToken": ...}`: the session's CSRF token (`null` for a bearer token) |
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
 //! | `/api/v1/events/{machine}` | the machine's last 50 events |
 //! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
+//! | `/api/v1/workflows/{namespace}/{name}/timeline` | the run as a bar per step, and the diagnosis |
+//!
+//! A state-changing request (any method but `GET` and `HEAD`) under `/api/v1/`
+//! that a session cookie opens must carry the session's CSRF token as
+//! `X-CSRF-Token`, or it is refused with 403 (see [`super::csrf`]); one with the
+//! bearer token needs none. The check sits before every such route.
 
-use super::{Body, ExtraRoutes, body::full};
+use super::csrf::{CSRF_HEADER, CsrfKey};
+use super::{Body, ExtraRoutes, body::full, pages};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -49,6 +60,7 @@ pub struct OperatorApi {
     sessions: Arc<Mutex<Sessions>>,
     clock: SharedClock,
     secure_cookie: bool,
+    csrf: CsrfKey,
 }
 
 /// Open browser sessions: the SHA-256 of each session id (so a memory dump or a
@@ -78,6 +90,7 @@ impl OperatorApi {
             sessions: Arc::default(),
             clock: SystemClock::shared(),
             secure_cookie: false,
+            csrf: CsrfKey::random(),
         }
     }
 
@@ -170,9 +183,12 @@ impl OperatorApi {
             .find(|(k, _)| k == "token")
             .map(|(_, v)| Secret::new(v.trim()))
             .unwrap_or_default();
+        let next = form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "next")
+            .map(|(_, v)| v.into_owned());
         if given.is_empty() || !self.token.matches(given.expose().as_bytes()) {
             tracing::warn!("operator sign-in refused: wrong token");
-            return page(StatusCode::UNAUTHORIZED, LOGIN_WRONG);
+            return pages::login(true);
         }
         let Some(id) = self.open_session() else {
             return respond(
@@ -184,7 +200,12 @@ impl OperatorApi {
         tracing::info!("operator signed in");
         let mut r = respond(StatusCode::SEE_OTHER, "text/plain", "signed in\n");
         let h = r.headers_mut();
-        h.insert("location", "/status".parse().expect("static header"));
+        let back = pages::after_sign_in(next.as_deref());
+        h.insert(
+            "location",
+            back.parse()
+                .unwrap_or_else(|_| "/status".parse().expect("static header")),
+        );
         if let Ok(v) = self.cookie(&id, SESSION_LIFETIME.as_secs()).parse() {
             h.insert("set-cookie", v);
         }
@@ -445,22 +466,50 @@ fn respond(
     r
 }
 
-/// An HTML page that no other site may frame.
-fn page(code: StatusCode, html: &'static str) -> Response<Body> {
-    let mut r = respond(code, "text/html; charset=utf-8", html);
-    let h = r.headers_mut();
-    h.insert("x-frame-options", "DENY".parse().expect("static header"));
-    h.insert(
-        "content-security-policy",
-        "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'"
-            .parse()
-            .expect("static header"),
-    );
-    h.insert(
-        "referrer-policy",
-        "no-referrer".parse().expect("static header"),
-    );
-    r
+impl OperatorApi {
+    /// Refuses a state-changing request that a session cookie opened without
+    /// the session's CSRF token (see [`super::csrf`]); `None` lets it through.
+    /// Called for every request under `/api/v1/` once it is authorized, so
+    /// each route added there is covered.
+    fn csrf_refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
+        // The bearer token is the operator's own: no browser adds it by itself.
+        if crate::worker_api::bearer_token(req).is_some() {
+            return None;
+        }
+        let id = Self::session_cookie(req).unwrap_or_default();
+        let given = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !given.is_empty() && self.csrf.matches(&id, given) {
+            return None;
+        }
+        tracing::warn!(method = %req.method(), path = %req.uri().path(), "operator request refused: no valid CSRF token with a session cookie");
+        Some(problem(
+            StatusCode::FORBIDDEN,
+            "a request with a session cookie must carry the session's CSRF token",
+            serde_json::json!(format!(
+                "send the token from GET /api/v1/session as the {CSRF_HEADER} header, or the operator token as Authorization: Bearer"
+            )),
+        ))
+    }
+
+    /// `GET /api/v1/session`: the session's CSRF token for the pages' scripts.
+    fn session<B>(&self, req: &Request<B>) -> Response<Body> {
+        let token = match crate::worker_api::bearer_token(req) {
+            Some(_) => None,
+            None => Self::session_cookie(req).and_then(|id| self.csrf.token(&id)),
+        };
+        respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec(&serde_json::json!({ "csrfToken": token })).unwrap_or_default(),
+        )
+    }
 }
 
 #[async_trait::async_trait]
@@ -471,16 +520,21 @@ impl ExtraRoutes for OperatorApi {
         _peer: IpAddr,
     ) -> Result<Response<Body>, Request<Incoming>> {
         let path = req.uri().path().to_string();
+        // The pages themselves hold no data (their scripts fetch it with the
+        // session's cookie, and show the sign-in form on a 401), so they are
+        // served to anyone: after a sign-in that began on another site, a
+        // `SameSite=Strict` cookie is not sent with the navigation, but is with
+        // the page's own requests.
+        if matches!(*req.method(), Method::GET | Method::HEAD)
+            && let Some(page) = pages::get(&path)
+        {
+            return Ok(page);
+        }
         match (req.method(), path.as_str()) {
             (&Method::POST, "/login") => return Ok(self.login(req).await),
+            // Signing out needs no CSRF token: all a forged one can do is end
+            // the session (and the cookie is `SameSite=Strict`).
             (&Method::POST, "/logout") => return Ok(self.logout(&req)),
-            (_, "/login") => return Ok(page(StatusCode::OK, LOGIN)),
-            // The page itself holds no data (its script fetches it with the
-            // session's cookie, and shows the sign-in form on a 401), so it is
-            // served to anyone: after a sign-in that began on another site,
-            // a `SameSite=Strict` cookie is not sent with the navigation, but is
-            // with the page's own requests.
-            (_, "/status") => return Ok(page(StatusCode::OK, PAGE)),
             _ if path.starts_with("/api/v1/") => {}
             _ => return Err(req),
         }
@@ -490,6 +544,12 @@ impl ExtraRoutes for OperatorApi {
                 "text/plain",
                 "the operator token is missing or wrong (send it as Authorization: Bearer)\n",
             ));
+        }
+        if let Some(refused) = self.csrf_refusal(&req) {
+            return Ok(refused);
+        }
+        if req.method() == Method::GET && path == "/api/v1/session" {
+            return Ok(self.session(&req));
         }
         if req.method() == Method::POST && path == "/api/v1/apply" {
             return Ok(self.apply(req).await);
@@ -508,7 +568,7 @@ impl ExtraRoutes for OperatorApi {
             "hardware" => Kind::Hardware,
             "templates" => Kind::Template,
             "workflows" => Kind::Workflow,
-            rest if req.method() == Method::GET && super::diagnosis::route(rest).is_some() => {
+            rest if req.method() == Method::GET && super::diagnosis::view(rest).is_some() => {
                 let now = self.clock.now();
                 return Ok(super::diagnosis::answer(self.store.as_ref(), rest, now).await);
             }
@@ -577,61 +637,3 @@ impl ExtraRoutes for RouteChain {
         Err(req)
     }
 }
-
-/// The sign-in page.
-const LOGIN: &str = concat!(
-    r#"<!doctype html><html><head><meta charset="utf-8"><title>Tinker: sign in</title></head><body>"#,
-    r#"<h1>Tinker</h1><form method="post" action="/login"><p><label>Operator token <input type="password" name="token" autocomplete="current-password" autofocus></label> <button type="submit">Sign in</button></p><p>The control plane wrote it to <code>&lt;data dir&gt;/operator-token</code>.</p></form>"#,
-    "</body></html>\n"
-);
-
-/// The sign-in page after a wrong token.
-const LOGIN_WRONG: &str = concat!(
-    r#"<!doctype html><html><head><meta charset="utf-8"><title>Tinker: sign in</title></head><body>"#,
-    r#"<p id="error">That is not the operator token.</p>"#,
-    r#"<h1>Tinker</h1><form method="post" action="/login"><p><label>Operator token <input type="password" name="token" autocomplete="current-password" autofocus></label> <button type="submit">Sign in</button></p><p>The control plane wrote it to <code>&lt;data dir&gt;/operator-token</code>.</p></form>"#,
-    "</body></html>\n"
-);
-
-const PAGE: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>Tinker status</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin-bottom:1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left;vertical-align:top}
-.s{display:inline-block;padding:0 .4em;margin:0 .1em;border-radius:3px;font-size:.85em}
-.PENDING{background:#eee}.RUNNING{background:#ffe08a}.SUCCESS{background:#9fe2a4}.FAILED{background:#f5a3a3}.TIMEOUT{background:#f7c08a}
-.ev{font-size:.8em;color:#555}
-</style></head>
-<body><h1>Tinker</h1><form method="post" action="/logout" style="float:right"><button>Sign out</button></form><p id="updated">loading...</p>
-<h2>Workflows</h2><table id="workflows"><tr><th>workflow</th><th>machine</th><th>state</th><th>actions</th><th>reason</th></tr></table>
-<h2>Machines</h2><table id="machines"><tr><th>machine</th><th>MAC</th><th>address</th><th>netboot</th><th>recent events</th></tr></table>
-<script>
-const h = {credentials: "same-origin"};
-const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;"}[c]));
-async function j(p) { const r = await fetch(p, h); if (r.status === 401) { location.replace("/login"); throw new Error("sign in first"); } if (!r.ok) throw new Error(p + ": " + r.status); return r.json(); }
-async function load() {
-  try {
-    const [wfs, hws] = await Promise.all([j("/api/v1/workflows"), j("/api/v1/hardware")]);
-    let rows = "<tr><th>workflow</th><th>machine</th><th>state</th><th>actions</th><th>reason</th></tr>";
-    for (const w of wfs) {
-      const o = w.value, s = o.status || {};
-      const acts = (s.tasks || []).flatMap(t => t.actions).map(a => `<span class="s ${a.state}" title="${esc(a.message)}">${esc(a.name)}: ${a.state}</span>`).join(" ");
-      rows += `<tr class="wf"><td>${esc(o.metadata.name)}</td><td>${esc(o.spec.hardwareRef)}</td><td><span class="s ${s.state}">${esc(s.state || "NEW")}</span></td><td>${acts}</td><td>${esc(s.reason)}</td></tr>`;
-    }
-    document.getElementById("workflows").innerHTML = rows;
-    let mrows = "<tr><th>machine</th><th>MAC</th><th>address</th><th>netboot</th><th>recent events</th></tr>";
-    for (const m of hws) {
-      const hw = m.value, i = (hw.spec.interfaces || [])[0] || {}, d = i.dhcp || {};
-      const name = (hw.metadata.namespace || "default") + "/" + hw.metadata.name;
-      let ev = [];
-      try { ev = await j("/api/v1/events/" + encodeURIComponent(name)); } catch (e) {}
-      const last = ev.slice(-3).map(e => `<div class="ev">${esc(e.source)}: ${esc(e.message)}</div>`).join("");
-      mrows += `<tr class="machine"><td>${esc(hw.metadata.name)}</td><td>${esc(d.mac)}</td><td>${esc((d.ip || {}).address)}</td><td>${(i.netboot || {}).allowPXE ? "on" : "off"}</td><td>${last}</td></tr>`;
-    }
-    document.getElementById("machines").innerHTML = mrows;
-    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · " + wfs.length + " workflows, " + hws.length + " machines";
-  } catch (e) { document.getElementById("updated").textContent = "error: " + e.message; }
-}
-load(); setInterval(load, 1000);
-</script></body></html>
-"#;
