@@ -1059,3 +1059,103 @@ async fn a_panic_while_processing_a_workflow_parks_it_and_the_engine_goes_on() {
     run.await.unwrap().unwrap();
     assert_eq!(prepared, 3, "k0, k2 and the late machine, not k1");
 }
+
+#[tokio::test]
+async fn a_cancelled_action_whose_worker_never_hears_is_stopped_by_powering_the_machine_off() {
+    // Tinkerbell's agent has no cancel: it never heartbeats the refusal.
+    let r = rig(None, EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.store
+        .claim_next_action(&r.worker, r.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    r.store
+        .apply_event(
+            &r.key,
+            &WorkflowEvent::Cancel {
+                by: "operator".into(),
+            },
+            r.clock.now(),
+        )
+        .await
+        .unwrap();
+    let calls = r.bmc.calls().len();
+    let due = r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(
+        due,
+        Some(
+            r.clock.now() + SignedDuration::try_from(EngineConfig::default().cancel_grace).unwrap()
+        ),
+        "the worker is given the grace to hear of the cancel"
+    );
+    assert_eq!(r.bmc.calls().len(), calls, "no BMC call within the grace");
+    assert!(r.bmc.is_on());
+    r.clock.advance(EngineConfig::default().cancel_grace);
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(
+        r.bmc.calls().last(),
+        Some(&MockCall::Power(PowerAction::Off).ok())
+    );
+    assert!(!r.bmc.is_on());
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert_eq!(status.reason.as_deref(), Some("cancelled by operator"));
+    assert_eq!(status.machine.phase, MachinePhase::FailurePowerApplied);
+    let events = r.store.events("default/m1", 100).await.unwrap();
+    assert!(events.iter().any(|e| matches!(
+        e.kind,
+        EventKind::StepDone {
+            step: MachineStep::PowerOff
+        }
+    )));
+
+    // Our agent hears at its next heartbeat (refused as cancelled): the
+    // machine keeps its power, as the template's failure policy (none) says.
+    let r = rig(None, EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    let a = r
+        .store
+        .claim_next_action(&r.worker, r.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    r.store
+        .apply_event(
+            &r.key,
+            &WorkflowEvent::Cancel {
+                by: "operator".into(),
+            },
+            r.clock.now(),
+        )
+        .await
+        .unwrap();
+    r.clock.advance(Duration::from_secs(1));
+    let refused = r
+        .store
+        .apply_event(
+            &r.key,
+            &WorkflowEvent::Heartbeat {
+                action: a.action_index,
+                attempt: a.attempt,
+            },
+            r.clock.now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            tinker::core::Error::Transition {
+                reason: tinker::core::state::Refusal::Cancelled { .. },
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    let calls = r.bmc.calls().len();
+    r.clock.advance(EngineConfig::default().cancel_grace * 2);
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(r.bmc.calls().len(), calls, "no power-off for our agent");
+    assert!(r.bmc.is_on());
+}

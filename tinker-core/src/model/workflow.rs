@@ -383,6 +383,9 @@ pub enum MachineStep {
     Reboot,
     /// Apply the template's failure power policy.
     FailurePower,
+    /// Power the machine off: its workflow was cancelled while an action ran,
+    /// and its worker never heard (not our agent: Tinkerbell's has no cancel).
+    PowerOff,
 }
 
 impl MachineStep {
@@ -406,7 +409,7 @@ impl MachineStep {
             MachineStep::DisableNetboot => MachinePhase::NetbootDisabled,
             MachineStep::SetDiskBoot => MachinePhase::DiskBootSet,
             MachineStep::Reboot => MachinePhase::Rebooted,
-            MachineStep::FailurePower => MachinePhase::FailurePowerApplied,
+            MachineStep::FailurePower | MachineStep::PowerOff => MachinePhase::FailurePowerApplied,
         }
     }
 }
@@ -593,7 +596,9 @@ impl MachineSteps {
             }
             MachineStep::SetDiskBoot => matches!(self.phase, P::DiskBootSet | P::Rebooted),
             MachineStep::Reboot => self.phase == P::Rebooted,
-            MachineStep::FailurePower => self.phase == P::FailurePowerApplied,
+            MachineStep::FailurePower | MachineStep::PowerOff => {
+                self.phase == P::FailurePowerApplied
+            }
         }
     }
 }
