@@ -19,9 +19,13 @@ const EVENTS_READ: usize = 1000;
 /// The workflow a diagnosis path names (`rest` is the path after `/api/v1/`),
 /// percent-decoded.
 pub(super) fn route(rest: &str) -> Option<(String, String)> {
-    let rest = rest
-        .strip_prefix("workflows/")?
-        .strip_suffix("/diagnosis")?;
+    workflow_route(rest, "/diagnosis")
+}
+
+/// The workflow a path `workflows/{namespace}/{name}{suffix}` names (`rest` is
+/// the path after `/api/v1/`), percent-decoded.
+pub(super) fn workflow_route(rest: &str, suffix: &str) -> Option<(String, String)> {
+    let rest = rest.strip_prefix("workflows/")?.strip_suffix(suffix)?;
     let (namespace, name) = rest.split_once('/')?;
     let decode = |s: &str| {
         percent_decode_str(s)

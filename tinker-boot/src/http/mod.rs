@@ -25,6 +25,7 @@ mod diagnosis;
 mod ipxe;
 mod metadata;
 mod metrics;
+mod operate;
 mod operator;
 pub mod tls;
 

@@ -15,6 +15,7 @@
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
 //! | `/api/v1/events/{machine}` | the machine's last 50 events |
 //! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
+//! | `POST /api/v1/workflows/{namespace}/{name}/cancel`, `/rerun`, `/retry` | act on a workflow (see `operate`; `Content-Type: application/json` required) |
 
 use super::{Body, ExtraRoutes, body::full};
 use http_body_util::BodyExt;
@@ -227,7 +228,7 @@ pub fn kind_named(name: &str) -> Option<Kind> {
 }
 
 /// A problem document (RFC 9457) as JSON.
-fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
+pub(super) fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
     let body = serde_json::json!({
         "status": code.as_u16(),
         "title": title,
@@ -431,7 +432,7 @@ impl OperatorApi {
     }
 }
 
-fn respond(
+pub(super) fn respond(
     code: StatusCode,
     kind: &'static str,
     body: impl Into<hyper::body::Bytes>,
@@ -494,6 +495,12 @@ impl ExtraRoutes for OperatorApi {
         if req.method() == Method::POST && path == "/api/v1/apply" {
             return Ok(self.apply(req).await);
         }
+        if req.method() == Method::POST
+            && let Some(target) = super::operate::route(path.trim_start_matches("/api/v1/"))
+        {
+            let now = self.clock.now();
+            return Ok(super::operate::answer(self.store.as_ref(), target, req, now).await);
+        }
         if req.method() == Method::DELETE {
             return Ok(self.delete(&path).await);
         }
@@ -501,7 +508,7 @@ impl ExtraRoutes for OperatorApi {
             return Ok(respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
-                "GET, POST /api/v1/apply or DELETE\n",
+                "GET, POST /api/v1/apply, POST /api/v1/workflows/{ns}/{name}/cancel|rerun|retry or DELETE\n",
             ));
         }
         let kind = match path.trim_start_matches("/api/v1/") {
