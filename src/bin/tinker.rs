@@ -336,24 +336,42 @@ async fn workflow(api: &Api, namespace: &str, name: &str) -> Result<Workflow, Fa
 type Lines = Vec<(u64, usize, String)>;
 
 async fn output(api: &Api, wf: &Workflow) -> Result<Lines, Failure> {
-    let machine = format!("{}/{}", wf.metadata.namespace(), wf.spec.hardware_ref);
-    let path = format!("/api/v1/events/{}?limit=10000", machine.replace('/', "%2F"));
-    let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
-    if status != 200 {
-        return Err(Failure(format!("HTTP {status}: {}", text(&events))));
+    // The worker API logs output under the worker's id (its MAC), other
+    // services under the Hardware's name: read both.
+    let mut logs = vec![format!(
+        "{}/{}",
+        wf.metadata.namespace(),
+        wf.spec.hardware_ref
+    )];
+    for task in wf.status.iter().flat_map(|s| &s.tasks) {
+        if !logs.contains(&task.agent_id) {
+            logs.push(task.agent_id.clone());
+        }
     }
-    let events: Vec<MachineEvent> = serde_json::from_value(events)?;
     let me = format!("{}/{}", wf.metadata.namespace(), wf.metadata.name);
-    Ok(events
-        .into_iter()
-        .filter(|e| e.workflow.as_deref() == Some(me.as_str()))
-        .filter_map(|e| match e.kind {
-            EventKind::ActionOutput {
-                action_index, line, ..
-            } => Some((e.seq, action_index, line)),
-            _ => None,
-        })
-        .collect())
+    let mut lines = Lines::new();
+    for machine in logs {
+        let path = format!("/api/v1/events/{}?limit=10000", machine.replace('/', "%2F"));
+        let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
+        if status != 200 {
+            return Err(Failure(format!("HTTP {status}: {}", text(&events))));
+        }
+        let events: Vec<MachineEvent> = serde_json::from_value(events)?;
+        lines.extend(
+            events
+                .into_iter()
+                .filter(|e| e.workflow.as_deref() == Some(me.as_str()))
+                .filter_map(|e| match e.kind {
+                    EventKind::ActionOutput {
+                        action_index, line, ..
+                    } => Some((e.seq, action_index, line)),
+                    _ => None,
+                }),
+        );
+    }
+    // In the order they were stored.
+    lines.sort_by_key(|(seq, _, _)| *seq);
+    Ok(lines)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
