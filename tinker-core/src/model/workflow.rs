@@ -494,7 +494,7 @@ impl std::fmt::Display for Parked {
         };
         write!(
             f,
-            "parked: processing {what} the same way {} times in a row: {}; fix the cause, then re-create the workflow",
+            "parked: processing {what} the same way {} times in a row: {}; fix the cause, then re-run the workflow",
             self.failures, self.error
         )
     }
