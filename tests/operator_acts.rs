@@ -441,6 +441,50 @@ async fn a_retry_resumes_from_the_failed_action_and_a_rerun_starts_afresh_keepin
     .await
     .unwrap();
     assert_eq!(form.status, 415, "a form post (CSRF) is refused");
+    let post = |path: &'static str, auth: Option<String>, body: &'static str| async move {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(a) = auth {
+            headers.push(("authorization", a));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        tinker::boot::http::client::request(
+            addr,
+            None,
+            tinker::boot::http::client::Method::POST,
+            path,
+            &headers,
+            body.as_bytes().to_vec(),
+        )
+        .await
+        .unwrap()
+    };
+    let anonymous = post("/api/v1/workflows/default/wf1/retry", None, "{}").await;
+    assert_eq!(anonymous.status, 401, "the operator API's authentication");
+    let unknown = post(
+        "/api/v1/workflows/default/wf1/retry",
+        Some(auth.clone()),
+        r#"{"action": "no-such-action"}"#,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    let missing = post(
+        "/api/v1/workflows/default/nope/cancel",
+        Some(auth.clone()),
+        "",
+    )
+    .await;
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(
+        p.store
+            .workflow("default", "wf1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .state(),
+        Some(WorkflowState::Failed),
+        "nothing refused changed the workflow"
+    );
 
     let retried = tinker(&p.server, &["retry", "workflow", "wf1"]).await;
     assert!(retried.status.success(), "{}", out(&retried));

@@ -240,8 +240,9 @@ pub struct ActionStatus {
 }
 
 /// One ended attempt at an action: its claim number, how it ended, when, and
-/// what it said. Its output lines are the machine's `ActionOutput` events with
-/// the same action index and attempt.
+/// what it said. Its output lines are the `ActionOutput` events of the action
+/// logged between `started` and `stopped` (the worker's failure message holds
+/// the last of them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
