@@ -57,10 +57,19 @@ struct Rig {
 }
 
 async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
+    rig_with(template_data, config, |bmc, _| Arc::new(bmc)).await
+}
+
+/// [`rig`], with the machine's BMC as `controller` makes it of the mock.
+async fn rig_with(
+    template_data: Option<&str>,
+    config: EngineConfig,
+    controller: impl FnOnce(MockBmc, Arc<MemoryStore>) -> Arc<dyn tinker::core::PowerController>,
+) -> Rig {
     let store = Arc::new(MemoryStore::new());
     let connector = Arc::new(StaticConnector::new());
     let bmc = MockBmc::new("m1");
-    connector.insert("m1", Arc::new(bmc.clone()));
+    connector.insert("m1", controller(bmc.clone(), store.clone()));
     let clock = Arc::new(ManualClock::new(
         Timestamp::from_second(1_800_000_000).unwrap(),
     ));
@@ -1158,4 +1167,69 @@ async fn a_cancelled_action_whose_worker_never_hears_is_stopped_by_powering_the_
     r.engine.reconcile(&r.key).await.unwrap();
     assert_eq!(r.bmc.calls().len(), calls, "no power-off for our agent");
     assert!(r.bmc.is_on());
+}
+
+/// A BMC that, while it powers the machine off, lets an operator re-run the
+/// workflow (the engine's step and the operator's act cross).
+#[derive(Debug)]
+struct RerunDuringPowerOff {
+    bmc: MockBmc,
+    store: Arc<MemoryStore>,
+}
+
+#[async_trait::async_trait]
+impl tinker::core::PowerController for RerunDuringPowerOff {
+    fn target(&self) -> String {
+        self.bmc.target()
+    }
+
+    async fn power_state(&self) -> tinker::core::Result<tinker::core::PowerState> {
+        self.bmc.power_state().await
+    }
+
+    async fn power(&self, action: PowerAction) -> tinker::core::Result<()> {
+        if action == PowerAction::Off {
+            self.store
+                .apply_event(
+                    &ObjectKey::default_ns(Kind::Workflow, "wf1"),
+                    &WorkflowEvent::Rerun {
+                        by: "operator".into(),
+                    },
+                    Timestamp::from_second(1_800_000_000).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        self.bmc.power(action).await
+    }
+
+    async fn set_boot_device(
+        &self,
+        device: BootDevice,
+        options: BootOptions,
+    ) -> tinker::core::Result<()> {
+        self.bmc.set_boot_device(device, options).await
+    }
+}
+
+#[tokio::test]
+async fn a_rerun_while_the_failure_power_step_runs_is_prepared_from_the_start() {
+    let r = rig_with(
+        Some(FAILING_TEMPLATE),
+        EngineConfig::default(),
+        |bmc, store| Arc::new(RerunDuringPowerOff { bmc, store }),
+    )
+    .await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.run_actions(Some(0)).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.execution, 2, "the operator's re-run stood");
+    assert_eq!(status.state, WorkflowState::Pending);
+    assert_eq!(
+        status.machine.phase,
+        MachinePhase::Ready,
+        "the old execution's step is not written onto the new one"
+    );
+    assert!(r.bmc.is_on(), "powered on again for the new execution");
 }

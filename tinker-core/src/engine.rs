@@ -651,6 +651,7 @@ impl Engine {
         version: u64,
         machine: MachineSteps,
     ) -> Result<()> {
+        let execution = wf.status.as_ref().map(|s| s.execution);
         let (mut wf, mut version) = (wf, version);
         for _ in 0..8 {
             match self
@@ -664,6 +665,12 @@ impl Engine {
                         return Ok(());
                     };
                     (wf, version) = (fresh.value, fresh.version);
+                    // An operator started a new execution meanwhile: the step
+                    // belonged to the one that ended, and the new one is
+                    // prepared from the start.
+                    if wf.status.as_ref().map(|s| s.execution) != execution {
+                        return Ok(());
+                    }
                     if let Some(s) = wf.status.as_mut() {
                         s.machine = machine.clone();
                     }
