@@ -559,4 +559,21 @@ async fn a_retry_resumes_from_the_failed_action_and_a_rerun_starts_afresh_keepin
     assert!(described.contains("Earlier executions:"), "{described}");
     assert!(described.contains("#1 FAILED"), "{described}");
     assert!(described.contains("#2 SUCCESS"), "{described}");
+
+    // A retry from a named action of a workflow that succeeded.
+    let named = tinker(&p.server, &["retry", "workflow", "wf1", "second"]).await;
+    assert!(named.status.success(), "{}", out(&named));
+    let s = p
+        .store
+        .workflow("default", "wf1")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .status
+        .unwrap();
+    assert_eq!(s.execution, 4);
+    assert_eq!(s.executions[2].restart, Restart::Retry { from: 1 });
+    assert_eq!(s.action(0).unwrap().1.state, ActionState::Success);
+    assert_eq!(s.action(1).unwrap().1.state, ActionState::Pending);
 }
