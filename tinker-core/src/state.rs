@@ -7,7 +7,9 @@
 //!  workflow: PENDING ──first claim──▶ RUNNING ──last action SUCCESS──▶ SUCCESS
 //!                 │                     ├──action FAILED / cancel─────▶ FAILED
 //!                 └─cancel──▶ FAILED    └──action or global timeout───▶ TIMEOUT
+//!  SUCCESS | FAILED | TIMEOUT ──operator's re-run or retry──▶ PENDING (next execution)
 //!  action:   PENDING ──claim──▶ RUNNING ──report──▶ SUCCESS | FAILED | TIMEOUT
+//!                                  └──FAILED, retries left──▶ PENDING (after the backoff)
 //! ```
 //!
 //! Rules: actions run in order, each at most once unless it has `retries` (a claim
@@ -446,7 +448,9 @@ impl WorkflowStatus {
     }
 
     /// Handles one event at `now`, after [`expire`](Self::expire). On refusal the
-    /// status is unchanged.
+    /// status is unchanged, but for one record: a heartbeat or report of the
+    /// action running when the workflow was cancelled is refused, and that its
+    /// worker heard of the cancel is kept (`status.cancelled.acknowledged`).
     pub fn handle(&mut self, now: Timestamp, event: &WorkflowEvent) -> Result<Effect, Refusal> {
         match event {
             WorkflowEvent::Rerun { by } => return self.restart(now, by, Restart::Rerun),
