@@ -121,7 +121,12 @@ pub struct ControlPlane {
     /// `control_plane` empty: this replica's own HTTP address. `control_plane`
     /// may list every replica, comma-separated, for the workers to fail over.
     pub osie: OsieConfig,
-    /// Worker heartbeat interval, in seconds.
+    /// Worker heartbeat interval while an action runs, in seconds (1 by
+    /// default). It is also how soon our agent hears that its workflow was
+    /// cancelled (the heartbeat is refused and the agent stops the action), so
+    /// the default keeps that within a second; a large rack may raise it to
+    /// spend fewer requests and store writes (one each per running action per
+    /// interval), at the cost of a slower cancel.
     pub heartbeat_seconds: u32,
     /// Worker API requests handled at once before the rest get 503 (`None`: the
     /// API's default).
@@ -177,7 +182,7 @@ impl ControlPlane {
                 initrd: "initrd.img".into(),
                 ..OsieConfig::default()
             },
-            heartbeat_seconds: 10,
+            heartbeat_seconds: 1,
             worker_api_in_flight: None,
             clock: SystemClock::shared(),
             address_check: AddressCheck::Strict,

@@ -57,10 +57,19 @@ struct Rig {
 }
 
 async fn rig(template_data: Option<&str>, config: EngineConfig) -> Rig {
+    rig_with(template_data, config, |bmc, _| Arc::new(bmc)).await
+}
+
+/// [`rig`], with the machine's BMC as `controller` makes it of the mock.
+async fn rig_with(
+    template_data: Option<&str>,
+    config: EngineConfig,
+    controller: impl FnOnce(MockBmc, Arc<MemoryStore>) -> Arc<dyn tinker::core::PowerController>,
+) -> Rig {
     let store = Arc::new(MemoryStore::new());
     let connector = Arc::new(StaticConnector::new());
     let bmc = MockBmc::new("m1");
-    connector.insert("m1", Arc::new(bmc.clone()));
+    connector.insert("m1", controller(bmc.clone(), store.clone()));
     let clock = Arc::new(ManualClock::new(
         Timestamp::from_second(1_800_000_000).unwrap(),
     ));
@@ -1058,4 +1067,169 @@ async fn a_panic_while_processing_a_workflow_parks_it_and_the_engine_goes_on() {
     let _ = stop.send(());
     run.await.unwrap().unwrap();
     assert_eq!(prepared, 3, "k0, k2 and the late machine, not k1");
+}
+
+#[tokio::test]
+async fn a_cancelled_action_whose_worker_never_hears_is_stopped_by_powering_the_machine_off() {
+    // Tinkerbell's agent has no cancel: it never heartbeats the refusal.
+    let r = rig(None, EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.store
+        .claim_next_action(&r.worker, r.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    r.store
+        .apply_event(
+            &r.key,
+            &WorkflowEvent::Cancel {
+                by: "operator".into(),
+            },
+            r.clock.now(),
+        )
+        .await
+        .unwrap();
+    let calls = r.bmc.calls().len();
+    let due = r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(
+        due,
+        Some(
+            r.clock.now() + SignedDuration::try_from(EngineConfig::default().cancel_grace).unwrap()
+        ),
+        "the worker is given the grace to hear of the cancel"
+    );
+    assert_eq!(r.bmc.calls().len(), calls, "no BMC call within the grace");
+    assert!(r.bmc.is_on());
+    r.clock.advance(EngineConfig::default().cancel_grace);
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(
+        r.bmc.calls().last(),
+        Some(&MockCall::Power(PowerAction::Off).ok())
+    );
+    assert!(!r.bmc.is_on());
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.state, WorkflowState::Failed);
+    assert_eq!(status.reason.as_deref(), Some("cancelled by operator"));
+    assert_eq!(status.machine.phase, MachinePhase::FailurePowerApplied);
+    let events = r.store.events("default/m1", 100).await.unwrap();
+    assert!(events.iter().any(|e| matches!(
+        e.kind,
+        EventKind::StepDone {
+            step: MachineStep::PowerOff
+        }
+    )));
+
+    // Our agent hears at its next heartbeat (refused as cancelled): the
+    // machine keeps its power, as the template's failure policy (none) says.
+    let r = rig(None, EngineConfig::default()).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    let a = r
+        .store
+        .claim_next_action(&r.worker, r.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    r.store
+        .apply_event(
+            &r.key,
+            &WorkflowEvent::Cancel {
+                by: "operator".into(),
+            },
+            r.clock.now(),
+        )
+        .await
+        .unwrap();
+    r.clock.advance(Duration::from_secs(1));
+    let refused = r
+        .store
+        .apply_event(
+            &r.key,
+            &WorkflowEvent::Heartbeat {
+                action: a.action_index,
+                attempt: a.attempt,
+            },
+            r.clock.now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            tinker::core::Error::Transition {
+                reason: tinker::core::state::Refusal::Cancelled { .. },
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    let calls = r.bmc.calls().len();
+    r.clock.advance(EngineConfig::default().cancel_grace * 2);
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(r.bmc.calls().len(), calls, "no power-off for our agent");
+    assert!(r.bmc.is_on());
+}
+
+/// A BMC that, while it powers the machine off, lets an operator re-run the
+/// workflow (the engine's step and the operator's act cross).
+#[derive(Debug)]
+struct RerunDuringPowerOff {
+    bmc: MockBmc,
+    store: Arc<MemoryStore>,
+}
+
+#[async_trait::async_trait]
+impl tinker::core::PowerController for RerunDuringPowerOff {
+    fn target(&self) -> String {
+        self.bmc.target()
+    }
+
+    async fn power_state(&self) -> tinker::core::Result<tinker::core::PowerState> {
+        self.bmc.power_state().await
+    }
+
+    async fn power(&self, action: PowerAction) -> tinker::core::Result<()> {
+        if action == PowerAction::Off {
+            self.store
+                .apply_event(
+                    &ObjectKey::default_ns(Kind::Workflow, "wf1"),
+                    &WorkflowEvent::Rerun {
+                        by: "operator".into(),
+                    },
+                    Timestamp::from_second(1_800_000_000).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        self.bmc.power(action).await
+    }
+
+    async fn set_boot_device(
+        &self,
+        device: BootDevice,
+        options: BootOptions,
+    ) -> tinker::core::Result<()> {
+        self.bmc.set_boot_device(device, options).await
+    }
+}
+
+#[tokio::test]
+async fn a_rerun_while_the_failure_power_step_runs_is_prepared_from_the_start() {
+    let r = rig_with(
+        Some(FAILING_TEMPLATE),
+        EngineConfig::default(),
+        |bmc, store| Arc::new(RerunDuringPowerOff { bmc, store }),
+    )
+    .await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    r.run_actions(Some(0)).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.execution, 2, "the operator's re-run stood");
+    assert_eq!(status.state, WorkflowState::Pending);
+    assert_eq!(
+        status.machine.phase,
+        MachinePhase::Ready,
+        "the old execution's step is not written onto the new one"
+    );
+    assert!(r.bmc.is_on(), "powered on again for the new execution");
 }

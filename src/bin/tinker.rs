@@ -9,6 +9,9 @@
 //! tinker apply -f machines.yaml -f workflow.yaml
 //! tinker delete workflow node01-install
 //! tinker events default/node01
+//! tinker cancel workflow node01-install
+//! tinker retry workflow node01-install [ACTION]
+//! tinker rerun workflow node01-install
 //! ```
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -95,6 +98,32 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Cancels a workflow: FAILED with the reason `cancelled by NAME`; the
+    /// machine's agent stops the running action.
+    Cancel {
+        /// `workflow`.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// Runs a finished workflow again from its first action: a fresh
+    /// execution (netboot on again); the earlier one's history is kept.
+    Rerun {
+        /// `workflow`.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// Runs a workflow that failed again from its failed action (or from
+    /// ACTION), keeping the actions that succeeded before it.
+    Retry {
+        /// `workflow`.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// The action to start from, by name.
+        action: Option<String>,
+    },
     /// A shell completion script: `tinker completions bash > /etc/bash_completion.d/tinker`.
     Completions {
         /// The shell.
@@ -155,9 +184,20 @@ impl Api {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, serde_json::Value), Failure> {
+        self.call_with(method, path, "application/yaml", body).await
+    }
+
+    /// [`call`](Self::call) with a body of `content_type`.
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), Failure> {
         let headers = [
             ("authorization", self.auth.as_str()),
-            ("content-type", "application/yaml"),
+            ("content-type", content_type),
         ];
         let r = client::request(self.server, None, method, path, &headers, body)
             .await
@@ -296,29 +336,42 @@ async fn workflow(api: &Api, namespace: &str, name: &str) -> Result<Workflow, Fa
 type Lines = Vec<(u64, usize, String)>;
 
 async fn output(api: &Api, wf: &Workflow) -> Result<Lines, Failure> {
-    let machine = tinker::core::timeline::machine_of(wf);
-    // The worker API logs output under the worker's id: its log is read too.
-    let mut events: Vec<MachineEvent> = Vec::new();
-    for log in tinker::core::timeline::output_logs(wf, &machine) {
-        let path = format!("/api/v1/events/{}?limit=10000", log.replace('/', "%2F"));
-        let (status, answer) = api.call(Method::GET, &path, Vec::new()).await?;
-        if status != 200 {
-            return Err(Failure(format!("HTTP {status}: {}", text(&answer))));
+    // The worker API logs output under the worker's id (its MAC), other
+    // services under the Hardware's name: read both.
+    let mut logs = vec![format!(
+        "{}/{}",
+        wf.metadata.namespace(),
+        wf.spec.hardware_ref
+    )];
+    for task in wf.status.iter().flat_map(|s| &s.tasks) {
+        if !logs.contains(&task.agent_id) {
+            logs.push(task.agent_id.clone());
         }
-        events.extend(serde_json::from_value::<Vec<MachineEvent>>(answer)?);
     }
-    events.sort_by_key(|e| e.seq);
     let me = format!("{}/{}", wf.metadata.namespace(), wf.metadata.name);
-    Ok(events
-        .into_iter()
-        .filter(|e| e.workflow.as_deref() == Some(me.as_str()))
-        .filter_map(|e| match e.kind {
-            EventKind::ActionOutput {
-                action_index, line, ..
-            } => Some((e.seq, action_index, line)),
-            _ => None,
-        })
-        .collect())
+    let mut lines = Lines::new();
+    for machine in logs {
+        let path = format!("/api/v1/events/{}?limit=10000", machine.replace('/', "%2F"));
+        let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
+        if status != 200 {
+            return Err(Failure(format!("HTTP {status}: {}", text(&events))));
+        }
+        let events: Vec<MachineEvent> = serde_json::from_value(events)?;
+        lines.extend(
+            events
+                .into_iter()
+                .filter(|e| e.workflow.as_deref() == Some(me.as_str()))
+                .filter_map(|e| match e.kind {
+                    EventKind::ActionOutput {
+                        action_index, line, ..
+                    } => Some((e.seq, action_index, line)),
+                    _ => None,
+                }),
+        );
+    }
+    // In the order they were stored.
+    lines.sort_by_key(|(seq, _, _)| *seq);
+    Ok(lines)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -485,6 +538,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             {
                 println!("Waiting:   {why}");
             }
+            if status.execution > 1 {
+                println!("Execution: {}", status.execution);
+            }
             for (index, (_, action)) in status.actions().enumerate() {
                 println!(
                     "  {index}. {:<24} {:<8} attempt {}  {}",
@@ -493,6 +549,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     action.attempt,
                     action.execution_duration.as_deref().unwrap_or("-")
                 );
+                // Every ended attempt, when there was more than one or one
+                // is to come.
+                if action.attempts.len() > 1 || action.retry_at.is_some() {
+                    for a in &action.attempts {
+                        println!(
+                            "       attempt {} {:<8} {}  {}",
+                            a.attempt,
+                            a.state.as_str(),
+                            a.duration.as_deref().unwrap_or("-"),
+                            a.message.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                if let Some(at) = action.retry_at {
+                    println!("       retry due at {at}");
+                }
                 let mine: Vec<&String> = lines
                     .iter()
                     .filter(|(_, i, _)| *i == index)
@@ -502,6 +574,88 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     println!("       | {line}");
                 }
             }
+            if !status.executions.is_empty() {
+                println!("Earlier executions:");
+            }
+            for e in &status.executions {
+                let how = match e.restart {
+                    tinker::core::model::Restart::Retry { from } => {
+                        format!("retried from action {from}")
+                    }
+                    _ => "re-run".to_string(),
+                };
+                println!(
+                    "  #{} {:<8} {}  ({how} by {} at {})",
+                    e.execution,
+                    e.state.as_str(),
+                    e.reason.as_deref().unwrap_or(""),
+                    e.restarted_by,
+                    e.restarted_at
+                );
+                for a in &e.actions {
+                    let attempts: Vec<String> = a
+                        .attempts
+                        .iter()
+                        .map(|t| format!("{} {}", t.attempt, t.state.as_str()))
+                        .collect();
+                    println!(
+                        "       {:<24} {:<8} attempts: {}",
+                        a.name,
+                        a.state.as_str(),
+                        if attempts.is_empty() {
+                            "-".to_string()
+                        } else {
+                            attempts.join(", ")
+                        }
+                    );
+                }
+            }
+        }
+        Command::Cancel { kind, name }
+        | Command::Rerun { kind, name }
+        | Command::Retry { kind, name, .. } => {
+            if kind_named(kind) != Some(Kind::Workflow) {
+                return Err(Failure(format!("{kind:?}: only workflows can be acted on")));
+            }
+            let (act, body, done) = match &cli.command {
+                Command::Cancel { .. } => ("cancel", serde_json::json!({}), "cancelled"),
+                Command::Rerun { .. } => ("rerun", serde_json::json!({}), "re-run"),
+                Command::Retry { action, .. } => (
+                    "retry",
+                    match action {
+                        Some(a) => serde_json::json!({ "action": a }),
+                        None => serde_json::json!({}),
+                    },
+                    "retried",
+                ),
+                _ => unreachable!("matched above"),
+            };
+            let path = format!(
+                "/api/v1/workflows/{}/{}/{act}",
+                cli.namespace.replace('/', "%2F"),
+                name.replace('/', "%2F")
+            );
+            let (status, answer) = api
+                .call_with(
+                    Method::POST,
+                    &path,
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
+                .await?;
+            if status != 200 {
+                return Err(Failure(format!(
+                    "{}/{name}: {}",
+                    cli.namespace,
+                    text(&answer["title"])
+                )));
+            }
+            let state = text(&answer["value"]["status"]["state"]);
+            let execution = answer["value"]["status"]["execution"].as_u64().unwrap_or(1);
+            println!(
+                "workflow {}/{name} {done} (state {state}, execution {execution})",
+                cli.namespace
+            );
         }
         Command::Logs {
             workflow: name,

@@ -116,6 +116,7 @@ enum Netboot {
 fn refusal_text(reason: &Refusal) -> &'static str {
     match reason {
         Refusal::Finished { .. } => "the workflow has finished",
+        Refusal::Cancelled { .. } => "the workflow was cancelled; stop the action",
         Refusal::Preparing => "the machine is being prepared; ask again shortly",
         Refusal::NotRunning { .. } | Refusal::AlreadyRunning { .. } => {
             "the action is not running under this claim"

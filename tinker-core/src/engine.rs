@@ -65,6 +65,12 @@ pub struct EngineConfig {
     /// processed again at every pass. Transient errors (a store or BMC that is
     /// unreachable, a lost race) never count.
     pub park_after: u32,
+    /// How long the worker of an action running when its workflow was
+    /// cancelled has to hear of the cancel (its next heartbeat or report is
+    /// refused). Our agent heartbeats every few seconds and stops the action;
+    /// a worker that stays silent this long is not ours (Tinkerbell's agent has
+    /// no cancel), so the machine is powered off through its BMC.
+    pub cancel_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -78,9 +84,14 @@ impl Default for EngineConfig {
             parallelism: 64,
             render_limits: RenderLimits::default(),
             park_after: 5,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
 }
+
+/// The default [`EngineConfig::cancel_grace`]: several of our agent's
+/// heartbeat periods.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(30);
 
 /// More steps than any workflow has in one reconcile (see [`Error::Stalled`]).
 const MAX_STEPS_PER_RECONCILE: usize = 32;
@@ -99,8 +110,16 @@ pub enum Step {
     Wait(Option<Timestamp>),
 }
 
-/// Decides the next step for a workflow at `now`. Pure.
+/// Decides the next step for a workflow at `now`, with the default
+/// [`EngineConfig::cancel_grace`]. Pure.
 pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
+    plan_with(workflow, now, DEFAULT_CANCEL_GRACE)
+}
+
+/// Decides the next step for a workflow at `now`; the worker of an action
+/// running when the workflow was cancelled has `cancel_grace` to hear of it
+/// before the machine is powered off. Pure.
+pub fn plan_with(workflow: &Workflow, now: Timestamp, cancel_grace: Duration) -> Step {
     let Some(status) = &workflow.status else {
         return if workflow.is_disabled() {
             Step::Wait(None)
@@ -121,6 +140,26 @@ pub fn plan(workflow: &Workflow, now: Timestamp) -> Step {
         && due <= now
     {
         return Step::Expire;
+    }
+    // A cancelled action whose worker has not heard of the cancel: wait for
+    // it (our agent stops the action and the usual failure policy follows);
+    // a worker still silent after the grace is not ours and cannot be told to
+    // stop, so the machine is powered off. Nothing else happens meanwhile.
+    if let Some(c) = &status.cancelled
+        && c.running.is_some()
+        && c.acknowledged.is_none()
+        && !m.no_bmc
+        && m.gave_up.is_none()
+        && !m.has_done(MachineStep::PowerOff)
+    {
+        let due = c
+            .at
+            .checked_add(SignedDuration::try_from(cancel_grace).unwrap_or(SignedDuration::ZERO))
+            .unwrap_or(c.at);
+        if due > now {
+            return Step::Wait(Some(due));
+        }
+        return Step::Machine(MachineStep::PowerOff);
     }
     let next = match m.gave_up {
         // A step the engine gave up on blocks the machine's later steps.
@@ -344,7 +383,7 @@ impl Engine {
                 return Ok(None);
             };
             let now = self.clock.now();
-            let step = plan(&wf, now);
+            let step = plan_with(&wf, now, self.config.cancel_grace);
             tracing::debug!(workflow = %key.qualified_name(), ?step, "engine step");
             match step {
                 Step::Wait(until) => return Ok(until),
@@ -612,6 +651,7 @@ impl Engine {
         version: u64,
         machine: MachineSteps,
     ) -> Result<()> {
+        let execution = wf.status.as_ref().map(|s| s.execution);
         let (mut wf, mut version) = (wf, version);
         for _ in 0..8 {
             match self
@@ -625,6 +665,12 @@ impl Engine {
                         return Ok(());
                     };
                     (wf, version) = (fresh.value, fresh.version);
+                    // An operator started a new execution meanwhile: the step
+                    // belonged to the one that ended, and the new one is
+                    // prepared from the start.
+                    if wf.status.as_ref().map(|s| s.execution) != execution {
+                        return Ok(());
+                    }
                     if let Some(s) = wf.status.as_mut() {
                         s.machine = machine.clone();
                     }
@@ -684,6 +730,7 @@ impl Engine {
                 }
                 _ => {}
             },
+            MachineStep::PowerOff => bmc.power(PowerAction::Off).await?,
             MachineStep::EnableNetboot | MachineStep::DisableNetboot => {}
         }
         Ok(StepDone::Done)

@@ -282,6 +282,9 @@ pub fn status_from_data(data: &TemplateData) -> WorkflowStatus {
                             exit_code: None,
                             message: None,
                             claim_request: None,
+                            retries: a.retries.unwrap_or(0).min(crate::model::MAX_ACTION_RETRIES),
+                            retry_at: None,
+                            attempts: Vec::new(),
                         }
                     })
                     .collect(),

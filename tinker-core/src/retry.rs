@@ -22,7 +22,7 @@ pub struct BackoffConfig {
 
 impl BackoffConfig {
     /// Doubling from `base` up to `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub const fn new(base: Duration, max: Duration) -> Self {
         BackoffConfig {
             base,
             max,

@@ -7,18 +7,40 @@
 //!  workflow: PENDING ──first claim──▶ RUNNING ──last action SUCCESS──▶ SUCCESS
 //!                 │                     ├──action FAILED / cancel─────▶ FAILED
 //!                 └─cancel──▶ FAILED    └──action or global timeout───▶ TIMEOUT
+//!  SUCCESS | FAILED | TIMEOUT ──operator's re-run or retry──▶ PENDING (next execution)
 //!  action:   PENDING ──claim──▶ RUNNING ──report──▶ SUCCESS | FAILED | TIMEOUT
+//!                                  └──FAILED, retries left──▶ PENDING (after the backoff)
 //! ```
 //!
-//! Rules: actions run in order, each at most once (a claim moves it to RUNNING and
-//! it never returns to PENDING); the first action that fails or times out ends the
-//! workflow, and the actions after it stay PENDING, never to run; a finished
-//! workflow never changes; every FAILED or TIMEOUT carries a reason.
+//! Rules: actions run in order, each at most once unless it has `retries` (a claim
+//! moves it to RUNNING; only a failed attempt with retries left returns it to
+//! PENDING, claimable again after the shared backoff); the first action that
+//! fails (with no retries left) or times out ends the workflow, and the actions
+//! after it stay PENDING, never to run; every FAILED or TIMEOUT carries a reason.
+//! An operator's cancel ends a workflow as FAILED with the reason
+//! `cancelled by NAME`, and the running action's worker is refused from then on
+//! ([`Refusal::Cancelled`]), which tells our agent to stop it. A finished
+//! workflow changes only when an operator starts a new execution
+//! ([`WorkflowEvent::Rerun`], [`WorkflowEvent::Retry`]): the ended one is kept in
+//! `status.executions`, and claim numbers keep growing, so no report of the old
+//! execution matches the new one.
 
-use crate::model::{ActionStatus, CurrentState, WorkflowStatus};
+use crate::model::{
+    ActionRecord, ActionStatus, AttemptRecord, Cancellation, CurrentState, ExecutionRecord,
+    MAX_EXECUTIONS_KEPT, MachineSteps, Restart, WorkflowStatus,
+};
+use crate::retry::{Backoff, BackoffConfig};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
+
+/// The delays between the attempts of an action with `retries`: the shared
+/// capped exponential backoff with equal jitter, seeded from the action and its
+/// claim number, so the pure state machine decides the same delay every time
+/// and a row of machines failing together does not retry together.
+pub const ACTION_RETRY_BACKOFF: BackoffConfig =
+    BackoffConfig::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// A workflow's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,11 +171,32 @@ pub enum WorkflowEvent {
         /// The claim number.
         attempt: u32,
     },
-    /// The workflow is stopped as FAILED: an operator cancels it, or the engine
-    /// gives up on a step (a BMC that stays unreachable).
+    /// The workflow is stopped as FAILED: the engine gives up on a step (a BMC
+    /// that stays unreachable).
     Fail {
         /// Why; an empty reason is replaced by a generic one, never left empty.
         reason: String,
+    },
+    /// An operator cancels the workflow: FAILED with the reason
+    /// `cancelled by {by}`; the running action's worker is refused from then on.
+    Cancel {
+        /// The operator's name.
+        by: String,
+    },
+    /// An operator starts a finished workflow again from its first action (a
+    /// fresh execution: the machine is prepared again, netboot on).
+    Rerun {
+        /// The operator's name.
+        by: String,
+    },
+    /// An operator starts a workflow that did not succeed again from its first
+    /// action that did not succeed (or from `from`), keeping the successes
+    /// before it.
+    Retry {
+        /// The operator's name.
+        by: String,
+        /// The first action to run again; `None`: the first that did not succeed.
+        from: Option<usize>,
     },
     /// Only time passes: timeouts are checked.
     Tick,
@@ -176,6 +219,11 @@ pub enum Effect {
     HeartbeatRecorded,
     /// The workflow was stopped as FAILED.
     Failed,
+    /// A new execution began (re-run or retry); this is its number.
+    Restarted {
+        /// The new execution's number.
+        execution: u32,
+    },
     /// Nothing to do (a tick with nothing due).
     Nothing,
 }
@@ -235,6 +283,31 @@ pub enum Refusal {
         /// Position named by the event.
         action: usize,
     },
+    /// An operator cancelled the workflow: its worker is to stop the action.
+    #[error("the workflow was cancelled by {by}; stop the action")]
+    Cancelled {
+        /// Who cancelled it.
+        by: String,
+    },
+    /// A re-run or retry of a workflow that has not finished (cancel it first).
+    #[error("the workflow is {state}; only a finished workflow can be run again (cancel it first)")]
+    NotFinished {
+        /// Its state.
+        state: WorkflowState,
+    },
+    /// A retry without an action of a workflow whose actions all succeeded.
+    #[error("every action succeeded; name an action to retry from, or re-run the workflow")]
+    NothingFailed,
+    /// A retry from an action after the first one that did not succeed.
+    #[error(
+        "action {action} comes after action {failed}, which did not succeed; retry from {failed} or before"
+    )]
+    RetryPastFailure {
+        /// The action named.
+        action: usize,
+        /// The first action that did not succeed.
+        failed: usize,
+    },
 }
 
 impl WorkflowStatus {
@@ -252,6 +325,9 @@ impl WorkflowStatus {
             tasks,
             machine: Default::default(),
             parked: None,
+            execution: 1,
+            cancelled: None,
+            executions: Vec::new(),
             extra: Default::default(),
         };
         s.refresh_current();
@@ -372,11 +448,35 @@ impl WorkflowStatus {
     }
 
     /// Handles one event at `now`, after [`expire`](Self::expire). On refusal the
-    /// status is unchanged.
+    /// status is unchanged, but for one record: a heartbeat or report of the
+    /// action running when the workflow was cancelled is refused, and that its
+    /// worker heard of the cancel is kept (`status.cancelled.acknowledged`).
     pub fn handle(&mut self, now: Timestamp, event: &WorkflowEvent) -> Result<Effect, Refusal> {
+        match event {
+            WorkflowEvent::Rerun { by } => return self.restart(now, by, Restart::Rerun),
+            WorkflowEvent::Retry { by, from } => {
+                let from = self.retry_from(*from)?;
+                return self.restart(now, by, Restart::Retry { from });
+            }
+            _ => {}
+        }
         if self.state.is_terminal() {
             if matches!(event, WorkflowEvent::Tick) {
                 return Ok(Effect::Nothing);
+            }
+            if let Some(c) = self.cancelled.as_mut() {
+                // The running action's worker heard of the cancel: it is ours
+                // and stops the action; the engine need not power it off.
+                if let WorkflowEvent::Heartbeat { action, attempt }
+                | WorkflowEvent::Report {
+                    action, attempt, ..
+                } = event
+                    && c.running == Some((*action, *attempt))
+                    && c.acknowledged.is_none()
+                {
+                    c.acknowledged = Some(now);
+                }
+                return Err(Refusal::Cancelled { by: c.by.clone() });
             }
             return Err(Refusal::Finished { state: self.state });
         }
@@ -408,7 +508,123 @@ impl WorkflowStatus {
                 self.finish(WorkflowState::Failed, Some(why));
                 Ok(Effect::Failed)
             }
+            WorkflowEvent::Cancel { by } => {
+                let by = if by.trim().is_empty() {
+                    "an unnamed operator".to_string()
+                } else {
+                    by.trim().to_string()
+                };
+                let why = format!("cancelled by {by}");
+                let mut running = None;
+                if let Some(i) = self.current_action()
+                    && let Some(a) = self.action_mut(i)
+                    && a.state == ActionState::Running
+                {
+                    running = Some((i, a.attempt));
+                    finish_action(a, ActionState::Failed, now, None, why.clone());
+                }
+                self.cancelled = Some(Cancellation {
+                    by,
+                    at: now,
+                    running,
+                    acknowledged: None,
+                });
+                self.finish(WorkflowState::Failed, Some(why));
+                Ok(Effect::Failed)
+            }
+            // Handled above, before the terminal check.
+            WorkflowEvent::Rerun { .. } | WorkflowEvent::Retry { .. } => Ok(Effect::Nothing),
         }
+    }
+
+    /// The action a retry starts from: `from`, or the first that did not succeed.
+    fn retry_from(&self, from: Option<usize>) -> Result<usize, Refusal> {
+        if !self.state.is_terminal() {
+            return Err(Refusal::NotFinished { state: self.state });
+        }
+        let failed = self.current_action();
+        match (from, failed) {
+            (None, None) => Err(Refusal::NothingFailed),
+            (None, Some(f)) => Ok(f),
+            (Some(a), _) if a >= self.action_count() => Err(Refusal::UnknownAction { action: a }),
+            (Some(a), Some(f)) if a > f => Err(Refusal::RetryPastFailure {
+                action: a,
+                failed: f,
+            }),
+            (Some(a), _) => Ok(a),
+        }
+    }
+
+    /// Ends the finished execution for good (kept in `executions`) and starts
+    /// the next: the actions from `from` on are PENDING again (their claim
+    /// numbers kept, so they keep growing), the machine is prepared again
+    /// (netboot on, PXE boot, power cycle), timeouts start afresh.
+    fn restart(&mut self, now: Timestamp, by: &str, restart: Restart) -> Result<Effect, Refusal> {
+        if !self.state.is_terminal() {
+            return Err(Refusal::NotFinished { state: self.state });
+        }
+        let from = match restart {
+            Restart::Retry { from } => from,
+            _ => 0,
+        };
+        let record = ExecutionRecord {
+            execution: self.execution,
+            state: self.state,
+            reason: self.reason.clone(),
+            started: self
+                .actions()
+                .filter_map(|(_, a)| {
+                    a.attempts
+                        .first()
+                        .and_then(|r| r.started)
+                        .or(a.execution_start)
+                })
+                .min(),
+            finished: self.actions().filter_map(|(_, a)| a.execution_stop).max(),
+            cancelled: self.cancelled.clone(),
+            restart,
+            restarted_by: by.trim().to_string(),
+            restarted_at: now,
+            actions: self
+                .actions()
+                .map(|(_, a)| ActionRecord {
+                    name: a.name.clone(),
+                    state: a.state,
+                    attempts: a.attempts.clone(),
+                })
+                .collect(),
+        };
+        self.executions.push(record);
+        if self.executions.len() > MAX_EXECUTIONS_KEPT {
+            let extra = self.executions.len() - MAX_EXECUTIONS_KEPT;
+            self.executions.drain(..extra);
+        }
+        self.execution += 1;
+        for i in from..self.action_count() {
+            if let Some(a) = self.action_mut(i) {
+                a.state = ActionState::Pending;
+                a.execution_start = None;
+                a.execution_stop = None;
+                a.execution_duration = None;
+                a.last_heartbeat = None;
+                a.exit_code = None;
+                a.message = None;
+                a.claim_request = None;
+                a.retry_at = None;
+                a.attempts.clear();
+            }
+        }
+        self.state = WorkflowState::Pending;
+        self.reason = None;
+        self.agent_id = None;
+        self.global_execution_stop = None;
+        self.cancelled = None;
+        self.parked = None;
+        self.machine = MachineSteps::preparing();
+        self.refresh_current();
+        Ok(Effect::Restarted {
+            execution: self.execution,
+        })
     }
 
     /// [`expire`](Self::expire), then [`handle`](Self::handle). Returns whether the
@@ -419,18 +635,21 @@ impl WorkflowStatus {
         event: &WorkflowEvent,
     ) -> (bool, Result<Effect, Refusal>) {
         let expired = self.expire(now);
+        let acknowledged = self.cancelled.as_ref().map(|c| c.acknowledged);
         let result = self.handle(now, event);
-        let changed = expired || matches!(&result, Ok(e) if *e != Effect::Nothing);
+        // A refused event changes nothing, except that a cancelled action's
+        // worker has now heard of the cancel (kept: the engine reads it).
+        let heard = acknowledged != self.cancelled.as_ref().map(|c| c.acknowledged);
+        let changed = expired || heard || matches!(&result, Ok(e) if *e != Effect::Nothing);
         (changed, result)
     }
 
     /// Whether a claim by `worker` at `now` would do something: an action waits for
     /// it, or a timeout is due. Stores use it to skip workflows cheaply.
     pub fn wants_attention(&self, worker: &str, now: Timestamp) -> bool {
-        self.has_work_for(worker) || self.next_deadline().is_some_and(|d| d <= now)
+        self.has_work_for(worker, now) || self.next_deadline().is_some_and(|d| d <= now)
     }
 
-    /// Whether `worker` has an action waiting (a cheap pre-check before a claim).
     /// Whether `worker`'s request `request` claimed the action running now (so
     /// the same request, sent again, gets it again).
     pub fn claimed_by_request(&self, worker: &str, request: &str) -> bool {
@@ -445,8 +664,10 @@ impl WorkflowStatus {
             && a.claim_request.as_deref() == Some(request)
     }
 
-    /// Whether `worker` may claim an action of this workflow now.
-    pub fn has_work_for(&self, worker: &str) -> bool {
+    /// Whether `worker` may claim an action of this workflow at `now` (a cheap
+    /// pre-check before a claim): an action waits for it, and its retry, if it
+    /// is one, is due.
+    pub fn has_work_for(&self, worker: &str, now: Timestamp) -> bool {
         if self.state.is_terminal() {
             return false;
         }
@@ -459,6 +680,7 @@ impl WorkflowStatus {
         a.state == ActionState::Pending
             && self.tasks[t].agent_id == worker
             && !self.machine.is_preparing()
+            && a.retry_at.is_none_or(|at| at <= now)
     }
 
     fn claim(&mut self, now: Timestamp, worker: &str) -> Result<Effect, Refusal> {
@@ -479,6 +701,9 @@ impl WorkflowStatus {
                 attempt: action.attempt,
             });
         }
+        if action.retry_at.is_some_and(|at| at > now) {
+            return Err(no_work());
+        }
         if self.state == WorkflowState::Pending {
             self.state = WorkflowState::Running;
             if let Some(secs) = self.global_timeout.filter(|t| *t > 0) {
@@ -489,6 +714,11 @@ impl WorkflowStatus {
         let a = self.action_mut(index).ok_or_else(no_work)?;
         a.state = ActionState::Running;
         a.attempt += 1;
+        a.retry_at = None;
+        a.execution_stop = None;
+        a.execution_duration = None;
+        a.exit_code = None;
+        a.message = None;
         a.execution_start = Some(now);
         a.last_heartbeat = Some(now);
         let attempt = a.attempt;
@@ -547,7 +777,27 @@ impl WorkflowStatus {
                     why.push_str(message.trim());
                 }
                 finish_action(a, ActionState::Failed, now, *exit_code, why.clone());
-                Some((WorkflowState::Failed, Some(why)))
+                let failures = a.attempts.len() as u32;
+                if failures <= a.retries {
+                    // Retries left: the action waits for its backoff, then any
+                    // claim by its worker runs it again under a new claim number.
+                    let delay = retry_delay(&a.id, a.attempt, failures);
+                    let at = now
+                        .checked_add(
+                            SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
+                        )
+                        .unwrap_or(now);
+                    a.state = ActionState::Pending;
+                    a.retry_at = Some(at);
+                    a.message = Some(format!(
+                        "{why}; retry {failures} of {} in {:.1} s",
+                        a.retries,
+                        delay.as_secs_f64()
+                    ));
+                    None
+                } else {
+                    Some((WorkflowState::Failed, Some(why)))
+                }
             }
             ActionOutcome::Timeout { message } => {
                 let mut why = format!("action {name:?} timed out");
@@ -607,6 +857,26 @@ fn finish_action(
     if !message.is_empty() {
         a.message = Some(message);
     }
+    a.attempts.push(AttemptRecord {
+        attempt: a.attempt,
+        state,
+        started: a.execution_start,
+        stopped: a.execution_stop,
+        duration: a.execution_duration.clone(),
+        exit_code,
+        message: a.message.clone(),
+    });
+}
+
+/// The wait before retry number `failures` of the action `id` whose attempt
+/// `attempt` failed: the shared backoff, seeded from both (pure, repeatable).
+fn retry_delay(id: &str, attempt: u32, failures: u32) -> Duration {
+    // FNV-1a: a stable seed from the action's id, not a security boundary.
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes().chain(attempt.to_le_bytes()) {
+        seed = (seed ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    Backoff::with_seed(ACTION_RETRY_BACKOFF, seed).delay_for(failures)
 }
 
 fn min_ts(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {

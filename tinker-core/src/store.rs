@@ -640,7 +640,12 @@ pub fn apply_to_workflow(
             }),
         );
     };
-    if disabled && !matches!(event, WorkflowEvent::Tick | WorkflowEvent::Fail { .. }) {
+    if disabled
+        && !matches!(
+            event,
+            WorkflowEvent::Tick | WorkflowEvent::Fail { .. } | WorkflowEvent::Cancel { .. }
+        )
+    {
         return (
             false,
             Err(Error::Transition {
@@ -690,7 +695,7 @@ pub fn claim_in_workflow(
     let ready = workflow
         .status
         .as_ref()
-        .is_some_and(|s| s.has_work_for(worker))
+        .is_some_and(|s| s.has_work_for(worker, now))
         && !workflow.is_disabled();
     if !ready {
         // Timeouts may still be due; saving them keeps the state honest.

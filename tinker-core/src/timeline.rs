@@ -364,7 +364,7 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         if phase == Some(MachinePhase::FailurePowerApplied) || gave_up.is_some() {
             spans.push(engine_span(
                 Step::FailurePower,
-                &[MachineStep::FailurePower],
+                &[MachineStep::FailurePower, MachineStep::PowerOff],
                 last_stop,
             ));
         }
@@ -434,6 +434,7 @@ fn needs_bmc(step: MachineStep) -> bool {
             | MachineStep::SetDiskBoot
             | MachineStep::Reboot
             | MachineStep::FailurePower
+            | MachineStep::PowerOff
     )
 }
 
@@ -456,7 +457,7 @@ fn past(phase: MachinePhase, step: MachineStep) -> bool {
         MachineStep::DisableNetboot => 4,
         MachineStep::SetDiskBoot => 5,
         MachineStep::Reboot => 6,
-        MachineStep::FailurePower => 7,
+        MachineStep::FailurePower | MachineStep::PowerOff => 7,
     };
     rank(phase) >= needed
         && !(phase == MachinePhase::FailurePowerApplied && needed > 3 && needed < 7)

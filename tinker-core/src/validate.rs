@@ -462,6 +462,17 @@ pub fn template_data(file: &str, d: &TemplateData) -> ValidationErrors {
                 ),
                 _ => {}
             }
+            if let Some(r) = a.retries
+                && r > crate::model::MAX_ACTION_RETRIES
+            {
+                f.push(
+                    format!("{ap}.retries"),
+                    format!(
+                        "retries must be at most {}, not {r}",
+                        crate::model::MAX_ACTION_RETRIES
+                    ),
+                );
+            }
             for (k, v) in &a.environment {
                 if k.is_empty() || k.contains('=') {
                     f.push(

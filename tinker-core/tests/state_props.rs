@@ -27,6 +27,9 @@ fn action(name: String, timeout: Option<i64>) -> ActionStatus {
         exit_code: None,
         message: None,
         claim_request: None,
+        retries: 0,
+        retry_at: None,
+        attempts: Vec::new(),
     }
 }
 

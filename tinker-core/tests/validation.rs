@@ -278,3 +278,19 @@ fn findings_name_their_object_by_key() {
         "{findings:?}"
     );
 }
+
+#[test]
+fn retries_are_accepted_on_v1alpha1_actions_and_bounded() {
+    let ok = findings(&template(
+        "name: t1\ntasks:\n  - name: a\n    worker: w\n    actions:\n      - name: x\n        image: busybox\n        retries: 3\n",
+    ));
+    assert!(ok.is_empty(), "{ok:#?}");
+    let f = findings(&template(
+        "name: t1\ntasks:\n  - name: a\n    worker: w\n    actions:\n      - name: x\n        image: busybox\n        retries: 1000\n",
+    ));
+    has(
+        &f,
+        "spec.data: tasks[0].actions[0].retries",
+        "at most 20, not 1000",
+    );
+}

@@ -19,6 +19,18 @@ async fn redb_store_conforms() {
     testing::store::run_all(Arc::new(store)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_acts_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tinker.redb");
+    {
+        let store = RedbStore::open(&path).await.unwrap();
+        testing::store::operator_acts(&store).await;
+    }
+    let store = RedbStore::open(&path).await.unwrap();
+    testing::store::operator_acts_survive(&store).await;
+}
+
 #[tokio::test]
 async fn redb_event_log_is_bounded() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,6 +23,18 @@ async fn postgres_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_acts_survive_a_restart() {
+    let Some(pg) = Cluster::start() else { return };
+    {
+        let store = PostgresStore::connect(&pg.url).await.unwrap();
+        testing::store::operator_acts(&store).await;
+    }
+    // A new connection pool, as a restarted control plane opens.
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    testing::store::operator_acts_survive(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_one_database() {
     let Some(pg) = Cluster::start() else { return };
     let a: Arc<dyn WorkflowStore> = Arc::new(PostgresStore::connect(&pg.url).await.unwrap());

@@ -35,21 +35,22 @@ pub(super) enum View {
 /// The view and workflow a path names (`rest` is the path after `/api/v1/`),
 /// percent-decoded.
 pub(super) fn view(rest: &str) -> Option<(View, String, String)> {
-    if let Some((ns, name)) = route_to(rest, "/diagnosis") {
+    if let Some((ns, name)) = workflow_route(rest, "/diagnosis") {
         return Some((View::Diagnosis, ns, name));
     }
-    route_to(rest, "/timeline").map(|(ns, name)| (View::Timeline, ns, name))
+    workflow_route(rest, "/timeline").map(|(ns, name)| (View::Timeline, ns, name))
 }
 
 /// The workflow a diagnosis path names (`rest` is the path after `/api/v1/`),
 /// percent-decoded.
 #[cfg(test)]
 fn route(rest: &str) -> Option<(String, String)> {
-    route_to(rest, "/diagnosis")
+    workflow_route(rest, "/diagnosis")
 }
 
-/// The workflow `workflows/{namespace}/{name}{suffix}` names.
-fn route_to(rest: &str, suffix: &str) -> Option<(String, String)> {
+/// The workflow a path `workflows/{namespace}/{name}{suffix}` names (`rest` is
+/// the path after `/api/v1/`), percent-decoded.
+pub(super) fn workflow_route(rest: &str, suffix: &str) -> Option<(String, String)> {
     let rest = rest.strip_prefix("workflows/")?.strip_suffix(suffix)?;
     let (namespace, name) = rest.split_once('/')?;
     let decode = |s: &str| {

@@ -29,6 +29,7 @@ mod diagnosis;
 mod ipxe;
 mod metadata;
 mod metrics;
+mod operate;
 mod operator;
 mod pages;
 pub mod tls;

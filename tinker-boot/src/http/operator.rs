@@ -19,6 +19,7 @@
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
 //! | `/api/v1/events/{machine}` | the machine's last 50 events |
 //! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
+//! | `POST /api/v1/workflows/{namespace}/{name}/cancel`, `/rerun`, `/retry` | act on a workflow (see `operate`; `Content-Type: application/json` required) |
 //! | `/api/v1/workflows/{namespace}/{name}/timeline` | the run as a bar per step, and the diagnosis |
 //!
 //! A state-changing request (any method but `GET` and `HEAD`) under `/api/v1/`
@@ -248,7 +249,7 @@ pub fn kind_named(name: &str) -> Option<Kind> {
 }
 
 /// A problem document (RFC 9457) as JSON.
-fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
+pub(super) fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
     let body = serde_json::json!({
         "status": code.as_u16(),
         "title": title,
@@ -452,7 +453,7 @@ impl OperatorApi {
     }
 }
 
-fn respond(
+pub(super) fn respond(
     code: StatusCode,
     kind: &'static str,
     body: impl Into<hyper::body::Bytes>,
@@ -554,6 +555,12 @@ impl ExtraRoutes for OperatorApi {
         if req.method() == Method::POST && path == "/api/v1/apply" {
             return Ok(self.apply(req).await);
         }
+        if req.method() == Method::POST
+            && let Some(target) = super::operate::route(path.trim_start_matches("/api/v1/"))
+        {
+            let now = self.clock.now();
+            return Ok(super::operate::answer(self.store.as_ref(), target, req, now).await);
+        }
         if req.method() == Method::DELETE {
             return Ok(self.delete(&path).await);
         }
@@ -561,7 +568,7 @@ impl ExtraRoutes for OperatorApi {
             return Ok(respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
-                "GET, POST /api/v1/apply or DELETE\n",
+                "GET, POST /api/v1/apply, POST /api/v1/workflows/{ns}/{name}/cancel|rerun|retry or DELETE\n",
             ));
         }
         let kind = match path.trim_start_matches("/api/v1/") {

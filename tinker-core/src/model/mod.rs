@@ -22,8 +22,9 @@ pub use template::{
     ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec,
 };
 pub use workflow::{
-    ActionStatus, BootOptions, CurrentState, GaveUp, MachinePhase, MachineStep, MachineSteps,
-    ParkReason, Parked, TaskStatus, Workflow, WorkflowSpec, WorkflowStatus,
+    ActionRecord, ActionStatus, AttemptRecord, BootOptions, Cancellation, CurrentState,
+    ExecutionRecord, GaveUp, MAX_ACTION_RETRIES, MAX_EXECUTIONS_KEPT, MachinePhase, MachineStep,
+    MachineSteps, ParkReason, Parked, Restart, TaskStatus, Workflow, WorkflowSpec, WorkflowStatus,
 };
 
 use crate::error::{Error, Result};

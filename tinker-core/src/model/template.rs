@@ -153,4 +153,11 @@ pub struct ActionTemplate {
     /// Namespaces (`network`, `pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<BTreeMap<String, String>>,
+    /// How many times a failed attempt is tried again. Tinkerbell's v1alpha2
+    /// puts it on an action; Tinker accepts it on v1alpha1 actions too (an
+    /// extension), keeps it when the template is written back, and retries
+    /// with the shared backoff. At most
+    /// [`MAX_ACTION_RETRIES`](super::MAX_ACTION_RETRIES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }

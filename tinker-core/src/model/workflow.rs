@@ -109,9 +109,25 @@ pub struct WorkflowStatus {
     pub machine: MachineSteps,
     /// Set when the engine stopped processing the workflow because it failed the
     /// same way again and again (its crash-loop guard); the workflow is FAILED
-    /// with this as its reason, and stays so until it is re-created.
+    /// with this as its reason, and stays so until it is re-created or re-run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked: Option<Parked>,
+    /// Which execution this is: 1 for the first run, one more at each re-run or
+    /// retry (a Tinker field; statuses without it are the first execution).
+    #[serde(
+        default = "first_execution",
+        skip_serializing_if = "is_first_execution"
+    )]
+    pub execution: u32,
+    /// Set when an operator cancelled this execution (a Tinker field; the
+    /// workflow is FAILED with the reason `cancelled by NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancellation>,
+    /// The earlier executions, oldest first: what each one did, kept readable
+    /// after a re-run or retry (a Tinker field; the newest
+    /// [`MAX_EXECUTIONS_KEPT`] are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executions: Vec<ExecutionRecord>,
     /// Unknown fields (`conditions`, `bootOptions`, ...), kept.
     #[serde(flatten)]
     pub extra: Extra,
@@ -207,6 +223,147 @@ pub struct ActionStatus {
     /// gets the same assignment; a new request (a worker that restarted) does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_request: Option<String>,
+    /// How many times a failed attempt is tried again (`retries` of
+    /// Tinkerbell's v1alpha2 actions, accepted on v1alpha1 templates as a Tinker
+    /// extension). 0: the first failure fails the workflow.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// After a failed attempt with retries left: no worker is given the action
+    /// again before this time (the shared backoff, see
+    /// [`ACTION_RETRY_BACKOFF`](crate::state::ACTION_RETRY_BACKOFF)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+    /// Every ended attempt of this execution, oldest first (a Tinker field).
+    /// The last one is how the action ended, when it has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One ended attempt at an action: its claim number, how it ended, when, and
+/// what it said. Its output lines are the `ActionOutput` events of the action
+/// logged between `started` and `stopped` (the worker's failure message holds
+/// the last of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// The claim number the attempt ran under (it only grows, across
+    /// executions too, so a late report of an old attempt never matches).
+    pub attempt: u32,
+    /// How it ended.
+    pub state: ActionState,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Timestamp>,
+    /// How long it ran, such as `12.5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The exit code, when it ran to an end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// What the worker reported (failure reason, last output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An operator's cancel of an execution (`status.cancelled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancellation {
+    /// Who cancelled (the operator's name).
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
+    /// The action that was running then, and its claim number: its worker is
+    /// told to stop it at its next heartbeat or report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<(usize, u32)>,
+    /// When the running action's worker first heard of the cancel (its
+    /// heartbeat or report was refused as cancelled). A worker that never does
+    /// is not ours (Tinkerbell's agent has no cancel): the engine powers the
+    /// machine off through its BMC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Timestamp>,
+}
+
+/// How a new execution was started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+#[non_exhaustive]
+pub enum Restart {
+    /// Every action again, from the first.
+    Rerun,
+    /// From this action on; the successes before it are kept.
+    Retry {
+        /// The first action run again (its position in the workflow).
+        from: usize,
+    },
+}
+
+/// An earlier execution of a workflow, as it ended (`status.executions[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionRecord {
+    /// Its number (1 for the first).
+    pub execution: u32,
+    /// How it ended.
+    pub state: WorkflowState,
+    /// Why it failed or timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When its first action started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
+    /// When its last action ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Timestamp>,
+    /// Its cancel, if it was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancellation>,
+    /// What ended it for good: a re-run or a retry, by whom and when.
+    pub restart: Restart,
+    /// Who asked for the next execution.
+    pub restarted_by: String,
+    /// When.
+    pub restarted_at: Timestamp,
+    /// Each action's state and attempts in that execution.
+    pub actions: Vec<ActionRecord>,
+}
+
+/// An action within an [`ExecutionRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRecord {
+    /// The action's name.
+    pub name: String,
+    /// Its state at the end of the execution.
+    pub state: ActionState,
+    /// Its ended attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// How many earlier executions a workflow keeps (the oldest are dropped), so
+/// an operator re-running a workflow again and again does not grow it without
+/// bound.
+pub const MAX_EXECUTIONS_KEPT: usize = 20;
+
+/// The most `retries` an action may have: each attempt is kept, so the number
+/// is bounded (a larger value is refused by validation and capped when rendered).
+pub const MAX_ACTION_RETRIES: u32 = 20;
+
+fn first_execution() -> u32 {
+    1
+}
+
+fn is_first_execution(n: &u32) -> bool {
+    *n <= 1
 }
 
 /// A side effect the engine carries out for a machine (netboot or a BMC call).
@@ -227,6 +384,9 @@ pub enum MachineStep {
     Reboot,
     /// Apply the template's failure power policy.
     FailurePower,
+    /// Power the machine off: its workflow was cancelled while an action ran,
+    /// and its worker never heard (not our agent: Tinkerbell's has no cancel).
+    PowerOff,
 }
 
 impl MachineStep {
@@ -250,7 +410,7 @@ impl MachineStep {
             MachineStep::DisableNetboot => MachinePhase::NetbootDisabled,
             MachineStep::SetDiskBoot => MachinePhase::DiskBootSet,
             MachineStep::Reboot => MachinePhase::Rebooted,
-            MachineStep::FailurePower => MachinePhase::FailurePowerApplied,
+            MachineStep::FailurePower | MachineStep::PowerOff => MachinePhase::FailurePowerApplied,
         }
     }
 }
@@ -335,7 +495,7 @@ impl std::fmt::Display for Parked {
         };
         write!(
             f,
-            "parked: processing {what} the same way {} times in a row: {}; fix the cause, then re-create the workflow",
+            "parked: processing {what} the same way {} times in a row: {}; fix the cause, then re-run the workflow",
             self.failures, self.error
         )
     }
@@ -437,7 +597,9 @@ impl MachineSteps {
             }
             MachineStep::SetDiskBoot => matches!(self.phase, P::DiskBootSet | P::Rebooted),
             MachineStep::Reboot => self.phase == P::Rebooted,
-            MachineStep::FailurePower => self.phase == P::FailurePowerApplied,
+            MachineStep::FailurePower | MachineStep::PowerOff => {
+                self.phase == P::FailurePowerApplied
+            }
         }
     }
 }

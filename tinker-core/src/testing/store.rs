@@ -31,6 +31,8 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
     failure_ends_the_workflow(store.as_ref()).await;
     timeouts_are_applied(store.as_ref()).await;
     machine_event_log(store.as_ref()).await;
+    operator_acts(store.as_ref()).await;
+    operator_acts_survive(store.as_ref()).await;
     concurrent_claims_are_exclusive(store.clone(), 64, 16, 4, 5).await;
 }
 
@@ -823,4 +825,271 @@ pub async fn concurrent_claims_are_exclusive(
             assert_eq!(wf.value.state(), Some(WorkflowState::Success));
         }
     }
+}
+
+/// Marks a workflow's machine prepared (the engine's part), as an optimistic write.
+async fn mark_prepared(store: &dyn WorkflowStore, name: &str) {
+    let wf = store.workflow("default", name).await.unwrap().unwrap();
+    let mut value = wf.value;
+    if let Some(s) = value.status.as_mut() {
+        s.machine.phase = crate::model::MachinePhase::Ready;
+    }
+    store
+        .put(value.into(), Precondition::Version(wf.version))
+        .await
+        .unwrap();
+}
+
+fn failed(message: &str) -> ActionOutcome {
+    ActionOutcome::Failed {
+        exit_code: Some(1),
+        message: message.into(),
+    }
+}
+
+/// An operator's acts and per-action retries through the store, each in the
+/// store's own transaction: an action with `retries` that fails once is given
+/// again after its backoff (not before); a cancel refuses the running worker
+/// and keeps that it heard; a re-run of a finished workflow and a retry of a
+/// failed one start a new execution that is claimable once the machine is
+/// prepared again. Leaves `ops-*` workflows for [`operator_acts_survive`].
+pub async fn operator_acts(store: &dyn WorkflowStore) {
+    let at = |s: i64| t0() + SignedDuration::from_secs(s);
+    // Retries.
+    let worker = mac(5301).to_string();
+    let mut wf = rendered_workflow("ops-retries", mac(5301), 2, 60);
+    if let Some(s) = wf.status.as_mut() {
+        s.tasks[0].actions[0].retries = 1;
+    }
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let key = wf_key("ops-retries");
+    let a = store
+        .claim_next_action(&worker, at(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let report = |a: &crate::store::Assignment, outcome| WorkflowEvent::Report {
+        action: a.action_index,
+        attempt: a.attempt,
+        outcome,
+    };
+    let applied = store
+        .apply_event(&key, &report(&a, failed("flaky")), at(1))
+        .await
+        .unwrap();
+    assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Running));
+    assert!(
+        store
+            .claim_next_action(&worker, at(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "a retry waits for its backoff"
+    );
+    let again = store
+        .claim_next_action(&worker, at(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.action_index, again.attempt), (0, a.attempt + 1));
+    store
+        .apply_event(&key, &report(&again, ActionOutcome::Success), at(4))
+        .await
+        .unwrap();
+
+    // Cancel.
+    let worker = mac(5302).to_string();
+    store
+        .put(
+            rendered_workflow("ops-cancel", mac(5302), 2, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let key = wf_key("ops-cancel");
+    let a = store
+        .claim_next_action(&worker, at(0))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .apply_event(&key, &WorkflowEvent::Cancel { by: "alice".into() }, at(1))
+        .await
+        .unwrap();
+    let heartbeat = WorkflowEvent::Heartbeat {
+        action: a.action_index,
+        attempt: a.attempt,
+    };
+    let refused = store
+        .apply_event(&key, &heartbeat, at(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            Error::Transition {
+                reason: crate::state::Refusal::Cancelled { by },
+                ..
+            } if by == "alice"
+        ),
+        "{refused}"
+    );
+    let refused = store
+        .apply_event(&key, &report(&a, ActionOutcome::Success), at(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Transition { .. }), "{refused}");
+    assert!(
+        store
+            .claim_next_action(&worker, at(3))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Re-run.
+    let worker = mac(5303).to_string();
+    store
+        .put(
+            rendered_workflow("ops-rerun", mac(5303), 1, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let key = wf_key("ops-rerun");
+    let a = store
+        .claim_next_action(&worker, at(0))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .apply_event(&key, &report(&a, ActionOutcome::Success), at(1))
+        .await
+        .unwrap();
+    let applied = store
+        .apply_event(&key, &WorkflowEvent::Rerun { by: "bob".into() }, at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.effect,
+        crate::state::Effect::Restarted { execution: 2 }
+    );
+    assert!(
+        store
+            .claim_next_action(&worker, at(3))
+            .await
+            .unwrap()
+            .is_none(),
+        "the machine is prepared again first"
+    );
+    mark_prepared(store, "ops-rerun").await;
+    let b = store
+        .claim_next_action(&worker, at(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.action_index, b.attempt), (0, a.attempt + 1));
+
+    // Retry from the failed action.
+    let worker = mac(5304).to_string();
+    store
+        .put(
+            rendered_workflow("ops-retry", mac(5304), 2, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let key = wf_key("ops-retry");
+    let a = store
+        .claim_next_action(&worker, at(0))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .apply_event(&key, &report(&a, ActionOutcome::Success), at(1))
+        .await
+        .unwrap();
+    let a = store
+        .claim_next_action(&worker, at(2))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .apply_event(&key, &report(&a, failed("bad disk")), at(3))
+        .await
+        .unwrap();
+    let retry = WorkflowEvent::Retry {
+        by: "carol".into(),
+        from: None,
+    };
+    store.apply_event(&key, &retry, at(4)).await.unwrap();
+    mark_prepared(store, "ops-retry").await;
+    let b = store
+        .claim_next_action(&worker, at(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.action_index, 1, "resumes from the failed action");
+}
+
+/// What [`operator_acts`] left, read back: from the same store, or from one
+/// opened again on the same data (a restart). Every attempt, cancel and earlier
+/// execution is there, and the running claims still take their reports.
+pub async fn operator_acts_survive(store: &dyn WorkflowStore) {
+    let at = |s: i64| t0() + SignedDuration::from_secs(s);
+    let status = |name: &'static str| async move {
+        store
+            .workflow("default", name)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .status
+            .unwrap()
+    };
+    let s = status("ops-retries").await;
+    let (_, a) = s.action(0).unwrap();
+    assert_eq!(a.retries, 1);
+    let kept: Vec<ActionState> = a.attempts.iter().map(|r| r.state).collect();
+    assert_eq!(kept, vec![ActionState::Failed, ActionState::Success]);
+    assert!(a.attempts[0].message.as_deref().unwrap().contains("flaky"));
+    assert_eq!(a.attempts[0].started, Some(at(0)));
+
+    let s = status("ops-cancel").await;
+    assert_eq!(s.state, WorkflowState::Failed);
+    assert_eq!(s.reason.as_deref(), Some("cancelled by alice"));
+    let c = s.cancelled.unwrap();
+    assert_eq!(
+        (c.by.as_str(), c.at, c.acknowledged),
+        ("alice", at(1), Some(at(2)))
+    );
+
+    let s = status("ops-rerun").await;
+    assert_eq!(s.execution, 2);
+    let first = &s.executions[0];
+    assert_eq!(
+        (first.execution, first.state, first.restarted_by.as_str()),
+        (1, WorkflowState::Success, "bob")
+    );
+    assert_eq!(first.actions[0].attempts.len(), 1);
+    assert_eq!(s.action(0).unwrap().1.state, ActionState::Running);
+
+    let s = status("ops-retry").await;
+    let first = &s.executions[0];
+    assert_eq!(first.restart, crate::model::Restart::Retry { from: 1 });
+    assert!(first.reason.as_deref().unwrap().contains("bad disk"));
+    assert_eq!(s.action(0).unwrap().1.state, ActionState::Success);
+    let (_, running) = s.action(1).unwrap();
+    assert_eq!(running.state, ActionState::Running);
+    // The running claim of the new execution still takes its report.
+    let report = WorkflowEvent::Report {
+        action: 1,
+        attempt: running.attempt,
+        outcome: ActionOutcome::Success,
+    };
+    let applied = store
+        .apply_event(&wf_key("ops-retry"), &report, at(6))
+        .await
+        .unwrap();
+    assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Success));
 }
