@@ -25,6 +25,7 @@ mod per_address;
 mod responder;
 pub mod tftp;
 pub mod worker_api;
+pub mod worker_core;
 
 pub use metadata::StoreMetadata;
 pub use responder::{
