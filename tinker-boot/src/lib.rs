@@ -21,7 +21,7 @@ pub mod credentials;
 pub mod dhcp;
 pub mod http;
 mod metadata;
-mod per_address;
+pub mod per_address;
 mod responder;
 pub mod tftp;
 pub mod worker_api;
