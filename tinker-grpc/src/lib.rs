@@ -705,3 +705,133 @@ impl GrpcServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinker_core::model::{Template, Workflow};
+
+    /// Tinkerbell's merging, as the agent receives it: the task's environment
+    /// under the action's with the action winning, sorted as `K=V` strings;
+    /// the task's volumes before the action's.
+    #[test]
+    fn actions_carry_tinkerbells_merging() {
+        let template = Template::new(
+            "t",
+            r#"version: "0.1"
+name: t
+tasks:
+  - name: install
+    worker: "{{.device_1}}"
+    volumes: [/dev:/dev]
+    environment: {A: task, A0: task, B: task}
+    actions:
+      - name: one
+        image: img
+        timeout: 60
+        volumes: [/tmp:/tmp]
+        environment: {A: action, C: action}
+"#,
+        );
+        let wf = Workflow::new("w", "t", "hw", tinker_core::testing::mac(1));
+        let status = tinker_core::render::instantiate(&wf, &template, None).unwrap();
+        let assignment = Assignment {
+            workflow: tinker_core::model::ObjectKey::new(
+                tinker_core::model::Kind::Workflow,
+                "default",
+                "w",
+            ),
+            task_name: "install".into(),
+            action_index: 0,
+            attempt: 3,
+            action: status.tasks[0].actions[0].clone(),
+        };
+        let r = action_response(&assignment, "02:00:00:00:00:01");
+        // "A0=..." sorts before "A=..." as strings ('0' < '='), as Go's
+        // sort.Strings has it, though key order would put A first.
+        assert_eq!(r.environment, ["A0=task", "A=action", "B=task", "C=action"]);
+        assert_eq!(r.volumes, ["/dev:/dev", "/tmp:/tmp"]);
+        assert_eq!(r.workflow_id.as_deref(), Some("default/w"));
+        assert_eq!(r.task_id.as_deref(), Some("install"));
+        assert_eq!(r.timeout, Some(60));
+        assert_eq!(r.action_id.as_deref(), Some("0-3"));
+        assert_eq!(parse_action_id("0-3"), Some((0, 3)));
+        assert_eq!(r.namespaces, None, "no pid namespace asked for");
+    }
+
+    #[test]
+    fn action_ids_round_trip_and_reject_the_rest() {
+        for (i, a) in [(0, 1), (17, 4_000_000_000)] {
+            assert_eq!(parse_action_id(&action_id(i, a)), Some((i, a)));
+        }
+        for bad in ["", "0", "0-", "-1", "a-1", "0-1-2", "0.1"] {
+            assert_eq!(parse_action_id(bad), None, "{bad}");
+        }
+    }
+
+    /// The reported states map to the state machine's events; PENDING and
+    /// UNSPECIFIED are not reports.
+    #[test]
+    fn reported_states_map_to_events() {
+        assert_eq!(
+            reported(StateType::Running, "x").unwrap(),
+            Reported::Running
+        );
+        assert_eq!(
+            reported(StateType::Success, "x").unwrap(),
+            Reported::Ended(ActionOutcome::Success)
+        );
+        assert_eq!(
+            reported(StateType::Failed, "boom").unwrap(),
+            Reported::Ended(ActionOutcome::Failed {
+                exit_code: None,
+                message: "boom".into()
+            })
+        );
+        assert_eq!(
+            reported(StateType::Timeout, "late").unwrap(),
+            Reported::Ended(ActionOutcome::Timeout {
+                message: "late".into()
+            })
+        );
+        for s in [StateType::Pending, StateType::Unspecified] {
+            assert_eq!(reported(s, "").unwrap_err().code(), Code::InvalidArgument);
+        }
+        assert_eq!(action_state(StateType::Timeout), ActionState::Timeout);
+        assert_eq!(action_state(StateType::Success), ActionState::Success);
+    }
+
+    /// The violation rides in the status details, where tink-agent looks.
+    #[test]
+    fn no_action_available_carries_the_violation() {
+        use tonic_types::StatusExt;
+        let s = no_action_available();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let details = s.get_error_details();
+        let v = &details.precondition_failure().unwrap().violations;
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].r#type, NO_ACTION_AVAILABLE);
+        assert_eq!(
+            proto::PreconditionFailureViolation::NoActionAvailable.as_str_name(),
+            NO_ACTION_AVAILABLE
+        );
+    }
+
+    #[test]
+    fn attributes_are_kept_with_tinkerbells_names() {
+        assert_eq!(attributes_json(&AgentAttributes::default()), None);
+        let a = AgentAttributes {
+            block: vec![proto::Block {
+                name: Some("sda".into()),
+                serial_number: Some("S1".into()),
+                ..Default::default()
+            }],
+            memory: Some(proto::Memory::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            attributes_json(&a).unwrap(),
+            r#"{"blockDevices":[{"name":"sda","serialNumber":"S1"}]}"#
+        );
+    }
+}

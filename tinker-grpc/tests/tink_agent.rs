@@ -566,3 +566,49 @@ fn the_service_refuses_to_start_behind_nat() {
     assert!(matches!(err, GrpcError::BehindNat));
     assert!(err.to_string().contains("NAT"), "{err}");
 }
+
+/// Server reflection is on, as Tinkerbell has it: `grpcurl` and friends list
+/// the service and read its messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_describes_the_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let server = serve(store).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = tokio_stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "proto.WorkflowService".into(),
+        )),
+    ]);
+    let mut answers = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"proto.WorkflowService"), "{names:?}");
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no descriptor for proto.WorkflowService")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
