@@ -70,6 +70,11 @@ struct Args {
     /// HTTPS port (0 picks a free one).
     #[arg(long, default_value_t = 8443)]
     https_port: u16,
+    /// Port of Tinkerbell's gRPC WorkflowService for tink-agent (default
+    /// 42113; 0 turns it off; off by default with --behind-nat, where it
+    /// cannot run).
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// The control-plane URLs put on the workers' kernel line (default: this replica).
     #[arg(long)]
     workers: Option<String>,
@@ -150,6 +155,18 @@ async fn run(a: Args) -> Result<(), String> {
                 .map_err(|e| format!("binding HTTPS on {address}: {e}"))?,
         );
     }
+    let grpc_port = a.grpc_port.unwrap_or(if a.behind_nat {
+        0
+    } else {
+        tinker::grpc::DEFAULT_PORT
+    });
+    if grpc_port != 0 {
+        listeners.grpc = Some(
+            tokio::net::TcpListener::bind((address, grpc_port))
+                .await
+                .map_err(|e| format!("binding gRPC on {address}: {e}"))?,
+        );
+    }
     let mut plane = ControlPlane::new(store, power, address, secret);
     if a.behind_nat {
         plane.address_check = tinker::boot::credentials::AddressCheck::BehindNat;
@@ -170,10 +187,16 @@ async fn run(a: Args) -> Result<(), String> {
     plane.osie.kernel = a.kernel.clone();
     plane.osie.initrd = a.initrd.clone();
     plane.osie.control_plane = a.workers.clone().unwrap_or_default();
-    let https = match &listeners.https {
+    let mut https = match &listeners.https {
         Some(l) => format!(" https={}", l.local_addr().map_err(|e| e.to_string())?),
         None => String::new(),
     };
+    if let Some(l) = &listeners.grpc {
+        https.push_str(&format!(
+            " grpc={}",
+            l.local_addr().map_err(|e| e.to_string())?
+        ));
+    }
     println!(
         "ready http={} dhcp={} tftp={} replica={}{https}",
         listeners.http.local_addr().map_err(|e| e.to_string())?,

@@ -242,6 +242,7 @@ async fn bind_loopback() -> Result<Network, String> {
             http,
             management: None,
             https: None,
+            grpc: None,
         },
     })
 }

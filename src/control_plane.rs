@@ -56,6 +56,9 @@ pub struct Listeners {
     /// HTTPS, when [`ControlPlane::tls`] is set: the worker API, the
     /// operator's page and API and metadata, over TLS.
     pub https: Option<TcpListener>,
+    /// Tinkerbell's gRPC `WorkflowService` for tink-agent (port 42113 in the
+    /// field); none: not served.
+    pub grpc: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -75,6 +78,7 @@ impl Listeners {
             http: TcpListener::bind((address, http)).await?,
             management: None,
             https: None,
+            grpc: None,
         })
     }
 
@@ -244,6 +248,8 @@ impl ControlPlane {
         if let Some(n) = self.worker_api_in_flight {
             worker_api = worker_api.with_limit(n);
         }
+        // The same rules as the worker API's; none behind NAT, where it must not run.
+        let grpc = tinker_grpc::GrpcServer::new(worker_api.core().clone());
         let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
             vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
@@ -306,6 +312,7 @@ impl ControlPlane {
             management,
             https,
             engine,
+            grpc,
         }
     }
 
@@ -347,7 +354,17 @@ impl ControlPlane {
             management,
             https,
             engine,
+            grpc,
         } = self.wire(http_addr, https_addr, listeners.management.is_some());
+        let grpc = match (listeners.grpc, grpc) {
+            (Some(listener), Ok(server)) => Some((listener, server)),
+            (Some(_), Err(e)) => {
+                return Err(ServeError::Misconfigured {
+                    reason: e.to_string(),
+                });
+            }
+            (None, _) => None,
+        };
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -390,6 +407,19 @@ impl ControlPlane {
             tasks.spawn(async move {
                 let r = management.serve(listener, w).await;
                 (Service::Management, r.map_err(failed(Service::Management)))
+            });
+        }
+        if let Some((listener, server)) = grpc {
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = server
+                    .serve(listener, w)
+                    .await
+                    .map_err(|e| ServeError::Failed {
+                        service: Service::Grpc,
+                        source: e.into(),
+                    });
+                (Service::Grpc, r)
             });
         }
         let w = wait(&stop);
@@ -449,6 +479,8 @@ pub struct Services {
     pub https: Option<(HttpServer, TlsIdentity)>,
     /// The workflow engine.
     pub engine: Engine,
+    /// Tinkerbell's gRPC `WorkflowService`, or why it cannot run (behind NAT).
+    pub grpc: Result<tinker_grpc::GrpcServer, tinker_grpc::GrpcError>,
 }
 
 /// One of a replica's services.
@@ -467,6 +499,8 @@ pub enum Service {
     Https,
     /// The engine.
     Engine,
+    /// The gRPC `WorkflowService`.
+    Grpc,
 }
 
 impl std::fmt::Display for Service {
@@ -478,6 +512,7 @@ impl std::fmt::Display for Service {
             Service::Management => "management HTTP",
             Service::Https => "HTTPS",
             Service::Engine => "engine",
+            Service::Grpc => "gRPC",
         })
     }
 }

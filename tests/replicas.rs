@@ -73,6 +73,7 @@ fn start_replica(name: &str, url: &str, secret: &std::path::Path) -> Replica {
     let mut child = Command::new(netlab::example("control-plane"))
         .args(["--store", url, "--replica", name, "--address", "127.0.0.1"])
         .args(["--dhcp-port", "0", "--tftp-port", "0", "--http-port", "0"])
+        .args(["--grpc-port", "0"])
         .args(["--mock-bmcs", "--lease", "3", "--secret-file"])
         .arg(secret)
         .stdout(Stdio::piped())
