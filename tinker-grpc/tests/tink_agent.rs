@@ -301,6 +301,36 @@ async fn tink_agent_runs_a_whole_workflow() {
         kept.get("gpuDevices").is_none(),
         "empty fields left out: {kept}"
     );
+    // And the operator API shows it with the machine.
+    let operator = tinker_boot::http::HttpServer::new(tinker_boot::http::HttpConfig {
+        extra: Some(Arc::new(tinker_boot::http::OperatorApi::new(
+            store.clone(),
+            tinker_core::Secret::new("operator"),
+        ))),
+        ..tinker_boot::http::HttpConfig::new(store.clone())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(operator.serve(listener, std::future::pending()));
+    let listed = tinker_boot::http::client::request(
+        api,
+        None,
+        tinker_boot::http::client::Method::GET,
+        "/api/v1/hardware",
+        &[("authorization", "Bearer operator")],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.status, 200);
+    let listed: Value = serde_json::from_str(&listed.text()).unwrap();
+    let shown = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o["value"]["metadata"]["annotations"][AGENT_ATTRIBUTES].as_str())
+        .expect("the operator API shows the agent's attributes");
+    assert_eq!(serde_json::from_str::<Value>(shown).unwrap(), kept);
 
     let ok = |v: &Value| v.get("ok").is_some();
     let r = agent
