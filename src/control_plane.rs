@@ -250,8 +250,11 @@ impl ControlPlane {
         }
         // The same rules as the worker API's; none behind NAT, where it must not run.
         let grpc = tinker_grpc::GrpcServer::new(worker_api.core().clone());
-        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
+        let mut metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> =
             vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
+        if let Ok(grpc) = &grpc {
+            metrics.push(grpc.stats());
+        }
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
                 .with_clock(self.clock.clone()),

@@ -162,6 +162,36 @@ pub struct GrpcStats {
     pub attributes_too_large: AtomicU64,
 }
 
+/// The counters on `/metrics`.
+const COUNTERS: &[tinker_boot::http::CounterRow<GrpcStats>] = &[
+    tinker_boot::http::CounterRow {
+        name: "tinker_grpc_connections_refused",
+        help: "gRPC connections closed as soon as accepted: all connections, or its address's, were at their limit",
+        value: |s| &s.connections_refused,
+    },
+    tinker_boot::http::CounterRow {
+        name: "tinker_grpc_shed",
+        help: "gRPC calls answered UNAVAILABLE because too many were in flight",
+        value: |s| &s.shed,
+    },
+    tinker_boot::http::CounterRow {
+        name: "tinker_grpc_wrong_address",
+        help: "gRPC calls refused: the agent id named a machine at another address",
+        value: |s| &s.wrong_address,
+    },
+    tinker_boot::http::CounterRow {
+        name: "tinker_grpc_agent_attributes_too_large",
+        help: "agent attributes not kept: larger than 64 KiB as JSON",
+        value: |s| &s.attributes_too_large,
+    },
+];
+
+impl tinker_boot::http::MetricsSource for GrpcStats {
+    fn register(self: Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
+        tinker_boot::http::register_counters(registry, self, COUNTERS);
+    }
+}
+
 /// `proto.WorkflowService` over the worker core.
 #[derive(Clone)]
 pub struct AgentService {

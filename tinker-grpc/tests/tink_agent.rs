@@ -18,7 +18,7 @@ use tinker_core::state::{ActionState, WorkflowState};
 use tinker_core::store::{EventKind, Precondition};
 use tinker_core::testing::{mac, require_real};
 use tinker_core::{MacAddr, WorkflowStore, WorkflowStoreExt};
-use tinker_grpc::{AGENT_ATTRIBUTES, GrpcError, GrpcServer, NO_ACTION_AVAILABLE};
+use tinker_grpc::{AGENT_ATTRIBUTES, GrpcError, GrpcServer, GrpcStats, NO_ACTION_AVAILABLE};
 use tinker_store::MemoryStore;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -193,11 +193,17 @@ async fn workflow(store: &dyn WorkflowStore, name: &str, hw: &str, mac: MacAddr,
 }
 
 async fn serve(store: Arc<dyn WorkflowStore>) -> SocketAddr {
+    serve_counted(store).await.0
+}
+
+/// [`serve`], with the server's counters.
+async fn serve_counted(store: Arc<dyn WorkflowStore>) -> (SocketAddr, Arc<GrpcStats>) {
     let server = GrpcServer::new(WorkerCore::new(store)).unwrap();
+    let stats = server.stats();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(server.serve(listener, std::future::pending()));
-    SocketAddr::from(([127, 0, 0, 1], port))
+    (SocketAddr::from(([127, 0, 0, 1], port)), stats)
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -516,7 +522,7 @@ async fn refusals_answer_as_tinkerbell_does() {
     machine(store.as_ref(), "m-c", mac(13), ip_c).await;
     workflow(store.as_ref(), "wf-b", "m-b", mac(12), false).await;
     workflow(store.as_ref(), "wf-c", "m-c", mac(13), true).await;
-    let server = serve(store.clone()).await;
+    let (server, stats) = serve_counted(store.clone()).await;
     let (from_a, from_b, from_c) = (
         forward_from(ip_a, server).await,
         forward_from(ip_b, server).await,
@@ -574,6 +580,13 @@ async fn refusals_answer_as_tinkerbell_does() {
     let status = wf.status.unwrap();
     assert_eq!(status.state, WorkflowState::Running, "nothing changed");
     assert_eq!(status.tasks[0].actions[0].state, ActionState::Running);
+    assert_eq!(
+        stats
+            .wrong_address
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "each call from the wrong address is counted"
+    );
     let events = store.events("default/m-b", 100).await.unwrap();
     assert!(
         !events

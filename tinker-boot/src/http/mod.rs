@@ -33,7 +33,7 @@ pub(crate) use body::full as body_full;
 pub use conn::{ConnStats, HttpLimits, Refusal};
 pub use ipxe::{OsieConfig, script};
 pub use metrics::MetricsSource;
-pub(crate) use metrics::{CounterRow, register_counters};
+pub use metrics::{CounterRow, register_counters};
 pub use operator::{
     MAX_APPLY_BODY, MAX_SESSIONS, OperatorApi, RouteChain, SESSION_LIFETIME, kind_named,
 };
