@@ -79,6 +79,11 @@ struct Args {
     /// id must be the caller's own).
     #[arg(long)]
     tootles_instance_endpoint: bool,
+    /// Port of Tinkerbell's gRPC WorkflowService for tink-agent (default
+    /// 42113; 0 turns it off; off by default with --behind-nat, where it
+    /// cannot run).
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// The control-plane URLs put on the workers' kernel line (default: this replica).
     #[arg(long)]
     workers: Option<String>,
@@ -192,6 +197,18 @@ async fn run(a: Args) -> Result<(), String> {
                 .map_err(|e| format!("binding Hegel's metadata port on {address}: {e}"))?,
         );
     }
+    let grpc_port = a.grpc_port.unwrap_or(if a.behind_nat {
+        0
+    } else {
+        tinker::grpc::DEFAULT_PORT
+    });
+    if grpc_port != 0 {
+        listeners.grpc = Some(
+            tokio::net::TcpListener::bind((address, grpc_port))
+                .await
+                .map_err(|e| format!("binding gRPC on {address}: {e}"))?,
+        );
+    }
     let mut plane = ControlPlane::new(store, power, address, secret);
     plane.tootles_instance_endpoint = a.tootles_instance_endpoint;
     if a.behind_nat {
@@ -231,6 +248,9 @@ async fn run(a: Args) -> Result<(), String> {
     }
     if let Some(s) = &listeners.syslog {
         more += &format!(" syslog={}", s.local_addr().map_err(|e| e.to_string())?);
+    }
+    if let Some(l) = &listeners.grpc {
+        more += &format!(" grpc={}", l.local_addr().map_err(|e| e.to_string())?);
     }
     println!(
         "ready http={} dhcp={} tftp={} replica={}{more}",

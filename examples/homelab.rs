@@ -244,6 +244,7 @@ async fn bind_loopback() -> Result<Network, String> {
             https: None,
             hegel: None,
             syslog: None,
+            grpc: None,
         },
     })
 }

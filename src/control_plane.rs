@@ -66,6 +66,9 @@ pub struct Listeners {
     /// lines are filed in the machines' timelines, and HookOS's kernel line
     /// names this replica as its `syslog_host` (unless set).
     pub syslog: Option<UdpSocket>,
+    /// Tinkerbell's gRPC `WorkflowService` for tink-agent (port 42113 in the
+    /// field); none: not served.
+    pub grpc: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -87,6 +90,7 @@ impl Listeners {
             https: None,
             hegel: None,
             syslog: None,
+            grpc: None,
         })
     }
 
@@ -284,12 +288,17 @@ impl ControlPlane {
         let syslog = SyslogServer::new(self.store.clone())
             .with_limits(self.syslog_limits)
             .with_clock(self.clock.clone());
-        let metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> = vec![
+        // The same rules as the worker API's; none behind NAT, where it must not run.
+        let grpc = tinker_grpc::GrpcServer::new(worker_api.core().clone());
+        let mut metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> = vec![
             dhcp.stats(),
             tftp.stats(),
             worker_api.metrics(),
             syslog.stats(),
         ];
+        if let Ok(grpc) = &grpc {
+            metrics.push(grpc.stats());
+        }
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
                 .with_clock(self.clock.clone()),
@@ -353,6 +362,7 @@ impl ControlPlane {
             https,
             engine,
             syslog,
+            grpc,
         }
     }
 
@@ -395,12 +405,22 @@ impl ControlPlane {
             https,
             engine,
             syslog,
+            grpc,
         } = self.wire(
             http_addr,
             https_addr,
             listeners.management.is_some(),
             listeners.syslog.is_some(),
         );
+        let grpc = match (listeners.grpc, grpc) {
+            (Some(listener), Ok(server)) => Some((listener, server)),
+            (Some(_), Err(e)) => {
+                return Err(ServeError::Misconfigured {
+                    reason: e.to_string(),
+                });
+            }
+            (None, _) => None,
+        };
 
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let wait = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -459,6 +479,19 @@ impl ControlPlane {
             tasks.spawn(async move {
                 let r = syslog.serve(socket, w).await;
                 (Service::Syslog, r.map_err(failed(Service::Syslog)))
+            });
+        }
+        if let Some((listener, server)) = grpc {
+            let w = wait(&stop);
+            tasks.spawn(async move {
+                let r = server
+                    .serve(listener, w)
+                    .await
+                    .map_err(|e| ServeError::Failed {
+                        service: Service::Grpc,
+                        source: e.into(),
+                    });
+                (Service::Grpc, r)
             });
         }
         let w = wait(&stop);
@@ -521,6 +554,8 @@ pub struct Services {
     /// The syslog receiver (its counters are on `/metrics` whether it runs
     /// or not).
     pub syslog: SyslogServer,
+    /// Tinkerbell's gRPC `WorkflowService`, or why it cannot run (behind NAT).
+    pub grpc: Result<tinker_grpc::GrpcServer, tinker_grpc::GrpcError>,
 }
 
 /// One of a replica's services.
@@ -543,6 +578,8 @@ pub enum Service {
     Engine,
     /// The syslog receiver.
     Syslog,
+    /// The gRPC `WorkflowService`.
+    Grpc,
 }
 
 impl std::fmt::Display for Service {
@@ -556,6 +593,7 @@ impl std::fmt::Display for Service {
             Service::Hegel => "Hegel metadata",
             Service::Engine => "engine",
             Service::Syslog => "syslog",
+            Service::Grpc => "gRPC",
         })
     }
 }

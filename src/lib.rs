@@ -20,4 +20,5 @@ pub use tinker_actions as actions;
 pub use tinker_bmc as bmc;
 pub use tinker_boot as boot;
 pub use tinker_core as core;
+pub use tinker_grpc as grpc;
 pub use tinker_store as store;

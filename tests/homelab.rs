@@ -212,10 +212,16 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
                 .port()
         }
     };
-    let (http, dhcp, tftp, hegel) = (port(false), port(true), port(true), port(false));
+    let (http, dhcp, tftp, hegel, grpc) = (
+        port(false),
+        port(true),
+        port(true),
+        port(false),
+        port(false),
+    );
     std::fs::write(
         dir.path().join("homelab.yaml"),
-        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\nsyslog_port: 0\n"),
+        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\nsyslog_port: 0\ngrpc_port: {grpc}\n"),
     )
     .unwrap();
     let mut child = Running(
@@ -278,6 +284,8 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "nuc1");
+    // `grpc_port` moves tink-agent's gRPC service.
+    std::net::TcpStream::connect(("127.0.0.1", grpc)).expect("gRPC listens on grpc_port");
     // A new file is picked up.
     std::fs::write(objects.join("b.yaml"), "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: nuc2}\nspec: {interfaces: [{dhcp: {mac: \"02:00:00:00:aa:02\", ip: {address: 127.88.0.2, netmask: 255.0.0.0}}}]}\n").unwrap();
     let mut seen = false;

@@ -76,6 +76,7 @@ fn start_replica(name: &str, url: &str, secret: &std::path::Path) -> Replica {
         // Two replicas on one address: Hegel's fixed port off.
         .args(["--hegel-port", "0"])
         .args(["--syslog-port", "0"])
+        .args(["--grpc-port", "0"])
         .args(["--mock-bmcs", "--lease", "3", "--secret-file"])
         .arg(secret)
         .stdout(Stdio::piped())

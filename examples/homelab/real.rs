@@ -71,6 +71,10 @@ struct Config {
     /// the caller's own).
     #[serde(default)]
     tootles_instance_endpoint: bool,
+    /// Tinkerbell's gRPC WorkflowService for tink-agent: 42113 unless set
+    /// (0 turns it off; off unless set when `behind_nat`, where it cannot run).
+    #[serde(default)]
+    grpc_port: Option<u16>,
     /// One password (`TINKER_BMC_PASSWORD`) for every BMC whose secret has no
     /// variable of its own. Off unless set: a typo in a secret's name must not
     /// send the shared password to that BMC silently.
@@ -288,6 +292,18 @@ pub async fn run(path: &Path) -> Result<(), String> {
                 tokio::net::TcpListener::bind((c.address, port))
                     .await
                     .map_err(e("Hegel's metadata port"))?,
+            ),
+        },
+        grpc: match c.grpc_port.unwrap_or(if c.behind_nat {
+            0
+        } else {
+            tinker::grpc::DEFAULT_PORT
+        }) {
+            0 => None,
+            port => Some(
+                tokio::net::TcpListener::bind((c.address, port))
+                    .await
+                    .map_err(e("gRPC"))?,
             ),
         },
         management: match c.management_address {

@@ -23,11 +23,12 @@ pub mod credentials;
 pub mod dhcp;
 pub mod http;
 mod metadata;
-mod per_address;
+pub mod per_address;
 mod responder;
 pub mod syslog;
 pub mod tftp;
 pub mod worker_api;
+pub mod worker_core;
 
 pub use metadata::StoreMetadata;
 pub use responder::{

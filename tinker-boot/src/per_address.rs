@@ -111,20 +111,20 @@ impl<K: Hash + Eq + Copy> RateTable<K> {
 /// cap; the map holds only addresses holding something, so it is bounded by the
 /// server's total limit.
 #[derive(Debug, Default)]
-pub(crate) struct PerAddress {
+pub struct PerAddress {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One admitted connection's or transfer's place; frees it when dropped.
 #[derive(Debug)]
-pub(crate) struct AddressSlot {
+pub struct AddressSlot {
     owner: Arc<PerAddress>,
     ip: IpAddr,
 }
 
 impl PerAddress {
     /// A slot for `ip` if it holds fewer than `max`.
-    pub(crate) fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+    pub fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= max {

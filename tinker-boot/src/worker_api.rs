@@ -17,20 +17,21 @@
 
 use crate::credentials::{CallerCheck, worker_token};
 use crate::http::{Body, ExtraRoutes};
+use crate::worker_core::{Denied, Netboot, WorkerCore, WorkerRefusal, state_after};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
-use tinker_core::clock::{SharedClock, SystemClock};
-use tinker_core::model::{Kind, ObjectKey};
-use tinker_core::state::{Refusal, WorkflowEvent};
+use tinker_core::Secret;
+use tinker_core::WorkflowStore;
+use tinker_core::clock::SharedClock;
+use tinker_core::model::ObjectKey;
+use tinker_core::state::Refusal;
 use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::worker_api::{
     ActionReport, Heartbeat, LogBatch, NextActionResponse, ReportResponse, WorkerAction,
 };
-use tinker_core::{Error, WorkflowStore, WorkflowStoreExt};
-use tinker_core::{MacAddr, Secret};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -47,13 +48,11 @@ pub(crate) fn bearer_token<B>(req: &Request<B>) -> Option<&str> {
 /// The worker API routes (`/v1/workers/{id}/...`).
 #[derive(Clone)]
 pub struct WorkerApi {
-    store: Arc<dyn WorkflowStore>,
+    core: WorkerCore,
     secret: Secret,
-    clock: SharedClock,
     heartbeat_seconds: u32,
     in_flight: Arc<tokio::sync::Semaphore>,
     shed: Arc<std::sync::atomic::AtomicU64>,
-    callers: CallerCheck,
 }
 
 /// Worker requests handled at once; beyond, the API answers 503 with
@@ -89,11 +88,6 @@ fn problem(code: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
-fn workflow_key(id: &str) -> Option<ObjectKey> {
-    let (ns, name) = id.split_once('/')?;
-    Some(ObjectKey::new(Kind::Workflow, ns, name))
-}
-
 /// The one answer to a report, heartbeat or log batch for an action that is not
 /// the caller's: the same whether the workflow or the action exists or belongs
 /// to another machine, so a caller learns nothing of other machines' work.
@@ -101,15 +95,6 @@ const NOT_YOURS: &str = "no such action is assigned to this worker";
 
 /// What a worker whose machine's netboot has ended is told.
 const NETBOOT_OVER: &str = "netboot is off for this machine: nothing is assigned to it";
-
-/// Whether the netboot a worker's token belongs to is still on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Netboot {
-    /// On: the token opens the machine's actions.
-    On,
-    /// Turned off since: the token opens nothing.
-    Over,
-}
 
 /// What a worker is told when the state machine refuses its event: why, without
 /// claim numbers or another machine's state.
@@ -125,24 +110,41 @@ fn refusal_text(reason: &Refusal) -> &'static str {
     }
 }
 
+/// The answer to an event the core did not apply.
+fn refused(worker: &str, e: WorkerRefusal) -> Response<Body> {
+    match e {
+        WorkerRefusal::BadWorkflowId => problem(
+            StatusCode::BAD_REQUEST,
+            "workflow_id must be namespace/name",
+        ),
+        WorkerRefusal::NotYours => problem(StatusCode::CONFLICT, NOT_YOURS),
+        WorkerRefusal::Refused(reason) => problem(StatusCode::CONFLICT, refusal_text(&reason)),
+        e => {
+            tracing::warn!(worker, error = %e, "worker API: store failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; retry",
+            )
+        }
+    }
+}
+
 impl WorkerApi {
     /// The API over `store`, with the secret tokens derive from.
     pub fn new(store: Arc<dyn WorkflowStore>, secret: Secret, heartbeat_seconds: u32) -> Self {
         WorkerApi {
-            store,
+            core: WorkerCore::new(store),
             secret,
-            clock: SystemClock::shared(),
             heartbeat_seconds,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             shed: Arc::default(),
-            callers: CallerCheck::default(),
         }
     }
 
     /// Reads the time (claims, reports, heartbeats, log lines) from `clock`
     /// instead of the system clock.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
+        self.core = self.core.with_clock(clock);
         self
     }
 
@@ -165,8 +167,13 @@ impl WorkerApi {
     /// Decides who may call as the machine's worker: strict addresses by
     /// default, shared with the script route.
     pub fn with_caller_check(mut self, callers: CallerCheck) -> Self {
-        self.callers = callers;
+        self.core = self.core.with_caller_check(callers);
         self
+    }
+
+    /// The rules it shares with the other worker transports.
+    pub fn core(&self) -> &WorkerCore {
+        &self.core
     }
 
     /// Whether the caller may act as `worker`: a known machine (the worker id is
@@ -184,41 +191,27 @@ impl WorkerApi {
         let Some(presented) = bearer_token(req) else {
             return Err(denied());
         };
-        let Ok(mac) = worker.parse::<MacAddr>() else {
-            return Err(denied());
+        let token_matches = |hw: &tinker_core::model::Hardware| {
+            worker_token(&self.secret, worker, hw.netboot_since()).matches(presented.as_bytes())
         };
-        let hw = match self.store.hardware_by_mac(mac).await {
-            Ok(Some(hw)) => hw.value,
-            Ok(None) => return Err(denied()),
+        match self.core.identify(worker, caller, token_matches).await {
+            Ok(c) => Ok(c.netboot),
+            Err(Denied::Unknown | Denied::BadProof) => Err(denied()),
+            Err(Denied::WrongAddress) => {
+                tracing::warn!(worker, %caller, "worker API: a valid token from an address not the machine's");
+                Err(problem(
+                    StatusCode::FORBIDDEN,
+                    "this worker's token is accepted only from its machine's address",
+                ))
+            }
             Err(e) => {
                 tracing::warn!(worker, error = %e, "worker API: store lookup failed");
-                return Err(problem(
+                Err(problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the store is unavailable; retry",
-                ));
+                ))
             }
-        };
-        let netboot_on = hw
-            .interface(mac)
-            .and_then(|i| i.netboot.as_ref())
-            .and_then(|n| n.allow_pxe)
-            == Some(true);
-        let expected = worker_token(&self.secret, worker, hw.netboot_since());
-        if !expected.matches(presented.as_bytes()) {
-            return Err(denied());
         }
-        if !self.callers.is_machine(&hw, mac, caller) {
-            tracing::warn!(worker, %caller, "worker API: a valid token from an address not the machine's");
-            return Err(problem(
-                StatusCode::FORBIDDEN,
-                "this worker's token is accepted only from its machine's address",
-            ));
-        }
-        Ok(if netboot_on {
-            Netboot::On
-        } else {
-            Netboot::Over
-        })
     }
 
     async fn body<T: serde::de::DeserializeOwned>(
@@ -247,11 +240,9 @@ impl WorkerApi {
         if ask.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the request names another worker");
         }
-        let now = self.clock.now();
-        let request = ask.request_id.as_deref().filter(|r| !r.is_empty());
         match self
-            .store
-            .claim_next_action_for_request(worker, request, now)
+            .core
+            .next_action(worker, ask.request_id.as_deref())
             .await
         {
             Ok(Some(a)) => {
@@ -281,18 +272,6 @@ impl WorkerApi {
         }
     }
 
-    /// Whether the action at `index` of `key` is assigned to `worker`. Checked
-    /// before any event is applied: a worker's valid token opens only its own
-    /// actions.
-    async fn assigned(&self, worker: &str, key: &ObjectKey, index: usize) -> Result<bool, Error> {
-        Ok(self
-            .store
-            .workflow(&key.namespace, &key.name)
-            .await?
-            .and_then(|wf| wf.value.status)
-            .is_some_and(|s| s.action_worker(index) == Some(worker)))
-    }
-
     /// The workflow an event names, if it is the caller's; else the answer.
     async fn own_action(
         &self,
@@ -300,68 +279,38 @@ impl WorkerApi {
         workflow_id: &str,
         index: usize,
     ) -> Result<ObjectKey, Response<Body>> {
-        let Some(key) = workflow_key(workflow_id) else {
-            return Err(problem(
-                StatusCode::BAD_REQUEST,
-                "workflow_id must be namespace/name",
-            ));
-        };
-        match self.assigned(worker, &key, index).await {
-            Ok(true) => Ok(key),
-            Ok(false) => Err(problem(StatusCode::CONFLICT, NOT_YOURS)),
-            Err(e) => {
-                tracing::warn!(worker, error = %e, "could not read the workflow");
-                Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; retry",
-                ))
-            }
-        }
+        self.core
+            .own_action(worker, workflow_id, index)
+            .await
+            .map(|(key, _)| key)
+            .map_err(|e| refused(worker, e))
     }
 
     async fn report(&self, worker: &str, r: ActionReport) -> Response<Body> {
         if r.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the report names another worker");
         }
-        let key = match self
-            .own_action(worker, &r.workflow_id, r.action_index)
+        match self
+            .core
+            .report(
+                worker,
+                &r.workflow_id,
+                r.action_index,
+                r.attempt,
+                r.outcome.clone(),
+            )
             .await
         {
-            Ok(key) => key,
-            Err(answer) => return answer,
-        };
-        let event = WorkflowEvent::Report {
-            action: r.action_index,
-            attempt: r.attempt,
-            outcome: r.outcome.clone(),
-        };
-        match self.store.apply_event(&key, &event, self.clock.now()).await {
             Ok(applied) => {
                 tracing::info!(worker, workflow = %r.workflow_id, action = r.action_index, outcome = ?r.outcome, "action reported");
                 json(
                     StatusCode::OK,
                     &ReportResponse {
-                        workflow_state: applied
-                            .workflow
-                            .value
-                            .state()
-                            .unwrap_or(tinker_core::state::WorkflowState::Pending),
+                        workflow_state: state_after(&applied),
                     },
                 )
             }
-            Err(Error::Transition { reason, .. }) => {
-                problem(StatusCode::CONFLICT, refusal_text(&reason))
-            }
-            // Deleted since the check: the same answer as for any action not
-            // the caller's.
-            Err(Error::NotFound { .. }) => problem(StatusCode::CONFLICT, NOT_YOURS),
-            Err(e) => {
-                tracing::warn!(worker, error = %e, "report failed");
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; retry",
-                )
-            }
+            Err(e) => refused(worker, e),
         }
     }
 
@@ -369,37 +318,16 @@ impl WorkerApi {
         if h.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the heartbeat names another worker");
         }
-        let key = match self
-            .own_action(worker, &h.workflow_id, h.action_index)
-            .await
-        {
-            Ok(key) => key,
-            Err(answer) => return answer,
-        };
         match self
-            .store
-            .apply_event(
-                &key,
-                &WorkflowEvent::Heartbeat {
-                    action: h.action_index,
-                    attempt: h.attempt,
-                },
-                self.clock.now(),
-            )
+            .core
+            .heartbeat(worker, &h.workflow_id, h.action_index, h.attempt)
             .await
         {
             Ok(_) => Response::builder()
                 .status(StatusCode::NO_CONTENT)
                 .body(crate::http::body_full(Vec::new()))
                 .expect("valid response"),
-            Err(Error::Transition { reason, .. }) => {
-                problem(StatusCode::CONFLICT, refusal_text(&reason))
-            }
-            Err(Error::NotFound { .. }) => problem(StatusCode::CONFLICT, NOT_YOURS),
-            Err(_) => problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is unavailable; retry",
-            ),
+            Err(e) => refused(worker, e),
         }
     }
 
@@ -415,7 +343,7 @@ impl WorkerApi {
         }
         // Output is kept in the machine's event log, bounded per batch, and
         // written in one store transaction (one commit, not one per line).
-        let now = self.clock.now();
+        let now = self.core.clock().now();
         let events: Vec<MachineEvent> = batch
             .lines
             .iter()
@@ -434,7 +362,7 @@ impl WorkerApi {
                 .for_workflow(batch.workflow_id.to_string())
             })
             .collect();
-        if self.store.append_events(events).await.is_err() {
+        if self.core.store().append_events(events).await.is_err() {
             return problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store is unavailable; retry",

@@ -204,6 +204,25 @@ pub enum EventKind {
         /// The line.
         line: String,
     },
+    /// An agent reported an action's state with its own message and times
+    /// (Tinkerbell's tink-agent over gRPC): kept as it said them.
+    ActionReported {
+        /// The action's position in the workflow.
+        action_index: usize,
+        /// The state reported.
+        state: crate::state::ActionState,
+        /// The agent's message.
+        message: String,
+        /// When the action started, on the agent's clock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        execution_start: Option<Timestamp>,
+        /// When it stopped, on the agent's clock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        execution_stop: Option<Timestamp>,
+        /// How long it ran, as the agent wrote it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        execution_duration: String,
+    },
     /// Free text (events written by earlier versions, or by a vendor's service).
     Note {
         /// The text.
@@ -266,6 +285,26 @@ impl fmt::Display for EventKind {
                 stream,
                 line,
             } => write!(f, "action {action_index}: {stream}: {line}"),
+            EventKind::ActionReported {
+                action_index,
+                state,
+                message,
+                execution_start,
+                execution_stop,
+                execution_duration,
+            } => {
+                write!(f, "action {action_index}: agent reported {state}")?;
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                if let (Some(start), Some(stop)) = (execution_start, execution_stop) {
+                    write!(f, " (ran {start} to {stop})")?;
+                }
+                if !execution_duration.is_empty() {
+                    write!(f, " took {execution_duration}")?;
+                }
+                Ok(())
+            }
             EventKind::Note { message } => f.write_str(message),
             EventKind::SyslogLine {
                 from,

@@ -21,10 +21,21 @@ pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
 
 /// One counter of a stats struct: its name without the `_total` the encoder
 /// appends, its help, and where its value is.
-pub(crate) struct CounterRow<T> {
-    pub(crate) name: &'static str,
-    pub(crate) help: &'static str,
-    pub(crate) value: fn(&T) -> &AtomicU64,
+pub struct CounterRow<T> {
+    /// The name, without `_total`.
+    pub name: &'static str,
+    /// The help text.
+    pub help: &'static str,
+    /// Where its value is.
+    pub value: fn(&T) -> &AtomicU64,
+}
+
+impl<T> std::fmt::Debug for CounterRow<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterRow")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads a stats struct's atomics into counters at each scrape.
@@ -57,7 +68,7 @@ impl<T: Send + Sync + 'static> Collector for Counters<T> {
 }
 
 /// Registers the collector over `stats`'s `rows`.
-pub(crate) fn register_counters<T: Send + Sync + 'static>(
+pub fn register_counters<T: Send + Sync + 'static>(
     registry: &mut Registry,
     stats: Arc<T>,
     rows: &'static [CounterRow<T>],

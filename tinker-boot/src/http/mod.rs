@@ -43,7 +43,7 @@ pub use ipxe::{
     TINK_GRPC_PORT, UnknownOs, hookos_kernel_args, in_memory_os, script,
 };
 pub use metrics::MetricsSource;
-pub(crate) use metrics::{CounterRow, register_counters};
+pub use metrics::{CounterRow, register_counters};
 pub use operator::{
     MAX_APPLY_BODY, MAX_SESSIONS, OperatorApi, RouteChain, SESSION_LIFETIME, kind_named,
 };
