@@ -465,12 +465,12 @@ impl WorkflowStatus {
                 return Ok(Effect::Nothing);
             }
             if let Some(c) = self.cancelled.as_mut() {
-                // The running action's worker heard of the cancel: it is ours
-                // and stops the action; the engine need not power it off.
-                if let WorkflowEvent::Heartbeat { action, attempt }
-                | WorkflowEvent::Report {
-                    action, attempt, ..
-                } = event
+                // The running action's worker heard of the cancel at a
+                // heartbeat: it is ours and stops the action; the engine need
+                // not power it off. A refused report does not count: it
+                // comes from a worker that may not stop (Tinkerbell's agent
+                // has no cancel, and reports the action it ran regardless).
+                if let WorkflowEvent::Heartbeat { action, attempt } = event
                     && c.running == Some((*action, *attempt))
                     && c.acknowledged.is_none()
                 {

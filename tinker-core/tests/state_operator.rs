@@ -229,6 +229,28 @@ fn a_cancel_fails_the_workflow_and_refuses_the_running_worker_which_acknowledges
 }
 
 #[test]
+fn a_refused_report_alone_is_not_an_acknowledgement_so_a_silent_agent_is_powered_off() {
+    // Tinkerbell's agent has no cancel: it reports the action it ran to its
+    // end. That report is refused, but it does not say the agent stopped
+    // anything, so the engine still powers the machine off after the grace.
+    let mut s = status();
+    let c = to_flaky(&mut s);
+    s.apply(at(5), &WorkflowEvent::Cancel { by: "alice".into() })
+        .1
+        .unwrap();
+    let (_, refused) = s.apply(
+        at(6),
+        &WorkflowEvent::Report {
+            action: c.0,
+            attempt: c.1,
+            outcome: ActionOutcome::Success,
+        },
+    );
+    assert_eq!(refused, Err(Refusal::Cancelled { by: "alice".into() }));
+    assert_eq!(s.cancelled.as_ref().unwrap().acknowledged, None);
+}
+
+#[test]
 fn a_rerun_starts_a_second_execution_and_keeps_the_first_one_s_history() {
     let mut s = status();
     s.machine.phase = MachinePhase::Rebooted;
