@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tinker::bmc::{Connector, EnvSecrets, MockConnector, RetryPolicy};
+use tinker::boot::operators::OperatorTokens;
 use tinker::boot::tftp::FileSource;
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::{PowerConnector, WorkflowStore};
@@ -52,9 +53,14 @@ struct Args {
     #[arg(long)]
     secret_file: PathBuf,
     /// Where to write the operator's token (mode 0600) for the operator's tools;
-    /// it is never printed.
+    /// it is never printed, its path is (default: `operator-token` beside the
+    /// secret file, the data directory).
     #[arg(long)]
     operator_token_file: Option<PathBuf>,
+    /// Named operators: a file of `NAME sha256:HEX` lines (the SHA-256 of each
+    /// operator's token), so that each change says who made it.
+    #[arg(long)]
+    operator_tokens: Option<PathBuf>,
     /// The machines reach this replica through NAT: give and take worker tokens
     /// whatever the caller's address (weaker; see the README's Security section).
     #[arg(long)]
@@ -114,13 +120,21 @@ async fn open_store(url: &str) -> Result<Arc<dyn WorkflowStore>, String> {
 async fn run(a: Args) -> Result<(), String> {
     let secret = tinker::boot::credentials::read_or_create_secret_file(&a.secret_file)
         .map_err(|e| e.to_string())?;
-    if let Some(path) = &a.operator_token_file {
-        tinker::boot::credentials::write_secret_file(
-            path,
-            &tinker::boot::credentials::operator_token(&secret),
-        )
-        .map_err(|e| e.to_string())?;
-    }
+    let token_file = a.operator_token_file.clone().unwrap_or_else(|| {
+        a.secret_file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("operator-token")
+    });
+    tinker::boot::credentials::write_secret_file(
+        &token_file,
+        &tinker::boot::credentials::operator_token(&secret),
+    )
+    .map_err(|e| e.to_string())?;
+    let operators = match &a.operator_tokens {
+        Some(path) => OperatorTokens::read(path).map_err(|e| e.to_string())?,
+        None => OperatorTokens::new(),
+    };
     let store = open_store(&a.store).await?;
     let power: Arc<dyn PowerConnector> = if a.mock_bmcs {
         Arc::new(MockConnector::new())
@@ -151,6 +165,7 @@ async fn run(a: Args) -> Result<(), String> {
         );
     }
     let mut plane = ControlPlane::new(store, power, address, secret);
+    plane.operator_tokens = operators;
     if a.behind_nat {
         plane.address_check = tinker::boot::credentials::AddressCheck::BehindNat;
     }
@@ -181,6 +196,8 @@ async fn run(a: Args) -> Result<(), String> {
         listeners.tftp.local_addr().map_err(|e| e.to_string())?,
         plane.engine.replica
     );
+    // The path, never the token.
+    println!("operator token in {}", token_file.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -29,6 +29,7 @@ use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
 use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
 use tinker_boot::http::tls::TlsIdentity;
 use tinker_boot::http::{HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain};
+use tinker_boot::operators::OperatorTokens;
 use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
 use tinker_boot::{BootConfig, StoreBootResponder};
@@ -131,6 +132,9 @@ pub struct ControlPlane {
     pub tftp_limits: TftpLimits,
     /// DHCP rate limits per MAC and per relay.
     pub dhcp_limits: DhcpLimits,
+    /// Named operators (a tokens file), beside the operator token derived from
+    /// [`ControlPlane::secret`], which is the operator named `operator`.
+    pub operator_tokens: OperatorTokens,
 }
 
 impl ControlPlane {
@@ -167,6 +171,7 @@ impl ControlPlane {
             http_limits: HttpLimits::default(),
             tftp_limits: TftpLimits::default(),
             dhcp_limits: DhcpLimits::default(),
+            operator_tokens: OperatorTokens::new(),
         }
     }
 
@@ -248,6 +253,7 @@ impl ControlPlane {
             vec![dhcp.stats(), tftp.stats(), worker_api.metrics()];
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
+                .with_operators(&self.operator_tokens)
                 .with_clock(self.clock.clone()),
         );
         let worker_api: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(worker_api);

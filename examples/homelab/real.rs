@@ -11,6 +11,7 @@ use tinker::boot::credentials::{
 };
 use tinker::boot::dhcp::Mode;
 use tinker::boot::dhcp::server::bind_udp;
+use tinker::boot::operators::OperatorTokens;
 use tinker::boot::tftp::FileSource;
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::model::{Document, parse_documents};
@@ -68,6 +69,10 @@ struct Config {
     /// send the shared password to that BMC silently.
     #[serde(default)]
     bmc_shared_password: bool,
+    /// Named operators: a file of `NAME sha256:HEX` lines, beside the
+    /// generated operator token (named `operator`).
+    #[serde(default)]
+    operator_tokens: Option<PathBuf>,
 }
 
 fn default_data() -> PathBuf {
@@ -191,6 +196,10 @@ pub async fn run(path: &Path) -> Result<(), String> {
     let secret = read_or_create_secret_file(&data.join("worker-secret")).map_err(e("secret"))?;
     let operator_file = data.join("operator-token");
     write_secret_file(&operator_file, &operator_token(&secret)).map_err(e("operator token"))?;
+    let operators = match &c.operator_tokens {
+        Some(p) => OperatorTokens::read(&rel(p)).map_err(|x| x.to_string())?,
+        None => OperatorTokens::new(),
+    };
     let http = format!("http://{}:{}", c.address, c.http_port);
 
     let tls = match (&c.tls_cert, &c.tls_key) {
@@ -272,6 +281,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
         plane.address_check = AddressCheck::BehindNat;
     }
     plane.tls = tls;
+    plane.operator_tokens = operators;
     plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;

@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod dhcp;
 pub mod http;
 mod metadata;
+pub mod operators;
 mod per_address;
 mod responder;
 pub mod tftp;

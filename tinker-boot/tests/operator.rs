@@ -203,3 +203,70 @@ async fn a_management_listener_serves_the_operator_and_nothing_for_machines() {
         200
     );
 }
+
+/// Named operators from a tokens file open the API beside the generated token,
+/// and [`OperatorApi::caller`] names each, through a bearer header or the
+/// session it signed in to.
+#[tokio::test]
+async fn named_operator_tokens_say_who_calls() {
+    use tinker_boot::operators::{OperatorTokens, token_hash_text};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let file = format!(
+        "# the lab's operators\nalice {}\nbob   {}   # on call\n",
+        token_hash_text(&Secret::new("alice-token")),
+        token_hash_text(&Secret::new("bob-token")),
+    );
+    let named = OperatorTokens::parse(std::path::Path::new("operators.txt"), &file).unwrap();
+    let api = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
+        .with_operators(&named);
+    let mut config = HttpConfig::new(store);
+    config.extra = Some(Arc::new(api.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
+
+    let generated = operator_token(&Secret::new(SECRET)).expose().to_string();
+    for (token, who) in [
+        ("alice-token", Some("alice")),
+        ("bob-token", Some("bob")),
+        (generated.as_str(), Some("operator")),
+        ("carol-token", None),
+    ] {
+        let bearer = format!("Bearer {token}");
+        let code = status(addr, "/api/v1/hardware", &[("authorization", &bearer)]).await;
+        assert_eq!(code, if who.is_some() { 200 } else { 401 }, "{who:?}");
+        let req = hyper::Request::builder()
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap();
+        assert_eq!(api.caller(&req).map(|n| n.to_string()).as_deref(), who);
+    }
+
+    // A browser session carries the name of whoever signed in.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let signed_in = call(
+        addr,
+        client::Method::POST,
+        "/login",
+        &form,
+        "token=bob-token",
+    )
+    .await;
+    assert_eq!(signed_in.status, 303);
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let req = hyper::Request::builder()
+        .header("cookie", &cookie)
+        .body(())
+        .unwrap();
+    assert_eq!(api.caller(&req).unwrap().as_str(), "bob");
+    let wrong = call(
+        addr,
+        client::Method::POST,
+        "/login",
+        &form,
+        "token=carol-token",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+}

@@ -17,6 +17,7 @@
 //! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
 
 use super::{Body, ExtraRoutes, body::full};
+use crate::operators::{OperatorName, OperatorTokens};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -45,17 +46,17 @@ const MAX_LOGIN_BODY: usize = 4096;
 #[derive(Clone)]
 pub struct OperatorApi {
     store: Arc<dyn WorkflowStore>,
-    token: Secret,
+    tokens: Arc<OperatorTokens>,
     sessions: Arc<Mutex<Sessions>>,
     clock: SharedClock,
     secure_cookie: bool,
 }
 
 /// Open browser sessions: the SHA-256 of each session id (so a memory dump or a
-/// debug print does not hand out sessions) and when it ends.
+/// debug print does not hand out sessions), when it ends and who signed in.
 #[derive(Default)]
 struct Sessions {
-    by_hash: HashMap<[u8; 32], jiff::Timestamp>,
+    by_hash: HashMap<[u8; 32], (jiff::Timestamp, OperatorName)>,
 }
 
 impl std::fmt::Debug for OperatorApi {
@@ -70,15 +71,23 @@ fn session_hash(id: &str) -> [u8; 32] {
 }
 
 impl OperatorApi {
-    /// The routes over `store`, opened by `token`.
+    /// The routes over `store`, opened by `token` (the control plane's own
+    /// operator token, the operator named [`OperatorName::GENERATED`]).
     pub fn new(store: Arc<dyn WorkflowStore>, token: Secret) -> Self {
         OperatorApi {
             store,
-            token,
+            tokens: Arc::new(OperatorTokens::new().with_token(OperatorName::generated(), &token)),
             sessions: Arc::default(),
             clock: SystemClock::shared(),
             secure_cookie: false,
         }
+    }
+
+    /// Opens the routes to these named operators too (a tokens file), beside
+    /// the token given to [`OperatorApi::new`].
+    pub fn with_operators(mut self, more: &OperatorTokens) -> Self {
+        self.tokens = Arc::new(self.tokens.as_ref().clone().extended(more));
+        self
     }
 
     /// Reads session times from `clock`.
@@ -105,43 +114,48 @@ impl OperatorApi {
             .map(|(_, v)| v.to_string())
     }
 
-    /// Whether the request carries the operator's token as a bearer header, or
-    /// the cookie of a session that has not ended. Never a token in the URL.
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
+    /// Who is calling: the operator whose token the request carries as a
+    /// bearer header, or who opened the session its cookie names (a session
+    /// that has not ended). `None`: nobody the API knows; the request is
+    /// refused. Never a token in the URL.
+    ///
+    /// This is the one answer to "who did it" for every route that acts
+    /// (apply, delete, and the workflow actions): record its name, never the
+    /// token.
+    pub fn caller<B>(&self, req: &Request<B>) -> Option<OperatorName> {
         if let Some(token) = crate::worker_api::bearer_token(req) {
-            return self.token.matches(token.as_bytes());
+            return self.tokens.who(token.as_bytes()).cloned();
         }
-        let Some(id) = Self::session_cookie(req) else {
-            return false;
-        };
+        let id = Self::session_cookie(req)?;
         let now = self.clock.now();
         let sessions = self.sessions.lock().expect("not poisoned");
         sessions
             .by_hash
             .get(&session_hash(&id))
-            .is_some_and(|ends| *ends > now)
+            .filter(|(ends, _)| *ends > now)
+            .map(|(_, who)| who.clone())
     }
 
-    /// Opens a session: a random id, kept as its hash.
-    fn open_session(&self) -> Option<String> {
+    /// Opens a session for `who`: a random id, kept as its hash.
+    fn open_session(&self, who: OperatorName) -> Option<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).ok()?;
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = self.clock.now();
         let mut sessions = self.sessions.lock().expect("not poisoned");
-        sessions.by_hash.retain(|_, ends| *ends > now);
+        sessions.by_hash.retain(|_, (ends, _)| *ends > now);
         if sessions.by_hash.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions
                 .by_hash
                 .iter()
-                .min_by_key(|(_, ends)| **ends)
+                .min_by_key(|(_, (ends, _))| *ends)
                 .map(|(k, _)| *k)
         {
             sessions.by_hash.remove(&oldest);
         }
         sessions
             .by_hash
-            .insert(session_hash(&id), now + SESSION_LIFETIME);
+            .insert(session_hash(&id), (now + SESSION_LIFETIME, who));
         Some(id)
     }
 
@@ -170,18 +184,18 @@ impl OperatorApi {
             .find(|(k, _)| k == "token")
             .map(|(_, v)| Secret::new(v.trim()))
             .unwrap_or_default();
-        if given.is_empty() || !self.token.matches(given.expose().as_bytes()) {
+        let Some(who) = self.tokens.who(given.expose().as_bytes()).cloned() else {
             tracing::warn!("operator sign-in refused: wrong token");
             return page(StatusCode::UNAUTHORIZED, LOGIN_WRONG);
-        }
-        let Some(id) = self.open_session() else {
+        };
+        let Some(id) = self.open_session(who.clone()) else {
             return respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "no randomness for a session id\n",
             );
         };
-        tracing::info!("operator signed in");
+        tracing::info!(operator = %who, "operator signed in");
         let mut r = respond(StatusCode::SEE_OTHER, "text/plain", "signed in\n");
         let h = r.headers_mut();
         h.insert("location", "/status".parse().expect("static header"));
@@ -245,7 +259,7 @@ impl OperatorApi {
     /// Workflow), validated together with the same findings as the validate
     /// example, then each written; `metadata.resourceVersion`, when given, must
     /// be the stored version (a stale one is refused with 409).
-    async fn apply(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn apply(&self, req: Request<Incoming>, who: &OperatorName) -> Response<Body> {
         use tinker_core::model::{Document, parse_documents};
         use tinker_core::store::Precondition;
         let body = match http_body_util::Limited::new(req.into_body(), MAX_APPLY_BODY)
@@ -362,6 +376,7 @@ impl OperatorApi {
             }
         }
         tracing::info!(
+            operator = %who,
             applied = applied.len(),
             refused = refused.len(),
             "operator applied objects"
@@ -387,7 +402,7 @@ impl OperatorApi {
     }
 
     /// `DELETE /api/v1/{kind}/{namespace}/{name}`.
-    async fn delete(&self, path: &str) -> Response<Body> {
+    async fn delete(&self, path: &str, who: &OperatorName) -> Response<Body> {
         use tinker_core::store::Precondition;
         let parts: Vec<String> = path
             .trim_start_matches("/api/v1/")
@@ -411,7 +426,7 @@ impl OperatorApi {
         let key = tinker_core::model::ObjectKey::new(kind, namespace.as_str(), name.as_str());
         match self.store.delete(&key, Precondition::Any).await {
             Ok(()) => {
-                tracing::info!(object = %key.qualified_name(), "operator deleted an object");
+                tracing::info!(operator = %who, object = %key.qualified_name(), "operator deleted an object");
                 respond(StatusCode::NO_CONTENT, "text/plain", "")
             }
             Err(tinker_core::Error::NotFound { .. }) => problem(
@@ -484,18 +499,18 @@ impl ExtraRoutes for OperatorApi {
             _ if path.starts_with("/api/v1/") => {}
             _ => return Err(req),
         }
-        if !self.authorized(&req) {
+        let Some(caller) = self.caller(&req) else {
             return Ok(respond(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
                 "the operator token is missing or wrong (send it as Authorization: Bearer)\n",
             ));
-        }
+        };
         if req.method() == Method::POST && path == "/api/v1/apply" {
-            return Ok(self.apply(req).await);
+            return Ok(self.apply(req, &caller).await);
         }
         if req.method() == Method::DELETE {
-            return Ok(self.delete(&path).await);
+            return Ok(self.delete(&path, &caller).await);
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(respond(
