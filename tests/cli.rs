@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use tinker::boot::credentials::operator_token;
+use tinker::boot::operators::{OperatorTokens, token_hash_text};
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::{Secret, WorkflowStore};
 use tinker::store::MemoryStore;
@@ -20,15 +21,21 @@ struct Plane {
 }
 
 async fn plane() -> Plane {
+    plane_with(OperatorTokens::new()).await
+}
+
+/// A control plane that also knows these named operators.
+async fn plane_with(operators: OperatorTokens) -> Plane {
     let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
     let listeners = Listeners::bind(Ipv4Addr::LOCALHOST, 0, 0, 0).await.unwrap();
     let server = format!("http://{}", listeners.http_addr().unwrap());
-    let plane = ControlPlane::new(
+    let mut plane = ControlPlane::new(
         store.clone(),
         Arc::new(tinker::bmc::MockConnector::new()),
         Ipv4Addr::LOCALHOST,
         Secret::new(SECRET),
     );
+    plane.operator_tokens = operators;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(plane.serve(listeners, async {
         let _ = stopped.await;
@@ -52,6 +59,12 @@ impl Drop for Plane {
 /// token in the environment, as an operator would.
 async fn tinker(server: &str, args: &[&str]) -> Output {
     let token = operator_token(&Secret::new(SECRET)).expose().to_string();
+    tinker_as(server, &token, args).await
+}
+
+/// Runs `tinker ARGS` with this token.
+async fn tinker_as(server: &str, token: &str, args: &[&str]) -> Output {
+    let token = token.to_string();
     let server = server.to_string();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -353,4 +366,60 @@ async fn describe_and_logs_show_each_actions_state_and_output() {
         "{}",
         err(&completions)
     );
+}
+
+/// Two named operators change objects; the change log and the machine's own
+/// log say who did what, and when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_records_who_made_it() {
+    let file = format!(
+        "alice {}\nbob {}\n",
+        token_hash_text(&Secret::new("alice-token")),
+        token_hash_text(&Secret::new("bob-token"))
+    );
+    let operators = OperatorTokens::parse(std::path::Path::new("ops"), &file).unwrap();
+    let p = plane_with(operators).await;
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(&objects, MACHINE).unwrap();
+    let objects = objects.to_str().unwrap();
+    let applied = tinker_as(&p.server, "alice-token", &["apply", "-f", objects]).await;
+    assert!(applied.status.success(), "{}", err(&applied));
+    let again = tinker_as(&p.server, "bob-token", &["apply", "-f", objects]).await;
+    assert!(again.status.success(), "{}", err(&again));
+    let deleted = tinker_as(&p.server, "bob-token", &["delete", "wf", "wf1"]).await;
+    assert!(deleted.status.success(), "{}", err(&deleted));
+
+    let log = tinker_as(&p.server, "alice-token", &["events"]).await;
+    assert!(log.status.success(), "{}", err(&log));
+    let log = out(&log);
+    let lines: Vec<&str> = log.lines().collect();
+    let expected = [
+        "alice created Hardware default/m1",
+        "alice created Template default/t1",
+        "alice created Workflow default/wf1",
+        "bob updated Hardware default/m1",
+        "bob updated Template default/t1",
+        "bob updated Workflow default/wf1",
+        "bob deleted Workflow default/wf1",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{log}");
+    for (line, what) in lines.iter().zip(expected) {
+        assert!(line.ends_with(what), "{line:?} is not {what:?}:\n{log}");
+        // When: the event's time, first.
+        let at = line.split_whitespace().next().unwrap();
+        assert!(at.parse::<jiff::Timestamp>().is_ok(), "{line}");
+        assert!(line.contains(" api "), "{line}");
+    }
+    // The machine's own log has the changes to it and to its workflow.
+    let machine = out(&tinker(&p.server, &["events", "m1"]).await);
+    assert!(
+        machine.contains("alice created Hardware default/m1"),
+        "{machine}"
+    );
+    assert!(
+        machine.contains("workflow default/wf1: bob deleted Workflow default/wf1"),
+        "{machine}"
+    );
+    assert!(!machine.contains("Template"), "{machine}");
 }

@@ -72,10 +72,12 @@ enum Command {
         /// Its name.
         name: String,
     },
-    /// A machine's recent events (`namespace/name`, or a name in `-n`).
+    /// A machine's recent events (`namespace/name`, or a name in `-n`), or
+    /// without a machine the change log: who created, updated or deleted
+    /// what through the API, and when.
     Events {
         /// The machine.
-        machine: String,
+        machine: Option<String>,
     },
     /// A workflow in full: its tasks and actions with state, attempt and
     /// duration, and the last lines of each action's output.
@@ -536,12 +538,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Completions { .. } => {}
         Command::Events { machine } => {
-            let machine = if machine.contains('/') {
-                machine.clone()
-            } else {
-                format!("{}/{machine}", cli.namespace)
+            let path = match machine {
+                None => "/api/v1/changes".to_string(),
+                Some(m) if m.contains('/') => format!("/api/v1/events/{}", m.replace('/', "%2F")),
+                Some(m) => format!("/api/v1/events/{}%2F{m}", cli.namespace),
             };
-            let path = format!("/api/v1/events/{}", machine.replace('/', "%2F"));
             let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
             if status != 200 {
                 return Err(Failure(format!("HTTP {status}: {}", text(&events))));

@@ -119,6 +119,8 @@ pub enum EventSource {
     Worker,
     /// A BMC.
     Bmc,
+    /// The operator API (a change an operator made).
+    Api,
     /// A source this version does not know (an event from a newer one).
     #[serde(other)]
     Other,
@@ -133,6 +135,7 @@ impl fmt::Display for EventSource {
             EventSource::Engine => "engine",
             EventSource::Worker => "worker",
             EventSource::Bmc => "bmc",
+            EventSource::Api => "api",
             EventSource::Other => "other",
         })
     }
@@ -201,6 +204,15 @@ pub enum EventKind {
         /// The line.
         line: String,
     },
+    /// An operator created, updated or deleted an object through the API.
+    ObjectChanged {
+        /// The operator's name (never a token).
+        by: String,
+        /// The object.
+        object: ObjectKey,
+        /// What became of it.
+        change: ObjectChange,
+    },
     /// Free text (events written by earlier versions, or by a vendor's service).
     Note {
         /// The text.
@@ -236,8 +248,40 @@ impl fmt::Display for EventKind {
                 stream,
                 line,
             } => write!(f, "action {action_index}: {stream}: {line}"),
+            EventKind::ObjectChanged { by, object, change } => {
+                write!(f, "{by} {change} {object}")
+            }
             EventKind::Note { message } => f.write_str(message),
         }
+    }
+}
+
+/// The log every change made through the operator API is appended to, as the
+/// events of this pseudo-machine (no Hardware's `namespace/name` and no MAC
+/// can be `@changes`). A change to a Hardware, or to a Workflow, is also
+/// appended to its machine's own log.
+pub const CHANGE_LOG: &str = "@changes";
+
+/// What a change did to an object ([`EventKind::ObjectChanged`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ObjectChange {
+    /// It did not exist before.
+    Created,
+    /// It existed and was written again.
+    Updated,
+    /// It was deleted.
+    Deleted,
+}
+
+impl fmt::Display for ObjectChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectChange::Created => "created",
+            ObjectChange::Updated => "updated",
+            ObjectChange::Deleted => "deleted",
+        })
     }
 }
 

@@ -13,7 +13,14 @@
 //! | `/status` | the status page (it sends a browser without a session to `/login`) |
 //! | `/login`, `POST /login`, `POST /logout` | the sign-in form; open or close a browser session |
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
-//! | `/api/v1/events/{machine}` | the machine's last 50 events |
+//! | `/api/v1/events/{machine}?limit=N` | the machine's last N events (50 by default) |
+//! | `/api/v1/changes?limit=N` | the change log: who created, updated or deleted what, and when |
+//! | `POST /api/v1/apply` | create or update objects (YAML or JSON) |
+//! | `DELETE /api/v1/{kind}/{namespace}/{name}` | delete an object |
+//!
+//! Each request that acts is made by someone: [`OperatorApi::caller`] names the
+//! operator (a named token, or `operator` for the generated one), and each
+//! change is recorded with that name ([`EventKind::ObjectChanged`]).
 //! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
 
 use super::{Body, ExtraRoutes, body::full};
@@ -28,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tinker_core::clock::{SharedClock, SystemClock};
 use tinker_core::model::Kind;
+use tinker_core::store::{CHANGE_LOG, EventKind, EventSource, MachineEvent, ObjectChange};
 use tinker_core::{Secret, WorkflowStore};
 
 /// The session cookie's name.
@@ -240,6 +248,21 @@ pub fn kind_named(name: &str) -> Option<Kind> {
     }
 }
 
+/// The machine log an object's changes also go to: a Hardware's own, a
+/// Workflow's machine's.
+fn machine_of(o: &tinker_core::model::Object) -> Option<String> {
+    use tinker_core::model::Object;
+    match o {
+        Object::Hardware(h) => Some(format!("{}/{}", h.metadata.namespace(), h.metadata.name)),
+        Object::Workflow(w) => Some(format!(
+            "{}/{}",
+            w.metadata.namespace(),
+            w.spec.hardware_ref
+        )),
+        _ => None,
+    }
+}
+
 /// A problem document (RFC 9457) as JSON.
 fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
     let body = serde_json::json!({
@@ -339,13 +362,34 @@ impl OperatorApi {
                 },
                 None => Precondition::Any,
             };
+            let existed = match self.store.get(&key).await {
+                Ok(v) => v.is_some(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "apply: store read failed");
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the store is unavailable",
+                        serde_json::json!({"applied": applied}),
+                    );
+                }
+            };
+            let machine = machine_of(&object);
             match self.store.put(object, precondition).await {
-                Ok(version) => applied.push(serde_json::json!({
+                Ok(version) => {
+                    let change = if existed {
+                        ObjectChange::Updated
+                    } else {
+                        ObjectChange::Created
+                    };
+                    self.record_change(who, &key, change, machine).await;
+                    applied.push(serde_json::json!({
                     "kind": key.kind.as_str(),
                     "namespace": key.namespace,
                     "name": key.name,
                     "resourceVersion": version.to_string(),
-                })),
+                    "change": change,
+                    }));
+                }
                 Err(tinker_core::Error::Conflict { .. }) => {
                     return problem(
                         StatusCode::CONFLICT,
@@ -401,6 +445,41 @@ impl OperatorApi {
         )
     }
 
+    /// Records who changed what: in the change log ([`CHANGE_LOG`]) and, for
+    /// a Hardware or a Workflow, in its machine's log. The change is made
+    /// already; a store that cannot take the event is logged, not answered
+    /// as a failed change.
+    async fn record_change(
+        &self,
+        who: &OperatorName,
+        key: &tinker_core::model::ObjectKey,
+        change: ObjectChange,
+        machine: Option<String>,
+    ) {
+        let now = self.clock.now();
+        let kind = EventKind::ObjectChanged {
+            by: who.to_string(),
+            object: key.clone(),
+            change,
+        };
+        let mut events = vec![MachineEvent::new(
+            now,
+            CHANGE_LOG,
+            EventSource::Api,
+            kind.clone(),
+        )];
+        if let Some(machine) = machine {
+            let mut e = MachineEvent::new(now, machine, EventSource::Api, kind);
+            if key.kind == Kind::Workflow {
+                e = e.for_workflow(format!("{}/{}", key.namespace, key.name));
+            }
+            events.push(e);
+        }
+        if let Err(e) = self.store.append_events(events).await {
+            tracing::warn!(error = %e, object = %key, "the change could not be recorded");
+        }
+    }
+
     /// `DELETE /api/v1/{kind}/{namespace}/{name}`.
     async fn delete(&self, path: &str, who: &OperatorName) -> Response<Body> {
         use tinker_core::store::Precondition;
@@ -424,8 +503,14 @@ impl OperatorApi {
             );
         };
         let key = tinker_core::model::ObjectKey::new(kind, namespace.as_str(), name.as_str());
+        let machine = match self.store.get(&key).await {
+            Ok(Some(v)) => machine_of(&v.value),
+            _ => None,
+        };
         match self.store.delete(&key, Precondition::Any).await {
             Ok(()) => {
+                self.record_change(who, &key, ObjectChange::Deleted, machine)
+                    .await;
                 tracing::info!(operator = %who, object = %key.qualified_name(), "operator deleted an object");
                 respond(StatusCode::NO_CONTENT, "text/plain", "")
             }
@@ -528,8 +613,13 @@ impl ExtraRoutes for OperatorApi {
                 return Ok(super::diagnosis::answer(self.store.as_ref(), rest, now).await);
             }
             rest => {
-                if let Some(machine) = rest.strip_prefix("events/") {
-                    let machine = percent_decode_str(machine).decode_utf8_lossy();
+                let log = if rest == "changes" {
+                    Some(CHANGE_LOG.into())
+                } else {
+                    rest.strip_prefix("events/")
+                        .map(|m| percent_decode_str(m).decode_utf8_lossy())
+                };
+                if let Some(machine) = log {
                     // `?limit=N`: the last N events (50 by default, at most
                     // MAX_EVENTS_PER_ANSWER).
                     let limit = req
