@@ -423,3 +423,100 @@ async fn each_change_records_who_made_it() {
     );
     assert!(!machine.contains("Template"), "{machine}");
 }
+
+/// One owner per object, both ways, with the homelab's own watched-directory
+/// code: what a file holds is refused by the API (naming the file), and what
+/// the API applied is left alone by the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_object_has_one_owner_the_api_or_a_file() {
+    use tinker::core::model::{Document, Object, Owner};
+    use tinker::watched::{Outcome, load, scan};
+    let p = plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hardware = |name: &str, host: &str, ip: u8| {
+        format!(
+            "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: {name}}}\nspec:\n  metadata: {{instance: {{hostname: {host}}}}}\n  interfaces:\n    - dhcp: {{mac: \"02:00:00:00:d1:{ip:02x}\", ip: {{address: 127.0.8.{ip}, netmask: 255.0.0.0}}}}\n"
+        )
+    };
+    let watched = dir.path().join("objects");
+    std::fs::create_dir(&watched).unwrap();
+    let from_file = watched.join("m1.yaml");
+    std::fs::write(&from_file, hardware("m1", "from-file", 1)).unwrap();
+    let loaded = load(p.store.as_ref(), &scan(&watched)).await;
+    assert!(
+        matches!(loaded.outcomes.as_slice(), [Outcome::Stored { .. }]),
+        "{:?}",
+        loaded.outcomes
+    );
+
+    // The API refuses to change or delete what the file owns, and says which file.
+    let edit = dir.path().join("m1-edit.yaml");
+    std::fs::write(&edit, hardware("m1", "from-api", 1)).unwrap();
+    let refused = tinker(&p.server, &["apply", "-f", edit.to_str().unwrap()]).await;
+    assert!(!refused.status.success());
+    let e = err(&refused);
+    assert!(
+        e.contains(&format!(
+            "Hardware default/m1 comes from the file {} of the watched directory",
+            from_file.display()
+        )),
+        "{e}"
+    );
+    let not_deleted = tinker(&p.server, &["delete", "hw", "m1"]).await;
+    assert!(!not_deleted.status.success());
+    assert!(
+        err(&not_deleted).contains("HTTP 409"),
+        "{}",
+        err(&not_deleted)
+    );
+    assert!(
+        err(&not_deleted).contains("m1.yaml"),
+        "{}",
+        err(&not_deleted)
+    );
+    let host = |o: &Object| match o {
+        Object::Hardware(h) => {
+            serde_json::to_value(&h.spec.metadata).unwrap()["instance"]["hostname"].clone()
+        }
+        _ => unreachable!(),
+    };
+    let key =
+        tinker::core::model::ObjectKey::new(tinker::core::model::Kind::Hardware, "default", "m1");
+    let m1 = p.store.get(&key).await.unwrap().unwrap().value;
+    assert_eq!(host(&m1), "from-file");
+    assert_eq!(
+        m1.owner(),
+        Some(Owner::File(from_file.display().to_string()))
+    );
+
+    // What the API applied, the directory leaves alone, and says why.
+    let api_file = dir.path().join("m2.yaml");
+    std::fs::write(&api_file, hardware("m2", "from-api", 2)).unwrap();
+    let applied = tinker(&p.server, &["apply", "-f", api_file.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", err(&applied));
+    std::fs::write(watched.join("m2.yaml"), hardware("m2", "from-file", 2)).unwrap();
+    let loaded = load(p.store.as_ref(), &scan(&watched)).await;
+    let skipped: Vec<String> = loaded
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::OwnedByApi { .. }))
+        .map(|o| o.to_string())
+        .collect();
+    assert_eq!(skipped.len(), 1, "{:?}", loaded.outcomes);
+    assert!(
+        skipped[0].contains("Hardware default/m2") && skipped[0].contains("through the API"),
+        "{}",
+        skipped[0]
+    );
+    assert!(
+        loaded
+            .documents
+            .iter()
+            .any(|d| matches!(d, Document::Object(_)))
+    );
+    let key2 =
+        tinker::core::model::ObjectKey::new(tinker::core::model::Kind::Hardware, "default", "m2");
+    let m2 = p.store.get(&key2).await.unwrap().unwrap().value;
+    assert_eq!(host(&m2), "from-api");
+    assert_eq!(m2.owner(), Some(Owner::Api));
+}

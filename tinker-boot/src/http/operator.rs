@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tinker_core::clock::{SharedClock, SystemClock};
-use tinker_core::model::Kind;
+use tinker_core::model::{Kind, Owner};
 use tinker_core::store::{CHANGE_LOG, EventKind, EventSource, MachineEvent, ObjectChange};
 use tinker_core::{Secret, WorkflowStore};
 
@@ -263,6 +263,29 @@ fn machine_of(o: &tinker_core::model::Object) -> Option<String> {
     }
 }
 
+/// The refusal of a change to an object that comes from a file of the
+/// watched directory (one owner per object: see [`Owner`]).
+fn owned_by_file(
+    stored: &tinker_core::model::Object,
+    key: &tinker_core::model::ObjectKey,
+    applied: &[serde_json::Value],
+) -> Option<Response<Body>> {
+    let Some(Owner::File(file)) = stored.owner() else {
+        return None;
+    };
+    let body = serde_json::json!({
+        "status": 409,
+        "title": format!("{key} comes from the file {file} of the watched directory; change it there (the API does not change objects a file owns)"),
+        "detail": {"object": key.qualified_name(), "owner": format!("file:{file}")},
+        "applied": applied,
+    });
+    Some(respond(
+        StatusCode::CONFLICT,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    ))
+}
+
 /// A problem document (RFC 9457) as JSON.
 fn problem(code: StatusCode, title: &str, detail: serde_json::Value) -> Response<Body> {
     let body = serde_json::json!({
@@ -363,7 +386,13 @@ impl OperatorApi {
                 None => Precondition::Any,
             };
             let existed = match self.store.get(&key).await {
-                Ok(v) => v.is_some(),
+                Ok(Some(v)) => {
+                    if let Some(refusal) = owned_by_file(&v.value, &key, &applied) {
+                        return refusal;
+                    }
+                    true
+                }
+                Ok(None) => false,
                 Err(e) => {
                     tracing::warn!(error = %e, "apply: store read failed");
                     return problem(
@@ -374,6 +403,7 @@ impl OperatorApi {
                 }
             };
             let machine = machine_of(&object);
+            object.set_owner(&Owner::Api);
             match self.store.put(object, precondition).await {
                 Ok(version) => {
                     let change = if existed {
@@ -504,7 +534,12 @@ impl OperatorApi {
         };
         let key = tinker_core::model::ObjectKey::new(kind, namespace.as_str(), name.as_str());
         let machine = match self.store.get(&key).await {
-            Ok(Some(v)) => machine_of(&v.value),
+            Ok(Some(v)) => {
+                if let Some(refusal) = owned_by_file(&v.value, &key, &[]) {
+                    return refusal;
+                }
+                machine_of(&v.value)
+            }
             _ => None,
         };
         match self.store.delete(&key, Precondition::Any).await {

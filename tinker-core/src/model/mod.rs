@@ -10,6 +10,7 @@
 
 mod agent;
 mod hardware;
+mod owner;
 mod template;
 mod workflow;
 
@@ -18,6 +19,7 @@ pub use hardware::{
     Dhcp, Disk, Hardware, HardwareMetadata, HardwareSpec, Instance, Interface, IpConfig, Ipxe,
     METADATA_TOKEN_SHA256, NETBOOT_SINCE, Netboot, ObjectReference, Osie,
 };
+pub use owner::{OWNER_ANNOTATION, Owner};
 pub use template::{
     ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec,
 };
