@@ -520,3 +520,86 @@ async fn each_object_has_one_owner_the_api_or_a_file() {
     assert_eq!(host(&m2), "from-api");
     assert_eq!(m2.owner(), Some(Owner::Api));
 }
+
+/// The CLI over HTTPS against the control plane's HTTPS listener: trusting
+/// the CA that signed its certificate, or the certificate's fingerprint; a
+/// server that is not the one trusted gets nothing, not even the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_https_trusting_a_ca_or_a_fingerprint() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let identity = tinker::boot::http::tls::TlsIdentity::from_pem(
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let fingerprint = tinker::boot::http::tls::fingerprint_text(&identity.fingerprint());
+
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mut listeners = Listeners::bind(Ipv4Addr::LOCALHOST, 0, 0, 0).await.unwrap();
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("https://{}", https.local_addr().unwrap());
+    listeners.https = Some(https);
+    let mut plane = ControlPlane::new(
+        store.clone(),
+        Arc::new(tinker::bmc::MockConnector::new()),
+        Ipv4Addr::LOCALHOST,
+        Secret::new(SECRET),
+    );
+    plane.tls = Some(identity);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(plane.serve(listeners, async {
+        let _ = stopped.await;
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(&objects, MACHINE).unwrap();
+
+    let applied = tinker(
+        &server,
+        &[
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "apply",
+            "-f",
+            objects.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(applied.status.success(), "{}", err(&applied));
+    let listed = tinker(&server, &["--tls-fingerprint", &fingerprint, "get", "wf"]).await;
+    assert!(listed.status.success(), "{}", err(&listed));
+    assert!(out(&listed).contains("wf1"), "{}", out(&listed));
+
+    // Another certificate's fingerprint, or another CA: refused in the handshake.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let wrong = tinker::boot::http::tls::fingerprint_text(
+        &tinker::boot::http::tls::certificate_fingerprint(other.cert.pem().as_bytes()).unwrap(),
+    );
+    let refused = tinker(&server, &["--tls-fingerprint", &wrong, "get", "wf"]).await;
+    assert!(!refused.status.success());
+    assert!(err(&refused).contains("TLS with"), "{}", err(&refused));
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let refused = tinker(
+        &server,
+        &["--ca-file", other_ca.to_str().unwrap(), "get", "wf"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(err(&refused).contains("TLS with"), "{}", err(&refused));
+    // HTTPS without a trust: a clear error, nothing sent.
+    let none = tinker(&server, &["get", "wf"]).await;
+    assert!(!none.status.success());
+    assert!(err(&none).contains("--ca-file"), "{}", err(&none));
+    let _ = stop.send(());
+}

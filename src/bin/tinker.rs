@@ -2,7 +2,7 @@
 //! in the manner of kubectl.
 //!
 //! ```text
-//! export TINKER_SERVER=http://10.0.0.1:8080
+//! export TINKER_SERVER=http://10.0.0.1:8080   # or https://10.0.0.1:8443 with --ca-file or --tls-fingerprint
 //! export TINKER_TOKEN=$(cat tinker-data/operator-token)
 //! tinker get workflows
 //! tinker get hardware -o yaml
@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tinker::actions::agent::ServerTrust;
 use tinker::boot::http::client::{self, Method};
 use tinker::boot::http::kind_named;
 use tinker::core::model::{Kind, Object, Workflow};
@@ -37,6 +38,19 @@ struct Cli {
     /// `<data dir>/operator-token`).
     #[arg(long, env = "TINKER_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// For an `https://` server: the PEM CA that signed its certificate.
+    #[arg(
+        long,
+        env = "TINKER_CA_FILE",
+        global = true,
+        conflicts_with = "tls_fingerprint"
+    )]
+    ca_file: Option<PathBuf>,
+    /// For an `https://` server: its certificate's SHA-256 fingerprint
+    /// (`sha256:HEX`, as the control plane puts it on each machine's kernel
+    /// line, or as `openssl x509 -fingerprint -sha256` prints it).
+    #[arg(long, env = "TINKER_TLS_FINGERPRINT", global = true)]
+    tls_fingerprint: Option<String>,
     /// The namespace.
     #[arg(short, long, global = true, default_value = "default")]
     namespace: String,
@@ -124,22 +138,52 @@ impl<E: std::fmt::Display> From<E> for Failure {
 struct Api {
     server: SocketAddr,
     auth: String,
+    /// For `https://`: the name the certificate must hold and the trust.
+    tls: Option<(String, std::sync::Arc<rustls::ClientConfig>)>,
 }
 
 impl Api {
     async fn new(cli: &Cli) -> Result<Api, Failure> {
-        let rest = cli.server.strip_prefix("http://").ok_or_else(|| {
-            Failure(format!(
-                "--server {:?}: expected http://HOST:PORT (for HTTPS, put a proxy in front for now)",
-                cli.server
-            ))
-        })?;
+        let (https, rest) = match cli.server.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => {
+                return Err(Failure(format!(
+                    "--server {:?}: expected http://HOST:PORT or https://HOST:PORT",
+                    cli.server
+                )));
+            }
+        };
         let host = rest.trim_end_matches('/');
         let server = tokio::net::lookup_host(host)
             .await
             .map_err(|e| Failure(format!("{host}: {e}")))?
             .next()
             .ok_or_else(|| Failure(format!("{host}: no address")))?;
+        let tls = if https {
+            let trust = match (&cli.ca_file, &cli.tls_fingerprint) {
+                (Some(ca), None) => ServerTrust::CaPem(
+                    std::fs::read(ca).map_err(|e| Failure(format!("{}: {e}", ca.display())))?,
+                ),
+                (None, Some(fp)) => ServerTrust::parse_fingerprint(fp)?,
+                _ => {
+                    return Err(Failure(
+                        "https:// needs --ca-file PEM (the CA that signed the control plane's certificate) or --tls-fingerprint sha256:HEX (the certificate's; the control plane puts it on each machine's kernel line)".into(),
+                    ));
+                }
+            };
+            // The name the certificate is checked for: the URL's host, an
+            // address without its brackets.
+            let name = host
+                .rsplit_once(':')
+                .map_or(host, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            Some((name, std::sync::Arc::new(trust.client_config()?)))
+        } else {
+            None
+        };
         let token = cli.token.clone().ok_or_else(|| {
             Failure(
                 "no token: pass --token or set TINKER_TOKEN (see <data dir>/operator-token)".into(),
@@ -148,6 +192,7 @@ impl Api {
         Ok(Api {
             server,
             auth: format!("Bearer {}", token.trim()),
+            tls,
         })
     }
 
@@ -161,9 +206,17 @@ impl Api {
             ("authorization", self.auth.as_str()),
             ("content-type", "application/yaml"),
         ];
-        let r = client::request(self.server, None, method, path, &headers, body)
-            .await
-            .map_err(|e| Failure(format!("{}: {e}", self.server)))?;
+        let connection = match &self.tls {
+            Some((name, config)) => {
+                client::HttpConnection::connect_tls(self.server, name, config.clone()).await
+            }
+            None => client::HttpConnection::connect(self.server, None).await,
+        };
+        let r = match connection {
+            Ok(mut c) => c.send(method, path, &headers, body).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| Failure(format!("{}: {e}", self.server)))?;
         if r.status == 401 {
             return Err(Failure("the control plane refused the token".into()));
         }
