@@ -8,7 +8,8 @@
 //!     [--workers http://10.0.0.1:8080,http://10.0.0.2:8080] [--mock-bmcs]
 //! ```
 //!
-//! `--help` lists the flags. Prints one line `ready http=… dhcp=… tftp=…` when serving; stops cleanly on
+//! `--help` lists the flags. Prints one line `ready http=… dhcp=… tftp=… operator-token=PATH` when
+//! serving (the file the operator token is in, mode 0600; never the token); stops cleanly on
 //! SIGTERM or Ctrl-C.
 
 use std::net::Ipv4Addr;
@@ -190,14 +191,14 @@ async fn run(a: Args) -> Result<(), String> {
         None => String::new(),
     };
     println!(
-        "ready http={} dhcp={} tftp={} replica={}{https}",
+        // The token file's path, never the token.
+        "ready http={} dhcp={} tftp={} replica={}{https} operator-token={}",
         listeners.http.local_addr().map_err(|e| e.to_string())?,
         listeners.dhcp.local_addr().map_err(|e| e.to_string())?,
         listeners.tftp.local_addr().map_err(|e| e.to_string())?,
-        plane.engine.replica
+        plane.engine.replica,
+        token_file.display()
     );
-    // The path, never the token.
-    println!("operator token in {}", token_file.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -603,3 +603,62 @@ async fn the_cli_speaks_https_trusting_a_ca_or_a_fingerprint() {
     assert!(err(&none).contains("--ca-file"), "{}", err(&none));
     let _ = stop.send(());
 }
+
+/// The control plane writes the operator token to `<data dir>/operator-token`
+/// (beside its secret file, mode 0600) and prints that path on its `ready`
+/// line, never the token,
+/// so `TINKER_TOKEN=$(cat data/operator-token) tinker ...` works.
+#[test]
+fn the_control_plane_writes_the_operator_token_file_and_prints_its_path() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/control-plane");
+    assert!(
+        example.exists(),
+        "{} is not built (cargo test builds examples)",
+        example.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut child = Command::new(&example)
+        .arg("--store")
+        .arg(format!("redb:{}", data.join("tinker.redb").display()))
+        .arg("--secret-file")
+        .arg(data.join("worker-secret"))
+        .args(["--dhcp-port", "0", "--tftp-port", "0", "--http-port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first line: `ready ...`, with the token file's path.
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let path = data.join("operator-token");
+    assert!(ready.starts_with("ready "), "{ready}");
+    assert!(
+        ready
+            .split_whitespace()
+            .any(|w| w == format!("operator-token={}", path.display())),
+        "{ready}"
+    );
+    let secret = tinker::boot::credentials::read_secret_file(&data.join("worker-secret")).unwrap();
+    let token = operator_token(&secret);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        token.expose()
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!ready.contains(token.expose()), "{ready}");
+}
