@@ -662,3 +662,79 @@ fn the_control_plane_writes_the_operator_token_file_and_prints_its_path() {
     assert_eq!(mode, 0o600);
     assert!(!ready.contains(token.expose()), "{ready}");
 }
+
+/// `tinker get workflows --watch` prints the table, then a row for each change
+/// made while it watches: a new workflow, one deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_rows_as_they_change() {
+    use std::io::{BufRead, BufReader};
+    let p = plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(&objects, MACHINE).unwrap();
+    let applied = tinker(&p.server, &["apply", "-f", objects.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", err(&applied));
+
+    struct Watching(std::process::Child);
+    impl Drop for Watching {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut watching = Watching(
+        Command::new(env!("CARGO_BIN_EXE_tinker"))
+            .args(["get", "workflows", "--watch"])
+            .env("TINKER_SERVER", &p.server)
+            .env(
+                "TINKER_TOKEN",
+                operator_token(&Secret::new(SECRET)).expose(),
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watching.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || tokio::task::block_in_place(|| rx.recv().expect("tinker get --watch ended"));
+    let header = next();
+    assert!(header.starts_with("NAMESPACE  NAME"), "{header}");
+    let first = next();
+    assert!(first.contains("wf1"), "{first}");
+
+    // A workflow created while it watches: its row comes.
+    let wf2 = dir.path().join("wf2.yaml");
+    std::fs::write(
+        &wf2,
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: wf2}\nspec: {templateRef: t1, hardwareRef: m1, hardwareMap: {device_1: \"02:00:00:00:c1:01\"}}\n",
+    )
+    .unwrap();
+    let applied = tinker(&p.server, &["apply", "-f", wf2.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", err(&applied));
+    let created = loop {
+        let line = next();
+        if line.contains("wf2") {
+            break line;
+        }
+    };
+    assert!(created.starts_with("default"), "{created}");
+    assert!(!created.contains("DELETED"), "{created}");
+
+    // Deleted while it watches: its last row, marked.
+    let deleted = tinker(&p.server, &["delete", "workflow", "wf2"]).await;
+    assert!(deleted.status.success(), "{}", err(&deleted));
+    let gone = loop {
+        let line = next();
+        if line.contains("wf2") && line.contains("DELETED") {
+            break line;
+        }
+    };
+    assert!(gone.ends_with("DELETED"), "{gone}");
+}

@@ -72,6 +72,10 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// After the table, keep printing each row as it changes (a deleted
+        /// object's last row ends in DELETED), until interrupted.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Creates or updates the objects in YAML or JSON files.
     Apply {
@@ -303,24 +307,84 @@ fn header(kind: Kind) -> Vec<&'static str> {
     h
 }
 
-fn print_table(head: &[&str], rows: &[Vec<String>]) {
+/// Prints the table; the column widths, for rows printed later.
+fn print_table(head: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let out: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", out.join("  ").trim_end());
-    };
-    line(head.iter().map(|h| h.to_string()).collect());
+    print_row(
+        &widths,
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
     for r in rows {
-        line(r.clone());
+        print_row(&widths, r);
+    }
+    widths
+}
+
+fn print_row(widths: &[usize], cells: &[String]) {
+    let out: Vec<String> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+        .collect();
+    println!("{}", out.join("  ").trim_end());
+}
+
+/// `get KIND --watch`: the table, then each row again when it changes, as the
+/// operator API's long poll (`?watch=TOKEN`) reports the list changed.
+async fn watch_rows(
+    api: &Api,
+    kind: Kind,
+    wanted: &dyn Fn(&serde_json::Value) -> bool,
+) -> Result<(), Failure> {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let mut token = String::new();
+    let mut shown: Option<(Vec<usize>, BTreeMap<String, Vec<String>>)> = None;
+    loop {
+        let path = format!("/api/v1/{}?watch={token}", plural(kind));
+        let (status, answer) = api.call(Method::GET, &path, Vec::new()).await?;
+        if status != 200 {
+            return Err(Failure(format!("HTTP {status}: {}", text(&answer))));
+        }
+        token = text(&answer["token"]);
+        let rows: BTreeMap<String, Vec<String>> = answer["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| wanted(i))
+            .map(|i| {
+                let r = row(kind, i);
+                (format!("{}/{}", r[0], r[1]), r)
+            })
+            .collect();
+        match &mut shown {
+            None => {
+                let all: Vec<Vec<String>> = rows.values().cloned().collect();
+                shown = Some((print_table(&header(kind), &all), rows));
+            }
+            Some((widths, before)) => {
+                for (key, r) in &rows {
+                    if before.get(key) != Some(r) {
+                        print_row(widths, r);
+                    }
+                }
+                for (key, r) in before.iter() {
+                    if !rows.contains_key(key) {
+                        let mut gone = r.clone();
+                        gone.push("DELETED".into());
+                        print_row(widths, &gone);
+                    }
+                }
+                *before = rows;
+            }
+        }
+        let _ = std::io::stdout().flush();
     }
 }
 
@@ -384,12 +448,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             output,
             all_namespaces,
+            watch,
         } => {
             let kind = kind_named(kind).ok_or_else(|| {
                 Failure(format!(
                     "{kind:?}: expected hardware, templates or workflows"
                 ))
             })?;
+            let wanted = |i: &serde_json::Value| {
+                let m = &i["value"]["metadata"];
+                let ns = m["namespace"].as_str().unwrap_or("default");
+                (*all_namespaces || ns == cli.namespace)
+                    && name.as_deref().is_none_or(|n| m["name"] == n)
+            };
+            if *watch {
+                if !matches!(output, Output::Table) {
+                    return Err(Failure("--watch prints the table only".into()));
+                }
+                return watch_rows(&api, kind, &wanted).await;
+            }
             let (status, list) = api
                 .call(
                     Method::GET,
@@ -405,12 +482,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|i| {
-                    let m = &i["value"]["metadata"];
-                    let ns = m["namespace"].as_str().unwrap_or("default");
-                    (*all_namespaces || ns == cli.namespace)
-                        && name.as_deref().is_none_or(|n| m["name"] == n)
-                })
+                .filter(|i| wanted(i))
                 .collect();
             if let (Some(n), true) = (name, items.is_empty()) {
                 return Err(Failure(format!(

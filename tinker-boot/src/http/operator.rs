@@ -15,6 +15,7 @@
 //! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
 //! | `/api/v1/events/{machine}?limit=N` | the machine's last N events (50 by default) |
 //! | `/api/v1/changes?limit=N` | the change log: who created, updated or deleted what, and when |
+//! | `/api/v1/{kind}?watch=TOKEN` | a long poll: the list once it changes (see `OperatorApi::watch`) |
 //! | `POST /api/v1/apply` | create or update objects (YAML or JSON) |
 //! | `DELETE /api/v1/{kind}/{namespace}/{name}` | delete an object |
 //!
@@ -56,6 +57,7 @@ pub struct OperatorApi {
     store: Arc<dyn WorkflowStore>,
     tokens: Arc<OperatorTokens>,
     sessions: Arc<Mutex<Sessions>>,
+    watches: Arc<tokio::sync::Semaphore>,
     clock: SharedClock,
     secure_cookie: bool,
 }
@@ -86,6 +88,7 @@ impl OperatorApi {
             store,
             tokens: Arc::new(OperatorTokens::new().with_token(OperatorName::generated(), &token)),
             sessions: Arc::default(),
+            watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)),
             clock: SystemClock::shared(),
             secure_cookie: false,
         }
@@ -682,6 +685,15 @@ impl ExtraRoutes for OperatorApi {
                 return Ok(respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"));
             }
         };
+        if let Some(after) = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("watch="))
+        {
+            return Ok(self.watch(kind, after).await);
+        }
         Ok(match self.store.list(kind).await {
             Ok(items) => respond(
                 StatusCode::OK,
@@ -694,6 +706,95 @@ impl ExtraRoutes for OperatorApi {
                 "store unavailable\n",
             ),
         })
+    }
+}
+
+/// Longest a watch waits for a change before it answers with the list as it
+/// is (below the HTTP server's stall timeout, so the connection stays open).
+pub const WATCH_WAIT: Duration = Duration::from_secs(20);
+
+/// Watches held at once, all operators together; more are answered 503.
+pub const MAX_WATCHES: usize = 64;
+
+/// What a list held: each object's key and version, hashed. Two lists with
+/// the same token hold the same versions of the same objects.
+fn list_token(items: &[tinker_core::Versioned<tinker_core::model::Object>]) -> String {
+    use sha2::Digest;
+    let mut keys: Vec<(String, u64)> = items
+        .iter()
+        .map(|i| (i.value.key().qualified_name(), i.version))
+        .collect();
+    keys.sort();
+    let mut h = sha2::Sha256::new();
+    for (k, v) in keys {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update(v.to_be_bytes());
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl OperatorApi {
+    /// `GET /api/v1/{kind}?watch=TOKEN`: a long poll on the store's change
+    /// feed. The list (`{"token": ..., "items": [...]}`) as soon as it differs
+    /// from the one `TOKEN` names (at once for an empty or unknown token), or
+    /// as it is after [`WATCH_WAIT`]. The feed is joined before the list is
+    /// read, so a change between two polls is never missed.
+    async fn watch(&self, kind: Kind, after: &str) -> Response<Body> {
+        let Ok(_held) = self.watches.clone().try_acquire_owned() else {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many watches at once; try again",
+                serde_json::json!(MAX_WATCHES),
+            );
+        };
+        let mut feed = self.store.watch();
+        let deadline = self.clock.now() + WATCH_WAIT;
+        loop {
+            let items = match self.store.list(kind).await {
+                Ok(items) => items,
+                Err(_) => {
+                    return respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "store unavailable\n",
+                    );
+                }
+            };
+            let token = list_token(&items);
+            let answer = || {
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec(&serde_json::json!({"token": token, "items": items}))
+                        .unwrap_or_default(),
+                )
+            };
+            if token != after {
+                return answer();
+            }
+            let changed = async {
+                loop {
+                    match feed.recv().await {
+                        Ok(c) if c.key.kind == kind => return,
+                        Ok(_) => {}
+                        // Missed some: read the list again.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        // No more changes will come: wait out the deadline.
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = self.clock.sleep_until(deadline) => return answer(),
+                _ = changed => {}
+            }
+        }
     }
 }
 
