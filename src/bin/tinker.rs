@@ -344,7 +344,9 @@ async fn watch_rows(
     use std::collections::BTreeMap;
     use std::io::Write;
     let mut token = String::new();
-    let mut shown: Option<(Vec<usize>, BTreeMap<String, Vec<String>>)> = None;
+    /// The rows printed last, by `namespace/name`.
+    type Rows = BTreeMap<String, Vec<String>>;
+    let mut shown: Option<(Vec<usize>, Rows)> = None;
     loop {
         let path = format!("/api/v1/{}?watch={token}", plural(kind));
         let (status, answer) = api.call(Method::GET, &path, Vec::new()).await?;
@@ -352,7 +354,7 @@ async fn watch_rows(
             return Err(Failure(format!("HTTP {status}: {}", text(&answer))));
         }
         token = text(&answer["token"]);
-        let rows: BTreeMap<String, Vec<String>> = answer["items"]
+        let rows: Rows = answer["items"]
             .as_array()
             .cloned()
             .unwrap_or_default()
