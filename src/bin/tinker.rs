@@ -72,8 +72,9 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// After the table, keep printing each row as it changes (a deleted
-        /// object's last row ends in DELETED), until interrupted.
+        /// After the table, keep printing each row as it changes (not for its
+        /// version alone; a deleted object's last row ends in DELETED), until
+        /// interrupted.
         #[arg(short, long)]
         watch: bool,
     },
@@ -371,8 +372,14 @@ async fn watch_rows(
                 shown = Some((print_table(&header(kind), &all), rows));
             }
             Some((widths, before)) => {
+                // The version alone changes often (the engine's leases): a
+                // row is printed again when something else in it changed.
+                let shown_part = |r: &[String]| r[..r.len() - 1].to_vec();
                 for (key, r) in &rows {
-                    if before.get(key) != Some(r) {
+                    if before.get(key).map(|b| shown_part(b)) != Some(shown_part(r)) {
+                        for (w, c) in widths.iter_mut().zip(r) {
+                            *w = (*w).max(c.chars().count());
+                        }
                         print_row(widths, r);
                     }
                 }
