@@ -270,3 +270,70 @@ async fn named_operator_tokens_say_who_calls() {
     .await;
     assert_eq!(wrong.status, 401);
 }
+
+/// `GET /api/v1/{kind}?watch=TOKEN` is a long poll: the list at once when it
+/// differs from TOKEN's, as soon as a change comes, and as it is once
+/// WATCH_WAIT has passed on the API's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_answers_on_a_change_or_at_its_deadline() {
+    use tinker_boot::http::WATCH_WAIT;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let api = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
+        .with_clock(clock.clone());
+    let mut config = HttpConfig::new(store.clone());
+    config.extra = Some(Arc::new(api));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
+    let bearer = format!("Bearer {}", operator_token(&Secret::new(SECRET)).expose());
+    let watch = |token: String| {
+        let bearer = bearer.clone();
+        async move {
+            let r = call(
+                addr,
+                client::Method::GET,
+                &format!("/api/v1/hardware?watch={token}"),
+                &[("authorization", &bearer)],
+                "",
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+        }
+    };
+    let first = watch(String::new()).await;
+    let token = first["token"].as_str().unwrap().to_string();
+    assert_eq!(first["items"].as_array().unwrap().len(), 0);
+
+    // Nothing changes: the same list once the clock passes the deadline.
+    let mut waiting = tokio::spawn(watch(token.clone()));
+    let same = loop {
+        tokio::select! {
+            r = &mut waiting => break r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => clock.advance(WATCH_WAIT),
+        }
+    };
+    assert_eq!(same["token"], first["token"]);
+
+    // A change while it waits: answered with the new list.
+    let waiting = tokio::spawn(watch(token.clone()));
+    store
+        .put(
+            Hardware::new(
+                "m9",
+                tinker_core::testing::mac(9),
+                [127, 0, 0, 9].into(),
+                "255.0.0.0",
+            )
+            .into(),
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let changed = waiting.await.unwrap();
+    assert_ne!(changed["token"], first["token"]);
+    assert_eq!(changed["items"][0]["value"]["metadata"]["name"], "m9");
+}
