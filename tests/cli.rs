@@ -738,3 +738,64 @@ async fn get_watch_prints_rows_as_they_change() {
     };
     assert!(gone.ends_with("DELETED"), "{gone}");
 }
+
+/// Rufio Machines through the API and the CLI: applied, listed as a table,
+/// refused with the validate example's findings, deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rufio_machines_are_applied_listed_refused_and_deleted() {
+    let p = plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("bmc.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: nuc1-bmc}\nspec:\n  connection:\n    host: 10.0.0.5\n    authSecretRef: {name: bmc-creds, namespace: default}\n    insecureTLS: true\n    providerOptions:\n      redfish: {port: 8443}\n",
+    )
+    .unwrap();
+    let applied = tinker(&p.server, &["apply", "-f", good.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", err(&applied));
+    assert!(
+        out(&applied).contains("Machine default/nuc1-bmc applied"),
+        "{}",
+        out(&applied)
+    );
+    let table = out(&tinker(&p.server, &["get", "machines"]).await);
+    assert!(table.starts_with("NAMESPACE  NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("nuc1-bmc") && l.contains("10.0.0.5") && l.contains("bmc-creds")),
+        "{table}"
+    );
+    // What the file held is kept (provider options, TLS).
+    let yaml = out(&tinker(&p.server, &["get", "machine", "nuc1-bmc", "-o", "yaml"]).await);
+    assert!(
+        yaml.contains("insecureTLS: true") && yaml.contains("8443"),
+        "{yaml}"
+    );
+
+    // Refused with the field path, as the validate example says it.
+    let bad = dir.path().join("bad-bmc.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: amt}\nspec:\n  connection:\n    host: 10.0.0.6\n    providerOptions:\n      intelAMT: {port: 16992}\n",
+    )
+    .unwrap();
+    let refused = tinker(&p.server, &["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!refused.status.success());
+    let e = err(&refused);
+    assert!(
+        e.contains("Machine default/amt: spec.connection.authSecretRef.name"),
+        "{e}"
+    );
+    assert!(
+        e.contains("spec.connection.providerOptions") && e.contains("intelAMT"),
+        "{e}"
+    );
+    let none = tinker(&p.server, &["get", "bmc", "amt"]).await;
+    assert!(!none.status.success());
+
+    let deleted = tinker(&p.server, &["delete", "machine", "nuc1-bmc"]).await;
+    assert!(deleted.status.success(), "{}", err(&deleted));
+    let table = out(&tinker(&p.server, &["get", "machines"]).await);
+    assert!(!table.contains("nuc1-bmc"), "{table}");
+}

@@ -60,7 +60,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Lists objects: hardware, templates or workflows (singular or plural).
+    /// Lists objects: hardware, templates, workflows or machines (Rufio BMCs; singular or plural).
     Get {
         /// What to list.
         kind: String,
@@ -236,6 +236,7 @@ fn plural(kind: Kind) -> &'static str {
         Kind::Hardware => "hardware",
         Kind::Template => "templates",
         Kind::Workflow => "workflows",
+        Kind::Machine => "machines",
     }
 }
 
@@ -269,6 +270,11 @@ fn row(kind: Kind, item: &serde_json::Value) -> Vec<String> {
             );
         }
         Kind::Template => {}
+        Kind::Machine => {
+            let c = &o["spec"]["connection"];
+            cells.push(text(&c["host"]));
+            cells.push(text(&c["authSecretRef"]["name"]));
+        }
         Kind::Workflow => {
             let status = &o["status"];
             cells.push(text(&o["spec"]["hardwareRef"]));
@@ -303,6 +309,7 @@ fn header(kind: Kind) -> Vec<&'static str> {
         Kind::Hardware => vec!["MAC", "ADDRESS", "NETBOOT"],
         Kind::Template => vec![],
         Kind::Workflow => vec!["MACHINE", "STATE", "ACTIONS", "REASON"],
+        Kind::Machine => vec!["HOST", "SECRET"],
     });
     h.push("VERSION");
     h
@@ -461,7 +468,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let kind = kind_named(kind).ok_or_else(|| {
                 Failure(format!(
-                    "{kind:?}: expected hardware, templates or workflows"
+                    "{kind:?}: expected hardware, templates, workflows or machines"
                 ))
             })?;
             let wanted = |i: &serde_json::Value| {
@@ -562,7 +569,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Delete { kind, name } => {
             let kind = kind_named(kind).ok_or_else(|| {
-                Failure(format!("{kind:?}: expected hardware, template or workflow"))
+                Failure(format!(
+                    "{kind:?}: expected hardware, template, workflow or machine"
+                ))
             })?;
             let path = format!("/api/v1/{}/{}/{name}", plural(kind), cli.namespace);
             let (status, answer) = api.call(Method::DELETE, &path, Vec::new()).await?;

@@ -575,7 +575,7 @@ pub fn index_terms(object: &Object) -> Vec<IndexTerm> {
                     .map(|ip| IndexTerm::Ip(IpAddr::V4(ip))),
             )
             .collect(),
-        Object::Template(_) => Vec::new(),
+        Object::Template(_) | Object::Machine(_) => Vec::new(),
         Object::Workflow(w) => match &w.status {
             Some(s) if !s.state.is_terminal() && !w.is_disabled() => {
                 let mut workers: Vec<String> = s.tasks.iter().map(|t| t.agent_id.clone()).collect();

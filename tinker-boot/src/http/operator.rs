@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `/status` | the status page (it sends a browser without a session to `/login`) |
 //! | `/login`, `POST /login`, `POST /logout` | the sign-in form; open or close a browser session |
-//! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
+//! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows`, `/api/v1/machines` | JSON lists (Rufio Machines: BMCs) |
 //! | `/api/v1/events/{machine}?limit=N` | the machine's last N events (50 by default) |
 //! | `/api/v1/changes?limit=N` | the change log: who created, updated or deleted what, and when |
 //! | `/api/v1/{kind}?watch=TOKEN` | a long poll: the list once it changes (see `OperatorApi::watch`) |
@@ -247,6 +247,7 @@ pub fn kind_named(name: &str) -> Option<Kind> {
         "hardware" | "hardwares" | "hw" => Some(Kind::Hardware),
         "template" | "templates" | "tpl" => Some(Kind::Template),
         "workflow" | "workflows" | "wf" => Some(Kind::Workflow),
+        "machine" | "machines" | "bmc" | "bmcs" => Some(Kind::Machine),
         _ => None,
     }
 }
@@ -363,7 +364,7 @@ impl OperatorApi {
                     return problem(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "a document the API does not store",
-                        serde_json::json!([{"object": other.describe(), "path": "kind", "reason": "only Hardware, Template and Workflow objects are applied here"}]),
+                        serde_json::json!([{"object": other.describe(), "path": "kind", "reason": "only Hardware, Template, Workflow and Rufio Machine objects are applied here"}]),
                     );
                 }
             };
@@ -646,6 +647,7 @@ impl ExtraRoutes for OperatorApi {
             "hardware" => Kind::Hardware,
             "templates" => Kind::Template,
             "workflows" => Kind::Workflow,
+            "machines" => Kind::Machine,
             rest if req.method() == Method::GET && super::diagnosis::route(rest).is_some() => {
                 let now = self.clock.now();
                 return Ok(super::diagnosis::answer(self.store.as_ref(), rest, now).await);
