@@ -9,7 +9,9 @@
 //! ```
 //!
 //! `--help` lists the flags. Prints one line `ready http=… dhcp=… tftp=…` (then
-//! `https=…`, `hegel=…` for those that are on) when serving; stops cleanly on
+//! `https=…`, `hegel=…`, `syslog=…`, `grpc=…` for those that are on, and
+//! `operator-token=PATH`, the file the operator token is in, mode 0600, never the
+//! token) when serving; stops cleanly on
 //! SIGTERM or Ctrl-C.
 
 use std::net::Ipv4Addr;
@@ -18,6 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tinker::bmc::{Connector, EnvSecrets, MockConnector, RetryPolicy};
+use tinker::boot::operators::OperatorTokens;
 use tinker::boot::tftp::FileSource;
 use tinker::control_plane::{ControlPlane, Listeners};
 use tinker::core::{PowerConnector, WorkflowStore};
@@ -53,9 +56,14 @@ struct Args {
     #[arg(long)]
     secret_file: PathBuf,
     /// Where to write the operator's token (mode 0600) for the operator's tools;
-    /// it is never printed.
+    /// it is never printed, its path is (default: `operator-token` beside the
+    /// secret file, the data directory).
     #[arg(long)]
     operator_token_file: Option<PathBuf>,
+    /// Named operators: a file of `NAME sha256:HEX` lines (the SHA-256 of each
+    /// operator's token), so that each change says who made it.
+    #[arg(long)]
+    operator_tokens: Option<PathBuf>,
     /// The machines reach this replica through NAT: give and take worker tokens
     /// whatever the caller's address (weaker; see the README's Security section).
     #[arg(long)]
@@ -147,13 +155,21 @@ async fn open_store(url: &str) -> Result<Arc<dyn WorkflowStore>, String> {
 async fn run(a: Args) -> Result<(), String> {
     let secret = tinker::boot::credentials::read_or_create_secret_file(&a.secret_file)
         .map_err(|e| e.to_string())?;
-    if let Some(path) = &a.operator_token_file {
-        tinker::boot::credentials::write_secret_file(
-            path,
-            &tinker::boot::credentials::operator_token(&secret),
-        )
-        .map_err(|e| e.to_string())?;
-    }
+    let token_file = a.operator_token_file.clone().unwrap_or_else(|| {
+        a.secret_file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("operator-token")
+    });
+    tinker::boot::credentials::write_secret_file(
+        &token_file,
+        &tinker::boot::credentials::operator_token(&secret),
+    )
+    .map_err(|e| e.to_string())?;
+    let operators = match &a.operator_tokens {
+        Some(path) => OperatorTokens::read(path).map_err(|e| e.to_string())?,
+        None => OperatorTokens::new(),
+    };
     let store = open_store(&a.store).await?;
     let power: Arc<dyn PowerConnector> = if a.mock_bmcs {
         Arc::new(MockConnector::new())
@@ -211,6 +227,7 @@ async fn run(a: Args) -> Result<(), String> {
     }
     let mut plane = ControlPlane::new(store, power, address, secret);
     plane.tootles_instance_endpoint = a.tootles_instance_endpoint;
+    plane.operator_tokens = operators;
     if a.behind_nat {
         plane.address_check = tinker::boot::credentials::AddressCheck::BehindNat;
     }
@@ -253,11 +270,13 @@ async fn run(a: Args) -> Result<(), String> {
         more += &format!(" grpc={}", l.local_addr().map_err(|e| e.to_string())?);
     }
     println!(
-        "ready http={} dhcp={} tftp={} replica={}{more}",
+        // The token file's path, never the token.
+        "ready http={} dhcp={} tftp={} replica={}{more} operator-token={}",
         listeners.http.local_addr().map_err(|e| e.to_string())?,
         listeners.dhcp.local_addr().map_err(|e| e.to_string())?,
         listeners.tftp.local_addr().map_err(|e| e.to_string())?,
-        plane.engine.replica
+        plane.engine.replica,
+        token_file.display()
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -15,7 +15,7 @@
 //! environment), and serves until Ctrl-C.
 //!
 //! `--help` lists the flags (`--machines N`, `--data DIR`, `--hold SECONDS`,
-//! `--config FILE`). The status page's address (with its operator token) is printed at the start.
+//! `--config FILE`). The status page's address, and the path of the file holding the operator token (mode 0600; never the token), are printed at the start.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::net::{Ipv4Addr, SocketAddr};

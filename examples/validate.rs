@@ -1,6 +1,6 @@
 //! Checks Tinkerbell YAML files: `cargo run --example validate -- FILE...`
 //!
-//! Any mix of Hardware, Template and Workflow documents; a file may hold several
+//! Any mix of Hardware, Template, Workflow and Rufio Machine documents; a file may hold several
 //! (`---`) or a list. Prints `ok FILE` for a valid file, else each finding as
 //! `FILE: OBJECT: FIELD: REASON`, and exits 1 if any file is refused.
 //! Workflows are rendered against the templates and hardware given in the same

@@ -31,6 +31,7 @@ use tinker_boot::http::tls::TlsIdentity;
 use tinker_boot::http::{
     HttpConfig, HttpLimits, HttpServer, OperatorApi, OsieConfig, RouteChain, TINK_GRPC_PORT,
 };
+use tinker_boot::operators::OperatorTokens;
 use tinker_boot::syslog::{SyslogLimits, SyslogServer};
 use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
@@ -158,6 +159,9 @@ pub struct ControlPlane {
     pub tootles_instance_endpoint: bool,
     /// What each address may send to the syslog receiver.
     pub syslog_limits: SyslogLimits,
+    /// Named operators (a tokens file), beside the operator token derived from
+    /// [`ControlPlane::secret`], which is the operator named `operator`.
+    pub operator_tokens: OperatorTokens,
 }
 
 impl ControlPlane {
@@ -196,6 +200,7 @@ impl ControlPlane {
             dhcp_limits: DhcpLimits::default(),
             tootles_instance_endpoint: false,
             syslog_limits: SyslogLimits::default(),
+            operator_tokens: OperatorTokens::new(),
         }
     }
 
@@ -301,6 +306,7 @@ impl ControlPlane {
         }
         let operator: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(
             OperatorApi::new(self.store.clone(), operator_token(&self.secret))
+                .with_operators(&self.operator_tokens)
                 .with_clock(self.clock.clone()),
         );
         let worker_api: Arc<dyn tinker_boot::http::ExtraRoutes> = Arc::new(worker_api);

@@ -8,6 +8,7 @@
 //! - [`actions`]: action runtimes (native built-ins, Docker) and the worker agent.
 //! - [`bmc`]: `PowerController` implementations (IPMI, Redfish, mock) and the connector.
 //! - [`control_plane`]: one control-plane replica wired from all of them.
+//! - [`watched`]: a watched directory of YAML files, written to the store.
 
 // The README's code is compiled and checked as a doc test.
 #[doc = include_str!("../README.md")]
@@ -15,6 +16,7 @@
 pub struct ReadmeDoctests;
 
 pub mod control_plane;
+pub mod watched;
 
 pub use tinker_actions as actions;
 pub use tinker_bmc as bmc;

@@ -78,3 +78,25 @@ fn a_template_for_the_second_disk_is_valid_alone_and_checked_with_its_hardware()
         "{out}"
     );
 }
+
+/// A Rufio Machine is checked with the same findings the operator API answers:
+/// a Machine Tinker can drive is valid; one with no credentials secret and a
+/// provider Tinker does not speak is refused with both field paths.
+#[test]
+fn rufio_machines_are_checked() {
+    let good = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: b1}\nspec:\n  connection:\n    host: 10.0.0.5\n    authSecretRef: {name: creds}\n    providerOptions: {ipmitool: {port: 623}}\n";
+    let (code, out) = validate(&[("good.yaml", good)]);
+    assert_eq!(code, Some(0), "{out}");
+    let amt = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: amt}\nspec:\n  connection:\n    host: 10.0.0.6\n    providerOptions: {intelAMT: {port: 16992}}\n";
+    let (code, out) = validate(&[("amt.yaml", amt)]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("Machine default/amt: spec.connection.authSecretRef.name"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Machine default/amt: spec.connection.providerOptions")
+            && out.contains("intelAMT"),
+        "{out}"
+    );
+}

@@ -12,11 +12,13 @@ use tinker::boot::credentials::{
 use tinker::boot::dhcp::Mode;
 use tinker::boot::dhcp::server::bind_udp;
 use tinker::boot::http::InMemoryOs;
+use tinker::boot::operators::OperatorTokens;
 use tinker::boot::tftp::FileSource;
 use tinker::control_plane::{ControlPlane, Listeners};
-use tinker::core::model::{Document, parse_documents};
-use tinker::core::{Precondition, WorkflowStore};
+use tinker::core::WorkflowStore;
+use tinker::core::model::Document;
 use tinker::store::RedbStore;
+use tinker::watched;
 
 /// The configuration file (see `examples/homelab/homelab.yaml`).
 #[derive(Debug, serde::Deserialize)]
@@ -80,6 +82,10 @@ struct Config {
     /// send the shared password to that BMC silently.
     #[serde(default)]
     bmc_shared_password: bool,
+    /// Named operators: a file of `NAME sha256:HEX` lines, beside the
+    /// generated operator token (named `operator`).
+    #[serde(default)]
+    operator_tokens: Option<PathBuf>,
     /// Where HookOS, tink-agent and iPXE send their logs (UDP; 0 turns the
     /// receiver off).
     #[serde(default = "default_syslog")]
@@ -151,74 +157,16 @@ fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |err| format!("{what}: {err}")
 }
 
-/// The YAML files of the objects directory and their modification times.
-fn scan(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|d| d.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                .filter_map(|p| Some((p.clone(), p.metadata().ok()?.modified().ok()?)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Reads every file, validates, and writes what changed to the store. Invalid
-/// files are reported and skipped; the rest is applied.
+/// Loads the objects directory and prints what became of each file and object.
 async fn load(store: &dyn WorkflowStore, files: &BTreeMap<PathBuf, SystemTime>) -> Vec<Document> {
-    let mut all = Vec::new();
-    for path in files.keys() {
-        let name = path.display().to_string();
-        let docs = match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| parse_documents(&name, &t).map_err(|e| e.to_string()))
-        {
-            Ok(d) => d,
-            Err(err) => {
-                eprintln!("skipped: {err}");
-                continue;
-            }
-        };
-        let findings = tinker::core::validate::documents(&name, &docs);
-        let bad: Vec<_> = findings.0.iter().filter(|f| f.is_error()).collect();
-        if !bad.is_empty() {
-            for f in bad {
-                eprintln!("skipped: {f}");
-            }
-            continue;
+    let loaded = watched::load(store, files).await;
+    for o in &loaded.outcomes {
+        match o {
+            watched::Outcome::Stored { .. } => println!("{o}"),
+            _ => eprintln!("{o}"),
         }
-        for d in &docs {
-            if let Document::Object(o) = d {
-                let same =
-                    matches!(store.get(&o.key()).await, Ok(Some(v)) if same_spec(&v.value, o));
-                if !same {
-                    match store.put(o.clone(), Precondition::Any).await {
-                        Ok(v) => println!("loaded {} (version {v})", o.key()),
-                        Err(err) => eprintln!("could not store {}: {err}", o.key()),
-                    }
-                }
-            }
-        }
-        all.extend(docs);
     }
-    all
-}
-
-/// Whether the stored object already has this file's content (a workflow's
-/// status and a machine's netboot switch belong to the control plane, not the file).
-fn same_spec(stored: &tinker::core::model::Object, file: &tinker::core::model::Object) -> bool {
-    use tinker::core::model::Object;
-    match (stored, file) {
-        (Object::Workflow(a), Object::Workflow(b)) => a.spec == b.spec,
-        (Object::Hardware(a), Object::Hardware(b)) => {
-            let (mut a, mut b) = (a.clone(), b.clone());
-            a.set_allow_pxe(false);
-            b.set_allow_pxe(false);
-            a == b
-        }
-        (a, b) => a == b,
-    }
+    loaded.documents
 }
 
 pub async fn run(path: &Path) -> Result<(), String> {
@@ -243,6 +191,10 @@ pub async fn run(path: &Path) -> Result<(), String> {
     let secret = read_or_create_secret_file(&data.join("worker-secret")).map_err(e("secret"))?;
     let operator_file = data.join("operator-token");
     write_secret_file(&operator_file, &operator_token(&secret)).map_err(e("operator token"))?;
+    let operators = match &c.operator_tokens {
+        Some(p) => OperatorTokens::read(&rel(p)).map_err(|x| x.to_string())?,
+        None => OperatorTokens::new(),
+    };
     let http = format!("http://{}:{}", c.address, c.http_port);
 
     let tls = match (&c.tls_cert, &c.tls_key) {
@@ -328,7 +280,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
         None => http.clone(),
     };
 
-    let mut files = scan(&objects);
+    let mut files = watched::scan(&objects);
     let docs = load(store.as_ref(), &files).await;
     let secrets = if c.bmc_shared_password {
         EnvSecrets::with_shared_fallback()
@@ -353,6 +305,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
     }
     plane.tls = tls;
     plane.tootles_instance_endpoint = c.tootles_instance_endpoint;
+    plane.operator_tokens = operators;
     plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;
@@ -395,7 +348,7 @@ pub async fn run(path: &Path) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                let now = scan(&objects);
+                let now = watched::scan(&objects);
                 if now != files {
                     files = now;
                     load(store.as_ref(), &files).await;

@@ -2,7 +2,7 @@
 //! in the manner of kubectl.
 //!
 //! ```text
-//! export TINKER_SERVER=http://10.0.0.1:8080
+//! export TINKER_SERVER=http://10.0.0.1:8080   # or https://10.0.0.1:8443 with --ca-file or --tls-fingerprint
 //! export TINKER_TOKEN=$(cat tinker-data/operator-token)
 //! tinker get workflows
 //! tinker get hardware -o yaml
@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tinker::actions::agent::ServerTrust;
 use tinker::boot::http::client::{self, Method};
 use tinker::boot::http::kind_named;
 use tinker::core::model::{Kind, Object, Workflow};
@@ -40,6 +41,19 @@ struct Cli {
     /// `<data dir>/operator-token`).
     #[arg(long, env = "TINKER_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// For an `https://` server: the PEM CA that signed its certificate.
+    #[arg(
+        long,
+        env = "TINKER_CA_FILE",
+        global = true,
+        conflicts_with = "tls_fingerprint"
+    )]
+    ca_file: Option<PathBuf>,
+    /// For an `https://` server: its certificate's SHA-256 fingerprint
+    /// (`sha256:HEX`, as the control plane puts it on each machine's kernel
+    /// line, or as `openssl x509 -fingerprint -sha256` prints it).
+    #[arg(long, env = "TINKER_TLS_FINGERPRINT", global = true)]
+    tls_fingerprint: Option<String>,
     /// The namespace.
     #[arg(short, long, global = true, default_value = "default")]
     namespace: String,
@@ -49,7 +63,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Lists objects: hardware, templates or workflows (singular or plural).
+    /// Lists objects: hardware, templates, workflows or machines (Rufio BMCs; singular or plural).
     Get {
         /// What to list.
         kind: String,
@@ -61,6 +75,11 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// After the table, keep printing each row as it changes (not for its
+        /// version alone; a deleted object's last row ends in DELETED), until
+        /// interrupted.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Creates or updates the objects in YAML or JSON files.
     Apply {
@@ -75,10 +94,12 @@ enum Command {
         /// Its name.
         name: String,
     },
-    /// A machine's recent events (`namespace/name`, or a name in `-n`).
+    /// A machine's recent events (`namespace/name`, or a name in `-n`), or
+    /// without a machine the change log: who created, updated or deleted
+    /// what through the API, and when.
     Events {
         /// The machine.
-        machine: String,
+        machine: Option<String>,
     },
     /// A workflow in full: its tasks and actions with state, attempt and
     /// duration, and the last lines of each action's output.
@@ -151,22 +172,52 @@ impl<E: std::fmt::Display> From<E> for Failure {
 struct Api {
     server: SocketAddr,
     auth: String,
+    /// For `https://`: the name the certificate must hold and the trust.
+    tls: Option<(String, std::sync::Arc<rustls::ClientConfig>)>,
 }
 
 impl Api {
     async fn new(cli: &Cli) -> Result<Api, Failure> {
-        let rest = cli.server.strip_prefix("http://").ok_or_else(|| {
-            Failure(format!(
-                "--server {:?}: expected http://HOST:PORT (for HTTPS, put a proxy in front for now)",
-                cli.server
-            ))
-        })?;
+        let (https, rest) = match cli.server.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => {
+                return Err(Failure(format!(
+                    "--server {:?}: expected http://HOST:PORT or https://HOST:PORT",
+                    cli.server
+                )));
+            }
+        };
         let host = rest.trim_end_matches('/');
         let server = tokio::net::lookup_host(host)
             .await
             .map_err(|e| Failure(format!("{host}: {e}")))?
             .next()
             .ok_or_else(|| Failure(format!("{host}: no address")))?;
+        let tls = if https {
+            let trust = match (&cli.ca_file, &cli.tls_fingerprint) {
+                (Some(ca), None) => ServerTrust::CaPem(
+                    std::fs::read(ca).map_err(|e| Failure(format!("{}: {e}", ca.display())))?,
+                ),
+                (None, Some(fp)) => ServerTrust::parse_fingerprint(fp)?,
+                _ => {
+                    return Err(Failure(
+                        "https:// needs --ca-file PEM (the CA that signed the control plane's certificate) or --tls-fingerprint sha256:HEX (the certificate's; the control plane puts it on each machine's kernel line)".into(),
+                    ));
+                }
+            };
+            // The name the certificate is checked for: the URL's host, an
+            // address without its brackets.
+            let name = host
+                .rsplit_once(':')
+                .map_or(host, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            Some((name, std::sync::Arc::new(trust.client_config()?)))
+        } else {
+            None
+        };
         let token = cli.token.clone().ok_or_else(|| {
             Failure(
                 "no token: pass --token or set TINKER_TOKEN (see <data dir>/operator-token)".into(),
@@ -175,6 +226,7 @@ impl Api {
         Ok(Api {
             server,
             auth: format!("Bearer {}", token.trim()),
+            tls,
         })
     }
 
@@ -199,9 +251,17 @@ impl Api {
             ("authorization", self.auth.as_str()),
             ("content-type", content_type),
         ];
-        let r = client::request(self.server, None, method, path, &headers, body)
-            .await
-            .map_err(|e| Failure(format!("{}: {e}", self.server)))?;
+        let connection = match &self.tls {
+            Some((name, config)) => {
+                client::HttpConnection::connect_tls(self.server, name, config.clone()).await
+            }
+            None => client::HttpConnection::connect(self.server, None).await,
+        };
+        let r = match connection {
+            Ok(mut c) => c.send(method, path, &headers, body).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| Failure(format!("{}: {e}", self.server)))?;
         if r.status == 401 {
             return Err(Failure("the control plane refused the token".into()));
         }
@@ -216,6 +276,7 @@ fn plural(kind: Kind) -> &'static str {
         Kind::Hardware => "hardware",
         Kind::Template => "templates",
         Kind::Workflow => "workflows",
+        Kind::Machine => "machines",
     }
 }
 
@@ -249,6 +310,11 @@ fn row(kind: Kind, item: &serde_json::Value) -> Vec<String> {
             );
         }
         Kind::Template => {}
+        Kind::Machine => {
+            let c = &o["spec"]["connection"];
+            cells.push(text(&c["host"]));
+            cells.push(text(&c["authSecretRef"]["name"]));
+        }
         Kind::Workflow => {
             let status = &o["status"];
             cells.push(text(&o["spec"]["hardwareRef"]));
@@ -283,29 +349,98 @@ fn header(kind: Kind) -> Vec<&'static str> {
         Kind::Hardware => vec!["MAC", "ADDRESS", "NETBOOT"],
         Kind::Template => vec![],
         Kind::Workflow => vec!["MACHINE", "STATE", "ACTIONS", "REASON"],
+        Kind::Machine => vec!["HOST", "SECRET"],
     });
     h.push("VERSION");
     h
 }
 
-fn print_table(head: &[&str], rows: &[Vec<String>]) {
+/// Prints the table; the column widths, for rows printed later.
+fn print_table(head: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let out: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", out.join("  ").trim_end());
-    };
-    line(head.iter().map(|h| h.to_string()).collect());
+    print_row(
+        &widths,
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
     for r in rows {
-        line(r.clone());
+        print_row(&widths, r);
+    }
+    widths
+}
+
+fn print_row(widths: &[usize], cells: &[String]) {
+    let out: Vec<String> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+        .collect();
+    println!("{}", out.join("  ").trim_end());
+}
+
+/// `get KIND --watch`: the table, then each row again when it changes, as the
+/// operator API's long poll (`?watch=TOKEN`) reports the list changed.
+async fn watch_rows(
+    api: &Api,
+    kind: Kind,
+    wanted: &dyn Fn(&serde_json::Value) -> bool,
+) -> Result<(), Failure> {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let mut token = String::new();
+    /// The rows printed last, by `namespace/name`.
+    type Rows = BTreeMap<String, Vec<String>>;
+    let mut shown: Option<(Vec<usize>, Rows)> = None;
+    loop {
+        let path = format!("/api/v1/{}?watch={token}", plural(kind));
+        let (status, answer) = api.call(Method::GET, &path, Vec::new()).await?;
+        if status != 200 {
+            return Err(Failure(format!("HTTP {status}: {}", text(&answer))));
+        }
+        token = text(&answer["token"]);
+        let rows: Rows = answer["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| wanted(i))
+            .map(|i| {
+                let r = row(kind, i);
+                (format!("{}/{}", r[0], r[1]), r)
+            })
+            .collect();
+        match &mut shown {
+            None => {
+                let all: Vec<Vec<String>> = rows.values().cloned().collect();
+                shown = Some((print_table(&header(kind), &all), rows));
+            }
+            Some((widths, before)) => {
+                // The version alone changes often (the engine's leases): a
+                // row is printed again when something else in it changed.
+                let shown_part = |r: &[String]| r[..r.len() - 1].to_vec();
+                for (key, r) in &rows {
+                    if before.get(key).map(|b| shown_part(b)) != Some(shown_part(r)) {
+                        for (w, c) in widths.iter_mut().zip(r) {
+                            *w = (*w).max(c.chars().count());
+                        }
+                        print_row(widths, r);
+                    }
+                }
+                for (key, r) in before.iter() {
+                    if !rows.contains_key(key) {
+                        let mut gone = r.clone();
+                        gone.push("DELETED".into());
+                        print_row(widths, &gone);
+                    }
+                }
+                *before = rows;
+            }
+        }
+        let _ = std::io::stdout().flush();
     }
 }
 
@@ -387,12 +522,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             output,
             all_namespaces,
+            watch,
         } => {
             let kind = kind_named(kind).ok_or_else(|| {
                 Failure(format!(
-                    "{kind:?}: expected hardware, templates or workflows"
+                    "{kind:?}: expected hardware, templates, workflows or machines"
                 ))
             })?;
+            let wanted = |i: &serde_json::Value| {
+                let m = &i["value"]["metadata"];
+                let ns = m["namespace"].as_str().unwrap_or("default");
+                (*all_namespaces || ns == cli.namespace)
+                    && name.as_deref().is_none_or(|n| m["name"] == n)
+            };
+            if *watch {
+                if !matches!(output, Output::Table) {
+                    return Err(Failure("--watch prints the table only".into()));
+                }
+                return watch_rows(&api, kind, &wanted).await;
+            }
             let (status, list) = api
                 .call(
                     Method::GET,
@@ -408,12 +556,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|i| {
-                    let m = &i["value"]["metadata"];
-                    let ns = m["namespace"].as_str().unwrap_or("default");
-                    (*all_namespaces || ns == cli.namespace)
-                        && name.as_deref().is_none_or(|n| m["name"] == n)
-                })
+                .filter(|i| wanted(i))
                 .collect();
             if let (Some(n), true) = (name, items.is_empty()) {
                 return Err(Failure(format!(
@@ -484,7 +627,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Delete { kind, name } => {
             let kind = kind_named(kind).ok_or_else(|| {
-                Failure(format!("{kind:?}: expected hardware, template or workflow"))
+                Failure(format!(
+                    "{kind:?}: expected hardware, template, workflow or machine"
+                ))
             })?;
             let path = format!("/api/v1/{}/{}/{name}", plural(kind), cli.namespace);
             let (status, answer) = api.call(Method::DELETE, &path, Vec::new()).await?;
@@ -695,12 +840,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Completions { .. } => {}
         Command::Events { machine } => {
-            let machine = if machine.contains('/') {
-                machine.clone()
-            } else {
-                format!("{}/{machine}", cli.namespace)
+            let path = match machine {
+                None => "/api/v1/changes".to_string(),
+                Some(m) if m.contains('/') => format!("/api/v1/events/{}", m.replace('/', "%2F")),
+                Some(m) => format!("/api/v1/events/{}%2F{m}", cli.namespace),
             };
-            let path = format!("/api/v1/events/{}", machine.replace('/', "%2F"));
             let (status, events) = api.call(Method::GET, &path, Vec::new()).await?;
             if status != 200 {
                 return Err(Failure(format!("HTTP {status}: {}", text(&events))));

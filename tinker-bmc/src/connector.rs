@@ -94,18 +94,20 @@ impl Connector {
     pub fn add_rufio_machines(&mut self, docs: &[Document]) -> Result<usize> {
         let mut n = 0;
         for d in docs {
-            let Document::Unsupported {
-                api_version,
-                kind,
-                value,
-            } = d
-            else {
-                continue;
+            let value = match d {
+                Document::Object(tinker_core::model::Object::Machine(m)) => {
+                    serde_norway::to_value(m).map_err(|e| Error::backend("yaml", e))?
+                }
+                Document::Unsupported {
+                    api_version,
+                    kind,
+                    value,
+                } if kind == "Machine" && api_version.starts_with("bmc.tinkerbell.org/") => {
+                    value.clone()
+                }
+                _ => continue,
             };
-            if kind != "Machine" || !api_version.starts_with("bmc.tinkerbell.org/") {
-                continue;
-            }
-            let m = rufio::read(value)?;
+            let m = rufio::read(&value)?;
             self.add(&m.namespace, &m.name, m.endpoint, &m.secret);
             n += 1;
         }

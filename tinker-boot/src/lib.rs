@@ -23,6 +23,7 @@ pub mod credentials;
 pub mod dhcp;
 pub mod http;
 mod metadata;
+pub mod operators;
 pub mod per_address;
 mod responder;
 pub mod syslog;

@@ -405,3 +405,137 @@ async fn the_timeline_route_answers_for_a_workflow_and_says_where_it_waits() {
         401
     );
 }
+
+/// Named operators from a tokens file open the API beside the generated token,
+/// and [`OperatorApi::caller`] names each, through a bearer header or the
+/// session it signed in to.
+#[tokio::test]
+async fn named_operator_tokens_say_who_calls() {
+    use tinker_boot::operators::{OperatorTokens, token_hash_text};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let file = format!(
+        "# the lab's operators\nalice {}\nbob   {}   # on call\n",
+        token_hash_text(&Secret::new("alice-token")),
+        token_hash_text(&Secret::new("bob-token")),
+    );
+    let named = OperatorTokens::parse(std::path::Path::new("operators.txt"), &file).unwrap();
+    let api = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
+        .with_operators(&named);
+    let mut config = HttpConfig::new(store);
+    config.extra = Some(Arc::new(api.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
+
+    let generated = operator_token(&Secret::new(SECRET)).expose().to_string();
+    for (token, who) in [
+        ("alice-token", Some("alice")),
+        ("bob-token", Some("bob")),
+        (generated.as_str(), Some("operator")),
+        ("carol-token", None),
+    ] {
+        let bearer = format!("Bearer {token}");
+        let code = status(addr, "/api/v1/hardware", &[("authorization", &bearer)]).await;
+        assert_eq!(code, if who.is_some() { 200 } else { 401 }, "{who:?}");
+        let req = hyper::Request::builder()
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap();
+        assert_eq!(api.caller(&req).map(|n| n.to_string()).as_deref(), who);
+    }
+
+    // A browser session carries the name of whoever signed in.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let signed_in = call(
+        addr,
+        client::Method::POST,
+        "/login",
+        &form,
+        "token=bob-token",
+    )
+    .await;
+    assert_eq!(signed_in.status, 303);
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let req = hyper::Request::builder()
+        .header("cookie", &cookie)
+        .body(())
+        .unwrap();
+    assert_eq!(api.caller(&req).unwrap().as_str(), "bob");
+    let wrong = call(
+        addr,
+        client::Method::POST,
+        "/login",
+        &form,
+        "token=carol-token",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+}
+
+/// `GET /api/v1/{kind}?watch=TOKEN` is a long poll: the list at once when it
+/// differs from TOKEN's, as soon as a change comes, and as it is once
+/// WATCH_WAIT has passed on the API's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_answers_on_a_change_or_at_its_deadline() {
+    use tinker_boot::http::WATCH_WAIT;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let api = OperatorApi::new(store.clone(), operator_token(&Secret::new(SECRET)))
+        .with_clock(clock.clone());
+    let mut config = HttpConfig::new(store.clone());
+    config.extra = Some(Arc::new(api));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(HttpServer::new(config).serve(listener, std::future::pending()));
+    let bearer = format!("Bearer {}", operator_token(&Secret::new(SECRET)).expose());
+    let watch = |token: String| {
+        let bearer = bearer.clone();
+        async move {
+            let r = call(
+                addr,
+                client::Method::GET,
+                &format!("/api/v1/hardware?watch={token}"),
+                &[("authorization", &bearer)],
+                "",
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+        }
+    };
+    let first = watch(String::new()).await;
+    let token = first["token"].as_str().unwrap().to_string();
+    assert_eq!(first["items"].as_array().unwrap().len(), 0);
+
+    // Nothing changes: the same list once the clock passes the deadline.
+    let mut waiting = tokio::spawn(watch(token.clone()));
+    let same = loop {
+        tokio::select! {
+            r = &mut waiting => break r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => clock.advance(WATCH_WAIT),
+        }
+    };
+    assert_eq!(same["token"], first["token"]);
+
+    // A change while it waits: answered with the new list.
+    let waiting = tokio::spawn(watch(token.clone()));
+    store
+        .put(
+            Hardware::new(
+                "m9",
+                tinker_core::testing::mac(9),
+                [127, 0, 0, 9].into(),
+                "255.0.0.0",
+            )
+            .into(),
+            Precondition::Any,
+        )
+        .await
+        .unwrap();
+    let changed = waiting.await.unwrap();
+    assert_ne!(changed["token"], first["token"]);
+    assert_eq!(changed["items"][0]["value"]["metadata"]["name"], "m9");
+}

@@ -121,6 +121,8 @@ pub enum EventSource {
     Bmc,
     /// The syslog receiver: lines a machine's address sent, unauthenticated.
     Syslog,
+    /// The operator API (a change an operator made).
+    Api,
     /// A source this version does not know (an event from a newer one).
     #[serde(other)]
     Other,
@@ -136,6 +138,7 @@ impl fmt::Display for EventSource {
             EventSource::Worker => "worker",
             EventSource::Bmc => "bmc",
             EventSource::Syslog => "syslog",
+            EventSource::Api => "api",
             EventSource::Other => "other",
         })
     }
@@ -223,6 +226,15 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         execution_duration: String,
     },
+    /// An operator created, updated or deleted an object through the API.
+    ObjectChanged {
+        /// The operator's name (never a token).
+        by: String,
+        /// The object.
+        object: ObjectKey,
+        /// What became of it.
+        change: ObjectChange,
+    },
     /// Free text (events written by earlier versions, or by a vendor's service).
     Note {
         /// The text.
@@ -305,6 +317,9 @@ impl fmt::Display for EventKind {
                 }
                 Ok(())
             }
+            EventKind::ObjectChanged { by, object, change } => {
+                write!(f, "{by} {change} {object}")
+            }
             EventKind::Note { message } => f.write_str(message),
             EventKind::SyslogLine {
                 from,
@@ -326,6 +341,35 @@ impl fmt::Display for EventKind {
                 }
             }
         }
+    }
+}
+
+/// The log every change made through the operator API is appended to, as the
+/// events of this pseudo-machine (no Hardware's `namespace/name` and no MAC
+/// can be `@changes`). A change to a Hardware, or to a Workflow, is also
+/// appended to its machine's own log.
+pub const CHANGE_LOG: &str = "@changes";
+
+/// What a change did to an object ([`EventKind::ObjectChanged`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ObjectChange {
+    /// It did not exist before.
+    Created,
+    /// It existed and was written again.
+    Updated,
+    /// It was deleted.
+    Deleted,
+}
+
+impl fmt::Display for ObjectChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectChange::Created => "created",
+            ObjectChange::Updated => "updated",
+            ObjectChange::Deleted => "deleted",
+        })
     }
 }
 
@@ -619,7 +663,7 @@ pub fn index_terms(object: &Object) -> Vec<IndexTerm> {
                     .map(|ip| IndexTerm::Ip(IpAddr::V4(ip))),
             )
             .collect(),
-        Object::Template(_) => Vec::new(),
+        Object::Template(_) | Object::Machine(_) => Vec::new(),
         Object::Workflow(w) => match &w.status {
             Some(s) if !s.state.is_terminal() && !w.is_disabled() => {
                 let mut workers: Vec<String> = s.tasks.iter().map(|t| t.agent_id.clone()).collect();

@@ -107,6 +107,50 @@ pub fn object(file: &str, o: &Object, out: &mut ValidationErrors) {
         Object::Hardware(h) => hardware(file, h, out),
         Object::Template(t) => template(file, t, out),
         Object::Workflow(w) => workflow(file, w, out),
+        Object::Machine(m) => machine(file, m, out),
+    }
+}
+
+/// Validates a Rufio Machine: a name, the BMC's host, the secret that holds
+/// its credentials, and a provider Tinker speaks.
+pub fn machine(file: &str, m: &crate::model::Machine, out: &mut ValidationErrors) {
+    let mut f = Findings {
+        file,
+        object: Object::Machine(m.clone()).key().to_string(),
+        out,
+    };
+    meta_name(&mut f, &m.metadata.name, m.metadata.namespace.as_deref());
+    let Some(c) = &m.spec.connection else {
+        f.push(
+            "spec.connection",
+            "a Machine needs a connection: the BMC's host and authSecretRef",
+        );
+        return;
+    };
+    if c.host.trim().is_empty() {
+        f.push(
+            "spec.connection.host",
+            "the BMC's host name or address is missing",
+        );
+    }
+    if c.auth_secret_ref
+        .as_ref()
+        .is_none_or(|r| r.name.trim().is_empty())
+    {
+        f.push(
+            "spec.connection.authSecretRef.name",
+            "the secret that holds the BMC's credentials is missing",
+        );
+    }
+    let unspoken = c.unspoken_providers();
+    if !unspoken.is_empty() {
+        f.push(
+            "spec.connection.providerOptions",
+            format!(
+                "Tinker drives BMCs over Redfish and IPMI (redfish, ipmitool), not {}; power this machine by hand (give its Hardware no bmcRef)",
+                unspoken.join(", ")
+            ),
+        );
     }
 }
 
@@ -607,7 +651,7 @@ fn cross_check(file: &str, objects: &[&Object], out: &mut ValidationErrors) {
                     t,
                 );
             }
-            Object::Workflow(_) => {}
+            Object::Workflow(_) | Object::Machine(_) => {}
         }
     }
     for o in objects {

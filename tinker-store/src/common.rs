@@ -19,6 +19,7 @@ pub(crate) fn decode_key(s: &str) -> Option<ObjectKey> {
         "Hardware" => Kind::Hardware,
         "Template" => Kind::Template,
         "Workflow" => Kind::Workflow,
+        "Machine" => Kind::Machine,
         _ => return None,
     };
     Some(ObjectKey::new(kind, parts.next()?, parts.next()?))

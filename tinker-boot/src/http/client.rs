@@ -3,8 +3,10 @@
 //! chosen source address (the metadata service knows a machine by its address)
 //! or over any byte stream (an in-memory pipe in a simulation).
 //!
-//! It is not a general-purpose client: no redirects, no TLS, no pooling. The
-//! worker agent has its own transport (`tinker_actions::agent::HttpTransport`).
+//! It is not a general-purpose client: no redirects, no pooling; TLS only with
+//! the trust its caller configures ([`HttpConnection::connect_tls`], which the
+//! `tinker` command line uses). The worker agent has its own transport
+//! (`tinker_actions::agent::HttpTransport`).
 
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -34,6 +36,15 @@ pub enum ClientError {
     /// The exchange failed (the connection closed, a malformed answer).
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    /// The TLS handshake failed: the server's certificate is not the one
+    /// trusted, or the name is not one a certificate can hold.
+    #[error("TLS with {server}: {source}")]
+    Tls {
+        /// The server.
+        server: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// An answer: its status, headers and whole body.
@@ -83,6 +94,27 @@ impl HttpConnection {
         let stream = connect
             .await
             .map_err(|source| ClientError::Connect { server, source })?;
+        Self::over(stream).await
+    }
+
+    /// Connects to `server` over TLS, checking its certificate for `name` (a
+    /// host name or an address) with `config`'s trust.
+    pub async fn connect_tls(
+        server: SocketAddr,
+        name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let tls = |source| ClientError::Tls { server, source };
+        let name = rustls::pki_types::ServerName::try_from(name.to_string())
+            .map_err(|e| tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let stream = tokio::net::TcpStream::connect(server)
+            .await
+            .map_err(|source| ClientError::Connect { server, source })?;
+        let _ = stream.set_nodelay(true);
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(tls)?;
         Self::over(stream).await
     }
 

@@ -45,7 +45,8 @@ pub use ipxe::{
 pub use metrics::MetricsSource;
 pub use metrics::{CounterRow, register_counters};
 pub use operator::{
-    MAX_APPLY_BODY, MAX_SESSIONS, OperatorApi, RouteChain, SESSION_LIFETIME, kind_named,
+    MAX_APPLY_BODY, MAX_SESSIONS, MAX_WATCHES, OperatorApi, RouteChain, SESSION_LIFETIME,
+    WATCH_WAIT, kind_named,
 };
 /// The Prometheus client `MetricsSource` registers into, re-exported so a
 /// vendor's own source uses the same version.

@@ -63,13 +63,6 @@ pub(super) fn route(rest: &str) -> Option<(String, String, Act)> {
     })
 }
 
-/// The name of the operator who sends `req`: the one place the HTTP layer
-/// names who acts. One token opens the operator API today, so every caller
-/// is `operator`; named tokens name their holder here.
-pub(super) fn operator_name<B>(_req: &Request<B>) -> String {
-    "operator".to_string()
-}
-
 /// The body of `.../retry`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,11 +72,13 @@ struct RetryBody {
     action: Option<String>,
 }
 
-/// Carries out `act` on the workflow `namespace/name` at `now`.
+/// Carries out `act` on the workflow `namespace/name` at `now`, as the operator
+/// named `by` (the reason of a cancel says who).
 pub(super) async fn answer(
     store: &dyn WorkflowStore,
     (namespace, name, act): (String, String, Act),
     req: Request<Incoming>,
+    by: String,
     now: jiff::Timestamp,
 ) -> Response<Body> {
     let json_sent = req
@@ -98,7 +93,6 @@ pub(super) async fn answer(
             "send Content-Type: application/json (a cross-site form cannot)",
         );
     }
-    let by = operator_name(&req);
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await

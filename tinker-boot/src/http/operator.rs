@@ -16,8 +16,12 @@
 //! | `/status/assets/{file}` | the pages' stylesheet and scripts (see [`super::pages`]) |
 //! | `/login`, `POST /login`, `POST /logout` | the sign-in form (`next`: the page to go back to); open or close a browser session |
 //! | `/api/v1/session` | `{"csrfToken": ...}`: the session's CSRF token (`null` for a bearer token) |
-//! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows` | JSON lists |
-//! | `/api/v1/events/{machine}` | the machine's last 50 events |
+//! | `/api/v1/hardware`, `/api/v1/templates`, `/api/v1/workflows`, `/api/v1/machines` | JSON lists (Rufio Machines: BMCs) |
+//! | `/api/v1/events/{machine}?limit=N` | the machine's last N events (50 by default) |
+//! | `/api/v1/changes?limit=N` | the change log: who created, updated or deleted what, and when |
+//! | `/api/v1/{kind}?watch=TOKEN` | a long poll: the list once it changes (see `OperatorApi::watch`) |
+//! | `POST /api/v1/apply` | create or update objects (YAML or JSON) |
+//! | `DELETE /api/v1/{kind}/{namespace}/{name}` | delete an object |
 //! | `/api/v1/workflows/{namespace}/{name}/diagnosis` | why the workflow is pending, or `{"diagnosis": null}` |
 //! | `POST /api/v1/workflows/{namespace}/{name}/cancel`, `/rerun`, `/retry` | act on a workflow (see `operate`; `Content-Type: application/json` required) |
 //! | `/api/v1/workflows/{namespace}/{name}/timeline` | the run as a bar per step, and the diagnosis |
@@ -26,9 +30,14 @@
 //! that a session cookie opens must carry the session's CSRF token as
 //! `X-CSRF-Token`, or it is refused with 403 (see [`super::csrf`]); one with the
 //! bearer token needs none. The check sits before every such route.
+//!
+//! Each request that acts is made by someone: [`OperatorApi::caller`] names the
+//! operator (a named token, or `operator` for the generated one), and each
+//! change is recorded with that name ([`EventKind::ObjectChanged`]).
 
 use super::csrf::{CSRF_HEADER, CsrfKey};
 use super::{Body, ExtraRoutes, body::full, pages};
+use crate::operators::{OperatorName, OperatorTokens};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -38,7 +47,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tinker_core::clock::{SharedClock, SystemClock};
-use tinker_core::model::Kind;
+use tinker_core::model::{Kind, Owner};
+use tinker_core::store::{CHANGE_LOG, EventKind, EventSource, MachineEvent, ObjectChange};
 use tinker_core::{Secret, WorkflowStore};
 
 /// The session cookie's name.
@@ -57,18 +67,19 @@ const MAX_LOGIN_BODY: usize = 4096;
 #[derive(Clone)]
 pub struct OperatorApi {
     store: Arc<dyn WorkflowStore>,
-    token: Secret,
+    tokens: Arc<OperatorTokens>,
     sessions: Arc<Mutex<Sessions>>,
+    watches: Arc<tokio::sync::Semaphore>,
     clock: SharedClock,
     secure_cookie: bool,
     csrf: CsrfKey,
 }
 
 /// Open browser sessions: the SHA-256 of each session id (so a memory dump or a
-/// debug print does not hand out sessions) and when it ends.
+/// debug print does not hand out sessions), when it ends and who signed in.
 #[derive(Default)]
 struct Sessions {
-    by_hash: HashMap<[u8; 32], jiff::Timestamp>,
+    by_hash: HashMap<[u8; 32], (jiff::Timestamp, OperatorName)>,
 }
 
 impl std::fmt::Debug for OperatorApi {
@@ -83,16 +94,25 @@ fn session_hash(id: &str) -> [u8; 32] {
 }
 
 impl OperatorApi {
-    /// The routes over `store`, opened by `token`.
+    /// The routes over `store`, opened by `token` (the control plane's own
+    /// operator token, the operator named [`OperatorName::GENERATED`]).
     pub fn new(store: Arc<dyn WorkflowStore>, token: Secret) -> Self {
         OperatorApi {
             store,
-            token,
+            tokens: Arc::new(OperatorTokens::new().with_token(OperatorName::generated(), &token)),
             sessions: Arc::default(),
+            watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)),
             clock: SystemClock::shared(),
             secure_cookie: false,
             csrf: CsrfKey::random(),
         }
+    }
+
+    /// Opens the routes to these named operators too (a tokens file), beside
+    /// the token given to [`OperatorApi::new`].
+    pub fn with_operators(mut self, more: &OperatorTokens) -> Self {
+        self.tokens = Arc::new(self.tokens.as_ref().clone().extended(more));
+        self
     }
 
     /// Reads session times from `clock`.
@@ -119,43 +139,48 @@ impl OperatorApi {
             .map(|(_, v)| v.to_string())
     }
 
-    /// Whether the request carries the operator's token as a bearer header, or
-    /// the cookie of a session that has not ended. Never a token in the URL.
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
+    /// Who is calling: the operator whose token the request carries as a
+    /// bearer header, or who opened the session its cookie names (a session
+    /// that has not ended). `None`: nobody the API knows; the request is
+    /// refused. Never a token in the URL.
+    ///
+    /// This is the one answer to "who did it" for every route that acts
+    /// (apply, delete, and the workflow actions): record its name, never the
+    /// token.
+    pub fn caller<B>(&self, req: &Request<B>) -> Option<OperatorName> {
         if let Some(token) = crate::worker_api::bearer_token(req) {
-            return self.token.matches(token.as_bytes());
+            return self.tokens.who(token.as_bytes()).cloned();
         }
-        let Some(id) = Self::session_cookie(req) else {
-            return false;
-        };
+        let id = Self::session_cookie(req)?;
         let now = self.clock.now();
         let sessions = self.sessions.lock().expect("not poisoned");
         sessions
             .by_hash
             .get(&session_hash(&id))
-            .is_some_and(|ends| *ends > now)
+            .filter(|(ends, _)| *ends > now)
+            .map(|(_, who)| who.clone())
     }
 
-    /// Opens a session: a random id, kept as its hash.
-    fn open_session(&self) -> Option<String> {
+    /// Opens a session for `who`: a random id, kept as its hash.
+    fn open_session(&self, who: OperatorName) -> Option<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).ok()?;
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let now = self.clock.now();
         let mut sessions = self.sessions.lock().expect("not poisoned");
-        sessions.by_hash.retain(|_, ends| *ends > now);
+        sessions.by_hash.retain(|_, (ends, _)| *ends > now);
         if sessions.by_hash.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions
                 .by_hash
                 .iter()
-                .min_by_key(|(_, ends)| **ends)
+                .min_by_key(|(_, (ends, _))| *ends)
                 .map(|(k, _)| *k)
         {
             sessions.by_hash.remove(&oldest);
         }
         sessions
             .by_hash
-            .insert(session_hash(&id), now + SESSION_LIFETIME);
+            .insert(session_hash(&id), (now + SESSION_LIFETIME, who));
         Some(id)
     }
 
@@ -187,18 +212,18 @@ impl OperatorApi {
         let next = form_urlencoded::parse(&body)
             .find(|(k, _)| k == "next")
             .map(|(_, v)| v.into_owned());
-        if given.is_empty() || !self.token.matches(given.expose().as_bytes()) {
+        let Some(who) = self.tokens.who(given.expose().as_bytes()).cloned() else {
             tracing::warn!("operator sign-in refused: wrong token");
             return pages::login(true);
-        }
-        let Some(id) = self.open_session() else {
+        };
+        let Some(id) = self.open_session(who.clone()) else {
             return respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "no randomness for a session id\n",
             );
         };
-        tracing::info!("operator signed in");
+        tracing::info!(operator = %who, "operator signed in");
         let mut r = respond(StatusCode::SEE_OTHER, "text/plain", "signed in\n");
         let h = r.headers_mut();
         let back = pages::after_sign_in(next.as_deref());
@@ -244,8 +269,47 @@ pub fn kind_named(name: &str) -> Option<Kind> {
         "hardware" | "hardwares" | "hw" => Some(Kind::Hardware),
         "template" | "templates" | "tpl" => Some(Kind::Template),
         "workflow" | "workflows" | "wf" => Some(Kind::Workflow),
+        "machine" | "machines" | "bmc" | "bmcs" => Some(Kind::Machine),
         _ => None,
     }
+}
+
+/// The machine log an object's changes also go to: a Hardware's own, a
+/// Workflow's machine's.
+fn machine_of(o: &tinker_core::model::Object) -> Option<String> {
+    use tinker_core::model::Object;
+    match o {
+        Object::Hardware(h) => Some(format!("{}/{}", h.metadata.namespace(), h.metadata.name)),
+        Object::Workflow(w) => Some(format!(
+            "{}/{}",
+            w.metadata.namespace(),
+            w.spec.hardware_ref
+        )),
+        _ => None,
+    }
+}
+
+/// The refusal of a change to an object that comes from a file of the
+/// watched directory (one owner per object: see [`Owner`]).
+fn owned_by_file(
+    stored: &tinker_core::model::Object,
+    key: &tinker_core::model::ObjectKey,
+    applied: &[serde_json::Value],
+) -> Option<Response<Body>> {
+    let Some(Owner::File(file)) = stored.owner() else {
+        return None;
+    };
+    let body = serde_json::json!({
+        "status": 409,
+        "title": format!("{key} comes from the file {file} of the watched directory; change it there (the API does not change objects a file owns)"),
+        "detail": {"object": key.qualified_name(), "owner": format!("file:{file}")},
+        "applied": applied,
+    });
+    Some(respond(
+        StatusCode::CONFLICT,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    ))
 }
 
 /// A problem document (RFC 9457) as JSON.
@@ -267,7 +331,7 @@ impl OperatorApi {
     /// Workflow), validated together with the same findings as the validate
     /// example, then each written; `metadata.resourceVersion`, when given, must
     /// be the stored version (a stale one is refused with 409).
-    async fn apply(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn apply(&self, req: Request<Incoming>, who: &OperatorName) -> Response<Body> {
         use tinker_core::model::{Document, parse_documents};
         use tinker_core::store::Precondition;
         let body = match http_body_util::Limited::new(req.into_body(), MAX_APPLY_BODY)
@@ -322,7 +386,7 @@ impl OperatorApi {
                     return problem(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "a document the API does not store",
-                        serde_json::json!([{"object": other.describe(), "path": "kind", "reason": "only Hardware, Template and Workflow objects are applied here"}]),
+                        serde_json::json!([{"object": other.describe(), "path": "kind", "reason": "only Hardware, Template, Workflow and Rufio Machine objects are applied here"}]),
                     );
                 }
             };
@@ -347,13 +411,41 @@ impl OperatorApi {
                 },
                 None => Precondition::Any,
             };
+            let existed = match self.store.get(&key).await {
+                Ok(Some(v)) => {
+                    if let Some(refusal) = owned_by_file(&v.value, &key, &applied) {
+                        return refusal;
+                    }
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "apply: store read failed");
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the store is unavailable",
+                        serde_json::json!({"applied": applied}),
+                    );
+                }
+            };
+            let machine = machine_of(&object);
+            object.set_owner(&Owner::Api);
             match self.store.put(object, precondition).await {
-                Ok(version) => applied.push(serde_json::json!({
+                Ok(version) => {
+                    let change = if existed {
+                        ObjectChange::Updated
+                    } else {
+                        ObjectChange::Created
+                    };
+                    self.record_change(who, &key, change, machine).await;
+                    applied.push(serde_json::json!({
                     "kind": key.kind.as_str(),
                     "namespace": key.namespace,
                     "name": key.name,
                     "resourceVersion": version.to_string(),
-                })),
+                    "change": change,
+                    }));
+                }
                 Err(tinker_core::Error::Conflict { .. }) => {
                     return problem(
                         StatusCode::CONFLICT,
@@ -384,6 +476,7 @@ impl OperatorApi {
             }
         }
         tracing::info!(
+            operator = %who,
             applied = applied.len(),
             refused = refused.len(),
             "operator applied objects"
@@ -408,8 +501,43 @@ impl OperatorApi {
         )
     }
 
+    /// Records who changed what: in the change log ([`CHANGE_LOG`]) and, for
+    /// a Hardware or a Workflow, in its machine's log. The change is made
+    /// already; a store that cannot take the event is logged, not answered
+    /// as a failed change.
+    async fn record_change(
+        &self,
+        who: &OperatorName,
+        key: &tinker_core::model::ObjectKey,
+        change: ObjectChange,
+        machine: Option<String>,
+    ) {
+        let now = self.clock.now();
+        let kind = EventKind::ObjectChanged {
+            by: who.to_string(),
+            object: key.clone(),
+            change,
+        };
+        let mut events = vec![MachineEvent::new(
+            now,
+            CHANGE_LOG,
+            EventSource::Api,
+            kind.clone(),
+        )];
+        if let Some(machine) = machine {
+            let mut e = MachineEvent::new(now, machine, EventSource::Api, kind);
+            if key.kind == Kind::Workflow {
+                e = e.for_workflow(format!("{}/{}", key.namespace, key.name));
+            }
+            events.push(e);
+        }
+        if let Err(e) = self.store.append_events(events).await {
+            tracing::warn!(error = %e, object = %key, "the change could not be recorded");
+        }
+    }
+
     /// `DELETE /api/v1/{kind}/{namespace}/{name}`.
-    async fn delete(&self, path: &str) -> Response<Body> {
+    async fn delete(&self, path: &str, who: &OperatorName) -> Response<Body> {
         use tinker_core::store::Precondition;
         let parts: Vec<String> = path
             .trim_start_matches("/api/v1/")
@@ -431,9 +559,20 @@ impl OperatorApi {
             );
         };
         let key = tinker_core::model::ObjectKey::new(kind, namespace.as_str(), name.as_str());
+        let machine = match self.store.get(&key).await {
+            Ok(Some(v)) => {
+                if let Some(refusal) = owned_by_file(&v.value, &key, &[]) {
+                    return refusal;
+                }
+                machine_of(&v.value)
+            }
+            _ => None,
+        };
         match self.store.delete(&key, Precondition::Any).await {
             Ok(()) => {
-                tracing::info!(object = %key.qualified_name(), "operator deleted an object");
+                self.record_change(who, &key, ObjectChange::Deleted, machine)
+                    .await;
+                tracing::info!(operator = %who, object = %key.qualified_name(), "operator deleted an object");
                 respond(StatusCode::NO_CONTENT, "text/plain", "")
             }
             Err(tinker_core::Error::NotFound { .. }) => problem(
@@ -539,13 +678,13 @@ impl ExtraRoutes for OperatorApi {
             _ if path.starts_with("/api/v1/") => {}
             _ => return Err(req),
         }
-        if !self.authorized(&req) {
+        let Some(caller) = self.caller(&req) else {
             return Ok(respond(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
                 "the operator token is missing or wrong (send it as Authorization: Bearer)\n",
             ));
-        }
+        };
         if let Some(refused) = self.csrf_refusal(&req) {
             return Ok(refused);
         }
@@ -553,16 +692,24 @@ impl ExtraRoutes for OperatorApi {
             return Ok(self.session(&req));
         }
         if req.method() == Method::POST && path == "/api/v1/apply" {
-            return Ok(self.apply(req).await);
+            return Ok(self.apply(req, &caller).await);
         }
         if req.method() == Method::POST
             && let Some(target) = super::operate::route(path.trim_start_matches("/api/v1/"))
         {
             let now = self.clock.now();
-            return Ok(super::operate::answer(self.store.as_ref(), target, req, now).await);
+            // Who acts: the operator the token or session names.
+            return Ok(super::operate::answer(
+                self.store.as_ref(),
+                target,
+                req,
+                caller.to_string(),
+                now,
+            )
+            .await);
         }
         if req.method() == Method::DELETE {
-            return Ok(self.delete(&path).await);
+            return Ok(self.delete(&path, &caller).await);
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(respond(
@@ -575,13 +722,19 @@ impl ExtraRoutes for OperatorApi {
             "hardware" => Kind::Hardware,
             "templates" => Kind::Template,
             "workflows" => Kind::Workflow,
+            "machines" => Kind::Machine,
             rest if req.method() == Method::GET && super::diagnosis::view(rest).is_some() => {
                 let now = self.clock.now();
                 return Ok(super::diagnosis::answer(self.store.as_ref(), rest, now).await);
             }
             rest => {
-                if let Some(machine) = rest.strip_prefix("events/") {
-                    let machine = percent_decode_str(machine).decode_utf8_lossy();
+                let log = if rest == "changes" {
+                    Some(CHANGE_LOG.into())
+                } else {
+                    rest.strip_prefix("events/")
+                        .map(|m| percent_decode_str(m).decode_utf8_lossy())
+                };
+                if let Some(machine) = log {
                     // `?limit=N`: the last N events (50 by default, at most
                     // MAX_EVENTS_PER_ANSWER).
                     let limit = req
@@ -609,6 +762,15 @@ impl ExtraRoutes for OperatorApi {
                 return Ok(respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"));
             }
         };
+        if let Some(after) = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("watch="))
+        {
+            return Ok(self.watch(kind, after).await);
+        }
         Ok(match self.store.list(kind).await {
             Ok(items) => respond(
                 StatusCode::OK,
@@ -621,6 +783,95 @@ impl ExtraRoutes for OperatorApi {
                 "store unavailable\n",
             ),
         })
+    }
+}
+
+/// Longest a watch waits for a change before it answers with the list as it
+/// is (below the HTTP server's stall timeout, so the connection stays open).
+pub const WATCH_WAIT: Duration = Duration::from_secs(20);
+
+/// Watches held at once, all operators together; more are answered 503.
+pub const MAX_WATCHES: usize = 64;
+
+/// What a list held: each object's key and version, hashed. Two lists with
+/// the same token hold the same versions of the same objects.
+fn list_token(items: &[tinker_core::Versioned<tinker_core::model::Object>]) -> String {
+    use sha2::Digest;
+    let mut keys: Vec<(String, u64)> = items
+        .iter()
+        .map(|i| (i.value.key().qualified_name(), i.version))
+        .collect();
+    keys.sort();
+    let mut h = sha2::Sha256::new();
+    for (k, v) in keys {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update(v.to_be_bytes());
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl OperatorApi {
+    /// `GET /api/v1/{kind}?watch=TOKEN`: a long poll on the store's change
+    /// feed. The list (`{"token": ..., "items": [...]}`) as soon as it differs
+    /// from the one `TOKEN` names (at once for an empty or unknown token), or
+    /// as it is after [`WATCH_WAIT`]. The feed is joined before the list is
+    /// read, so a change between two polls is never missed.
+    async fn watch(&self, kind: Kind, after: &str) -> Response<Body> {
+        let Ok(_held) = self.watches.clone().try_acquire_owned() else {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many watches at once; try again",
+                serde_json::json!(MAX_WATCHES),
+            );
+        };
+        let mut feed = self.store.watch();
+        let deadline = self.clock.now() + WATCH_WAIT;
+        loop {
+            let items = match self.store.list(kind).await {
+                Ok(items) => items,
+                Err(_) => {
+                    return respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "store unavailable\n",
+                    );
+                }
+            };
+            let token = list_token(&items);
+            let answer = || {
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec(&serde_json::json!({"token": token, "items": items}))
+                        .unwrap_or_default(),
+                )
+            };
+            if token != after {
+                return answer();
+            }
+            let changed = async {
+                loop {
+                    match feed.recv().await {
+                        Ok(c) if c.key.kind == kind => return,
+                        Ok(_) => {}
+                        // Missed some: read the list again.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        // No more changes will come: wait out the deadline.
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = self.clock.sleep_until(deadline) => return answer(),
+                _ = changed => {}
+            }
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 
 mod agent;
 mod hardware;
+mod machine;
+mod owner;
 mod template;
 mod workflow;
 
@@ -18,6 +20,8 @@ pub use hardware::{
     Dhcp, Disk, Hardware, HardwareMetadata, HardwareSpec, Instance, Interface, IpConfig, Ipxe,
     METADATA_TOKEN_SHA256, NETBOOT_SINCE, Netboot, ObjectReference, Osie,
 };
+pub use machine::{Machine, MachineConnection, MachineSpec, RUFIO_API_VERSION, SecretReference};
+pub use owner::{OWNER_ANNOTATION, Owner};
 pub use template::{
     ActionTemplate, FailurePower, TaskTemplate, Template, TemplateData, TemplateSpec,
 };
@@ -87,11 +91,18 @@ pub enum Kind {
     Template,
     /// A template applied to a machine.
     Workflow,
+    /// A machine's BMC (Rufio's `bmc.tinkerbell.org/v1alpha1` Machine).
+    Machine,
 }
 
 impl Kind {
     /// All kinds, in dependency order (a workflow refers to the other two).
-    pub const ALL: [Kind; 3] = [Kind::Hardware, Kind::Template, Kind::Workflow];
+    pub const ALL: [Kind; 4] = [
+        Kind::Machine,
+        Kind::Hardware,
+        Kind::Template,
+        Kind::Workflow,
+    ];
 
     /// The kind's name as in `kind:`.
     pub fn as_str(self) -> &'static str {
@@ -99,6 +110,7 @@ impl Kind {
             Kind::Hardware => "Hardware",
             Kind::Template => "Template",
             Kind::Workflow => "Workflow",
+            Kind::Machine => "Machine",
         }
     }
 }
@@ -158,6 +170,8 @@ pub enum Object {
     Template(Template),
     /// A workflow.
     Workflow(Workflow),
+    /// A Rufio Machine (a BMC).
+    Machine(Machine),
 }
 
 impl Object {
@@ -167,6 +181,7 @@ impl Object {
             Object::Hardware(_) => Kind::Hardware,
             Object::Template(_) => Kind::Template,
             Object::Workflow(_) => Kind::Workflow,
+            Object::Machine(_) => Kind::Machine,
         }
     }
 
@@ -176,6 +191,7 @@ impl Object {
             Object::Hardware(o) => &o.metadata,
             Object::Template(o) => &o.metadata,
             Object::Workflow(o) => &o.metadata,
+            Object::Machine(o) => &o.metadata,
         }
     }
 
@@ -185,6 +201,7 @@ impl Object {
             Object::Hardware(o) => &mut o.metadata,
             Object::Template(o) => &mut o.metadata,
             Object::Workflow(o) => &mut o.metadata,
+            Object::Machine(o) => &mut o.metadata,
         }
     }
 
@@ -215,6 +232,9 @@ impl<'de> Deserialize<'de> for Object {
             "Workflow" => {
                 Object::Workflow(serde_norway::from_value(value).map_err(D::Error::custom)?)
             }
+            "Machine" => {
+                Object::Machine(serde_norway::from_value(value).map_err(D::Error::custom)?)
+            }
             other => return Err(D::Error::custom(format!("unknown kind {other:?}"))),
         };
         Ok(object)
@@ -234,6 +254,11 @@ impl From<Template> for Object {
 impl From<Workflow> for Object {
     fn from(o: Workflow) -> Self {
         Object::Workflow(o)
+    }
+}
+impl From<Machine> for Object {
+    fn from(o: Machine) -> Self {
+        Object::Machine(o)
     }
 }
 
@@ -337,6 +362,9 @@ fn document_from_value(here: &str, value: serde_norway::Value) -> Result<Documen
             reason: "not a Kubernetes-style object: `apiVersion` and `kind` must be strings".into(),
         });
     };
+    if api_version == RUFIO_API_VERSION && kind == "Machine" {
+        return Ok(Document::Object(Object::Machine(typed(here, value)?)));
+    }
     if api_version != API_VERSION_V1ALPHA1 {
         return Ok(Document::Unsupported {
             api_version,
