@@ -151,7 +151,10 @@ impl DockerRuntime {
         hc
     }
 
-    async fn create_and_start(&self, spec: &ActionSpec, name: &str) -> Result<String> {
+    /// Creates and starts the action's container; the guard that removes it
+    /// is armed as soon as it exists, before it starts: its process may act
+    /// (and the run be dropped) before the engine's answer to the start.
+    async fn create_and_start(&self, spec: &ActionSpec, name: &str) -> Result<ContainerGuard> {
         let mut privileged = !self.privileged_refused.load(Ordering::Relaxed);
         loop {
             let body = ContainerCreateBody {
@@ -180,10 +183,16 @@ impl DockerRuntime {
                     reason: format!("cannot create the container: {e}"),
                 })?
                 .id;
+            let mut guard = ContainerGuard {
+                docker: self.docker.clone(),
+                id: Some(id.clone()),
+            };
             match self.docker.start_container(&id, None).await {
-                Ok(()) => return Ok(id),
+                Ok(()) => return Ok(guard),
                 Err(e) => {
-                    let _ = self.remove(&id).await;
+                    if self.remove(&id).await {
+                        guard.id = None;
+                    }
                     let text = e.to_string();
                     if privileged
                         && (text.contains("unable to apply caps")
@@ -375,8 +384,10 @@ impl ActionRuntime for DockerRuntime {
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        let id = match self.create_and_start(spec, &name).await {
-            Ok(id) => id,
+        // Removed in every case: success, failure, timeout, cancellation, and
+        // (by the guard) this future being dropped, even while it starts.
+        let mut guard = match self.create_and_start(spec, &name).await {
+            Ok(guard) => guard,
             Err(e) => {
                 return Ok(ActionOutcome::Failed {
                     exit_code: None,
@@ -384,12 +395,7 @@ impl ActionRuntime for DockerRuntime {
                 });
             }
         };
-        // Removed in every case: success, failure, timeout, cancellation, and
-        // (by the guard) this future being dropped.
-        let mut guard = ContainerGuard {
-            docker: self.docker.clone(),
-            id: Some(id.clone()),
-        };
+        let id = guard.id.clone().unwrap_or_default();
         let report = Mutex::new(CleanupReport::new(self.grace));
         let ended = self.supervise(&id, spec, out, cancel).await;
         if ended.is_err() {
