@@ -393,6 +393,11 @@ async fn each_change_records_who_made_it() {
     assert!(applied.status.success(), "{}", err(&applied));
     let again = tinker_as(&p.server, "bob-token", &["apply", "-f", objects]).await;
     assert!(again.status.success(), "{}", err(&again));
+    // Acts on a workflow are changes too, with who made them.
+    let cancelled = tinker_as(&p.server, "bob-token", &["cancel", "workflow", "wf1"]).await;
+    assert!(cancelled.status.success(), "{}", err(&cancelled));
+    let retried = tinker_as(&p.server, "alice-token", &["retry", "workflow", "wf1"]).await;
+    assert!(retried.status.success(), "{}", err(&retried));
     let deleted = tinker_as(&p.server, "bob-token", &["delete", "wf", "wf1"]).await;
     assert!(deleted.status.success(), "{}", err(&deleted));
 
@@ -407,6 +412,8 @@ async fn each_change_records_who_made_it() {
         "bob updated Hardware default/m1",
         "bob updated Template default/t1",
         "bob updated Workflow default/wf1",
+        "bob cancelled Workflow default/wf1",
+        "alice retried Workflow default/wf1",
         "bob deleted Workflow default/wf1",
     ];
     assert_eq!(lines.len(), expected.len(), "{log}");
@@ -425,6 +432,10 @@ async fn each_change_records_who_made_it() {
     );
     assert!(
         machine.contains("workflow default/wf1: bob deleted Workflow default/wf1"),
+        "{machine}"
+    );
+    assert!(
+        machine.contains("workflow default/wf1: bob cancelled Workflow default/wf1"),
         "{machine}"
     );
     assert!(!machine.contains("Template"), "{machine}");

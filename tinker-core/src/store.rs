@@ -361,6 +361,12 @@ pub enum ObjectChange {
     Updated,
     /// It was deleted.
     Deleted,
+    /// A workflow: an operator cancelled it.
+    Cancelled,
+    /// A workflow: an operator retried it from a failed action.
+    Retried,
+    /// A workflow: an operator ran it again from its start.
+    Rerun,
 }
 
 impl fmt::Display for ObjectChange {
@@ -369,6 +375,9 @@ impl fmt::Display for ObjectChange {
             ObjectChange::Created => "created",
             ObjectChange::Updated => "updated",
             ObjectChange::Deleted => "deleted",
+            ObjectChange::Cancelled => "cancelled",
+            ObjectChange::Retried => "retried",
+            ObjectChange::Rerun => "re-ran",
         })
     }
 }
