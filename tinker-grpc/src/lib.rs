@@ -419,6 +419,11 @@ fn refusal_status(agent: &str, e: WorkerRefusal) -> Status {
         WorkerRefusal::Refused(Refusal::Finished { .. }) => {
             Status::failed_precondition("the workflow has finished")
         }
+        // tink-agent has no cancel: its report says so, and the engine powers
+        // the machine off (through its BMC) after the cancel's grace.
+        WorkerRefusal::Refused(Refusal::Cancelled { by }) => {
+            Status::failed_precondition(format!("the workflow was cancelled by {by}"))
+        }
         WorkerRefusal::Refused(_) => {
             Status::failed_precondition("the action is not running under this claim")
         }
@@ -829,6 +834,17 @@ tasks:
         }
         assert_eq!(action_state(StateType::Timeout), ActionState::Timeout);
         assert_eq!(action_state(StateType::Success), ActionState::Success);
+    }
+
+    /// A report after an operator's cancel is refused, and says who.
+    #[test]
+    fn a_report_after_a_cancel_is_refused_naming_who_cancelled() {
+        let s = refusal_status(
+            "02:00:00:00:00:01",
+            WorkerRefusal::Refused(Refusal::Cancelled { by: "alice".into() }),
+        );
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "the workflow was cancelled by alice");
     }
 
     /// The violation rides in the status details, where tink-agent looks.
