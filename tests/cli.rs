@@ -304,6 +304,17 @@ async fn describe_and_logs_show_each_actions_state_and_output() {
         d.contains("Waiting:   no DHCP request from 02:00:00:00:c1:01"),
         "{d}"
     );
+    // The timeline: netboot turned on, then the run stopped waiting for DHCP.
+    assert!(d.contains("Timeline:"), "{d}");
+    let stopped: Vec<&str> = d
+        .lines()
+        .filter(|l| l.ends_with("<- stopped here"))
+        .collect();
+    assert_eq!(stopped.len(), 1, "{d}");
+    assert!(
+        stopped[0].contains("DHCP") && stopped[0].contains("pending"),
+        "{d}"
+    );
     let logs = tinker(&p.server, &["logs", "wf1", "stream-image"]).await;
     assert_eq!(out(&logs), "wrote 8 MiB\nsynced\n", "{}", err(&logs));
     let all = tinker(&p.server, &["logs", "wf1"]).await;

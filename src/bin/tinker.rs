@@ -468,6 +468,51 @@ async fn workflow(api: &Api, namespace: &str, name: &str) -> Result<Workflow, Fa
 
 /// The output lines the machine's event log holds for a workflow, by action.
 /// Output lines of a workflow: (event sequence number, action index, line).
+/// Prints a workflow's run as a step per line (the status page draws the same
+/// spans as bars): when each began, how long it took, how it went, and where
+/// the run stopped. Nothing when the control plane cannot say.
+async fn timeline(api: &Api, wf: &Workflow) {
+    let path = format!(
+        "/api/v1/workflows/{}/{}/timeline",
+        wf.metadata.namespace(),
+        wf.metadata.name
+    );
+    let Ok((200, answer)) = api.call(Method::GET, &path, Vec::new()).await else {
+        return;
+    };
+    let Some(spans) = answer["timeline"]["spans"].as_array() else {
+        return;
+    };
+    let stopped = answer["timeline"]["stoppedAt"].as_u64();
+    let at = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    println!("Timeline:");
+    for (i, span) in spans.iter().enumerate() {
+        let (start, end) = (at(&span["start"]), at(&span["end"]));
+        let began = start.map_or("-".to_string(), |t| t.strftime("%H:%M:%S").to_string());
+        let took = match (start, end) {
+            (Some(s), Some(e)) => {
+                format!("{:.1}s", e.duration_since(s).as_secs_f64())
+            }
+            _ => "-".to_string(),
+        };
+        let mut line = format!(
+            "  {:<24} {:<12} {began:<9} {took:<8}",
+            span["label"].as_str().unwrap_or("?"),
+            span["outcome"].as_str().unwrap_or("?"),
+        );
+        if span["attempts"].as_u64().is_some_and(|a| a > 1) {
+            line += &format!(" {} attempts", span["attempts"]);
+        }
+        if let Some(detail) = span["detail"].as_str() {
+            line += &format!(" {detail}");
+        }
+        if stopped == Some(i as u64) {
+            line += "  <- stopped here";
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
 type Lines = Vec<(u64, usize, String)>;
 
 async fn output(api: &Api, wf: &Workflow) -> Result<Lines, Failure> {
@@ -719,6 +764,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     println!("       | {line}");
                 }
             }
+            timeline(&api, &wf).await;
             if !status.executions.is_empty() {
                 println!("Earlier executions:");
             }
