@@ -168,6 +168,12 @@ pub enum EventKind {
         /// The interface the script is for.
         mac: MacAddr,
     },
+    /// The metadata service served the machine its own metadata (the first
+    /// read of a burst: at most one such event every few seconds).
+    MetadataServed {
+        /// The path it read, such as `/2009-04-04/meta-data/hostname`.
+        path: String,
+    },
     /// The template could not be rendered; the workflow failed.
     RenderFailed {
         /// Why.
@@ -275,6 +281,7 @@ impl fmt::Display for EventKind {
             EventKind::BootDecision { decision } => f.write_str(decision),
             EventKind::Rendered { actions } => write!(f, "template rendered: {actions} actions"),
             EventKind::IpxeScriptServed { mac } => write!(f, "iPXE script served to {mac}"),
+            EventKind::MetadataServed { path } => write!(f, "metadata served: {path}"),
             EventKind::RenderFailed { reason } => write!(f, "template rendering failed: {reason}"),
             EventKind::StepDone { step } => write!(f, "{step}: done"),
             EventKind::StepSkippedNoBmc { step } => {

@@ -372,13 +372,27 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         let off = engine_span(Step::NetbootOff, &[MachineStep::DisableNetboot], last_stop);
         let off_end = off.end.or(last_stop);
         spans.push(off);
-        spans.push(engine_span(
+        let disk = engine_span(
             Step::DiskBoot,
             &[MachineStep::SetDiskBoot, MachineStep::Reboot],
             off_end,
-        ));
+        );
+        // The installed OS's first read, once the disk boot is under way (the
+        // in-memory OS reads `/metadata` too, for rootio: that is an action's).
+        let booted = disk.end.or(disk.start).or(off_end);
+        let read = booted.and_then(|b| {
+            events
+                .iter()
+                .find(|e| e.at >= b && matches!(e.kind, EventKind::MetadataServed { .. }))
+        });
+        spans.push(disk);
         let rebooted = phase == Some(MachinePhase::Rebooted);
-        spans.push(point(Step::Metadata, None, rebooted));
+        let mut metadata = point(Step::Metadata, read.map(|e| e.at), rebooted);
+        metadata.detail = read.and_then(|e| match &e.kind {
+            EventKind::MetadataServed { path } => Some(format!("first read: {path}")),
+            _ => None,
+        });
+        spans.push(metadata);
     }
 
     // Where it failed; else, while it runs, the first step not yet done.
@@ -630,6 +644,46 @@ mod tests {
         assert_eq!(tl.machine, "default/m1");
         // The worker logs output under its own id.
         assert_eq!(tl.logs, ["default/m1", "02:00:00:00:97:01"]);
+    }
+
+    fn metadata(at: i64, path: &str) -> MachineEvent {
+        MachineEvent::new(
+            t(at),
+            "default/m1",
+            EventSource::Http,
+            EventKind::MetadataServed { path: path.into() },
+        )
+    }
+
+    #[test]
+    fn the_installed_os_reading_its_metadata_fills_the_metadata_step() {
+        let wf = workflow(
+            WorkflowState::Success,
+            MachinePhase::Rebooted,
+            &[("rootio", ActionState::Success, 1, Some(20), Some(50))],
+        );
+        let mut events = vec![
+            engine(0, EventKind::Rendered { actions: 1 }),
+            // rootio reads /metadata from the in-memory OS: not this step.
+            metadata(30, "/metadata"),
+            done(53, MachineStep::DisableNetboot),
+            done(54, MachineStep::SetDiskBoot),
+            done(57, MachineStep::Reboot),
+        ];
+        let before = timeline(&wf, &events, t(90));
+        assert_eq!(span(&before, &Step::Metadata).outcome, Outcome::NotRecorded);
+        events.push(metadata(80, "/2009-04-04/meta-data/hostname"));
+        events.push(metadata(85, "/2009-04-04/user-data"));
+        let tl = timeline(&wf, &events, t(90));
+        let m = span(&tl, &Step::Metadata);
+        assert_eq!(
+            (m.start, m.end, m.outcome),
+            (Some(t(80)), Some(t(80)), Outcome::Done)
+        );
+        assert_eq!(
+            m.detail.as_deref(),
+            Some("first read: /2009-04-04/meta-data/hostname")
+        );
     }
 
     #[test]
