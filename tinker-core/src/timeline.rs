@@ -377,10 +377,11 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
             &[MachineStep::SetDiskBoot, MachineStep::Reboot],
             off_end,
         );
-        // The installed OS's first read, once the disk boot is under way (the
+        // The installed OS's first read once the actions are over (the
         // in-memory OS reads `/metadata` too, for rootio: that is an action's).
-        let booted = disk.end.or(disk.start).or(off_end);
-        let read = booted.and_then(|b| {
+        // Not only after the reboot is recorded: a fast machine may ask before
+        // the BMC's answer to the reboot is in.
+        let read = off_end.and_then(|b| {
             events
                 .iter()
                 .find(|e| e.at >= b && matches!(e.kind, EventKind::MetadataServed { .. }))
