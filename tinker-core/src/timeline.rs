@@ -300,13 +300,20 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         .filter(|e| booted_by.is_none_or(|b| e.at <= b))
         .collect();
     let later = script.is_some() || first_claim.is_some();
+    // A file sent over TFTP: the machine is past DHCP too.
+    let loading = events.iter().any(|e| {
+        e.source == EventSource::Tftp
+            && matches!(e.kind, EventKind::TftpTransfer { .. })
+            && booted_by.is_none_or(|b| e.at <= b)
+    });
+    let dhcp_over = later || loading;
     spans.push(match (dhcp.first(), dhcp.last()) {
         (Some(first), Some(last)) => Span {
             step: Step::Dhcp,
             label: Step::Dhcp.to_string(),
             start: Some(first.at),
-            end: later.then_some(last.at),
-            outcome: if later {
+            end: dhcp_over.then_some(last.at),
+            outcome: if dhcp_over {
                 Outcome::Done
             } else {
                 Outcome::Running
@@ -317,10 +324,9 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
                 _ => None,
             },
         },
-        _ => point(Step::Dhcp, None, later),
+        _ => point(Step::Dhcp, None, dhcp_over),
     });
-    // TFTP transfers are not in the event log: between DHCP and the script.
-    spans.push(point(Step::Tftp, None, later));
+    spans.push(tftp_span(&events, booted_by, later));
     spans.push(point(Step::IpxeScript, script, first_claim.is_some()));
     let os_from = script.or(dhcp.last().map(|e| e.at));
     spans.push(Span {
@@ -418,6 +424,47 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         now,
         spans,
         stopped_at,
+    }
+}
+
+/// The firmware loading iPXE: the TFTP server's transfers to the machine
+/// before it booted on (`booted_by`); `later` when it went past this step.
+fn tftp_span(events: &[&MachineEvent], booted_by: Option<Timestamp>, later: bool) -> Span {
+    let transfers: Vec<(&MachineEvent, u64, bool)> = events
+        .iter()
+        .copied()
+        .filter(|e| booted_by.is_none_or(|b| e.at <= b))
+        .filter_map(|e| match &e.kind {
+            EventKind::TftpTransfer { millis, failed, .. } if e.source == EventSource::Tftp => {
+                Some((e, *millis, failed.is_some()))
+            }
+            _ => None,
+        })
+        .collect();
+    let Some((first, first_millis, _)) = transfers.first() else {
+        return point(Step::Tftp, None, later);
+    };
+    let sent = transfers.iter().rev().find(|(_, _, failed)| !failed);
+    let last = transfers.last().expect("one at least");
+    // A firmware often abandons its first transfer once it has learnt the
+    // size (tsize), and tries again: a transfer abandoned is not the step's
+    // failure while the machine may still ask.
+    let (outcome, end) = match (sent, later) {
+        (Some((e, _, _)), _) => (Outcome::Done, Some(e.at)),
+        (None, true) => (Outcome::NotRecorded, Some(last.0.at)),
+        (None, false) => (Outcome::Running, None),
+    };
+    Span {
+        step: Step::Tftp,
+        label: Step::Tftp.to_string(),
+        // An event is written when its transfer ended: it began `millis` before.
+        start: Some(
+            first.at - jiff::SignedDuration::from_millis(i64::try_from(*first_millis).unwrap_or(0)),
+        ),
+        end,
+        outcome,
+        attempts: u32::try_from(transfers.len()).unwrap_or(u32::MAX),
+        detail: Some(sent.unwrap_or(last).0.kind.to_string()),
     }
 }
 
@@ -685,6 +732,79 @@ mod tests {
             m.detail.as_deref(),
             Some("first read: /2009-04-04/meta-data/hostname")
         );
+    }
+
+    fn tftp(at: i64, millis: u64, failed: Option<&str>) -> MachineEvent {
+        MachineEvent::new(
+            t(at),
+            "default/m1",
+            EventSource::Tftp,
+            EventKind::TftpTransfer {
+                file: "ipxe.efi".into(),
+                bytes: 1_000_000,
+                millis,
+                failed: failed.map(str::to_string),
+            },
+        )
+    }
+
+    #[test]
+    fn the_tftp_step_is_the_firmware_loading_ipxe() {
+        let wf = workflow(
+            WorkflowState::Pending,
+            MachinePhase::Ready,
+            &[("stream", ActionState::Pending, 0, None, None)],
+        );
+        let rendered = engine(0, EventKind::Rendered { actions: 1 });
+        // The firmware learnt the size and abandoned its first transfer: the
+        // machine may still ask, so the step runs on.
+        let events = [
+            rendered.clone(),
+            dhcp(8),
+            tftp(9, 0, Some("the client sent an error")),
+        ];
+        let tl = timeline(&wf, &events, t(10));
+        let s = span(&tl, &Step::Tftp);
+        assert_eq!(
+            (s.start, s.end, s.outcome),
+            (Some(t(9)), None, Outcome::Running)
+        );
+        assert_eq!(
+            s.detail.as_deref(),
+            Some("TFTP: ipxe.efi abandoned: the client sent an error")
+        );
+        assert_eq!(tl.spans[tl.stopped_at.unwrap()].step, Step::Tftp);
+        // Its second try completed (1.5 s long), then iPXE fetched its script;
+        // a later transfer (the in-memory OS's) is not this step's.
+        let events = [
+            rendered,
+            dhcp(8),
+            tftp(9, 0, Some("the client sent an error")),
+            tftp(12, 1500, None),
+            script(13),
+            tftp(30, 10, None),
+        ];
+        let tl = timeline(&wf, &events, t(40));
+        let s = span(&tl, &Step::Tftp);
+        assert_eq!(
+            (s.start, s.end, s.outcome, s.attempts),
+            (Some(t(9)), Some(t(12)), Outcome::Done, 2)
+        );
+        assert_eq!(
+            s.detail.as_deref(),
+            Some("TFTP: ipxe.efi sent (1000000 bytes in 1500 ms)")
+        );
+        // Without records, as before: not recorded once the machine went past.
+        let tl = timeline(
+            &wf,
+            &events[..2]
+                .iter()
+                .cloned()
+                .chain([script(13)])
+                .collect::<Vec<_>>(),
+            t(40),
+        );
+        assert_eq!(span(&tl, &Step::Tftp).outcome, Outcome::NotRecorded);
     }
 
     #[test]

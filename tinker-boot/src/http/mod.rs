@@ -158,10 +158,8 @@ pub struct HttpServer {
     limits: Arc<HttpLimits>,
     conns: Arc<ConnStats>,
     /// When each machine's last event of each kind this server records was
-    /// recorded (one entry per known Hardware and kind at most: only known
-    /// machines are served a script or metadata).
-    machine_events:
-        Arc<std::sync::Mutex<std::collections::HashMap<(String, &'static str), jiff::Timestamp>>>,
+    /// recorded (only known machines are served a script or metadata).
+    machine_events: Arc<crate::event_window::EventWindow>,
     /// Serves the metadata service alone (Hegel's port).
     only_metadata: bool,
     /// Serves Tootles' `/tootles/instanceID/<id>/...` tree.
@@ -181,10 +179,6 @@ impl std::fmt::Debug for HttpServer {
             .finish_non_exhaustive()
     }
 }
-
-/// At most one event of each kind per machine in this window (iPXE script
-/// served, metadata served).
-const MACHINE_EVENT_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
 /// How long requests in flight may take to finish once shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -373,7 +367,7 @@ impl HttpServer {
     }
 
     /// Records `kind` in `machine`'s event log (what "why is it pending?" and
-    /// the timeline read), at most once per [`MACHINE_EVENT_WINDOW`] per
+    /// the timeline read), at most once per [`MACHINE_EVENT_WINDOW`](crate::event_window::MACHINE_EVENT_WINDOW) per
     /// machine and kind of event: a client fetching in a loop does not push
     /// the machine's other events out of its bounded log.
     fn record_machine_event(&self, machine: String, kind: EventKind) {
@@ -383,28 +377,17 @@ impl HttpServer {
             _ => "other",
         };
         let now = self.clock.now();
-        {
-            let mut last = self
-                .machine_events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let key = (machine, sort);
-            if last
-                .get(&key)
-                .is_some_and(|t| now.duration_since(*t) < MACHINE_EVENT_WINDOW)
-            {
-                return;
-            }
-            last.insert(key.clone(), now);
-            let event = MachineEvent::new(now, key.0, EventSource::Http, kind);
-            // In the background: the machine does not wait for the log.
-            let store = self.config.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.append_event(event).await {
-                    tracing::warn!(error = %e, "could not record a machine event");
-                }
-            });
+        if !self.machine_events.admit(&machine, sort, now) {
+            return;
         }
+        let event = MachineEvent::new(now, machine, EventSource::Http, kind);
+        // In the background: the machine does not wait for the log.
+        let store = self.config.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.append_event(event).await {
+                tracing::warn!(error = %e, "could not record a machine event");
+            }
+        });
     }
 
     fn refuse(&self, stream: tokio::net::TcpStream, peer: SocketAddr, why: Refusal) {
