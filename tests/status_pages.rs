@@ -318,9 +318,10 @@ fn an_operator_sees_a_workflows_timeline_and_output_and_acts_in_headless_chromiu
         &format!("location.pathname === '/status/workflows/default/{name}'"),
         "signed in, back on the workflow's page",
     );
-    // The timeline: a bar per step the run went through, each done.
+    // The timeline: a bar per step the run went through, each done (TFTP and
+    // the installed OS's metadata read from the machine's event log).
     b.wait_for(
-        "document.querySelectorAll('#timeline rect.bar.done').length >= 9",
+        "document.querySelectorAll('#timeline rect.bar.done').length >= 11",
         "the timeline's bars",
     );
     let rows = b.eval(
@@ -338,7 +339,7 @@ fn an_operator_sees_a_workflows_timeline_and_output_and_acts_in_headless_chromiu
             "netbootOn:done",
             "powerOn:done",
             "dhcp:done",
-            "tftp:notRecorded",
+            "tftp:done",
             "ipxeScript:done",
             "inMemoryOs:done",
             "action:done",
