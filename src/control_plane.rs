@@ -33,7 +33,7 @@ use tinker_boot::http::{
 };
 use tinker_boot::operators::OperatorTokens;
 use tinker_boot::syslog::{SyslogLimits, SyslogServer};
-use tinker_boot::tftp::{FileSource, TftpLimits, TftpServer};
+use tinker_boot::tftp::{FileSource, StoreTransferLog, TftpLimits, TftpServer};
 use tinker_boot::worker_api::WorkerApi;
 use tinker_boot::{BootConfig, StoreBootResponder};
 use tinker_core::clock::{SharedClock, SystemClock};
@@ -279,7 +279,12 @@ impl ControlPlane {
         .with_clock(self.clock.clone());
         let tftp = TftpServer::new(self.tftp_files.clone())
             .with_clock(self.clock.clone())
-            .with_limits(self.tftp_limits);
+            .with_limits(self.tftp_limits)
+            // The machines' timelines show when each loaded iPXE.
+            .with_observer(Arc::new(
+                StoreTransferLog::new(self.store.clone())
+                    .with_observed_addresses(callers.observed.clone()),
+            ));
         let mut worker_api = WorkerApi::new(
             self.store.clone(),
             self.secret.clone(),

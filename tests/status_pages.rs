@@ -201,13 +201,22 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-/// A Hardware that never boots (no simulated machine answers for it) and a
-/// workflow for it, on the rack's template.
+/// The inventory a tink-agent reported for the ghost (as tinker-grpc keeps
+/// it), with a disk model that is markup: the page must show it as text.
+const GHOST_INVENTORY: &str = r#"{"cpu":{"totalCores":16,"totalThreads":32,"processors":[{"vendor":"AMD","model":"EPYC 7302P"}]},"memory":{"total":"64GiB","usable":"62GiB"},"blockDevices":[{"name":"nvme0n1","size":"960GB","driveType":"SSD","model":"<img src=x onerror=document.title='owned'>","serialNumber":"S4EW"}],"networkInterfaces":[{"name":"eno1","mac":"02:00:00:00:16:99","speed":"25Gb/s"}],"bios":{"vendor":"AMI","version":"2.1","releaseDate":"2025-01-01"},"baseboard":{"vendor":"Supermicro","product":"H12SSL-i"},"product":{"name":"AS-1014S","vendor":"Supermicro","serialNumber":"PX1"}}"#;
+
+/// A Hardware that never boots (no simulated machine answers for it), with
+/// the inventory its agent reported, and a workflow for it, on the rack's
+/// template.
 fn ghost(template: &str) -> String {
+    let inventory = serde_json::to_string(GHOST_INVENTORY).unwrap();
     format!(
         r#"apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
-metadata: {{name: ghost, namespace: default}}
+metadata:
+  name: ghost
+  namespace: default
+  annotations: {{"tinkerbell.org/agent-attributes": {inventory}}}
 spec:
   interfaces:
     - dhcp: {{mac: "02:00:00:00:16:99", ip: {{address: 127.77.9.99, netmask: 255.0.0.0}}}}
@@ -309,9 +318,10 @@ fn an_operator_sees_a_workflows_timeline_and_output_and_acts_in_headless_chromiu
         &format!("location.pathname === '/status/workflows/default/{name}'"),
         "signed in, back on the workflow's page",
     );
-    // The timeline: a bar per step the run went through, each done.
+    // The timeline: a bar per step the run went through, each done (TFTP and
+    // the installed OS's metadata read from the machine's event log).
     b.wait_for(
-        "document.querySelectorAll('#timeline rect.bar.done').length >= 9",
+        "document.querySelectorAll('#timeline rect.bar.done').length >= 11",
         "the timeline's bars",
     );
     let rows = b.eval(
@@ -329,14 +339,14 @@ fn an_operator_sees_a_workflows_timeline_and_output_and_acts_in_headless_chromiu
             "netbootOn:done",
             "powerOn:done",
             "dhcp:done",
-            "tftp:notRecorded",
+            "tftp:done",
             "ipxeScript:done",
             "inMemoryOs:done",
             "action:done",
             "action:done",
             "netbootOff:done",
             "diskBoot:done",
-            "metadata:notRecorded",
+            "metadata:done",
         ]
     );
     // Bars sit on one time axis: each action starts where the one before ended
@@ -415,6 +425,41 @@ fn an_operator_sees_a_workflows_timeline_and_output_and_acts_in_headless_chromiu
         "the machine's events",
     );
     b.screenshot(&shots, "machine.png");
+    b.wait_for(
+        "document.querySelector('#inventory tr.none')",
+        "a machine without a reported inventory says so",
+    );
+
+    // A machine whose agent reported its inventory shows it, as text.
+    b.navigate(&format!("{base}/status/machines/default/ghost"));
+    b.wait_for(
+        "document.querySelectorAll('#inventory tr.part').length >= 7",
+        "the ghost's inventory",
+    );
+    let rows = b.eval(
+        "[...document.querySelectorAll('#inventory tr.part')].map(r => r.textContent).join('\\n')",
+    );
+    let rows = rows.as_str().unwrap();
+    for expected in [
+        "productSupermicro · AS-1014S · serial PX1",
+        "baseboardSupermicro · H12SSL-i",
+        "BIOSAMI · 2.1 · 2025-01-01",
+        "CPU16 cores · 32 threads · AMD · EPYC 7302P",
+        "memory64GiB · 62GiB usable",
+        "disknvme0n1 · 960GB · SSD · <img src=x onerror=document.title='owned'> · serial S4EW",
+        "NICeno1 · 02:00:00:00:16:99 · 25Gb/s",
+    ] {
+        assert!(
+            rows.lines().any(|l| l == expected),
+            "{expected:?} in {rows}"
+        );
+    }
+    assert_eq!(
+        b.eval("document.querySelectorAll('#inventory img').length"),
+        0,
+        "a reported model is text, never markup"
+    );
+    b.screenshot(&shots, "inventory.png");
 
     // The overview links each workflow and machine to its page.
     b.navigate(&format!("{base}/status"));

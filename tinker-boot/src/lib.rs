@@ -21,6 +21,7 @@
 
 pub mod credentials;
 pub mod dhcp;
+pub mod event_window;
 pub mod http;
 mod metadata;
 pub mod operators;

@@ -100,6 +100,7 @@ impl MetadataSource for StoreMetadata {
                 .as_ref()
                 .and_then(|a| a.get(tinker_core::model::METADATA_TOKEN_SHA256))
                 .map(|h| h.trim().to_ascii_lowercase()),
+            machine: Some(format!("{}/{}", hw.metadata.namespace(), hw.metadata.name)),
         }))
     }
 }

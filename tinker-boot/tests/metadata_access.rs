@@ -11,8 +11,9 @@ use tinker_boot::dhcp::client::{PxeClient, encode};
 use tinker_boot::dhcp::{DhcpConfig, DhcpServer, Mode};
 use tinker_boot::http::{HttpConfig, HttpServer, client};
 use tinker_boot::{BootConfig, StoreBootResponder, StoreMetadata};
+use tinker_core::clock::ManualClock;
 use tinker_core::model::{Hardware, METADATA_TOKEN_SHA256};
-use tinker_core::store::Precondition;
+use tinker_core::store::{EventKind, EventSource, Precondition};
 use tinker_core::testing::mac;
 use tinker_core::{MacAddr, WorkflowStore};
 use tinker_store::MemoryStore;
@@ -285,4 +286,99 @@ async fn the_hegel_listener_serves_metadata_and_nothing_else() {
     ] {
         assert_eq!(get(hegel, A, path).await.0, 404, "{path}");
     }
+}
+
+/// The paths of the "metadata served" events in `machine`'s log, once the
+/// background writes are in: asked until `at_least` are there (a bounded
+/// number of times), then once more after any write still on its way landed,
+/// so that too many would be seen.
+async fn metadata_reads(
+    store: &Arc<dyn WorkflowStore>,
+    machine: &str,
+    at_least: usize,
+) -> Vec<String> {
+    for _ in 0..200 {
+        if metadata_reads_now(store, machine).await.len() >= at_least {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    metadata_reads_now(store, machine).await
+}
+
+async fn metadata_reads_now(store: &Arc<dyn WorkflowStore>, machine: &str) -> Vec<String> {
+    let events = store.events(machine, 1000).await.unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::MetadataServed { path } => {
+                assert_eq!(e.source, EventSource::Http);
+                Some(path)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_machine_reading_its_metadata_is_in_its_event_log_a_burst_once() {
+    let store = two_machines().await;
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let server = HttpServer::new(HttpConfig::new(store.clone()))
+        .with_clock(clock.clone())
+        .with_tootles_instance_endpoint(true);
+    // Hegel's port shares the control plane's server, as there.
+    let hegel = start(server.clone().metadata_only()).await;
+    let addr = start(server).await;
+    assert_eq!(
+        get(addr, A, "/2009-04-04/meta-data/hostname").await,
+        (200, "host-a".into())
+    );
+    assert_eq!(
+        metadata_reads(&store, "default/a", 1).await,
+        ["/2009-04-04/meta-data/hostname"]
+    );
+    // cloud-init reads dozens of paths, by every tree: still one event.
+    for _ in 0..20 {
+        for path in [
+            "/2009-04-04/user-data",
+            "/latest/meta-data/",
+            "/metadata",
+            "/tootles/instanceID/i-a/2009-04-04/meta-data/plan",
+        ] {
+            assert_eq!(get(addr, A, path).await.0, 200, "{path}");
+        }
+        assert_eq!(
+            get(hegel, A, "/2009-04-04/meta-data/instance-id").await.0,
+            200
+        );
+    }
+    // Refused and unknown callers record nothing.
+    assert_eq!(
+        get(addr, B, "/tootles/instanceID/i-a/2009-04-04/meta-data/plan")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(get(addr, NOBODY, "/metadata").await.0, 404);
+    assert_eq!(metadata_reads(&store, "default/a", 1).await.len(), 1);
+    assert!(metadata_reads_now(&store, "default/b").await.is_empty());
+    // Once the window has passed, the next read is recorded again, by any tree.
+    clock.advance(std::time::Duration::from_secs(11));
+    assert_eq!(get(hegel, A, "/metadata").await.0, 200);
+    assert_eq!(
+        metadata_reads(&store, "default/a", 2).await,
+        ["/2009-04-04/meta-data/hostname", "/metadata"]
+    );
+    // Another machine has its own.
+    assert_eq!(get(addr, B, "/2009-04-04/user-data").await.0, 200);
+    assert_eq!(
+        metadata_reads(&store, "default/b", 1).await,
+        ["/2009-04-04/user-data"]
+    );
 }

@@ -413,3 +413,124 @@ async fn transfers_of_one_file_read_it_from_disk_once() {
     assert_eq!(fetch().await.unwrap(), vec![5u8; 200_000], "the new file");
     assert_eq!(stats.file_reads.load(Relaxed), 2);
 }
+
+/// The TFTP events in `machine`'s log: asked until `at_least` are there (a
+/// bounded number of times), then once more after any write still on its way
+/// landed, so that too many would be seen.
+async fn tftp_events(
+    store: &Arc<dyn tinker_core::WorkflowStore>,
+    machine: &str,
+    at_least: usize,
+) -> Vec<tinker_core::store::EventKind> {
+    let now = || async {
+        let events = store.events(machine, 1000).await.unwrap();
+        events
+            .into_iter()
+            .filter(|e| e.source == tinker_core::store::EventSource::Tftp)
+            .map(|e| e.kind)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..1000 {
+        if now().await.len() >= at_least {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    now().await
+}
+
+#[tokio::test]
+async fn a_machine_s_transfers_are_in_its_event_log_a_burst_once() {
+    use tinker_core::store::{EventKind, Precondition};
+    let store: Arc<dyn tinker_core::WorkflowStore> = Arc::new(tinker_store::MemoryStore::new());
+    let machine = std::net::Ipv4Addr::new(127, 0, 5, 10);
+    let hw =
+        tinker_core::model::Hardware::new("m1", tinker_core::testing::mac(1), machine, "255.0.0.0");
+    store.put(hw.into(), Precondition::Any).await.unwrap();
+    let clock = Arc::new(tinker_core::clock::ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let src = FileSource::empty().with_file("ipxe.efi", vec![7u8; 3000]);
+    let server = TftpServer::new(src)
+        .with_clock(clock.clone())
+        .with_observer(Arc::new(tinker_boot::tftp::StoreTransferLog::new(
+            store.clone(),
+        )));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(server.serve(socket, std::future::pending()));
+    let fetch = |from: std::net::Ipv4Addr, file: &'static str| {
+        let clock = clock.clone();
+        async move {
+            tinker_boot::tftp::client::fetch_from(
+                addr,
+                Some(from.into()),
+                file,
+                None,
+                None,
+                clock.as_ref(),
+            )
+            .await
+        }
+    };
+    assert_eq!(fetch(machine, "ipxe.efi").await.unwrap().len(), 3000);
+    let sent = EventKind::TftpTransfer {
+        file: "ipxe.efi".into(),
+        bytes: 3000,
+        millis: 0,
+        failed: None,
+    };
+    assert_eq!(
+        tftp_events(&store, "default/m1", 1).await,
+        std::slice::from_ref(&sent)
+    );
+    // A firmware fetching in a loop: still one event in the window; a file
+    // the server has not and another address record nothing.
+    for _ in 0..10 {
+        assert!(fetch(machine, "ipxe.efi").await.is_ok());
+    }
+    assert!(fetch(machine, "nothing.efi").await.is_err());
+    assert!(
+        fetch(std::net::Ipv4Addr::new(127, 0, 5, 11), "ipxe.efi")
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        tftp_events(&store, "default/m1", 1).await,
+        std::slice::from_ref(&sent)
+    );
+    // Past the window, the next one is recorded again.
+    clock.advance(Duration::from_secs(11));
+    assert!(fetch(machine, "ipxe.efi").await.is_ok());
+    assert_eq!(
+        tftp_events(&store, "default/m1", 2).await,
+        [sent.clone(), sent.clone()]
+    );
+    // A transfer the firmware abandons (as after learning the size) is
+    // recorded too, with why.
+    let sock = UdpSocket::bind((machine, 0)).await.unwrap();
+    let rrq = Packet::Rrq {
+        file: "ipxe.efi".into(),
+        mode: "octet".into(),
+        options: Vec::new(),
+    };
+    sock.send_to(&rrq.encode(), addr).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (_, transfer) = sock.recv_from(&mut buf).await.unwrap();
+    let abort =
+        tinker_boot::tftp::packet::error(tinker_boot::tftp::packet::code::UNDEFINED, "tsize only");
+    sock.send_to(&abort, transfer).await.unwrap();
+    let abandoned = EventKind::TftpTransfer {
+        file: "ipxe.efi".into(),
+        bytes: 3000,
+        millis: 0,
+        failed: Some("the client sent an error".into()),
+    };
+    assert_eq!(
+        tftp_events(&store, "default/m1", 3).await,
+        [sent.clone(), sent, abandoned]
+    );
+}

@@ -52,6 +52,11 @@ pub struct InstanceMetadata {
     /// is weak proof (proxyDHCP mode). Never serialized.
     #[serde(skip)]
     pub token_sha256: Option<String>,
+    /// The machine this is, `namespace/name` of its Hardware, when the source
+    /// knows it: the metadata service records its reads in that machine's
+    /// event log. Never serialized.
+    #[serde(skip)]
+    pub machine: Option<String>,
 }
 
 /// The operating system a machine is to run, as Tinkerbell's Hardware names it

@@ -168,6 +168,25 @@ pub enum EventKind {
         /// The interface the script is for.
         mac: MacAddr,
     },
+    /// The TFTP server sent the machine a file, or gave up (at most one event
+    /// of each every few seconds).
+    TftpTransfer {
+        /// The file, as the machine named it.
+        file: String,
+        /// Its size.
+        bytes: u64,
+        /// How long the transfer took, in milliseconds.
+        millis: u64,
+        /// Why it was abandoned; `None` when it completed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed: Option<String>,
+    },
+    /// The metadata service served the machine its own metadata (the first
+    /// read of a burst: at most one such event every few seconds).
+    MetadataServed {
+        /// The path it read, such as `/2009-04-04/meta-data/hostname`.
+        path: String,
+    },
     /// The template could not be rendered; the workflow failed.
     RenderFailed {
         /// Why.
@@ -275,6 +294,18 @@ impl fmt::Display for EventKind {
             EventKind::BootDecision { decision } => f.write_str(decision),
             EventKind::Rendered { actions } => write!(f, "template rendered: {actions} actions"),
             EventKind::IpxeScriptServed { mac } => write!(f, "iPXE script served to {mac}"),
+            EventKind::TftpTransfer {
+                file,
+                bytes,
+                millis,
+                failed: None,
+            } => write!(f, "TFTP: {file} sent ({bytes} bytes in {millis} ms)"),
+            EventKind::TftpTransfer {
+                file,
+                failed: Some(why),
+                ..
+            } => write!(f, "TFTP: {file} abandoned: {why}"),
+            EventKind::MetadataServed { path } => write!(f, "metadata served: {path}"),
             EventKind::RenderFailed { reason } => write!(f, "template rendering failed: {reason}"),
             EventKind::StepDone { step } => write!(f, "{step}: done"),
             EventKind::StepSkippedNoBmc { step } => {

@@ -300,13 +300,20 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         .filter(|e| booted_by.is_none_or(|b| e.at <= b))
         .collect();
     let later = script.is_some() || first_claim.is_some();
+    // A file sent over TFTP: the machine is past DHCP too.
+    let loading = events.iter().any(|e| {
+        e.source == EventSource::Tftp
+            && matches!(e.kind, EventKind::TftpTransfer { .. })
+            && booted_by.is_none_or(|b| e.at <= b)
+    });
+    let dhcp_over = later || loading;
     spans.push(match (dhcp.first(), dhcp.last()) {
         (Some(first), Some(last)) => Span {
             step: Step::Dhcp,
             label: Step::Dhcp.to_string(),
             start: Some(first.at),
-            end: later.then_some(last.at),
-            outcome: if later {
+            end: dhcp_over.then_some(last.at),
+            outcome: if dhcp_over {
                 Outcome::Done
             } else {
                 Outcome::Running
@@ -317,10 +324,9 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
                 _ => None,
             },
         },
-        _ => point(Step::Dhcp, None, later),
+        _ => point(Step::Dhcp, None, dhcp_over),
     });
-    // TFTP transfers are not in the event log: between DHCP and the script.
-    spans.push(point(Step::Tftp, None, later));
+    spans.push(tftp_span(&events, booted_by, later));
     spans.push(point(Step::IpxeScript, script, first_claim.is_some()));
     let os_from = script.or(dhcp.last().map(|e| e.at));
     spans.push(Span {
@@ -372,13 +378,28 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         let off = engine_span(Step::NetbootOff, &[MachineStep::DisableNetboot], last_stop);
         let off_end = off.end.or(last_stop);
         spans.push(off);
-        spans.push(engine_span(
+        let disk = engine_span(
             Step::DiskBoot,
             &[MachineStep::SetDiskBoot, MachineStep::Reboot],
             off_end,
-        ));
+        );
+        // The installed OS's first read once the actions are over (the
+        // in-memory OS reads `/metadata` too, for rootio: that is an action's).
+        // Not only after the reboot is recorded: a fast machine may ask before
+        // the BMC's answer to the reboot is in.
+        let read = off_end.and_then(|b| {
+            events
+                .iter()
+                .find(|e| e.at >= b && matches!(e.kind, EventKind::MetadataServed { .. }))
+        });
+        spans.push(disk);
         let rebooted = phase == Some(MachinePhase::Rebooted);
-        spans.push(point(Step::Metadata, None, rebooted));
+        let mut metadata = point(Step::Metadata, read.map(|e| e.at), rebooted);
+        metadata.detail = read.and_then(|e| match &e.kind {
+            EventKind::MetadataServed { path } => Some(format!("first read: {path}")),
+            _ => None,
+        });
+        spans.push(metadata);
     }
 
     // Where it failed; else, while it runs, the first step not yet done.
@@ -403,6 +424,47 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
         now,
         spans,
         stopped_at,
+    }
+}
+
+/// The firmware loading iPXE: the TFTP server's transfers to the machine
+/// before it booted on (`booted_by`); `later` when it went past this step.
+fn tftp_span(events: &[&MachineEvent], booted_by: Option<Timestamp>, later: bool) -> Span {
+    let transfers: Vec<(&MachineEvent, u64, bool)> = events
+        .iter()
+        .copied()
+        .filter(|e| booted_by.is_none_or(|b| e.at <= b))
+        .filter_map(|e| match &e.kind {
+            EventKind::TftpTransfer { millis, failed, .. } if e.source == EventSource::Tftp => {
+                Some((e, *millis, failed.is_some()))
+            }
+            _ => None,
+        })
+        .collect();
+    let Some((first, first_millis, _)) = transfers.first() else {
+        return point(Step::Tftp, None, later);
+    };
+    let sent = transfers.iter().rev().find(|(_, _, failed)| !failed);
+    let last = transfers.last().expect("one at least");
+    // A firmware often abandons its first transfer once it has learnt the
+    // size (tsize), and tries again: a transfer abandoned is not the step's
+    // failure while the machine may still ask.
+    let (outcome, end) = match (sent, later) {
+        (Some((e, _, _)), _) => (Outcome::Done, Some(e.at)),
+        (None, true) => (Outcome::NotRecorded, Some(last.0.at)),
+        (None, false) => (Outcome::Running, None),
+    };
+    Span {
+        step: Step::Tftp,
+        label: Step::Tftp.to_string(),
+        // An event is written when its transfer ended: it began `millis` before.
+        start: Some(
+            first.at - jiff::SignedDuration::from_millis(i64::try_from(*first_millis).unwrap_or(0)),
+        ),
+        end,
+        outcome,
+        attempts: u32::try_from(transfers.len()).unwrap_or(u32::MAX),
+        detail: Some(sent.unwrap_or(last).0.kind.to_string()),
     }
 }
 
@@ -630,6 +692,119 @@ mod tests {
         assert_eq!(tl.machine, "default/m1");
         // The worker logs output under its own id.
         assert_eq!(tl.logs, ["default/m1", "02:00:00:00:97:01"]);
+    }
+
+    fn metadata(at: i64, path: &str) -> MachineEvent {
+        MachineEvent::new(
+            t(at),
+            "default/m1",
+            EventSource::Http,
+            EventKind::MetadataServed { path: path.into() },
+        )
+    }
+
+    #[test]
+    fn the_installed_os_reading_its_metadata_fills_the_metadata_step() {
+        let wf = workflow(
+            WorkflowState::Success,
+            MachinePhase::Rebooted,
+            &[("rootio", ActionState::Success, 1, Some(20), Some(50))],
+        );
+        let mut events = vec![
+            engine(0, EventKind::Rendered { actions: 1 }),
+            // rootio reads /metadata from the in-memory OS: not this step.
+            metadata(30, "/metadata"),
+            done(53, MachineStep::DisableNetboot),
+            done(54, MachineStep::SetDiskBoot),
+            done(57, MachineStep::Reboot),
+        ];
+        let before = timeline(&wf, &events, t(90));
+        assert_eq!(span(&before, &Step::Metadata).outcome, Outcome::NotRecorded);
+        events.push(metadata(80, "/2009-04-04/meta-data/hostname"));
+        events.push(metadata(85, "/2009-04-04/user-data"));
+        let tl = timeline(&wf, &events, t(90));
+        let m = span(&tl, &Step::Metadata);
+        assert_eq!(
+            (m.start, m.end, m.outcome),
+            (Some(t(80)), Some(t(80)), Outcome::Done)
+        );
+        assert_eq!(
+            m.detail.as_deref(),
+            Some("first read: /2009-04-04/meta-data/hostname")
+        );
+    }
+
+    fn tftp(at: i64, millis: u64, failed: Option<&str>) -> MachineEvent {
+        MachineEvent::new(
+            t(at),
+            "default/m1",
+            EventSource::Tftp,
+            EventKind::TftpTransfer {
+                file: "ipxe.efi".into(),
+                bytes: 1_000_000,
+                millis,
+                failed: failed.map(str::to_string),
+            },
+        )
+    }
+
+    #[test]
+    fn the_tftp_step_is_the_firmware_loading_ipxe() {
+        let wf = workflow(
+            WorkflowState::Pending,
+            MachinePhase::Ready,
+            &[("stream", ActionState::Pending, 0, None, None)],
+        );
+        let rendered = engine(0, EventKind::Rendered { actions: 1 });
+        // The firmware learnt the size and abandoned its first transfer: the
+        // machine may still ask, so the step runs on.
+        let events = [
+            rendered.clone(),
+            dhcp(8),
+            tftp(9, 0, Some("the client sent an error")),
+        ];
+        let tl = timeline(&wf, &events, t(10));
+        let s = span(&tl, &Step::Tftp);
+        assert_eq!(
+            (s.start, s.end, s.outcome),
+            (Some(t(9)), None, Outcome::Running)
+        );
+        assert_eq!(
+            s.detail.as_deref(),
+            Some("TFTP: ipxe.efi abandoned: the client sent an error")
+        );
+        assert_eq!(tl.spans[tl.stopped_at.unwrap()].step, Step::Tftp);
+        // Its second try completed (1.5 s long), then iPXE fetched its script;
+        // a later transfer (the in-memory OS's) is not this step's.
+        let events = [
+            rendered,
+            dhcp(8),
+            tftp(9, 0, Some("the client sent an error")),
+            tftp(12, 1500, None),
+            script(13),
+            tftp(30, 10, None),
+        ];
+        let tl = timeline(&wf, &events, t(40));
+        let s = span(&tl, &Step::Tftp);
+        assert_eq!(
+            (s.start, s.end, s.outcome, s.attempts),
+            (Some(t(9)), Some(t(12)), Outcome::Done, 2)
+        );
+        assert_eq!(
+            s.detail.as_deref(),
+            Some("TFTP: ipxe.efi sent (1000000 bytes in 1500 ms)")
+        );
+        // Without records, as before: not recorded once the machine went past.
+        let tl = timeline(
+            &wf,
+            &events[..2]
+                .iter()
+                .cloned()
+                .chain([script(13)])
+                .collect::<Vec<_>>(),
+            t(40),
+        );
+        assert_eq!(span(&tl, &Step::Tftp).outcome, Outcome::NotRecorded);
     }
 
     #[test]

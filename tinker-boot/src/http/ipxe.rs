@@ -7,11 +7,8 @@ use hyper::{Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use tinker_core::model::Hardware;
-use tinker_core::store::{EventKind, EventSource, MachineEvent};
+use tinker_core::store::EventKind;
 use tinker_core::{MacAddr, Secret};
-
-/// At most one "script served" event per machine in this window.
-const SCRIPT_EVENT_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
 /// What the default script boots: the in-memory OS with the worker agent.
 #[derive(Debug, Clone, Default)]
@@ -438,38 +435,6 @@ impl HttpServer {
         }
     }
 
-    /// Records in the machine's event log that it fetched its script (what "why is
-    /// it pending?" reads), at most once per [`SCRIPT_EVENT_WINDOW`] per machine:
-    /// a client fetching in a loop does not push the machine's other events out
-    /// of its bounded log.
-    fn record_script_served(&self, hw: &Hardware, mac: MacAddr) {
-        let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
-        let now = self.clock.now();
-        {
-            let mut last = self.script_events.lock().unwrap_or_else(|e| e.into_inner());
-            if last
-                .get(&machine)
-                .is_some_and(|t| now.duration_since(*t) < SCRIPT_EVENT_WINDOW)
-            {
-                return;
-            }
-            last.insert(machine.clone(), now);
-        }
-        let event = MachineEvent::new(
-            now,
-            machine,
-            EventSource::Http,
-            EventKind::IpxeScriptServed { mac },
-        );
-        // In the background: the booting machine does not wait for the log.
-        let store = self.config.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.append_event(event).await {
-                tracing::warn!(error = %e, "could not record a script event");
-            }
-        });
-    }
-
     /// The script, with the machine's token only when the caller is the
     /// machine: anyone can learn a MAC, so the by-MAC route gives others the
     /// script without it.
@@ -491,7 +456,9 @@ impl HttpServer {
             };
         tracing::info!(%mac, machine = %hw.metadata.name, %caller, allow_pxe = hw.allows_pxe(), with_token = token.is_some(), "iPXE script served");
         if itself {
-            self.record_script_served(hw, mac);
+            // What "why is it pending?" and the timeline read.
+            let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
+            self.record_machine_event(machine, EventKind::IpxeScriptServed { mac });
         }
         let body = script(hw, mac, &self.config.osie, token.as_ref());
         let mut r = Response::new(super::body::full(body));

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use tinker_core::InstanceMetadata;
+use tinker_core::store::EventKind;
 
 /// Tootles' data endpoints under a version, as it registers them. Its
 /// directory listings are derived from these, so they cannot disagree.
@@ -161,6 +162,20 @@ async fn lookup(
     }
 }
 
+/// Records in the machine's event log that it read its metadata at `path`
+/// (rate-limited as the iPXE script's event is).
+fn record_read(server: &HttpServer, m: &InstanceMetadata, path: &str) {
+    let Some(machine) = &m.machine else {
+        return;
+    };
+    // The path passed the routes, yet a long one is cut: the log is bounded.
+    let path: String = path.chars().take(MAX_RECORDED_PATH).collect();
+    server.record_machine_event(machine.clone(), EventKind::MetadataServed { path });
+}
+
+/// The longest path kept in a "metadata served" event, in characters.
+const MAX_RECORDED_PATH: usize = 200;
+
 fn text(s: String) -> Response<Body> {
     let mut r = Response::new(full(s));
     r.headers_mut().insert(
@@ -176,6 +191,7 @@ pub(super) async fn tinkerbell_json(
     server: &HttpServer,
     caller: IpAddr,
     token: Option<&str>,
+    path: &str,
 ) -> Response<Body> {
     let m = match lookup(server, caller, token).await {
         Ok(m) => m,
@@ -184,6 +200,7 @@ pub(super) async fn tinkerbell_json(
     match rootio_document(&m.document) {
         Ok(doc) => {
             server.stats.metadata.fetch_add(1, Ordering::Relaxed);
+            record_read(server, &m, path);
             let mut r = Response::new(full(serde_json::to_vec(&doc).unwrap_or_default()));
             r.headers_mut().insert(
                 "content-type",
@@ -211,9 +228,10 @@ pub(super) async fn ec2(
     token: Option<&str>,
     tree: Tree<'_>,
     rest: &[&str],
+    path: &str,
 ) -> Response<Body> {
     // An unknown path costs no lookup.
-    let Some(path) = resolve(rest) else {
+    let Some(resolved) = resolve(rest) else {
         return status(StatusCode::NOT_FOUND, "not found\n");
     };
     // Even a listing (the same for every machine) is answered to machines
@@ -237,7 +255,8 @@ pub(super) async fn ec2(
         );
     }
     server.stats.metadata.fetch_add(1, Ordering::Relaxed);
-    match path {
+    record_read(server, &m, path);
+    match resolved {
         Ec2Path::Listing(children) => text(children),
         Ec2Path::Leaf(endpoint) => text(leaf(&m, endpoint)),
     }

@@ -64,6 +64,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tinker_core::clock::{SharedClock, SystemClock};
+use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::{MetadataSource, WorkflowStore};
 use tokio::net::TcpListener;
 
@@ -156,9 +157,9 @@ pub struct HttpServer {
     clock: SharedClock,
     limits: Arc<HttpLimits>,
     conns: Arc<ConnStats>,
-    /// When each machine's last "script served" event was recorded (one entry
-    /// per known Hardware at most: only those are served a script).
-    script_events: Arc<std::sync::Mutex<std::collections::HashMap<String, jiff::Timestamp>>>,
+    /// When each machine's last event of each kind this server records was
+    /// recorded (only known machines are served a script or metadata).
+    machine_events: Arc<crate::event_window::EventWindow>,
     /// Serves the metadata service alone (Hegel's port).
     only_metadata: bool,
     /// Serves Tootles' `/tootles/instanceID/<id>/...` tree.
@@ -200,7 +201,7 @@ impl HttpServer {
             clock: SystemClock::shared(),
             limits: Arc::new(HttpLimits::default()),
             conns,
-            script_events: Arc::default(),
+            machine_events: Arc::default(),
             only_metadata: false,
             tootles_instance_endpoint: false,
         }
@@ -365,6 +366,30 @@ impl HttpServer {
         }
     }
 
+    /// Records `kind` in `machine`'s event log (what "why is it pending?" and
+    /// the timeline read), at most once per [`MACHINE_EVENT_WINDOW`](crate::event_window::MACHINE_EVENT_WINDOW) per
+    /// machine and kind of event: a client fetching in a loop does not push
+    /// the machine's other events out of its bounded log.
+    fn record_machine_event(&self, machine: String, kind: EventKind) {
+        let sort = match &kind {
+            EventKind::IpxeScriptServed { .. } => "script",
+            EventKind::MetadataServed { .. } => "metadata",
+            _ => "other",
+        };
+        let now = self.clock.now();
+        if !self.machine_events.admit(&machine, sort, now) {
+            return;
+        }
+        let event = MachineEvent::new(now, machine, EventSource::Http, kind);
+        // In the background: the machine does not wait for the log.
+        let store = self.config.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.append_event(event).await {
+                tracing::warn!(error = %e, "could not record a machine event");
+            }
+        });
+    }
+
     fn refuse(&self, stream: tokio::net::TcpStream, peer: SocketAddr, why: Refusal) {
         self.conns.refused(why);
         tracing::debug!(%peer, reason = why.label(), "HTTP connection refused");
@@ -452,16 +477,19 @@ impl HttpServer {
             ["healthz"] => status(StatusCode::OK, "ok\n"),
             ["metrics"] => self.metrics(),
             _ if !self.config.serves_machines => status(StatusCode::NOT_FOUND, "not found\n"),
-            ["metadata"] => metadata::tinkerbell_json(self, caller, metadata_token(&req)).await,
+            ["metadata"] => {
+                metadata::tinkerbell_json(self, caller, metadata_token(&req), &path).await
+            }
             [version, rest @ ..] if *version == "2009-04-04" || *version == "latest" => {
                 let token = metadata_token(&req);
-                metadata::ec2(self, caller, token, metadata::Tree::ByAddress, rest).await
+                let tree = metadata::Tree::ByAddress;
+                metadata::ec2(self, caller, token, tree, rest, &path).await
             }
             ["tootles", "instanceID", id, "2009-04-04", rest @ ..]
                 if self.tootles_instance_endpoint =>
             {
                 let tree = metadata::Tree::ByInstanceId(id);
-                metadata::ec2(self, caller, metadata_token(&req), tree, rest).await
+                metadata::ec2(self, caller, metadata_token(&req), tree, rest, &path).await
             }
             _ if self.only_metadata => status(StatusCode::NOT_FOUND, "not found\n"),
             ["auto.ipxe"] => self.script_by_ip(caller).await,

@@ -12,12 +12,16 @@
 //! check is loose).
 
 pub mod client;
+mod log;
 pub mod packet;
 pub mod server;
 mod source;
 mod transfer;
 
-pub use server::{MAX_TRANSFERS, TftpLimits, TftpServer, TftpStats};
+pub use log::StoreTransferLog;
+pub use server::{
+    MAX_TRANSFERS, TftpLimits, TftpServer, TftpStats, TransferObserver, TransferReport,
+};
 pub use source::{
     CacheStats, DEFAULT_CACHE_BYTES, FileSource, Origin, SourceError, default_ipxe_dir,
 };

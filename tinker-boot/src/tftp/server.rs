@@ -8,7 +8,8 @@ use super::packet::{self, Packet};
 use super::source::{FileSource, Origin, SourceError};
 use super::transfer::{DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, Transfer};
 use crate::per_address::{AddressSlot, PerAddress};
-use std::net::SocketAddr;
+use jiff::Timestamp;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tinker_core::clock::{SharedClock, SystemClock};
@@ -111,10 +112,38 @@ impl Drop for Slot {
     }
 }
 
+/// How a transfer of a served file ended, as a [`TransferObserver`] is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferReport {
+    /// The client's address (a request's source address: anyone can forge
+    /// it, though completing a transfer needs its answers).
+    pub peer: IpAddr,
+    /// The file, as the client named it.
+    pub file: String,
+    /// Its size.
+    pub bytes: u64,
+    /// When the transfer began.
+    pub started: Timestamp,
+    /// When it ended.
+    pub ended: Timestamp,
+    /// Completed, or why it was abandoned.
+    pub outcome: Result<(), GaveUp>,
+}
+
+/// Told of each transfer of a file the server has (not of requests for files
+/// it has not, nor of refused ones): how the control plane puts TFTP in a
+/// machine's event log. Called on the transfer's task; must not block.
+pub trait TransferObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// A transfer ended.
+    fn transfer_ended(&self, report: TransferReport);
+}
+
 /// A read-only TFTP server.
 #[derive(Debug, Clone)]
 pub struct TftpServer {
     source: Arc<FileSource>,
+    /// Told of each transfer's end, when set.
+    observer: Option<Arc<dyn TransferObserver>>,
     stats: Arc<TftpStats>,
     max_blksize: usize,
     /// Retransmission timers run on it.
@@ -127,6 +156,7 @@ impl TftpServer {
     pub fn new(source: FileSource) -> Self {
         TftpServer {
             source: Arc::new(source),
+            observer: None,
             stats: Arc::default(),
             max_blksize: MAX_BLKSIZE_NO_FRAG,
             clock: SystemClock::shared(),
@@ -143,6 +173,13 @@ impl TftpServer {
     /// The same server, timing retransmissions on `clock`.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Tells `observer` of each transfer's end (the control plane records
+    /// them in the machines' event logs).
+    pub fn with_observer(mut self, observer: Arc<dyn TransferObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -292,6 +329,19 @@ impl TftpServer {
             for p in out {
                 socket.send_to(&p, peer).await?;
             }
+        }
+        if let Some(observer) = &self.observer {
+            observer.transfer_ended(TransferReport {
+                peer: peer.ip().to_canonical(),
+                file: file.to_string(),
+                bytes: size as u64,
+                started,
+                ended: self.clock.now(),
+                outcome: match t.gave_up() {
+                    Some(why) if !t.is_complete() => Err(why),
+                    _ => Ok(()),
+                },
+            });
         }
         if t.is_complete() {
             self.stats.completed.fetch_add(1, Ordering::Relaxed);

@@ -49,6 +49,16 @@ pub enum GaveUp {
     Unanswered,
 }
 
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GaveUp::ClientError => "the client sent an error",
+            GaveUp::Retries => "no answer after every retry",
+            GaveUp::Unanswered => "too much sent without an answer",
+        })
+    }
+}
+
 /// Applies the client's options (RFC 2347/2348/2349/7440): returns the
 /// parameters and the options to acknowledge (none: send DATA 1 at once).
 pub fn negotiate(
