@@ -92,8 +92,7 @@ impl WakeOnLan {
         }
     }
 
-    /// Sends the magic packet `repeats` times. Blocking, but only for the
-    /// sends of a few datagrams on a local interface.
+    /// Sends the magic packet `repeats` times.
     fn send(&self) -> Result<()> {
         let e = &self.endpoint;
         let unreachable = |reason: std::io::Error| Error::Unreachable {
@@ -137,15 +136,9 @@ impl PowerController for WakeOnLan {
 
     async fn power(&self, action: PowerAction) -> Result<()> {
         match action {
-            PowerAction::On => {
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.send())
-                    .await
-                    .map_err(|e| Error::Unreachable {
-                        target: self.target(),
-                        reason: e.to_string(),
-                    })?
-            }
+            // A few datagrams on a local interface: sent inline, not worth a
+            // blocking thread.
+            PowerAction::On => self.send(),
             other => Err(self.unsupported(&format!("power {other:?}"))),
         }
     }
