@@ -89,6 +89,9 @@ impl Lab {
             must(&format!("-n {ns} addr add {addr} dev {dev}"));
             must(&format!("-n {ns} link set {dev} up"));
         }
+        // As on a real host, the default route is not the provisioning link:
+        // a broadcast not bound to it would leave the other way.
+        must(&format!("-n {h} route add default via 10.79.2.2 dev other0"));
         lab
     }
 
