@@ -91,7 +91,9 @@ impl Lab {
         }
         // As on a real host, the default route is not the provisioning link:
         // a broadcast not bound to it would leave the other way.
-        must(&format!("-n {h} route add default via 10.79.2.2 dev other0"));
+        must(&format!(
+            "-n {h} route add default via 10.79.2.2 dev other0"
+        ));
         lab
     }
 
