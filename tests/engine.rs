@@ -1243,7 +1243,7 @@ struct WakeOnLanLike(MockBmc);
 impl WakeOnLanLike {
     fn unsupported(&self, operation: &str) -> tinker::core::Error {
         tinker::core::Error::Unsupported {
-            target: self.0.target(),
+            target: tinker::core::PowerController::target(&self.0),
             operation: format!("{operation}: Wake-on-LAN can only power a machine on"),
         }
     }
@@ -1252,7 +1252,7 @@ impl WakeOnLanLike {
 #[async_trait::async_trait]
 impl tinker::core::PowerController for WakeOnLanLike {
     fn target(&self) -> String {
-        self.0.target()
+        tinker::core::PowerController::target(&self.0)
     }
 
     async fn power_state(&self) -> tinker::core::Result<tinker::core::PowerState> {
