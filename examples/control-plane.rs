@@ -98,6 +98,11 @@ struct Args {
     /// A directory of boot assets (kernel, initrd, iPXE binaries).
     #[arg(long)]
     assets: Option<PathBuf>,
+    /// The provisioning interface Wake-on-LAN packets are broadcast on, and
+    /// only there (for Hardware annotated `tinker.dev/power: wake-on-lan` or a
+    /// Machine with `preferredOrder: [wol]`); without it they are refused.
+    #[arg(long)]
+    wol_interface: Option<String>,
     /// The in-memory OS kernel's file name among the assets.
     #[arg(long, default_value = "vmlinuz")]
     kernel: String,
@@ -176,10 +181,11 @@ async fn run(a: Args) -> Result<(), String> {
     } else {
         // Real BMCs: the Rufio Machines in the store... none yet: a machine without
         // a BMC is booted by hand, and the engine says so in its events.
-        Arc::new(Connector::new(
-            Arc::new(EnvSecrets::new()),
-            RetryPolicy::default(),
-        ))
+        let connector = Connector::new(Arc::new(EnvSecrets::new()), RetryPolicy::default());
+        Arc::new(match &a.wol_interface {
+            Some(interface) => connector.with_wake_on_lan(interface),
+            None => connector,
+        })
     };
     let address = a.address;
     let mut listeners = Listeners::bind(address, a.dhcp_port, a.tftp_port, a.http_port)

@@ -1233,3 +1233,96 @@ async fn a_rerun_while_the_failure_power_step_runs_is_prepared_from_the_start() 
     );
     assert!(r.bmc.is_on(), "powered on again for the new execution");
 }
+
+/// A machine woken by Wake-on-LAN, as `tinker_bmc::WakeOnLan` answers: power
+/// on works (recorded on the mock), everything else, the power state included,
+/// is [`tinker::core::Error::Unsupported`].
+#[derive(Debug)]
+struct WakeOnLanLike(MockBmc);
+
+impl WakeOnLanLike {
+    fn unsupported(&self, operation: &str) -> tinker::core::Error {
+        tinker::core::Error::Unsupported {
+            target: tinker::core::PowerController::target(&self.0),
+            operation: format!("{operation}: Wake-on-LAN can only power a machine on"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl tinker::core::PowerController for WakeOnLanLike {
+    fn target(&self) -> String {
+        tinker::core::PowerController::target(&self.0)
+    }
+
+    async fn power_state(&self) -> tinker::core::Result<tinker::core::PowerState> {
+        Err(self.unsupported("reading the power state"))
+    }
+
+    async fn power(&self, action: PowerAction) -> tinker::core::Result<()> {
+        match action {
+            PowerAction::On => self.0.power(action).await,
+            other => Err(self.unsupported(&format!("power {other:?}"))),
+        }
+    }
+
+    async fn set_boot_device(&self, _: BootDevice, _: BootOptions) -> tinker::core::Result<()> {
+        Err(self.unsupported("setting the boot device"))
+    }
+}
+
+/// A controller that can only power on (Wake-on-LAN): the boot-device steps,
+/// the reboot and the failure power are skipped and recorded as such, the
+/// machine is woken to start its workflow, and the workflow goes on to success
+/// (before, the first unsupported step failed the workflow).
+#[tokio::test]
+async fn a_controller_that_can_only_power_on_wakes_the_machine_and_skips_the_rest() {
+    let r = rig_with(None, EngineConfig::default(), |bmc, _| {
+        Arc::new(WakeOnLanLike(bmc))
+    })
+    .await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert!(r.allow_pxe().await, "netboot allowed");
+    assert_eq!(r.bmc.calls(), [MockCall::Power(PowerAction::On).ok()]);
+    let status = r.workflow().await.status.unwrap();
+    assert_eq!(status.machine.phase, MachinePhase::Ready);
+    assert!(status.machine.gave_up.is_none(), "{status:?}");
+    assert_eq!(status.state, WorkflowState::Pending);
+
+    r.run_actions(None).await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    let wf = r.workflow().await;
+    assert_eq!(wf.state(), Some(WorkflowState::Success));
+    assert!(!r.allow_pxe().await, "netboot turned off");
+    let m = wf.status.unwrap().machine;
+    assert_eq!(m.phase, MachinePhase::Rebooted);
+    assert!(m.gave_up.is_none(), "{m:?}");
+    // No call after the wake: the reboot is the last action's.
+    assert_eq!(r.bmc.calls().len(), 1, "{:?}", r.bmc.calls());
+    let events = r.store.events("default/m1", 100).await.unwrap();
+    let skipped: Vec<MachineStep> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StepSkippedUnsupported { step, reason } => {
+                assert!(reason.contains("Wake-on-LAN can only power"), "{reason}");
+                Some(*step)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            MachineStep::SetPxeBoot,
+            MachineStep::SetDiskBoot,
+            MachineStep::Reboot
+        ]
+    );
+    assert!(
+        events.iter().any(|e| e.kind
+            == EventKind::StepDone {
+                step: MachineStep::PowerCycle
+            }),
+        "{events:?}"
+    );
+}

@@ -87,6 +87,10 @@ fn rufio_machines_are_checked() {
     let good = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: b1}\nspec:\n  connection:\n    host: 10.0.0.5\n    authSecretRef: {name: creds}\n    providerOptions: {ipmitool: {port: 623}}\n";
     let (code, out) = validate(&[("good.yaml", good)]);
     assert_eq!(code, Some(0), "{out}");
+    // Tinker's own provider for machines without a BMC.
+    let wol = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: nuc1}\nspec:\n  connection:\n    host: 10.0.0.7\n    authSecretRef: {name: unused}\n    providerOptions: {preferredOrder: [wol]}\n";
+    let (code, out) = validate(&[("wol.yaml", wol)]);
+    assert_eq!(code, Some(0), "{out}");
     let amt = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: amt}\nspec:\n  connection:\n    host: 10.0.0.6\n    providerOptions: {intelAMT: {port: 16992}}\n";
     let (code, out) = validate(&[("amt.yaml", amt)]);
     assert_eq!(code, Some(1), "{out}");

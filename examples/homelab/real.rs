@@ -287,7 +287,11 @@ pub async fn run(path: &Path) -> Result<(), String> {
     } else {
         EnvSecrets::new()
     };
-    let mut connector = Connector::new(Arc::new(secrets), RetryPolicy::default());
+    // Machines without a BMC (annotated `tinker.dev/power: wake-on-lan`, or a
+    // Machine with `preferredOrder: [wol]`) are woken on the provisioning
+    // interface, and only there.
+    let mut connector =
+        Connector::new(Arc::new(secrets), RetryPolicy::default()).with_wake_on_lan(&c.interface);
     let machines = connector
         .add_rufio_machines(&docs)
         .map_err(|x| x.to_string())?;

@@ -11,11 +11,18 @@
 //! The password is read on every `connect`, and a controller built with another
 //! password (or for another endpoint) is replaced, so a rotated password is
 //! used from the next call on.
+//!
+//! Machines without a BMC are woken by Wake-on-LAN, chosen by the annotation
+//! [`POWER_ANNOTATION`]` = wake-on-lan` on the Hardware (no Machine needed) or by
+//! a Machine whose `preferredOrder` names `wol`. The packet goes to the
+//! Hardware's first MAC, on the interface given by
+//! [`Connector::with_wake_on_lan`]; a connector without one refuses to wake.
 
 use crate::endpoint::BmcEndpoint;
 use crate::policy::RetryPolicy;
 use crate::rufio;
 use crate::secrets::SecretSource;
+use crate::wol::{WOL_PORT, WolEndpoint};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +45,13 @@ struct Built {
     controller: Arc<dyn PowerController>,
 }
 
+/// The Hardware annotation that chooses how a machine is powered without a
+/// Machine: `tinker.dev/power: wake-on-lan`.
+pub const POWER_ANNOTATION: &str = "tinker.dev/power";
+
+/// The value of [`POWER_ANNOTATION`] that chooses Wake-on-LAN.
+pub const WAKE_ON_LAN: &str = "wake-on-lan";
+
 /// The key of a Machine: `namespace/name` (a namespace holds no `/`).
 fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
@@ -55,6 +69,7 @@ pub struct Connector {
     policy: RetryPolicy,
     clock: SharedClock,
     built: Mutex<HashMap<String, Built>>,
+    wol_interface: Option<String>,
 }
 
 impl Connector {
@@ -66,7 +81,42 @@ impl Connector {
             policy,
             clock: SystemClock::shared(),
             built: Mutex::default(),
+            wol_interface: None,
         }
+    }
+
+    /// Wakes machines that ask for Wake-on-LAN with a broadcast on `interface`
+    /// (the provisioning interface), and on no other.
+    pub fn with_wake_on_lan(mut self, interface: &str) -> Self {
+        self.wol_interface = Some(interface.to_string());
+        self
+    }
+
+    /// The Wake-on-LAN controller for `hardware`, sent to `port`.
+    fn wake_on_lan(&self, hardware: &Hardware, port: u16) -> Result<Arc<dyn PowerController>> {
+        let name = format!(
+            "Hardware {}/{}",
+            hardware.metadata.namespace(),
+            hardware.metadata.name
+        );
+        let interface = self
+            .wol_interface
+            .as_deref()
+            .ok_or_else(|| Error::Unsupported {
+                target: name.clone(),
+                operation: "Wake-on-LAN without a provisioning interface (the connector was not \
+                        given one: Connector::with_wake_on_lan)"
+                    .into(),
+            })?;
+        let mac = *hardware.macs().first().ok_or_else(|| Error::Unsupported {
+            target: name,
+            operation: "Wake-on-LAN without a MAC (give it an interface with dhcp.mac)".into(),
+        })?;
+        Ok(Arc::new(
+            WolEndpoint::new(mac, interface)
+                .with_port(port)
+                .controller(),
+        ))
     }
 
     /// Times the controllers it builds on `clock`.
@@ -144,6 +194,14 @@ impl Connector {
 #[async_trait]
 impl PowerConnector for Connector {
     async fn connect(&self, hardware: &Hardware) -> Result<Option<Arc<dyn PowerController>>> {
+        let annotation = hardware
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POWER_ANNOTATION));
+        if annotation.is_some_and(|v| v == WAKE_ON_LAN) {
+            return self.wake_on_lan(hardware, WOL_PORT).map(Some);
+        }
         let Some(bmc_ref) = &hardware.spec.bmc_ref else {
             return Ok(None);
         };
@@ -155,6 +213,10 @@ impl PowerConnector for Connector {
                 hardware.metadata.name
             ),
         })?;
+        if let BmcEndpoint::WakeOnLan { port } = entry.endpoint {
+            // No BMC, so no password to read.
+            return self.wake_on_lan(hardware, port).map(Some);
+        }
         let password = self
             .secrets
             .password(&entry.secret)?
@@ -343,5 +405,62 @@ mod tests {
         c.set_user("lab", "node1", "root");
         let renamed = c.connect(&hw).await.unwrap().unwrap();
         assert!(!Arc::ptr_eq(&rotated, &renamed));
+    }
+
+    fn nuc(annotation: &str, machine: Option<&str>) -> Hardware {
+        let bmc_ref = machine
+            .map(|m| {
+                format!("  bmcRef: {{apiGroup: bmc.tinkerbell.org, kind: Machine, name: {m}}}\n")
+            })
+            .unwrap_or_default();
+        let yaml = format!(
+            "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: nuc1, namespace: lab, annotations: {{{annotation}}}}}\nspec:\n{bmc_ref}  interfaces:\n  - dhcp: {{mac: '52:54:00:aa:bb:01', ip: {{address: 10.0.0.21}}}}\n"
+        );
+        match tinker_core::model::parse_documents("hw.yaml", &yaml)
+            .unwrap()
+            .remove(0)
+        {
+            Document::Object(tinker_core::model::Object::Hardware(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn wake_on_lan_is_chosen_by_annotation_or_machine_without_a_secret() {
+        let secrets = Arc::new(Rotating::default());
+        let mut c = Connector::new(secrets, RetryPolicy::fast()).with_wake_on_lan("tink0");
+        let yaml = "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: nuc-power, namespace: lab}\nspec:\n  connection:\n    host: 10.0.0.21\n    authSecretRef: {name: unused}\n    providerOptions: {preferredOrder: [wol], wol: {port: 7}}\n";
+        let docs = tinker_core::model::parse_documents("m.yaml", yaml).unwrap();
+        assert_eq!(c.add_rufio_machines(&docs).unwrap(), 1);
+        let by_annotation = c
+            .connect(&nuc("'tinker.dev/power': wake-on-lan", None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            by_annotation.target(),
+            "wol://52:54:00:aa:bb:01@tink0:255.255.255.255:9"
+        );
+        let by_machine = c
+            .connect(&nuc("", Some("nuc-power")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            by_machine.target(),
+            "wol://52:54:00:aa:bb:01@tink0:255.255.255.255:7"
+        );
+        // Other annotations change nothing: no bmcRef, no controller.
+        assert!(c.connect(&nuc("a: b", None)).await.unwrap().is_none());
+        // Without a provisioning interface, it is refused, never sent anywhere.
+        let c = Connector::new(Arc::new(Rotating::default()), RetryPolicy::fast());
+        let err = c
+            .connect(&nuc("'tinker.dev/power': wake-on-lan", None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { operation, .. } if operation.contains("provisioning interface")),
+            "{err:?}"
+        );
     }
 }

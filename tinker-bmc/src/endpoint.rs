@@ -37,6 +37,14 @@ pub enum BmcEndpoint {
         /// The mock's name, as its target shows it.
         name: String,
     },
+    /// No BMC: the machine is woken by Wake-on-LAN (a Rufio Machine whose
+    /// `preferredOrder` names `wol`). The [`Connector`](crate::Connector) builds
+    /// its [`WakeOnLan`](crate::WakeOnLan) per Hardware, from the Hardware's
+    /// MAC and the provisioning interface.
+    WakeOnLan {
+        /// The UDP port the magic packet goes to (9 unless set).
+        port: u16,
+    },
 }
 
 /// The parts of a BMC URL every protocol has, decoded; each protocol's endpoint
@@ -129,6 +137,7 @@ impl BmcEndpoint {
             #[cfg(feature = "redfish")]
             BmcEndpoint::Redfish(e) => e.url(),
             BmcEndpoint::Mock { name } => format!("mock://{name}"),
+            BmcEndpoint::WakeOnLan { port } => format!("wol://:{port}"),
         }
     }
 
@@ -143,7 +152,7 @@ impl BmcEndpoint {
             BmcEndpoint::Ipmi(e) => e.user = user.to_string(),
             #[cfg(feature = "redfish")]
             BmcEndpoint::Redfish(e) => e.user = user.to_string(),
-            BmcEndpoint::Mock { .. } => {}
+            BmcEndpoint::Mock { .. } | BmcEndpoint::WakeOnLan { .. } => {}
         }
     }
 
@@ -179,6 +188,15 @@ impl BmcEndpoint {
                 Resilient::new(MockBmc::new(name).with_clock(clock.clone()), policy)
                     .with_clock(clock),
             ),
+            BmcEndpoint::WakeOnLan { .. } => {
+                return Err(Error::Unsupported {
+                    target: self.url(),
+                    operation: "building a controller without a Hardware: Wake-on-LAN needs \
+                                the machine's MAC and the provisioning interface, which the \
+                                Connector supplies"
+                        .into(),
+                });
+            }
         })
     }
 }

@@ -10,6 +10,10 @@
 //!   and rustls; certificates verified unless a BMC is explicitly marked
 //!   insecure), basic or session authentication, responses read into typed
 //!   resources;
+//! - [`WakeOnLan`] (always there, Linux): power for machines without a BMC (a
+//!   home lab's NUCs): power on by magic packet on the provisioning interface,
+//!   everything else [`Error::Unsupported`](tinker_core::Error::Unsupported)
+//!   with the reason (the engine skips those steps);
 //! - [`MockBmc`] (always there): an in-process BMC with fault injection and a
 //!   typed call log ([`MockCall`]), for tests and simulations;
 //! - [`Resilient`]: the policy wrapper (a time limit on every call, retries with
@@ -56,8 +60,9 @@ mod redfish;
 mod rufio;
 mod secrets;
 mod time;
+mod wol;
 
-pub use connector::{Connector, StaticConnector};
+pub use connector::{Connector, POWER_ANNOTATION, StaticConnector, WAKE_ON_LAN};
 pub use endpoint::BmcEndpoint;
 #[cfg(feature = "ipmi")]
 pub use ipmi::{IpmiEndpoint, IpmiPower};
@@ -67,3 +72,4 @@ pub use policy::{Resilient, RetryPolicy};
 pub use redfish::{RedfishAuth, RedfishEndpoint, RedfishPower, TlsVerification};
 pub use secrets::{EnvSecrets, SecretSource, StaticSecrets};
 pub use tinker_core::Secret;
+pub use wol::{WOL_PORT, WakeOnLan, WolEndpoint, magic_packet};

@@ -8,6 +8,11 @@
 //! AMT, Rufio's `rpc`, a vendor's own) is refused with
 //! [`Error::Unsupported`], never driven over IPMI on port 623 by guess. A
 //! Machine with no provider options at all is IPMI, as in Rufio.
+//!
+//! Tinker's own provider, for machines without a BMC: `wol` (or `wake-on-lan`)
+//! in `preferredOrder` chooses Wake-on-LAN (`providerOptions.wol.port` sets the
+//! UDP port, 9 by default). `host` and `authSecretRef`, which Rufio requires,
+//! are not used by it.
 
 use crate::endpoint::BmcEndpoint;
 use serde::Deserialize;
@@ -53,6 +58,8 @@ struct SecretRef {
 struct ProviderOptions {
     redfish: Option<RedfishOptions>,
     ipmitool: Option<PortOption>,
+    /// Tinker's Wake-on-LAN options.
+    wol: Option<PortOption>,
     preferred_order: Vec<String>,
     /// Options of providers Tinker does not speak (`intelAMT`, `rpc`, ...), kept
     /// by name so that a Machine that needs one is refused, not guessed at.
@@ -65,6 +72,7 @@ struct ProviderOptions {
 enum Provider {
     Redfish,
     Ipmi,
+    WakeOnLan,
 }
 
 impl Provider {
@@ -76,6 +84,8 @@ impl Provider {
             Some(Provider::Redfish)
         } else if name == "ipmitool" || name == "ipmi" {
             Some(Provider::Ipmi)
+        } else if name == "wol" || name == "wake-on-lan" || name == "wakeonlan" {
+            Some(Provider::WakeOnLan)
         } else {
             None
         }
@@ -94,9 +104,11 @@ impl ProviderOptions {
         }
         if self.redfish.is_some() {
             Ok(Provider::Redfish)
-        } else if self.ipmitool.is_some()
-            || (self.others.is_empty() && self.preferred_order.is_empty())
-        {
+        } else if self.ipmitool.is_some() {
+            Ok(Provider::Ipmi)
+        } else if self.wol.is_some() {
+            Ok(Provider::WakeOnLan)
+        } else if self.others.is_empty() && self.preferred_order.is_empty() {
             Ok(Provider::Ipmi)
         } else {
             let mut asked = self.preferred_order.clone();
@@ -168,10 +180,15 @@ fn endpoint(c: Connection, machine: &str) -> Result<BmcEndpoint> {
     let provider = options.provider().map_err(|asked| Error::Unsupported {
         target: machine.to_string(),
         operation: format!(
-            "the BMC provider(s) {asked:?}: Tinker speaks redfish (gofish) and ipmitool; \
-             give the Machine redfish or ipmitool providerOptions, or power it by hand"
+            "the BMC provider(s) {asked:?}: Tinker speaks redfish (gofish), ipmitool and \
+             wol (Wake-on-LAN); give the Machine redfish or ipmitool providerOptions, \
+             preferredOrder [wol], or power it by hand"
         ),
     })?;
+    if provider == Provider::WakeOnLan {
+        let port = options.wol.and_then(|o| o.port).unwrap_or(crate::WOL_PORT);
+        return Ok(BmcEndpoint::WakeOnLan { port });
+    }
     if provider == Provider::Redfish {
         redfish_endpoint(
             machine,
@@ -317,5 +334,28 @@ mod tests {
                 m.endpoint
             );
         }
+    }
+
+    #[test]
+    fn wol_in_the_preferred_order_chooses_wake_on_lan() {
+        for (options, port) in [
+            ("{preferredOrder: [wol]}", 9),
+            (
+                "{preferredOrder: [IntelAMT, Wake-On-LAN], wol: {port: 7}}",
+                7,
+            ),
+        ] {
+            let m = machine(options).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert_eq!(m.endpoint, BmcEndpoint::WakeOnLan { port }, "{options}");
+        }
+        // Only when asked for: options of Redfish still mean Redfish.
+        let m = machine("{redfish: {port: 8443}, wol: {port: 7}}").unwrap();
+        assert!(
+            matches!(m.endpoint, BmcEndpoint::Redfish(_)),
+            "{:?}",
+            m.endpoint
+        );
+        let m = machine("{wol: {port: 7}}").unwrap();
+        assert_eq!(m.endpoint, BmcEndpoint::WakeOnLan { port: 7 });
     }
 }

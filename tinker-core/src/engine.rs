@@ -701,39 +701,53 @@ impl Engine {
             return Ok(StepDone::NoBmc);
         };
         let efi = hw.uefi();
-        match step {
-            MachineStep::SetPxeBoot => {
-                bmc.set_boot_device(
-                    BootDevice::Pxe,
-                    BootOptions {
-                        persistent: false,
-                        efi,
-                    },
-                )
-                .await?
-            }
-            MachineStep::SetDiskBoot => {
-                bmc.set_boot_device(
-                    BootDevice::Disk,
-                    BootOptions {
-                        persistent: true,
-                        efi,
-                    },
-                )
-                .await?
-            }
-            MachineStep::PowerCycle | MachineStep::Reboot => cycle_or_on(bmc.as_ref()).await?,
-            MachineStep::FailurePower => match failure_power {
-                FailurePower::Off => bmc.power(PowerAction::Off).await?,
-                FailurePower::On if bmc.power_state().await? == PowerState::Off => {
-                    bmc.power(PowerAction::On).await?
+        let called: Result<()> = async {
+            match step {
+                MachineStep::SetPxeBoot => {
+                    bmc.set_boot_device(
+                        BootDevice::Pxe,
+                        BootOptions {
+                            persistent: false,
+                            efi,
+                        },
+                    )
+                    .await?
                 }
-                _ => {}
-            },
-            MachineStep::PowerOff => bmc.power(PowerAction::Off).await?,
-            MachineStep::EnableNetboot | MachineStep::DisableNetboot => {}
+                MachineStep::SetDiskBoot => {
+                    bmc.set_boot_device(
+                        BootDevice::Disk,
+                        BootOptions {
+                            persistent: true,
+                            efi,
+                        },
+                    )
+                    .await?
+                }
+                MachineStep::PowerCycle => cycle_or_on(bmc.as_ref(), true).await?,
+                MachineStep::Reboot => cycle_or_on(bmc.as_ref(), false).await?,
+                MachineStep::FailurePower => match failure_power {
+                    FailurePower::Off => bmc.power(PowerAction::Off).await?,
+                    FailurePower::On if bmc.power_state().await? == PowerState::Off => {
+                        bmc.power(PowerAction::On).await?
+                    }
+                    _ => {}
+                },
+                MachineStep::PowerOff => bmc.power(PowerAction::Off).await?,
+                MachineStep::EnableNetboot | MachineStep::DisableNetboot => {}
+            }
+            Ok(())
         }
-        Ok(StepDone::Done)
+        .await;
+        match called {
+            Ok(()) => Ok(StepDone::Done),
+            // The controller cannot do this at all (Wake-on-LAN has no boot
+            // device, no power off): retrying or failing the workflow would not
+            // change that, so the step is skipped, and said so.
+            Err(e @ Error::Unsupported { .. }) => Ok(StepDone::Unsupported {
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     async fn set_allow_pxe(&self, hw: &Hardware, allow: bool) -> Result<()> {
@@ -903,14 +917,17 @@ pub fn record_outcome(
     delay: impl FnOnce(u32) -> Duration,
 ) -> EventKind {
     match outcome {
-        Ok(done) => {
-            let no_bmc = done == StepDone::NoBmc;
-            m.done(step, no_bmc);
-            if no_bmc {
-                EventKind::StepSkippedNoBmc { step }
-            } else {
-                EventKind::StepDone { step }
-            }
+        Ok(StepDone::Done) => {
+            m.done(step, false);
+            EventKind::StepDone { step }
+        }
+        Ok(StepDone::NoBmc) => {
+            m.done(step, true);
+            EventKind::StepSkippedNoBmc { step }
+        }
+        Ok(StepDone::Unsupported { reason }) => {
+            m.done(step, false);
+            EventKind::StepSkippedUnsupported { step, reason }
         }
         Err(e) => {
             m.attempts += 1;
@@ -942,18 +959,33 @@ pub fn record_outcome(
 }
 
 /// How a step ended when it did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepDone {
     /// Carried out.
     Done,
     /// The machine has no BMC (or no Hardware): nothing to call.
     NoBmc,
+    /// The machine's controller answered [`Error::Unsupported`] (Wake-on-LAN
+    /// cannot set a boot device or power off): skipped, and the workflow goes
+    /// on.
+    Unsupported {
+        /// The controller's answer.
+        reason: String,
+    },
 }
 
-async fn cycle_or_on(bmc: &dyn PowerController) -> Result<()> {
-    match bmc.power_state().await? {
-        PowerState::Off => bmc.power(PowerAction::On).await,
-        PowerState::On => bmc.power(PowerAction::Cycle).await,
+/// Powers the machine on if it is off, cycles it if it is on. A controller that
+/// cannot read the power state (Wake-on-LAN) is told to power on when `wake`
+/// (starting the machine for its workflow: a machine already on ignores it) and
+/// otherwise leaves the step unsupported (the reboot after the last action is
+/// that action's to do).
+async fn cycle_or_on(bmc: &dyn PowerController, wake: bool) -> Result<()> {
+    match bmc.power_state().await {
+        Ok(PowerState::Off) => bmc.power(PowerAction::On).await,
+        Ok(PowerState::On) => bmc.power(PowerAction::Cycle).await,
+        Err(Error::Unsupported { .. }) if wake => bmc.power(PowerAction::On).await,
+        Err(e) => Err(e),
     }
 }
 
@@ -991,5 +1023,46 @@ mod work_queue_tests {
         w.finished(key("a"));
         assert_eq!(w.start_next(0), None);
         assert!(w.is_idle(0));
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    /// A step the controller cannot do is recorded as skipped and the machine
+    /// goes on to its next phase: no retry, no give-up (which would fail the
+    /// workflow for a preparing step).
+    #[test]
+    fn an_unsupported_step_is_skipped_not_retried_or_given_up() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut m = MachineSteps {
+            phase: MachinePhase::NetbootEnabled,
+            ..Default::default()
+        };
+        let reason = "wol://x does not support setting the boot device: Wake-on-LAN can only power a machine on";
+        let event = record_outcome(
+            &mut m,
+            MachineStep::SetPxeBoot,
+            Ok(StepDone::Unsupported {
+                reason: reason.into(),
+            }),
+            now,
+            3,
+            |_| panic!("not retried"),
+        );
+        assert_eq!(
+            event,
+            EventKind::StepSkippedUnsupported {
+                step: MachineStep::SetPxeBoot,
+                reason: reason.into()
+            }
+        );
+        assert_eq!(m.phase, MachinePhase::PxeBootSet, "the power-on is next");
+        assert!(!m.no_bmc && m.gave_up.is_none() && m.retry_at.is_none());
+        assert_eq!(
+            next_machine_step(WorkflowState::Pending, &m, FailurePower::Unchanged, false),
+            Some(MachineStep::PowerCycle)
+        );
     }
 }

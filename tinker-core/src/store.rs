@@ -202,6 +202,16 @@ pub enum EventKind {
         /// The step.
         step: MachineStep,
     },
+    /// The machine's power controller cannot carry the step out (Wake-on-LAN
+    /// cannot set a boot device, power off or reset): the step is skipped and
+    /// the workflow goes on; the machine boots by its firmware's boot order and
+    /// the workflow's last action reboots it.
+    StepSkippedUnsupported {
+        /// The step.
+        step: MachineStep,
+        /// The controller's answer (what it cannot do, and why).
+        reason: String,
+    },
     /// A step failed and will be tried again.
     StepFailed {
         /// The step.
@@ -310,6 +320,9 @@ impl fmt::Display for EventKind {
             EventKind::StepDone { step } => write!(f, "{step}: done"),
             EventKind::StepSkippedNoBmc { step } => {
                 write!(f, "{step}: the machine has no BMC; power it on by hand")
+            }
+            EventKind::StepSkippedUnsupported { step, reason } => {
+                write!(f, "{step}: skipped: {reason}")
             }
             EventKind::StepFailed {
                 step,

@@ -216,6 +216,8 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
             .filter_map(|e| match &e.kind {
                 EventKind::StepDone { step } if ours(step) => Some((e.at, false)),
                 EventKind::StepSkippedNoBmc { step } if ours(step) => Some((e.at, true)),
+                // The controller cannot do it (Wake-on-LAN): skipped, not pending.
+                EventKind::StepSkippedUnsupported { step, .. } if ours(step) => Some((e.at, true)),
                 _ => None,
             })
             .collect();
@@ -248,8 +250,16 @@ pub fn timeline(workflow: &Workflow, events: &[MachineEvent], now: Timestamp) ->
                 _ => None,
             })
         });
+        let unsupported = events.iter().rev().find_map(|e| match &e.kind {
+            EventKind::StepSkippedUnsupported { step, reason } if ours(step) => {
+                Some(reason.clone())
+            }
+            _ => None,
+        });
         let detail = match (outcome, detail) {
-            (Outcome::Skipped, None) => Some("no BMC: done by hand".to_string()),
+            (Outcome::Skipped, None) => {
+                unsupported.or_else(|| Some("no BMC: done by hand".to_string()))
+            }
             (_, d) => d,
         };
         let began = failures.first().map(|e| e.at).or(from);
@@ -873,6 +883,34 @@ mod tests {
         assert_eq!(tl.spans[tl.stopped_at.unwrap()].step, Step::Dhcp);
         assert_eq!(span(&tl, &Step::IpxeScript).outcome, Outcome::Pending);
         assert_eq!(span(&tl, &Step::InMemoryOs).start, None);
+    }
+
+    #[test]
+    fn a_step_the_controller_cannot_do_is_skipped_with_its_reason() {
+        let wf = workflow(
+            WorkflowState::Pending,
+            MachinePhase::Ready,
+            &[("stream", ActionState::Pending, 0, None, None)],
+        );
+        let reason = "wol://x does not support setting the boot device: Wake-on-LAN can only power a machine on";
+        let events = [
+            engine(0, EventKind::Rendered { actions: 1 }),
+            engine(
+                1,
+                EventKind::StepSkippedUnsupported {
+                    step: MachineStep::SetPxeBoot,
+                    reason: reason.into(),
+                },
+            ),
+        ];
+        let tl = timeline(&wf, &events, t(30));
+        let skipped = tl
+            .spans
+            .iter()
+            .find(|s| s.outcome == Outcome::Skipped)
+            .expect("a skipped span");
+        assert_eq!(skipped.detail.as_deref(), Some(reason));
+        assert_eq!(skipped.end, Some(t(1)));
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub fn machine(file: &str, m: &crate::model::Machine, out: &mut ValidationErrors
         f.push(
             "spec.connection.providerOptions",
             format!(
-                "Tinker drives BMCs over Redfish and IPMI (redfish, ipmitool), not {}; power this machine by hand (give its Hardware no bmcRef)",
+                "Tinker drives BMCs over Redfish and IPMI (redfish, ipmitool) and wakes machines without one by Wake-on-LAN (preferredOrder: [wol]), not {}; or power this machine by hand (give its Hardware no bmcRef)",
                 unspoken.join(", ")
             ),
         );

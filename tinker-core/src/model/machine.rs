@@ -78,12 +78,19 @@ pub struct SecretReference {
 impl MachineConnection {
     /// The providers asked for that Tinker does not speak, when it speaks none
     /// of those asked for (so the Machine cannot be driven); empty otherwise.
-    /// Tinker speaks Redfish (`redfish`, `gofish`) and IPMI (`ipmitool`); with
+    /// Tinker speaks Redfish (`redfish`, `gofish`), IPMI (`ipmitool`) and its
+    /// own Wake-on-LAN (`wol`, `wake-on-lan`) for machines without a BMC; with
     /// no options at all, Rufio's default is IPMI.
     pub fn unspoken_providers(&self) -> Vec<String> {
         let spoken = |name: &str| {
             let n = name.to_ascii_lowercase();
-            n == "gofish" || n.starts_with("redfish") || n == "ipmitool" || n == "ipmi"
+            n == "gofish"
+                || n.starts_with("redfish")
+                || n == "ipmitool"
+                || n == "ipmi"
+                || n == "wol"
+                || n == "wake-on-lan"
+                || n == "wakeonlan"
         };
         let order: Vec<String> = self
             .provider_options
@@ -107,5 +114,28 @@ impl MachineConnection {
             .into_iter()
             .chain(options.into_iter().cloned())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Document, Object, parse_documents};
+
+    fn unspoken(options: &str) -> Vec<String> {
+        let yaml = format!(
+            "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {{name: nuc1}}\nspec:\n  connection:\n    host: 10.0.0.5\n    authSecretRef: {{name: c}}\n    providerOptions: {options}\n"
+        );
+        match parse_documents("m.yaml", &yaml).unwrap().remove(0) {
+            Document::Object(Object::Machine(m)) => m.spec.connection.unwrap().unspoken_providers(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wake_on_lan_is_a_provider_tinker_speaks() {
+        assert!(unspoken("{preferredOrder: [wol]}").is_empty());
+        assert!(unspoken("{preferredOrder: [IntelAMT, Wake-on-LAN]}").is_empty());
+        assert!(unspoken("{wol: {port: 9}}").is_empty());
+        assert_eq!(unspoken("{preferredOrder: [IntelAMT]}"), ["IntelAMT"]);
     }
 }
