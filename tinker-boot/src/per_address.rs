@@ -1,7 +1,7 @@
 //! What each client holds of a server, capped: the HTTP server's connections
 //! and the TFTP server's transfers are counted here ([`PerAddress`]), and the
 //! DHCP server's and the syslog receiver's rates are limited here
-//! ([`RateTable`], pure: the time is an input).
+//! (a `RateTable` of token buckets, pure: the time is an input).
 
 use jiff::Timestamp;
 use std::collections::HashMap;
