@@ -13,7 +13,7 @@ use tinker_core::store::{EventKind, EventSource, MachineEvent};
 const MAX_RECORDED_FILE: usize = 200;
 
 /// Records each transfer to an address a Hardware holds under that machine,
-/// one completed and one abandoned transfer per machine every
+/// one completed and one abandoned transfer per address every
 /// [`MACHINE_EVENT_WINDOW`](crate::event_window::MACHINE_EVENT_WINDOW) at
 /// most; transfers to other addresses are not recorded.
 #[derive(Debug, Clone)]
@@ -65,6 +65,20 @@ async fn machine_at(
 
 impl TransferObserver for StoreTransferLog {
     fn transfer_ended(&self, report: TransferReport) {
+        let kind = if report.outcome.is_ok() {
+            "tftp-sent"
+        } else {
+            "tftp-abandoned"
+        };
+        // Admitted by the client's address before any store lookup or task:
+        // a client (or a spoofer) ending transfers in a loop costs one lookup
+        // a window, not one each. An address is one machine's at a time.
+        if !self
+            .window
+            .admit(&report.peer.to_string(), kind, report.ended)
+        {
+            return;
+        }
         let this = self.clone();
         // In the background: the transfer's task does not wait for the store.
         tokio::spawn(async move {
@@ -78,14 +92,6 @@ impl TransferObserver for StoreTransferLog {
                     return;
                 }
             };
-            let kind = if report.outcome.is_ok() {
-                "tftp-sent"
-            } else {
-                "tftp-abandoned"
-            };
-            if !this.window.admit(&machine, kind, report.ended) {
-                return;
-            }
             let millis = report.ended.duration_since(report.started).as_millis();
             let event = MachineEvent::new(
                 report.ended,
