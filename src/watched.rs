@@ -131,7 +131,18 @@ pub async fn load(store: &dyn WorkflowStore, files: &BTreeMap<PathBuf, SystemTim
             if let Document::Object(o) = d {
                 let mut o = o.clone();
                 o.set_owner(&Owner::File(name.clone()));
-                let stored = store.get(&o.key()).await.ok().flatten();
+                let stored = match store.get(&o.key()).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        // Not "absent": writing then could overwrite an
+                        // object the API owns.
+                        loaded.outcomes.push(Outcome::NotStored {
+                            key: o.key(),
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                };
                 if let Some(s) = &stored {
                     if s.value.owner() == Some(Owner::Api) {
                         loaded.outcomes.push(Outcome::OwnedByApi {
@@ -145,9 +156,15 @@ pub async fn load(store: &dyn WorkflowStore, files: &BTreeMap<PathBuf, SystemTim
                     }
                 }
                 let key = o.key();
+                // Written against what was read, so an object the API took
+                // over meanwhile is not overwritten (the next scan says so).
+                let precondition = match &stored {
+                    Some(s) => Precondition::Version(s.version),
+                    None => Precondition::Absent,
+                };
                 loaded
                     .outcomes
-                    .push(match store.put(o, Precondition::Any).await {
+                    .push(match store.put(o, precondition).await {
                         Ok(version) => Outcome::Stored { key, version },
                         Err(e) => Outcome::NotStored {
                             key,

@@ -411,14 +411,14 @@ impl OperatorApi {
                 },
                 None => Precondition::Any,
             };
-            let existed = match self.store.get(&key).await {
+            let stored = match self.store.get(&key).await {
                 Ok(Some(v)) => {
                     if let Some(refusal) = owned_by_file(&v.value, &key, &applied) {
                         return refusal;
                     }
-                    true
+                    Some(v.version)
                 }
-                Ok(None) => false,
+                Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "apply: store read failed");
                     return problem(
@@ -427,6 +427,15 @@ impl OperatorApi {
                         serde_json::json!({"applied": applied}),
                     );
                 }
+            };
+            let existed = stored.is_some();
+            // Without a version from the operator, the write is still made
+            // against what was just read (its owner checked): a file's object
+            // written meanwhile by the watched directory is not overwritten.
+            let precondition = match (precondition, stored) {
+                (Precondition::Any, Some(v)) => Precondition::Version(v),
+                (Precondition::Any, None) => Precondition::Absent,
+                (given, _) => given,
             };
             let machine = machine_of(&object);
             object.set_owner(&Owner::Api);
@@ -446,7 +455,9 @@ impl OperatorApi {
                     "change": change,
                     }));
                 }
-                Err(tinker_core::Error::Conflict { .. }) => {
+                Err(
+                    tinker_core::Error::Conflict { .. } | tinker_core::Error::AlreadyExists { .. },
+                ) => {
                     return problem(
                         StatusCode::CONFLICT,
                         "stale resourceVersion: the object changed since it was read",
@@ -559,16 +570,36 @@ impl OperatorApi {
             );
         };
         let key = tinker_core::model::ObjectKey::new(kind, namespace.as_str(), name.as_str());
-        let machine = match self.store.get(&key).await {
+        // Deleted as it was read (its owner checked): a file's object
+        // written meanwhile is not deleted.
+        let (machine, version) = match self.store.get(&key).await {
             Ok(Some(v)) => {
                 if let Some(refusal) = owned_by_file(&v.value, &key, &[]) {
                     return refusal;
                 }
-                machine_of(&v.value)
+                (machine_of(&v.value), v.version)
             }
-            _ => None,
+            Ok(None) => {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "no such object",
+                    serde_json::json!(key.qualified_name()),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "delete: store read failed");
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store is unavailable",
+                    serde_json::Value::Null,
+                );
+            }
         };
-        match self.store.delete(&key, Precondition::Any).await {
+        match self
+            .store
+            .delete(&key, Precondition::Version(version))
+            .await
+        {
             Ok(()) => {
                 self.record_change(who, &key, ObjectChange::Deleted, machine)
                     .await;
@@ -578,6 +609,11 @@ impl OperatorApi {
             Err(tinker_core::Error::NotFound { .. }) => problem(
                 StatusCode::NOT_FOUND,
                 "no such object",
+                serde_json::json!(key.qualified_name()),
+            ),
+            Err(tinker_core::Error::Conflict { .. }) => problem(
+                StatusCode::CONFLICT,
+                "the object changed while it was deleted; read it again",
                 serde_json::json!(key.qualified_name()),
             ),
             Err(e) => {
