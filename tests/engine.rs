@@ -1236,13 +1236,13 @@ async fn a_rerun_while_the_failure_power_step_runs_is_prepared_from_the_start() 
 
 /// A machine woken by Wake-on-LAN, as `tinker_bmc::WakeOnLan` answers: power
 /// on works (recorded on the mock), everything else, the power state included,
-/// is [`tinker::core::Error::Unsupported`].
+/// is [`tinker::core::Error::NotCapable`].
 #[derive(Debug)]
 struct WakeOnLanLike(MockBmc);
 
 impl WakeOnLanLike {
     fn unsupported(&self, operation: &str) -> tinker::core::Error {
-        tinker::core::Error::Unsupported {
+        tinker::core::Error::NotCapable {
             target: tinker::core::PowerController::target(&self.0),
             operation: format!("{operation}: Wake-on-LAN can only power a machine on"),
         }
@@ -1323,6 +1323,58 @@ async fn a_controller_that_can_only_power_on_wakes_the_machine_and_skips_the_res
             == EventKind::StepDone {
                 step: MachineStep::PowerCycle
             }),
+        "{events:?}"
+    );
+}
+
+/// A BMC that refuses the PXE override (`Unsupported`: it should, and did
+/// not) fails the step as before: only a controller that cannot by nature
+/// (`NotCapable`, Wake-on-LAN) has steps skipped. Before, every `Unsupported`
+/// was skipped and such a machine silently never netbooted.
+#[derive(Debug)]
+struct RefusesPxe(MockBmc);
+
+#[async_trait::async_trait]
+impl tinker::core::PowerController for RefusesPxe {
+    fn target(&self) -> String {
+        tinker::core::PowerController::target(&self.0)
+    }
+
+    async fn power_state(&self) -> tinker::core::Result<tinker::core::PowerState> {
+        self.0.power_state().await
+    }
+
+    async fn power(&self, action: PowerAction) -> tinker::core::Result<()> {
+        self.0.power(action).await
+    }
+
+    async fn set_boot_device(&self, _: BootDevice, _: BootOptions) -> tinker::core::Result<()> {
+        Err(tinker::core::Error::Unsupported {
+            target: tinker::core::PowerController::target(&self.0),
+            operation: "a PXE boot override".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_bmc_that_refuses_the_pxe_override_is_not_skipped_past() {
+    let r = rig_with(None, EngineConfig::default(), |bmc, _| {
+        Arc::new(RefusesPxe(bmc))
+    })
+    .await;
+    let _ = r.engine.reconcile(&r.key).await;
+    let status = r.workflow().await.status.unwrap();
+    assert_ne!(status.machine.phase, MachinePhase::Ready, "{status:?}");
+    assert!(
+        r.bmc.calls().is_empty(),
+        "not powered on: {:?}",
+        r.bmc.calls()
+    );
+    let events = r.store.events("default/m1", 100).await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::StepSkippedUnsupported { .. })),
         "{events:?}"
     );
 }

@@ -2,7 +2,7 @@
 //! on sends the Wake-on-LAN "magic packet" (six `0xFF` bytes, then the MAC
 //! sixteen times) as a UDP broadcast on the provisioning interface; that is all
 //! the protocol can do. Power off, reset, cycle and boot-device settings answer
-//! [`Error::Unsupported`] with the reason, and the engine skips those steps
+//! [`Error::NotCapable`] with the reason, and the engine skips those steps
 //! (recorded as skipped): the machine netboots by its firmware's boot order, and
 //! the workflow's last action reboots it into its installed OS. The power state
 //! cannot be read back, so it is unsupported too (the engine then wakes the
@@ -82,7 +82,7 @@ pub struct WakeOnLan {
 
 impl WakeOnLan {
     fn unsupported(&self, operation: &str) -> Error {
-        Error::Unsupported {
+        Error::NotCapable {
             target: self.target(),
             operation: format!(
                 "{operation}: Wake-on-LAN can only power a machine on; the machine \
@@ -127,7 +127,7 @@ impl PowerController for WakeOnLan {
     }
 
     async fn power_state(&self) -> Result<PowerState> {
-        Err(Error::Unsupported {
+        Err(Error::NotCapable {
             target: self.target(),
             operation: "reading the power state (Wake-on-LAN hears nothing back from the machine)"
                 .into(),
@@ -181,7 +181,7 @@ mod tests {
             wol.power_state().await.unwrap_err(),
         ] {
             assert!(
-                matches!(&err, Error::Unsupported { target, .. } if target == "wol://52:54:00:12:34:56@eno1:255.255.255.255:9"),
+                matches!(&err, Error::NotCapable { target, .. } if target == "wol://52:54:00:12:34:56@eno1:255.255.255.255:9"),
                 "{err:?}"
             );
         }

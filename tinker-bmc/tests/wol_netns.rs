@@ -180,7 +180,7 @@ fn the_machine_hears_the_magic_packet_by_broadcast_and_only_on_the_provisioning_
     let (on, off, reset) = sent.join().unwrap();
     on.expect("power on");
     for err in [off.unwrap_err(), reset.unwrap_err()] {
-        assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+        assert!(matches!(err, Error::NotCapable { .. }), "{err:?}");
         assert!(
             err.to_string()
                 .contains("Wake-on-LAN can only power a machine on"),

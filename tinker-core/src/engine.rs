@@ -743,7 +743,9 @@ impl Engine {
             // The controller cannot do this at all (Wake-on-LAN has no boot
             // device, no power off): retrying or failing the workflow would not
             // change that, so the step is skipped, and said so.
-            Err(e @ Error::Unsupported { .. }) => Ok(StepDone::Unsupported {
+            // Only a controller that cannot by nature: a BMC that refuses what
+            // it should do (Unsupported) fails the step as before.
+            Err(e @ Error::NotCapable { .. }) => Ok(StepDone::Unsupported {
                 reason: e.to_string(),
             }),
             Err(e) => Err(e),
@@ -966,7 +968,7 @@ pub enum StepDone {
     Done,
     /// The machine has no BMC (or no Hardware): nothing to call.
     NoBmc,
-    /// The machine's controller answered [`Error::Unsupported`] (Wake-on-LAN
+    /// The machine's controller answered [`Error::NotCapable`] (Wake-on-LAN
     /// cannot set a boot device or power off): skipped, and the workflow goes
     /// on.
     Unsupported {
@@ -984,7 +986,7 @@ async fn cycle_or_on(bmc: &dyn PowerController, wake: bool) -> Result<()> {
     match bmc.power_state().await {
         Ok(PowerState::Off) => bmc.power(PowerAction::On).await,
         Ok(PowerState::On) => bmc.power(PowerAction::Cycle).await,
-        Err(Error::Unsupported { .. }) if wake => bmc.power(PowerAction::On).await,
+        Err(Error::NotCapable { .. }) if wake => bmc.power(PowerAction::On).await,
         Err(e) => Err(e),
     }
 }

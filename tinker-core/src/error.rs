@@ -85,6 +85,17 @@ pub enum Error {
         /// What we asked for.
         operation: String,
     },
+    /// The controller cannot do this by its nature, for any machine (Wake-on-LAN
+    /// can only power a machine on): the engine skips such a step and records
+    /// it. Distinct from [`Error::Unsupported`], a component that refused what
+    /// it should do (a BMC without a PXE override), which fails the step.
+    #[error("{target} cannot {operation}")]
+    NotCapable {
+        /// The component.
+        target: String,
+        /// What it cannot do, and what happens instead.
+        operation: String,
+    },
     /// The remote component answered with a failure.
     #[error("{target} reported a failure: {reason}")]
     Remote {
