@@ -298,7 +298,8 @@ impl ControlPlane {
         let syslog = SyslogServer::new(self.store.clone())
             .with_limits(self.syslog_limits)
             .with_clock(self.clock.clone());
-        // The same rules as the worker API's; none behind NAT, where it must not run.
+        // The same rules as the worker API's (its address alone, since
+        // tink-agent brings no token); none behind NAT, where it must not run.
         let grpc = tinker_grpc::GrpcServer::new(worker_api.core().clone());
         let mut metrics: Vec<Arc<dyn tinker_boot::http::MetricsSource>> = vec![
             dhcp.stats(),

@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tinker_boot::credentials::AddressCheck;
+use tinker_boot::credentials::{AddressCheck, CallerCheck};
 use tinker_boot::per_address::{AddressSlot, PerAddress};
 use tinker_boot::worker_core::{Caller, Denied, Idle, Netboot, WorkerCore, WorkerRefusal};
 use tinker_core::model::Object;
@@ -212,9 +212,17 @@ impl AgentService {
     /// The service over `core`; refused when `core` takes machines to be behind
     /// NAT.
     pub fn new(core: WorkerCore) -> Result<Self, GrpcError> {
-        if core.callers().mode == AddressCheck::BehindNat {
+        let mode = core.callers().mode;
+        if mode == AddressCheck::BehindNat {
             return Err(GrpcError::BehindNat);
         }
+        // tink-agent brings no token, so its address is its only proof: the
+        // Hardware's own addresses, never those learnt from DHCP REQUESTs in
+        // proxyDHCP mode (anyone can send one with another machine's MAC).
+        let core = core.with_caller_check(CallerCheck {
+            mode,
+            observed: Arc::default(),
+        });
         Ok(AgentService {
             core,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
@@ -236,15 +244,23 @@ impl AgentService {
         })
     }
 
-    /// The caller as the machine of `agent`, or the answer.
-    async fn identify(&self, agent: &str, peer: Option<SocketAddr>) -> Result<Caller, Status> {
+    /// The caller as the machine of `agent`, or the answer. An unknown agent
+    /// and a known one called from another address get the same answer,
+    /// `not_found` (Tinkerbell's text for the method): a caller learns
+    /// nothing of which machines exist (the HTTP worker API answers both
+    /// with one 401 for the same reason).
+    async fn identify(
+        &self,
+        agent: &str,
+        peer: Option<SocketAddr>,
+        not_found: &'static str,
+    ) -> Result<Caller, Status> {
         let Some(peer) = peer else {
             return Err(Status::internal("the caller's address is unknown"));
         };
         match self.core.identify(agent, peer.ip(), |_| true).await {
             Ok(c) => Ok(c),
-            // As Tinkerbell answers an agent it has no workflow for.
-            Err(Denied::Unknown) => Err(Status::not_found("no Workflows found")),
+            Err(Denied::Unknown) => Err(Status::not_found(not_found)),
             Err(Denied::Store(e)) => {
                 tracing::warn!(agent, error = %e, "gRPC: store lookup failed");
                 Err(Status::unavailable("the store is unavailable; retry"))
@@ -252,9 +268,7 @@ impl AgentService {
             Err(_) => {
                 self.stats.wrong_address.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(agent, caller = %peer.ip(), "gRPC: an agent id called from an address not its machine's");
-                Err(Status::permission_denied(
-                    "this agent is accepted only from its machine's address",
-                ))
+                Err(Status::not_found(not_found))
             }
         }
     }
@@ -358,6 +372,10 @@ pub fn action_response(a: &Assignment, agent: &str) -> ActionResponse {
     }
 }
 
+/// The most of an agent's report message kept, in characters (in the
+/// workflow's status and in the timeline).
+pub const MAX_REPORTED_MESSAGE: usize = 4096;
+
 /// What a reported state does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reported {
@@ -370,7 +388,8 @@ pub enum Reported {
 /// Maps a reported state and message to what it does; PENDING and
 /// UNSPECIFIED are not reports.
 pub fn reported(state: StateType, message: &str) -> Result<Reported, Status> {
-    let message = message.to_string();
+    // Kept in the workflow's status: bounded as the timeline's copy is.
+    let message: String = message.chars().take(MAX_REPORTED_MESSAGE).collect();
     Ok(match state {
         StateType::Running => Reported::Running,
         StateType::Success => Reported::Ended(ActionOutcome::Success),
@@ -470,7 +489,8 @@ impl WorkflowService for AgentService {
         if agent.is_empty() {
             return Err(Status::invalid_argument("invalid Agent ID"));
         }
-        let caller = self.identify(agent, peer).await?;
+        // As Tinkerbell answers an agent it has no workflow for.
+        let caller = self.identify(agent, peer, "no Workflows found").await?;
         if let Some(attributes) = &req.agent_attributes {
             self.keep_inventory(&caller, attributes).await;
         }
@@ -519,12 +539,7 @@ impl WorkflowService for AgentService {
             return Err(Status::invalid_argument("invalid action name"));
         }
         let agent = req.agent_id.as_deref().unwrap_or_default();
-        let caller = match self.identify(agent, peer).await {
-            Err(s) if s.code() == Code::NotFound => {
-                return Err(Status::not_found("action not found"));
-            }
-            other => other?,
-        };
+        let caller = self.identify(agent, peer, "action not found").await?;
         let state = req.action_state();
         let message = req
             .message
@@ -588,7 +603,7 @@ impl WorkflowService for AgentService {
             EventKind::ActionReported {
                 action_index: index,
                 state: action_state(state),
-                message: message.chars().take(4096).collect(),
+                message: message.chars().take(MAX_REPORTED_MESSAGE).collect(),
                 execution_start: time(&req.execution_start),
                 execution_stop: time(&req.execution_stop),
                 execution_duration: req

@@ -546,9 +546,10 @@ async fn refusals_answer_as_tinkerbell_does() {
     let r = agent.get(from_c, &c).await;
     assert_eq!(r["code"], "FAILED_PRECONDITION", "{r}");
     assert_eq!(r["violations"], json!([NO_ACTION_AVAILABLE]), "{r}");
-    // Machine A's address asking as machine B.
+    // Machine A's address asking as machine B: answered as an unknown agent
+    // (nothing learnt of which machines exist), and counted.
     let r = agent.get(from_a, &b).await;
-    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+    assert_eq!(r["code"], "NOT_FOUND", "{r}");
 
     // B takes its first action.
     let b0 = agent.get(from_b, &b).await["ok"].clone();
@@ -562,7 +563,7 @@ async fn refusals_answer_as_tinkerbell_does() {
     let r = agent
         .report(from_a, report_of(&b0, "FAILED", "sabotage"))
         .await;
-    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}");
+    assert_eq!(r["code"], "NOT_FOUND", "{r}");
     // A report of a claim that is not the current one.
     let mut stale = report_of(&b0, "SUCCESS", "");
     stale["action_id"] = json!("0-7");
@@ -654,4 +655,54 @@ async fn reflection_describes_the_service() {
         panic!("no descriptor for proto.WorkflowService")
     };
     assert!(!files.file_descriptor_proto.is_empty());
+}
+
+/// tink-agent brings no token, so only the Hardware's own address proves it
+/// is the machine: an address learnt from a DHCP REQUEST in proxyDHCP mode
+/// (anyone can send one with another machine's MAC) is not taken for it.
+/// Before, a host that forged a REQUEST with a victim's MAC got the victim's
+/// actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_learnt_from_dhcp_is_not_an_agents_proof() {
+    use tinker_grpc::proto::ActionRequest;
+    use tinker_grpc::proto::workflow_service_client::WorkflowServiceClient;
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let victim = mac(0x61);
+    machine(
+        store.as_ref(),
+        "victim",
+        victim,
+        Ipv4Addr::new(127, 61, 0, 1),
+    )
+    .await;
+    workflow(store.as_ref(), "wf-victim", "victim", victim, false).await;
+    let forger = Ipv4Addr::new(127, 61, 0, 9);
+    let callers = CallerCheck::default();
+    // What a forged REQUEST with the victim's MAC leaves in proxyDHCP mode.
+    callers.observed.record(victim, IpAddr::V4(forger));
+    let core = WorkerCore::new(store.clone()).with_caller_check(callers);
+    let server = GrpcServer::new(core).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let ask = |from: Ipv4Addr| async move {
+        let local = forward_from(from, SocketAddr::from(([127, 0, 0, 1], port))).await;
+        let mut client = WorkflowServiceClient::connect(format!("http://{local}"))
+            .await
+            .unwrap();
+        client
+            .get_action(ActionRequest {
+                agent_id: Some(victim.to_string()),
+                agent_attributes: None,
+            })
+            .await
+    };
+    let refused = ask(forger).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    // The machine's own address gets its action.
+    let action = ask(Ipv4Addr::new(127, 61, 0, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(action.workflow_id.as_deref(), Some("default/wf-victim"));
 }
