@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tinker_core::model::{Kind, ObjectKey};
 use tinker_core::state::WorkflowEvent;
-use tinker_core::store::{CHANGE_LOG, EventKind, EventSource, MachineEvent, ObjectChange};
+use tinker_core::store::ObjectChange;
 use tinker_core::{Error, WorkflowStore, WorkflowStoreExt};
 
 /// The largest body read (`{"action": "..."}`).
@@ -157,22 +157,9 @@ pub(super) async fn answer(
     match store.apply_event(&key, &event, now).await {
         Ok(applied) => {
             tracing::info!(workflow = %key.qualified_name(), by, act = act.verb(), "operator acted on a workflow");
-            // Recorded, with who, in the change log and among the machine's
-            // events, where an operator looks first.
             let machine = format!("{namespace}/{}", workflow.spec.hardware_ref);
-            let kind = EventKind::ObjectChanged {
-                by: by.clone(),
-                object: key.clone(),
-                change: act.change(),
-            };
-            let events = vec![
-                MachineEvent::new(now, CHANGE_LOG, EventSource::Api, kind.clone()),
-                MachineEvent::new(now, machine, EventSource::Api, kind)
-                    .for_workflow(key.qualified_name()),
-            ];
-            if let Err(e) = store.append_events(events).await {
-                tracing::warn!(error = %e, "could not record the operator's act");
-            }
+            super::operator::record_change(store, now, &by, &key, act.change(), Some(machine))
+                .await;
             super::operator::respond(
                 StatusCode::OK,
                 "application/json",

@@ -512,10 +512,7 @@ impl OperatorApi {
         )
     }
 
-    /// Records who changed what: in the change log ([`CHANGE_LOG`]) and, for
-    /// a Hardware or a Workflow, in its machine's log. The change is made
-    /// already; a store that cannot take the event is logged, not answered
-    /// as a failed change.
+    /// Records who changed what (see [`record_change`]).
     async fn record_change(
         &self,
         who: &OperatorName,
@@ -524,27 +521,15 @@ impl OperatorApi {
         machine: Option<String>,
     ) {
         let now = self.clock.now();
-        let kind = EventKind::ObjectChanged {
-            by: who.to_string(),
-            object: key.clone(),
-            change,
-        };
-        let mut events = vec![MachineEvent::new(
+        record_change(
+            self.store.as_ref(),
             now,
-            CHANGE_LOG,
-            EventSource::Api,
-            kind.clone(),
-        )];
-        if let Some(machine) = machine {
-            let mut e = MachineEvent::new(now, machine, EventSource::Api, kind);
-            if key.kind == Kind::Workflow {
-                e = e.for_workflow(format!("{}/{}", key.namespace, key.name));
-            }
-            events.push(e);
-        }
-        if let Err(e) = self.store.append_events(events).await {
-            tracing::warn!(error = %e, object = %key, "the change could not be recorded");
-        }
+            &who.to_string(),
+            key,
+            change,
+            machine,
+        )
+        .await;
     }
 
     /// `DELETE /api/v1/{kind}/{namespace}/{name}`.
@@ -625,6 +610,42 @@ impl OperatorApi {
                 )
             }
         }
+    }
+}
+
+/// Records who changed what: in the change log ([`CHANGE_LOG`]) and, for a
+/// Hardware or a Workflow, in its machine's log. The change is made already;
+/// a store that cannot take the event is logged, not answered as a failed
+/// change. Every operator change goes through here: applies, deletes and
+/// the acts on a workflow.
+pub(super) async fn record_change(
+    store: &dyn WorkflowStore,
+    now: jiff::Timestamp,
+    who: &str,
+    key: &tinker_core::model::ObjectKey,
+    change: ObjectChange,
+    machine: Option<String>,
+) {
+    let kind = EventKind::ObjectChanged {
+        by: who.to_string(),
+        object: key.clone(),
+        change,
+    };
+    let mut events = vec![MachineEvent::new(
+        now,
+        CHANGE_LOG,
+        EventSource::Api,
+        kind.clone(),
+    )];
+    if let Some(machine) = machine {
+        let mut e = MachineEvent::new(now, machine, EventSource::Api, kind);
+        if key.kind == Kind::Workflow {
+            e = e.for_workflow(key.qualified_name());
+        }
+        events.push(e);
+    }
+    if let Err(e) = store.append_events(events).await {
+        tracing::warn!(error = %e, object = %key, "the change could not be recorded");
     }
 }
 
