@@ -224,15 +224,6 @@ pub struct Engine {
 /// many times in a row it was the same. Forgotten on success or when parked.
 type Strikes = std::collections::HashMap<ObjectKey, (String, u32)>;
 
-/// The message of a caught panic.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_string())
-}
-
 impl Engine {
     /// An engine over a store and a BMC connector.
     pub fn new(
@@ -289,7 +280,7 @@ impl Engine {
                 ParkReason::RepeatedPanic,
                 Error::Panicked {
                     workflow: key.qualified_name(),
-                    message: panic_message(payload.as_ref()),
+                    message: crate::error::panic_message(payload.as_ref()),
                 },
             ),
         };
@@ -528,7 +519,12 @@ impl Engine {
                     self.config.render_limits,
                 )
             }))
-            .map_err(|payload| format!("rendering panicked: {}", panic_message(payload.as_ref())))
+            .map_err(|payload| {
+                format!(
+                    "rendering panicked: {}",
+                    crate::error::panic_message(payload.as_ref())
+                )
+            })
             .and_then(|r| r.map_err(|e| e.to_string())),
         };
         let (status, event) = rendered_status(

@@ -276,3 +276,13 @@ impl fmt::Display for ValidationErrors {
         Ok(())
     }
 }
+
+/// The message of a caught panic (`catch_unwind`'s or a task's payload), so a
+/// caught panic is reported with what it said.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}

@@ -59,7 +59,7 @@ pub mod validate;
 pub mod worker_api;
 
 pub use boot::BootResponder;
-pub use error::{Error, FindingKind, Result, ValidationError, ValidationErrors};
+pub use error::{Error, FindingKind, Result, ValidationError, ValidationErrors, panic_message};
 pub use mac::{MacAddr, MacParseError};
 pub use metadata::{InstanceMetadata, MetadataSource, OperatingSystem};
 pub use power::{

@@ -316,11 +316,7 @@ fn settle(name: &str, r: std::thread::Result<Result<ActionOutcome>>) -> Result<A
         }
         Ok(Err(e)) => Err(e),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = tinker_core::panic_message(panic.as_ref());
             tracing::error!(action = name, panic = %what, "a built-in action panicked");
             Ok(failed(format!(
                 "the {name} action failed unexpectedly (panic: {what})"
