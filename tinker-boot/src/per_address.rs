@@ -101,6 +101,13 @@ impl<K: Hash + Eq + Copy> RateTable<K> {
         evicted
     }
 
+    /// Whether `key` has a token at `now`, without taking it.
+    pub(crate) fn has_token(&self, key: K, now: Timestamp) -> bool {
+        self.buckets
+            .get(&key)
+            .is_none_or(|b| b.refilled(self.rate, now) >= 1.0)
+    }
+
     /// Buckets kept.
     pub(crate) fn len(&self) -> usize {
         self.buckets.len()

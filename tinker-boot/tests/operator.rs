@@ -539,3 +539,39 @@ async fn a_watch_answers_on_a_change_or_at_its_deadline() {
     assert_ne!(changed["token"], first["token"]);
     assert_eq!(changed["items"][0]["value"]["metadata"]["name"], "m9");
 }
+
+/// Guessing is bounded per address: after 20 wrong tokens (on the form or as
+/// a bearer header) the address is answered 429, the right token included,
+/// until its budget refills on the API's clock. Before, guesses were unlimited.
+#[tokio::test]
+async fn wrong_tokens_from_an_address_are_bounded() {
+    let (addr, clock) = serve(true).await;
+    let token = operator_token(&Secret::new(SECRET));
+    let right = format!("Bearer {}", token.expose());
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    for i in 0..20 {
+        let guess = if i % 2 == 0 {
+            call(addr, client::Method::POST, "/login", &form, "token=guess")
+                .await
+                .status
+        } else {
+            status(
+                addr,
+                "/api/v1/hardware",
+                &[("authorization", "Bearer guess")],
+            )
+            .await
+        };
+        assert_ne!(guess, 429, "guess {i} is within the budget");
+    }
+    let blocked = status(addr, "/api/v1/hardware", &[("authorization", &right)]).await;
+    assert_eq!(blocked, 429, "the right token too: nothing is checked");
+    let form_blocked = call(addr, client::Method::POST, "/login", &form, "token=x").await;
+    assert_eq!(form_blocked.status, 429);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        status(addr, "/api/v1/hardware", &[("authorization", &right)]).await,
+        200,
+        "one more try after 10 s, and it is right"
+    );
+}

@@ -38,6 +38,7 @@
 use super::csrf::{CSRF_HEADER, CsrfKey};
 use super::{Body, ExtraRoutes, body::full, pages};
 use crate::operators::{OperatorName, OperatorTokens};
+use crate::per_address::{Rate, RateTable};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -63,6 +64,19 @@ pub const MAX_SESSIONS: usize = 1024;
 /// Largest sign-in form accepted.
 const MAX_LOGIN_BODY: usize = 4096;
 
+/// Failed sign-ins and wrong tokens each address may have: 20 at once, then
+/// one every 10 s. Past it, the address is answered 429 without its
+/// credentials being checked, so a named operator's weak token cannot be
+/// guessed at network speed.
+pub const AUTH_FAILURES: Rate = Rate {
+    burst: 20.0,
+    per_second: 0.1,
+};
+
+/// Addresses whose failures are tracked at once (the quietest are forgotten
+/// first past it).
+const AUTH_FAILURE_ADDRESSES: usize = 4096;
+
 /// The status page and the operator API.
 #[derive(Clone)]
 pub struct OperatorApi {
@@ -73,6 +87,7 @@ pub struct OperatorApi {
     clock: SharedClock,
     secure_cookie: bool,
     csrf: CsrfKey,
+    auth_failures: Arc<Mutex<RateTable<IpAddr>>>,
 }
 
 /// Open browser sessions: the SHA-256 of each session id (so a memory dump or a
@@ -105,6 +120,10 @@ impl OperatorApi {
             clock: SystemClock::shared(),
             secure_cookie: false,
             csrf: CsrfKey::random(),
+            auth_failures: Arc::new(Mutex::new(RateTable::new(
+                AUTH_FAILURES,
+                AUTH_FAILURE_ADDRESSES,
+            ))),
         }
     }
 
@@ -191,7 +210,21 @@ impl OperatorApi {
 
     /// `POST /login` with the form's `token`: a session cookie and back to the
     /// page, or the form again with the reason.
-    async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Whether `peer` may try credentials now (it has not used up its failures).
+    fn may_try(&self, peer: IpAddr) -> bool {
+        let now = self.clock.now();
+        let table = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        table.has_token(peer.to_canonical(), now)
+    }
+
+    /// Counts a failed sign-in or a wrong token from `peer`.
+    fn failed(&self, peer: IpAddr) {
+        let now = self.clock.now();
+        let mut table = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        table.take(peer.to_canonical(), now);
+    }
+
+    async fn login(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let body = match http_body_util::Limited::new(req.into_body(), MAX_LOGIN_BODY)
             .collect()
             .await
@@ -213,7 +246,8 @@ impl OperatorApi {
             .find(|(k, _)| k == "next")
             .map(|(_, v)| v.into_owned());
         let Some(who) = self.tokens.who(given.expose().as_bytes()).cloned() else {
-            tracing::warn!("operator sign-in refused: wrong token");
+            tracing::warn!(%peer, "operator sign-in refused: wrong token");
+            self.failed(peer);
             return pages::login(true);
         };
         let Some(id) = self.open_session(who.clone()) else {
@@ -714,7 +748,7 @@ impl ExtraRoutes for OperatorApi {
     async fn handle(
         &self,
         req: Request<Incoming>,
-        _peer: IpAddr,
+        peer: IpAddr,
     ) -> Result<Response<Body>, Request<Incoming>> {
         let path = req.uri().path().to_string();
         // The pages themselves hold no data (their scripts fetch it with the
@@ -727,8 +761,20 @@ impl ExtraRoutes for OperatorApi {
         {
             return Ok(page);
         }
+        let tries_credentials =
+            path == "/login" && req.method() == Method::POST || path.starts_with("/api/v1/");
+        if tries_credentials && !self.may_try(peer) {
+            let mut r = respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                "text/plain",
+                "too many failed sign-ins from this address; try again later\n",
+            );
+            r.headers_mut()
+                .insert("retry-after", "10".parse().expect("static header"));
+            return Ok(r);
+        }
         match (req.method(), path.as_str()) {
-            (&Method::POST, "/login") => return Ok(self.login(req).await),
+            (&Method::POST, "/login") => return Ok(self.login(req, peer).await),
             // Signing out needs no CSRF token: all a forged one can do is end
             // the session (and the cookie is `SameSite=Strict`).
             (&Method::POST, "/logout") => return Ok(self.logout(&req)),
@@ -736,6 +782,13 @@ impl ExtraRoutes for OperatorApi {
             _ => return Err(req),
         }
         let Some(caller) = self.caller(&req) else {
+            // Only a credential that was sent and is wrong counts: a page
+            // asking before its sign-in is not a guess.
+            if crate::worker_api::bearer_token(&req).is_some()
+                || Self::session_cookie(&req).is_some()
+            {
+                self.failed(peer);
+            }
             return Ok(respond(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
