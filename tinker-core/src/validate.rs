@@ -116,7 +116,12 @@ pub fn object(file: &str, o: &Object, out: &mut ValidationErrors) {
 pub fn machine(file: &str, m: &crate::model::Machine, out: &mut ValidationErrors) {
     let mut f = Findings {
         file,
-        object: Object::Machine(m.clone()).key().to_string(),
+        object: crate::model::ObjectKey::new(
+            crate::model::Kind::Machine,
+            m.metadata.namespace(),
+            m.metadata.name.as_str(),
+        )
+        .to_string(),
         out,
     };
     meta_name(&mut f, &m.metadata.name, m.metadata.namespace.as_deref());
