@@ -17,8 +17,9 @@
 //!
 //! - **Identity.** tink-agent sends no token, so the caller's address must be
 //!   the address of the Hardware its agent id names (an interface's MAC, or
-//!   `spec.agentID`): [`CallerCheck`](tinker_boot::credentials::CallerCheck)'s
-//!   strict rule. With [`AddressCheck::BehindNat`] every caller shares one
+//!   `spec.agentID`): [`CallerCheck`]'s strict rule, on the Hardware's own
+//!   addresses only (never one learnt from a proxyDHCP REQUEST, which anyone
+//!   can forge). With [`AddressCheck::BehindNat`] every caller shares one
 //!   address, so nothing would tell machines apart: the service refuses to
 //!   start ([`GrpcError::BehindNat`]).
 //! - **GetAction** claims the machine's next action (the same claim as the
