@@ -29,6 +29,8 @@ set -euo pipefail
 out=$1; worker=$(realpath "$2")
 script=$(realpath "$0")
 mkdir -p "$out/cache"; cd "$out"
+# Scratch space, removed however the script ends.
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 stamp=$(sha256sum "$script" | cut -c1-16)
 if [ "$(cat stamp 2>/dev/null)" != "$stamp" ]; then
@@ -38,7 +40,7 @@ fi
 # --- Debian packages ----------------------------------------------------------
 if [ ! -d cache/kroot ] || [ ! -x cache/bb/bin/busybox ]; then
   rm -rf cache/kroot cache/bb
-  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+  work=$tmp/debs; mkdir -p "$work"
   pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   (cd "$work" && apt-get download "$pkg" busybox-static >/dev/null)
   dpkg -x "$work/$pkg"_*.deb cache/kroot
@@ -94,7 +96,7 @@ pack() { (cd "$1" && find . | LC_ALL=C sort | "$bb" cpio -o -H newc 2>/dev/null 
 
 # --- The in-memory OS with the worker -------------------------------------------
 if [ ! -f osie.img ] || [ "$worker" -nt osie.img ]; then
-  r=$(mktemp -d)
+  r=$tmp/osie; mkdir -p "$r"
   base_root "$r"
   dhcp_hook "$r"
   strip -o "$r/bin/worker" "$worker"
@@ -117,7 +119,6 @@ exec sleep 2147483647
 INIT
   chmod +x "$r/init"
   pack "$r" osie.img
-  rm -rf "$r"
 fi
 
 # --- The installed OS on a GPT disk -----------------------------------------------
@@ -129,7 +130,7 @@ if [ ! -f disk.img.gz ]; then
   ESP_START=$MiB ESP_SIZE=$((16 * MiB))
   ROOT_START=$((ESP_START + ESP_SIZE)) ROOT_SIZE=$((40 * MiB))
   DISK_SIZE=$((ROOT_START + ROOT_SIZE + MiB))   # room for the backup GPT
-  w=$(mktemp -d)
+  w=$tmp/disk; mkdir -p "$w"
 
   # The initramfs: the disk and ext4 modules, then the root named on the kernel
   # line is mounted and becomes /.
@@ -223,7 +224,6 @@ ROOT_SIZE=$ROOT_SIZE
 ROOT_UUID=$ROOT_UUID
 ENV
   gzip -1 -n -f disk.img
-  rm -rf "$w"
 fi
 echo "$stamp" > stamp
 ls -la "$out"
