@@ -177,7 +177,8 @@ impl BmcEndpoint {
         Ok(match self {
             #[cfg(feature = "ipmi")]
             BmcEndpoint::Ipmi(e) => {
-                Arc::new(Resilient::new(e.controller(password), policy).with_clock(clock))
+                let controller = e.controller(password).with_clock(clock.clone());
+                Arc::new(Resilient::new(controller, policy).with_clock(clock))
             }
             #[cfg(feature = "redfish")]
             BmcEndpoint::Redfish(e) => {

@@ -65,7 +65,7 @@ mod wol;
 pub use connector::{Connector, POWER_ANNOTATION, StaticConnector, WAKE_ON_LAN};
 pub use endpoint::BmcEndpoint;
 #[cfg(feature = "ipmi")]
-pub use ipmi::{IpmiEndpoint, IpmiPower};
+pub use ipmi::{IpmiEndpoint, IpmiPower, IpmiSessionStats};
 pub use mock::{CallRecord, Faults, MockBmc, MockCall, MockConnector};
 pub use policy::{Resilient, RetryPolicy};
 #[cfg(feature = "redfish")]

@@ -16,4 +16,4 @@ mod session;
 mod wire;
 
 pub use endpoint::IpmiEndpoint;
-pub use power::IpmiPower;
+pub use power::{IpmiPower, IpmiSessionStats};
