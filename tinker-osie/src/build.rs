@@ -267,18 +267,21 @@ impl Builder {
             .flat_map(|(p, _)| infos[*p].depends.clone())
             .chain(libs.iter().flat_map(|l| infos[l].depends.clone()))
             .collect();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         while !frontier.is_empty() {
             let new: Vec<String> = frontier
                 .drain(..)
-                .filter(|d| plan::is_library_package(d) && !libs.contains(d))
+                .filter(|d| !libs.contains(d) && !seen.contains(d))
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let found = self.show_lenient(&new);
-            for (name, info) in found {
-                libs.insert(name.clone());
-                frontier.extend(info.depends.clone());
-                infos.insert(name, info);
+            seen.extend(new.iter().cloned());
+            for (name, info) in self.show_lenient(&new) {
+                if plan::is_library_package(&info) {
+                    libs.insert(name.clone());
+                    frontier.extend(info.depends.clone());
+                    infos.insert(name, info);
+                }
             }
         }
         let all: Vec<&PackageInfo> = infos.values().collect();

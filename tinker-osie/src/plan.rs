@@ -132,6 +132,8 @@ pub struct PackageInfo {
     pub version: String,
     /// `Architecture:` (`amd64`, `all`).
     pub architecture: String,
+    /// `Section:` (`libs`, `admin`, `non-free-firmware/kernel`).
+    pub section: String,
     /// `Depends:` and `Pre-Depends:`, each group's first alternative, without
     /// versions.
     pub depends: Vec<String>,
@@ -178,6 +180,7 @@ pub fn parse_show(text: &str) -> BTreeMap<String, PackageInfo> {
                 "Package" => p.name = v.to_string(),
                 "Version" => p.version = v.to_string(),
                 "Architecture" => p.architecture = v.to_string(),
+                "Section" => p.section = v.to_string(),
                 "Depends" | "Pre-Depends" => p.depends.extend(parse_depends(v)),
                 _ => {}
             }
@@ -200,10 +203,11 @@ pub fn kernel_package(meta: &PackageInfo) -> Option<String> {
         .cloned()
 }
 
-/// Whether a dependency of a tool is a shared-library package worth unpacking
-/// for the library closure (`libc6`, `libblkid1`; not `debconf`).
-pub fn is_library_package(name: &str) -> bool {
-    name.starts_with("lib") && !name.ends_with("-bin") && !name.ends_with("-common")
+/// Whether a dependency of a tool is a shared-library package, to unpack for
+/// the library closure: Debian files those in the `libs` section (`libc6`,
+/// `zlib1g`; not `debconf` or `libc-bin`).
+pub fn is_library_package(p: &PackageInfo) -> bool {
+    p.section == "libs" || p.section.ends_with("/libs")
 }
 
 #[cfg(test)]
@@ -260,7 +264,11 @@ Architecture: amd64
 
     #[test]
     fn library_packages_are_told_from_others() {
-        assert!(is_library_package("libc6") && is_library_package("libxenmisc4.17"));
-        assert!(!is_library_package("debconf") && !is_library_package("libc-bin"));
+        let p = |section: &str| PackageInfo {
+            section: section.into(),
+            ..Default::default()
+        };
+        assert!(is_library_package(&p("libs")) && is_library_package(&p("non-free/libs")));
+        assert!(!is_library_package(&p("admin")) && !is_library_package(&p("")));
     }
 }
