@@ -36,7 +36,7 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// Where package lists, downloads and unpacked packages are kept
-        /// (default: ~/.cache/tinker-osie).
+        /// (default: $TINKER_OSIE_CACHE, else ~/.cache/tinker-osie).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// A worker binary built already (default: build it with cargo).

@@ -379,24 +379,36 @@ spec:
     Some(b)
 }
 
-/// Writes one boot's row to BENCHMARKS.md (with `TINKER_BENCH_WRITE=1`).
+/// Adds one boot's times to BENCHMARKS.md (with `TINKER_BENCH_WRITE=1`): the
+/// rows of every combination measured so far are kept in `target/` and the
+/// section is written from all of them.
 fn record(b: &Boot) {
     if !std::env::var("TINKER_BENCH_WRITE").is_ok_and(|v| v == "1") {
         return;
     }
+    let rows_file = target_dir().join("tinker-osie-boots.json");
+    let mut rows: std::collections::BTreeMap<String, (f64, f64)> = std::fs::read(&rows_file)
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    rows.insert(
+        format!("{} | {}", b.firmware, b.nic),
+        (b.started, b.claimed),
+    );
+    std::fs::write(&rows_file, serde_json::to_vec(&rows).unwrap()).unwrap();
     let size = std::fs::metadata(image().join("initramfs")).unwrap().len();
+    let mut body = format!(
+        "`sudo TINKER_BENCH_WRITE=1 cargo test --test osie -- --nocapture --test-threads 1` (QEMU in software emulation, `-machine accel=tcg`, 2 cores; one run each; from `qemu-system-x86_64` starting to the console line; the image built by `cargo run --release --example osie -- build`, here with the test build's worker: initramfs {:.1} MiB, zstd)\n\n| firmware | NIC | worker started (s) | first action claimed (s) |\n|---|---|---:|---:|\n",
+        size as f64 / 1048576.0
+    );
+    for (k, (started, claimed)) in &rows {
+        body.push_str(&format!("| {k} | {started:.1} | {claimed:.1} |\n"));
+    }
+    body.push('\n');
     bench_support::write_section(
-        &format!("osie_boot_{}_{}", b.firmware, b.nic.replace('-', "_")),
-        &format!(
-            "The in-memory OS booted under QEMU ({}, {})",
-            b.firmware, b.nic
-        ),
-        &format!(
-            "`sudo TINKER_BENCH_WRITE=1 cargo test --test osie -- --nocapture --test-threads 1` (TCG, 2 cores, one run; initramfs {:.1} MiB)\n\n| power-on to | seconds |\n|---|---:|\n| worker started | {:.1} |\n| first action claimed | {:.1} |\n\n",
-            size as f64 / 1048576.0,
-            b.started,
-            b.claimed
-        ),
+        "osie_boot",
+        "The in-memory OS: size and power-on to the first claim",
+        &body,
     );
 }
 
@@ -527,4 +539,78 @@ fn aarch64_assembles_and_names_the_missing_rust_target() {
 fn object_em_aarch64() -> u16 {
     // EM_AARCH64, from the ELF specification.
     183
+}
+
+/// `osie: build`: the homelab builds the in-memory OS into its empty assets
+/// before serving, the same bytes `osie build` makes from the same inputs.
+#[test]
+fn homelab_builds_the_in_memory_os_before_serving_when_told() {
+    use std::io::{BufRead, BufReader};
+    if !can_build() || !have(&["ip"]) {
+        return;
+    }
+    let built = image();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+    let port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let tcp = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    std::fs::write(
+        dir.path().join("homelab.yaml"),
+        format!(
+            "interface: lo\naddress: 127.0.0.1\nobjects: ./objects\nassets: ./assets\ndata: ./data\nosie: build\nhttp_port: {}\ndhcp_port: {}\ntftp_port: {}\nhegel_port: 0\nsyslog_port: 0\ngrpc_port: 0\n",
+            tcp(),
+            port(),
+            port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(example("homelab"))
+        .arg("--config")
+        .arg(dir.path().join("homelab.yaml"))
+        .env("TINKER_OSIE_CACHE", target_dir().join("tinker-osie-cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let serving = line.starts_with("serving");
+        lines.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let all = lines.join("\n");
+    assert!(
+        all.contains("building it (osie: build)") && all.contains("no in-memory OS in"),
+        "{all}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("serving"),
+        "{all}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["vmlinuz", "initramfs"] {
+        assert!(
+            std::fs::read(dir.path().join("assets").join(f)).unwrap()
+                == std::fs::read(built.join(f)).unwrap(),
+            "{f}: the homelab built other bytes than `osie build`"
+        );
+    }
 }

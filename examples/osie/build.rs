@@ -16,8 +16,12 @@ pub fn command(out: &Path) -> String {
     )
 }
 
-/// Where downloads and unpacked packages are kept between builds.
+/// Where downloads and unpacked packages are kept between builds:
+/// `TINKER_OSIE_CACHE`, else `~/.cache/tinker-osie`.
 pub fn default_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TINKER_OSIE_CACHE") {
+        return PathBuf::from(dir);
+    }
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))

@@ -19,6 +19,12 @@ pub const MODULES: &[&str] = &[
     "virtio_scsi",
     "megaraid_sas",
     "mpt3sas",
+    "smartpqi",
+    // eMMC (small machines install there) and USB disks.
+    "sdhci_pci",
+    "mmc_block",
+    "usb_storage",
+    "uas",
     // NICs.
     "virtio_net",
     "e1000",
@@ -31,6 +37,10 @@ pub const MODULES: &[&str] = &[
     "bnxt_en",
     "mlx5_core",
     "r8169",
+    "tg3",
+    "atlantic",
+    // USB NICs (a NUC's second port is often one).
+    "r8152",
     // A keyboard on the console of a machine whose worker failed.
     "xhci_pci",
     "usbhid",
@@ -44,9 +54,9 @@ pub const MODULES: &[&str] = &[
     "crc32c_generic",
 ];
 
-/// Debian's packages of non-free firmware the NIC drivers above name files
-/// from (`ice`: `intel/ice/ddp/ice.pkg`; `r8169`: `rtl_nic/*`); only the named
-/// files are taken.
+/// Debian's packages of non-free firmware the drivers above name files from
+/// (`ice`: `intel/ice/ddp/ice.pkg`; `r8169`, `r8152`: `rtl_nic/*`; `tg3`:
+/// `tigon/*`); only the named files are taken.
 pub const FIRMWARE_PACKAGES: &[&str] = &["firmware-misc-nonfree", "firmware-realtek"];
 
 /// The static userland.
