@@ -316,7 +316,9 @@ spec:
         VM_MAC,
         firmware,
         nic,
-        &[&started, claimed, TOOLS_OK],
+        // The worker asks for more once its report is in: the VM stays up
+        // until then, and the console shows the wait.
+        &[&started, claimed, TOOLS_OK, "tinker: no action yet: "],
         Duration::from_secs(420),
     );
     let tail = |n: usize| {
@@ -339,7 +341,7 @@ spec:
         tail(4000)
     );
     assert!(
-        at[1].is_some() && at[2].is_some(),
+        at[1].is_some() && at[2].is_some() && at[3].is_some(),
         "{what}: the worker did not claim and run its action.\nserial:\n{}\nserver log:\n{}",
         tail(6000),
         lab.log("server.log")

@@ -326,8 +326,8 @@ impl Lab {
     }
 
     /// [`Lab::boot_vm`] with the NIC model `nic` (`e1000`, `virtio-net-pci`),
-    /// waiting for every one of `markers`; also returns when each first
-    /// appeared on the console, in seconds after QEMU started.
+    /// waiting for `markers` to appear in this order; also returns when each
+    /// was first seen on the console, in seconds after QEMU started.
     pub fn boot_vm_with(
         &self,
         mac: &str,
@@ -396,9 +396,15 @@ impl Lab {
         loop {
             let text =
                 String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).to_string();
+            // In order: each marker counts only after the one before it.
+            let mut from = 0;
             for (m, at) in markers.iter().zip(seen.iter_mut()) {
-                if at.is_none() && text.contains(m) {
-                    *at = Some(started.elapsed().as_secs_f64());
+                match text[from..].find(m) {
+                    Some(i) => {
+                        from += i + m.len();
+                        at.get_or_insert(started.elapsed().as_secs_f64());
+                    }
+                    None => break,
                 }
             }
             if seen.iter().all(Option::is_some)
