@@ -162,11 +162,25 @@ fn unpack(cache: &Path, deb: &Path) -> Result<PathBuf> {
     if dest.is_dir() {
         return Ok(dest);
     }
-    let tmp = dest.with_extension("partial");
+    // Unpacked beside, then renamed: a build that stops half-way leaves no
+    // half tree, and two builds sharing the cache (an `_all` firmware package
+    // is both architectures') each unpack to their own place; the first
+    // rename wins and the other's copy is dropped.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let tmp = dest.with_extension(format!(
+        "partial-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
     run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
-    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
+    if let Err(e) = std::fs::rename(&tmp, &dest) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dest.is_dir() {
+            return Err(Error::Io { path: dest, source: e });
+        }
+    }
     Ok(dest)
 }
 
