@@ -262,7 +262,10 @@ pub async fn run(path: &Path) -> Result<(), String> {
         }
     };
     let (objects, data) = (rel(&c.objects), rel(&c.data));
-    let assets = c.assets.as_deref().map(|a| rel(a.strip_prefix(".").unwrap_or(a)));
+    let assets = c
+        .assets
+        .as_deref()
+        .map(|a| rel(a.strip_prefix(".").unwrap_or(a)));
     ensure_in_memory_os(&c, assets.as_deref(), path)?;
     std::fs::create_dir_all(&data).map_err(e("data directory"))?;
     let store: Arc<dyn WorkflowStore> = Arc::new(

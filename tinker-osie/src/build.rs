@@ -178,7 +178,10 @@ fn unpack(cache: &Path, deb: &Path) -> Result<PathBuf> {
     if let Err(e) = std::fs::rename(&tmp, &dest) {
         let _ = std::fs::remove_dir_all(&tmp);
         if !dest.is_dir() {
-            return Err(Error::Io { path: dest, source: e });
+            return Err(Error::Io {
+                path: dest,
+                source: e,
+            });
         }
     }
     Ok(dest)
