@@ -72,8 +72,9 @@ for d in /sys/class/net/*; do
   ip link set "$i" up
   udhcpc -f -S -i "$i" -s /{DHCP_HOOK} -t 6 -T 3 -A 5 >/dev/null 2>&1 &
 done
+# Up to two minutes: a switch port with spanning tree forwards after 30 s or more.
 n=0
-while [ $n -lt 120 ] && ! ls /run/tinker-osie/lease.* >/dev/null 2>&1; do sleep 0.5; n=$((n + 1)); done
+while [ $n -lt 240 ] && ! ls /run/tinker-osie/lease.* >/dev/null 2>&1; do sleep 0.5; n=$((n + 1)); done
 ls /run/tinker-osie/lease.* >/dev/null 2>&1 || rescue "no DHCP answer on any NIC ($(ls /sys/class/net | tr '\n' ' '))"
 cat /run/tinker-osie/lease.*
 
