@@ -219,9 +219,15 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
         port(false),
         port(false),
     );
+    // The in-memory OS must be there before anything is served (its contents
+    // do not matter here).
+    std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+    for f in ["vmlinuz", "initramfs"] {
+        std::fs::write(dir.path().join("assets").join(f), f).unwrap();
+    }
     std::fs::write(
         dir.path().join("homelab.yaml"),
-        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\nsyslog_port: 0\ngrpc_port: {grpc}\n"),
+        format!("interface: lo\naddress: 127.0.0.1\nobjects: ./objects\nassets: ./assets\ndata: ./data\nhttp_port: {http}\ndhcp_port: {dhcp}\ntftp_port: {tftp}\nhegel_port: {hegel}\nsyslog_port: 0\ngrpc_port: {grpc}\n"),
     )
     .unwrap();
     let mut child = Running(
@@ -306,4 +312,55 @@ fn config_mode_serves_picks_up_new_files_and_stops_cleanly() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "exit {status:?}: {rest:?}");
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
+}
+
+#[test]
+fn config_mode_without_the_in_memory_os_says_the_command_that_builds_it() {
+    let homelab = netlab::example("homelab");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+    std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+    // Only the kernel: the initramfs is missing.
+    std::fs::write(dir.path().join("assets/vmlinuz"), "k").unwrap();
+    std::fs::write(
+        dir.path().join("homelab.yaml"),
+        "interface: lo\naddress: 127.0.0.1\nobjects: ./objects\nassets: ./assets\ndata: ./data\n",
+    )
+    .unwrap();
+    let o = Command::new(&homelab)
+        .arg("--config")
+        .arg(dir.path().join("homelab.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "it must not serve: {err}");
+    let assets = dir.path().join("assets");
+    assert!(
+        err.contains(&format!(
+            "cargo run --release --example osie -- build --arch x86_64 --out {}",
+            assets.display()
+        )) && err.contains("initramfs missing")
+            && err.contains("osie: build"),
+        "{err}"
+    );
+    // Nothing was bound or served: no store was even opened.
+    assert!(!dir.path().join("data/tinker.redb").exists());
+
+    // No assets directory at all: the same advice.
+    std::fs::write(
+        dir.path().join("homelab.yaml"),
+        "interface: lo\naddress: 127.0.0.1\nobjects: ./objects\ndata: ./data\n",
+    )
+    .unwrap();
+    let o = Command::new(&homelab)
+        .arg("--config")
+        .arg(dir.path().join("homelab.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--example osie -- build --arch x86_64 --out assets"),
+        "{err}"
+    );
 }

@@ -20,6 +20,9 @@ use tinker::core::model::Document;
 use tinker::store::RedbStore;
 use tinker::watched;
 
+#[path = "../osie/build.rs"]
+mod osie_build;
+
 /// The configuration file (see `examples/homelab/homelab.yaml`).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +96,22 @@ struct Config {
     /// HookOS, Tinkerbell's in-memory OS.
     #[serde(default)]
     hookos: HookOs,
+    /// Tinker's own in-memory OS: `prebuilt` (the default: `kernel` and
+    /// `initrd` must be in the assets) or `build` (built into the assets
+    /// before serving when they are not there).
+    #[serde(default)]
+    osie: Osie,
+}
+
+/// `osie:` in the config file.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Osie {
+    /// Serve what the assets hold; refuse to start without it.
+    #[default]
+    Prebuilt,
+    /// Build it into the assets first when it is missing.
+    Build,
 }
 
 /// `hookos:` in the config file.
@@ -150,7 +169,68 @@ fn default_kernel() -> String {
     "vmlinuz".into()
 }
 fn default_initrd() -> String {
-    "initrd.img".into()
+    "initramfs".into()
+}
+
+/// Makes sure the in-memory OS the boot scripts name is in the assets, so no
+/// machine is sent to a kernel that is not there: built when the config says
+/// `osie: build`, else an error that says the one command that builds it.
+fn ensure_in_memory_os(c: &Config, assets: Option<&Path>, config: &Path) -> Result<(), String> {
+    if c.hookos.default {
+        // Every machine boots HookOS from its own base URL.
+        return Ok(());
+    }
+    let Some(assets) = assets else {
+        return Err(format!(
+            "no `assets:` directory in {}: machines boot the in-memory OS from it. Add `assets: ./assets` and build the OS into it:\n  {}",
+            config.display(),
+            osie_build::command(Path::new("assets"))
+        ));
+    };
+    let missing: Vec<&str> = [c.kernel.as_str(), c.initrd.as_str()]
+        .into_iter()
+        .filter(|f| !assets.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if c.osie == Osie::Build && c.kernel == "vmlinuz" && c.initrd == "initramfs" {
+        println!(
+            "no in-memory OS in {}; building it (osie: build)",
+            assets.display()
+        );
+        // The worker built beside this program, when it is there.
+        let worker = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("worker")))
+            .filter(|w| w.is_file());
+        let w = osie_build::build(
+            tinker_osie::Arch::X86_64,
+            assets,
+            &osie_build::default_cache(),
+            worker.as_deref(),
+            false,
+        )?;
+        println!(
+            "built {} ({} bytes, sha256 {})",
+            w.initramfs.display(),
+            w.initramfs_size,
+            w.initramfs_sha256
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "no in-memory OS in {}: {} missing, and no machine is sent to a kernel that is not there. Build it with:\n  {}\nor set `osie: build` in {} to build it before serving{}",
+        assets.display(),
+        missing.join(" and "),
+        osie_build::command(assets),
+        config.display(),
+        if c.kernel != "vmlinuz" || c.initrd != "initramfs" {
+            " (with `kernel: vmlinuz` and `initrd: initramfs`, the names it writes)"
+        } else {
+            ""
+        }
+    ))
 }
 
 fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
@@ -182,6 +262,11 @@ pub async fn run(path: &Path) -> Result<(), String> {
         }
     };
     let (objects, data) = (rel(&c.objects), rel(&c.data));
+    let assets = c
+        .assets
+        .as_deref()
+        .map(|a| rel(a.strip_prefix(".").unwrap_or(a)));
+    ensure_in_memory_os(&c, assets.as_deref(), path)?;
     std::fs::create_dir_all(&data).map_err(e("data directory"))?;
     let store: Arc<dyn WorkflowStore> = Arc::new(
         RedbStore::open(data.join("tinker.redb"))
@@ -313,8 +398,8 @@ pub async fn run(path: &Path) -> Result<(), String> {
     plane.tftp_files = FileSource::ipxe_binaries(&c.tftp_root)
         .and_then(|s| s.with_directory(&c.tftp_root))
         .map_err(|x| x.to_string())?;
-    if let Some(a) = &c.assets {
-        plane.assets = Some(FileSource::directory(rel(a)).map_err(e("assets"))?);
+    if let Some(a) = &assets {
+        plane.assets = Some(FileSource::directory(a.clone()).map_err(e("assets"))?);
     }
     plane.osie.kernel = c.kernel.clone();
     plane.osie.initrd = c.initrd.clone();

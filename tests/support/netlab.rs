@@ -321,6 +321,21 @@ impl Lab {
     /// `firmware` "bios" or "uefi"; returns the serial console once `marker`
     /// appears, the VM powers off, or `timeout` passes.
     pub fn boot_vm(&self, mac: &str, firmware: &str, marker: &str, timeout: Duration) -> String {
+        self.boot_vm_with(mac, firmware, "e1000", &[marker], timeout)
+            .0
+    }
+
+    /// [`Lab::boot_vm`] with the NIC model `nic` (`e1000`, `virtio-net-pci`),
+    /// waiting for `markers` to appear in this order; also returns when each
+    /// was first seen on the console, in seconds after QEMU started.
+    pub fn boot_vm_with(
+        &self,
+        mac: &str,
+        firmware: &str,
+        nic: &str,
+        markers: &[&str],
+        timeout: Duration,
+    ) -> (String, Vec<Option<f64>>) {
         let br = format!("{}br", &self.client_ns[..self.client_ns.len().min(11)]);
         let tap = format!("{}tp", &self.client_ns[..self.client_ns.len().min(11)]);
         let ns = &self.client_ns;
@@ -331,7 +346,7 @@ impl Lab {
         for dev in [&br, &tap] {
             must(&format!("ip -n {ns} link set {dev} up"));
         }
-        let log = self.dir.path().join(format!("vm-{firmware}.log"));
+        let log = self.dir.path().join(format!("vm-{firmware}-{nic}.log"));
         let mut args: Vec<String> = [
             "-machine",
             "accel=tcg",
@@ -361,7 +376,7 @@ impl Lab {
             "-netdev".into(),
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
-            format!("e1000,netdev=n0,mac={mac}"),
+            format!("{nic},netdev=n0,mac={mac}"),
             "-boot".into(),
             "n".into(),
             "-serial".into(),
@@ -375,19 +390,32 @@ impl Lab {
             .stderr(std::fs::File::create(self.dir.path().join("qemu.err")).unwrap())
             .spawn()
             .expect("qemu-system-x86_64");
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut seen: Vec<Option<f64>> = vec![None; markers.len()];
         loop {
             let text =
                 String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).to_string();
-            if text.contains(marker)
+            // In order: each marker counts only after the one before it.
+            let mut from = 0;
+            for (m, at) in markers.iter().zip(seen.iter_mut()) {
+                match text[from..].find(m) {
+                    Some(i) => {
+                        from += i + m.len();
+                        at.get_or_insert(started.elapsed().as_secs_f64());
+                    }
+                    None => break,
+                }
+            }
+            if seen.iter().all(Option::is_some)
                 || Instant::now() > deadline
                 || vm.try_wait().ok().flatten().is_some()
             {
                 let _ = vm.kill();
                 let _ = vm.wait();
-                return text;
+                return (text, seen);
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

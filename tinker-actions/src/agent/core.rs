@@ -324,7 +324,10 @@ impl AgentCore {
     fn answered_ask(&mut self, now: Timestamp, c: Call, replica: usize, reply: Result<Reply>) {
         match reply {
             Ok(Reply::NextAction(NextActionResponse::Action(action))) => self.start(now, action),
-            Ok(_) => {
+            Ok(reply) => {
+                if let Reply::NextAction(NextActionResponse::Wait { reason, .. }) = reply {
+                    self.emit(AgentEvent::NoActionYet { reason });
+                }
                 let idle = now.duration_since(self.idle_since);
                 let done = self
                     .idle_exit

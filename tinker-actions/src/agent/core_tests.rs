@@ -379,13 +379,20 @@ fn nothing_to_do_asks_again_after_the_poll_interval_and_stops_when_idle_long_eno
     };
     let mut now = t0();
     let mut asked = Vec::new();
+    let mut waits_told = 0;
     loop {
         let out = drain(&mut core);
+        // Each wait is told, with the control plane's reason (the in-memory
+        // OS's console shows it).
+        waits_told += out
+            .iter()
+            .filter(|o| matches!(o, Output::Event(e @ AgentEvent::NoActionYet { reason }) if reason == "no action" && e.to_string() == "no action yet: no action"))
+            .count();
         if let Some(Output::Done(result)) = out.last() {
             assert!(result.is_ok());
             break;
         }
-        let Output::Send(ask) = &out[0] else {
+        let Some(Output::Send(ask)) = out.iter().find(|o| matches!(o, Output::Send(_))) else {
             panic!("{out:?}")
         };
         asked.push((request_id(ask), now));
@@ -398,6 +405,7 @@ fn nothing_to_do_asks_again_after_the_poll_interval_and_stops_when_idle_long_eno
     }
     assert_eq!(asked.len(), 5, "{asked:?}");
     assert_eq!(asked[4], ("run-5".to_string(), t0() + secs(2)));
+    assert_eq!(waits_told, 5, "one `no action yet` per wait");
 }
 
 #[test]

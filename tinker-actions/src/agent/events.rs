@@ -72,6 +72,13 @@ pub enum AgentEvent {
         /// The wait before the retry.
         delay: Duration,
     },
+    /// The control plane has no action for this machine yet; the agent asks
+    /// again after its poll interval.
+    NoActionYet {
+        /// Why, as the control plane said (no workflow, the machine being
+        /// prepared, an earlier action still running).
+        reason: String,
+    },
     /// A replica failed; the agent talks to another from now on.
     FailedOver {
         /// The replica that failed.
@@ -119,6 +126,7 @@ impl fmt::Display for AgentEvent {
                 delay.as_millis()
             ),
             AgentEvent::FailedOver { from, to } => write!(f, "{from} failed; moving to {to}"),
+            AgentEvent::NoActionYet { reason } => write!(f, "no action yet: {reason}"),
         }
     }
 }
