@@ -60,11 +60,36 @@ struct InMemoryOs {
     booted: &'static str,
 }
 
-fn in_memory_os(built: &Path) -> InMemoryOs {
+fn in_memory_os() -> InMemoryOs {
+    // The in-memory OS we ship (`osie build`), built with this test build's
+    // worker into the directory tests/osie.rs uses, so the two share one build
+    // and the download cache.
+    let target = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_path_buf();
+    let out = target.join("tinker-osie-x86_64");
+    let o = Command::new(example("osie"))
+        .args(["build", "--arch", "x86_64", "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(target.join("tinker-osie-cache"))
+        .arg("--worker")
+        .arg(example("worker"))
+        .output()
+        .expect("osie");
+    assert!(
+        o.status.success(),
+        "osie build failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     InMemoryOs {
-        kernel: built.join("vmlinuz"),
-        initrd: built.join("osie.img"),
-        booted: "TINKER-OSIE-BOOTED",
+        kernel: out.join("vmlinuz"),
+        initrd: out.join("initramfs"),
+        booted: "tinker-osie: starting worker",
     }
 }
 
@@ -184,7 +209,7 @@ fn a_vm_is_provisioned_end_to_end_under_ipmi_sim() {
         "UEFI firmware {OVMF_CODE}: install Debian's ovmf"
     );
     let built = vm_os();
-    let osie = in_memory_os(&built);
+    let osie = in_memory_os();
     let layout = disk_layout(&built);
     let mut lab = Lab::new(VETH_MAC);
     let dir = lab.dir.path().to_path_buf();
