@@ -22,6 +22,7 @@
 pub mod credentials;
 pub mod dhcp;
 pub mod event_window;
+pub mod hardware_cache;
 pub mod http;
 mod metadata;
 pub mod operators;

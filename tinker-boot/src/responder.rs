@@ -1,6 +1,9 @@
 //! The default boot policy, backed by the store: find the Hardware by MAC, hand out
 //! its reservation, and pick the boot target by client kind and architecture.
+//! The Hardware of each MAC is kept in a [`HardwareCache`] fed by the store's
+//! change feed, so a DHCP packet costs no store lookup.
 
+use crate::hardware_cache::{Cached, DEFAULT_MAX_UNKNOWN, HardwareCache};
 use async_trait::async_trait;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub struct StoreBootResponder {
     last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, Coalescer>>>,
     /// Name Smee's script path in answers to iPXE.
     smee_script_path: bool,
+    /// MAC → Hardware, invalidated by the store's change feed.
+    cache: Arc<HardwareCache>,
 }
 
 /// How long a decision recorded for a machine is not recorded again, and the
@@ -110,12 +115,18 @@ impl StoreBootResponder {
     /// A responder over `store`.
     pub fn new(store: Arc<dyn WorkflowStore>, config: BootConfig) -> Self {
         StoreBootResponder {
-            store,
             config,
             clock: SystemClock::shared(),
             last_recorded: Arc::default(),
             smee_script_path: false,
+            cache: Arc::new(HardwareCache::new(store.watch(), DEFAULT_MAX_UNKNOWN)),
+            store,
         }
+    }
+
+    /// Its MAC → Hardware cache (for its counters, and for tests).
+    pub fn cache(&self) -> &Arc<HardwareCache> {
+        &self.cache
     }
 
     /// The same responder, naming Smee's script path
@@ -281,12 +292,24 @@ impl StoreBootResponder {
 #[async_trait]
 impl BootResponder for StoreBootResponder {
     async fn decide(&self, req: &BootRequest) -> Result<BootDecision> {
-        let Some(hw) = self.store.hardware_by_mac(req.mac).await? else {
+        let found = match self.cache.get(req.mac) {
+            Ok(Cached::Known(hw)) => Some(hw),
+            Ok(Cached::Unknown) => None,
+            Err(epoch) => {
+                let found = self
+                    .store
+                    .hardware_by_mac(req.mac)
+                    .await?
+                    .map(|v| Arc::new(v.value));
+                self.cache.insert(req.mac, epoch, found.clone());
+                found
+            }
+        };
+        let Some(hw) = found else {
             return Ok(BootDecision::Ignore {
                 reason: IgnoreReason::UnknownMac,
             });
         };
-        let hw = hw.value;
         let (decision, event) = self.decide_for(&hw, req);
         if let Some(message) = event {
             let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
