@@ -22,11 +22,13 @@ use tokio::sync::broadcast::{self, error::TryRecvError};
 /// "Unknown MAC" entries kept by default.
 pub const DEFAULT_MAX_UNKNOWN: usize = 4096;
 
-/// What the cache knows of a MAC.
+/// What the cache knows of a MAC: `V` is what its owner keeps of the MAC's
+/// Hardware (the Hardware itself by default; the boot responder keeps the
+/// answer's parts already worked out).
 #[derive(Debug, Clone)]
-pub enum Cached {
-    /// The store had this Hardware for it.
-    Known(Arc<Hardware>),
+pub enum Cached<V = Arc<Hardware>> {
+    /// The store had a Hardware for it.
+    Known(V),
     /// The store had no Hardware for it.
     Unknown,
 }
@@ -37,9 +39,9 @@ pub enum Cached {
 pub struct Epoch(u64);
 
 #[derive(Debug)]
-struct Inner {
+struct Inner<V> {
     feed: broadcast::Receiver<Change>,
-    known: HashMap<MacAddr, Arc<Hardware>>,
+    known: HashMap<MacAddr, V>,
     /// Hardware `namespace/name` to its cached MACs, to drop them on a change.
     by_key: HashMap<(String, String), Vec<MacAddr>>,
     unknown: HashMap<MacAddr, ()>,
@@ -55,11 +57,11 @@ struct Inner {
 /// MAC → Hardware, fed by a store's change feed. Cheap to share: one lock, held
 /// for a hash lookup, never across an `.await`.
 #[derive(Debug)]
-pub struct HardwareCache {
-    inner: Mutex<Inner>,
+pub struct HardwareCache<V = Arc<Hardware>> {
+    inner: Mutex<Inner<V>>,
 }
 
-impl HardwareCache {
+impl<V: Clone> HardwareCache<V> {
     /// A cache kept fresh by `feed` (the store's `watch()`, taken before the
     /// first lookup), keeping at most `max_unknown` unknown MACs.
     pub fn new(feed: broadcast::Receiver<Change>, max_unknown: usize) -> Self {
@@ -77,14 +79,14 @@ impl HardwareCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What is cached for `mac` after applying the changes the store has
     /// announced, or the epoch to hand to [`insert`](Self::insert) after
     /// asking the store.
-    pub fn get(&self, mac: MacAddr) -> Result<Cached, Epoch> {
+    pub fn get(&self, mac: MacAddr) -> Result<Cached<V>, Epoch> {
         let mut inner = self.lock();
         inner.drain_feed();
         if let Some(hw) = inner.known.get(&mac) {
@@ -96,19 +98,20 @@ impl HardwareCache {
         Err(Epoch(inner.epoch))
     }
 
-    /// Caches what the store answered for `mac`, unless a change arrived since
+    /// Caches what the store answered for `mac` (`found`: the Hardware's
+    /// namespace, name, and what to keep of it), unless a change arrived since
     /// `epoch` (then the answer may be stale, and the next packet asks again).
-    pub fn insert(&self, mac: MacAddr, epoch: Epoch, found: Option<Arc<Hardware>>) {
+    pub fn insert(&self, mac: MacAddr, epoch: Epoch, found: Option<(&str, &str, V)>) {
         let mut inner = self.lock();
         inner.drain_feed();
         if inner.epoch != epoch.0 {
             return;
         }
         match found {
-            Some(hw) => {
-                let key = (hw.metadata.namespace().to_string(), hw.metadata.name.clone());
+            Some((namespace, name, value)) => {
+                let key = (namespace.to_string(), name.to_string());
                 inner.by_key.entry(key).or_default().push(mac);
-                inner.known.insert(mac, hw);
+                inner.known.insert(mac, value);
             }
             None => {
                 if inner.unknown.insert(mac, ()).is_none() {
@@ -146,7 +149,7 @@ impl HardwareCache {
     }
 }
 
-impl Inner {
+impl<V> Inner<V> {
     fn drain_feed(&mut self) {
         loop {
             match self.feed.try_recv() {
@@ -186,13 +189,14 @@ mod tests {
     use super::*;
     use tinker_core::model::ObjectKey;
 
-    fn hw(name: &str) -> Arc<Hardware> {
-        Arc::new(Hardware::new(
+    fn hw(name: &str) -> (&'static str, &str, Arc<Hardware>) {
+        let hw = Hardware::new(
             name,
             MacAddr([2, 9, 9, 9, 9, 9]),
             std::net::Ipv4Addr::new(10, 0, 0, 1),
             "255.255.255.0",
-        ))
+        );
+        ("default", name, Arc::new(hw))
     }
 
     fn mac(i: u32) -> MacAddr {
@@ -211,7 +215,7 @@ mod tests {
     #[test]
     fn a_hardware_change_drops_its_macs_and_every_unknown_one() {
         let (tx, rx) = broadcast::channel(16);
-        let cache = HardwareCache::new(rx, 16);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
         for (i, name) in [(1, "a"), (2, "b")] {
             let Err(epoch) = cache.get(mac(i)) else { panic!() };
             cache.insert(mac(i), epoch, Some(hw(name)));
@@ -230,7 +234,7 @@ mod tests {
     #[test]
     fn a_lookup_that_raced_a_change_is_not_cached() {
         let (tx, rx) = broadcast::channel(16);
-        let cache = HardwareCache::new(rx, 16);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
         let Err(epoch) = cache.get(mac(1)) else { panic!() };
         tx.send(change("a")).unwrap();
         cache.insert(mac(1), epoch, Some(hw("a")));
@@ -240,7 +244,7 @@ mod tests {
     #[test]
     fn a_feed_that_fell_behind_drops_everything() {
         let (tx, rx) = broadcast::channel(2);
-        let cache = HardwareCache::new(rx, 16);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
         let Err(epoch) = cache.get(mac(1)) else { panic!() };
         cache.insert(mac(1), epoch, Some(hw("a")));
         for name in ["x", "y", "z", "w"] {
@@ -252,7 +256,7 @@ mod tests {
     #[test]
     fn made_up_macs_are_capped_oldest_first() {
         let (_tx, rx) = broadcast::channel(2);
-        let cache = HardwareCache::new(rx, 100);
+        let cache: HardwareCache = HardwareCache::new(rx, 100);
         for i in 0..10_000 {
             let Err(epoch) = cache.get(mac(i)) else { panic!() };
             cache.insert(mac(i), epoch, None);
