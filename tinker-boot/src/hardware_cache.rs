@@ -217,17 +217,27 @@ mod tests {
         let (tx, rx) = broadcast::channel(16);
         let cache: HardwareCache = HardwareCache::new(rx, 16);
         for (i, name) in [(1, "a"), (2, "b")] {
-            let Err(epoch) = cache.get(mac(i)) else { panic!() };
+            let Err(epoch) = cache.get(mac(i)) else {
+                panic!()
+            };
             cache.insert(mac(i), epoch, Some(hw(name)));
         }
-        let Err(epoch) = cache.get(mac(3)) else { panic!() };
+        let Err(epoch) = cache.get(mac(3)) else {
+            panic!()
+        };
         cache.insert(mac(3), epoch, None);
         assert!(matches!(cache.get(mac(3)), Ok(Cached::Unknown)));
         assert_eq!(cache.len(), (2, 1));
         tx.send(change("a")).unwrap();
-        assert!(cache.get(mac(1)).is_err(), "the changed Hardware is asked again");
+        assert!(
+            cache.get(mac(1)).is_err(),
+            "the changed Hardware is asked again"
+        );
         assert!(matches!(cache.get(mac(2)), Ok(Cached::Known(_))));
-        assert!(cache.get(mac(3)).is_err(), "the change may have added this MAC");
+        assert!(
+            cache.get(mac(3)).is_err(),
+            "the change may have added this MAC"
+        );
         assert_eq!(cache.invalidations(), 1);
     }
 
@@ -235,7 +245,9 @@ mod tests {
     fn a_lookup_that_raced_a_change_is_not_cached() {
         let (tx, rx) = broadcast::channel(16);
         let cache: HardwareCache = HardwareCache::new(rx, 16);
-        let Err(epoch) = cache.get(mac(1)) else { panic!() };
+        let Err(epoch) = cache.get(mac(1)) else {
+            panic!()
+        };
         tx.send(change("a")).unwrap();
         cache.insert(mac(1), epoch, Some(hw("a")));
         assert!(cache.get(mac(1)).is_err());
@@ -245,7 +257,9 @@ mod tests {
     fn a_feed_that_fell_behind_drops_everything() {
         let (tx, rx) = broadcast::channel(2);
         let cache: HardwareCache = HardwareCache::new(rx, 16);
-        let Err(epoch) = cache.get(mac(1)) else { panic!() };
+        let Err(epoch) = cache.get(mac(1)) else {
+            panic!()
+        };
         cache.insert(mac(1), epoch, Some(hw("a")));
         for name in ["x", "y", "z", "w"] {
             tx.send(change(name)).unwrap();
@@ -258,7 +272,9 @@ mod tests {
         let (_tx, rx) = broadcast::channel(2);
         let cache: HardwareCache = HardwareCache::new(rx, 100);
         for i in 0..10_000 {
-            let Err(epoch) = cache.get(mac(i)) else { panic!() };
+            let Err(epoch) = cache.get(mac(i)) else {
+                panic!()
+            };
             cache.insert(mac(i), epoch, None);
             assert!(cache.len().1 <= 100);
         }

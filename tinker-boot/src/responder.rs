@@ -159,9 +159,11 @@ impl StoreBootResponder {
     }
 
     fn resolve(&self, hw: Hardware, mac: tinker_core::MacAddr) -> Resolved {
-        let interface = hw.spec.interfaces.iter().position(|i| {
-            i.dhcp.as_ref().and_then(|d| d.mac.parse().ok()) == Some(mac)
-        });
+        let interface = hw
+            .spec
+            .interfaces
+            .iter()
+            .position(|i| i.dhcp.as_ref().and_then(|d| d.mac.parse().ok()) == Some(mac));
         let network = interface.and_then(|i| self.network(&hw.spec.interfaces[i]));
         Resolved {
             hw,

@@ -45,7 +45,10 @@ impl WorkflowStore for Counting {
     async fn delete(&self, k: &ObjectKey, p: Precondition) -> tinker_core::Result<()> {
         self.inner.delete(k, p).await
     }
-    async fn hardware_by_mac(&self, mac: MacAddr) -> tinker_core::Result<Option<Versioned<Hardware>>> {
+    async fn hardware_by_mac(
+        &self,
+        mac: MacAddr,
+    ) -> tinker_core::Result<Option<Versioned<Hardware>>> {
         self.by_mac.fetch_add(1, Relaxed);
         self.inner.hardware_by_mac(mac).await
     }
@@ -128,8 +131,14 @@ async fn a_changed_reservation_is_answered_with_the_new_address_without_restart(
         Arc::new(responder),
     );
 
-    assert_eq!(offered(&s, KNOWN, 1).await, Some(Ipv4Addr::new(10, 77, 0, 10)));
-    assert_eq!(offered(&s, KNOWN, 2).await, Some(Ipv4Addr::new(10, 77, 0, 10)));
+    assert_eq!(
+        offered(&s, KNOWN, 1).await,
+        Some(Ipv4Addr::new(10, 77, 0, 10))
+    );
+    assert_eq!(
+        offered(&s, KNOWN, 2).await,
+        Some(Ipv4Addr::new(10, 77, 0, 10))
+    );
     assert_eq!(offered(&s, NEW, 3).await, None, "not in the inventory");
     assert_eq!(offered(&s, NEW, 4).await, None);
     assert_eq!(
@@ -144,17 +153,26 @@ async fn a_changed_reservation_is_answered_with_the_new_address_without_restart(
         .put(hardware("m1", KNOWN, 20), Precondition::Any)
         .await
         .unwrap();
-    assert_eq!(offered(&s, KNOWN, 5).await, Some(Ipv4Addr::new(10, 77, 0, 20)));
+    assert_eq!(
+        offered(&s, KNOWN, 5).await,
+        Some(Ipv4Addr::new(10, 77, 0, 20))
+    );
     // A machine added to the inventory is answered though it was unknown a
     // packet ago.
     store
         .put(hardware("m2", NEW, 30), Precondition::Absent)
         .await
         .unwrap();
-    assert_eq!(offered(&s, NEW, 6).await, Some(Ipv4Addr::new(10, 77, 0, 30)));
+    assert_eq!(
+        offered(&s, NEW, 6).await,
+        Some(Ipv4Addr::new(10, 77, 0, 30))
+    );
     // And one deleted is no longer answered.
     store
-        .delete(&ObjectKey::new(Kind::Hardware, "default", "m1"), Precondition::Any)
+        .delete(
+            &ObjectKey::new(Kind::Hardware, "default", "m1"),
+            Precondition::Any,
+        )
         .await
         .unwrap();
     assert_eq!(offered(&s, KNOWN, 7).await, None);
@@ -192,13 +210,15 @@ async fn requests_beyond_those_waiting_are_shed_without_an_answer_and_counted() 
     let s = DhcpServer::new(DhcpConfig::new(Mode::Reservation, SERVER), Arc::new(Stuck))
         .with_max_in_flight(3);
     let stats = s.stats();
-    let socket =
-        tinker_boot::dhcp::server::bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let socket = tinker_boot::dhcp::server::bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(s.serve(socket, None, std::future::pending()));
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for i in 0..10 {
-        client.send_to(&discover(made_up(i), i), addr).await.unwrap();
+        client
+            .send_to(&discover(made_up(i), i), addr)
+            .await
+            .unwrap();
     }
     until(&stats, |s| s.received.load(Relaxed) == 10).await;
     assert_eq!(stats.received.load(Relaxed), 10);
@@ -222,8 +242,7 @@ async fn datagrams_the_kernel_dropped_from_a_full_queue_are_counted_as_shed() {
     let stats = s.stats();
     // The smallest receive queue the kernel allows, filled before the server
     // reads anything: most of the flood is dropped by the kernel.
-    let socket =
-        tinker_boot::dhcp::server::bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let socket = tinker_boot::dhcp::server::bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
     socket2::SockRef::from(&socket)
         .set_recv_buffer_size(1)
         .unwrap();
@@ -231,7 +250,10 @@ async fn datagrams_the_kernel_dropped_from_a_full_queue_are_counted_as_shed() {
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let flood = 500u32;
     for i in 0..flood {
-        client.send_to(&discover(made_up(i), i), addr).await.unwrap();
+        client
+            .send_to(&discover(made_up(i), i), addr)
+            .await
+            .unwrap();
     }
     tokio::spawn(s.serve(socket, None, std::future::pending()));
     // The kernel reports its count on the next datagram it queues: send one at

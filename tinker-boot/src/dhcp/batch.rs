@@ -127,13 +127,19 @@ pub fn send(socket: &impl AsFd, replies: &[Outbound]) -> std::io::Result<usize> 
     let replies = &replies[..replies.len().min(BATCH)];
     let addrs: Vec<SocketAddrAny> = replies.iter().map(|o| o.dest.as_any()).collect();
     let iovs: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|o| [IoSlice::new(&o.bytes)]).collect();
-    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
-        replies.iter().map(|_| SendAncillaryBuffer::default()).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = replies
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
     let mut msgs: Vec<MMsgHdr<'_>> = addrs
         .iter()
         .zip(&iovs)
         .zip(controls.iter_mut())
         .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
         .collect();
-    Ok(rustix::net::sendmmsg(socket, &mut msgs, SendFlags::DONTWAIT)?)
+    Ok(rustix::net::sendmmsg(
+        socket,
+        &mut msgs,
+        SendFlags::DONTWAIT,
+    )?)
 }
