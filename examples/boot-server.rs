@@ -124,6 +124,13 @@ async fn load_hardware(store: &dyn WorkflowStore, dir: &std::path::Path) -> Resu
     Ok(n)
 }
 
+/// The DHCP thread's result, or an error if it ended without one (it panicked).
+fn done_rx_result(
+    r: Result<std::io::Result<()>, tokio::sync::oneshot::error::RecvError>,
+) -> std::io::Result<()> {
+    r.unwrap_or_else(|_| Err(std::io::Error::other("the DHCP thread panicked")))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -216,7 +223,9 @@ async fn run(a: Args) -> Result<(), String> {
         ..CallerCheck::default()
     };
     let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder))
-        .with_observed_addresses(callers.observed.clone());
+        .with_observed_addresses(callers.observed.clone())
+        // Under load, one wakeup per batch of requests, not per request.
+        .with_coalescing(std::time::Duration::from_millis(1));
 
     let assets = match &a.assets {
         Some(dir) => {
@@ -260,8 +269,39 @@ async fn run(a: Args) -> Result<(), String> {
             let _ = rx.recv().await;
         }
     };
+    // DHCP gets a thread of its own with a single-threaded runtime: its loop
+    // then sleeps in its own epoll and wakes itself, where on the shared
+    // multi-threaded runtime each wakeup crossed threads (a futex and a context
+    // switch per batch in the profile of issue 17). Its sockets are registered
+    // with that runtime's reactor, so they move there as std sockets.
+    let dhcp_done = {
+        let stop = stop(&stop_tx);
+        let socket = dhcp_socket.into_std().map_err(|e| e.to_string())?;
+        let proxy = match proxy_socket {
+            Some(s) => Some(s.into_std().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("dhcp".into())
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let socket = tokio::net::UdpSocket::from_std(socket)?;
+                            let proxy = proxy.map(tokio::net::UdpSocket::from_std).transpose()?;
+                            dhcp.serve(socket, proxy, stop).await
+                        })
+                    });
+                let _ = done_tx.send(served);
+            })
+            .map_err(|e| e.to_string())?;
+        done_rx
+    };
     let tasks = vec![
-        tokio::spawn(dhcp.serve(dhcp_socket, proxy_socket, stop(&stop_tx))),
+        tokio::spawn(async move { done_rx_result(dhcp_done.await) }),
         tokio::spawn(tftp.serve(tftp_socket, stop(&stop_tx))),
         tokio::spawn(http.serve(listener, stop(&stop_tx))),
     ];

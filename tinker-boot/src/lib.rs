@@ -22,6 +22,7 @@
 pub mod credentials;
 pub mod dhcp;
 pub mod event_window;
+pub mod hardware_cache;
 pub mod http;
 mod metadata;
 pub mod operators;
@@ -34,6 +35,6 @@ pub mod worker_core;
 
 pub use metadata::StoreMetadata;
 pub use responder::{
-    BOOT_EVENT_WINDOW, BootConfig, MAX_BOOT_EVENTS_PER_WINDOW, StoreBootResponder,
+    BOOT_EVENT_WINDOW, BootConfig, MAX_BOOT_EVENTS_PER_WINDOW, Resolved, StoreBootResponder,
     boot_file_for_arch,
 };

@@ -1,6 +1,9 @@
 //! The default boot policy, backed by the store: find the Hardware by MAC, hand out
 //! its reservation, and pick the boot target by client kind and architecture.
+//! The Hardware of each MAC is kept in a [`HardwareCache`] fed by the store's
+//! change feed, so a DHCP packet costs no store lookup.
 
+use crate::hardware_cache::{Cached, DEFAULT_MAX_UNKNOWN, HardwareCache};
 use async_trait::async_trait;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -51,6 +54,21 @@ pub struct StoreBootResponder {
     last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, Coalescer>>>,
     /// Name Smee's script path in answers to iPXE.
     smee_script_path: bool,
+    /// MAC → its Hardware and network settings, invalidated by the store's
+    /// change feed.
+    cache: Arc<HardwareCache<Arc<Resolved>>>,
+}
+
+/// What the responder keeps of a MAC's Hardware: the parts of every answer that
+/// depend on the Hardware alone, worked out once (the profile showed the MAC
+/// strings of the interfaces parsed and the addresses read anew per packet).
+#[derive(Debug)]
+pub struct Resolved {
+    hw: Hardware,
+    /// The interface with the MAC.
+    interface: Option<usize>,
+    /// Its reservation.
+    network: Option<NetworkConfig>,
 }
 
 /// How long a decision recorded for a machine is not recorded again, and the
@@ -110,12 +128,18 @@ impl StoreBootResponder {
     /// A responder over `store`.
     pub fn new(store: Arc<dyn WorkflowStore>, config: BootConfig) -> Self {
         StoreBootResponder {
-            store,
             config,
             clock: SystemClock::shared(),
             last_recorded: Arc::default(),
             smee_script_path: false,
+            cache: Arc::new(HardwareCache::new(store.watch(), DEFAULT_MAX_UNKNOWN)),
+            store,
         }
+    }
+
+    /// Its MAC → Hardware cache (for its counters, and for tests).
+    pub fn cache(&self) -> &Arc<HardwareCache<Arc<Resolved>>> {
+        &self.cache
     }
 
     /// The same responder, naming Smee's script path
@@ -134,8 +158,22 @@ impl StoreBootResponder {
         self
     }
 
-    fn network(&self, hw: &Hardware, req: &BootRequest) -> Option<NetworkConfig> {
-        let dhcp = hw.interface(req.mac)?.dhcp.as_ref()?;
+    fn resolve(&self, hw: Hardware, mac: tinker_core::MacAddr) -> Resolved {
+        let interface = hw
+            .spec
+            .interfaces
+            .iter()
+            .position(|i| i.dhcp.as_ref().and_then(|d| d.mac.parse().ok()) == Some(mac));
+        let network = interface.and_then(|i| self.network(&hw.spec.interfaces[i]));
+        Resolved {
+            hw,
+            interface,
+            network,
+        }
+    }
+
+    fn network(&self, interface: &tinker_core::model::Interface) -> Option<NetworkConfig> {
+        let dhcp = interface.dhcp.as_ref()?;
         let ip = dhcp.ip.as_ref()?;
         let address: Ipv4Addr = ip.address.parse().ok()?;
         let prefix = ip
@@ -168,10 +206,10 @@ impl StoreBootResponder {
 
     fn boot(
         &self,
-        hw: &Hardware,
+        r: &Resolved,
         req: &BootRequest,
     ) -> std::result::Result<Option<BootTarget>, IgnoreReason> {
-        let iface = hw.interface(req.mac);
+        let iface = r.interface.map(|i| &r.hw.spec.interfaces[i]);
         let netboot = iface.and_then(|i| i.netboot.as_ref());
         if netboot.and_then(|n| n.allow_pxe) != Some(true) {
             return Err(IgnoreReason::NetbootNotAllowed);
@@ -249,16 +287,17 @@ impl StoreBootResponder {
 impl StoreBootResponder {
     /// The decision for a known machine, and the event to record for it (text
     /// only here, at the edge): pure, no store access.
-    fn decide_for(&self, hw: &Hardware, req: &BootRequest) -> (BootDecision, Option<String>) {
-        if hw.interface(req.mac).and_then(|i| i.disable_dhcp) == Some(true) {
+    fn decide_for(&self, r: &Resolved, req: &BootRequest) -> (BootDecision, Option<String>) {
+        let iface = r.interface.map(|i| &r.hw.spec.interfaces[i]);
+        if iface.and_then(|i| i.disable_dhcp) == Some(true) {
             let event = format!("DHCP from {} ignored: disableDhcp is set", req.mac);
             let ignore = BootDecision::Ignore {
                 reason: IgnoreReason::DhcpDisabled,
             };
             return (ignore, Some(event));
         }
-        let network = self.network(hw, req);
-        let (boot, event) = match self.boot(hw, req) {
+        let network = r.network.clone();
+        let (boot, event) = match self.boot(r, req) {
             Ok(Some(b)) => {
                 let event = format!(
                     "{:?} client {} (arch {:?}): {b:?}",
@@ -281,13 +320,30 @@ impl StoreBootResponder {
 #[async_trait]
 impl BootResponder for StoreBootResponder {
     async fn decide(&self, req: &BootRequest) -> Result<BootDecision> {
-        let Some(hw) = self.store.hardware_by_mac(req.mac).await? else {
+        let found = match self.cache.get(req.mac) {
+            Ok(Cached::Known(hw)) => Some(hw),
+            Ok(Cached::Unknown) => None,
+            Err(epoch) => {
+                let found = self
+                    .store
+                    .hardware_by_mac(req.mac)
+                    .await?
+                    .map(|v| Arc::new(self.resolve(v.value, req.mac)));
+                let keep = found.as_ref().map(|r| {
+                    let m = &r.hw.metadata;
+                    (m.namespace(), m.name.as_str(), r.clone())
+                });
+                self.cache.insert(req.mac, epoch, keep);
+                found
+            }
+        };
+        let Some(resolved) = found else {
             return Ok(BootDecision::Ignore {
                 reason: IgnoreReason::UnknownMac,
             });
         };
-        let hw = hw.value;
-        let (decision, event) = self.decide_for(&hw, req);
+        let hw = &resolved.hw;
+        let (decision, event) = self.decide_for(&resolved, req);
         if let Some(message) = event {
             let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
             self.record(machine, message).await;

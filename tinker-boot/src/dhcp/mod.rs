@@ -7,7 +7,7 @@
 //!   existing DHCP server, on ports 67 and 4011, as the PXE specification says);
 //! - [`options`]: building the reply's bytes for a decided [`Answer`];
 //! - [`server`]: the thin tokio driver that asks the `BootResponder` between the
-//!   two; [`DhcpStats`] its counters;
+//!   two; [`batch`] its batched socket calls; [`DhcpStats`] its counters;
 //! - [`limit`]: per-MAC and per-relay rate limits, with capped tables;
 //! - [`client`]: the one DHCP client, a PXE ROM's DORA exchange without I/O, that
 //!   simulated machines, benchmarks and tests use.
@@ -16,6 +16,7 @@
 //! the server's socket loop is pure code: a request and a
 //! [`BootDecision`] in, a [`Verdict`] out.
 
+pub mod batch;
 pub mod client;
 pub mod limit;
 pub mod options;

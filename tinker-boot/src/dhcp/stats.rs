@@ -24,8 +24,15 @@ pub struct DhcpStats {
     pub declines: AtomicU64,
     /// INFORMs answered.
     pub informs: AtomicU64,
-    /// Packets dropped because the server was overloaded.
+    /// Packets dropped because the server was overloaded: requests waiting on
+    /// the boot responder (a store lookup) were at their limit.
     pub overload_drops: AtomicU64,
+    /// Packets the kernel dropped because the socket's receive queue was full:
+    /// they came faster than the server answers (`SO_RXQ_OVFL`).
+    pub kernel_drops: AtomicU64,
+    /// Every packet shed for overload, by the server or the kernel: not
+    /// answered, so the client retransmits (no NAK, nothing that ends a boot).
+    pub shed: AtomicU64,
     /// Errors from the boot responder.
     pub responder_errors: AtomicU64,
     /// Requests dropped: their MAC sent more than its rate.

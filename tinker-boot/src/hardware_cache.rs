@@ -1,0 +1,285 @@
+//! The Hardware of each MAC that asked lately, so the boot responder answers a
+//! DHCP packet without a store lookup (a lock, an index search and a clone of
+//! the whole Hardware per packet in the profile of issue 17; a round trip with
+//! PostgreSQL). Kept fresh by the store's change feed: every change to a
+//! Hardware drops that Hardware's MACs and every "unknown MAC" entry (the
+//! change may have added the MAC), and a feed that fell behind drops
+//! everything. The feed is drained before each lookup, so a write the store
+//! has acknowledged is seen by the next packet.
+//!
+//! Bounded against a hostile network: a MAC is cached as known only when the
+//! store has a Hardware for it (so known entries are at most the MACs of the
+//! inventory), and the "unknown" entries, which anyone can make up, are capped
+//! and forgotten oldest first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tinker_core::MacAddr;
+use tinker_core::model::{Hardware, Kind};
+use tinker_core::store::Change;
+use tokio::sync::broadcast::{self, error::TryRecvError};
+
+/// "Unknown MAC" entries kept by default.
+pub const DEFAULT_MAX_UNKNOWN: usize = 4096;
+
+/// What the cache knows of a MAC: `V` is what its owner keeps of the MAC's
+/// Hardware (the Hardware itself by default; the boot responder keeps the
+/// answer's parts already worked out).
+#[derive(Debug, Clone)]
+pub enum Cached<V = Arc<Hardware>> {
+    /// The store had a Hardware for it.
+    Known(V),
+    /// The store had no Hardware for it.
+    Unknown,
+}
+
+/// A ticket for [`HardwareCache::insert`]: which invalidation the lookup began
+/// after, so a lookup that raced a change does not cache what it read.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(u64);
+
+#[derive(Debug)]
+struct Inner<V> {
+    feed: broadcast::Receiver<Change>,
+    known: HashMap<MacAddr, V>,
+    /// Hardware `namespace/name` to its cached MACs, to drop them on a change.
+    by_key: HashMap<(String, String), Vec<MacAddr>>,
+    unknown: HashMap<MacAddr, ()>,
+    /// Unknown MACs in insertion order, for forgetting the oldest.
+    unknown_order: VecDeque<MacAddr>,
+    max_unknown: usize,
+    /// Bumped by every invalidation.
+    epoch: u64,
+    /// Invalidations applied, for tests and metrics.
+    invalidations: u64,
+}
+
+/// MAC → Hardware, fed by a store's change feed. Cheap to share: one lock, held
+/// for a hash lookup, never across an `.await`.
+#[derive(Debug)]
+pub struct HardwareCache<V = Arc<Hardware>> {
+    inner: Mutex<Inner<V>>,
+}
+
+impl<V: Clone> HardwareCache<V> {
+    /// A cache kept fresh by `feed` (the store's `watch()`, taken before the
+    /// first lookup), keeping at most `max_unknown` unknown MACs.
+    pub fn new(feed: broadcast::Receiver<Change>, max_unknown: usize) -> Self {
+        HardwareCache {
+            inner: Mutex::new(Inner {
+                feed,
+                known: HashMap::new(),
+                by_key: HashMap::new(),
+                unknown: HashMap::new(),
+                unknown_order: VecDeque::new(),
+                max_unknown: max_unknown.max(1),
+                epoch: 0,
+                invalidations: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What is cached for `mac` after applying the changes the store has
+    /// announced, or the epoch to hand to [`insert`](Self::insert) after
+    /// asking the store.
+    pub fn get(&self, mac: MacAddr) -> Result<Cached<V>, Epoch> {
+        let mut inner = self.lock();
+        inner.drain_feed();
+        if let Some(hw) = inner.known.get(&mac) {
+            return Ok(Cached::Known(hw.clone()));
+        }
+        if inner.unknown.contains_key(&mac) {
+            return Ok(Cached::Unknown);
+        }
+        Err(Epoch(inner.epoch))
+    }
+
+    /// Caches what the store answered for `mac` (`found`: the Hardware's
+    /// namespace, name, and what to keep of it), unless a change arrived since
+    /// `epoch` (then the answer may be stale, and the next packet asks again).
+    pub fn insert(&self, mac: MacAddr, epoch: Epoch, found: Option<(&str, &str, V)>) {
+        let mut inner = self.lock();
+        inner.drain_feed();
+        if inner.epoch != epoch.0 {
+            return;
+        }
+        match found {
+            Some((namespace, name, value)) => {
+                let key = (namespace.to_string(), name.to_string());
+                inner.by_key.entry(key).or_default().push(mac);
+                inner.known.insert(mac, value);
+            }
+            None => {
+                if inner.unknown.insert(mac, ()).is_none() {
+                    inner.unknown_order.push_back(mac);
+                }
+                while inner.unknown.len() > inner.max_unknown {
+                    match inner.unknown_order.pop_front() {
+                        Some(old) => {
+                            inner.unknown.remove(&old);
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Entries kept: known MACs, unknown MACs.
+    pub fn len(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.known.len(), inner.unknown.len())
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+
+    /// Invalidations applied so far (one per Hardware change, one per feed
+    /// that fell behind).
+    pub fn invalidations(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.drain_feed();
+        inner.invalidations
+    }
+}
+
+impl<V> Inner<V> {
+    fn drain_feed(&mut self) {
+        loop {
+            match self.feed.try_recv() {
+                Ok(change) if change.key.kind == Kind::Hardware => {
+                    let key = (change.key.namespace, change.key.name);
+                    for mac in self.by_key.remove(&key).unwrap_or_default() {
+                        self.known.remove(&mac);
+                    }
+                    self.forget_unknown();
+                    self.bump();
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Lagged(_)) => {
+                    self.known.clear();
+                    self.by_key.clear();
+                    self.forget_unknown();
+                    self.bump();
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn forget_unknown(&mut self) {
+        self.unknown.clear();
+        self.unknown_order.clear();
+    }
+
+    fn bump(&mut self) {
+        self.epoch += 1;
+        self.invalidations += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinker_core::model::ObjectKey;
+
+    fn hw(name: &str) -> (&'static str, &str, Arc<Hardware>) {
+        let hw = Hardware::new(
+            name,
+            MacAddr([2, 9, 9, 9, 9, 9]),
+            std::net::Ipv4Addr::new(10, 0, 0, 1),
+            "255.255.255.0",
+        );
+        ("default", name, Arc::new(hw))
+    }
+
+    fn mac(i: u32) -> MacAddr {
+        let b = i.to_be_bytes();
+        MacAddr([2, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    fn change(name: &str) -> Change {
+        Change {
+            key: ObjectKey::new(Kind::Hardware, "default", name),
+            version: 2,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn a_hardware_change_drops_its_macs_and_every_unknown_one() {
+        let (tx, rx) = broadcast::channel(16);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
+        for (i, name) in [(1, "a"), (2, "b")] {
+            let Err(epoch) = cache.get(mac(i)) else {
+                panic!()
+            };
+            cache.insert(mac(i), epoch, Some(hw(name)));
+        }
+        let Err(epoch) = cache.get(mac(3)) else {
+            panic!()
+        };
+        cache.insert(mac(3), epoch, None);
+        assert!(matches!(cache.get(mac(3)), Ok(Cached::Unknown)));
+        assert_eq!(cache.len(), (2, 1));
+        tx.send(change("a")).unwrap();
+        assert!(
+            cache.get(mac(1)).is_err(),
+            "the changed Hardware is asked again"
+        );
+        assert!(matches!(cache.get(mac(2)), Ok(Cached::Known(_))));
+        assert!(
+            cache.get(mac(3)).is_err(),
+            "the change may have added this MAC"
+        );
+        assert_eq!(cache.invalidations(), 1);
+    }
+
+    #[test]
+    fn a_lookup_that_raced_a_change_is_not_cached() {
+        let (tx, rx) = broadcast::channel(16);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
+        let Err(epoch) = cache.get(mac(1)) else {
+            panic!()
+        };
+        tx.send(change("a")).unwrap();
+        cache.insert(mac(1), epoch, Some(hw("a")));
+        assert!(cache.get(mac(1)).is_err());
+    }
+
+    #[test]
+    fn a_feed_that_fell_behind_drops_everything() {
+        let (tx, rx) = broadcast::channel(2);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
+        let Err(epoch) = cache.get(mac(1)) else {
+            panic!()
+        };
+        cache.insert(mac(1), epoch, Some(hw("a")));
+        for name in ["x", "y", "z", "w"] {
+            tx.send(change(name)).unwrap();
+        }
+        assert!(cache.get(mac(1)).is_err());
+    }
+
+    #[test]
+    fn made_up_macs_are_capped_oldest_first() {
+        let (_tx, rx) = broadcast::channel(2);
+        let cache: HardwareCache = HardwareCache::new(rx, 100);
+        for i in 0..10_000 {
+            let Err(epoch) = cache.get(mac(i)) else {
+                panic!()
+            };
+            cache.insert(mac(i), epoch, None);
+            assert!(cache.len().1 <= 100);
+        }
+        assert!(matches!(cache.get(mac(9_999)), Ok(Cached::Unknown)));
+        assert!(cache.get(mac(0)).is_err(), "the oldest is forgotten");
+        assert_eq!(cache.len(), (0, 100));
+    }
+}
