@@ -177,6 +177,8 @@ struct Stats {
     requests: AtomicU64,
     dhcp_retries: AtomicU64,
     pxe_restarts: AtomicU64,
+    /// PXE restarts after a TFTP request went unanswered through all its tries.
+    tftp_restarts: AtomicU64,
     api_503: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
@@ -387,12 +389,13 @@ async fn machine(
     let (http_addr, dhcp_addr, tftp_addr) = *replica;
     let (mac, me) = (mac(i), ip(i));
     let giaddr = rack_giaddr(i % RACKS);
-    // A ROM that gives up hands over to the BIOS, which tries its boot order
+    // A ROM that gives up (no DHCP answer after its four tries, or no TFTP
+    // answer after its six) hands over to the BIOS, which tries its boot order
     // again: PXE once more, for up to ten minutes here.
     let since = Instant::now();
     let mut round = 0u32;
-    let leased = loop {
-        match dora(
+    let ipxe = loop {
+        let leased = match dora(
             relay,
             giaddr,
             dhcp_addr,
@@ -402,36 +405,49 @@ async fn machine(
         )
         .await
         {
-            Ok(ip) => break ip,
+            Ok(ip) => ip,
             Err(e) if since.elapsed() > Duration::from_secs(600) => return Err(e),
             Err(_) => {
                 stats.pxe_restarts.fetch_add(1, Ordering::Relaxed);
                 round += 1;
+                continue;
             }
+        };
+        if leased != me {
+            return Err(format!("DHCP gave {leased}, not {me}"));
+        }
+        let t = Instant::now();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        // From the machine's own address, as for HTTP: the server's per-address
+        // transfer limit counts each machine apart. The client retransmits its
+        // request on a PXE ROM's schedule (the server sheds by not answering).
+        match tftp::fetch_from(
+            tftp_addr,
+            Some(me.into()),
+            "undionly.kpxe",
+            Some(1428),
+            Some(8),
+            &SystemClock,
+        )
+        .await
+        {
+            Ok(ipxe) => {
+                stats
+                    .tftp_ms
+                    .lock()
+                    .unwrap()
+                    .push(t.elapsed().as_secs_f64() * 1000.0);
+                break ipxe;
+            }
+            Err(tftp::FetchError::NoAnswer { .. })
+                if since.elapsed() <= Duration::from_secs(600) =>
+            {
+                stats.tftp_restarts.fetch_add(1, Ordering::Relaxed);
+                round += 1;
+            }
+            Err(e) => return Err(format!("TFTP: {e}")),
         }
     };
-    if leased != me {
-        return Err(format!("DHCP gave {leased}, not {me}"));
-    }
-    let t = Instant::now();
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    // From the machine's own address, as for HTTP: the server's per-address
-    // transfer limit counts each machine apart.
-    let ipxe = tftp::fetch_from(
-        tftp_addr,
-        Some(me.into()),
-        "undionly.kpxe",
-        Some(1428),
-        Some(8),
-        &SystemClock,
-    )
-    .await
-    .map_err(|e| format!("TFTP: {e}"))?;
-    stats
-        .tftp_ms
-        .lock()
-        .unwrap()
-        .push(t.elapsed().as_secs_f64() * 1000.0);
     if ipxe.len() < 1000 {
         return Err("short iPXE binary".into());
     }
@@ -626,6 +642,12 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
         .iter()
         .map(|c| metric(c, "tinker_worker_api_shed_total"))
         .sum();
+    let tftp_shed: f64 = cps
+        .iter()
+        .map(|c| {
+            metric(c, "tinker_tftp_shed_total") + metric(c, "tinker_tftp_shed_per_address_total")
+        })
+        .sum();
     let peak: f64 = cps.iter().map(Replica::peak_mib).sum();
     let kernel_drops = udp_receive_buffer_errors() - udp_drops_before;
     let errors = stats.errors.lock().unwrap().clone();
@@ -637,7 +659,7 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
     let mut api = stats.api_ms.lock().unwrap().clone();
     let mut tftp_ms = stats.tftp_ms.lock().unwrap().clone();
     let row = format!(
-        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {} x 503 ({shed:.0} shed) | {} |\n",
+        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed) | {} |\n",
         n as usize - errors.len(),
         pct(&mut dhcp, 0.5),
         pct(&mut dhcp, 0.99),
@@ -650,6 +672,7 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
         requests as f64 / total,
         stats.dhcp_retries.load(Ordering::Relaxed),
         stats.pxe_restarts.load(Ordering::Relaxed),
+        stats.tftp_restarts.load(Ordering::Relaxed),
         stats.api_503.load(Ordering::Relaxed),
         errors.len(),
     );
@@ -735,7 +758,7 @@ fn main() {
         rows.push_str(&rt.block_on(run(&label, &url, replicas, machines)));
     }
     let body = format!(
-        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | TFTP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---|---:|\n{rows}\n"
     );
     support::write_section("boot_storm", "Boot storm", &body);
     println!("{body}");
