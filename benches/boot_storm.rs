@@ -180,6 +180,8 @@ struct Stats {
     /// PXE restarts after a TFTP request went unanswered through all its tries.
     tftp_restarts: AtomicU64,
     api_503: AtomicU64,
+    /// Worker-API requests that found no connection (refused or reset).
+    api_conn_errors: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -310,6 +312,11 @@ impl KeepAlive {
         }
         let mut last = String::new();
         for _ in 0..2 {
+            // The server closes idle connections past its cap (and after its
+            // idle timeout): a closed one is replaced before sending.
+            if self.conn.as_ref().is_some_and(HttpConnection::is_closed) {
+                self.conn = None;
+            }
             if self.conn.is_none() {
                 self.conn = Some(
                     HttpConnection::connect(self.to, Some(self.from.into()))
@@ -353,7 +360,18 @@ async fn api(
     for _ in 0..30 {
         let t = Instant::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (status, retry_after, resp) = conn.request("POST", path, Some(token), &body).await?;
+        let (status, retry_after, resp) = match conn.request("POST", path, Some(token), &body).await
+        {
+            Ok(r) => r,
+            // Unreachable (refused, reset): the agent backs off and asks again.
+            Err(_) => {
+                stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
+                let jitter = Duration::from_millis((from.octets()[3] as u64 * 7) % 500);
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
         stats
             .api_ms
             .lock()
@@ -659,7 +677,7 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
     let mut api = stats.api_ms.lock().unwrap().clone();
     let mut tftp_ms = stats.tftp_ms.lock().unwrap().clone();
     let row = format!(
-        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed) | {} |\n",
+        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed), {} unreachable | {} |\n",
         n as usize - errors.len(),
         pct(&mut dhcp, 0.5),
         pct(&mut dhcp, 0.99),
@@ -674,6 +692,7 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
         stats.pxe_restarts.load(Ordering::Relaxed),
         stats.tftp_restarts.load(Ordering::Relaxed),
         stats.api_503.load(Ordering::Relaxed),
+        stats.api_conn_errors.load(Ordering::Relaxed),
         errors.len(),
     );
     eprint!("{row}");
