@@ -54,7 +54,7 @@ pub struct HttpLimits {
     /// 64 KiB; hyper's minimum is 8 KiB).
     pub max_header_bytes: usize,
     /// Kept-alive connections left open while they wait for their next
-    /// request (default 2,048). Past it the one idle longest is closed (a
+    /// request (default 4,096). Past it the one idle longest is closed (a
     /// client opens a new one for its next request, as after the idle
     /// timeout). Each idle connection holds a socket and hyper's buffers; ten
     /// thousand machines' agents polling on kept-alive connections would hold
@@ -71,7 +71,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
-            max_idle_connections: 2048,
+            max_idle_connections: 4096,
         }
     }
 }

@@ -346,7 +346,13 @@ impl TftpServer {
         while !t.is_complete() && !t.is_failed() {
             let tx = tokio::select! {
                 r = socket.recv(&mut buf) => match r {
-                    Ok(n) => t.handle(&buf[..n], self.clock.now()),
+                    Ok(n) => {
+                        let tx = t.handle(&buf[..n], self.clock.now());
+                        if matches!(tx, Transmit::Blocks { .. }) {
+                            drained(&socket);
+                        }
+                        tx
+                    }
                     // An ICMP error for an earlier packet: the client may be
                     // gone; the retransmission timer decides.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
@@ -411,4 +417,18 @@ async fn send(
         }
     }
     Ok(())
+}
+
+/// Tells tokio that the socket holds nothing more to read, without the
+/// `recv` that would find it empty: the client has just acknowledged progress
+/// and answers only the blocks about to be sent, so the next `recv` waits for
+/// its answer. That is one system call in three per block. Called before the
+/// blocks go out: an answer to them arrives after this and is announced anew
+/// (readiness is edge-triggered, per datagram). A duplicate the client sent
+/// earlier may wait in the socket until the next datagram wakes the transfer,
+/// and is then read and ignored; the retransmission timer covers the rest.
+fn drained(socket: &UdpSocket) {
+    let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
 }
