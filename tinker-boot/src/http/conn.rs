@@ -54,12 +54,13 @@ pub struct HttpLimits {
     /// 64 KiB; hyper's minimum is 8 KiB).
     pub max_header_bytes: usize,
     /// Kept-alive connections left open while they wait for their next
-    /// request (default 4,096). Past it the one idle longest is closed (a
-    /// client opens a new one for its next request, as after the idle
-    /// timeout). Each idle connection holds a socket and hyper's buffers; ten
-    /// thousand machines' agents polling on kept-alive connections would hold
-    /// hundreds of MiB and most of [`max_connections`](Self::max_connections)
-    /// between their requests.
+    /// request (default 12,288, three quarters of the default
+    /// [`max_connections`](Self::max_connections)). Past it the one idle
+    /// longest is closed (its client opens a new one for its next request, as
+    /// after the idle timeout), so that idle agents do not hold every
+    /// connection and new ones are admitted rather than refused. Each close
+    /// costs a reconnection (and a connection-tracking entry in any firewall
+    /// on the way), so the cap sits well above what most sites keep open.
     pub max_idle_connections: usize,
 }
 
@@ -71,7 +72,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
-            max_idle_connections: 4096,
+            max_idle_connections: 12_288,
         }
     }
 }

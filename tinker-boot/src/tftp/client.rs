@@ -107,7 +107,7 @@ pub async fn fetch_from(
         options,
     }
     .encode();
-    sock.send_to(&rrq, server).await?;
+    send(&sock, &rrq, server).await?;
     let (mut size, mut window) = (512usize, 1u64);
     let mut out = Vec::new();
     let mut expected: u64 = 1;
@@ -133,7 +133,7 @@ pub async fn fetch_from(
                     if rrq_sent == RRQ_RETRANSMISSIONS.len() {
                         return Err(FetchError::NoAnswer { file: file.into() });
                     }
-                    sock.send_to(&rrq, server).await?;
+                    send(&sock, &rrq, server).await?;
                     continue;
                 }
                 Some(peer) => {
@@ -145,7 +145,7 @@ pub async fn fetch_from(
                     let ack = Packet::Ack {
                         block: ((expected - 1) & 0xffff) as u16,
                     };
-                    sock.send_to(&ack.encode(), peer).await?;
+                    send(&sock, &ack.encode(), peer).await?;
                     continue;
                 }
             },
@@ -159,7 +159,7 @@ pub async fn fetch_from(
                     code: super::packet::code::UNKNOWN_TID,
                     message: "unknown transfer id".into(),
                 };
-                sock.send_to(&error.encode(), from).await?;
+                send(&sock, &error.encode(), from).await?;
                 continue;
             }
             None => *peer.insert(from),
@@ -174,19 +174,14 @@ pub async fn fetch_from(
                         _ => {}
                     }
                 }
-                sock.send_to(&Packet::Ack { block: 0 }.encode(), peer)
-                    .await?;
+                send(&sock, &Packet::Ack { block: 0 }.encode(), peer).await?;
             }
             Some(Packet::Data { block, data }) => {
                 if block != (expected & 0xffff) as u16 {
-                    sock.send_to(
-                        &Packet::Ack {
-                            block: ((expected - 1) & 0xffff) as u16,
-                        }
-                        .encode(),
-                        peer,
-                    )
-                    .await?;
+                    let ack = Packet::Ack {
+                        block: ((expected - 1) & 0xffff) as u16,
+                    };
+                    send(&sock, &ack.encode(), peer).await?;
                     in_window = 0;
                     continue;
                 }
@@ -194,7 +189,7 @@ pub async fn fetch_from(
                 in_window += 1;
                 let last = data.len() < size;
                 if in_window == window || last {
-                    sock.send_to(&Packet::Ack { block }.encode(), peer).await?;
+                    send(&sock, &Packet::Ack { block }.encode(), peer).await?;
                     in_window = 0;
                 }
                 expected += 1;
@@ -211,5 +206,23 @@ pub async fn fetch_from(
             }
             _ => return Err(FetchError::Unexpected { file: file.into() }),
         }
+    }
+}
+
+/// Sends a datagram as a PXE ROM's NIC does: one the host drops on the way
+/// out (a full connection-tracking table answers `EPERM`, a full queue
+/// `ENOBUFS`) is lost like any other, and the retransmission timers recover
+/// it; other errors are the caller's.
+async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    const ENOBUFS: i32 = 105;
+    match sock.send_to(bytes, to).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(ENOBUFS) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
