@@ -361,7 +361,10 @@ async fn api(
 ) -> Result<Vec<u8>, String> {
     let from = conn.from;
     let mut backoff = Duration::from_millis(200);
-    for _ in 0..30 {
+    // The agent backs off and asks again for as long as it runs; here, for up
+    // to ten minutes.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(600) {
         let t = Instant::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let (status, retry_after, resp) = match conn.request("POST", path, Some(token), &body).await
@@ -399,7 +402,34 @@ async fn api(
             }
         }
     }
-    Err(format!("{path}: still overloaded after 30 tries"))
+    Err(format!("{path}: still overloaded after ten minutes"))
+}
+
+/// One GET on a connection of its own, tried again a second later (then two,
+/// up to ten tries) when the server cannot be reached: iPXE retries its
+/// script (or the ROM its boot), and cloud-init waits for the metadata
+/// service for minutes.
+async fn fetch_retrying(
+    me: Ipv4Addr,
+    http_addr: SocketAddr,
+    path: &str,
+    stats: &Stats,
+) -> Result<(u16, Option<u64>, Vec<u8>), String> {
+    let mut tries = 0u64;
+    loop {
+        match KeepAlive::new(me, http_addr)
+            .request("GET", path, None, &[])
+            .await
+        {
+            Ok(r) => return Ok(r),
+            Err(e) if tries >= 10 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(tries.min(5))).await;
+            }
+        }
+    }
 }
 
 async fn machine(
@@ -474,9 +504,8 @@ async fn machine(
         return Err("short iPXE binary".into());
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (status, _, script) = KeepAlive::new(me, http_addr)
-        .request("GET", &format!("/ipxe/{mac}/auto.ipxe"), None, &[])
-        .await?;
+    let (status, _, script) =
+        fetch_retrying(me, http_addr, &format!("/ipxe/{mac}/auto.ipxe"), stats).await?;
     let script = String::from_utf8_lossy(&script).to_string();
     let token = script
         .split_whitespace()
@@ -532,9 +561,8 @@ async fn machine(
     }
     // The installed OS reads its metadata from its own address.
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (status, _, id) = KeepAlive::new(me, http_addr)
-        .request("GET", "/2009-04-04/meta-data/instance-id", None, &[])
-        .await?;
+    let (status, _, id) =
+        fetch_retrying(me, http_addr, "/2009-04-04/meta-data/instance-id", stats).await?;
     if status != 200 || id != format!("i-{i}").as_bytes() {
         return Err(format!(
             "metadata: HTTP {status} {:?}",
