@@ -123,6 +123,10 @@ impl Replica {
     fn start(store: &str, name: &str, relay_port: u16) -> Replica {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--serve", store, name, &relay_port.to_string()])
+            // As examples/control-plane.rs runs itself: two malloc arenas, not
+            // one per thread (the store's blocking threads would keep over
+            // 1 GiB at 20,000 machines).
+            .env("MALLOC_ARENA_MAX", "2")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -177,7 +181,11 @@ struct Stats {
     requests: AtomicU64,
     dhcp_retries: AtomicU64,
     pxe_restarts: AtomicU64,
+    /// PXE restarts after a TFTP request went unanswered through all its tries.
+    tftp_restarts: AtomicU64,
     api_503: AtomicU64,
+    /// Worker-API requests that found no connection (refused or reset).
+    api_conn_errors: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
@@ -308,6 +316,11 @@ impl KeepAlive {
         }
         let mut last = String::new();
         for _ in 0..2 {
+            // The server closes idle connections past its cap (and after its
+            // idle timeout): a closed one is replaced before sending.
+            if self.conn.as_ref().is_some_and(HttpConnection::is_closed) {
+                self.conn = None;
+            }
             if self.conn.is_none() {
                 self.conn = Some(
                     HttpConnection::connect(self.to, Some(self.from.into()))
@@ -348,10 +361,24 @@ async fn api(
 ) -> Result<Vec<u8>, String> {
     let from = conn.from;
     let mut backoff = Duration::from_millis(200);
-    for _ in 0..30 {
+    // The agent backs off and asks again for as long as it runs; here, for up
+    // to ten minutes.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(600) {
         let t = Instant::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (status, retry_after, resp) = conn.request("POST", path, Some(token), &body).await?;
+        let (status, retry_after, resp) = match conn.request("POST", path, Some(token), &body).await
+        {
+            Ok(r) => r,
+            // Unreachable (refused, reset): the agent backs off and asks again.
+            Err(_) => {
+                stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
+                let jitter = Duration::from_millis((from.octets()[3] as u64 * 7) % 500);
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
         stats
             .api_ms
             .lock()
@@ -375,7 +402,34 @@ async fn api(
             }
         }
     }
-    Err(format!("{path}: still overloaded after 30 tries"))
+    Err(format!("{path}: still overloaded after ten minutes"))
+}
+
+/// One GET on a connection of its own, tried again a second later (then two,
+/// up to ten tries) when the server cannot be reached: iPXE retries its
+/// script (or the ROM its boot), and cloud-init waits for the metadata
+/// service for minutes.
+async fn fetch_retrying(
+    me: Ipv4Addr,
+    http_addr: SocketAddr,
+    path: &str,
+    stats: &Stats,
+) -> Result<(u16, Option<u64>, Vec<u8>), String> {
+    let mut tries = 0u64;
+    loop {
+        match KeepAlive::new(me, http_addr)
+            .request("GET", path, None, &[])
+            .await
+        {
+            Ok(r) => return Ok(r),
+            Err(e) if tries >= 10 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(tries.min(5))).await;
+            }
+        }
+    }
 }
 
 async fn machine(
@@ -387,12 +441,13 @@ async fn machine(
     let (http_addr, dhcp_addr, tftp_addr) = *replica;
     let (mac, me) = (mac(i), ip(i));
     let giaddr = rack_giaddr(i % RACKS);
-    // A ROM that gives up hands over to the BIOS, which tries its boot order
+    // A ROM that gives up (no DHCP answer after its four tries, or no TFTP
+    // answer after its six) hands over to the BIOS, which tries its boot order
     // again: PXE once more, for up to ten minutes here.
     let since = Instant::now();
     let mut round = 0u32;
-    let leased = loop {
-        match dora(
+    let ipxe = loop {
+        let leased = match dora(
             relay,
             giaddr,
             dhcp_addr,
@@ -402,43 +457,55 @@ async fn machine(
         )
         .await
         {
-            Ok(ip) => break ip,
+            Ok(ip) => ip,
             Err(e) if since.elapsed() > Duration::from_secs(600) => return Err(e),
             Err(_) => {
                 stats.pxe_restarts.fetch_add(1, Ordering::Relaxed);
                 round += 1;
+                continue;
             }
+        };
+        if leased != me {
+            return Err(format!("DHCP gave {leased}, not {me}"));
+        }
+        let t = Instant::now();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        // From the machine's own address, as for HTTP: the server's per-address
+        // transfer limit counts each machine apart. The client retransmits its
+        // request on a PXE ROM's schedule (the server sheds by not answering).
+        match tftp::fetch_from(
+            tftp_addr,
+            Some(me.into()),
+            "undionly.kpxe",
+            Some(1428),
+            Some(8),
+            &SystemClock,
+        )
+        .await
+        {
+            Ok(ipxe) => {
+                stats
+                    .tftp_ms
+                    .lock()
+                    .unwrap()
+                    .push(t.elapsed().as_secs_f64() * 1000.0);
+                break ipxe;
+            }
+            Err(tftp::FetchError::NoAnswer { .. })
+                if since.elapsed() <= Duration::from_secs(600) =>
+            {
+                stats.tftp_restarts.fetch_add(1, Ordering::Relaxed);
+                round += 1;
+            }
+            Err(e) => return Err(format!("TFTP: {e}")),
         }
     };
-    if leased != me {
-        return Err(format!("DHCP gave {leased}, not {me}"));
-    }
-    let t = Instant::now();
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    // From the machine's own address, as for HTTP: the server's per-address
-    // transfer limit counts each machine apart.
-    let ipxe = tftp::fetch_from(
-        tftp_addr,
-        Some(me.into()),
-        "undionly.kpxe",
-        Some(1428),
-        Some(8),
-        &SystemClock,
-    )
-    .await
-    .map_err(|e| format!("TFTP: {e}"))?;
-    stats
-        .tftp_ms
-        .lock()
-        .unwrap()
-        .push(t.elapsed().as_secs_f64() * 1000.0);
     if ipxe.len() < 1000 {
         return Err("short iPXE binary".into());
     }
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (status, _, script) = KeepAlive::new(me, http_addr)
-        .request("GET", &format!("/ipxe/{mac}/auto.ipxe"), None, &[])
-        .await?;
+    let (status, _, script) =
+        fetch_retrying(me, http_addr, &format!("/ipxe/{mac}/auto.ipxe"), stats).await?;
     let script = String::from_utf8_lossy(&script).to_string();
     let token = script
         .split_whitespace()
@@ -494,9 +561,8 @@ async fn machine(
     }
     // The installed OS reads its metadata from its own address.
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (status, _, id) = KeepAlive::new(me, http_addr)
-        .request("GET", "/2009-04-04/meta-data/instance-id", None, &[])
-        .await?;
+    let (status, _, id) =
+        fetch_retrying(me, http_addr, "/2009-04-04/meta-data/instance-id", stats).await?;
     if status != 200 || id != format!("i-{i}").as_bytes() {
         return Err(format!(
             "metadata: HTTP {status} {:?}",
@@ -626,6 +692,12 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
         .iter()
         .map(|c| metric(c, "tinker_worker_api_shed_total"))
         .sum();
+    let tftp_shed: f64 = cps
+        .iter()
+        .map(|c| {
+            metric(c, "tinker_tftp_shed_total") + metric(c, "tinker_tftp_shed_per_address_total")
+        })
+        .sum();
     let peak: f64 = cps.iter().map(Replica::peak_mib).sum();
     let kernel_drops = udp_receive_buffer_errors() - udp_drops_before;
     let errors = stats.errors.lock().unwrap().clone();
@@ -637,7 +709,7 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
     let mut api = stats.api_ms.lock().unwrap().clone();
     let mut tftp_ms = stats.tftp_ms.lock().unwrap().clone();
     let row = format!(
-        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {} x 503 ({shed:.0} shed) | {} |\n",
+        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed), {} unreachable | {} |\n",
         n as usize - errors.len(),
         pct(&mut dhcp, 0.5),
         pct(&mut dhcp, 0.99),
@@ -650,7 +722,9 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
         requests as f64 / total,
         stats.dhcp_retries.load(Ordering::Relaxed),
         stats.pxe_restarts.load(Ordering::Relaxed),
+        stats.tftp_restarts.load(Ordering::Relaxed),
         stats.api_503.load(Ordering::Relaxed),
+        stats.api_conn_errors.load(Ordering::Relaxed),
         errors.len(),
     );
     eprint!("{row}");
@@ -735,7 +809,7 @@ fn main() {
         rows.push_str(&rt.block_on(run(&label, &url, replicas, machines)));
     }
     let body = format!(
-        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|\n{rows}\n"
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | TFTP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---|---:|\n{rows}\n"
     );
     support::write_section("boot_storm", "Boot storm", &body);
     println!("{body}");

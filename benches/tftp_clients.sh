@@ -2,21 +2,38 @@
 # TFTP boot-storm benchmark: 50, 200 and 1,000 tftp-hpa clients at once fetch
 # ipxe.efi (default block size, as PXE ROMs do) from our boot-server and from
 # tftpd-hpa, in the same run, between two namespaces. Writes BENCHMARKS.md.
+# Besides the wall time (which mostly measures the client processes sharing
+# the cores) it reports each server's own CPU time over the storm, user and
+# system apart: each server runs in a cpuacct cgroup of its own, which counts
+# every process in it, exited ones included (tftpd-hpa forks a child per
+# transfer and ignores SIGCHLD, so its children's time never reaches its own
+# /proc/PID/stat).
 # The clients share one address (tftp-hpa cannot pick its source address), like
 # machines behind NAT, so the boot-server's per-address transfer limit is
 # raised to the client count; every other limit keeps its default.
 #
-#   sudo benches/tftp_clients.sh          (COUNTS="50 200 1000" to change)
+#   sudo benches/tftp_clients.sh          (COUNTS="50 200 1000" to change;
+#                                          PERF=FILE to profile ours at the last)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNTS=${COUNTS:-"50 200 1000"}
 S=tkbts$$; C=tkbtc$$; W=$(mktemp -d)
+CG=/sys/fs/cgroup/cpuacct/tkbt$$
 cleanup() {
   for ns in $S $C; do ip netns pids $ns 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del $ns 2>/dev/null || true; done
+  sleep 0.5; rmdir "$CG"/* "$CG" 2>/dev/null || true
   rm -rf "$W" /etc/netns/$S /etc/netns/$C
 }
 trap cleanup EXIT
 cargo build -q --release --example boot-server
+# Our own copy: the target directory may be shared with other builds.
+SERVER="$W/boot-server"; cp "${CARGO_TARGET_DIR:-target}/release/examples/boot-server" "$SERVER"
+TICK=$(getconf CLK_TCK)
+mkdir -p "$CG/tinker" "$CG/tftpd"
+# CPU seconds of everything that ran in cgroup $1: "user system".
+cpu() { awk -v t="$TICK" '/^user/ { u = $2 } /^system/ { s = $2 } END { printf "%.2f %.2f", u / t, s / t }' "$CG/$1/cpuacct.stat"; }
+# Runs a command in the namespace $S, inside cgroup $1.
+in_cgroup() { local g=$1; shift; bash -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$CG/$g" ip netns exec $S "$@"; }
 ip netns add $S; ip netns add $C
 mkdir -p /etc/netns/$S /etc/netns/$C; : > /etc/netns/$S/resolv.conf; : > /etc/netns/$C/resolv.conf
 ip link add tkbta$$ type veth peer name tkbtb$$
@@ -29,29 +46,38 @@ cp -L /usr/lib/ipxe/ipxe.efi /usr/lib/ipxe/undionly.kpxe "$W/root/"
 size=$(stat -c %s "$W/root/ipxe.efi")
 : > "$W/hw/none.yaml"
 
-storm() { # label count
+storm() { # label count cgroup
   rm -f "$W"/out/*
-  local start end ok
+  local start end ok before after
+  before=$(cpu "$3")
   start=$(date +%s.%N)
   ip netns exec $C bash -c "for i in \$(seq 1 $2); do (cd $W/out && timeout 300 tftp 10.79.0.1 -m binary -c get ipxe.efi f\$i >/dev/null 2>&1) & done; wait"
   end=$(date +%s.%N)
+  sleep 1 # the listener reaps its last children
+  after=$(cpu "$3")
   ok=$(find "$W/out" -type f -size "${size}c" | wc -l)
-  echo "| $1 | $2 | $(python3 -c "print('%.1f' % ($end - $start))") | $ok | $(( $2 - ok )) |" | tee -a "$W/rows"
+  echo "| $1 | $2 | $(python3 -c "print('%.1f' % ($end - $start))") | $ok | $(( $2 - ok )) | $(python3 -c "
+b, a, n = [float(x) for x in '$before'.split()], [float(x) for x in '$after'.split()], $2
+u, s = a[0] - b[0], a[1] - b[1]
+print('%.2f | %.2f | **%.2f**' % (u, s, (u + s) * 1000 / n))") |" | tee -a "$W/rows"
 }
 : > "$W/rows"
 for n in $COUNTS; do
-  ip netns exec $S env RUST_LOG=warn target/release/examples/boot-server --interface tkbta$$ --address 10.79.0.1 --hardware "$W/hw" --tftp-root "$W/root" --http-port 8089 --dhcp-port 6767 --tftp-transfers-per-address "$n" > "$W/tinker.log" 2>&1 & sleep 1.5
-  storm "tinker boot-server (release)" "$n"
+  in_cgroup tinker env RUST_LOG=warn "$SERVER" --interface tkbta$$ --address 10.79.0.1 --hardware "$W/hw" --tftp-root "$W/root" --http-port 8089 --dhcp-port 6767 --tftp-transfers-per-address "$n" > "$W/tinker.log" 2>&1 & sleep 1.5
+  # PERF=FILE records our server's profile (perf record -g) over the largest storm.
+  if [ -n "${PERF:-}" ] && [ "$n" = "${COUNTS##* }" ]; then perf record -q -g -o "$PERF" -p "$(head -1 "$CG/tinker/cgroup.procs")" 2>/dev/null & perf=$!; fi
+  storm "tinker boot-server (release)" "$n" tinker
+  if [ -n "${perf:-}" ]; then kill -INT $perf; wait $perf || true; perf=; fi
   ip netns pids $S | xargs -r kill; sleep 1
-  ip netns exec $S in.tftpd -L -s "$W/root" -a 10.79.0.1:69 > "$W/tftpd.log" 2>&1 & sleep 1
-  storm "peer: tftpd-hpa $(in.tftpd -V 2>&1 | head -1 | awk '{print $2}' | tr -d ,)" "$n"
+  in_cgroup tftpd in.tftpd -L -s "$W/root" -a 10.79.0.1:69 > "$W/tftpd.log" 2>&1 & sleep 1
+  storm "peer: tftpd-hpa $(in.tftpd -V 2>&1 | head -1 | awk '{print $2}' | tr -d ,)" "$n" tftpd
   ip netns pids $S | xargs -r kill; sleep 1
 done
-table="| server | clients at once | seconds until all done | complete | failed |
-|---|---:|---:|---:|---:|
+table="| server | clients at once | seconds until all done | complete | failed | server CPU user s | server CPU system s | server CPU s per 1,000 transfers |
+|---|---:|---:|---:|---:|---:|---:|---:|
 $(cat "$W/rows")"
 section="<!-- tftp_clients:begin -->
-Command: \`sudo benches/tftp_clients.sh\` (run $(date -u +%F); $(nproc) cores; tftp-hpa clients, 512-byte blocks, ipxe.efi of $size bytes, between two namespaces; the clients share the machine's cores with the server, and one address, so our per-address transfer limit is raised to the client count, the other limits at their defaults).
+Command: \`sudo benches/tftp_clients.sh\` (run $(date -u +%F); $(nproc) cores; tftp-hpa clients, 512-byte blocks, ipxe.efi of $size bytes, between two namespaces; the clients share the machine's cores with the server, and one address, so our per-address transfer limit is raised to the client count, the other limits at their defaults; server CPU from a cpuacct cgroup per server over the storm, tftpd-hpa's per-transfer children included).
 
 $table
 <!-- tftp_clients:end -->"

@@ -72,6 +72,25 @@ pub struct Listeners {
     pub grpc: Option<TcpListener>,
 }
 
+/// Connections the kernel completes and holds for the HTTP server to accept:
+/// the most Linux allows by default (`net.core.somaxconn`). Ten thousand
+/// agents polling, whose idle connections the server closes past its cap,
+/// reconnect by the thousand at once; a short queue (128, the usual default)
+/// drops their SYNs, and each retransmission waits seconds longer than the
+/// last.
+pub const HTTP_BACKLOG: u32 = 4096;
+
+/// The HTTP listener on `addr`, with [`HTTP_BACKLOG`].
+fn listen_http(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(HTTP_BACKLOG)
+}
+
 impl Listeners {
     /// Binds DHCP, TFTP and HTTP on `address` (a port of 0 picks a free one).
     pub async fn bind(
@@ -86,7 +105,7 @@ impl Listeners {
             dhcp: tinker_boot::dhcp::server::bind_udp(SocketAddr::from((address, dhcp)), None)?,
             proxy: None,
             tftp: UdpSocket::bind((address, tftp)).await?,
-            http: TcpListener::bind((address, http)).await?,
+            http: listen_http(SocketAddr::from((address, http)))?,
             management: None,
             https: None,
             hegel: None,

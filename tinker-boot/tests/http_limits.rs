@@ -275,3 +275,31 @@ async fn a_client_that_stops_reading_is_cut_off() {
     }
     assert!(got < 48 << 20, "{got} bytes: the whole file went out");
 }
+
+/// Kept-alive connections past the idle cap are closed, the one idle longest
+/// first, and counted; the newest stay open and serve their next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_past_the_cap_are_closed_oldest_first() {
+    let mut limits = HttpLimits::new();
+    limits.max_idle_connections = 3;
+    let (addr, stats) = serve(limits, None).await;
+    let mut conns = Vec::new();
+    for i in 0..5u8 {
+        let from = IpAddr::from(Ipv4Addr::new(127, 0, 9, i + 1));
+        let mut c = client::HttpConnection::connect(addr, Some(from))
+            .await
+            .unwrap();
+        assert_eq!(c.get("/healthz").await.unwrap().status, 200);
+        conns.push(c);
+    }
+    eventually("the two oldest idle connections closed", || {
+        conns[0].is_closed() && conns[1].is_closed()
+    })
+    .await;
+    assert_eq!(load(&stats.idle_closed), 2);
+    for c in &mut conns[2..] {
+        assert!(!c.is_closed());
+        assert_eq!(c.get("/healthz").await.unwrap().status, 200, "kept alive");
+    }
+    assert_eq!(load(&stats.idle_closed), 2, "three idle: none past the cap");
+}

@@ -93,3 +93,40 @@ impl hyper::body::Body for FileBody {
         SizeHint::with_exact(self.remaining)
     }
 }
+
+/// A response body that, when dropped (sent, or given up on), marks its
+/// request answered for the idle-connection cap.
+pub(crate) struct Tracked {
+    inner: Body,
+    _answered: super::conn::Answered,
+}
+
+impl Tracked {
+    pub(crate) fn wrap(inner: Body, answered: super::conn::Answered) -> Body {
+        Tracked {
+            inner,
+            _answered: answered,
+        }
+        .boxed()
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

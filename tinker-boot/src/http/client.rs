@@ -161,6 +161,12 @@ impl HttpConnection {
         })
     }
 
+    /// Whether the connection has closed (the server closed it, or it
+    /// failed): the next request would fail without being sent.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// `GET path`.
     pub async fn get(&mut self, path: &str) -> Result<ClientResponse, ClientError> {
         self.send(Method::GET, path, &[], Bytes::new()).await

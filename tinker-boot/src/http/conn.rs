@@ -13,11 +13,12 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tinker_core::clock::SharedClock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -52,6 +53,15 @@ pub struct HttpLimits {
     /// The largest request head (request line and headers) in bytes (default
     /// 64 KiB; hyper's minimum is 8 KiB).
     pub max_header_bytes: usize,
+    /// Kept-alive connections left open while they wait for their next
+    /// request (default 12,288, three quarters of the default
+    /// [`max_connections`](Self::max_connections)). Past it the one idle
+    /// longest is closed (its client opens a new one for its next request, as
+    /// after the idle timeout), so that idle agents do not hold every
+    /// connection and new ones are admitted rather than refused. Each close
+    /// costs a reconnection (and a connection-tracking entry in any firewall
+    /// on the way), so the cap sits well above what most sites keep open.
+    pub max_idle_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -62,6 +72,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
+            max_idle_connections: 12_288,
         }
     }
 }
@@ -111,6 +122,9 @@ pub struct ConnStats {
     pub header_timeouts: AtomicU64,
     /// Connections closed because a read or write made no progress.
     pub stalled: AtomicU64,
+    /// Kept-alive connections closed while idle: more than
+    /// [`HttpLimits::max_idle_connections`] waited for a request.
+    pub idle_closed: AtomicU64,
 }
 
 impl ConnStats {
@@ -155,6 +169,12 @@ impl Collector for ConnStats {
             "tinker_http_connections_stalled",
             "HTTP connections closed: a read or write made no progress",
             load(&self.stalled),
+        )?;
+        counter(
+            &mut encoder,
+            "tinker_http_connections_idle_closed",
+            "kept-alive HTTP connections closed while idle: past the idle cap, oldest first",
+            load(&self.idle_closed),
         )?;
         let refused = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(
@@ -210,6 +230,8 @@ pub(crate) struct Guarded<I> {
     read_timer: Option<SleepFuture>,
     write_timer: Option<SleepFuture>,
     stats: Arc<ConnStats>,
+    /// Its place among the idle connections, when the server caps them.
+    idle: Option<Arc<ConnState>>,
 }
 
 impl<I> Guarded<I> {
@@ -221,7 +243,15 @@ impl<I> Guarded<I> {
             read_timer: None,
             write_timer: None,
             stats,
+            idle: None,
         }
+    }
+
+    /// Ends the stream (a clean end of input, as if the client had closed
+    /// it) when `state` is told to close while no request is in flight.
+    pub(crate) fn closed_when_idle(mut self, state: Arc<ConnState>) -> Self {
+        self.idle = Some(state);
+        self
     }
 
     fn progressed(&mut self) {
@@ -264,17 +294,31 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.progressed();
+                    if let Some(idle) = &this.idle {
+                        // The client spoke first: it keeps its connection.
+                        idle.close.store(false, Ordering::Relaxed);
+                    }
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => Self::stalled(
-                &mut this.read_timer,
-                &this.clock,
-                this.stall,
-                &this.stats,
-                cx,
-            )
-            .map(Err),
+            Poll::Pending => {
+                if let Some(idle) = &this.idle {
+                    if idle.should_close() {
+                        // Nothing buffered, no request in flight: hyper sees the
+                        // end of input between requests and closes cleanly.
+                        return Poll::Ready(Ok(()));
+                    }
+                    idle.wake_with(cx.waker());
+                }
+                Self::stalled(
+                    &mut this.read_timer,
+                    &this.clock,
+                    this.stall,
+                    &this.stats,
+                    cx,
+                )
+                .map(Err)
+            }
         }
     }
 }
@@ -342,6 +386,131 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// One connection as the idle cap sees it: how many of its requests are being
+/// served, where it stands in the idle queue, and the word to close.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    /// Requests whose answer is not yet sent (the service was called, the
+    /// response body not yet dropped).
+    in_flight: AtomicUsize,
+    /// Its key in the idle queue; 0 while not in it.
+    idle_key: AtomicU64,
+    /// Told to close while idle.
+    close: AtomicBool,
+    /// Its task, to wake when told to close.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl ConnState {
+    fn should_close(&self) -> bool {
+        self.close.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn wake_with(&self, waker: &Waker) {
+        let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match &*w {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *w = Some(waker.clone()),
+        }
+    }
+}
+
+/// The kept-alive connections waiting for their next request, oldest first,
+/// at most [`HttpLimits::max_idle_connections`]: one more makes the oldest
+/// close.
+#[derive(Debug)]
+pub(crate) struct IdleConns {
+    cap: usize,
+    /// The last key handed out, and the idle connections by key (keys grow,
+    /// so the first is the one idle longest).
+    queue: Mutex<(u64, BTreeMap<u64, Arc<ConnState>>)>,
+    stats: Arc<ConnStats>,
+}
+
+impl IdleConns {
+    pub(crate) fn new(cap: usize, stats: Arc<ConnStats>) -> Arc<Self> {
+        Arc::new(IdleConns {
+            cap,
+            queue: Mutex::default(),
+            stats,
+        })
+    }
+
+    /// A request arrived on `conn`: it is no longer idle.
+    pub(crate) fn busy(&self, conn: &Arc<ConnState>) {
+        if conn.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.unqueue(conn);
+        }
+    }
+
+    /// An answer on `conn` was sent (or dropped): with none left in flight,
+    /// it waits for its next request, and the oldest waiting past the cap
+    /// are told to close.
+    pub(crate) fn done(&self, conn: &Arc<ConnState>) {
+        if conn.in_flight.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut victims = Vec::new();
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.0 += 1;
+            let key = q.0;
+            conn.idle_key.store(key, Ordering::Relaxed);
+            q.1.insert(key, conn.clone());
+            while q.1.len() > self.cap {
+                let Some((_, oldest)) = q.1.pop_first() else {
+                    break;
+                };
+                oldest.idle_key.store(0, Ordering::Relaxed);
+                victims.push(oldest);
+            }
+        }
+        for v in victims {
+            v.close.store(true, Ordering::Relaxed);
+            self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            let waker = v.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    /// `conn` ended: out of the queue.
+    pub(crate) fn gone(&self, conn: &Arc<ConnState>) {
+        self.unqueue(conn);
+    }
+
+    fn unqueue(&self, conn: &ConnState) {
+        let key = conn.idle_key.swap(0, Ordering::Relaxed);
+        if key != 0 {
+            self.queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .remove(&key);
+        }
+    }
+}
+
+/// A connection's hold on the idle queue: out of it when the connection ends.
+pub(crate) struct IdleSlot(pub(crate) Arc<IdleConns>, pub(crate) Arc<ConnState>);
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.0.gone(&self.1);
+    }
+}
+
+/// Marks a request answered when dropped: the response body, once hyper has
+/// sent it (or given up on it).
+pub(crate) struct Answered(pub(crate) Arc<IdleConns>, pub(crate) Arc<ConnState>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.done(&self.1);
     }
 }
 

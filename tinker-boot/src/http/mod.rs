@@ -289,6 +289,7 @@ impl HttpServer {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let total = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         let per_address = Arc::new(crate::per_address::PerAddress::default());
+        let idle = conn::IdleConns::new(self.limits.max_idle_connections, self.conns.clone());
         loop {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => {
@@ -324,14 +325,17 @@ impl HttpServer {
             };
             let _ = stream.set_nodelay(true);
             let open = conn::OpenGuard::new(self.conns.clone());
-            let io = self.guard(stream);
+            let state = Arc::new(conn::ConnState::default());
+            let io = self.guard(stream).closed_when_idle(state.clone());
+            let tracked = Some((idle.clone(), state.clone()));
+            let idle_slot = conn::IdleSlot(idle.clone(), state);
             let conns = self.conns.clone();
             let Some(acceptor) = tls.clone() else {
                 let conn = conn::builder(&self.limits, &self.clock)
-                    .serve_connection(TokioIo::new(io), self.service(peer));
+                    .serve_connection(TokioIo::new(io), self.service(peer, tracked));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _held = (permit, slot, open);
+                    let _held = (permit, slot, open, idle_slot);
                     if let Err(e) = conn.await {
                         count_timeout(&conns, &e);
                     }
@@ -341,7 +345,7 @@ impl HttpServer {
             let watcher = graceful.watcher();
             let this = self.clone();
             tokio::spawn(async move {
-                let _held = (permit, slot, open);
+                let _held = (permit, slot, open, idle_slot);
                 // The handshake is bounded like a request head: a client that
                 // opens a connection and says nothing holds it no longer.
                 let stream = tokio::select! {
@@ -358,7 +362,7 @@ impl HttpServer {
                     }
                 };
                 let conn = conn::builder(&this.limits, &this.clock)
-                    .serve_connection(TokioIo::new(stream), this.service(peer));
+                    .serve_connection(TokioIo::new(stream), this.service(peer, tracked));
                 if let Err(e) = watcher.watch(conn).await {
                     count_timeout(&conns, &e);
                 }
@@ -418,15 +422,17 @@ impl HttpServer {
     {
         let _open = conn::OpenGuard::new(self.conns.clone());
         conn::builder(&self.limits, &self.clock)
-            .serve_connection(TokioIo::new(self.guard(io)), self.service(peer))
+            .serve_connection(TokioIo::new(self.guard(io)), self.service(peer, None))
             .await
             .inspect_err(|e| count_timeout(&self.conns, e))
     }
 
-    /// The routes, as a hyper service for one connection from `peer`.
+    /// The routes, as a hyper service for one connection from `peer`; with
+    /// `idle`, its requests are counted for the idle-connection cap.
     fn service(
         &self,
         peer: SocketAddr,
+        idle: Option<(Arc<conn::IdleConns>, Arc<conn::ConnState>)>,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = Response<Body>,
@@ -437,7 +443,18 @@ impl HttpServer {
         let this = self.clone();
         hyper::service::service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.route(req, peer).await) }
+            // Counted in flight from the head's arrival to the body's drop.
+            let answered = idle.as_ref().map(|(queue, state)| {
+                queue.busy(state);
+                conn::Answered(queue.clone(), state.clone())
+            });
+            async move {
+                let resp = this.route(req, peer).await;
+                Ok::<_, std::convert::Infallible>(match answered {
+                    Some(a) => resp.map(|b| body::Tracked::wrap(b, a)),
+                    None => resp,
+                })
+            }
         })
     }
 

@@ -11,7 +11,9 @@ use tokio::net::UdpSocket;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
-    /// The server stopped answering (five timeouts of 2 s in a row).
+    /// The server did not answer the read request (retransmitted on
+    /// [`RRQ_RETRANSMISSIONS`]), or stopped answering (five timeouts of 2 s in
+    /// a row).
     #[error("TFTP {file}: no answer from the server")]
     NoAnswer {
         /// The file asked for.
@@ -37,6 +39,21 @@ pub enum FetchError {
     #[error("TFTP socket: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// How long the client waits for the answer to its read request before
+/// sending it again, then again, ... and after the last, gives up: iPXE's
+/// retry timer (`src/net/retry.c`: a quarter second, doubled on each expiry,
+/// failing once the doubled timeout passes 10 s), which is also what the iPXE
+/// ROMs of QEMU's and many NICs' PXE firmware run. A server that sheds a
+/// request by not answering is asked again six times over about 16 s.
+pub const RRQ_RETRANSMISSIONS: [Duration; 6] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
 
 /// Fetches `file` from `server`; `None` options means plain RFC 1350. Waits
 /// for answers on the system clock.
@@ -90,49 +107,64 @@ pub async fn fetch_from(
         options,
     }
     .encode();
-    sock.send_to(&rrq, server).await?;
+    send(&sock, &rrq, server).await?;
     let (mut size, mut window) = (512usize, 1u64);
     let mut out = Vec::new();
     let mut expected: u64 = 1;
     let mut in_window = 0u64;
     let mut buf = vec![0u8; 66_000];
-    let mut peer = server;
-    let mut tries = 0;
+    // The server's transfer id (address and port), from its first answer.
+    let mut peer: Option<SocketAddr> = None;
+    let (mut rrq_sent, mut tries) = (0usize, 0);
     loop {
+        let wait = match peer {
+            None => RRQ_RETRANSMISSIONS[rrq_sent],
+            Some(_) => Duration::from_secs(2),
+        };
         let got = tokio::select! {
             r = sock.recv_from(&mut buf) => Some(r),
-            () = clock.sleep(Duration::from_secs(2)) => None,
+            () = clock.sleep(wait) => None,
         };
         let (n, from) = match got {
             Some(r) => r?,
-            None => {
-                tries += 1;
-                if tries > 5 {
-                    return Err(FetchError::NoAnswer { file: file.into() });
-                }
-                // Ask again from the last good block.
-                let ack = if expected == 1 && out.is_empty() {
-                    rrq.clone()
-                } else {
-                    Packet::Ack {
-                        block: ((expected - 1) & 0xffff) as u16,
+            None => match peer {
+                None => {
+                    rrq_sent += 1;
+                    if rrq_sent == RRQ_RETRANSMISSIONS.len() {
+                        return Err(FetchError::NoAnswer { file: file.into() });
                     }
-                    .encode()
+                    send(&sock, &rrq, server).await?;
+                    continue;
+                }
+                Some(peer) => {
+                    tries += 1;
+                    if tries > 5 {
+                        return Err(FetchError::NoAnswer { file: file.into() });
+                    }
+                    // Ask again from the last good block.
+                    let ack = Packet::Ack {
+                        block: ((expected - 1) & 0xffff) as u16,
+                    };
+                    send(&sock, &ack.encode(), peer).await?;
+                    continue;
+                }
+            },
+        };
+        let peer = match peer {
+            Some(p) if p == from => p,
+            // A second answer to a retransmitted request, or a stranger:
+            // another transfer id, told so (RFC 1350), and ignored.
+            Some(_) => {
+                let error = Packet::Error {
+                    code: super::packet::code::UNKNOWN_TID,
+                    message: "unknown transfer id".into(),
                 };
-                sock.send_to(
-                    &ack,
-                    if expected == 1 && out.is_empty() {
-                        server
-                    } else {
-                        peer
-                    },
-                )
-                .await?;
+                send(&sock, &error.encode(), from).await?;
                 continue;
             }
+            None => *peer.insert(from),
         };
         tries = 0;
-        peer = from;
         match Packet::decode(&buf[..n]) {
             Some(Packet::Oack { options }) => {
                 for (k, v) in options {
@@ -142,19 +174,14 @@ pub async fn fetch_from(
                         _ => {}
                     }
                 }
-                sock.send_to(&Packet::Ack { block: 0 }.encode(), peer)
-                    .await?;
+                send(&sock, &Packet::Ack { block: 0 }.encode(), peer).await?;
             }
             Some(Packet::Data { block, data }) => {
                 if block != (expected & 0xffff) as u16 {
-                    sock.send_to(
-                        &Packet::Ack {
-                            block: ((expected - 1) & 0xffff) as u16,
-                        }
-                        .encode(),
-                        peer,
-                    )
-                    .await?;
+                    let ack = Packet::Ack {
+                        block: ((expected - 1) & 0xffff) as u16,
+                    };
+                    send(&sock, &ack.encode(), peer).await?;
                     in_window = 0;
                     continue;
                 }
@@ -162,7 +189,7 @@ pub async fn fetch_from(
                 in_window += 1;
                 let last = data.len() < size;
                 if in_window == window || last {
-                    sock.send_to(&Packet::Ack { block }.encode(), peer).await?;
+                    send(&sock, &Packet::Ack { block }.encode(), peer).await?;
                     in_window = 0;
                 }
                 expected += 1;
@@ -179,5 +206,23 @@ pub async fn fetch_from(
             }
             _ => return Err(FetchError::Unexpected { file: file.into() }),
         }
+    }
+}
+
+/// Sends a datagram as a PXE ROM's NIC does: one the host drops on the way
+/// out (a full connection-tracking table answers `EPERM`, a full queue
+/// `ENOBUFS`) is lost like any other, and the retransmission timers recover
+/// it; other errors are the caller's.
+async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    const ENOBUFS: i32 = 105;
+    match sock.send_to(bytes, to).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(ENOBUFS) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }

@@ -27,5 +27,5 @@ pub use source::{
 };
 pub use transfer::{
     DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, MAX_TIMEOUT_OPTION,
-    Transfer, TransferOptions, negotiate,
+    Transfer, TransferOptions, Transmit, negotiate,
 };

@@ -6,18 +6,23 @@
 
 use super::packet::{self, Packet};
 use super::source::{FileSource, Origin, SourceError};
-use super::transfer::{DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, Transfer};
+use super::transfer::{
+    DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, Transfer, Transmit,
+};
 use crate::per_address::{AddressSlot, PerAddress};
 use jiff::Timestamp;
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tinker_core::clock::{SharedClock, SystemClock};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
-/// Transfers at once, by default; more requests get an error ("busy") rather
-/// than a queue.
+/// Transfers at once, by default. A request beyond it is shed: not answered
+/// and counted ([`TftpStats::shed`]); the client retransmits it (a PXE ROM
+/// does for about 16 s) and is served when a transfer ends. An ERROR would end
+/// that boot: a PXE ROM does not ask again after one.
 pub const MAX_TRANSFERS: usize = 4096;
 
 /// What the TFTP server lets clients hold. With the defaults, an address that
@@ -76,11 +81,17 @@ pub struct TftpStats {
     pub bytes: AtomicU64,
     /// Transfers in progress now.
     pub active: AtomicU64,
-    /// Requests refused: [`TftpLimits::max_transfers`] were in progress.
-    pub refused_busy: AtomicU64,
-    /// Requests refused: their address had
-    /// [`TftpLimits::max_transfers_per_address`] in progress.
-    pub refused_per_address: AtomicU64,
+    /// Requests shed (not answered; the client retransmits):
+    /// [`TftpLimits::max_transfers`] were in progress.
+    pub shed: AtomicU64,
+    /// Requests shed (not answered; the client retransmits): their address
+    /// had [`TftpLimits::max_transfers_per_address`] in progress. Silence
+    /// also sends nothing to the victim of a spoofed request.
+    pub shed_per_address: AtomicU64,
+    /// Read requests not answered because the same client (address and port)
+    /// has a transfer in progress: a retransmitted request whose answer is on
+    /// its way.
+    pub duplicate_requests: AtomicU64,
     /// Transfers abandoned because the client acknowledged nothing for
     /// [`TftpLimits::max_unanswered_bytes`].
     pub unanswered: AtomicU64,
@@ -90,17 +101,25 @@ pub struct TftpStats {
     pub cache_hits: AtomicU64,
 }
 
-/// A transfer's place: its address's slot and the active gauge.
+/// The clients (address and port) with a transfer in progress.
+type Peers = Arc<Mutex<HashSet<SocketAddr>>>;
+
+/// A transfer's place: its address's slot, its client in the set of those
+/// being served, and the active gauge.
 struct Slot {
     _address: AddressSlot,
+    peer: SocketAddr,
+    peers: Peers,
     stats: Arc<TftpStats>,
 }
 
 impl Slot {
-    fn new(address: AddressSlot, stats: &Arc<TftpStats>) -> Self {
+    fn new(address: AddressSlot, peer: SocketAddr, peers: &Peers, stats: &Arc<TftpStats>) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
         Slot {
             _address: address,
+            peer,
+            peers: peers.clone(),
             stats: stats.clone(),
         }
     }
@@ -109,6 +128,10 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.peer);
     }
 }
 
@@ -197,6 +220,7 @@ impl TftpServer {
         let local_ip = socket.local_addr()?.ip();
         let limit = Arc::new(Semaphore::new(self.limits.max_transfers));
         let per_address = Arc::new(PerAddress::default());
+        let peers = Peers::default();
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 1500];
         loop {
@@ -207,38 +231,38 @@ impl TftpServer {
             match Packet::decode(&buf[..n]) {
                 Some(Packet::Rrq { file, options, .. }) => {
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        let _ = socket
-                            .send_to(
-                                &packet::error(packet::code::UNDEFINED, "server busy, try again"),
-                                peer,
-                            )
-                            .await;
-                        continue;
-                    };
-                    let Some(slot) = per_address
-                        .try_take(
-                            peer.ip().to_canonical(),
-                            self.limits.max_transfers_per_address,
-                        )
-                        .map(|a| Slot::new(a, &self.stats))
-                    else {
+                    if !peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer) {
                         self.stats
-                            .refused_per_address
+                            .duplicate_requests
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, file, "TFTP: too many transfers from this address");
-                        let _ = socket
-                            .send_to(
-                                &packet::error(
-                                    packet::code::UNDEFINED,
-                                    "too many transfers from your address, try again",
-                                ),
-                                peer,
-                            )
-                            .await;
+                        continue;
+                    }
+                    // From here the peer is in the set: the slot takes it out
+                    // when the transfer ends, or `forget` does if it is shed.
+                    let forget = || {
+                        peers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&peer);
+                    };
+                    // Overload is shed by silence: the client's retransmission
+                    // comes back, and is served once a transfer has ended.
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        forget();
+                        self.stats.shed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, file, "TFTP: at the transfer limit, request shed");
                         continue;
                     };
+                    let Some(address) = per_address.try_take(
+                        peer.ip().to_canonical(),
+                        self.limits.max_transfers_per_address,
+                    ) else {
+                        forget();
+                        self.stats.shed_per_address.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, file, "TFTP: too many transfers from this address, request shed");
+                        continue;
+                    };
+                    let slot = Slot::new(address, peer, &peers, &self.stats);
                     let this = self.clone();
                     tokio::spawn(async move {
                         let _held = (permit, slot);
@@ -306,29 +330,46 @@ impl TftpServer {
         };
         let size = data.len();
         let started = self.clock.now();
-        let (mut t, out) = Transfer::start(data, options, self.max_blksize, started);
+        // Connected to its client: the kernel keeps other senders' packets off
+        // this transfer id (RFC 1350's "unknown transfer id" case), and each
+        // send skips a route lookup.
+        socket.connect(peer).await?;
+        let (mut t, tx) = Transfer::begin(data, options, self.max_blksize, started);
         t.limit_unanswered(self.limits.max_unanswered_bytes);
-        for p in out {
-            socket.send_to(&p, peer).await?;
-        }
+        let mut out = Vec::with_capacity(4 + t.options().blksize);
+        send(&socket, &t, tx, &mut out).await?;
         let mut buf = vec![0u8; 1500];
+        // The timer is armed for the deadline it was set at and moved only when
+        // it fires: an ACK moves the transfer's deadline, and re-arming a timer
+        // per block would cost more than the block.
+        let mut timer = self.clock.sleep_until(t.deadline());
         while !t.is_complete() && !t.is_failed() {
-            let sleep = self.clock.sleep_until(t.deadline());
-            let out = tokio::select! {
-                r = socket.recv_from(&mut buf) => {
-                    let (n, from) = r?;
-                    if from != peer {
-                        // Another transfer id: tell it, carry on (RFC 1350).
-                        socket.send_to(&packet::error(packet::code::UNKNOWN_TID, "unknown transfer id"), from).await?;
+            let tx = tokio::select! {
+                r = socket.recv(&mut buf) => match r {
+                    Ok(n) => {
+                        let tx = t.handle(&buf[..n], self.clock.now());
+                        if matches!(tx, Transmit::Blocks { .. }) {
+                            drained(&socket);
+                        }
+                        tx
+                    }
+                    // An ICMP error for an earlier packet: the client may be
+                    // gone; the retransmission timer decides.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => return Err(e),
+                },
+                () = &mut timer => {
+                    let now = self.clock.now();
+                    if t.deadline() > now {
+                        timer = self.clock.sleep_until(t.deadline());
                         continue;
                     }
-                    t.on_packet(&buf[..n], self.clock.now())
+                    let tx = t.expire(now);
+                    timer = self.clock.sleep_until(t.deadline());
+                    tx
                 }
-                () = sleep => t.on_timeout(self.clock.now()),
             };
-            for p in out {
-                socket.send_to(&p, peer).await?;
-            }
+            send(&socket, &t, tx, &mut out).await?;
         }
         if let Some(observer) = &self.observer {
             observer.transfer_ended(TransferReport {
@@ -356,4 +397,38 @@ impl TftpServer {
         }
         Ok(())
     }
+}
+
+/// Sends what the transfer asked for, each packet written into `out` in turn.
+async fn send(
+    socket: &UdpSocket,
+    t: &Transfer,
+    tx: Transmit,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    for i in 0..tx.count() {
+        t.encode(tx, i, out);
+        match socket.send(out).await {
+            Ok(_) => {}
+            // An ICMP error for an earlier packet, reported on this send: the
+            // retransmission timer decides whether the client is gone.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Tells tokio that the socket holds nothing more to read, without the
+/// `recv` that would find it empty: the client has just acknowledged progress
+/// and answers only the blocks about to be sent, so the next `recv` waits for
+/// its answer. That is one system call in three per block. Called before the
+/// blocks go out: an answer to them arrives after this and is announced anew
+/// (readiness is edge-triggered, per datagram). A duplicate the client sent
+/// earlier may wait in the socket until the next datagram wakes the transfer,
+/// and is then read and ignored; the retransmission timer covers the rest.
+fn drained(socket: &UdpSocket) {
+    let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
 }

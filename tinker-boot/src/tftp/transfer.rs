@@ -105,6 +105,44 @@ pub fn negotiate(
     (o, ack)
 }
 
+/// What a transfer asks its driver to send, as a value: the driver writes each
+/// packet into a buffer of its own ([`Transfer::encode`]), so a block costs no
+/// allocation (a thousand transfers of an iPXE binary are over a million
+/// blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transmit {
+    /// Nothing to send.
+    Nothing,
+    /// The option acknowledgement.
+    Oack,
+    /// DATA blocks `first..=last` (absolute numbers, from 1).
+    Blocks {
+        /// The first block.
+        first: u64,
+        /// The last block.
+        last: u64,
+    },
+    /// An ERROR packet.
+    Error {
+        /// Its code ([`packet::code`]).
+        code: u16,
+        /// Its message.
+        message: &'static str,
+    },
+}
+
+impl Transmit {
+    /// How many packets it is.
+    pub fn count(&self) -> usize {
+        match *self {
+            Transmit::Nothing => 0,
+            Transmit::Oack | Transmit::Error { .. } => 1,
+            Transmit::Blocks { first, last } => (last + 1).saturating_sub(first) as usize,
+        }
+    }
+}
+
 /// The state of one transfer.
 #[derive(Debug)]
 pub struct Transfer {
@@ -133,6 +171,19 @@ impl Transfer {
         max_blksize: usize,
         now: Timestamp,
     ) -> (Transfer, Vec<Vec<u8>>) {
+        let (t, tx) = Self::begin(data, requested, max_blksize, now);
+        let out = t.packets(tx);
+        (t, out)
+    }
+
+    /// Starts a transfer of `data`; returns it and what to send first
+    /// ([`start`](Self::start) without building the packets).
+    pub fn begin(
+        data: Arc<[u8]>,
+        requested: &[(String, String)],
+        max_blksize: usize,
+        now: Timestamp,
+    ) -> (Transfer, Transmit) {
         let (opts, ack) = negotiate(requested, data.len() as u64, max_blksize);
         let total_blocks = data.len() as u64 / opts.blksize as u64 + 1;
         let mut t = Transfer {
@@ -148,12 +199,12 @@ impl Transfer {
             unanswered: 0,
             max_unanswered: DEFAULT_MAX_UNANSWERED_BYTES,
         };
-        let out = match &t.oack {
-            Some(o) => vec![o.clone()],
+        let tx = match &t.oack {
+            Some(_) => Transmit::Oack,
             None => t.send_window(now),
         };
-        t.unanswered = sent_bytes(&out);
-        (t, out)
+        t.unanswered = t.bytes(tx);
+        (t, tx)
     }
 
     /// Abandons the transfer rather than send more than `bytes` without the
@@ -193,33 +244,88 @@ impl Transfer {
         self.deadline
     }
 
-    fn block_packet(&self, index: u64) -> Vec<u8> {
-        // Block numbers start at 1 and roll over to 0 after 65535, as tftp-hpa
-        // and iPXE expect for files over 32 MiB at 512-byte blocks.
+    /// Block `index`'s payload.
+    fn payload(&self, index: u64) -> &[u8] {
         let start = ((index - 1) * self.opts.blksize as u64) as usize;
         let end = (start + self.opts.blksize).min(self.data.len());
-        let payload = if start <= self.data.len() {
+        if start <= self.data.len() {
             &self.data[start..end]
         } else {
             &[][..]
-        };
-        packet::data((index & 0xffff) as u16, payload)
+        }
     }
 
-    fn send_window(&mut self, now: Timestamp) -> Vec<Vec<u8>> {
+    /// Writes packet `i` of `tx` into `buf` (cleared first), ready to send.
+    pub fn encode(&self, tx: Transmit, i: usize, buf: &mut Vec<u8>) {
+        buf.clear();
+        match tx {
+            Transmit::Nothing => {}
+            Transmit::Oack => buf.extend_from_slice(self.oack.as_deref().unwrap_or_default()),
+            Transmit::Blocks { first, .. } => {
+                // Block numbers start at 1 and roll over to 0 after 65535, as
+                // tftp-hpa and iPXE expect for files over 32 MiB at 512-byte
+                // blocks.
+                let index = first + i as u64;
+                buf.extend_from_slice(&3u16.to_be_bytes());
+                buf.extend_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+                buf.extend_from_slice(self.payload(index));
+            }
+            Transmit::Error { code, message } => {
+                buf.extend_from_slice(&5u16.to_be_bytes());
+                buf.extend_from_slice(&code.to_be_bytes());
+                buf.extend_from_slice(message.as_bytes());
+                buf.push(0);
+            }
+        }
+    }
+
+    /// The packets of `tx`, each in its own buffer (for tests and callers off
+    /// the hot path).
+    pub fn packets(&self, tx: Transmit) -> Vec<Vec<u8>> {
+        (0..tx.count())
+            .map(|i| {
+                let mut buf = Vec::new();
+                self.encode(tx, i, &mut buf);
+                buf
+            })
+            .collect()
+    }
+
+    /// The bytes `tx` puts on the wire (UDP payloads).
+    fn bytes(&self, tx: Transmit) -> u64 {
+        match tx {
+            Transmit::Nothing => 0,
+            Transmit::Oack => self.oack.as_ref().map_or(0, |o| o.len() as u64),
+            Transmit::Blocks { first, last } => (first..=last)
+                .map(|i| 4 + self.payload(i).len() as u64)
+                .sum(),
+            Transmit::Error { message, .. } => 5 + message.len() as u64,
+        }
+    }
+
+    fn send_window(&mut self, now: Timestamp) -> Transmit {
         let last = (self.acked + u64::from(self.opts.windowsize)).min(self.total_blocks);
-        let out = (self.acked + 1..=last)
-            .map(|i| self.block_packet(i))
-            .collect();
+        let first = self.acked + 1;
         self.sent = last;
         self.deadline = now + self.opts.timeout;
-        out
+        if first > last {
+            Transmit::Nothing
+        } else {
+            Transmit::Blocks { first, last }
+        }
     }
 
     /// Handles a packet from the client.
     pub fn on_packet(&mut self, bytes: &[u8], now: Timestamp) -> Vec<Vec<u8>> {
+        let tx = self.handle(bytes, now);
+        self.packets(tx)
+    }
+
+    /// Handles a packet from the client; says what to send
+    /// ([`on_packet`](Self::on_packet) without building the packets).
+    pub fn handle(&mut self, bytes: &[u8], now: Timestamp) -> Transmit {
         if self.failed.is_some() || self.is_complete() {
-            return Vec::new();
+            return Transmit::Nothing;
         }
         match Packet::decode(bytes) {
             Some(Packet::Ack { block }) => {
@@ -227,12 +333,11 @@ impl Transfer {
                     if block == 0 {
                         self.oack = None;
                         self.retries = 0;
-                        self.unanswered = 0;
-                        let out = self.send_window(now);
-                        self.unanswered = sent_bytes(&out);
-                        return out;
+                        let tx = self.send_window(now);
+                        self.unanswered = self.bytes(tx);
+                        return tx;
                     }
-                    return Vec::new();
+                    return Transmit::Nothing;
                 }
                 // Map the 16-bit number to the window in flight.
                 let Some(abs) = (self.acked + 1..=self.sent)
@@ -240,24 +345,27 @@ impl Transfer {
                     .find(|i| (i & 0xffff) as u16 == block)
                 else {
                     // A duplicate or stale ACK: ignore it (no Sorcerer's Apprentice).
-                    return Vec::new();
+                    return Transmit::Nothing;
                 };
                 self.acked = abs;
                 self.retries = 0;
                 if self.is_complete() {
-                    return Vec::new();
+                    return Transmit::Nothing;
                 }
                 // The next window; after a partial one (loss), RFC 7440 resends
                 // from the block after the last acknowledged.
-                let out = self.send_window(now);
-                self.unanswered = sent_bytes(&out);
-                out
+                let tx = self.send_window(now);
+                self.unanswered = self.bytes(tx);
+                tx
             }
             Some(Packet::Error { .. }) => {
                 self.failed = Some(GaveUp::ClientError);
-                Vec::new()
+                Transmit::Nothing
             }
-            _ => vec![packet::error(packet::code::ILLEGAL, "expected an ACK")],
+            _ => Transmit::Error {
+                code: packet::code::ILLEGAL,
+                message: "expected an ACK",
+            },
         }
     }
 
@@ -265,39 +373,52 @@ impl Transfer {
     /// or when the retransmission would take the bytes sent without progress
     /// past the limit.
     pub fn on_timeout(&mut self, now: Timestamp) -> Vec<Vec<u8>> {
+        let tx = self.expire(now);
+        self.packets(tx)
+    }
+
+    /// The deadline passed: what to send ([`on_timeout`](Self::on_timeout)
+    /// without building the packets).
+    pub fn expire(&mut self, now: Timestamp) -> Transmit {
         if self.failed.is_some() || self.is_complete() {
-            return Vec::new();
+            return Transmit::Nothing;
         }
         self.retries += 1;
         if self.retries > MAX_RETRIES {
             self.failed = Some(GaveUp::Retries);
-            return vec![packet::error(packet::code::UNDEFINED, "timed out")];
+            return Transmit::Error {
+                code: packet::code::UNDEFINED,
+                message: "timed out",
+            };
         }
         let (acked, sent) = (self.acked, self.sent);
-        let out = match &self.oack {
-            Some(o) => vec![o.clone()],
+        let tx = match &self.oack {
+            Some(_) => Transmit::Oack,
             None => self.send_window(now),
         };
-        let total = self.unanswered.saturating_add(sent_bytes(&out));
+        let total = self.unanswered.saturating_add(self.bytes(tx));
         if total > self.max_unanswered {
             // Undo the window's bookkeeping: none of it goes out.
             (self.acked, self.sent) = (acked, sent);
             self.failed = Some(GaveUp::Unanswered);
-            return vec![packet::error(packet::code::UNDEFINED, "no answer")];
+            return Transmit::Error {
+                code: packet::code::UNDEFINED,
+                message: "no answer",
+            };
         }
         self.unanswered = total;
         self.deadline = now + self.opts.timeout;
-        out
+        tx
     }
-}
-
-fn sent_bytes(packets: &[Vec<u8>]) -> u64 {
-    packets.iter().map(|p| p.len() as u64).sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sent_bytes(packets: &[Vec<u8>]) -> u64 {
+        packets.iter().map(|p| p.len() as u64).sum()
+    }
 
     /// A client that acknowledges the options (or a spoofer who guessed the
     /// transfer's port) and then never answers gets windows of 64 blocks
