@@ -27,7 +27,7 @@ use tinker_core::Secret;
 use tinker_core::WorkflowStore;
 use tinker_core::clock::SharedClock;
 use tinker_core::model::ObjectKey;
-use tinker_core::state::Refusal;
+use tinker_core::state::{Effect, Refusal};
 use tinker_core::store::{EventKind, EventSource, MachineEvent};
 use tinker_core::worker_api::{
     ActionReport, Heartbeat, LogBatch, NextActionResponse, ReportResponse, WorkerAction,
@@ -302,7 +302,12 @@ impl WorkerApi {
             .await
         {
             Ok(applied) => {
-                tracing::info!(worker, workflow = %r.workflow_id, action = r.action_index, outcome = ?r.outcome, "action reported");
+                if matches!(applied.effect, Effect::AlreadyRecorded(_)) {
+                    // Its answer was lost and the agent sent it again.
+                    tracing::debug!(worker, workflow = %r.workflow_id, action = r.action_index, "action report repeated, already recorded");
+                } else {
+                    tracing::info!(worker, workflow = %r.workflow_id, action = r.action_index, outcome = ?r.outcome, "action reported");
+                }
                 json(
                     StatusCode::OK,
                     &ReportResponse {

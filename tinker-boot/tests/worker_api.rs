@@ -380,29 +380,29 @@ async fn overload_is_shed_with_retry_after() {
     );
 }
 
+/// A memory store holding machine `n` (at 127.0.0.1, key `k`) and its
+/// workflow `name` of one action: the store, its worker id and its token.
+async fn one_action_machine(name: &str, n: u32) -> (Arc<dyn WorkflowStore>, String, String) {
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mac = tinker_core::testing::mac(n);
+    store
+        .put(
+            tinker_core::testing::rendered_workflow(name, mac, 1, 600).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let token = machine(store.as_ref(), "k", mac, [127, 0, 0, 1]).await;
+    (store, mac.to_string(), token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_reports_and_logs_read_the_time_from_the_given_clock() {
     use tinker_core::WorkflowStoreExt;
     use tinker_core::clock::ManualClock;
     let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
     let clock = Arc::new(ManualClock::new(t0));
-    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
-    let worker = tinker_core::testing::mac(7).to_string();
-    store
-        .put(
-            tinker_core::testing::rendered_workflow("timed", tinker_core::testing::mac(7), 1, 600)
-                .into(),
-            Precondition::Absent,
-        )
-        .await
-        .unwrap();
-    let token = machine(
-        store.as_ref(),
-        "k",
-        tinker_core::testing::mac(7),
-        [127, 0, 0, 1],
-    )
-    .await;
+    let (store, worker, token) = one_action_machine("timed", 7).await;
     let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_clock(clock.clone());
     let port = serve(api, store.clone()).await;
     let w = worker.clone();
@@ -566,4 +566,58 @@ async fn a_log_batch_is_one_store_write() {
         (0, 1),
         "one append_events for the batch, no append_event per line"
     );
+}
+
+/// The storm's lost answers: an agent whose report's answer never came sends
+/// it again. The same outcome under the same claim is answered 200 with the
+/// workflow's state, and writes nothing; another outcome is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_sent_again_after_a_lost_answer_is_answered_ok_and_writes_nothing() {
+    use tinker_core::WorkflowStoreExt;
+    let (store, worker, token) = one_action_machine("once", 8).await;
+    let port = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5),
+        store.clone(),
+    )
+    .await;
+    let call = |path: &'static str, body: String| {
+        let (w, t) = (worker.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            post(port, &format!("/v1/workers/{w}/{path}"), &t, &body)
+        })
+    };
+    let claim = call("next-action", format!("{{\"worker_id\":\"{worker}\"}}"));
+    assert_eq!(claim.await.unwrap().0, 200);
+    let report = |outcome: &str| {
+        format!(
+            "{{\"worker_id\":\"{worker}\",\"workflow_id\":\"default/once\",\"action_index\":0,\"attempt\":1,\"outcome\":{outcome},\"started_at\":null,\"finished_at\":null}}"
+        )
+    };
+    let success = report("{\"outcome\":\"success\"}");
+    let (code, body) = call("report", success.clone()).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let version = store
+        .workflow("default", "once")
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    for _ in 0..2 {
+        let (code, again) = call("report", success.clone()).await.unwrap();
+        assert_eq!(code, 200, "the same report again: {again}");
+        assert_eq!(again, body, "the same answer as the first time");
+    }
+    assert_eq!(
+        store
+            .workflow("default", "once")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        version,
+        "a repeated report is not written"
+    );
+    let failed = report("{\"outcome\":\"failed\",\"exit_code\":1,\"message\":\"late\"}");
+    let (code, text) = call("report", failed).await.unwrap();
+    assert_eq!(code, 409, "another outcome for that claim: {text}");
 }

@@ -215,6 +215,10 @@ pub enum Effect {
     },
     /// The report was recorded; the workflow is now in this state.
     Recorded(WorkflowState),
+    /// The same report was recorded before under the same claim (a worker
+    /// that sent it again after losing the answer); nothing changed and the
+    /// workflow is in this state.
+    AlreadyRecorded(WorkflowState),
     /// The heartbeat was recorded.
     HeartbeatRecorded,
     /// The workflow was stopped as FAILED.
@@ -458,6 +462,13 @@ impl WorkflowStatus {
                 let from = self.retry_from(*from)?;
                 return self.restart(now, by, Restart::Retry { from });
             }
+            WorkflowEvent::Report {
+                action,
+                attempt,
+                outcome,
+            } if self.recorded_before(*action, *attempt, outcome) => {
+                return Ok(Effect::AlreadyRecorded(self.state));
+            }
             _ => {}
         }
         if self.state.is_terminal() {
@@ -640,7 +651,9 @@ impl WorkflowStatus {
         // A refused event changes nothing, except that a cancelled action's
         // worker has now heard of the cancel (kept: the engine reads it).
         let heard = acknowledged != self.cancelled.as_ref().map(|c| c.acknowledged);
-        let changed = expired || heard || matches!(&result, Ok(e) if *e != Effect::Nothing);
+        let changed = expired
+            || heard
+            || matches!(&result, Ok(e) if !matches!(e, Effect::Nothing | Effect::AlreadyRecorded(_)));
         (changed, result)
     }
 
@@ -746,6 +759,35 @@ impl WorkflowStatus {
             });
         }
         Ok(a)
+    }
+
+    /// Whether the report of `outcome` for claim `attempt` of action `index`
+    /// was recorded before, as this outcome: a worker that lost the answer
+    /// sends its report again, and must hear that it was kept rather than
+    /// that the workflow has moved on. An action ended by a cancel was not
+    /// ended by its worker's report, so a report never matches it: its worker
+    /// hears of the cancel instead.
+    fn recorded_before(&self, index: usize, attempt: u32, outcome: &ActionOutcome) -> bool {
+        if self
+            .cancelled
+            .as_ref()
+            .is_some_and(|c| c.running == Some((index, attempt)))
+        {
+            return false;
+        }
+        let Some((_, a)) = self.action(index) else {
+            return false;
+        };
+        a.attempts
+            .iter()
+            .find(|r| r.attempt == attempt)
+            .is_some_and(|r| match outcome {
+                ActionOutcome::Success => r.state == ActionState::Success,
+                ActionOutcome::Failed { exit_code, .. } => {
+                    r.state == ActionState::Failed && r.exit_code == *exit_code
+                }
+                ActionOutcome::Timeout { .. } => r.state == ActionState::Timeout,
+            })
     }
 
     fn report(

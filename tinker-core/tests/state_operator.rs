@@ -248,6 +248,18 @@ fn a_refused_report_alone_is_not_an_acknowledgement_so_a_silent_agent_is_powered
     );
     assert_eq!(refused, Err(Refusal::Cancelled { by: "alice".into() }));
     assert_eq!(s.cancelled.as_ref().unwrap().acknowledged, None);
+    // Nor is it a repeat of what the cancel recorded for that claim (failed,
+    // no exit code): the worker did not end it, and hears of the cancel.
+    for _ in 0..2 {
+        let outcome = ActionOutcome::Failed {
+            exit_code: None,
+            message: String::new(),
+        };
+        assert_eq!(
+            report(&mut s, at(7), c, outcome),
+            Err(Refusal::Cancelled { by: "alice".into() })
+        );
+    }
 }
 
 #[test]
@@ -414,4 +426,67 @@ fn executions_kept_are_bounded() {
     }
     assert_eq!(s.executions.len(), tinker_core::model::MAX_EXECUTIONS_KEPT);
     assert_eq!(s.executions[0].execution, 6, "the oldest are dropped");
+}
+
+/// A worker that lost the answer to its report sends it again: the same
+/// outcome under the same claim is answered as kept, and changes nothing,
+/// even after the workflow has finished because of it.
+#[test]
+fn a_report_sent_again_under_the_same_claim_is_kept_not_refused() {
+    let mut s = status();
+    let flaky = to_flaky(&mut s);
+    report(&mut s, at(3), flaky, failed("disk busy")).unwrap();
+    let before = s.clone();
+    let (changed, again) = s.apply(
+        at(4),
+        &WorkflowEvent::Report {
+            action: flaky.0,
+            attempt: flaky.1,
+            outcome: failed("disk busy"),
+        },
+    );
+    assert_eq!(again, Ok(Effect::AlreadyRecorded(WorkflowState::Running)));
+    assert!(!changed, "a repeated report is not written");
+    assert_eq!(s, before);
+    // A different outcome for that claim is no repeat: refused as before.
+    assert!(matches!(
+        report(&mut s, at(4), flaky, ActionOutcome::Success),
+        Err(Refusal::NotRunning { .. })
+    ));
+    assert!(matches!(
+        report(
+            &mut s,
+            at(4),
+            flaky,
+            ActionOutcome::Failed {
+                exit_code: Some(2),
+                message: "disk busy".into()
+            }
+        ),
+        Err(Refusal::NotRunning { .. })
+    ));
+
+    let second = claim(&mut s, at(10)).unwrap();
+    report(&mut s, at(11), second, ActionOutcome::Success).unwrap();
+    let last = claim(&mut s, at(12)).unwrap();
+    assert_eq!(
+        report(&mut s, at(13), last, ActionOutcome::Success).unwrap(),
+        Effect::Recorded(WorkflowState::Success)
+    );
+    let finished = s.clone();
+    assert_eq!(
+        report(&mut s, at(14), last, ActionOutcome::Success),
+        Ok(Effect::AlreadyRecorded(WorkflowState::Success)),
+        "the last action's report, sent again, is not told the workflow finished"
+    );
+    assert_eq!(s, finished);
+    assert!(matches!(
+        report(&mut s, at(14), last, failed("late")),
+        Err(Refusal::Finished { .. })
+    ));
+    // A claim that never ran that action is not a repeat either.
+    assert!(matches!(
+        report(&mut s, at(14), (last.0, last.1 + 7), ActionOutcome::Success),
+        Err(Refusal::Finished { .. })
+    ));
 }

@@ -59,7 +59,7 @@ use tinker_boot::credentials::{AddressCheck, CallerCheck};
 use tinker_boot::per_address::{AddressSlot, PerAddress};
 use tinker_boot::worker_core::{Caller, Denied, Idle, Netboot, WorkerCore, WorkerRefusal};
 use tinker_core::model::Object;
-use tinker_core::state::{ActionOutcome, ActionState, Refusal};
+use tinker_core::state::{ActionOutcome, ActionState, Effect, Refusal};
 use tinker_core::store::{Assignment, EventKind, EventSource, MachineEvent, Precondition};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -585,13 +585,12 @@ impl WorkflowService for AgentService {
             }
         };
         match result {
+            // A report sent again after its answer was lost: the state
+            // machine kept the first one, and its timeline has it already.
+            Ok(applied) if matches!(applied.effect, Effect::AlreadyRecorded(_)) => {
+                return Ok(Response::new(ActionStatusResponse {}));
+            }
             Ok(_) => {}
-            // A report sent again (its answer was lost): already recorded.
-            Err(WorkerRefusal::Refused(Refusal::NotRunning {
-                state: now,
-                current_attempt,
-                ..
-            })) if current_attempt == attempt && now == action_state(state) => {}
             Err(e) => return Err(refusal_status(agent, e)),
         }
         let time = |t: &Option<prost_types::Timestamp>| {
