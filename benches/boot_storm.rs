@@ -123,10 +123,6 @@ impl Replica {
     fn start(store: &str, name: &str, relay_port: u16) -> Replica {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--serve", store, name, &relay_port.to_string()])
-            // As examples/control-plane.rs runs itself: two malloc arenas, not
-            // one per thread (the store's blocking threads would keep over
-            // 1 GiB at 20,000 machines).
-            .env("MALLOC_ARENA_MAX", "2")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tinker::boot::credentials::{AddressCheck, CallerCheck};
-use tinker::boot::dhcp::{DhcpConfig, DhcpServer, Mode, server::bind_udp};
+use tinker::boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode, Rate, server::bind_udp};
 use tinker::boot::http::{HttpConfig, HttpServer, OsieConfig};
 use tinker::boot::tftp::{FileSource, TftpLimits, TftpServer, default_ipxe_dir};
 use tinker::boot::worker_api::WorkerApi;
@@ -81,6 +81,11 @@ struct Args {
     /// default, 8). Raise it for machines behind NAT, which share an address.
     #[arg(long)]
     tftp_transfers_per_address: Option<usize>,
+    /// DHCP packets per second from one relay (or the attached segment),
+    /// burst twice that (default: `DhcpLimits`' default, 20,000). Raise it
+    /// for a load generator behind a single relay.
+    #[arg(long)]
+    dhcp_relay_rate: Option<f64>,
 }
 
 /// Space-separated words of one flag.
@@ -222,7 +227,15 @@ async fn run(a: Args) -> Result<(), String> {
         },
         ..CallerCheck::default()
     };
+    let mut dhcp_limits = DhcpLimits::default();
+    if let Some(rate) = a.dhcp_relay_rate {
+        dhcp_limits.per_relay = Rate {
+            burst: 2.0 * rate,
+            per_second: rate,
+        };
+    }
     let dhcp = DhcpServer::new(dhcp_config, Arc::new(responder))
+        .with_limits(dhcp_limits)
         .with_observed_addresses(callers.observed.clone())
         // Under load, one wakeup per batch of requests, not per request.
         .with_coalescing(std::time::Duration::from_millis(1));

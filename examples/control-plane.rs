@@ -299,28 +299,7 @@ async fn run(a: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// glibc's malloc gives threads arenas of their own, up to eight per core, and
-/// each arena keeps its peak: the store's blocking threads (hundreds in a boot
-/// storm) then hold over 1 GiB at 20,000 machines, against under 0.4 GiB with
-/// two arenas (BENCHMARKS.md, "Boot storm"). The limit takes effect only
-/// before threads start, so the process starts itself again with it, unless
-/// the operator set one.
-fn with_two_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
-        && let Ok(exe) = std::env::current_exe()
-    {
-        use std::os::unix::process::CommandExt;
-        let e = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env("MALLOC_ARENA_MAX", "2")
-            .exec();
-        eprintln!("warning: could not restart with MALLOC_ARENA_MAX=2: {e}");
-    }
-}
-
 fn main() -> ExitCode {
-    with_two_malloc_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(serve_main()),
         Err(e) => {

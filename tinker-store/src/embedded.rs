@@ -149,7 +149,69 @@ pub struct RedbStore {
     feed: broadcast::Sender<Change>,
     writer: Arc<Writer>,
     event_cap: usize,
+    readers: Arc<Readers>,
 }
+
+type ReadJob = Box<dyn FnOnce(&Database) + Send>;
+
+/// The store's own reader threads, a fixed few: reads wait in their queue
+/// rather than each taking one of tokio's blocking threads. Unbounded, a boot
+/// storm started hundreds of those (tokio allows 512), each with its stack
+/// and, under glibc, a malloc arena that keeps its peak: over 1 GiB at 20,000
+/// machines (BENCHMARKS.md, "Boot storm"). When the last handle goes, the
+/// queue closes and the threads are joined.
+struct Readers {
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<ReadJob>>>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Readers {
+    fn start(db: &Arc<Database>, n: usize) -> std::io::Result<Readers> {
+        let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let (db, rx) = (db.clone(), rx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("redb-reader-{i}"))
+                    .spawn(move || {
+                        loop {
+                            // The lock is held only to take one job.
+                            let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            match job {
+                                Ok(job) => job(&db),
+                                Err(_) => return,
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(Readers {
+            jobs: std::sync::Mutex::new(Some(tx)),
+            threads: std::sync::Mutex::new(threads),
+        })
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        drop(self.jobs.lock().ok().and_then(|mut j| j.take()));
+        for t in self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A read the readers dropped unrun (the store is closing) or that panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the read was dropped unrun (the store is closing) or panicked")]
+struct ReadDropped;
 
 /// The writer thread's queue; when the last handle to the store goes, the queue
 /// closes and the thread is joined, so the file is closed when `drop` returns (a
@@ -264,6 +326,11 @@ impl RedbStore {
     /// The schema version this code writes; older files are migrated on open.
     pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+    /// Reader threads per core, by default: reads are short and mostly served
+    /// from the page cache, so a few per core keep the cores busy, and a read
+    /// waiting its turn costs a few bytes rather than a thread.
+    pub const READS_PER_CORE: usize = 4;
+
     /// Opens (or creates) the store file, bringing its schema up to
     /// [`Self::SCHEMA_VERSION`]. If the last process died mid-write, redb repairs
     /// the file here and the last committed state is what is read. A file written
@@ -300,6 +367,18 @@ impl RedbStore {
         .map_err(|e| Error::backend("redb", e))??;
         tracing::debug!(path = %path.display(), "opened embedded store");
         let db = Arc::new(db);
+        let readers = Readers::start(
+            &db,
+            Self::READS_PER_CORE
+                * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        )
+        .map_err(|e| {
+            StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            }
+            .into_core("redb")
+        })?;
         let (jobs_tx, jobs) = std::sync::mpsc::channel();
         let d = db.clone();
         let thread = std::thread::Builder::new()
@@ -321,7 +400,21 @@ impl RedbStore {
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
             event_cap: crate::MAX_EVENTS_PER_MACHINE,
+            readers: Arc::new(readers),
         })
+    }
+
+    /// Runs reads on `n` threads of its own (at least 1) instead of
+    /// [`Self::READS_PER_CORE`] per core; the others wait their turn.
+    pub fn with_reader_threads(mut self, n: usize) -> Result<Self> {
+        self.readers = Arc::new(Readers::start(&self.db, n).map_err(|e| {
+            StoreError::Open {
+                path: self.path.clone(),
+                source: e.into(),
+            }
+            .into_core("redb")
+        })?);
+        Ok(self)
     }
 
     /// Keeps the newest `cap` events of each machine (at least 1) instead of
@@ -383,10 +476,25 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| Error::backend("redb", e))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: ReadJob = Box::new(move |db| {
+            // A panicking read answers its caller with an error (the dropped
+            // sender) and leaves the reader thread serving.
+            if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(db))) {
+                let _ = tx.send(r);
+            }
+        });
+        let queued = self
+            .readers
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.as_ref().map(|j| j.send(job).is_ok()))
+            .unwrap_or(false);
+        if !queued {
+            return Err(Error::backend("redb", ReadDropped));
+        }
+        rx.await.map_err(|_| Error::backend("redb", ReadDropped))?
     }
 
     fn notify(&self, changes: Vec<Change>) {

@@ -5,7 +5,7 @@
 use super::{hardware, mac, rendered_workflow, template};
 use crate::error::Error;
 use crate::model::{Kind, Object, ObjectKey};
-use crate::state::{ActionOutcome, ActionState, WorkflowEvent, WorkflowState};
+use crate::state::{ActionOutcome, ActionState, Effect, WorkflowEvent, WorkflowState};
 use crate::store::{MachineEvent, Precondition, WorkflowStore, WorkflowStoreExt};
 use jiff::{SignedDuration, Timestamp};
 use std::collections::HashSet;
@@ -356,10 +356,25 @@ pub async fn claim_and_report_in_order(store: &dyn WorkflowStore) {
     };
     let applied = store.apply_event(&key, &ok, t0()).await.unwrap();
     assert_eq!(applied.workflow.value.state(), Some(WorkflowState::Running));
-    let err = store.apply_event(&key, &ok, t0()).await.unwrap_err();
+    // The same report again (its answer was lost): kept, not written twice.
+    let again = store.apply_event(&key, &ok, t0()).await.unwrap();
+    assert_eq!(
+        again.effect,
+        Effect::AlreadyRecorded(WorkflowState::Running),
+        "the same report again for the same claim"
+    );
+    assert_eq!(again.workflow.version, applied.workflow.version);
+    let other = WorkflowEvent::Report {
+        action: 0,
+        attempt: 1,
+        outcome: ActionOutcome::Timeout {
+            message: String::new(),
+        },
+    };
+    let err = store.apply_event(&key, &other, t0()).await.unwrap_err();
     assert!(
         matches!(err, Error::Transition { .. }),
-        "a second report for the same claim: {err}"
+        "another outcome for the same claim: {err}"
     );
 
     let b = store
