@@ -314,6 +314,15 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// The store at (or the directory of) `path` could not be opened.
+fn open_err(path: &Path, e: impl Into<crate::error::BoxError>) -> Error {
+    StoreError::Open {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+    .into_core("redb")
+}
+
 fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::backend("redb", e.into())
 }
@@ -345,21 +354,9 @@ impl RedbStore {
         let p = path.clone();
         let db = tokio::task::spawn_blocking(move || -> Result<Database> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Open {
-                        path: dir.to_path_buf(),
-                        source: e.into(),
-                    }
-                    .into_core("redb")
-                })?;
+                std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
             }
-            let db = Database::create(&p).map_err(|e| {
-                StoreError::Open {
-                    path: p.clone(),
-                    source: e.into(),
-                }
-                .into_core("redb")
-            })?;
+            let db = Database::create(&p).map_err(|e| open_err(&p, e))?;
             migrate(&db, &p, steps)?;
             Ok(db)
         })
@@ -372,25 +369,13 @@ impl RedbStore {
             Self::READS_PER_CORE
                 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         )
-        .map_err(|e| {
-            StoreError::Open {
-                path: path.clone(),
-                source: e.into(),
-            }
-            .into_core("redb")
-        })?;
+        .map_err(|e| open_err(&path, e))?;
         let (jobs_tx, jobs) = std::sync::mpsc::channel();
         let d = db.clone();
         let thread = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer_loop(d, jobs))
-            .map_err(|e| {
-                StoreError::Open {
-                    path: path.clone(),
-                    source: e.into(),
-                }
-                .into_core("redb")
-            })?;
+            .map_err(|e| open_err(&path, e))?;
         Ok(RedbStore {
             db,
             path,
@@ -407,13 +392,7 @@ impl RedbStore {
     /// Runs reads on `n` threads of its own (at least 1) instead of
     /// [`Self::READS_PER_CORE`] per core; the others wait their turn.
     pub fn with_reader_threads(mut self, n: usize) -> Result<Self> {
-        self.readers = Arc::new(Readers::start(&self.db, n).map_err(|e| {
-            StoreError::Open {
-                path: self.path.clone(),
-                source: e.into(),
-            }
-            .into_core("redb")
-        })?);
+        self.readers = Arc::new(Readers::start(&self.db, n).map_err(|e| open_err(&self.path, e))?);
         Ok(self)
     }
 
