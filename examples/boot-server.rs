@@ -246,6 +246,7 @@ async fn run(a: Args) -> Result<(), String> {
         }
         None => None,
     };
+    let osie_from_assets = assets.is_some();
     let http = HttpServer::new(HttpConfig {
         store: store.clone(),
         metadata: Arc::new(
@@ -272,6 +273,7 @@ async fn run(a: Args) -> Result<(), String> {
         metrics: vec![dhcp.stats(), tftp.stats()],
         callers: callers.clone(),
         serves_machines: true,
+        osie_from_assets,
     });
     tracing::info!(interface = %a.interface, address = %a.address, mode = if a.proxy { "proxy" } else { "reservation" }, http = %http_base, "serving");
 

@@ -244,6 +244,9 @@ impl ControlPlane {
     ) -> Services {
         let http = format!("http://{http_addr}");
         let mut osie = self.osie;
+        // Our own assets serve the in-memory OS: a script sends a machine to
+        // it only while it is there.
+        let osie_from_assets = osie.base_url.is_empty() && self.assets.is_some();
         if osie.base_url.is_empty() {
             osie.base_url = format!("{http}/assets");
         }
@@ -364,6 +367,7 @@ impl ControlPlane {
                     .with_observed_addresses(callers.observed.clone()),
             ),
             callers,
+            osie_from_assets,
             ..HttpConfig::new(self.store.clone())
         };
         let https = tls.map(|(identity, _)| {

@@ -15,7 +15,7 @@ mod netlab;
 #[path = "../benches/support/mod.rs"]
 mod bench_support;
 
-use netlab::{Lab, example, have, require_real};
+use netlab::{Lab, example, have, require_real, shipped_osie, target_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -26,13 +26,6 @@ const VETH_MAC: &str = "52:54:00:00:00:f5";
 const HTTP: u16 = 8080;
 /// Printed by the action once the image's own tools have run.
 const TOOLS_OK: &str = "TINKER-OSIE-TOOLS-OK";
-
-/// `target/`, where the build's cache and images live between runs.
-fn target_dir() -> PathBuf {
-    // target/debug/deps/<test> -> target
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().to_path_buf()
-}
 
 /// Whether the build's tools are here (and, under CI, that they must be).
 fn can_build() -> bool {
@@ -53,33 +46,11 @@ fn can_build() -> bool {
     false
 }
 
-/// Runs `osie build` for x86_64 into `target/NAME` with this test build's
-/// worker; returns the directory and what the command printed.
-fn osie_build(name: &str) -> (PathBuf, String) {
-    let out = target_dir().join(name);
-    let o = Command::new(example("osie"))
-        .args(["build", "--arch", "x86_64", "--out"])
-        .arg(&out)
-        .arg("--cache")
-        .arg(target_dir().join("tinker-osie-cache"))
-        .arg("--worker")
-        .arg(example("worker"))
-        .output()
-        .expect("osie");
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "osie build failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (out, stdout)
-}
-
 /// The image, built once per test run and shared by the tests.
 fn image() -> PathBuf {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE
-        .get_or_init(|| osie_build("tinker-osie-x86_64").0)
+        .get_or_init(|| shipped_osie("tinker-osie-x86_64").0)
         .clone()
 }
 
@@ -105,12 +76,12 @@ fn building_twice_gives_identical_bytes() {
     let first = image();
     let before = std::fs::read(first.join("initramfs")).unwrap();
     // Again into the same directory: from the cache, the archive is unchanged.
-    let (_, again) = osie_build("tinker-osie-x86_64");
+    let (_, again) = shipped_osie("tinker-osie-x86_64");
     assert!(again.contains(", unchanged"), "{again}");
     // And into a fresh directory: assembled again, byte for byte the same.
     let fresh = target_dir().join("tinker-osie-x86_64-fresh");
     let _ = std::fs::remove_dir_all(&fresh);
-    let (fresh, printed) = osie_build("tinker-osie-x86_64-fresh");
+    let (fresh, printed) = shipped_osie("tinker-osie-x86_64-fresh");
     assert!(!printed.contains(", unchanged"), "{printed}");
     for f in ["initramfs", "vmlinuz", "manifest"] {
         assert!(
@@ -126,24 +97,8 @@ fn building_twice_gives_identical_bytes() {
     // the size we aim for.
     let manifest = std::fs::read_to_string(first.join("manifest")).unwrap();
     assert!(!manifest.contains("module-not-found"), "{manifest}");
-    for m in [
-        "nvme",
-        "ahci",
-        "virtio_net",
-        "virtio_blk",
-        "e1000",
-        "e1000e",
-        "igb",
-        "igc",
-        "ixgbe",
-        "i40e",
-        "ice",
-        "bnxt_en",
-        "mlx5_core",
-        "r8169",
-        "megaraid_sas",
-        "mpt3sas",
-    ] {
+    // Every driver the plan names (the disks and NICs among them).
+    for m in tinker_osie::plan::MODULES {
         assert!(
             manifest.contains(&format!("\nmodule {m} wanted\n")),
             "{m} in {manifest}"

@@ -24,7 +24,7 @@ mod netlab;
 #[path = "../benches/support/mod.rs"]
 mod bench_support;
 
-use netlab::{Lab, built_by_script, example, have};
+use netlab::{Lab, built_by_script, example, have, shipped_osie};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -45,10 +45,10 @@ const WRITTEN: &str = "written into ext4 by the writefile action";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
-/// Builds (cached under `target/`) the kernel, the in-memory OS with the worker,
-/// and the GPT disk image with its layout (`disk.env`).
+/// Builds (cached under `target/`) the installed OS's kernel and the GPT disk
+/// image with its layout (`disk.env`).
 fn vm_os() -> PathBuf {
-    built_by_script("build-vm-os.sh", "tinker-vm-gpt", &[&example("worker")])
+    built_by_script("build-vm-os.sh", "tinker-vm-gpt", &[])
 }
 
 /// The in-memory OS the VM netboots into: its kernel, its initramfs, and what it
@@ -61,31 +61,9 @@ struct InMemoryOs {
 }
 
 fn in_memory_os() -> InMemoryOs {
-    // The in-memory OS we ship (`osie build`), built with this test build's
-    // worker into the directory tests/osie.rs uses, so the two share one build
-    // and the download cache.
-    let target = std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .to_path_buf();
-    let out = target.join("tinker-osie-x86_64");
-    let o = Command::new(example("osie"))
-        .args(["build", "--arch", "x86_64", "--out"])
-        .arg(&out)
-        .arg("--cache")
-        .arg(target.join("tinker-osie-cache"))
-        .arg("--worker")
-        .arg(example("worker"))
-        .output()
-        .expect("osie");
-    assert!(
-        o.status.success(),
-        "osie build failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    // The in-memory OS we ship, built into the directory tests/osie.rs
+    // uses, so the two share one build and the download cache.
+    let (out, _) = shipped_osie("tinker-osie-x86_64");
     InMemoryOs {
         kernel: out.join("vmlinuz"),
         initrd: out.join("initramfs"),

@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the end-to-end VM test boots, from Debian packages, without
 # mounting anything and without root:
-#   vmlinuz        Debian's kernel (linux-image-amd64)
-#   osie.img       the in-memory OS: busybox-static, the modules for the NIC, the
-#                  disk and ext4 (for `writefile`), and our worker binary with the
-#                  shared libraries ldd lists; it takes an address by DHCP and runs
-#                  the worker, which reads its control plane and token from the
-#                  kernel command line
+#   vmlinuz        Debian's kernel (linux-image-amd64), the installed OS's
 #   disk.img.gz    a disk laid out as a real OS image is: GPT (sfdisk on a file),
 #                  partition 1 an EFI system partition (FAT, written with mtools)
 #                  holding GRUB at the removable-media path /EFI/BOOT/BOOTX64.EFI,
@@ -22,11 +17,12 @@
 # GRUB rather than systemd-boot: systemd-boot reads its kernel only from the ESP
 # (or an XBOOTLDR partition, FAT too, without an EFI ext4 driver), GRUB reads it
 # from the ext4 root as a real installation does.
-# Usage: build-vm-os.sh OUTDIR WORKER_BINARY
-# Cached: the downloads are kept; the images are rebuilt when this script changes,
-# osie.img also when the worker is newer.
+# The in-memory OS the VM netboots is the one we ship (`osie build`), not built
+# here.
+# Usage: build-vm-os.sh OUTDIR
+# Cached: the downloads are kept; the images are rebuilt when this script changes.
 set -euo pipefail
-out=$1; worker=$(realpath "$2")
+out=$1
 script=$(realpath "$0")
 mkdir -p "$out/cache"; cd "$out"
 # Scratch space, removed however the script ends.
@@ -93,33 +89,6 @@ udhcpc -i eth0 -s /bin/dhcp-hook -n -q -t 20 >/dev/null 2>&1
 '
 
 pack() { (cd "$1" && find . | LC_ALL=C sort | "$bb" cpio -o -H newc 2>/dev/null | gzip -1 -n) > "$2"; }
-
-# --- The in-memory OS with the worker -------------------------------------------
-if [ ! -f osie.img ] || [ "$worker" -nt osie.img ]; then
-  r=$tmp/osie; mkdir -p "$r"
-  base_root "$r"
-  dhcp_hook "$r"
-  strip -o "$r/bin/worker" "$worker"
-  # The worker's shared libraries, at the paths the dynamic loader looks for them.
-  ldd "$worker" | awk '/=>/{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
-    [ -f "$lib" ] || continue
-    mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
-  done
-  mkdir -p "$r/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$r/lib64/"
-  cat > "$r/init" <<INIT
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-$LOAD_MODULES
-$DHCP
-echo "TINKER-OSIE-BOOTED ip=\$(cat /tmp/ip 2>/dev/null) disks=\$(ls /sys/block | tr '\n' ,)"
-/bin/worker --no-docker
-echo "TINKER-OSIE-WORKER-EXITED \$?"
-exec sleep 2147483647
-INIT
-  chmod +x "$r/init"
-  pack "$r" osie.img
-fi
 
 # --- The installed OS on a GPT disk -----------------------------------------------
 if [ ! -f disk.img.gz ]; then

@@ -282,19 +282,40 @@ pub fn test_os() -> PathBuf {
     built_by_script("build-test-os.sh", "tinker-test-os", &[])
 }
 
+/// `target/`, where what the tests build is cached between runs.
+pub fn target_dir() -> PathBuf {
+    // target/debug/deps/<test> -> target
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+/// Runs `osie build` for x86_64 (the in-memory OS we ship) with this test
+/// build's worker into `target/NAME`, sharing one download cache; returns the
+/// directory and what the command printed.
+pub fn shipped_osie(name: &str) -> (PathBuf, String) {
+    let out = target_dir().join(name);
+    let o = Command::new(example("osie"))
+        .args(["build", "--arch", "x86_64", "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(target_dir().join("tinker-osie-cache"))
+        .arg("--worker")
+        .arg(example("worker"))
+        .output()
+        .expect("osie");
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "osie build failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (out, stdout)
+}
+
 /// Runs `tests/support/SCRIPT OUT ARGS...` with `OUT` = `target/OUT_NAME` (the
 /// scripts cache what they build there); returns `OUT`.
 pub fn built_by_script(script: &str, out_name: &str, args: &[&Path]) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/<test> -> target/<out_name>
-    let out = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join(out_name);
+    let out = target_dir().join(out_name);
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(script);

@@ -16,6 +16,8 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
     std::fs::create_dir_all(&assets).unwrap();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(assets.join("image.raw"), &data).unwrap();
+    std::fs::write(assets.join("vmlinuz"), b"kernel").unwrap();
+    std::fs::write(assets.join("initrd.img"), b"initrd").unwrap();
     std::fs::write(dir.path().join("secret"), b"private").unwrap();
     let binaries = dir.path().join("ipxe");
     std::fs::create_dir_all(&binaries).unwrap();
@@ -59,6 +61,7 @@ async fn serve(trusted: Vec<std::net::IpAddr>) -> (u16, tempfile::TempDir) {
         metrics: vec![],
         callers: Default::default(),
         serves_machines: true,
+        osie_from_assets: true,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -195,6 +198,45 @@ async fn metadata_is_the_callers_own() {
             &["X-Forwarded-For: 10.9.9.9"],
         );
         assert!(st.contains("404"), "unknown caller: {st}");
+    })
+    .await
+    .unwrap();
+}
+
+/// The in-memory OS comes from the assets: a machine is never sent to a
+/// kernel that is not there, even one removed while the server runs; it is
+/// told what is missing and asks again, and boots once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_never_sends_a_machine_to_a_missing_kernel() {
+    let (port, dir) = serve(vec![]).await;
+    let assets = dir.path().join("assets");
+    tokio::task::spawn_blocking(move || {
+        let script = || {
+            let (st, _, b) = request(port, "GET", "/ipxe/02:00:00:00:00:01/auto.ipxe", &[]);
+            assert!(st.contains("200"), "{st}");
+            String::from_utf8_lossy(&b).to_string()
+        };
+        assert!(script().contains("kernel ${base-url}/vmlinuz"));
+        std::fs::remove_file(assets.join("vmlinuz")).unwrap();
+        let waiting = script();
+        assert!(!waiting.contains("kernel "), "{waiting}");
+        assert!(
+            waiting.contains("vmlinuz missing from its assets")
+                && waiting.contains("sleep 30")
+                && waiting.contains("chain --replace --autofree auto.ipxe"),
+            "{waiting}"
+        );
+        std::fs::remove_file(assets.join("initrd.img")).unwrap();
+        assert!(script().contains("(vmlinuz and initrd.img missing"));
+        let (_, _, metrics) = request(port, "GET", "/metrics", &[]);
+        let metrics = String::from_utf8_lossy(&metrics).to_string();
+        assert!(
+            metrics.contains("tinker_http_ipxe_scripts_osie_missing_total 2"),
+            "{metrics}"
+        );
+        std::fs::write(assets.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(assets.join("initrd.img"), b"initrd").unwrap();
+        assert!(script().contains("kernel ${base-url}/vmlinuz"));
     })
     .await
     .unwrap();

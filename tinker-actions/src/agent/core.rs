@@ -26,6 +26,9 @@ use tinker_core::worker_api::{
 };
 use tinker_core::{Error, Result, Retryable};
 
+/// The longest the agent waits, when told to, before asking for work again.
+pub const MAX_SERVER_PAUSE: Duration = Duration::from_secs(60);
+
 /// The first wait before retrying a failed call (it doubles up to
 /// [`AgentConfig::max_backoff`]).
 pub const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -325,19 +328,29 @@ impl AgentCore {
         match reply {
             Ok(Reply::NextAction(NextActionResponse::Action(action))) => self.start(now, action),
             Ok(reply) => {
-                if let Reply::NextAction(NextActionResponse::Wait { reason, .. }) = reply {
+                let mut pause = self.poll_interval;
+                if let Reply::NextAction(NextActionResponse::Wait {
+                    reason,
+                    retry_after_seconds,
+                }) = reply
+                {
                     self.emit(AgentEvent::NoActionYet { reason });
+                    // The control plane knows when asking again is worth it
+                    // (a machine being prepared, netboot turned off); its
+                    // word is bounded, so a wrong one cannot park the agent.
+                    pause = pause
+                        .max(Duration::from_secs(retry_after_seconds.into()).min(MAX_SERVER_PAUSE));
                 }
-                let idle = now.duration_since(self.idle_since);
-                let done = self
+                let idle_exit = self
                     .idle_exit
                     .and_then(|d| SignedDuration::try_from(d).ok())
-                    .is_some_and(|d| idle >= d);
-                if done {
+                    .map(|d| self.idle_since + d);
+                if idle_exit.is_some_and(|at| now >= at) {
                     self.finish(Ok(self.summary.clone()));
                 } else {
+                    let until = now + pause;
                     self.phase = Phase::Pausing {
-                        until: now + self.poll_interval,
+                        until: idle_exit.map_or(until, |at| until.min(at)),
                     };
                 }
             }

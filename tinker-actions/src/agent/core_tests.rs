@@ -368,18 +368,46 @@ fn a_report_is_retried_until_the_control_plane_has_it_and_a_failure_takes_no_fin
     assert_eq!(summary.ran.len(), 1);
 }
 
-#[test]
-fn nothing_to_do_asks_again_after_the_poll_interval_and_stops_when_idle_long_enough() {
-    let mut core = AgentCore::new(&config().with_idle_exit(secs(2)), "run", t0());
-    let wait = || {
+/// Asks, is told to wait `retry_after` seconds, and returns when the core
+/// will ask again.
+fn next_ask_after_a_wait(core: &mut AgentCore, now: Timestamp, retry_after: u32) -> Timestamp {
+    let ask = one_send(core);
+    core.handle_reply(
+        now,
+        ask.id,
         Ok(Reply::NextAction(NextActionResponse::Wait {
-            retry_after_seconds: 3,
+            retry_after_seconds: retry_after,
             reason: "no action".into(),
-        }))
-    };
+        })),
+    );
+    let next = core.poll_timeout().expect("a pause");
+    core.handle_timeout(next);
+    next
+}
+
+#[test]
+fn nothing_to_do_asks_again_when_the_control_plane_says_and_not_sooner_than_the_poll_interval() {
+    let mut core = AgentCore::new(&config(), "run", t0());
     let mut now = t0();
-    let mut asked = Vec::new();
+    for (retry_after, pause) in [
+        (3, Duration::from_secs(3)),
+        // No advice (or a refusal turned into a wait): the poll interval.
+        (0, Duration::from_millis(500)),
+        // Advice past the bound is bounded.
+        (u32::MAX, MAX_SERVER_PAUSE),
+    ] {
+        let next = next_ask_after_a_wait(&mut core, now, retry_after);
+        assert_eq!(next, now + pause, "told {retry_after} s");
+        now = next;
+    }
+}
+
+#[test]
+fn nothing_to_do_is_told_each_time_and_stops_when_idle_long_enough() {
+    let mut core = AgentCore::new(&config().with_idle_exit(secs(5)), "run", t0());
+    let mut now = t0();
     let mut waits_told = 0;
+    let mut asked = vec![];
     loop {
         let out = drain(&mut core);
         // Each wait is told, with the control plane's reason (the in-memory
@@ -395,17 +423,23 @@ fn nothing_to_do_asks_again_after_the_poll_interval_and_stops_when_idle_long_eno
         let Some(Output::Send(ask)) = out.iter().find(|o| matches!(o, Output::Send(_))) else {
             panic!("{out:?}")
         };
-        asked.push((request_id(ask), now));
-        core.handle_reply(now, ask.id, wait());
+        asked.push(now);
+        core.handle_reply(
+            now,
+            ask.id,
+            Ok(Reply::NextAction(NextActionResponse::Wait {
+                retry_after_seconds: 3,
+                reason: "no action".into(),
+            })),
+        );
         if let Some(next) = core.poll_timeout() {
-            assert_eq!(next, now + Duration::from_millis(500));
             now = next;
             core.handle_timeout(now);
         }
     }
-    assert_eq!(asked.len(), 5, "{asked:?}");
-    assert_eq!(asked[4], ("run-5".to_string(), t0() + secs(2)));
-    assert_eq!(waits_told, 5, "one `no action yet` per wait");
+    // At 0 and 3 s as told, then at the idle limit (5 s, not 6), where it stops.
+    assert_eq!(asked, [t0(), t0() + secs(3), t0() + secs(5)]);
+    assert_eq!(waits_told, 3, "one `no action yet` per wait");
 }
 
 #[test]

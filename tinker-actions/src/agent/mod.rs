@@ -60,7 +60,8 @@ pub struct AgentConfig {
     pub max_actions: Option<usize>,
     /// Stop when the control plane has had nothing to do for this long (tests).
     pub idle_exit: Option<Duration>,
-    /// How long to wait before asking again when there is nothing to do.
+    /// The least wait before asking again when there is nothing to do; the
+    /// control plane's `retry_after_seconds` lengthens it (up to a minute).
     pub poll_interval: Duration,
     /// Seeds the retry jitter, for runs that must repeat exactly (simulations);
     /// `None`: seeded by the operating system.

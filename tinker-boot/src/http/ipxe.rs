@@ -155,6 +155,52 @@ pub fn in_memory_os(hw: &Hardware, osie: &OsieConfig) -> InMemoryOs {
     }
 }
 
+/// The kernel and initrd, by name under [`OsieConfig::base_url`], that the
+/// machine's script sends it to: `None` when it boots something else (netboot
+/// off, a script of its own, HookOS) or its Hardware names another base URL.
+pub fn osie_assets(hw: &Hardware, mac: MacAddr, osie: &OsieConfig) -> Option<(String, String)> {
+    let netboot = hw.interface(mac).and_then(|i| i.netboot.as_ref())?;
+    if netboot.allow_pxe != Some(true)
+        || netboot
+            .ipxe
+            .as_ref()
+            .is_some_and(|i| i.contents.is_some() || i.url.is_some())
+        || in_memory_os(hw, osie) != InMemoryOs::Tinker
+    {
+        return None;
+    }
+    let o = netboot.osie.as_ref();
+    if o.is_some_and(|o| o.base_url.is_some()) {
+        return None;
+    }
+    Some((
+        o.and_then(|o| o.kernel.clone())
+            .unwrap_or_else(|| osie.kernel.clone()),
+        o.and_then(|o| o.initrd.clone())
+            .unwrap_or_else(|| osie.initrd.clone()),
+    ))
+}
+
+/// The script of a machine whose in-memory OS is not there yet: it says what
+/// is missing on the console and asks for its script again (relative to its
+/// own URL), so it boots once the operator has built it.
+pub fn osie_missing_script(missing: &[&str]) -> String {
+    let secs = super::OSIE_MISSING_RETRY_SECONDS;
+    format!(
+        "#!ipxe\necho Tinker: the in-memory OS is not on the server ({} missing from its assets); asking again in {secs} s\nsleep {secs}\nchain --replace --autofree auto.ipxe\n",
+        missing
+            .iter()
+            // A name is the operator's: nothing in it may end the echo line
+            // or be expanded by iPXE (`${...}`).
+            .map(|f| f.replace(
+                |c: char| !(c.is_ascii_alphanumeric() || "._-/+".contains(c)),
+                "_"
+            ))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    )
+}
+
 /// Renders the script for a machine; `token` is its worker token, for the
 /// machine itself only.
 pub fn script(hw: &Hardware, mac: MacAddr, osie: &OsieConfig, token: Option<&Secret>) -> String {
@@ -402,7 +448,7 @@ impl HttpServer {
             return status(StatusCode::BAD_REQUEST, "not a MAC address\n");
         };
         match self.config.store.hardware_by_mac(mac).await {
-            Ok(Some(hw)) => self.serve_script(&hw.value, mac, caller),
+            Ok(Some(hw)) => self.serve_script(&hw.value, mac, caller).await,
             Ok(None) => status(StatusCode::NOT_FOUND, "unknown machine\n"),
             Err(e) => {
                 tracing::warn!(%mac, error = %e, "store lookup failed");
@@ -426,7 +472,7 @@ impl HttpServer {
                     })
                     .and_then(|d| d.mac.parse().ok());
                 match mac {
-                    Some(mac) => self.serve_script(&hw.value, mac, caller),
+                    Some(mac) => self.serve_script(&hw.value, mac, caller).await,
                     None => status(StatusCode::NOT_FOUND, "unknown machine\n"),
                 }
             }
@@ -438,8 +484,17 @@ impl HttpServer {
     /// The script, with the machine's token only when the caller is the
     /// machine: anyone can learn a MAC, so the by-MAC route gives others the
     /// script without it.
-    fn serve_script(&self, hw: &Hardware, mac: MacAddr, caller: IpAddr) -> Response<Body> {
+    async fn serve_script(&self, hw: &Hardware, mac: MacAddr, caller: IpAddr) -> Response<Body> {
         self.stats.scripts.fetch_add(1, Ordering::Relaxed);
+        if let Some(missing) = self.osie_missing(hw, mac).await {
+            self.stats
+                .scripts_osie_missing
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%mac, machine = %hw.metadata.name, ?missing, "the in-memory OS is missing from the assets: the machine is told to wait");
+            return plain_script(osie_missing_script(
+                &missing.iter().map(String::as_str).collect::<Vec<_>>(),
+            ));
+        }
         let itself = self.config.callers.is_machine(hw, mac, caller);
         let token =
             match &self.config.osie.worker_secret {
@@ -460,14 +515,37 @@ impl HttpServer {
             let machine = format!("{}/{}", hw.metadata.namespace(), hw.metadata.name);
             self.record_machine_event(machine, EventKind::IpxeScriptServed { mac });
         }
-        let body = script(hw, mac, &self.config.osie, token.as_ref());
-        let mut r = Response::new(super::body::full(body));
-        r.headers_mut()
-            .insert("content-type", "text/plain".parse().expect("static header"));
-        r.headers_mut()
-            .insert("cache-control", "no-store".parse().expect("static header"));
-        r
+        plain_script(script(hw, mac, &self.config.osie, token.as_ref()))
     }
+
+    /// The files of the machine's in-memory OS missing from the assets, when
+    /// this server serves them; `None` when nothing is missing.
+    async fn osie_missing(&self, hw: &Hardware, mac: MacAddr) -> Option<Vec<String>> {
+        if !self.config.osie_from_assets {
+            return None;
+        }
+        let (kernel, initrd) = osie_assets(hw, mac, &self.config.osie)?;
+        let mut missing = Vec::new();
+        for f in [kernel, initrd] {
+            let here = match &self.config.assets {
+                Some(assets) => assets.contains(&f).await,
+                None => false,
+            };
+            if !here {
+                missing.push(f);
+            }
+        }
+        (!missing.is_empty()).then_some(missing)
+    }
+}
+
+fn plain_script(body: String) -> Response<Body> {
+    let mut r = Response::new(super::body::full(body));
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().expect("static header"));
+    r.headers_mut()
+        .insert("cache-control", "no-store".parse().expect("static header"));
+    r
 }
 
 #[cfg(test)]
@@ -476,6 +554,19 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const MAC: MacAddr = MacAddr([0x3c, 0xec, 0xef, 0x4c, 0x4f, 0x54]);
+
+    #[test]
+    fn a_missing_file_name_cannot_change_the_waiting_script() {
+        let s = osie_missing_script(&["vmlinuz\nshell", "${net0/ip}.img"]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 4, "{s}");
+        assert_eq!(lines[0], "#!ipxe");
+        assert!(
+            lines[1].contains("(vmlinuz_shell and __net0/ip_.img missing"),
+            "{s}"
+        );
+        assert_eq!(lines[3], "chain --replace --autofree auto.ipxe");
+    }
 
     fn hookos_config() -> OsieConfig {
         OsieConfig {

@@ -144,6 +144,7 @@ pub(crate) const HTTP: &[CounterRow<super::HttpStats>] = rows! { super::HttpStat
     asset_bytes => "tinker_http_asset_bytes", "boot asset bytes sent";
     refused => "tinker_http_refused", "paths refused";
     scripts_without_token => "tinker_http_ipxe_scripts_without_token", "iPXE scripts served without the machine's token to a caller not the machine";
+    scripts_osie_missing => "tinker_http_ipxe_scripts_osie_missing", "iPXE scripts that told a machine to wait because its in-memory OS was missing from the assets";
 };
 
 impl MetricsSource for crate::dhcp::DhcpStats {

@@ -99,6 +99,9 @@ pub struct HttpStats {
     /// Scripts served without the machine's token, to a caller that is not the
     /// machine (someone who knows its MAC).
     pub scripts_without_token: AtomicU64,
+    /// Scripts that told a machine to wait: its in-memory OS (kernel or
+    /// initrd) was missing from the assets.
+    pub scripts_osie_missing: AtomicU64,
 }
 
 /// Everything the HTTP server serves from.
@@ -127,7 +130,16 @@ pub struct HttpConfig {
     /// metadata). `false` for a management listener, which serves only the
     /// extra routes (the operator's), `/metrics` and `/healthz`.
     pub serves_machines: bool,
+    /// The in-memory OS's kernel and initrd are served from `assets` (the
+    /// base URL is this server's `/assets`): a machine is sent to them only
+    /// while both are there, checked at each script; otherwise its script
+    /// says what is missing and asks again in [`OSIE_MISSING_RETRY_SECONDS`].
+    pub osie_from_assets: bool,
 }
+
+/// How long a machine whose in-memory OS is missing waits before asking for
+/// its script again.
+pub const OSIE_MISSING_RETRY_SECONDS: u32 = 30;
 
 impl HttpConfig {
     /// A configuration over `store` with its metadata from the same store, no
@@ -144,6 +156,7 @@ impl HttpConfig {
             metrics: Vec::new(),
             callers: Default::default(),
             serves_machines: true,
+            osie_from_assets: false,
         }
     }
 }

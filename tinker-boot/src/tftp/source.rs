@@ -270,6 +270,21 @@ impl FileSource {
         .unwrap_or(Err(SourceError::NotFound))
     }
 
+    /// Whether `requested` is here now (a named file, or a regular file in the
+    /// directory, with the same checks as [`get`](Self::get)); asked of the
+    /// disk off the async threads, and again each time: a file removed while
+    /// the server runs is missing from then on.
+    pub async fn contains(&self, requested: &str) -> bool {
+        if self.named_file(requested).is_some() {
+            return true;
+        }
+        let this = self.clone();
+        let requested = requested.to_string();
+        tokio::task::spawn_blocking(move || this.resolve_path(&requested).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
     /// The real path of a file in the served directory (for streaming large
     /// assets over HTTP), with the same checks as [`get`](Self::get).
     pub fn resolve_path(&self, requested: &str) -> Result<PathBuf, SourceError> {
