@@ -141,6 +141,12 @@ pub struct ControlPlane {
     pub tftp_files: FileSource,
     /// Kernels, initrds and images, served at `/assets`.
     pub assets: Option<FileSource>,
+    /// Whether each iPXE script first checks that the in-memory OS's kernel
+    /// and initrd are in [`assets`](Self::assets) when this replica serves
+    /// them (`osie.base_url` empty): on by default, so a machine is never
+    /// sent to a kernel that is not there. A simulation whose machines boot
+    /// no kernel turns it off.
+    pub check_osie_assets: bool,
     /// The in-memory OS and where its worker reports. `base_url` and
     /// `control_plane` empty: this replica's own HTTP address. `control_plane`
     /// may list every replica, comma-separated, for the workers to fail over.
@@ -204,6 +210,7 @@ impl ControlPlane {
             tftp_files: FileSource::ipxe_binaries("/usr/lib/ipxe")
                 .unwrap_or_else(|_| FileSource::empty()),
             assets: None,
+            check_osie_assets: true,
             osie: OsieConfig {
                 kernel: "vmlinuz".into(),
                 initrd: "initrd.img".into(),
@@ -246,7 +253,8 @@ impl ControlPlane {
         let mut osie = self.osie;
         // Our own assets serve the in-memory OS: a script sends a machine to
         // it only while it is there.
-        let osie_from_assets = osie.base_url.is_empty() && self.assets.is_some();
+        let osie_from_assets =
+            self.check_osie_assets && osie.base_url.is_empty() && self.assets.is_some();
         if osie.base_url.is_empty() {
             osie.base_url = format!("{http}/assets");
         }

@@ -23,7 +23,9 @@ use crate::common::{
     pending_migrations, taken,
 };
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Transaction,
+};
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use std::net::IpAddr;
@@ -35,6 +37,8 @@ use tinker_core::store::{
 };
 use tinker_core::{Error, MacAddr, Result};
 use tokio::sync::broadcast;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 const CHANNEL: &str = "tinker_changes";
 
@@ -235,9 +239,45 @@ async fn migrate(tx: &Transaction<'_>, store: &str, steps: &[Migration<&str>]) -
     Ok(found)
 }
 
+/// Statements run as prepared statements, prepared once per pooled connection
+/// and kept there (deadpool's statement cache): PostgreSQL parses each kind
+/// once per connection instead of on every call, and plans it generically
+/// after a few runs, and a call costs one round trip where an unnamed
+/// statement costs two.
+trait Prepared: GenericClient + Sync {
+    async fn execute_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.execute(&statement, params).await
+    }
+
+    async fn query_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    async fn query_opt_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+}
+
+impl<C: GenericClient + Sync> Prepared for C {}
+
 async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Versioned<Object>>> {
     let row = tx
-        .query_opt(
+        .query_opt_prepared(
             "SELECT version, body FROM objects WHERE key = $1 FOR UPDATE",
             &[&k],
         )
@@ -256,7 +296,7 @@ async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Version
 
 async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<()> {
     let payload = serde_json::to_string(change).map_err(json_err)?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+    tx.execute_prepared("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
         .await
         .map_err(pg)?;
     Ok(())
@@ -274,7 +314,7 @@ async fn write(
     for term in &add {
         if term.is_unique()
             && let Some(r) = tx
-                .query_opt(
+                .query_opt_prepared(
                     "SELECT key FROM index_terms WHERE term = $1 AND key <> $2",
                     &[&term.as_key(), &k],
                 )
@@ -292,7 +332,7 @@ async fn write(
         Some(v) if old.is_none() => {
             let body = serde_json::to_value(&v.value).map_err(json_err)?;
             let version = v.version as i64;
-            tx.execute(
+            tx.execute_prepared(
                 "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3)",
                 &[&k, &version, &body],
             )
@@ -311,7 +351,7 @@ async fn write(
         Some(v) => {
             let body = serde_json::to_value(&v.value).map_err(json_err)?;
             let version = v.version as i64;
-            tx.execute(
+            tx.execute_prepared(
                 "UPDATE objects SET version = $2, body = $3 WHERE key = $1",
                 &[&k, &version, &body],
             )
@@ -319,13 +359,13 @@ async fn write(
             .map_err(pg)?;
         }
         None => {
-            tx.execute("DELETE FROM objects WHERE key = $1", &[&k])
+            tx.execute_prepared("DELETE FROM objects WHERE key = $1", &[&k])
                 .await
                 .map_err(pg)?;
         }
     }
     for term in remove {
-        tx.execute(
+        tx.execute_prepared(
             "DELETE FROM index_terms WHERE term = $1 AND key = $2",
             &[&term.as_key(), &k],
         )
@@ -339,7 +379,7 @@ async fn write(
             // has just inserted, fails on `index_terms_unique` instead of being
             // skipped, which would leave two Hardware with one MAC.
             let r = tx
-                .execute(
+                .execute_prepared(
                     "INSERT INTO index_terms (term, key) VALUES ($1, $2) ON CONFLICT (term, key) DO NOTHING",
                     &[&term.as_key(), &k],
                 )
@@ -383,7 +423,7 @@ impl WorkflowStore for PostgresStore {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned<Object>>> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
+            .query_opt_prepared(
                 "SELECT version, body FROM objects WHERE key = $1",
                 &[&encode_key(key)],
             )
@@ -396,7 +436,7 @@ impl WorkflowStore for PostgresStore {
         let client = self.client().await?;
         let prefix = format!("{}%", kind_prefix(kind));
         let rows = client
-            .query(
+            .query_prepared(
                 "SELECT version, body FROM objects WHERE key LIKE $1 ORDER BY key COLLATE \"C\"",
                 &[&prefix],
             )
@@ -502,7 +542,7 @@ impl WorkflowStore for PostgresStore {
         let tx = client.transaction().await.map_err(pg)?;
         // Workflows another replica is updating right now are skipped, not waited for.
         let rows = tx
-            .query(
+            .query_prepared(
                 "SELECT o.key, o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
                  WHERE t.term = $1 ORDER BY o.key FOR UPDATE OF o SKIP LOCKED",
                 &[&IndexTerm::Worker(worker.to_string()).as_key()],
@@ -569,7 +609,7 @@ impl WorkflowStore for PostgresStore {
         // The sequence is the table's; the stored bodies get it too.
         let n = events.len() as i64;
         let mut seqs: Vec<i64> = tx
-            .query(
+            .query_prepared(
                 "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1::bigint)",
                 &[&n],
             )
@@ -587,7 +627,7 @@ impl WorkflowStore for PostgresStore {
             bodies.push(serde_json::to_value(&*event).map_err(json_err)?);
         }
         // The whole batch in one statement and one commit.
-        tx.execute(
+        tx.execute_prepared(
             "INSERT INTO events (seq, machine, body) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[])",
             &[&seqs, &machines, &bodies],
         )
@@ -599,7 +639,7 @@ impl WorkflowStore for PostgresStore {
         machines.dedup();
         let cap = self.event_cap as i64;
         for machine in &machines {
-            tx.execute(
+            tx.execute_prepared(
                 "DELETE FROM events WHERE machine = $1 AND seq <= \
                  (SELECT seq FROM events WHERE machine = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
                 &[machine, &cap],
@@ -614,7 +654,7 @@ impl WorkflowStore for PostgresStore {
         let client = self.client().await?;
         let limit = limit as i64;
         let rows = client
-            .query(
+            .query_prepared(
                 "SELECT body FROM events WHERE machine = $1 ORDER BY seq DESC LIMIT $2",
                 &[&machine, &limit],
             )
@@ -681,7 +721,7 @@ impl PostgresStore {
     async fn hardware_by(&self, term: IndexTerm) -> Result<Option<Versioned<Hardware>>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key WHERE t.term = $1 LIMIT 1", &[&term.as_key()])
+            .query_opt_prepared("SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key WHERE t.term = $1 LIMIT 1", &[&term.as_key()])
             .await
             .map_err(pg)?;
         Ok(
