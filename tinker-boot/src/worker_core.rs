@@ -256,13 +256,20 @@ impl WorkerCore {
     /// Why `worker` got no action: its unfinished workflow is being prepared,
     /// or it has none.
     pub async fn idle_reason(&self, worker: &str) -> Result<Idle, Error> {
-        let preparing = self.store.workflows().await?.into_iter().any(|wf| {
-            wf.value.status.as_ref().is_some_and(|s| {
-                !s.state.is_terminal()
-                    && s.machine.is_preparing()
-                    && s.tasks.iter().any(|t| t.agent_id == worker)
-            })
-        });
+        // From the store's index of the worker's unfinished workflows: an
+        // idle agent polls often, and this must not read every workflow.
+        let preparing = self
+            .store
+            .workflows_for_worker(worker)
+            .await?
+            .into_iter()
+            .any(|wf| {
+                wf.value.status.as_ref().is_some_and(|s| {
+                    !s.state.is_terminal()
+                        && s.machine.is_preparing()
+                        && s.tasks.iter().any(|t| t.agent_id == worker)
+                })
+            });
         Ok(if preparing {
             Idle::Preparing
         } else {

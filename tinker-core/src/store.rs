@@ -24,6 +24,19 @@ pub struct Versioned<T> {
     pub value: T,
 }
 
+impl Versioned<Object> {
+    /// The workflow, with its version, when the object is one.
+    pub fn into_workflow(self) -> Option<Versioned<Workflow>> {
+        match self.value {
+            Object::Workflow(w) => Some(Versioned {
+                version: self.version,
+                value: w,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The condition a write needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Precondition {
@@ -584,6 +597,22 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
         self.claim_next_action_for_request(worker, None, now).await
     }
 
+    /// The unfinished workflows with an action for `worker` (the objects
+    /// holding its [`IndexTerm::Worker`] term), ordered by key. The default
+    /// lists every workflow and keeps those; the stores answer from their
+    /// index, so a question about one worker (why an idle agent waits) does
+    /// not read the whole inventory.
+    async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
+        let term = IndexTerm::Worker(worker.to_string());
+        Ok(self
+            .list(Kind::Workflow)
+            .await?
+            .into_iter()
+            .filter(|v| index_terms(&v.value).contains(&term))
+            .filter_map(Versioned::into_workflow)
+            .collect())
+    }
+
     /// Appends to a machine's event log.
     ///
     /// The log is bounded: a store keeps the newest events of each machine up to
@@ -662,13 +691,7 @@ pub trait WorkflowStoreExt: WorkflowStore {
             .list(Kind::Workflow)
             .await?
             .into_iter()
-            .filter_map(|v| match v.value {
-                Object::Workflow(w) => Some(Versioned {
-                    version: v.version,
-                    value: w,
-                }),
-                _ => None,
-            })
+            .filter_map(Versioned::into_workflow)
             .collect())
     }
 }

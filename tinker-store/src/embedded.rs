@@ -51,7 +51,7 @@ use redb::{
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
+use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::state::WorkflowEvent;
 use tinker_core::store::{
     Applied, Assignment, Change, IndexTerm, MachineEvent, Precondition, Versioned, WorkflowStore,
@@ -709,6 +709,27 @@ impl WorkflowStore for RedbStore {
     async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
         self.blocking(move |db| hardware_by(db, &IndexTerm::Mac(mac)))
             .await
+    }
+
+    async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
+        let term = IndexTerm::Worker(worker.to_string()).as_key();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let index = txn.open_multimap_table(INDEX).map_err(db_err)?;
+            let objects = txn.open_table(OBJECTS).map_err(db_err)?;
+            let mut found = Vec::new();
+            for k in index.get(term.as_str()).map_err(db_err)? {
+                let k = k.map_err(db_err)?;
+                let Some(v) = objects.get(k.value()).map_err(db_err)? else {
+                    continue;
+                };
+                let stored: Versioned<Object> =
+                    serde_json::from_slice(v.value()).map_err(json_err)?;
+                found.extend(stored.into_workflow());
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {

@@ -199,6 +199,17 @@ impl WorkflowStore for MemoryStore {
         Ok(self.lock().hardware_by(&IndexTerm::Mac(mac)))
     }
 
+    async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
+        let inner = self.lock();
+        Ok(inner
+            .index
+            .get(&IndexTerm::Worker(worker.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| inner.objects.get(k).cloned()?.into_workflow())
+            .collect())
+    }
+
     async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
         Ok(self.lock().hardware_by(&IndexTerm::Ip(ip)))
     }

@@ -29,7 +29,7 @@ use deadpool_postgres::{
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use std::net::IpAddr;
-use tinker_core::model::{Hardware, Kind, Object, ObjectKey};
+use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::state::WorkflowEvent;
 use tinker_core::store::{
     Applied, Assignment, Change, IndexTerm, MachineEvent, Precondition, Versioned, WorkflowStore,
@@ -477,6 +477,23 @@ impl WorkflowStore for PostgresStore {
 
     async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
         self.hardware_by(IndexTerm::Mac(mac)).await
+    }
+
+    async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query_prepared(
+                "SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
+                 WHERE t.term = $1 ORDER BY o.key COLLATE \"C\"",
+                &[&IndexTerm::Worker(worker.to_string()).as_key()],
+            )
+            .await
+            .map_err(pg)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for r in rows {
+            found.extend(parse_row(r.get(0), r.get(1))?.into_workflow());
+        }
+        Ok(found)
     }
 
     async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {

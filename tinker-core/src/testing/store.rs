@@ -27,6 +27,7 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
     concurrent_creates_have_one_winner(store.clone(), 16).await;
     change_feed_reports_writes(store.as_ref()).await;
     claim_and_report_in_order(store.as_ref()).await;
+    workflows_of_a_worker(store.as_ref()).await;
     a_retried_claim_gets_the_same_action(store.as_ref()).await;
     failure_ends_the_workflow(store.as_ref()).await;
     timeouts_are_applied(store.as_ref()).await;
@@ -422,6 +423,48 @@ pub async fn claim_and_report_in_order(store: &dyn WorkflowStore) {
         status
             .actions()
             .all(|(_, a)| a.state == ActionState::Success)
+    );
+}
+
+/// A worker's unfinished workflows come from the index: another worker's are
+/// not among them, and a finished one leaves.
+pub async fn workflows_of_a_worker(store: &dyn WorkflowStore) {
+    let (me, other) = (mac(4101), mac(4102));
+    for (name, worker) in [("mine-b", me), ("theirs", other), ("mine-a", me)] {
+        let wf = rendered_workflow(name, worker, 1, 60);
+        store.put(wf.into(), Precondition::Absent).await.unwrap();
+    }
+    let names = |found: Vec<crate::store::Versioned<crate::model::Workflow>>| {
+        found
+            .into_iter()
+            .map(|v| v.value.metadata.name)
+            .collect::<Vec<_>>()
+    };
+    let mine = store.workflows_for_worker(&me.to_string()).await.unwrap();
+    assert_eq!(names(mine), ["mine-a", "mine-b"], "by key, only mine");
+    let first = store
+        .claim_next_action(&me.to_string(), t0())
+        .await
+        .unwrap()
+        .expect("an action");
+    let done = WorkflowEvent::Report {
+        action: first.action_index,
+        attempt: first.attempt,
+        outcome: ActionOutcome::Success,
+    };
+    store
+        .apply_event(&first.workflow, &done, t0())
+        .await
+        .unwrap();
+    let left = store.workflows_for_worker(&me.to_string()).await.unwrap();
+    assert_eq!(left.len(), 1, "the finished workflow left the index");
+    assert_ne!(left[0].value.metadata.name, first.workflow.name);
+    assert!(
+        store
+            .workflows_for_worker(&mac(4103).to_string())
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
