@@ -656,6 +656,8 @@ async fn the_run_loop_prepares_machines_side_by_side_within_its_limit() {
 struct PooledStore {
     inner: MemoryStore,
     pool: tokio::sync::Semaphore,
+    /// Held for writing, every `list` waits (a sweep that does not come back).
+    listing: tokio::sync::RwLock<()>,
     broken_template: Option<&'static str>,
     broken_reads: std::sync::atomic::AtomicU32,
 }
@@ -665,6 +667,7 @@ impl PooledStore {
         PooledStore {
             inner: MemoryStore::new(),
             pool: tokio::sync::Semaphore::new(connections),
+            listing: tokio::sync::RwLock::new(()),
             broken_template,
             broken_reads: Default::default(),
         }
@@ -708,6 +711,7 @@ impl WorkflowStore for PooledStore {
         &self,
         k: Kind,
     ) -> tinker::core::Result<Vec<tinker::core::Versioned<tinker::core::model::Object>>> {
+        let _open = self.listing.read().await;
         let _c = self.hold().await;
         self.inner.list(k).await
     }
@@ -804,6 +808,85 @@ async fn a_pooled_store_does_not_stall_the_run_loop() {
         prepared, 16,
         "the run loop stalled with {prepared}/16 machines prepared"
     );
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the run loop stops when asked")
+        .unwrap()
+        .unwrap();
+}
+
+/// A clock that counts the waits asked of it.
+#[derive(Debug)]
+struct CountingClock {
+    inner: ManualClock,
+    waits: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Clock for CountingClock {
+    fn now(&self) -> Timestamp {
+        self.inner.now()
+    }
+    async fn sleep_until(&self, deadline: Timestamp) {
+        self.waits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.sleep_until(deadline).await
+    }
+}
+
+/// A deadline that passes while the engine's look at every workflow is still
+/// out (a slow store) starts that look once, then the loop waits for it: it does
+/// not go round on the past deadline (on a runtime whose store answers through
+/// its own I/O, such a loop starves the answer it waits for).
+// One thread: the engine and this test take turns.
+#[tokio::test]
+async fn a_past_deadline_while_the_sweep_is_out_does_not_spin_the_run_loop() {
+    let store = Arc::new(PooledStore::new(4, None));
+    let connector = Arc::new(StaticConnector::new());
+    row_of_machines(&store.inner, &connector, "d", 1, 700, |name| {
+        MockBmc::new(name)
+    })
+    .await;
+    let clock = Arc::new(CountingClock {
+        inner: ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap()),
+        waits: Default::default(),
+    });
+    let engine =
+        Engine::new(store.clone(), connector, EngineConfig::default()).with_clock(clock.clone());
+    let (run, stop) = start_engine(engine);
+    assert_eq!(
+        wait_prepared(&store.inner, 1).await,
+        1,
+        "the machine was prepared"
+    );
+    // Its action runs: the engine now has a deadline (the action's timeout).
+    let worker = mac(700).to_string();
+    store
+        .inner
+        .claim_next_action(&worker, clock.now())
+        .await
+        .unwrap()
+        .expect("an action for the worker");
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The store stops answering lists, and every deadline passes.
+    let closed = store.listing.write().await;
+    clock.inner.advance(Duration::from_secs(2 * 3600));
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let settled = clock.waits.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let later = clock.waits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        later - settled < 10,
+        "the run loop waited {} more times on a past deadline while its sweep was out",
+        later - settled
+    );
+    drop(closed);
+    let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("the run loop stops when asked")

@@ -75,6 +75,10 @@ impl Clock for SystemClock {
         loop {
             let left = deadline.duration_since(Timestamp::now());
             if left <= SignedDuration::ZERO {
+                // A deadline already past is ready at once; charged to the
+                // task's budget like any tokio timer, so a loop that keeps
+                // waiting on one still gives the runtime its turn.
+                tokio::task::consume_budget().await;
                 return;
             }
             tokio::time::sleep(left.unsigned_abs()).await;
@@ -124,6 +128,42 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits on an already-past deadline, over and over, on a one-thread
+    /// runtime, and says whether another task got to run meanwhile (the loop
+    /// gives up after far more turns than a task's budget allows).
+    async fn past_deadlines_let_others_run(clock: Arc<dyn Clock>) -> bool {
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = {
+            let ran = ran.clone();
+            tokio::spawn(async move { ran.store(true, std::sync::atomic::Ordering::SeqCst) })
+        };
+        let past = clock.now() - Duration::from_secs(1);
+        for _ in 0..100_000 {
+            if ran.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            clock.sleep_until(past).await;
+        }
+        let ran_meanwhile = ran.load(std::sync::atomic::Ordering::SeqCst);
+        other.await.unwrap();
+        ran_meanwhile
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_loop_on_a_past_deadline_still_yields_to_the_runtime() {
+        assert!(
+            past_deadlines_let_others_run(SystemClock::shared()).await,
+            "the system clock's past deadline never yielded"
+        );
+        let manual = Arc::new(ManualClock::new(
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
+        assert!(
+            past_deadlines_let_others_run(manual).await,
+            "the manual clock's past deadline never yielded"
+        );
+    }
 
     #[tokio::test]
     async fn manual_clock_wakes_sleepers_in_deadline_order() {

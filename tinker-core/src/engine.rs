@@ -498,7 +498,11 @@ impl Engine {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => sweep_due = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = self.clock.sleep(wait), if idle => sweep_due = true,
+                // Not while a sweep is under way: a deadline already past
+                // would make this branch ready on every turn, and the loop
+                // would spin without yielding until the sweep came back (with
+                // a store whose answers need this runtime's I/O, never).
+                _ = self.clock.sleep(wait), if idle && sweep.is_none() => sweep_due = true,
             }
         }
     }
