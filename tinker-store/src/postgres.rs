@@ -16,6 +16,12 @@
 //! wait), and `schema_migrations` records each version reached. A database newer
 //! than the code is refused ([`StoreError::SchemaTooNew`]) and not changed. No
 //! transaction is held across anything but its own statements.
+//! - A call waits for a pooled connection at most
+//!   [`PostgresStore::POOL_WAIT`] (or [`PostgresStore::with_pool_wait`]'s
+//!   time) and for a new one at most [`PostgresStore::CONNECT_TIMEOUT`], then
+//!   fails with [`Error::Unreachable`]: with a
+//!   database that hangs, requests end (the worker API answers 503 and the
+//!   agent backs off) instead of piling up for as long as it hangs.
 
 use crate::StoreError;
 use crate::common::{
@@ -24,11 +30,13 @@ use crate::common::{
 };
 use async_trait::async_trait;
 use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Transaction,
+    GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+    Transaction,
 };
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use std::net::IpAddr;
+use std::time::Duration;
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::state::WorkflowEvent;
 use tinker_core::store::{
@@ -41,6 +49,10 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 const CHANNEL: &str = "tinker_changes";
+
+const POOL_SIZE: usize = PostgresStore::POOL_SIZE;
+const POOL_WAIT: Duration = PostgresStore::POOL_WAIT;
+const CONNECT_TIMEOUT: Duration = PostgresStore::CONNECT_TIMEOUT;
 
 /// The PostgreSQL schema, step by step (SQL run in the connect transaction); the
 /// last `to` is the version written.
@@ -97,6 +109,8 @@ pub struct PostgresStore {
     pool: Pool,
     feed: broadcast::Sender<Change>,
     event_cap: usize,
+    /// A call's wait for a pooled connection.
+    pool_wait: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -110,9 +124,12 @@ impl PostgresStore {
     /// starts listening for changes. The URL may hold a password; it never appears
     /// in errors.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| StoreError::InvalidUrl.into_core("postgres"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let target = target_name(&config);
         let unreachable = |e: tokio_postgres::Error| Error::Unreachable {
             target: target.clone(),
@@ -125,11 +142,18 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(mgr).max_size(16).build().map_err(pg)?;
+        let pool = Pool::builder(mgr)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(pg)?;
         {
             let mut client = pool.get().await.map_err(|e| Error::Unreachable {
                 target: target.clone(),
-                reason: e.to_string(),
+                reason: pool_error(e, POOL_WAIT),
             })?;
             let tx = client.transaction().await.map_err(unreachable)?;
             migrate(&tx, &target, MIGRATIONS).await?;
@@ -167,6 +191,7 @@ impl PostgresStore {
             pool,
             feed,
             event_cap: crate::MAX_EVENTS_PER_MACHINE,
+            pool_wait: POOL_WAIT,
         })
     }
 
@@ -177,14 +202,61 @@ impl PostgresStore {
         self
     }
 
+    /// Connections in each replica's pool.
+    pub const POOL_SIZE: usize = 16;
+
+    /// How long a call waits for one of the pool's
+    /// [`POOL_SIZE`](Self::POOL_SIZE) connections, by default, before it
+    /// fails with [`Error::Unreachable`].
+    pub const POOL_WAIT: Duration = Duration::from_secs(10);
+
+    /// How long opening (or checking) a database connection may take, unless
+    /// the URL sets `connect_timeout`.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// The schema version this code writes; older databases are migrated on connect.
     pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+    /// A call waits at most `wait` for a pooled connection (instead of
+    /// [`POOL_WAIT`](Self::POOL_WAIT)), then fails with [`Error::Unreachable`].
+    pub fn with_pool_wait(mut self, wait: Duration) -> Self {
+        self.pool_wait = wait;
+        self
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| Error::Unreachable {
-            target: "postgres".into(),
-            reason: e.to_string(),
-        })
+        let timeouts = Timeouts {
+            wait: Some(self.pool_wait),
+            ..self.pool.timeouts()
+        };
+        self.pool
+            .timeout_get(&timeouts)
+            .await
+            .map_err(|e| Error::Unreachable {
+                target: "postgres".into(),
+                reason: pool_error(e, self.pool_wait),
+            })
+    }
+}
+
+/// Why no connection came from the pool, in words (a timeout's own message
+/// does not say which wait ran out, nor how long it was).
+fn pool_error(e: PoolError, wait: Duration) -> String {
+    use deadpool_postgres::TimeoutType;
+    match e {
+        PoolError::Timeout(TimeoutType::Wait) => format!(
+            "all {POOL_SIZE} database connections stayed busy for {} ms",
+            wait.as_millis()
+        ),
+        PoolError::Timeout(TimeoutType::Create) => format!(
+            "no new database connection within {} ms",
+            CONNECT_TIMEOUT.as_millis()
+        ),
+        PoolError::Timeout(TimeoutType::Recycle) => format!(
+            "a pooled database connection did not answer within {} ms",
+            CONNECT_TIMEOUT.as_millis()
+        ),
+        other => other.to_string(),
     }
 }
 

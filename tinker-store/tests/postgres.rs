@@ -178,3 +178,81 @@ async fn a_url_that_does_not_parse_is_named_without_echoing_it() {
     ));
     assert!(!e.to_string().contains("hunter2"), "{e}");
 }
+
+/// A database that hangs (here: a table locked by another session) holds every
+/// pooled connection. A further call waits for its pool wait, then fails as
+/// `Unreachable` instead of queueing for as long as the database hangs, and
+/// the held calls finish once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_finds_every_connection_busy_fails_after_its_wait() {
+    let Some(pg) = Cluster::start() else { return };
+    let store = Arc::new(
+        PostgresStore::connect(&pg.url)
+            .await
+            .unwrap()
+            .with_pool_wait(std::time::Duration::from_millis(300)),
+    );
+    let hw = testing::hardware("held", 1);
+    store
+        .put(hw.clone().into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let key = tinker_core::model::Object::from(hw).key();
+    let (locker, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE objects IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let held: Vec<_> = (0..PostgresStore::POOL_SIZE)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.get(&key).await })
+        })
+        .collect();
+    // Every pooled connection is waiting on the lock before the next call.
+    let mut waiting = 0;
+    // Watched from a session of its own: inside the locker's transaction
+    // pg_stat_activity would stay the snapshot taken at its first read.
+    let (watcher, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..1_500 {
+        waiting = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting as usize >= PostgresStore::POOL_SIZE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        waiting as usize,
+        PostgresStore::POOL_SIZE,
+        "calls waiting on the lock"
+    );
+    let e = tokio::time::timeout(std::time::Duration::from_secs(60), store.get(&key))
+        .await
+        .expect("the call waited for as long as the database hung")
+        .unwrap_err();
+    assert!(
+        matches!(&e, tinker_core::Error::Unreachable { reason, .. } if reason.contains("busy for 300 ms")),
+        "{e:?}"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    for call in held {
+        let found = call.await.unwrap().unwrap();
+        assert!(
+            found.is_some(),
+            "a held call reads the machine once the lock goes"
+        );
+    }
+}
