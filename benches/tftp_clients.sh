@@ -13,7 +13,10 @@
 # raised to the client count; every other limit keeps its default.
 #
 #   sudo benches/tftp_clients.sh          (COUNTS="50 200 1000" to change;
-#                                          PERF=FILE to profile ours at the last)
+#                                          PERF=FILE to profile ours at the last;
+#                                          SERVER_BIN=FILE to measure a boot-server
+#                                          built elsewhere, an A/B's other side;
+#                                          NO_WRITE=1 to leave BENCHMARKS.md be)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNTS=${COUNTS:-"50 200 1000"}
@@ -25,11 +28,14 @@ cleanup() {
   rm -rf "$W" /etc/netns/$S /etc/netns/$C
 }
 trap cleanup EXIT
-cargo build -q --release --example boot-server
+if [ -z "${SERVER_BIN:-}" ]; then
+  cargo build -q --release --example boot-server
+  SERVER_BIN="${CARGO_TARGET_DIR:-target}/release/examples/boot-server"
+fi
 # Our own copy: the target directory may be shared with other builds.
-SERVER="$W/boot-server"; cp "${CARGO_TARGET_DIR:-target}/release/examples/boot-server" "$SERVER"
+SERVER="$W/boot-server"; cp "$SERVER_BIN" "$SERVER"
 TICK=$(getconf CLK_TCK)
-mkdir -p "$CG/tinker" "$CG/tftpd"
+mkdir -p "$CG/tinker" "$CG/tftpd" "$CG/clients"
 # CPU seconds of everything that ran in cgroup $1: "user system".
 cpu() { awk -v t="$TICK" '/^user/ { u = $2 } /^system/ { s = $2 } END { printf "%.2f %.2f", u / t, s / t }' "$CG/$1/cpuacct.stat"; }
 # Runs a command in the namespace $S, inside cgroup $1.
@@ -46,24 +52,30 @@ cp -L /usr/lib/ipxe/ipxe.efi /usr/lib/ipxe/undionly.kpxe "$W/root/"
 size=$(stat -c %s "$W/root/ipxe.efi")
 : > "$W/hw/none.yaml"
 
+# Packets the server's side of the link has sent.
+tx_packets() { cat /sys/class/net/tkbta$$/statistics/tx_packets 2>/dev/null || ip netns exec $S cat /sys/class/net/tkbta$$/statistics/tx_packets; }
 storm() { # label count cgroup
   rm -f "$W"/out/*
   local start end ok before after
-  before=$(cpu "$3")
+  before=$(cpu "$3"); pkts_before=$(tx_packets)
   start=$(date +%s.%N)
-  ip netns exec $C bash -c "for i in \$(seq 1 $2); do (cd $W/out && timeout 300 tftp 10.79.0.1 -m binary -c get ipxe.efi f\$i >/dev/null 2>&1) & done; wait"
+  local cbefore; cbefore=$(cpu clients)
+  bash -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$CG/clients" ip netns exec $C bash -c "for i in \$(seq 1 $2); do (cd $W/out && timeout 300 tftp 10.79.0.1 -m binary -c get ipxe.efi f\$i >/dev/null 2>&1) & done; wait"
   end=$(date +%s.%N)
   sleep 1 # the listener reaps its last children
-  after=$(cpu "$3")
+  local cafter; cafter=$(cpu clients)
+  after=$(cpu "$3"); pkts=$(( $(tx_packets) - pkts_before ))
   ok=$(find "$W/out" -type f -size "${size}c" | wc -l)
   echo "| $1 | $2 | $(python3 -c "print('%.1f' % ($end - $start))") | $ok | $(( $2 - ok )) | $(python3 -c "
 b, a, n = [float(x) for x in '$before'.split()], [float(x) for x in '$after'.split()], $2
 u, s = a[0] - b[0], a[1] - b[1]
-print('%.2f | %.2f | **%.2f**' % (u, s, (u + s) * 1000 / n))") |" | tee -a "$W/rows"
+print('%.2f | %.2f | **%.2f**' % (u, s, (u + s) * 1000 / n))") | $(( pkts / $2 )) | $(python3 -c "
+b, a = [float(x) for x in '$cbefore'.split()], [float(x) for x in '$cafter'.split()]
+print('%.2f' % ((a[0] - b[0] + a[1] - b[1]) * 1000 / $2))") |" | tee -a "$W/rows"
 }
 : > "$W/rows"
 for n in $COUNTS; do
-  in_cgroup tinker env RUST_LOG=warn "$SERVER" --interface tkbta$$ --address 10.79.0.1 --hardware "$W/hw" --tftp-root "$W/root" --http-port 8089 --dhcp-port 6767 --tftp-transfers-per-address "$n" > "$W/tinker.log" 2>&1 & sleep 1.5
+  in_cgroup tinker ${SERVER_WRAP:-} env RUST_LOG=warn "$SERVER" --interface tkbta$$ --address 10.79.0.1 --hardware "$W/hw" --tftp-root "$W/root" --http-port 8089 --dhcp-port 6767 --tftp-transfers-per-address "$n" > "$W/tinker.log" 2>&1 & sleep 1.5
   # PERF=FILE records our server's profile (perf record -g) over the largest storm.
   if [ -n "${PERF:-}" ] && [ "$n" = "${COUNTS##* }" ]; then perf record -q -g -o "$PERF" -p "$(head -1 "$CG/tinker/cgroup.procs")" 2>/dev/null & perf=$!; fi
   storm "tinker boot-server (release)" "$n" tinker
@@ -73,14 +85,15 @@ for n in $COUNTS; do
   storm "peer: tftpd-hpa $(in.tftpd -V 2>&1 | head -1 | awk '{print $2}' | tr -d ,)" "$n" tftpd
   ip netns pids $S | xargs -r kill; sleep 1
 done
-table="| server | clients at once | seconds until all done | complete | failed | server CPU user s | server CPU system s | server CPU s per 1,000 transfers |
-|---|---:|---:|---:|---:|---:|---:|---:|
+table="| server | clients at once | seconds until all done | complete | failed | server CPU user s | server CPU system s | server CPU s per 1,000 transfers | packets sent per transfer | clients' CPU s per 1,000 transfers |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(cat "$W/rows")"
 section="<!-- tftp_clients:begin -->
-Command: \`sudo benches/tftp_clients.sh\` (run $(date -u +%F); $(nproc) cores; tftp-hpa clients, 512-byte blocks, ipxe.efi of $size bytes, between two namespaces; the clients share the machine's cores with the server, and one address, so our per-address transfer limit is raised to the client count, the other limits at their defaults; server CPU from a cpuacct cgroup per server over the storm, tftpd-hpa's per-transfer children included).
+Command: \`sudo benches/tftp_clients.sh\` (run $(date -u +%F); $(nproc) cores; tftp-hpa clients, 512-byte blocks, ipxe.efi of $size bytes, between two namespaces; the clients share the machine's cores with the server, and one address, so our per-address transfer limit is raised to the client count, the other limits at their defaults; server CPU from a cpuacct cgroup per server over the storm, tftpd-hpa's per-transfer children included; the clients' CPU from a cgroup of their own; packets counted on the server's end of the link, so retransmissions would show).
 
 $table
 <!-- tftp_clients:end -->"
+[ -n "${NO_WRITE:-}" ] && exit 0
 python3 - "$section" <<'PY'
 import sys, re
 section = sys.argv[1]
