@@ -159,6 +159,63 @@ impl Replica {
     }
 }
 
+/// CPU seconds (user + system) of process `pid`, with `children`: also those
+/// of its children that it has waited for (PostgreSQL's exited backends).
+fn cpu_seconds(pid: u32, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) and its ')'.
+    let fields: Vec<f64> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    // utime, stime, cutime, cstime are fields 14 to 17 of the whole line.
+    let at = |i: usize| fields.get(i - 3).copied().unwrap_or(0.0);
+    let ticks = at(14) + at(15) + if children { at(16) + at(17) } else { 0.0 };
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU seconds of a PostgreSQL server: the postmaster with the backends it
+/// has reaped, and those still running.
+fn postgres_cpu_seconds(postmaster: u32) -> f64 {
+    let running: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(postmaster)
+        })
+        .map(|pid| cpu_seconds(pid, false))
+        .sum();
+    cpu_seconds(postmaster, true) + running
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -628,7 +685,13 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Runs one configuration; its table row.
-async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
+async fn run(
+    label: &str,
+    store_url: &str,
+    replicas: usize,
+    n: u32,
+    postmaster: Option<u32>,
+) -> String {
     eprintln!("== {label}: {n} machines, {replicas} replica(s)");
     let relay_port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -644,6 +707,9 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
     }
     let stats = Arc::new(Stats::default());
     let udp_drops_before = udp_receive_buffer_errors();
+    let pg_cpu_before = postmaster.map(postgres_cpu_seconds).unwrap_or(0.0);
+    let generator_cpu_before = cpu_seconds(std::process::id(), false);
+    let cp_cpu_before: f64 = cps.iter().map(|c| cpu_seconds(c.child.id(), false)).sum();
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(n as u64).with_style(
         indicatif::ProgressStyle::with_template(
@@ -695,6 +761,13 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
         })
         .sum();
     let peak: f64 = cps.iter().map(Replica::peak_mib).sum();
+    let cp_cpu: f64 = cps
+        .iter()
+        .map(|c| cpu_seconds(c.child.id(), false))
+        .sum::<f64>()
+        - cp_cpu_before;
+    let pg_cpu = postmaster.map(postgres_cpu_seconds).unwrap_or(0.0) - pg_cpu_before;
+    let generator_cpu = cpu_seconds(std::process::id(), false) - generator_cpu_before;
     let kernel_drops = udp_receive_buffer_errors() - udp_drops_before;
     let errors = stats.errors.lock().unwrap().clone();
     for e in errors.iter().take(5) {
@@ -705,7 +778,7 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
     let mut api = stats.api_ms.lock().unwrap().clone();
     let mut tftp_ms = stats.tftp_ms.lock().unwrap().clone();
     let row = format!(
-        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed), {} unreachable | {} |\n",
+        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {cp_cpu:.0} / {pg_cpu:.0} / {generator_cpu:.0} | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed), {} unreachable | {} |\n",
         n as usize - errors.len(),
         pct(&mut dhcp, 0.5),
         pct(&mut dhcp, 0.99),
@@ -726,6 +799,51 @@ async fn run(label: &str, store_url: &str, replicas: usize, n: u32) -> String {
     eprint!("{row}");
     drop(cps);
     row
+}
+
+/// Resets PostgreSQL's statement statistics (`label` None), or prints where
+/// the database's time went since: the statements by total time.
+async fn statements(url: &str, label: Option<&str>) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let Some(label) = label else {
+        client
+            .batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+            )
+            .await
+            .unwrap();
+        return;
+    };
+    let rows = client
+        .query(
+            "SELECT calls, total_exec_time, mean_exec_time, rows, \
+                    sum(total_exec_time) OVER (), \
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 100) \
+             FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY total_exec_time DESC LIMIT 12",
+            &[],
+        )
+        .await
+        .unwrap();
+    let all: f64 = rows.first().map(|r| r.get(4)).unwrap_or(0.0);
+    println!(
+        "\nPostgreSQL statements, {label} (pg_stat_statements; {:.1} s of execution in all):\n\n| calls | total s | share | mean ms | rows | statement |\n|---:|---:|---:|---:|---:|---|",
+        all / 1000.0
+    );
+    for r in rows {
+        let (calls, total, mean, n, query): (i64, f64, f64, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(5));
+        println!(
+            "| {calls} | {:.1} | {:.0}% | {mean:.2} | {n} | `{}` |",
+            total / 1000.0,
+            100.0 * total / all.max(1e-9),
+            query.replace('|', "\\|")
+        );
+    }
 }
 
 fn main() {
@@ -766,8 +884,13 @@ fn main() {
             }
             "pg1" | "pg3" => {
                 // A fresh database for each run, in one throwaway cluster.
+                // pg_stat_statements: where the database's time goes (printed
+                // after each PostgreSQL run).
                 let cluster = pg.get_or_insert_with(|| {
-                    tinker::store::testing::TempPostgres::start().expect("PostgreSQL")
+                    tinker::store::testing::TempPostgres::start_with(&[
+                        "shared_preload_libraries=pg_stat_statements",
+                    ])
+                    .expect("PostgreSQL")
                 });
                 let db = format!("storm_{config}");
                 let admin = cluster.url.clone();
@@ -802,10 +925,23 @@ fn main() {
             };
             load(store, machines).await;
         });
-        rows.push_str(&rt.block_on(run(&label, &url, replicas, machines)));
+        let postmaster = pg.as_ref().filter(|_| !url.starts_with("redb:"));
+        if postmaster.is_some() {
+            rt.block_on(statements(&url, None));
+        }
+        rows.push_str(&rt.block_on(run(
+            &label,
+            &url,
+            replicas,
+            machines,
+            postmaster.and_then(|c| c.pid()),
+        )));
+        if postmaster.is_some() {
+            rt.block_on(statements(&url, Some(&label)));
+        }
     }
     let body = format!(
-        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | DHCP | TFTP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---|---:|\n{rows}\n"
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | CPU s: control plane / PostgreSQL / load generator | DHCP | TFTP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---|---|---:|\n{rows}\n"
     );
     support::write_section("boot_storm", "Boot storm", &body);
     println!("{body}");

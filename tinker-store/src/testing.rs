@@ -17,6 +17,20 @@ impl TempPostgres {
     /// Starts one; `None` (with a note) when PostgreSQL is not installed, unless
     /// `TINKER_REQUIRE_REAL=1`, which makes that a panic.
     pub fn start() -> Option<TempPostgres> {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start), with server settings of the caller's
+    /// (`name=value`, each passed as `-c name=value`), such as
+    /// `shared_preload_libraries=pg_stat_statements` for a profile.
+    pub fn start_with(settings: &[&str]) -> Option<TempPostgres> {
+        // They go through a shell command line, unquoted.
+        assert!(
+            settings
+                .iter()
+                .all(|s| s.contains('=') && !s.contains(['\'', '"', ' ', '\\', '$', '`'])),
+            "settings are name=value words: {settings:?}"
+        );
         let find = "for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) $(dirname $(command -v initdb 2>/dev/null) 2>/dev/null); do [ -x $d/initdb ] && echo $d && break; done";
         let bin = Command::new("sh")
             .args(["-c", find])
@@ -41,8 +55,9 @@ impl TempPostgres {
             .expect("a free port")
             .port();
         let d = dir.path().display();
+        let extra: String = settings.iter().map(|s| format!(" -c {s}")).collect();
         let script = format!(
-            "chown postgres {d} && su postgres -s /bin/sh -c \"{bin}/initdb -D {d}/data -A trust -U tinker >/dev/null && {bin}/pg_ctl -D {d}/data -o '-k {d} -c listen_addresses=127.0.0.1 -p {port} -c fsync=on -c max_connections=300' -l {d}/log -w start >/dev/null\""
+            "chown postgres {d} && su postgres -s /bin/sh -c \"{bin}/initdb -D {d}/data -A trust -U tinker >/dev/null && {bin}/pg_ctl -D {d}/data -o '-k {d} -c listen_addresses=127.0.0.1 -p {port} -c fsync=on -c max_connections=300{extra}' -l {d}/log -w start >/dev/null\""
         );
         let o = Command::new("sh")
             .args(["-c", &script])
