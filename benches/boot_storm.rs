@@ -159,21 +159,29 @@ impl Replica {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces): field N of the whole line is at N - 3.
+fn stat_fields(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(") ")?;
+            Some(rest.split_whitespace().map(str::to_string).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// CPU seconds (user + system) of process `pid`, with `children`: also those
 /// of its children that it has waited for (PostgreSQL's exited backends).
 fn cpu_seconds(pid: u32, children: bool) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) and its ')'.
-    let fields: Vec<f64> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0.0))
-                .collect()
-        })
-        .unwrap_or_default();
-    // utime, stime, cutime, cstime are fields 14 to 17 of the whole line.
-    let at = |i: usize| fields.get(i - 3).copied().unwrap_or(0.0);
+    let fields = stat_fields(pid);
+    let at = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // utime, stime, cutime, cstime: fields 14 to 17.
     let ticks = at(14) + at(15) + if children { at(16) + at(17) } else { 0.0 };
     ticks / clock_ticks()
 }
@@ -198,19 +206,8 @@ fn postgres_cpu_seconds(postmaster: u32) -> f64 {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(") ")?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<u32>()
-                        .ok()
-                })
-                == Some(postmaster)
-        })
+        // Field 4: the parent.
+        .filter(|&pid| stat_fields(pid).get(1).and_then(|f| f.parse().ok()) == Some(postmaster))
         .map(|pid| cpu_seconds(pid, false))
         .sum();
     cpu_seconds(postmaster, true) + running
@@ -871,7 +868,9 @@ fn main() {
     let mut pg: Option<tinker::store::testing::TempPostgres> = None;
     for config in configs.split(',') {
         let dir = tempfile::tempdir().unwrap();
-        let (label, url, replicas, machines) = match config {
+        // `on_postgres`: the run's database is the cluster `pg` (CPU and
+        // statements reported).
+        let (label, url, replicas, machines, on_postgres) = match config {
             "redb" | "redb2x" => {
                 let url = format!("redb:{}", dir.path().join("tinker.redb").display());
                 let machines = if config == "redb2x" { 2 * n } else { n };
@@ -880,7 +879,7 @@ fn main() {
                 } else {
                     "embedded (redb)".to_string()
                 };
-                (label, url, 1, machines)
+                (label, url, 1, machines, false)
             }
             "pg1" | "pg3" => {
                 // A fresh database for each run, in one throwaway cluster.
@@ -913,6 +912,7 @@ fn main() {
                     url,
                     replicas,
                     n,
+                    true,
                 )
             }
             other => panic!("unknown configuration {other}"),
@@ -925,7 +925,7 @@ fn main() {
             };
             load(store, machines).await;
         });
-        let postmaster = pg.as_ref().filter(|_| !url.starts_with("redb:"));
+        let postmaster = pg.as_ref().filter(|_| on_postgres);
         if postmaster.is_some() {
             rt.block_on(statements(&url, None));
         }

@@ -16,7 +16,9 @@
 #                                          PERF=FILE to profile ours at the last;
 #                                          SERVER_BIN=FILE to measure a boot-server
 #                                          built elsewhere, an A/B's other side;
-#                                          NO_WRITE=1 to leave BENCHMARKS.md be)
+#                                          NO_WRITE=1 to leave BENCHMARKS.md be;
+#                                          SERVER_WRAP="taskset -c 0" to start ours
+#                                          under a wrapper command)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNTS=${COUNTS:-"50 200 1000"}
@@ -56,14 +58,14 @@ size=$(stat -c %s "$W/root/ipxe.efi")
 tx_packets() { cat /sys/class/net/tkbta$$/statistics/tx_packets 2>/dev/null || ip netns exec $S cat /sys/class/net/tkbta$$/statistics/tx_packets; }
 storm() { # label count cgroup
   rm -f "$W"/out/*
-  local start end ok before after
+  local start end ok before after pkts_before pkts cbefore cafter
   before=$(cpu "$3"); pkts_before=$(tx_packets)
   start=$(date +%s.%N)
-  local cbefore; cbefore=$(cpu clients)
+  cbefore=$(cpu clients)
   bash -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$CG/clients" ip netns exec $C bash -c "for i in \$(seq 1 $2); do (cd $W/out && timeout 300 tftp 10.79.0.1 -m binary -c get ipxe.efi f\$i >/dev/null 2>&1) & done; wait"
   end=$(date +%s.%N)
   sleep 1 # the listener reaps its last children
-  local cafter; cafter=$(cpu clients)
+  cafter=$(cpu clients)
   after=$(cpu "$3"); pkts=$(( $(tx_packets) - pkts_before ))
   ok=$(find "$W/out" -type f -size "${size}c" | wc -l)
   echo "| $1 | $2 | $(python3 -c "print('%.1f' % ($end - $start))") | $ok | $(( $2 - ok )) | $(python3 -c "

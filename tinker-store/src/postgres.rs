@@ -130,19 +130,8 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        // Every statement is prepared once per connection and looks rows up by
-        // key or term, which one plan serves whatever the value. Left to
-        // itself the server planned the term joins anew at each execution
-        // (custom plans): a fifth of its CPU in the boot storm's profile.
-        let options = config.get_options().unwrap_or_default();
-        if !options.contains("plan_cache_mode") {
-            let generic = "-c plan_cache_mode=force_generic_plan";
-            config.options(if options.is_empty() {
-                generic.to_string()
-            } else {
-                format!("{options} {generic}")
-            });
-        }
+        let options = with_generic_plans(config.get_options().unwrap_or_default());
+        config.options(&options);
         let target = target_name(&config);
         let unreachable = |e: tokio_postgres::Error| Error::Unreachable {
             target: target.clone(),
@@ -249,6 +238,25 @@ impl PostgresStore {
                 target: "postgres".into(),
                 reason: pool_error(e, self.pool_wait),
             })
+    }
+}
+
+/// The connection's startup `options` with generic plans asked for, unless the
+/// URL's own options set `plan_cache_mode` (theirs is kept). Every statement
+/// is prepared once per connection and looks rows up by key or term, which
+/// one plan serves whatever the value; left to itself the server planned the
+/// term joins anew at each execution (custom plans): a fifth of its CPU in the
+/// boot storm's profile.
+fn with_generic_plans(options: &str) -> String {
+    const GENERIC: &str = "-c plan_cache_mode=force_generic_plan";
+    // Settings arrive as `-c name=value` or `--name=value`.
+    let sets_it = options
+        .split_whitespace()
+        .any(|w| w.trim_start_matches('-').starts_with("plan_cache_mode="));
+    match (sets_it, options.trim().is_empty()) {
+        (true, _) => options.to_string(),
+        (false, true) => GENERIC.to_string(),
+        (false, false) => format!("{options} {GENERIC}"),
     }
 }
 
@@ -835,5 +843,29 @@ impl PostgresStore {
                 _ => None,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_generic_plans;
+
+    #[test]
+    fn generic_plans_are_asked_for_beside_the_urls_own_options() {
+        assert_eq!(
+            with_generic_plans(""),
+            "-c plan_cache_mode=force_generic_plan"
+        );
+        assert_eq!(
+            with_generic_plans("-c search_path=tinker"),
+            "-c search_path=tinker -c plan_cache_mode=force_generic_plan"
+        );
+        // The URL's choice stands, in either spelling.
+        for own in [
+            "-c plan_cache_mode=force_custom_plan",
+            "--plan_cache_mode=auto -c work_mem=4MB",
+        ] {
+            assert_eq!(with_generic_plans(own), own);
+        }
     }
 }
