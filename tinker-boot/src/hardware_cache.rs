@@ -52,6 +52,8 @@ struct Inner<V> {
     epoch: u64,
     /// Invalidations applied, for tests and metrics.
     invalidations: u64,
+    /// The feed has closed: nothing is cached from then on.
+    closed: bool,
 }
 
 /// MAC → Hardware, fed by a store's change feed. Cheap to share: one lock, held
@@ -75,6 +77,7 @@ impl<V: Clone> HardwareCache<V> {
                 max_unknown: max_unknown.max(1),
                 epoch: 0,
                 invalidations: 0,
+                closed: false,
             }),
         }
     }
@@ -104,7 +107,7 @@ impl<V: Clone> HardwareCache<V> {
     pub fn insert(&self, mac: MacAddr, epoch: Epoch, found: Option<(&str, &str, V)>) {
         let mut inner = self.lock();
         inner.drain_feed();
-        if inner.epoch != epoch.0 {
+        if inner.epoch != epoch.0 || inner.closed {
             return;
         }
         match found {
@@ -168,7 +171,19 @@ impl<V> Inner<V> {
                     self.forget_unknown();
                     self.bump();
                 }
-                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+                Err(TryRecvError::Empty) => return,
+                // A store that announces no changes (its feed is gone): what
+                // is cached could go stale unseen, so nothing is kept.
+                Err(TryRecvError::Closed) => {
+                    if !self.closed {
+                        self.closed = true;
+                        self.known.clear();
+                        self.by_key.clear();
+                        self.forget_unknown();
+                        self.bump();
+                    }
+                    return;
+                }
             }
         }
     }
@@ -210,6 +225,28 @@ mod tests {
             version: 2,
             deleted: false,
         }
+    }
+
+    #[test]
+    fn nothing_is_kept_once_the_feed_is_gone() {
+        let (tx, rx) = broadcast::channel(16);
+        let cache: HardwareCache = HardwareCache::new(rx, 16);
+        let Err(epoch) = cache.get(mac(1)) else {
+            panic!()
+        };
+        cache.insert(mac(1), epoch, Some(hw("a")));
+        assert!(matches!(cache.get(mac(1)), Ok(Cached::Known(_))));
+        // No more announcements: a change from now on would go unseen.
+        drop(tx);
+        assert!(cache.get(mac(1)).is_err(), "asked again");
+        let Err(epoch) = cache.get(mac(1)) else {
+            panic!()
+        };
+        cache.insert(mac(1), epoch, Some(hw("a")));
+        cache.insert(mac(2), epoch, None);
+        assert!(cache.get(mac(1)).is_err(), "still asked again");
+        assert!(cache.get(mac(2)).is_err());
+        assert!(cache.is_empty());
     }
 
     #[test]

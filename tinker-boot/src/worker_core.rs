@@ -9,6 +9,7 @@
 //! refusal is worded, and how an action is encoded.
 
 use crate::credentials::CallerCheck;
+use crate::hardware_cache::{Cached, DEFAULT_MAX_UNKNOWN, HardwareCache};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tinker_core::clock::{SharedClock, SystemClock};
@@ -30,8 +31,9 @@ pub enum Netboot {
 /// A caller recognised as a machine's worker.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The machine's Hardware, as read.
-    pub hardware: Versioned<Hardware>,
+    /// The machine's Hardware, as read (or as cached since the store's
+    /// change feed last announced a change to it).
+    pub hardware: Arc<Versioned<Hardware>>,
     /// The interface the worker id named, when it is a MAC.
     pub mac: Option<MacAddr>,
     /// Whether its netboot is still on.
@@ -110,6 +112,12 @@ pub struct WorkerCore {
     store: Arc<dyn WorkflowStore>,
     clock: SharedClock,
     callers: CallerCheck,
+    /// MAC → Hardware: every worker call names its machine by MAC, and an
+    /// agent calls several times per action; without it each call was a
+    /// store lookup (40 per machine in a boot storm, a quarter of
+    /// PostgreSQL's statements). Kept fresh by the store's change feed, so a
+    /// netboot turned off or a token rotated is seen at the next call.
+    hardware: Arc<HardwareCache<Arc<Versioned<Hardware>>>>,
 }
 
 impl std::fmt::Debug for WorkerCore {
@@ -124,6 +132,7 @@ impl WorkerCore {
     /// The core over `store`, on the system clock, with strict addresses.
     pub fn new(store: Arc<dyn WorkflowStore>) -> Self {
         WorkerCore {
+            hardware: Arc::new(HardwareCache::new(store.watch(), DEFAULT_MAX_UNKNOWN)),
             store,
             clock: SystemClock::shared(),
             callers: CallerCheck::default(),
@@ -157,19 +166,41 @@ impl WorkerCore {
         &self.callers
     }
 
+    /// Its MAC → Hardware cache (for its counters, and for tests).
+    pub fn hardware_cache(&self) -> &Arc<HardwareCache<Arc<Versioned<Hardware>>>> {
+        &self.hardware
+    }
+
+    /// The Hardware with an interface of `mac`, from the cache when it holds
+    /// the MAC, else from the store (and then cached).
+    async fn hardware_by_mac(
+        &self,
+        mac: MacAddr,
+    ) -> Result<Option<Arc<Versioned<Hardware>>>, Error> {
+        match self.hardware.get(mac) {
+            Ok(Cached::Known(hw)) => Ok(Some(hw)),
+            Ok(Cached::Unknown) => Ok(None),
+            Err(epoch) => {
+                let found = self.store.hardware_by_mac(mac).await?.map(Arc::new);
+                let keep = found.as_ref().map(|hw| {
+                    let m = &hw.value.metadata;
+                    (m.namespace(), m.name.as_str(), hw.clone())
+                });
+                self.hardware.insert(mac, epoch, keep);
+                Ok(found)
+            }
+        }
+    }
+
     /// The machine whose worker id is `worker`: the one with an interface of
     /// that MAC, else (Tinkerbell's agents may be named so) the one whose
     /// `spec.agentID` it is.
     async fn machine(
         &self,
         worker: &str,
-    ) -> Result<Option<(Versioned<Hardware>, Option<MacAddr>)>, Error> {
+    ) -> Result<Option<(Arc<Versioned<Hardware>>, Option<MacAddr>)>, Error> {
         if let Ok(mac) = worker.parse::<MacAddr>() {
-            return Ok(self
-                .store
-                .hardware_by_mac(mac)
-                .await?
-                .map(|hw| (hw, Some(mac))));
+            return Ok(self.hardware_by_mac(mac).await?.map(|hw| (hw, Some(mac))));
         }
         if worker.is_empty() {
             return Ok(None);
@@ -180,10 +211,10 @@ impl WorkerCore {
                 if hw.spec.extra.get("agentID").and_then(|a| a.as_str()) == Some(worker) =>
             {
                 Some((
-                    Versioned {
+                    Arc::new(Versioned {
                         version: v.version,
                         value: hw,
-                    },
+                    }),
                     None,
                 ))
             }

@@ -21,6 +21,8 @@ struct SlowStore {
     slow: bool,
     /// Calls of `append_event` and of `append_events`.
     event_writes: std::sync::Mutex<(usize, usize)>,
+    /// Calls of `hardware_by_mac`.
+    mac_lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl SlowStore {
@@ -29,6 +31,7 @@ impl SlowStore {
             inner: MemoryStore::new(),
             slow,
             event_writes: Default::default(),
+            mac_lookups: Default::default(),
         }
     }
 }
@@ -48,6 +51,8 @@ impl WorkflowStore for SlowStore {
         self.inner.delete(k, p).await
     }
     async fn hardware_by_mac(&self, m: MacAddr) -> Result<Option<Versioned<Hardware>>> {
+        self.mac_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.hardware_by_mac(m).await
     }
     async fn hardware_by_ip(&self, i: std::net::IpAddr) -> Result<Option<Versioned<Hardware>>> {
@@ -620,4 +625,68 @@ async fn a_report_sent_again_after_a_lost_answer_is_answered_ok_and_writes_nothi
     let failed = report("{\"outcome\":\"failed\",\"exit_code\":1,\"message\":\"late\"}");
     let (code, text) = call("report", failed).await.unwrap();
     assert_eq!(code, 409, "another outcome for that claim: {text}");
+}
+
+/// An agent calls several times per action, each call naming its machine by
+/// MAC: the machine's Hardware is read from the store once, then again only
+/// after the store announces a change to it (and the change is seen: a
+/// netboot turned off answers "netboot is off" at the very next call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_hardware_is_read_once_until_it_changes() {
+    use std::sync::atomic::Ordering;
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::testing::mac;
+    let counting = Arc::new(SlowStore::new(false));
+    let store: Arc<dyn WorkflowStore> = counting.clone();
+    let token = machine(store.as_ref(), "k", mac(6), [127, 0, 0, 1]).await;
+    let port = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5),
+        store.clone(),
+    )
+    .await;
+    let w = mac(6).to_string();
+    let ask = {
+        let (w, token) = (w.clone(), token.clone());
+        move || {
+            let (w, token) = (w.clone(), token.clone());
+            tokio::task::spawn_blocking(move || {
+                post(
+                    port,
+                    &format!("/v1/workers/{w}/next-action"),
+                    &token,
+                    &format!("{{\"worker_id\":\"{w}\"}}"),
+                )
+            })
+        }
+    };
+    for _ in 0..5 {
+        let (code, text) = ask().await.unwrap();
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains("no action is waiting"), "{text}");
+    }
+    assert_eq!(counting.mac_lookups.load(Ordering::Relaxed), 1);
+    let name = format!("m-{}", mac(6).dashed());
+    let hw = store.hardware("default", &name).await.unwrap().unwrap();
+    let mut value = hw.value;
+    // The same netboot (the token stays good), but turned off.
+    let since = value.netboot_since().to_string();
+    value.set_allow_pxe(false);
+    assert_eq!(value.netboot_since(), since);
+    store
+        .put(value.into(), Precondition::Version(hw.version))
+        .await
+        .unwrap();
+    let (code, text) = ask().await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains("netboot is off"),
+        "the change is seen: {text}"
+    );
+    let (code, _) = ask().await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        counting.mac_lookups.load(Ordering::Relaxed),
+        2,
+        "read again once after the change"
+    );
 }
