@@ -12,9 +12,17 @@
 //! ([`AddressCheck`](crate::credentials::AddressCheck)), it is accepted only from
 //! the machine's own address. A presented token is compared in constant time.
 //!
+//! Long poll: a `next-action` request with `Prefer: wait=N` (RFC 7240) that
+//! finds nothing to run waits up to N seconds (at most [`MAX_WAIT`]) for one
+//! of the worker's workflows to change, and is answered as soon as an action
+//! is ready (`Preference-Applied: wait=N` says the wait was taken). A waiting
+//! request does not count against [`MAX_IN_FLIGHT`]; it holds its connection,
+//! which the HTTP server's limits bound.
+//!
 //! Time is read from the [`Clock`](tinker_core::clock::Clock) it is given
 //! ([`WorkerApi::with_clock`]), so a simulated rack runs it under a manual clock.
 
+use crate::change_waiters::ChangeWaiters;
 use crate::credentials::{CallerCheck, worker_token};
 use crate::http::{Body, ExtraRoutes};
 use crate::worker_core::{Denied, Netboot, WorkerCore, WorkerRefusal, state_after};
@@ -53,6 +61,34 @@ pub struct WorkerApi {
     heartbeat_seconds: u32,
     in_flight: Arc<tokio::sync::Semaphore>,
     shed: Arc<std::sync::atomic::AtomicU64>,
+    waiters: Arc<ChangeWaiters>,
+}
+
+/// The longest a `next-action` request waits for work (`Prefer: wait=N`):
+/// well inside the HTTP server's stall timeout (30 s by default), within
+/// which every answer must start.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The wait a request asks for with `Prefer: wait=N` (RFC 7240 §4.3:
+/// seconds; preferences are comma-separated, names case-insensitive, the
+/// first occurrence counts), capped at [`MAX_WAIT`]; zero when absent or
+/// unreadable.
+pub fn preferred_wait(headers: &hyper::HeaderMap) -> std::time::Duration {
+    let wait = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| {
+            // `name[=value]` then `;parameters`, which `wait` does not use.
+            let (name, value) = pref.split(';').next()?.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+        })
+        .flatten()
+        .unwrap_or(0);
+    std::time::Duration::from_secs(wait).min(MAX_WAIT)
 }
 
 /// Worker requests handled at once; beyond, the API answers 503 with
@@ -133,11 +169,12 @@ impl WorkerApi {
     /// The API over `store`, with the secret tokens derive from.
     pub fn new(store: Arc<dyn WorkflowStore>, secret: Secret, heartbeat_seconds: u32) -> Self {
         WorkerApi {
-            core: WorkerCore::new(store),
+            core: WorkerCore::new(store.clone()),
             secret,
             heartbeat_seconds,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             shed: Arc::default(),
+            waiters: ChangeWaiters::new(store.watch()),
         }
     }
 
@@ -232,44 +269,125 @@ impl WorkerApi {
             .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")))
     }
 
+    /// Claims the worker's next action; with a `wait`, a request that finds
+    /// none waits for one of the worker's workflows to change (releasing its
+    /// in-flight permit meanwhile) and claims again, until `wait` is over.
     async fn next_action(
         &self,
         worker: &str,
         ask: tinker_core::worker_api::NextActionRequest,
+        wait: std::time::Duration,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Response<Body> {
         if ask.worker_id != worker {
             return problem(StatusCode::FORBIDDEN, "the request names another worker");
         }
-        match self
-            .core
-            .next_action(worker, ask.request_id.as_deref())
-            .await
+        let request = ask.request_id.as_deref();
+        let clock = self.core.clock().clone();
+        let deadline = clock.now() + wait;
+        let mut permit = Some(permit);
+        let mut registration: Option<crate::change_waiters::Registration> = None;
+        let waited_out = loop {
+            match self.core.next_action(worker, request).await {
+                Ok(Some(a)) => {
+                    tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
+                    return self.applied_wait(
+                        json(
+                            StatusCode::OK,
+                            &NextActionResponse::Action(WorkerAction::from_assignment(
+                                &a,
+                                self.heartbeat_seconds,
+                            )),
+                        ),
+                        wait,
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(worker, error = %e, "claim failed");
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the store is unavailable; retry",
+                    );
+                }
+            }
+            // Registered before the claim above: a change since is not lost.
+            if let Some(r) = registration.take() {
+                drop(permit.take());
+                let remaining = deadline.duration_since(clock.now());
+                let remaining: std::time::Duration = remaining.try_into().unwrap_or_default();
+                tokio::select! {
+                    _ = r.changed() => {}
+                    _ = clock.sleep(remaining) => break true,
+                }
+                drop(r);
+                // Woken: back under the in-flight limit before the store.
+                let remaining: std::time::Duration = deadline
+                    .duration_since(clock.now())
+                    .try_into()
+                    .unwrap_or_default();
+                tokio::select! {
+                    p = self.in_flight.clone().acquire_owned() => match p {
+                        Ok(p) => permit = Some(p),
+                        Err(_) => break true,
+                    },
+                    _ = clock.sleep(remaining) => break true,
+                }
+            }
+            if wait.is_zero() || clock.now() >= deadline {
+                break false;
+            }
+            // The workflows a change of which may give this worker an action:
+            // its unfinished, rendered ones.
+            let keys: Vec<ObjectKey> = match self.core.store().workflows_for_worker(worker).await {
+                Ok(found) => found
+                    .iter()
+                    .map(|wf| {
+                        ObjectKey::new(
+                            tinker_core::model::Kind::Workflow,
+                            wf.value.metadata.namespace(),
+                            wf.value.metadata.name.clone(),
+                        )
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(worker, error = %e, "worker API: store lookup failed");
+                    break false;
+                }
+            };
+            if keys.is_empty() {
+                break false;
+            }
+            match self.waiters.register(keys) {
+                Some(r) => registration = Some(r),
+                None => break false,
+            }
+        };
+        let answer = json(
+            StatusCode::OK,
+            &NextActionResponse::Wait {
+                // After a wait that ran out, asking again at once is what the
+                // worker asked for; otherwise the usual poll.
+                retry_after_seconds: if waited_out { 0 } else { 3 },
+                reason: "no action is waiting for this worker".into(),
+            },
+        );
+        self.applied_wait(answer, wait)
+    }
+
+    /// Marks an answer to a request that asked to wait (RFC 7240
+    /// `Preference-Applied`).
+    fn applied_wait(
+        &self,
+        mut answer: Response<Body>,
+        wait: std::time::Duration,
+    ) -> Response<Body> {
+        if !wait.is_zero()
+            && let Ok(v) = format!("wait={}", wait.as_secs()).parse()
         {
-            Ok(Some(a)) => {
-                tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
-                json(
-                    StatusCode::OK,
-                    &NextActionResponse::Action(WorkerAction::from_assignment(
-                        &a,
-                        self.heartbeat_seconds,
-                    )),
-                )
-            }
-            Ok(None) => json(
-                StatusCode::OK,
-                &NextActionResponse::Wait {
-                    retry_after_seconds: 3,
-                    reason: "no action is waiting for this worker".into(),
-                },
-            ),
-            Err(e) => {
-                tracing::warn!(worker, error = %e, "claim failed");
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; retry",
-                )
-            }
+            answer.headers_mut().insert("preference-applied", v);
         }
+        answer
     }
 
     /// The workflow an event names, if it is the caller's; else the answer.
@@ -398,7 +516,7 @@ impl ExtraRoutes for WorkerApi {
         if req.method() != Method::POST {
             return Ok(problem(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
         }
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -425,10 +543,13 @@ impl ExtraRoutes for WorkerApi {
             Err(answer) => return Ok(answer),
         }
         Ok(match op {
-            "next-action" => match Self::body(req).await {
-                Ok(ask) => self.next_action(&worker, ask).await,
-                Err(resp) => resp,
-            },
+            "next-action" => {
+                let wait = preferred_wait(req.headers());
+                match Self::body(req).await {
+                    Ok(ask) => self.next_action(&worker, ask, wait, permit).await,
+                    Err(resp) => resp,
+                }
+            }
             "report" => match Self::body(req).await {
                 Ok(r) => self.report(&worker, r).await,
                 Err(resp) => resp,
@@ -459,5 +580,42 @@ const SHED: &[crate::http::CounterRow<std::sync::atomic::AtomicU64>] = &[crate::
 impl crate::http::MetricsSource for ShedCounter {
     fn register(self: Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
         crate::http::register_counters(registry, self.0.clone(), SHED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn wait_of(values: &[&str]) -> Duration {
+        let mut headers = hyper::HeaderMap::new();
+        for v in values {
+            headers.append("prefer", v.parse().unwrap());
+        }
+        preferred_wait(&headers)
+    }
+
+    #[test]
+    fn the_wait_preference_is_read_as_rfc_7240_writes_it_and_capped() {
+        assert_eq!(wait_of(&[]), Duration::ZERO);
+        assert_eq!(wait_of(&["wait=10"]), Duration::from_secs(10));
+        assert_eq!(
+            wait_of(&["respond-async, Wait = 5"]),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            wait_of(&["handling=lenient", "wait=\"7\""]),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            wait_of(&["wait=3;x=y, wait=9"]),
+            Duration::from_secs(3),
+            "the first counts"
+        );
+        assert_eq!(wait_of(&["wait=86400"]), MAX_WAIT);
+        assert_eq!(wait_of(&["wait=-1"]), Duration::ZERO);
+        assert_eq!(wait_of(&["wait"]), Duration::ZERO);
+        assert_eq!(wait_of(&["waiting=10"]), Duration::ZERO);
     }
 }

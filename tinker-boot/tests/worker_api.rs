@@ -23,6 +23,8 @@ struct SlowStore {
     event_writes: std::sync::Mutex<(usize, usize)>,
     /// Calls of `hardware_by_mac`.
     mac_lookups: std::sync::atomic::AtomicUsize,
+    /// Calls of `claim_next_action_for_request`.
+    claims: std::sync::atomic::AtomicUsize,
 }
 
 impl SlowStore {
@@ -32,6 +34,7 @@ impl SlowStore {
             slow,
             event_writes: Default::default(),
             mac_lookups: Default::default(),
+            claims: Default::default(),
         }
     }
 }
@@ -72,6 +75,8 @@ impl WorkflowStore for SlowStore {
         r: Option<&str>,
         n: jiff::Timestamp,
     ) -> Result<Option<Assignment>> {
+        self.claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.slow {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -689,4 +694,76 @@ async fn a_workers_hardware_is_read_once_until_it_changes() {
         2,
         "read again once after the change"
     );
+}
+
+/// Long poll (`Prefer: wait=N`, RFC 7240): a worker whose machine is being
+/// prepared asks once and is answered with its action as soon as its
+/// workflow is ready, not when the wait runs out; meanwhile the request
+/// claimed twice (once on arrival, once after registering its wait), not
+/// once per poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
+    use std::sync::atomic::Ordering;
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::model::MachinePhase;
+    use tinker_core::testing::{mac, rendered_workflow};
+    let counting = Arc::new(SlowStore::new(false));
+    let store: Arc<dyn WorkflowStore> = counting.clone();
+    let mut wf = rendered_workflow("prepared", mac(7), 1, 600);
+    wf.status.as_mut().unwrap().machine.phase = MachinePhase::Preparing;
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let token = machine(store.as_ref(), "k", mac(7), [127, 0, 0, 1]).await;
+    let port = serve(
+        WorkerApi::new(store.clone(), Secret::new("k"), 5),
+        store.clone(),
+    )
+    .await;
+    let w = mac(7).to_string();
+    let auth = format!("Bearer {token}");
+    let asked = tokio::spawn(async move {
+        client::request(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+            client::Method::POST,
+            &format!("/v1/workers/{w}/next-action"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("prefer", "respond-async, wait=20"),
+            ],
+            format!("{{\"worker_id\":\"{w}\"}}"),
+        )
+        .await
+        .expect("an answer")
+    });
+    // Until the request waits: it claimed on arrival and again after
+    // registering (a guard of 2,000 turns, not a timing).
+    for _ in 0..2000 {
+        if counting.claims.load(Ordering::Relaxed) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counting.claims.load(Ordering::Relaxed), 2);
+    assert!(!asked.is_finished(), "nothing to run yet: it waits");
+    let found = store
+        .workflow("default", "prepared")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ready = found.value;
+    ready.status.as_mut().unwrap().machine.phase = MachinePhase::Ready;
+    store
+        .put(ready.into(), Precondition::Version(found.version))
+        .await
+        .unwrap();
+    let resp = asked.await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(
+        resp.text().contains("\"status\":\"action\""),
+        "answered with the action: {}",
+        resp.text()
+    );
+    assert_eq!(resp.header("preference-applied"), Some("wait=20"));
+    assert_eq!(counting.claims.load(Ordering::Relaxed), 3);
 }

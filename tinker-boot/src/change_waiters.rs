@@ -1,0 +1,236 @@
+//! Requests waiting for an object to change: the worker API's long poll
+//! (`Prefer: wait=N`, RFC 7240). An agent whose workflow is being prepared
+//! asks once and is answered when its workflow changes, instead of asking
+//! again every few seconds (28 times per machine in a PostgreSQL boot storm,
+//! each a token check and a claim query).
+//!
+//! A waiter registers the keys it waits on and is woken by the store's change
+//! feed, read by one task for all waiters (a broadcast receiver per waiter
+//! would wake every waiter at every change). A wake-up is only a hint: the
+//! waiter looks again (a claim), so a change it missed costs a late answer,
+//! never a wrong one, and a waiter is bounded by its own deadline. A feed that
+//! fell behind wakes every waiter; a feed that closed wakes them all and
+//! refuses new waits ([`ChangeWaiters::register`] answers `None`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use tinker_core::model::ObjectKey;
+use tinker_core::store::Change;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+#[derive(Debug, Default)]
+struct Waiting {
+    by_key: HashMap<ObjectKey, Vec<Arc<Notify>>>,
+    /// The feed, until the task that reads it starts (at the first wait).
+    feed: Option<broadcast::Receiver<Change>>,
+    closed: bool,
+}
+
+/// Waiters by key, woken by a store's change feed.
+#[derive(Debug)]
+pub struct ChangeWaiters {
+    waiting: Mutex<Waiting>,
+}
+
+/// One waiter's registration; dropping it forgets the waiter.
+#[derive(Debug)]
+pub struct Registration {
+    hub: Arc<ChangeWaiters>,
+    keys: Vec<ObjectKey>,
+    notify: Arc<Notify>,
+}
+
+impl ChangeWaiters {
+    /// Waiters fed by `feed` (a store's `watch()`); its reader starts at the
+    /// first [`register`](Self::register), on that caller's runtime.
+    pub fn new(feed: broadcast::Receiver<Change>) -> Arc<Self> {
+        Arc::new(ChangeWaiters {
+            waiting: Mutex::new(Waiting {
+                feed: Some(feed),
+                ..Waiting::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a waiter on `keys`, woken by the next change of any of them
+    /// (one announced before [`Registration::changed`] is awaited counts).
+    /// `None` when the store announces no changes (its feed closed): the
+    /// caller answers at once instead of waiting for nothing.
+    pub fn register(self: &Arc<Self>, keys: Vec<ObjectKey>) -> Option<Registration> {
+        let notify = Arc::new(Notify::new());
+        let feed = {
+            let mut waiting = self.lock();
+            if waiting.closed {
+                return None;
+            }
+            for key in &keys {
+                waiting
+                    .by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .push(notify.clone());
+            }
+            waiting.feed.take()
+        };
+        if let Some(feed) = feed {
+            tokio::spawn(read_feed(Arc::downgrade(self), feed));
+        }
+        Some(Registration {
+            hub: self.clone(),
+            keys,
+            notify,
+        })
+    }
+
+    /// Waiters registered, counted once per key they wait on.
+    pub fn len(&self) -> usize {
+        self.lock().by_key.values().map(Vec::len).sum()
+    }
+
+    /// Whether no one waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn changed(&self, key: &ObjectKey) {
+        let woken = self.lock().by_key.remove(key).unwrap_or_default();
+        for n in woken {
+            n.notify_one();
+        }
+    }
+
+    fn wake_all(&self, close: bool) {
+        let woken = {
+            let mut waiting = self.lock();
+            waiting.closed |= close;
+            std::mem::take(&mut waiting.by_key)
+        };
+        for n in woken.into_values().flatten() {
+            n.notify_one();
+        }
+    }
+}
+
+/// The one reader of the feed; ends with the feed or with the waiters.
+async fn read_feed(hub: Weak<ChangeWaiters>, mut feed: broadcast::Receiver<Change>) {
+    loop {
+        let got = feed.recv().await;
+        let Some(hub) = hub.upgrade() else { return };
+        match got {
+            Ok(change) => hub.changed(&change.key),
+            Err(RecvError::Lagged(_)) => hub.wake_all(false),
+            Err(RecvError::Closed) => {
+                hub.wake_all(true);
+                return;
+            }
+        }
+    }
+}
+
+impl Registration {
+    /// Resolves once a key this waiter registered has changed since it
+    /// registered (or the feed fell behind or closed).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut waiting = self.hub.lock();
+        for key in &self.keys {
+            if let Some(list) = waiting.by_key.get_mut(key) {
+                list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+                if list.is_empty() {
+                    waiting.by_key.remove(key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinker_core::model::Kind;
+
+    /// Whether `f` is ready at its first poll.
+    fn ready(f: impl std::future::Future<Output = ()>) -> bool {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.as_mut().poll(&mut cx).is_ready()
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new(Kind::Workflow, "default", name)
+    }
+
+    fn change(name: &str) -> Change {
+        Change {
+            key: key(name),
+            version: 2,
+            deleted: false,
+        }
+    }
+
+    /// Lets the feed's reader run.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_the_waiters_on_its_key_only() {
+        let (tx, rx) = broadcast::channel(16);
+        let hub = ChangeWaiters::new(rx);
+        let a = hub.register(vec![key("a"), key("b")]).unwrap();
+        let c = hub.register(vec![key("c")]).unwrap();
+        assert_eq!(hub.len(), 3);
+        // Announced before the waiter awaits: not lost.
+        tx.send(change("b")).unwrap();
+        settle().await;
+        assert!(ready(a.changed()), "woken by b");
+        assert!(!ready(c.changed()), "c did not change");
+        tx.send(change("c")).unwrap();
+        settle().await;
+        assert!(ready(c.changed()));
+        drop((a, c));
+        assert!(hub.is_empty(), "a dropped registration is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_leaves_nothing_behind_and_others_stay() {
+        let (_tx, rx) = broadcast::channel(16);
+        let hub = ChangeWaiters::new(rx);
+        let a = hub.register(vec![key("a")]).unwrap();
+        let b = hub.register(vec![key("a")]).unwrap();
+        drop(a);
+        assert_eq!(hub.len(), 1);
+        drop(b);
+        assert!(hub.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_feed_that_fell_behind_wakes_everyone_and_a_closed_one_refuses_waits() {
+        let (tx, rx) = broadcast::channel(2);
+        let hub = ChangeWaiters::new(rx);
+        let a = hub.register(vec![key("a")]).unwrap();
+        // The reader has not run yet: five changes overflow the channel of 2.
+        for name in ["x", "y", "z", "u", "v"] {
+            tx.send(change(name)).unwrap();
+        }
+        settle().await;
+        assert!(ready(a.changed()), "lagged: woken");
+        let b = hub.register(vec![key("b")]).unwrap();
+        drop(tx);
+        settle().await;
+        assert!(ready(b.changed()), "closed: woken");
+        assert!(hub.register(vec![key("c")]).is_none(), "closed: no waits");
+    }
+}
