@@ -2,17 +2,18 @@
 //! when the test moves it: no sockets, no real time. A scripted control plane
 //! hands out one action, stops answering for a while, and then has nothing more
 //! to do; the test checks what the agent asked, in which order, and what its
-//! caller was told.
+//! caller was told. An overloaded one asks the agent to wait (`Retry-After`),
+//! and the driver carries that advice from the transport to the core.
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tinker_actions::agent::{
-    Agent, AgentConfig, AgentEvent, EventSink, HeartbeatAnswer, Reply, ReportAnswer, Request,
-    Transport,
+    Agent, AgentConfig, AgentEvent, Answer, EventSink, HeartbeatAnswer, Reply, ReportAnswer,
+    Request, RetryAfter, Transport,
 };
-use tinker_core::clock::{ManualClock, SharedClock};
+use tinker_core::clock::{Clock, ManualClock, SharedClock};
 use tinker_core::runtime::{
     ActionOutcome, ActionRuntime, ActionSpec, CancelToken, OutputSink, Stream,
 };
@@ -169,4 +170,82 @@ async fn the_driver_runs_the_core_over_any_transport_under_a_manual_clock() {
     assert!(events.iter().any(
         |e| matches!(e, AgentEvent::FailedOver { from, to } if from == "mem://a" && to == "mem://b")
     ));
+}
+
+/// An overloaded control plane: the first question gets a 503 with
+/// `Retry-After: 7`, every later one "nothing to do".
+#[derive(Debug)]
+struct Overloaded {
+    clock: Arc<ManualClock>,
+    asked_at: Mutex<Vec<Timestamp>>,
+}
+
+#[async_trait]
+impl Transport for Overloaded {
+    async fn send(&self, replica: &str, request: &Request) -> Result<Reply> {
+        self.call(replica, request).await.reply
+    }
+
+    async fn call(&self, replica: &str, _request: &Request) -> Answer {
+        let mut asked = self.asked_at.lock().unwrap();
+        asked.push(self.clock.now());
+        if asked.len() == 1 {
+            let busy: Result<Reply> = Err(Error::Unreachable {
+                target: replica.into(),
+                reason: "next-action: 503 Service Unavailable".into(),
+            });
+            return Answer::from(busy)
+                .with_retry_after(Some(RetryAfter::Delay(Duration::from_secs(7))));
+        }
+        Answer::from(Ok(Reply::NextAction(NextActionResponse::Wait {
+            retry_after_seconds: 0,
+            reason: "no action".into(),
+        })))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_driver_hands_the_transport_s_retry_after_to_the_core() {
+    let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+    let clock = Arc::new(ManualClock::new(t0));
+    let plane = Arc::new(Overloaded {
+        clock: clock.clone(),
+        asked_at: Mutex::new(Vec::new()),
+    });
+    let events = Arc::new(Recorder::default());
+    let agent = Agent::new(
+        AgentConfig::new("mem://a,mem://b", "w1", "secret")
+            .with_jitter_seed(1)
+            .with_idle_exit(Duration::from_secs(8)),
+        Arc::new(SlowWork(clock.clone())),
+        None,
+    )
+    .with_transport(plane.clone())
+    .with_clock(clock.clone())
+    .with_events(events.clone());
+    let ticker = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::task::yield_now().await;
+                clock.advance(Duration::from_millis(50));
+            }
+        })
+    };
+    agent.run(std::future::pending()).await.unwrap();
+    ticker.abort();
+    let asked = plane.asked_at.lock().unwrap().clone();
+    // The own backoff would have asked again within 200 ms.
+    assert!(asked.len() >= 2, "{asked:?}");
+    assert_eq!(asked[0], t0);
+    let waited = asked[1].duration_since(asked[0]);
+    assert!(
+        waited >= jiff::SignedDuration::from_secs(7)
+            && waited < jiff::SignedDuration::from_millis(7100),
+        "{waited:?}"
+    );
+    assert!(events.0.lock().unwrap().iter().any(|e| matches!(
+        e,
+        AgentEvent::Retrying { what: "next action", delay, .. } if *delay == Duration::from_secs(7)
+    )));
 }

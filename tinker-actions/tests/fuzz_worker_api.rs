@@ -1,7 +1,8 @@
 //! Property-based fuzzing of what the agent reads from the network: the worker
-//! API's answers (`decode`), and what the agent core does with a decoded action.
-//! Whatever the status and the bytes, nothing panics; a refusal is a typed error
-//! or a "no work" with its reason.
+//! API's answers (`decode`, `decode_answer` with a `Retry-After`), and what the
+//! agent core does with a decoded action or advice. Whatever the status and the
+//! bytes, nothing panics; a refusal is a typed error or a "no work" with its
+//! reason; a server's wait is bounded.
 //!
 //! Each property runs a bounded number of cases (64 by default, as in CI); a
 //! longer run by hand uses the same tests with more:
@@ -9,8 +10,10 @@
 
 use jiff::Timestamp;
 use proptest::prelude::*;
+use std::time::Duration;
 use tinker_actions::agent::{
-    AgentConfig, AgentCore, MAX_ACTION_TIMEOUT, Output, Reply, Request, action_spec, decode,
+    AgentConfig, AgentCore, MAX_ACTION_TIMEOUT, MAX_SERVER_PAUSE, Output, Reply, Request,
+    RetryAfter, action_spec, decode, decode_answer,
 };
 use tinker_core::runtime::ActionOutcome;
 use tinker_core::worker_api::{
@@ -157,8 +160,52 @@ fn drive(reply: Reply) {
     }
 }
 
+/// `Retry-After` values: any bytes, numbers of any size, and date-like text.
+fn retry_after_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..40),
+        any::<u64>().prop_map(|n| n.to_string().into_bytes()),
+        "[0-9]{1,40}".prop_map(String::into_bytes),
+        "[ \t]?[A-Za-z]{3,9},? [0-9]{1,2}[ -][A-Za-z]{3}[ -][0-9]{2,4} [0-9]{2}:[0-9]{2}:[0-9]{2}( GMT)?"
+            .prop_map(String::into_bytes),
+    ]
+}
+
 proptest! {
     #![proptest_config(cases())]
+
+    #[test]
+    fn any_retry_after_decodes_without_panic_and_the_wait_is_bounded(
+        status in prop_oneof![Just(503u16), Just(429), any::<u16>()],
+        value in retry_after_value(),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for r in requests() {
+            let answer = decode_answer(&r, "http://cp", status, Some(&value), &body);
+            // The reply is `decode`'s; the advice comes only with a 503 or 429.
+            prop_assert_eq!(
+                format!("{:?}", answer.reply),
+                format!("{:?}", decode(&r, "http://cp", status, &body))
+            );
+            prop_assert!(answer.retry_after.is_none() || status == 503 || status == 429);
+            prop_assert_eq!(
+                answer.retry_after,
+                if status == 503 || status == 429 { RetryAfter::parse(&value) } else { None }
+            );
+        }
+        // A question answered so waits no longer than the bound.
+        let config = AgentConfig::new("http://cp", "w1", "t").with_jitter_seed(1);
+        let mut core = AgentCore::new(&config, "fuzz", t0);
+        let Some(Output::Send(ask)) = core.poll_output() else { panic!("no question") };
+        let answer = decode_answer(&ask.request, &ask.replica, status, Some(&value), &body);
+        core.handle_answer(t0, ask.id, answer);
+        while core.poll_output().is_some() {}
+        if let Some(next) = core.poll_timeout() {
+            let wait = Duration::try_from(next.duration_since(t0)).unwrap();
+            prop_assert!(wait <= MAX_SERVER_PAUSE.max(config.max_backoff), "{:?}", wait);
+        }
+    }
 
     #[test]
     fn any_status_and_bytes_decode_without_panic(status in any::<u16>(), body in prop::collection::vec(any::<u8>(), 0..512)) {

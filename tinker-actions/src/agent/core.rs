@@ -11,10 +11,11 @@
 //! its output; report its end, retrying until the control plane has the report;
 //! after an acknowledged success, let the driver take the final step (kexec,
 //! reboot); ask again. Failed calls back off with jitter and move to the next
-//! replica.
+//! replica, waiting at least as long as an overloaded control plane's
+//! `Retry-After` asked (which the transport reads, and the core bounds).
 
 use super::events::AgentEvent;
-use super::transport::{HeartbeatAnswer, Reply, ReportAnswer, Request};
+use super::transport::{Answer, HeartbeatAnswer, Reply, ReportAnswer, Request, RetryAfter};
 use super::{AgentConfig, AgentSummary};
 use jiff::{SignedDuration, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
@@ -26,7 +27,8 @@ use tinker_core::worker_api::{
 };
 use tinker_core::{Error, Result, Retryable};
 
-/// The longest the agent waits, when told to, before asking for work again.
+/// The longest the agent waits, when told to, before asking for work again,
+/// or before retrying a call the control plane answered with `Retry-After`.
 pub const MAX_SERVER_PAUSE: Duration = Duration::from_secs(60);
 
 /// The first wait before retrying a failed call (it doubles up to
@@ -285,8 +287,20 @@ impl AgentCore {
     }
 
     /// The answer to request `id` (an answer to a request the core no longer
-    /// waits for is dropped).
+    /// waits for is dropped), without advice on when to call again.
     pub fn handle_reply(&mut self, now: Timestamp, id: RequestId, reply: Result<Reply>) {
+        self.handle_answer(now, id, reply.into());
+    }
+
+    /// The answer to request `id` with the control plane's advice on when to
+    /// call again ([`Transport::call`](super::Transport::call)): a call that
+    /// failed is retried no sooner than the advice says (bounded by
+    /// [`MAX_SERVER_PAUSE`]).
+    pub fn handle_answer(&mut self, now: Timestamp, id: RequestId, answer: Answer) {
+        let Answer {
+            reply,
+            retry_after: advice,
+        } = answer;
         let Some(replica) = self.in_flight.remove(&id) else {
             return;
         };
@@ -297,12 +311,14 @@ impl AgentCore {
         }
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Asking(c) if c.in_flight == Some(id) => {
-                self.answered_ask(now, c, replica, reply)
+                self.answered_ask(now, c, replica, reply, advice)
             }
+            // Heartbeats keep the schedule the control plane set, advice or
+            // not: one held back could get the action timed out.
             Phase::Running(r) => self.answered_beat(now, r, id, reply),
             Phase::Flushing(e, c) if c.in_flight == Some(id) => match reply {
                 Err(err) if err.is_retryable() => {
-                    self.phase = Phase::Flushing(e, self.retry(now, c, replica, err))
+                    self.phase = Phase::Flushing(e, self.retry(now, c, replica, err, advice))
                 }
                 // Output that cannot be delivered does not hold up the report.
                 _ => self.report(now, e),
@@ -316,7 +332,7 @@ impl AgentCore {
                     },
                 ),
                 Err(err) if err.is_retryable() => {
-                    self.phase = Phase::Reporting(e, self.retry(now, c, replica, err))
+                    self.phase = Phase::Reporting(e, self.retry(now, c, replica, err, advice))
                 }
                 Err(err) => self.finish(Err(err)),
             },
@@ -324,7 +340,14 @@ impl AgentCore {
         }
     }
 
-    fn answered_ask(&mut self, now: Timestamp, c: Call, replica: usize, reply: Result<Reply>) {
+    fn answered_ask(
+        &mut self,
+        now: Timestamp,
+        c: Call,
+        replica: usize,
+        reply: Result<Reply>,
+        advice: Option<RetryAfter>,
+    ) {
         match reply {
             Ok(Reply::NextAction(NextActionResponse::Action(action))) => self.start(now, action),
             Ok(reply) => {
@@ -355,7 +378,7 @@ impl AgentCore {
                 }
             }
             Err(e) if e.is_retryable() => {
-                self.phase = Phase::Asking(self.retry(now, c, replica, e))
+                self.phase = Phase::Asking(self.retry(now, c, replica, e, advice))
             }
             Err(e) => self.finish(Err(e)),
         }
@@ -507,8 +530,28 @@ impl AgentCore {
         c
     }
 
-    fn retry(&mut self, now: Timestamp, mut c: Call, replica: usize, error: Error) -> Call {
-        let delay = self.backoff.next_delay();
+    /// Schedules `c` again after it failed on `replica`: after the own jittered
+    /// backoff, or after the control plane's `advice` (`Retry-After`) when that
+    /// is longer, bounded by [`MAX_SERVER_PAUSE`] so a wrong or hostile server
+    /// cannot park the agent.
+    fn retry(
+        &mut self,
+        now: Timestamp,
+        mut c: Call,
+        replica: usize,
+        error: Error,
+        advice: Option<RetryAfter>,
+    ) -> Call {
+        // The backoff advances either way, so the own delays that follow keep
+        // growing as if the advice had not come.
+        let own = self.backoff.next_delay();
+        // The retry goes to the next replica (see `fail_over`), and still waits
+        // what the failed one asked: the replicas share one store, so an
+        // overloaded one speaks for all of them under a boot storm, and a rack
+        // that skipped the wait would only carry the storm to the next
+        // replica. The own backoff spans replicas the same way.
+        let server = advice.map_or(Duration::ZERO, |a| a.delay_from(now).min(MAX_SERVER_PAUSE));
+        let delay = own.max(server);
         self.emit(AgentEvent::Retrying {
             what: c.what,
             replica: self.replicas[replica].clone(),

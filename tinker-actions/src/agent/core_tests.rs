@@ -2,7 +2,7 @@
 //! feeds answers and times and checks exactly what the core asks for.
 
 use super::*;
-use crate::agent::http::decode;
+use crate::agent::http::{decode, decode_answer};
 use tinker_core::runtime::Stream;
 use tinker_core::state::WorkflowState;
 
@@ -242,6 +242,154 @@ fn a_failed_question_is_asked_again_with_the_same_id_on_the_next_replica_after_a
             "http://a", "http://b", "http://a", "http://b", "http://a", "http://b"
         ]
     );
+}
+
+/// The answer `status` with `Retry-After: retry_after` (if any) to `t`,
+/// through the HTTP codec.
+fn answer(t: &Transmit, status: u16, retry_after: Option<&[u8]>) -> Answer {
+    decode_answer(&t.request, &t.replica, status, retry_after, b"")
+}
+
+/// Sends the call that is out the answer `fail` gives at `now`, and returns
+/// the wait before it goes out again (told in the `Retrying` event), leaving
+/// the core at that time with the call sent again.
+fn retry_delay(
+    core: &mut AgentCore,
+    now: Timestamp,
+    fail: impl FnOnce(&Transmit) -> Answer,
+) -> (Duration, Timestamp) {
+    let call = one_send(core);
+    core.handle_answer(now, call.id, fail(&call));
+    let retry_at = core.poll_timeout().expect("a retry");
+    let delay = retry_at.duration_since(now).unsigned_abs();
+    let events = drain(core);
+    assert!(
+        events.iter().any(
+            |o| matches!(o, Output::Event(AgentEvent::Retrying { delay: d, .. }) if *d == delay)
+        ),
+        "{events:?}"
+    );
+    core.handle_timeout(retry_at - Duration::from_millis(1));
+    assert!(core.poll_output().is_none(), "nothing before the deadline");
+    core.handle_timeout(retry_at);
+    (delay, retry_at)
+}
+
+/// The own backoff's delays for `n` failed questions in a row, by a core
+/// made from `config` (the twin of the one under test: the same seed).
+fn own_delays(config: &AgentConfig, n: usize) -> Vec<Duration> {
+    let mut core = AgentCore::new(config, "run", t0());
+    let mut now = t0();
+    (0..n)
+        .map(|_| {
+            let (delay, at) = retry_delay(&mut core, now, |t| Err(unreachable(&t.replica)).into());
+            now = at;
+            delay
+        })
+        .collect()
+}
+
+#[test]
+fn a_503_with_retry_after_is_asked_again_no_sooner_than_the_control_plane_said_on_the_next_replica()
+{
+    let mut core = AgentCore::new(&config(), "run", t0());
+    let (delay, at) = retry_delay(&mut core, t0(), |t| answer(t, 503, Some(b"7")));
+    // The own backoff would have waited at most 200 ms; the control plane
+    // asked for 7 s, and gets it, not more.
+    let ceiling = BackoffConfig::new(FIRST_RETRY, secs(5)).ceiling(1);
+    assert!(ceiling < secs(7));
+    assert!(
+        delay >= secs(7) && delay <= ceiling.max(secs(7)),
+        "{delay:?}"
+    );
+    assert_eq!(delay, secs(7));
+    // The same question, on the other replica: the wait is not skipped by
+    // moving on (the replicas share one store, and one storm).
+    let ask = one_send(&mut core);
+    assert_eq!(
+        (ask.replica.as_str(), request_id(&ask).as_str()),
+        ("http://b", "run-1")
+    );
+    // A 429 is advice too (the Retrying event has a `delay` of 3 s).
+    core.handle_answer(at, ask.id, answer(&ask, 429, Some(b" 3 ")));
+    assert_eq!(core.poll_timeout(), Some(at + secs(3)));
+}
+
+#[test]
+fn the_control_plane_s_wait_never_shortens_the_own_backoff() {
+    let own = own_delays(&config(), 6);
+    let mut core = AgentCore::new(&config(), "run", t0());
+    let mut now = t0();
+    let mut advised = Vec::new();
+    for _ in 0..6 {
+        let (delay, at) = retry_delay(&mut core, now, |t| answer(t, 503, Some(b"2")));
+        advised.push(delay);
+        now = at;
+    }
+    let expected: Vec<Duration> = own.iter().map(|d| (*d).max(secs(2))).collect();
+    assert_eq!(advised, expected, "own {own:?}");
+    // Both rules were at work: the server's 2 s first, the grown backoff last.
+    assert_eq!(advised[0], secs(2));
+    assert!(own[5] > secs(2) && advised[5] == own[5], "{own:?}");
+}
+
+#[test]
+fn a_huge_retry_after_is_bounded_by_the_max_server_pause() {
+    for huge in [&b"86400"[..], b"99999999999999999999999999999"] {
+        let mut core = AgentCore::new(&config(), "run", t0());
+        let (delay, _) = retry_delay(&mut core, t0(), |t| answer(t, 503, Some(huge)));
+        assert_eq!(
+            delay,
+            MAX_SERVER_PAUSE,
+            "{:?}",
+            String::from_utf8_lossy(huge)
+        );
+    }
+    // A report is bounded the same way.
+    let mut core = running(&config(), action(30));
+    drain(&mut core);
+    core.handle_action_finished(t0() + secs(1), ActionOutcome::Success);
+    let (delay, _) = retry_delay(&mut core, t0() + secs(1), |t| {
+        answer(t, 503, Some(b"4294967296"))
+    });
+    assert_eq!(delay, MAX_SERVER_PAUSE);
+    assert!(matches!(one_send(&mut core).request, Request::Report(_)));
+}
+
+#[test]
+fn an_unreadable_absent_past_or_misplaced_retry_after_falls_back_to_the_own_backoff() {
+    let own = own_delays(&config(), 1)[0];
+    assert!(own < secs(1), "{own:?}");
+    for (status, value) in [
+        (503, None),
+        (503, Some(&b"soon"[..])),
+        (503, Some(b"-5")),
+        (503, Some(b"1.5")),
+        (503, Some(b"")),
+        (503, Some(b"\xff\xfe7")),
+        (503, Some(b"Sun, 06 Nov 1994 08:49:37 GMT")),
+        // Only an overloaded or rate-limiting answer is advice.
+        (500, Some(b"7")),
+        (502, Some(b"7")),
+    ] {
+        let mut core = AgentCore::new(&config(), "run", t0());
+        let (delay, _) = retry_delay(&mut core, t0(), |t| answer(t, status, value));
+        assert_eq!(delay, own, "{status} {value:?}");
+    }
+}
+
+#[test]
+fn an_http_date_retry_after_is_read_on_the_core_s_clock() {
+    // t0 + 9 s, in each of the three forms RFC 9110 has recipients accept.
+    for date in [
+        &b"Fri, 15 Jan 2027 08:00:09 GMT"[..],
+        b"Friday, 15-Jan-27 08:00:09 GMT",
+        b"Fri Jan 15 08:00:09 2027",
+    ] {
+        let mut core = AgentCore::new(&config(), "run", t0());
+        let (delay, _) = retry_delay(&mut core, t0() + secs(1), |t| answer(t, 503, Some(date)));
+        assert_eq!(delay, secs(8), "{:?}", String::from_utf8_lossy(date));
+    }
 }
 
 #[test]

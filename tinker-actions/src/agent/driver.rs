@@ -5,7 +5,7 @@
 use super::core::{AgentCore, Output, RequestId, Transmit, action_spec};
 use super::events::{AgentEvent, EventSink, TracingEvents};
 use super::http::HttpTransport;
-use super::transport::{Reply, Transport};
+use super::transport::{Answer, Transport};
 use super::{AgentConfig, AgentSummary};
 use crate::native::NativeRuntime;
 use futures_util::StreamExt;
@@ -147,9 +147,9 @@ impl Agent {
             tokio::select! {
                 biased;
                 () = &mut shutdown, if d.core.is_idle() => return Ok(d.core.summary().clone()),
-                Some((id, reply)) = d.calls.next(), if !d.calls.is_empty() => {
+                Some((id, answer)) = d.calls.next(), if !d.calls.is_empty() => {
                     d.feed_output();
-                    d.core.handle_reply(self.clock.now(), id, reply);
+                    d.core.handle_answer(self.clock.now(), id, answer);
                 }
                 outcome = running(&mut d.action), if d.action.is_some() => {
                     d.action = None;
@@ -171,7 +171,7 @@ struct Driver<'a> {
     core: AgentCore,
     transport: Arc<dyn Transport>,
     collector: Arc<Collector>,
-    calls: FuturesUnordered<BoxFuture<'static, (RequestId, Result<Reply>)>>,
+    calls: FuturesUnordered<BoxFuture<'static, (RequestId, Answer)>>,
     action: Option<BoxFuture<'static, ActionOutcome>>,
     spec: Option<ActionSpec>,
     cancel: CancelToken,
@@ -201,7 +201,7 @@ impl Driver<'_> {
     fn send(&mut self, t: Transmit) {
         let transport = self.transport.clone();
         self.calls.push(Box::pin(async move {
-            (t.id, transport.send(&t.replica, &t.request).await)
+            (t.id, transport.call(&t.replica, &t.request).await)
         }));
     }
 

@@ -1,10 +1,13 @@
 //! [`HttpTransport`]: the worker API as JSON over HTTP/1.1 (hyper), the wire
-//! format `tinker-boot`'s worker API serves. The codec ([`encode`], [`decode`])
-//! is public so a transport that calls the worker API's handler in process
-//! speaks exactly the same bytes and status codes.
+//! format `tinker-boot`'s worker API serves. The codec ([`encode`], [`decode`],
+//! [`decode_answer`]) is public so a transport that calls the worker API's
+//! handler in process speaks exactly the same bytes, status codes and
+//! `Retry-After` advice.
 
 use super::tls::ServerTrust;
-use super::transport::{HeartbeatAnswer, Reply, ReportAnswer, Request, Transport};
+use super::transport::{
+    Answer, HeartbeatAnswer, Reply, ReportAnswer, Request, RetryAfter, Transport,
+};
 use async_trait::async_trait;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -91,6 +94,27 @@ pub fn decode(request: &Request, target: &str, status: u16, body: &[u8]) -> Resu
     })
 }
 
+/// Reads the worker API's answer like [`decode`], with the value of its
+/// `Retry-After` field, if it has one: a 503 (overloaded) or 429 (too many
+/// requests) answer that carries a readable one ([`RetryAfter::parse`]) brings
+/// it back as advice; on any other status, or unreadable, it is ignored and the
+/// agent keeps its own backoff. It never panics, whatever the bytes.
+pub fn decode_answer(
+    request: &Request,
+    target: &str,
+    status: u16,
+    retry_after: Option<&[u8]>,
+    body: &[u8],
+) -> Answer {
+    let advice = match StatusCode::from_u16(status) {
+        Ok(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
+            retry_after.and_then(RetryAfter::parse)
+        }
+        _ => None,
+    };
+    Answer::from(decode(request, target, status, body)).with_retry_after(advice)
+}
+
 /// The worker API over HTTP, with the worker's bearer token.
 #[derive(Debug)]
 pub struct HttpTransport {
@@ -174,7 +198,12 @@ impl HttpTransport {
         self
     }
 
-    async fn exchange(&self, target: &str, request: &Request) -> Result<(u16, Bytes)> {
+    /// The answer's status, `Retry-After` value and body.
+    async fn exchange(
+        &self,
+        target: &str,
+        request: &Request,
+    ) -> Result<(u16, Option<hyper::header::HeaderValue>, Bytes)> {
         let (path, body) = encode(request)?;
         let req = hyper::Request::builder()
             .method(Method::POST)
@@ -196,21 +225,34 @@ impl HttpTransport {
             }),
         };
         let status = resp.status().as_u16();
+        let retry_after = resp.headers().get(hyper::header::RETRY_AFTER).cloned();
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| unreachable(&e))?
             .to_bytes();
-        Ok((status, bytes))
+        Ok((status, retry_after, bytes))
     }
 }
 
 #[async_trait]
 impl Transport for HttpTransport {
     async fn send(&self, replica: &str, request: &Request) -> Result<Reply> {
-        let (status, body) = self.exchange(replica, request).await?;
-        decode(request, replica, status, &body)
+        self.call(replica, request).await.reply
+    }
+
+    async fn call(&self, replica: &str, request: &Request) -> Answer {
+        match self.exchange(replica, request).await {
+            Ok((status, retry_after, body)) => decode_answer(
+                request,
+                replica,
+                status,
+                retry_after.as_ref().map(|v| v.as_bytes()),
+                &body,
+            ),
+            Err(e) => Err(e).into(),
+        }
     }
 }
 
@@ -254,6 +296,112 @@ mod tests {
         let denied = decode(&hb, "http://a", 401, b"").unwrap_err();
         assert!(matches!(denied, Error::AuthenticationFailed { .. }));
         assert!(!denied.is_retryable());
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date_and_anything_else_is_no_advice() {
+        let at = |s: &str| Some(RetryAfter::At(s.parse().unwrap()));
+        for (value, advice) in [
+            (&b"7"[..], Some(RetryAfter::Delay(Duration::from_secs(7)))),
+            (b" 0\t", Some(RetryAfter::Delay(Duration::ZERO))),
+            (
+                b"99999999999999999999999",
+                Some(RetryAfter::Delay(Duration::from_secs(u64::MAX))),
+            ),
+            (b"Sun, 06 Nov 1994 08:49:37 GMT", at("1994-11-06T08:49:37Z")),
+            (
+                b"Sunday, 06-Nov-94 08:49:37 GMT",
+                at("1994-11-06T08:49:37Z"),
+            ),
+            (b"Sun Nov  6 08:49:37 1994", at("1994-11-06T08:49:37Z")),
+            (b"", None),
+            (b"   ", None),
+            (b"-5", None),
+            (b"+5", None),
+            (b"1.5", None),
+            (b"7 s", None),
+            (b"soon", None),
+            (b"\xff7", None),
+            // The wrong weekday: not a date.
+            (b"Mon, 06 Nov 1994 08:49:37 GMT", None),
+        ] {
+            assert_eq!(
+                RetryAfter::parse(value),
+                advice,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        let now: jiff::Timestamp = "1994-11-06T08:49:30Z".parse().unwrap();
+        assert_eq!(
+            at("1994-11-06T08:49:37Z").unwrap().delay_from(now),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            at("1994-11-06T08:49:00Z").unwrap().delay_from(now),
+            Duration::ZERO,
+            "a date past is no wait"
+        );
+    }
+
+    #[test]
+    fn only_a_503_or_429_brings_its_retry_after_back() {
+        let hb = heartbeat();
+        let seven = Some(RetryAfter::Delay(Duration::from_secs(7)));
+        for (status, value, advice) in [
+            (503, Some(&b"7"[..]), seven),
+            (429, Some(b"7"), seven),
+            (503, None, None),
+            (503, Some(b"later"), None),
+            (500, Some(b"7"), None),
+            (502, Some(b"7"), None),
+            (204, Some(b"7"), None),
+            (301, Some(b"7"), None),
+            (1000, Some(b"7"), None),
+        ] {
+            let answer = decode_answer(&hb, "http://a", status, value, b"");
+            assert_eq!(answer.retry_after, advice, "{status} {value:?}");
+            // The reply is what `decode` makes of the same answer.
+            assert_eq!(
+                format!("{:?}", answer.reply),
+                format!("{:?}", decode(&hb, "http://a", status, b"")),
+            );
+        }
+    }
+
+    /// A replica under load, on loopback: answers every request with a 503
+    /// and `Retry-After: 7`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_http_transport_brings_back_the_retry_after_of_a_503() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            // Reads up to the end of the (small) body before answering.
+            while !request.ends_with(b"}") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\n\
+                  content-type: application/json\r\ncontent-length: 2\r\n\
+                  connection: close\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        });
+        let transport = HttpTransport::new(Secret::new("t".to_string()));
+        let answer = transport.call(&target, &heartbeat()).await;
+        server.await.unwrap();
+        assert!(matches!(answer.reply, Err(Error::Unreachable { .. })));
+        assert_eq!(
+            answer.retry_after,
+            Some(RetryAfter::Delay(Duration::from_secs(7)))
+        );
     }
 
     #[test]

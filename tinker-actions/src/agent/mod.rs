@@ -4,9 +4,10 @@
 //!
 //! It survives a control plane that goes away: every call is retried with
 //! backoff (jittered, so a rack that lost its control plane together does not
-//! come back together) on the next replica, and a report is retried until the
-//! control plane has it (the action is never run a second time: the control
-//! plane gave it once, and keeps refusing to give it again). Actions that end
+//! come back together) on the next replica, never sooner than an overloaded
+//! control plane's `Retry-After` asks (up to [`MAX_SERVER_PAUSE`]); a report is
+//! retried until the control plane has it (the action is never run a second
+//! time: the control plane gave it once, and keeps refusing to give it again). Actions that end
 //! the in-memory OS (`kexec`, `reboot`) take their final step only after their
 //! success report is acknowledged.
 //!
@@ -28,13 +29,14 @@ mod tls;
 mod transport;
 
 pub use self::core::{
-    AgentCore, FIRST_RETRY, MAX_ACTION_TIMEOUT, Output, RequestId, Transmit, action_spec,
+    AgentCore, FIRST_RETRY, MAX_ACTION_TIMEOUT, MAX_SERVER_PAUSE, Output, RequestId, Transmit,
+    action_spec,
 };
 pub use driver::Agent;
 pub use events::{AgentEvent, EventSink, TracingEvents};
-pub use http::{DEFAULT_TIMEOUT, HttpTransport, decode, encode};
+pub use http::{DEFAULT_TIMEOUT, HttpTransport, decode, decode_answer, encode};
 pub use tls::{ServerTrust, fingerprint_text};
-pub use transport::{HeartbeatAnswer, Reply, ReportAnswer, Request, Transport};
+pub use transport::{Answer, HeartbeatAnswer, Reply, ReportAnswer, Request, RetryAfter, Transport};
 
 pub use crate::router::RuntimeRouter;
 
@@ -54,7 +56,8 @@ pub struct AgentConfig {
     pub worker_id: String,
     /// Its bearer token.
     pub token: Secret,
-    /// Longest wait between retries.
+    /// Longest wait between retries of the agent's own backoff (a control
+    /// plane's `Retry-After` may ask for longer, up to [`MAX_SERVER_PAUSE`]).
     pub max_backoff: Duration,
     /// Stop after this many actions (tests); `None`: run until shut down.
     pub max_actions: Option<usize>,

@@ -5,7 +5,9 @@
 //! protocol (gRPC) or an in-process one (a simulated rack) sits beside it.
 
 use async_trait::async_trait;
+use jiff::Timestamp;
 use std::fmt::Debug;
+use std::time::Duration;
 use tinker_core::Result;
 use tinker_core::state::WorkflowState;
 use tinker_core::worker_api::{
@@ -91,6 +93,78 @@ pub enum HeartbeatAnswer {
     Stop,
 }
 
+/// When the control plane asked to be called again: the HTTP `Retry-After`
+/// field of a 503 or 429 answer (RFC 9110 §10.2.3), read by the transport.
+/// The agent's core waits at least this long before retrying the call
+/// (bounded, so a wrong server cannot park the agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryAfter {
+    /// After this long (the `delay-seconds` form).
+    Delay(Duration),
+    /// Not before this time (the `HTTP-date` form).
+    At(Timestamp),
+}
+
+impl RetryAfter {
+    /// Reads a `Retry-After` field value: `delay-seconds` (digits; a number too
+    /// large for a `u64` is the largest delay), or an `HTTP-date` in any of the
+    /// three forms RFC 9110 §5.6.7 has recipients accept. Anything else (empty,
+    /// negative, fractional, not ASCII) is `None`: no advice.
+    pub fn parse(value: &[u8]) -> Option<RetryAfter> {
+        let value = value.trim_ascii();
+        if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
+            // Only digits: the one way to fail is overflow.
+            let seconds = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            return Some(RetryAfter::Delay(Duration::from_secs(seconds)));
+        }
+        let date = httpdate::parse_http_date(std::str::from_utf8(value).ok()?).ok()?;
+        Timestamp::try_from(date).ok().map(RetryAfter::At)
+    }
+
+    /// How long after `now` the control plane asked to be called again (zero
+    /// for a date already past). An HTTP-date is read on the agent's clock:
+    /// a server whose clock is ahead asks for a little more.
+    pub fn delay_from(&self, now: Timestamp) -> Duration {
+        match *self {
+            RetryAfter::Delay(d) => d,
+            RetryAfter::At(at) => Duration::try_from(at.duration_since(now)).unwrap_or_default(),
+        }
+    }
+}
+
+/// A [`Reply`] (or the error in its place) with the control plane's advice on
+/// when to call again, as a [`Transport`] brings it back.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Answer {
+    /// The answer.
+    pub reply: Result<Reply>,
+    /// The `Retry-After` of an overloaded (503) or rate-limiting (429) answer.
+    pub retry_after: Option<RetryAfter>,
+}
+
+impl Answer {
+    /// `self` with the control plane's advice `retry_after`.
+    pub fn with_retry_after(mut self, retry_after: Option<RetryAfter>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+}
+
+impl From<Result<Reply>> for Answer {
+    /// An answer without advice.
+    fn from(reply: Result<Reply>) -> Self {
+        Answer {
+            reply,
+            retry_after: None,
+        }
+    }
+}
+
 /// Carries one request to one control-plane replica.
 ///
 /// The error says whether to try again: an error for which
@@ -129,4 +203,14 @@ pub trait Transport: Send + Sync + Debug + 'static {
     /// Sends `request` to `replica` (one of the agent's configured control-plane
     /// addresses) and returns its answer.
     async fn send(&self, replica: &str, request: &Request) -> Result<Reply>;
+
+    /// Sends `request` to `replica` like [`Transport::send`], and brings back
+    /// the control plane's advice on when to call again with its answer; the
+    /// agent calls this one. A transport whose protocol carries such advice
+    /// ([`HttpTransport`](super::HttpTransport): `Retry-After`) implements it,
+    /// and a wrapper around another transport forwards it; by default there is
+    /// no advice.
+    async fn call(&self, replica: &str, request: &Request) -> Answer {
+        self.send(replica, request).await.into()
+    }
 }
