@@ -23,6 +23,13 @@ use tinker_core::{Error, Result, Secret};
 /// How long one request may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a question for work may wait at the control plane for an action
+/// by default (`Prefer: wait=20`, RFC 7240: the worker API's long poll, which
+/// answers as soon as the machine's workflow has an action for it instead of
+/// being asked again every few seconds). A control plane that does not know
+/// the preference answers at once, as before.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+
 /// The path and JSON body of `request` for the worker API
 /// (`/v1/workers/{worker_id}/{operation}`).
 pub fn encode(request: &Request) -> Result<(String, Vec<u8>)> {
@@ -122,6 +129,7 @@ pub struct HttpTransport {
     token: Secret,
     clock: SharedClock,
     timeout: Duration,
+    wait: Duration,
     local_address: Option<std::net::IpAddr>,
     trust: Option<ServerTrust>,
 }
@@ -163,6 +171,7 @@ impl HttpTransport {
             token,
             clock: SystemClock::shared(),
             timeout: DEFAULT_TIMEOUT,
+            wait: DEFAULT_WAIT,
             local_address: None,
             trust: None,
         }
@@ -198,6 +207,14 @@ impl HttpTransport {
         self
     }
 
+    /// Lets a question for work wait at the control plane up to `wait` for an
+    /// action (default [`DEFAULT_WAIT`]; zero: answered at once). Such a
+    /// question's time limit is the request timeout plus `wait`.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
     /// The answer's status, `Retry-After` value and body.
     async fn exchange(
         &self,
@@ -205,11 +222,17 @@ impl HttpTransport {
         request: &Request,
     ) -> Result<(u16, Option<hyper::header::HeaderValue>, Bytes)> {
         let (path, body) = encode(request)?;
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(Method::POST)
             .uri(format!("{target}{path}"))
             .header("authorization", format!("Bearer {}", self.token.expose()))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        let mut limit = self.timeout;
+        if matches!(request, Request::NextAction(_)) && !self.wait.is_zero() {
+            req = req.header("prefer", format!("wait={}", self.wait.as_secs()));
+            limit += self.wait;
+        }
+        let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Error::backend("worker api", e))?;
         let unreachable = |e: &dyn std::fmt::Display| Error::Unreachable {
@@ -218,10 +241,10 @@ impl HttpTransport {
         };
         let resp = tokio::select! {
             r = self.client.request(req) => r.map_err(|e| unreachable(&e))?,
-            _ = self.clock.sleep(self.timeout) => return Err(Error::Timeout {
+            _ = self.clock.sleep(limit) => return Err(Error::Timeout {
                 target: target.to_string(),
                 operation: request.operation().to_string(),
-                seconds: self.timeout.as_secs(),
+                seconds: limit.as_secs(),
             }),
         };
         let status = resp.status().as_u16();
@@ -402,6 +425,55 @@ mod tests {
             answer.retry_after,
             Some(RetryAfter::Delay(Duration::from_secs(7)))
         );
+    }
+
+    /// The head of one request to a local server that answers `answer`.
+    async fn request_head(request: Request, transport: HttpTransport) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"}") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                  content-length: 2\r\nconnection: close\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+            String::from_utf8_lossy(&got).to_ascii_lowercase()
+        });
+        let _ = transport.call(&target, &request).await;
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_question_for_work_asks_to_wait_for_it_and_nothing_else_does() {
+        let ask = || {
+            Request::NextAction(tinker_core::worker_api::NextActionRequest {
+                worker_id: "w1".into(),
+                request_id: None,
+            })
+        };
+        let token = || Secret::new("t".to_string());
+        let head = request_head(ask(), HttpTransport::new(token())).await;
+        assert!(head.contains("\r\nprefer: wait=20\r\n"), "{head}");
+        let head = request_head(
+            ask(),
+            HttpTransport::new(token()).with_wait(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(head.contains("\r\nprefer: wait=5\r\n"), "{head}");
+        let head = request_head(ask(), HttpTransport::new(token()).with_wait(Duration::ZERO)).await;
+        assert!(!head.contains("prefer:"), "{head}");
+        let head = request_head(heartbeat(), HttpTransport::new(token())).await;
+        assert!(!head.contains("prefer:"), "{head}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use self::core::{
 };
 pub use driver::Agent;
 pub use events::{AgentEvent, EventSink, TracingEvents};
-pub use http::{DEFAULT_TIMEOUT, HttpTransport, decode, decode_answer, encode};
+pub use http::{DEFAULT_TIMEOUT, DEFAULT_WAIT, HttpTransport, decode, decode_answer, encode};
 pub use tls::{ServerTrust, fingerprint_text};
 pub use transport::{Answer, HeartbeatAnswer, Reply, ReportAnswer, Request, RetryAfter, Transport};
 
