@@ -350,12 +350,13 @@ impl KeepAlive {
         }
     }
 
-    /// Status, `Retry-After` and body.
+    /// Status, `Retry-After` and body; `prefer`: an RFC 7240 `Prefer` value.
     async fn request(
         &mut self,
         method: &str,
         path: &str,
         token: Option<&str>,
+        prefer: Option<&str>,
         body: &[u8],
     ) -> Result<(u16, Option<u64>, Vec<u8>), String> {
         let method: Method = method.parse().map_err(|e| format!("{e}"))?;
@@ -363,6 +364,9 @@ impl KeepAlive {
         let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = &auth {
             headers.push(("authorization", a.as_str()));
+        }
+        if let Some(p) = prefer {
+            headers.push(("prefer", p));
         }
         let mut last = String::new();
         for _ in 0..2 {
@@ -402,13 +406,17 @@ impl KeepAlive {
 }
 
 /// A timed worker-API call, retried on 503 after `Retry-After` (the agent's way).
+/// `wait`: a question for work that may wait for it (`Prefer: wait=20`, as
+/// the agent asks); its time is not a latency, so it is not among the timed.
 async fn api(
     conn: &mut KeepAlive,
     path: &str,
     token: &str,
+    wait: bool,
     body: Vec<u8>,
     stats: &Stats,
 ) -> Result<Vec<u8>, String> {
+    let prefer = wait.then_some("wait=20");
     let from = conn.from;
     let mut backoff = Duration::from_millis(200);
     // The agent backs off and asks again for as long as it runs; here, for up
@@ -417,23 +425,25 @@ async fn api(
     while since.elapsed() < Duration::from_secs(600) {
         let t = Instant::now();
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (status, retry_after, resp) = match conn.request("POST", path, Some(token), &body).await
-        {
-            Ok(r) => r,
-            // Unreachable (refused, reset): the agent backs off and asks again.
-            Err(_) => {
-                stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
-                let jitter = Duration::from_millis((from.octets()[3] as u64 * 7) % 500);
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        stats
-            .api_ms
-            .lock()
-            .unwrap()
-            .push(t.elapsed().as_secs_f64() * 1000.0);
+        let (status, retry_after, resp) =
+            match conn.request("POST", path, Some(token), prefer, &body).await {
+                Ok(r) => r,
+                // Unreachable (refused, reset): the agent backs off and asks again.
+                Err(_) => {
+                    stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
+                    let jitter = Duration::from_millis((from.octets()[3] as u64 * 7) % 500);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+        if !wait {
+            stats
+                .api_ms
+                .lock()
+                .unwrap()
+                .push(t.elapsed().as_secs_f64() * 1000.0);
+        }
         match status {
             200 => return Ok(resp),
             503 => {
@@ -468,7 +478,7 @@ async fn fetch_retrying(
     let mut tries = 0u64;
     loop {
         match KeepAlive::new(me, http_addr)
-            .request("GET", path, None, &[])
+            .request("GET", path, None, None, &[])
             .await
         {
             Ok(r) => return Ok(r),
@@ -574,7 +584,7 @@ async fn machine(
         })
         .unwrap();
         let path = format!("/v1/workers/{worker}/next-action");
-        let resp = api(&mut conn, &path, &token, ask, stats).await?;
+        let resp = api(&mut conn, &path, &token, true, ask, stats).await?;
         match serde_json::from_slice::<NextActionResponse>(&resp) {
             Ok(NextActionResponse::Action(a)) => {
                 let report = ActionReport {
@@ -591,6 +601,7 @@ async fn machine(
                     &mut conn,
                     &path,
                     &token,
+                    false,
                     serde_json::to_vec(&report).unwrap(),
                     stats,
                 )
@@ -751,6 +762,13 @@ async fn run(
         .iter()
         .map(|c| metric(c, "tinker_worker_api_shed_total"))
         .sum();
+    let sum = |name: &str| -> f64 { cps.iter().map(|c| metric(c, name)).sum() };
+    let (waits, woken, ran_out, lags) = (
+        sum("tinker_worker_api_waits_total"),
+        sum("tinker_worker_api_waits_woken_total"),
+        sum("tinker_worker_api_waits_ran_out_total"),
+        sum("tinker_worker_api_wait_feed_lags_total"),
+    );
     let tftp_shed: f64 = cps
         .iter()
         .map(|c| {
@@ -775,7 +793,7 @@ async fn run(
     let mut api = stats.api_ms.lock().unwrap().clone();
     let mut tftp_ms = stats.tftp_ms.lock().unwrap().clone();
     let row = format!(
-        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {cp_cpu:.0} / {pg_cpu:.0} / {generator_cpu:.0} | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed), {} unreachable | {} |\n",
+        "| {label} | {n} | {replicas} | {}/{n} | **{total:.1} s** | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} | {:.0} | {peak:.0} MiB | {cp_cpu:.0} / {pg_cpu:.0} / {generator_cpu:.0} | {} retransmissions, {} PXE restarts, {dhcp_dropped:.0} shed, {kernel_drops} kernel drops | {tftp_shed:.0} shed, {} PXE restarts | {} x 503 ({shed:.0} shed), {} unreachable, {waits:.0} waits ({woken:.0} woken, {ran_out:.0} ran out, {lags:.0} feed lags) | {} |\n",
         n as usize - errors.len(),
         pct(&mut dhcp, 0.5),
         pct(&mut dhcp, 0.99),
@@ -941,7 +959,7 @@ fn main() {
         }
     }
     let body = format!(
-        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action/report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | CPU s: control plane / PostgreSQL / load generator | DHCP | TFTP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---|---|---:|\n{rows}\n"
+        "`cargo bench --bench boot_storm` (root; 2 cores shared by the control plane and the load generator; each machine: DHCP DISCOVER/OFFER and REQUEST/ACK through one of {RACKS} rack relays, TFTP of undionly.kpxe (blksize 1428, windowsize 8), its iPXE script, next-action (long poll: `Prefer: wait=20`, as the agent asks) and report for each of 4 actions, its metadata from its own address; the worker's API calls on one kept-alive connection, the script and the metadata on one each; the engine's BMC steps against mock BMCs; worker API latency is of the reports, a next-action waits for work by design)\n\n| store | machines | replicas | provisioned | total | DHCP ms p50 / p99 / max | worker API ms p50 / p99 / max | TFTP ms p50 / p99 | requests/s | control-plane peak memory | CPU s: control plane / PostgreSQL / load generator | DHCP | TFTP | worker API | errors |\n|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---|---|---:|\n{rows}\n"
     );
     support::write_section("boot_storm", "Boot storm", &body);
     println!("{body}");

@@ -13,6 +13,7 @@
 //! refuses new waits ([`ChangeWaiters::register`] answers `None`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tinker_core::model::ObjectKey;
 use tinker_core::store::Change;
@@ -31,7 +32,16 @@ struct Waiting {
 #[derive(Debug)]
 pub struct ChangeWaiters {
     waiting: Mutex<Waiting>,
+    /// Times the feed fell behind and every waiter was woken.
+    lags: AtomicU64,
 }
+
+/// Its counters for `/metrics`.
+pub(crate) const COUNTERS: &[crate::http::CounterRow<ChangeWaiters>] = &[crate::http::CounterRow {
+    name: "tinker_worker_api_wait_feed_lags",
+    help: "Times the change feed fell behind the waits' reader and every waiting question was woken.",
+    value: |w| &w.lags,
+}];
 
 /// One waiter's registration; dropping it forgets the waiter.
 #[derive(Debug)]
@@ -50,6 +60,7 @@ impl ChangeWaiters {
                 feed: Some(feed),
                 ..Waiting::default()
             }),
+            lags: AtomicU64::new(0),
         })
     }
 
@@ -92,6 +103,11 @@ impl ChangeWaiters {
         self.lock().by_key.values().map(Vec::len).sum()
     }
 
+    /// Times the feed fell behind (every waiter woken).
+    pub fn lags(&self) -> u64 {
+        self.lags.load(Ordering::Relaxed)
+    }
+
     /// Whether no one waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -123,7 +139,10 @@ async fn read_feed(hub: Weak<ChangeWaiters>, mut feed: broadcast::Receiver<Chang
         let Some(hub) = hub.upgrade() else { return };
         match got {
             Ok(change) => hub.changed(&change.key),
-            Err(RecvError::Lagged(_)) => hub.wake_all(false),
+            Err(RecvError::Lagged(_)) => {
+                hub.lags.fetch_add(1, Ordering::Relaxed);
+                hub.wake_all(false)
+            }
             Err(RecvError::Closed) => {
                 hub.wake_all(true);
                 return;
@@ -227,6 +246,7 @@ mod tests {
         }
         settle().await;
         assert!(ready(a.changed()), "lagged: woken");
+        assert_eq!(hub.lags(), 1);
         let b = hub.register(vec![key("b")]).unwrap();
         drop(tx);
         settle().await;

@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tinker_core::Secret;
 use tinker_core::WorkflowStore;
 use tinker_core::clock::SharedClock;
@@ -60,8 +61,23 @@ pub struct WorkerApi {
     secret: Secret,
     heartbeat_seconds: u32,
     in_flight: Arc<tokio::sync::Semaphore>,
-    shed: Arc<std::sync::atomic::AtomicU64>,
+    stats: Arc<WorkerApiStats>,
     waiters: Arc<ChangeWaiters>,
+}
+
+/// The worker API's counters (on `/metrics` as `tinker_worker_api_*_total`).
+#[derive(Debug, Default)]
+pub struct WorkerApiStats {
+    /// Requests answered 503 under overload.
+    pub shed: AtomicU64,
+    /// Questions for work that waited for their workflow to change (one per
+    /// wait; a question woken several times counts each).
+    pub waits: AtomicU64,
+    /// Waits ended by a change of the worker's workflow (or a feed that fell
+    /// behind), after which the question claimed again.
+    pub woken: AtomicU64,
+    /// Waits that ran out (answered "no action yet").
+    pub waited_out: AtomicU64,
 }
 
 /// The longest a `next-action` request waits for work (`Prefer: wait=N`):
@@ -173,7 +189,7 @@ impl WorkerApi {
             secret,
             heartbeat_seconds,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-            shed: Arc::default(),
+            stats: Arc::default(),
             waiters: ChangeWaiters::new(store.watch()),
         }
     }
@@ -193,12 +209,21 @@ impl WorkerApi {
 
     /// Requests shed under overload so far.
     pub fn shed(&self) -> u64 {
-        self.shed.load(std::sync::atomic::Ordering::Relaxed)
+        self.stats.shed.load(Ordering::Relaxed)
     }
 
-    /// Its counters for `/metrics` (`tinker_worker_api_shed_total`).
+    /// Its counters.
+    pub fn stats(&self) -> &WorkerApiStats {
+        &self.stats
+    }
+
+    /// Its counters for `/metrics` (`tinker_worker_api_shed_total`, the
+    /// waits of questions for work, and the change feed's lags).
     pub fn metrics(&self) -> Arc<dyn crate::http::MetricsSource> {
-        Arc::new(ShedCounter(self.shed.clone()))
+        Arc::new(Counters {
+            stats: self.stats.clone(),
+            waiters: self.waiters.clone(),
+        })
     }
 
     /// Decides who may call as the machine's worker: strict addresses by
@@ -316,9 +341,15 @@ impl WorkerApi {
                 drop(permit.take());
                 let remaining = deadline.duration_since(clock.now());
                 let remaining: std::time::Duration = remaining.try_into().unwrap_or_default();
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
-                    _ = r.changed() => {}
-                    _ = clock.sleep(remaining) => break true,
+                    _ = r.changed() => {
+                        self.stats.woken.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ = clock.sleep(remaining) => {
+                        self.stats.waited_out.fetch_add(1, Ordering::Relaxed);
+                        break true;
+                    }
                 }
                 drop(r);
                 // Woken: back under the in-flight limit before the store.
@@ -517,7 +548,7 @@ impl ExtraRoutes for WorkerApi {
             return Ok(problem(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
             return Ok(problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded; retry",
@@ -567,19 +598,44 @@ impl ExtraRoutes for WorkerApi {
     }
 }
 
-/// The worker API's overload counter, as a metrics source.
+/// The worker API's counters, as a metrics source.
 #[derive(Debug)]
-struct ShedCounter(Arc<std::sync::atomic::AtomicU64>);
+struct Counters {
+    stats: Arc<WorkerApiStats>,
+    waiters: Arc<ChangeWaiters>,
+}
 
-const SHED: &[crate::http::CounterRow<std::sync::atomic::AtomicU64>] = &[crate::http::CounterRow {
-    name: "tinker_worker_api_shed",
-    help: "Worker API requests answered 503 under overload.",
-    value: |c| c,
-}];
+const COUNTERS: &[crate::http::CounterRow<WorkerApiStats>] = &[
+    crate::http::CounterRow {
+        name: "tinker_worker_api_shed",
+        help: "Worker API requests answered 503 under overload.",
+        value: |c| &c.shed,
+    },
+    crate::http::CounterRow {
+        name: "tinker_worker_api_waits",
+        help: "Questions for work that waited for their workflow to change (Prefer: wait).",
+        value: |c| &c.waits,
+    },
+    crate::http::CounterRow {
+        name: "tinker_worker_api_waits_woken",
+        help: "Waits ended by a change of the worker's workflow, then claimed again.",
+        value: |c| &c.woken,
+    },
+    crate::http::CounterRow {
+        name: "tinker_worker_api_waits_ran_out",
+        help: "Waits that ran out and were answered that no action is ready.",
+        value: |c| &c.waited_out,
+    },
+];
 
-impl crate::http::MetricsSource for ShedCounter {
+impl crate::http::MetricsSource for Counters {
     fn register(self: Arc<Self>, registry: &mut prometheus_client::registry::Registry) {
-        crate::http::register_counters(registry, self.0.clone(), SHED);
+        crate::http::register_counters(registry, self.stats.clone(), COUNTERS);
+        crate::http::register_counters(
+            registry,
+            self.waiters.clone(),
+            crate::change_waiters::COUNTERS,
+        );
     }
 }
 

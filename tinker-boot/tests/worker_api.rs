@@ -696,29 +696,30 @@ async fn a_workers_hardware_is_read_once_until_it_changes() {
     );
 }
 
-/// Long poll (`Prefer: wait=N`, RFC 7240): a worker whose machine is being
-/// prepared asks once and is answered with its action as soon as its
-/// workflow is ready, not when the wait runs out; meanwhile the request
-/// claimed twice (once on arrival, once after registering its wait), not
-/// once per poll.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
+/// Long poll (`Prefer: wait=N`, RFC 7240): a worker whose workflow has no
+/// action for it yet (`before`) asks once and is answered with its action as
+/// soon as the workflow is ready (`ready` makes it so), not when the wait runs
+/// out; meanwhile the request claimed twice (once on arrival, once after
+/// registering its wait), not once per poll.
+async fn a_waiting_worker_is_answered_once(
+    n: u32,
+    before: tinker_core::model::Workflow,
+    ready: impl FnOnce(tinker_core::model::Workflow) -> tinker_core::model::Workflow,
+) {
     use std::sync::atomic::Ordering;
     use tinker_core::WorkflowStoreExt;
-    use tinker_core::model::MachinePhase;
-    use tinker_core::testing::{mac, rendered_workflow};
+    use tinker_core::testing::mac;
     let counting = Arc::new(SlowStore::new(false));
     let store: Arc<dyn WorkflowStore> = counting.clone();
-    let mut wf = rendered_workflow("prepared", mac(7), 1, 600);
-    wf.status.as_mut().unwrap().machine.phase = MachinePhase::Preparing;
-    store.put(wf.into(), Precondition::Absent).await.unwrap();
-    let token = machine(store.as_ref(), "k", mac(7), [127, 0, 0, 1]).await;
-    let port = serve(
-        WorkerApi::new(store.clone(), Secret::new("k"), 5),
-        store.clone(),
-    )
-    .await;
-    let w = mac(7).to_string();
+    let name = before.metadata.name.clone();
+    store
+        .put(before.into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let token = machine(store.as_ref(), "k", mac(n), [127, 0, 0, 1]).await;
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5);
+    let port = serve(api.clone(), store.clone()).await;
+    let w = mac(n).to_string();
     let auth = format!("Bearer {token}");
     let asked = tokio::spawn(async move {
         client::request(
@@ -746,15 +747,12 @@ async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
     }
     assert_eq!(counting.claims.load(Ordering::Relaxed), 2);
     assert!(!asked.is_finished(), "nothing to run yet: it waits");
-    let found = store
-        .workflow("default", "prepared")
-        .await
-        .unwrap()
-        .unwrap();
-    let mut ready = found.value;
-    ready.status.as_mut().unwrap().machine.phase = MachinePhase::Ready;
+    let found = store.workflow("default", &name).await.unwrap().unwrap();
     store
-        .put(ready.into(), Precondition::Version(found.version))
+        .put(
+            ready(found.value).into(),
+            Precondition::Version(found.version),
+        )
         .await
         .unwrap();
     let resp = asked.await.unwrap();
@@ -766,4 +764,41 @@ async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
     );
     assert_eq!(resp.header("preference-applied"), Some("wait=20"));
     assert_eq!(counting.claims.load(Ordering::Relaxed), 3);
+    let stats = api.stats();
+    assert_eq!(
+        (
+            stats.waits.load(Ordering::Relaxed),
+            stats.woken.load(Ordering::Relaxed),
+            stats.waited_out.load(Ordering::Relaxed)
+        ),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
+    use tinker_core::model::MachinePhase;
+    use tinker_core::testing::{mac, rendered_workflow};
+    let mut wf = rendered_workflow("prepared", mac(7), 1, 600);
+    wf.status.as_mut().unwrap().machine.phase = MachinePhase::Preparing;
+    a_waiting_worker_is_answered_once(7, wf, |mut wf| {
+        wf.status.as_mut().unwrap().machine.phase = MachinePhase::Ready;
+        wf
+    })
+    .await;
+}
+
+/// An agent that boots before the engine renders its workflow waits on it
+/// too (found by its hardware map), and is answered once it is rendered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_workflow_is_not_rendered_yet_waits_for_it() {
+    use tinker_core::testing::{mac, rendered_workflow};
+    let rendered = rendered_workflow("unrendered", mac(8), 1, 600);
+    let mut before = rendered.clone();
+    before.status = None;
+    a_waiting_worker_is_answered_once(8, before, move |mut wf| {
+        wf.status = rendered.status;
+        wf
+    })
+    .await;
 }

@@ -598,7 +598,9 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     }
 
     /// The unfinished workflows with an action for `worker` (the objects
-    /// holding its [`IndexTerm::Worker`] term), ordered by key. The default
+    /// holding its [`IndexTerm::Worker`] term: a rendered workflow's task
+    /// workers, or, before it is rendered, the values of its hardware map),
+    /// ordered by key. The default
     /// lists every workflow and keeps those; the stores answer from their
     /// index, so a question about one worker (why an idle agent waits) does
     /// not read the whole inventory.
@@ -705,7 +707,8 @@ pub enum IndexTerm {
     Mac(MacAddr),
     /// A Hardware's IP address.
     Ip(IpAddr),
-    /// A worker with an unfinished workflow.
+    /// A worker with an unfinished workflow (one of its tasks' workers, or
+    /// before it is rendered one its hardware map names).
     Worker(String),
 }
 
@@ -740,15 +743,24 @@ pub fn index_terms(object: &Object) -> Vec<IndexTerm> {
             )
             .collect(),
         Object::Template(_) | Object::Machine(_) => Vec::new(),
-        Object::Workflow(w) => match &w.status {
-            Some(s) if !s.state.is_terminal() && !w.is_disabled() => {
-                let mut workers: Vec<String> = s.tasks.iter().map(|t| t.agent_id.clone()).collect();
-                workers.sort();
-                workers.dedup();
-                workers.into_iter().map(IndexTerm::Worker).collect()
-            }
-            _ => Vec::new(),
-        },
+        Object::Workflow(w) if w.is_disabled() => Vec::new(),
+        Object::Workflow(w) => {
+            let mut workers: Vec<String> = match &w.status {
+                Some(s) if !s.state.is_terminal() => {
+                    s.tasks.iter().map(|t| t.agent_id.clone()).collect()
+                }
+                Some(_) => Vec::new(),
+                // Not rendered yet: the workers its hardware map names, as
+                // Tinkerbell's templates name each task's worker from it
+                // (`worker: "{{.device_1}}"`), so an agent that boots before
+                // the engine renders its workflow finds it (and waits on it)
+                // rather than asking again and again.
+                None => w.spec.hardware_map.values().cloned().collect(),
+            };
+            workers.sort();
+            workers.dedup();
+            workers.into_iter().map(IndexTerm::Worker).collect()
+        }
     }
 }
 

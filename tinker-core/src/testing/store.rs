@@ -466,6 +466,25 @@ pub async fn workflows_of_a_worker(store: &dyn WorkflowStore) {
             .unwrap()
             .is_empty()
     );
+    // Not rendered yet: found by the workers its hardware map names, and
+    // claiming finds nothing in it.
+    let unrendered = crate::model::Workflow::new("later", "t", "hw-later", mac(4103));
+    store
+        .put(unrendered.into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let found = store
+        .workflows_for_worker(&mac(4103).to_string())
+        .await
+        .unwrap();
+    assert_eq!(names(found), ["later"]);
+    assert!(
+        store
+            .claim_next_action(&mac(4103).to_string(), t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// A failed action fails the workflow with its reason; nothing after it runs.
