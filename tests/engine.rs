@@ -1461,3 +1461,44 @@ async fn a_bmc_that_refuses_the_pxe_override_is_not_skipped_past() {
         "{events:?}"
     );
 }
+
+/// A preparation is one write per step: the rendering and each step's record
+/// hold the lease for the step after (one BMC caller among replicas is still
+/// the one that wrote the lease), instead of a write per lease; the last
+/// record lets the lease go. The same for the steps after the actions.
+#[tokio::test]
+async fn each_machine_step_is_one_workflow_write() {
+    let r = rig(None, EngineConfig::default()).await;
+    let version = || async {
+        r.store
+            .workflow("default", "wf1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version
+    };
+    let created = version().await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    assert_eq!(r.bmc.calls().len(), 3, "{:?}", r.bmc.calls());
+    assert_eq!(
+        version().await - created,
+        4,
+        "rendered, netboot on, PXE set, power cycled"
+    );
+    let m = r.workflow().await.status.unwrap().machine;
+    assert_eq!(m.phase, MachinePhase::Ready);
+    assert_eq!(m.lease, None, "no step follows: the lease is let go");
+    r.run_actions(None).await;
+    let finished = version().await;
+    r.engine.reconcile(&r.key).await.unwrap();
+    // The state machine's last write (the report) took no lease: one write
+    // for it, then one per step.
+    assert_eq!(
+        version().await - finished,
+        4,
+        "lease, netboot off, disk set, rebooted"
+    );
+    let m = r.workflow().await.status.unwrap().machine;
+    assert_eq!(m.phase, MachinePhase::Rebooted);
+    assert_eq!(m.lease, None);
+}

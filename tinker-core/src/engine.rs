@@ -537,6 +537,7 @@ impl Engine {
             self.config.heartbeat_grace_seconds,
         );
         wf.status = Some(status);
+        self.hold_lease_for_next_step(&mut wf, self.clock.now());
         self.store
             .put(Object::Workflow(wf), Precondition::Version(version))
             .await?;
@@ -584,7 +585,12 @@ impl Engine {
                 |attempt| jitter.delay_for(attempt),
             )
         };
-        let machine = status.machine.clone();
+        self.hold_lease_for_next_step(&mut wf, now);
+        let machine = wf
+            .status
+            .as_ref()
+            .map(|s| s.machine.clone())
+            .unwrap_or_default();
         self.write_machine(key, wf, version, machine).await?;
         let fail_workflow = match &recorded {
             EventKind::GaveUp(g) if g.step.prepares() => Some(g.to_string()),
@@ -604,15 +610,52 @@ impl Engine {
         Ok(None)
     }
 
+    /// Keeps this replica's lease in a write that records a step (or the
+    /// rendering) when the workflow's next step is another machine step, so
+    /// that step is taken without a write of its own: a preparation or an
+    /// ending is three steps, and each lease was a transaction (and a change
+    /// every waiting worker and replica hears). Other replicas leave a
+    /// workflow whose lease is held, as for a lease taken by a write.
+    fn hold_lease_for_next_step(&self, wf: &mut Workflow, now: Timestamp) {
+        let next = plan_with(wf, now, self.config.cancel_grace);
+        let Some(status) = wf.status.as_mut() else {
+            return;
+        };
+        status.machine.lease = match next {
+            Step::Machine(_) => Some((self.config.replica.clone(), self.lease_until(now))),
+            _ => None,
+        };
+    }
+
+    fn lease_until(&self, now: Timestamp) -> Timestamp {
+        now.checked_add(SignedDuration::try_from(self.config.lease).unwrap_or(SignedDuration::ZERO))
+            .unwrap_or(now)
+    }
+
     /// Several replicas may plan the same step at once: the one that records a
     /// lease on the workflow (an optimistic write, so exactly one wins) makes the
     /// BMC call; the others leave it. A lease outlives a replica that died
     /// mid-step by `lease` at most; then another replica takes the step over.
+    /// A lease this replica wrote with its last step and that has more than
+    /// half its time left is used as it is (see
+    /// [`hold_lease_for_next_step`](Self::hold_lease_for_next_step)).
     async fn take_lease(&self, version: u64, mut wf: Workflow) -> Result<Lease> {
         let now = self.clock.now();
         let Some(status) = wf.status.as_mut() else {
             return Ok(Lease::Lost);
         };
+        if let Some((holder, until)) = &status.machine.lease
+            && holder == &self.config.replica
+            && SignedDuration::try_from(self.config.lease / 2)
+                .ok()
+                .and_then(|half| now.checked_add(half).ok())
+                .is_some_and(|half_left| *until > half_left)
+        {
+            return Ok(Lease::Taken {
+                workflow: Box::new(wf),
+                version,
+            });
+        }
         if let Some((holder, until)) = &status.machine.lease
             && holder != &self.config.replica
             && *until > now
@@ -621,12 +664,7 @@ impl Engine {
             // record of the step will wake us sooner through the change feed).
             return Ok(Lease::HeldElsewhere { until: *until });
         }
-        let until = now
-            .checked_add(
-                SignedDuration::try_from(self.config.lease).unwrap_or(SignedDuration::ZERO),
-            )
-            .unwrap_or(now);
-        status.machine.lease = Some((self.config.replica.clone(), until));
+        status.machine.lease = Some((self.config.replica.clone(), self.lease_until(now)));
         match self
             .store
             .put(Object::Workflow(wf.clone()), Precondition::Version(version))
