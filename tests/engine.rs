@@ -660,6 +660,8 @@ struct PooledStore {
     listing: tokio::sync::RwLock<()>,
     broken_template: Option<&'static str>,
     broken_reads: std::sync::atomic::AtomicU32,
+    /// Calls of `append_event` and of `append_events`.
+    event_writes: std::sync::Mutex<(usize, usize)>,
 }
 
 impl PooledStore {
@@ -670,6 +672,7 @@ impl PooledStore {
             listing: tokio::sync::RwLock::new(()),
             broken_template,
             broken_reads: Default::default(),
+            event_writes: Default::default(),
         }
     }
 }
@@ -752,8 +755,17 @@ impl WorkflowStore for PooledStore {
         self.inner.claim_next_action_for_request(w, r, n).await
     }
     async fn append_event(&self, e: tinker::core::store::MachineEvent) -> tinker::core::Result<()> {
+        self.event_writes.lock().unwrap().0 += 1;
         let _c = self.hold().await;
         self.inner.append_event(e).await
+    }
+    async fn append_events(
+        &self,
+        e: Vec<tinker::core::store::MachineEvent>,
+    ) -> tinker::core::Result<()> {
+        self.event_writes.lock().unwrap().1 += 1;
+        let _c = self.hold().await;
+        self.inner.append_events(e).await
     }
     async fn events(
         &self,
@@ -1501,4 +1513,33 @@ async fn each_machine_step_is_one_workflow_write() {
     let m = r.workflow().await.status.unwrap().machine;
     assert_eq!(m.phase, MachinePhase::Rebooted);
     assert_eq!(m.lease, None);
+}
+
+/// A reconcile's machine events are written together when it ends: a
+/// preparation (rendered, three steps) is one event write, not four, and
+/// they are in the log when the reconcile returns.
+#[tokio::test]
+async fn a_reconciles_events_are_one_write() {
+    let store = Arc::new(PooledStore::new(4, None));
+    let connector = Arc::new(StaticConnector::new());
+    row_of_machines(&store.inner, &connector, "ev", 1, 900, |name| {
+        MockBmc::new(name)
+    })
+    .await;
+    let engine = Engine::new(store.clone(), connector, EngineConfig::default());
+    let key = ObjectKey::default_ns(Kind::Workflow, "wf-ev0");
+    engine.reconcile(&key).await.unwrap();
+    assert_eq!(*store.event_writes.lock().unwrap(), (0, 1));
+    let events = store.inner.events("default/ev0", 100).await.unwrap();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(
+        events.iter().any(|e| e.kind
+            == EventKind::StepDone {
+                step: MachineStep::PowerCycle
+            }),
+        "{events:?}"
+    );
+    // Nothing left to do, nothing to write.
+    engine.reconcile(&key).await.unwrap();
+    assert_eq!(*store.event_writes.lock().unwrap(), (0, 1));
 }

@@ -218,7 +218,13 @@ pub struct Engine {
     config: EngineConfig,
     jitter: Arc<std::sync::Mutex<Backoff>>,
     strikes: Arc<std::sync::Mutex<Strikes>>,
+    /// Each workflow's events of the reconcile under way, written together
+    /// when it ends (one store transaction instead of one per step).
+    events: Arc<std::sync::Mutex<PendingEvents>>,
 }
+
+/// Events recorded during a workflow's reconcile, not yet written.
+type PendingEvents = std::collections::HashMap<ObjectKey, Vec<MachineEvent>>;
 
 /// The crash-loop guard's memory: per workflow, the last failure's text and how
 /// many times in a row it was the same. Forgotten on success or when parked.
@@ -237,6 +243,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             jitter: Arc::new(std::sync::Mutex::new(Backoff::new(config.backoff))),
             strikes: Default::default(),
+            events: Default::default(),
             config,
         }
     }
@@ -263,7 +270,25 @@ impl Engine {
     /// A panic while processing the workflow is caught and returned as
     /// [`Error::Panicked`]; after [`EngineConfig::park_after`] identical
     /// failures in a row the workflow is parked (see the module's header).
+    ///
+    /// The machine events its steps record are written when it returns (its
+    /// preparation's four in one store transaction), whatever it returns.
     pub async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
+        let result = self.reconcile_guarded(key).await;
+        let events = self.pending().remove(key).unwrap_or_default();
+        if !events.is_empty()
+            && let Err(e) = self.store.append_events(events).await
+        {
+            tracing::warn!(workflow = %key.qualified_name(), error = %e, "could not record the machine's events");
+        }
+        result
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingEvents> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn reconcile_guarded(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
         use futures_util::FutureExt;
         let outcome = std::panic::AssertUnwindSafe(self.reconcile_steps(key))
             .catch_unwind()
@@ -360,8 +385,7 @@ impl Engine {
             key,
             hw.as_ref().map(|h| &h.value),
             EventKind::Parked(parked),
-        )
-        .await;
+        );
         Ok(())
     }
 
@@ -541,8 +565,7 @@ impl Engine {
         self.store
             .put(Object::Workflow(wf), Precondition::Version(version))
             .await?;
-        self.log(key, hardware.as_ref().map(|h| &h.value), event)
-            .await;
+        self.log(key, hardware.as_ref().map(|h| &h.value), event);
         Ok(())
     }
 
@@ -596,7 +619,7 @@ impl Engine {
             EventKind::GaveUp(g) if g.step.prepares() => Some(g.to_string()),
             _ => None,
         };
-        self.log(key, hw.as_ref().map(|h| &h.value), recorded).await;
+        self.log(key, hw.as_ref().map(|h| &h.value), recorded);
         if let Some(reason) = fail_workflow {
             match self
                 .store
@@ -825,16 +848,15 @@ impl Engine {
         Err(last_conflict.expect("the loop ran and every pass conflicted"))
     }
 
-    async fn log(&self, key: &ObjectKey, hw: Option<&Hardware>, kind: EventKind) {
+    /// Records a machine event, written when the reconcile under way ends.
+    fn log(&self, key: &ObjectKey, hw: Option<&Hardware>, kind: EventKind) {
         let machine = hw
             .map(|h| format!("{}/{}", h.metadata.namespace(), h.metadata.name))
             .unwrap_or_else(|| key.qualified_name());
         let event = MachineEvent::new(self.clock.now(), machine, EventSource::Engine, kind)
             .for_workflow(key.qualified_name());
         tracing::info!(workflow = %key.qualified_name(), machine = %event.machine, "{}", event.kind);
-        if let Err(e) = self.store.append_event(event).await {
-            tracing::warn!(error = %e, "could not record a machine event");
-        }
+        self.pending().entry(key.clone()).or_default().push(event);
     }
 }
 
