@@ -46,7 +46,7 @@ use tinker_core::store::{
 use tinker_core::{Error, MacAddr, Result};
 use tokio::sync::broadcast;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Json, ToSql};
 
 const CHANNEL: &str = "tinker_changes";
 
@@ -376,15 +376,7 @@ async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Version
         )
         .await
         .map_err(pg)?;
-    row.map(|r| {
-        let version: i64 = r.get(0);
-        let body: serde_json::Value = r.get(1);
-        Ok(Versioned {
-            version: version as u64,
-            value: serde_json::from_value(body).map_err(json_err)?,
-        })
-    })
-    .transpose()
+    row.map(|r| parse_row(&r, 0)).transpose()
 }
 
 async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<()> {
@@ -423,7 +415,7 @@ async fn write(
         // makes it fail on the primary key (never an upsert that overwrites the
         // winner and leaves its index entries behind).
         Some(v) if old.is_none() => {
-            let body = serde_json::to_value(&v.value).map_err(json_err)?;
+            let body = Json(&v.value);
             let version = v.version as i64;
             tx.execute_prepared(
                 "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3)",
@@ -442,7 +434,7 @@ async fn write(
         }
         // An update of the row `read_for_update` locked.
         Some(v) => {
-            let body = serde_json::to_value(&v.value).map_err(json_err)?;
+            let body = Json(&v.value);
             let version = v.version as i64;
             tx.execute_prepared(
                 "UPDATE objects SET version = $2, body = $3 WHERE key = $1",
@@ -489,11 +481,44 @@ async fn write(
     Ok(())
 }
 
-fn parse_row(version: i64, body: serde_json::Value) -> Result<Versioned<Object>> {
+/// The object at columns `at` (its version) and `at + 1` (its body): the
+/// body is read straight from the row's bytes into the object, without a
+/// `serde_json::Value` between (building and converting that tree was a
+/// large part of the control plane's time per read in a PostgreSQL storm).
+fn parse_row(row: &tokio_postgres::Row, at: usize) -> Result<Versioned<Object>> {
+    let version: i64 = row.try_get(at).map_err(pg)?;
+    let JsonText(text) = row.try_get(at + 1).map_err(pg)?;
     Ok(Versioned {
         version: version as u64,
-        value: serde_json::from_value(body).map_err(json_err)?,
+        value: serde_json::from_slice(text).map_err(json_err)?,
     })
+}
+
+/// A `json` or `jsonb` column's JSON text, borrowed from the row.
+struct JsonText<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == tokio_postgres::types::Type::JSONB {
+            // jsonb's binary form: a format version (1), then the text.
+            match raw.split_first() {
+                Some((1, text)) => Ok(JsonText(text)),
+                _ => Err("unsupported jsonb format version".into()),
+            }
+        } else {
+            Ok(JsonText(raw))
+        }
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
+        )
+    }
 }
 
 #[async_trait]
@@ -522,7 +547,7 @@ impl WorkflowStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        row.map(|r| parse_row(r.get(0), r.get(1))).transpose()
+        row.map(|r| parse_row(&r, 0)).transpose()
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Versioned<Object>>> {
@@ -535,9 +560,7 @@ impl WorkflowStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        rows.into_iter()
-            .map(|r| parse_row(r.get(0), r.get(1)))
-            .collect()
+        rows.into_iter().map(|r| parse_row(&r, 0)).collect()
     }
 
     async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
@@ -584,7 +607,7 @@ impl WorkflowStore for PostgresStore {
             .map_err(pg)?;
         let mut found = Vec::with_capacity(rows.len());
         for r in rows {
-            found.extend(parse_row(r.get(0), r.get(1))?.into_workflow());
+            found.extend(parse_row(&r, 0)?.into_workflow());
         }
         Ok(found)
     }
@@ -663,7 +686,7 @@ impl WorkflowStore for PostgresStore {
         for r in rows {
             let k: String = r.get(0);
             let Some(key) = decode_key(&k) else { continue };
-            let stored = parse_row(r.get(1), r.get(2))?;
+            let stored = parse_row(&r, 1)?;
             let Object::Workflow(old) = stored.value else {
                 continue;
             };
@@ -772,7 +795,10 @@ impl WorkflowStore for PostgresStore {
             .map_err(pg)?;
         let mut out: Vec<MachineEvent> = rows
             .into_iter()
-            .map(|r| serde_json::from_value(r.get(0)).map_err(json_err))
+            .map(|r| {
+                let JsonText(text) = r.try_get(0).map_err(pg)?;
+                serde_json::from_slice(text).map_err(json_err)
+            })
             .collect::<Result<_>>()?;
         out.reverse();
         Ok(out)
@@ -834,15 +860,13 @@ impl PostgresStore {
             .query_opt_prepared("SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key WHERE t.term = $1 LIMIT 1", &[&term.as_key()])
             .await
             .map_err(pg)?;
-        Ok(
-            match row.map(|r| parse_row(r.get(0), r.get(1))).transpose()? {
-                Some(Versioned {
-                    version,
-                    value: Object::Hardware(h),
-                }) => Some(Versioned { version, value: h }),
-                _ => None,
-            },
-        )
+        Ok(match row.map(|r| parse_row(&r, 0)).transpose()? {
+            Some(Versioned {
+                version,
+                value: Object::Hardware(h),
+            }) => Some(Versioned { version, value: h }),
+            _ => None,
+        })
     }
 }
 

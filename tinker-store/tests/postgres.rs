@@ -256,3 +256,42 @@ async fn a_call_that_finds_every_connection_busy_fails_after_its_wait() {
         );
     }
 }
+
+/// A stored body that is JSON but not an object of this version (a row
+/// edited by hand, a bug) reads as the store's record error, which says why,
+/// and leaves the store usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_read_is_a_record_error() {
+    let Some(pg) = Cluster::start() else { return };
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    let hw = testing::hardware("odd", 7);
+    let key = tinker_core::model::Object::from(hw.clone()).key();
+    store.put(hw.into(), Precondition::Absent).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let changed = client
+        .execute(
+            "UPDATE objects SET body = '{\"kind\": \"Hardware\", \"spec\": 5}'::jsonb",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let e = store.get(&key).await.unwrap_err();
+    let tinker_core::Error::Backend { source, .. } = &e else {
+        panic!("expected a backend error, got {e:?}");
+    };
+    assert!(
+        matches!(
+            source.downcast_ref(),
+            Some(tinker_store::StoreError::Record(_))
+        ),
+        "expected a record error, got {e}"
+    );
+    assert!(e.to_string().contains("not valid JSON"), "{e}");
+    let other = testing::hardware("fine", 8);
+    store.put(other.into(), Precondition::Absent).await.unwrap();
+    assert!(store.hardware_by_mac(mac(8)).await.unwrap().is_some());
+}
