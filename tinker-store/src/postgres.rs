@@ -671,6 +671,21 @@ impl WorkflowStore for PostgresStore {
         request: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
+        // A look without a transaction or row locks first: most questions
+        // find nothing to claim (a machine being prepared, an action still
+        // running), and a claim transaction is three round trips and a commit
+        // even when it writes nothing. A workflow that becomes claimable just
+        // after the look is claimed at the next question, as if this one had
+        // come a moment sooner.
+        let candidates = self.workflows_for_worker(worker).await?;
+        if !candidates.iter().any(|wf| {
+            wf.value.status.as_ref().is_some_and(|s| {
+                s.wants_attention(worker, now)
+                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
+            })
+        }) {
+            return Ok(None);
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         // Workflows another replica is updating right now are skipped, not waited for.

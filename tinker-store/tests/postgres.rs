@@ -295,3 +295,60 @@ async fn a_body_that_does_not_read_is_a_record_error() {
     store.put(other.into(), Precondition::Absent).await.unwrap();
     assert!(store.hardware_by_mac(mac(8)).await.unwrap().is_some());
 }
+
+/// A question for work that finds nothing to claim (its machine is being
+/// prepared) opens no claim transaction and locks no row: one plain read.
+/// Once an action is ready, the claim takes it under the row lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_finds_nothing_takes_no_lock() {
+    use tinker_core::WorkflowStoreExt;
+    let Some(pg) = Cluster::start_with(&["shared_preload_libraries=pg_stat_statements"]) else {
+        return;
+    };
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    let locking_claims = || async {
+        client
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+                 WHERE query LIKE '%SKIP LOCKED%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let worker = mac(31).to_string();
+    let mut wf = testing::rendered_workflow("prep", mac(31), 1, 600);
+    wf.status.as_mut().unwrap().machine.phase = tinker_core::model::MachinePhase::Preparing;
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let before = locking_claims().await;
+    for _ in 0..5 {
+        let got = store
+            .claim_next_action(&worker, jiff::Timestamp::now())
+            .await
+            .unwrap();
+        assert!(got.is_none(), "being prepared: nothing to run");
+    }
+    assert_eq!(locking_claims().await, before, "no locking claim was run");
+    let found = store.workflow("default", "prep").await.unwrap().unwrap();
+    let mut ready = found.value;
+    ready.status.as_mut().unwrap().machine.phase = tinker_core::model::MachinePhase::Ready;
+    store
+        .put(ready.into(), Precondition::Version(found.version))
+        .await
+        .unwrap();
+    let got = store
+        .claim_next_action(&worker, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    assert!(got.is_some(), "ready: claimed");
+    assert_eq!(locking_claims().await, before + 1);
+}
