@@ -379,20 +379,24 @@ async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Version
     row.map(|r| parse_row(&r, 0)).transpose()
 }
 
-async fn notify(tx: &Transaction<'_>, change: &Change) -> Result<()> {
-    let payload = serde_json::to_string(change).map_err(json_err)?;
-    tx.execute_prepared("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-        .await
-        .map_err(pg)?;
-    Ok(())
-}
+/// A boxed statement of [`write`]'s pipeline.
+type Pipelined<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
-/// Writes (or deletes) an object and its index terms in `tx`.
+/// Writes (or deletes) an object and its index terms in `tx`, and announces
+/// `change` on the feed (delivered at commit).
+///
+/// The statements after the unique-term checks go out together: prepared
+/// first (from the connection's cache, so no round trip after a statement's
+/// first use), then executed as one pipeline, in order (the term rows refer
+/// to the object's row), one flush and one wait instead of one round trip
+/// each. A failure aborts the transaction, so the statements after it fail
+/// too; the first one's error is the one returned.
 async fn write(
     tx: &Transaction<'_>,
     key: &ObjectKey,
     old: Option<&Object>,
     new: Option<&Versioned<Object>>,
+    change: &Change,
 ) -> Result<()> {
     let k = encode_key(key);
     let (remove, add) = index_diff(old, new.map(|v| &v.value));
@@ -410,75 +414,99 @@ async fn write(
             return Err(taken(term, key, &holder));
         }
     }
-    match new {
-        // A create is a plain INSERT: a concurrent creator that committed first
-        // makes it fail on the primary key (never an upsert that overwrites the
-        // winner and leaves its index entries behind).
-        Some(v) if old.is_none() => {
-            let body = Json(&v.value);
-            let version = v.version as i64;
-            tx.execute_prepared(
-                "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3)",
-                &[&k, &version, &body],
-            )
-            .await
-            .map_err(|e| {
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                    Error::AlreadyExists {
-                        key: key.to_string(),
-                    }
-                } else {
-                    pg(e)
-                }
-            })?;
-        }
-        // An update of the row `read_for_update` locked.
-        Some(v) => {
-            let body = Json(&v.value);
-            let version = v.version as i64;
-            tx.execute_prepared(
-                "UPDATE objects SET version = $2, body = $3 WHERE key = $1",
-                &[&k, &version, &body],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        None => {
-            tx.execute_prepared("DELETE FROM objects WHERE key = $1", &[&k])
-                .await
-                .map_err(pg)?;
-        }
-    }
-    for term in remove {
-        tx.execute_prepared(
-            "DELETE FROM index_terms WHERE term = $1 AND key = $2",
-            &[&term.as_key(), &k],
+    let body = new.map(|v| Json(&v.value));
+    let version = new.map(|v| v.version as i64);
+    let payload = serde_json::to_string(change).map_err(json_err)?;
+    let main = tx
+        .prepare_cached(match new {
+            // A create is a plain INSERT: a concurrent creator that committed
+            // first makes it fail on the primary key (never an upsert that
+            // overwrites the winner and leaves its index entries behind).
+            Some(_) if old.is_none() => {
+                "INSERT INTO objects (key, version, body) VALUES ($1, $2, $3)"
+            }
+            // An update of the row `read_for_update` locked.
+            Some(_) => "UPDATE objects SET version = $2, body = $3 WHERE key = $1",
+            None => "DELETE FROM objects WHERE key = $1",
+        })
+        .await
+        .map_err(pg)?;
+    let remove: Vec<String> = remove.iter().map(IndexTerm::as_key).collect();
+    let add: Vec<(&IndexTerm, String)> = if new.is_some() {
+        add.iter().map(|t| (t, t.as_key())).collect()
+    } else {
+        Vec::new()
+    };
+    let delete_term = tx
+        .prepare_cached("DELETE FROM index_terms WHERE term = $1 AND key = $2")
+        .await
+        .map_err(pg)?;
+    // The conflict target is this object's own entry only: a unique term (MAC,
+    // IP) that another object holds, or that a concurrent writer has just
+    // inserted, fails on `index_terms_unique` instead of being skipped, which
+    // would leave two Hardware with one MAC.
+    let insert_term = tx
+        .prepare_cached(
+            "INSERT INTO index_terms (term, key) VALUES ($1, $2) ON CONFLICT (term, key) DO NOTHING",
         )
         .await
         .map_err(pg)?;
-    }
-    if new.is_some() {
-        for term in &add {
-            // The conflict target is this object's own entry only: a unique term
-            // (MAC, IP) that another object holds, or that a concurrent writer
-            // has just inserted, fails on `index_terms_unique` instead of being
-            // skipped, which would leave two Hardware with one MAC.
-            let r = tx
-                .execute_prepared(
-                    "INSERT INTO index_terms (term, key) VALUES ($1, $2) ON CONFLICT (term, key) DO NOTHING",
-                    &[&term.as_key(), &k],
-                )
-                .await;
-            if let Err(e) = r {
-                // Lost a race with another replica for a unique term.
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                    return Err(taken(term, key, "another object"));
+    let announce = tx
+        .prepare_cached("SELECT pg_notify($1, $2)")
+        .await
+        .map_err(pg)?;
+    let mut pipeline: Vec<Pipelined<'_>> = Vec::with_capacity(2 + remove.len() + add.len());
+    let created = new.is_some() && old.is_none();
+    let (main, k_ref) = (&main, &k);
+    pipeline.push(Box::pin(async move {
+        let r = match (&body, &version) {
+            (Some(body), Some(version)) => tx.execute(main, &[k_ref, version, body]).await,
+            _ => tx.execute(main, &[k_ref]).await,
+        };
+        r.map(drop).map_err(|e| {
+            if created && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                Error::AlreadyExists {
+                    key: key.to_string(),
                 }
-                return Err(pg(e));
+            } else {
+                pg(e)
             }
-        }
+        })
+    }));
+    for term in &remove {
+        let delete_term = &delete_term;
+        pipeline.push(Box::pin(async move {
+            tx.execute(delete_term, &[term, k_ref])
+                .await
+                .map(drop)
+                .map_err(pg)
+        }));
     }
-    Ok(())
+    for (term, term_key) in &add {
+        let insert_term = &insert_term;
+        pipeline.push(Box::pin(async move {
+            tx.execute(insert_term, &[term_key, k_ref])
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    // Lost a race with another replica for a unique term.
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        taken(term, key, "another object")
+                    } else {
+                        pg(e)
+                    }
+                })
+        }));
+    }
+    let announce = &announce;
+    let payload = &payload;
+    pipeline.push(Box::pin(async move {
+        tx.execute(announce, &[&CHANNEL, payload])
+            .await
+            .map(drop)
+            .map_err(pg)
+    }));
+    futures_util::future::try_join_all(pipeline).await.map(drop)
 }
 
 /// The object at columns `at` (its version) and `at + 1` (its body): the
@@ -578,9 +606,11 @@ impl WorkflowStore for PostgresStore {
             });
         };
         check_precondition(key, Some(old.version), precondition)?;
-        write(&tx, key, Some(&old.value), None).await?;
-        notify(
+        write(
             &tx,
+            key,
+            Some(&old.value),
+            None,
             &Change {
                 key: key.clone(),
                 version: old.version,
@@ -645,10 +675,6 @@ impl WorkflowStore for PostgresStore {
                     version,
                     value: Object::Workflow(wf.clone()),
                 }),
-            )
-            .await?;
-            notify(
-                &tx,
                 &Change {
                     key: key.clone(),
                     version,
@@ -723,12 +749,8 @@ impl WorkflowStore for PostgresStore {
                         version,
                         value: Object::Workflow(wf),
                     }),
-                )
-                .await?;
-                notify(
-                    &tx,
                     &Change {
-                        key,
+                        key: key.clone(),
                         version,
                         deleted: false,
                     },
@@ -846,10 +868,6 @@ impl PostgresStore {
                 version,
                 value: object.clone(),
             }),
-        )
-        .await?;
-        notify(
-            &tx,
             &Change {
                 key: key.clone(),
                 version,
