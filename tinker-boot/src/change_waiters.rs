@@ -4,13 +4,16 @@
 //! again every few seconds (28 times per machine in a PostgreSQL boot storm,
 //! each a token check and a claim query).
 //!
-//! A waiter registers the keys it waits on and is woken by the store's change
-//! feed, read by one task for all waiters (a broadcast receiver per waiter
-//! would wake every waiter at every change). A wake-up is only a hint: the
-//! waiter looks again (a claim), so a change it missed costs a late answer,
-//! never a wrong one, and a waiter is bounded by its own deadline. A feed that
-//! fell behind wakes every waiter; a feed that closed wakes them all and
-//! refuses new waits ([`ChangeWaiters::register`] answers `None`).
+//! A waiter registers the keys it waits on, each with the version it read,
+//! and is woken by the store's change feed, read by one task for all waiters
+//! (a broadcast receiver per waiter would wake every waiter at every change).
+//! A change announced between the waiter's read and its registration is not
+//! lost: the hub remembers the last version announced of each key, and a
+//! registration behind it is woken at once. A wake-up is only a hint: the
+//! waiter looks again, so a change it missed costs a late answer, never a
+//! wrong one, and a waiter is bounded by its own deadline. A feed that fell
+//! behind wakes every waiter; a feed that closed wakes them all and refuses
+//! new waits ([`ChangeWaiters::register`] answers `None`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +26,9 @@ use tokio::sync::broadcast::{self, error::RecvError};
 #[derive(Debug, Default)]
 struct Waiting {
     by_key: HashMap<ObjectKey, Vec<Arc<Notify>>>,
+    /// The last version announced of each key that changed (deleted keys
+    /// leave): as many entries as the store has objects, at most.
+    announced: HashMap<ObjectKey, u64>,
     /// The feed, until the task that reads it starts (at the first wait).
     feed: Option<broadcast::Receiver<Change>>,
     closed: bool,
@@ -68,26 +74,34 @@ impl ChangeWaiters {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a waiter on `keys`, woken by the next change of any of them
-    /// (one announced before [`Registration::changed`] is awaited counts).
-    /// `None` when the store announces no changes (its feed closed): the
-    /// caller answers at once instead of waiting for nothing.
-    pub fn register(self: &Arc<Self>, keys: Vec<ObjectKey>) -> Option<Registration> {
+    /// Registers a waiter on `keys`, each with the version the waiter read,
+    /// woken by the next change of any of them (one announced before
+    /// [`Registration::changed`] is awaited counts, and so does one already
+    /// announced past the version read). `None` when the store announces no
+    /// changes (its feed closed): the caller answers at once instead of
+    /// waiting for nothing.
+    pub fn register(self: &Arc<Self>, keys: Vec<(ObjectKey, u64)>) -> Option<Registration> {
         let notify = Arc::new(Notify::new());
         let feed = {
             let mut waiting = self.lock();
             if waiting.closed {
                 return None;
             }
-            for key in &keys {
+            let mut behind = false;
+            for (key, read) in &keys {
+                behind |= waiting.announced.get(key).is_some_and(|v| v > read);
                 waiting
                     .by_key
                     .entry(key.clone())
                     .or_default()
                     .push(notify.clone());
             }
+            if behind {
+                notify.notify_one();
+            }
             waiting.feed.take()
         };
+        let keys = keys.into_iter().map(|(key, _)| key).collect();
         if let Some(feed) = feed {
             tokio::spawn(read_feed(Arc::downgrade(self), feed));
         }
@@ -113,8 +127,16 @@ impl ChangeWaiters {
         self.len() == 0
     }
 
-    fn changed(&self, key: &ObjectKey) {
-        let woken = self.lock().by_key.remove(key).unwrap_or_default();
+    fn changed(&self, change: &Change) {
+        let woken = {
+            let mut waiting = self.lock();
+            if change.deleted {
+                waiting.announced.remove(&change.key);
+            } else {
+                waiting.announced.insert(change.key.clone(), change.version);
+            }
+            waiting.by_key.remove(&change.key).unwrap_or_default()
+        };
         for n in woken {
             n.notify_one();
         }
@@ -138,7 +160,7 @@ async fn read_feed(hub: Weak<ChangeWaiters>, mut feed: broadcast::Receiver<Chang
         let got = feed.recv().await;
         let Some(hub) = hub.upgrade() else { return };
         match got {
-            Ok(change) => hub.changed(&change.key),
+            Ok(change) => hub.changed(&change),
             Err(RecvError::Lagged(_)) => {
                 hub.lags.fetch_add(1, Ordering::Relaxed);
                 hub.wake_all(false)
@@ -197,6 +219,11 @@ mod tests {
         }
     }
 
+    /// Keys at the version a waiter read (1).
+    fn read(names: &[&str]) -> Vec<(ObjectKey, u64)> {
+        names.iter().map(|n| (key(n), 1)).collect()
+    }
+
     /// Lets the feed's reader run.
     async fn settle() {
         for _ in 0..10 {
@@ -208,8 +235,8 @@ mod tests {
     async fn a_change_wakes_the_waiters_on_its_key_only() {
         let (tx, rx) = broadcast::channel(16);
         let hub = ChangeWaiters::new(rx);
-        let a = hub.register(vec![key("a"), key("b")]).unwrap();
-        let c = hub.register(vec![key("c")]).unwrap();
+        let a = hub.register(read(&["a", "b"])).unwrap();
+        let c = hub.register(read(&["c"])).unwrap();
         assert_eq!(hub.len(), 3);
         // Announced before the waiter awaits: not lost.
         tx.send(change("b")).unwrap();
@@ -224,11 +251,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_announced_between_the_read_and_the_registration_wakes_at_once() {
+        let (tx, rx) = broadcast::channel(16);
+        let hub = ChangeWaiters::new(rx);
+        // The reader starts with the first registration.
+        drop(hub.register(read(&["x"])).unwrap());
+        tx.send(change("a")).unwrap();
+        settle().await;
+        // Read at version 1; version 2 was announced since.
+        let late = hub.register(read(&["a"])).unwrap();
+        assert!(ready(late.changed()), "behind the feed: woken at once");
+        // Read at version 2, the last announced: waits.
+        let current = hub.register(vec![(key("a"), 2)]).unwrap();
+        assert!(!ready(current.changed()));
+        // A deleted key is forgotten.
+        tx.send(Change {
+            key: key("a"),
+            version: 2,
+            deleted: true,
+        })
+        .unwrap();
+        settle().await;
+        assert!(ready(current.changed()), "the delete wakes it");
+        let after = hub.register(read(&["a"])).unwrap();
+        assert!(!ready(after.changed()), "nothing announced past it");
+    }
+
+    #[tokio::test]
     async fn a_dropped_waiter_leaves_nothing_behind_and_others_stay() {
         let (_tx, rx) = broadcast::channel(16);
         let hub = ChangeWaiters::new(rx);
-        let a = hub.register(vec![key("a")]).unwrap();
-        let b = hub.register(vec![key("a")]).unwrap();
+        let a = hub.register(read(&["a"])).unwrap();
+        let b = hub.register(read(&["a"])).unwrap();
         drop(a);
         assert_eq!(hub.len(), 1);
         drop(b);
@@ -239,7 +293,7 @@ mod tests {
     async fn a_feed_that_fell_behind_wakes_everyone_and_a_closed_one_refuses_waits() {
         let (tx, rx) = broadcast::channel(2);
         let hub = ChangeWaiters::new(rx);
-        let a = hub.register(vec![key("a")]).unwrap();
+        let a = hub.register(read(&["a"])).unwrap();
         // The reader has not run yet: five changes overflow the channel of 2.
         for name in ["x", "y", "z", "u", "v"] {
             tx.send(change(name)).unwrap();
@@ -247,10 +301,10 @@ mod tests {
         settle().await;
         assert!(ready(a.changed()), "lagged: woken");
         assert_eq!(hub.lags(), 1);
-        let b = hub.register(vec![key("b")]).unwrap();
+        let b = hub.register(read(&["b"])).unwrap();
         drop(tx);
         settle().await;
         assert!(ready(b.changed()), "closed: woken");
-        assert!(hub.register(vec![key("c")]).is_none(), "closed: no waits");
+        assert!(hub.register(read(&["c"])).is_none(), "closed: no waits");
     }
 }

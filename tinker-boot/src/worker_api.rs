@@ -296,7 +296,12 @@ impl WorkerApi {
 
     /// Claims the worker's next action; with a `wait`, a request that finds
     /// none waits for one of the worker's workflows to change (releasing its
-    /// in-flight permit meanwhile) and claims again, until `wait` is over.
+    /// in-flight permit meanwhile), until `wait` is over.
+    ///
+    /// While it waits, each look is one read of the worker's workflows: it
+    /// registers the wait on them at the versions read (a change announced
+    /// since wakes it at once), and claims only when one has an action for
+    /// the worker.
     async fn next_action(
         &self,
         worker: &str,
@@ -311,36 +316,82 @@ impl WorkerApi {
         let clock = self.core.clock().clone();
         let deadline = clock.now() + wait;
         let mut permit = Some(permit);
+        let mut look = false;
         let mut registration: Option<crate::change_waiters::Registration> = None;
         let waited_out = loop {
-            match self.core.next_action(worker, request).await {
-                Ok(Some(a)) => {
-                    tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
-                    return self.applied_wait(
-                        json(
-                            StatusCode::OK,
-                            &NextActionResponse::Action(WorkerAction::from_assignment(
-                                &a,
-                                self.heartbeat_seconds,
-                            )),
-                        ),
-                        wait,
-                    );
+            // On arrival, and when a look found an action: claim.
+            let claim = !look || {
+                if clock.now() >= deadline {
+                    break true;
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(worker, error = %e, "claim failed");
-                    return problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the store is unavailable; retry",
-                    );
+                let found = match self.core.store().workflows_for_worker(worker).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!(worker, error = %e, "worker API: store lookup failed");
+                        break false;
+                    }
+                };
+                if found.is_empty() {
+                    break false;
+                }
+                let now = clock.now();
+                let ready = found.iter().any(|wf| {
+                    wf.value.status.as_ref().is_some_and(|s| {
+                        s.wants_attention(worker, now)
+                            || request.is_some_and(|r| s.claimed_by_request(worker, r))
+                    })
+                });
+                let keys = found
+                    .iter()
+                    .map(|wf| {
+                        let key = ObjectKey::new(
+                            tinker_core::model::Kind::Workflow,
+                            wf.value.metadata.namespace(),
+                            wf.value.metadata.name.clone(),
+                        );
+                        (key, wf.version)
+                    })
+                    .collect();
+                match self.waiters.register(keys) {
+                    Some(r) => registration = Some(r),
+                    None => break false,
+                }
+                ready
+            };
+            if claim {
+                match self.core.next_action(worker, request).await {
+                    Ok(Some(a)) => {
+                        tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
+                        return self.applied_wait(
+                            json(
+                                StatusCode::OK,
+                                &NextActionResponse::Action(WorkerAction::from_assignment(
+                                    &a,
+                                    self.heartbeat_seconds,
+                                )),
+                            ),
+                            wait,
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(worker, error = %e, "claim failed");
+                        return problem(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the store is unavailable; retry",
+                        );
+                    }
                 }
             }
-            // Registered before the claim above: a change since is not lost.
+            if wait.is_zero() {
+                break false;
+            }
             if let Some(r) = registration.take() {
                 drop(permit.take());
-                let remaining = deadline.duration_since(clock.now());
-                let remaining: std::time::Duration = remaining.try_into().unwrap_or_default();
+                let remaining: std::time::Duration = deadline
+                    .duration_since(clock.now())
+                    .try_into()
+                    .unwrap_or_default();
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     _ = r.changed() => {
@@ -365,34 +416,7 @@ impl WorkerApi {
                     _ = clock.sleep(remaining) => break true,
                 }
             }
-            if wait.is_zero() || clock.now() >= deadline {
-                break false;
-            }
-            // The workflows a change of which may give this worker an action:
-            // its unfinished, rendered ones.
-            let keys: Vec<ObjectKey> = match self.core.store().workflows_for_worker(worker).await {
-                Ok(found) => found
-                    .iter()
-                    .map(|wf| {
-                        ObjectKey::new(
-                            tinker_core::model::Kind::Workflow,
-                            wf.value.metadata.namespace(),
-                            wf.value.metadata.name.clone(),
-                        )
-                    })
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(worker, error = %e, "worker API: store lookup failed");
-                    break false;
-                }
-            };
-            if keys.is_empty() {
-                break false;
-            }
-            match self.waiters.register(keys) {
-                Some(r) => registration = Some(r),
-                None => break false,
-            }
+            look = true;
         };
         let answer = json(
             StatusCode::OK,

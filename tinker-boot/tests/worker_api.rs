@@ -699,8 +699,8 @@ async fn a_workers_hardware_is_read_once_until_it_changes() {
 /// Long poll (`Prefer: wait=N`, RFC 7240): a worker whose workflow has no
 /// action for it yet (`before`) asks once and is answered with its action as
 /// soon as the workflow is ready (`ready` makes it so), not when the wait runs
-/// out; meanwhile the request claimed twice (once on arrival, once after
-/// registering its wait), not once per poll.
+/// out; meanwhile it claimed once (on arrival) and read the worker's
+/// workflows once, not once per poll.
 async fn a_waiting_worker_is_answered_once(
     n: u32,
     before: tinker_core::model::Workflow,
@@ -737,15 +737,15 @@ async fn a_waiting_worker_is_answered_once(
         .await
         .expect("an answer")
     });
-    // Until the request waits: it claimed on arrival and again after
-    // registering (a guard of 2,000 turns, not a timing).
+    // Until the request waits (a guard of 2,000 turns, not a timing).
     for _ in 0..2000 {
-        if counting.claims.load(Ordering::Relaxed) >= 2 {
+        if api.stats().waits.load(Ordering::Relaxed) >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(counting.claims.load(Ordering::Relaxed), 2);
+    assert_eq!(api.stats().waits.load(Ordering::Relaxed), 1);
+    assert_eq!(counting.claims.load(Ordering::Relaxed), 1);
     assert!(!asked.is_finished(), "nothing to run yet: it waits");
     let found = store.workflow("default", &name).await.unwrap().unwrap();
     store
@@ -763,7 +763,11 @@ async fn a_waiting_worker_is_answered_once(
         resp.text()
     );
     assert_eq!(resp.header("preference-applied"), Some("wait=20"));
-    assert_eq!(counting.claims.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        counting.claims.load(Ordering::Relaxed),
+        2,
+        "claimed again only once an action was ready"
+    );
     let stats = api.stats();
     assert_eq!(
         (
@@ -801,4 +805,59 @@ async fn a_worker_whose_workflow_is_not_rendered_yet_waits_for_it() {
         wf
     })
     .await;
+}
+
+/// A wait with nothing to run runs out: the answer is "no action yet", to
+/// be asked again at once (the worker asked to wait; it has waited), and the
+/// wait is counted as run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_runs_out_says_ask_again_now() {
+    use std::sync::atomic::Ordering;
+    use tinker_core::model::MachinePhase;
+    use tinker_core::testing::{mac, rendered_workflow};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mut wf = rendered_workflow("slow", mac(12), 1, 600);
+    wf.status.as_mut().unwrap().machine.phase = MachinePhase::Preparing;
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let token = machine(store.as_ref(), "k", mac(12), [127, 0, 0, 1]).await;
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5);
+    let port = serve(api.clone(), store.clone()).await;
+    let w = mac(12).to_string();
+    let auth = format!("Bearer {token}");
+    let resp = client::request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+        client::Method::POST,
+        &format!("/v1/workers/{w}/next-action"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("prefer", "wait=1"),
+        ],
+        format!("{{\"worker_id\":\"{w}\"}}"),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(resp.status, 200);
+    let answer: tinker_core::worker_api::NextActionResponse =
+        serde_json::from_str(&resp.text()).unwrap();
+    assert!(
+        matches!(
+            answer,
+            tinker_core::worker_api::NextActionResponse::Wait {
+                retry_after_seconds: 0,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(resp.header("preference-applied"), Some("wait=1"));
+    let stats = api.stats();
+    assert_eq!(
+        (
+            stats.waits.load(Ordering::Relaxed),
+            stats.waited_out.load(Ordering::Relaxed)
+        ),
+        (1, 1)
+    );
 }
