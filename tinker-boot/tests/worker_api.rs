@@ -696,6 +696,25 @@ async fn a_workers_hardware_is_read_once_until_it_changes() {
     );
 }
 
+/// A question for work from worker `w` with `Prefer: {prefer}`.
+async fn ask_for_work(port: u16, w: &str, token: &str, prefer: &str) -> client::ClientResponse {
+    let auth = format!("Bearer {token}");
+    client::request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+        client::Method::POST,
+        &format!("/v1/workers/{w}/next-action"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("prefer", prefer),
+        ],
+        format!("{{\"worker_id\":\"{w}\"}}"),
+    )
+    .await
+    .expect("an answer")
+}
+
 /// Long poll (`Prefer: wait=N`, RFC 7240): a worker whose workflow has no
 /// action for it yet (`before`) asks once and is answered with its action as
 /// soon as the workflow is ready (`ready` makes it so), not when the wait runs
@@ -720,23 +739,8 @@ async fn a_waiting_worker_is_answered_once(
     let api = WorkerApi::new(store.clone(), Secret::new("k"), 5);
     let port = serve(api.clone(), store.clone()).await;
     let w = mac(n).to_string();
-    let auth = format!("Bearer {token}");
-    let asked = tokio::spawn(async move {
-        client::request(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            None,
-            client::Method::POST,
-            &format!("/v1/workers/{w}/next-action"),
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-                ("prefer", "respond-async, wait=20"),
-            ],
-            format!("{{\"worker_id\":\"{w}\"}}"),
-        )
-        .await
-        .expect("an answer")
-    });
+    let asked =
+        tokio::spawn(async move { ask_for_work(port, &w, &token, "respond-async, wait=20").await });
     // Until the request waits (a guard of 2,000 turns, not a timing).
     for _ in 0..2000 {
         if api.stats().waits.load(Ordering::Relaxed) >= 1 {
@@ -822,22 +826,7 @@ async fn a_wait_that_runs_out_says_ask_again_now() {
     let token = machine(store.as_ref(), "k", mac(12), [127, 0, 0, 1]).await;
     let api = WorkerApi::new(store.clone(), Secret::new("k"), 5);
     let port = serve(api.clone(), store.clone()).await;
-    let w = mac(12).to_string();
-    let auth = format!("Bearer {token}");
-    let resp = client::request(
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        None,
-        client::Method::POST,
-        &format!("/v1/workers/{w}/next-action"),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-            ("prefer", "wait=1"),
-        ],
-        format!("{{\"worker_id\":\"{w}\"}}"),
-    )
-    .await
-    .expect("an answer");
+    let resp = ask_for_work(port, &mac(12).to_string(), &token, "wait=1").await;
     assert_eq!(resp.status, 200);
     let answer: tinker_core::worker_api::NextActionResponse =
         serde_json::from_str(&resp.text()).unwrap();
