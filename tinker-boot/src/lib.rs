@@ -23,6 +23,7 @@ pub mod change_waiters;
 pub mod credentials;
 pub mod dhcp;
 pub mod event_window;
+pub mod event_writer;
 pub mod hardware_cache;
 pub mod http;
 mod metadata;

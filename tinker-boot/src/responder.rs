@@ -52,6 +52,8 @@ pub struct StoreBootResponder {
     /// and a store write (an fsync with the embedded store) per packet would
     /// turn a packet flood into a write flood. Keyed by known Hardware only.
     last_recorded: Arc<std::sync::Mutex<std::collections::HashMap<String, Coalescer>>>,
+    /// Writes the events in batches, off the reply path.
+    events: Arc<crate::event_writer::EventWriter>,
     /// Name Smee's script path in answers to iPXE.
     smee_script_path: bool,
     /// MAC → its Hardware and network settings, invalidated by the store's
@@ -131,6 +133,7 @@ impl StoreBootResponder {
             config,
             clock: SystemClock::shared(),
             last_recorded: Arc::default(),
+            events: Arc::new(crate::event_writer::EventWriter::new(store.clone(), "dhcp")),
             smee_script_path: false,
             cache: Arc::new(HardwareCache::new(store.watch(), DEFAULT_MAX_UNKNOWN)),
             store,
@@ -274,13 +277,9 @@ impl StoreBootResponder {
         );
         // Written in the background: the answer to a booting machine does not wait
         // for the event log (with the embedded store, an fsync queued behind every
-        // other write during a boot storm).
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.append_event(event).await {
-                tracing::warn!(error = %e, "could not record a DHCP event");
-            }
-        });
+        // other write during a boot storm), and a row of machines' events go
+        // in one batch.
+        self.events.record(event);
     }
 }
 

@@ -173,6 +173,8 @@ pub struct HttpServer {
     /// When each machine's last event of each kind this server records was
     /// recorded (only known machines are served a script or metadata).
     machine_events: Arc<crate::event_window::EventWindow>,
+    /// Writes the machine events in batches, off the answer's path.
+    events: Arc<crate::event_writer::EventWriter>,
     /// Serves the metadata service alone (Hegel's port).
     only_metadata: bool,
     /// Serves Tootles' `/tootles/instanceID/<id>/...` tree.
@@ -207,6 +209,10 @@ impl HttpServer {
         let conns = Arc::<ConnStats>::default();
         let mut registry = metrics::registry(stats.clone(), &config.metrics);
         registry.register_collector(Box::new(ConnCollector(conns.clone())));
+        let events = Arc::new(crate::event_writer::EventWriter::new(
+            config.store.clone(),
+            "http",
+        ));
         HttpServer {
             config: Arc::new(config),
             stats,
@@ -215,6 +221,7 @@ impl HttpServer {
             limits: Arc::new(HttpLimits::default()),
             conns,
             machine_events: Arc::default(),
+            events,
             only_metadata: false,
             tootles_instance_endpoint: false,
         }
@@ -399,12 +406,7 @@ impl HttpServer {
         }
         let event = MachineEvent::new(now, machine, EventSource::Http, kind);
         // In the background: the machine does not wait for the log.
-        let store = self.config.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.append_event(event).await {
-                tracing::warn!(error = %e, "could not record a machine event");
-            }
-        });
+        self.events.record(event);
     }
 
     fn refuse(&self, stream: tokio::net::TcpStream, peer: SocketAddr, why: Refusal) {

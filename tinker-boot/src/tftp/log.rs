@@ -21,12 +21,14 @@ pub struct StoreTransferLog {
     store: Arc<dyn WorkflowStore>,
     observed: Option<Arc<ObservedAddresses>>,
     window: Arc<EventWindow>,
+    events: Arc<crate::event_writer::EventWriter>,
 }
 
 impl StoreTransferLog {
     /// A log into `store`, finding machines by their reserved addresses.
     pub fn new(store: Arc<dyn WorkflowStore>) -> Self {
         StoreTransferLog {
+            events: Arc::new(crate::event_writer::EventWriter::new(store.clone(), "tftp")),
             store,
             observed: None,
             window: Arc::default(),
@@ -104,9 +106,7 @@ impl TransferObserver for StoreTransferLog {
                     failed: report.outcome.err().map(|why| why.to_string()),
                 },
             );
-            if let Err(e) = this.store.append_event(event).await {
-                tracing::warn!(error = %e, "could not record a TFTP event");
-            }
+            this.events.record(event);
         });
     }
 }
