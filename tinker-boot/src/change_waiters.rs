@@ -8,8 +8,10 @@
 //! and is woken by the store's change feed, read by one task for all waiters
 //! (a broadcast receiver per waiter would wake every waiter at every change).
 //! A change announced between the waiter's read and its registration is not
-//! lost: the hub remembers the last version announced of each key, and a
-//! registration behind it is woken at once. A wake-up is only a hint: the
+//! lost: the hub remembers the highest version announced of each key, and a
+//! registration behind it is woken at once; a feed that fell behind
+//! meanwhile (its changes unknown) wakes it at once too, by the generation
+//! the waiter read before its read. A wake-up is only a hint: the
 //! waiter looks again, so a change it missed costs a late answer, never a
 //! wrong one, and a waiter is bounded by its own deadline. A feed that fell
 //! behind wakes every waiter; a feed that closed wakes them all and refuses
@@ -26,9 +28,12 @@ use tokio::sync::broadcast::{self, error::RecvError};
 #[derive(Debug, Default)]
 struct Waiting {
     by_key: HashMap<ObjectKey, Vec<Arc<Notify>>>,
-    /// The last version announced of each key that changed (deleted keys
-    /// leave): as many entries as the store has objects, at most.
+    /// The highest version announced of each key that changed (deleted keys
+    /// leave; all leave when the feed falls behind): as many entries as the
+    /// store has objects, at most.
     announced: HashMap<ObjectKey, u64>,
+    /// Bumped each time the feed fell behind (or closed).
+    generation: u64,
     /// The feed, until the task that reads it starts (at the first wait).
     feed: Option<broadcast::Receiver<Change>>,
     closed: bool,
@@ -80,14 +85,22 @@ impl ChangeWaiters {
     /// announced past the version read). `None` when the store announces no
     /// changes (its feed closed): the caller answers at once instead of
     /// waiting for nothing.
-    pub fn register(self: &Arc<Self>, keys: Vec<(ObjectKey, u64)>) -> Option<Registration> {
+    ///
+    /// `generation` is [`generation`](Self::generation) as read before the
+    /// waiter read the keys' versions: if the feed fell behind since, what
+    /// it missed is unknown, and the waiter is woken at once.
+    pub fn register(
+        self: &Arc<Self>,
+        keys: Vec<(ObjectKey, u64)>,
+        generation: u64,
+    ) -> Option<Registration> {
         let notify = Arc::new(Notify::new());
         let feed = {
             let mut waiting = self.lock();
             if waiting.closed {
                 return None;
             }
-            let mut behind = false;
+            let mut behind = waiting.generation != generation;
             for (key, read) in &keys {
                 behind |= waiting.announced.get(key).is_some_and(|v| v > read);
                 waiting
@@ -117,6 +130,12 @@ impl ChangeWaiters {
         self.lock().by_key.values().map(Vec::len).sum()
     }
 
+    /// The feed's generation: read it before reading the versions handed to
+    /// [`register`](Self::register).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
     /// Times the feed fell behind (every waiter woken).
     pub fn lags(&self) -> u64 {
         self.lags.load(Ordering::Relaxed)
@@ -133,7 +152,9 @@ impl ChangeWaiters {
             if change.deleted {
                 waiting.announced.remove(&change.key);
             } else {
-                waiting.announced.insert(change.key.clone(), change.version);
+                // Announcements may arrive out of order: the highest counts.
+                let last = waiting.announced.entry(change.key.clone()).or_default();
+                *last = (*last).max(change.version);
             }
             waiting.by_key.remove(&change.key).unwrap_or_default()
         };
@@ -146,6 +167,11 @@ impl ChangeWaiters {
         let woken = {
             let mut waiting = self.lock();
             waiting.closed |= close;
+            // What was missed is unknown: versions remembered from before
+            // could be of deleted objects, and a waiter that read before now
+            // may have missed a change.
+            waiting.announced.clear();
+            waiting.generation += 1;
             std::mem::take(&mut waiting.by_key)
         };
         for n in woken.into_values().flatten() {
@@ -235,8 +261,8 @@ mod tests {
     async fn a_change_wakes_the_waiters_on_its_key_only() {
         let (tx, rx) = broadcast::channel(16);
         let hub = ChangeWaiters::new(rx);
-        let a = hub.register(read(&["a", "b"])).unwrap();
-        let c = hub.register(read(&["c"])).unwrap();
+        let a = hub.register(read(&["a", "b"]), hub.generation()).unwrap();
+        let c = hub.register(read(&["c"]), hub.generation()).unwrap();
         assert_eq!(hub.len(), 3);
         // Announced before the waiter awaits: not lost.
         tx.send(change("b")).unwrap();
@@ -255,14 +281,14 @@ mod tests {
         let (tx, rx) = broadcast::channel(16);
         let hub = ChangeWaiters::new(rx);
         // The reader starts with the first registration.
-        drop(hub.register(read(&["x"])).unwrap());
+        drop(hub.register(read(&["x"]), hub.generation()).unwrap());
         tx.send(change("a")).unwrap();
         settle().await;
         // Read at version 1; version 2 was announced since.
-        let late = hub.register(read(&["a"])).unwrap();
+        let late = hub.register(read(&["a"]), hub.generation()).unwrap();
         assert!(ready(late.changed()), "behind the feed: woken at once");
         // Read at version 2, the last announced: waits.
-        let current = hub.register(vec![(key("a"), 2)]).unwrap();
+        let current = hub.register(vec![(key("a"), 2)], hub.generation()).unwrap();
         assert!(!ready(current.changed()));
         // A deleted key is forgotten.
         tx.send(Change {
@@ -273,7 +299,7 @@ mod tests {
         .unwrap();
         settle().await;
         assert!(ready(current.changed()), "the delete wakes it");
-        let after = hub.register(read(&["a"])).unwrap();
+        let after = hub.register(read(&["a"]), hub.generation()).unwrap();
         assert!(!ready(after.changed()), "nothing announced past it");
     }
 
@@ -281,8 +307,8 @@ mod tests {
     async fn a_dropped_waiter_leaves_nothing_behind_and_others_stay() {
         let (_tx, rx) = broadcast::channel(16);
         let hub = ChangeWaiters::new(rx);
-        let a = hub.register(read(&["a"])).unwrap();
-        let b = hub.register(read(&["a"])).unwrap();
+        let a = hub.register(read(&["a"]), hub.generation()).unwrap();
+        let b = hub.register(read(&["a"]), hub.generation()).unwrap();
         drop(a);
         assert_eq!(hub.len(), 1);
         drop(b);
@@ -293,7 +319,7 @@ mod tests {
     async fn a_feed_that_fell_behind_wakes_everyone_and_a_closed_one_refuses_waits() {
         let (tx, rx) = broadcast::channel(2);
         let hub = ChangeWaiters::new(rx);
-        let a = hub.register(read(&["a"])).unwrap();
+        let a = hub.register(read(&["a"]), hub.generation()).unwrap();
         // The reader has not run yet: five changes overflow the channel of 2.
         for name in ["x", "y", "z", "u", "v"] {
             tx.send(change(name)).unwrap();
@@ -301,10 +327,30 @@ mod tests {
         settle().await;
         assert!(ready(a.changed()), "lagged: woken");
         assert_eq!(hub.lags(), 1);
-        let b = hub.register(read(&["b"])).unwrap();
+        let b = hub.register(read(&["b"]), hub.generation()).unwrap();
         drop(tx);
         settle().await;
         assert!(ready(b.changed()), "closed: woken");
-        assert!(hub.register(read(&["c"])).is_none(), "closed: no waits");
+        assert!(
+            hub.register(read(&["c"]), hub.generation()).is_none(),
+            "closed: no waits"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_read_before_the_feed_fell_behind_is_woken_at_once() {
+        let (tx, rx) = broadcast::channel(2);
+        let hub = ChangeWaiters::new(rx);
+        drop(hub.register(read(&["x"]), hub.generation()).unwrap());
+        let before = hub.generation();
+        // The waiter reads its versions here; then the feed overflows.
+        for name in ["p", "q", "r", "s", "t"] {
+            tx.send(change(name)).unwrap();
+        }
+        settle().await;
+        let late = hub.register(read(&["a"]), before).unwrap();
+        assert!(ready(late.changed()), "what the lag lost is unknown: woken");
+        let fresh = hub.register(read(&["a"]), hub.generation()).unwrap();
+        assert!(!ready(fresh.changed()), "read after the lag: waits");
     }
 }

@@ -318,21 +318,73 @@ impl WorkerApi {
         let mut permit = Some(permit);
         let mut look = false;
         let mut registration: Option<crate::change_waiters::Registration> = None;
+        // Workflows whose machine the engine was still to power-cycle when
+        // this question first looked: once it has, the agent that asked is
+        // gone with the old boot (its connection may not even have closed),
+        // and the action is left for the agent of the new boot.
+        let mut before_power_cycle: Option<Vec<ObjectKey>> = None;
+        // When an action waiting out a retry delay comes due: no write
+        // announces it, so the wait ends then at the latest.
+        let mut retry_due: Option<jiff::Timestamp> = None;
         let waited_out = loop {
             // On arrival, and when a look found an action: claim.
             let claim = !look || {
                 if clock.now() >= deadline {
                     break true;
                 }
+                let generation = self.waiters.generation();
                 let found = match self.core.store().workflows_for_worker(worker).await {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::warn!(worker, error = %e, "worker API: store lookup failed");
-                        break false;
+                        return problem(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the store is unavailable; retry",
+                        );
                     }
                 };
                 if found.is_empty() {
                     break false;
+                }
+                let key_of = |wf: &tinker_core::store::Versioned<tinker_core::model::Workflow>| {
+                    ObjectKey::new(
+                        tinker_core::model::Kind::Workflow,
+                        wf.value.metadata.namespace(),
+                        wf.value.metadata.name.clone(),
+                    )
+                };
+                let power_cycled =
+                    |wf: &tinker_core::store::Versioned<tinker_core::model::Workflow>| {
+                        wf.value.status.as_ref().is_some_and(|s| {
+                            s.machine
+                                .has_done(tinker_core::model::MachineStep::PowerCycle)
+                        })
+                    };
+                let awaiting_cycle =
+                    |wf: &tinker_core::store::Versioned<tinker_core::model::Workflow>| {
+                        wf.value
+                            .status
+                            .as_ref()
+                            .is_none_or(|s| s.machine.is_preparing() && !s.machine.no_bmc)
+                    };
+                match &before_power_cycle {
+                    None => {
+                        before_power_cycle = Some(
+                            found
+                                .iter()
+                                .filter(|wf| awaiting_cycle(wf))
+                                .map(key_of)
+                                .collect(),
+                        );
+                    }
+                    Some(keys) => {
+                        let cycled = found
+                            .iter()
+                            .any(|wf| keys.contains(&key_of(wf)) && power_cycled(wf));
+                        if cycled {
+                            break true;
+                        }
+                    }
                 }
                 let now = clock.now();
                 let ready = found.iter().any(|wf| {
@@ -341,6 +393,13 @@ impl WorkerApi {
                             || request.is_some_and(|r| s.claimed_by_request(worker, r))
                     })
                 });
+                retry_due = found
+                    .iter()
+                    .filter_map(|wf| wf.value.status.as_ref())
+                    .flat_map(|s| s.actions().map(|(_, a)| a.retry_at))
+                    .flatten()
+                    .filter(|at| *at > now)
+                    .min();
                 let keys = found
                     .iter()
                     .map(|wf| {
@@ -352,10 +411,9 @@ impl WorkerApi {
                         (key, wf.version)
                     })
                     .collect();
-                match self.waiters.register(keys) {
-                    Some(r) => registration = Some(r),
-                    None => break false,
-                }
+                // Without a feed to wake it the question does not wait, but
+                // still claims what it found ready.
+                registration = self.waiters.register(keys, generation);
                 ready
             };
             if claim {
@@ -386,9 +444,17 @@ impl WorkerApi {
             if wait.is_zero() {
                 break false;
             }
-            if let Some(r) = registration.take() {
+            let Some(r) = registration.take() else {
+                if look {
+                    break false;
+                }
+                look = true;
+                continue;
+            };
+            {
                 drop(permit.take());
-                let remaining: std::time::Duration = deadline
+                let until = retry_due.map_or(deadline, |due| due.min(deadline));
+                let remaining: std::time::Duration = until
                     .duration_since(clock.now())
                     .try_into()
                     .unwrap_or_default();
@@ -397,7 +463,7 @@ impl WorkerApi {
                     _ = r.changed() => {
                         self.stats.woken.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ = clock.sleep(remaining) => {
+                    _ = clock.sleep(remaining) => if until >= deadline {
                         self.stats.waited_out.fetch_add(1, Ordering::Relaxed);
                         break true;
                     }
@@ -408,12 +474,14 @@ impl WorkerApi {
                     .duration_since(clock.now())
                     .try_into()
                     .unwrap_or_default();
+                // Still overloaded when the wait is over: asked again after
+                // the usual pause, not at once.
                 tokio::select! {
                     p = self.in_flight.clone().acquire_owned() => match p {
                         Ok(p) => permit = Some(p),
-                        Err(_) => break true,
+                        Err(_) => break false,
                     },
-                    _ = clock.sleep(remaining) => break true,
+                    _ = clock.sleep(remaining) => break false,
                 }
             }
             look = true;

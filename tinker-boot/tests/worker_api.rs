@@ -787,8 +787,12 @@ async fn a_waiting_worker_is_answered_once(
 async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
     use tinker_core::model::MachinePhase;
     use tinker_core::testing::{mac, rendered_workflow};
+    // A machine without a BMC (nothing power-cycles it): its agent is the
+    // one that asked.
     let mut wf = rendered_workflow("prepared", mac(7), 1, 600);
-    wf.status.as_mut().unwrap().machine.phase = MachinePhase::Preparing;
+    let machine = &mut wf.status.as_mut().unwrap().machine;
+    machine.phase = MachinePhase::Preparing;
+    machine.no_bmc = true;
     a_waiting_worker_is_answered_once(7, wf, |mut wf| {
         wf.status.as_mut().unwrap().machine.phase = MachinePhase::Ready;
         wf
@@ -796,12 +800,75 @@ async fn a_waiting_worker_gets_its_action_as_soon_as_its_machine_is_ready() {
     .await;
 }
 
+/// A worker that waits while its machine is prepared through a BMC is gone
+/// once the engine power-cycles the machine (its connection may not even
+/// close): the question is answered "ask again now" rather than handed the
+/// action, which goes to the agent of the new boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_across_a_power_cycle_hands_out_nothing() {
+    use std::sync::atomic::Ordering;
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::model::MachinePhase;
+    use tinker_core::testing::{mac, rendered_workflow};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mut wf = rendered_workflow("cycled", mac(13), 1, 600);
+    wf.status.as_mut().unwrap().machine.phase = MachinePhase::PxeBootSet;
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let token = machine(store.as_ref(), "k", mac(13), [127, 0, 0, 1]).await;
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5);
+    let port = serve(api.clone(), store.clone()).await;
+    let w = mac(13).to_string();
+    let (w2, t2) = (w.clone(), token.clone());
+    let asked = tokio::spawn(async move { ask_for_work(port, &w2, &t2, "wait=20").await });
+    for _ in 0..2000 {
+        if api.stats().waits.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(api.stats().waits.load(Ordering::Relaxed), 1);
+    let found = store.workflow("default", "cycled").await.unwrap().unwrap();
+    let mut cycled = found.value;
+    cycled
+        .status
+        .as_mut()
+        .unwrap()
+        .machine
+        .done(tinker_core::model::MachineStep::PowerCycle, false);
+    store
+        .put(cycled.into(), Precondition::Version(found.version))
+        .await
+        .unwrap();
+    let resp = asked.await.unwrap();
+    let answer: tinker_core::worker_api::NextActionResponse =
+        serde_json::from_str(&resp.text()).unwrap();
+    assert!(
+        matches!(
+            answer,
+            tinker_core::worker_api::NextActionResponse::Wait {
+                retry_after_seconds: 0,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    // The agent of the new boot asks and gets the action.
+    let resp = ask_for_work(port, &w, &token, "wait=20").await;
+    assert!(
+        resp.text().contains("\"status\":\"action\""),
+        "{}",
+        resp.text()
+    );
+}
+
 /// An agent that boots before the engine renders its workflow waits on it
 /// too (found by its hardware map), and is answered once it is rendered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_workflow_is_not_rendered_yet_waits_for_it() {
     use tinker_core::testing::{mac, rendered_workflow};
-    let rendered = rendered_workflow("unrendered", mac(8), 1, 600);
+    // Rendered for a machine without a BMC: nothing power-cycles it.
+    let mut rendered = rendered_workflow("unrendered", mac(8), 1, 600);
+    rendered.status.as_mut().unwrap().machine.no_bmc = true;
     let mut before = rendered.clone();
     before.status = None;
     a_waiting_worker_is_answered_once(8, before, move |mut wf| {
