@@ -1543,3 +1543,50 @@ async fn a_reconciles_events_are_one_write() {
     engine.reconcile(&key).await.unwrap();
     assert_eq!(*store.event_writes.lock().unwrap(), (0, 1));
 }
+
+/// A lease under this engine's name that this engine did not write (another
+/// replica given the same name) is taken with a lease write of its own, an
+/// optimistic one that only one writer wins, not used as it is.
+#[tokio::test]
+async fn a_lease_under_the_same_name_but_not_written_here_is_taken_by_a_write() {
+    let config = EngineConfig {
+        replica: "r1".into(),
+        ..EngineConfig::default()
+    };
+    let r = rig(None, config).await;
+    // The first BMC call fails: the workflow waits for its retry, with
+    // netboot on and no lease.
+    r.bmc.faults().unreachable_for(1);
+    r.engine.reconcile(&r.key).await.unwrap();
+    let found = r.store.workflow("default", "wf1").await.unwrap().unwrap();
+    let mut wf = found.value;
+    let machine = &mut wf.status.as_mut().unwrap().machine;
+    assert_eq!(machine.phase, MachinePhase::NetbootEnabled);
+    assert_eq!(machine.lease, None);
+    // Another process under this engine's name holds it.
+    r.clock.advance(Duration::from_secs(120));
+    machine.lease = Some((
+        "r1".to_string(),
+        r.clock
+            .now()
+            .checked_add(SignedDuration::from_secs(60))
+            .unwrap(),
+    ));
+    machine.retry_at = None;
+    let version = r
+        .store
+        .put(wf.into(), Precondition::Version(found.version))
+        .await
+        .unwrap();
+    r.engine.reconcile(&r.key).await.unwrap();
+    let after = r.store.workflow("default", "wf1").await.unwrap().unwrap();
+    assert_eq!(
+        after.value.status.unwrap().machine.phase,
+        MachinePhase::Ready
+    );
+    assert_eq!(
+        after.version - version,
+        3,
+        "a lease write, then the PXE step's record (holding the lease for the power cycle) and the power cycle's"
+    );
+}

@@ -221,6 +221,10 @@ pub struct Engine {
     /// Each workflow's events of the reconcile under way, written together
     /// when it ends (one store transaction instead of one per step).
     events: Arc<std::sync::Mutex<PendingEvents>>,
+    /// The leases this engine (this process, not every replica of its name)
+    /// wrote with a step for the step after, by workflow: only those are
+    /// used without a lease write of their own.
+    held: Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, Timestamp>>>,
 }
 
 /// Events recorded during a workflow's reconcile, not yet written.
@@ -244,6 +248,7 @@ impl Engine {
             jitter: Arc::new(std::sync::Mutex::new(Backoff::new(config.backoff))),
             strikes: Default::default(),
             events: Default::default(),
+            held: Default::default(),
             config,
         }
     }
@@ -274,6 +279,16 @@ impl Engine {
     /// The machine events its steps record are written when it returns (its
     /// preparation's four in one store transaction), whatever it returns.
     pub async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
+        // A reconcile dropped before it returns (the run loop shutting down)
+        // leaves no events behind to be written later out of place; its
+        // steps are in the workflow's status.
+        struct Forget<'a>(&'a Engine, &'a ObjectKey);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.pending().remove(self.1);
+            }
+        }
+        let _forget = Forget(self, key);
         let result = self.reconcile_guarded(key).await;
         let events = self.pending().remove(key).unwrap_or_default();
         if !events.is_empty()
@@ -641,12 +656,25 @@ impl Engine {
     /// workflow whose lease is held, as for a lease taken by a write.
     fn hold_lease_for_next_step(&self, wf: &mut Workflow, now: Timestamp) {
         let next = plan_with(wf, now, self.config.cancel_grace);
+        let key = ObjectKey::new(
+            Kind::Workflow,
+            wf.metadata.namespace(),
+            wf.metadata.name.clone(),
+        );
         let Some(status) = wf.status.as_mut() else {
             return;
         };
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         status.machine.lease = match next {
-            Step::Machine(_) => Some((self.config.replica.clone(), self.lease_until(now))),
-            _ => None,
+            Step::Machine(_) => {
+                let until = self.lease_until(now);
+                held.insert(key, until);
+                Some((self.config.replica.clone(), until))
+            }
+            _ => {
+                held.remove(&key);
+                None
+            }
         };
     }
 
@@ -659,16 +687,28 @@ impl Engine {
     /// lease on the workflow (an optimistic write, so exactly one wins) makes the
     /// BMC call; the others leave it. A lease outlives a replica that died
     /// mid-step by `lease` at most; then another replica takes the step over.
-    /// A lease this replica wrote with its last step and that has more than
-    /// half its time left is used as it is (see
+    /// A lease this engine wrote with its last step (it remembers which: two
+    /// replicas given one name do not share it) and that has more than half
+    /// its time left is used as it is (see
     /// [`hold_lease_for_next_step`](Self::hold_lease_for_next_step)).
     async fn take_lease(&self, version: u64, mut wf: Workflow) -> Result<Lease> {
         let now = self.clock.now();
+        let key = ObjectKey::new(
+            Kind::Workflow,
+            wf.metadata.namespace(),
+            wf.metadata.name.clone(),
+        );
+        let written_here = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let Some(status) = wf.status.as_mut() else {
             return Ok(Lease::Lost);
         };
         if let Some((holder, until)) = &status.machine.lease
             && holder == &self.config.replica
+            && written_here == Some(*until)
             && SignedDuration::try_from(self.config.lease / 2)
                 .ok()
                 .and_then(|half| now.checked_add(half).ok())
