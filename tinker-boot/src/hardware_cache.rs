@@ -4,8 +4,9 @@
 //! PostgreSQL). Kept fresh by the store's change feed: every change to a
 //! Hardware drops that Hardware's MACs and every "unknown MAC" entry (the
 //! change may have added the MAC), and a feed that fell behind drops
-//! everything. The feed is drained before each lookup, so a write the store
-//! has acknowledged is seen by the next packet.
+//! everything. The feed is drained before each lookup, so a change the store
+//! has announced is seen by the next packet (with PostgreSQL the
+//! announcement, a NOTIFY, arrives just after the commit).
 //!
 //! Bounded against a hostile network: a MAC is cached as known only when the
 //! store has a Hardware for it (so known entries are at most the MACs of the
@@ -130,6 +131,13 @@ impl<V: Clone> HardwareCache<V> {
                 }
             }
         }
+    }
+
+    /// Forgets what is cached for `mac` (its owner found it too old), so the
+    /// next [`get`](Self::get) asks the store.
+    pub fn forget(&self, mac: MacAddr) {
+        let mut inner = self.lock();
+        inner.known.remove(&mac);
     }
 
     /// Entries kept: known MACs, unknown MACs.

@@ -15,7 +15,8 @@
 //! Long poll: a `next-action` request with `Prefer: wait=N` (RFC 7240) that
 //! finds nothing to run waits up to N seconds (at most [`MAX_WAIT`]) for one
 //! of the worker's workflows to change, and is answered as soon as an action
-//! is ready (`Preference-Applied: wait=N` says the wait was taken). A waiting
+//! is ready (`Preference-Applied: wait=N` says the preference was honoured:
+//! the request waited, or would have had nothing been ready). A waiting
 //! request does not count against [`MAX_IN_FLIGHT`]; it holds its connection,
 //! which the HTTP server's limits bound.
 //!

@@ -112,13 +112,24 @@ pub struct WorkerCore {
     store: Arc<dyn WorkflowStore>,
     clock: SharedClock,
     callers: CallerCheck,
-    /// MAC → Hardware: every worker call names its machine by MAC, and an
-    /// agent calls several times per action; without it each call was a
-    /// store lookup (40 per machine in a boot storm, a quarter of
-    /// PostgreSQL's statements). Kept fresh by the store's change feed, so a
-    /// netboot turned off or a token rotated is seen at the next call.
-    hardware: Arc<HardwareCache<Arc<Versioned<Hardware>>>>,
+    /// MAC → Hardware, with when it was read: every worker call names its
+    /// machine by MAC, and an agent calls several times per action; without
+    /// it each call was a store lookup (40 per machine in a boot storm, a
+    /// quarter of PostgreSQL's statements). Kept fresh by the store's change
+    /// feed, so a netboot turned off or a token rotated is seen as soon as
+    /// the store announces it; and read again after [`MAX_CACHED_AGE`]
+    /// whatever the feed says, because it decides who a caller is and a feed
+    /// can go quiet without closing (a lost LISTEN connection).
+    hardware: Arc<CallerCache>,
 }
+
+/// What the worker core caches of each MAC: the Hardware and when it was
+/// read.
+pub type CallerCache = HardwareCache<(Arc<Versioned<Hardware>>, jiff::Timestamp)>;
+
+/// The longest a cached Hardware decides who a worker is before it is read
+/// again.
+pub const MAX_CACHED_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for WorkerCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,29 +178,43 @@ impl WorkerCore {
     }
 
     /// Its MAC → Hardware cache (for its counters, and for tests).
-    pub fn hardware_cache(&self) -> &Arc<HardwareCache<Arc<Versioned<Hardware>>>> {
+    pub fn hardware_cache(&self) -> &Arc<CallerCache> {
         &self.hardware
     }
 
     /// The Hardware with an interface of `mac`, from the cache when it holds
-    /// the MAC, else from the store (and then cached).
+    /// the MAC (read less than [`MAX_CACHED_AGE`] ago), else from the store
+    /// (and then cached).
     async fn hardware_by_mac(
         &self,
         mac: MacAddr,
     ) -> Result<Option<Arc<Versioned<Hardware>>>, Error> {
-        match self.hardware.get(mac) {
-            Ok(Cached::Known(hw)) => Ok(Some(hw)),
-            Ok(Cached::Unknown) => Ok(None),
-            Err(epoch) => {
-                let found = self.store.hardware_by_mac(mac).await?.map(Arc::new);
-                let keep = found.as_ref().map(|hw| {
-                    let m = &hw.value.metadata;
-                    (m.namespace(), m.name.as_str(), hw.clone())
-                });
-                self.hardware.insert(mac, epoch, keep);
-                Ok(found)
+        let now = self.clock.now();
+        let fresh = |at: jiff::Timestamp| {
+            std::time::Duration::try_from(now.duration_since(at))
+                .is_ok_and(|age| age < MAX_CACHED_AGE)
+        };
+        let epoch = match self.hardware.get(mac) {
+            Ok(Cached::Known((hw, at))) if fresh(at) => return Ok(Some(hw)),
+            Ok(Cached::Unknown) => return Ok(None),
+            Ok(Cached::Known(_)) => {
+                self.hardware.forget(mac);
+                match self.hardware.get(mac) {
+                    Err(epoch) => epoch,
+                    // Read again meanwhile by another call.
+                    Ok(Cached::Known((hw, _))) => return Ok(Some(hw)),
+                    Ok(Cached::Unknown) => return Ok(None),
+                }
             }
-        }
+            Err(epoch) => epoch,
+        };
+        let found = self.store.hardware_by_mac(mac).await?.map(Arc::new);
+        let keep = found.as_ref().map(|hw| {
+            let m = &hw.value.metadata;
+            (m.namespace(), m.name.as_str(), (hw.clone(), now))
+        });
+        self.hardware.insert(mac, epoch, keep);
+        Ok(found)
     }
 
     /// The machine whose worker id is `worker`: the one with an interface of

@@ -917,3 +917,44 @@ async fn a_wait_that_runs_out_says_ask_again_now() {
         (1, 1)
     );
 }
+
+/// The cached Hardware that decides who a worker is, is read again after
+/// `MAX_CACHED_AGE` even when the store announces no change (its feed may
+/// have gone quiet: a lost LISTEN connection would otherwise keep a void
+/// token good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_hardware_is_read_again_once_it_is_old() {
+    use std::sync::atomic::Ordering;
+    use tinker_core::clock::ManualClock;
+    use tinker_core::testing::mac;
+    let counting = Arc::new(SlowStore::new(false));
+    let store: Arc<dyn WorkflowStore> = counting.clone();
+    let token = machine(store.as_ref(), "k", mac(14), [127, 0, 0, 1]).await;
+    let clock = Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_clock(clock.clone());
+    let port = serve(api, store.clone()).await;
+    let w = mac(14).to_string();
+    for _ in 0..3 {
+        let resp = ask_for_work(port, &w, &token, "wait=0").await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    assert_eq!(counting.mac_lookups.load(Ordering::Relaxed), 1);
+    clock.advance(tinker_boot::worker_core::MAX_CACHED_AGE - Duration::from_secs(1));
+    ask_for_work(port, &w, &token, "wait=0").await;
+    assert_eq!(
+        counting.mac_lookups.load(Ordering::Relaxed),
+        1,
+        "still fresh"
+    );
+    clock.advance(Duration::from_secs(1));
+    ask_for_work(port, &w, &token, "wait=0").await;
+    assert_eq!(
+        counting.mac_lookups.load(Ordering::Relaxed),
+        2,
+        "old: read again"
+    );
+    ask_for_work(port, &w, &token, "wait=0").await;
+    assert_eq!(counting.mac_lookups.load(Ordering::Relaxed), 2);
+}
