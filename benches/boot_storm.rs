@@ -861,7 +861,27 @@ async fn statements(url: &str, label: Option<&str>) {
     }
 }
 
+/// Raises this process's open-file limit (children inherit it): 20,000
+/// simulated machines keep their worker connections open while they wait
+/// for work, beside their TFTP sockets, past a shell's usual 20,000.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = 262_144;
+    let now = getrlimit(Resource::Nofile);
+    if now.current.is_some_and(|c| c >= want) {
+        return;
+    }
+    let limit = Rlimit {
+        current: Some(want),
+        maximum: Some(want.max(now.maximum.unwrap_or(0))),
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, limit) {
+        eprintln!("could not raise the open-file limit to {want}: {e}");
+    }
+}
+
 fn main() {
+    raise_open_file_limit();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve") {
         let rt = tokio::runtime::Runtime::new().unwrap();

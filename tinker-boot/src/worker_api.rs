@@ -64,7 +64,16 @@ pub struct WorkerApi {
     in_flight: Arc<tokio::sync::Semaphore>,
     stats: Arc<WorkerApiStats>,
     waiters: Arc<ChangeWaiters>,
+    /// Questions waiting at once, at most [`MAX_WAITING`].
+    waiting: Arc<tokio::sync::Semaphore>,
 }
+
+/// Questions for work that wait at once; past this a question is answered
+/// at once, as without `Prefer: wait`. A waiting question holds its
+/// connection busy, so the idle-connection cap cannot close it: this keeps
+/// waiting agents (or a client posing as many) to half the HTTP server's
+/// default connection limit.
+pub const MAX_WAITING: usize = 8192;
 
 /// The worker API's counters (on `/metrics` as `tinker_worker_api_*_total`).
 #[derive(Debug, Default)]
@@ -192,6 +201,7 @@ impl WorkerApi {
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             stats: Arc::default(),
             waiters: ChangeWaiters::new(store.watch()),
+            waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING)),
         }
     }
 
@@ -205,6 +215,13 @@ impl WorkerApi {
     /// Sets how many requests are handled at once before the rest are shed.
     pub fn with_limit(mut self, limit: usize) -> Self {
         self.in_flight = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+        self
+    }
+
+    /// Sets how many questions for work may wait at once (default
+    /// [`MAX_WAITING`]).
+    pub fn with_max_waiting(mut self, waiting: usize) -> Self {
+        self.waiting = Arc::new(tokio::sync::Semaphore::new(waiting));
         self
     }
 
@@ -451,6 +468,9 @@ impl WorkerApi {
                 }
                 look = true;
                 continue;
+            };
+            let Ok(_waiting) = self.waiting.clone().try_acquire_owned() else {
+                break false;
             };
             {
                 drop(permit.take());

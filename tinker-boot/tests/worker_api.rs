@@ -958,3 +958,61 @@ async fn a_cached_hardware_is_read_again_once_it_is_old() {
     ask_for_work(port, &w, &token, "wait=0").await;
     assert_eq!(counting.mac_lookups.load(Ordering::Relaxed), 2);
 }
+
+/// Waiting questions are bounded: past the limit a question is answered at
+/// once (ask again after the usual pause), as without `Prefer: wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_waiting_limit_a_question_is_answered_at_once() {
+    use std::sync::atomic::Ordering;
+    use tinker_core::model::MachinePhase;
+    use tinker_core::testing::{mac, rendered_workflow};
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
+    let mut tokens = Vec::new();
+    for (n, last) in [(15, 1), (16, 2)] {
+        let mut wf = rendered_workflow(&format!("busy{n}"), mac(n), 1, 600);
+        wf.status.as_mut().unwrap().machine.phase = MachinePhase::Preparing;
+        store.put(wf.into(), Precondition::Absent).await.unwrap();
+        tokens.push(machine(store.as_ref(), "k", mac(n), [127, 0, 0, last]).await);
+    }
+    let api = WorkerApi::new(store.clone(), Secret::new("k"), 5).with_max_waiting(1);
+    let port = serve(api.clone(), store.clone()).await;
+    let (w, t) = (mac(15).to_string(), tokens[0].clone());
+    let first = tokio::spawn(async move { ask_for_work(port, &w, &t, "wait=20").await });
+    for _ in 0..2000 {
+        if api.stats().waits.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(api.stats().waits.load(Ordering::Relaxed), 1);
+    let w = mac(16).to_string();
+    let auth = format!("Bearer {}", tokens[1]);
+    let second = client::request(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Some([127, 0, 0, 2].into()),
+        client::Method::POST,
+        &format!("/v1/workers/{w}/next-action"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("prefer", "wait=20"),
+        ],
+        format!("{{\"worker_id\":\"{w}\"}}"),
+    )
+    .await
+    .expect("an answer");
+    let answer: tinker_core::worker_api::NextActionResponse =
+        serde_json::from_str(&second.text()).unwrap();
+    assert!(
+        matches!(
+            answer,
+            tinker_core::worker_api::NextActionResponse::Wait {
+                retry_after_seconds: 3,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(!first.is_finished(), "the first still waits");
+    first.abort();
+}
