@@ -113,6 +113,18 @@ impl Backoff {
         })
     }
 
+    /// `base` spread over `[base, 1.5 × base]` by the same (seeded) source as
+    /// the delays: a wait that someone else set (a server's `Retry-After`)
+    /// keeps the jitter that stops a rack from coming back all at once.
+    pub fn spread(&mut self, base: Duration) -> Duration {
+        let half = (base / 2).as_nanos().min(u128::from(u64::MAX)) as u64;
+        base.saturating_add(Duration::from_nanos(if half == 0 {
+            0
+        } else {
+            self.rng.u64(0..=half)
+        }))
+    }
+
     /// Retries made so far.
     pub fn attempts(&self) -> u32 {
         self.attempt
@@ -149,6 +161,25 @@ impl Retryable for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_wait_is_within_half_again_and_follows_the_seed() {
+        let config = BackoffConfig::new(Duration::from_millis(100), Duration::from_secs(5));
+        let base = Duration::from_secs(2);
+        let (mut a, mut b) = (Backoff::with_seed(config, 3), Backoff::with_seed(config, 3));
+        let spread: Vec<Duration> = (0..50).map(|_| a.spread(base)).collect();
+        assert!(
+            spread.iter().all(|d| *d >= base && *d <= base * 3 / 2),
+            "{spread:?}"
+        );
+        assert!(
+            spread.iter().any(|d| *d != spread[0]),
+            "spread, not one value"
+        );
+        let again: Vec<Duration> = (0..50).map(|_| b.spread(base)).collect();
+        assert_eq!(spread, again, "the same seed, the same waits");
+        assert_eq!(a.spread(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn ceiling_doubles_and_caps() {

@@ -531,9 +531,9 @@ impl AgentCore {
     }
 
     /// Schedules `c` again after it failed on `replica`: after the own jittered
-    /// backoff, or after the control plane's `advice` (`Retry-After`) when that
-    /// is longer, bounded by [`MAX_SERVER_PAUSE`] so a wrong or hostile server
-    /// cannot park the agent.
+    /// backoff, or after the control plane's `advice` (`Retry-After`, spread
+    /// over up to half again) when that is longer, bounded by
+    /// [`MAX_SERVER_PAUSE`] so a wrong or hostile server cannot park the agent.
     fn retry(
         &mut self,
         now: Timestamp,
@@ -550,7 +550,13 @@ impl AgentCore {
         // overloaded one speaks for all of them under a boot storm, and a rack
         // that skipped the wait would only carry the storm to the next
         // replica. The own backoff spans replicas the same way.
-        let server = advice.map_or(Duration::ZERO, |a| a.delay_from(now).min(MAX_SERVER_PAUSE));
+        // Spread, as the own delays are: every agent a shed rack holds would
+        // otherwise come back at the same instant.
+        let server = advice.map_or(Duration::ZERO, |a| {
+            self.backoff
+                .spread(a.delay_from(now).min(MAX_SERVER_PAUSE))
+                .min(MAX_SERVER_PAUSE)
+        });
         let delay = own.max(server);
         self.emit(AgentEvent::Retrying {
             what: c.what,
