@@ -150,6 +150,15 @@ fn problem(code: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
+/// The answer when the store cannot be read or written: retry (503, with
+/// `Retry-After`).
+fn store_unavailable() -> Response<Body> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the store is unavailable; retry",
+    )
+}
+
 /// The one answer to a report, heartbeat or log batch for an action that is not
 /// the caller's: the same whether the workflow or the action exists or belongs
 /// to another machine, so a caller learns nothing of other machines' work.
@@ -183,10 +192,7 @@ fn refused(worker: &str, e: WorkerRefusal) -> Response<Body> {
         WorkerRefusal::Refused(reason) => problem(StatusCode::CONFLICT, refusal_text(&reason)),
         e => {
             tracing::warn!(worker, error = %e, "worker API: store failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is unavailable; retry",
-            )
+            store_unavailable()
         }
     }
 }
@@ -286,10 +292,7 @@ impl WorkerApi {
             }
             Err(e) => {
                 tracing::warn!(worker, error = %e, "worker API: store lookup failed");
-                Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the store is unavailable; retry",
-                ))
+                Err(store_unavailable())
             }
         }
     }
@@ -355,10 +358,7 @@ impl WorkerApi {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::warn!(worker, error = %e, "worker API: store lookup failed");
-                        return problem(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the store is unavailable; retry",
-                        );
+                        return store_unavailable();
                     }
                 };
                 if found.is_empty() {
@@ -378,19 +378,12 @@ impl WorkerApi {
                                 .has_done(tinker_core::model::MachineStep::PowerCycle)
                         })
                     };
-                let awaiting_cycle =
-                    |wf: &tinker_core::store::Versioned<tinker_core::model::Workflow>| {
-                        wf.value
-                            .status
-                            .as_ref()
-                            .is_none_or(|s| s.machine.is_preparing() && !s.machine.no_bmc)
-                    };
                 match &before_power_cycle {
                     None => {
                         before_power_cycle = Some(
                             found
                                 .iter()
-                                .filter(|wf| awaiting_cycle(wf))
+                                .filter(|wf| !power_cycled(wf))
                                 .map(key_of)
                                 .collect(),
                         );
@@ -418,17 +411,7 @@ impl WorkerApi {
                     .flatten()
                     .filter(|at| *at > now)
                     .min();
-                let keys = found
-                    .iter()
-                    .map(|wf| {
-                        let key = ObjectKey::new(
-                            tinker_core::model::Kind::Workflow,
-                            wf.value.metadata.namespace(),
-                            wf.value.metadata.name.clone(),
-                        );
-                        (key, wf.version)
-                    })
-                    .collect();
+                let keys = found.iter().map(|wf| (key_of(wf), wf.version)).collect();
                 // Without a feed to wake it the question does not wait, but
                 // still claims what it found ready.
                 registration = self.waiters.register(keys, generation);
@@ -452,10 +435,7 @@ impl WorkerApi {
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(worker, error = %e, "claim failed");
-                        return problem(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the store is unavailable; retry",
-                        );
+                        return store_unavailable();
                     }
                 }
             }
@@ -630,10 +610,7 @@ impl WorkerApi {
             })
             .collect();
         if self.core.store().append_events(events).await.is_err() {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store is unavailable; retry",
-            );
+            return store_unavailable();
         }
         Response::builder()
             .status(StatusCode::NO_CONTENT)

@@ -576,7 +576,7 @@ impl Engine {
             self.config.heartbeat_grace_seconds,
         );
         wf.status = Some(status);
-        self.hold_lease_for_next_step(&mut wf, self.clock.now());
+        self.hold_lease_for_next_step(key, &mut wf, self.clock.now());
         self.store
             .put(Object::Workflow(wf), Precondition::Version(version))
             .await?;
@@ -591,7 +591,7 @@ impl Engine {
         wf: Workflow,
         step: MachineStep,
     ) -> Result<Option<Timestamp>> {
-        let (wf, version) = match self.take_lease(version, wf).await? {
+        let (wf, version) = match self.take_lease(key, version, wf).await? {
             Lease::Taken { workflow, version } => (*workflow, version),
             Lease::HeldElsewhere { until } => return Ok(Some(until)),
             Lease::Lost => return Ok(None),
@@ -623,7 +623,7 @@ impl Engine {
                 |attempt| jitter.delay_for(attempt),
             )
         };
-        self.hold_lease_for_next_step(&mut wf, now);
+        self.hold_lease_for_next_step(key, &mut wf, now);
         let machine = wf
             .status
             .as_ref()
@@ -654,13 +654,8 @@ impl Engine {
     /// ending is three steps, and each lease was a transaction (and a change
     /// every waiting worker and replica hears). Other replicas leave a
     /// workflow whose lease is held, as for a lease taken by a write.
-    fn hold_lease_for_next_step(&self, wf: &mut Workflow, now: Timestamp) {
+    fn hold_lease_for_next_step(&self, key: &ObjectKey, wf: &mut Workflow, now: Timestamp) {
         let next = plan_with(wf, now, self.config.cancel_grace);
-        let key = ObjectKey::new(
-            Kind::Workflow,
-            wf.metadata.namespace(),
-            wf.metadata.name.clone(),
-        );
         let Some(status) = wf.status.as_mut() else {
             return;
         };
@@ -668,11 +663,11 @@ impl Engine {
         status.machine.lease = match next {
             Step::Machine(_) => {
                 let until = self.lease_until(now);
-                held.insert(key, until);
+                held.insert(key.clone(), until);
                 Some((self.config.replica.clone(), until))
             }
             _ => {
-                held.remove(&key);
+                held.remove(key);
                 None
             }
         };
@@ -691,18 +686,13 @@ impl Engine {
     /// replicas given one name do not share it) and that has more than half
     /// its time left is used as it is (see
     /// [`hold_lease_for_next_step`](Self::hold_lease_for_next_step)).
-    async fn take_lease(&self, version: u64, mut wf: Workflow) -> Result<Lease> {
+    async fn take_lease(&self, key: &ObjectKey, version: u64, mut wf: Workflow) -> Result<Lease> {
         let now = self.clock.now();
-        let key = ObjectKey::new(
-            Kind::Workflow,
-            wf.metadata.namespace(),
-            wf.metadata.name.clone(),
-        );
         let written_here = self
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+            .remove(key);
         let Some(status) = wf.status.as_mut() else {
             return Ok(Lease::Lost);
         };
