@@ -405,6 +405,7 @@ impl Engine {
     }
 
     async fn reconcile_steps(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
+        let mut hardware = HardwareOnce::default();
         // Bounded: each step records progress, so a loop means a bug, not work.
         for _ in 0..MAX_STEPS_PER_RECONCILE {
             let Some(Versioned { version, value: wf }) =
@@ -417,14 +418,17 @@ impl Engine {
             tracing::debug!(workflow = %key.qualified_name(), ?step, "engine step");
             match step {
                 Step::Wait(until) => return Ok(until),
-                Step::Render => self.render(key, version, wf).await?,
+                Step::Render => self.render(key, version, wf, &mut hardware).await?,
                 Step::Expire => {
                     self.store
                         .apply_event(key, &WorkflowEvent::Tick, now)
                         .await?;
                 }
                 Step::Machine(step) => {
-                    if let Some(until) = self.machine_step(key, version, wf, step).await? {
+                    if let Some(until) = self
+                        .machine_step(key, version, wf, step, &mut hardware)
+                        .await?
+                    {
                         return Ok(Some(until));
                     }
                 }
@@ -546,10 +550,18 @@ impl Engine {
         }
     }
 
-    async fn render(&self, key: &ObjectKey, version: u64, mut wf: Workflow) -> Result<()> {
+    async fn render(
+        &self,
+        key: &ObjectKey,
+        version: u64,
+        mut wf: Workflow,
+        hardware: &mut HardwareOnce,
+    ) -> Result<()> {
         let ns = wf.metadata.namespace().to_string();
         let template = self.store.template(&ns, &wf.spec.template_ref).await?;
-        let hardware = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
+        let hardware = hardware
+            .get(self.store.as_ref(), &ns, &wf.spec.hardware_ref)
+            .await?;
         let result = match &template {
             None => Err(format!("template {ns}/{} not found", wf.spec.template_ref)),
             // A template is outside input: whatever it does while rendered, it
@@ -590,6 +602,7 @@ impl Engine {
         version: u64,
         wf: Workflow,
         step: MachineStep,
+        hardware: &mut HardwareOnce,
     ) -> Result<Option<Timestamp>> {
         let (wf, version) = match self.take_lease(key, version, wf).await? {
             Lease::Taken { workflow, version } => (*workflow, version),
@@ -597,14 +610,16 @@ impl Engine {
             Lease::Lost => return Ok(None),
         };
         let ns = wf.metadata.namespace().to_string();
-        let hw = self.store.hardware(&ns, &wf.spec.hardware_ref).await?;
+        let hw = hardware
+            .get(self.store.as_ref(), &ns, &wf.spec.hardware_ref)
+            .await?;
         let failure_power = wf
             .status
             .as_ref()
             .map(|s| s.failure_power)
             .unwrap_or_default();
         let outcome = self
-            .carry_out(step, failure_power, hw.as_ref().map(|h| &h.value))
+            .carry_out(step, failure_power, hw.as_ref(), hardware)
             .await;
         let now = self.clock.now();
         let mut wf = wf;
@@ -778,16 +793,18 @@ impl Engine {
         &self,
         step: MachineStep,
         failure_power: FailurePower,
-        hw: Option<&Hardware>,
+        hw: Option<&Versioned<Hardware>>,
+        hardware: &mut HardwareOnce,
     ) -> Result<StepDone> {
         let Some(hw) = hw else {
             return Ok(StepDone::NoBmc);
         };
         if let MachineStep::EnableNetboot | MachineStep::DisableNetboot = step {
-            self.set_allow_pxe(hw, step == MachineStep::EnableNetboot)
+            self.set_allow_pxe(hw, step == MachineStep::EnableNetboot, hardware)
                 .await?;
             return Ok(StepDone::Done);
         }
+        let hw = &hw.value;
         let Some(bmc) = self.power.connect(hw).await? else {
             return Ok(StepDone::NoBmc);
         };
@@ -843,14 +860,25 @@ impl Engine {
         }
     }
 
-    async fn set_allow_pxe(&self, hw: &Hardware, allow: bool) -> Result<()> {
-        let ns = hw.metadata.namespace().to_string();
+    /// Turns netboot on or off in the Hardware `hw` (as read this reconcile),
+    /// and keeps `hardware` current with what it wrote.
+    async fn set_allow_pxe(
+        &self,
+        hw: &Versioned<Hardware>,
+        allow: bool,
+        hardware: &mut HardwareOnce,
+    ) -> Result<()> {
+        let ns = hw.value.metadata.namespace().to_string();
+        let mut current = Some(hw.clone());
         // Retry on conflict: the Hardware may be edited by an operator meanwhile.
         let mut last_conflict = None;
         for _ in 0..5 {
-            let Some(Versioned { version, mut value }) =
-                self.store.hardware(&ns, &hw.metadata.name).await?
-            else {
+            // The copy read this reconcile first; after a conflict, the store's.
+            let read = match current.take() {
+                Some(read) => Some(read),
+                None => self.store.hardware(&ns, &hw.value.metadata.name).await?,
+            };
+            let Some(Versioned { version, mut value }) = read else {
                 return Ok(());
             };
             if value.allows_pxe() == allow
@@ -865,10 +893,16 @@ impl Engine {
             value.set_allow_pxe_at(allow, self.clock.now());
             match self
                 .store
-                .put(Object::Hardware(value), Precondition::Version(version))
+                .put(
+                    Object::Hardware(value.clone()),
+                    Precondition::Version(version),
+                )
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(version) => {
+                    hardware.wrote(Versioned { version, value });
+                    return Ok(());
+                }
                 Err(e @ Error::Conflict { .. }) => last_conflict = Some(e),
                 Err(e) => return Err(e),
             }
@@ -887,6 +921,46 @@ impl Engine {
             .for_workflow(key.qualified_name());
         tracing::info!(workflow = %key.qualified_name(), machine = %event.machine, "{}", event.kind);
         self.pending().entry(key.clone()).or_default().push(event);
+    }
+}
+
+/// A workflow's Hardware, read once per reconcile: each step needs it (the
+/// BMC to call, the machine's name for its events), and a store read per step
+/// was a third of the engine's reads in a boot storm. The engine's own write
+/// to it (netboot on or off) keeps the copy current; an edit by someone else
+/// meanwhile is seen at the next reconcile, or by the netboot write's version
+/// check.
+#[derive(Debug, Default)]
+struct HardwareOnce {
+    read: Option<(String, String, Option<Versioned<Hardware>>)>,
+}
+
+impl HardwareOnce {
+    /// The Hardware `namespace/name`, read from `store` the first time (or
+    /// when the workflow names another).
+    async fn get(
+        &mut self,
+        store: &dyn WorkflowStore,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Versioned<Hardware>>> {
+        match &self.read {
+            Some((ns, n, hw)) if ns == namespace && n == name => Ok(hw.clone()),
+            _ => {
+                let hw = store.hardware(namespace, name).await?;
+                self.read = Some((namespace.to_string(), name.to_string(), hw.clone()));
+                Ok(hw)
+            }
+        }
+    }
+
+    /// Remembers what the engine wrote.
+    fn wrote(&mut self, hw: Versioned<Hardware>) {
+        let (ns, name) = (
+            hw.value.metadata.namespace().to_string(),
+            hw.value.metadata.name.clone(),
+        );
+        self.read = Some((ns, name, Some(hw)));
     }
 }
 

@@ -1,10 +1,16 @@
 //! `PostgresStore`: the store for several control-plane replicas, on PostgreSQL.
 //!
-//! - Optimistic concurrency: a `version` column, checked under `SELECT ... FOR
-//!   UPDATE` in the writing transaction.
-//! - Claims take row locks that do not block other workers: `FOR UPDATE SKIP
-//!   LOCKED` over the worker's workflows, so two replicas serving the same worker
-//!   never hand out one action twice and never wait on each other.
+//! - Optimistic concurrency: a `version` column. A write of an object at the
+//!   version its writer read (`Precondition::Version`, an event, a claim) is
+//!   one statement that updates the row only if it is still at that version,
+//!   and its index terms and announcement only if it was (`swap`): one round
+//!   trip and one commit. Other writes check the version under `SELECT ... FOR
+//!   UPDATE` in a transaction.
+//! - Claims and events read, decide in Rust, and write back with `swap`; one
+//!   that finds its workflow written in between reads again, and after
+//!   `OPTIMISTIC_TRIES` races takes row locks that do not block other workers
+//!   (`FOR UPDATE SKIP LOCKED` over the worker's workflows), so two replicas
+//!   serving the same worker never hand out one action twice.
 //! - The change feed is `LISTEN/NOTIFY` (`pg_notify` inside each writing
 //!   transaction, delivered on commit), so every replica sees every replica's writes.
 //! - Uniqueness of MACs and IP addresses is a partial unique index, so two replicas
@@ -41,7 +47,7 @@ use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::state::WorkflowEvent;
 use tinker_core::store::{
     Applied, Assignment, Change, IndexTerm, MachineEvent, Precondition, Versioned, WorkflowStore,
-    apply_to_workflow, check_precondition, claim_in_workflow,
+    apply_to_workflow, check_precondition, claim_in_workflow, index_terms,
 };
 use tinker_core::{Error, MacAddr, Result};
 use tokio::sync::broadcast;
@@ -56,10 +62,11 @@ const CONNECT_TIMEOUT: Duration = PostgresStore::CONNECT_TIMEOUT;
 
 /// The PostgreSQL schema, step by step (SQL run in the connect transaction); the
 /// last `to` is the version written.
-const MIGRATIONS: &[Migration<&str>] = &[Migration {
-    to: 1,
-    what: "create the objects, index_terms and events tables",
-    step: r#"
+const MIGRATIONS: &[Migration<&str>] = &[
+    Migration {
+        to: 1,
+        what: "create the objects, index_terms and events tables",
+        step: r#"
 CREATE TABLE objects (
     key     TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
@@ -78,7 +85,16 @@ CREATE TABLE events (
 );
 CREATE INDEX events_machine ON events (machine, seq);
 "#,
-}];
+    },
+    Migration {
+        to: 2,
+        what: "index the index terms by object",
+        // A write replaces an object's terms by the object's key (`swap`), and a
+        // deleted object's terms go by the foreign key's cascade: both look
+        // terms up by key, which the primary key (term, key) does not serve.
+        step: "CREATE INDEX index_terms_key ON index_terms (key);",
+    },
+];
 
 /// `postgres://host:port/db` for errors and logs: never the user or password.
 fn target_name(config: &tokio_postgres::Config) -> String {
@@ -379,6 +395,206 @@ async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Version
     row.map(|r| parse_row(&r, 0)).transpose()
 }
 
+/// How many times a write that found its row changed since its read (another
+/// writer in between) reads and tries again before it takes the row's lock
+/// instead: a few, so a busy row still ends in one locked transaction rather
+/// than a retry loop.
+const OPTIMISTIC_TRIES: usize = 3;
+
+/// The one statement of [`swap`]: the row's update if it is still at the
+/// version read, then (only if it was) its index terms made the new object's
+/// and the change announced. Data-modifying CTEs see the statement's one
+/// snapshot, so each sub-statement keys off the `updated` row, not off the
+/// table. The deleted and inserted terms never overlap: the stale ones are
+/// those not among `$5`, and those of `$5` already there are left as they are.
+const SWAP: &str = "WITH updated AS (\
+        UPDATE objects SET version = $3, body = $4 WHERE key = $1 AND version = $2 RETURNING key\
+    ), stale_terms AS (\
+        DELETE FROM index_terms WHERE key IN (SELECT key FROM updated) AND term <> ALL($5::text[])\
+    ), new_terms AS (\
+        INSERT INTO index_terms (term, key) SELECT t, u.key FROM updated u, unnest($5::text[]) AS t \
+        ON CONFLICT (term, key) DO NOTHING\
+    ) \
+    SELECT pg_notify($6, $7) FROM updated";
+
+/// Replaces the object at `key`, if it is still at version `read`, with `new`
+/// at `read + 1`: its row, its index terms and its announcement in one
+/// statement, so one round trip and one commit, where a locking transaction
+/// takes four round trips (BEGIN, the read `FOR UPDATE`, the writes, COMMIT).
+/// `Ok(None)`: the row is gone or was written since `read` (the caller reads
+/// it again).
+async fn swap(
+    client: &impl Prepared,
+    key: &ObjectKey,
+    read: u64,
+    new: &Object,
+) -> Result<Option<u64>> {
+    let k = encode_key(key);
+    let version = read + 1;
+    let terms: Vec<String> = index_terms(new).iter().map(IndexTerm::as_key).collect();
+    let payload = serde_json::to_string(&Change {
+        key: key.clone(),
+        version,
+        deleted: false,
+    })
+    .map_err(json_err)?;
+    let swapped = client
+        .execute_prepared(
+            SWAP,
+            &[
+                &k,
+                &(read as i64),
+                &(version as i64),
+                &Json(new),
+                &terms,
+                &CHANNEL,
+                &payload,
+            ],
+        )
+        .await;
+    match swapped {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(version)),
+        // A MAC or an IP address another object holds: the statement wrote
+        // nothing; say which term and who holds it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            Err(unique_term_taken(client, key, new, e).await)
+        }
+        Err(e) => Err(pg(e)),
+    }
+}
+
+/// The error for a write that broke `index_terms_unique`: the first of
+/// `new`'s unique terms another object holds, and which object.
+async fn unique_term_taken(
+    client: &impl Prepared,
+    key: &ObjectKey,
+    new: &Object,
+    violation: tokio_postgres::Error,
+) -> Error {
+    let k = encode_key(key);
+    let unique: Vec<IndexTerm> = index_terms(new)
+        .into_iter()
+        .filter(IndexTerm::is_unique)
+        .collect();
+    for term in &unique {
+        match client
+            .query_opt_prepared(
+                "SELECT key FROM index_terms WHERE term = $1 AND key <> $2",
+                &[&term.as_key(), &k],
+            )
+            .await
+        {
+            Ok(Some(r)) => return taken(term, key, &r.get::<_, String>(0)),
+            Ok(None) => {}
+            Err(e) => return pg(e),
+        }
+    }
+    // The holder let go of it in between (or the index broken was not a
+    // term's, and the database's own words say which).
+    match unique.first() {
+        Some(term) => taken(term, key, "another object"),
+        None => pg(violation),
+    }
+}
+
+/// The error for a [`swap`] that wrote nothing: the object is gone
+/// ([`Error::NotFound`]) or at another version than the one read
+/// ([`Error::Conflict`], with the version found), as `check_precondition` says.
+async fn not_swapped(client: &impl Prepared, key: &ObjectKey, read_at: u64) -> Error {
+    let found = match read(client, &encode_key(key)).await {
+        Ok(found) => found.map(|v| v.version),
+        Err(e) => return e,
+    };
+    check_precondition(key, found, Precondition::Version(read_at))
+        .err()
+        // Back at the version read (deleted and made again since): still a
+        // write that raced another.
+        .unwrap_or_else(|| Error::Conflict {
+            key: key.to_string(),
+            expected: read_at,
+            found: read_at,
+        })
+}
+
+/// The object stored under the encoded key `k`, outside any transaction.
+async fn read(client: &impl Prepared, k: &str) -> Result<Option<Versioned<Object>>> {
+    let row = client
+        .query_opt_prepared("SELECT version, body FROM objects WHERE key = $1", &[&k])
+        .await
+        .map_err(pg)?;
+    row.map(|r| parse_row(&r, 0)).transpose()
+}
+
+/// The workflows that name `worker`, in key order, outside any transaction.
+async fn look(client: &impl Prepared, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
+    let rows = client
+        .query_prepared(
+            "SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
+             WHERE t.term = $1 ORDER BY o.key COLLATE \"C\"",
+            &[&IndexTerm::Worker(worker.to_string()).as_key()],
+        )
+        .await
+        .map_err(pg)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in rows {
+        found.extend(parse_row(&r, 0)?.into_workflow());
+    }
+    Ok(found)
+}
+
+/// How a claim from one look ended.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a return value moved once, never stored"
+)]
+enum Claimed {
+    /// The claim, or nothing to claim.
+    Done(Option<Assignment>),
+    /// A workflow it had to write was written by someone else since the look.
+    Raced,
+}
+
+/// Claims `worker`'s next action among the `candidates` one look found, each
+/// written back with [`swap`] at the version looked at.
+async fn claim_from(
+    client: &impl Prepared,
+    candidates: Vec<Versioned<Workflow>>,
+    worker: &str,
+    request: Option<&str>,
+    now: Timestamp,
+) -> Result<Claimed> {
+    for Versioned {
+        version,
+        value: mut wf,
+    } in candidates
+    {
+        if !wf.status.as_ref().is_some_and(|s| {
+            s.wants_attention(worker, now)
+                || request.is_some_and(|r| s.claimed_by_request(worker, r))
+        }) {
+            continue;
+        }
+        let key = ObjectKey::new(
+            Kind::Workflow,
+            wf.metadata.namespace(),
+            wf.metadata.name.clone(),
+        );
+        let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
+        if changed
+            && swap(client, &key, version, &Object::Workflow(wf))
+                .await?
+                .is_none()
+        {
+            return Ok(Claimed::Raced);
+        }
+        if assignment.is_some() {
+            return Ok(Claimed::Done(assignment));
+        }
+    }
+    Ok(Claimed::Done(None))
+}
+
 /// A boxed statement of [`write`]'s pipeline.
 type Pipelined<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
@@ -554,6 +770,15 @@ impl WorkflowStore for PostgresStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
         let key = object.key();
         check_key(&key)?;
+        // The engine's writes are all of this kind: an object it read, written
+        // back at the version it read.
+        if let Precondition::Version(read) = precondition {
+            let client = self.client().await?;
+            return match swap(&client, &key, read, &object).await? {
+                Some(version) => Ok(version),
+                None => Err(not_swapped(&client, &key, read).await),
+            };
+        }
         // A create that loses a race to another creator fails on the primary
         // key. For `Absent` that is the answer; for `Any` the object now exists,
         // so the write is tried again as an update (once is enough: the row is
@@ -567,15 +792,7 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned<Object>>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt_prepared(
-                "SELECT version, body FROM objects WHERE key = $1",
-                &[&encode_key(key)],
-            )
-            .await
-            .map_err(pg)?;
-        row.map(|r| parse_row(&r, 0)).transpose()
+        read(&self.client().await?, &encode_key(key)).await
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Versioned<Object>>> {
@@ -626,20 +843,7 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
-        let client = self.client().await?;
-        let rows = client
-            .query_prepared(
-                "SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
-                 WHERE t.term = $1 ORDER BY o.key COLLATE \"C\"",
-                &[&IndexTerm::Worker(worker.to_string()).as_key()],
-            )
-            .await
-            .map_err(pg)?;
-        let mut found = Vec::with_capacity(rows.len());
-        for r in rows {
-            found.extend(parse_row(&r, 0)?.into_workflow());
-        }
-        Ok(found)
+        look(&self.client().await?, worker).await
     }
 
     async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
@@ -652,7 +856,35 @@ impl WorkflowStore for PostgresStore {
         event: &WorkflowEvent,
         now: Timestamp,
     ) -> Result<Applied> {
+        // Read, apply, and write back only if nobody wrote in between: two
+        // round trips without a transaction of its own. A row that keeps
+        // changing under it is then locked for the event.
         let mut client = self.client().await?;
+        for _ in 0..OPTIMISTIC_TRIES {
+            let Some(Versioned {
+                version,
+                value: Object::Workflow(mut wf),
+            }) = read(&client, &encode_key(key)).await?
+            else {
+                return Err(Error::NotFound {
+                    key: key.to_string(),
+                });
+            };
+            let (changed, result) = apply_to_workflow(&mut wf, event, now);
+            let version = if changed {
+                match swap(&client, key, version, &Object::Workflow(wf.clone())).await? {
+                    Some(version) => version,
+                    None => continue,
+                }
+            } else {
+                version
+            };
+            let effect = result?;
+            return Ok(Applied {
+                workflow: Versioned { version, value: wf },
+                effect,
+            });
+        }
         let tx = client.transaction().await.map_err(pg)?;
         let Some(Versioned {
             version,
@@ -699,20 +931,21 @@ impl WorkflowStore for PostgresStore {
     ) -> Result<Option<Assignment>> {
         // A look without a transaction or row locks first: most questions
         // find nothing to claim (a machine being prepared, an action still
-        // running), and a claim transaction is three round trips and a commit
-        // even when it writes nothing. A workflow that becomes claimable just
-        // after the look is claimed at the next question, as if this one had
-        // come a moment sooner.
-        let candidates = self.workflows_for_worker(worker).await?;
-        if !candidates.iter().any(|wf| {
-            wf.value.status.as_ref().is_some_and(|s| {
-                s.wants_attention(worker, now)
-                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
-            })
-        }) {
-            return Ok(None);
-        }
+        // running). A claim is then written back only if nobody wrote the
+        // workflow since the look (`swap`): two round trips in all, where a
+        // locking transaction takes five. A workflow that becomes claimable
+        // just after the look is claimed at the next question, as if this one
+        // had come a moment sooner; one written by someone else between the
+        // look and the claim is looked at again, and after a few such races
+        // claimed under its row lock.
         let mut client = self.client().await?;
+        for _ in 0..OPTIMISTIC_TRIES {
+            let candidates = look(&client, worker).await?;
+            match claim_from(&client, candidates, worker, request, now).await? {
+                Claimed::Done(found) => return Ok(found),
+                Claimed::Raced => continue,
+            }
+        }
         let tx = client.transaction().await.map_err(pg)?;
         // Workflows another replica is updating right now are skipped, not waited for.
         let rows = tx

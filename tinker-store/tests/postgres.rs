@@ -161,7 +161,8 @@ async fn a_database_newer_than_the_code_is_refused_unchanged() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, next], "nothing was changed");
+    let expected: Vec<i32> = (1..next).chain([next]).collect();
+    assert_eq!(versions, expected, "nothing was changed");
 }
 
 #[tokio::test]
@@ -298,7 +299,8 @@ async fn a_body_that_does_not_read_is_a_record_error() {
 
 /// A question for work that finds nothing to claim (its machine is being
 /// prepared) opens no claim transaction and locks no row: one plain read.
-/// Once an action is ready, the claim takes it under the row lock.
+/// Once an action is ready, the claim is written back by one conditional
+/// statement (`swap`), still without a lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_finds_nothing_takes_no_lock() {
     use tinker_core::WorkflowStoreExt;
@@ -314,17 +316,23 @@ async fn a_claim_that_finds_nothing_takes_no_lock() {
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await
         .unwrap();
-    let locking_claims = || async {
-        client
-            .query_one(
-                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
-                 WHERE query LIKE '%SKIP LOCKED%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
+    // Calls so far of the statements whose text is like `pattern`.
+    let calls = |pattern: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+                     WHERE query LIKE $1",
+                    &[&pattern],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
     };
+    let locking_claims = || calls("%SKIP LOCKED%");
+    let swaps = || calls("WITH updated AS%");
     let worker = mac(31).to_string();
     let mut wf = testing::rendered_workflow("prep", mac(31), 1, 600);
     wf.status.as_mut().unwrap().machine.phase = tinker_core::model::MachinePhase::Preparing;
@@ -350,5 +358,83 @@ async fn a_claim_that_finds_nothing_takes_no_lock() {
         .await
         .unwrap();
     assert!(got.is_some(), "ready: claimed");
-    assert_eq!(locking_claims().await, before + 1);
+    assert_eq!(locking_claims().await, before, "no locking claim was run");
+    let swapped = swaps().await;
+    let again = store
+        .claim_next_action(&worker, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    assert!(again.is_none(), "its one action is running");
+    assert_eq!(
+        swaps().await,
+        swapped,
+        "a look that finds nothing writes nothing"
+    );
+}
+
+/// Writers that race for one workflow: each event reads the workflow and
+/// writes it back only if nobody wrote in between, and one that keeps losing
+/// takes the row's lock; none of them fails or is lost. Sixteen tasks send
+/// heartbeats, each at a later time than the last, and every one is applied:
+/// the workflow's version counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_that_race_for_one_workflow_are_all_applied() {
+    use tinker_core::WorkflowStoreExt;
+    let Some(pg) = Cluster::start() else {
+        return;
+    };
+    let store = Arc::new(PostgresStore::connect(&pg.url).await.unwrap());
+    let worker = mac(41).to_string();
+    store
+        .put(
+            testing::rendered_workflow("busy", mac(41), 1, 600).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let t0 = jiff::Timestamp::now();
+    let a = store
+        .claim_next_action(&worker, t0)
+        .await
+        .unwrap()
+        .expect("ready: claimed");
+    let before = store
+        .workflow("default", "busy")
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    let (tasks, each) = (16u32, 20u32);
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (store, next, key) = (store.clone(), next.clone(), a.workflow.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                // A time later than any heartbeat before it, so each one changes
+                // the workflow (a later heartbeat is what extends the claim).
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let at = t0 + jiff::SignedDuration::from_millis(n);
+                let event = WorkflowEvent::Heartbeat {
+                    action: a.action_index,
+                    attempt: a.attempt,
+                };
+                store.apply_event(&key, &event, at).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("heartbeat task");
+    }
+    let after = store.workflow("default", "busy").await.unwrap().unwrap();
+    assert_eq!(
+        after.version,
+        before + u64::from(tasks * each),
+        "each heartbeat written once"
+    );
+    assert_eq!(
+        after.value.state(),
+        Some(tinker_core::state::WorkflowState::Running),
+        "still running under its claim"
+    );
 }
