@@ -337,22 +337,20 @@ impl WorkerApi {
         let clock = self.core.clock().clone();
         let deadline = clock.now() + wait;
         let mut permit = Some(permit);
-        let mut look = false;
-        let mut registration: Option<crate::change_waiters::Registration> = None;
+        let mut arrived = true;
         // Workflows whose machine the engine was still to power-cycle when
         // this question first looked: once it has, the agent that asked is
         // gone with the old boot (its connection may not even have closed),
         // and the action is left for the agent of the new boot.
         let mut before_power_cycle: Option<Vec<ObjectKey>> = None;
-        // When an action waiting out a retry delay comes due: no write
-        // announces it, so the wait ends then at the latest.
-        let mut retry_due: Option<jiff::Timestamp> = None;
+        // Each turn looks at the worker's workflows once; an action it finds
+        // ready is claimed from that look (no second read), and otherwise the
+        // question waits for one of them to change.
         let waited_out = loop {
-            // On arrival, and when a look found an action: claim.
-            let claim = !look || {
-                if clock.now() >= deadline {
-                    break true;
-                }
+            if !std::mem::take(&mut arrived) && clock.now() >= deadline {
+                break true;
+            }
+            let (ready, found, registration, retry_due) = {
                 let generation = self.waiters.generation();
                 let found = match self.core.store().workflows_for_worker(worker).await {
                     Ok(found) => found,
@@ -404,7 +402,9 @@ impl WorkerApi {
                             || request.is_some_and(|r| s.claimed_by_request(worker, r))
                     })
                 });
-                retry_due = found
+                // When an action waiting out a retry delay comes due: no write
+                // announces it, so the wait ends then at the latest.
+                let retry_due = found
                     .iter()
                     .filter_map(|wf| wf.value.status.as_ref())
                     .flat_map(|s| s.actions().map(|(_, a)| a.retry_at))
@@ -414,11 +414,11 @@ impl WorkerApi {
                 let keys = found.iter().map(|wf| (key_of(wf), wf.version)).collect();
                 // Without a feed to wake it the question does not wait, but
                 // still claims what it found ready.
-                registration = self.waiters.register(keys, generation);
-                ready
+                let registration = self.waiters.register(keys, generation);
+                (ready, found, registration, retry_due)
             };
-            if claim {
-                match self.core.next_action(worker, request).await {
+            if ready {
+                match self.core.claim_looked_at(worker, request, found).await {
                     Ok(Some(a)) => {
                         tracing::info!(worker, workflow = %a.workflow.qualified_name(), action = %a.action.name, attempt = a.attempt, "action handed to worker");
                         return self.applied_wait(
@@ -442,12 +442,8 @@ impl WorkerApi {
             if wait.is_zero() {
                 break false;
             }
-            let Some(r) = registration.take() else {
-                if look {
-                    break false;
-                }
-                look = true;
-                continue;
+            let Some(r) = registration else {
+                break false;
             };
             let Ok(_waiting) = self.waiting.clone().try_acquire_owned() else {
                 break false;
@@ -485,7 +481,6 @@ impl WorkerApi {
                     _ = clock.sleep(remaining) => break false,
                 }
             }
-            look = true;
         };
         let answer = json(
             StatusCode::OK,

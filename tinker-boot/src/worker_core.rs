@@ -81,6 +81,10 @@ pub enum WorkerRefusal {
 impl From<Error> for WorkerRefusal {
     fn from(e: Error) -> Self {
         match e {
+            Error::Transition {
+                reason: Refusal::NotYours,
+                ..
+            } => WorkerRefusal::NotYours,
             Error::Transition { reason, .. } => WorkerRefusal::Refused(reason),
             // Deleted since the check: the same answer as for any action not
             // the caller's.
@@ -309,6 +313,22 @@ impl WorkerCore {
             .await
     }
 
+    /// [`next_action`](Self::next_action) for a caller that has just read
+    /// the worker's workflows (`looked`, as
+    /// [`WorkflowStore::workflows_for_worker`] gives them): the store may
+    /// claim from that read instead of reading them again.
+    pub async fn claim_looked_at(
+        &self,
+        worker: &str,
+        request: Option<&str>,
+        looked: Vec<Versioned<Workflow>>,
+    ) -> Result<Option<Assignment>, Error> {
+        let request = request.filter(|r| !r.is_empty());
+        self.store
+            .claim_looked_at(worker, request, looked, self.clock.now())
+            .await
+    }
+
     /// Why `worker` got no action: its unfinished workflow is being prepared,
     /// or it has none.
     pub async fn idle_reason(&self, worker: &str) -> Result<Idle, Error> {
@@ -369,16 +389,16 @@ impl WorkerCore {
         attempt: u32,
         outcome: ActionOutcome,
     ) -> Result<Applied, WorkerRefusal> {
-        let (key, _) = self.own_action(worker, workflow_id, index).await?;
-        let event = WorkflowEvent::Report {
-            action: index,
-            attempt,
-            outcome,
-        };
-        Ok(self
-            .store
-            .apply_event(&key, &event, self.clock.now())
-            .await?)
+        self.apply_workers_event(
+            worker,
+            workflow_id,
+            WorkflowEvent::Report {
+                action: index,
+                attempt,
+                outcome,
+            },
+        )
+        .await
     }
 
     /// Records that `worker`'s action is still running under its claim.
@@ -389,10 +409,30 @@ impl WorkerCore {
         index: usize,
         attempt: u32,
     ) -> Result<Applied, WorkerRefusal> {
-        let (key, _) = self.own_action(worker, workflow_id, index).await?;
-        let event = WorkflowEvent::Heartbeat {
-            action: index,
-            attempt,
+        self.apply_workers_event(
+            worker,
+            workflow_id,
+            WorkflowEvent::Heartbeat {
+                action: index,
+                attempt,
+            },
+        )
+        .await
+    }
+
+    /// Applies `event` as `worker` sent it: the store checks that its action
+    /// is the worker's on the same read it applies the event to
+    /// ([`WorkflowEvent::FromWorker`]), so one read and one write.
+    async fn apply_workers_event(
+        &self,
+        worker: &str,
+        workflow_id: &str,
+        event: WorkflowEvent,
+    ) -> Result<Applied, WorkerRefusal> {
+        let key = workflow_key(workflow_id).ok_or(WorkerRefusal::BadWorkflowId)?;
+        let event = WorkflowEvent::FromWorker {
+            worker: worker.to_string(),
+            sent: Box::new(event),
         };
         Ok(self
             .store

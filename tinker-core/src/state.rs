@@ -200,6 +200,30 @@ pub enum WorkflowEvent {
     },
     /// Only time passes: timeouts are checked.
     Tick,
+    /// `sent` (a report or a heartbeat) as `worker` sent it: applied only if
+    /// the action it names is `worker`'s, else refused as
+    /// [`Refusal::NotYours`] with nothing changed. The check is made on the
+    /// same read of the workflow as the event, so a store applies a worker's
+    /// event in one read and one write, and a worker opens only its own
+    /// actions.
+    FromWorker {
+        /// The worker that sent it (its id, usually its MAC).
+        worker: String,
+        /// What it sent.
+        sent: Box<WorkflowEvent>,
+    },
+}
+
+impl WorkflowEvent {
+    /// The action this event is about, for the events that name one.
+    pub fn action(&self) -> Option<usize> {
+        match self {
+            WorkflowEvent::Report { action, .. } | WorkflowEvent::Heartbeat { action, .. } => {
+                Some(*action)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What an accepted event did.
@@ -281,6 +305,11 @@ pub enum Refusal {
     /// The workflow is disabled (`spec.disabled`).
     #[error("the workflow is disabled")]
     Disabled,
+    /// The event came from a worker the action it names is not assigned to
+    /// (or names no action): one answer for both, so a worker learns nothing
+    /// of other machines' work.
+    #[error("no such action is assigned to this worker")]
+    NotYours,
     /// The event names an action that does not exist.
     #[error("the workflow has no action {action}")]
     UnknownAction {
@@ -354,6 +383,13 @@ impl WorkflowStatus {
     /// The action at a position, with its task's index.
     pub fn action(&self, index: usize) -> Option<(usize, &ActionStatus)> {
         self.actions().nth(index)
+    }
+
+    /// Whether `event` names an action of `worker`'s.
+    pub fn is_workers_action(&self, worker: &str, event: &WorkflowEvent) -> bool {
+        event
+            .action()
+            .is_some_and(|i| self.action_worker(i) == Some(worker))
     }
 
     /// The worker the action at a position is assigned to (its task's agent).
@@ -457,6 +493,15 @@ impl WorkflowStatus {
     /// worker heard of the cancel is kept (`status.cancelled.acknowledged`).
     pub fn handle(&mut self, now: Timestamp, event: &WorkflowEvent) -> Result<Effect, Refusal> {
         match event {
+            // Before anything else: another worker's action is not answered
+            // about, whatever its state.
+            WorkflowEvent::FromWorker { worker, sent } => {
+                return if self.is_workers_action(worker, sent) {
+                    self.handle(now, sent)
+                } else {
+                    Err(Refusal::NotYours)
+                };
+            }
             WorkflowEvent::Rerun { by } => return self.restart(now, by, Restart::Rerun),
             WorkflowEvent::Retry { by, from } => {
                 let from = self.retry_from(*from)?;
@@ -544,7 +589,9 @@ impl WorkflowStatus {
                 Ok(Effect::Failed)
             }
             // Handled above, before the terminal check.
-            WorkflowEvent::Rerun { .. } | WorkflowEvent::Retry { .. } => Ok(Effect::Nothing),
+            WorkflowEvent::Rerun { .. }
+            | WorkflowEvent::Retry { .. }
+            | WorkflowEvent::FromWorker { .. } => Ok(Effect::Nothing),
         }
     }
 

@@ -592,6 +592,25 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     ) -> Result<Option<Assignment>>;
 
     /// [`claim_next_action_for_request`](Self::claim_next_action_for_request)
+    /// for a caller that has just read the worker's workflows (`looked`, as
+    /// [`workflows_for_worker`](Self::workflows_for_worker) gave them, for a
+    /// long poll that looks before it waits): a store whose reads are round
+    /// trips claims from that read, writing a workflow only if it is still at
+    /// the version read, and claims afresh if one is not. The default reads
+    /// again: the same answer, one read more.
+    async fn claim_looked_at(
+        &self,
+        worker: &str,
+        request: Option<&str>,
+        looked: Vec<Versioned<Workflow>>,
+        now: Timestamp,
+    ) -> Result<Option<Assignment>> {
+        drop(looked);
+        self.claim_next_action_for_request(worker, request, now)
+            .await
+    }
+
+    /// [`claim_next_action_for_request`](Self::claim_next_action_for_request)
     /// for a question that will not be asked again.
     async fn claim_next_action(&self, worker: &str, now: Timestamp) -> Result<Option<Assignment>> {
         self.claim_next_action_for_request(worker, None, now).await
@@ -802,14 +821,29 @@ pub fn apply_to_workflow(
         workflow.metadata.name
     );
     let disabled = workflow.is_disabled();
-    let Some(status) = workflow.status.as_mut() else {
-        return (
+    // A worker's event about an action that is not its own is refused
+    // before anything else, one answer whatever the workflow's state.
+    let not_yours = match event {
+        WorkflowEvent::FromWorker { worker, sent } => !workflow
+            .status
+            .as_ref()
+            .is_some_and(|s| s.is_workers_action(worker, sent)),
+        _ => false,
+    };
+    let refused = |reason| {
+        (
             false,
             Err(Error::Transition {
-                workflow: name,
-                reason: crate::state::Refusal::NotRendered,
+                workflow: name.clone(),
+                reason,
             }),
-        );
+        )
+    };
+    if not_yours {
+        return refused(crate::state::Refusal::NotYours);
+    }
+    let Some(status) = workflow.status.as_mut() else {
+        return refused(crate::state::Refusal::NotRendered);
     };
     if disabled
         && !matches!(
@@ -817,13 +851,7 @@ pub fn apply_to_workflow(
             WorkflowEvent::Tick | WorkflowEvent::Fail { .. } | WorkflowEvent::Cancel { .. }
         )
     {
-        return (
-            false,
-            Err(Error::Transition {
-                workflow: name,
-                reason: crate::state::Refusal::Disabled,
-            }),
-        );
+        return refused(crate::state::Refusal::Disabled);
     }
     let (changed, result) = status.apply(now, event);
     (

@@ -27,6 +27,8 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
     concurrent_creates_have_one_winner(store.clone(), 16).await;
     change_feed_reports_writes(store.as_ref()).await;
     claim_and_report_in_order(store.as_ref()).await;
+    a_workers_event_is_checked_on_the_same_read(store.as_ref()).await;
+    a_claim_from_a_look(store.as_ref()).await;
     workflows_of_a_worker(store.as_ref()).await;
     a_retried_claim_gets_the_same_action(store.as_ref()).await;
     failure_ends_the_workflow(store.as_ref()).await;
@@ -821,6 +823,210 @@ pub async fn event_log_is_bounded(store: &dyn WorkflowStore, cap: usize) {
         ["line 900".to_string(), "line 901".to_string()]
     );
     assert_eq!(messages(&kept[..1]), [format!("line {}", 105)]);
+}
+
+/// A worker's event ([`WorkflowEvent::FromWorker`]) is applied only to its own
+/// action, checked on the read the event is applied to: another worker's
+/// report, heartbeat or claim number is refused as `NotYours` and changes
+/// nothing, even when it would otherwise be refused for another reason (a
+/// disabled workflow says nothing to a stranger); the owner's is applied as
+/// the plain event is.
+pub async fn a_workers_event_is_checked_on_the_same_read(store: &dyn WorkflowStore) {
+    let (owner, stranger) = (mac(4201).to_string(), mac(4202).to_string());
+    store
+        .put(
+            rendered_workflow("owned", mac(4201), 2, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let key = wf_key("owned");
+    let a = store
+        .claim_next_action(&owner, t0())
+        .await
+        .unwrap()
+        .expect("the owner's first action");
+    let from = |worker: &str, sent: WorkflowEvent| WorkflowEvent::FromWorker {
+        worker: worker.to_string(),
+        sent: Box::new(sent),
+    };
+    let report = WorkflowEvent::Report {
+        action: a.action_index,
+        attempt: a.attempt,
+        outcome: ActionOutcome::Success,
+    };
+    let heartbeat = WorkflowEvent::Heartbeat {
+        action: a.action_index,
+        attempt: a.attempt,
+    };
+    let before = store.get(&key).await.unwrap().expect("stored").version;
+    let not_yours = |r: crate::Result<crate::store::Applied>| {
+        matches!(
+            r,
+            Err(Error::Transition {
+                reason: crate::state::Refusal::NotYours,
+                ..
+            })
+        )
+    };
+    for sent in [report.clone(), heartbeat.clone()] {
+        let r = store.apply_event(&key, &from(&stranger, sent), t0()).await;
+        assert!(not_yours(r), "a stranger's event is not applied");
+    }
+    // An action that does not exist, and an event that names no action.
+    let r = store
+        .apply_event(
+            &key,
+            &from(
+                &owner,
+                WorkflowEvent::Heartbeat {
+                    action: 99,
+                    attempt: 1,
+                },
+            ),
+            t0(),
+        )
+        .await;
+    assert!(not_yours(r), "no action 99");
+    let r = store
+        .apply_event(&key, &from(&owner, WorkflowEvent::Tick), t0())
+        .await;
+    assert!(not_yours(r), "a worker's event names an action");
+    assert_eq!(
+        store.get(&key).await.unwrap().expect("stored").version,
+        before,
+        "nothing written"
+    );
+    // Disabled: the stranger still hears only NotYours; the owner hears why.
+    let stored = store.workflow("default", "owned").await.unwrap().unwrap();
+    let mut disabled = stored.value.clone();
+    disabled.spec.disabled = Some(true);
+    let v = store
+        .put(disabled.into(), Precondition::Version(stored.version))
+        .await
+        .unwrap();
+    let r = store
+        .apply_event(&key, &from(&stranger, heartbeat.clone()), t0())
+        .await;
+    assert!(
+        not_yours(r),
+        "a disabled workflow says nothing to a stranger"
+    );
+    let r = store
+        .apply_event(&key, &from(&owner, heartbeat.clone()), t0())
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Transition {
+                reason: crate::state::Refusal::Disabled,
+                ..
+            })
+        ),
+        "the owner hears why: {r:?}"
+    );
+    let mut enabled = store
+        .workflow("default", "owned")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    enabled.spec.disabled = None;
+    store
+        .put(enabled.into(), Precondition::Version(v))
+        .await
+        .unwrap();
+    // The owner's own report is recorded as the plain event would be.
+    let applied = store
+        .apply_event(&key, &from(&owner, report), t0())
+        .await
+        .unwrap();
+    assert_eq!(applied.effect, Effect::Recorded(WorkflowState::Running));
+    assert_eq!(
+        store.get(&key).await.unwrap().expect("stored").version,
+        applied.workflow.version
+    );
+}
+
+/// [`WorkflowStore::claim_looked_at`]: a claim from the workflows a caller
+/// has just read is the claim it would get from the store; a read gone stale
+/// (the workflow written since) is not written back over the newer version,
+/// and never hands an action out twice.
+pub async fn a_claim_from_a_look(store: &dyn WorkflowStore) {
+    let worker = mac(4301).to_string();
+    store
+        .put(
+            rendered_workflow("looked", mac(4301), 2, 60).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let looked = store.workflows_for_worker(&worker).await.unwrap();
+    assert_eq!(looked.len(), 1);
+    // Written after the look.
+    let stored = store.workflow("default", "looked").await.unwrap().unwrap();
+    let mut touched = stored.value.clone();
+    touched
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("touched".into(), "after the look".into());
+    let v = store
+        .put(touched.into(), Precondition::Version(stored.version))
+        .await
+        .unwrap();
+    let a = store
+        .claim_looked_at(&worker, None, looked.clone(), t0())
+        .await
+        .unwrap()
+        .expect("claimed from a fresh read");
+    assert_eq!((a.action_index, a.attempt), (0, 1));
+    let now = store.workflow("default", "looked").await.unwrap().unwrap();
+    assert!(now.version > v, "the claim was written after the touch");
+    assert_eq!(
+        now.value
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("touched"))
+            .map(String::as_str),
+        Some("after the look"),
+        "the write after the look is kept"
+    );
+    // The same stale look again: its action runs; nothing more to hand out.
+    assert!(
+        store
+            .claim_looked_at(&worker, None, looked, t0())
+            .await
+            .unwrap()
+            .is_none(),
+        "never handed out twice"
+    );
+    // A fresh look finds nothing ready either; after the report, the next.
+    let fresh = store.workflows_for_worker(&worker).await.unwrap();
+    assert!(
+        store
+            .claim_looked_at(&worker, None, fresh, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let report = WorkflowEvent::Report {
+        action: 0,
+        attempt: 1,
+        outcome: ActionOutcome::Success,
+    };
+    store
+        .apply_event(&wf_key("looked"), &report, t0())
+        .await
+        .unwrap();
+    let fresh = store.workflows_for_worker(&worker).await.unwrap();
+    let b = store
+        .claim_looked_at(&worker, None, fresh, t0())
+        .await
+        .unwrap()
+        .expect("the second action");
+    assert_eq!((b.action_index, b.attempt), (1, 1));
 }
 
 /// `tasks` concurrent workers race over `worker_ids` worker identities, each with
