@@ -1065,19 +1065,21 @@ impl WorkflowStore for PostgresStore {
         .await
         .map_err(pg)?;
         // Then what falls past each machine's cap: everything at or below the
-        // seq `cap` places from its newest (the index on (machine, seq) walks it).
+        // seq `cap` places from its newest (the index on (machine, seq) walks
+        // it), for every machine of the batch in one statement.
         machines.sort_unstable();
         machines.dedup();
         let cap = self.event_cap as i64;
-        for machine in &machines {
-            tx.execute_prepared(
-                "DELETE FROM events WHERE machine = $1 AND seq <= \
-                 (SELECT seq FROM events WHERE machine = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
-                &[machine, &cap],
-            )
-            .await
-            .map_err(pg)?;
-        }
+        tx.execute_prepared(
+            "DELETE FROM events e USING (\
+                 SELECT m.machine, (SELECT seq FROM events WHERE machine = m.machine \
+                                    ORDER BY seq DESC OFFSET $2 LIMIT 1) AS floor \
+                 FROM unnest($1::text[]) AS m(machine)\
+             ) f WHERE e.machine = f.machine AND e.seq <= f.floor",
+            &[&machines, &cap],
+        )
+        .await
+        .map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
 

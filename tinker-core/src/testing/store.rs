@@ -823,6 +823,16 @@ pub async fn event_log_is_bounded(store: &dyn WorkflowStore, cap: usize) {
         ["line 900".to_string(), "line 901".to_string()]
     );
     assert_eq!(messages(&kept[..1]), [format!("line {}", 105)]);
+    // One batch of several machines, interleaved, each past the cap: each
+    // keeps its own newest.
+    let mixed: Vec<MachineEvent> = (0..cap + 2)
+        .flat_map(|i| [event("default/mix-a", i), event("default/mix-b", 500 + i)])
+        .collect();
+    store.append_events(mixed).await.unwrap();
+    let a = store.events("default/mix-a", cap * 2).await.unwrap();
+    let b = store.events("default/mix-b", cap * 2).await.unwrap();
+    assert_eq!(messages(&a), lines(2..cap + 2));
+    assert_eq!(messages(&b), lines(502..500 + cap + 2));
 }
 
 /// A worker's event ([`WorkflowEvent::FromWorker`]) is applied only to its own
