@@ -406,16 +406,27 @@ impl Engine {
 
     async fn reconcile_steps(&self, key: &ObjectKey) -> Result<Option<Timestamp>> {
         let mut hardware = HardwareOnce::default();
+        // Machine steps done under this process's lease and not written yet
+        // (see `Stepped::GoOn`): the next turn goes on from them.
+        let mut carried: Option<Versioned<Workflow>> = None;
         // Bounded: each step records progress, so a loop means a bug, not work.
         for _ in 0..MAX_STEPS_PER_RECONCILE {
-            let Some(Versioned { version, value: wf }) =
-                self.store.workflow(&key.namespace, &key.name).await?
-            else {
+            let unwritten = carried.is_some();
+            let Some(Versioned { version, value: wf }) = (match carried.take() {
+                Some(wf) => Some(wf),
+                None => self.store.workflow(&key.namespace, &key.name).await?,
+            }) else {
                 return Ok(None);
             };
             let now = self.clock.now();
             let step = plan_with(&wf, now, self.config.cancel_grace);
             tracing::debug!(workflow = %key.qualified_name(), ?step, "engine step");
+            if unwritten && !matches!(step, Step::Machine(_)) {
+                // The run of steps ends here (time moved on since the last
+                // one was planned): it is written before anything else.
+                self.record_steps(key, wf, version, now).await?;
+                continue;
+            }
             match step {
                 Step::Wait(until) => return Ok(until),
                 Step::Render => self.render(key, version, wf, &mut hardware).await?,
@@ -425,11 +436,13 @@ impl Engine {
                         .await?;
                 }
                 Step::Machine(step) => {
-                    if let Some(until) = self
+                    match self
                         .machine_step(key, version, wf, step, &mut hardware)
                         .await?
                     {
-                        return Ok(Some(until));
+                        Stepped::ReadAgain => {}
+                        Stepped::HeldElsewhere(until) => return Ok(Some(until)),
+                        Stepped::GoOn(wf) => carried = Some(*wf),
                     }
                 }
             }
@@ -603,11 +616,11 @@ impl Engine {
         wf: Workflow,
         step: MachineStep,
         hardware: &mut HardwareOnce,
-    ) -> Result<Option<Timestamp>> {
+    ) -> Result<Stepped> {
         let (wf, version) = match self.take_lease(key, version, wf).await? {
             Lease::Taken { workflow, version } => (*workflow, version),
-            Lease::HeldElsewhere { until } => return Ok(Some(until)),
-            Lease::Lost => return Ok(None),
+            Lease::HeldElsewhere { until } => return Ok(Stepped::HeldElsewhere(until)),
+            Lease::Lost => return Ok(Stepped::ReadAgain),
         };
         let ns = wf.metadata.namespace().to_string();
         let hw = hardware
@@ -624,9 +637,9 @@ impl Engine {
         let now = self.clock.now();
         let mut wf = wf;
         let Some(status) = wf.status.as_mut() else {
-            return Ok(None);
+            return Ok(Stepped::ReadAgain);
         };
-        status.machine.lease = None;
+        let lease = status.machine.lease.take();
         let recorded = {
             let mut jitter = self.jitter.lock().unwrap_or_else(|p| p.into_inner());
             record_outcome(
@@ -638,17 +651,37 @@ impl Engine {
                 |attempt| jitter.delay_for(attempt),
             )
         };
-        self.hold_lease_for_next_step(key, &mut wf, now);
-        let machine = wf
-            .status
-            .as_ref()
-            .map(|s| s.machine.clone())
-            .unwrap_or_default();
-        self.write_machine(key, wf, version, machine).await?;
         let fail_workflow = match &recorded {
             EventKind::GaveUp(g) if g.step.prepares() => Some(g.to_string()),
             _ => None,
         };
+        // Another machine step follows under this process's lease: it goes
+        // on from this copy, and the run of steps (a preparation: netboot
+        // on, PXE boot, power cycle) is written once, with its last step. A
+        // replica that dies in between leaves the steps since the last write
+        // to be done again, as it did for one step before; BMC steps are
+        // idempotent.
+        if fail_workflow.is_none()
+            && matches!(
+                plan_with(&wf, now, self.config.cancel_grace),
+                Step::Machine(_)
+            )
+            && let Some((holder, until)) =
+                lease.filter(|(holder, _)| *holder == self.config.replica)
+        {
+            if let Some(status) = wf.status.as_mut() {
+                status.machine.lease = Some((holder, until));
+            }
+            // The stored lease is this process's own (it took or kept it
+            // just now), so the next step uses it without a write.
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), until);
+            self.log(key, hw.as_ref().map(|h| &h.value), recorded);
+            return Ok(Stepped::GoOn(Box::new(Versioned { version, value: wf })));
+        }
+        self.record_steps(key, wf, version, now).await?;
         self.log(key, hw.as_ref().map(|h| &h.value), recorded);
         if let Some(reason) = fail_workflow {
             match self
@@ -660,7 +693,28 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok(Stepped::ReadAgain)
+    }
+
+    /// Writes the machine steps recorded in `wf` (read or last written at
+    /// `version`), keeping the lease for a next machine step.
+    async fn record_steps(
+        &self,
+        key: &ObjectKey,
+        mut wf: Workflow,
+        version: u64,
+        now: Timestamp,
+    ) -> Result<()> {
+        if let Some(status) = wf.status.as_mut() {
+            status.machine.lease = None;
+        }
+        self.hold_lease_for_next_step(key, &mut wf, now);
+        let machine = wf
+            .status
+            .as_ref()
+            .map(|s| s.machine.clone())
+            .unwrap_or_default();
+        self.write_machine(key, wf, version, machine).await
     }
 
     /// Keeps this replica's lease in a write that records a step (or the
@@ -922,6 +976,17 @@ impl Engine {
         tracing::info!(workflow = %key.qualified_name(), machine = %event.machine, "{}", event.kind);
         self.pending().entry(key.clone()).or_default().push(event);
     }
+}
+
+/// What a machine step leaves for the reconcile's next turn.
+enum Stepped {
+    /// Written, or lost to another writer: the next turn reads the workflow.
+    ReadAgain,
+    /// Another replica holds the step's lease until then.
+    HeldElsewhere(Timestamp),
+    /// Done and recorded only in this copy, which holds the lease, and whose
+    /// next step is another machine step: the next turn goes on from it.
+    GoOn(Box<Versioned<Workflow>>),
 }
 
 /// A workflow's Hardware, read once per reconcile: each step needs it (the
