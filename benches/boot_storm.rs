@@ -70,7 +70,7 @@ fn rack_giaddr(r: u32) -> Ipv4Addr {
 // ---------------------------------------------------------------------------
 // The control-plane process.
 
-async fn serve(store_url: &str, replica: &str, relay_port: u16) -> Result<(), String> {
+async fn serve(store_url: &str, replica: &str, peers: &str, relay_port: u16) -> Result<(), String> {
     let store: Arc<dyn WorkflowStore> = if let Some(p) = store_url.strip_prefix("redb:") {
         Arc::new(
             tinker::store::RedbStore::open(p)
@@ -94,6 +94,9 @@ async fn serve(store_url: &str, replica: &str, relay_port: u16) -> Result<(), St
         tinker::boot::credentials::secret_from_bytes(SECRET),
     );
     plane.engine.replica = replica.to_string();
+    // Every replica's name: each workflow's changes are acted on at once by
+    // its one owner among them, by the others only after the takeover delay.
+    plane.engine.peers = peers.split(',').map(str::to_string).collect();
     plane.relay_port = relay_port;
     plane.heartbeat_seconds = 60;
     let ipxe = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| vec![0x55; 70_000]);
@@ -120,9 +123,9 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(store: &str, name: &str, relay_port: u16) -> Replica {
+    fn start(store: &str, name: &str, peers: &str, relay_port: u16) -> Replica {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", store, name, &relay_port.to_string()])
+            .args(["--serve", store, name, peers, &relay_port.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -706,8 +709,12 @@ async fn run(
         .local_addr()
         .unwrap()
         .port();
+    let peers = (0..replicas)
+        .map(|k| format!("cp{k}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let cps: Vec<Replica> = (0..replicas)
-        .map(|k| Replica::start(store_url, &format!("cp{k}"), relay_port))
+        .map(|k| Replica::start(store_url, &format!("cp{k}"), &peers, relay_port))
         .collect();
     let mut relays = Vec::new();
     for r in 0..RACKS {
@@ -885,7 +892,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve") {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let r = rt.block_on(serve(&args[2], &args[3], args[4].parse().unwrap()));
+        let r = rt.block_on(serve(
+            &args[2],
+            &args[3],
+            &args[4],
+            args[5].parse().unwrap(),
+        ));
         if let Err(e) = r {
             eprintln!("control plane: {e}");
             std::process::exit(1);

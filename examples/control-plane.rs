@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --example control-plane -- --store postgres://tinker@db/tinker --replica cp1 \
-//!     --address 10.0.0.1 --secret-file /etc/tinker/worker-secret \
+//!     --peers cp1,cp2 --address 10.0.0.1 --secret-file /etc/tinker/worker-secret \
 //!     [--workers http://10.0.0.1:8080,http://10.0.0.2:8080] [--mock-bmcs]
 //! ```
 //!
@@ -36,6 +36,12 @@ struct Args {
     /// This replica's name (default: `replica-<pid>`).
     #[arg(long)]
     replica: Option<String>,
+    /// Every replica's name, this one's included, comma-separated: each
+    /// workflow's changes are acted on at once by its one owner among them,
+    /// by the others only after the takeover delay (a replica that is gone is
+    /// still stood in for). Unset: this replica acts on every change at once.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// The address to serve on.
     #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
     address: Ipv4Addr,
@@ -245,6 +251,7 @@ async fn run(a: Args) -> Result<(), String> {
     if let Some(s) = a.lease {
         plane.engine.lease = Duration::from_secs(s);
     }
+    plane.engine.peers = a.peers.clone();
     plane.relay_port = a.relay_port;
     plane.worker_api_in_flight = a.api_limit;
     if let Some(dir) = &a.assets {

@@ -1593,3 +1593,47 @@ async fn a_lease_under_the_same_name_but_not_written_here_is_taken_by_a_write() 
         "a lease write, then one record of the PXE step and the power cycle taken under it"
     );
 }
+
+/// With peers named, a workflow another replica owns is left to it: this
+/// replica neither renders it nor calls its BMC when it sees it, and looks
+/// only after the takeover delay, when it stands in for an owner that is not
+/// there (here: not running at all) and prepares the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_another_replica_owns_is_taken_over_only_after_the_delay() {
+    let key = ObjectKey::default_ns(Kind::Workflow, "wf1");
+    let peers = vec!["r1".to_string(), "r2".to_string()];
+    let as_replica = |replica: &str| EngineConfig {
+        replica: replica.into(),
+        peers: peers.clone(),
+        takeover_delay: Duration::from_secs(30),
+        ..EngineConfig::default()
+    };
+    // This engine is whichever of the two does not own wf1.
+    let config = if as_replica("r1").owns(&key) {
+        as_replica("r2")
+    } else {
+        as_replica("r1")
+    };
+    assert!(!config.owns(&key));
+    assert!(
+        as_replica(if config.replica == "r1" { "r2" } else { "r1" }).owns(&key),
+        "exactly one owner"
+    );
+    let r = rig(None, config).await;
+    let clock = r.clock.clone();
+    let store = r.store.clone();
+    let bmc = r.bmc.clone();
+    let (run, stop) = start_engine(r.engine);
+    // Its first sweep has seen wf1 (a guard of turns, not a timing): still
+    // nothing done.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let wf = store.workflow("default", "wf1").await.unwrap().unwrap();
+    assert!(wf.value.status.is_none(), "not rendered by a non-owner");
+    assert!(bmc.calls().is_empty(), "{:?}", bmc.calls());
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(wait_prepared(store.as_ref(), 1).await, 1, "taken over");
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}

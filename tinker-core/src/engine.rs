@@ -71,6 +71,20 @@ pub struct EngineConfig {
     /// a worker that stays silent this long is not ours (Tinkerbell's agent has
     /// no cancel), so the machine is powered off through its BMC.
     pub cancel_grace: Duration,
+    /// Every replica's name, this one's included, when several share a
+    /// store; empty: this engine acts on every workflow at once. Each
+    /// workflow then has one owner among them (rendezvous hashing of its key
+    /// over the names, the same answer on every replica), which acts on its
+    /// changes at once; the others look at a change only after
+    /// [`takeover_delay`](Self::takeover_delay), so that a workflow is not
+    /// read and raced for by every replica at every change, and a replica
+    /// that is gone is still stood in for. Names missing from the list, or
+    /// lists that differ between replicas, cost only the races there were
+    /// without it.
+    pub peers: Vec<String>,
+    /// How long a replica that does not own a workflow waits after its
+    /// change before it looks (see [`peers`](Self::peers)).
+    pub takeover_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -85,7 +99,33 @@ impl Default for EngineConfig {
             render_limits: RenderLimits::default(),
             park_after: 5,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            peers: Vec::new(),
+            takeover_delay: Duration::from_secs(60),
         }
+    }
+}
+
+impl EngineConfig {
+    /// Whether this replica acts on `key`'s changes at once: it is the
+    /// workflow's owner among [`peers`](Self::peers) (the name whose hash
+    /// with the key is highest), or no peers are named.
+    pub fn owns(&self, key: &ObjectKey) -> bool {
+        use std::hash::Hasher;
+        let score = |peer: &str| {
+            // FNV-1a: stable across processes, builds and platforms, so
+            // every replica computes the same owner.
+            let mut h = fnv::FnvHasher::default();
+            h.write(peer.as_bytes());
+            h.write(&[0]);
+            h.write(key.namespace.as_bytes());
+            h.write(&[0]);
+            h.write(key.name.as_bytes());
+            h.finish()
+        };
+        self.peers
+            .iter()
+            .max_by_key(|p| (score(p), p.as_str()))
+            .is_none_or(|owner| *owner == self.replica)
     }
 }
 
@@ -489,6 +529,8 @@ impl Engine {
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut next: Option<Timestamp> = None;
         let mut sweep_due = true;
+        // Changes to workflows another replica owns, looked at later.
+        let mut deferred = Deferred::default();
         // The list of every workflow is read as one more future polled beside the
         // reconciles, never awaited on its own: with a pooled store (PostgreSQL)
         // the reconciles in flight may hold every connection, and they only make
@@ -519,12 +561,18 @@ impl Engine {
                     match listed {
                         Ok(all) => {
                             next = None;
+                            let later = self.takeover_at();
                             for wf in all {
-                                work.changed(ObjectKey::new(
+                                let key = ObjectKey::new(
                                     Kind::Workflow,
                                     wf.value.metadata.namespace(),
                                     wf.value.metadata.name.clone(),
-                                ));
+                                );
+                                if self.config.owns(&key) {
+                                    work.changed(key);
+                                } else {
+                                    deferred.add(key, later);
+                                }
                             }
                         }
                         Err(e) => {
@@ -549,7 +597,13 @@ impl Engine {
                     work.finished(key);
                 }
                 change = changes.recv() => match change {
-                    Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => work.changed(c.key),
+                    Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => {
+                        if self.config.owns(&c.key) {
+                            work.changed(c.key);
+                        } else {
+                            deferred.add(c.key, self.takeover_at());
+                        }
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => sweep_due = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
@@ -559,8 +613,22 @@ impl Engine {
                 // would spin without yielding until the sweep came back (with
                 // a store whose answers need this runtime's I/O, never).
                 _ = self.clock.sleep(wait), if idle && sweep.is_none() => sweep_due = true,
+                _ = self.clock.sleep(deferred.wait(self.clock.now())), if !deferred.is_empty() => {
+                    for key in deferred.due(self.clock.now()) {
+                        work.changed(key);
+                    }
+                }
             }
         }
+    }
+
+    /// When a replica that does not own a workflow looks at a change of it.
+    fn takeover_at(&self) -> Timestamp {
+        let now = self.clock.now();
+        SignedDuration::try_from(self.config.takeover_delay)
+            .ok()
+            .and_then(|d| now.checked_add(d).ok())
+            .unwrap_or(now)
     }
 
     async fn render(
@@ -978,6 +1046,53 @@ impl Engine {
     }
 }
 
+/// Changes of workflows another replica owns, each looked at once its time
+/// comes (a key changed again meanwhile keeps its first time: the look reads
+/// the newest anyway). Pure bookkeeping, no I/O.
+#[derive(Debug, Default)]
+struct Deferred {
+    by_time: std::collections::BTreeMap<Timestamp, Vec<ObjectKey>>,
+    keys: std::collections::HashSet<ObjectKey>,
+}
+
+impl Deferred {
+    fn add(&mut self, key: ObjectKey, at: Timestamp) {
+        if self.keys.insert(key.clone()) {
+            self.by_time.entry(at).or_default().push(key);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// How long until the first is due.
+    fn wait(&self, now: Timestamp) -> Duration {
+        self.by_time
+            .keys()
+            .next()
+            .map(|at| at.duration_since(now))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The keys due at `now`, taken out.
+    fn due(&mut self, now: Timestamp) -> Vec<ObjectKey> {
+        let later = self.by_time.split_off(
+            &now.checked_add(SignedDuration::from_nanos(1))
+                .unwrap_or(now),
+        );
+        let due: Vec<ObjectKey> = std::mem::replace(&mut self.by_time, later)
+            .into_values()
+            .flatten()
+            .collect();
+        for key in &due {
+            self.keys.remove(key);
+        }
+        due
+    }
+}
+
 /// What a machine step leaves for the reconcile's next turn.
 enum Stepped {
     /// Written, or lost to another writer: the next turn reads the workflow.
@@ -1226,6 +1341,43 @@ mod work_queue_tests {
 
     fn key(n: &str) -> ObjectKey {
         ObjectKey::new(Kind::Workflow, "default", n)
+    }
+
+    #[test]
+    fn each_workflow_has_one_owner_among_the_peers_and_they_share_them() {
+        let peers: Vec<String> = ["cp0", "cp1", "cp2"].map(String::from).to_vec();
+        let config = |replica: &str| EngineConfig {
+            replica: replica.into(),
+            peers: peers.clone(),
+            ..EngineConfig::default()
+        };
+        let mut owned = [0usize; 3];
+        for i in 0..3000 {
+            let k = key(&format!("wf-{i}"));
+            let owners: Vec<usize> = (0..3).filter(|&p| config(&peers[p]).owns(&k)).collect();
+            assert_eq!(owners.len(), 1, "{k:?}: {owners:?}");
+            owned[owners[0]] += 1;
+        }
+        assert!(owned.iter().all(|&n| n > 800), "shared out: {owned:?}");
+        // No peers: every workflow is this engine's.
+        assert!(EngineConfig::default().owns(&key("any")));
+    }
+
+    #[test]
+    fn deferred_changes_come_due_once_at_their_first_time() {
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let mut d = Deferred::default();
+        d.add(key("a"), t(10));
+        d.add(key("b"), t(20));
+        // Changed again before its time: keeps the first.
+        d.add(key("a"), t(30));
+        assert_eq!(d.wait(t(0)), Duration::from_secs(10));
+        assert!(d.due(t(9)).is_empty());
+        assert_eq!(d.due(t(10)), vec![key("a")]);
+        assert_eq!(d.due(t(25)), vec![key("b")]);
+        assert!(d.is_empty());
+        d.add(key("a"), t(40));
+        assert_eq!(d.due(t(40)), vec![key("a")], "again once taken out");
     }
 
     #[test]
