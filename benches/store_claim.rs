@@ -1,6 +1,7 @@
 //! The store's claim-and-report cycle: a worker claims its next action and reports
 //! it done, the two atomic transactions every action costs. Actions per second and
-//! per-cycle latency, for each store, with 1 and 64 workers at once.
+//! per-cycle latency, for each store (PostgreSQL in a throwaway cluster on
+//! loopback), with 1 and 64 workers at once.
 //!
 //! `cargo bench --bench store_claim` prints a table and writes it into
 //! BENCHMARKS.md between the `store_claim` markers.
@@ -15,7 +16,7 @@ use tinker::core::WorkflowStore;
 use tinker::core::state::{ActionOutcome, WorkflowEvent};
 use tinker::core::store::Precondition;
 use tinker::core::testing::{mac, rendered_workflow};
-use tinker::store::{MemoryStore, RedbStore};
+use tinker::store::{MemoryStore, PostgresStore, RedbStore};
 
 struct Figures {
     store: &'static str,
@@ -177,6 +178,12 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
+    // A throwaway PostgreSQL cluster on loopback, sharing the cores (skipped,
+    // and said so, where PostgreSQL is not installed).
+    let pg = tinker::store::testing::TempPostgres::start();
+    if pg.is_none() {
+        eprintln!("PostgreSQL is not installed here: its rows are left out");
+    }
     rt.block_on(async {
         for (workers, per_worker_mem, per_worker_redb) in
             [(1usize, 20_000usize, 2_000usize), (64, 400, 40)]
@@ -194,6 +201,19 @@ fn main() {
                 )
                 .await,
             );
+            if let Some(pg) = &pg {
+                let store: Arc<dyn WorkflowStore> =
+                    Arc::new(PostgresStore::connect(&pg.url).await.unwrap());
+                rows.push(
+                    run(
+                        store,
+                        "PostgresStore (a pool of 16 connections)",
+                        workers,
+                        per_worker_redb,
+                    )
+                    .await,
+                );
+            }
             rows.push(sqlite_peer(
                 &dir.path().join(format!("peer-{workers}.sqlite")),
                 workers,
