@@ -1637,3 +1637,110 @@ async fn a_workflow_another_replica_owns_is_taken_over_only_after_the_delay() {
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
 }
+
+/// A BMC whose PXE override waits until the test lets it go, and says when
+/// it has been asked.
+#[derive(Debug)]
+struct GatedPxe {
+    bmc: MockBmc,
+    asked: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl tinker::core::PowerController for GatedPxe {
+    fn target(&self) -> String {
+        tinker::core::PowerController::target(&self.bmc)
+    }
+
+    async fn power_state(&self) -> tinker::core::Result<tinker::core::PowerState> {
+        self.bmc.power_state().await
+    }
+
+    async fn power(&self, action: PowerAction) -> tinker::core::Result<()> {
+        self.bmc.power(action).await
+    }
+
+    async fn set_boot_device(&self, d: BootDevice, o: BootOptions) -> tinker::core::Result<()> {
+        self.asked.notify_one();
+        self.go.notified().await;
+        self.bmc.set_boot_device(d, o).await
+    }
+}
+
+/// A run of machine steps carried in memory ends when someone else writes
+/// its workflow: an operator who cancels while the PXE override is under way
+/// is heard before the power cycle, which is then not made. The steps that
+/// were made are recorded on the cancelled workflow, and their events are in
+/// the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_run_of_steps_stops_it_before_the_next_bmc_call() {
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (a, g) = (asked.clone(), go.clone());
+    let r = rig_with(None, EngineConfig::default(), move |bmc, _| {
+        Arc::new(GatedPxe {
+            bmc,
+            asked: a,
+            go: g,
+        })
+    })
+    .await;
+    let (store, bmc, clock, key) = (
+        r.store.clone(),
+        r.bmc.clone(),
+        r.clock.clone(),
+        r.key.clone(),
+    );
+    let (run, stop) = start_engine(r.engine);
+    asked.notified().await;
+    store
+        .apply_event(
+            &key,
+            &WorkflowEvent::Cancel { by: "op".into() },
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    // The run loop hears the cancel while the override waits (a guard of
+    // turns for the feed to be read, not a timing).
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    go.notify_one();
+    // Until the PXE step is recorded (a guard of 2,000 turns).
+    let mut recorded = None;
+    for _ in 0..2000 {
+        let wf = store.workflow("default", "wf1").await.unwrap().unwrap();
+        if wf
+            .value
+            .status
+            .as_ref()
+            .is_some_and(|s| s.machine.has_done(MachineStep::SetPxeBoot))
+        {
+            recorded = Some(wf.value);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wf = recorded.expect("the PXE step is recorded");
+    assert_eq!(wf.state(), Some(WorkflowState::Failed), "cancelled");
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert!(
+        !bmc.calls()
+            .iter()
+            .any(|c| *c == MockCall::Power(PowerAction::On).ok()
+                || *c == MockCall::Power(PowerAction::Cycle).ok()),
+        "not powered on after the cancel: {:?}",
+        bmc.calls()
+    );
+    let events = store.events("default/m1", 100).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind
+            == EventKind::StepDone {
+                step: MachineStep::SetPxeBoot
+            }),
+        "{events:?}"
+    );
+}

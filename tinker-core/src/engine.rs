@@ -265,6 +265,10 @@ pub struct Engine {
     /// wrote with a step for the step after, by workflow: only those are
     /// used without a lease write of their own.
     held: Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, Timestamp>>>,
+    /// The newest version the change feed announced of each workflow (kept
+    /// by the run loop): a run of machine steps carried in memory ends as
+    /// soon as someone else has written its workflow.
+    announced: Arc<std::sync::Mutex<std::collections::HashMap<ObjectKey, u64>>>,
 }
 
 /// Events recorded during a workflow's reconcile, not yet written.
@@ -289,6 +293,7 @@ impl Engine {
             strikes: Default::default(),
             events: Default::default(),
             held: Default::default(),
+            announced: Default::default(),
             config,
         }
     }
@@ -449,9 +454,15 @@ impl Engine {
         // Machine steps done under this process's lease and not written yet
         // (see `Stepped::GoOn`): the next turn goes on from them.
         let mut carried: Option<Versioned<Workflow>> = None;
+        // The events of the carried steps: logged when they are written.
+        let mut run_events: Vec<MachineEvent> = Vec::new();
         // Bounded: each step records progress, so a loop means a bug, not work.
         for _ in 0..MAX_STEPS_PER_RECONCILE {
             let unwritten = carried.is_some();
+            if !unwritten {
+                // A run dropped unwritten (its lease lost) is done again.
+                run_events.clear();
+            }
             let Some(Versioned { version, value: wf }) = (match carried.take() {
                 Some(wf) => Some(wf),
                 None => self.store.workflow(&key.namespace, &key.name).await?,
@@ -461,10 +472,14 @@ impl Engine {
             let now = self.clock.now();
             let step = plan_with(&wf, now, self.config.cancel_grace);
             tracing::debug!(workflow = %key.qualified_name(), ?step, "engine step");
-            if unwritten && !matches!(step, Step::Machine(_)) {
-                // The run of steps ends here (time moved on since the last
-                // one was planned): it is written before anything else.
-                self.record_steps(key, wf, version, now).await?;
+            if unwritten && (!matches!(step, Step::Machine(_)) || self.written_since(key, version))
+            {
+                // The run of steps ends here, written before anything else:
+                // time moved on since the last one was planned, or someone
+                // else (an operator's cancel, a worker) wrote the workflow,
+                // and the next step is planned from what they wrote.
+                self.record_steps(key, wf, version, now, &mut run_events)
+                    .await?;
                 continue;
             }
             match step {
@@ -477,7 +492,7 @@ impl Engine {
                 }
                 Step::Machine(step) => {
                     match self
-                        .machine_step(key, version, wf, step, &mut hardware)
+                        .machine_step(key, version, wf, step, &mut hardware, &mut run_events)
                         .await?
                     {
                         Stepped::ReadAgain => {}
@@ -597,7 +612,16 @@ impl Engine {
                     work.finished(key);
                 }
                 change = changes.recv() => match change {
-                    Ok(c) if c.key.kind == Kind::Workflow && !c.deleted => {
+                    Ok(c) if c.key.kind == Kind::Workflow && c.deleted => {
+                        self.announced.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.key);
+                    }
+                    Ok(c) if c.key.kind == Kind::Workflow => {
+                        self.announced
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(c.key.clone())
+                            .and_modify(|v| *v = (*v).max(c.version))
+                            .or_insert(c.version);
                         if self.config.owns(&c.key) {
                             work.changed(c.key);
                         } else {
@@ -684,6 +708,7 @@ impl Engine {
         wf: Workflow,
         step: MachineStep,
         hardware: &mut HardwareOnce,
+        run_events: &mut Vec<MachineEvent>,
     ) -> Result<Stepped> {
         let (wf, version) = match self.take_lease(key, version, wf).await? {
             Lease::Taken { workflow, version } => (*workflow, version),
@@ -746,10 +771,10 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone(), until);
-            self.log(key, hw.as_ref().map(|h| &h.value), recorded);
+            run_events.push(self.event(key, hw.as_ref().map(|h| &h.value), recorded));
             return Ok(Stepped::GoOn(Box::new(Versioned { version, value: wf })));
         }
-        self.record_steps(key, wf, version, now).await?;
+        self.record_steps(key, wf, version, now, run_events).await?;
         self.log(key, hw.as_ref().map(|h| &h.value), recorded);
         if let Some(reason) = fail_workflow {
             match self
@@ -764,14 +789,26 @@ impl Engine {
         Ok(Stepped::ReadAgain)
     }
 
+    /// Whether the change feed announced a version of `key` newer than
+    /// `version` (the one this reconcile read or wrote last).
+    fn written_since(&self, key: &ObjectKey, version: u64) -> bool {
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|v| *v > version)
+    }
+
     /// Writes the machine steps recorded in `wf` (read or last written at
-    /// `version`), keeping the lease for a next machine step.
+    /// `version`), keeping the lease for a next machine step; then logs the
+    /// events of the steps carried unwritten until now (`run_events`).
     async fn record_steps(
         &self,
         key: &ObjectKey,
         mut wf: Workflow,
         version: u64,
         now: Timestamp,
+        run_events: &mut Vec<MachineEvent>,
     ) -> Result<()> {
         if let Some(status) = wf.status.as_mut() {
             status.machine.lease = None;
@@ -782,7 +819,12 @@ impl Engine {
             .as_ref()
             .map(|s| s.machine.clone())
             .unwrap_or_default();
-        self.write_machine(key, wf, version, machine).await
+        self.write_machine(key, wf, version, machine).await?;
+        self.pending()
+            .entry(key.clone())
+            .or_default()
+            .append(run_events);
+        Ok(())
     }
 
     /// Keeps this replica's lease in a write that records a step (or the
@@ -1036,13 +1078,19 @@ impl Engine {
 
     /// Records a machine event, written when the reconcile under way ends.
     fn log(&self, key: &ObjectKey, hw: Option<&Hardware>, kind: EventKind) {
+        let event = self.event(key, hw, kind);
+        self.pending().entry(key.clone()).or_default().push(event);
+    }
+
+    /// A machine event of the engine's, said in the log now.
+    fn event(&self, key: &ObjectKey, hw: Option<&Hardware>, kind: EventKind) -> MachineEvent {
         let machine = hw
             .map(|h| format!("{}/{}", h.metadata.namespace(), h.metadata.name))
             .unwrap_or_else(|| key.qualified_name());
         let event = MachineEvent::new(self.clock.now(), machine, EventSource::Engine, kind)
             .for_workflow(key.qualified_name());
         tracing::info!(workflow = %key.qualified_name(), machine = %event.machine, "{}", event.kind);
-        self.pending().entry(key.clone()).or_default().push(event);
+        event
     }
 }
 
