@@ -40,7 +40,7 @@ struct Args {
     /// workflow's changes are acted on at once by its one owner among them,
     /// by the others only after the takeover delay (a replica that is gone is
     /// still stood in for). Unset: this replica acts on every change at once.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', requires = "replica")]
     peers: Vec<String>,
     /// The address to serve on.
     #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]

@@ -78,9 +78,11 @@ pub struct EngineConfig {
     /// changes at once; the others look at a change only after
     /// [`takeover_delay`](Self::takeover_delay), so that a workflow is not
     /// read and raced for by every replica at every change, and a replica
-    /// that is gone is still stood in for. Names missing from the list, or
-    /// lists that differ between replicas, cost only the races there were
-    /// without it.
+    /// that is gone is still stood in for. A list without this replica's own
+    /// name is taken for a mistake: this replica then acts on every change
+    /// at once, as without a list (and says so when it starts). Lists that
+    /// differ between replicas can leave a workflow with no owner: its
+    /// changes then wait for the takeover delay.
     pub peers: Vec<String>,
     /// How long a replica that does not own a workflow waits after its
     /// change before it looks (see [`peers`](Self::peers)).
@@ -108,8 +110,12 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Whether this replica acts on `key`'s changes at once: it is the
     /// workflow's owner among [`peers`](Self::peers) (the name whose hash
-    /// with the key is highest), or no peers are named.
+    /// with the key is highest), or the list does not name this replica (or
+    /// is empty).
     pub fn owns(&self, key: &ObjectKey) -> bool {
+        if !self.peers.contains(&self.replica) {
+            return true;
+        }
         use std::hash::Hasher;
         let score = |peer: &str| {
             // FNV-1a: stable across processes, builds and platforms, so
@@ -538,6 +544,13 @@ impl Engine {
     /// makes it run again afterwards.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         use futures_util::StreamExt;
+        if !self.config.peers.is_empty() && !self.config.peers.contains(&self.config.replica) {
+            tracing::warn!(
+                replica = %self.config.replica,
+                peers = ?self.config.peers,
+                "the peers do not name this replica: it acts on every workflow's changes at once"
+            );
+        }
         let mut changes = self.store.watch();
         tokio::pin!(shutdown);
         let mut work = WorkQueue::new(self.config.parallelism);
@@ -1407,8 +1420,11 @@ mod work_queue_tests {
             owned[owners[0]] += 1;
         }
         assert!(owned.iter().all(|&n| n > 800), "shared out: {owned:?}");
-        // No peers: every workflow is this engine's.
+        // No peers, or a list without this replica: every workflow is this
+        // engine's, as before there were peers.
         assert!(EngineConfig::default().owns(&key("any")));
+        let stranger = config("cp9");
+        assert!((0..100).all(|i| stranger.owns(&key(&format!("wf-{i}")))));
     }
 
     #[test]
