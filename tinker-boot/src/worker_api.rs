@@ -397,10 +397,10 @@ impl WorkerApi {
                 }
                 let now = clock.now();
                 let ready = found.iter().any(|wf| {
-                    wf.value.status.as_ref().is_some_and(|s| {
-                        s.wants_attention(worker, now)
-                            || request.is_some_and(|r| s.claimed_by_request(worker, r))
-                    })
+                    wf.value
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.claimable(worker, request, now))
                 });
                 // When an action waiting out a retry delay comes due: no write
                 // announces it, so the wait ends then at the latest.

@@ -710,6 +710,15 @@ impl WorkflowStatus {
         self.has_work_for(worker, now) || self.next_deadline().is_some_and(|d| d <= now)
     }
 
+    /// Whether a claim by `worker` for its question `request` would do
+    /// something at `now`: something [wants its attention](Self::wants_attention),
+    /// or that question already claimed the running action (its answer was
+    /// lost, and the claim gives it again). Every store's cheap pre-check.
+    pub fn claimable(&self, worker: &str, request: Option<&str>, now: Timestamp) -> bool {
+        self.wants_attention(worker, now)
+            || request.is_some_and(|r| self.claimed_by_request(worker, r))
+    }
+
     /// Whether `worker`'s request `request` claimed the action running now (so
     /// the same request, sent again, gets it again).
     pub fn claimed_by_request(&self, worker: &str, request: &str) -> bool {

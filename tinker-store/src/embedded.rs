@@ -817,8 +817,7 @@ impl WorkflowStore for RedbStore {
                             serde_json::from_slice(v.value()).map_err(json_err)?;
                         if let Object::Workflow(wf) = &stored.value
                             && let Some(s) = &wf.status
-                            && (s.wants_attention(&w, now)
-                                || r.as_deref().is_some_and(|r| s.claimed_by_request(&w, r)))
+                            && s.claimable(&w, r.as_deref(), now)
                         {
                             return Ok(Some(k));
                         }

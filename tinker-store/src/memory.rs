@@ -264,10 +264,10 @@ impl WorkflowStore for MemoryStore {
                     keys.iter()
                         .filter(|k| !skip.contains(*k))
                         .find(|k| match inner.objects.get(*k).map(|v| &v.value) {
-                            Some(Object::Workflow(w)) => w.status.as_ref().is_some_and(|s| {
-                                s.wants_attention(worker, now)
-                                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
-                            }),
+                            Some(Object::Workflow(w)) => w
+                                .status
+                                .as_ref()
+                                .is_some_and(|s| s.claimable(worker, request, now)),
                             _ => false,
                         })
                         .cloned()

@@ -31,8 +31,8 @@
 
 use crate::StoreError;
 use crate::common::{
-    FEED_CAPACITY, Migration, check_key, decode_key, encode_key, index_diff, kind_prefix,
-    pending_migrations, taken,
+    FEED_CAPACITY, Migration, check_key, encode_key, index_diff, kind_prefix, pending_migrations,
+    taken,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{
@@ -44,7 +44,7 @@ use jiff::Timestamp;
 use std::net::IpAddr;
 use std::time::Duration;
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
-use tinker_core::state::WorkflowEvent;
+use tinker_core::state::{Effect, WorkflowEvent};
 use tinker_core::store::{
     Applied, Assignment, Change, IndexTerm, MachineEvent, Precondition, Versioned, WorkflowStore,
     apply_to_workflow, check_precondition, claim_in_workflow, index_terms,
@@ -553,6 +553,54 @@ async fn look(client: &impl Prepared, worker: &str) -> Result<Vec<Versioned<Work
     Ok(found)
 }
 
+/// How [`apply_once`] reads the workflow.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Outside any transaction; the write checks the version.
+    Plain,
+    /// `FOR UPDATE`, inside the caller's transaction.
+    Locked,
+}
+
+/// One try of an event: the workflow read, the state machine run, and the
+/// workflow written back with [`swap`] if it changed. `None`: written by
+/// someone else since the read. The event's refusal comes with the workflow,
+/// for the caller to return once what changed (timeouts that fell due) is
+/// committed.
+async fn apply_once(
+    client: &impl Prepared,
+    key: &ObjectKey,
+    event: &WorkflowEvent,
+    now: Timestamp,
+    how: Read,
+) -> Result<Option<(Versioned<Workflow>, Result<Effect>)>> {
+    let k = encode_key(key);
+    let sql = match how {
+        Read::Plain => "SELECT version, body FROM objects WHERE key = $1",
+        Read::Locked => "SELECT version, body FROM objects WHERE key = $1 FOR UPDATE",
+    };
+    let row = client.query_opt_prepared(sql, &[&k]).await.map_err(pg)?;
+    let Some(Versioned {
+        version,
+        value: Object::Workflow(mut wf),
+    }) = row.map(|r| parse_row(&r, 0)).transpose()?
+    else {
+        return Err(Error::NotFound {
+            key: key.to_string(),
+        });
+    };
+    let (changed, result) = apply_to_workflow(&mut wf, event, now);
+    let version = if changed {
+        match swap(client, key, version, &Object::Workflow(wf.clone())).await? {
+            Some(version) => version,
+            None => return Ok(None),
+        }
+    } else {
+        version
+    };
+    Ok(Some((Versioned { version, value: wf }, result)))
+}
+
 /// How a claim from one look ended.
 #[expect(
     clippy::large_enum_variant,
@@ -579,10 +627,11 @@ async fn claim_from(
         value: mut wf,
     } in candidates
     {
-        if !wf.status.as_ref().is_some_and(|s| {
-            s.wants_attention(worker, now)
-                || request.is_some_and(|r| s.claimed_by_request(worker, r))
-        }) {
+        if !wf
+            .status
+            .as_ref()
+            .is_some_and(|s| s.claimable(worker, request, now))
+        {
             continue;
         }
         let key = ObjectKey::new(
@@ -871,65 +920,28 @@ impl WorkflowStore for PostgresStore {
         // changing under it is then locked for the event.
         let mut client = self.client().await?;
         for _ in 0..OPTIMISTIC_TRIES {
-            let Some(Versioned {
-                version,
-                value: Object::Workflow(mut wf),
-            }) = read(&client, &encode_key(key)).await?
-            else {
-                return Err(Error::NotFound {
-                    key: key.to_string(),
+            if let Some((workflow, result)) =
+                apply_once(&client, key, event, now, Read::Plain).await?
+            {
+                return Ok(Applied {
+                    workflow,
+                    effect: result?,
                 });
-            };
-            let (changed, result) = apply_to_workflow(&mut wf, event, now);
-            let version = if changed {
-                match swap(&client, key, version, &Object::Workflow(wf.clone())).await? {
-                    Some(version) => version,
-                    None => continue,
-                }
-            } else {
-                version
-            };
-            let effect = result?;
-            return Ok(Applied {
-                workflow: Versioned { version, value: wf },
-                effect,
-            });
+            }
         }
         let tx = client.transaction().await.map_err(pg)?;
-        let Some(Versioned {
-            version,
-            value: Object::Workflow(old),
-        }) = read_for_update(&tx, &encode_key(key)).await?
-        else {
-            return Err(Error::NotFound {
-                key: key.to_string(),
-            });
-        };
-        let mut wf = old.clone();
-        let (changed, result) = apply_to_workflow(&mut wf, event, now);
-        let version = if changed { version + 1 } else { version };
-        if changed {
-            write(
-                &tx,
-                key,
-                Some(&Object::Workflow(old)),
-                Some(&Versioned {
-                    version,
-                    value: Object::Workflow(wf.clone()),
-                }),
-                &Change {
-                    key: key.clone(),
-                    version,
-                    deleted: false,
-                },
-            )
-            .await?;
-        }
+        let applied = apply_once(&tx, key, event, now, Read::Locked).await?;
         tx.commit().await.map_err(pg)?;
-        let effect = result?;
+        // Under the row's lock nobody writes in between; were it to happen,
+        // the caller hears of a lost race, as from any conflict.
+        let (workflow, result) = applied.ok_or_else(|| Error::Conflict {
+            key: key.to_string(),
+            expected: 0,
+            found: 0,
+        })?;
         Ok(Applied {
-            workflow: Versioned { version, value: wf },
-            effect,
+            workflow,
+            effect: result?,
         })
     }
 
@@ -960,51 +972,21 @@ impl WorkflowStore for PostgresStore {
         // Workflows another replica is updating right now are skipped, not waited for.
         let rows = tx
             .query_prepared(
-                "SELECT o.key, o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
+                "SELECT o.version, o.body FROM objects o JOIN index_terms t ON t.key = o.key \
                  WHERE t.term = $1 ORDER BY o.key FOR UPDATE OF o SKIP LOCKED",
                 &[&IndexTerm::Worker(worker.to_string()).as_key()],
             )
             .await
             .map_err(pg)?;
-        let mut found = None;
+        let mut locked = Vec::with_capacity(rows.len());
         for r in rows {
-            let k: String = r.get(0);
-            let Some(key) = decode_key(&k) else { continue };
-            let stored = parse_row(&r, 1)?;
-            let Object::Workflow(old) = stored.value else {
-                continue;
-            };
-            if !old.status.as_ref().is_some_and(|s| {
-                s.wants_attention(worker, now)
-                    || request.is_some_and(|r| s.claimed_by_request(worker, r))
-            }) {
-                continue;
-            }
-            let mut wf = old.clone();
-            let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
-            if changed {
-                let version = stored.version + 1;
-                write(
-                    &tx,
-                    &key,
-                    Some(&Object::Workflow(old)),
-                    Some(&Versioned {
-                        version,
-                        value: Object::Workflow(wf),
-                    }),
-                    &Change {
-                        key: key.clone(),
-                        version,
-                        deleted: false,
-                    },
-                )
-                .await?;
-            }
-            if assignment.is_some() {
-                found = assignment;
-                break;
-            }
+            locked.extend(parse_row(&r, 0)?.into_workflow());
         }
+        // The rows are this transaction's: nobody writes them in between.
+        let found = match claim_from(&tx, locked, worker, request, now).await? {
+            Claimed::Done(found) => found,
+            Claimed::Raced => None,
+        };
         tx.commit().await.map_err(pg)?;
         Ok(found)
     }
