@@ -100,9 +100,23 @@ CREATE INDEX events_machine ON events (machine, seq);
         // Bodies are only ever stored and read whole, never queried inside:
         // as jsonb each write was parsed into jsonb's tree and each read
         // printed back to text, and a workflow's body, over the 2 KB TOAST
-        // threshold, went through pglz both ways.
-        step: "ALTER TABLE objects ALTER COLUMN body TYPE json USING body::json;
-               ALTER TABLE objects ALTER COLUMN body SET COMPRESSION lz4;",
+        // threshold, went through pglz both ways. The rewrite compresses the
+        // rows already there with lz4 too (the transaction's default), and a
+        // server without lz4 (built without it, or older than 14) keeps its
+        // default. Replicas of the code before this step must be stopped
+        // first: the statements they prepared read jsonb, and PostgreSQL
+        // refuses them once the column's type changes.
+        step: "DO $$ BEGIN
+                   SET LOCAL default_toast_compression = 'lz4';
+               EXCEPTION WHEN invalid_parameter_value OR undefined_object THEN
+                   RAISE NOTICE 'lz4 is not available: bodies keep the default compression';
+               END $$;
+               ALTER TABLE objects ALTER COLUMN body TYPE json USING body::json;
+               DO $$ BEGIN
+                   ALTER TABLE objects ALTER COLUMN body SET COMPRESSION lz4;
+               EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+                   NULL;
+               END $$;",
     },
 ];
 

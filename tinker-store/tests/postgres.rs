@@ -438,3 +438,69 @@ async fn events_that_race_for_one_workflow_are_all_applied() {
         "still running under its claim"
     );
 }
+
+/// Schema step 3 keeps bodies as `json` text compressed with lz4, the rows
+/// already there included: a store at step 2 (bodies as jsonb, compressed
+/// with the server's default) holding a workflow over the TOAST threshold is
+/// opened by this code, and reads back the same workflow, stored as lz4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_three_stores_bodies_as_json_in_lz4_rows_already_there_included() {
+    use tinker_core::WorkflowStoreExt;
+    let Some(pg) = Cluster::start() else { return };
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Back to step 2, as an older release left it.
+    client
+        .batch_execute(
+            "ALTER TABLE objects ALTER COLUMN body TYPE jsonb USING body::jsonb;
+             ALTER TABLE objects ALTER COLUMN body SET COMPRESSION pglz;
+             DELETE FROM schema_migrations WHERE version = 3;",
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let (client2, connection2) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection2);
+    let mut wf = testing::rendered_workflow("big", mac(51), 40, 600);
+    wf.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("note".into(), "x".repeat(6000));
+    let body = serde_json::to_string(&tinker_core::model::Object::Workflow(wf.clone())).unwrap();
+    client2
+        .execute(
+            "INSERT INTO objects (key, version, body) VALUES ('Workflow/default/big', 1, $1::text::jsonb)",
+            &[&body],
+        )
+        .await
+        .unwrap();
+    let before: String = client2
+        .query_one(
+            "SELECT pg_column_compression(body) FROM objects WHERE key = 'Workflow/default/big'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, "pglz");
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    let row = client2
+        .query_one(
+            "SELECT pg_column_compression(body), pg_typeof(body)::text FROM objects \
+             WHERE key = 'Workflow/default/big'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("lz4".to_string(), "json".to_string())
+    );
+    let read = store.workflow("default", "big").await.unwrap().unwrap();
+    assert_eq!(read.value, wf, "the same workflow back");
+}
