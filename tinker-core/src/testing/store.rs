@@ -206,6 +206,32 @@ pub async fn duplicate_mac_is_refused(store: &dyn WorkflowStore) {
         store.hardware("default", "dup-b").await.unwrap().is_none(),
         "nothing written"
     );
+    // An update at the version read that takes another's MAC: the same
+    // refusal, and the stored object and its index as they were.
+    let v = store
+        .put(hardware("dup-c", 3003).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let mut taking = hardware("dup-c", 3003);
+    taking.spec.interfaces[0].dhcp.as_mut().unwrap().mac = mac(3001).to_string();
+    let err = store
+        .put(taking.into(), Precondition::Version(v))
+        .await
+        .unwrap_err();
+    assert!(is_clash(&err), "a clash, typed: {err:?}");
+    assert!(err.to_string().contains("dup-a"), "names the holder: {err}");
+    assert_eq!(
+        store
+            .hardware("default", "dup-c")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        v,
+        "nothing written"
+    );
+    assert_eq!(name_by_mac(store, 3001).await.as_deref(), Some("dup-a"));
+    assert_eq!(name_by_mac(store, 3003).await.as_deref(), Some("dup-c"));
 }
 
 /// The name of the Hardware holding `mac(n)`.
