@@ -245,9 +245,11 @@ async fn retransmissions_follow_the_injected_clock() {
     // but the server's clock stands still: nothing is sent again.
     let quiet = tokio::time::timeout(Duration::from_millis(1300), sock.recv_from(&mut buf)).await;
     assert!(quiet.is_err(), "retransmitted without its clock moving");
-    // Each second on the server's clock is one retransmission, then it gives up.
-    for _ in 0..tinker_boot::tftp::MAX_RETRIES {
-        clock.advance(Duration::from_secs(1));
+    // Each wait on the server's clock is one retransmission, backing off from
+    // 1 s to 4 s, then it gives up.
+    let wait = |retry: u32| Duration::from_secs(1 << retry).min(tinker_boot::tftp::MAX_BACKOFF);
+    for retry in 0..tinker_boot::tftp::MAX_RETRIES {
+        clock.advance(wait(retry));
         let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
             .await
             .expect("a retransmission once the clock moved")
@@ -257,7 +259,7 @@ async fn retransmissions_follow_the_injected_clock() {
             Some(Packet::Data { block: 1, .. })
         ));
     }
-    clock.advance(Duration::from_secs(1));
+    clock.advance(wait(tinker_boot::tftp::MAX_RETRIES));
     let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
         .await
         .expect("the server gives up aloud")

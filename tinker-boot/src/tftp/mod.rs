@@ -26,6 +26,6 @@ pub use source::{
     CacheStats, DEFAULT_CACHE_BYTES, FileSource, Origin, SourceError, default_ipxe_dir,
 };
 pub use transfer::{
-    DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BLKSIZE_NO_FRAG, MAX_RETRIES, MAX_TIMEOUT_OPTION,
-    Transfer, TransferOptions, Transmit, negotiate,
+    DEFAULT_MAX_UNANSWERED_BYTES, GaveUp, MAX_BACKOFF, MAX_BLKSIZE_NO_FRAG, MAX_RETRIES,
+    MAX_TIMEOUT_OPTION, Transfer, TransferOptions, Transmit, negotiate,
 };

@@ -29,7 +29,9 @@ pub const MAX_TRANSFERS: usize = 4096;
 /// never answers (or a victim named by spoofed requests) is sent at most
 /// `max_transfers_per_address × max_unanswered_bytes` (8 × 512 KiB = 4 MiB) at
 /// a time, each transfer ending within `MAX_RETRIES` timeouts of at most
-/// [`MAX_TIMEOUT_OPTION`](super::MAX_TIMEOUT_OPTION) seconds.
+/// [`MAX_TIMEOUT_OPTION`](super::MAX_TIMEOUT_OPTION) seconds (about 23 s of
+/// silence when the client named no timeout: see
+/// [`MAX_BACKOFF`](super::MAX_BACKOFF)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TftpLimits {

@@ -24,10 +24,21 @@ pub const MAX_BLKSIZE_NO_FRAG: usize = 1468;
 /// Retransmissions of one window before the transfer is abandoned.
 pub const MAX_RETRIES: u32 = 6;
 
+/// The longest wait between retransmissions of one window when the client
+/// named no `timeout`. RFC 1123 (4.2.3.2) asks TFTP for an adaptive timeout:
+/// the wait starts at 1 s and doubles at each retransmission in a row, up to
+/// this, and is 1 s again once the client makes progress. A client that is
+/// slow rather than gone (a ROM on a busy host, a congested link) then gets
+/// about 23 s to answer instead of 7, and a busy server sends it fewer
+/// retransmissions meanwhile; a client that named a `timeout` gets exactly
+/// what it asked for (RFC 2349).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
+
 /// The longest retransmission timeout a client may ask for (RFC 2349 allows up
 /// to 255 s). A longer one is not acknowledged, so the transfer keeps the 1 s
-/// default: a spoofed read request then holds a transfer slot for seconds, not
-/// for `255 s × MAX_RETRIES` (half an hour). PXE ROMs ask for a few seconds.
+/// default (backing off to [`MAX_BACKOFF`]): a spoofed read request then holds
+/// a transfer slot for seconds, not for `255 s × MAX_RETRIES` (half an hour).
+/// PXE ROMs ask for a few seconds.
 pub const MAX_TIMEOUT_OPTION: u64 = 10;
 
 /// Bytes a transfer may send without the client acknowledging any progress
@@ -156,6 +167,9 @@ pub struct Transfer {
     sent: u64,
     total_blocks: u64,
     retries: u32,
+    /// Whether the wait doubles at each retransmission in a row (the client
+    /// named no `timeout`).
+    backs_off: bool,
     deadline: Timestamp,
     failed: Option<GaveUp>,
     /// Bytes sent since the client last acknowledged progress.
@@ -185,6 +199,7 @@ impl Transfer {
         now: Timestamp,
     ) -> (Transfer, Transmit) {
         let (opts, ack) = negotiate(requested, data.len() as u64, max_blksize);
+        let backs_off = !ack.iter().any(|(k, _)| k == "timeout");
         let total_blocks = data.len() as u64 / opts.blksize as u64 + 1;
         let mut t = Transfer {
             oack: (!ack.is_empty()).then(|| Packet::Oack { options: ack }.encode()),
@@ -195,6 +210,7 @@ impl Transfer {
             sent: 0,
             total_blocks,
             retries: 0,
+            backs_off,
             failed: None,
             unanswered: 0,
             max_unanswered: DEFAULT_MAX_UNANSWERED_BYTES,
@@ -242,6 +258,18 @@ impl Transfer {
     /// When [`on_timeout`](Self::on_timeout) is due.
     pub fn deadline(&self) -> Timestamp {
         self.deadline
+    }
+
+    /// How long to wait for the client before retransmitting, after
+    /// `self.retries` retransmissions in a row.
+    fn wait(&self) -> Duration {
+        if !self.backs_off {
+            return self.opts.timeout;
+        }
+        self.opts
+            .timeout
+            .saturating_mul(1 << self.retries.min(16))
+            .min(MAX_BACKOFF.max(self.opts.timeout))
     }
 
     /// Block `index`'s payload.
@@ -307,7 +335,7 @@ impl Transfer {
         let last = (self.acked + u64::from(self.opts.windowsize)).min(self.total_blocks);
         let first = self.acked + 1;
         self.sent = last;
-        self.deadline = now + self.opts.timeout;
+        self.deadline = now + self.wait();
         if first > last {
             Transmit::Nothing
         } else {
@@ -407,7 +435,7 @@ impl Transfer {
             };
         }
         self.unanswered = total;
-        self.deadline = now + self.opts.timeout;
+        self.deadline = now + self.wait();
         tx
     }
 }
@@ -489,8 +517,15 @@ mod tests {
             now = t.deadline();
             sent += t.on_timeout(now).len();
         }
-        assert!(
-            now.duration_since(t0) <= jiff::SignedDuration::from_secs(i64::from(MAX_RETRIES) + 2),
+        // 1 + 2 + 4 + 4 + 4 + 4 + 4 s: the backed-off waits of MAX_RETRIES
+        // retransmissions and the last one's.
+        let held: u64 = (0..=MAX_RETRIES)
+            .map(|r| (1u64 << r).min(MAX_BACKOFF.as_secs()))
+            .sum();
+        assert_eq!(held, 23);
+        assert_eq!(
+            now.duration_since(t0),
+            jiff::SignedDuration::from_secs(held as i64),
             "held for {:?}",
             now.duration_since(t0)
         );
@@ -498,6 +533,55 @@ mod tests {
             sent <= MAX_RETRIES as usize + 2,
             "{sent} packets to a client that never answered"
         );
+    }
+
+    /// RFC 1123's adaptive timeout: a client that stays silent is sent the
+    /// window again after 1, 2, 4, 4, ... s (not every second), and the wait is
+    /// 1 s again once it makes progress; a client that named its `timeout`
+    /// gets that, every time.
+    #[test]
+    fn retransmissions_back_off_until_the_client_makes_progress() {
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |t: Timestamp| t.duration_since(t0).as_secs();
+        let data: Arc<[u8]> = vec![5u8; 4096].into();
+        let (mut t, first) = Transfer::start(data.clone(), &[], MAX_BLKSIZE_NO_FRAG, t0);
+        assert_eq!(blocks(&first), [1]);
+        let mut resent_at = Vec::new();
+        for _ in 0..3 {
+            let now = t.deadline();
+            assert_eq!(blocks(&t.on_timeout(now)), [1], "the same block again");
+            resent_at.push(at(now));
+        }
+        assert_eq!(resent_at, [1, 3, 7], "waits of 1, 2 and 4 s");
+        // The ACK comes at last: block 2 goes out, and its wait is 1 s again.
+        let now = t.deadline() - jiff::SignedDuration::from_millis(500);
+        assert_eq!(blocks(&t.on_packet(&ack(1), now)), [2]);
+        assert_eq!(t.deadline(), now + jiff::SignedDuration::from_secs(1));
+        // Silence again: 1, 2, 4, 4, 4, 4 s, then the transfer is given up.
+        let mut waits = Vec::new();
+        let mut last = now;
+        while !t.is_failed() {
+            let next = t.deadline();
+            waits.push(next.duration_since(last).as_secs());
+            last = next;
+            let _ = t.on_timeout(next);
+        }
+        assert_eq!(waits, [1, 2, 4, 4, 4, 4, 4]);
+        assert_eq!(t.gave_up(), Some(GaveUp::Retries));
+
+        // A client that asked for 2 s is waited for 2 s each time.
+        let opt = [("timeout".to_string(), "2".to_string())];
+        let (mut t, _) = Transfer::start(data, &opt, MAX_BLKSIZE_NO_FRAG, t0);
+        let _ = t.on_packet(&ack(0), t0);
+        let mut last = t0;
+        let mut waits = Vec::new();
+        while !t.is_failed() {
+            let next = t.deadline();
+            waits.push(next.duration_since(last).as_secs());
+            last = next;
+            let _ = t.on_timeout(next);
+        }
+        assert_eq!(waits, [2; MAX_RETRIES as usize + 1]);
     }
 
     fn ack(b: u16) -> Vec<u8> {
