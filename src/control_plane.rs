@@ -25,6 +25,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use tinker_boot::cached_store::CachedHardwareStore;
 use tinker_boot::credentials::{AddressCheck, CallerCheck, operator_token};
 use tinker_boot::dhcp::{DhcpConfig, DhcpLimits, DhcpServer, Mode};
 use tinker_boot::http::tls::TlsIdentity;
@@ -250,6 +251,13 @@ impl ControlPlane {
         syslog: bool,
     ) -> Services {
         let http = format!("http://{http_addr}");
+        // The services that find a machine by who is calling (its MAC, its
+        // address) share one cache of those lookups, filled from one read of
+        // the inventory, instead of a store round trip per machine and service
+        // (the boot responder and the worker API keep caches of their own in
+        // front of it). The engine and the operators use the store itself.
+        let by_caller: Arc<dyn WorkflowStore> =
+            Arc::new(CachedHardwareStore::new(self.store.clone()).with_clock(self.clock.clone()));
         let mut osie = self.osie;
         // Our own assets serve the in-memory OS: a script sends a machine to
         // it only while it is there.
@@ -292,7 +300,7 @@ impl ControlPlane {
             dhcp_config,
             Arc::new(
                 StoreBootResponder::new(
-                    self.store.clone(),
+                    by_caller.clone(),
                     BootConfig {
                         tftp_server: self.address,
                         http_base: http.clone(),
@@ -312,11 +320,11 @@ impl ControlPlane {
             .with_limits(self.tftp_limits)
             // The machines' timelines show when each loaded iPXE.
             .with_observer(Arc::new(
-                StoreTransferLog::new(self.store.clone())
+                StoreTransferLog::new(by_caller.clone())
                     .with_observed_addresses(callers.observed.clone()),
             ));
         let mut worker_api = WorkerApi::new(
-            self.store.clone(),
+            by_caller.clone(),
             self.secret.clone(),
             self.heartbeat_seconds,
         )
@@ -325,7 +333,7 @@ impl ControlPlane {
         if let Some(n) = self.worker_api_in_flight {
             worker_api = worker_api.with_limit(n);
         }
-        let syslog = SyslogServer::new(self.store.clone())
+        let syslog = SyslogServer::new(by_caller.clone())
             .with_limits(self.syslog_limits)
             .with_clock(self.clock.clone());
         // The same rules as the worker API's (its address alone, since
@@ -371,12 +379,12 @@ impl ControlPlane {
             extra: Some(Arc::new(RouteChain(machine_routes))),
             metrics,
             metadata: Arc::new(
-                tinker_boot::StoreMetadata::new(self.store.clone())
+                tinker_boot::StoreMetadata::new(by_caller.clone())
                     .with_observed_addresses(callers.observed.clone()),
             ),
             callers,
             osie_from_assets,
-            ..HttpConfig::new(self.store.clone())
+            ..HttpConfig::new(by_caller)
         };
         let https = tls.map(|(identity, _)| {
             let config = HttpConfig {

@@ -19,6 +19,7 @@
 
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod cached_store;
 pub mod change_waiters;
 pub mod credentials;
 pub mod dhcp;
