@@ -42,6 +42,7 @@ use deadpool_postgres::{
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::state::{Effect, WorkflowEvent};
@@ -151,6 +152,103 @@ pub struct PostgresStore {
     event_cap: usize,
     /// A call's wait for a pooled connection.
     pool_wait: Duration,
+    /// The workflows this store wrote last, as written.
+    written: Arc<Written>,
+}
+
+/// The workflows a store wrote last, as written (at most [`Written::CAP`]),
+/// so an event that follows its own write (an agent's report after its claim)
+/// is tried against that copy: one round trip (the conditional write) instead
+/// of two (a read, then the write). The write checks the version, so a copy
+/// that someone else's write made stale costs one statement that writes
+/// nothing, and the event is then applied as if there were no copy. The
+/// change feed drops a copy once another writer's newer version or the
+/// workflow's deletion is announced: a workflow made again under the same
+/// name starts its versions over, and must not meet an old copy at an equal
+/// version. (Left: a deletion, a new workflow under the name and its writes
+/// up to the copy's version, all before the deletion's announcement arrives,
+/// milliseconds; the plain read-then-write has the same window between its
+/// read and its write.) Without a feed no copy is used.
+#[derive(Debug, Default)]
+struct Written {
+    inner: std::sync::Mutex<WrittenInner>,
+}
+
+#[derive(Debug, Default)]
+struct WrittenInner {
+    /// The change feed has closed: no copy is used from then on (without
+    /// it a deleted workflow's copy could outlive the deletion unseen).
+    feed_closed: bool,
+    by_key: std::collections::HashMap<String, Arc<Versioned<Workflow>>>,
+    /// Keys in the order first remembered, for forgetting the oldest.
+    order: std::collections::VecDeque<String>,
+}
+
+impl Written {
+    /// Workflows remembered at most: a few thousand machines' worth of
+    /// agents reporting at once.
+    const CAP: usize = 2048;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, k: &str, workflow: Versioned<Workflow>) {
+        let mut inner = self.lock();
+        if inner
+            .by_key
+            .insert(k.to_string(), Arc::new(workflow))
+            .is_none()
+        {
+            inner.order.push_back(k.to_string());
+        }
+        while inner.by_key.len() > Self::CAP {
+            match inner.order.pop_front() {
+                Some(old) => {
+                    inner.by_key.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets the copy `change` made stale: a newer version written by
+    /// someone else, or the workflow deleted (a workflow made again under the
+    /// same name starts its versions over, and must never meet an old copy).
+    fn forget_if_stale(&self, change: &Change) {
+        if change.key.kind != Kind::Workflow {
+            return;
+        }
+        let k = encode_key(&change.key);
+        let stale = self
+            .lock()
+            .by_key
+            .get(&k)
+            .is_some_and(|copy| change.deleted || change.version > copy.version);
+        if stale {
+            self.take(&k);
+        }
+    }
+
+    fn feed_closed(&self) {
+        let mut inner = self.lock();
+        inner.feed_closed = true;
+        inner.by_key.clear();
+        inner.order.clear();
+    }
+
+    /// The copy of `k`, taken out (a copy is tried once).
+    fn take(&self, k: &str) -> Option<Arc<Versioned<Workflow>>> {
+        let mut inner = self.lock();
+        if inner.feed_closed {
+            return None;
+        }
+        let found = inner.by_key.remove(k);
+        if found.is_some() {
+            inner.order.retain(|o| o != k);
+        }
+        found
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -208,15 +306,19 @@ impl PostgresStore {
             .await
             .map_err(unreachable)?;
         let tx = feed.clone();
+        let written: Arc<Written> = Arc::default();
+        let copies = written.clone();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(msg)) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(n) = msg
                     && let Ok(change) = serde_json::from_str::<Change>(n.payload())
                 {
+                    copies.forget_if_stale(&change);
                     let _ = tx.send(change);
                 }
             }
+            copies.feed_closed();
             tracing::warn!("the PostgreSQL change feed connection closed");
         });
         client
@@ -234,6 +336,7 @@ impl PostgresStore {
             feed,
             event_cap: crate::MAX_EVENTS_PER_MACHINE,
             pool_wait: POOL_WAIT,
+            written,
         })
     }
 
@@ -596,13 +699,30 @@ async fn apply_once(
     let row = client.query_opt_prepared(sql, &[&k]).await.map_err(pg)?;
     let Some(Versioned {
         version,
-        value: Object::Workflow(mut wf),
+        value: Object::Workflow(wf),
     }) = row.map(|r| parse_row(&r, 0)).transpose()?
     else {
         return Err(Error::NotFound {
             key: key.to_string(),
         });
     };
+    apply_to(client, key, Versioned { version, value: wf }, event, now).await
+}
+
+/// The event applied to `read` (the workflow as read, or as this store last
+/// wrote it) and written back with [`swap`] at its version if it changed.
+/// `None`: written by someone else since.
+async fn apply_to(
+    client: &impl Prepared,
+    key: &ObjectKey,
+    read: Versioned<Workflow>,
+    event: &WorkflowEvent,
+    now: Timestamp,
+) -> Result<Option<(Versioned<Workflow>, Result<Effect>)>> {
+    let Versioned {
+        version,
+        value: mut wf,
+    } = read;
     let (changed, result) = apply_to_workflow(&mut wf, event, now);
     let version = if changed {
         match swap(client, key, version, &Object::Workflow(wf.clone())).await? {
@@ -631,6 +751,7 @@ enum Claimed {
 /// written back with [`swap`] at the version looked at.
 async fn claim_from(
     client: &impl Prepared,
+    written: &Written,
     candidates: Vec<Versioned<Workflow>>,
     worker: &str,
     request: Option<&str>,
@@ -654,12 +775,14 @@ async fn claim_from(
             wf.metadata.name.clone(),
         );
         let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
-        if changed
-            && swap(client, &key, version, &Object::Workflow(wf))
-                .await?
-                .is_none()
-        {
-            return Ok(Claimed::Raced);
+        if changed {
+            let object = Object::Workflow(wf);
+            let Some(version) = swap(client, &key, version, &object).await? else {
+                return Ok(Claimed::Raced);
+            };
+            if let Object::Workflow(wf) = object {
+                written.remember(&encode_key(&key), Versioned { version, value: wf });
+            }
         }
         if assignment.is_some() {
             return Ok(Claimed::Done(assignment));
@@ -795,7 +918,16 @@ async fn write(
             .map(drop)
             .map_err(pg)
     }));
-    futures_util::future::try_join_all(pipeline).await.map(drop)
+    // Every statement's answer is awaited, and the first failure in the
+    // pipeline's order is the one returned: the statements after it only
+    // say that the transaction was aborted. (Returning the first failure to
+    // be polled instead let a concurrent create that lost its race report
+    // "current transaction is aborted" instead of the clash that aborted it.)
+    futures_util::future::join_all(pipeline)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map(drop)
 }
 
 /// The object at columns `at` (its version) and `at + 1` (its body): the
@@ -843,6 +975,8 @@ impl WorkflowStore for PostgresStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
         let key = object.key();
         check_key(&key)?;
+        // Written another way than by an event or a claim: the copy goes.
+        self.written.take(&encode_key(&key));
         // The engine's writes are all of this kind: an object it read, written
         // back at the version it read.
         if let Precondition::Version(read) = precondition {
@@ -882,6 +1016,7 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
+        self.written.take(&encode_key(key));
         if precondition == Precondition::Absent {
             return Err(Error::Unsupported {
                 target: "store".into(),
@@ -933,10 +1068,30 @@ impl WorkflowStore for PostgresStore {
         // round trips without a transaction of its own. A row that keeps
         // changing under it is then locked for the event.
         let mut client = self.client().await?;
+        let k = encode_key(key);
+        if let Some(known) = self.written.take(&k) {
+            let mut wf = known.value.clone();
+            let (changed, result) = apply_to_workflow(&mut wf, event, now);
+            // Only a write proves the copy current: a refusal or a no-op
+            // worked out on it may be a stale copy's, so those are decided
+            // again from a read below.
+            if changed
+                && let Some(version) =
+                    swap(&client, key, known.version, &Object::Workflow(wf.clone())).await?
+            {
+                let workflow = Versioned { version, value: wf };
+                self.written.remember(&k, workflow.clone());
+                return Ok(Applied {
+                    workflow,
+                    effect: result?,
+                });
+            }
+        }
         for _ in 0..OPTIMISTIC_TRIES {
             if let Some((workflow, result)) =
                 apply_once(&client, key, event, now, Read::Plain).await?
             {
+                self.written.remember(&k, workflow.clone());
                 return Ok(Applied {
                     workflow,
                     effect: result?,
@@ -977,7 +1132,7 @@ impl WorkflowStore for PostgresStore {
         let mut client = self.client().await?;
         for _ in 0..OPTIMISTIC_TRIES {
             let candidates = look(&client, worker).await?;
-            match claim_from(&client, candidates, worker, request, now).await? {
+            match claim_from(&client, &self.written, candidates, worker, request, now).await? {
                 Claimed::Done(found) => return Ok(found),
                 Claimed::Raced => continue,
             }
@@ -997,7 +1152,7 @@ impl WorkflowStore for PostgresStore {
             locked.extend(parse_row(&r, 0)?.into_workflow());
         }
         // The rows are this transaction's: nobody writes them in between.
-        let found = match claim_from(&tx, locked, worker, request, now).await? {
+        let found = match claim_from(&tx, &self.written, locked, worker, request, now).await? {
             Claimed::Done(found) => found,
             Claimed::Raced => None,
         };
@@ -1013,7 +1168,7 @@ impl WorkflowStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
         let client = self.client().await?;
-        match claim_from(&client, looked, worker, request, now).await? {
+        match claim_from(&client, &self.written, looked, worker, request, now).await? {
             Claimed::Done(found) => Ok(found),
             Claimed::Raced => {
                 drop(client);

@@ -308,31 +308,9 @@ async fn a_claim_that_finds_nothing_takes_no_lock() {
         return;
     };
     let store = PostgresStore::connect(&pg.url).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        .await
-        .unwrap();
-    // Calls so far of the statements whose text is like `pattern`.
-    let calls = |pattern: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query_one(
-                    "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
-                     WHERE query LIKE $1",
-                    &[&pattern],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-        }
-    };
-    let locking_claims = || calls("%SKIP LOCKED%");
-    let swaps = || calls("WITH updated AS%");
+    let client = statement_counter(&pg.url).await;
+    let locking_claims = || calls(&client, "%SKIP LOCKED%");
+    let swaps = || calls(&client, "WITH updated AS%");
     let worker = mac(31).to_string();
     let mut wf = testing::rendered_workflow("prep", mac(31), 1, 600);
     wf.status.as_mut().unwrap().machine.phase = tinker_core::model::MachinePhase::Preparing;
@@ -370,6 +348,32 @@ async fn a_claim_that_finds_nothing_takes_no_lock() {
         swapped,
         "a look that finds nothing writes nothing"
     );
+}
+
+/// A client of the cluster at `url` with `pg_stat_statements` ready (the
+/// cluster started with it preloaded), for counting statements.
+async fn statement_counter(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    client
+}
+
+/// Calls so far of the statements whose text is like `pattern`.
+async fn calls(client: &tokio_postgres::Client, pattern: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
 }
 
 /// Writers that race for one workflow: each event reads the workflow and
@@ -503,4 +507,116 @@ async fn step_three_stores_bodies_as_json_in_lz4_rows_already_there_included() {
     );
     let read = store.workflow("default", "big").await.unwrap().unwrap();
     assert_eq!(read.value, wf, "the same workflow back");
+}
+
+/// An agent's report right after its claim is tried against the workflow as
+/// the claim wrote it: one conditional write, no read. A copy that another
+/// replica's write made stale costs that write (which writes nothing) and
+/// the report lands on the workflow as it is, the other write kept; a
+/// workflow deleted and made again under its name is never written from the
+/// old copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_after_its_claim_is_written_without_a_read_and_never_onto_a_stale_copy() {
+    use tinker_core::WorkflowStoreExt;
+    let Some(pg) = Cluster::start_with(&["shared_preload_libraries=pg_stat_statements"]) else {
+        return;
+    };
+    let a = PostgresStore::connect(&pg.url).await.unwrap();
+    let b = PostgresStore::connect(&pg.url).await.unwrap();
+    let client = statement_counter(&pg.url).await;
+    let reads = || calls(&client, "SELECT version, body FROM objects WHERE key = $1");
+    let worker = mac(51).to_string();
+    let report = |a: &tinker_core::store::Assignment| WorkflowEvent::FromWorker {
+        worker: worker.clone(),
+        sent: Box::new(WorkflowEvent::Report {
+            action: a.action_index,
+            attempt: a.attempt,
+            outcome: ActionOutcome::Success,
+        }),
+    };
+    a.put(
+        testing::rendered_workflow("rep", mac(51), 3, 600).into(),
+        Precondition::Absent,
+    )
+    .await
+    .unwrap();
+    let now = jiff::Timestamp::now();
+
+    // Claim, then report: the report reads nothing.
+    let first = a.claim_next_action(&worker, now).await.unwrap().unwrap();
+    let before = reads().await;
+    a.apply_event(&first.workflow, &report(&first), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        reads().await,
+        before,
+        "the report was written from the claim's copy"
+    );
+
+    // Claim the second; another replica writes the workflow (a heartbeat)
+    // before the report: the report is applied to what is there.
+    let second = a.claim_next_action(&worker, now).await.unwrap().unwrap();
+    let beat = WorkflowEvent::Heartbeat {
+        action: second.action_index,
+        attempt: second.attempt,
+    };
+    let beaten = b
+        .apply_event(
+            &second.workflow,
+            &beat,
+            now + jiff::SignedDuration::from_secs(1),
+        )
+        .await
+        .unwrap()
+        .workflow;
+    let done = a
+        .apply_event(&second.workflow, &report(&second), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        done.workflow.version,
+        beaten.version + 1,
+        "on top of the heartbeat"
+    );
+    let stored = a.workflow("default", "rep").await.unwrap().unwrap();
+    assert_eq!(stored.version, done.workflow.version);
+    assert_eq!(stored.value.status, done.workflow.value.status);
+
+    // Claim the third; the workflow is deleted and made again elsewhere, and
+    // brought back to the copy's version: the old agent's report must not be
+    // written from the copy over the new workflow.
+    let third = a.claim_next_action(&worker, now).await.unwrap().unwrap();
+    let copy_version = a.workflow("default", "rep").await.unwrap().unwrap().version;
+    let mut feed = a.watch();
+    b.delete(&third.workflow, Precondition::Any).await.unwrap();
+    let mut version = b
+        .put(
+            testing::rendered_workflow("rep", mac(51), 3, 600).into(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    // The deletion's announcement has reached the first replica.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !feed.recv().await.unwrap().deleted {}
+    })
+    .await
+    .expect("the deletion is announced");
+    while version < copy_version {
+        let again = b.workflow("default", "rep").await.unwrap().unwrap();
+        version = b
+            .put(again.value.into(), Precondition::Version(again.version))
+            .await
+            .unwrap();
+    }
+    assert_eq!(version, copy_version);
+    let fresh = b.workflow("default", "rep").await.unwrap().unwrap();
+    let refused = a.apply_event(&third.workflow, &report(&third), now).await;
+    let after = b.workflow("default", "rep").await.unwrap().unwrap();
+    assert!(
+        refused.is_err() || after.value.status == fresh.value.status,
+        "the new workflow was written from the old copy: {refused:?}"
+    );
+    assert_eq!(after.version, fresh.version, "nothing written: {refused:?}");
 }
