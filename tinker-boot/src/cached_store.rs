@@ -74,6 +74,10 @@ pub struct CachedHardwareStore {
     from_store: std::sync::atomic::AtomicU64,
     /// Set once the inventory has been read into the cache.
     primed: tokio::sync::OnceCell<()>,
+    /// When reading the inventory last failed: it is not tried again for
+    /// [`MAX_CACHED_AGE`], so callers (anyone on the network can make one)
+    /// cannot turn a failing store into a full read per request.
+    prime_failed: std::sync::Mutex<Option<jiff::Timestamp>>,
 }
 
 impl CachedHardwareStore {
@@ -87,6 +91,7 @@ impl CachedHardwareStore {
             clock: SystemClock::shared(),
             from_store: Default::default(),
             primed: tokio::sync::OnceCell::new(),
+            prime_failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -102,9 +107,19 @@ impl CachedHardwareStore {
     }
 
     /// Reads every Hardware into the cache, once (concurrent first lookups
-    /// wait for the one read). A failed read is tried again at the next
-    /// lookup; meanwhile lookups read one Hardware each.
+    /// wait for the one read). A failed read is tried again
+    /// [`MAX_CACHED_AGE`] later; meanwhile lookups read one Hardware each.
     async fn prime(&self) {
+        if self.primed.initialized() {
+            return;
+        }
+        let failed_at = *self.prime_failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = failed_at
+            && Duration::try_from(self.clock.now().duration_since(at))
+                .is_ok_and(|since| since < MAX_CACHED_AGE)
+        {
+            return;
+        }
         let read = self
             .primed
             .get_or_try_init(|| async {
@@ -142,6 +157,7 @@ impl CachedHardwareStore {
             })
             .await;
         if let Err(e) = read {
+            *self.prime_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
             tracing::debug!(error = %e, "could not read the inventory into the lookup cache");
         }
     }
@@ -168,16 +184,8 @@ impl CachedHardwareStore {
         let fresh = |at: jiff::Timestamp| {
             Duration::try_from(now.duration_since(at)).is_ok_and(|age| age < MAX_CACHED_AGE)
         };
-        let epoch = match cache.get(term) {
-            Ok(Cached::Known((hw, at))) if fresh(at) => return Ok(Some((*hw).clone())),
-            Ok(Cached::Known(_)) => {
-                cache.forget(term);
-                match cache.get(term) {
-                    Err(epoch) => epoch,
-                    Ok(Cached::Known((hw, _))) => return Ok(Some((*hw).clone())),
-                    Ok(Cached::Unknown) => return Ok(None),
-                }
-            }
+        let epoch = match cache.get_fresh(term, |(_, at)| fresh(*at)) {
+            Ok(Cached::Known((hw, _))) => return Ok(Some((*hw).clone())),
             Ok(Cached::Unknown) => return Ok(None),
             Err(epoch) => epoch,
         };

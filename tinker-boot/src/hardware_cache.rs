@@ -125,6 +125,23 @@ impl<V: Clone, K: Copy + Eq + Hash> HardwareCache<V, K> {
         Err(Epoch(inner.epoch))
     }
 
+    /// [`get`](Self::get), with a known entry that `fresh` finds too old
+    /// forgotten and answered as a miss (its epoch), so the caller reads it
+    /// again.
+    pub fn get_fresh(&self, mac: K, fresh: impl Fn(&V) -> bool) -> Result<Cached<V>, Epoch> {
+        let mut inner = self.lock();
+        inner.drain_feed();
+        match inner.known.get(&mac) {
+            Some(v) if fresh(v) => return Ok(Cached::Known(v.clone())),
+            Some(_) => {
+                inner.known.remove(&mac);
+            }
+            None if inner.unknown.contains_key(&mac) => return Ok(Cached::Unknown),
+            None => {}
+        }
+        Err(Epoch(inner.epoch))
+    }
+
     /// The epoch to hand to [`insert`](Self::insert) for a read that begins
     /// now (of several entries at once, such as the whole inventory).
     pub fn epoch(&self) -> Epoch {
@@ -169,13 +186,6 @@ impl<V: Clone, K: Copy + Eq + Hash> HardwareCache<V, K> {
                 }
             }
         }
-    }
-
-    /// Forgets what is cached for `mac` (its owner found it too old), so the
-    /// next [`get`](Self::get) asks the store.
-    pub fn forget(&self, mac: K) {
-        let mut inner = self.lock();
-        inner.known.remove(&mac);
     }
 
     /// Drops what is cached of the Hardware `namespace/name` (and every

@@ -198,18 +198,9 @@ impl WorkerCore {
             std::time::Duration::try_from(now.duration_since(at))
                 .is_ok_and(|age| age < MAX_CACHED_AGE)
         };
-        let epoch = match self.hardware.get(mac) {
-            Ok(Cached::Known((hw, at))) if fresh(at) => return Ok(Some(hw)),
+        let epoch = match self.hardware.get_fresh(mac, |(_, at)| fresh(*at)) {
+            Ok(Cached::Known((hw, _))) => return Ok(Some(hw)),
             Ok(Cached::Unknown) => return Ok(None),
-            Ok(Cached::Known(_)) => {
-                self.hardware.forget(mac);
-                match self.hardware.get(mac) {
-                    Err(epoch) => epoch,
-                    // Read again meanwhile by another call.
-                    Ok(Cached::Known((hw, _))) => return Ok(Some(hw)),
-                    Ok(Cached::Unknown) => return Ok(None),
-                }
-            }
             Err(epoch) => epoch,
         };
         let found = self.store.hardware_by_mac(mac).await?.map(Arc::new);

@@ -179,8 +179,11 @@ struct WrittenInner {
     /// The change feed has closed: no copy is used from then on (without
     /// it a deleted workflow's copy could outlive the deletion unseen).
     feed_closed: bool,
-    by_key: std::collections::HashMap<String, Arc<Versioned<Workflow>>>,
-    /// Keys in the order first remembered, for forgetting the oldest.
+    by_key: std::collections::HashMap<String, Versioned<Workflow>>,
+    /// Keys in the order remembered, oldest first, for forgetting the
+    /// oldest. A key taken since (or remembered again) stays until its turn:
+    /// taking a copy costs no search, and popping such a key at most drops a
+    /// newer copy early, which only costs that event a read.
     order: std::collections::VecDeque<String>,
 }
 
@@ -195,19 +198,14 @@ impl Written {
 
     fn remember(&self, k: &str, workflow: Versioned<Workflow>) {
         let mut inner = self.lock();
-        if inner
-            .by_key
-            .insert(k.to_string(), Arc::new(workflow))
-            .is_none()
-        {
-            inner.order.push_back(k.to_string());
+        if inner.feed_closed {
+            return;
         }
-        while inner.by_key.len() > Self::CAP {
-            match inner.order.pop_front() {
-                Some(old) => {
-                    inner.by_key.remove(&old);
-                }
-                None => break,
+        inner.by_key.insert(k.to_string(), workflow);
+        inner.order.push_back(k.to_string());
+        while inner.order.len() > Self::CAP {
+            if let Some(old) = inner.order.pop_front() {
+                inner.by_key.remove(&old);
             }
         }
     }
@@ -220,13 +218,13 @@ impl Written {
             return;
         }
         let k = encode_key(&change.key);
-        let stale = self
-            .lock()
+        let mut inner = self.lock();
+        if inner
             .by_key
             .get(&k)
-            .is_some_and(|copy| change.deleted || change.version > copy.version);
-        if stale {
-            self.take(&k);
+            .is_some_and(|copy| change.deleted || change.version > copy.version)
+        {
+            inner.by_key.remove(&k);
         }
     }
 
@@ -238,16 +236,8 @@ impl Written {
     }
 
     /// The copy of `k`, taken out (a copy is tried once).
-    fn take(&self, k: &str) -> Option<Arc<Versioned<Workflow>>> {
-        let mut inner = self.lock();
-        if inner.feed_closed {
-            return None;
-        }
-        let found = inner.by_key.remove(k);
-        if found.is_some() {
-            inner.order.retain(|o| o != k);
-        }
-        found
+    fn take(&self, k: &str) -> Option<Versioned<Workflow>> {
+        self.lock().by_key.remove(k)
     }
 }
 
@@ -706,31 +696,54 @@ async fn apply_once(
             key: key.to_string(),
         });
     };
-    apply_to(client, key, Versioned { version, value: wf }, event, now).await
+    apply_to(
+        client,
+        key,
+        Versioned { version, value: wf },
+        event,
+        now,
+        Source::Read,
+    )
+    .await
 }
 
-/// The event applied to `read` (the workflow as read, or as this store last
-/// wrote it) and written back with [`swap`] at its version if it changed.
-/// `None`: written by someone else since.
+/// Where [`apply_to`]'s workflow came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Read from the database just now.
+    Read,
+    /// This store's copy of its own last write ([`Written`]): only a write
+    /// at its version proves it current, so an event that changes nothing on
+    /// it (a refusal, a repeat) may be a stale copy's answer and is not given.
+    Copy,
+}
+
+/// The event applied to `read` and written back with [`swap`] at its version
+/// if it changed. `None`: written by someone else since (or, from a
+/// [`Source::Copy`], nothing to write that would prove the copy current):
+/// the caller reads again.
 async fn apply_to(
     client: &impl Prepared,
     key: &ObjectKey,
     read: Versioned<Workflow>,
     event: &WorkflowEvent,
     now: Timestamp,
+    source: Source,
 ) -> Result<Option<(Versioned<Workflow>, Result<Effect>)>> {
     let Versioned {
         version,
         value: mut wf,
     } = read;
     let (changed, result) = apply_to_workflow(&mut wf, event, now);
-    let version = if changed {
-        match swap(client, key, version, &Object::Workflow(wf.clone())).await? {
-            Some(version) => version,
-            None => return Ok(None),
-        }
-    } else {
-        version
+    if !changed {
+        return Ok((source == Source::Read).then(|| (Versioned { version, value: wf }, result)));
+    }
+    let object = Object::Workflow(wf);
+    let Some(version) = swap(client, key, version, &object).await? else {
+        return Ok(None);
+    };
+    let Object::Workflow(wf) = object else {
+        unreachable!("built as a workflow above")
     };
     Ok(Some((Versioned { version, value: wf }, result)))
 }
@@ -1069,23 +1082,15 @@ impl WorkflowStore for PostgresStore {
         // changing under it is then locked for the event.
         let mut client = self.client().await?;
         let k = encode_key(key);
-        if let Some(known) = self.written.take(&k) {
-            let mut wf = known.value.clone();
-            let (changed, result) = apply_to_workflow(&mut wf, event, now);
-            // Only a write proves the copy current: a refusal or a no-op
-            // worked out on it may be a stale copy's, so those are decided
-            // again from a read below.
-            if changed
-                && let Some(version) =
-                    swap(&client, key, known.version, &Object::Workflow(wf.clone())).await?
-            {
-                let workflow = Versioned { version, value: wf };
-                self.written.remember(&k, workflow.clone());
-                return Ok(Applied {
-                    workflow,
-                    effect: result?,
-                });
-            }
+        if let Some(copy) = self.written.take(&k)
+            && let Some((workflow, result)) =
+                apply_to(&client, key, copy, event, now, Source::Copy).await?
+        {
+            self.written.remember(&k, workflow.clone());
+            return Ok(Applied {
+                workflow,
+                effect: result?,
+            });
         }
         for _ in 0..OPTIMISTIC_TRIES {
             if let Some((workflow, result)) =
