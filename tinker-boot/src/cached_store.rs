@@ -391,6 +391,112 @@ mod tests {
         assert!(store.hardware_by_mac(new_mac).await.unwrap().is_none());
     }
 
+    /// A MemoryStore whose inventory read (`list` of Hardware) fails while
+    /// `failing` is set, counting those reads.
+    #[derive(Debug, Default)]
+    struct FailingInventory {
+        inner: MemoryStore,
+        failing: std::sync::atomic::AtomicBool,
+        lists: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl WorkflowStore for FailingInventory {
+        async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
+            self.inner.put(object, precondition).await
+        }
+        async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned<Object>>> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, kind: Kind) -> Result<Vec<Versioned<Object>>> {
+            use std::sync::atomic::Ordering::Relaxed;
+            if kind == Kind::Hardware {
+                self.lists.fetch_add(1, Relaxed);
+                if self.failing.load(Relaxed) {
+                    return Err(tinker_core::Error::backend("test", "the database is down"));
+                }
+            }
+            self.inner.list(kind).await
+        }
+        async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
+            self.inner.delete(key, precondition).await
+        }
+        async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
+            self.inner.hardware_by_mac(mac).await
+        }
+        async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
+            self.inner.hardware_by_ip(ip).await
+        }
+        async fn apply_event(
+            &self,
+            key: &ObjectKey,
+            event: &WorkflowEvent,
+            now: jiff::Timestamp,
+        ) -> Result<Applied> {
+            self.inner.apply_event(key, event, now).await
+        }
+        async fn claim_next_action_for_request(
+            &self,
+            worker: &str,
+            request: Option<&str>,
+            now: jiff::Timestamp,
+        ) -> Result<Option<Assignment>> {
+            self.inner
+                .claim_next_action_for_request(worker, request, now)
+                .await
+        }
+        async fn append_event(&self, event: MachineEvent) -> Result<()> {
+            self.inner.append_event(event).await
+        }
+        async fn events(&self, machine: &str, limit: usize) -> Result<Vec<MachineEvent>> {
+            self.inner.events(machine, limit).await
+        }
+        fn watch(&self) -> broadcast::Receiver<Change> {
+            self.inner.watch()
+        }
+    }
+
+    /// Anyone on the network can make a lookup: while the inventory cannot
+    /// be read, lookups read one Hardware each and the whole inventory is
+    /// tried again only once [`MAX_CACHED_AGE`] has passed, then cached.
+    #[tokio::test]
+    async fn a_failed_inventory_read_is_tried_again_only_after_a_pause() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let clock = Arc::new(ManualClock::new(
+            jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+        ));
+        let inner = Arc::new(FailingInventory::default());
+        let store = CachedHardwareStore::new(inner.clone()).with_clock(clock.clone());
+        let (hw, mac, ip) = machine("m3", 9);
+        inner.put(hw.into(), Precondition::Any).await.unwrap();
+        inner.failing.store(true, Relaxed);
+
+        for _ in 0..5 {
+            assert!(store.hardware_by_mac(mac).await.unwrap().is_some());
+        }
+        assert_eq!(inner.lists.load(Relaxed), 1, "one inventory read, failed");
+        clock.advance(MAX_CACHED_AGE - Duration::from_secs(1));
+        assert!(store.hardware_by_ip(ip).await.unwrap().is_some());
+        assert_eq!(
+            inner.lists.load(Relaxed),
+            1,
+            "not tried again before the pause ends"
+        );
+
+        inner.failing.store(false, Relaxed);
+        clock.advance(Duration::from_secs(2));
+        let before = store.lookups_from_store();
+        assert!(store.hardware_by_ip(ip).await.unwrap().is_some());
+        assert_eq!(inner.lists.load(Relaxed), 2, "tried again after the pause");
+        assert_eq!(
+            store.lookups_from_store(),
+            before,
+            "answered from the inventory read"
+        );
+        store.hardware_by_mac(mac).await.unwrap();
+        assert_eq!(inner.lists.load(Relaxed), 2, "read once it has succeeded");
+    }
+
     /// A feed that stops without a word (a lost LISTEN connection) cannot keep
     /// an answer forever: past its age it is read again.
     #[tokio::test]
