@@ -8,13 +8,14 @@
 # every process in it, exited ones included (tftpd-hpa forks a child per
 # transfer and ignores SIGCHLD, so its children's time never reaches its own
 # /proc/PID/stat).
-# Each count runs on two kinds of link. "in send": a veth pair as it comes,
+# Each count runs on two kinds of link. "send": a veth pair as it comes,
 # whose receiving end runs inside the sender's send system call, so the
 # clients' receive path (queueing on their sockets, waking them) is charged to
-# the server. "NAPI": the clients' end receives in a NAPI kernel thread of its
-# own (GRO on, threaded NAPI), as the clients' own machine would across a
-# wire; that thread's CPU is reported in a column of its own, and beside it
-# the server's and the thread's together.
+# the server. "napi": the clients' end receives in a NAPI kernel thread of its
+# own (GRO on, threaded NAPI), nearer to a wire, where the clients' machine
+# pays for its own receive; the sender still pays to wake that thread when
+# it sleeps. The thread's CPU is reported in a column of its own, and beside
+# it the server's and the thread's together.
 # The clients share one address (tftp-hpa cannot pick its source address), like
 # machines behind NAT, so the boot-server's per-address transfer limit is
 # raised to the client count; every other limit keeps its default.
@@ -91,7 +92,7 @@ size=$(stat -c %s "$W/root/ipxe.efi")
 tx_packets() { cat /sys/class/net/tkbta$$/statistics/tx_packets 2>/dev/null || ip netns exec $S cat /sys/class/net/tkbta$$/statistics/tx_packets; }
 storm() { # label count cgroup link
   rm -f "$W"/out/*
-  local start end ok before after pkts_before pkts cbefore cafter
+  local start end ok before after pkts_before pkts cbefore cafter nbefore nafter
   before=$(cpu "$3"); pkts_before=$(tx_packets)
   start=$(date +%s.%N)
   cbefore=$(cpu clients); nbefore=$(napi_cpu)
@@ -101,15 +102,20 @@ storm() { # label count cgroup link
   cafter=$(cpu clients); nafter=$(napi_cpu)
   after=$(cpu "$3"); pkts=$(( $(tx_packets) - pkts_before ))
   ok=$(find "$W/out" -type f -size "${size}c" | wc -l)
-  echo "| $1 | $4 | $2 | $(python3 -c "print('%.1f' % ($end - $start))") | $ok | $(( $2 - ok )) | $(python3 -c "
-b, a, n = [float(x) for x in '$before'.split()], [float(x) for x in '$after'.split()], $2
-u, s = a[0] - b[0], a[1] - b[1]
-print('%.2f | %.2f | **%.2f**' % (u, s, (u + s) * 1000 / n))") | $(( pkts / $2 )) | $(python3 -c "
-b, a = [float(x) for x in '$cbefore'.split()], [float(x) for x in '$cafter'.split()]
-print('%.2f' % ((a[0] - b[0] + a[1] - b[1]) * 1000 / $2))") | $(python3 -c "
-b, a, n = [float(x) for x in '$before'.split()], [float(x) for x in '$after'.split()], $2
-napi = ($nafter - $nbefore) * 1000 / n
-print('%.2f | %.2f' % (napi, (a[0] - b[0] + a[1] - b[1]) * 1000 / n + napi))") |" | tee -a "$W/rows"
+  # The row's figures, each CPU delta taken once: "user system" pairs.
+  python3 - "$1" "$4" "$2" "$start" "$end" "$ok" "$pkts" "$before" "$after" "$cbefore" "$cafter" "$nbefore" "$nafter" <<'PY' | tee -a "$W/rows"
+import sys
+label, link, n, start, end, ok, pkts = sys.argv[1:8]
+n, ok, pkts = int(n), int(ok), int(pkts)
+pair = lambda s: [float(x) for x in s.split()]
+(bu, bs), (au, as_), (cbu, cbs), (cau, cas) = map(pair, sys.argv[8:12])
+u, s = au - bu, as_ - bs
+per = lambda cpu: cpu * 1000 / n
+server, clients = per(u + s), per(cau - cbu + cas - cbs)
+napi = per(float(sys.argv[13]) - float(sys.argv[12]))
+print(f"| {label} | {link} | {n} | {float(end) - float(start):.1f} | {ok} | {n - ok} | {u:.2f} | {s:.2f} "
+      f"| **{server:.2f}** | {pkts // n} | {clients:.2f} | {napi:.2f} | {server + napi:.2f} |")
+PY
 }
 : > "$W/rows"
 for link in $LINKS; do
