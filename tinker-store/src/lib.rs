@@ -43,6 +43,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod common;
+#[cfg(feature = "postgres")]
+mod copies;
 #[cfg(feature = "redb")]
 mod embedded;
 mod error;

@@ -12,7 +12,12 @@
 //!   (`FOR UPDATE SKIP LOCKED` over the worker's workflows), so two replicas
 //!   serving the same worker never hand out one action twice.
 //! - The change feed is `LISTEN/NOTIFY` (`pg_notify` inside each writing
-//!   transaction, delivered on commit), so every replica sees every replica's writes.
+//!   transaction, delivered on commit), so every replica sees every replica's
+//!   writes; each announcement names the store that wrote it.
+//! - Copies of the workflows this store wrote or looked at, kept current by
+//!   its own writes and dropped by other replicas' announcements
+//!   ([`Copies`]): a long poll's look at a worker's workflows is answered from
+//!   them, and an event after the store's own write starts from its copy.
 //! - Uniqueness of MACs and IP addresses is a partial unique index, so two replicas
 //!   racing to register the same MAC cannot both win.
 //!
@@ -34,6 +39,7 @@ use crate::common::{
     FEED_CAPACITY, Migration, check_key, encode_key, index_diff, kind_prefix, pending_migrations,
     taken,
 };
+use crate::copies::Copies;
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
@@ -152,93 +158,56 @@ pub struct PostgresStore {
     event_cap: usize,
     /// A call's wait for a pooled connection.
     pool_wait: Duration,
-    /// The workflows this store wrote last, as written.
-    written: Arc<Written>,
+    /// What this store wrote and announces, and its copies of workflows.
+    own: Arc<Own>,
 }
 
-/// The workflows a store wrote last, as written (at most [`Written::CAP`]),
-/// so an event that follows its own write (an agent's report after its claim)
-/// is tried against that copy: one round trip (the conditional write) instead
-/// of two (a read, then the write). The write checks the version, so a copy
-/// that someone else's write made stale costs one statement that writes
-/// nothing, and the event is then applied as if there were no copy. The
-/// change feed drops a copy once another writer's newer version or the
-/// workflow's deletion is announced: a workflow made again under the same
-/// name starts its versions over, and must not meet an old copy at an equal
-/// version. (Left: a deletion, a new workflow under the name and its writes
-/// up to the copy's version, all before the deletion's announcement arrives,
-/// milliseconds; the plain read-then-write has the same window between its
-/// read and its write.) Without a feed no copy is used.
-#[derive(Debug, Default)]
-struct Written {
-    inner: std::sync::Mutex<WrittenInner>,
+/// This store as a writer: the name its announcements carry, and what it
+/// knows of its workflows without asking ([`Copies`]).
+#[derive(Debug)]
+struct Own {
+    /// Put in each announcement this store makes (`by`), so that its feed
+    /// tells its own writes from other replicas'.
+    id: u64,
+    copies: Copies,
 }
 
-#[derive(Debug, Default)]
-struct WrittenInner {
-    /// The change feed has closed: no copy is used from then on (without
-    /// it a deleted workflow's copy could outlive the deletion unseen).
-    feed_closed: bool,
-    by_key: std::collections::HashMap<String, Versioned<Workflow>>,
-    /// Keys in the order remembered, oldest first, for forgetting the
-    /// oldest. A key taken since (or remembered again) stays until its turn:
-    /// taking a copy costs no search, and popping such a key at most drops a
-    /// newer copy early, which only costs that event a read.
-    order: std::collections::VecDeque<String>,
+impl Own {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS once per process, and each one
+        // made after differs: two stores never share a name in practice.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        Own {
+            id: h.finish(),
+            copies: Copies::default(),
+        }
+    }
+
+    /// The payload of `change`'s NOTIFY.
+    fn announcement(&self, change: &Change) -> Result<String> {
+        serde_json::to_string(&Announcement {
+            change: change.clone(),
+            by: Some(self.id),
+        })
+        .map_err(json_err)
+    }
 }
 
-impl Written {
-    /// Workflows remembered at most: a few thousand machines' worth of
-    /// agents reporting at once.
-    const CAP: usize = 2048;
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn remember(&self, k: &str, workflow: Versioned<Workflow>) {
-        let mut inner = self.lock();
-        if inner.feed_closed {
-            return;
-        }
-        inner.by_key.insert(k.to_string(), workflow);
-        inner.order.push_back(k.to_string());
-        while inner.order.len() > Self::CAP {
-            if let Some(old) = inner.order.pop_front() {
-                inner.by_key.remove(&old);
-            }
-        }
-    }
-
-    /// Forgets the copy `change` made stale: a newer version written by
-    /// someone else, or the workflow deleted (a workflow made again under the
-    /// same name starts its versions over, and must never meet an old copy).
-    fn forget_if_stale(&self, change: &Change) {
-        if change.key.kind != Kind::Workflow {
-            return;
-        }
-        let k = encode_key(&change.key);
-        let mut inner = self.lock();
-        if inner
-            .by_key
-            .get(&k)
-            .is_some_and(|copy| change.deleted || change.version > copy.version)
-        {
-            inner.by_key.remove(&k);
-        }
-    }
-
-    fn feed_closed(&self) {
-        let mut inner = self.lock();
-        inner.feed_closed = true;
-        inner.by_key.clear();
-        inner.order.clear();
-    }
-
-    /// The copy of `k`, taken out (a copy is tried once).
-    fn take(&self, k: &str) -> Option<Versioned<Workflow>> {
-        self.lock().by_key.remove(k)
-    }
+/// A NOTIFY's payload: the change, and which store made it (absent from
+/// the announcements of versions before it was added).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Announcement {
+    #[serde(flatten)]
+    change: Change,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<u64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -296,19 +265,28 @@ impl PostgresStore {
             .await
             .map_err(unreachable)?;
         let tx = feed.clone();
-        let written: Arc<Written> = Arc::default();
-        let copies = written.clone();
+        let own = Arc::new(Own::new());
+        let me = own.clone();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(msg)) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(n) = msg
-                    && let Ok(change) = serde_json::from_str::<Change>(n.payload())
+                    && let Ok(Announcement { change, by }) = serde_json::from_str(n.payload())
                 {
-                    copies.forget_if_stale(&change);
+                    // The copies first: a waiter woken by this change looks
+                    // again, and must not find the copy it was woken about.
+                    if change.key.kind == Kind::Workflow {
+                        me.copies.announced(
+                            &encode_key(&change.key),
+                            change.version,
+                            change.deleted,
+                            by == Some(me.id),
+                        );
+                    }
                     let _ = tx.send(change);
                 }
             }
-            copies.feed_closed();
+            me.copies.closed();
             tracing::warn!("the PostgreSQL change feed connection closed");
         });
         client
@@ -326,7 +304,7 @@ impl PostgresStore {
             feed,
             event_cap: crate::MAX_EVENTS_PER_MACHINE,
             pool_wait: POOL_WAIT,
-            written,
+            own,
         })
     }
 
@@ -520,28 +498,33 @@ const OPTIMISTIC_TRIES: usize = 3;
 
 /// The one statement of [`swap`]: the row's update if it is still at the
 /// version read, then (only if it was) its index terms made the new object's
-/// and the change announced. Data-modifying CTEs see the statement's one
-/// snapshot, so each sub-statement keys off the `updated` row, not off the
-/// table. The deleted and inserted terms never overlap: the stale ones are
-/// those not among `$5`, and those of `$5` already there are left as they are.
+/// and the change announced; its one row (none if nothing was written)
+/// lists the terms that went and came. Data-modifying CTEs see the statement's
+/// one snapshot, so each sub-statement keys off the `updated` row, not off
+/// the table. The deleted and inserted terms never overlap: the stale ones
+/// are those not among `$5`, and those of `$5` already there are left as
+/// they are.
 const SWAP: &str = "WITH updated AS (\
         UPDATE objects SET version = $3, body = $4 WHERE key = $1 AND version = $2 RETURNING key\
     ), stale_terms AS (\
-        DELETE FROM index_terms WHERE key IN (SELECT key FROM updated) AND term <> ALL($5::text[])\
+        DELETE FROM index_terms WHERE key IN (SELECT key FROM updated) AND term <> ALL($5::text[]) \
+        RETURNING term\
     ), new_terms AS (\
         INSERT INTO index_terms (term, key) SELECT t, u.key FROM updated u, unnest($5::text[]) AS t \
-        ON CONFLICT (term, key) DO NOTHING\
+        ON CONFLICT (term, key) DO NOTHING RETURNING term\
     ) \
-    SELECT pg_notify($6, $7) FROM updated";
+    SELECT ARRAY(SELECT term FROM stale_terms) || ARRAY(SELECT term FROM new_terms), pg_notify($6, $7) \
+    FROM updated";
 
 /// Replaces the object at `key`, if it is still at version `read`, with `new`
 /// at `read + 1`: its row, its index terms and its announcement in one
 /// statement, so one round trip and one commit, where a locking transaction
 /// takes four round trips (BEGIN, the read `FOR UPDATE`, the writes, COMMIT).
 /// `Ok(None)`: the row is gone or was written since `read` (the caller reads
-/// it again).
+/// it again). A workflow written is kept in `own`'s copies at its new version.
 async fn swap(
     client: &impl Prepared,
+    own: &Own,
     key: &ObjectKey,
     read: u64,
     new: &Object,
@@ -549,14 +532,17 @@ async fn swap(
     let k = encode_key(key);
     let version = read + 1;
     let terms: Vec<String> = index_terms(new).iter().map(IndexTerm::as_key).collect();
-    let payload = serde_json::to_string(&Change {
+    let payload = own.announcement(&Change {
         key: key.clone(),
         version,
         deleted: false,
-    })
-    .map_err(json_err)?;
+    })?;
+    let ticket = match new {
+        Object::Workflow(_) => Some(own.copies.begin(&k)),
+        _ => None,
+    };
     let swapped = client
-        .execute_prepared(
+        .query_opt_prepared(
             SWAP,
             &[
                 &k,
@@ -570,8 +556,27 @@ async fn swap(
         )
         .await;
     match swapped {
-        Ok(0) => Ok(None),
-        Ok(_) => Ok(Some(version)),
+        Ok(None) => Ok(None),
+        Ok(Some(row)) => {
+            if let (Some(ticket), Object::Workflow(wf)) = (ticket, new) {
+                // The workers it came to or left (its worker terms changed);
+                // all of them if the row does not say.
+                let moved = row.try_get::<_, Vec<String>>(0).ok().map(|terms| {
+                    terms
+                        .iter()
+                        .filter_map(|t| t.strip_prefix("worker:").map(str::to_string))
+                        .collect()
+                });
+                ticket.wrote(
+                    Versioned {
+                        version,
+                        value: wf.clone(),
+                    },
+                    moved,
+                );
+            }
+            Ok(Some(version))
+        }
         // A MAC or an IP address another object holds: the statement wrote
         // nothing; say which term and who holds it.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
@@ -660,6 +665,15 @@ async fn look(client: &impl Prepared, worker: &str) -> Result<Vec<Versioned<Work
     Ok(found)
 }
 
+/// The key a workflow is stored under.
+fn workflow_key(wf: &Workflow) -> ObjectKey {
+    ObjectKey::new(
+        Kind::Workflow,
+        wf.metadata.namespace(),
+        wf.metadata.name.clone(),
+    )
+}
+
 /// How [`apply_once`] reads the workflow.
 #[derive(Clone, Copy)]
 enum Read {
@@ -676,6 +690,7 @@ enum Read {
 /// committed.
 async fn apply_once(
     client: &impl Prepared,
+    own: &Own,
     key: &ObjectKey,
     event: &WorkflowEvent,
     now: Timestamp,
@@ -698,6 +713,7 @@ async fn apply_once(
     };
     apply_to(
         client,
+        own,
         key,
         Versioned { version, value: wf },
         event,
@@ -712,7 +728,7 @@ async fn apply_once(
 enum Source {
     /// Read from the database just now.
     Read,
-    /// This store's copy of its own last write ([`Written`]): only a write
+    /// This store's copy of the workflow ([`Copies`]): only a write
     /// at its version proves it current, so an event that changes nothing on
     /// it (a refusal, a repeat) may be a stale copy's answer and is not given.
     Copy,
@@ -724,6 +740,7 @@ enum Source {
 /// the caller reads again.
 async fn apply_to(
     client: &impl Prepared,
+    own: &Own,
     key: &ObjectKey,
     read: Versioned<Workflow>,
     event: &WorkflowEvent,
@@ -739,7 +756,7 @@ async fn apply_to(
         return Ok((source == Source::Read).then(|| (Versioned { version, value: wf }, result)));
     }
     let object = Object::Workflow(wf);
-    let Some(version) = swap(client, key, version, &object).await? else {
+    let Some(version) = swap(client, own, key, version, &object).await? else {
         return Ok(None);
     };
     let Object::Workflow(wf) = object else {
@@ -764,7 +781,7 @@ enum Claimed {
 /// written back with [`swap`] at the version looked at.
 async fn claim_from(
     client: &impl Prepared,
-    written: &Written,
+    own: &Own,
     candidates: Vec<Versioned<Workflow>>,
     worker: &str,
     request: Option<&str>,
@@ -782,19 +799,12 @@ async fn claim_from(
         {
             continue;
         }
-        let key = ObjectKey::new(
-            Kind::Workflow,
-            wf.metadata.namespace(),
-            wf.metadata.name.clone(),
-        );
+        let key = workflow_key(&wf);
         let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
         if changed {
             let object = Object::Workflow(wf);
-            let Some(version) = swap(client, &key, version, &object).await? else {
+            if swap(client, own, &key, version, &object).await?.is_none() {
                 return Ok(Claimed::Raced);
-            };
-            if let Object::Workflow(wf) = object {
-                written.remember(&encode_key(&key), Versioned { version, value: wf });
             }
         }
         if assignment.is_some() {
@@ -818,6 +828,7 @@ type Pipelined<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(
 /// too; the first one's error is the one returned.
 async fn write(
     tx: &Transaction<'_>,
+    own: &Own,
     key: &ObjectKey,
     old: Option<&Object>,
     new: Option<&Versioned<Object>>,
@@ -841,7 +852,7 @@ async fn write(
     }
     let body = new.map(|v| Json(&v.value));
     let version = new.map(|v| v.version as i64);
-    let payload = serde_json::to_string(change).map_err(json_err)?;
+    let payload = own.announcement(change)?;
     let main = tx
         .prepare_cached(match new {
             // A create is a plain INSERT: a concurrent creator that committed
@@ -988,13 +999,11 @@ impl WorkflowStore for PostgresStore {
     async fn put(&self, object: Object, precondition: Precondition) -> Result<u64> {
         let key = object.key();
         check_key(&key)?;
-        // Written another way than by an event or a claim: the copy goes.
-        self.written.take(&encode_key(&key));
         // The engine's writes are all of this kind: an object it read, written
         // back at the version it read.
         if let Precondition::Version(read) = precondition {
             let client = self.client().await?;
-            return match swap(&client, &key, read, &object).await? {
+            return match swap(&client, &self.own, &key, read, &object).await? {
                 Some(version) => Ok(version),
                 None => Err(not_swapped(&client, &key, read).await),
             };
@@ -1029,7 +1038,6 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
-        self.written.take(&encode_key(key));
         if precondition == Precondition::Absent {
             return Err(Error::Unsupported {
                 target: "store".into(),
@@ -1046,6 +1054,7 @@ impl WorkflowStore for PostgresStore {
         check_precondition(key, Some(old.version), precondition)?;
         write(
             &tx,
+            &self.own,
             key,
             Some(&old.value),
             None,
@@ -1056,7 +1065,12 @@ impl WorkflowStore for PostgresStore {
             },
         )
         .await?;
-        tx.commit().await.map_err(pg)
+        tx.commit().await.map_err(pg)?;
+        // Read-your-writes: gone from the copies before its announcement.
+        if key.kind == Kind::Workflow {
+            self.own.copies.forget(&encode_key(key));
+        }
+        Ok(())
     }
 
     async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
@@ -1064,7 +1078,19 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
-        look(&self.client().await?, worker).await
+        // A long poll's look, once per question and per wake-up: from the
+        // copies when they are current (see `Copies`).
+        if let Some(found) = self.own.copies.look(worker) {
+            return Ok(found);
+        }
+        let epoch = self.own.copies.epoch();
+        let found = look(&self.client().await?, worker).await?;
+        let keyed: Vec<(String, Versioned<Workflow>)> = found
+            .into_iter()
+            .map(|wf| (encode_key(&workflow_key(&wf.value)), wf))
+            .collect();
+        self.own.copies.looked(worker, epoch, &keyed);
+        Ok(keyed.into_iter().map(|(_, wf)| wf).collect())
     }
 
     async fn hardware_by_ip(&self, ip: IpAddr) -> Result<Option<Versioned<Hardware>>> {
@@ -1082,11 +1108,10 @@ impl WorkflowStore for PostgresStore {
         // changing under it is then locked for the event.
         let mut client = self.client().await?;
         let k = encode_key(key);
-        if let Some(copy) = self.written.take(&k)
+        if let Some(copy) = self.own.copies.get(&k)
             && let Some((workflow, result)) =
-                apply_to(&client, key, copy, event, now, Source::Copy).await?
+                apply_to(&client, &self.own, key, copy, event, now, Source::Copy).await?
         {
-            self.written.remember(&k, workflow.clone());
             return Ok(Applied {
                 workflow,
                 effect: result?,
@@ -1094,9 +1119,8 @@ impl WorkflowStore for PostgresStore {
         }
         for _ in 0..OPTIMISTIC_TRIES {
             if let Some((workflow, result)) =
-                apply_once(&client, key, event, now, Read::Plain).await?
+                apply_once(&client, &self.own, key, event, now, Read::Plain).await?
             {
-                self.written.remember(&k, workflow.clone());
                 return Ok(Applied {
                     workflow,
                     effect: result?,
@@ -1104,8 +1128,12 @@ impl WorkflowStore for PostgresStore {
             }
         }
         let tx = client.transaction().await.map_err(pg)?;
-        let applied = apply_once(&tx, key, event, now, Read::Locked).await?;
-        tx.commit().await.map_err(pg)?;
+        let applied = apply_once(&tx, &self.own, key, event, now, Read::Locked).await?;
+        if let Err(e) = tx.commit().await {
+            // Its copy was kept when the write was sent: it never landed.
+            self.own.copies.forget(&k);
+            return Err(pg(e));
+        }
         // Under the row's lock nobody writes in between; were it to happen,
         // the caller hears of a lost race, as from any conflict.
         let (workflow, result) = applied.ok_or_else(|| Error::Conflict {
@@ -1137,7 +1165,7 @@ impl WorkflowStore for PostgresStore {
         let mut client = self.client().await?;
         for _ in 0..OPTIMISTIC_TRIES {
             let candidates = look(&client, worker).await?;
-            match claim_from(&client, &self.written, candidates, worker, request, now).await? {
+            match claim_from(&client, &self.own, candidates, worker, request, now).await? {
                 Claimed::Done(found) => return Ok(found),
                 Claimed::Raced => continue,
             }
@@ -1156,12 +1184,23 @@ impl WorkflowStore for PostgresStore {
         for r in rows {
             locked.extend(parse_row(&r, 0)?.into_workflow());
         }
+        let keys: Vec<String> = locked
+            .iter()
+            .map(|wf| encode_key(&workflow_key(&wf.value)))
+            .collect();
         // The rows are this transaction's: nobody writes them in between.
-        let found = match claim_from(&tx, &self.written, locked, worker, request, now).await? {
+        let found = match claim_from(&tx, &self.own, locked, worker, request, now).await? {
             Claimed::Done(found) => found,
             Claimed::Raced => None,
         };
-        tx.commit().await.map_err(pg)?;
+        if let Err(e) = tx.commit().await {
+            // Copies of what it wrote were kept when the writes were sent:
+            // they never landed.
+            for k in &keys {
+                self.own.copies.forget(k);
+            }
+            return Err(pg(e));
+        }
         Ok(found)
     }
 
@@ -1173,7 +1212,7 @@ impl WorkflowStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
         let client = self.client().await?;
-        match claim_from(&client, &self.written, looked, worker, request, now).await? {
+        match claim_from(&client, &self.own, looked, worker, request, now).await? {
             Claimed::Done(found) => Ok(found),
             Claimed::Raced => {
                 drop(client);
@@ -1281,6 +1320,7 @@ impl PostgresStore {
         let version = old.as_ref().map_or(0, |v| v.version) + 1;
         write(
             &tx,
+            &self.own,
             key,
             old.as_ref().map(|v| &v.value),
             Some(&Versioned {
@@ -1295,7 +1335,13 @@ impl PostgresStore {
         )
         .await?;
         match tx.commit().await {
-            Ok(()) => Ok(version),
+            Ok(()) => {
+                // Made or replaced whole (its workers may have changed).
+                if key.kind == Kind::Workflow {
+                    self.own.copies.forget(&k);
+                }
+                Ok(version)
+            }
             // Two creators raced past the empty read: the loser gets AlreadyExists.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 Err(Error::AlreadyExists {

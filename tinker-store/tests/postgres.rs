@@ -620,3 +620,139 @@ async fn a_report_after_its_claim_is_written_without_a_read_and_never_onto_a_sta
     );
     assert_eq!(after.version, fresh.version, "nothing written: {refused:?}");
 }
+
+/// A long poll's look at a worker's workflows is answered from the store's
+/// copies while they are current: again and again without a statement, and
+/// after the store's own claim with the claim in it. Another replica's write,
+/// a workflow it makes for the worker, and its deletion of one are each seen
+/// at the next look once announced (that look reads the database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_is_answered_from_copies_until_another_replica_writes() {
+    use tinker_core::WorkflowStoreExt;
+    use tinker_core::store::Change;
+    let Some(pg) = Cluster::start_with(&["shared_preload_libraries=pg_stat_statements"]) else {
+        return;
+    };
+    let a = PostgresStore::connect(&pg.url).await.unwrap();
+    let b = PostgresStore::connect(&pg.url).await.unwrap();
+    let client = statement_counter(&pg.url).await;
+    let looks = || {
+        calls(
+            &client,
+            "SELECT o.version, o.body FROM objects o JOIN index_terms t%COLLATE%",
+        )
+    };
+    let worker = mac(61).to_string();
+    let now = jiff::Timestamp::now();
+    let versions = |found: &[tinker_core::store::Versioned<tinker_core::model::Workflow>]| {
+        found
+            .iter()
+            .map(|w| (w.value.metadata.name.clone(), w.version))
+            .collect::<Vec<_>>()
+    };
+    // Waits until `a` has heard of a change matching `what`.
+    async fn heard(
+        feed: &mut tokio::sync::broadcast::Receiver<Change>,
+        what: impl Fn(&Change) -> bool,
+    ) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !what(&feed.recv().await.unwrap()) {}
+        })
+        .await
+        .expect("announced");
+    }
+    a.put(
+        testing::rendered_workflow("one", mac(61), 2, 600).into(),
+        Precondition::Absent,
+    )
+    .await
+    .unwrap();
+
+    let before = looks().await;
+    let first = a.workflows_for_worker(&worker).await.unwrap();
+    assert_eq!(versions(&first), vec![("one".to_string(), 1)]);
+    assert_eq!(
+        looks().await,
+        before + 1,
+        "the first look reads the database"
+    );
+    for _ in 0..3 {
+        let again = a.workflows_for_worker(&worker).await.unwrap();
+        assert_eq!(again, first);
+    }
+    assert_eq!(
+        looks().await,
+        before + 1,
+        "later looks are answered from the copies"
+    );
+
+    // Our own claim: the copy is the claimed workflow, still no look.
+    let claimed = a
+        .claim_looked_at(&worker, None, first, now)
+        .await
+        .unwrap()
+        .expect("the first action is ready");
+    let after_claim = a.workflows_for_worker(&worker).await.unwrap();
+    let stored = b.workflow("default", "one").await.unwrap().unwrap();
+    assert_eq!(
+        after_claim,
+        vec![stored.clone()],
+        "the look is the stored workflow"
+    );
+    assert_eq!(looks().await, before + 1);
+
+    // Another replica's heartbeat: once announced, the look reads again.
+    let mut feed = a.watch();
+    let beaten = b
+        .apply_event(
+            &claimed.workflow,
+            &WorkflowEvent::Heartbeat {
+                action: claimed.action_index,
+                attempt: claimed.attempt,
+            },
+            now + jiff::SignedDuration::from_secs(1),
+        )
+        .await
+        .unwrap()
+        .workflow;
+    heard(&mut feed, |c| c.version == beaten.version).await;
+    let seen = a.workflows_for_worker(&worker).await.unwrap();
+    assert_eq!(versions(&seen), vec![("one".to_string(), beaten.version)]);
+    assert_eq!(seen[0].value, beaten.value);
+    assert_eq!(looks().await, before + 2, "read from the database");
+
+    // A workflow the other replica makes for the worker appears.
+    b.put(
+        testing::rendered_workflow("two", mac(61), 1, 600).into(),
+        Precondition::Absent,
+    )
+    .await
+    .unwrap();
+    heard(&mut feed, |c| c.key.name == "two").await;
+    let names = |found: Vec<tinker_core::store::Versioned<tinker_core::model::Workflow>>| {
+        found
+            .into_iter()
+            .map(|w| w.value.metadata.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(a.workflows_for_worker(&worker).await.unwrap()),
+        ["one", "two"]
+    );
+
+    // And one it deletes goes.
+    b.delete(&claimed.workflow, Precondition::Any)
+        .await
+        .unwrap();
+    heard(&mut feed, |c| c.deleted).await;
+    assert_eq!(
+        names(a.workflows_for_worker(&worker).await.unwrap()),
+        ["two"]
+    );
+    let looked = looks().await;
+    assert_eq!(
+        names(a.workflows_for_worker(&worker).await.unwrap()),
+        ["two"]
+    );
+    assert_eq!(looks().await, looked, "from the copies again");
+}
