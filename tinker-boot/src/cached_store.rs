@@ -291,6 +291,10 @@ impl WorkflowStore for CachedHardwareStore {
         self.inner.workflows_for_worker(worker).await
     }
 
+    async fn recent_workflow(&self, key: &ObjectKey) -> Result<Option<Versioned<Workflow>>> {
+        self.inner.recent_workflow(key).await
+    }
+
     async fn append_event(&self, event: MachineEvent) -> Result<()> {
         self.inner.append_event(event).await
     }

@@ -471,7 +471,9 @@ impl Engine {
             }
             let Some(Versioned { version, value: wf }) = (match carried.take() {
                 Some(wf) => Some(wf),
-                None => self.store.workflow(&key.namespace, &key.name).await?,
+                // Started by an announcement (or a sweep): the store's copy
+                // is at least that new, and a stale one costs a conflict.
+                None => self.store.recent_workflow(key).await?,
             }) else {
                 return Ok(None);
             };

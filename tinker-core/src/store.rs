@@ -634,6 +634,19 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
             .collect())
     }
 
+    /// The workflow at `key` as this store knows it: a store that keeps
+    /// copies of the workflows it wrote or read (the PostgreSQL store) may
+    /// answer from them without a round trip. The answer is never older than
+    /// this store's own writes that returned, nor than a change its
+    /// [`watch`](Self::watch) has announced; it may be older than another
+    /// replica's write not announced yet (milliseconds). So it is for callers
+    /// that write back at the version read, where a stale answer costs a
+    /// conflict and a fresh read: the engine's reconciles, each started by an
+    /// announcement. The default reads it, as [`get`](Self::get) does.
+    async fn recent_workflow(&self, key: &ObjectKey) -> Result<Option<Versioned<Workflow>>> {
+        Ok(self.get(key).await?.and_then(Versioned::into_workflow))
+    }
+
     /// Appends to a machine's event log.
     ///
     /// The log is bounded: a store keeps the newest events of each machine up to

@@ -39,7 +39,7 @@ use crate::common::{
     FEED_CAPACITY, Migration, check_key, encode_key, index_diff, kind_prefix, pending_migrations,
     taken,
 };
-use crate::copies::Copies;
+use crate::copies::{Copies, Writer};
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
@@ -49,7 +49,7 @@ use futures_util::StreamExt;
 use jiff::Timestamp;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tinker_core::model::{Hardware, Kind, Object, ObjectKey, Workflow};
 use tinker_core::state::{Effect, WorkflowEvent};
 use tinker_core::store::{
@@ -190,24 +190,41 @@ impl Own {
         }
     }
 
-    /// The payload of `change`'s NOTIFY.
-    fn announcement(&self, change: &Change) -> Result<String> {
+    /// The payload of `change`'s NOTIFY, made `how`.
+    fn announcement(&self, change: &Change, how: Alone) -> Result<String> {
         serde_json::to_string(&Announcement {
             change: change.clone(),
-            by: Some(self.id),
+            by: (how == Alone::Yes).then_some(self.id),
+            moved: None,
         })
         .map_err(json_err)
     }
 }
 
+/// Whether a write is alone in its statement (autocommitted, its answer
+/// telling whether it landed), or part of a transaction. A write in a
+/// transaction is not kept as a copy (the transaction may still roll back,
+/// or commit unseen), and is announced without the store's name, so that
+/// its announcement drops the copy and the lists as another's would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alone {
+    Yes,
+    InTransaction,
+}
+
 /// A NOTIFY's payload: the change, and which store made it (absent from
-/// the announcements of versions before it was added).
+/// the announcements of versions before it was added, and from writes in a
+/// transaction).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Announcement {
     #[serde(flatten)]
     change: Change,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     by: Option<u64>,
+    /// The index terms the write changed, when the database said (added by
+    /// [`SWAP`] itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moved: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -271,16 +288,24 @@ impl PostgresStore {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(msg)) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(n) = msg
-                    && let Ok(Announcement { change, by }) = serde_json::from_str(n.payload())
+                    && let Ok(Announcement { change, by, moved }) =
+                        serde_json::from_str(n.payload())
                 {
                     // The copies first: a waiter woken by this change looks
                     // again, and must not find the copy it was woken about.
                     if change.key.kind == Kind::Workflow {
+                        let writer = if by == Some(me.id) {
+                            Writer::Us
+                        } else {
+                            Writer::Other {
+                                moved: moved.map(|terms| workers_in(&terms)),
+                            }
+                        };
                         me.copies.announced(
                             &encode_key(&change.key),
                             change.version,
                             change.deleted,
-                            by == Some(me.id),
+                            writer,
                         );
                     }
                     let _ = tx.send(change);
@@ -498,8 +523,9 @@ const OPTIMISTIC_TRIES: usize = 3;
 
 /// The one statement of [`swap`]: the row's update if it is still at the
 /// version read, then (only if it was) its index terms made the new object's
-/// and the change announced; its one row (none if nothing was written)
-/// lists the terms that went and came. Data-modifying CTEs see the statement's
+/// and the change announced with the terms that went and came (`moved`:
+/// other replicas drop only those workers' lists of workflows); its one row
+/// (none if nothing was written) lists those terms too. Data-modifying CTEs see the statement's
 /// one snapshot, so each sub-statement keys off the `updated` row, not off
 /// the table. The deleted and inserted terms never overlap: the stale ones
 /// are those not among `$5`, and those of `$5` already there are left as
@@ -512,19 +538,23 @@ const SWAP: &str = "WITH updated AS (\
     ), new_terms AS (\
         INSERT INTO index_terms (term, key) SELECT t, u.key FROM updated u, unnest($5::text[]) AS t \
         ON CONFLICT (term, key) DO NOTHING RETURNING term\
+    ), moved AS (\
+        SELECT ARRAY(SELECT term FROM stale_terms) || ARRAY(SELECT term FROM new_terms) AS terms\
     ) \
-    SELECT ARRAY(SELECT term FROM stale_terms) || ARRAY(SELECT term FROM new_terms), pg_notify($6, $7) \
-    FROM updated";
+    SELECT m.terms, pg_notify($6, ($7::text::jsonb || jsonb_build_object('moved', m.terms))::text) \
+    FROM updated, moved m";
 
 /// Replaces the object at `key`, if it is still at version `read`, with `new`
 /// at `read + 1`: its row, its index terms and its announcement in one
 /// statement, so one round trip and one commit, where a locking transaction
 /// takes four round trips (BEGIN, the read `FOR UPDATE`, the writes, COMMIT).
 /// `Ok(None)`: the row is gone or was written since `read` (the caller reads
-/// it again). A workflow written is kept in `own`'s copies at its new version.
+/// it again). A workflow written alone (`how`) is kept in `own`'s copies at
+/// its new version.
 async fn swap(
     client: &impl Prepared,
     own: &Own,
+    how: Alone,
     key: &ObjectKey,
     read: u64,
     new: &Object,
@@ -532,13 +562,16 @@ async fn swap(
     let k = encode_key(key);
     let version = read + 1;
     let terms: Vec<String> = index_terms(new).iter().map(IndexTerm::as_key).collect();
-    let payload = own.announcement(&Change {
-        key: key.clone(),
-        version,
-        deleted: false,
-    })?;
+    let payload = own.announcement(
+        &Change {
+            key: key.clone(),
+            version,
+            deleted: false,
+        },
+        how,
+    )?;
     let ticket = match new {
-        Object::Workflow(_) => Some(own.copies.begin(&k)),
+        Object::Workflow(_) if how == Alone::Yes => Some(own.copies.begin(&k)),
         _ => None,
     };
     let swapped = client
@@ -556,23 +589,27 @@ async fn swap(
         )
         .await;
     match swapped {
-        Ok(None) => Ok(None),
+        Ok(None) => {
+            if let Some(ticket) = ticket {
+                ticket.lost();
+            }
+            Ok(None)
+        }
         Ok(Some(row)) => {
             if let (Some(ticket), Object::Workflow(wf)) = (ticket, new) {
                 // The workers it came to or left (its worker terms changed);
                 // all of them if the row does not say.
-                let moved = row.try_get::<_, Vec<String>>(0).ok().map(|terms| {
-                    terms
-                        .iter()
-                        .filter_map(|t| t.strip_prefix("worker:").map(str::to_string))
-                        .collect()
-                });
+                let moved = row
+                    .try_get::<_, Vec<String>>(0)
+                    .ok()
+                    .map(|terms| workers_in(&terms));
                 ticket.wrote(
                     Versioned {
                         version,
                         value: wf.clone(),
                     },
                     moved,
+                    Instant::now(),
                 );
             }
             Ok(Some(version))
@@ -665,6 +702,14 @@ async fn look(client: &impl Prepared, worker: &str) -> Result<Vec<Versioned<Work
     Ok(found)
 }
 
+/// The workers named among index terms (as stored: `worker:NAME`).
+fn workers_in(terms: &[String]) -> Vec<String> {
+    terms
+        .iter()
+        .filter_map(|t| t.strip_prefix("worker:").map(str::to_string))
+        .collect()
+}
+
 /// The key a workflow is stored under.
 fn workflow_key(wf: &Workflow) -> ObjectKey {
     ObjectKey::new(
@@ -711,6 +756,10 @@ async fn apply_once(
             key: key.to_string(),
         });
     };
+    let source = match how {
+        Read::Plain => Source::Read,
+        Read::Locked => Source::ReadLocked,
+    };
     apply_to(
         client,
         own,
@@ -718,7 +767,7 @@ async fn apply_once(
         Versioned { version, value: wf },
         event,
         now,
-        Source::Read,
+        source,
     )
     .await
 }
@@ -728,6 +777,9 @@ async fn apply_once(
 enum Source {
     /// Read from the database just now.
     Read,
+    /// Read from the database just now, under the row's lock in the
+    /// caller's transaction (the write joins it).
+    ReadLocked,
     /// This store's copy of the workflow ([`Copies`]): only a write
     /// at its version proves it current, so an event that changes nothing on
     /// it (a refusal, a repeat) may be a stale copy's answer and is not given.
@@ -753,10 +805,14 @@ async fn apply_to(
     } = read;
     let (changed, result) = apply_to_workflow(&mut wf, event, now);
     if !changed {
-        return Ok((source == Source::Read).then(|| (Versioned { version, value: wf }, result)));
+        return Ok((source != Source::Copy).then(|| (Versioned { version, value: wf }, result)));
     }
     let object = Object::Workflow(wf);
-    let Some(version) = swap(client, own, key, version, &object).await? else {
+    let how = match source {
+        Source::ReadLocked => Alone::InTransaction,
+        Source::Read | Source::Copy => Alone::Yes,
+    };
+    let Some(version) = swap(client, own, how, key, version, &object).await? else {
         return Ok(None);
     };
     let Object::Workflow(wf) = object else {
@@ -782,6 +838,7 @@ enum Claimed {
 async fn claim_from(
     client: &impl Prepared,
     own: &Own,
+    how: Alone,
     candidates: Vec<Versioned<Workflow>>,
     worker: &str,
     request: Option<&str>,
@@ -803,7 +860,10 @@ async fn claim_from(
         let (changed, assignment) = claim_in_workflow(&key, &mut wf, worker, request, now);
         if changed {
             let object = Object::Workflow(wf);
-            if swap(client, own, &key, version, &object).await?.is_none() {
+            if swap(client, own, how, &key, version, &object)
+                .await?
+                .is_none()
+            {
                 return Ok(Claimed::Raced);
             }
         }
@@ -852,7 +912,7 @@ async fn write(
     }
     let body = new.map(|v| Json(&v.value));
     let version = new.map(|v| v.version as i64);
-    let payload = own.announcement(change)?;
+    let payload = own.announcement(change, Alone::InTransaction)?;
     let main = tx
         .prepare_cached(match new {
             // A create is a plain INSERT: a concurrent creator that committed
@@ -1003,7 +1063,7 @@ impl WorkflowStore for PostgresStore {
         // back at the version it read.
         if let Precondition::Version(read) = precondition {
             let client = self.client().await?;
-            return match swap(&client, &self.own, &key, read, &object).await? {
+            return match swap(&client, &self.own, Alone::Yes, &key, read, &object).await? {
                 Some(version) => Ok(version),
                 None => Err(not_swapped(&client, &key, read).await),
             };
@@ -1077,10 +1137,17 @@ impl WorkflowStore for PostgresStore {
         self.hardware_by(IndexTerm::Mac(mac)).await
     }
 
+    async fn recent_workflow(&self, key: &ObjectKey) -> Result<Option<Versioned<Workflow>>> {
+        if let Some(copy) = self.own.copies.get(&encode_key(key), Instant::now()) {
+            return Ok(Some(copy));
+        }
+        Ok(self.get(key).await?.and_then(Versioned::into_workflow))
+    }
+
     async fn workflows_for_worker(&self, worker: &str) -> Result<Vec<Versioned<Workflow>>> {
         // A long poll's look, once per question and per wake-up: from the
         // copies when they are current (see `Copies`).
-        if let Some(found) = self.own.copies.look(worker) {
+        if let Some(found) = self.own.copies.look(worker, Instant::now()) {
             return Ok(found);
         }
         let epoch = self.own.copies.epoch();
@@ -1089,7 +1156,9 @@ impl WorkflowStore for PostgresStore {
             .into_iter()
             .map(|wf| (encode_key(&workflow_key(&wf.value)), wf))
             .collect();
-        self.own.copies.looked(worker, epoch, &keyed);
+        self.own
+            .copies
+            .looked(worker, epoch, &keyed, Instant::now());
         Ok(keyed.into_iter().map(|(_, wf)| wf).collect())
     }
 
@@ -1108,7 +1177,7 @@ impl WorkflowStore for PostgresStore {
         // changing under it is then locked for the event.
         let mut client = self.client().await?;
         let k = encode_key(key);
-        if let Some(copy) = self.own.copies.get(&k)
+        if let Some(copy) = self.own.copies.get(&k, Instant::now())
             && let Some((workflow, result)) =
                 apply_to(&client, &self.own, key, copy, event, now, Source::Copy).await?
         {
@@ -1129,11 +1198,10 @@ impl WorkflowStore for PostgresStore {
         }
         let tx = client.transaction().await.map_err(pg)?;
         let applied = apply_once(&tx, &self.own, key, event, now, Read::Locked).await?;
-        if let Err(e) = tx.commit().await {
-            // Its copy was kept when the write was sent: it never landed.
-            self.own.copies.forget(&k);
-            return Err(pg(e));
-        }
+        let committed = tx.commit().await;
+        // Not kept as a copy (written in a transaction); read-your-writes.
+        self.own.copies.forget(&k);
+        committed.map_err(pg)?;
         // Under the row's lock nobody writes in between; were it to happen,
         // the caller hears of a lost race, as from any conflict.
         let (workflow, result) = applied.ok_or_else(|| Error::Conflict {
@@ -1165,7 +1233,17 @@ impl WorkflowStore for PostgresStore {
         let mut client = self.client().await?;
         for _ in 0..OPTIMISTIC_TRIES {
             let candidates = look(&client, worker).await?;
-            match claim_from(&client, &self.own, candidates, worker, request, now).await? {
+            match claim_from(
+                &client,
+                &self.own,
+                Alone::Yes,
+                candidates,
+                worker,
+                request,
+                now,
+            )
+            .await?
+            {
                 Claimed::Done(found) => return Ok(found),
                 Claimed::Raced => continue,
             }
@@ -1189,18 +1267,26 @@ impl WorkflowStore for PostgresStore {
             .map(|wf| encode_key(&workflow_key(&wf.value)))
             .collect();
         // The rows are this transaction's: nobody writes them in between.
-        let found = match claim_from(&tx, &self.own, locked, worker, request, now).await? {
+        let found = match claim_from(
+            &tx,
+            &self.own,
+            Alone::InTransaction,
+            locked,
+            worker,
+            request,
+            now,
+        )
+        .await?
+        {
             Claimed::Done(found) => found,
             Claimed::Raced => None,
         };
-        if let Err(e) = tx.commit().await {
-            // Copies of what it wrote were kept when the writes were sent:
-            // they never landed.
-            for k in &keys {
-                self.own.copies.forget(k);
-            }
-            return Err(pg(e));
+        let committed = tx.commit().await;
+        // Not kept as copies (written in a transaction); read-your-writes.
+        for k in &keys {
+            self.own.copies.forget(k);
         }
+        committed.map_err(pg)?;
         Ok(found)
     }
 
@@ -1212,7 +1298,7 @@ impl WorkflowStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Option<Assignment>> {
         let client = self.client().await?;
-        match claim_from(&client, &self.own, looked, worker, request, now).await? {
+        match claim_from(&client, &self.own, Alone::Yes, looked, worker, request, now).await? {
             Claimed::Done(found) => Ok(found),
             Claimed::Raced => {
                 drop(client);

@@ -624,8 +624,9 @@ async fn a_report_after_its_claim_is_written_without_a_read_and_never_onto_a_sta
 /// A long poll's look at a worker's workflows is answered from the store's
 /// copies while they are current: again and again without a statement, and
 /// after the store's own claim with the claim in it. Another replica's write,
-/// a workflow it makes for the worker, and its deletion of one are each seen
-/// at the next look once announced (that look reads the database).
+/// a workflow it makes for the worker, its deletion of one, and its write
+/// that takes one from the worker are each seen at the next look once
+/// announced (that look reads the database).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_look_is_answered_from_copies_until_another_replica_writes() {
     use tinker_core::WorkflowStoreExt;
@@ -661,12 +662,16 @@ async fn a_look_is_answered_from_copies_until_another_replica_writes() {
         .await
         .expect("announced");
     }
+    let mut feed = a.watch();
     a.put(
         testing::rendered_workflow("one", mac(61), 2, 600).into(),
         Precondition::Absent,
     )
     .await
     .unwrap();
+    // Made in a transaction: its announcement drops the lists, as another
+    // replica's write would.
+    heard(&mut feed, |c| c.key.name == "one").await;
 
     let before = looks().await;
     let first = a.workflows_for_worker(&worker).await.unwrap();
@@ -702,7 +707,6 @@ async fn a_look_is_answered_from_copies_until_another_replica_writes() {
     assert_eq!(looks().await, before + 1);
 
     // Another replica's heartbeat: once announced, the look reads again.
-    let mut feed = a.watch();
     let beaten = b
         .apply_event(
             &claimed.workflow,
@@ -745,14 +749,60 @@ async fn a_look_is_answered_from_copies_until_another_replica_writes() {
         .await
         .unwrap();
     heard(&mut feed, |c| c.deleted).await;
+    // Looks twice: the second from the copies.
+    let twice = async |expected: &[&str]| {
+        assert_eq!(
+            names(a.workflows_for_worker(&worker).await.unwrap()),
+            expected
+        );
+        let looked = looks().await;
+        assert_eq!(
+            names(a.workflows_for_worker(&worker).await.unwrap()),
+            expected
+        );
+        assert_eq!(looks().await, looked, "from the copies again");
+    };
+    twice(&["two"]).await;
+
+    // The other replica gives the worker a workflow of another worker with
+    // a conditional write: the announcement says which workers it moved
+    // between, and the worker's next look reads it.
+    b.put(
+        testing::rendered_workflow("three", mac(62), 1, 600).into(),
+        Precondition::Absent,
+    )
+    .await
+    .unwrap();
+    heard(&mut feed, |c| c.key.name == "three").await;
+    twice(&["two"]).await;
+    let three = b.workflow("default", "three").await.unwrap().unwrap();
+    let mut moved = three.value.clone();
+    for task in &mut moved.status.as_mut().unwrap().tasks {
+        task.agent_id = worker.clone();
+    }
+    let v = b
+        .put(moved.into(), Precondition::Version(three.version))
+        .await
+        .unwrap();
+    heard(&mut feed, |c| c.key.name == "three" && c.version == v).await;
     assert_eq!(
         names(a.workflows_for_worker(&worker).await.unwrap()),
-        ["two"]
+        ["three", "two"]
     );
-    let looked = looks().await;
-    assert_eq!(
-        names(a.workflows_for_worker(&worker).await.unwrap()),
-        ["two"]
-    );
-    assert_eq!(looks().await, looked, "from the copies again");
+    let three_key =
+        tinker_core::model::ObjectKey::default_ns(tinker_core::model::Kind::Workflow, "three");
+    b.delete(&three_key, Precondition::Any).await.unwrap();
+    heard(&mut feed, |c| c.deleted).await;
+
+    // The other replica disables "two" with a conditional write: it leaves
+    // the worker (its announcement says which workers it left).
+    let two = b.workflow("default", "two").await.unwrap().unwrap();
+    let mut disabled = two.value.clone();
+    disabled.spec.disabled = Some(true);
+    let v = b
+        .put(disabled.into(), Precondition::Version(two.version))
+        .await
+        .unwrap();
+    heard(&mut feed, |c| c.key.name == "two" && c.version == v).await;
+    assert!(a.workflows_for_worker(&worker).await.unwrap().is_empty());
 }

@@ -30,6 +30,7 @@ pub async fn run_all(store: Arc<dyn WorkflowStore>) {
     a_workers_event_is_checked_on_the_same_read(store.as_ref()).await;
     a_claim_from_a_look(store.as_ref()).await;
     workflows_of_a_worker(store.as_ref()).await;
+    a_recent_workflow_follows_the_stores_writes(store.as_ref()).await;
     a_retried_claim_gets_the_same_action(store.as_ref()).await;
     failure_ends_the_workflow(store.as_ref()).await;
     timeouts_are_applied(store.as_ref()).await;
@@ -512,6 +513,69 @@ pub async fn workflows_of_a_worker(store: &dyn WorkflowStore) {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// [`WorkflowStore::recent_workflow`] answers what the store's own writes
+/// left, as a read does: after a create, a claim, a report, a replacement at
+/// a version, and a deletion.
+pub async fn a_recent_workflow_follows_the_stores_writes(store: &dyn WorkflowStore) {
+    let worker = mac(4601).to_string();
+    let key = wf_key("recent");
+    let read = || async {
+        store
+            .get(&key)
+            .await
+            .unwrap()
+            .and_then(crate::store::Versioned::into_workflow)
+    };
+    assert_eq!(store.recent_workflow(&key).await.unwrap(), None);
+    let wf = rendered_workflow("recent", mac(4601), 2, 60);
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    assert_eq!(store.recent_workflow(&key).await.unwrap(), read().await);
+    let first = store
+        .claim_next_action(&worker, t0())
+        .await
+        .unwrap()
+        .expect("an action");
+    let claimed = store.recent_workflow(&key).await.unwrap();
+    assert_eq!(claimed, read().await, "after the claim");
+    let done = WorkflowEvent::Report {
+        action: first.action_index,
+        attempt: first.attempt,
+        outcome: ActionOutcome::Success,
+    };
+    store.apply_event(&key, &done, t0()).await.unwrap();
+    let reported = store.recent_workflow(&key).await.unwrap().expect("there");
+    assert_eq!(Some(&reported), read().await.as_ref(), "after the report");
+    let mut replaced = reported.value.clone();
+    replaced
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("recent".into(), "yes".into());
+    store
+        .put(replaced.into(), Precondition::Version(reported.version))
+        .await
+        .unwrap();
+    let after = store.recent_workflow(&key).await.unwrap().expect("there");
+    assert_eq!(
+        Some(&after),
+        read().await.as_ref(),
+        "after a write at a version"
+    );
+    let label = after
+        .value
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("recent"));
+    assert_eq!(label.map(String::as_str), Some("yes"));
+    store.delete(&key, Precondition::Any).await.unwrap();
+    assert_eq!(
+        store.recent_workflow(&key).await.unwrap(),
+        None,
+        "after the deletion"
     );
 }
 
