@@ -471,8 +471,9 @@ impl Engine {
             }
             let Some(Versioned { version, value: wf }) = (match carried.take() {
                 Some(wf) => Some(wf),
-                // Started by an announcement (or a sweep): the store's copy
-                // is at least that new, and a stale one costs a conflict.
+                // Started by an announcement or a sweep: the store's copy is
+                // at least that new (another replica's write not announced
+                // yet can overtake it, as it can overtake a read).
                 None => self.store.recent_workflow(key).await?,
             }) else {
                 return Ok(None);

@@ -637,12 +637,16 @@ pub trait WorkflowStore: Send + Sync + Debug + 'static {
     /// The workflow at `key` as this store knows it: a store that keeps
     /// copies of the workflows it wrote or read (the PostgreSQL store) may
     /// answer from them without a round trip. The answer is never older than
-    /// this store's own writes that returned, nor than a change its
-    /// [`watch`](Self::watch) has announced; it may be older than another
-    /// replica's write not announced yet (milliseconds). So it is for callers
-    /// that write back at the version read, where a stale answer costs a
-    /// conflict and a fresh read: the engine's reconciles, each started by an
-    /// announcement. The default reads it, as [`get`](Self::get) does.
+    /// this store's own writes that returned, than a change its
+    /// [`watch`](Self::watch) has announced, or than what its last
+    /// [`list`](Self::list) found; it may be older than another replica's
+    /// write not announced yet: milliseconds, or the store's bound on its
+    /// copies' age (30 s for PostgreSQL) if its feed went quiet unseen. So it
+    /// is for callers that act on what they read as they would on a read that
+    /// another writer overtakes a moment later: the engine's reconciles (each
+    /// started by an announcement or a sweep), whose writes check the version
+    /// read, and whose machine steps are idempotent BMC calls. The default
+    /// reads it, as [`get`](Self::get) does.
     async fn recent_workflow(&self, key: &ObjectKey) -> Result<Option<Versioned<Workflow>>> {
         Ok(self.get(key).await?.and_then(Versioned::into_workflow))
     }

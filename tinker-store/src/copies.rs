@@ -10,8 +10,9 @@
 //!   one per wake-up; 8 per machine in the PostgreSQL boot storm of issue 17)
 //!   is answered from the copies when every workflow of the worker has one
 //!   as new as the change feed has announced;
-//! - the engine's reads of a workflow it was told had changed
-//!   (`WorkflowStore::recent_workflow`).
+//! - the engine's reads of a workflow it was told had changed, or found in
+//!   its sweep (`WorkflowStore::recent_workflow`; a list of the workflows
+//!   refreshes the copies).
 //!
 //! How stale an answer can be:
 //! - Another replica's write is seen once announced (milliseconds): its
@@ -29,12 +30,13 @@
 //!   one.
 //! - This store's own write is kept when its statement has answered (it
 //!   committed alone); one whose answer never came (an error, a dropped
-//!   call) drops the copy and every list, as it may have landed.
+//!   call) drops the copy and every list at once, and its announcement, if
+//!   it landed, is taken as another's.
 //! - Nothing is older than [`Copies::MAX_AGE`]: a feed that went quiet
 //!   without closing (a lost connection not noticed yet) cannot keep an
 //!   answer longer, and a feed that closed stops all answers.
 //!
-//! Bounded: at most [`Copies::CAP`] copies (the oldest kept go first), as
+//! Bounded: at most [`Copies::CAP`] copies (the first kept go first), as
 //! many worker lists, and the announced versions of at most twice as many
 //! workflows (past that, those of workflows without a copy are forgotten,
 //! and what was under way then is not kept). A worker whose list names a
@@ -90,13 +92,12 @@ struct Writing {
 }
 
 /// Who wrote an announced change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Writer {
     /// This store, alone in a statement (its ticket keeps the copy).
     Us,
-    /// Another replica, or this store in a transaction; `moved`: the workers
-    /// the workflow came to or left, when the announcement says.
-    Other { moved: Option<Vec<String>> },
+    /// Another replica, or this store in a transaction.
+    Other,
 }
 
 /// What a look read the database at ([`Copies::epoch`]), given back to
@@ -291,6 +292,18 @@ impl Copies {
         inner.workers.insert(worker.to_string(), (keys, now));
     }
 
+    /// What a read of workflows that started at `epoch` found (a list of all
+    /// of them): copies kept, as a look's are, but no list.
+    pub(crate) fn read(&self, epoch: Epoch, found: &[(String, Versioned<Workflow>)], now: Instant) {
+        let mut inner = self.lock();
+        if inner.closed || inner.epoch != epoch.epoch {
+            return;
+        }
+        for (k, wf) in found {
+            inner.keep(k.clone(), wf.clone(), now);
+        }
+    }
+
     /// A write of the workflow at encoded key `k`, alone in its statement,
     /// is about to be sent.
     pub(crate) fn begin(&self, k: &str) -> Ticket<'_> {
@@ -322,8 +335,16 @@ impl Copies {
     }
 
     /// The feed announced a change of the workflow at `k`: `version`, or its
-    /// deletion, written by `writer`.
-    pub(crate) fn announced(&self, k: &str, version: u64, deleted: bool, writer: Writer) {
+    /// deletion, written by `writer`; `moved`: the workers the workflow came
+    /// to or left, when the announcement says.
+    pub(crate) fn announced(
+        &self,
+        k: &str,
+        version: u64,
+        deleted: bool,
+        writer: Writer,
+        moved: Option<Vec<String>>,
+    ) {
         let mut inner = self.lock();
         if inner.closed {
             return;
@@ -339,9 +360,14 @@ impl Copies {
         }
         // Announcements come in commit order: the last one is the row's.
         inner.announced.insert(k.to_string(), version);
-        match writer {
+        // Our own write whose ticket ended without keeping it (its answer
+        // never came, but it landed): what it did is learnt here.
+        let unseen = writer == Writer::Us
+            && !inner.writing.values().any(|w| w.key == k)
+            && inner.by_key.get(k).is_none_or(|(c, _)| c.version < version);
+        match if unseen { Writer::Other } else { writer } {
             Writer::Us => {}
-            Writer::Other { moved } => {
+            Writer::Other => {
                 // A copy past this version was written on top of it (a
                 // deletion, which starts versions over, drops copies first).
                 if inner
@@ -400,8 +426,6 @@ mod tests {
         found.map(|v| v.iter().map(|w| w.version).collect())
     }
 
-    const OTHER: Writer = Writer::Other { moved: None };
-
     fn one(k: &str, version: u64) -> [(String, Versioned<Workflow>); 1] {
         [(k.to_string(), wf(k, version))]
     }
@@ -420,7 +444,7 @@ mod tests {
         assert_eq!(versions(c.look("w", t)), Some(vec![3, 1]));
         // Our own write of a, announced before or after it lands.
         let w = c.begin("a");
-        c.announced("a", 4, false, Writer::Us);
+        c.announced("a", 4, false, Writer::Us, None);
         assert!(
             c.look("w", t).is_none(),
             "the copy at 3 is behind the announced 4"
@@ -428,7 +452,7 @@ mod tests {
         w.wrote(wf("a", 4), Some(vec![]), t);
         assert_eq!(versions(c.look("w", t)), Some(vec![4, 1]));
         c.begin("a").wrote(wf("a", 5), Some(vec![]), t);
-        c.announced("a", 5, false, Writer::Us);
+        c.announced("a", 5, false, Writer::Us, None);
         assert_eq!(versions(c.look("w", t)), Some(vec![5, 1]));
         assert_eq!(c.get("a", t).map(|w| w.version), Some(5));
     }
@@ -439,7 +463,7 @@ mod tests {
         let e = c.epoch();
         c.looked("w", e, &one("a", 3), t);
         c.looked("v", e, &one("b", 3), t);
-        c.announced("b", 4, false, OTHER);
+        c.announced("b", 4, false, Writer::Other, None);
         assert!(
             c.look("w", t).is_none(),
             "every list goes: terms may have moved"
@@ -447,7 +471,7 @@ mod tests {
         assert!(c.get("b", t).is_none());
         assert_eq!(c.get("a", t).map(|w| w.version), Some(3), "a's copy stays");
         c.looked("w", c.epoch(), &one("a", 3), t);
-        c.announced("a", 3, true, Writer::Us);
+        c.announced("a", 3, true, Writer::Us, None);
         assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
     }
 
@@ -458,13 +482,11 @@ mod tests {
         c.looked("w", e, &one("a", 3), t);
         c.looked("v", e, &one("b", 3), t);
         c.looked("u", e, &one("c", 3), t);
-        let other = |moved: &[&str]| Writer::Other {
-            moved: Some(moved.iter().map(|w| w.to_string()).collect()),
-        };
-        c.announced("b", 4, false, other(&[]));
+        let other = |moved: &[&str]| Some(moved.iter().map(|w| w.to_string()).collect());
+        c.announced("b", 4, false, Writer::Other, other(&[]));
         assert!(c.look("v", t).is_none(), "b's copy went");
         assert_eq!(versions(c.look("w", t)), Some(vec![3]), "w's list stands");
-        c.announced("c", 4, false, other(&["u"]));
+        c.announced("c", 4, false, Writer::Other, other(&["u"]));
         assert!(c.look("u", t).is_none());
         assert_eq!(versions(c.look("w", t)), Some(vec![3]), "w's list stands");
         c.looked("v", c.epoch(), &one("b", 4), t);
@@ -472,7 +494,7 @@ mod tests {
         // The announcement of a version our own write came after (it was
         // late) leaves our copy.
         c.begin("b").wrote(wf("b", 6), Some(vec![]), t);
-        c.announced("b", 5, false, other(&[]));
+        c.announced("b", 5, false, Writer::Other, other(&[]));
         assert_eq!(versions(c.look("v", t)), Some(vec![6]));
     }
 
@@ -486,7 +508,7 @@ mod tests {
         assert!(c.look("w", t).is_none());
         // A look read before a newer version was announced keeps no copy.
         let e = c.epoch();
-        c.announced("a", 4, false, Writer::Us);
+        c.announced("a", 4, false, Writer::Us, None);
         c.looked("w", e, &one("a", 3), t);
         assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
     }
@@ -527,10 +549,15 @@ mod tests {
         drop(c.begin("b"));
         assert!(c.get("b", t).is_none());
         assert!(c.look("v", t).is_none(), "it may have landed: the lists go");
+        // A look read before it landed; then it is announced (it moved a
+        // workflow to v): v's list goes again.
+        c.looked("v", c.epoch(), &one("b", 2), t);
+        c.announced("b", 3, false, Writer::Us, Some(vec!["v".into()]));
+        assert!(c.look("v", t).is_none(), "learnt from its announcement");
         // Deleted while it was written.
         c.begin("a").wrote(wf("a", 1), Some(vec![]), t);
         let w = c.begin("a");
-        c.announced("a", 1, true, OTHER);
+        c.announced("a", 1, true, Writer::Other, None);
         w.wrote(wf("a", 2), Some(vec![]), t);
         assert!(c.get("a", t).is_none(), "deleted while it was written");
         // An older write landing after a newer one does not replace it.
@@ -548,6 +575,16 @@ mod tests {
         assert!(c.look("w", later).is_none() && c.get("a", later).is_none());
         c.looked("w", c.epoch(), &one("a", 1), later);
         assert_eq!(versions(c.look("w", later)), Some(vec![1]));
+        // A list of every workflow keeps copies (not lists), newer ones only.
+        c.read(
+            c.epoch(),
+            &[("a".into(), wf("a", 2)), ("b".into(), wf("b", 1))],
+            later,
+        );
+        assert_eq!(c.get("a", later).map(|w| w.version), Some(2));
+        c.read(c.epoch(), &one("a", 1), later);
+        assert_eq!(c.get("a", later).map(|w| w.version), Some(2));
+        assert!(c.look("v", later).is_none());
     }
 
     #[test]
@@ -563,7 +600,7 @@ mod tests {
         // bound; a write under way then is not kept.
         let w = c.begin("k20");
         for i in 0..3 * Copies::CAP {
-            c.announced(&format!("n{i}"), 1, false, Writer::Us);
+            c.announced(&format!("n{i}"), 1, false, Writer::Us, None);
         }
         assert!(c.lock().announced.len() <= 2 * Copies::CAP);
         w.wrote(wf("x", 2), Some(vec![]), t);

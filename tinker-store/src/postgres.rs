@@ -14,10 +14,11 @@
 //! - The change feed is `LISTEN/NOTIFY` (`pg_notify` inside each writing
 //!   transaction, delivered on commit), so every replica sees every replica's
 //!   writes; each announcement names the store that wrote it.
-//! - Copies of the workflows this store wrote or looked at, kept current by
-//!   its own writes and dropped by other replicas' announcements
-//!   ([`Copies`]): a long poll's look at a worker's workflows is answered from
-//!   them, and an event after the store's own write starts from its copy.
+//! - Copies of the workflows this store wrote alone in a statement or read,
+//!   dropped by other replicas' announcements and by its own writes in a
+//!   transaction ([`Copies`]): a long poll's look at a worker's workflows and
+//!   `recent_workflow` are answered from them, and an event after the store's
+//!   own write starts from its copy.
 //! - Uniqueness of MACs and IP addresses is a partial unique index, so two replicas
 //!   racing to register the same MAC cannot both win.
 //!
@@ -297,15 +298,14 @@ impl PostgresStore {
                         let writer = if by == Some(me.id) {
                             Writer::Us
                         } else {
-                            Writer::Other {
-                                moved: moved.map(|terms| workers_in(&terms)),
-                            }
+                            Writer::Other
                         };
                         me.copies.announced(
                             &encode_key(&change.key),
                             change.version,
                             change.deleted,
                             writer,
+                            moved.map(|terms| workers_in(&terms)),
                         );
                     }
                     let _ = tx.send(change);
@@ -523,9 +523,11 @@ const OPTIMISTIC_TRIES: usize = 3;
 
 /// The one statement of [`swap`]: the row's update if it is still at the
 /// version read, then (only if it was) its index terms made the new object's
-/// and the change announced with the terms that went and came (`moved`:
-/// other replicas drop only those workers' lists of workflows); its one row
-/// (none if nothing was written) lists those terms too. Data-modifying CTEs see the statement's
+/// and the change announced with the worker terms that went and came
+/// (`moved`: other replicas drop only those workers' lists of workflows;
+/// `null` past 2 KiB of them, which drops every list, so that the
+/// announcement stays far below NOTIFY's 8,000 bytes); its one row (none if
+/// nothing was written) lists every term that went and came. Data-modifying CTEs see the statement's
 /// one snapshot, so each sub-statement keys off the `updated` row, not off
 /// the table. The deleted and inserted terms never overlap: the stale ones
 /// are those not among `$5`, and those of `$5` already there are left as
@@ -540,9 +542,13 @@ const SWAP: &str = "WITH updated AS (\
         ON CONFLICT (term, key) DO NOTHING RETURNING term\
     ), moved AS (\
         SELECT ARRAY(SELECT term FROM stale_terms) || ARRAY(SELECT term FROM new_terms) AS terms\
+    ), workers AS (\
+        SELECT ARRAY(SELECT t FROM moved, unnest(moved.terms) AS t WHERE t LIKE 'worker:%') AS terms\
     ) \
-    SELECT m.terms, pg_notify($6, ($7::text::jsonb || jsonb_build_object('moved', m.terms))::text) \
-    FROM updated, moved m";
+    SELECT m.terms, pg_notify($6, ($7::text::jsonb || jsonb_build_object('moved', \
+        CASE WHEN octet_length(array_to_string(w.terms, ',')) <= 2048 THEN to_jsonb(w.terms) END\
+    ))::text) \
+    FROM updated, moved m, workers w";
 
 /// Replaces the object at `key`, if it is still at version `read`, with `new`
 /// at `read + 1`: its row, its index terms and its announcement in one
@@ -1085,6 +1091,7 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn list(&self, kind: Kind) -> Result<Vec<Versioned<Object>>> {
+        let epoch = self.own.copies.epoch();
         let client = self.client().await?;
         let prefix = format!("{}%", kind_prefix(kind));
         let rows = client
@@ -1094,7 +1101,29 @@ impl WorkflowStore for PostgresStore {
             )
             .await
             .map_err(pg)?;
-        rows.into_iter().map(|r| parse_row(&r, 0)).collect()
+        let listed: Vec<Versioned<Object>> = rows
+            .into_iter()
+            .map(|r| parse_row(&r, 0))
+            .collect::<Result<_>>()?;
+        if kind == Kind::Workflow {
+            // The engine's sweep reconciles what it listed: its reads of them
+            // (`recent_workflow`) are then at least this new.
+            let read: Vec<(String, Versioned<Workflow>)> = listed
+                .iter()
+                .filter_map(|v| match &v.value {
+                    Object::Workflow(wf) => Some((
+                        encode_key(&workflow_key(wf)),
+                        Versioned {
+                            version: v.version,
+                            value: wf.clone(),
+                        },
+                    )),
+                    _ => None,
+                })
+                .collect();
+            self.own.copies.read(epoch, &read, Instant::now());
+        }
+        Ok(listed)
     }
 
     async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<()> {
@@ -1125,12 +1154,13 @@ impl WorkflowStore for PostgresStore {
             },
         )
         .await?;
-        tx.commit().await.map_err(pg)?;
-        // Read-your-writes: gone from the copies before its announcement.
+        let committed = tx.commit().await;
+        // Read-your-writes: gone from the copies before its announcement
+        // (even after an error: the commit may have landed).
         if key.kind == Kind::Workflow {
             self.own.copies.forget(&encode_key(key));
         }
-        Ok(())
+        committed.map_err(pg)
     }
 
     async fn hardware_by_mac(&self, mac: MacAddr) -> Result<Option<Versioned<Hardware>>> {
@@ -1420,14 +1450,14 @@ impl PostgresStore {
             },
         )
         .await?;
-        match tx.commit().await {
-            Ok(()) => {
-                // Made or replaced whole (its workers may have changed).
-                if key.kind == Kind::Workflow {
-                    self.own.copies.forget(&k);
-                }
-                Ok(version)
-            }
+        let committed = tx.commit().await;
+        // Made or replaced whole (its workers may have changed); even after
+        // an error, as the commit may have landed.
+        if key.kind == Kind::Workflow {
+            self.own.copies.forget(&k);
+        }
+        match committed {
+            Ok(()) => Ok(version),
             // Two creators raced past the empty read: the loser gets AlreadyExists.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 Err(Error::AlreadyExists {

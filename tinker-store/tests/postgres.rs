@@ -806,3 +806,44 @@ async fn a_look_is_answered_from_copies_until_another_replica_writes() {
     heard(&mut feed, |c| c.key.name == "two" && c.version == v).await;
     assert!(a.workflows_for_worker(&worker).await.unwrap().is_empty());
 }
+
+/// A write that takes a workflow from hundreds of workers at once still fits
+/// its announcement in NOTIFY's 8,000 bytes (the workers it moved are then
+/// not listed, and every replica drops every list): disabling a workflow
+/// whose tasks name 400 workers lands, and is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_moves_hundreds_of_workers_is_announced() {
+    use tinker_core::WorkflowStoreExt;
+    let Some(pg) = Cluster::start() else {
+        return;
+    };
+    let store = PostgresStore::connect(&pg.url).await.unwrap();
+    let mut wf = testing::rendered_workflow("wide", mac(71), 1, 600);
+    let status = wf.status.as_mut().unwrap();
+    let task = status.tasks[0].clone();
+    status.tasks = (0..400)
+        .map(|i| {
+            let mut t = task.clone();
+            t.name = format!("task-{i}");
+            t.agent_id = format!("a-worker-with-a-long-name-{i:04}");
+            t
+        })
+        .collect();
+    store.put(wf.into(), Precondition::Absent).await.unwrap();
+    let one = "a-worker-with-a-long-name-0007";
+    assert_eq!(store.workflows_for_worker(one).await.unwrap().len(), 1);
+    let stored = store.workflow("default", "wide").await.unwrap().unwrap();
+    let mut disabled = stored.value.clone();
+    disabled.spec.disabled = Some(true);
+    let mut feed = store.watch();
+    let v = store
+        .put(disabled.into(), Precondition::Version(stored.version))
+        .await
+        .expect("the write lands");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while feed.recv().await.unwrap().version != v {}
+    })
+    .await
+    .expect("announced");
+    assert!(store.workflows_for_worker(one).await.unwrap().is_empty());
+}
