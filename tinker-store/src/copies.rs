@@ -34,7 +34,8 @@
 //!   it landed, is taken as another's.
 //! - Nothing is older than [`Copies::MAX_AGE`]: a feed that went quiet
 //!   without closing (a lost connection not noticed yet) cannot keep an
-//!   answer longer, and a feed that closed stops all answers.
+//!   answer longer, and a feed that closed stops all answers until it
+//!   listens again, and forgets all it had.
 //!
 //! Bounded: at most [`Copies::CAP`] copies (the first kept go first), as
 //! many worker lists, and the announced versions of at most twice as many
@@ -56,7 +57,7 @@ pub(crate) struct Copies {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// The change feed closed: nothing is kept or answered from then on.
+    /// The change feed is down: nothing is kept or answered until it is back.
     closed: bool,
     /// Copies by encoded key, with when each was kept.
     by_key: HashMap<String, (Versioned<Workflow>, Instant)>,
@@ -399,14 +400,28 @@ impl Copies {
         }
     }
 
-    /// The feed closed: nothing is kept or answered from now on (a deletion
-    /// would go unseen).
-    pub(crate) fn closed(&self) {
+    /// The feed's connection was lost: nothing is kept or answered until
+    /// [`feed_back`](Self::feed_back) (a deletion would go unseen), and
+    /// nothing read or written before is kept after.
+    pub(crate) fn feed_lost(&self) {
         let mut inner = self.lock();
+        // Looks under way do not record (the epoch moves on), writes under
+        // way are forgotten with their tickets (ids keep counting).
+        let (epoch, next_ticket) = (inner.epoch + 1, inner.next_ticket);
         *inner = Inner {
             closed: true,
+            epoch,
+            next_ticket,
             ..Inner::default()
         };
+    }
+
+    /// The feed listens again: copies are kept from what is read and
+    /// written from now on.
+    pub(crate) fn feed_back(&self) {
+        let mut inner = self.lock();
+        inner.closed = false;
+        inner.epoch += 1;
     }
 }
 
@@ -588,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn copies_and_announcements_are_bounded_and_a_closed_feed_keeps_nothing() {
+    fn copies_and_announcements_are_bounded_and_a_lost_feed_keeps_nothing_until_back() {
         let (c, t) = (Copies::default(), Instant::now());
         for i in 0..Copies::CAP + 10 {
             c.begin(&format!("k{i}")).wrote(wf("x", 1), Some(vec![]), t);
@@ -606,10 +621,18 @@ mod tests {
         w.wrote(wf("x", 2), Some(vec![]), t);
         assert!(c.get("k20", t).is_none(), "not kept");
         c.looked("w", c.epoch(), &one("a", 1), t);
-        c.closed();
+        let (under_way, read_before) = (c.begin("a"), c.epoch());
+        c.feed_lost();
         assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
         c.begin("a").wrote(wf("a", 2), Some(vec![]), t);
         c.looked("w", c.epoch(), &one("a", 3), t);
         assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
+        // Back: what was under way or read before the loss is not kept.
+        c.feed_back();
+        under_way.wrote(wf("a", 4), Some(vec![]), t);
+        c.looked("w", read_before, &one("a", 4), t);
+        assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
+        c.looked("w", c.epoch(), &one("a", 5), t);
+        assert_eq!(versions(c.look("w", t)), Some(vec![5]));
     }
 }

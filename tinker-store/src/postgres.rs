@@ -228,6 +228,122 @@ struct Announcement {
     moved: Option<Vec<String>>,
 }
 
+/// A LISTENing connection: its client (the connection closes without it)
+/// and its messages (polling them drives the connection).
+struct Listening {
+    _client: tokio_postgres::Client,
+    messages: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = std::result::Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+                > + Send,
+        >,
+    >,
+}
+
+/// Connects and LISTENs on [`CHANNEL`]; the error says why not.
+async fn listen(config: &tokio_postgres::Config) -> std::result::Result<Listening, String> {
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = Box::pin(futures_util::stream::poll_fn(move |cx| {
+        connection.poll_message(cx)
+    }));
+    {
+        let statement = format!("LISTEN {CHANNEL}");
+        let listening = client.batch_execute(&statement);
+        tokio::pin!(listening);
+        loop {
+            tokio::select! {
+                done = &mut listening => {
+                    done.map_err(|e| e.to_string())?;
+                    break;
+                }
+                // Nothing is announced before LISTEN is done: notices only.
+                message = messages.next() => match message {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the connection closed".into()),
+                },
+            }
+        }
+    }
+    Ok(Listening {
+        _client: client,
+        messages,
+    })
+}
+
+/// The feed's task: each announcement goes to the store's copies, then to
+/// its subscribers. A lost connection (a database restart, a network cut) is
+/// made again, after 0.5 s, then twice as long each time up to 30 s. While
+/// it is down the copies answer nothing; changes made meanwhile are not
+/// announced, and subscribers learn of them by their own bounds (the
+/// engine's sweep, a waiter's deadline, the Hardware caches' age). Ends when
+/// the store is gone.
+async fn run_feed(
+    config: tokio_postgres::Config,
+    mut listening: Listening,
+    tx: broadcast::Sender<Change>,
+    own: std::sync::Weak<Own>,
+) {
+    loop {
+        while let Some(Ok(msg)) = listening.messages.next().await {
+            let Some(me) = own.upgrade() else {
+                return;
+            };
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg
+                && let Ok(Announcement { change, by, moved }) = serde_json::from_str(n.payload())
+            {
+                // The copies first: a waiter woken by this change looks
+                // again, and must not find the copy it was woken about.
+                if change.key.kind == Kind::Workflow {
+                    let writer = if by == Some(me.id) {
+                        Writer::Us
+                    } else {
+                        Writer::Other
+                    };
+                    me.copies.announced(
+                        &encode_key(&change.key),
+                        change.version,
+                        change.deleted,
+                        writer,
+                        moved.map(|terms| workers_in(&terms)),
+                    );
+                }
+                let _ = tx.send(change);
+            }
+        }
+        let Some(me) = own.upgrade() else {
+            return;
+        };
+        me.copies.feed_lost();
+        drop(me);
+        tracing::warn!("the PostgreSQL change feed connection closed; listening again");
+        let mut pause = Duration::from_millis(500);
+        listening = loop {
+            tokio::time::sleep(pause).await;
+            if own.strong_count() == 0 {
+                return;
+            }
+            match listen(&config).await {
+                Ok(l) => break l,
+                Err(reason) => {
+                    tracing::warn!(%reason, retry_in = ?(pause * 2).min(Duration::from_secs(30)), "the PostgreSQL change feed cannot listen");
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        if let Some(me) = own.upgrade() {
+            me.copies.feed_back();
+        }
+        tracing::info!(
+            "the PostgreSQL change feed listens again (changes made while it was down were not announced)"
+        );
+    }
+}
+
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore").finish_non_exhaustive()
@@ -277,53 +393,15 @@ impl PostgresStore {
             tx.commit().await.map_err(pg)?;
         }
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        // The change feed: a connection of its own, LISTENing.
-        let (client, mut connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(unreachable)?;
-        let tx = feed.clone();
+        // The change feed: a connection of its own, LISTENing. The first is
+        // made here (a database that cannot be listened to fails `connect`);
+        // the feed's task makes the next ones when one is lost.
+        let first = listen(&config).await.map_err(|reason| Error::Unreachable {
+            target: target.clone(),
+            reason,
+        })?;
         let own = Arc::new(Own::new());
-        let me = own.clone();
-        tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(Ok(msg)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = msg
-                    && let Ok(Announcement { change, by, moved }) =
-                        serde_json::from_str(n.payload())
-                {
-                    // The copies first: a waiter woken by this change looks
-                    // again, and must not find the copy it was woken about.
-                    if change.key.kind == Kind::Workflow {
-                        let writer = if by == Some(me.id) {
-                            Writer::Us
-                        } else {
-                            Writer::Other
-                        };
-                        me.copies.announced(
-                            &encode_key(&change.key),
-                            change.version,
-                            change.deleted,
-                            writer,
-                            moved.map(|terms| workers_in(&terms)),
-                        );
-                    }
-                    let _ = tx.send(change);
-                }
-            }
-            me.copies.closed();
-            tracing::warn!("the PostgreSQL change feed connection closed");
-        });
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(unreachable)?;
-        // Keep the listening client alive as long as the feed task runs.
-        let keep = client;
-        tokio::spawn(async move {
-            let _keep = keep;
-            std::future::pending::<()>().await;
-        });
+        tokio::spawn(run_feed(config, first, feed.clone(), Arc::downgrade(&own)));
         Ok(PostgresStore {
             pool,
             feed,

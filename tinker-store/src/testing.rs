@@ -75,6 +75,31 @@ impl TempPostgres {
         })
     }
 
+    /// Restarts the server (a fast shutdown: every connection to it is
+    /// closed), with the same settings and data.
+    pub fn restart(&self) {
+        let o = self.pg_ctl("-m fast -w restart").expect("sh");
+        assert!(
+            o.status.success(),
+            "PostgreSQL did not restart: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Runs `pg_ctl` on the cluster, as the `postgres` user.
+    fn pg_ctl(&self, args: &str) -> std::io::Result<std::process::Output> {
+        let d = self.dir.path().display();
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "su postgres -s /bin/sh -c \"{}/pg_ctl -D {d}/data {args} >/dev/null\"",
+                    self.bin
+                ),
+            ])
+            .output()
+    }
+
     /// The server's process id (to read its memory use, say).
     pub fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
@@ -89,15 +114,6 @@ impl TempPostgres {
 
 impl Drop for TempPostgres {
     fn drop(&mut self) {
-        let d = self.dir.path().display();
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "su postgres -s /bin/sh -c \"{}/pg_ctl -D {d}/data -m immediate stop >/dev/null\"",
-                    self.bin
-                ),
-            ])
-            .output();
+        let _ = self.pg_ctl("-m immediate stop");
     }
 }

@@ -847,3 +847,34 @@ async fn a_write_that_moves_hundreds_of_workers_is_announced() {
     .expect("announced");
     assert!(store.workflows_for_worker(one).await.unwrap().is_empty());
 }
+
+/// The change feed listens again after the database restarts: another
+/// store's write made after the restart is announced to a store connected
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_listens_again_after_the_database_restarts() {
+    let Some(pg) = Cluster::start() else {
+        return;
+    };
+    let a = PostgresStore::connect(&pg.url).await.unwrap();
+    let mut feed = a.watch();
+    pg.restart();
+    let b = PostgresStore::connect(&pg.url).await.unwrap();
+    // The first listen again comes after half a second, the next ones later:
+    // a write each second until one is heard.
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        for i in 0.. {
+            let hw = testing::hardware(&format!("after-{i}"), 200 + i);
+            b.put(hw.into(), Precondition::Absent).await.unwrap();
+            if let Ok(Ok(change)) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), feed.recv()).await
+            {
+                return change;
+            }
+        }
+        unreachable!("the loop returns")
+    })
+    .await
+    .expect("the feed listens again");
+    assert!(heard.key.name.starts_with("after-"), "{heard:?}");
+}
