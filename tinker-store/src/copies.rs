@@ -417,11 +417,15 @@ impl Copies {
     }
 
     /// The feed listens again: copies are kept from what is read and
-    /// written from now on.
+    /// written from now on (not from writes begun while it was down: one
+    /// may have been overtaken unannounced).
     pub(crate) fn feed_back(&self) {
         let mut inner = self.lock();
         inner.closed = false;
         inner.epoch += 1;
+        for w in inner.writing.values_mut() {
+            w.spoiled = true;
+        }
     }
 }
 
@@ -627,9 +631,13 @@ mod tests {
         c.begin("a").wrote(wf("a", 2), Some(vec![]), t);
         c.looked("w", c.epoch(), &one("a", 3), t);
         assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
-        // Back: what was under way or read before the loss is not kept.
+        // Back: what was under way or read before the loss, or begun while
+        // the feed was down, is not kept.
+        let begun_while_down = c.begin("b");
         c.feed_back();
         under_way.wrote(wf("a", 4), Some(vec![]), t);
+        begun_while_down.wrote(wf("b", 4), Some(vec![]), t);
+        assert!(c.get("b", t).is_none());
         c.looked("w", read_before, &one("a", 4), t);
         assert!(c.look("w", t).is_none() && c.get("a", t).is_none());
         c.looked("w", c.epoch(), &one("a", 5), t);

@@ -228,6 +228,12 @@ struct Announcement {
     moved: Option<Vec<String>>,
 }
 
+/// The feed's first pause before listening again, its longest, and how long
+/// a connection lasts before the pause starts over.
+const FEED_FIRST_PAUSE: Duration = Duration::from_millis(500);
+const FEED_MAX_PAUSE: Duration = Duration::from_secs(30);
+const FEED_STEADY: Duration = Duration::from_secs(30);
+
 /// A LISTENing connection: its client (the connection closes without it)
 /// and its messages (polling them drives the connection).
 struct Listening {
@@ -241,8 +247,16 @@ struct Listening {
     >,
 }
 
-/// Connects and LISTENs on [`CHANNEL`]; the error says why not.
+/// Connects and LISTENs on [`CHANNEL`], within [`CONNECT_TIMEOUT`] (the
+/// connect timeout of the URL covers only the TCP connect); the error says
+/// why not.
 async fn listen(config: &tokio_postgres::Config) -> std::result::Result<Listening, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, listen_once(config))
+        .await
+        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
+}
+
+async fn listen_once(config: &tokio_postgres::Config) -> std::result::Result<Listening, String> {
     let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -250,6 +264,8 @@ async fn listen(config: &tokio_postgres::Config) -> std::result::Result<Listenin
     let mut messages = Box::pin(futures_util::stream::poll_fn(move |cx| {
         connection.poll_message(cx)
     }));
+    // Announcements that arrive with LISTEN's answer, handed on first.
+    let mut early = Vec::new();
     {
         let statement = format!("LISTEN {CHANNEL}");
         let listening = client.batch_execute(&statement);
@@ -260,9 +276,8 @@ async fn listen(config: &tokio_postgres::Config) -> std::result::Result<Listenin
                     done.map_err(|e| e.to_string())?;
                     break;
                 }
-                // Nothing is announced before LISTEN is done: notices only.
                 message = messages.next() => match message {
-                    Some(Ok(_)) => {}
+                    Some(Ok(message)) => early.push(Ok(message)),
                     Some(Err(e)) => return Err(e.to_string()),
                     None => return Err("the connection closed".into()),
                 },
@@ -271,23 +286,26 @@ async fn listen(config: &tokio_postgres::Config) -> std::result::Result<Listenin
     }
     Ok(Listening {
         _client: client,
-        messages,
+        messages: Box::pin(futures_util::stream::iter(early).chain(messages)),
     })
 }
 
 /// The feed's task: each announcement goes to the store's copies, then to
-/// its subscribers. A lost connection (a database restart, a network cut) is
-/// made again, after 0.5 s, then twice as long each time up to 30 s. While
-/// it is down the copies answer nothing; changes made meanwhile are not
-/// announced, and subscribers learn of them by their own bounds (the
-/// engine's sweep, a waiter's deadline, the Hardware caches' age). Ends when
-/// the store is gone.
+/// its subscribers. A lost connection (a database restart, or a network cut
+/// that TCP keepalives find within about a minute) is made again, after
+/// 0.5 s, then twice as long each time up to 30 s (the pause starts over
+/// once a connection has lasted 30 s). While it is down the copies answer
+/// nothing; changes made meanwhile are not announced (see ARCHITECTURE.md
+/// for who catches them, and who does not). Ends at its next announcement or
+/// loss once the store is gone.
 async fn run_feed(
     config: tokio_postgres::Config,
     mut listening: Listening,
     tx: broadcast::Sender<Change>,
     own: std::sync::Weak<Own>,
 ) {
+    let mut up_since = std::time::Instant::now();
+    let mut pause = FEED_FIRST_PAUSE / 2;
     loop {
         while let Some(Ok(msg)) = listening.messages.next().await {
             let Some(me) = own.upgrade() else {
@@ -321,7 +339,12 @@ async fn run_feed(
         me.copies.feed_lost();
         drop(me);
         tracing::warn!("the PostgreSQL change feed connection closed; listening again");
-        let mut pause = Duration::from_millis(500);
+        // A connection that keeps dying at once is not made again at once.
+        pause = if up_since.elapsed() >= FEED_STEADY {
+            FEED_FIRST_PAUSE
+        } else {
+            (pause * 2).min(FEED_MAX_PAUSE)
+        };
         listening = loop {
             tokio::time::sleep(pause).await;
             if own.strong_count() == 0 {
@@ -330,11 +353,12 @@ async fn run_feed(
             match listen(&config).await {
                 Ok(l) => break l,
                 Err(reason) => {
-                    tracing::warn!(%reason, retry_in = ?(pause * 2).min(Duration::from_secs(30)), "the PostgreSQL change feed cannot listen");
-                    pause = (pause * 2).min(Duration::from_secs(30));
+                    pause = (pause * 2).min(FEED_MAX_PAUSE);
+                    tracing::warn!(%reason, retry_in = ?pause, "the PostgreSQL change feed cannot listen");
                 }
             }
         };
+        up_since = std::time::Instant::now();
         if let Some(me) = own.upgrade() {
             me.copies.feed_back();
         }
@@ -396,6 +420,13 @@ impl PostgresStore {
         // The change feed: a connection of its own, LISTENing. The first is
         // made here (a database that cannot be listened to fails `connect`);
         // the feed's task makes the next ones when one is lost.
+        // The feed's connection is idle between announcements: keepalives
+        // find one cut without a word (about a minute), so it is made again.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         let first = listen(&config).await.map_err(|reason| Error::Unreachable {
             target: target.clone(),
             reason,
