@@ -636,9 +636,9 @@ const OPTIMISTIC_TRIES: usize = 3;
 /// (`moved`: other replicas drop only those workers' lists of workflows;
 /// `null` past 2 KiB of them, which drops every list, so that the
 /// announcement stays far below NOTIFY's 8,000 bytes); its one row (none if
-/// nothing was written) lists every term that went and came. Data-modifying CTEs see the statement's
-/// one snapshot, so each sub-statement keys off the `updated` row, not off
-/// the table. The deleted and inserted terms never overlap: the stale ones
+/// nothing was written) lists them too, past 2 KiB as well. Data-modifying
+/// CTEs see the statement's one snapshot, so each sub-statement keys off the
+/// `updated` row, not off the table. The deleted and inserted terms never overlap: the stale ones
 /// are those not among `$5`, and those of `$5` already there are left as
 /// they are.
 const SWAP: &str = "WITH updated AS (\
@@ -650,14 +650,13 @@ const SWAP: &str = "WITH updated AS (\
         INSERT INTO index_terms (term, key) SELECT t, u.key FROM updated u, unnest($5::text[]) AS t \
         ON CONFLICT (term, key) DO NOTHING RETURNING term\
     ), moved AS (\
-        SELECT ARRAY(SELECT term FROM stale_terms) || ARRAY(SELECT term FROM new_terms) AS terms\
-    ), workers AS (\
-        SELECT ARRAY(SELECT t FROM moved, unnest(moved.terms) AS t WHERE t LIKE 'worker:%') AS terms\
+        SELECT ARRAY(SELECT term FROM stale_terms WHERE term LIKE 'worker:%') \
+            || ARRAY(SELECT term FROM new_terms WHERE term LIKE 'worker:%') AS terms\
     ) \
     SELECT m.terms, pg_notify($6, ($7::text::jsonb || jsonb_build_object('moved', \
-        CASE WHEN octet_length(array_to_string(w.terms, ',')) <= 2048 THEN to_jsonb(w.terms) END\
+        CASE WHEN octet_length(array_to_string(m.terms, ',')) <= 2048 THEN to_jsonb(m.terms) END\
     ))::text) \
-    FROM updated, moved m, workers w";
+    FROM updated, moved m";
 
 /// Replaces the object at `key`, if it is still at version `read`, with `new`
 /// at `read + 1`: its row, its index terms and its announcement in one
@@ -823,6 +822,11 @@ fn workers_in(terms: &[String]) -> Vec<String> {
         .iter()
         .filter_map(|t| t.strip_prefix("worker:").map(str::to_string))
         .collect()
+}
+
+/// The encoded key a workflow is stored (and its copy kept) under.
+fn copy_key(wf: &Workflow) -> String {
+    encode_key(&workflow_key(wf))
 }
 
 /// The key a workflow is stored under.
@@ -1221,7 +1225,7 @@ impl WorkflowStore for PostgresStore {
                 .iter()
                 .filter_map(|v| match &v.value {
                     Object::Workflow(wf) => Some((
-                        encode_key(&workflow_key(wf)),
+                        copy_key(wf),
                         Versioned {
                             version: v.version,
                             value: wf.clone(),
@@ -1293,7 +1297,7 @@ impl WorkflowStore for PostgresStore {
         let found = look(&self.client().await?, worker).await?;
         let keyed: Vec<(String, Versioned<Workflow>)> = found
             .into_iter()
-            .map(|wf| (encode_key(&workflow_key(&wf.value)), wf))
+            .map(|wf| (copy_key(&wf.value), wf))
             .collect();
         self.own
             .copies
@@ -1401,10 +1405,7 @@ impl WorkflowStore for PostgresStore {
         for r in rows {
             locked.extend(parse_row(&r, 0)?.into_workflow());
         }
-        let keys: Vec<String> = locked
-            .iter()
-            .map(|wf| encode_key(&workflow_key(&wf.value)))
-            .collect();
+        let keys: Vec<String> = locked.iter().map(|wf| copy_key(&wf.value)).collect();
         // The rows are this transaction's: nobody writes them in between.
         let found = match claim_from(
             &tx,
