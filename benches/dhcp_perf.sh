@@ -66,24 +66,30 @@ PY
 # the command name in field 2 may hold spaces, so count from its closing paren).
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 
+# Datagrams the kernel dropped because a UDP socket's receive buffer was full, in a
+# namespace: which side lost what perfdhcp counts as dropped (the server's socket,
+# or perfdhcp's own when it has no core to read on).
+rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ { if (seen) { for (i = 1; i <= NF; i++) if (h[i] == "RcvbufErrors") print $i; exit } split($0, h); seen = 1 }' /proc/net/snmp; }
+
 run_perf() { # label rate pid
-  local before after out; before=$(cpu_ticks "$3")
+  local before after out s0 c0 s1 c1; before=$(cpu_ticks "$3"); s0=$(rcvbuf_errors $S); c0=$(rcvbuf_errors $C)
   out=$(ip netns exec $C timeout $((SECS+30)) perfdhcp -4 -l 10.78.0.2 -b mac=02:00:00:00:00:00 -R "$N" -r "$2" -p "$SECS" 10.78.0.1 2>&1 || true)
-  after=$(cpu_ticks "$3")
+  after=$(cpu_ticks "$3"); s1=$(rcvbuf_errors $S); c1=$(rcvbuf_errors $C)
   local sent recv avg max
   sent=$(echo "$out" | awk '/sent packets/{print $3}' | sed -n 2p)
   recv=$(echo "$out" | awk '/received packets/{print $3}' | sed -n 2p)
   avg=$(echo "$out" | awk '/avg delay/{print $3}' | sed -n 2p)
   max=$(echo "$out" | awk '/max delay/{print $3}' | sed -n 2p)
-  python3 - "$1" "$2" "${sent:-0}" "${recv:-0}" "$SECS" "$before" "$after" "$TCK" "${avg:-?}" "${max:-?}" <<'PY' | tee -a "$W/rows"
+  python3 - "$1" "$2" "${sent:-0}" "${recv:-0}" "$SECS" "$before" "$after" "$TCK" "${avg:-?}" "${max:-?}" $((s1 - s0)) $((c1 - c0)) <<'PY' | tee -a "$W/rows"
 import sys
-label, rate, sent, recv, secs, before, after, tck, avg, mx = sys.argv[1:]
+label, rate, sent, recv, secs, before, after, tck, avg, mx, srv_drops, cli_drops = sys.argv[1:]
 sent, recv, secs, tck = int(sent), int(recv), int(secs), int(tck)
 u0, s0 = map(int, before.split()); u1, s1 = map(int, after.split())
 us = lambda ticks: 1e6 * ticks / tck / recv if recv else float("nan")
 drop = 100 * (sent - recv) / sent if sent else 0
 print(f"| {label} | {rate} | {sent} | {recv} | {round(recv / secs)} | {drop:.1f}% "
-      f"| {us(u1 - u0):.1f} | {us(s1 - s0):.1f} | {us(u1 - u0 + s1 - s0):.1f} | {avg} | {mx} |")
+      f"| {us(u1 - u0):.1f} | {us(s1 - s0):.1f} | {us(u1 - u0 + s1 - s0):.1f} | {avg} | {mx} "
+      f"| {srv_drops} / {cli_drops} |")
 PY
 }
 
@@ -106,13 +112,13 @@ for rate in $RATES; do
 done
 
 echo "our counters (non-zero):"; cat "$W/metrics" 2>/dev/null || true
-table="| server | offered/s | sent | 4-way exchanges done | exchanges/s | dropped | user µs / exchange | system µs / exchange | CPU µs / exchange | avg ms | max ms |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+table="| server | offered/s | sent | 4-way exchanges done | exchanges/s | dropped | user µs / exchange | system µs / exchange | CPU µs / exchange | avg ms | max ms | kernel drops: server / perfdhcp |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|
 $(cat "$W/rows")"
 echo "$table"
 [ -n "${NO_WRITE:-}" ] && exit 0
 section="<!-- dhcp_perf:begin -->
-Command: \`sudo benches/dhcp_perf.sh\` (run $(date -u +%F); $(nproc) cores; perfdhcp relayed from its own namespace over a veth pair, $SECS s per run, $N reserved machines, MACs 02:00:00:00:00:00 onward; \"sent\"/\"done\" are REQUEST/ACK pairs, the second half of DORA; CPU is the server process's own utime and stime from /proc/PID/stat over the run, divided by the exchanges done).
+Command: \`sudo benches/dhcp_perf.sh\` (run $(date -u +%F); $(nproc) cores; perfdhcp relayed from its own namespace over a veth pair, $SECS s per run, $N reserved machines, MACs 02:00:00:00:00:00 onward; \"sent\"/\"done\" are REQUEST/ACK pairs, the second half of DORA; CPU is the server process's own utime and stime from /proc/PID/stat over the run, divided by the exchanges done; kernel drops are datagrams lost to a full UDP receive buffer, \`RcvbufErrors\` of /proc/net/snmp in the server's namespace and in perfdhcp's, over the run).
 
 $table
 <!-- dhcp_perf:end -->"

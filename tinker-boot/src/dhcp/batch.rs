@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 64;
 
 /// The largest request read whole; longer ones are cut (and then fail to
 /// parse, counted as malformed). DHCP's own minimum is 576.
