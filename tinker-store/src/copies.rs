@@ -15,7 +15,8 @@
 //!   refreshes the copies).
 //!
 //! How stale an answer can be:
-//! - Another replica's write is seen once announced (milliseconds): its
+//! - Another replica's write is seen once announced (milliseconds: a
+//!   store announces its writes after their commit, in batches): its
 //!   announcement drops the workflow's copy, and the lists of the workers
 //!   the write moved it to or from (the announcement of a conditional write
 //!   lists the index terms it changed; without that list, every worker's
@@ -30,8 +31,10 @@
 //!   one.
 //! - This store's own write is kept when its statement has answered (it
 //!   committed alone); one whose answer never came (an error, a dropped
-//!   call) drops the copy and every list at once, and its announcement, if
-//!   it landed, is taken as another's.
+//!   call) drops the copy and every list at once, and its announcement,
+//!   sent if the database shows it landed, is taken as another's.
+//! - Announcements can cross (two stores', or one store's sent from two
+//!   tasks): the newest version heard of stays in force.
 //! - Nothing is older than [`Copies::MAX_AGE`]: a feed that went quiet
 //!   without closing (a lost connection not noticed yet) cannot keep an
 //!   answer longer, and a feed that closed stops all answers until it
@@ -359,8 +362,10 @@ impl Copies {
             inner.lists_may_have_changed();
             return;
         }
-        // Announcements come in commit order: the last one is the row's.
-        inner.announced.insert(k.to_string(), version);
+        // Announcements can cross (each store sends its own after their
+        // commits, in batches): the newest seen is the row's, or older.
+        let newest = inner.announced.entry(k.to_string()).or_insert(version);
+        *newest = (*newest).max(version);
         // Our own write whose ticket ended without keeping it (its answer
         // never came, but it landed): what it did is learnt here.
         let unseen = writer == Writer::Us
@@ -474,6 +479,20 @@ mod tests {
         c.announced("a", 5, false, Writer::Us, None);
         assert_eq!(versions(c.look("w", t)), Some(vec![5, 1]));
         assert_eq!(c.get("a", t).map(|w| w.version), Some(5));
+    }
+
+    #[test]
+    fn announcements_that_cross_leave_the_newest_in_force() {
+        let (c, t) = (Copies::default(), Instant::now());
+        // Another replica's 6 is heard before the 5 it was written on.
+        c.announced("a", 6, false, Writer::Other, Some(vec![]));
+        c.announced("a", 5, false, Writer::Other, Some(vec![]));
+        // A look that read 5 keeps no copy the 6 has passed.
+        c.looked("w", c.epoch(), &one("a", 5), t);
+        assert!(c.get("a", t).is_none(), "5 is behind the announced 6");
+        assert!(c.look("w", t).is_none());
+        c.looked("w", c.epoch(), &one("a", 6), t);
+        assert_eq!(versions(c.look("w", t)), Some(vec![6]));
     }
 
     #[test]

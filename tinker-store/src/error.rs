@@ -62,6 +62,20 @@ pub enum StoreError {
     /// record that this code cannot read, or a value that cannot be written).
     #[error("a stored record is not valid JSON for this version: {0}")]
     Record(#[from] serde_json::Error),
+    /// A change's announcement to the other replicas would pass PostgreSQL's
+    /// NOTIFY limit (a name or namespace of thousands of bytes). Nothing was
+    /// written.
+    #[error(
+        "{key}: its change announcement would take {bytes} bytes, past PostgreSQL's limit of {max}: use a shorter name"
+    )]
+    AnnouncementTooLong {
+        /// The object's key.
+        key: String,
+        /// The announcement's length.
+        bytes: usize,
+        /// The longest PostgreSQL takes.
+        max: usize,
+    },
     /// The embedded store's writer thread is gone (the process is shutting down,
     /// or the thread could not be started), so no write can be made.
     #[error("the embedded store's writer thread has stopped")]

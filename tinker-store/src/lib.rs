@@ -42,6 +42,8 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "postgres")]
+mod announcer;
 mod common;
 #[cfg(feature = "postgres")]
 mod copies;

@@ -3,17 +3,20 @@
 //! - Optimistic concurrency: a `version` column. A write of an object at the
 //!   version its writer read (`Precondition::Version`, an event, a claim) is
 //!   one statement that updates the row only if it is still at that version,
-//!   and its index terms and announcement only if it was (`swap`): one round
-//!   trip and one commit. Other writes check the version under `SELECT ... FOR
+//!   and its index terms only if it was (`swap`): one round trip and one
+//!   commit. Other writes check the version under `SELECT ... FOR
 //!   UPDATE` in a transaction.
 //! - Claims and events read, decide in Rust, and write back with `swap`; one
 //!   that finds its workflow written in between reads again, and after
 //!   `OPTIMISTIC_TRIES` races takes row locks that do not block other workers
 //!   (`FOR UPDATE SKIP LOCKED` over the worker's workflows), so two replicas
 //!   serving the same worker never hand out one action twice.
-//! - The change feed is `LISTEN/NOTIFY` (`pg_notify` inside each writing
-//!   transaction, delivered on commit), so every replica sees every replica's
-//!   writes; each announcement names the store that wrote it.
+//! - The change feed is `LISTEN/NOTIFY`, so every replica sees every
+//!   replica's writes; each announcement names the store that wrote it. A
+//!   write is announced after its commit, in a batch with others, on a
+//!   connection of its own ([`Announcer`]): a `NOTIFY` inside the write
+//!   would hold PostgreSQL's cluster-wide notify lock through the write's
+//!   WAL flush, one committing write at a time.
 //! - Copies of the workflows this store wrote alone in a statement or read,
 //!   dropped by other replicas' announcements and by its own writes in a
 //!   transaction ([`Copies`]): a long poll's look at a worker's workflows and
@@ -36,6 +39,7 @@
 //!   agent backs off) instead of piling up for as long as it hangs.
 
 use crate::StoreError;
+use crate::announcer::{Announcer, Notice};
 use crate::common::{
     FEED_CAPACITY, Migration, check_key, encode_key, index_diff, kind_prefix, pending_migrations,
     taken,
@@ -171,10 +175,12 @@ struct Own {
     /// tells its own writes from other replicas'.
     id: u64,
     copies: Copies,
+    /// Sends the announcements of writes made alone, after their commit.
+    announcer: Announcer,
 }
 
 impl Own {
-    fn new() -> Self {
+    fn new(announcer: Announcer) -> Self {
         use std::hash::{BuildHasher, Hasher};
         // RandomState is seeded from the OS once per process, and each one
         // made after differs: two stores never share a name in practice.
@@ -188,29 +194,113 @@ impl Own {
         Own {
             id: h.finish(),
             copies: Copies::default(),
+            announcer,
         }
     }
 
-    /// The payload of `change`'s NOTIFY, made `how`.
-    fn announcement(&self, change: &Change, how: Alone) -> Result<String> {
-        serde_json::to_string(&Announcement {
-            change: change.clone(),
-            by: (how == Alone::Yes).then_some(self.id),
-            moved: None,
+    /// The payload of `change`'s NOTIFY, naming this store if `ours` (see
+    /// [`Alone`]); `moved`: the worker terms the write changed, if known,
+    /// left out if they would not fit. An error if even the change alone
+    /// would not fit (a name of thousands of bytes): checked before the
+    /// write, which is then not made.
+    fn announcement(
+        &self,
+        change: &Change,
+        ours: bool,
+        moved: Option<Vec<String>>,
+    ) -> Result<String> {
+        let payload = |moved| {
+            serde_json::to_string(&Announcement {
+                change: change.clone(),
+                by: ours.then_some(self.id),
+                moved,
+            })
+            .map_err(json_err)
+        };
+        let with_moved = moved.is_some();
+        let mut made = payload(moved)?;
+        if made.len() > MAX_PAYLOAD && with_moved {
+            made = payload(None)?;
+        }
+        if made.len() > MAX_PAYLOAD {
+            return Err(StoreError::AnnouncementTooLong {
+                key: change.key.to_string(),
+                bytes: made.len(),
+                max: MAX_PAYLOAD,
+            }
+            .into_core("postgres"));
+        }
+        Ok(made)
+    }
+
+    /// `change`'s notice if its write's answer never came: sent if the
+    /// database shows it landed.
+    fn if_landed(&self, change: &Change, ours: bool) -> Result<Notice> {
+        Ok(Notice::IfLanded {
+            payload: self.announcement(change, ours, None)?,
+            key: encode_key(&change.key),
+            version: change.version,
+            deleted: change.deleted,
         })
-        .map_err(json_err)
     }
 }
+
+/// The longest NOTIFY payload PostgreSQL takes is 7,999 bytes.
+const MAX_PAYLOAD: usize = 7_999;
 
 /// Whether a write is alone in its statement (autocommitted, its answer
 /// telling whether it landed), or part of a transaction. A write in a
 /// transaction is not kept as a copy (the transaction may still roll back,
 /// or commit unseen), and is announced without the store's name, so that
-/// its announcement drops the copy and the lists as another's would.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Alone {
+/// its announcement drops the copy and the lists as another's would; its
+/// announcement waits in the transaction's [`Deferred`] for the commit.
+#[derive(Debug, Clone, Copy)]
+enum Alone<'a> {
     Yes,
-    InTransaction,
+    InTransaction(&'a Deferred),
+}
+
+/// The notices of a transaction's writes (as [`Notice::IfLanded`], until
+/// the commit says), sent once it has committed (see [`Own::commit`]).
+#[derive(Debug, Default)]
+struct Deferred(std::sync::Mutex<Vec<Notice>>);
+
+impl Deferred {
+    fn push(&self, notice: Notice) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(notice);
+    }
+}
+
+impl Own {
+    /// Commits `tx`, forgets the copies at `forget` (read-your-writes: gone
+    /// before the writes are announced, even after an error, as the commit
+    /// may have landed), then queues its writes' notices: as landed if it
+    /// committed, as unsure if its answer never came. Room in the queue is
+    /// taken before the commit, so a call dropped during it still announces.
+    /// A store's notices go through one queue: writes made one after another
+    /// are announced in that order.
+    async fn commit(
+        &self,
+        tx: Transaction<'_>,
+        deferred: Deferred,
+        forget: &[String],
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        let notices = deferred.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        let reserved = self.announcer.reserve(notices.clone()).await;
+        let committed = tx.commit().await;
+        for k in forget {
+            self.copies.forget(k);
+        }
+        match &committed {
+            Ok(()) => reserved.landed(notices.into_iter().map(Notice::into_payload)),
+            Err(e) if e.code().is_some() => reserved.none(),
+            Err(_) => reserved.unsure(),
+        }
+        committed
+    }
 }
 
 /// A NOTIFY's payload: the change, and which store made it (absent from
@@ -222,8 +312,8 @@ struct Announcement {
     change: Change,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     by: Option<u64>,
-    /// The index terms the write changed, when the database said (added by
-    /// [`SWAP`] itself).
+    /// The worker terms a conditional write changed, as [`SWAP`]'s row
+    /// listed them (none past 2 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     moved: Option<Vec<String>>,
 }
@@ -431,7 +521,7 @@ impl PostgresStore {
             target: target.clone(),
             reason,
         })?;
-        let own = Arc::new(Own::new());
+        let own = Arc::new(Own::new(Announcer::start(config.clone(), CHANNEL)));
         tokio::spawn(run_feed(config, first, feed.clone(), Arc::downgrade(&own)));
         Ok(PostgresStore {
             pool,
@@ -631,12 +721,12 @@ async fn read_for_update(tx: &Transaction<'_>, k: &str) -> Result<Option<Version
 const OPTIMISTIC_TRIES: usize = 3;
 
 /// The one statement of [`swap`]: the row's update if it is still at the
-/// version read, then (only if it was) its index terms made the new object's
-/// and the change announced with the worker terms that went and came
-/// (`moved`: other replicas drop only those workers' lists of workflows;
-/// `null` past 2 KiB of them, which drops every list, so that the
-/// announcement stays far below NOTIFY's 8,000 bytes); its one row (none if
-/// nothing was written) lists them too, past 2 KiB as well. Data-modifying
+/// version read, then (only if it was) its index terms made the new object's;
+/// its one row (none if nothing was written) lists the worker terms that
+/// went and came, which the announcement carries (`moved`: other replicas
+/// drop only those workers' lists of workflows; none past 2 KiB of them,
+/// which drops every list, so that the announcement stays far below
+/// NOTIFY's 8,000 bytes). Data-modifying
 /// CTEs see the statement's one snapshot, so each sub-statement keys off the
 /// `updated` row, not off the table. The deleted and inserted terms never overlap: the stale ones
 /// are those not among `$5`, and those of `$5` already there are left as
@@ -653,14 +743,12 @@ const SWAP: &str = "WITH updated AS (\
         SELECT ARRAY(SELECT term FROM stale_terms WHERE term LIKE 'worker:%') \
             || ARRAY(SELECT term FROM new_terms WHERE term LIKE 'worker:%') AS terms\
     ) \
-    SELECT m.terms, pg_notify($6, ($7::text::jsonb || jsonb_build_object('moved', \
-        CASE WHEN octet_length(array_to_string(m.terms, ',')) <= 2048 THEN to_jsonb(m.terms) END\
-    ))::text) \
-    FROM updated, moved m";
+    SELECT m.terms FROM updated, moved m";
 
 /// Replaces the object at `key`, if it is still at version `read`, with `new`
-/// at `read + 1`: its row, its index terms and its announcement in one
-/// statement, so one round trip and one commit, where a locking transaction
+/// at `read + 1`: its row and its index terms in one statement, so one round
+/// trip and one commit (then its announcement, queued, or deferred to the
+/// transaction's commit), where a locking transaction
 /// takes four round trips (BEGIN, the read `FOR UPDATE`, the writes, COMMIT).
 /// `Ok(None)`: the row is gone or was written since `read` (the caller reads
 /// it again). A workflow written alone (`how`) is kept in `own`'s copies at
@@ -668,7 +756,7 @@ const SWAP: &str = "WITH updated AS (\
 async fn swap(
     client: &impl Prepared,
     own: &Own,
-    how: Alone,
+    how: Alone<'_>,
     key: &ObjectKey,
     read: u64,
     new: &Object,
@@ -676,30 +764,27 @@ async fn swap(
     let k = encode_key(key);
     let version = read + 1;
     let terms: Vec<String> = index_terms(new).iter().map(IndexTerm::as_key).collect();
-    let payload = own.announcement(
-        &Change {
-            key: key.clone(),
-            version,
-            deleted: false,
-        },
-        how,
-    )?;
+    let change = Change {
+        key: key.clone(),
+        version,
+        deleted: false,
+    };
     let ticket = match new {
-        Object::Workflow(_) if how == Alone::Yes => Some(own.copies.begin(&k)),
+        Object::Workflow(_) if matches!(how, Alone::Yes) => Some(own.copies.begin(&k)),
         _ => None,
+    };
+    let ours = matches!(how, Alone::Yes);
+    // Checked before the write: a change whose announcement would not fit
+    // is not made.
+    let unsure = own.if_landed(&change, ours)?;
+    let reserved = match how {
+        Alone::Yes => Some(own.announcer.reserve(vec![unsure.clone()]).await),
+        Alone::InTransaction(_) => None,
     };
     let swapped = client
         .query_opt_prepared(
             SWAP,
-            &[
-                &k,
-                &(read as i64),
-                &(version as i64),
-                &Json(new),
-                &terms,
-                &CHANNEL,
-                &payload,
-            ],
+            &[&k, &(read as i64), &(version as i64), &Json(new), &terms],
         )
         .await;
     match swapped {
@@ -707,16 +792,25 @@ async fn swap(
             if let Some(ticket) = ticket {
                 ticket.lost();
             }
+            if let Some(r) = reserved {
+                r.none();
+            }
             Ok(None)
         }
         Ok(Some(row)) => {
+            // The worker terms it came to or left; all of them if the row
+            // does not say.
+            let moved = row.try_get::<_, Vec<String>>(0).ok();
+            let announced = moved.clone().filter(|terms| fits_announcement(terms));
+            let payload = own.announcement(&change, ours, announced)?;
+            match (how, reserved) {
+                // Committed: announced now (see `announcer`).
+                (Alone::Yes, Some(reserved)) => reserved.landed([payload]),
+                (Alone::InTransaction(deferred), _) => deferred.push(unsure.with_payload(payload)),
+                (Alone::Yes, None) => unreachable!("reserved above"),
+            }
             if let (Some(ticket), Object::Workflow(wf)) = (ticket, new) {
-                // The workers it came to or left (its worker terms changed);
-                // all of them if the row does not say.
-                let moved = row
-                    .try_get::<_, Vec<String>>(0)
-                    .ok()
-                    .map(|terms| workers_in(&terms));
+                let moved = moved.map(|terms| workers_in(&terms));
                 ticket.wrote(
                     Versioned {
                         version,
@@ -731,10 +825,30 @@ async fn swap(
         // A MAC or an IP address another object holds: the statement wrote
         // nothing; say which term and who holds it.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            if let Some(r) = reserved {
+                r.none();
+            }
             Err(unique_term_taken(client, key, new, e).await)
         }
-        Err(e) => Err(pg(e)),
+        Err(e) => {
+            // The database said no: nothing was written. No answer (the
+            // connection failed): the write may have landed, and is announced
+            // if it did.
+            match (e.code(), reserved) {
+                (Some(_), Some(r)) => r.none(),
+                (None, Some(r)) => r.unsure(),
+                (_, None) => {}
+            }
+            Err(pg(e))
+        }
     }
+}
+
+/// Whether the worker terms a write moved are few enough to announce:
+/// NOTIFY takes at most 8,000 bytes, and past 2 KiB of them the
+/// announcement says none (which drops every list).
+fn fits_announcement(terms: &[String]) -> bool {
+    terms.iter().map(|t| t.len() + 1).sum::<usize>() <= 2048 + 1
 }
 
 /// The error for a write that broke `index_terms_unique`: the first of
@@ -840,11 +954,12 @@ fn workflow_key(wf: &Workflow) -> ObjectKey {
 
 /// How [`apply_once`] reads the workflow.
 #[derive(Clone, Copy)]
-enum Read {
+enum Read<'a> {
     /// Outside any transaction; the write checks the version.
     Plain,
-    /// `FOR UPDATE`, inside the caller's transaction.
-    Locked,
+    /// `FOR UPDATE`, inside the caller's transaction (whose announcements
+    /// wait in the `Deferred`).
+    Locked(&'a Deferred),
 }
 
 /// One try of an event: the workflow read, the state machine run, and the
@@ -858,12 +973,12 @@ async fn apply_once(
     key: &ObjectKey,
     event: &WorkflowEvent,
     now: Timestamp,
-    how: Read,
+    how: Read<'_>,
 ) -> Result<Option<(Versioned<Workflow>, Result<Effect>)>> {
     let k = encode_key(key);
     let sql = match how {
         Read::Plain => "SELECT version, body FROM objects WHERE key = $1",
-        Read::Locked => "SELECT version, body FROM objects WHERE key = $1 FOR UPDATE",
+        Read::Locked(_) => "SELECT version, body FROM objects WHERE key = $1 FOR UPDATE",
     };
     let row = client.query_opt_prepared(sql, &[&k]).await.map_err(pg)?;
     let Some(Versioned {
@@ -877,7 +992,7 @@ async fn apply_once(
     };
     let source = match how {
         Read::Plain => Source::Read,
-        Read::Locked => Source::ReadLocked,
+        Read::Locked(deferred) => Source::ReadLocked(deferred),
     };
     apply_to(
         client,
@@ -892,13 +1007,14 @@ async fn apply_once(
 }
 
 /// Where [`apply_to`]'s workflow came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
+#[derive(Clone, Copy)]
+enum Source<'a> {
     /// Read from the database just now.
     Read,
     /// Read from the database just now, under the row's lock in the
-    /// caller's transaction (the write joins it).
-    ReadLocked,
+    /// caller's transaction (the write joins it, its announcement waits in
+    /// the `Deferred`).
+    ReadLocked(&'a Deferred),
     /// This store's copy of the workflow ([`Copies`]): only a write
     /// at its version proves it current, so an event that changes nothing on
     /// it (a refusal, a repeat) may be a stale copy's answer and is not given.
@@ -916,7 +1032,7 @@ async fn apply_to(
     read: Versioned<Workflow>,
     event: &WorkflowEvent,
     now: Timestamp,
-    source: Source,
+    source: Source<'_>,
 ) -> Result<Option<(Versioned<Workflow>, Result<Effect>)>> {
     let Versioned {
         version,
@@ -924,11 +1040,13 @@ async fn apply_to(
     } = read;
     let (changed, result) = apply_to_workflow(&mut wf, event, now);
     if !changed {
-        return Ok((source != Source::Copy).then(|| (Versioned { version, value: wf }, result)));
+        return Ok(
+            (!matches!(source, Source::Copy)).then(|| (Versioned { version, value: wf }, result))
+        );
     }
     let object = Object::Workflow(wf);
     let how = match source {
-        Source::ReadLocked => Alone::InTransaction,
+        Source::ReadLocked(deferred) => Alone::InTransaction(deferred),
         Source::Read | Source::Copy => Alone::Yes,
     };
     let Some(version) = swap(client, own, how, key, version, &object).await? else {
@@ -957,7 +1075,7 @@ enum Claimed {
 async fn claim_from(
     client: &impl Prepared,
     own: &Own,
-    how: Alone,
+    how: Alone<'_>,
     candidates: Vec<Versioned<Workflow>>,
     worker: &str,
     request: Option<&str>,
@@ -996,8 +1114,8 @@ async fn claim_from(
 /// A boxed statement of [`write`]'s pipeline.
 type Pipelined<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
-/// Writes (or deletes) an object and its index terms in `tx`, and announces
-/// `change` on the feed (delivered at commit).
+/// Writes (or deletes) an object and its index terms in `tx`, and defers
+/// `change`'s announcement to the transaction's commit ([`Own::commit`]).
 ///
 /// The statements after the unique-term checks go out together: prepared
 /// first (from the connection's cache, so no round trip after a statement's
@@ -1008,6 +1126,7 @@ type Pipelined<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(
 async fn write(
     tx: &Transaction<'_>,
     own: &Own,
+    deferred: &Deferred,
     key: &ObjectKey,
     old: Option<&Object>,
     new: Option<&Versioned<Object>>,
@@ -1031,7 +1150,7 @@ async fn write(
     }
     let body = new.map(|v| Json(&v.value));
     let version = new.map(|v| v.version as i64);
-    let payload = own.announcement(change, Alone::InTransaction)?;
+    deferred.push(own.if_landed(change, false)?);
     let main = tx
         .prepare_cached(match new {
             // A create is a plain INSERT: a concurrent creator that committed
@@ -1066,11 +1185,7 @@ async fn write(
         )
         .await
         .map_err(pg)?;
-    let announce = tx
-        .prepare_cached("SELECT pg_notify($1, $2)")
-        .await
-        .map_err(pg)?;
-    let mut pipeline: Vec<Pipelined<'_>> = Vec::with_capacity(2 + remove.len() + add.len());
+    let mut pipeline: Vec<Pipelined<'_>> = Vec::with_capacity(1 + remove.len() + add.len());
     let created = new.is_some() && old.is_none();
     let (main, k_ref) = (&main, &k);
     pipeline.push(Box::pin(async move {
@@ -1113,14 +1228,6 @@ async fn write(
                 })
         }));
     }
-    let announce = &announce;
-    let payload = &payload;
-    pipeline.push(Box::pin(async move {
-        tx.execute(announce, &[&CHANNEL, payload])
-            .await
-            .map(drop)
-            .map_err(pg)
-    }));
     // Every statement's answer is awaited, and the first failure in the
     // pipeline's order is the one returned: the statements after it only
     // say that the transaction was aborted. (Returning the first failure to
@@ -1254,9 +1361,11 @@ impl WorkflowStore for PostgresStore {
             });
         };
         check_precondition(key, Some(old.version), precondition)?;
+        let deferred = Deferred::default();
         write(
             &tx,
             &self.own,
+            &deferred,
             key,
             Some(&old.value),
             None,
@@ -1267,12 +1376,12 @@ impl WorkflowStore for PostgresStore {
             },
         )
         .await?;
-        let committed = tx.commit().await;
-        // Read-your-writes: gone from the copies before its announcement
-        // (even after an error: the commit may have landed).
-        if key.kind == Kind::Workflow {
-            self.own.copies.forget(&encode_key(key));
-        }
+        // Read-your-writes: gone from the copies before its announcement.
+        let forget = match key.kind {
+            Kind::Workflow => vec![encode_key(key)],
+            _ => Vec::new(),
+        };
+        let committed = self.own.commit(tx, deferred, &forget).await;
         committed.map_err(pg)
     }
 
@@ -1340,10 +1449,13 @@ impl WorkflowStore for PostgresStore {
             }
         }
         let tx = client.transaction().await.map_err(pg)?;
-        let applied = apply_once(&tx, &self.own, key, event, now, Read::Locked).await?;
-        let committed = tx.commit().await;
+        let deferred = Deferred::default();
+        let applied = apply_once(&tx, &self.own, key, event, now, Read::Locked(&deferred)).await?;
         // Not kept as a copy (written in a transaction); read-your-writes.
-        self.own.copies.forget(&k);
+        let committed = self
+            .own
+            .commit(tx, deferred, std::slice::from_ref(&k))
+            .await;
         committed.map_err(pg)?;
         // Under the row's lock nobody writes in between; were it to happen,
         // the caller hears of a lost race, as from any conflict.
@@ -1407,10 +1519,11 @@ impl WorkflowStore for PostgresStore {
         }
         let keys: Vec<String> = locked.iter().map(|wf| copy_key(&wf.value)).collect();
         // The rows are this transaction's: nobody writes them in between.
+        let deferred = Deferred::default();
         let found = match claim_from(
             &tx,
             &self.own,
-            Alone::InTransaction,
+            Alone::InTransaction(&deferred),
             locked,
             worker,
             request,
@@ -1421,11 +1534,8 @@ impl WorkflowStore for PostgresStore {
             Claimed::Done(found) => found,
             Claimed::Raced => None,
         };
-        let committed = tx.commit().await;
         // Not kept as copies (written in a transaction); read-your-writes.
-        for k in &keys {
-            self.own.copies.forget(k);
-        }
+        let committed = self.own.commit(tx, deferred, &keys).await;
         committed.map_err(pg)?;
         Ok(found)
     }
@@ -1544,9 +1654,11 @@ impl PostgresStore {
         let old = read_for_update(&tx, &k).await?;
         check_precondition(key, old.as_ref().map(|v| v.version), precondition)?;
         let version = old.as_ref().map_or(0, |v| v.version) + 1;
+        let deferred = Deferred::default();
         write(
             &tx,
             &self.own,
+            &deferred,
             key,
             old.as_ref().map(|v| &v.value),
             Some(&Versioned {
@@ -1560,12 +1672,13 @@ impl PostgresStore {
             },
         )
         .await?;
-        let committed = tx.commit().await;
-        // Made or replaced whole (its workers may have changed); even after
-        // an error, as the commit may have landed.
-        if key.kind == Kind::Workflow {
-            self.own.copies.forget(&k);
-        }
+        // Made or replaced whole (its workers may have changed): its copy
+        // goes, even after an error, as the commit may have landed.
+        let forget = match key.kind {
+            Kind::Workflow => vec![k],
+            _ => Vec::new(),
+        };
+        let committed = self.own.commit(tx, deferred, &forget).await;
         match committed {
             Ok(()) => Ok(version),
             // Two creators raced past the empty read: the loser gets AlreadyExists.

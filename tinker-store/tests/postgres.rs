@@ -878,3 +878,95 @@ async fn the_change_feed_listens_again_after_the_database_restarts() {
     .expect("the feed listens again");
     assert!(heard.key.name.starts_with("after-"), "{heard:?}");
 }
+
+/// A store's writes are announced after their commit, on a connection of its
+/// own: one lost to a database restart is made again, and every write that
+/// landed after the restart is heard, the first (whose notice may have been
+/// in flight when the connection was found dead) included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stores_writes_are_announced_again_after_the_database_restarts() {
+    let Some(pg) = Cluster::start() else {
+        return;
+    };
+    let a = PostgresStore::connect(&pg.url).await.unwrap();
+    // Its announcing connection is made at its first write.
+    let mut heard_before = a.watch();
+    a.put(
+        testing::hardware("before", 300).into(),
+        Precondition::Absent,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), heard_before.recv())
+        .await
+        .expect("the first write is heard")
+        .unwrap();
+    pg.restart();
+    let b = PostgresStore::connect(&pg.url).await.unwrap();
+    let mut feed = b.watch();
+    // The first tries may fail on pooled connections the restart closed.
+    let mut landed = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let name = format!("again-{i}");
+        let hw = testing::hardware(&name, 400 + i);
+        match a.put(hw.into(), Precondition::Absent).await {
+            Ok(_) => {
+                landed.insert(name);
+                if landed.len() == 3 {
+                    break;
+                }
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(landed.len(), 3, "the store writes again after the restart");
+    let mut heard = std::collections::BTreeSet::new();
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while heard != landed {
+            let change = feed.recv().await.expect("feed open");
+            if landed.contains(&change.key.name) {
+                heard.insert(change.key.name);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("heard {heard:?} of {landed:?}"));
+}
+
+/// A change whose announcement would pass NOTIFY's 8,000 bytes is refused
+/// before it is written, with its reason; the store's next writes are
+/// announced as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_too_long_to_announce_is_refused_and_the_next_is_heard() {
+    let Some(pg) = Cluster::start() else {
+        return;
+    };
+    let a = PostgresStore::connect(&pg.url).await.unwrap();
+    let b = PostgresStore::connect(&pg.url).await.unwrap();
+    let mut feed = b.watch();
+    let long = "x".repeat(9_000);
+    let refused = a
+        .put(testing::hardware(&long, 500).into(), Precondition::Absent)
+        .await
+        .expect_err("an announcement past 8,000 bytes");
+    assert!(
+        format!("{refused:#}").contains("announcement") && refused.to_string().len() < 12_000,
+        "{refused}"
+    );
+    let key = tinker_core::model::ObjectKey::default_ns(tinker_core::model::Kind::Hardware, &long);
+    assert!(a.get(&key).await.unwrap().is_none(), "nothing written");
+    a.put(testing::hardware("short", 501).into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let change = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let change = feed.recv().await.expect("feed open");
+            if change.key.name == "short" {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("the next write is heard");
+    assert_eq!(change.version, 1);
+}
