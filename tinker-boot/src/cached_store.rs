@@ -13,7 +13,7 @@
 //! `put` or `delete` of a Hardware drops what is cached of it before it
 //! returns, so a writer reads its own write. Another replica's write is seen
 //! when its announcement arrives (with PostgreSQL, a NOTIFY that follows the
-//! commit within milliseconds). A Hardware read more than [`MAX_CACHED_AGE`] ago is read again,
+//! commit, within milliseconds while the database answers). A Hardware read more than [`MAX_CACHED_AGE`] ago is read again,
 //! so a feed that stopped without saying so (a lost LISTEN connection) leaves
 //! answers at most that old. Only found Hardware is cached: a MAC or address
 //! nobody holds is asked of the store each time, so made-up callers cannot

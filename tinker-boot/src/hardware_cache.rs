@@ -6,8 +6,8 @@
 //! change may have added the MAC), and a feed that fell behind drops
 //! everything. The feed is drained before each lookup, so a change the store
 //! has announced is seen by the next packet (with PostgreSQL the
-//! announcement, a NOTIFY, follows the commit within milliseconds, sent in a
-//! batch with others). A lookup that
+//! announcement, a NOTIFY, follows the commit in a batch with others, within
+//! milliseconds while the database answers). A lookup that
 //! raced a change caches what it read unless the change was to the Hardware
 //! it found (before, any change in between kept it out, and under a storm of
 //! Hardware writes the cache then held almost nothing: the PostgreSQL storm

@@ -16,20 +16,26 @@
 //!
 //! What this gives up, and how it is bounded:
 //! - A write and its announcement are no longer one commit. Room in the
-//!   queue is taken before the write ([`Announcer::reserve`]), so a write
-//!   that lands is announced even if its caller is dropped mid-write; one
-//!   whose answer never came is announced only if the database shows it
-//!   landed ([`Notice::IfLanded`]). A control plane that stops between the
-//!   commit and the send leaves that write unannounced: the other replicas
-//!   learn of it as of a change made while their feed was down (copies and
-//!   caches age out, waiters reach their deadline, the engine sweeps), and no
-//!   write is lost, each being conditional on the version it read.
-//! - Two stores' announcements can cross; the feed's readers keep the newest
-//!   version they heard of.
-//! - A notice the database refuses (it cannot be, as payloads are checked
-//!   before their write, but a database may be read-only after a failover)
-//!   is dropped with a warning rather than retried forever: the queue behind
-//!   it must move.
+//!   queue is taken before the write ([`Announcer::reserve`]). A write whose
+//!   answer never came, or whose caller was dropped mid-write, is announced
+//!   if its row shows it landed ([`Notice::IfLanded`]), checked at once and
+//!   again after 1, 5 and 30 s (the write may still be waiting on a lock or
+//!   the WAL); one that lands later than that is not announced. A control
+//!   plane that stops between the commit and the send leaves that write
+//!   unannounced: the other replicas learn of it as of a change made while
+//!   their feed was down (copies and caches age out, waiters reach their
+//!   deadline, the engine sweeps), and no write is lost, each being
+//!   conditional on the version it read.
+//! - Announcements can cross (two stores', or one store's from two tasks):
+//!   the copies and the waiters keep the newest version they heard of. Not
+//!   handled: an update heard after a deletion and a re-creation of the same
+//!   object leaves that newer version in force until the object passes it
+//!   (copies of it are not used, waiters below it are woken at once).
+//! - A notice the database refuses (payloads are checked before their
+//!   write, but a NOTIFY queue can be full, or a database read-only after a
+//!   failover) is dropped with a warning rather than retried forever: the
+//!   queue behind it must move. While the database cannot be reached the
+//!   announcer retries with backoff up to 30 s, and announcements wait.
 
 use futures_util::FutureExt;
 use std::time::Duration;
@@ -53,15 +59,19 @@ const TRIES_AFTER_CLOSE: u32 = 5;
 
 /// One statement for a batch: each payload notified on the channel, in
 /// order (PostgreSQL delivers a transaction's notifications in the order
-/// they were made, and folds identical ones into one).
+/// they were made, and folds identical ones into one: see
+/// [`Connection::send`]).
 const NOTIFY_MANY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
 /// A write whose answer never came, announced if its row shows it landed:
-/// at its version or past it (a deletion: the row gone, or past it).
+/// at its version or past it; a deletion, if the row is no longer at the
+/// version deleted (gone, re-created, or written past: a deletion that did
+/// not land but is announced costs its readers a read, one missed would
+/// keep them believing in the object).
 const NOTIFY_IF_WRITTEN: &str = "SELECT pg_notify($1, $2) \
     WHERE EXISTS (SELECT 1 FROM objects WHERE key = $3 AND version >= $4)";
 const NOTIFY_IF_DELETED: &str = "SELECT pg_notify($1, $2) \
-    WHERE NOT EXISTS (SELECT 1 FROM objects WHERE key = $3 AND version <= $4)";
+    WHERE NOT EXISTS (SELECT 1 FROM objects WHERE key = $3 AND version = $4)";
 
 /// What the announcer sends.
 #[derive(Debug, Clone)]
@@ -128,14 +138,13 @@ impl Announcer {
     /// `if_dropped`: what is sent for each if the [`Reserved`] is dropped
     /// before it says how the writes ended (the caller dropped mid-write).
     pub(crate) async fn reserve(&self, if_dropped: Vec<Notice>) -> Reserved<'_> {
-        let mut permits = Vec::with_capacity(if_dropped.len());
-        for _ in 0..if_dropped.len() {
-            // Closed only if the task panicked: nothing to announce to then.
-            match self.queue.reserve().await {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
+        // All at once (callers taking theirs one by one could each hold part
+        // of a full queue); never more than the queue holds. An error: the
+        // task is gone (it panicked), nothing to announce to.
+        let permits = match self.queue.reserve_many(if_dropped.len().min(QUEUE)).await {
+            Ok(permits) => permits.collect(),
+            Err(_) => Vec::new(),
+        };
         Reserved {
             permits,
             if_dropped,
@@ -175,6 +184,15 @@ impl Drop for Reserved<'_> {
     }
 }
 
+/// When an unsure notice whose row did not show its write yet is checked
+/// again, after its first check: its write may still be under way (waiting
+/// for a row lock or the WAL) when its caller gave up.
+const RECHECKS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+];
+
 async fn run(
     config: tokio_postgres::Config,
     channel: &'static str,
@@ -186,9 +204,32 @@ async fn run(
         Duration::from_secs(30),
     ));
     let mut batch = Vec::with_capacity(BATCH);
-    while waiting.recv_many(&mut batch, BATCH).await > 0 {
+    // Unsure notices to check again: when, and how many checks they had.
+    let mut later: Vec<(tokio::time::Instant, usize, Notice)> = Vec::new();
+    let mut checks = Vec::with_capacity(BATCH);
+    let mut closed = false;
+    loop {
+        let next = later.iter().map(|(at, ..)| *at).min();
+        tokio::select! {
+            got = waiting.recv_many(&mut batch, BATCH), if !closed => {
+                closed = got == 0;
+                checks.extend(std::iter::repeat_n(0, got));
+            }
+            () = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
+                let now = tokio::time::Instant::now();
+                let (due, not_yet): (Vec<_>, Vec<_>) = later.drain(..).partition(|(at, ..)| *at <= now);
+                later = not_yet;
+                for (_, done, notice) in due {
+                    batch.push(notice);
+                    checks.push(done);
+                }
+            }
+        }
+        if closed && batch.is_empty() && later.is_empty() {
+            return;
+        }
         let mut tries_after_close = 0;
-        loop {
+        let not_yet = loop {
             let sent = match &sender {
                 Some(c) => c.send(channel, &batch).await,
                 None => match Connection::open(&config).await {
@@ -196,9 +237,12 @@ async fn run(
                     Err(reason) => Err(reason),
                 },
             };
-            let Err(reason) = sent else {
-                backoff.reset();
-                break;
+            let reason = match sent {
+                Ok(not_yet) => {
+                    backoff.reset();
+                    break not_yet;
+                }
+                Err(reason) => reason,
             };
             // Resent whole from a new connection: a notice sent twice says
             // the same version twice, which every reader takes as once.
@@ -208,7 +252,7 @@ async fn run(
                 if tries_after_close >= TRIES_AFTER_CLOSE {
                     tracing::warn!(
                         %reason,
-                        dropped = batch.len() + waiting.len(),
+                        dropped = batch.len() + waiting.len() + later.len(),
                         "the store is gone and PostgreSQL does not answer: its last changes are not announced"
                     );
                     return;
@@ -217,8 +261,16 @@ async fn run(
             let pause = backoff.next_delay();
             tracing::warn!(%reason, retry_in = ?pause, "announcing PostgreSQL changes failed; connecting again");
             tokio::time::sleep(pause).await;
+        };
+        let now = tokio::time::Instant::now();
+        for at in not_yet {
+            let done = checks[at];
+            if let Some(wait) = RECHECKS.get(done) {
+                later.push((now + *wait, done + 1, batch[at].clone()));
+            }
         }
         batch.clear();
+        checks.clear();
     }
 }
 
@@ -250,40 +302,54 @@ impl Connection {
         }
     }
 
-    /// Sends `notices` in order: each run of landed ones in one statement,
-    /// each unsure one alone. `Err`: the connection failed (send them all
-    /// again on another). A statement the database refuses is sent again
-    /// one notice at a time, and a notice it refuses alone is dropped with a
-    /// warning.
-    async fn send(&self, channel: &str, notices: &[Notice]) -> Result<(), String> {
-        let mut rest = notices;
-        while let Some(first) = rest.first() {
-            let run = match first {
-                Notice::Landed(_) => rest
-                    .iter()
-                    .take_while(|n| matches!(n, Notice::Landed(_)))
-                    .count(),
+    /// Sends `notices` in order: each run of landed ones in one statement
+    /// (a run ends before a payload it already holds: PostgreSQL folds a
+    /// transaction's identical notifications into one, and a create, a
+    /// deletion and the same create again must reach the feed as three),
+    /// each unsure one alone. `Ok`: the places of the unsure notices whose
+    /// row did not show their write. `Err`: the connection failed (send them
+    /// all again on another). A statement the database refuses is sent
+    /// again one notice at a time, and a notice it refuses alone is dropped
+    /// with a warning.
+    async fn send(&self, channel: &str, notices: &[Notice]) -> Result<Vec<usize>, String> {
+        let mut not_yet = Vec::new();
+        let mut at = 0;
+        while at < notices.len() {
+            let run = match &notices[at] {
+                Notice::Landed(_) => {
+                    let mut seen = std::collections::HashSet::new();
+                    notices[at..]
+                        .iter()
+                        .take_while(|n| match n {
+                            Notice::Landed(p) => seen.insert(p.as_str()),
+                            Notice::IfLanded { .. } => false,
+                        })
+                        .count()
+                }
                 Notice::IfLanded { .. } => 1,
             };
-            let (now, later) = rest.split_at(run);
-            if let Refused::Yes(e) = self.execute(channel, now).await? {
-                if now.len() == 1 {
+            let now = &notices[at..at + run];
+            match self.execute(channel, now).await? {
+                Sent::Yes => {}
+                Sent::NotYet => not_yet.push(at),
+                Sent::Refused(e) if now.len() == 1 => {
                     tracing::warn!(error = %e, "PostgreSQL refused a change's announcement; dropped");
-                } else {
+                }
+                Sent::Refused(_) => {
                     for one in now.chunks(1) {
-                        if let Refused::Yes(e) = self.execute(channel, one).await? {
+                        if let Sent::Refused(e) = self.execute(channel, one).await? {
                             tracing::warn!(error = %e, "PostgreSQL refused a change's announcement; dropped");
                         }
                     }
                 }
             }
-            rest = later;
+            at += run;
         }
-        Ok(())
+        Ok(not_yet)
     }
 
     /// One statement for `notices` (a run of landed ones, or one unsure).
-    async fn execute(&self, channel: &str, notices: &[Notice]) -> Result<Refused, String> {
+    async fn execute(&self, channel: &str, notices: &[Notice]) -> Result<Sent, String> {
         let sending = async {
             match notices {
                 [
@@ -300,9 +366,11 @@ impl Connection {
                         NOTIFY_IF_WRITTEN
                     };
                     let version = *version as i64;
-                    self.client
+                    let rows = self
+                        .client
                         .execute(statement, &[&channel, payload, key, &version])
-                        .await
+                        .await?;
+                    Ok(if rows == 0 { Sent::NotYet } else { Sent::Yes })
                 }
                 _ => {
                     let payloads: Vec<&str> = notices
@@ -314,23 +382,39 @@ impl Connection {
                         .collect();
                     self.client
                         .execute(&self.notify_many, &[&channel, &payloads])
-                        .await
+                        .await?;
+                    Ok(Sent::Yes)
                 }
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, sending).await {
             Err(_) => Err(format!("no answer within {SEND_TIMEOUT:?}")),
-            Ok(Ok(_)) => Ok(Refused::No),
-            // The database answered, and said no.
-            Ok(Err(e)) if e.code().is_some() => Ok(Refused::Yes(e)),
+            Ok(Ok(sent)) => Ok(sent),
+            Ok(Err(e)) if said_no(&e) => Ok(Sent::Refused(e)),
             Ok(Err(e)) => Err(e.to_string()),
         }
     }
 }
 
-/// Whether the database refused a statement (its error), as opposed to the
-/// connection failing.
-enum Refused {
-    No,
-    Yes(tokio_postgres::Error),
+/// How one statement of notices went.
+enum Sent {
+    Yes,
+    /// An unsure notice whose row does not show its write (yet).
+    NotYet,
+    /// The database refused the statement (its error).
+    Refused(tokio_postgres::Error),
+}
+
+/// Whether `e` is the database refusing a statement, with the session going
+/// on (an ERROR: nothing of it was done), as opposed to the connection
+/// failing or the server ending the session (no answer, or a FATAL such as
+/// a shutdown's, which can come after a commit that landed).
+pub(crate) fn said_no(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::Severity;
+    e.as_db_error().is_some_and(|db| {
+        !matches!(
+            db.parsed_severity(),
+            Some(Severity::Fatal | Severity::Panic)
+        )
+    })
 }

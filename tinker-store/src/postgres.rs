@@ -39,7 +39,7 @@
 //!   agent backs off) instead of piling up for as long as it hangs.
 
 use crate::StoreError;
-use crate::announcer::{Announcer, Notice};
+use crate::announcer::{Announcer, Notice, said_no};
 use crate::common::{
     FEED_CAPACITY, Migration, check_key, encode_key, index_diff, kind_prefix, pending_migrations,
     taken,
@@ -296,7 +296,7 @@ impl Own {
         }
         match &committed {
             Ok(()) => reserved.landed(notices.into_iter().map(Notice::into_payload)),
-            Err(e) if e.code().is_some() => reserved.none(),
+            Err(e) if said_no(e) => reserved.none(),
             Err(_) => reserved.unsure(),
         }
         committed
@@ -831,13 +831,13 @@ async fn swap(
             Err(unique_term_taken(client, key, new, e).await)
         }
         Err(e) => {
-            // The database said no: nothing was written. No answer (the
-            // connection failed): the write may have landed, and is announced
-            // if it did.
-            match (e.code(), reserved) {
-                (Some(_), Some(r)) => r.none(),
-                (None, Some(r)) => r.unsure(),
-                (_, None) => {}
+            // The database said no (an ERROR): nothing was written. No
+            // answer, or the session ended (a FATAL, as at a shutdown): the
+            // write may have landed, and is announced if it did.
+            match reserved {
+                Some(r) if said_no(&e) => r.none(),
+                Some(r) => r.unsure(),
+                None => {}
             }
             Err(pg(e))
         }

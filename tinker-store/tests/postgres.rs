@@ -970,3 +970,49 @@ async fn a_change_too_long_to_announce_is_refused_and_the_next_is_heard() {
     .expect("the next write is heard");
     assert_eq!(change.version, 1);
 }
+
+/// A write whose caller gives up while the write waits on a row lock (the
+/// call dropped mid-write) lands once the lock goes, after the first check
+/// of its row: it is announced all the same, at a later check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_gave_up_is_announced_once_it_lands() {
+    let Some(pg) = Cluster::start() else {
+        return;
+    };
+    let a = PostgresStore::connect(&pg.url).await.unwrap();
+    let b = PostgresStore::connect(&pg.url).await.unwrap();
+    let hw = testing::hardware("slow", 600);
+    a.put(hw.clone().into(), Precondition::Absent)
+        .await
+        .unwrap();
+    let mut feed = b.watch();
+    let (locker, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM objects WHERE key LIKE '%slow%' FOR UPDATE")
+        .await
+        .unwrap();
+    // The write waits on the row; its caller gives up.
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        a.put(hw.into(), Precondition::Version(1)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the write waits on the lock");
+    // The first check finds the row unwritten; then the write lands.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    let change = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let change = feed.recv().await.expect("feed open");
+            if change.key.name == "slow" && change.version == 2 {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("the write that landed is announced");
+    assert!(!change.deleted);
+}
