@@ -225,8 +225,13 @@ async fn run(
                 }
             }
         }
-        if closed && batch.is_empty() && later.is_empty() {
-            return;
+        if batch.is_empty() {
+            // The queue closed (and rechecks may still be due), or nothing
+            // came: no connection is made for nothing.
+            if closed && later.is_empty() {
+                return;
+            }
+            continue;
         }
         let mut tries_after_close = 0;
         let not_yet = loop {

@@ -39,7 +39,7 @@
 //!   agent backs off) instead of piling up for as long as it hangs.
 
 use crate::StoreError;
-use crate::announcer::{Announcer, Notice, said_no};
+use crate::announcer::{Announcer, Notice, Reserved, said_no};
 use crate::common::{
     FEED_CAPACITY, Migration, check_key, encode_key, index_diff, kind_prefix, pending_migrations,
     taken,
@@ -200,7 +200,7 @@ impl Own {
 
     /// The payload of `change`'s NOTIFY, naming this store if `ours` (see
     /// [`Alone`]); `moved`: the worker terms the write changed, if known,
-    /// left out if they would not fit. An error if even the change alone
+    /// left out if they would not fit (its readers then drop every list). An error if even the change alone
     /// would not fit (a name of thousands of bytes): checked before the
     /// write, which is then not made.
     fn announcement(
@@ -313,7 +313,7 @@ struct Announcement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     by: Option<u64>,
     /// The worker terms a conditional write changed, as [`SWAP`]'s row
-    /// listed them (none past 2 KiB).
+    /// listed them (none if they would not fit in NOTIFY's 8,000 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     moved: Option<Vec<String>>,
 }
@@ -724,9 +724,8 @@ const OPTIMISTIC_TRIES: usize = 3;
 /// version read, then (only if it was) its index terms made the new object's;
 /// its one row (none if nothing was written) lists the worker terms that
 /// went and came, which the announcement carries (`moved`: other replicas
-/// drop only those workers' lists of workflows; none past 2 KiB of them,
-/// which drops every list, so that the announcement stays far below
-/// NOTIFY's 8,000 bytes). Data-modifying
+/// drop only those workers' lists of workflows; none if they would not fit
+/// in NOTIFY's 8,000 bytes, which drops every list). Data-modifying
 /// CTEs see the statement's one snapshot, so each sub-statement keys off the
 /// `updated` row, not off the table. The deleted and inserted terms never overlap: the stale ones
 /// are those not among `$5`, and those of `$5` already there are left as
@@ -769,17 +768,17 @@ async fn swap(
         version,
         deleted: false,
     };
+    let ours = matches!(how, Alone::Yes);
     let ticket = match new {
-        Object::Workflow(_) if matches!(how, Alone::Yes) => Some(own.copies.begin(&k)),
+        Object::Workflow(_) if ours => Some(own.copies.begin(&k)),
         _ => None,
     };
-    let ours = matches!(how, Alone::Yes);
     // Checked before the write: a change whose announcement would not fit
     // is not made.
     let unsure = own.if_landed(&change, ours)?;
-    let reserved = match how {
-        Alone::Yes => Some(own.announcer.reserve(vec![unsure.clone()]).await),
-        Alone::InTransaction(_) => None,
+    let announce = match how {
+        Alone::Yes => Announce::Now(own.announcer.reserve(vec![unsure.clone()]).await),
+        Alone::InTransaction(deferred) => Announce::AtCommit(deferred),
     };
     let swapped = client
         .query_opt_prepared(
@@ -792,22 +791,17 @@ async fn swap(
             if let Some(ticket) = ticket {
                 ticket.lost();
             }
-            if let Some(r) = reserved {
-                r.none();
-            }
+            announce.none();
             Ok(None)
         }
         Ok(Some(row)) => {
             // The worker terms it came to or left; all of them if the row
-            // does not say.
+            // does not say (or if they would not fit in the announcement).
             let moved = row.try_get::<_, Vec<String>>(0).ok();
-            let announced = moved.clone().filter(|terms| fits_announcement(terms));
-            let payload = own.announcement(&change, ours, announced)?;
-            match (how, reserved) {
-                // Committed: announced now (see `announcer`).
-                (Alone::Yes, Some(reserved)) => reserved.landed([payload]),
-                (Alone::InTransaction(deferred), _) => deferred.push(unsure.with_payload(payload)),
-                (Alone::Yes, None) => unreachable!("reserved above"),
+            let payload = own.announcement(&change, ours, moved.clone())?;
+            match announce {
+                Announce::Now(reserved) => reserved.landed([payload]),
+                Announce::AtCommit(deferred) => deferred.push(unsure.with_payload(payload)),
             }
             if let (Some(ticket), Object::Workflow(wf)) = (ticket, new) {
                 let moved = moved.map(|terms| workers_in(&terms));
@@ -825,30 +819,45 @@ async fn swap(
         // A MAC or an IP address another object holds: the statement wrote
         // nothing; say which term and who holds it.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-            if let Some(r) = reserved {
-                r.none();
-            }
+            announce.none();
             Err(unique_term_taken(client, key, new, e).await)
         }
         Err(e) => {
             // The database said no (an ERROR): nothing was written. No
             // answer, or the session ended (a FATAL, as at a shutdown): the
             // write may have landed, and is announced if it did.
-            match reserved {
-                Some(r) if said_no(&e) => r.none(),
-                Some(r) => r.unsure(),
-                None => {}
+            if said_no(&e) {
+                announce.none();
+            } else {
+                announce.unsure();
             }
             Err(pg(e))
         }
     }
 }
 
-/// Whether the worker terms a write moved are few enough to announce:
-/// NOTIFY takes at most 8,000 bytes, and past 2 KiB of them the
-/// announcement says none (which drops every list).
-fn fits_announcement(terms: &[String]) -> bool {
-    terms.iter().map(|t| t.len() + 1).sum::<usize>() <= 2048 + 1
+/// Where a [`swap`]'s announcement goes: queued as soon as its statement
+/// answers (the statement is its own commit), or left to its transaction's
+/// commit, which says how it ended.
+enum Announce<'a> {
+    Now(Reserved<'a>),
+    AtCommit(&'a Deferred),
+}
+
+impl Announce<'_> {
+    /// The write surely did not land.
+    fn none(self) {
+        if let Announce::Now(reserved) = self {
+            reserved.none();
+        }
+    }
+
+    /// The write's answer never came.
+    fn unsure(self) {
+        if let Announce::Now(reserved) = self {
+            reserved.unsure();
+        }
+    }
 }
 
 /// The error for a write that broke `index_terms_unique`: the first of

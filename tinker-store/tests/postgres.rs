@@ -125,10 +125,7 @@ async fn two_replicas_share_one_database() {
 async fn a_database_newer_than_the_code_is_refused_unchanged() {
     let Some(pg) = Cluster::start() else { return };
     drop(PostgresStore::connect(&pg.url).await.unwrap());
-    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&pg.url).await;
     let next = PostgresStore::SCHEMA_VERSION as i32 + 1;
     client
         .execute(
@@ -199,10 +196,7 @@ async fn a_call_that_finds_every_connection_busy_fails_after_its_wait() {
         .await
         .unwrap();
     let key = tinker_core::model::Object::from(hw).key();
-    let (locker, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let locker = raw_client(&pg.url).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE objects IN ACCESS EXCLUSIVE MODE")
         .await
@@ -217,10 +211,7 @@ async fn a_call_that_finds_every_connection_busy_fails_after_its_wait() {
     let mut waiting = 0;
     // Watched from a session of its own: inside the locker's transaction
     // pg_stat_activity would stay the snapshot taken at its first read.
-    let (watcher, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let watcher = raw_client(&pg.url).await;
     for _ in 0..1_500 {
         waiting = watcher
             .query_one(
@@ -268,10 +259,7 @@ async fn a_body_that_does_not_read_is_a_record_error() {
     let hw = testing::hardware("odd", 7);
     let key = tinker_core::model::Object::from(hw.clone()).key();
     store.put(hw.into(), Precondition::Absent).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&pg.url).await;
     let changed = client
         .execute(
             "UPDATE objects SET body = '{\"kind\": \"Hardware\", \"spec\": 5}'::jsonb",
@@ -350,13 +338,20 @@ async fn a_claim_that_finds_nothing_takes_no_lock() {
     );
 }
 
-/// A client of the cluster at `url` with `pg_stat_statements` ready (the
-/// cluster started with it preloaded), for counting statements.
-async fn statement_counter(url: &str) -> tokio_postgres::Client {
+/// A plain client of the cluster at `url`, beside the store's own
+/// connections (to lock, watch or count from outside).
+async fn raw_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
+    client
+}
+
+/// A client of the cluster at `url` with `pg_stat_statements` ready (the
+/// cluster started with it preloaded), for counting statements.
+async fn statement_counter(url: &str) -> tokio_postgres::Client {
+    let client = raw_client(url).await;
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await
@@ -452,10 +447,7 @@ async fn step_three_stores_bodies_as_json_in_lz4_rows_already_there_included() {
     use tinker_core::WorkflowStoreExt;
     let Some(pg) = Cluster::start() else { return };
     let store = PostgresStore::connect(&pg.url).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&pg.url).await;
     // Back to step 2, as an older release left it.
     client
         .batch_execute(
@@ -466,10 +458,7 @@ async fn step_three_stores_bodies_as_json_in_lz4_rows_already_there_included() {
         .await
         .unwrap();
     drop(store);
-    let (client2, connection2) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection2);
+    let client2 = raw_client(&pg.url).await;
     let mut wf = testing::rendered_workflow("big", mac(51), 40, 600);
     wf.metadata
         .annotations
@@ -986,10 +975,7 @@ async fn a_write_whose_caller_gave_up_is_announced_once_it_lands() {
         .await
         .unwrap();
     let mut feed = b.watch();
-    let (locker, connection) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let locker = raw_client(&pg.url).await;
     locker
         .batch_execute("BEGIN; SELECT 1 FROM objects WHERE key LIKE '%slow%' FOR UPDATE")
         .await
